@@ -1,0 +1,3 @@
+//! Reading and writing the file formats users already have: GGUF, safetensors, HF directories.
+
+pub mod gguf;
