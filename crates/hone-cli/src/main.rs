@@ -1,11 +1,45 @@
 //! `hone`: the command line. A thin layer over the `hone` library: parse arguments, call, print.
 
-use clap::Parser;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "hone", version, about = "Fine-tune, evaluate and export Llama-family language models")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: architecture, sizes, tokenizer, chat template.
+    Info(commands::info::Args),
+    /// Generate a completion for one prompt, streamed to stdout.
+    Generate(commands::generate::Args),
+    /// Chat with a model interactively (/reset clears the history, /exit quits).
+    Chat(commands::chat::Args),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => commands::info::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Eval(c) => commands::eval::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

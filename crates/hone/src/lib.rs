@@ -1,4 +1,7 @@
 //! Hone: fine-tune, evaluate and export Llama-family language models.
 
+pub mod eval;
+pub mod generate;
 pub mod io;
+pub mod model;
 pub mod quant;

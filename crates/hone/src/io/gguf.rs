@@ -342,3 +342,13 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+impl GgufFile {
+    /// TEMPORARY until the quant branch lands.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self.tensor_info(name).context("absent")?;
+        let b = self.tensor_bytes(info);
+        let v = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        Ok((v, info.shape()))
+    }
+}

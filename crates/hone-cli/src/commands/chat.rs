@@ -1,0 +1,64 @@
+//! `hone chat`: an interactive conversation with history; /reset clears it, /exit quits.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use hone::chat::{ChatTemplate, Message};
+
+use super::{read_template, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF model directory, .gguf file, or Hub id (org/name).
+    #[arg(long)]
+    pub model: String,
+    /// System message at the start of every conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Jinja chat template file, for models that have none or to override theirs.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.sampling.config()?;
+    let loaded = hone::model::load(&args.model, &Device::Cpu)?;
+    let tok = &loaded.tokenizer;
+    let template = ChatTemplate::for_tokenizer(tok, read_template(args.chat_template.as_deref())?)?;
+    let fresh = || -> Vec<Message> { args.system.iter().map(|s| Message::new("system", s)).collect() };
+    let mut history = fresh();
+    eprintln!("Chatting with {} — /reset clears the history, /exit quits.", loaded.source.path().display());
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history = fresh();
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", line));
+        let ids = tok.encode(&template.render(&history, true)?, false)?;
+        let gen = hone::generate::generate(&loaded.model, tok, &ids, &cfg, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        writeln!(out)?;
+        history.push(Message::new("assistant", gen.text.trim()));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! `hone generate`: one completion, streamed to stdout (and nothing else on stdout).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use hone::chat::{ChatTemplate, Message};
+
+use super::{read_template, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF model directory, .gguf file, or Hub id (org/name).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the chat template as one user turn (with the generation prompt).
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Jinja chat template file, for models that have none or to override theirs.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Report token counts and speed on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.sampling.config()?;
+    let loaded = hone::model::load(&args.model, &Device::Cpu)?;
+    let tok = &loaded.tokenizer;
+    let prompt_ids = if args.chat {
+        let template = ChatTemplate::for_tokenizer(tok, read_template(args.chat_template.as_deref())?)?;
+        let mut messages = vec![];
+        if let Some(s) = &args.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", &args.prompt));
+        let text = template.render(&messages, true)?;
+        tok.encode(&text, false)?
+    } else {
+        tok.encode(&args.prompt, true)?
+    };
+    let start = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let gen = hone::generate::generate(&loaded.model, tok, &prompt_ids, &cfg, |piece| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    writeln!(out)?;
+    if args.verbose {
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{} prompt tokens, {} new tokens in {secs:.2}s ({:.1} tokens/s), finish: {:?}",
+            gen.prompt_tokens,
+            gen.ids.len(),
+            gen.ids.len() as f64 / secs,
+            gen.finish_reason
+        );
+    }
+    Ok(())
+}

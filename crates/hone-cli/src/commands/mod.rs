@@ -1,0 +1,67 @@
+//! One module per subcommand; shared argument groups live here.
+
+pub mod chat;
+pub mod eval;
+pub mod generate;
+pub mod info;
+
+use clap::Args as ClapArgs;
+use hone::generate::{GenerateConfig, SamplingConfig};
+
+/// Sampling and stopping options shared by `generate` and `chat`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Penalise tokens already present (1.0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Stop when the output contains this string (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> anyhow::Result<GenerateConfig> {
+        if self.temperature < 0.0 || !self.temperature.is_finite() {
+            anyhow::bail!("--temperature must be a finite number ≥ 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("--top-p must be in (0, 1]");
+        }
+        if self.repetition_penalty <= 0.0 {
+            anyhow::bail!("--repetition-penalty must be > 0");
+        }
+        Ok(GenerateConfig {
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop_strings: self.stop.clone(),
+        })
+    }
+}
+
+/// Read a chat template given with `--chat-template FILE`.
+pub fn read_template(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display())))
+        .transpose()
+}

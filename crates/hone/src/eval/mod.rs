@@ -1,0 +1,3 @@
+//! Evaluation: metrics that say how well a model fits or answers held-out data.
+
+pub mod perplexity;

@@ -1,0 +1,101 @@
+//! Reading HF checkpoint weights: single or sharded safetensors, converted to f32 candle tensors.
+//!
+//! Pickled checkpoints (`pytorch_model.bin`, `*.pt`, `*.pth`) are refused: unpickling runs arbitrary
+//! code, which a fine-tuning tool that users point at downloaded files must never do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const SINGLE_FILE: &str = "model.safetensors";
+const PICKLED: [&str; 4] = ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth"];
+
+/// The safetensors files of a checkpoint directory, in load order.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if index.exists() {
+        return shard_files(&index);
+    }
+    let single = dir.join(SINGLE_FILE);
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    if let Some(p) = PICKLED.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
+        bail!(
+            "{}: pickled PyTorch weights are refused (loading them can execute arbitrary code). Convert them to \
+             safetensors first, e.g. `python -c \"from transformers import AutoModelForCausalLM as M; \
+             M.from_pretrained('{}').save_pretrained('OUT_DIR', safe_serialization=True)\"`",
+            p.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: no {SINGLE_FILE} or {INDEX_FILE} in this model directory",
+        dir.display()
+    )
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("{}: cannot read", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .with_context(|| format!("{}: `weight_map` values must be file names", index.display()))?;
+    files.sort();
+    files.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Load every tensor of the given safetensors files as f32 on `device`, keyed by name.
+pub fn load_f32(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for path in files {
+        let tensors = load_file_f32(path, device)?;
+        for (name, t) in tensors {
+            if out.insert(name.clone(), t).is_some() {
+                bail!("{}: tensor {name} also appears in another shard", path.display());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn load_file_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // SAFETY: read-only map of a file we do not modify.
+    let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => bail!(
+                "{}: tensor {name} has dtype {other:?}; Hone reads F32, F16 and BF16 weights",
+                path.display()
+            ),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .with_context(|| format!("{}: tensor {name}", path.display()))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}

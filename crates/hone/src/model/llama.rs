@@ -1,0 +1,263 @@
+//! The Llama decoder (also Mistral and Qwen2): embeddings, N pre-norm blocks of grouped-query
+//! attention and SwiGLU MLP, final RMSNorm, LM head. Inference forward pass with a KV cache.
+//!
+//! Weights are f32 candle tensors named as in HF checkpoints; `weights` maps other formats to them.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+use candle_nn::rotary_emb::rope;
+
+use super::config::ModelConfig;
+use super::rope;
+
+/// `y = x Wᵀ + b`, with W stored `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, inner) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
+        let mut out_shape = x.dims().to_vec();
+        *out_shape.last_mut().expect("x has a last dim") = self.weight.dim(0)?;
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape(out_shape)
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct Block {
+    input_layernorm: Tensor,
+    attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// The per-layer key/value cache of one generation.
+pub struct Cache {
+    layers: Vec<KvCache>,
+}
+
+impl Cache {
+    /// Tokens already in the cache: the position of the next token fed.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.current_seq_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Llama {
+    cfg: ModelConfig,
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl Llama {
+    /// Build the model from f32 tensors with HF names, checking every shape against the config.
+    pub fn from_weights(cfg: ModelConfig, mut w: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let q_dim = cfg.num_attention_heads * cfg.head_dim;
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = w
+                .remove(name)
+                .with_context(|| format!("tensor `{name}` is missing"))?;
+            if t.dims() != shape {
+                bail!(
+                    "tensor `{name}` has shape {:?} but the config implies {shape:?}",
+                    t.dims()
+                );
+            }
+            Ok(t)
+        };
+        let embed_tokens = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                Ok(Linear {
+                    weight: take(&format!("{p}.{name}.weight"), &[out, inp])?,
+                    bias: if bias { Some(take(&format!("{p}.{name}.bias"), &[out])?) } else { None },
+                })
+            };
+            let attn = Attention {
+                q_proj: linear("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
+                k_proj: linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
+                v_proj: linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
+                o_proj: linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?,
+            };
+            let mlp = Mlp {
+                gate_proj: linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
+                up_proj: linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
+                down_proj: linear("mlp.down_proj", h, i, cfg.mlp_bias)?,
+            };
+            blocks.push(Block {
+                input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attn,
+                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp,
+            });
+        }
+        let norm = take("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            take("lm_head.weight", &[cfg.vocab_size, h])?
+        };
+        let (cos, sin) = rope::tables(&cfg, cfg.max_position_embeddings.max(1), device)?;
+        Ok(Llama {
+            cfg,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        let max = self.cfg.max_position_embeddings.clamp(1, 512);
+        Cache {
+            layers: (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(2, max)).collect(),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`, continuing from `cache` when given.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, cache)?;
+        let logits = Linear { weight: self.lm_head.clone(), bias: None }.forward(&hidden)?;
+        Ok(logits)
+    }
+
+    /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
+    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if start + t > self.cfg.max_position_embeddings {
+            bail!(
+                "sequence of {} tokens exceeds the model's context of {} (max_position_embeddings)",
+                start + t,
+                self.cfg.max_position_embeddings
+            );
+        }
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        let mask = causal_mask(t, start, &self.device)?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let normed = rms_norm(&x, &block.input_layernorm, eps)?;
+            let attn = self.attention(&block.attn, &normed, &cos, &sin, mask.as_ref(), layer_cache)?;
+            x = (x + attn)?;
+            let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
+            let mlp = &block.mlp;
+            let gated = (silu(&mlp.gate_proj.forward(&normed)?)? * mlp.up_proj.forward(&normed)?)?;
+            x = (x + mlp.down_proj.forward(&gated)?)?;
+        }
+        Ok(rms_norm(&x, &self.norm, eps)?)
+    }
+
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+        let q = rope(&heads(a.q_proj.forward(x)?, nh)?, cos, sin)?;
+        let k = rope(&heads(a.k_proj.forward(x)?, nkv)?, cos, sin)?;
+        let v = heads(a.v_proj.forward(x)?, nkv)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let k = repeat_kv(k, nh / nkv)?;
+        let v = repeat_kv(v, nh / nkv)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let out = softmax_last_dim(&scores)?.matmul(&v)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        Ok(a.o_proj.forward(&out)?)
+    }
+}
+
+/// `[b, n_kv, s, d]` → `[b, n_kv * n_rep, s, d]`, each kv head shared by `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, n_kv, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, n_kv, n_rep, s, d))?
+        .reshape((b, n_kv * n_rep, s, d))
+}
+
+/// Additive mask `[t, start + t]`: query i (at position start + i) sees keys 0..=start + i.
+/// None when a single query needs no masking.
+fn causal_mask(t: usize, start: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let s = start + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)?))
+}

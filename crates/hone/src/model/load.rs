@@ -1,0 +1,50 @@
+//! One call from the MODEL argument to a ready model and its tokenizer.
+
+use anyhow::Result;
+use candle_core::Device;
+
+use super::config::ModelConfig;
+use super::{weights, Llama};
+use crate::io::gguf::GgufFile;
+use crate::io::source::{self, ModelSource};
+use crate::tokenizer::Tokenizer;
+
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub source: ModelSource,
+}
+
+/// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
+pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
+    let source = source::resolve(spec)?;
+    let (cfg, w, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let (cfg, w) = weights::load(&source, device)?;
+            (cfg, w, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let (cfg, w) = weights::load_gguf(&gguf, device)?;
+            (cfg, w, Tokenizer::from_gguf(&gguf)?)
+        }
+    };
+    let model = Llama::from_weights(cfg, w, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
+    Ok(LoadedModel { model, tokenizer, source })
+}
+
+/// Config and tokenizer only, without reading the weights (for `hone info`).
+pub fn inspect(spec: &str) -> Result<(ModelSource, ModelConfig, Tokenizer)> {
+    let source = source::resolve(spec)?;
+    Ok(match &source {
+        ModelSource::HfDir(dir) => {
+            let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+            (source.clone(), cfg, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            (source.clone(), ModelConfig::from_gguf(&gguf)?, Tokenizer::from_gguf(&gguf)?)
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! Llama-family models: configuration, weights, and the forward pass.
+
+pub mod config;
+pub mod llama;
+pub mod load;
+pub mod rope;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use llama::{Cache, Linear, Llama};
+pub use load::{inspect, load, LoadedModel};
