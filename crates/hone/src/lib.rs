@@ -1,7 +1,9 @@
 //! Hone: fine-tune, evaluate and export Llama-family language models.
 
+pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;
 pub mod quant;
+pub mod tokenizer;

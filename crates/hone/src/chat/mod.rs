@@ -1,0 +1,243 @@
+//! Chat templates: turn a conversation into the prompt text a model was trained on, as transformers'
+//! `apply_chat_template(messages, tokenize=False)` does.
+//!
+//! Templates are Jinja, run here by minijinja with Python string methods (`pycompat`) and the
+//! environment transformers sets up: `trim_blocks` and `lstrip_blocks`, a `tojson` filter that writes
+//! what Python's `json.dumps` writes, `raise_exception(msg)`, `strftime_now(fmt)`, and the variables
+//! `messages`, `add_generation_prompt`, `bos_token`/`eos_token` (when known), `tools` and `documents`
+//! (none: transformers passes `None`).
+
+mod pyjson;
+mod strftime;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{anyhow, Context, Result};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::Tokenizer;
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Said when a model has no chat template: where one can come from.
+const NO_TEMPLATE: &str =
+    "this model has no chat template (no tokenizer.chat_template in the GGUF, no \
+chat_template.jinja or chat_template in tokenizer_config.json); pass a Jinja template file with \
+--chat-template FILE, or put it in the model directory as chat_template.jinja";
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A template's own refusal, raised by `raise_exception(msg)` (e.g. roles out of order); holds `msg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateException(pub String);
+
+impl fmt::Display for TemplateException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the chat template rejected the conversation: {}", self.0)
+    }
+}
+
+impl std::error::Error for TemplateException {}
+
+/// A compiled chat template with the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", pyjson::tojson);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime::strftime_now);
+        env.add_template_owned(TEMPLATE_NAME, without_generation_tags(source))
+            .map_err(|e| anyhow!("the chat template does not parse: {e:#}"))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos.map(str::to_owned),
+            eos_token: eos.map(str::to_owned),
+        })
+    }
+
+    /// The template a tokenizer carries, with its bos/eos tokens; a clear error when it has none.
+    pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let source = tokenizer.chat_template().context(NO_TEMPLATE)?;
+        ChatTemplate::new(source, tokenizer.bos_token(), tokenizer.eos_token())
+    }
+
+    /// Renders a conversation. A template's `raise_exception` surfaces as a [`TemplateException`].
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+        vars.insert("messages", Value::from_serialize(messages));
+        vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        vars.insert("tools", Value::from(()));
+        vars.insert("documents", Value::from(()));
+        if let Some(bos) = &self.bos_token {
+            vars.insert("bos_token", Value::from(bos.as_str()));
+        }
+        if let Some(eos) = &self.eos_token {
+            vars.insert("eos_token", Value::from(eos.as_str()));
+        }
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .expect("added in new()");
+        template.render(&vars).map_err(|err| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(e) = source {
+                if let Some(raised) = e.downcast_ref::<TemplateException>() {
+                    return anyhow::Error::new(raised.clone());
+                }
+                source = e.source();
+            }
+            anyhow!("rendering the chat template failed: {err:#}")
+        })
+    }
+}
+
+/// The text of a special token as tokenizer_config.json gives it: a string, or an AddedToken
+/// object `{"content": ..., ...}`.
+pub fn token_text(value: &serde_json::Value) -> Option<&str> {
+    value.as_str().or_else(|| value.get("content")?.as_str())
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(TemplateException(message)))
+}
+
+/// transformers lets templates mark assistant text with `{% generation %}...{% endgeneration %}`
+/// (for training masks); when rendering it is a plain block, so the tags become `{% if true %}` /
+/// `{% endif %}`, keeping their whitespace-control marks.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else { break };
+        let inner = &tag[2..end];
+        let (open, body) = split_marker(inner, true);
+        let (body, close) = split_marker(body.trim(), false);
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{open} {r} {close}%}}")),
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Splits a leading (or trailing) `-`/`+` whitespace-control mark off a tag's inside.
+fn split_marker(inner: &str, leading: bool) -> (&str, &str) {
+    let marked = |c: char| c == '-' || c == '+';
+    if leading && inner.starts_with(marked) {
+        (&inner[..1], &inner[1..])
+    } else if !leading && inner.ends_with(marked) {
+        (&inner[..inner.len() - 1], &inner[inner.len() - 1..])
+    } else if leading {
+        ("", inner)
+    } else {
+        (inner, "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str, messages: &[Message]) -> Result<String> {
+        ChatTemplate::new(source, Some("<s>"), Some("</s>"))?.render(messages, true)
+    }
+
+    #[test]
+    fn raise_exception_carries_the_message() {
+        let err = render("{{ raise_exception('roles must alternate') }}", &[]).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<TemplateException>().unwrap().0,
+            "roles must alternate"
+        );
+        let nested = "{% for m in messages %}{% if m.role == 'x' %}{{ raise_exception('no x: ' + m.content) }}{% endif %}{% endfor %}";
+        let err = render(nested, &[Message::new("x", "y")]).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<TemplateException>().unwrap().0,
+            "no x: y"
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_exceptions() {
+        assert!(ChatTemplate::new("{% if %}", None, None).is_err());
+        let err = render("{{ no_such_function() }}", &[]).unwrap_err();
+        assert!(err.downcast_ref::<TemplateException>().is_none());
+    }
+
+    #[test]
+    fn variables_follow_transformers() {
+        let source = "{{ bos_token }}|{{ eos_token }}|{{ tools is none }}|{{ documents is none }}|{{ add_generation_prompt }}|{{ messages[0].content.strip() }}";
+        let out = render(source, &[Message::new("user", " hi ")]).unwrap();
+        assert_eq!(out, "<s>|</s>|True|True|True|hi");
+        let unknown = ChatTemplate::new("{{ bos_token is defined }}", None, None).unwrap();
+        assert_eq!(unknown.render(&[], false).unwrap(), "False");
+    }
+
+    #[test]
+    fn blocks_are_trimmed_like_transformers() {
+        let source = "  {% for m in messages %}\n{{ m.role }}\n  {% endfor %}\n";
+        assert_eq!(
+            render(source, &[Message::new("a", ""), Message::new("b", "")]).unwrap(),
+            "a\nb\n"
+        );
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let source = "{% for m in messages %}{%- generation -%} [{{ m.content }}] {%- endgeneration %}{% endfor %}";
+        assert_eq!(
+            without_generation_tags(source).matches("if true").count(),
+            1
+        );
+        assert_eq!(
+            render(source, &[Message::new("assistant", "x")]).unwrap(),
+            "[x]"
+        );
+    }
+
+    #[test]
+    fn token_text_accepts_strings_and_objects() {
+        assert_eq!(token_text(&serde_json::json!("<s>")), Some("<s>"));
+        assert_eq!(
+            token_text(&serde_json::json!({"__type": "AddedToken", "content": "<s>"})),
+            Some("<s>")
+        );
+        assert_eq!(token_text(&serde_json::json!(3)), None);
+    }
+}
