@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
-use hone::chat::{ChatTemplate, Message};
+use hone::chat::Message;
 
-use super::{read_template, SamplingArgs};
+use super::{chat_template, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = args.sampling.config()?;
     let loaded = hone::model::load(&args.model, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
-    let template = ChatTemplate::for_tokenizer(tok, read_template(args.chat_template.as_deref())?)?;
+    let template = chat_template(tok, args.chat_template.as_deref())?;
     let fresh = || -> Vec<Message> { args.system.iter().map(|s| Message::new("system", s)).collect() };
     let mut history = fresh();
     eprintln!("Chatting with {} — /reset clears the history, /exit quits.", loaded.source.path().display());

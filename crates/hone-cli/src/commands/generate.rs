@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::Device;
-use hone::chat::{ChatTemplate, Message};
+use hone::chat::Message;
 
-use super::{read_template, SamplingArgs};
+use super::{chat_template, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let loaded = hone::model::load(&args.model, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat {
-        let template = ChatTemplate::for_tokenizer(tok, read_template(args.chat_template.as_deref())?)?;
+        let template = chat_template(tok, args.chat_template.as_deref())?;
         let mut messages = vec![];
         if let Some(s) = &args.system {
             messages.push(Message::new("system", s));

@@ -59,9 +59,18 @@ impl SamplingArgs {
     }
 }
 
-/// Read a chat template given with `--chat-template FILE`.
-pub fn read_template(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+/// The chat template: the file given with `--chat-template`, else the model's own.
+pub fn chat_template(
+    tokenizer: &hone::tokenizer::Tokenizer,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<hone::chat::ChatTemplate> {
     use anyhow::Context;
-    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display())))
-        .transpose()
+    match path {
+        Some(p) => {
+            let source = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            hone::chat::ChatTemplate::new(&source, tokenizer.bos_token(), tokenizer.eos_token())
+                .with_context(|| format!("{}", p.display()))
+        }
+        None => hone::chat::ChatTemplate::for_tokenizer(tokenizer),
+    }
 }
