@@ -1,3 +1,5 @@
 //! Reading and writing the file formats users already have: GGUF, safetensors, HF directories.
 
 pub mod gguf;
+mod gguf_value;
+pub mod gguf_write;
