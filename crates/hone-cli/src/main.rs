@@ -3,11 +3,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "hone",
-    version,
-    about = "Fine-tune, evaluate and export Llama-family language models"
-)]
+#[command(name = "hone", version, about = "Fine-tune, evaluate and export Llama-family language models")]
 struct Cli {}
 
 fn main() {
