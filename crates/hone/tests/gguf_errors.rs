@@ -242,18 +242,27 @@ fn duplicate_names() {
     assert_mentions(&err, &path, "tensor tensor_a appears twice");
 }
 
+/// Arrays of arrays are valid GGUF (gguf-py reads them), but a file of nothing but nested array
+/// headers must not exhaust the reader's stack.
 #[test]
 fn deeply_nested_arrays() {
     let dir = TempDir::new().unwrap();
-    let mut value = GgufValue::U8(0);
+    let mut b = [
+        b"GGUF".as_slice(),
+        &3u32.to_le_bytes(),
+        &0u64.to_le_bytes(),
+        &1u64.to_le_bytes(),
+    ]
+    .concat();
+    b.extend_from_slice(&6u64.to_le_bytes());
+    b.extend_from_slice(b"nested");
+    b.extend_from_slice(&9u32.to_le_bytes());
     for _ in 0..9 {
-        value = GgufValue::Array(vec![value]);
+        b.extend_from_slice(&9u32.to_le_bytes()); // item type: array
+        b.extend_from_slice(&1u64.to_le_bytes()); // one item
     }
-    let path = dir.path().join("nested.gguf");
-    let mut w = GgufWriter::new();
-    w.set("nested", value);
-    w.write(&path).unwrap();
-    let err = format!("{:#}", GgufFile::open(&path).err().unwrap());
+    b.extend_from_slice(&[0; 16]);
+    let (path, err) = open_err(&dir, "nested.gguf", &b);
     assert_mentions(&err, &path, "arrays nested more than 8 deep");
 }
 

@@ -152,7 +152,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     };
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
     for info in &mut infos {
-        if info.offset % alignment != 0 {
+        if !info.offset.is_multiple_of(alignment) {
             bail!(
                 "tensor {}: data offset {} is not a multiple of the alignment {alignment}",
                 info.name,
@@ -272,7 +272,7 @@ impl<'a> Reader<'a> {
             .collect::<Result<Vec<_>>>()?;
         let ggml_type = GgmlType::from_id(self.u32()?).with_context(|| format!("tensor {name}"))?;
         // ggml quantizes rows independently, so each row must be whole blocks.
-        if dims[0] % ggml_type.block_size() as u64 != 0 {
+        if !dims[0].is_multiple_of(ggml_type.block_size() as u64) {
             bail!(
                 "tensor {name}: rows of {} values are not whole {} blocks ({} values each)",
                 dims[0],

@@ -83,7 +83,7 @@ impl GgufWriter {
         );
         let row = shape[shape.len() - 1];
         ensure!(
-            row % ty.block_size() == 0,
+            row.is_multiple_of(ty.block_size()),
             "tensor {name}: rows of {row} values cannot be stored as {} (blocks of {})",
             ty.name(),
             ty.block_size()
@@ -199,6 +199,9 @@ fn put_value(b: &mut Vec<u8>, value: &GgufValue) -> Result<()> {
             let Some(first) = items.first() else {
                 bail!("an empty array has no item type and cannot be written");
             };
+            if let Array(_) = first {
+                bail!("arrays of arrays cannot be written (llama.cpp does not read them)");
+            }
             let ty = first.type_id();
             if let Some(other) = items.iter().find(|v| v.type_id() != ty) {
                 bail!(

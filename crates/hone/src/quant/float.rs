@@ -1,6 +1,7 @@
 //! The 16-bit float types, one element per "block": F16 (IEEE half) and BF16 (bfloat16).
 //!
-//! Widening to f32 is exact; narrowing rounds to nearest even, as ggml and numpy do.
+//! Widening to f32 is exact; narrowing rounds to nearest even, as ggml and numpy do. NaN payloads
+//! are outside the contract: the F16C instruction `half` uses quiets signalling NaNs, numpy does not.
 
 use half::f16;
 

@@ -156,7 +156,7 @@ impl GgmlType {
     /// Bytes taken by `n_elements` of this type; an error when `n_elements` is not whole blocks.
     pub fn bytes_for(self, n_elements: u64) -> Result<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             bail!(
                 "{} elements is not a whole number of {} blocks ({bs} each)",
                 n_elements,
@@ -170,12 +170,26 @@ impl GgmlType {
 /// Decodes `n_elements` values of type `ty` from `bytes` (exactly the tensor's bytes).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
     use GgmlType::*;
-    if !matches!(
-        ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K
-    ) {
-        bail!("dequantizing {} tensors is not supported", ty.name());
-    }
+    let kernel: fn(&[u8], &mut [f32]) = match ty {
+        F32 => |b, y| {
+            par_blocks(b, y, |b: &[u8; 4], y: &mut [f32; 1]| {
+                y[0] = f32::from_le_bytes(*b)
+            })
+        },
+        F16 => |b, y| par_blocks(b, y, float::dequantize_f16),
+        BF16 => |b, y| par_blocks(b, y, float::dequantize_bf16),
+        Q4_0 => |b, y| par_blocks(b, y, legacy::dequantize_q4_0),
+        Q4_1 => |b, y| par_blocks(b, y, legacy::dequantize_q4_1),
+        Q5_0 => |b, y| par_blocks(b, y, legacy::dequantize_q5_0),
+        Q5_1 => |b, y| par_blocks(b, y, legacy::dequantize_q5_1),
+        Q8_0 => |b, y| par_blocks(b, y, legacy::dequantize_q8_0),
+        Q2K => |b, y| par_blocks(b, y, kquants::dequantize_q2_k),
+        Q3K => |b, y| par_blocks(b, y, kquants::dequantize_q3_k),
+        Q4K => |b, y| par_blocks(b, y, kquants::dequantize_q4_k),
+        Q5K => |b, y| par_blocks(b, y, kquants::dequantize_q5_k),
+        Q6K => |b, y| par_blocks(b, y, kquants::dequantize_q6_k),
+        _ => bail!("dequantizing {} tensors is not supported", ty.name()),
+    };
     let expected = ty.bytes_for(n_elements as u64)?;
     ensure!(
         bytes.len() as u64 == expected,
@@ -185,55 +199,33 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
     );
     // Zeroed allocation is lazy (calloc), so the pages are first touched by the worker threads.
     let mut out = vec![0f32; n_elements];
-    let y = out.as_mut_slice();
-    match ty {
-        F32 => par_blocks(bytes, y, |b: &[u8; 4], y: &mut [f32; 1]| {
-            y[0] = f32::from_le_bytes(*b)
-        }),
-        F16 => par_blocks(bytes, y, float::dequantize_f16),
-        BF16 => par_blocks(bytes, y, float::dequantize_bf16),
-        Q4_0 => par_blocks(bytes, y, legacy::dequantize_q4_0),
-        Q4_1 => par_blocks(bytes, y, legacy::dequantize_q4_1),
-        Q5_0 => par_blocks(bytes, y, legacy::dequantize_q5_0),
-        Q5_1 => par_blocks(bytes, y, legacy::dequantize_q5_1),
-        Q8_0 => par_blocks(bytes, y, legacy::dequantize_q8_0),
-        Q2K => par_blocks(bytes, y, kquants::dequantize_q2_k),
-        Q3K => par_blocks(bytes, y, kquants::dequantize_q3_k),
-        Q4K => par_blocks(bytes, y, kquants::dequantize_q4_k),
-        Q5K => par_blocks(bytes, y, kquants::dequantize_q5_k),
-        Q6K => par_blocks(bytes, y, kquants::dequantize_q6_k),
-        _ => unreachable!("unsupported types were rejected above"),
-    }
+    kernel(bytes, &mut out);
     Ok(out)
 }
 
 /// Encodes `data` as type `ty`, byte for byte as ggml's `quantize_row_*_ref` (and gguf-py) do.
 pub fn quantize(ty: GgmlType, data: &[f32]) -> Result<Vec<u8>> {
     use GgmlType::*;
-    if !matches!(
-        ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q6K
-    ) {
-        bail!("quantizing to {} is not supported", ty.name());
-    }
+    let kernel: fn(&[f32], &mut [u8]) = match ty {
+        F32 => |x, q| {
+            par_blocks(x, q, |x: &[f32; 1], q: &mut [u8; 4]| {
+                *q = x[0].to_le_bytes()
+            })
+        },
+        F16 => |x, q| par_blocks(x, q, float::quantize_f16),
+        BF16 => |x, q| par_blocks(x, q, float::quantize_bf16),
+        Q4_0 => |x, q| par_blocks(x, q, legacy::quantize_q4_0),
+        Q4_1 => |x, q| par_blocks(x, q, legacy::quantize_q4_1),
+        Q5_0 => |x, q| par_blocks(x, q, legacy::quantize_q5_0),
+        Q5_1 => |x, q| par_blocks(x, q, legacy::quantize_q5_1),
+        Q8_0 => |x, q| par_blocks(x, q, legacy::quantize_q8_0),
+        Q4K => |x, q| par_blocks(x, q, kquantize::quantize_q4_k),
+        Q6K => |x, q| par_blocks(x, q, kquantize::quantize_q6_k),
+        _ => bail!("quantizing to {} is not supported", ty.name()),
+    };
     let n_bytes = ty.bytes_for(data.len() as u64)?;
     let mut out = vec![0u8; n_bytes as usize];
-    let q = out.as_mut_slice();
-    match ty {
-        F32 => par_blocks(data, q, |x: &[f32; 1], q: &mut [u8; 4]| {
-            *q = x[0].to_le_bytes()
-        }),
-        F16 => par_blocks(data, q, float::quantize_f16),
-        BF16 => par_blocks(data, q, float::quantize_bf16),
-        Q4_0 => par_blocks(data, q, legacy::quantize_q4_0),
-        Q4_1 => par_blocks(data, q, legacy::quantize_q4_1),
-        Q5_0 => par_blocks(data, q, legacy::quantize_q5_0),
-        Q5_1 => par_blocks(data, q, legacy::quantize_q5_1),
-        Q8_0 => par_blocks(data, q, legacy::quantize_q8_0),
-        Q4K => par_blocks(data, q, kquantize::quantize_q4_k),
-        Q6K => par_blocks(data, q, kquantize::quantize_q6_k),
-        _ => unreachable!("unsupported types were rejected above"),
-    }
+    kernel(data, &mut out);
     Ok(out)
 }
 
