@@ -10,109 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
-use crate::quant::GgmlType;
+pub use super::gguf_value::GgufValue;
+use crate::quant::{self, GgmlType};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// A metadata value, as typed in the file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GgufValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    F32(f32),
-    Bool(bool),
-    String(String),
-    Array(Vec<GgufValue>),
-    U64(u64),
-    I64(i64),
-    F64(f64),
-}
-
-impl GgufValue {
-    /// Any integer type as u64 (negative values give None).
-    pub fn as_u64(&self) -> Option<u64> {
-        use GgufValue::*;
-        match *self {
-            U8(v) => Some(v as u64),
-            U16(v) => Some(v as u64),
-            U32(v) => Some(v as u64),
-            U64(v) => Some(v),
-            I8(v) => u64::try_from(v).ok(),
-            I16(v) => u64::try_from(v).ok(),
-            I32(v) => u64::try_from(v).ok(),
-            I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    /// Any integer or float type as i64 (floats must be whole).
-    pub fn as_i64(&self) -> Option<i64> {
-        use GgufValue::*;
-        match *self {
-            I8(v) => Some(v as i64),
-            I16(v) => Some(v as i64),
-            I32(v) => Some(v as i64),
-            I64(v) => Some(v),
-            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
-        }
-    }
-
-    /// Any numeric type as f64.
-    pub fn as_f64(&self) -> Option<f64> {
-        use GgufValue::*;
-        match *self {
-            F32(v) => Some(v as f64),
-            F64(v) => Some(v),
-            _ => self.as_i64().map(|v| v as f64),
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            GgufValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            GgufValue::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[GgufValue]> {
-        match self {
-            GgufValue::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-
-    /// The type name used in error messages.
-    pub fn type_name(&self) -> &'static str {
-        use GgufValue::*;
-        match self {
-            U8(_) => "u8",
-            I8(_) => "i8",
-            U16(_) => "u16",
-            I16(_) => "i16",
-            U32(_) => "u32",
-            I32(_) => "i32",
-            F32(_) => "f32",
-            Bool(_) => "bool",
-            String(_) => "string",
-            Array(_) => "array",
-            U64(_) => "u64",
-            I64(_) => "i64",
-            F64(_) => "f64",
-        }
-    }
-}
+/// Real files nest arrays at most once or twice; the limit only stops hostile input.
+const MAX_ARRAY_DEPTH: usize = 8;
 
 /// One entry of the tensor directory.
 #[derive(Debug, Clone)]
@@ -177,6 +81,20 @@ impl GgufFile {
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> &[u8] {
         &self.mmap[info.offset as usize..(info.offset + info.n_bytes) as usize]
     }
+
+    /// A tensor dequantized to f32, with its row-major shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self
+            .tensor_info(name)
+            .with_context(|| format!("{}: no tensor named {name:?}", self.path.display()))?;
+        let data = quant::dequantize(
+            info.ggml_type,
+            self.tensor_bytes(info),
+            info.n_elements() as usize,
+        )
+        .with_context(|| format!("{}: tensor {name}", self.path.display()))?;
+        Ok((data, info.shape()))
+    }
 }
 
 /// Does this file start with the GGUF magic? Used to tell GGUF from other formats by content.
@@ -203,15 +121,26 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     }
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
-        let key = r.string().with_context(|| format!("metadata entry {i}: key"))?;
+        let key = r
+            .string()
+            .with_context(|| format!("metadata entry {i}: key"))?;
         let ty = r.u32()?;
-        let value = r.value(ty).with_context(|| format!("metadata {key:?}"))?;
-        metadata.insert(key, value);
+        let value = r
+            .value(ty, 0)
+            .with_context(|| format!("metadata {key:?}"))?;
+        if metadata.insert(key.clone(), value).is_some() {
+            bail!("metadata key {key:?} appears twice");
+        }
     }
-    let mut infos = Vec::with_capacity(n_tensors as usize);
+    let mut infos: Vec<GgufTensorInfo> = Vec::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
-        let name = r.string().with_context(|| format!("tensor entry {i}: name"))?;
-        let info = r.tensor_info(name)?;
+        let info = r
+            .string()
+            .and_then(|name| r.tensor_info(name))
+            .with_context(|| format!("tensor entry {i}"))?;
+        if infos.iter().any(|t| t.name == info.name) {
+            bail!("tensor {} appears twice", info.name);
+        }
         infos.push(info);
     }
     let alignment = match metadata.get("general.alignment") {
@@ -223,10 +152,17 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     };
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
     for info in &mut infos {
+        if !info.offset.is_multiple_of(alignment) {
+            bail!(
+                "tensor {}: data offset {} is not a multiple of the alignment {alignment}",
+                info.name,
+                info.offset
+            );
+        }
         info.offset = info
             .offset
             .checked_add(data_start)
-            .context("tensor offset overflows")?;
+            .with_context(|| format!("tensor {}: data offset overflows", info.name))?;
         let end = info.offset.checked_add(info.n_bytes);
         if end.is_none_or(|e| e > bytes.len() as u64) {
             bail!(
@@ -276,14 +212,19 @@ impl<'a> Reader<'a> {
         let len = self.u64()?;
         let len = usize::try_from(len).ok().filter(|&l| l <= self.bytes.len());
         let Some(len) = len else {
-            bail!("string length at byte {} exceeds the file size", self.pos - 8);
+            bail!(
+                "string length at byte {} exceeds the file size",
+                self.pos - 8
+            );
         };
         let raw = self.take(len)?;
         // GGUF strings are UTF-8; some converters wrote invalid bytes in vocabularies, keep them.
         Ok(String::from_utf8_lossy(raw).into_owned())
     }
 
-    fn value(&mut self, ty: u32) -> Result<GgufValue> {
+    /// A value of type `ty`; `depth` counts enclosing arrays, limited so that a file of nested
+    /// array headers cannot exhaust the stack.
+    fn value(&mut self, ty: u32, depth: usize) -> Result<GgufValue> {
         use GgufValue::*;
         Ok(match ty {
             0 => U8(self.array::<1>()?[0]),
@@ -300,6 +241,9 @@ impl<'a> Reader<'a> {
             },
             8 => String(self.string()?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    bail!("arrays nested more than {MAX_ARRAY_DEPTH} deep");
+                }
                 let item_ty = self.u32()?;
                 let n = self.u64()?;
                 if n > (self.bytes.len() - self.pos) as u64 {
@@ -307,7 +251,7 @@ impl<'a> Reader<'a> {
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    items.push(self.value(item_ty)?);
+                    items.push(self.value(item_ty, depth + 1)?);
                 }
                 Array(items)
             }
@@ -323,8 +267,19 @@ impl<'a> Reader<'a> {
         if n_dims == 0 || n_dims > 4 {
             bail!("tensor {name}: {n_dims} dimensions (ggml allows 1 to 4)");
         }
-        let dims = (0..n_dims).map(|_| self.u64()).collect::<Result<Vec<_>>>()?;
+        let dims = (0..n_dims)
+            .map(|_| self.u64())
+            .collect::<Result<Vec<_>>>()?;
         let ggml_type = GgmlType::from_id(self.u32()?).with_context(|| format!("tensor {name}"))?;
+        // ggml quantizes rows independently, so each row must be whole blocks.
+        if !dims[0].is_multiple_of(ggml_type.block_size() as u64) {
+            bail!(
+                "tensor {name}: rows of {} values are not whole {} blocks ({} values each)",
+                dims[0],
+                ggml_type.name(),
+                ggml_type.block_size()
+            );
+        }
         let offset = self.u64()?;
         let n_elements = dims
             .iter()
@@ -340,15 +295,5 @@ impl<'a> Reader<'a> {
             offset,
             n_bytes,
         })
-    }
-}
-
-impl GgufFile {
-    /// TEMPORARY until the quant branch lands.
-    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let info = self.tensor_info(name).context("absent")?;
-        let b = self.tensor_bytes(info);
-        let v = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        Ok((v, info.shape()))
     }
 }

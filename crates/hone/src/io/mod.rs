@@ -1,6 +1,8 @@
 //! Reading and writing the file formats users already have: GGUF, safetensors, HF directories.
 
 pub mod gguf;
+mod gguf_value;
+pub mod gguf_write;
 pub mod hub;
 pub mod safetensors;
 pub mod source;

@@ -1,9 +1,18 @@
 //! ggml tensor types: their block layout, and conversion between their bytes and f32.
 //!
 //! GGUF files store weights as ggml types. Hone dequantizes them to f32 on load (training and
-//! exact-parity inference want f32), and quantizes f32 back when exporting.
+//! exact-parity inference want f32), and quantizes f32 back when exporting. Both directions are
+//! bit-exact with ggml (and gguf-py, which agrees with it): dequantization for every type below,
+//! quantization for the types `quantize` accepts, using ggml's reference (imatrix-free) quantizers.
+//! The work is split into runs of blocks spread over rayon's threads.
 
-use anyhow::{bail, Result};
+mod float;
+mod kquantize;
+mod kquants;
+mod legacy;
+
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
 
 /// A ggml tensor type, with the numeric ids of ggml.h / gguf-py's `GGMLQuantizationType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,7 +156,7 @@ impl GgmlType {
     /// Bytes taken by `n_elements` of this type; an error when `n_elements` is not whole blocks.
     pub fn bytes_for(self, n_elements: u64) -> Result<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             bail!(
                 "{} elements is not a whole number of {} blocks ({bs} each)",
                 n_elements,
@@ -156,4 +165,95 @@ impl GgmlType {
         }
         Ok(n_elements / bs * self.type_size() as u64)
     }
+}
+
+/// Decodes `n_elements` values of type `ty` from `bytes` (exactly the tensor's bytes).
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
+    use GgmlType::*;
+    let kernel: fn(&[u8], &mut [f32]) = match ty {
+        F32 => |b, y| {
+            par_blocks(b, y, |b: &[u8; 4], y: &mut [f32; 1]| {
+                y[0] = f32::from_le_bytes(*b)
+            })
+        },
+        F16 => |b, y| par_blocks(b, y, float::dequantize_f16),
+        BF16 => |b, y| par_blocks(b, y, float::dequantize_bf16),
+        Q4_0 => |b, y| par_blocks(b, y, legacy::dequantize_q4_0),
+        Q4_1 => |b, y| par_blocks(b, y, legacy::dequantize_q4_1),
+        Q5_0 => |b, y| par_blocks(b, y, legacy::dequantize_q5_0),
+        Q5_1 => |b, y| par_blocks(b, y, legacy::dequantize_q5_1),
+        Q8_0 => |b, y| par_blocks(b, y, legacy::dequantize_q8_0),
+        Q2K => |b, y| par_blocks(b, y, kquants::dequantize_q2_k),
+        Q3K => |b, y| par_blocks(b, y, kquants::dequantize_q3_k),
+        Q4K => |b, y| par_blocks(b, y, kquants::dequantize_q4_k),
+        Q5K => |b, y| par_blocks(b, y, kquants::dequantize_q5_k),
+        Q6K => |b, y| par_blocks(b, y, kquants::dequantize_q6_k),
+        _ => bail!("dequantizing {} tensors is not supported", ty.name()),
+    };
+    let expected = ty.bytes_for(n_elements as u64)?;
+    ensure!(
+        bytes.len() as u64 == expected,
+        "{n_elements} {} elements take {expected} bytes, got {}",
+        ty.name(),
+        bytes.len()
+    );
+    // Zeroed allocation is lazy (calloc), so the pages are first touched by the worker threads.
+    let mut out = vec![0f32; n_elements];
+    kernel(bytes, &mut out);
+    Ok(out)
+}
+
+/// Encodes `data` as type `ty`, byte for byte as ggml's `quantize_row_*_ref` (and gguf-py) do.
+pub fn quantize(ty: GgmlType, data: &[f32]) -> Result<Vec<u8>> {
+    use GgmlType::*;
+    let kernel: fn(&[f32], &mut [u8]) = match ty {
+        F32 => |x, q| {
+            par_blocks(x, q, |x: &[f32; 1], q: &mut [u8; 4]| {
+                *q = x[0].to_le_bytes()
+            })
+        },
+        F16 => |x, q| par_blocks(x, q, float::quantize_f16),
+        BF16 => |x, q| par_blocks(x, q, float::quantize_bf16),
+        Q4_0 => |x, q| par_blocks(x, q, legacy::quantize_q4_0),
+        Q4_1 => |x, q| par_blocks(x, q, legacy::quantize_q4_1),
+        Q5_0 => |x, q| par_blocks(x, q, legacy::quantize_q5_0),
+        Q5_1 => |x, q| par_blocks(x, q, legacy::quantize_q5_1),
+        Q8_0 => |x, q| par_blocks(x, q, legacy::quantize_q8_0),
+        Q4K => |x, q| par_blocks(x, q, kquantize::quantize_q4_k),
+        Q6K => |x, q| par_blocks(x, q, kquantize::quantize_q6_k),
+        _ => bail!("quantizing to {} is not supported", ty.name()),
+    };
+    let n_bytes = ty.bytes_for(data.len() as u64)?;
+    let mut out = vec![0u8; n_bytes as usize];
+    kernel(data, &mut out);
+    Ok(out)
+}
+
+/// Blocks handed to one rayon task: enough work to amortise scheduling (16K values for the
+/// 32-element types), few enough that the 135M-parameter default model makes thousands of tasks.
+const BLOCKS_PER_TASK: usize = 512;
+
+/// Runs `f` on each pair of corresponding blocks of `src` and `dst`, in parallel. The callers have
+/// checked that both hold the same whole number of blocks.
+fn par_blocks<A: Sync, B: Send, const I: usize, const O: usize>(
+    src: &[A],
+    dst: &mut [B],
+    f: impl Fn(&[A; I], &mut [B; O]) + Sync,
+) {
+    let (src, _) = src.as_chunks::<I>();
+    let (dst, _) = dst.as_chunks_mut::<O>();
+    debug_assert_eq!(src.len(), dst.len());
+    src.par_chunks(BLOCKS_PER_TASK)
+        .zip(dst.par_chunks_mut(BLOCKS_PER_TASK))
+        .for_each(|(src, dst)| src.iter().zip(dst).for_each(|(s, d)| f(s, d)));
+}
+
+/// The f16 stored little-endian at `b[i..i + 2]`, widened (exactly) to f32.
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// f32 to f16 bits, rounding to nearest even as ggml's `GGML_FP32_TO_FP16` and numpy do.
+fn f16_bits(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
 }
