@@ -29,7 +29,9 @@ fn logits_match_transformers() {
     for name in MODELS {
         let model = load(name);
         let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let ids = golden["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
         let logits = model.forward(&ids, None).unwrap();
         let diff = max_abs_diff(&logits, &golden["logits"]);
         assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
@@ -41,16 +43,63 @@ fn kv_cache_steps_match_transformers() {
     for name in MODELS {
         let model = load(name);
         let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let ids = golden["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
         let t = ids.dim(1).unwrap();
         let mut cache = model.new_cache();
-        let mut parts = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
+        let mut parts = vec![model
+            .forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache))
+            .unwrap()];
         for p in 6..t {
-            parts.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
+            parts.push(
+                model
+                    .forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache))
+                    .unwrap(),
+            );
         }
         let stepped = Tensor::cat(&parts, 1).unwrap();
         let diff = max_abs_diff(&stepped, &golden["logits_step"]);
-        assert!(diff < 1e-4, "{name}: max abs difference with the cache {diff}");
+        assert!(
+            diff < 1e-4,
+            "{name}: max abs difference with the cache {diff}"
+        );
     }
 }
 
+#[test]
+fn greedy_ids_match_transformers() {
+    for name in MODELS {
+        let model = load(name);
+        let text = std::fs::read_to_string(fixture(&format!("models/{name}/greedy.json"))).unwrap();
+        let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let as_ids = |k: &str| -> Vec<u32> {
+            golden[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (prompt, expected) = (as_ids("prompt_ids"), as_ids("new_ids"));
+        let mut cache = model.new_cache();
+        let mut input = prompt.clone();
+        let mut got = vec![];
+        for _ in 0..expected.len() {
+            let x = Tensor::new(input.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = model.forward(&x, Some(&mut cache)).unwrap();
+            let last = logits
+                .i((0, input.len() - 1))
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let next = hone::generate::sampling::argmax(&last);
+            got.push(next);
+            input = vec![next];
+        }
+        assert_eq!(got, expected, "{name}");
+    }
+}

@@ -1,0 +1,127 @@
+//! The real default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against transformers loading the same
+//! file (fixtures/smollm2 from scripts/golden/models.py): logits, greedy generation, perplexity.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp};
+use common::{fixture, load_tensors, max_abs_diff, real_model};
+use hone::chat::{ChatTemplate, Message};
+use hone::generate::{generate, GenerateConfig};
+use hone::model::LoadedModel;
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn load() -> Option<LoadedModel> {
+    let path = real_model(MODEL)?;
+    Some(hone::model::load(path.to_str().unwrap(), &Device::Cpu).unwrap())
+}
+
+fn json(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn logits_match_transformers() {
+    let Some(m) = load() else { return };
+    let golden = load_tensors(&fixture("smollm2/logits.safetensors"));
+    for prompt in ["plain", "chat"] {
+        let input = golden[&format!("{prompt}.input_ids")]
+            .to_dtype(DType::U32)
+            .unwrap();
+        let logits = m
+            .model
+            .forward(&input.unsqueeze(0).unwrap(), None)
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let positions = golden[&format!("{prompt}.positions")]
+            .to_dtype(DType::U32)
+            .unwrap();
+        let picked = logits.index_select(&positions, 0).unwrap();
+        let diff = max_abs_diff(&picked, &golden[&format!("{prompt}.logits")]);
+        assert!(diff < 1e-4, "{prompt}: max abs logit difference {diff}");
+        let argmax = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let expected: Vec<u32> = golden[&format!("{prompt}.argmax")]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(argmax, expected, "{prompt}: argmax at every position");
+    }
+}
+
+#[test]
+fn tokenizer_and_chat_template_reproduce_the_prompt_ids() {
+    let Some(m) = load() else { return };
+    let golden = load_tensors(&fixture("smollm2/logits.safetensors"));
+    let meta = json("smollm2/greedy.json");
+    let template = ChatTemplate::for_tokenizer(&m.tokenizer).unwrap();
+    for case in meta["prompts"].as_array().unwrap() {
+        let text = template
+            .render(
+                &[Message::new("user", case["question"].as_str().unwrap())],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            m.tokenizer.encode(&text, false).unwrap(),
+            ids(&case["prompt_ids"])
+        );
+    }
+    let plain = golden["plain.input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let sentence = "The old lighthouse keeper climbed the narrow stairs every evening to light the great lamp for the passing ships.";
+    assert_eq!(m.tokenizer.encode(sentence, true).unwrap(), plain);
+}
+
+#[test]
+fn greedy_generation_matches_transformers_token_for_token() {
+    let Some(m) = load() else { return };
+    let meta = json("smollm2/greedy.json");
+    let cfg = GenerateConfig {
+        max_new_tokens: meta["max_new_tokens"].as_u64().unwrap() as usize,
+        ..Default::default()
+    };
+    for case in meta["prompts"].as_array().unwrap() {
+        let gen = generate(
+            &m.model,
+            &m.tokenizer,
+            &ids(&case["prompt_ids"]),
+            &cfg,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(gen.ids, ids(&case["new_ids"]), "{}", case["question"]);
+    }
+}
+
+#[test]
+fn perplexity_matches_transformers() {
+    let Some(m) = load() else { return };
+    let golden = json("smollm2/perplexity.json");
+    let docs = hone::eval::perplexity::read_documents(&fixture("smollm2/ppl.jsonl")).unwrap();
+    let max = golden["max_tokens"].as_u64().unwrap() as usize;
+    let report = hone::eval::perplexity::perplexity(&m.model, &m.tokenizer, &docs, max).unwrap();
+    let expected = golden["perplexity"].as_f64().unwrap();
+    assert_eq!(
+        report.n_tokens as u64,
+        golden["n_tokens_predicted"].as_u64().unwrap()
+    );
+    let rel = (report.perplexity - expected).abs() / expected;
+    assert!(
+        rel < 1e-4,
+        "perplexity {} vs transformers {expected} (relative {rel:e})",
+        report.perplexity
+    );
+}
