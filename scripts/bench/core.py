@@ -34,9 +34,11 @@ def run_worker(cmd):
 
 def torch_worker(kind, model, arg, n):
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
+    transformers.utils.logging.disable_progress_bar()
     d, f = os.path.split(os.path.abspath(model))
     m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     if kind == "forward":

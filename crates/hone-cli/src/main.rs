@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hone",
@@ -31,6 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    hone::alloc::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => commands::info::run(a),

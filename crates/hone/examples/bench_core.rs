@@ -10,7 +10,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use hone::generate::{generate, GenerateConfig};
 
+#[global_allocator]
+static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;
+
 fn main() -> Result<()> {
+    hone::alloc::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let device = Device::Cpu;
     match args
