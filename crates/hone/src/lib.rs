@@ -8,3 +8,4 @@ pub mod io;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod train;

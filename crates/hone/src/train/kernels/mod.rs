@@ -1,0 +1,1 @@
+//! Fused CPU kernels for training, each forward beside its backward.

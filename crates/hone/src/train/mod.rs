@@ -1,0 +1,3 @@
+//! Training: Hone's own differentiable kernels, with forward and backward passes side by side.
+
+pub mod kernels;
