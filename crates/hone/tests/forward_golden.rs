@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
 use hone::io::source::ModelSource;
@@ -24,14 +26,20 @@ fn load(name: &str) -> Llama {
     Llama::from_weights(cfg, w, &Device::Cpu).unwrap()
 }
 
+/// The fixture's golden tensors and its input ids as u32.
+fn golden(name: &str) -> (HashMap<String, Tensor>, Tensor) {
+    let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
+    let ids = golden["input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    (golden, ids)
+}
+
 #[test]
 fn logits_match_transformers() {
     for name in MODELS {
         let model = load(name);
-        let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"]
-            .to_dtype(candle_core::DType::U32)
-            .unwrap();
+        let (golden, ids) = golden(name);
         let logits = model.forward(&ids, None).unwrap();
         let diff = max_abs_diff(&logits, &golden["logits"]);
         assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
@@ -42,10 +50,7 @@ fn logits_match_transformers() {
 fn kv_cache_steps_match_transformers() {
     for name in MODELS {
         let model = load(name);
-        let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"]
-            .to_dtype(candle_core::DType::U32)
-            .unwrap();
+        let (golden, ids) = golden(name);
         let t = ids.dim(1).unwrap();
         let mut cache = model.new_cache();
         let mut parts = vec![model

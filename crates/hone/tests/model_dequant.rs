@@ -2,14 +2,11 @@
 //! dequantized by Hone, checked tensor by tensor against checksums of gguf-py's dequantization
 //! (`scripts/golden/quant.py`).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use hone::io::gguf::GgufFile;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The script's checksum: sum of bits[i] * (2i + 1) mod 2^64, which any change of any value alters.
 fn checksum(values: &[f32]) -> u64 {
@@ -20,17 +17,10 @@ fn checksum(values: &[f32]) -> u64 {
 
 #[test]
 fn default_model_dequantizes_bit_exactly() {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing (run scripts/fetch-model.sh)",
-            path.display()
-        );
-        eprintln!("notice: {} absent, test skipped", path.display());
+    let Some(path) = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
-    }
-    let sums = std::fs::read_to_string(repo().join("fixtures/quant/model_checksums.json")).unwrap();
+    };
+    let sums = std::fs::read_to_string(common::fixture("quant/model_checksums.json")).unwrap();
     let want: BTreeMap<String, String> = serde_json::from_str(&sums).unwrap();
     let gguf = GgufFile::open(&path).unwrap();
     let names: Vec<&String> = gguf.tensors.iter().map(|t| &t.name).collect();

@@ -1,18 +1,16 @@
 //! Hone's tokenizers against transformers: ids, decodes and metadata for every corpus string, from
 //! fixtures written by scripts/golden/tokenizer_chat.py.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use hone::io::gguf::{GgufFile, GgufValue};
 use hone::tokenizer::Tokenizer;
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(name: &str) -> PathBuf {
-    repo().join("fixtures/tokenizer").join(name)
+    common::fixture(&format!("tokenizer/{name}"))
 }
 
 fn golden(name: &str) -> Value {
@@ -196,19 +194,9 @@ fn unknown_tokenizer_model_is_a_clear_error() {
 /// The tokenizer-only fixture must be the real model's tokenizer.
 #[test]
 fn real_smollm2_model_gives_the_same_tokenizer() {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing (run scripts/fetch-model.sh)",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} not present (run scripts/fetch-model.sh)",
-            path.display()
-        );
+    let Some(path) = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
-    }
+    };
     let real = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     let small = load_gguf("smollm2-tokenizer.gguf");
     assert_eq!(
