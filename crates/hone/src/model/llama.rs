@@ -22,6 +22,16 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// One Linear computing the given ones side by side (outputs concatenated in order).
+    pub fn stack(parts: &[Linear]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+        Ok(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (rows, inner) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
         let mut out_shape = x.dims().to_vec();
@@ -35,16 +45,16 @@ impl Linear {
     }
 }
 
+/// q, k and v projections run as one matrix product (their weights stacked by rows): one larger
+/// product keeps the matmul kernel busier than three narrow ones.
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv_proj: Linear,
     o_proj: Linear,
 }
 
+/// gate and up projections stacked likewise.
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up_proj: Linear,
     down_proj: Linear,
 }
 
@@ -119,14 +129,18 @@ impl Llama {
                 })
             };
             let attn = Attention {
-                q_proj: linear("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
-                k_proj: linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
-                v_proj: linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
+                qkv_proj: Linear::stack(&[
+                    linear("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
+                    linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
+                    linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
+                ])?,
                 o_proj: linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?,
             };
             let mlp = Mlp {
-                gate_proj: linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
-                up_proj: linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
+                gate_up_proj: Linear::stack(&[
+                    linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
+                    linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
+                ])?,
                 down_proj: linear("mlp.down_proj", h, i, cfg.mlp_bias)?,
             };
             blocks.push(Block {
@@ -222,8 +236,10 @@ impl Llama {
             x = (x + attn)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
             let mlp = &block.mlp;
+            let gate_up = mlp.gate_up_proj.forward(&normed)?;
+            let i = self.cfg.intermediate_size;
             let gated =
-                (silu(&mlp.gate_proj.forward(&normed)?)? * mlp.up_proj.forward(&normed)?)?;
+                (silu(&gate_up.narrow(D::Minus1, 0, i)?)? * gate_up.narrow(D::Minus1, i, i)?)?;
             x = (x + mlp.down_proj.forward(&gated)?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps)?)
@@ -244,10 +260,17 @@ impl Llama {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-        let q = rope(&heads(a.q_proj.forward(x)?, nh)?, cos, sin)?;
-        let k = rope(&heads(a.k_proj.forward(x)?, nkv)?, cos, sin)?;
-        let v = heads(a.v_proj.forward(x)?, nkv)?;
+        let qkv = a.qkv_proj.forward(x)?;
+        // Columns [q | k | v] of the stacked projection, each split into heads.
+        let heads = |start: usize, n: usize| {
+            qkv.narrow(D::Minus1, start * hd, n * hd)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope(&heads(0, nh)?, cos, sin)?;
+        let k = rope(&heads(nh, nkv)?, cos, sin)?;
+        let v = heads(nh + nkv, nkv)?;
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
