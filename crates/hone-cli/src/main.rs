@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hone", version, about = "Fine-tune, evaluate and export Llama-family language models")]
+#[command(
+    name = "hone",
+    version,
+    about = "Fine-tune, evaluate and export Llama-family language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,7 +13,12 @@ use hone::generate::{generate, GenerateConfig};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let device = Device::Cpu;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["forward", model, ids, iters] => {
             let loaded = hone::model::load(model, &device)?;
             let rows: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(ids)?)?;
@@ -28,13 +33,19 @@ fn main() -> Result<()> {
                 best = best.min(start.elapsed().as_secs_f64());
             }
             let tps = (b * t) as f64 / best;
-            println!("{}", serde_json::json!({"loss": loss, "seconds": best, "tokens_per_s": tps}));
+            println!(
+                "{}",
+                serde_json::json!({"loss": loss, "seconds": best, "tokens_per_s": tps})
+            );
         }
         ["generate", model, prompt, new_tokens] => {
             let loaded = hone::model::load(model, &device)?;
             let tok = &loaded.tokenizer;
             let ids = tok.encode(prompt, true)?;
-            let cfg = GenerateConfig { max_new_tokens: new_tokens.parse()?, ..Default::default() };
+            let cfg = GenerateConfig {
+                max_new_tokens: new_tokens.parse()?,
+                ..Default::default()
+            };
             // Generation must not stop early for a fair timing: strip stop ids by using a long limit
             // and counting the tokens actually produced.
             let start = Instant::now();
@@ -46,7 +57,9 @@ fn main() -> Result<()> {
                     "tokens_per_s": gen.ids.len() as f64 / secs, "ids": gen.ids})
             );
         }
-        _ => bail!("usage: bench_core forward MODEL IDS.json ITERS | generate MODEL PROMPT NEW_TOKENS"),
+        _ => bail!(
+            "usage: bench_core forward MODEL IDS.json ITERS | generate MODEL PROMPT NEW_TOKENS"
+        ),
     }
     Ok(())
 }

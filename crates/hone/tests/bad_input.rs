@@ -44,7 +44,10 @@ fn assert_mentions(err: &str, parts: &[&str]) {
 #[test]
 fn missing_path() {
     let err = load_error(Path::new("/nonexistent/model-dir"));
-    assert_mentions(&err, &["/nonexistent/model-dir", "no such file or directory"]);
+    assert_mentions(
+        &err,
+        &["/nonexistent/model-dir", "no such file or directory"],
+    );
 }
 
 #[test]
@@ -53,7 +56,10 @@ fn truncated_safetensors() {
     let st = dir.join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    assert_mentions(&load_error(&dir), &["model.safetensors", "not a valid safetensors file"]);
+    assert_mentions(
+        &load_error(&dir),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
@@ -64,33 +70,46 @@ fn safetensors_header_that_lies_about_sizes() {
     // The first 8 bytes give the JSON header's length; claim far more than the file holds.
     bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     std::fs::write(&st, &bytes).unwrap();
-    assert_mentions(&load_error(&dir), &["model.safetensors", "not a valid safetensors file"]);
+    assert_mentions(
+        &load_error(&dir),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
 fn unknown_architecture() {
     let dir = scratch_copy("arch");
     let cfg = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
     std::fs::write(&cfg, text).unwrap();
-    assert_mentions(&load_error(&dir), &["config.json", "GPTNeoXForCausalLM", "not supported"]);
+    assert_mentions(
+        &load_error(&dir),
+        &["config.json", "GPTNeoXForCausalLM", "not supported"],
+    );
 }
 
 #[test]
 fn shape_mismatch_with_config() {
     let dir = scratch_copy("shape");
     let cfg = dir.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     json["intermediate_size"] = serde_json::json!(json["intermediate_size"].as_u64().unwrap() + 8);
     std::fs::write(&cfg, json.to_string()).unwrap();
-    assert_mentions(&load_error(&dir), &[dir.to_str().unwrap(), "mlp.gate_proj.weight", "shape"]);
+    assert_mentions(
+        &load_error(&dir),
+        &[dir.to_str().unwrap(), "mlp.gate_proj.weight", "shape"],
+    );
 }
 
 #[test]
 fn missing_tensor() {
     let dir = scratch_copy("missing-tensor");
     let cfg = dir.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     json["num_hidden_layers"] = serde_json::json!(json["num_hidden_layers"].as_u64().unwrap() + 1);
     std::fs::write(&cfg, json.to_string()).unwrap();
     assert_mentions(&load_error(&dir), &[dir.to_str().unwrap(), "is missing"]);
@@ -100,7 +119,11 @@ fn missing_tensor() {
 fn unsupported_tensor_dtype() {
     let dir = scratch_copy("dtype");
     let data = [1i8, 2, 3, 4];
-    let views = [("extra", safetensors::tensor::TensorView::new(safetensors::Dtype::I8, vec![4], bytemuck_i8(&data)).unwrap())];
+    let views = [(
+        "extra",
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I8, vec![4], bytemuck_i8(&data))
+            .unwrap(),
+    )];
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     assert_mentions(&load_error(&dir), &["model.safetensors", "extra", "I8"]);
 }
@@ -114,14 +137,27 @@ fn bytemuck_i8(d: &[i8]) -> &[u8] {
 fn pickled_weights_are_refused() {
     let dir = std::env::temp_dir().join(format!("hone-bad-pickle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixture("models/llama-tied/config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("models/llama-tied/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
     std::fs::write(dir.join("pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
-    assert_mentions(&load_error(&dir), &["pytorch_model.bin", "refused", "safetensors"]);
-    assert_mentions(&load_error(&dir.join("pytorch_model.bin")), &["pytorch_model.bin", "refused"]);
+    assert_mentions(
+        &load_error(&dir),
+        &["pytorch_model.bin", "refused", "safetensors"],
+    );
+    assert_mentions(
+        &load_error(&dir.join("pytorch_model.bin")),
+        &["pytorch_model.bin", "refused"],
+    );
 }
 
 #[test]
 fn a_directory_is_resolved_by_content() {
     let dir = fixture("models/llama-tied");
-    assert_eq!(source::resolve(dir.to_str().unwrap()).unwrap(), ModelSource::HfDir(dir));
+    assert_eq!(
+        source::resolve(dir.to_str().unwrap()).unwrap(),
+        ModelSource::HfDir(dir)
+    );
 }

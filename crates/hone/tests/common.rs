@@ -8,18 +8,29 @@ use candle_core::{Device, Tensor};
 
 /// `<repo>/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(rel)
 }
 
 /// `<repo>/models/<name>` when present. Absent: None with a notice, or a failure under CI, where
 /// `.ci/run` fetches the default model first.
 pub fn real_model(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name);
     if p.exists() {
         return Some(p);
     }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing under CI", p.display());
-    eprintln!("skipping: {} is absent (run scripts/fetch-model.sh)", p.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing under CI",
+        p.display()
+    );
+    eprintln!(
+        "skipping: {} is absent (run scripts/fetch-model.sh)",
+        p.display()
+    );
     None
 }
 
@@ -30,7 +41,14 @@ pub fn load_tensors(path: &std::path::Path) -> HashMap<String, Tensor> {
 /// Largest |a - b| over two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
-
-

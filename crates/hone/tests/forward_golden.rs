@@ -29,7 +29,9 @@ fn logits_match_transformers() {
     for name in MODELS {
         let model = load(name);
         let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let ids = golden["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
         let logits = model.forward(&ids, None).unwrap();
         let diff = max_abs_diff(&logits, &golden["logits"]);
         assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
@@ -41,16 +43,26 @@ fn kv_cache_steps_match_transformers() {
     for name in MODELS {
         let model = load(name);
         let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
-        let ids = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let ids = golden["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
         let t = ids.dim(1).unwrap();
         let mut cache = model.new_cache();
-        let mut parts = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
+        let mut parts = vec![model
+            .forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache))
+            .unwrap()];
         for p in 6..t {
-            parts.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
+            parts.push(
+                model
+                    .forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache))
+                    .unwrap(),
+            );
         }
         let stepped = Tensor::cat(&parts, 1).unwrap();
         let diff = max_abs_diff(&stepped, &golden["logits_step"]);
-        assert!(diff < 1e-4, "{name}: max abs difference with the cache {diff}");
+        assert!(
+            diff < 1e-4,
+            "{name}: max abs difference with the cache {diff}"
+        );
     }
 }
-

@@ -29,9 +29,17 @@ pub fn run(args: Args) -> Result<()> {
     let loaded = hone::model::load(&args.model, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
     let template = chat_template(tok, args.chat_template.as_deref())?;
-    let fresh = || -> Vec<Message> { args.system.iter().map(|s| Message::new("system", s)).collect() };
+    let fresh = || -> Vec<Message> {
+        args.system
+            .iter()
+            .map(|s| Message::new("system", s))
+            .collect()
+    };
     let mut history = fresh();
-    eprintln!("Chatting with {} — /reset clears the history, /exit quits.", loaded.source.path().display());
+    eprintln!(
+        "Chatting with {} — /reset clears the history, /exit quits.",
+        loaded.source.path().display()
+    );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     loop {

@@ -37,7 +37,9 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 fn run_perplexity(args: PerplexityArgs) -> Result<()> {
     let docs = perplexity::read_documents(&args.data)?;
     let loaded = hone::model::load(&args.model, &Device::Cpu)?;
-    let max_length = args.max_length.min(loaded.model.config().max_position_embeddings);
+    let max_length = args
+        .max_length
+        .min(loaded.model.config().max_position_embeddings);
     let report = perplexity::perplexity(&loaded.model, &loaded.tokenizer, &docs, max_length)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -14,7 +14,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let (source, cfg, tok) = hone::model::inspect(&args.model)?;
-    let special: Vec<_> = tok.special_tokens().into_iter().map(|(t, id)| json!({"token": t, "id": id})).collect();
+    let special: Vec<_> = tok
+        .special_tokens()
+        .into_iter()
+        .map(|(t, id)| json!({"token": t, "id": id}))
+        .collect();
     let info = json!({
         "path": source.path().display().to_string(),
         "format": match source { hone::io::source::ModelSource::Gguf(_) => "gguf", _ => "hf" },
@@ -42,20 +46,55 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let params = cfg.parameter_count() as f64;
-    println!("model          {}", info["path"].as_str().unwrap_or_default());
-    println!("architecture   {} ({})", cfg.architecture.hf_class(), info["format"].as_str().unwrap_or_default());
+    println!(
+        "model          {}",
+        info["path"].as_str().unwrap_or_default()
+    );
+    println!(
+        "architecture   {} ({})",
+        cfg.architecture.hf_class(),
+        info["format"].as_str().unwrap_or_default()
+    );
     println!("layers         {}", cfg.num_hidden_layers);
-    println!("hidden size    {} (MLP {})", cfg.hidden_size, cfg.intermediate_size);
-    println!("heads          {} query, {} key/value, head dim {}", cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    println!(
+        "hidden size    {} (MLP {})",
+        cfg.hidden_size, cfg.intermediate_size
+    );
+    println!(
+        "heads          {} query, {} key/value, head dim {}",
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    );
     println!("vocabulary     {}", cfg.vocab_size);
-    println!("context        {} (rope theta {})", cfg.max_position_embeddings, cfg.rope_theta);
-    println!("parameters     {} ({:.1}M)", cfg.parameter_count(), params / 1e6);
+    println!(
+        "context        {} (rope theta {})",
+        cfg.max_position_embeddings, cfg.rope_theta
+    );
+    println!(
+        "parameters     {} ({:.1}M)",
+        cfg.parameter_count(),
+        params / 1e6
+    );
     println!("dtype          {}", cfg.source_dtype);
     println!("tied embedding {}", cfg.tie_word_embeddings);
     println!("tokenizer      {}", tok.kind());
-    println!("bos / eos      {:?} / {:?}", tok.bos_token(), tok.eos_token());
-    let names: Vec<String> = tok.special_tokens().into_iter().map(|(t, id)| format!("{t}={id}")).collect();
+    println!(
+        "bos / eos      {:?} / {:?}",
+        tok.bos_token(),
+        tok.eos_token()
+    );
+    let names: Vec<String> = tok
+        .special_tokens()
+        .into_iter()
+        .map(|(t, id)| format!("{t}={id}"))
+        .collect();
     println!("special tokens {}", names.join(" "));
-    println!("chat template  {}", if tok.chat_template().is_some() { "yes" } else { "no" });
+    println!(
+        "chat template  {}",
+        if tok.chat_template().is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     Ok(())
 }

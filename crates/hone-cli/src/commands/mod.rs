@@ -67,7 +67,8 @@ pub fn chat_template(
     use anyhow::Context;
     match path {
         Some(p) => {
-            let source = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let source = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
             hone::chat::ChatTemplate::new(&source, tokenizer.bos_token(), tokenizer.eos_token())
                 .with_context(|| format!("{}", p.display()))
         }

@@ -28,8 +28,11 @@ pub struct PerplexityReport {
 
 /// Read documents: JSONL rows with a string `text` field, or plain text with one document per line.
 pub fn read_documents(path: &Path) -> Result<Vec<String>> {
-    let content = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+    let content = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let is_jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json")
         || content.trim_start().starts_with('{');
     let mut docs = Vec::new();
     for (i, line) in content.lines().enumerate() {
@@ -45,7 +48,11 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
             serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
         match row.get("text") {
             Some(serde_json::Value::String(s)) => docs.push(s.clone()),
-            Some(other) => bail!("{}: field `text`: expected a string, found {}", at(), json_kind(other)),
+            Some(other) => bail!(
+                "{}: field `text`: expected a string, found {}",
+                at(),
+                json_kind(other)
+            ),
             None => bail!("{}: field `text`: missing", at()),
         }
     }
@@ -67,7 +74,12 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 /// Score `documents` under `model`.
-pub fn perplexity(model: &Llama, tokenizer: &Tokenizer, documents: &[String], max_length: usize) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    documents: &[String],
+    max_length: usize,
+) -> Result<PerplexityReport> {
     let mut total_nll = 0f64;
     let mut n_tokens = 0usize;
     let mut too_short = 0usize;

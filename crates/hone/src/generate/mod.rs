@@ -98,7 +98,11 @@ pub fn generate(
 }
 
 /// Feed `input` through the model (continuing `cache`) and return the last position's logits.
-pub fn last_logits(model: &Llama, input: &[u32], cache: &mut crate::model::Cache) -> Result<Vec<f32>> {
+pub fn last_logits(
+    model: &Llama,
+    input: &[u32],
+    cache: &mut crate::model::Cache,
+) -> Result<Vec<f32>> {
     let ids = Tensor::new(input, model.device())?.unsqueeze(0)?;
     let logits = model.forward(&ids, Some(cache))?;
     Ok(logits.i((0, input.len() - 1))?.to_vec1::<f32>()?)

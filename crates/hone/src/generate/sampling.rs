@@ -98,7 +98,10 @@ fn filter_top_k_top_p(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(u32, f32
         order.truncate(top_k);
     }
     let max = logits[order[0] as usize];
-    let weights: Vec<f32> = order.iter().map(|&i| (logits[i as usize] - max).exp()).collect();
+    let weights: Vec<f32> = order
+        .iter()
+        .map(|&i| (logits[i as usize] - max).exp())
+        .collect();
     let total: f32 = weights.iter().sum();
     let mut out = Vec::with_capacity(order.len());
     let mut cumulative = 0.0;
@@ -134,7 +137,10 @@ mod tests {
     #[test]
     fn top_k_and_top_p_cut_the_tail() {
         let logits = [0.0f32, 3.0, 2.0, 1.0];
-        let k2: Vec<u32> = filter_top_k_top_p(&logits, 2, 1.0).iter().map(|c| c.0).collect();
+        let k2: Vec<u32> = filter_top_k_top_p(&logits, 2, 1.0)
+            .iter()
+            .map(|c| c.0)
+            .collect();
         assert_eq!(k2, vec![1, 2]);
         // p(1) ≈ 0.644, p(2) ≈ 0.237: 0.5 keeps one token, 0.8 keeps two.
         assert_eq!(filter_top_k_top_p(&logits, 0, 0.5).len(), 1);
@@ -144,7 +150,11 @@ mod tests {
     #[test]
     fn sampling_is_reproducible_from_the_seed_and_follows_the_distribution() {
         let logits = [0.0f32, 1.0, 2.0];
-        let cfg = SamplingConfig { temperature: 1.0, seed: 7, ..Default::default() };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |cfg: &SamplingConfig| {
             let mut s = Sampler::new(cfg.clone());
             (0..3000).map(|_| s.next(&logits, &[])).collect::<Vec<_>>()

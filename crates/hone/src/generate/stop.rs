@@ -19,7 +19,11 @@ impl<'a> StopScanner<'a> {
     /// string was found (the text is then cut before it).
     pub fn push(&mut self, full_text: &str) -> (&str, bool) {
         self.text = full_text.to_string();
-        let first_stop = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min();
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
         if let Some(cut) = first_stop {
             self.text.truncate(cut);
             let start = self.emitted.min(cut);

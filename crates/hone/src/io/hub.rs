@@ -25,7 +25,8 @@ pub fn is_hub_id(spec: &str) -> bool {
         && parts.iter().all(|p| {
             !p.is_empty()
                 && !p.starts_with('.')
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
 }
 
@@ -38,7 +39,8 @@ pub fn cache_from_env() -> Cache {
 }
 
 pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
 /// Make the model `id` available as a local snapshot directory and return it.
@@ -48,7 +50,10 @@ pub fn resolve(id: &str, cache: &Cache, offline: bool) -> Result<PathBuf> {
     } else {
         download(id, cache, "config.json")?
     };
-    let dir = config.parent().context("cache path has no parent")?.to_path_buf();
+    let dir = config
+        .parent()
+        .context("cache path has no parent")?
+        .to_path_buf();
     if offline {
         return Ok(dir);
     }
@@ -59,8 +64,13 @@ pub fn resolve(id: &str, cache: &Cache, offline: bool) -> Result<PathBuf> {
     let index = "model.safetensors.index.json";
     match download(id, cache, index) {
         Ok(path) => {
-            for shard in super::safetensors::checkpoint_files(path.parent().unwrap_or(Path::new(".")))? {
-                let name = shard.file_name().and_then(|n| n.to_str()).context("bad shard name")?;
+            for shard in
+                super::safetensors::checkpoint_files(path.parent().unwrap_or(Path::new(".")))?
+            {
+                let name = shard
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("bad shard name")?;
                 download(id, cache, name)?;
             }
         }
@@ -87,9 +97,12 @@ fn download(id: &str, cache: &Cache, file: &str) -> Result<PathBuf> {
         .with_progress(true)
         .build()
         .context("cannot start the Hugging Face Hub client")?;
-    api.model(id.to_string())
-        .get(file)
-        .with_context(|| format!("{id}: cannot fetch {file} from the Hugging Face Hub (cache: {})", cache.path().display()))
+    api.model(id.to_string()).get(file).with_context(|| {
+        format!(
+            "{id}: cannot fetch {file} from the Hugging Face Hub (cache: {})",
+            cache.path().display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -116,7 +129,10 @@ mod tests {
         let cache = Cache::new(root.clone());
         assert_eq!(resolve("org/tiny", &cache, true).unwrap(), snap);
         let err = resolve("org/absent", &cache, true).unwrap_err().to_string();
-        assert!(err.contains("org/absent") && err.contains(&root.display().to_string()), "{err}");
+        assert!(
+            err.contains("org/absent") && err.contains(&root.display().to_string()),
+            "{err}"
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -14,7 +14,12 @@ use safetensors::{Dtype, SafeTensors};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
-const PICKLED: [&str; 4] = ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth"];
+const PICKLED: [&str; 4] = [
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "model.pt",
+    "model.pth",
+];
 
 /// The safetensors files of a checkpoint directory, in load order.
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -54,7 +59,12 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         .values()
         .map(|v| v.as_str().map(str::to_string))
         .collect::<Option<_>>()
-        .with_context(|| format!("{}: `weight_map` values must be file names", index.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: `weight_map` values must be file names",
+                index.display()
+            )
+        })?;
     files.sort();
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));
@@ -68,7 +78,10 @@ pub fn load_f32(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Te
         let tensors = load_file_f32(path, device)?;
         for (name, t) in tensors {
             if out.insert(name.clone(), t).is_some() {
-                bail!("{}: tensor {name} also appears in another shard", path.display());
+                bail!(
+                    "{}: tensor {name} also appears in another shard",
+                    path.display()
+                );
             }
         }
     }
@@ -78,7 +91,8 @@ pub fn load_f32(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Te
 fn load_file_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     // SAFETY: read-only map of a file we do not modify.
-    let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
+    let mmap =
+        unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let mut out = BTreeMap::new();

@@ -50,7 +50,10 @@ fn resolve_dir(dir: &Path) -> Result<ModelSource> {
         .collect();
     match ggufs.as_slice() {
         [one] => Ok(ModelSource::Gguf(one.clone())),
-        [] => bail!("{}: no config.json (HF model) and no .gguf file in this directory", dir.display()),
+        [] => bail!(
+            "{}: no config.json (HF model) and no .gguf file in this directory",
+            dir.display()
+        ),
         many => bail!(
             "{}: {} .gguf files and no config.json; pass the file you mean",
             dir.display(),

@@ -101,7 +101,9 @@ impl ModelConfig {
         };
         if let Some(act) = get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                bail!("field `hidden_act`: {act:?} is not supported (Hone runs silu/SwiGLU models)");
+                bail!(
+                    "field `hidden_act`: {act:?} is not supported (Hone runs silu/SwiGLU models)"
+                );
             }
         }
         let hidden_size = usize_field("hidden_size")?;
@@ -125,7 +127,9 @@ impl ModelConfig {
             None => None,
         };
         let qwen2 = architecture == Architecture::Qwen2;
-        let attention_bias = get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let attention_bias = get("attention_bias")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let cfg = ModelConfig {
             architecture,
             vocab_size: usize_field("vocab_size")?,
@@ -147,7 +151,9 @@ impl ModelConfig {
             attention_bias: qwen2 || attention_bias,
             o_proj_bias: !qwen2 && attention_bias,
             mlp_bias: get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id: get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+            bos_token_id: get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
             eos_token_ids: token_ids(get("eos_token_id")),
             source_dtype: get("torch_dtype")
                 .or_else(|| get("dtype"))
@@ -172,7 +178,9 @@ impl ModelConfig {
         let num = |key: &str| -> Result<u64> {
             gguf.get(&format!("llama.{key}"))
                 .and_then(|v| v.as_u64())
-                .with_context(|| format!("{file}: metadata `llama.{key}` is missing or not an integer"))
+                .with_context(|| {
+                    format!("{file}: metadata `llama.{key}` is missing or not an integer")
+                })
         };
         let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
         let hidden_size = num("embedding_length")? as usize;
@@ -253,14 +261,21 @@ impl ModelConfig {
             );
         }
         if self.head_dim % 2 != 0 {
-            bail!("head_dim ({}) must be even for rotary embeddings", self.head_dim);
+            bail!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            );
         }
         Ok(())
     }
 
     /// Number of parameters, counting a tied LM head once.
     pub fn parameter_count(&self) -> u64 {
-        let (h, i, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (h, i, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
         let q = (self.num_attention_heads * self.head_dim) as u64;
         let kv = (self.num_key_value_heads * self.head_dim) as u64;
         let mut attn = h * q + 2 * h * kv + q * h;
@@ -308,21 +323,29 @@ fn hf_rope_scaling(r: &Value) -> Result<Option<RopeScaling>> {
     };
     Ok(match kind {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear { factor: f("factor")? }),
+        "linear" => Some(RopeScaling::Linear {
+            factor: f("factor")?,
+        }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: f("factor")?,
             low_freq_factor: f("low_freq_factor")?,
             high_freq_factor: f("high_freq_factor")?,
             original_max_position_embeddings: f("original_max_position_embeddings")?,
         }),
-        other => bail!("rope scaling type {other:?} is not supported (default, linear, llama3 are)"),
+        other => {
+            bail!("rope scaling type {other:?} is not supported (default, linear, llama3 are)")
+        }
     })
 }
 
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }

@@ -84,7 +84,11 @@ pub struct Llama {
 
 impl Llama {
     /// Build the model from f32 tensors with HF names, checking every shape against the config.
-    pub fn from_weights(cfg: ModelConfig, mut w: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+    pub fn from_weights(
+        cfg: ModelConfig,
+        mut w: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -107,7 +111,11 @@ impl Llama {
             let mut linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
                 Ok(Linear {
                     weight: take(&format!("{p}.{name}.weight"), &[out, inp])?,
-                    bias: if bias { Some(take(&format!("{p}.{name}.bias"), &[out])?) } else { None },
+                    bias: if bias {
+                        Some(take(&format!("{p}.{name}.bias"), &[out])?)
+                    } else {
+                        None
+                    },
                 })
             };
             let attn = Attention {
@@ -124,7 +132,10 @@ impl Llama {
             blocks.push(Block {
                 input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
                 attn,
-                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: take(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
                 mlp,
             });
         }
@@ -158,14 +169,20 @@ impl Llama {
     pub fn new_cache(&self) -> Cache {
         let max = self.cfg.max_position_embeddings.clamp(1, 512);
         Cache {
-            layers: (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(2, max)).collect(),
+            layers: (0..self.cfg.num_hidden_layers)
+                .map(|_| KvCache::new(2, max))
+                .collect(),
         }
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`, continuing from `cache` when given.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
         let hidden = self.hidden_states(ids, cache)?;
-        let logits = Linear { weight: self.lm_head.clone(), bias: None }.forward(&hidden)?;
+        let logits = Linear {
+            weight: self.lm_head.clone(),
+            bias: None,
+        }
+        .forward(&hidden)?;
         Ok(logits)
     }
 
@@ -181,7 +198,12 @@ impl Llama {
             );
         }
         let vocab = self.cfg.vocab_size as u32;
-        if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+        if let Some(bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .find(|&i| i >= vocab)
+        {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
         let mut x = self
@@ -195,11 +217,13 @@ impl Llama {
         for (l, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let normed = rms_norm(&x, &block.input_layernorm, eps)?;
-            let attn = self.attention(&block.attn, &normed, &cos, &sin, mask.as_ref(), layer_cache)?;
+            let attn =
+                self.attention(&block.attn, &normed, &cos, &sin, mask.as_ref(), layer_cache)?;
             x = (x + attn)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
             let mlp = &block.mlp;
-            let gated = (silu(&mlp.gate_proj.forward(&normed)?)? * mlp.up_proj.forward(&normed)?)?;
+            let gated =
+                (silu(&mlp.gate_proj.forward(&normed)?)? * mlp.up_proj.forward(&normed)?)?;
             x = (x + mlp.down_proj.forward(&gated)?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps)?)
@@ -215,7 +239,11 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
         let q = rope(&heads(a.q_proj.forward(x)?, nh)?, cos, sin)?;
         let k = rope(&heads(a.k_proj.forward(x)?, nkv)?, cos, sin)?;
@@ -257,7 +285,17 @@ fn causal_mask(t: usize, start: usize, device: &Device) -> candle_core::Result<O
     }
     let s = start + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
-    Ok(Some(Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)?))
+    Ok(Some(
+        Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)?,
+    ))
 }

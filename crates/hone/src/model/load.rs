@@ -31,7 +31,11 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     };
     let model = Llama::from_weights(cfg, w, device)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
-    Ok(LoadedModel { model, tokenizer, source })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        source,
+    })
 }
 
 /// Config and tokenizer only, without reading the weights (for `hone info`).
@@ -44,7 +48,11 @@ pub fn inspect(spec: &str) -> Result<(ModelSource, ModelConfig, Tokenizer)> {
         }
         ModelSource::Gguf(path) => {
             let gguf = GgufFile::open(path)?;
-            (source.clone(), ModelConfig::from_gguf(&gguf)?, Tokenizer::from_gguf(&gguf)?)
+            (
+                source.clone(),
+                ModelConfig::from_gguf(&gguf)?,
+                Tokenizer::from_gguf(&gguf)?,
+            )
         }
     })
 }

@@ -24,7 +24,11 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
             high_freq_factor,
             original_max_position_embeddings,
         }) => {
-            let (factor, low, high) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let (factor, low, high) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
             let old_ctx = *original_max_position_embeddings as f32;
             let low_freq_wavelen = old_ctx / low;
             let high_freq_wavelen = old_ctx / high;

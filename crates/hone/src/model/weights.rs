@@ -15,7 +15,10 @@ use crate::io::safetensors;
 use crate::io::source::ModelSource;
 
 /// Config and f32 weights keyed by HF tensor name.
-pub fn load(source: &ModelSource, device: &Device) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+pub fn load(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     match source {
         ModelSource::HfDir(dir) => {
             let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
@@ -31,7 +34,10 @@ pub fn load(source: &ModelSource, device: &Device) -> Result<(ModelConfig, HashM
 }
 
 /// Config and weights of an open GGUF file.
-pub fn load_gguf(gguf: &GgufFile, device: &Device) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+pub fn load_gguf(
+    gguf: &GgufFile,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let mut cfg = ModelConfig::from_gguf(gguf)?;
     let mut weights = HashMap::new();
     for info in &gguf.tensors {
@@ -127,9 +133,18 @@ mod tests {
 
     #[test]
     fn gguf_names_map_to_hf_names() {
-        assert_eq!(hf_name("blk.3.attn_q.weight").unwrap(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
-        assert_eq!(hf_name("blk.11.ffn_down.weight").unwrap(), "model.layers.11.mlp.down_proj.weight");
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k.bias").unwrap(),
+            "model.layers.0.self_attn.k_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.11.ffn_down.weight").unwrap(),
+            "model.layers.11.mlp.down_proj.weight"
+        );
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
