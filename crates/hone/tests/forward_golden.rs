@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{Device, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
