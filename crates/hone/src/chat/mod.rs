@@ -13,7 +13,7 @@ mod strftime;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +73,9 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime::strftime_now);
         env.add_template_owned(TEMPLATE_NAME, without_generation_tags(source))
-            .map_err(|e| anyhow!("the chat template does not parse: {e:#}"))?;
+            // Not `{e:#}`: minijinja's alternate form adds a multi-line source excerpt, and errors
+            // are one line; the plain form keeps the position ("in chat_template:LINE").
+            .map_err(|e| anyhow::Error::new(e).context("the chat template does not parse"))?;
         Ok(ChatTemplate {
             env,
             bos_token: bos.map(str::to_owned),
@@ -112,7 +114,7 @@ impl ChatTemplate {
                 }
                 source = e.source();
             }
-            anyhow!("rendering the chat template failed: {err:#}")
+            anyhow::Error::new(err).context("rendering the chat template failed")
         })
     }
 }

@@ -4,7 +4,7 @@
 pub mod sampling;
 mod stop;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 
 pub use sampling::{Sampler, SamplingConfig};
@@ -37,7 +37,7 @@ pub enum FinishReason {
     Eos,
     /// A user stop string.
     StopString,
-    /// `max_new_tokens` reached (OpenAI's "length").
+    /// `max_new_tokens` reached, or the model's context is full (OpenAI's "length").
     Length,
 }
 
@@ -58,6 +58,18 @@ pub fn generate(
     cfg: &GenerateConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
+    let context_size = model.config().max_position_embeddings;
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty (no text, and the tokenizer adds no BOS token): nothing to continue");
+    }
+    if prompt_ids.len() > context_size {
+        bail!(
+            "the prompt has {} tokens, more than the model's context of {context_size}",
+            prompt_ids.len()
+        );
+    }
+    // The model sees at most `context_size` positions; a full window ends generation like the limit.
+    let max_new_tokens = cfg.max_new_tokens.min(context_size - prompt_ids.len());
     let stop_ids = tokenizer.stop_ids();
     let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut cache = model.new_cache();
@@ -66,7 +78,7 @@ pub fn generate(
     let mut scanner = StopScanner::new(&cfg.stop_strings);
     let mut input = prompt_ids.to_vec();
     let mut finish_reason = FinishReason::Length;
-    while ids.len() < cfg.max_new_tokens {
+    while ids.len() < max_new_tokens {
         let logits = last_logits(model, &input, &mut cache)?;
         let next = sampler.next(&logits, &context);
         ids.push(next);

@@ -18,10 +18,15 @@ const OPTIONAL_FILES: [&str; 5] = [
     "special_tokens_map.json",
 ];
 
+/// Model files a user names by path; a missing `models/x.gguf` must say "no such file", not go to the Hub.
+const FILE_EXTENSIONS: [&str; 6] = [".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json"];
+
 /// Does `spec` look like a Hub model id rather than a local path?
 pub fn is_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
+    let lower = spec.to_ascii_lowercase();
     parts.len() == 2
+        && !FILE_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
         && parts.iter().all(|p| {
             !p.is_empty()
                 && !p.starts_with('.')
@@ -113,6 +118,8 @@ mod tests {
     fn hub_ids_are_told_from_paths() {
         assert!(is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct"));
         assert!(!is_hub_id("./models/x"));
+        assert!(!is_hub_id("models/x.gguf"));
+        assert!(!is_hub_id("models/X.GGUF"));
         assert!(!is_hub_id("models/x.gguf/extra"));
         assert!(!is_hub_id("/abs/path"));
         assert!(!is_hub_id("name"));
