@@ -110,12 +110,14 @@ pub fn generate(
 }
 
 /// Feed `input` through the model (continuing `cache`) and return the last position's logits.
+/// Only that position goes through the LM head: a long prompt's other positions need none.
 pub fn last_logits(
     model: &Llama,
     input: &[u32],
     cache: &mut crate::model::Cache,
 ) -> Result<Vec<f32>> {
     let ids = Tensor::new(input, model.device())?.unsqueeze(0)?;
-    let logits = model.forward(&ids, Some(cache))?;
-    Ok(logits.i((0, input.len() - 1))?.to_vec1::<f32>()?)
+    let hidden = model.hidden_states(&ids, Some(cache))?;
+    let last = hidden.i((0, input.len() - 1))?.unsqueeze(0)?;
+    Ok(model.logits(&last)?.squeeze(0)?.to_vec1::<f32>()?)
 }

@@ -192,12 +192,16 @@ impl Llama {
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`, continuing from `cache` when given.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
         let hidden = self.hidden_states(ids, cache)?;
-        let logits = Linear {
+        self.logits(&hidden)
+    }
+
+    /// The LM head: logits `[..., vocab]` for final-norm hidden states `[..., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = Linear {
             weight: self.lm_head.clone(),
             bias: None,
-        }
-        .forward(&hidden)?;
-        Ok(logits)
+        };
+        Ok(head.forward(hidden)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
