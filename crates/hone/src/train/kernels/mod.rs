@@ -1,1 +1,3 @@
 //! Fused CPU kernels for training, each forward beside its backward.
+
+pub mod cross_entropy;

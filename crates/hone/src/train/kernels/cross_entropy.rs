@@ -1,0 +1,418 @@
+//! Cross-entropy fused with the LM head: `loss = CE(h Wᵀ, labels)` and its gradients in one pass
+//! over chunks of labelled rows, so the `[tokens, vocab]` logits are never materialised.
+//!
+//! Only rows with a label are computed: they are gathered first, so prompt-masked positions cost
+//! nothing. Each chunk of `chunk` rows computes its logits, their log-sum-exp and loss, and then
+//! immediately turns the logits buffer into `dlogits = (softmax − onehot) · grad_scale` and feeds it
+//! to the two backward products (`dh = dlogits W`, `dW += dlogitsᵀ h`), so the buffer is reused.
+//! Labels follow Hugging Face: already shifted by the caller (label `i` is the target of position
+//! `i`), `-100` = ignored; the loss matches `F.cross_entropy(h @ W.T, labels, ignore_index=-100)`.
+
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+
+/// Hugging Face's `ignore_index`: positions with this label carry neither loss nor gradient.
+pub const IGNORE_INDEX: i64 = -100;
+
+#[derive(Clone, Copy, Debug)]
+pub struct CeShape {
+    /// Positions: rows of `h` and entries of `labels`.
+    pub n: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    /// Labelled rows per chunk; the scratch logits take `chunk × vocab` floats.
+    pub chunk: usize,
+}
+
+/// Number of positions whose label is not [`IGNORE_INDEX`]: the divisor of a mean loss, e.g. for
+/// `grad_scale = 1 / count` over a whole gradient-accumulation window.
+pub fn count_labels<L: Copy + Into<i64>>(labels: &[L]) -> usize {
+    labels.iter().filter(|&&l| l.into() != IGNORE_INDEX).count()
+}
+
+/// Summed loss over the labelled positions and their count (`loss_sum / n_labels` is the mean
+/// loss), for evaluation: no gradient is computed.
+pub fn loss<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: &[f32],
+    labels: &[L],
+    shape: CeShape,
+) -> Result<(f64, usize)> {
+    let rows = labelled_rows(h, w, labels, shape)?;
+    let mut scratch = Scratch::new(shape, rows.len());
+    let mut loss_sum = 0.0;
+    for part in rows.chunks(shape.chunk) {
+        let (_, logits, losses) = scratch.logits(h, w, part, shape);
+        logits
+            .par_chunks(shape.vocab)
+            .zip(losses.par_iter_mut())
+            .zip(part.par_iter())
+            .for_each(|((row, loss), &(_, target))| *loss = row_loss(row, target));
+        // Summed serially: a rayon reduction's order, hence its rounding, varies between runs.
+        loss_sum += losses.iter().sum::<f64>();
+    }
+    Ok((loss_sum, rows.len()))
+}
+
+/// Forward and backward in one call. Returns the summed loss over the labelled positions and their
+/// count. `dh` (`[n, hidden]`) is written: `grad_scale · ∂loss_sum/∂h`, zero on ignored rows.
+/// `dw` (`[vocab, hidden]`), when the LM head is trainable, is accumulated (`+=`) with
+/// `grad_scale · ∂loss_sum/∂W`. `grad_scale = 1 / n_labels` gives the gradient of the mean loss.
+pub fn forward_backward<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: &[f32],
+    labels: &[L],
+    shape: CeShape,
+    grad_scale: f32,
+    dh: &mut [f32],
+    mut dw: Option<&mut [f32]>,
+) -> Result<(f64, usize)> {
+    let CeShape { hidden, vocab, .. } = shape;
+    let rows = labelled_rows(h, w, labels, shape)?;
+    ensure!(
+        dh.len() == shape.n * hidden,
+        "cross-entropy: dh has {} elements, expected {} × {hidden}",
+        dh.len(),
+        shape.n
+    );
+    if let Some(dw) = dw.as_deref() {
+        ensure!(
+            dw.len() == w.len(),
+            "cross-entropy: dW has {} elements, expected {vocab} × {hidden}",
+            dw.len()
+        );
+    }
+    dh.fill(0.0);
+    let mut scratch = Scratch::new(shape, rows.len());
+    let mut dh_chunk = vec![0.0; scratch.capacity * hidden];
+    let mut loss_sum = 0.0;
+    for part in rows.chunks(shape.chunk) {
+        let c = part.len();
+        let (hc, dlogits, losses) = scratch.logits(h, w, part, shape);
+        dlogits
+            .par_chunks_mut(vocab)
+            .zip(losses.par_iter_mut())
+            .zip(part.par_iter())
+            .for_each(|((row, loss), &(_, target))| {
+                *loss = row_loss_into_grad(row, target, grad_scale)
+            });
+        loss_sum += losses.iter().sum::<f64>();
+
+        let dh_chunk = &mut dh_chunk[..c * hidden];
+        matmul(
+            dh_chunk,
+            false,
+            Mat::rows(dlogits, c, vocab),
+            Mat::rows(w, vocab, hidden),
+        );
+        for (&(row, _), src) in part.iter().zip(dh_chunk.chunks_exact(hidden)) {
+            dh[row * hidden..(row + 1) * hidden].copy_from_slice(src);
+        }
+        if let Some(dw) = dw.as_deref_mut() {
+            matmul(
+                dw,
+                true,
+                Mat::rows(dlogits, c, vocab).t(),
+                Mat::rows(hc, c, hidden),
+            );
+        }
+    }
+    Ok((loss_sum, rows.len()))
+}
+
+/// Checks the shapes and labels; returns `(row, target)` for every labelled row.
+fn labelled_rows<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: &[f32],
+    labels: &[L],
+    shape: CeShape,
+) -> Result<Vec<(usize, usize)>> {
+    let CeShape {
+        n,
+        hidden,
+        vocab,
+        chunk,
+    } = shape;
+    ensure!(
+        hidden > 0 && vocab > 0 && chunk > 0,
+        "cross-entropy: hidden ({hidden}), vocab ({vocab}) and chunk ({chunk}) must be positive"
+    );
+    ensure!(
+        h.len() == n * hidden,
+        "cross-entropy: h has {} elements, expected {n} × {hidden}",
+        h.len()
+    );
+    ensure!(
+        w.len() == vocab * hidden,
+        "cross-entropy: LM-head weight has {} elements, expected {vocab} × {hidden}",
+        w.len()
+    );
+    ensure!(
+        labels.len() == n,
+        "cross-entropy: {} labels for {n} positions",
+        labels.len()
+    );
+    let mut rows = Vec::new();
+    for (i, &label) in labels.iter().enumerate() {
+        match label.into() {
+            IGNORE_INDEX => {}
+            t if (0..vocab as i64).contains(&t) => rows.push((i, t as usize)),
+            t => bail!(
+                "cross-entropy: label {t} at position {i} is outside the vocabulary 0..{vocab} \
+                 and is not the ignore index {IGNORE_INDEX}"
+            ),
+        }
+    }
+    Ok(rows)
+}
+
+/// Per-chunk buffers, sized once for the largest chunk.
+struct Scratch {
+    capacity: usize,
+    hc: Vec<f32>,
+    logits: Vec<f32>,
+    losses: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(shape: CeShape, labelled: usize) -> Self {
+        let capacity = shape.chunk.min(labelled);
+        Scratch {
+            capacity,
+            hc: vec![0.0; capacity * shape.hidden],
+            logits: vec![0.0; capacity * shape.vocab],
+            losses: vec![0.0; capacity],
+        }
+    }
+
+    /// Gathers the chunk's rows of `h` and computes their logits `hc Wᵀ`; returns the gathered
+    /// rows, the logits and the per-row loss slots, all trimmed to the chunk.
+    fn logits(
+        &mut self,
+        h: &[f32],
+        w: &[f32],
+        part: &[(usize, usize)],
+        shape: CeShape,
+    ) -> (&[f32], &mut [f32], &mut [f64]) {
+        let CeShape { hidden, vocab, .. } = shape;
+        let c = part.len();
+        let hc = &mut self.hc[..c * hidden];
+        for (&(row, _), dst) in part.iter().zip(hc.chunks_exact_mut(hidden)) {
+            dst.copy_from_slice(&h[row * hidden..(row + 1) * hidden]);
+        }
+        let logits = &mut self.logits[..c * vocab];
+        matmul(
+            logits,
+            false,
+            Mat::rows(hc, c, hidden),
+            Mat::rows(w, vocab, hidden).t(),
+        );
+        (hc, logits, &mut self.losses[..c])
+    }
+}
+
+/// `logsumexp(row) − row[target]`. The exponentials are summed in f64: a vocabulary row has tens of
+/// thousands of terms, beyond what an f32 sum keeps to 1e-4.
+fn row_loss(row: &[f32], target: usize) -> f64 {
+    let max = row_max(row);
+    let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+    f64::from(max) + sum.ln() - f64::from(row[target])
+}
+
+/// [`row_loss`], turning the logits in place into `(softmax − onehot(target)) · grad_scale`.
+fn row_loss_into_grad(row: &mut [f32], target: usize, grad_scale: f32) -> f64 {
+    let max = row_max(row);
+    let target_logit = row[target];
+    let mut sum = 0.0f64;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += f64::from(*x);
+    }
+    let scale = (f64::from(grad_scale) / sum) as f32;
+    for x in row.iter_mut() {
+        *x *= scale;
+    }
+    row[target] -= grad_scale;
+    f64::from(max) + sum.ln() - f64::from(target_logit)
+}
+
+fn row_max(row: &[f32]) -> f32 {
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stand-in for the shared matrix-product helper (`kernels/matmul.rs`, written on another branch):
+// when the branches merge, replace `Mat` and `matmul` below by that helper. Keep them this small.
+
+/// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix.
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` when `accumulate`), `dst` row-major `a.rows × b.cols`.
+fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n, "matmul shape mismatch");
+    for x in [a, b] {
+        assert!(
+            x.rows == 0 || x.cols == 0 || (x.rows - 1) * x.rs + (x.cols - 1) * x.cs < x.data.len(),
+            "matmul view out of bounds"
+        );
+    }
+    // SAFETY: the asserts above keep every strided access of gemm inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u32, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    /// Central differences of `loss` against the analytic dh and dW, on a tiny shape.
+    #[test]
+    fn matches_finite_differences() {
+        let shape = CeShape {
+            n: 5,
+            hidden: 4,
+            vocab: 7,
+            chunk: 2,
+        };
+        let h = pseudo_random(20, 1, 4.0);
+        let w = pseudo_random(28, 2, 2.0);
+        let labels: [i32; 5] = [3, -100, 0, 6, 2];
+        let n_labels = count_labels(&labels);
+        let scale = 1.0 / n_labels as f32;
+        let mut dh = vec![f32::NAN; 20];
+        let mut dw = vec![0.0; 28];
+        let (loss_sum, n) =
+            forward_backward(&h, &w, &labels, shape, scale, &mut dh, Some(&mut dw)).unwrap();
+        assert_eq!((n, n_labels), (4, 4));
+        assert_eq!(loss(&h, &w, &labels, shape).unwrap(), (loss_sum, 4));
+        assert!(dh[4..8].iter().all(|&x| x == 0.0), "ignored row has dh 0");
+
+        let mean = |h: &[f32], w: &[f32]| loss(h, w, &labels, shape).unwrap().0 / n as f64;
+        let eps = 1e-2f32;
+        let nudged = |x: &[f32], i: usize, d: f32| {
+            let mut x = x.to_vec();
+            x[i] += d;
+            x
+        };
+        let mut worst = 0.0f64;
+        for (i, &analytic) in dh.iter().enumerate() {
+            let numeric = (mean(&nudged(&h, i, eps), &w) - mean(&nudged(&h, i, -eps), &w))
+                / (2.0 * f64::from(eps));
+            worst = worst.max((numeric - f64::from(analytic)).abs());
+        }
+        for (i, &analytic) in dw.iter().enumerate() {
+            let numeric = (mean(&h, &nudged(&w, i, eps)) - mean(&h, &nudged(&w, i, -eps)))
+                / (2.0 * f64::from(eps));
+            worst = worst.max((numeric - f64::from(analytic)).abs());
+        }
+        assert!(worst < 1e-3, "finite differences differ by {worst:.2e}");
+    }
+
+    #[test]
+    fn all_ignored_costs_nothing_and_leaves_dw_alone() {
+        let shape = CeShape {
+            n: 3,
+            hidden: 2,
+            vocab: 4,
+            chunk: 8,
+        };
+        let (h, w) = (pseudo_random(6, 3, 1.0), pseudo_random(8, 4, 1.0));
+        let mut dh = vec![1.0; 6];
+        let mut dw = vec![0.5; 8];
+        let out =
+            forward_backward(&h, &w, &[-100i64; 3], shape, 1.0, &mut dh, Some(&mut dw)).unwrap();
+        assert_eq!(out, (0.0, 0));
+        assert!(dh.iter().all(|&x| x == 0.0));
+        assert!(dw.iter().all(|&x| x == 0.5));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let shape = CeShape {
+            n: 2,
+            hidden: 2,
+            vocab: 3,
+            chunk: 1,
+        };
+        let (h, w) = (vec![0.0; 4], vec![0.0; 6]);
+        let err = loss(&h, &w, &[0i64, 3], shape).unwrap_err().to_string();
+        assert!(err.contains("label 3 at position 1"), "{err}");
+        let err = loss(&h, &w, &[-1i64, 0], shape).unwrap_err().to_string();
+        assert!(err.contains("label -1 at position 0"), "{err}");
+        let err = loss(&h, &w[..5], &[0i64, 0], shape)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LM-head weight has 5 elements"), "{err}");
+        let mut dh = vec![0.0; 3];
+        let err = forward_backward(&h, &w, &[0i64, 0], shape, 1.0, &mut dh, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dh has 3 elements"), "{err}");
+        let zero_chunk = CeShape { chunk: 0, ..shape };
+        assert!(loss(&h, &w, &[0i64, 0], zero_chunk).is_err());
+    }
+}
