@@ -1,1 +1,5 @@
 //! Fused CPU kernels for training, each forward beside its backward.
+
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
