@@ -51,14 +51,24 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
 
 /// cos and sin tables of shape `[n_positions, head_dim / 2]`.
 pub fn tables(cfg: &ModelConfig, n_positions: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = table_vecs(cfg, n_positions);
+    let half = inverse_frequencies(cfg).len();
+    Ok((
+        Tensor::from_vec(cos, (n_positions, half), device)?,
+        Tensor::from_vec(sin, (n_positions, half), device)?,
+    ))
+}
+
+/// The same cos and sin tables as plain row-major `[n_positions, head_dim / 2]` vectors, for the
+/// training kernels that work on slices.
+pub fn table_vecs(cfg: &ModelConfig, n_positions: usize) -> (Vec<f32>, Vec<f32>) {
     let inv = inverse_frequencies(cfg);
     let pos_scale = match cfg.rope_scaling {
         Some(RopeScaling::Linear { factor }) => 1.0 / factor as f32,
         _ => 1.0,
     };
-    let half = inv.len();
-    let mut cos = Vec::with_capacity(n_positions * half);
-    let mut sin = Vec::with_capacity(n_positions * half);
+    let mut cos = Vec::with_capacity(n_positions * inv.len());
+    let mut sin = Vec::with_capacity(n_positions * inv.len());
     for p in 0..n_positions {
         let pos = p as f32 * pos_scale;
         for &f in &inv {
@@ -67,8 +77,5 @@ pub fn tables(cfg: &ModelConfig, n_positions: usize, device: &Device) -> Result<
             sin.push(angle.sin());
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (n_positions, half), device)?,
-        Tensor::from_vec(sin, (n_positions, half), device)?,
-    ))
+    (cos, sin)
 }

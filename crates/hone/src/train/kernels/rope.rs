@@ -1,0 +1,152 @@
+//! Rotary position embedding, in place on token-major q or k (`[tokens, heads, head_dim]`), in
+//! transformers' `rotate_half` convention: dimension i is paired with i + head_dim/2.
+//!
+//! Tables are `[positions, head_dim/2]` cos and sin from `crate::model::rope::table_vecs`. Each
+//! token's position is given explicitly, because packed examples restart their positions inside
+//! a row. The map is a rotation, so its backward is the rotation by the opposite angle.
+
+use rayon::prelude::*;
+
+/// The per-token layout of q or k: `heads` heads of `head_dim` (even) values.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeShape {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// `x` is `[positions.len(), heads, head_dim]`; rotates every head of token t by angle(positions[t]).
+/// Panics if a position is past the tables: the caller builds them for its longest sequence.
+pub fn forward(x: &mut [f32], positions: &[u32], shape: RopeShape, cos: &[f32], sin: &[f32]) {
+    rotate::<false>(x, positions, shape, cos, sin);
+}
+
+/// Turns the gradient w.r.t. the rotated values into the gradient w.r.t. the inputs, in place.
+pub fn backward(dx: &mut [f32], positions: &[u32], shape: RopeShape, cos: &[f32], sin: &[f32]) {
+    rotate::<true>(dx, positions, shape, cos, sin);
+}
+
+fn rotate<const INVERSE: bool>(
+    x: &mut [f32],
+    positions: &[u32],
+    shape: RopeShape,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    let RopeShape { heads, head_dim } = shape;
+    let (half, row) = (head_dim / 2, heads * head_dim);
+    assert!(
+        row > 0 && head_dim.is_multiple_of(2) && x.len() == positions.len() * row,
+        "rope: {} values are not [{} tokens, {heads} heads, {head_dim}], head_dim even",
+        x.len(),
+        positions.len()
+    );
+    assert!(cos.len() == sin.len() && cos.len().is_multiple_of(half));
+    let n_positions = cos.len() / half;
+    x.par_chunks_mut(row)
+        .zip(positions)
+        .with_min_len(8)
+        .for_each(|(token, &p)| {
+            let p = p as usize;
+            assert!(
+                p < n_positions,
+                "rope: position {p} is past the {n_positions}-row tables"
+            );
+            let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+            for head in token.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for (((a, b), &c), &s) in a.iter_mut().zip(b).zip(c).zip(s) {
+                    let s = if INVERSE { -s } else { s };
+                    // transformers: x·cos + rotate_half(x)·sin, rotate_half(x) = (−b, a).
+                    let (x0, x1) = (*a, *b);
+                    *a = x0 * c - x1 * s;
+                    *b = x1 * c + x0 * s;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    const HEADS: usize = 2;
+    const HEAD_DIM: usize = 6;
+    const SHAPE: RopeShape = RopeShape {
+        heads: HEADS,
+        head_dim: HEAD_DIM,
+    };
+
+    /// The loss Σ r·rope(x) in f64 from angles, with cos/sin taken from the f32 tables.
+    fn loss(x: &[f64], r: &[f64], positions: &[u32], cos: &[f32], sin: &[f32]) -> f64 {
+        let half = HEAD_DIM / 2;
+        let mut total = 0.0;
+        for (t, &p) in positions.iter().enumerate() {
+            for h in 0..HEADS {
+                let base = (t * HEADS + h) * HEAD_DIM;
+                for i in 0..half {
+                    let (c, s) = (
+                        cos[p as usize * half + i] as f64,
+                        sin[p as usize * half + i] as f64,
+                    );
+                    let (x0, x1) = (x[base + i], x[base + i + half]);
+                    total +=
+                        r[base + i] * (x0 * c - x1 * s) + r[base + i + half] * (x1 * c + x0 * s);
+                }
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_and_inverts_forward() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let half = HEAD_DIM / 2;
+        let angles: Vec<f32> = (0..5 * half).map(|_| rng.random_range(-4.0..4.0)).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let positions = [0u32, 1, 2, 0, 4];
+        let n = positions.len() * HEADS * HEAD_DIM;
+        let x: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let r: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+
+        let mut y = x.clone();
+        forward(&mut y, &positions, SHAPE, &cos, &sin);
+        let mut dx = r.clone();
+        backward(&mut dx, &positions, SHAPE, &cos, &sin);
+
+        let (mut x64, r64): (Vec<f64>, Vec<f64>) = (
+            x.iter().map(|&v| v as f64).collect(),
+            r.iter().map(|&v| v as f64).collect(),
+        );
+        for i in 0..n {
+            let mut unit = vec![0.0; n];
+            unit[i] = 1.0;
+            let want = loss(&x64, &unit, &positions, &cos, &sin);
+            assert!((want - y[i] as f64).abs() < 1e-6, "y[{i}]");
+        }
+        for i in 0..n {
+            let (h, orig) = (1e-6, x64[i]);
+            x64[i] = orig + h;
+            let up = loss(&x64, &r64, &positions, &cos, &sin);
+            x64[i] = orig - h;
+            let down = loss(&x64, &r64, &positions, &cos, &sin);
+            x64[i] = orig;
+            let fd = (up - down) / (2.0 * h);
+            assert!(
+                (fd - dx[i] as f64).abs() < 1e-5,
+                "dx[{i}]: {fd} vs {}",
+                dx[i]
+            );
+        }
+
+        // Rotating back recovers the input.
+        backward(&mut y, &positions, SHAPE, &cos, &sin);
+        let worst = y
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-6, "round trip off by {worst}");
+    }
+}

@@ -1,0 +1,145 @@
+//! RMSNorm, RoPE and SwiGLU training kernels against torch autograd through transformers' own
+//! modules (fixtures from scripts/golden/kernels_norm.py).
+//!
+//! Error measure: max over elements of |a − b| / max(1, |b|), i.e. relative for large values and
+//! absolute for small ones (the fixtures' values are O(1) apart from deliberate outliers, which a
+//! whole-tensor max|b| would let dominate), asserted ≤ 1e-4 against both torch's float32 result
+//! and its float64 result.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::fixture;
+use hone::model::config::ModelConfig;
+use hone::model::rope::table_vecs;
+use hone::train::kernels::{rmsnorm, rope, swiglu};
+use safetensors::{Dtype, SafeTensors};
+
+const TOL: f32 = 1e-4;
+
+struct Fixture {
+    tensors: HashMap<String, (Dtype, Vec<u8>)>,
+    metadata: HashMap<String, String>,
+}
+
+impl Fixture {
+    fn open(name: &str) -> Fixture {
+        let bytes = std::fs::read(fixture(&format!("kernels/{name}"))).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, (v.dtype(), v.data().to_vec())))
+            .collect();
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Fixture { tensors, metadata }
+    }
+
+    fn f32(&self, name: &str) -> Vec<f32> {
+        let (dtype, data) = &self.tensors[name];
+        assert_eq!(*dtype, Dtype::F32, "{name}");
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    fn positions(&self, name: &str) -> Vec<u32> {
+        let (dtype, data) = &self.tensors[name];
+        assert_eq!(*dtype, Dtype::I64, "{name}");
+        data.chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect()
+    }
+
+    /// Asserts `got` matches `<case>.<name>` (torch float32) and `<case>.<name>64` (float64).
+    fn check(&self, case: &str, name: &str, got: &[f32]) {
+        for suffix in ["", "64"] {
+            let key = format!("{case}.{name}{suffix}");
+            let want = self.f32(&key);
+            assert_eq!(got.len(), want.len(), "{key}");
+            let rel = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs() / b.abs().max(1.0)));
+            eprintln!("{key:16} max |got - want| / max(1, |want|) = {rel:.2e}");
+            assert!(rel <= TOL, "{key}: relative error {rel:e}");
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_matches_torch() {
+    let fx = Fixture::open("norm_rmsnorm.safetensors");
+    for case in ["tok", "odd"] {
+        let get = |n: &str| fx.f32(&format!("{case}.{n}"));
+        let (x, w, dy, eps) = (get("x"), get("w"), get("dy"), get("eps")[0]);
+        let n = x.len() / w.len();
+        let (mut y, mut rstd) = (vec![0.0; x.len()], vec![0.0; n]);
+        rmsnorm::forward(&x, &w, eps, &mut y, &mut rstd);
+        fx.check(case, "y", &y);
+        let want_rstd = get("rstd");
+        for (a, b) in rstd.iter().zip(&want_rstd) {
+            assert!((a - b).abs() <= TOL * b, "{case}.rstd: {a} vs {b}");
+        }
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        rmsnorm::backward(&dy, &x, &w, &rstd, &mut dx, Some(&mut dw));
+        fx.check(case, "dx", &dx);
+        fx.check(case, "dw", &dw);
+    }
+}
+
+#[test]
+fn rope_matches_torch() {
+    let fx = Fixture::open("norm_rope.safetensors");
+    for case in ["default", "llama3"] {
+        let json = serde_json::from_str(&fx.metadata[&format!("{case}.config")]).unwrap();
+        let cfg = ModelConfig::from_hf_json(&json).unwrap();
+        let get = |n: &str| fx.f32(&format!("{case}.{n}"));
+        let (want_cos, want_sin) = (get("cos"), get("sin"));
+        let (cos, sin) = table_vecs(&cfg, want_cos.len() / (cfg.head_dim / 2));
+        fx.check_tables(case, (&cos, &sin), (&want_cos, &want_sin));
+
+        let positions = fx.positions(&format!("{case}.positions"));
+        let shape = rope::RopeShape {
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim,
+        };
+        let mut y = get("x");
+        rope::forward(&mut y, &positions, shape, &cos, &sin);
+        fx.check(case, "y", &y);
+        let mut dx = get("dy");
+        rope::backward(&mut dx, &positions, shape, &cos, &sin);
+        fx.check(case, "dx", &dx);
+    }
+}
+
+impl Fixture {
+    /// Hone's tables against transformers' (both computed in f32; agree to f32 rounding of cos/sin).
+    fn check_tables(&self, case: &str, got: (&[f32], &[f32]), want: (&[f32], &[f32])) {
+        for (got, want) in [got.0, got.1].into_iter().zip([want.0, want.1]) {
+            assert_eq!(got.len(), want.len());
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-6, "{case}: rope tables differ by {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_torch() {
+    let fx = Fixture::open("norm_swiglu.safetensors");
+    let get = |n: &str| fx.f32(&format!("swiglu.{n}"));
+    let (gate, up, dy) = (get("gate"), get("up"), get("dy"));
+    let mut out = vec![0.0; gate.len()];
+    swiglu::forward(&gate, &up, &mut out);
+    fx.check("swiglu", "y", &out);
+    let (mut dgate, mut dup) = (vec![0.0; gate.len()], vec![0.0; gate.len()]);
+    swiglu::backward(&dy, &gate, &up, &mut dgate, &mut dup);
+    fx.check("swiglu", "dgate", &dgate);
+    fx.check("swiglu", "dup", &dup);
+}
