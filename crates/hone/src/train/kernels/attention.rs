@@ -1,0 +1,537 @@
+//! Causal scaled-dot-product attention with grouped-query heads and packed-sequence segments,
+//! computed flash-attention style so that training never holds a `[b, heads, t, t]` tensor.
+//!
+//! Layouts are token-major, as the q/k/v projections produce them: q and out `[b, t, nh, hd]`,
+//! k and v `[b, t, nkv, hd]`. Query head `h` reads kv head `h / (nh / nkv)` in place (no
+//! repeat_kv copies). Query `i` attends key `j` iff `j <= i` and, with segment ids, `seg[j] ==
+//! seg[i]`, so examples packed into one row never see each other.
+//!
+//! The forward walks tiles of queries × keys with an online softmax and saves only the
+//! per-row logsumexp `[b, nh, t]`; the backward recomputes each score tile from it. Each
+//! (batch, query head) is one rayon task whose tile products run single-threaded; its results
+//! land in a head-major scratch (the size of q forward, three times that backward) that one
+//! parallel pass turns token-major, summing the key and value gradients over the query heads
+//! that share a kv head.
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, MatMut, MatRef, Threads};
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    /// Query heads: a multiple of `kv_heads`.
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn q_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.head_dim
+    }
+
+    fn kv_len(&self) -> usize {
+        self.batch * self.seq * self.kv_heads * self.head_dim
+    }
+
+    fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.seq
+    }
+
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    fn check(&self, x: &AttnInputs) {
+        assert!(
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads) && self.head_dim > 0,
+            "attention: {} heads are not a multiple of {} kv heads (head_dim {})",
+            self.heads,
+            self.kv_heads,
+            self.head_dim
+        );
+        check_len("q", x.q, self.q_len());
+        check_len("k", x.k, self.kv_len());
+        check_len("v", x.v, self.kv_len());
+        if let Some(seg) = x.segment_ids {
+            assert_eq!(
+                seg.len(),
+                self.batch * self.seq,
+                "attention: segment_ids length"
+            );
+        }
+    }
+}
+
+fn check_len(name: &str, x: &[f32], want: usize) {
+    assert_eq!(x.len(), want, "attention: {name} has the wrong length");
+}
+
+/// What attention reads: `q [b, t, nh, hd]`, `k`, `v [b, t, nkv, hd]`, and optional segment ids
+/// `[b, t]` (None: plain causal).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub segment_ids: Option<&'a [u32]>,
+}
+
+/// Gradients of the three inputs, all overwritten: `dq [b, t, nh, hd]`, `dk`, `dv [b, t, nkv, hd]`.
+#[derive(Debug)]
+pub struct AttnGrads<'a> {
+    pub dq: &'a mut [f32],
+    pub dk: &'a mut [f32],
+    pub dv: &'a mut [f32],
+}
+
+/// Tile sizes: 64 × 64 keeps a score tile (16 KB) in L1 beside the q/k/v rows in L2.
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    q: usize,
+    k: usize,
+}
+
+const TILES: Tiles = Tiles { q: 64, k: 64 };
+
+/// Forward: writes `out [b, t, nh, hd]` and the logsumexp of each row of scaled, masked scores
+/// `lse [b, nh, t]`, which is all [`backward`] needs besides the inputs and `out`.
+///
+/// # Panics
+/// If a slice length does not match `shape` or `heads` is not a multiple of `kv_heads`.
+pub fn forward(shape: AttnShape, x: AttnInputs, out: &mut [f32], lse: &mut [f32]) {
+    forward_tiled(shape, x, out, lse, TILES);
+}
+
+/// Backward of [`forward`]: from `dout`, the upstream gradient of `out`, writes the gradients of
+/// q, k and v (those of k and v summed over the query heads sharing each kv head).
+///
+/// # Panics
+/// If a slice length does not match `shape` or `heads` is not a multiple of `kv_heads`.
+pub fn backward(
+    shape: AttnShape,
+    x: AttnInputs,
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    grads: AttnGrads,
+) {
+    backward_tiled(shape, x, out, lse, dout, grads, TILES);
+}
+
+fn forward_tiled(shape: AttnShape, x: AttnInputs, out: &mut [f32], lse: &mut [f32], tiles: Tiles) {
+    shape.check(&x);
+    check_len("out", out, shape.q_len());
+    check_len("lse", lse, shape.lse_len());
+    let (t, hd) = (shape.seq, shape.head_dim);
+    if shape.batch * t * shape.heads == 0 {
+        return;
+    }
+    let starts = key_starts(shape, x.segment_ids);
+    let mut out_heads = vec![0f32; shape.q_len()];
+    out_heads
+        .par_chunks_mut(t * hd)
+        .zip(lse.par_chunks_mut(t))
+        .enumerate()
+        .for_each(|(bh, (o, l))| {
+            Head::new(shape, &x, &starts, bh).forward(o, l, tiles);
+        });
+    heads_to_tokens(&out_heads, out, shape, shape.heads);
+}
+
+fn backward_tiled(
+    shape: AttnShape,
+    x: AttnInputs,
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    grads: AttnGrads,
+    tiles: Tiles,
+) {
+    shape.check(&x);
+    check_len("out", out, shape.q_len());
+    check_len("lse", lse, shape.lse_len());
+    check_len("dout", dout, shape.q_len());
+    check_len("dq", grads.dq, shape.q_len());
+    check_len("dk", grads.dk, shape.kv_len());
+    check_len("dv", grads.dv, shape.kv_len());
+    let (t, hd) = (shape.seq, shape.head_dim);
+    if shape.batch * t * shape.heads == 0 {
+        return;
+    }
+    let starts = key_starts(shape, x.segment_ids);
+    // Per query head, head-major: dk and dv are summed over each group afterwards.
+    let mut dq = vec![0f32; shape.q_len()];
+    let mut dk = vec![0f32; shape.q_len()];
+    let mut dv = vec![0f32; shape.q_len()];
+    dq.par_chunks_mut(t * hd)
+        .zip(dk.par_chunks_mut(t * hd))
+        .zip(dv.par_chunks_mut(t * hd))
+        .zip(lse.par_chunks(t))
+        .enumerate()
+        .for_each(|(bh, (((dq, dk), dv), lse))| {
+            let head = Head::new(shape, &x, &starts, bh);
+            let saved = Saved {
+                out: &out[head.q_offset..],
+                dout: &dout[head.q_offset..],
+                lse,
+            };
+            head.backward(&saved, dq, dk, dv, tiles);
+        });
+    heads_to_tokens(&dq, grads.dq, shape, shape.heads);
+    heads_to_tokens(&dk, grads.dk, shape, shape.kv_heads);
+    heads_to_tokens(&dv, grads.dv, shape, shape.kv_heads);
+}
+
+/// For each query `[b, t]`, the first key it may attend: the first position of its segment id in
+/// its row (0 without segments). Key tiles before the earliest start of a query tile are skipped,
+/// so packed short examples cost
+/// about what they would unpacked.
+fn key_starts(shape: AttnShape, segment_ids: Option<&[u32]>) -> Vec<usize> {
+    let t = shape.seq;
+    let Some(seg) = segment_ids else {
+        return vec![0; shape.batch * t];
+    };
+    let mut starts = Vec::with_capacity(seg.len());
+    for row in seg.chunks_exact(t) {
+        let mut first = std::collections::HashMap::new();
+        starts.extend(
+            row.iter()
+                .enumerate()
+                .map(|(i, s)| *first.entry(*s).or_insert(i)),
+        );
+    }
+    starts
+}
+
+/// `dst [b, t, n_dst, hd]` from head-major `src [b, nh, t, hd]`, summing the `nh / n_dst`
+/// consecutive heads that map to each destination head.
+fn heads_to_tokens(src: &[f32], dst: &mut [f32], shape: AttnShape, n_dst: usize) {
+    let (t, hd, nh) = (shape.seq, shape.head_dim, shape.heads);
+    let group = nh / n_dst;
+    dst.par_chunks_mut(n_dst * hd)
+        .enumerate()
+        .for_each(|(bi, row)| {
+            let (b, i) = (bi / t, bi % t);
+            for (d, out) in row.chunks_exact_mut(hd).enumerate() {
+                let h0 = b * nh + d * group;
+                out.copy_from_slice(&src[(h0 * t + i) * hd..][..hd]);
+                for h in h0 + 1..h0 + group {
+                    add(out, &src[(h * t + i) * hd..][..hd]);
+                }
+            }
+        });
+}
+
+/// What the forward saved for one head, plus the upstream gradient: `out` and `dout` start at
+/// this head's first row (row stride `nh * hd`), `lse` is its `[t]` row.
+struct Saved<'a> {
+    out: &'a [f32],
+    dout: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// One (batch, query head) problem: q, k and v from this head's first row, rows strided.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    /// Offset of this head's first row in any `[b, t, nh, hd]` tensor.
+    q_offset: usize,
+    q_stride: usize,
+    kv_stride: usize,
+    seg: Option<&'a [u32]>,
+    starts: &'a [usize],
+    seq: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl<'a> Head<'a> {
+    /// Task `bh = b * nh + h`.
+    fn new(shape: AttnShape, x: &AttnInputs<'a>, starts: &'a [usize], bh: usize) -> Self {
+        let (b, h) = (bh / shape.heads, bh % shape.heads);
+        let (t, hd) = (shape.seq, shape.head_dim);
+        let q_offset = (b * t * shape.heads + h) * hd;
+        let kv_offset = (b * t * shape.kv_heads + h / shape.group()) * hd;
+        Self {
+            q: &x.q[q_offset..],
+            k: &x.k[kv_offset..],
+            v: &x.v[kv_offset..],
+            q_offset,
+            q_stride: shape.heads * hd,
+            kv_stride: shape.kv_heads * hd,
+            seg: x.segment_ids.map(|s| &s[b * t..(b + 1) * t]),
+            starts: &starts[b * t..(b + 1) * t],
+            seq: t,
+            head_dim: hd,
+            scale: shape.scale(),
+        }
+    }
+
+    /// Rows `i0..i0 + n` of a `[b, t, nh, hd]` tensor sliced from this head's first row.
+    fn q_rows<'b>(&self, x: &'b [f32], i0: usize, n: usize) -> MatRef<'b> {
+        MatRef::strided(&x[i0 * self.q_stride..], n, self.head_dim, self.q_stride)
+    }
+
+    fn kv_rows<'b>(&self, x: &'b [f32], j0: usize, n: usize) -> MatRef<'b> {
+        MatRef::strided(&x[j0 * self.kv_stride..], n, self.head_dim, self.kv_stride)
+    }
+
+    /// Keys that queries `i0..i1` may attend, at most: from their earliest segment start.
+    fn key_range(&self, i0: usize, i1: usize) -> std::ops::Range<usize> {
+        let first = self.starts[i0..i1].iter().copied().min().unwrap_or(i0);
+        first..i1
+    }
+
+    /// `s [rq, rk]` = scaled scores of queries `i0..` against keys `j0..`, masked ones -inf.
+    fn scores(&self, s: &mut [f32], i0: usize, rq: usize, j0: usize, rk: usize) {
+        matmul(
+            MatMut::new(s, rq, rk),
+            self.q_rows(self.q, i0, rq),
+            self.kv_rows(self.k, j0, rk).t(),
+            false,
+            Threads::Single,
+        );
+        for (r, row) in s.chunks_exact_mut(rk).enumerate() {
+            let i = i0 + r;
+            let (visible, future) = row.split_at_mut((i + 1).saturating_sub(j0).min(rk));
+            future.fill(f32::NEG_INFINITY);
+            match self.seg {
+                None => visible.iter_mut().for_each(|x| *x *= self.scale),
+                Some(seg) => {
+                    let own = seg[i];
+                    for (x, &other) in visible.iter_mut().zip(&seg[j0..]) {
+                        *x = if other == own {
+                            *x * self.scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Online softmax over key tiles: `out [t, hd]` (this head's rows, contiguous) and `lse [t]`.
+    fn forward(&self, out: &mut [f32], lse: &mut [f32], tiles: Tiles) {
+        let hd = self.head_dim;
+        let mut s = vec![0f32; tiles.q * tiles.k];
+        let mut max = vec![0f32; tiles.q];
+        let mut sum = vec![0f32; tiles.q];
+        for i0 in (0..self.seq).step_by(tiles.q) {
+            let i1 = (i0 + tiles.q).min(self.seq);
+            let rq = i1 - i0;
+            let acc = &mut out[i0 * hd..i1 * hd];
+            acc.fill(0.0);
+            max[..rq].fill(f32::NEG_INFINITY);
+            sum[..rq].fill(0.0);
+            for j0 in self.key_range(i0, i1).step_by(tiles.k) {
+                let rk = tiles.k.min(i1 - j0);
+                let s = &mut s[..rq * rk];
+                self.scores(s, i0, rq, j0, rk);
+                let rows = s.chunks_exact_mut(rk).zip(acc.chunks_exact_mut(hd));
+                for ((row, acc_row), (m, l)) in rows.zip(max.iter_mut().zip(sum.iter_mut())) {
+                    let m_new = m.max(row_max(row));
+                    // A row whose keys so far are all masked keeps max -inf: shifting by 0 then
+                    // leaves its exponentials 0 instead of NaN.
+                    let shift = if m_new == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        m_new
+                    };
+                    let rescale = exp(*m - shift);
+                    exp_shifted(row, shift);
+                    *l = *l * rescale + row_sum(row);
+                    *m = m_new;
+                    if rescale != 1.0 {
+                        acc_row.iter_mut().for_each(|a| *a *= rescale);
+                    }
+                }
+                matmul(
+                    MatMut::new(acc, rq, hd),
+                    MatRef::new(s, rq, rk),
+                    self.kv_rows(self.v, j0, rk),
+                    true,
+                    Threads::Single,
+                );
+            }
+            // Every query sees at least itself, so each row sum is ≥ 1.
+            let rows = acc.chunks_exact_mut(hd).zip(&mut lse[i0..i1]);
+            for ((acc_row, lse), (&m, &l)) in rows.zip(max.iter().zip(&sum)) {
+                let inv = 1.0 / l;
+                acc_row.iter_mut().for_each(|a| *a *= inv);
+                *lse = m + l.ln();
+            }
+        }
+    }
+
+    /// Accumulates this head's gradients into `dq`, `dk`, `dv` (each `[t, hd]`, contiguous),
+    /// recomputing probabilities tile by tile from the saved logsumexp.
+    fn backward(
+        &self,
+        saved: &Saved,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        tiles: Tiles,
+    ) {
+        let hd = self.head_dim;
+        let single = Threads::Single;
+        // dsoftmax needs D_i = Σ_j p_ij dp_ij = dout_i · out_i, once per query.
+        let d: Vec<f32> = (0..self.seq)
+            .map(|i| {
+                dot(
+                    &saved.out[i * self.q_stride..][..hd],
+                    &saved.dout[i * self.q_stride..][..hd],
+                )
+            })
+            .collect();
+        let mut p = vec![0f32; tiles.q * tiles.k];
+        let mut ds = vec![0f32; tiles.q * tiles.k];
+        for i0 in (0..self.seq).step_by(tiles.q) {
+            let i1 = (i0 + tiles.q).min(self.seq);
+            let rq = i1 - i0;
+            let dout = self.q_rows(saved.dout, i0, rq);
+            for j0 in self.key_range(i0, i1).step_by(tiles.k) {
+                let rk = tiles.k.min(i1 - j0);
+                let (p, ds) = (&mut p[..rq * rk], &mut ds[..rq * rk]);
+                self.scores(p, i0, rq, j0, rk);
+                for (row, &lse) in p.chunks_exact_mut(rk).zip(&saved.lse[i0..i1]) {
+                    exp_shifted(row, lse);
+                }
+                let p: &[f32] = p;
+                let p_mat = MatRef::new(p, rq, rk);
+                matmul(
+                    MatMut::new(&mut dv[j0 * hd..][..rk * hd], rk, hd),
+                    p_mat.t(),
+                    dout,
+                    true,
+                    single,
+                );
+                let v = self.kv_rows(self.v, j0, rk);
+                matmul(MatMut::new(ds, rq, rk), dout, v.t(), false, single);
+                // ds = p ∘ (dp - D) · scale, the gradient of the unscaled scores.
+                let rows = ds
+                    .chunks_exact_mut(rk)
+                    .zip(p.chunks_exact(rk))
+                    .zip(&d[i0..i1]);
+                for ((ds_row, p_row), &d_i) in rows {
+                    for (x, &p) in ds_row.iter_mut().zip(p_row) {
+                        *x = p * (*x - d_i) * self.scale;
+                    }
+                }
+                let ds = MatRef::new(ds, rq, rk);
+                let (k, q) = (self.kv_rows(self.k, j0, rk), self.q_rows(self.q, i0, rq));
+                matmul(
+                    MatMut::new(&mut dq[i0 * hd..i1 * hd], rq, hd),
+                    ds,
+                    k,
+                    true,
+                    single,
+                );
+                matmul(
+                    MatMut::new(&mut dk[j0 * hd..][..rk * hd], rk, hd),
+                    ds.t(),
+                    q,
+                    true,
+                    single,
+                );
+            }
+        }
+    }
+}
+
+const LANES: usize = 8;
+
+/// Largest element, in independent lanes so the loop vectorizes.
+fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    rest.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+fn row_sum(x: &[f32]) -> f32 {
+    dot_with(x, x, |a, _| a)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |a, b| a * b)
+}
+
+/// Σ f(a_i, b_i) in independent lanes so the loop vectorizes.
+fn dot_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
+            *l += f(x, y);
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+}
+
+fn exp_shifted(x: &mut [f32], shift: f32) {
+    x.iter_mut().for_each(|v| *v = exp(*v - shift));
+}
+
+/// `e^x` to about 1 ulp, exactly 0 below -87.3 (so -inf gives 0), for x ≤ 88. A polynomial
+/// instead of libm's `expf` call, which would keep the softmax loops from vectorizing.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // e^x = 2^n · e^r with n = round(x / ln 2) and |r| ≤ ln 2 / 2; ln 2 split in two so that
+    // n · LN2_HI is exact. Cephes' minimax polynomial for e^r on that interval.
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MIN: f32 = -87.336_55;
+    // Adding 1.5 · 2^23 rounds to an integer in the low mantissa bits (no SSE4.1 roundps, no
+    // float-to-int conversion): bits(ROUND + n) = bits(ROUND) + n.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(MIN, 88.0);
+    let shifted = xc * LOG2_E + ROUND;
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let n = shifted - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    let two_n = f32::from_bits(((n_int + 127) as u32) << 23);
+    if x < MIN {
+        0.0
+    } else {
+        er * two_n
+    }
+}
+
+#[cfg(test)]
+mod tests;
