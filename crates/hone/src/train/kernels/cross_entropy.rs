@@ -11,6 +11,8 @@
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
+use super::matmul::{linear_backward_input, linear_backward_weight, linear_forward, LinearShape};
+
 /// Hugging Face's `ignore_index`: positions with this label carry neither loss nor gradient.
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -99,22 +101,17 @@ pub fn forward_backward<L: Copy + Into<i64>>(
         loss_sum += losses.iter().sum::<f64>();
 
         let dh_chunk = &mut dh_chunk[..c * hidden];
-        matmul(
-            dh_chunk,
-            false,
-            Mat::rows(dlogits, c, vocab),
-            Mat::rows(w, vocab, hidden),
-        );
+        let head = LinearShape {
+            tokens: c,
+            in_features: hidden,
+            out_features: vocab,
+        };
+        linear_backward_input(dh_chunk, dlogits, w, head);
         for (&(row, _), src) in part.iter().zip(dh_chunk.chunks_exact(hidden)) {
             dh[row * hidden..(row + 1) * hidden].copy_from_slice(src);
         }
         if let Some(dw) = dw.as_deref_mut() {
-            matmul(
-                dw,
-                true,
-                Mat::rows(dlogits, c, vocab).t(),
-                Mat::rows(hc, c, hidden),
-            );
+            linear_backward_weight(dw, dlogits, hc, head);
         }
     }
     Ok((loss_sum, rows.len()))
@@ -201,12 +198,12 @@ impl Scratch {
             dst.copy_from_slice(&h[row * hidden..(row + 1) * hidden]);
         }
         let logits = &mut self.logits[..c * vocab];
-        matmul(
-            logits,
-            false,
-            Mat::rows(hc, c, hidden),
-            Mat::rows(w, vocab, hidden).t(),
-        );
+        let head = LinearShape {
+            tokens: c,
+            in_features: hidden,
+            out_features: vocab,
+        };
+        linear_forward(logits, hc, w, head);
         (hc, logits, &mut self.losses[..c])
     }
 }
@@ -238,79 +235,6 @@ fn row_loss_into_grad(row: &mut [f32], target: usize, grad_scale: f32) -> f64 {
 
 fn row_max(row: &[f32]) -> f32 {
     row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stand-in for the shared matrix-product helper (`kernels/matmul.rs`, written on another branch):
-// when the branches merge, replace `Mat` and `matmul` below by that helper. Keep them this small.
-
-/// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major `rows × cols` matrix.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-}
-
-/// `dst = a · b` (or `dst += a · b` when `accumulate`), `dst` row-major `a.rows × b.cols`.
-fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() == m * n, "matmul shape mismatch");
-    for x in [a, b] {
-        assert!(
-            x.rows == 0 || x.cols == 0 || (x.rows - 1) * x.rs + (x.cols - 1) * x.cs < x.data.len(),
-            "matmul view out of bounds"
-        );
-    }
-    // SAFETY: the asserts above keep every strided access of gemm inside its slice.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod math;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
