@@ -21,7 +21,7 @@ PROMPT = "<|im_start|>user\nWrite a short story about a lighthouse keeper.<|im_e
 
 def run_worker(cmd):
     """Run one worker process; return its JSON line and its peak RSS in MB."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", RAYON_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2", RAYON_NUM_THREADS="2", MKL_NUM_THREADS="2", TQDM_DISABLE="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use hone::generate::{generate, GenerateConfig};
 
 #[global_allocator]
@@ -70,10 +70,6 @@ fn main() -> Result<()> {
 
 /// Mean cross-entropy of predicting token t+1 from tokens ..=t, over every row.
 fn mean_next_token_loss(model: &hone::model::Llama, ids: &Tensor) -> Result<f64> {
-    let (b, t) = ids.dims2()?;
-    let logits = model.forward(ids, None)?;
-    let v = logits.dim(D::Minus1)?;
-    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?.to_scalar::<f32>()? as f64)
+    let (sum, n) = model.next_token_nll(ids)?;
+    Ok(sum / n as f64)
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::model::Llama;
@@ -109,10 +109,5 @@ pub fn perplexity(
 /// Σ −log p(ids[t+1] | ids[..=t]) over the sequence.
 pub fn sequence_nll(model: &Llama, ids: &[u32]) -> Result<f64> {
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let logits = model.forward(&input, None)?.i(0)?;
-    let n = ids.len() - 1;
-    let log_probs = candle_nn::ops::log_softmax(&logits.narrow(0, 0, n)?, D::Minus1)?;
-    let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
-    let picked = log_probs.gather(&targets, 1)?.to_dtype(DType::F64)?;
-    Ok(-picked.sum_all()?.to_scalar::<f64>()?)
+    Ok(model.next_token_nll(&input)?.0)
 }

@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
 use super::config::ModelConfig;
 use super::rope;
+use crate::train::kernels::attention::{self, AttnInputs, AttnShape};
+use crate::train::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::train::kernels::rope::{self as rope_kernel, RopeShape};
+use crate::train::kernels::swiglu as swiglu_kernel;
 
 /// `y = x Wᵀ + b`, with W stored `[out, in]` as in PyTorch.
 #[derive(Debug, Clone)]
@@ -52,9 +56,9 @@ struct Attention {
     o_proj: Linear,
 }
 
-/// gate and up projections stacked likewise.
 struct Mlp {
-    gate_up_proj: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
     down_proj: Linear,
 }
 
@@ -89,6 +93,9 @@ pub struct Llama {
     lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as plain `[positions, head_dim / 2]` vectors, for the fused kernels.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
     device: Device,
 }
 
@@ -137,10 +144,8 @@ impl Llama {
                 o_proj: linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?,
             };
             let mlp = Mlp {
-                gate_up_proj: Linear::stack(&[
-                    linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
-                    linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
-                ])?,
+                gate_proj: linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
+                up_proj: linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
                 down_proj: linear("mlp.down_proj", h, i, cfg.mlp_bias)?,
             };
             blocks.push(Block {
@@ -159,7 +164,11 @@ impl Llama {
         } else {
             take("lm_head.weight", &[cfg.vocab_size, h])?
         };
-        let (cos, sin) = rope::tables(&cfg, cfg.max_position_embeddings.max(1), device)?;
+        let n_positions = cfg.max_position_embeddings.max(1);
+        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
+        let half = cfg.head_dim / 2;
+        let cos = Tensor::from_slice(&rope_cos, (n_positions, half), device)?;
+        let sin = Tensor::from_slice(&rope_sin, (n_positions, half), device)?;
         Ok(Llama {
             cfg,
             embed_tokens,
@@ -168,6 +177,8 @@ impl Llama {
             lm_head,
             cos,
             sin,
+            rope_cos,
+            rope_sin,
             device: device.clone(),
         })
     }
@@ -204,6 +215,31 @@ impl Llama {
         Ok(head.forward(hidden)?)
     }
 
+    /// Summed next-token negative log-likelihood over `ids` `[batch, seq]` (every position but the
+    /// last of each row predicts the next token) and the number of predictions. The LM head is fused
+    /// with the loss: logits are computed a chunk of rows at a time and never held whole.
+    pub fn next_token_nll(&self, ids: &Tensor) -> Result<(f64, usize)> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self
+            .hidden_states(ids, None)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let rows = ids.to_vec2::<u32>()?;
+        let labels: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r[1..].iter().map(|&id| id as i64).chain([IGNORE_INDEX]))
+            .collect();
+        let shape = CeShape {
+            n: b * t,
+            hidden: self.cfg.hidden_size,
+            vocab: self.cfg.vocab_size,
+            chunk: 256,
+        };
+        with_f32_slice(&self.lm_head, |w| {
+            cross_entropy::loss(&hidden, w, &labels, shape)
+        })
+    }
+
     /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
     pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -230,7 +266,11 @@ impl Llama {
             .reshape((b, t, self.cfg.hidden_size))?;
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
-        let mask = causal_mask(t, start, &self.device)?;
+        // Only the cached path builds a mask; whole sequences go through the fused causal kernel.
+        let mask = match cache {
+            Some(_) => causal_mask(t, start, &self.device)?,
+            None => None,
+        };
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -240,10 +280,10 @@ impl Llama {
             x = (x + attn)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
             let mlp = &block.mlp;
-            let gate_up = mlp.gate_up_proj.forward(&normed)?;
-            let i = self.cfg.intermediate_size;
-            let gated =
-                (silu(&gate_up.narrow(D::Minus1, 0, i)?)? * gate_up.narrow(D::Minus1, i, i)?)?;
+            let gated = swiglu(
+                &mlp.gate_proj.forward(&normed)?,
+                &mlp.up_proj.forward(&normed)?,
+            )?;
             x = (x + mlp.down_proj.forward(&gated)?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps)?)
@@ -265,6 +305,10 @@ impl Llama {
             self.cfg.head_dim,
         );
         let qkv = a.qkv_proj.forward(x)?;
+        let Some(cache) = cache else {
+            let out = self.uncached_attention(&qkv, b, t)?;
+            return Ok(a.o_proj.forward(&out)?);
+        };
         // Columns [q | k | v] of the stacked projection, each split into heads.
         let heads = |start: usize, n: usize| {
             qkv.narrow(D::Minus1, start * hd, n * hd)?
@@ -275,10 +319,7 @@ impl Llama {
         let q = rope(&heads(0, nh)?, cos, sin)?;
         let k = rope(&heads(nh, nkv)?, cos, sin)?;
         let v = heads(nh + nkv, nkv)?;
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
-        };
+        let (k, v) = cache.append(&k, &v)?;
         let k = repeat_kv(k, nh / nkv)?;
         let v = repeat_kv(v, nh / nkv)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -291,6 +332,90 @@ impl Llama {
         let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         Ok(a.o_proj.forward(&out)?)
     }
+
+    /// Causal attention over whole sequences from position 0 (no cache): the training engine's
+    /// fused kernels, which work token-major as the projection leaves the data, skip the masked
+    /// half of the scores and never hold a `[b, heads, t, t]` tensor.
+    fn uncached_attention(&self, qkv: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
+        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let row = (nh + 2 * nkv) * hd;
+        let column = |start: usize, width: usize| -> Vec<f32> {
+            qkv.chunks_exact(row)
+                .flat_map(|r| &r[start..start + width])
+                .copied()
+                .collect()
+        };
+        let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
+        let v = column((nh + nkv) * hd, nkv * hd);
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        rope_kernel::forward(
+            &mut q,
+            &positions,
+            RopeShape {
+                heads: nh,
+                head_dim: hd,
+            },
+            cos,
+            sin,
+        );
+        rope_kernel::forward(
+            &mut k,
+            &positions,
+            RopeShape {
+                heads: nkv,
+                head_dim: hd,
+            },
+            cos,
+            sin,
+        );
+        let shape = AttnShape {
+            batch: b,
+            seq: t,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let mut out = vec![0f32; b * t * nh * hd];
+        let mut lse = vec![0f32; b * nh * t];
+        let inputs = AttnInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            segment_ids: None,
+        };
+        attention::forward(shape, inputs, &mut out, &mut lse);
+        Ok(Tensor::from_vec(out, (b, t, nh * hd), &self.device)?)
+    }
+}
+
+/// `silu(gate) · up` through the vectorized training kernel (candle's silu calls libm per element).
+fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let mut out = vec![0f32; gate.elem_count()];
+    with_f32_slice(gate, |g| {
+        with_f32_slice(up, |u| {
+            swiglu_kernel::forward(g, u, &mut out);
+            Ok(())
+        })
+    })?;
+    Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
+}
+
+/// Run `f` on the f32 elements of a contiguous CPU tensor, without copying them out.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        bail!("the fused kernels run on CPU tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("the fused kernels need a contiguous tensor");
+    };
+    f(&cpu.as_slice::<f32>()?[start..end])
 }
 
 /// `[b, n_kv, s, d]` → `[b, n_kv * n_rep, s, d]`, each kv head shared by `n_rep` query heads.

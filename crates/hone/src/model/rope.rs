@@ -3,8 +3,6 @@
 //! Computed in f32 the way transformers does (inverse frequencies in f32, angle = position · freq in
 //! f32), so logits agree with it to float rounding rather than to the difference of two recipes.
 
-use candle_core::{Device, Result, Tensor};
-
 use super::config::{ModelConfig, RopeScaling};
 
 /// Inverse frequencies, one per pair of rotated dimensions (`head_dim / 2` values).
@@ -49,18 +47,8 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
     }
 }
 
-/// cos and sin tables of shape `[n_positions, head_dim / 2]`.
-pub fn tables(cfg: &ModelConfig, n_positions: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-    let (cos, sin) = table_vecs(cfg, n_positions);
-    let half = inverse_frequencies(cfg).len();
-    Ok((
-        Tensor::from_vec(cos, (n_positions, half), device)?,
-        Tensor::from_vec(sin, (n_positions, half), device)?,
-    ))
-}
-
-/// The same cos and sin tables as plain row-major `[n_positions, head_dim / 2]` vectors, for the
-/// training kernels that work on slices.
+/// cos and sin tables, row-major `[n_positions, head_dim / 2]`, for the model and the
+/// kernels that work on slices.
 pub fn table_vecs(cfg: &ModelConfig, n_positions: usize) -> (Vec<f32>, Vec<f32>) {
     let inv = inverse_frequencies(cfg);
     let pos_scale = match cfg.rope_scaling {
