@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
@@ -252,18 +252,14 @@ impl Llama {
             );
         }
         let vocab = self.cfg.vocab_size as u32;
-        if let Some(bad) = ids
-            .flatten_all()?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .find(|&i| i >= vocab)
-        {
+        let flat_ids = ids.flatten_all()?;
+        if let Some(bad) = flat_ids.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&flat_ids, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
         // Only the cached path builds a mask; whole sequences go through the fused causal kernel.
@@ -447,7 +443,5 @@ fn causal_mask(t: usize, start: usize, device: &Device) -> candle_core::Result<O
             })
         })
         .collect();
-    Ok(Some(
-        Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)?,
-    ))
+    Ok(Some(Tensor::from_vec(mask, (t, s), device)?))
 }
