@@ -198,7 +198,7 @@ fn adamw_with_clipping_and_cosine_warmup_matches_torch() {
             .zip(values.iter_mut())
             .zip(&grads)
             .map(|((name, value), grad)| Param {
-                name: name.as_str(),
+                name: name.clone(),
                 value: value.as_mut_slice(),
                 grad: grad.as_slice(),
             })

@@ -1,5 +1,16 @@
-//! Training: Hone's own differentiable kernels, with forward and backward passes side by side.
+//! Training: Hone's own differentiable kernels, with forward and backward passes side by side, the
+//! model and LoRA layers built on them, AdamW and learning-rate schedules.
 
+pub mod block;
+pub mod dropout;
+pub mod freeze;
 pub mod kernels;
+pub mod linear;
+pub mod lora;
+pub mod model;
 pub mod optim;
+pub mod params;
 pub mod schedule;
+
+pub use lora::{LoraBias, LoraSettings, TargetModules};
+pub use model::{TrainModel, TrainableSpec};

@@ -46,7 +46,7 @@ pub struct AdamW {
 
 /// A parameter handed to [`AdamW::step`]: its values, updated in place, and its gradient.
 pub struct Param<'a> {
-    pub name: &'a str,
+    pub name: String,
     pub value: &'a mut [f32],
     pub grad: &'a [f32],
 }
@@ -92,7 +92,7 @@ impl AdamW {
         let mut index = HashMap::with_capacity(params.len());
         for (i, p) in params.iter().enumerate() {
             ensure!(
-                index.insert(p.name, i).is_none(),
+                index.insert(p.name.clone(), i).is_none(),
                 "AdamW step: parameter {:?} passed twice",
                 p.name
             );
@@ -126,7 +126,7 @@ impl AdamW {
             });
             bail!(
                 "AdamW step: parameter {:?} was never registered",
-                unknown.map_or("?", |p| p.name)
+                unknown.map_or("?", |p| p.name.as_str())
             );
         }
 
@@ -248,7 +248,7 @@ mod tests {
         let g = [0.5; 2];
         let before = opt.clone();
         let mut missing = [Param {
-            name: "a",
+            name: "a".into(),
             value: &mut a,
             grad: &g,
         }];
@@ -256,17 +256,17 @@ mod tests {
         assert!(err.to_string().contains("\"b\" is missing"), "{err}");
         let mut extra = [
             Param {
-                name: "a",
+                name: "a".into(),
                 value: &mut a,
                 grad: &g,
             },
             Param {
-                name: "b",
+                name: "b".into(),
                 value: &mut b,
                 grad: &g[..1],
             },
             Param {
-                name: "c",
+                name: "c".into(),
                 value: &mut c,
                 grad: &g[..1],
             },
@@ -278,12 +278,12 @@ mod tests {
         );
         let mut short_grad = [
             Param {
-                name: "a",
+                name: "a".into(),
                 value: &mut a,
                 grad: &g[..1],
             },
             Param {
-                name: "b",
+                name: "b".into(),
                 value: &mut b,
                 grad: &g[..1],
             },
@@ -314,7 +314,7 @@ mod tests {
         let g = [0.1, 0.2, -0.3];
         opt.step(
             &mut [Param {
-                name: "w",
+                name: "w".into(),
                 value: &mut w,
                 grad: &g,
             }],

@@ -1,0 +1,102 @@
+//! Benchmark worker for scripts/bench/train.py: times training steps (forward, backward, clipping,
+//! AdamW) of Hone's engine on one model and prints one JSON line. Timing lives here, never in tests.
+//!
+//!   bench_train lora_qv|lora_all|full MODEL IDS.json STEPS
+//!
+//! lora_qv: r=8, alpha=32, dropout 0.1 on q_proj,v_proj; lora_all: r=16, alpha=32, dropout 0.1 on
+//! every linear; full: every tensor trains. Labels are the ids (every position has a target).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use hone::data::Batch;
+use hone::io::source;
+use hone::model::weights;
+use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use hone::train::{LoraBias, LoraSettings, TargetModules, TrainModel, TrainableSpec};
+
+#[global_allocator]
+static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;
+
+fn lora(r: usize, targets: TargetModules) -> LoraSettings {
+    LoraSettings {
+        r,
+        alpha: 32.0,
+        dropout: 0.1,
+        targets,
+        bias: LoraBias::None,
+        use_rslora: false,
+        seed: 0,
+    }
+}
+
+fn main() -> Result<()> {
+    hone::alloc::configure();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [kind, model, ids, steps] = args.as_slice() else {
+        bail!("usage: bench_train lora_qv|lora_all|full MODEL IDS.json STEPS");
+    };
+    let settings = match kind.as_str() {
+        "lora_qv" => Some(lora(
+            8,
+            TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        )),
+        "lora_all" => Some(lora(16, TargetModules::AllLinear)),
+        "full" => None,
+        other => bail!("unknown configuration {other}"),
+    };
+    let (cfg, w) = weights::load(&source::resolve(model)?, &Device::Cpu)?;
+    let full = settings.is_none();
+    let base = move |_: &str| full;
+    let spec = TrainableSpec {
+        base: &base,
+        lora: settings.as_ref(),
+    };
+    let mut model = TrainModel::new(cfg, w, &spec, None)?;
+    let rows: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(ids)?)?;
+    let (b, t) = (rows.len(), rows[0].len());
+    let input_ids: Vec<u32> = rows.concat();
+    let batch = Batch {
+        batch: b,
+        seq: t,
+        labels: input_ids.iter().map(|&i| i64::from(i)).collect(),
+        position_ids: (0..b).flat_map(|_| 0..t as u32).collect(),
+        input_ids,
+        segment_ids: None,
+    };
+    let mut opt = AdamW::new();
+    let shapes = model.trainable_shapes();
+    let shapes: Vec<(&str, usize)> = shapes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let config = AdamWConfig {
+        lr: 1e-4,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    opt.add_group(config, &shapes)?;
+    let steps: usize = steps.parse().context("STEPS")?;
+    let scale = 1.0 / (b * (t - 1)) as f32;
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    // One untimed step first: it pays for first-touch allocations.
+    for step in 0..=steps {
+        let start = Instant::now();
+        model.zero_grad();
+        let (sum, n) = model.forward_backward(&batch, scale, step as u64)?;
+        clip_grad_norm(&mut model.grads_mut(), 1.0);
+        opt.step(&mut model.params_mut(), 1.0)?;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        losses.push(sum / n as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let (trainable, total) = model.parameter_counts();
+    println!(
+        "{}",
+        serde_json::json!({"losses": losses, "seconds_per_step": median,
+            "tokens_per_s": (b * t) as f64 / median, "trainable": trainable, "total": total})
+    );
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! One Llama decoder block for training, forward and backward side by side, written by hand over
+//! the fused kernels rather than through an autograd tape: the backward knows exactly which
+//! activations it needs, so the forward keeps only those (about 3.3 hidden-widths plus the two
+//! MLP halves per token) and recomputes the cheap rest (both RMSNorm outputs, the SwiGLU output).
+//!
+//! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
+//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32.
+
+use super::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
+use super::kernels::{rmsnorm, rope, swiglu};
+use super::linear::{Projection, Saved, Tensor1};
+use crate::model::ModelConfig;
+
+/// What varies per batch: sizes, positions (restarting inside packed rows), segments, rope
+/// tables, and the dropout seed of this block (None outside training).
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs<'a> {
+    pub batch: usize,
+    pub seq: usize,
+    pub positions: &'a [u32],
+    pub segment_ids: Option<&'a [u32]>,
+    pub rope_cos: &'a [f32],
+    pub rope_sin: &'a [f32],
+    pub dropout_seed: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub input_layernorm: Tensor1,
+    /// q, k and v projections as the three parts of one projection.
+    pub qkv: Projection,
+    pub o_proj: Projection,
+    pub post_attention_layernorm: Tensor1,
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    pub down_proj: Projection,
+}
+
+/// What the forward keeps for the backward.
+pub struct Activations {
+    x_in: Vec<f32>,
+    rstd1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    lse: Vec<f32>,
+    x_mid: Vec<f32>,
+    rstd2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    saved: [Saved; 5],
+}
+
+/// Sub-stream of a block's dropout seed for each projection.
+const QKV: u64 = 0;
+const O: u64 = 1;
+const GATE: u64 = 2;
+const UP: u64 = 3;
+const DOWN: u64 = 4;
+
+fn attn_shape(cfg: &ModelConfig, s: &StepInputs) -> AttnShape {
+    AttnShape {
+        batch: s.batch,
+        seq: s.seq,
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+    }
+}
+
+fn rope_shape(heads: usize, cfg: &ModelConfig) -> rope::RopeShape {
+    rope::RopeShape {
+        heads,
+        head_dim: cfg.head_dim,
+    }
+}
+
+fn seed(s: &StepInputs, projection: u64) -> Option<u64> {
+    s.dropout_seed
+        .map(|seed| super::dropout::stream(seed, projection))
+}
+
+/// RMSNorm output for `x`, computing its `rstd` too.
+fn norm(x: &[f32], w: &Tensor1, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0.0; x.len()];
+    let mut rstd = vec![0.0; x.len() / w.value.len()];
+    rmsnorm::forward(x, &w.value, eps, &mut y, &mut rstd);
+    (y, rstd)
+}
+
+/// `dx += rmsnorm'(dy)`, accumulating the weight gradient when the weight trains.
+fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut [f32]) {
+    let mut dnorm = vec![0.0; x.len()];
+    rmsnorm::backward(dy, x, &w.value, rstd, &mut dnorm, w.grad.as_deref_mut());
+    add_into(dx, &dnorm);
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// Columns `start..start + width` of each `row`-wide row, as a contiguous `[rows, width]` buffer.
+fn columns(data: &[f32], row: usize, start: usize, width: usize) -> Vec<f32> {
+    data.chunks_exact(row)
+        .flat_map(|r| &r[start..start + width])
+        .copied()
+        .collect()
+}
+
+impl Block {
+    /// Runs the block on `x` (`[tokens, hidden]`) in place and returns what its backward needs.
+    pub fn forward(&self, cfg: &ModelConfig, x: &mut [f32], s: &StepInputs) -> Activations {
+        let eps = cfg.rms_norm_eps as f32;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let n = s.batch * s.seq;
+        let x_in = x.to_vec();
+        let (normed, rstd1) = norm(x, &self.input_layernorm, eps);
+        let width = self.qkv.out_features();
+        let mut qkv = vec![0.0; n * width];
+        let qkv_saved = self.qkv.forward(&normed, &mut qkv, seed(s, QKV));
+        let mut q = columns(&qkv, width, 0, nh * hd);
+        let mut k = columns(&qkv, width, nh * hd, nkv * hd);
+        let v = columns(&qkv, width, (nh + nkv) * hd, nkv * hd);
+        drop(qkv);
+        rope::forward(
+            &mut q,
+            s.positions,
+            rope_shape(nh, cfg),
+            s.rope_cos,
+            s.rope_sin,
+        );
+        rope::forward(
+            &mut k,
+            s.positions,
+            rope_shape(nkv, cfg),
+            s.rope_cos,
+            s.rope_sin,
+        );
+        let shape = attn_shape(cfg, s);
+        let mut attn = vec![0.0; n * nh * hd];
+        let mut lse = vec![0.0; s.batch * nh * s.seq];
+        let inputs = AttnInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            segment_ids: s.segment_ids,
+        };
+        attention::forward(shape, inputs, &mut attn, &mut lse);
+        let mut o = vec![0.0; x.len()];
+        let o_saved = self.o_proj.forward(&attn, &mut o, seed(s, O));
+        add_into(x, &o);
+
+        let x_mid = x.to_vec();
+        let (normed, rstd2) = norm(x, &self.post_attention_layernorm, eps);
+        let inter = self.gate_proj.out_features();
+        let mut gate = vec![0.0; n * inter];
+        let mut up = vec![0.0; n * inter];
+        let gate_saved = self.gate_proj.forward(&normed, &mut gate, seed(s, GATE));
+        let up_saved = self.up_proj.forward(&normed, &mut up, seed(s, UP));
+        let mut act = vec![0.0; n * inter];
+        swiglu::forward(&gate, &up, &mut act);
+        let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
+        add_into(x, &o);
+        Activations {
+            x_in,
+            rstd1,
+            q,
+            k,
+            v,
+            attn,
+            lse,
+            x_mid,
+            rstd2,
+            gate,
+            up,
+            saved: [qkv_saved, o_saved, gate_saved, up_saved, down_saved],
+        }
+    }
+
+    /// From `dx`, the gradient of the block's output, computes the gradient of its input in place
+    /// and accumulates the gradients of every trainable tensor.
+    pub fn backward(&mut self, cfg: &ModelConfig, dx: &mut [f32], a: Activations, s: &StepInputs) {
+        let eps = cfg.rms_norm_eps as f32;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let n = s.batch * s.seq;
+        let [qkv_saved, o_saved, gate_saved, up_saved, down_saved] = a.saved;
+
+        // MLP: x_out = x_mid + down(silu(gate) · up), gate and up from rmsnorm₂(x_mid).
+        let inter = self.gate_proj.out_features();
+        let mut act = vec![0.0; n * inter];
+        swiglu::forward(&a.gate, &a.up, &mut act);
+        let mut dact = vec![0.0; n * inter];
+        self.down_proj.backward(dx, &act, &down_saved, &mut dact);
+        drop(act);
+        let (mut dgate, mut dup) = (vec![0.0; n * inter], vec![0.0; n * inter]);
+        swiglu::backward(&dact, &a.gate, &a.up, &mut dgate, &mut dup);
+        drop(dact);
+        let (normed, _) = norm(&a.x_mid, &self.post_attention_layernorm, eps);
+        let mut dnormed = vec![0.0; dx.len()];
+        let mut dnormed_up = vec![0.0; dx.len()];
+        self.gate_proj
+            .backward(&dgate, &normed, &gate_saved, &mut dnormed);
+        self.up_proj
+            .backward(&dup, &normed, &up_saved, &mut dnormed_up);
+        add_into(&mut dnormed, &dnormed_up);
+        norm_backward(
+            &dnormed,
+            &a.x_mid,
+            &mut self.post_attention_layernorm,
+            &a.rstd2,
+            dx,
+        );
+
+        // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v)), q/k/v from rmsnorm₁(x_in).
+        let mut dattn = vec![0.0; n * nh * hd];
+        self.o_proj.backward(dx, &a.attn, &o_saved, &mut dattn);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0; a.q.len()],
+            vec![0.0; a.k.len()],
+            vec![0.0; a.v.len()],
+        );
+        let inputs = AttnInputs {
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+            segment_ids: s.segment_ids,
+        };
+        let grads = AttnGrads {
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+        };
+        attention::backward(attn_shape(cfg, s), inputs, &a.attn, &a.lse, &dattn, grads);
+        rope::backward(
+            &mut dq,
+            s.positions,
+            rope_shape(nh, cfg),
+            s.rope_cos,
+            s.rope_sin,
+        );
+        rope::backward(
+            &mut dk,
+            s.positions,
+            rope_shape(nkv, cfg),
+            s.rope_cos,
+            s.rope_sin,
+        );
+        let dqkv: Vec<f32> = (0..n)
+            .flat_map(|t| {
+                let q = &dq[t * nh * hd..(t + 1) * nh * hd];
+                let k = &dk[t * nkv * hd..(t + 1) * nkv * hd];
+                let v = &dv[t * nkv * hd..(t + 1) * nkv * hd];
+                q.iter().chain(k).chain(v).copied()
+            })
+            .collect();
+        let (normed, _) = norm(&a.x_in, &self.input_layernorm, eps);
+        self.qkv.backward(&dqkv, &normed, &qkv_saved, &mut dnormed);
+        norm_backward(&dnormed, &a.x_in, &mut self.input_layernorm, &a.rstd1, dx);
+    }
+}

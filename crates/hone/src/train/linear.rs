@@ -1,0 +1,251 @@
+//! A trainable projection: one or more Linear layers that read the same input, their base weights
+//! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
+//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter.
+//!
+//! Forward and backward sit side by side. The backward always produces the input gradient
+//! `dx = dy W`, but a weight gradient only where a part is trainable: a frozen base weight costs
+//! neither the `dyᵀ x` product nor a gradient buffer, which is most of LoRA's saving.
+
+use rayon::prelude::*;
+
+use super::dropout;
+use super::kernels::matmul::{matmul, MatMut, MatRef, Threads};
+use super::lora::Lora;
+
+/// A trainable tensor's values and, when it trains, its gradient (same length).
+#[derive(Clone, Debug)]
+pub struct Tensor1 {
+    pub value: Vec<f32>,
+    pub grad: Option<Vec<f32>>,
+}
+
+impl Tensor1 {
+    pub fn new(value: Vec<f32>, trainable: bool) -> Tensor1 {
+        let grad = trainable.then(|| vec![0.0; value.len()]);
+        Tensor1 { value, grad }
+    }
+}
+
+/// One Linear layer's share of a [`Projection`].
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    pub out_features: usize,
+    /// Gradient of this part's rows of the stacked weight, when the base weight trains.
+    pub weight_grad: Option<Vec<f32>>,
+    pub bias: Option<Tensor1>,
+    pub lora: Option<Lora>,
+}
+
+/// Linear layers sharing one input: `y = x [W_1; W_2; …]ᵀ + b`, plus each part's LoRA term.
+#[derive(Clone, Debug)]
+pub struct Projection {
+    pub in_features: usize,
+    /// The parts' weights stacked by rows: `[Σ out_features, in_features]`.
+    pub weight: Vec<f32>,
+    pub parts: Vec<Part>,
+}
+
+/// What a projection's forward keeps for its backward: per LoRA part, `s · A(dropout(x))`
+/// (`[tokens, r]`) and the dropout seed that regenerates the mask.
+#[derive(Debug, Default)]
+pub struct Saved {
+    lora: Vec<Option<Vec<f32>>>,
+    dropout_seed: u64,
+}
+
+impl Projection {
+    pub fn out_features(&self) -> usize {
+        self.parts.iter().map(|p| p.out_features).sum()
+    }
+
+    /// First output column of each part.
+    fn offsets(&self) -> impl Iterator<Item = (usize, &Part)> {
+        self.parts.iter().scan(0, |col, p| {
+            let start = *col;
+            *col += p.out_features;
+            Some((start, p))
+        })
+    }
+
+    /// `y` (`[tokens, out]`, overwritten) for `x` (`[tokens, in]`). `dropout_seed` is `None`
+    /// outside training (no dropout, nothing saved).
+    pub fn forward(&self, x: &[f32], y: &mut [f32], dropout_seed: Option<u64>) -> Saved {
+        let (n, inp, out) = (
+            x.len() / self.in_features,
+            self.in_features,
+            self.out_features(),
+        );
+        matmul(
+            MatMut::new(y, n, out),
+            MatRef::new(x, n, inp),
+            MatRef::new(&self.weight, out, inp).t(),
+            false,
+            Threads::Pool,
+        );
+        let mut saved = Saved {
+            lora: Vec::with_capacity(self.parts.len()),
+            dropout_seed: dropout_seed.unwrap_or(0),
+        };
+        for (index, (col, part)) in self.offsets().enumerate() {
+            if let Some(bias) = &part.bias {
+                add_bias(y, out, col, &bias.value);
+            }
+            let xa = part.lora.as_ref().map(|lora| {
+                let seed = dropout_seed.map(|s| dropout::stream(s, index as u64));
+                lora_forward(lora, x, y, out, col, seed)
+            });
+            saved.lora.push(xa);
+        }
+        saved
+    }
+
+    /// From `dy` (`[tokens, out]`) and the forward's input `x`, writes `dx` (`[tokens, in]`) and
+    /// accumulates the gradients of every trainable part.
+    pub fn backward(&mut self, dy: &[f32], x: &[f32], saved: &Saved, dx: &mut [f32]) {
+        let (n, inp, out) = (
+            x.len() / self.in_features,
+            self.in_features,
+            self.out_features(),
+        );
+        matmul(
+            MatMut::new(dx, n, inp),
+            MatRef::new(dy, n, out),
+            MatRef::new(&self.weight, out, inp),
+            false,
+            Threads::Pool,
+        );
+        let mut col = 0;
+        for (index, part) in self.parts.iter_mut().enumerate() {
+            let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);
+            if let Some(grad) = &mut part.weight_grad {
+                matmul(
+                    MatMut::new(grad, part.out_features, inp),
+                    dy_part.t(),
+                    MatRef::new(x, n, inp),
+                    true,
+                    Threads::Pool,
+                );
+            }
+            if let Some(grad) = part.bias.as_mut().and_then(|b| b.grad.as_mut()) {
+                add_column_sums(grad, dy, out, col);
+            }
+            if let (Some(lora), Some(xa)) = (&mut part.lora, &saved.lora[index]) {
+                let seed = dropout::stream(saved.dropout_seed, index as u64);
+                lora_backward(lora, dy_part, x, xa, seed, dx);
+            }
+            col += part.out_features;
+        }
+    }
+}
+
+/// `y[:, col..col+out_p] += s · (dropout(x) Aᵀ) Bᵀ`; returns `s · dropout(x) Aᵀ` for the backward.
+fn lora_forward(
+    lora: &Lora,
+    x: &[f32],
+    y: &mut [f32],
+    y_cols: usize,
+    col: usize,
+    dropout_seed: Option<u64>,
+) -> Vec<f32> {
+    let (n, r, inp) = (x.len() / lora.in_features, lora.r, lora.in_features);
+    let dropped = match dropout_seed {
+        Some(seed) if lora.dropout > 0.0 => Some(dropout::apply(x, lora.dropout, seed)),
+        _ => None,
+    };
+    let input = dropped.as_deref().unwrap_or(x);
+    let mut xa = vec![0.0; n * r];
+    matmul(
+        MatMut::new(&mut xa, n, r),
+        MatRef::new(input, n, inp),
+        MatRef::new(&lora.a, r, inp).t(),
+        false,
+        Threads::Pool,
+    );
+    xa.par_iter_mut().for_each(|v| *v *= lora.scale);
+    matmul(
+        MatMut::strided(&mut y[col..], n, lora.out_features, y_cols),
+        MatRef::new(&xa, n, r),
+        MatRef::new(&lora.b, lora.out_features, r).t(),
+        true,
+        Threads::Pool,
+    );
+    xa
+}
+
+/// With `g = dy[:, part]` and `xa = s · dropout(x) Aᵀ`: `dB += gᵀ xa`, `dxa = s · g B`,
+/// `dA += dxaᵀ dropout(x)`, `dx += dropout'(dxa A)`.
+fn lora_backward(lora: &mut Lora, g: MatRef, x: &[f32], xa: &[f32], seed: u64, dx: &mut [f32]) {
+    let (n, r, inp, out) = (
+        x.len() / lora.in_features,
+        lora.r,
+        lora.in_features,
+        lora.out_features,
+    );
+    matmul(
+        MatMut::new(&mut lora.grad_b, out, r),
+        g.t(),
+        MatRef::new(xa, n, r),
+        true,
+        Threads::Pool,
+    );
+    let mut dxa = vec![0.0; n * r];
+    matmul(
+        MatMut::new(&mut dxa, n, r),
+        g,
+        MatRef::new(&lora.b, out, r),
+        false,
+        Threads::Pool,
+    );
+    dxa.par_iter_mut().for_each(|v| *v *= lora.scale);
+    let dropped = (lora.dropout > 0.0).then(|| dropout::apply(x, lora.dropout, seed));
+    matmul(
+        MatMut::new(&mut lora.grad_a, r, inp),
+        MatRef::new(&dxa, n, r).t(),
+        MatRef::new(dropped.as_deref().unwrap_or(x), n, inp),
+        true,
+        Threads::Pool,
+    );
+    if lora.dropout > 0.0 {
+        let mut dx_lora = vec![0.0; n * inp];
+        matmul(
+            MatMut::new(&mut dx_lora, n, inp),
+            MatRef::new(&dxa, n, r),
+            MatRef::new(&lora.a, r, inp),
+            false,
+            Threads::Pool,
+        );
+        dropout::backward_accumulate(&dx_lora, lora.dropout, seed, dx);
+    } else {
+        matmul(
+            MatMut::new(dx, n, inp),
+            MatRef::new(&dxa, n, r),
+            MatRef::new(&lora.a, r, inp),
+            true,
+            Threads::Pool,
+        );
+    }
+}
+
+/// `y[:, col..col+len(b)] += b` on every row.
+fn add_bias(y: &mut [f32], y_cols: usize, col: usize, b: &[f32]) {
+    y.par_chunks_mut(y_cols).for_each(|row| {
+        for (v, &b) in row[col..col + b.len()].iter_mut().zip(b) {
+            *v += b;
+        }
+    });
+}
+
+/// `grad += Σ_rows dy[:, col..col+len(grad)]`, summed in f64 in row order (deterministic).
+fn add_column_sums(grad: &mut [f32], dy: &[f32], dy_cols: usize, col: usize) {
+    let mut sums = vec![0f64; grad.len()];
+    for row in dy.chunks_exact(dy_cols) {
+        for (s, &g) in sums.iter_mut().zip(&row[col..col + grad.len()]) {
+            *s += f64::from(g);
+        }
+    }
+    for (g, s) in grad.iter_mut().zip(sums) {
+        *g += s as f32;
+    }
+}

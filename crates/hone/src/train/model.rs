@@ -1,0 +1,382 @@
+//! The Llama-family model as the training engine sees it: f32 parameter buffers (frozen or with a
+//! gradient), LoRA adapters where requested, and one `forward_backward` that runs the blocks
+//! forward keeping their activations, the LM head fused with the loss, and the blocks backward.
+//!
+//! Which tensors train is decided once, at construction, by parameter name (HF names such as
+//! `model.layers.3.mlp.down_proj.weight`): full fine-tuning, freezing, and LoRA are the same
+//! engine with different choices. Frozen tensors never get a gradient buffer.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::block::{Block, StepInputs};
+use super::dropout;
+use super::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use super::kernels::rmsnorm;
+use super::linear::{Part, Projection, Tensor1};
+use super::lora::{Lora, LoraSettings};
+use crate::data::Batch;
+use crate::model::{rope, ModelConfig};
+
+/// LoRA A and B to start from, by module path (e.g. `model.layers.0.self_attn.q_proj`).
+pub type InitialAdapters = HashMap<String, (Vec<f32>, Vec<f32>)>;
+
+/// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.
+pub struct TrainableSpec<'a> {
+    pub base: &'a dyn Fn(&str) -> bool,
+    pub lora: Option<&'a LoraSettings>,
+}
+
+pub struct TrainModel {
+    pub(super) cfg: ModelConfig,
+    pub(super) embed_tokens: Tensor1,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: Tensor1,
+    /// None when the head is tied to `embed_tokens`.
+    pub(super) lm_head: Option<Tensor1>,
+    rope: RopeTables,
+}
+
+/// cos and sin of every position's rotation, `[positions, head_dim / 2]`.
+struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// Rows of the LM head's logits computed at once by the fused loss: 256 × 49K floats = 48 MB.
+const CE_CHUNK: usize = 256;
+
+impl TrainModel {
+    /// Takes the base weights (HF names, f32, as `model::weights` loads them) and the choice of
+    /// what trains. LoRA adapters start at PEFT's init unless `adapters` gives their A and B by
+    /// module path.
+    pub fn new(
+        cfg: ModelConfig,
+        mut weights: HashMap<String, candle_core::Tensor>,
+        spec: &TrainableSpec,
+        adapters: Option<&InitialAdapters>,
+    ) -> Result<TrainModel> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor1> {
+            let t = weights
+                .remove(name)
+                .with_context(|| format!("tensor `{name}` is missing"))?;
+            ensure!(
+                t.dims() == shape,
+                "tensor `{name}` has shape {:?} but the config implies {shape:?}",
+                t.dims()
+            );
+            let value = t.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Tensor1::new(value, (spec.base)(name)))
+        };
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let (q_dim, kv_dim) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
+        let embed_tokens = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut lora_stream = 0u64;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut projection =
+                |inp: usize, parts: &[(&str, usize, bool)]| -> Result<Projection> {
+                    let mut weight = Vec::new();
+                    let mut built = Vec::new();
+                    for &(name, out, has_bias) in parts {
+                        let path = format!("{p}.{name}");
+                        let w = take(&format!("{path}.weight"), &[out, inp])?;
+                        weight.extend_from_slice(&w.value);
+                        let bias = has_bias
+                            .then(|| take(&format!("{path}.bias"), &[out]))
+                            .transpose()?;
+                        let lora = lora_for(&path, inp, out, spec.lora, adapters, lora_stream)?;
+                        lora_stream += 1;
+                        built.push(Part {
+                            path,
+                            out_features: out,
+                            weight_grad: w.grad,
+                            bias,
+                            lora,
+                        });
+                    }
+                    Ok(Projection {
+                        in_features: inp,
+                        weight,
+                        parts: built,
+                    })
+                };
+            let qkv_bias = cfg.attention_bias;
+            let qkv = projection(
+                h,
+                &[
+                    ("self_attn.q_proj", q_dim, qkv_bias),
+                    ("self_attn.k_proj", kv_dim, qkv_bias),
+                    ("self_attn.v_proj", kv_dim, qkv_bias),
+                ],
+            )?;
+            let o_proj = projection(q_dim, &[("self_attn.o_proj", h, cfg.o_proj_bias)])?;
+            let gate_proj = projection(h, &[("mlp.gate_proj", inter, cfg.mlp_bias)])?;
+            let up_proj = projection(h, &[("mlp.up_proj", inter, cfg.mlp_bias)])?;
+            let down_proj = projection(inter, &[("mlp.down_proj", h, cfg.mlp_bias)])?;
+            blocks.push(Block {
+                input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                qkv,
+                o_proj,
+                post_attention_layernorm: take(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+                gate_proj,
+                up_proj,
+                down_proj,
+            });
+        }
+        let norm = take("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight", &[cfg.vocab_size, h])?)
+        };
+        if let Some(extra) = adapters.and_then(|a| {
+            a.keys().find(|k| {
+                !blocks
+                    .iter()
+                    .any(|b| b.projections().any(|p| &p.path == *k))
+            })
+        }) {
+            bail!("the adapter has weights for `{extra}`, which this model does not have");
+        }
+        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, cfg.max_position_embeddings.max(1));
+        Ok(TrainModel {
+            cfg,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            rope: RopeTables {
+                cos: rope_cos,
+                sin: rope_sin,
+            },
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Summed loss over the labelled positions of `batch` and their count; adds
+    /// `grad_scale · ∂loss_sum/∂θ` into every trainable gradient (`grad_scale = 1 / labels in the
+    /// accumulation window` gives the mean loss's gradient). `dropout_seed` fixes the dropout
+    /// masks of this micro-batch.
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        grad_scale: f32,
+        dropout_seed: u64,
+    ) -> Result<(f64, usize)> {
+        let step = step_inputs(&self.cfg, &self.rope, batch, Some(dropout_seed))?;
+        let mut x = self.embed(&batch.input_ids);
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        for (l, block) in self.blocks.iter().enumerate() {
+            let s = StepInputs {
+                dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
+                ..step
+            };
+            saved.push(block.forward(&self.cfg, &mut x, &s));
+        }
+        let (hidden, rstd) = self.final_norm(&x);
+        let labels = shifted_labels(batch);
+        let mut dh = vec![0.0; hidden.len()];
+        let shape = self.ce_shape(batch);
+        let (head, head_grad) = match &mut self.lm_head {
+            Some(head) => (&head.value, head.grad.as_deref_mut()),
+            None => (
+                &self.embed_tokens.value,
+                self.embed_tokens.grad.as_deref_mut(),
+            ),
+        };
+        let (loss, count) = cross_entropy::forward_backward(
+            &hidden, head, &labels, shape, grad_scale, &mut dh, head_grad,
+        )?;
+        let mut dx = vec![0.0; x.len()];
+        rmsnorm::backward(
+            &dh,
+            &x,
+            &self.norm.value,
+            &rstd,
+            &mut dx,
+            self.norm.grad.as_deref_mut(),
+        );
+        drop((dh, hidden, x));
+        for (l, block) in self.blocks.iter_mut().enumerate().rev() {
+            let s = StepInputs {
+                dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
+                ..step
+            };
+            let acts = saved.pop().expect("one activation set per block");
+            block.backward(&self.cfg, &mut dx, acts, &s);
+        }
+        if let Some(grad) = &mut self.embed_tokens.grad {
+            let h = self.cfg.hidden_size;
+            for (&id, row) in batch.input_ids.iter().zip(dx.chunks_exact(h)) {
+                let dst = &mut grad[id as usize * h..(id as usize + 1) * h];
+                for (d, &g) in dst.iter_mut().zip(row) {
+                    *d += g;
+                }
+            }
+        }
+        Ok((loss, count))
+    }
+
+    /// Summed loss and label count without gradients or dropout (evaluation).
+    pub fn loss(&self, batch: &Batch) -> Result<(f64, usize)> {
+        let step = step_inputs(&self.cfg, &self.rope, batch, None)?;
+        let mut x = self.embed(&batch.input_ids);
+        for block in &self.blocks {
+            block.forward(&self.cfg, &mut x, &step);
+        }
+        let (hidden, _) = self.final_norm(&x);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        cross_entropy::loss(
+            &hidden,
+            &head.value,
+            &shifted_labels(batch),
+            self.ce_shape(batch),
+        )
+    }
+
+    fn ce_shape(&self, batch: &Batch) -> CeShape {
+        CeShape {
+            n: batch.batch * batch.seq,
+            hidden: self.cfg.hidden_size,
+            vocab: self.cfg.vocab_size,
+            chunk: CE_CHUNK,
+        }
+    }
+
+    fn embed(&self, ids: &[u32]) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        let table = &self.embed_tokens.value;
+        ids.iter()
+            .flat_map(|&id| &table[id as usize * h..(id as usize + 1) * h])
+            .copied()
+            .collect()
+    }
+
+    fn final_norm(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut y = vec![0.0; x.len()];
+        let mut rstd = vec![0.0; x.len() / self.cfg.hidden_size];
+        rmsnorm::forward(
+            x,
+            &self.norm.value,
+            self.cfg.rms_norm_eps as f32,
+            &mut y,
+            &mut rstd,
+        );
+        (y, rstd)
+    }
+}
+
+/// What the blocks need to know about `batch`, after checking it fits the model.
+fn step_inputs<'a>(
+    cfg: &ModelConfig,
+    rope: &'a RopeTables,
+    batch: &'a Batch,
+    dropout_seed: Option<u64>,
+) -> Result<StepInputs<'a>> {
+    let n = batch.batch * batch.seq;
+    ensure!(
+        batch.input_ids.len() == n && batch.labels.len() == n && batch.position_ids.len() == n,
+        "batch of {} × {} has {} ids, {} labels, {} positions",
+        batch.batch,
+        batch.seq,
+        batch.input_ids.len(),
+        batch.labels.len(),
+        batch.position_ids.len()
+    );
+    let vocab = cfg.vocab_size;
+    if let Some(bad) = batch.input_ids.iter().find(|&&id| id as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary of {vocab}");
+    }
+    let max_pos = rope.cos.len() / (cfg.head_dim / 2);
+    if let Some(bad) = batch.position_ids.iter().find(|&&p| p as usize >= max_pos) {
+        bail!("position {bad} exceeds the model's context of {max_pos} (max_position_embeddings)");
+    }
+    Ok(StepInputs {
+        batch: batch.batch,
+        seq: batch.seq,
+        positions: &batch.position_ids,
+        segment_ids: batch.segment_ids.as_deref(),
+        rope_cos: &rope.cos,
+        rope_sin: &rope.sin,
+        dropout_seed,
+    })
+}
+
+/// LoRA for the module at `path`, when the settings target it: from `adapters` if given, else
+/// PEFT's init.
+fn lora_for(
+    path: &str,
+    inp: usize,
+    out: usize,
+    settings: Option<&LoraSettings>,
+    adapters: Option<&InitialAdapters>,
+    stream: u64,
+) -> Result<Option<Lora>> {
+    let Some(settings) = settings.filter(|s| s.targets.matches(path)) else {
+        return Ok(None);
+    };
+    let Some((a, b)) = adapters.and_then(|a| a.get(path)) else {
+        return Ok(Some(Lora::init(settings, inp, out, stream)));
+    };
+    let r = settings.r;
+    ensure!(
+        a.len() == r * inp && b.len() == out * r,
+        "adapter for `{path}`: lora_A has {} values and lora_B {}, but r = {r} on a [{out}, {inp}] layer \
+         needs [{r}, {inp}] and [{out}, {r}]: is it an adapter for a different base model?",
+        a.len(),
+        b.len()
+    );
+    Ok(Some(Lora::from_weights(
+        settings,
+        inp,
+        out,
+        a.clone(),
+        b.clone(),
+    )))
+}
+
+/// Labels shifted for next-token prediction: position i predicts the label of i + 1, unless i + 1
+/// starts another row or another packed example.
+fn shifted_labels(batch: &Batch) -> Vec<i64> {
+    let t = batch.seq;
+    (0..batch.batch * t)
+        .map(|i| {
+            let last_in_row = i % t == t - 1;
+            let crosses = batch
+                .segment_ids
+                .as_ref()
+                .is_some_and(|seg| !last_in_row && seg[i] != seg[i + 1]);
+            if last_in_row || crosses {
+                IGNORE_INDEX
+            } else {
+                batch.labels[i + 1]
+            }
+        })
+        .collect()
+}
+
+impl Block {
+    pub fn projections(&self) -> impl Iterator<Item = &Part> {
+        [
+            &self.qkv,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+        .into_iter()
+        .flat_map(|p| &p.parts)
+    }
+}

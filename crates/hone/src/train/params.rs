@@ -1,0 +1,218 @@
+//! The training model's tensors by name: trainable ones (with their gradients) for the optimizer
+//! and gradient clipping, LoRA adapters for saving, and every base tensor under its HF name
+//! (optionally with the adapters merged in) for checkpoints and for inference after training.
+//!
+//! Names: HF names for base tensors (`model.layers.0.self_attn.q_proj.weight`), and
+//! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
+//! `base_model.model.` prefix).
+
+use super::kernels::matmul::{matmul, MatMut, MatRef, Threads};
+use super::linear::{Projection, Tensor1};
+use super::lora::Lora;
+use super::model::TrainModel;
+use super::optim::Param;
+
+/// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
+type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);
+
+fn visit_tensor<'a>(name: String, t: &'a mut Tensor1, f: Visitor<'a, '_>) {
+    f(name, &mut t.value, t.grad.as_deref_mut());
+}
+
+fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
+    let inp = p.in_features;
+    let mut rest = p.weight.as_mut_slice();
+    for part in &mut p.parts {
+        let (rows, tail) = rest.split_at_mut(part.out_features * inp);
+        rest = tail;
+        f(
+            format!("{}.weight", part.path),
+            rows,
+            part.weight_grad.as_deref_mut(),
+        );
+        if let Some(bias) = &mut part.bias {
+            visit_tensor(format!("{}.bias", part.path), bias, f);
+        }
+        if let Some(lora) = &mut part.lora {
+            let Lora {
+                a,
+                b,
+                grad_a,
+                grad_b,
+                ..
+            } = lora;
+            f(format!("{}.lora_A.weight", part.path), a, Some(grad_a));
+            f(format!("{}.lora_B.weight", part.path), b, Some(grad_b));
+        }
+    }
+}
+
+impl TrainModel {
+    /// Calls `f` on every tensor, base and adapter, with its gradient when it trains.
+    fn visit_mut<'a>(&'a mut self, f: Visitor<'a, '_>) {
+        visit_tensor(
+            "model.embed_tokens.weight".into(),
+            &mut self.embed_tokens,
+            f,
+        );
+        for (l, block) in self.blocks.iter_mut().enumerate() {
+            let p = format!("model.layers.{l}");
+            visit_tensor(
+                format!("{p}.input_layernorm.weight"),
+                &mut block.input_layernorm,
+                f,
+            );
+            visit_projection(&mut block.qkv, f);
+            visit_projection(&mut block.o_proj, f);
+            visit_tensor(
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut block.post_attention_layernorm,
+                f,
+            );
+            visit_projection(&mut block.gate_proj, f);
+            visit_projection(&mut block.up_proj, f);
+            visit_projection(&mut block.down_proj, f);
+        }
+        visit_tensor("model.norm.weight".into(), &mut self.norm, f);
+        if let Some(head) = &mut self.lm_head {
+            visit_tensor("lm_head.weight".into(), head, f);
+        }
+    }
+
+    /// Every trainable tensor with its gradient, for [`super::optim::AdamW::step`].
+    pub fn params_mut(&mut self) -> Vec<Param<'_>> {
+        let mut out = Vec::new();
+        self.visit_mut(&mut |name, value, grad| {
+            if let Some(grad) = grad {
+                out.push(Param {
+                    name,
+                    value,
+                    grad: &*grad,
+                });
+            }
+        });
+        out
+    }
+
+    /// Names and sizes of the trainable tensors, for registering them with the optimizer.
+    pub fn trainable_shapes(&mut self) -> Vec<(String, usize)> {
+        self.params_mut()
+            .into_iter()
+            .map(|p| (p.name, p.value.len()))
+            .collect()
+    }
+
+    /// Every gradient buffer, for clipping.
+    pub fn grads_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out = Vec::new();
+        self.visit_mut(&mut |_, _, grad| out.extend(grad));
+        out
+    }
+
+    pub fn zero_grad(&mut self) {
+        for g in self.grads_mut() {
+            g.fill(0.0);
+        }
+    }
+
+    /// (trainable, total) parameter counts, as PEFT's `print_trainable_parameters` counts them
+    /// (a tied embedding once, adapters included).
+    pub fn parameter_counts(&mut self) -> (usize, usize) {
+        let (mut trainable, mut total) = (0, 0);
+        self.visit_mut(&mut |_, value, grad| {
+            total += value.len();
+            if grad.is_some() {
+                trainable += value.len();
+            }
+        });
+        (trainable, total)
+    }
+
+    /// The LoRA adapters by module path, in model order.
+    pub fn lora_modules(&self) -> Vec<(&str, &Lora)> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.projections())
+            .filter_map(|part| part.lora.as_ref().map(|l| (part.path.as_str(), l)))
+            .collect()
+    }
+
+    /// Every base tensor under its HF name with its shape, adapters merged in when `merge_lora`
+    /// (`W + s · B A`, as PEFT's `merge_and_unload`).
+    pub fn hf_tensors(&self, merge_lora: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let cfg = self.config();
+        let h = cfg.hidden_size;
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![cfg.vocab_size, h],
+            self.embed_tokens.value.clone(),
+        )];
+        for (l, block) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                vec![h],
+                block.input_layernorm.value.clone(),
+            ));
+            for proj in [&block.qkv, &block.o_proj] {
+                projection_tensors(proj, merge_lora, &mut out);
+            }
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                block.post_attention_layernorm.value.clone(),
+            ));
+            for proj in [&block.gate_proj, &block.up_proj, &block.down_proj] {
+                projection_tensors(proj, merge_lora, &mut out);
+            }
+        }
+        out.push(("model.norm.weight".into(), vec![h], self.norm.value.clone()));
+        if let Some(head) = &self.lm_head {
+            out.push((
+                "lm_head.weight".into(),
+                vec![cfg.vocab_size, h],
+                head.value.clone(),
+            ));
+        }
+        out
+    }
+}
+
+fn projection_tensors(
+    p: &Projection,
+    merge_lora: bool,
+    out: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
+) {
+    let inp = p.in_features;
+    let mut rows = p.weight.chunks_exact(inp);
+    for part in &p.parts {
+        let mut w: Vec<f32> = rows
+            .by_ref()
+            .take(part.out_features)
+            .flatten()
+            .copied()
+            .collect();
+        if let (true, Some(lora)) = (merge_lora, &part.lora) {
+            let scaled_b: Vec<f32> = lora.b.iter().map(|&v| v * lora.scale).collect();
+            matmul(
+                MatMut::new(&mut w, part.out_features, inp),
+                MatRef::new(&scaled_b, part.out_features, lora.r),
+                MatRef::new(&lora.a, lora.r, inp),
+                true,
+                Threads::Pool,
+            );
+        }
+        out.push((
+            format!("{}.weight", part.path),
+            vec![part.out_features, inp],
+            w,
+        ));
+        if let Some(bias) = &part.bias {
+            out.push((
+                format!("{}.bias", part.path),
+                vec![part.out_features],
+                bias.value.clone(),
+            ));
+        }
+    }
+}

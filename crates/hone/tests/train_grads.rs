@@ -1,0 +1,328 @@
+//! Whole-model gradient parity of the training engine against transformers + PEFT (fixtures from
+//! `scripts/golden/train_grads.py`, float64 references): loss, logits of the adapted model, and
+//! the gradient of every trainable tensor, for LoRA (every tiny architecture, with and without
+//! prompt masking, biases, rsLoRA), full fine-tuning, freezing, a slice of the real default
+//! model, and three AdamW steps. Errors are max|ours − ref| / max|ref| per tensor.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor};
+use hone::data::Batch;
+use hone::io::source::ModelSource;
+use hone::model::{weights, Llama, ModelConfig};
+use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use hone::train::{LoraBias, LoraSettings, TargetModules, TrainModel, TrainableSpec};
+use serde_json::Value;
+
+struct Case {
+    tensors: HashMap<String, Tensor>,
+    meta: Value,
+}
+
+fn read_case(name: &str) -> Case {
+    let path = common::fixture(&format!("train/{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap()["case"].clone();
+    Case {
+        tensors: common::load_tensors(&path),
+        meta: serde_json::from_str(&meta).unwrap(),
+    }
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let diff = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let scale = reference
+        .iter()
+        .map(|b| f64::from(b.abs()))
+        .fold(0.0, f64::max);
+    diff / scale.max(1e-30)
+}
+
+fn batch(case: &Case) -> Batch {
+    let ids = &case.tensors["input_ids"];
+    let (b, t) = ids.dims2().unwrap();
+    let ids: Vec<i64> = ids.flatten_all().unwrap().to_vec1().unwrap();
+    Batch {
+        batch: b,
+        seq: t,
+        input_ids: ids.iter().map(|&i| i as u32).collect(),
+        labels: case.tensors["labels"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+        position_ids: (0..b).flat_map(|_| 0..t as u32).collect(),
+        segment_ids: None,
+    }
+}
+
+/// Config and weights of the case's model: a tiny fixture model, or the first layers of the
+/// default model (None when it is absent).
+fn base_model(case: &Case) -> Option<(ModelConfig, HashMap<String, Tensor>)> {
+    let model = case.meta["model"].as_str().unwrap();
+    if model != "default" {
+        let dir = common::fixture(&format!("models/{model}"));
+        return Some(weights::load(&ModelSource::HfDir(dir), &Device::Cpu).unwrap());
+    }
+    let path = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let (mut cfg, w) = weights::load(&ModelSource::Gguf(path), &Device::Cpu).unwrap();
+    cfg.num_hidden_layers = case.meta["layers"].as_u64().unwrap() as usize;
+    Some((cfg, w))
+}
+
+fn lora_settings(meta: &Value) -> LoraSettings {
+    let targets = match &meta["targets"] {
+        Value::String(s) if s == "all-linear" => TargetModules::AllLinear,
+        Value::Array(names) => {
+            TargetModules::Names(names.iter().map(|n| n.as_str().unwrap().into()).collect())
+        }
+        other => panic!("targets {other}"),
+    };
+    LoraSettings {
+        r: meta["r"].as_u64().unwrap() as usize,
+        alpha: meta["alpha"].as_f64().unwrap(),
+        dropout: 0.0,
+        targets,
+        bias: LoraBias::parse(meta["bias"].as_str().unwrap_or("none")).unwrap(),
+        use_rslora: meta["use_rslora"].as_bool().unwrap_or(false),
+        seed: 0,
+    }
+}
+
+/// The LoRA A/B pairs the case starts from, by module path.
+fn adapters(case: &Case, prefix: &str) -> HashMap<String, (Vec<f32>, Vec<f32>)> {
+    let mut out: HashMap<String, (Vec<f32>, Vec<f32>)> = HashMap::new();
+    for (name, t) in &case.tensors {
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some(module) = rest.strip_suffix(".lora_A.weight") {
+            out.entry(module.into()).or_default().0 = f32s(t);
+        } else if let Some(module) = rest.strip_suffix(".lora_B.weight") {
+            out.entry(module.into()).or_default().1 = f32s(t);
+        }
+    }
+    out
+}
+
+fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainModel {
+    let meta = &case.meta;
+    match meta["method"].as_str().unwrap() {
+        "lora" => {
+            let settings = lora_settings(meta);
+            let base = |name: &str| settings.trains_base(name);
+            let spec = TrainableSpec {
+                base: &base,
+                lora: Some(&settings),
+            };
+            TrainModel::new(cfg, w, &spec, Some(&adapters(case, "init."))).unwrap()
+        }
+        "full" => TrainModel::new(
+            cfg,
+            w,
+            &TrainableSpec {
+                base: &|_| true,
+                lora: None,
+            },
+            None,
+        )
+        .unwrap(),
+        "freeze" => {
+            let names: HashSet<String> = meta["trainable"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect();
+            let base = |name: &str| names.contains(name);
+            TrainModel::new(
+                cfg,
+                w,
+                &TrainableSpec {
+                    base: &base,
+                    lora: None,
+                },
+                None,
+            )
+            .unwrap()
+        }
+        other => panic!("method {other}"),
+    }
+}
+
+/// Logits of the adapted model: the training model's weights with LoRA merged, run through the
+/// inference forward (so this also checks the merge).
+fn merged_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
+    let weights: HashMap<String, Tensor> = model
+        .hf_tensors(true)
+        .into_iter()
+        .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
+    llama
+        .forward(&ids.to_dtype(DType::U32).unwrap(), None)
+        .unwrap()
+}
+
+fn check_gradients(name: &str) {
+    let case = read_case(name);
+    let Some((cfg, w)) = base_model(&case) else {
+        return;
+    };
+    let mut model = build(&case, cfg, w);
+    let batch = batch(&case);
+    let scale = 1.0 / count_labels_shifted(&batch) as f32;
+    let (loss_sum, count) = model.forward_backward(&batch, scale, 0).unwrap();
+    let loss = loss_sum / count as f64;
+    let want_loss = f32s(&case.tensors["loss"])[0];
+    assert!(
+        (loss - f64::from(want_loss)).abs() / f64::from(want_loss) < 1e-5,
+        "{name}: loss {loss} vs {want_loss}"
+    );
+
+    let logits = f32s(&merged_logits(&model, &case.tensors["input_ids"]));
+    let want_logits = f32s(&case.tensors["logits"]);
+    let logits = match case.meta["logits_slice"].as_u64() {
+        Some(k) => {
+            let vocab = model.config().vocab_size;
+            logits
+                .chunks(vocab)
+                .flat_map(|row| &row[..k as usize])
+                .copied()
+                .collect()
+        }
+        None => logits,
+    };
+    let logits_err = rel_err(&logits, &want_logits);
+    assert!(
+        logits_err < 1e-4,
+        "{name}: logits relative error {logits_err:e}"
+    );
+
+    let want: HashMap<&str, &Tensor> = case
+        .tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix("grad.").map(|n| (n, t)))
+        .collect();
+    let params = model.params_mut();
+    let ours: HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let theirs: HashSet<&str> = want.keys().copied().collect();
+    assert_eq!(
+        ours, theirs,
+        "{name}: the trainable tensors differ from PEFT's"
+    );
+    let mut worst = 0f64;
+    for p in &params {
+        assert!(
+            p.grad.iter().any(|&g| g != 0.0),
+            "{name}: {} got no gradient",
+            p.name
+        );
+        let err = rel_err(p.grad, &f32s(want[p.name.as_str()]));
+        assert!(
+            err < 1e-4,
+            "{name}: {} gradient relative error {err:e}",
+            p.name
+        );
+        worst = worst.max(err);
+    }
+    eprintln!(
+        "{name}: loss {loss:.6} (ref {want_loss}), logits rel err {logits_err:.1e}, \
+         worst of {} gradients {worst:.1e}",
+        params.len()
+    );
+}
+
+/// Labels the loss counts: positions whose next-token label is kept.
+fn count_labels_shifted(batch: &Batch) -> usize {
+    let t = batch.seq;
+    (0..batch.batch * t)
+        .filter(|i| i % t != t - 1 && batch.labels[i + 1] != -100)
+        .count()
+}
+
+#[test]
+fn lora_gradients_match_peft_on_every_architecture() {
+    for model in ["llama-tied", "llama-gqa", "mistral"] {
+        for masking in ["masked", "full"] {
+            check_gradients(&format!("lora_{model}_{masking}"));
+        }
+    }
+}
+
+#[test]
+fn lora_bias_modes_and_rslora_match_peft() {
+    check_gradients("lora_qwen2_bias_all");
+    check_gradients("lora_qwen2_lora_only");
+    check_gradients("rslora_llama-gqa_qv");
+}
+
+#[test]
+fn full_and_partial_fine_tuning_gradients_match_torch() {
+    check_gradients("full_llama-gqa");
+    check_gradients("full_llama-tied");
+    check_gradients("freeze_llama-gqa");
+}
+
+#[test]
+fn lora_gradients_match_peft_on_a_slice_of_the_default_model() {
+    check_gradients("lora_default_2layers");
+}
+
+#[test]
+fn three_adamw_steps_reproduce_torch() {
+    let case = read_case("adamw_lora_llama-gqa");
+    let (cfg, w) = base_model(&case).unwrap();
+    let mut model = build(&case, cfg, w);
+    let batch = batch(&case);
+    let meta = &case.meta;
+    let mut opt = AdamW::new();
+    let config = AdamWConfig {
+        lr: meta["lr"].as_f64().unwrap(),
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: meta["weight_decay"].as_f64().unwrap(),
+    };
+    let shapes = model.trainable_shapes();
+    let shapes: Vec<(&str, usize)> = shapes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    opt.add_group(config, &shapes).unwrap();
+    let losses = f32s(&case.tensors["losses"]);
+    let scale = 1.0 / count_labels_shifted(&batch) as f32;
+    for step in 1..=3 {
+        model.zero_grad();
+        let (sum, count) = model.forward_backward(&batch, scale, 0).unwrap();
+        let loss = (sum / count as f64) as f32;
+        assert!(
+            (loss - losses[step - 1]).abs() < 1e-5,
+            "step {step}: loss {loss} vs {}",
+            losses[step - 1]
+        );
+        clip_grad_norm(
+            &mut model.grads_mut(),
+            meta["max_grad_norm"].as_f64().unwrap() as f32,
+        );
+        opt.step(&mut model.params_mut(), 1.0).unwrap();
+        for p in model.params_mut() {
+            let want = f32s(&case.tensors[&format!("steps.{step}.{}", p.name)]);
+            let diff = p
+                .value
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "step {step}: {} differs by {diff:e}", p.name);
+        }
+    }
+}

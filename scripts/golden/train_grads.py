@@ -1,0 +1,214 @@
+"""Golden fixtures for Hone's training engine: whole-model losses, logits and gradients from
+transformers + PEFT, for LoRA, full fine-tuning and freezing, and a few AdamW steps.
+
+Writes fixtures/train/<case>.safetensors, each with
+  input_ids int64 [b, t], labels int64 [b, t] (HF convention: unshifted, -100 = no loss),
+  loss [1] (mean over labelled next-token predictions), logits [b, t, vocab] (or a slice),
+  init.<name> (LoRA A and B as the test must load them; B is random so A's gradient is not 0),
+  grad.<name> for every trainable tensor, named as Hone names them: HF names for base tensors,
+  `<module>.lora_A.weight` / `.lora_B.weight` for adapters (PEFT's key minus
+  `base_model.model.` and the adapter name).
+Metadata "case" holds the JSON description of the case (model, method, LoRA settings, ...).
+
+The references are computed in float64 (the float32 gap is printed), so the tests' 1e-4 relative
+tolerance measures Hone against the exact result. The AdamW case runs in float32, as Hone does:
+  steps.<k>.<name> (parameters after step k = 1..3) and losses [3].
+
+Cases: LoRA (all-linear, r=4, alpha=8) with and without prompt masking on every tiny architecture
+(llama tied, llama GQA + llama3 rope, mistral, qwen2 with q/k/v bias and bias="all"), rsLoRA on
+q,v; full fine-tuning (llama GQA and tied llama); freezing (last layer's MLP + final norm);
+3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
+GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
+
+Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py
+"""
+
+import json
+import pathlib
+
+import peft
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = ROOT / "fixtures" / "train"
+DEFAULT_GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def batch(vocab, b, t, prompt_lens, pad, seed):
+    """Random ids; labels masked over each row's prompt and its right padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (b, t), generator=g)
+    labels = ids.clone()
+    for row, (p, n_pad) in enumerate(zip(prompt_lens, pad)):
+        labels[row, :p] = -100
+        if n_pad:
+            ids[row, t - n_pad :] = 0
+            labels[row, t - n_pad :] = -100
+    return ids, labels
+
+
+def hone_name(peft_name):
+    name = peft_name.removeprefix("base_model.model.")
+    name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+    return name.replace(".base_layer.", ".")
+
+
+def randomize_b(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.05)
+
+
+def load(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+
+
+def run(model, ids, labels):
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    return out
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def save(name, case, ids, labels, out, model, init, logits_slice=None):
+    tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1)}
+    logits = out.logits.detach()
+    tensors["logits"] = logits if logits_slice is None else logits[..., :logits_slice]
+    for k, v in init.items():
+        tensors[f"init.{k}"] = v
+    grads = {hone_name(n): p.grad for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, missing
+    for k, g in grads.items():
+        assert g.abs().max() > 0, f"{name}: {k} has a zero gradient"
+        tensors[f"grad.{k}"] = g
+    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, OUT / f"{name}.safetensors", metadata={"case": json.dumps(case)})
+    print(f"{name}: loss {out.loss.item():.6f}, {len(grads)} gradients")
+
+
+def float32_gap(model64, ids, labels):
+    """Max relative gap between float32 and float64 gradients: what f32 rounding alone costs."""
+    grads64 = {n: p.grad.clone() for n, p in model64.named_parameters() if p.requires_grad}
+    model32 = model64.float()
+    run(model32, ids, labels)
+    gap = max(rel(p.grad, grads64[n]) for n, p in model32.named_parameters() if p.requires_grad)
+    model64.double()
+    return gap
+
+
+def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias="none", seed=0):
+    torch.manual_seed(seed)
+    base = load(ROOT / "fixtures" / "models" / model_dir)
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
+        bias=bias, task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, cfg)
+    randomize_b(model, seed + 1)
+    init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    vocab = model.config.vocab_size
+    ids, labels = batch(vocab, 2, 12, [5, 3] if masked else [0, 0], [0, 3], seed + 2)
+    out = run(model, ids, labels)
+    gap = float32_gap(model, ids, labels)
+    case = {
+        "model": model_dir, "method": "lora", "r": r, "alpha": alpha, "use_rslora": rslora,
+        "bias": bias, "targets": targets, "masked": masked, "f32_gap": gap,
+    }
+    save(name, case, ids, labels, out, model, init)
+
+
+def base_case(name, model_dir, method, trainable, seed=0):
+    """Full fine-tuning (every tensor) or freezing (only names for which `trainable` is true)."""
+    model = load(ROOT / "fixtures" / "models" / model_dir)
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable(n))
+    vocab = model.config.vocab_size
+    ids, labels = batch(vocab, 2, 12, [4, 2], [0, 2], seed + 2)
+    out = run(model, ids, labels)
+    gap = float32_gap(model, ids, labels)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    case = {"model": model_dir, "method": method, "trainable": trained, "masked": True, "f32_gap": gap}
+    save(name, case, ids, labels, out, model, {})
+
+
+def adamw_case(name, model_dir, seed=0):
+    """Three AdamW steps (clipping at 1.0) on one batch, in float32 as Hone trains."""
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "models" / model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                     task_type="CAUSAL_LM")
+    model = get_peft_model(base, cfg)
+    randomize_b(model, seed + 1)
+    params = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {f"init.{k}": p.detach().clone() for k, p in params.items()}
+    ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    opt = torch.optim.AdamW(params.values(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for step in range(1, 4):
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        for k, p in params.items():
+            tensors[f"steps.{step}.{k}"] = p.detach().clone()
+    tensors.update({"input_ids": ids, "labels": labels, "losses": torch.tensor(losses)})
+    case = {"model": model_dir, "method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"],
+            "lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / f"{name}.safetensors",
+              metadata={"case": json.dumps(case)})
+    print(f"{name}: losses {losses}")
+
+
+def default_model_case(name, layers=2, seed=0):
+    """LoRA r=4 on q_proj,v_proj over the first `layers` layers of the real default model."""
+    if not DEFAULT_GGUF.exists():
+        raise SystemExit(f"{DEFAULT_GGUF} is missing: run scripts/fetch-model.sh")
+    torch.manual_seed(seed)
+    full = AutoModelForCausalLM.from_pretrained(DEFAULT_GGUF.parent, gguf_file=DEFAULT_GGUF.name, dtype=torch.float64)
+    full.model.layers = full.model.layers[:layers]
+    full.config.num_hidden_layers = layers
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(full, cfg)
+    randomize_b(model, seed + 1)
+    init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    ids, labels = batch(model.config.vocab_size, 2, 32, [10, 4], [0, 5], seed + 2)
+    out = run(model, ids, labels)
+    case = {"model": "default", "layers": layers, "method": "lora", "r": 4, "alpha": 8, "use_rslora": False,
+            "bias": "none", "targets": ["q_proj", "v_proj"], "masked": True, "logits_slice": 512}
+    save(name, case, ids, labels, out, model, init, logits_slice=512)
+
+
+def main():
+    print(f"torch {torch.__version__}, peft {peft.__version__}")
+    for model_dir in ["llama-tied", "llama-gqa", "mistral"]:
+        for masked in [True, False]:
+            lora_case(f"lora_{model_dir}_{'masked' if masked else 'full'}", model_dir, "all-linear", masked)
+    lora_case("lora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all")
+    lora_case("lora_qwen2_lora_only", "qwen2", ["q_proj", "k_proj"], False, bias="lora_only")
+    lora_case("rslora_llama-gqa_qv", "llama-gqa", ["q_proj", "v_proj"], True, r=8, alpha=16, rslora=True)
+    base_case("full_llama-gqa", "llama-gqa", "full", lambda n: True)
+    base_case("full_llama-tied", "llama-tied", "full", lambda n: True)
+    last = "model.layers.1."
+    base_case(
+        "freeze_llama-gqa", "llama-gqa", "freeze",
+        lambda n: n.startswith(last + "mlp.") or n.startswith(last + "post_attention_layernorm") or n == "model.norm.weight",
+    )
+    adamw_case("adamw_lora_llama-gqa", "llama-gqa")
+    default_model_case("lora_default_2layers")
+
+
+if __name__ == "__main__":
+    main()
