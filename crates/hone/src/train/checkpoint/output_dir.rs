@@ -1,6 +1,8 @@
 //! Getting `output_dir` ready for a run: created if missing, kept when resuming, cleared only
 //! when `overwrite_output_dir` says so and clearing cannot destroy the run's own inputs, and
 //! refused otherwise so that a new run never mixes its checkpoints with an old run's.
+//! (LLaMA-Factory instead resumes silently from the last checkpoint it finds there; Hone asks
+//! for `resume_from_checkpoint: true` so that continuing an old run is a decision.)
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
 //! The `hone train` run config: a LLaMA-Factory-style YAML file of flat `key: value` lines plus
 //! `key=value` overrides from the command line, so an existing LLaMA-Factory SFT config runs
 //! unchanged. Every key is checked on its own first, so an error names where it came from
-//! (`file:line` or the override) and the key; then the keys are checked together.
+//! (`file:line` or the override) and the key; then the keys are checked together. Relative
+//! paths in the config (`model_name_or_path`, `dataset_dir`, `output_dir`, ...) are relative to
+//! the current directory, as in LLaMA-Factory.
 
 mod args;
 mod check;
