@@ -5,13 +5,12 @@
 //! with zeros. Tensors are quantized when added. The file is written under a temporary name
 //! beside the target and renamed into place, so a failed write never leaves a partial file there.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::atomic;
 use super::gguf::GgufValue;
 use crate::quant::{quantize, GgmlType};
 
@@ -101,23 +100,13 @@ impl GgufWriter {
 
     /// Writes the file atomically: to a temporary file beside `path`, then renamed over it.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let header = self
+        let written = self
             .header()
-            .with_context(|| format!("{}: cannot write GGUF", path.display()))?;
-        let tmp = temp_path(path);
-        let written = self.write_to(&tmp, &header).and_then(|()| {
-            fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))
-        });
-        if written.is_err() {
-            // Best effort: the temporary may not exist, and the original error is what matters.
-            let _ = fs::remove_file(&tmp);
-        }
+            .and_then(|header| atomic::write_file(path, |out| self.write_body(out, &header)));
         written.with_context(|| format!("{}: cannot write GGUF", path.display()))
     }
 
-    fn write_to(&self, tmp: &Path, header: &[u8]) -> Result<()> {
-        let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut out = BufWriter::new(file);
+    fn write_body(&self, out: &mut impl Write, header: &[u8]) -> Result<()> {
         let alignment = self.alignment()?;
         let zeros = vec![0u8; alignment];
         out.write_all(header)?;
@@ -126,8 +115,6 @@ impl GgufWriter {
             out.write_all(&t.data)?;
             out.write_all(&zeros[..padding(t.data.len(), alignment)])?;
         }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
         Ok(())
     }
 
@@ -218,15 +205,4 @@ fn put_value(b: &mut Vec<u8>, value: &GgufValue) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A name beside `path` that no other writer in this or another process uses at the same time.
-fn temp_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }

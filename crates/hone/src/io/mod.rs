@@ -1,5 +1,6 @@
 //! Reading and writing the file formats users already have: GGUF, safetensors, HF directories.
 
+pub mod atomic;
 pub mod gguf;
 mod gguf_value;
 pub mod gguf_write;

@@ -1,7 +1,10 @@
 //! Training: Hone's own differentiable kernels, with forward and backward passes side by side, the
-//! model and LoRA layers built on them, AdamW and learning-rate schedules.
+//! model and LoRA layers built on them, AdamW and learning-rate schedules, the run config and
+//! checkpoint directories.
 
 pub mod block;
+pub mod checkpoint;
+pub mod config;
 pub mod dropout;
 pub mod freeze;
 pub mod kernels;

@@ -1,0 +1,240 @@
+//! The `hone train` config keys, grouped as LLaMA-Factory groups them (model, method, dataset,
+//! output, train, eval), with LLaMA-Factory's names and LLaMA-Factory / transformers defaults.
+//!
+//! Keys accepted only so that LLaMA-Factory example configs run unchanged, and that change
+//! nothing in Hone, say so on their field; `SftConfig::ignored_settings` reports them when set.
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{CommaList, EvalStrategy, FinetuningType, ResumeFrom, Stage, StepCount};
+use crate::train::schedule::ScheduleKind;
+
+/// `### model`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelArgs {
+    /// The base model: a Hugging Face model directory, a `.gguf` file or a Hub id. Required.
+    pub model_name_or_path: String,
+    /// A PEFT LoRA adapter directory to continue training from (LoRA only). LLaMA-Factory's
+    /// comma list of several adapters is not supported: Hone starts from one.
+    pub adapter_name_or_path: Option<String>,
+    /// No-op: Hone runs no model code from the Hub, so there is nothing to trust.
+    pub trust_remote_code: bool,
+}
+
+/// `### method`: LLaMA-Factory's `FinetuningArguments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MethodArgs {
+    /// Only `sft` (supervised fine-tuning).
+    pub stage: Stage,
+    /// `hone train` always trains, so only `true` is accepted (Hone's default; transformers'
+    /// is `false`, which LLaMA-Factory uses for evaluation-only runs).
+    pub do_train: bool,
+    pub finetuning_type: FinetuningType,
+    /// LoRA rank r.
+    pub lora_rank: u32,
+    /// LoRA alpha; unset means `2 * lora_rank`, as LLaMA-Factory. Filled in when loading.
+    pub lora_alpha: Option<u32>,
+    /// Dropout on the LoRA input, in [0, 1).
+    pub lora_dropout: f64,
+    /// Linear layers that get adapters: `all` (every linear layer of the decoder blocks, PEFT's
+    /// `all-linear`) or names such as `q_proj,v_proj`.
+    pub lora_target: CommaList,
+    /// Scale adapters by alpha / sqrt(r) instead of alpha / r (rank-stabilized LoRA).
+    pub use_rslora: bool,
+    /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
+    pub freeze_trainable_layers: i64,
+    /// Freeze tuning: `all` or block sub-modules (`self_attn`, `mlp`, ...) that train in those layers.
+    pub freeze_trainable_modules: CommaList,
+    /// Freeze tuning: modules outside the decoder layers that also train (`embed_tokens`, `norm`,
+    /// `lm_head`).
+    pub freeze_extra_modules: Option<CommaList>,
+}
+
+/// `### dataset`: LLaMA-Factory's `DataArguments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataArgs {
+    /// Training datasets, by name in `dataset_dir/dataset_info.json`. Required.
+    pub dataset: Option<CommaList>,
+    pub dataset_dir: String,
+    /// Evaluation datasets; excludes `val_size`.
+    pub eval_dataset: Option<CommaList>,
+    /// Prompt template name; unset uses the model's own chat template.
+    pub template: Option<String>,
+    /// Maximum tokens per example; longer ones are truncated.
+    pub cutoff_len: u32,
+    /// Use at most this many rows of each dataset.
+    pub max_samples: Option<u64>,
+    /// Held-out share of the training rows for evaluation: a ratio in [0, 1) or a row count > 1.
+    pub val_size: f64,
+    /// Hone's own: skip malformed dataset rows with a warning instead of stopping.
+    pub skip_invalid_rows: bool,
+    /// Compute the loss on prompt tokens too, not only on responses.
+    pub train_on_prompt: bool,
+    /// Pack several examples into each `cutoff_len` sequence.
+    pub packing: bool,
+    /// No-op: Hone keeps no preprocessed-dataset cache.
+    pub overwrite_cache: bool,
+    /// No-op: Hone tokenizes in-process on its own thread pool.
+    pub preprocessing_num_workers: Option<u32>,
+    /// No-op: Hone batches in-process, without loader workers.
+    pub dataloader_num_workers: Option<u32>,
+}
+
+/// `### output`: the saving and logging part of transformers' `TrainingArguments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputArgs {
+    pub output_dir: String,
+    /// Clear a non-empty `output_dir` before training (never while resuming).
+    pub overwrite_output_dir: bool,
+    pub logging_steps: StepCount,
+    pub save_steps: StepCount,
+    /// Keep only the newest N checkpoints (plus the best one); unset or 0 keeps all.
+    pub save_total_limit: Option<u64>,
+    /// Only `false`: Hone checkpoints always hold the optimizer state, so they can be resumed.
+    pub save_only_model: bool,
+    /// Draw the loss curves into `output_dir` when training ends.
+    pub plot_loss: bool,
+    /// No-op beyond `none`: Hone reports to no tracking service; it writes `trainer_log.jsonl`
+    /// and `trainer_state.json` in `output_dir`.
+    pub report_to: CommaList,
+    pub resume_from_checkpoint: ResumeFrom,
+}
+
+/// `### train`: the optimization part of transformers' `TrainingArguments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainArgs {
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides `num_train_epochs` when positive, `-1` means unset.
+    pub max_steps: i64,
+    pub per_device_train_batch_size: u32,
+    pub gradient_accumulation_steps: u32,
+    pub learning_rate: f64,
+    pub lr_scheduler_type: ScheduleKind,
+    /// Linear warmup: whole steps, or (transformers 5) a ratio in (0, 1) of the total steps.
+    pub warmup_steps: StepCount,
+    /// Linear warmup as a ratio of the total steps (transformers 4); used when `warmup_steps` is 0.
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// NEFTune: uniform noise of this alpha on input embeddings while training.
+    pub neftune_noise_alpha: Option<f64>,
+    /// No-op: Hone's CPU kernels compute in f32, so bf16 mixed precision changes nothing.
+    pub bf16: bool,
+    /// No-op: Hone's CPU kernels compute in f32, so fp16 mixed precision changes nothing.
+    pub fp16: bool,
+    /// No-op: Hone trains in one process.
+    pub ddp_timeout: u64,
+}
+
+/// `### eval`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalArgs {
+    pub per_device_eval_batch_size: u32,
+    pub eval_strategy: EvalStrategy,
+    /// Evaluate every N steps with `eval_strategy: steps`; unset means `logging_steps`, as
+    /// transformers. Filled in when loading.
+    pub eval_steps: Option<StepCount>,
+    /// Stop after this many evaluations in a row without a lower `eval_loss`.
+    pub early_stopping_steps: Option<u64>,
+}
+
+impl Default for MethodArgs {
+    fn default() -> Self {
+        MethodArgs {
+            stage: Stage::Sft,
+            do_train: true,
+            finetuning_type: FinetuningType::Lora,
+            lora_rank: 8,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_target: CommaList::from("all"),
+            use_rslora: false,
+            freeze_trainable_layers: 2,
+            freeze_trainable_modules: CommaList::from("all"),
+            freeze_extra_modules: None,
+        }
+    }
+}
+
+impl Default for DataArgs {
+    fn default() -> Self {
+        DataArgs {
+            dataset: None,
+            dataset_dir: "data".into(),
+            eval_dataset: None,
+            template: None,
+            cutoff_len: 2048,
+            max_samples: None,
+            val_size: 0.0,
+            skip_invalid_rows: false,
+            train_on_prompt: false,
+            packing: false,
+            overwrite_cache: false,
+            preprocessing_num_workers: None,
+            dataloader_num_workers: None,
+        }
+    }
+}
+
+impl Default for OutputArgs {
+    fn default() -> Self {
+        OutputArgs {
+            output_dir: "trainer_output".into(),
+            overwrite_output_dir: false,
+            logging_steps: StepCount::Steps(500),
+            save_steps: StepCount::Steps(500),
+            save_total_limit: None,
+            save_only_model: false,
+            plot_loss: false,
+            report_to: CommaList::from("none"),
+            resume_from_checkpoint: ResumeFrom::No,
+        }
+    }
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        TrainArgs {
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            learning_rate: 5e-5,
+            lr_scheduler_type: ScheduleKind::Linear,
+            warmup_steps: StepCount::Steps(0),
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            seed: 42,
+            neftune_noise_alpha: None,
+            bf16: false,
+            fp16: false,
+            ddp_timeout: 1800,
+        }
+    }
+}
+
+impl Default for EvalArgs {
+    fn default() -> Self {
+        EvalArgs {
+            per_device_eval_batch_size: 8,
+            eval_strategy: EvalStrategy::No,
+            eval_steps: None,
+            early_stopping_steps: None,
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Whole-config checks: value ranges and the rules between keys that LLaMA-Factory's and
+//! transformers' argument parsers enforce, each failure naming the key to fix.
+
+use super::resolve::{LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
+use super::values::{CommaList, EvalStrategy, FinetuningType, StepCount};
+use super::SftConfig;
+
+/// A failed check: the key to blame and what is wrong with it.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+type Checked = Result<(), Invalid>;
+
+fn fail(key: &'static str, problem: impl Into<String>) -> Checked {
+    Err(Invalid {
+        key,
+        problem: problem.into(),
+    })
+}
+
+fn require(ok: bool, key: &'static str, problem: impl Into<String>) -> Checked {
+    if ok {
+        Ok(())
+    } else {
+        fail(key, problem)
+    }
+}
+
+pub(super) fn check(c: &SftConfig) -> Checked {
+    check_model(c)?;
+    check_method(c)?;
+    check_data(c)?;
+    check_output(c)?;
+    check_train(c)?;
+    check_eval(c)
+}
+
+fn check_model(c: &SftConfig) -> Checked {
+    require(
+        !c.model.model_name_or_path.is_empty(),
+        "model_name_or_path",
+        "required: a Hugging Face model directory, a .gguf file or a Hub id",
+    )?;
+    if let Some(adapter) = &c.model.adapter_name_or_path {
+        require(!adapter.is_empty(), "adapter_name_or_path", "empty path")?;
+        require(
+            c.method.finetuning_type == FinetuningType::Lora,
+            "adapter_name_or_path",
+            "only valid with finetuning_type: lora",
+        )?;
+        require(
+            !adapter.contains(','),
+            "adapter_name_or_path",
+            "Hone continues from one adapter directory; merge the others into the model first",
+        )?;
+    }
+    Ok(())
+}
+
+fn check_method(c: &SftConfig) -> Checked {
+    let m = &c.method;
+    require(
+        m.do_train,
+        "do_train",
+        "`hone train` always trains: set it to true or leave it out",
+    )?;
+    require(m.lora_rank >= 1, "lora_rank", "must be at least 1")?;
+    require(
+        m.lora_alpha != Some(0),
+        "lora_alpha",
+        "must be at least 1 (leave it out for 2 * lora_rank)",
+    )?;
+    require(
+        (0.0..1.0).contains(&m.lora_dropout),
+        "lora_dropout",
+        "must be in [0, 1)",
+    )?;
+    modules_or_all("lora_target", &m.lora_target, LINEAR_MODULES)?;
+    require(
+        !m.use_rslora || m.finetuning_type == FinetuningType::Lora,
+        "use_rslora",
+        "only valid with finetuning_type: lora",
+    )?;
+    require(
+        m.freeze_trainable_layers != 0,
+        "freeze_trainable_layers",
+        "must not be 0: N > 0 trains the last N layers, N < 0 the first N",
+    )?;
+    modules_or_all(
+        "freeze_trainable_modules",
+        &m.freeze_trainable_modules,
+        LAYER_MODULES,
+    )?;
+    match &m.freeze_extra_modules {
+        Some(extra) => modules("freeze_extra_modules", extra, NON_LAYER_MODULES),
+        None => Ok(()),
+    }
+}
+
+/// `all`, or a list of names from `allowed`.
+fn modules_or_all(key: &'static str, list: &CommaList, allowed: &[&str]) -> Checked {
+    if list.is("all") {
+        return Ok(());
+    }
+    modules(key, list, allowed)
+}
+
+fn modules(key: &'static str, list: &CommaList, allowed: &[&str]) -> Checked {
+    for name in list.items() {
+        if !allowed.contains(&name.as_str()) {
+            let nearest = super::nearest(name, allowed);
+            return fail(
+                key,
+                format!(
+                    "unknown module `{name}` (nearest: `{nearest}`); expected a comma list of {}",
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_data(c: &SftConfig) -> Checked {
+    let d = &c.data;
+    require(
+        d.dataset.is_some(),
+        "dataset",
+        "required: comma-separated dataset names from dataset_dir/dataset_info.json",
+    )?;
+    require(!d.dataset_dir.is_empty(), "dataset_dir", "empty path")?;
+    require(d.cutoff_len >= 1, "cutoff_len", "must be at least 1")?;
+    require(
+        d.max_samples != Some(0),
+        "max_samples",
+        "must be at least 1",
+    )?;
+    let v = d.val_size;
+    require(
+        v.is_finite() && (0.0..1.0).contains(&v) || (v > 1.0 && v.fract() == 0.0),
+        "val_size",
+        "must be a ratio in [0, 1) or a whole number of rows greater than 1",
+    )?;
+    require(
+        v == 0.0 || d.eval_dataset.is_none(),
+        "val_size",
+        "cannot be combined with eval_dataset: evaluate on one or the other",
+    )
+}
+
+fn check_output(c: &SftConfig) -> Checked {
+    let o = &c.output;
+    require(!o.output_dir.is_empty(), "output_dir", "empty path")?;
+    interval("logging_steps", o.logging_steps)?;
+    interval("save_steps", o.save_steps)?;
+    require(
+        !o.save_only_model,
+        "save_only_model",
+        "only false: Hone checkpoints always hold the optimizer state so that they can be resumed",
+    )
+}
+
+fn interval(key: &'static str, steps: StepCount) -> Checked {
+    require(
+        !steps.is_zero(),
+        key,
+        "must be at least 1 step, or a ratio in (0, 1) of the total steps",
+    )
+}
+
+fn check_train(c: &SftConfig) -> Checked {
+    let t = &c.train;
+    require(
+        t.max_steps != 0,
+        "max_steps",
+        "must be at least 1, or -1 to train for num_train_epochs",
+    )?;
+    require(
+        t.num_train_epochs.is_finite() && (t.num_train_epochs > 0.0 || t.max_steps > 0),
+        "num_train_epochs",
+        "must be greater than 0 (or set max_steps)",
+    )?;
+    require(
+        t.per_device_train_batch_size >= 1,
+        "per_device_train_batch_size",
+        "must be at least 1",
+    )?;
+    require(
+        t.gradient_accumulation_steps >= 1,
+        "gradient_accumulation_steps",
+        "must be at least 1",
+    )?;
+    positive("learning_rate", t.learning_rate)?;
+    require(
+        (0.0..=1.0).contains(&t.warmup_ratio),
+        "warmup_ratio",
+        "must be in [0, 1]",
+    )?;
+    require(
+        t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+        "weight_decay",
+        "must be 0 or more",
+    )?;
+    require(
+        (0.0..1.0).contains(&t.adam_beta1),
+        "adam_beta1",
+        "must be in [0, 1)",
+    )?;
+    require(
+        (0.0..1.0).contains(&t.adam_beta2),
+        "adam_beta2",
+        "must be in [0, 1)",
+    )?;
+    positive("adam_epsilon", t.adam_epsilon)?;
+    require(
+        t.max_grad_norm.is_finite() && t.max_grad_norm >= 0.0,
+        "max_grad_norm",
+        "must be 0 (no clipping) or more",
+    )?;
+    if let Some(alpha) = t.neftune_noise_alpha {
+        positive("neftune_noise_alpha", alpha)?;
+    }
+    require(
+        !(t.bf16 && t.fp16),
+        "fp16",
+        "bf16 and fp16 cannot both be true",
+    )
+}
+
+fn positive(key: &'static str, x: f64) -> Checked {
+    require(x.is_finite() && x > 0.0, key, "must be greater than 0")
+}
+
+fn check_eval(c: &SftConfig) -> Checked {
+    let e = &c.eval;
+    require(
+        e.per_device_eval_batch_size >= 1,
+        "per_device_eval_batch_size",
+        "must be at least 1",
+    )?;
+    let has_eval_data = c.data.eval_dataset.is_some() || c.data.val_size > 0.0;
+    require(
+        e.eval_strategy == EvalStrategy::No || has_eval_data,
+        "eval_strategy",
+        "evaluating needs data: set eval_dataset or val_size",
+    )?;
+    if let Some(steps) = e.eval_steps {
+        interval("eval_steps", steps)?;
+    }
+    if let Some(patience) = e.early_stopping_steps {
+        require(patience >= 1, "early_stopping_steps", "must be at least 1")?;
+        require(
+            e.eval_strategy != EvalStrategy::No,
+            "early_stopping_steps",
+            "needs evaluations: set eval_strategy to steps or epoch",
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! What the training loop derives from the config: step counts with transformers' `Trainer`
+//! arithmetic, warmup, the LR schedule and AdamW settings, LoRA targets and scaling, the layers
+//! freeze tuning trains, the validation split size, and the accepted keys Hone ignores.
+
+use anyhow::{bail, Result};
+
+use super::values::{EvalStrategy, StepCount};
+use super::SftConfig;
+use crate::train::optim::AdamWConfig;
+use crate::train::schedule::Schedule;
+
+/// The linear layers of a Llama-family decoder block (Llama, Mistral, Qwen2), PEFT names:
+/// what `lora_target: all` expands to (PEFT's `all-linear`, which leaves out `lm_head`).
+pub const LINEAR_MODULES: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The direct children of a decoder block, which `freeze_trainable_modules` names.
+pub const LAYER_MODULES: &[&str] = &[
+    "self_attn",
+    "mlp",
+    "input_layernorm",
+    "post_attention_layernorm",
+];
+
+/// The modules outside the decoder blocks, which `freeze_extra_modules` names.
+pub const NON_LAYER_MODULES: &[&str] = &["embed_tokens", "norm", "lm_head"];
+
+/// How a dataset of a given size maps to optimizer steps (transformers'
+/// `Trainer.set_initial_training_values`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Batches of `per_device_train_batch_size` rows per epoch, the last one possibly short.
+    pub batches_per_epoch: u64,
+    /// Optimizer steps per epoch: ceil(batches / gradient_accumulation_steps), at least 1.
+    pub steps_per_epoch: u64,
+    /// Optimizer steps of the run: `max_steps` if positive, else
+    /// ceil(num_train_epochs * steps_per_epoch).
+    pub total_steps: u64,
+    /// Epochs the loop starts: ceil of the (possibly fractional) epochs the steps cover.
+    pub epochs: u64,
+}
+
+impl SftConfig {
+    /// `lora_alpha`, or `2 * lora_rank` when unset (LLaMA-Factory's default).
+    pub fn lora_alpha(&self) -> u32 {
+        self.method
+            .lora_alpha
+            .unwrap_or(self.method.lora_rank.saturating_mul(2))
+    }
+
+    /// The factor on the adapter product B·A: alpha / r, or alpha / sqrt(r) with `use_rslora`
+    /// (PEFT's `LoraLayer.scaling`).
+    pub fn lora_scaling(&self) -> f64 {
+        let (alpha, rank) = (self.lora_alpha() as f64, self.method.lora_rank as f64);
+        if self.method.use_rslora {
+            alpha / rank.sqrt()
+        } else {
+            alpha / rank
+        }
+    }
+
+    /// The linear layers that get adapters, `all` expanded to every decoder linear layer.
+    pub fn lora_target_modules(&self) -> Vec<&str> {
+        let target = &self.method.lora_target;
+        if target.is("all") {
+            LINEAR_MODULES.to_vec()
+        } else {
+            target.items().iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The decoder layers freeze tuning trains in a model of `num_layers` layers: the last
+    /// `freeze_trainable_layers` when positive, the first `-freeze_trainable_layers` when
+    /// negative, clamped to the model (as LLaMA-Factory).
+    pub fn trainable_layer_ids(&self, num_layers: usize) -> std::ops::Range<usize> {
+        let n = self.method.freeze_trainable_layers;
+        let count = usize::try_from(n.unsigned_abs())
+            .unwrap_or(usize::MAX)
+            .min(num_layers);
+        if n > 0 {
+            num_layers - count..num_layers
+        } else {
+            0..count
+        }
+    }
+
+    /// Step counts for `train_rows` training rows, with transformers' arithmetic.
+    pub fn step_plan(&self, train_rows: usize) -> Result<StepPlan> {
+        if train_rows == 0 {
+            bail!("no training rows: the training set is empty");
+        }
+        let t = &self.train;
+        let batches_per_epoch = (train_rows as u64).div_ceil(t.per_device_train_batch_size as u64);
+        let steps_per_epoch = batches_per_epoch
+            .div_ceil(t.gradient_accumulation_steps as u64)
+            .max(1);
+        let (total_steps, epochs) = if t.max_steps > 0 {
+            let total = t.max_steps as u64;
+            (total, total.div_ceil(steps_per_epoch))
+        } else {
+            let total = (t.num_train_epochs * steps_per_epoch as f64).ceil() as u64;
+            (total, t.num_train_epochs.ceil() as u64)
+        };
+        Ok(StepPlan {
+            batches_per_epoch,
+            steps_per_epoch,
+            total_steps,
+            epochs,
+        })
+    }
+
+    /// Warmup steps for a run of `total_steps`: `warmup_steps` when set (a count, or a ratio
+    /// rounded up, as transformers 5), else ceil(total * `warmup_ratio`) (transformers 4).
+    pub fn warmup_steps(&self, total_steps: u64) -> u64 {
+        let t = &self.train;
+        if t.warmup_steps.is_zero() {
+            (total_steps as f64 * t.warmup_ratio).ceil() as u64
+        } else {
+            t.warmup_steps.resolve(total_steps)
+        }
+    }
+
+    /// The learning-rate schedule of a run of `total_steps`.
+    pub fn schedule(&self, total_steps: u64) -> Schedule {
+        Schedule {
+            kind: self.train.lr_scheduler_type,
+            warmup_steps: self.warmup_steps(total_steps),
+            training_steps: total_steps,
+        }
+    }
+
+    /// AdamW hyper-parameters as `torch.optim.AdamW` takes them.
+    pub fn adamw(&self) -> AdamWConfig {
+        let t = &self.train;
+        AdamWConfig {
+            lr: t.learning_rate,
+            betas: (t.adam_beta1, t.adam_beta2),
+            eps: t.adam_epsilon,
+            weight_decay: t.weight_decay,
+        }
+    }
+
+    /// Log every this many steps of a `total_steps` run.
+    pub fn logging_interval(&self, total_steps: u64) -> u64 {
+        self.output.logging_steps.resolve(total_steps)
+    }
+
+    /// Save a checkpoint every this many steps of a `total_steps` run.
+    pub fn save_interval(&self, total_steps: u64) -> u64 {
+        self.output.save_steps.resolve(total_steps)
+    }
+
+    /// Evaluate every this many steps with `eval_strategy: steps` (`eval_steps`, else
+    /// `logging_steps`); None for the other strategies.
+    pub fn eval_interval(&self, total_steps: u64) -> Option<u64> {
+        (self.eval.eval_strategy == EvalStrategy::Steps).then(|| {
+            self.eval
+                .eval_steps
+                .unwrap_or(self.output.logging_steps)
+                .resolve(total_steps)
+        })
+    }
+
+    /// Rows of `rows` held out for evaluation by `val_size`, as `datasets`'
+    /// `train_test_split(test_size=val_size)`: a ratio rounds up, a count above 1 is exact.
+    pub fn val_rows(&self, rows: usize) -> Result<usize> {
+        let v = self.data.val_size;
+        if v == 0.0 {
+            return Ok(0);
+        }
+        let held_out = if v > 1.0 {
+            v as usize
+        } else {
+            StepCount::Ratio(v).resolve(rows as u64) as usize
+        };
+        if held_out >= rows {
+            bail!("val_size: {v} holds out {held_out} of {rows} rows, leaving none to train on");
+        }
+        Ok(held_out)
+    }
+
+    /// One line per accepted key that is set but changes nothing in Hone, saying why; the CLI
+    /// prints them so nobody believes such a setting took effect.
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let (m, d, t) = (&self.model, &self.data, &self.train);
+        let mut notes = Vec::new();
+        let mut note = |set: bool, text: &str| {
+            if set {
+                notes.push(text.to_string());
+            }
+        };
+        note(
+            m.trust_remote_code,
+            "trust_remote_code: ignored: Hone runs no model code from the Hub",
+        );
+        note(
+            d.overwrite_cache,
+            "overwrite_cache: ignored: Hone keeps no preprocessed-dataset cache",
+        );
+        note(
+            d.preprocessing_num_workers.is_some(),
+            "preprocessing_num_workers: ignored: Hone tokenizes in-process on its own thread pool",
+        );
+        note(
+            d.dataloader_num_workers.is_some(),
+            "dataloader_num_workers: ignored: Hone batches in-process",
+        );
+        note(
+            t.bf16 || t.fp16,
+            "bf16/fp16: ignored: Hone's CPU kernels compute in f32",
+        );
+        note(
+            t.ddp_timeout != 1800,
+            "ddp_timeout: ignored: Hone trains in one process",
+        );
+        let report_to = &self.output.report_to;
+        if !report_to.is("none") {
+            notes.push(format!(
+                "report_to: {report_to}: ignored: Hone reports to no tracking service; \
+                 see trainer_log.jsonl and trainer_state.json in output_dir"
+            ));
+        }
+        notes
+    }
+}

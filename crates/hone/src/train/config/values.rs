@@ -1,0 +1,273 @@
+//! The value types of the run config that YAML scalars alone do not express: comma lists,
+//! step counts that may be ratios, the resume target, and the enumerated choices.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A list written LLaMA-Factory's way, `a,b,c` (spaces around items are trimmed), or as a YAML
+/// sequence. Printed back as the comma string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommaList(pub Vec<String>);
+
+impl CommaList {
+    pub fn items(&self) -> &[String] {
+        &self.0
+    }
+
+    /// True when the list is the single word `word` (e.g. `all`, `none`).
+    pub fn is(&self, word: &str) -> bool {
+        self.0.len() == 1 && self.0[0] == word
+    }
+}
+
+impl From<&str> for CommaList {
+    fn from(s: &str) -> Self {
+        CommaList(s.split(',').map(|item| item.trim().to_string()).collect())
+    }
+}
+
+impl fmt::Display for CommaList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl Serialize for CommaList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommaList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = CommaList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a comma-separated string or a list of names")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<CommaList, E> {
+                checked(CommaList::from(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommaList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item.trim().to_string());
+                }
+                checked(CommaList(items))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
+}
+
+fn checked<E: de::Error>(list: CommaList) -> Result<CommaList, E> {
+    if list.0.is_empty() || list.0.iter().any(String::is_empty) {
+        return Err(E::custom(format!(
+            "empty name in the list {:?}",
+            list.to_string()
+        )));
+    }
+    Ok(list)
+}
+
+/// An interval in optimizer steps, as transformers' `*_steps` arguments: an integer is a count,
+/// a number in (0, 1) a ratio of the run's total steps (rounded up once the total is known).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepCount {
+    Steps(u64),
+    Ratio(f64),
+}
+
+impl StepCount {
+    /// The count for a run of `total_steps` optimizer steps.
+    pub fn resolve(self, total_steps: u64) -> u64 {
+        match self {
+            StepCount::Steps(n) => n,
+            StepCount::Ratio(r) => (total_steps as f64 * r).ceil() as u64,
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        self == StepCount::Steps(0)
+    }
+}
+
+impl Serialize for StepCount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            StepCount::Steps(n) => s.serialize_u64(n),
+            StepCount::Ratio(r) => s.serialize_f64(r),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StepCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl Visitor<'_> for StepVisitor {
+            type Value = StepCount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number of steps or a ratio in (0, 1) of the total steps")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<StepCount, E> {
+                Ok(StepCount::Steps(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<StepCount, E> {
+                u64::try_from(n)
+                    .map(StepCount::Steps)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<StepCount, E> {
+                if x > 0.0 && x < 1.0 {
+                    Ok(StepCount::Ratio(x))
+                } else if x >= 0.0 && x.fract() == 0.0 && x <= u64::MAX as f64 {
+                    Ok(StepCount::Steps(x as u64))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Float(x), &self))
+                }
+            }
+        }
+        d.deserialize_any(StepVisitor)
+    }
+}
+
+/// `resume_from_checkpoint`: `null`/`false` start fresh, `true` takes the newest complete
+/// `checkpoint-N` in `output_dir`, a path names one checkpoint directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ResumeFrom {
+    #[default]
+    No,
+    Latest,
+    Path(PathBuf),
+}
+
+impl ResumeFrom {
+    pub fn is_resuming(&self) -> bool {
+        *self != ResumeFrom::No
+    }
+}
+
+impl Serialize for ResumeFrom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ResumeFrom::No => s.serialize_none(),
+            ResumeFrom::Latest => s.serialize_bool(true),
+            ResumeFrom::Path(p) => s.collect_str(&p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ResumeFrom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ResumeVisitor;
+        impl<'de> Visitor<'de> for ResumeVisitor {
+            type Value = ResumeFrom;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "true (the latest checkpoint in output_dir), a checkpoint directory, or null",
+                )
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ResumeFrom, E> {
+                Ok(ResumeFrom::No)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<ResumeFrom, E> {
+                Ok(ResumeFrom::No)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<ResumeFrom, D2::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<ResumeFrom, E> {
+                Ok(if b {
+                    ResumeFrom::Latest
+                } else {
+                    ResumeFrom::No
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ResumeFrom, E> {
+                if s.is_empty() {
+                    return Err(E::invalid_value(de::Unexpected::Str(s), &self));
+                }
+                Ok(ResumeFrom::Path(PathBuf::from(s)))
+            }
+        }
+        d.deserialize_any(ResumeVisitor)
+    }
+}
+
+/// LLaMA-Factory's `stage`: Hone trains supervised fine-tuning only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    #[default]
+    Sft,
+}
+
+/// LLaMA-Factory's `finetuning_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuningType {
+    /// Low-rank adapters on the `lora_target` linear layers; the base weights stay frozen.
+    #[default]
+    Lora,
+    /// Every weight trains.
+    Full,
+    /// Only `freeze_trainable_modules` of the `freeze_trainable_layers` (plus
+    /// `freeze_extra_modules`) train.
+    Freeze,
+}
+
+/// transformers' `eval_strategy` (`IntervalStrategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalStrategy {
+    #[default]
+    No,
+    Steps,
+    Epoch,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: for<'de> Deserialize<'de>>(yaml: &str) -> Result<T, String> {
+        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn comma_lists_accept_strings_and_sequences() {
+        let a: CommaList = parse("identity, alpaca_en_demo").unwrap();
+        let b: CommaList = parse("[identity, alpaca_en_demo]").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "identity,alpaca_en_demo");
+        let err = parse::<CommaList>("\"a,,b\"").unwrap_err();
+        assert!(err.contains("empty name"), "{err}");
+    }
+
+    #[test]
+    fn step_counts_are_whole_numbers_or_ratios() {
+        assert_eq!(parse::<StepCount>("10").unwrap(), StepCount::Steps(10));
+        assert_eq!(parse::<StepCount>("10.0").unwrap(), StepCount::Steps(10));
+        assert_eq!(parse::<StepCount>("0.25").unwrap(), StepCount::Ratio(0.25));
+        assert_eq!(StepCount::Ratio(0.25).resolve(9), 3);
+        for bad in ["1.5", "-3", "\"ten\""] {
+            assert!(parse::<StepCount>(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn resume_takes_bool_path_or_null() {
+        assert_eq!(parse::<ResumeFrom>("null").unwrap(), ResumeFrom::No);
+        assert_eq!(parse::<ResumeFrom>("false").unwrap(), ResumeFrom::No);
+        assert_eq!(parse::<ResumeFrom>("true").unwrap(), ResumeFrom::Latest);
+        assert_eq!(
+            parse::<ResumeFrom>("out/checkpoint-5").unwrap(),
+            ResumeFrom::Path("out/checkpoint-5".into())
+        );
+        assert!(parse::<ResumeFrom>("3").is_err());
+    }
+}
