@@ -55,13 +55,9 @@ fn default_model_matches_transformers() {
 }
 
 /// The tiny HF model's golden rows (token ids, each ≥ 3, so text under the test tokenizer) and the
-/// perplexity transformers' logits for them give.
-fn tiny_hf_golden() -> (Vec<String>, f64, usize) {
-    let golden = candle_core::safetensors::load(
-        fixture("models/llama-tied/golden.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+/// perplexity the golden file's logits (transformers', or PEFT's for an adapter) give for them.
+fn tiny_hf_golden(golden: &str) -> (Vec<String>, f64, usize) {
+    let golden = candle_core::safetensors::load(fixture(golden), &Device::Cpu).unwrap();
     let rows: Vec<Vec<i64>> = golden["input_ids"].to_vec2().unwrap();
     let log_probs = log_softmax_f64(&golden["logits"]);
     let (mut nll, mut n) = (0f64, 0usize);
@@ -97,7 +93,7 @@ fn log_softmax_f64(logits: &candle_core::Tensor) -> Vec<Vec<Vec<f64>>> {
 fn hf_dir_jsonl_and_plain_text_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_hf_dir(tmp.path());
-    let (docs, want, n) = tiny_hf_golden();
+    let (docs, want, n) = tiny_hf_golden("models/llama-tied/golden.safetensors");
     let jsonl: String = docs
         .iter()
         .map(|d| format!("{}\n", json!({ "text": d })))
@@ -114,6 +110,27 @@ fn hf_dir_jsonl_and_plain_text_match_transformers() {
     );
     let text = write(tmp.path(), "docs.txt", &(docs.join("\n") + "\n"));
     assert_eq!(perplexity(&model, &text, &[]), report);
+}
+
+#[test]
+fn with_an_adapter_matches_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_hf_dir(tmp.path());
+    let (docs, want, _) = tiny_hf_golden("adapters/llama-tied-qv.golden.safetensors");
+    let (_, base, _) = tiny_hf_golden("models/llama-tied/golden.safetensors");
+    assert!(
+        (want - base).abs() > 1e-2 * base,
+        "the adapter barely changes perplexity"
+    );
+    let data = write(tmp.path(), "docs.txt", &(docs.join("\n") + "\n"));
+    let adapter = fixture("adapters/llama-tied-qv");
+    let report = perplexity(&model, &data, &["--adapter", arg(&adapter)]);
+    assert_close(
+        report["perplexity"].as_f64().unwrap(),
+        want,
+        1e-4,
+        "perplexity with the adapter",
+    );
 }
 
 #[test]

@@ -6,17 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::{
-    arg, char_text, fixture, hone, read_json, real_model, tiny_gguf, tiny_hf_dir, write, CHATML,
+    arg, char_text, fixture, hone, json_ids as ids, read_json, real_model, tiny_gguf, tiny_hf_dir,
+    write, CHATML,
 };
-use serde_json::Value;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 /// `hone generate --model MODEL ARGS...`, asserting success; its stdout.
 fn generate(model: &Path, args: &[&str]) -> String {

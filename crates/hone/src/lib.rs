@@ -1,5 +1,6 @@
 //! Hone: fine-tune, evaluate and export Llama-family language models.
 
+pub mod adapters;
 pub mod alloc;
 pub mod chat;
 pub mod data;

@@ -1,8 +1,9 @@
 //! GgufWriter → GgufFile round trips: metadata of every value type, tensors of every type Hone
 //! writes, custom alignment, and the writer's refusals and atomic replacement.
 
-use std::path::Path;
+mod common;
 
+use common::dir_entries;
 use hone::io::gguf::{GgufFile, GgufValue};
 use hone::io::gguf_write::GgufWriter;
 use hone::quant::{dequantize, quantize, GgmlType};
@@ -244,15 +245,6 @@ fn writer_refuses_bad_tensors_and_metadata() {
         );
         assert!(!path.exists());
     }
-}
-
-fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -4,16 +4,14 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use hone::chat::Message;
 
-use super::{chat_template, SamplingArgs};
+use super::{chat_template, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory, .gguf file, or Hub id (org/name).
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// System message at the start of every conversation.
     #[arg(long)]
     pub system: Option<String>,
@@ -26,7 +24,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.sampling.config()?;
-    let loaded = hone::model::load(&args.model, &Device::Cpu)?;
+    let loaded = args.model.load()?;
     let tok = &loaded.tokenizer;
     let template = chat_template(tok, args.chat_template.as_deref())?;
     let fresh = || -> Vec<Message> {

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::Subcommand;
 use hone::eval::perplexity;
+
+use super::ModelArgs;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -15,9 +16,8 @@ pub enum EvalCommand {
 
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
-    /// HF model directory, .gguf file, or Hub id (org/name).
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[arg(long)]
     pub data: PathBuf,
     /// Documents are truncated to this many tokens.
@@ -36,7 +36,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 
 fn run_perplexity(args: PerplexityArgs) -> Result<()> {
     let docs = perplexity::read_documents(&args.data)?;
-    let loaded = hone::model::load(&args.model, &Device::Cpu)?;
+    let loaded = args.model.load()?;
     let max_length = args
         .max_length
         .min(loaded.model.config().max_position_embeddings);

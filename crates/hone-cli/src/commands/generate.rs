@@ -5,16 +5,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Device;
 use hone::chat::Message;
 
-use super::{chat_template, SamplingArgs};
+use super::{chat_template, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory, .gguf file, or Hub id (org/name).
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[arg(long)]
     pub prompt: String,
     /// Wrap the prompt in the chat template as one user turn (with the generation prompt).
@@ -35,7 +33,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.sampling.config()?;
-    let loaded = hone::model::load(&args.model, &Device::Cpu)?;
+    let loaded = args.model.load()?;
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat {
         let template = chat_template(tok, args.chat_template.as_deref())?;

@@ -5,8 +5,30 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 
+use std::path::PathBuf;
+
+use candle_core::Device;
 use clap::Args as ClapArgs;
 use hone::generate::{GenerateConfig, SamplingConfig};
+use hone::model::LoadedModel;
+
+/// The model to run, and optionally a LoRA adapter to merge into it.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct ModelArgs {
+    /// HF model directory, .gguf file, or Hub id (org/name).
+    #[arg(long)]
+    pub model: String,
+    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), merged into
+    /// the model's weights when it loads.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        hone::model::load_with_adapter(&self.model, self.adapter.as_deref(), &Device::Cpu)
+    }
+}
 
 /// Sampling and stopping options shared by `generate` and `chat`.
 #[derive(ClapArgs, Debug, Clone)]

@@ -93,6 +93,15 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// The tiny random llama GGUF with a SentencePiece tokenizer and a ChatML template.
 pub fn tiny_gguf() -> PathBuf {
     fixture("tokenizer/tiny-spm.gguf")

@@ -1,10 +1,13 @@
 //! One call from the MODEL argument to a ready model and its tokenizer.
 
+use std::path::Path;
+
 use anyhow::Result;
 use candle_core::Device;
 
 use super::config::ModelConfig;
 use super::{weights, Llama};
+use crate::adapters::{merge, read_adapter};
 use crate::io::gguf::GgufFile;
 use crate::io::source::{self, ModelSource};
 use crate::tokenizer::Tokenizer;
@@ -17,8 +20,22 @@ pub struct LoadedModel {
 
 /// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
+    load_with_adapter(spec, None, device)
+}
+
+/// [`load`], with the PEFT LoRA adapter in `adapter` (a directory) merged into the weights.
+pub fn load_with_adapter(
+    spec: &str,
+    adapter: Option<&Path>,
+    device: &Device,
+) -> Result<LoadedModel> {
+    // Read the adapter first: a bad adapter fails before the model's weights are loaded.
+    let adapter = match adapter {
+        Some(dir) => Some((dir, read_adapter(dir)?)),
+        None => None,
+    };
     let source = source::resolve(spec)?;
-    let (cfg, w, tokenizer) = match &source {
+    let (cfg, mut w, tokenizer) = match &source {
         ModelSource::HfDir(dir) => {
             let (cfg, w) = weights::load(&source, device)?;
             (cfg, w, Tokenizer::from_hf_dir(dir)?)
@@ -29,6 +46,15 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
             (cfg, w, Tokenizer::from_gguf(&gguf)?)
         }
     };
+    if let Some((dir, adapter)) = &adapter {
+        merge(&mut w, &cfg, adapter).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot merge into {}: {e:#}",
+                dir.display(),
+                source.path().display()
+            )
+        })?;
+    }
     let model = Llama::from_weights(cfg, w, device)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
     Ok(LoadedModel {

@@ -1,0 +1,84 @@
+//! Merging an adapter into a model's f32 weights (HF tensor names), as PEFT's
+//! `merge_and_unload(safe_merge=True)` does: `W += scale · B · A` for each target module, refusing a
+//! result that is not finite; biases saved with the adapter replace the model's.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use super::{Adapter, LoraWeights};
+use crate::model::ModelConfig;
+
+/// Merge `adapter` into `weights`. Errors name the module when the adapter does not fit the model.
+pub fn merge(
+    weights: &mut HashMap<String, Tensor>,
+    cfg: &ModelConfig,
+    adapter: &Adapter,
+) -> Result<()> {
+    for (module, lora) in &adapter.modules {
+        // A tied head is the embedding matrix: a head-only update cannot be merged into it.
+        if module == "lm_head" && cfg.tie_word_embeddings {
+            bail!("{module}: the model ties its output head to the token embeddings, so a LoRA update of the head alone cannot be merged");
+        }
+        let name = format!("{module}.weight");
+        let Some(w) = weights.get(&name) else {
+            bail!(
+                "{module}: the model has no such module (no tensor {name}); {}",
+                other_base(adapter)
+            );
+        };
+        let (out, inp, r) = (lora.out_features, lora.in_features, lora.r);
+        if w.dims() != [out, inp] {
+            bail!(
+                "{module}: the adapter's update is [{out}, {inp}] (lora_B [{out}, {r}] · lora_A [{r}, {inp}]) but \
+                 the model's weight is {:?}; {}",
+                w.dims(),
+                other_base(adapter)
+            );
+        }
+        let merged = (w + delta(lora, w.device())?)?;
+        if !merged
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            bail!("{module}: merging the adapter gives non-finite weights (NaN or infinity); the adapter is broken");
+        }
+        weights.insert(name, merged);
+    }
+    for (name, bias) in &adapter.biases {
+        let Some(old) = weights.get(name) else {
+            bail!(
+                "{name}: the adapter replaces this bias but the model has none; {}",
+                other_base(adapter)
+            );
+        };
+        if old.dims() != [bias.len()] {
+            bail!(
+                "{name}: the adapter's bias has {} values but the model's is {:?}; {}",
+                bias.len(),
+                old.dims(),
+                other_base(adapter)
+            );
+        }
+        let replacement = Tensor::from_slice(bias, bias.len(), old.device())?;
+        weights.insert(name.clone(), replacement);
+    }
+    Ok(())
+}
+
+/// `scale · B · A`, `[out, in]`.
+fn delta(lora: &LoraWeights, device: &candle_core::Device) -> Result<Tensor> {
+    let a = Tensor::from_slice(&lora.a, (lora.r, lora.in_features), device)?;
+    let b = Tensor::from_slice(&lora.b, (lora.out_features, lora.r), device)?;
+    Ok(b.matmul(&a)?.affine(lora.scale, 0.0)?)
+}
+
+fn other_base(adapter: &Adapter) -> String {
+    match &adapter.config.base_model_name_or_path {
+        Some(base) => format!("this adapter was made for a different base model ({base})"),
+        None => "this adapter was made for a different base model".into(),
+    }
+}

@@ -1,0 +1,192 @@
+//! Reading a PEFT adapter directory, and the tensor names PEFT uses in `adapter_model.safetensors`:
+//! `base_model.model.<module>.lora_A.weight` `[r, in]`, `....lora_B.weight` `[out, r]`, and with
+//! `bias` "all" / "lora_only" the trained biases, `base_model.model.<module>.base_layer.bias` for a
+//! LoRA-wrapped module and `base_model.model.<module>.bias` for any other.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+
+use super::config::AdapterConfig;
+use super::{Adapter, LoraWeights};
+use crate::io::safetensors;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// What older PEFT versions saved by default: a pickle, which Hone never loads.
+const PICKLED_WEIGHTS_FILE: &str = "adapter_model.bin";
+/// PeftModel wraps the transformers model, which it calls `base_model.model`.
+pub(super) const KEY_PREFIX: &str = "base_model.model.";
+const LORA_A: &str = ".lora_A.weight";
+const LORA_B: &str = ".lora_B.weight";
+/// A wrapped module's own bias, as PEFT names it.
+pub(super) const WRAPPED_BIAS: &str = ".base_layer.bias";
+
+/// Read a PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+pub fn read_adapter(dir: &Path) -> Result<Adapter> {
+    if !dir.is_dir() {
+        bail!("{}: no such adapter directory", dir.display());
+    }
+    let config = read_config(&dir.join(CONFIG_FILE))?;
+    let weights = weights_file(dir)?;
+    let tensors = safetensors::load_f32(std::slice::from_ref(&weights), &Device::Cpu)?;
+    let mut flat = BTreeMap::new();
+    for (name, t) in tensors {
+        let values = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .with_context(|| format!("{}: tensor {name}", weights.display()))?;
+        flat.insert(name, (t.dims().to_vec(), values));
+    }
+    let adapter = assemble(config, flat).map_err(|e| anyhow!("{}: {e:#}", weights.display()))?;
+    adapter
+        .validate()
+        .map_err(|e| anyhow!("{}: {e:#}", weights.display()))?;
+    Ok(adapter)
+}
+
+/// Read and validate `adapter_config.json`; errors are `path:line: field: problem`.
+pub fn read_config(path: &Path) -> Result<AdapterConfig> {
+    if !path.is_file() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        bail!(
+            "{}: no {CONFIG_FILE} in this adapter directory (a PEFT adapter has {CONFIG_FILE} and {WEIGHTS_FILE})",
+            dir.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let located = |e: anyhow::Error| {
+        let msg = format!("{e:#}");
+        let field = msg.split(':').next().unwrap_or_default();
+        match line_of_key(&text, field) {
+            Some(line) => anyhow!("{}:{line}: {msg}", path.display()),
+            None => anyhow!("{}: {msg}", path.display()),
+        }
+    };
+    let config = AdapterConfig::from_json(&text).map_err(located)?;
+    config.validate().map_err(located)?;
+    Ok(config)
+}
+
+/// The 1-based line where `"key":` first appears in JSON text.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let quoted = format!("\"{key}\"");
+    text.lines()
+        .position(|line| {
+            line.find(&quoted)
+                .is_some_and(|i| line[i + quoted.len()..].trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
+}
+
+fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join(WEIGHTS_FILE);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let pickled = dir.join(PICKLED_WEIGHTS_FILE);
+    if pickled.is_file() {
+        bail!(
+            "{}: pickled PyTorch weights are refused (loading them can execute arbitrary code). Convert the adapter \
+             to safetensors first, e.g. `python -c \"from transformers import AutoModelForCausalLM as M; from peft \
+             import PeftModel; PeftModel.from_pretrained(M.from_pretrained('BASE'), '{}').save_pretrained('OUT_DIR', \
+             safe_serialization=True)\"`",
+            pickled.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: no {WEIGHTS_FILE} in this adapter directory",
+        dir.display()
+    )
+}
+
+/// What one tensor of the file is.
+enum Part {
+    A(String),
+    B(String),
+    /// A bias, by HF tensor name.
+    Bias(String),
+}
+
+fn classify(key: &str) -> Result<Part> {
+    let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
+        bail!("tensor {key}: not a PEFT adapter tensor name (they start with {KEY_PREFIX:?})");
+    };
+    if let Some(module) = rest.strip_suffix(LORA_A) {
+        return Ok(Part::A(module.into()));
+    }
+    if let Some(module) = rest.strip_suffix(LORA_B) {
+        return Ok(Part::B(module.into()));
+    }
+    if let Some(module) = rest.strip_suffix(WRAPPED_BIAS) {
+        return Ok(Part::Bias(format!("{module}.bias")));
+    }
+    if rest.ends_with(".bias") {
+        return Ok(Part::Bias(rest.into()));
+    }
+    bail!(
+        "tensor {key}: not supported (Hone reads LoRA adapters of linear layers: lora_A / lora_B weights and biases; \
+         this looks like another PEFT method or a LoRA variant)"
+    )
+}
+
+type Flat = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Pair each module's lora_A and lora_B, check their shapes, and give them the config's scale.
+fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
+    let mut a_parts = BTreeMap::new();
+    let mut b_parts = BTreeMap::new();
+    let mut biases = BTreeMap::new();
+    for (key, (shape, values)) in tensors {
+        let part = classify(&key)?;
+        let expected_dims = if matches!(part, Part::Bias(_)) { 1 } else { 2 };
+        if shape.len() != expected_dims {
+            bail!("tensor {key}: expected {expected_dims} dimensions, found shape {shape:?}");
+        }
+        match part {
+            Part::A(module) => {
+                a_parts.insert(module, (shape, values));
+            }
+            Part::B(module) => {
+                b_parts.insert(module, (shape, values));
+            }
+            Part::Bias(name) => {
+                biases.insert(name, values);
+            }
+        }
+    }
+    let matcher = config.matcher()?;
+    let mut modules = BTreeMap::new();
+    for (module, (a_shape, a)) in a_parts {
+        let Some((b_shape, b)) = b_parts.remove(&module) else {
+            bail!("{module}: lora_A without lora_B");
+        };
+        let (r, in_features) = (a_shape[0], a_shape[1]);
+        let out_features = b_shape[0];
+        if b_shape[1] != r {
+            bail!("{module}: lora_A is {a_shape:?} and lora_B {b_shape:?}: their ranks differ");
+        }
+        let scale = matcher.scale(&module)?;
+        let weights = LoraWeights {
+            a,
+            b,
+            r,
+            in_features,
+            out_features,
+            scale,
+        };
+        modules.insert(module, weights);
+    }
+    if let Some(module) = b_parts.keys().next() {
+        bail!("{module}: lora_B without lora_A");
+    }
+    Ok(Adapter {
+        config,
+        modules,
+        biases,
+    })
+}

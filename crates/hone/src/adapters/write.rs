@@ -1,0 +1,168 @@
+//! Writing an adapter directory as PEFT's `save_pretrained` does: `adapter_config.json` (sorted
+//! keys, two-space indent), `adapter_model.safetensors` (f32, metadata `format: pt`) and a model
+//! card `README.md` whose front matter tells the Hub this is a PEFT adapter of its base model.
+//!
+//! Everything is first written to a staging directory beside the target. A new directory then
+//! appears whole with one rename. An existing one has each file replaced by a rename (never a
+//! half-written file), the weights before the config.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::peft::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE, WRAPPED_BIAS};
+use super::Adapter;
+use crate::tokenizer::Tokenizer;
+
+const CARD_FILE: &str = "README.md";
+
+/// Write `adapter` to `dir` in PEFT's layout, with the tokenizer's files when given (as training
+/// tools save them next to the adapter).
+pub fn write_adapter(dir: &Path, adapter: &Adapter, tokenizer: Option<&Tokenizer>) -> Result<()> {
+    let context = || format!("{}: cannot write the adapter", dir.display());
+    adapter.config.validate().with_context(context)?;
+    adapter.validate().with_context(context)?;
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: exists and is not a directory", dir.display());
+    }
+    let staging = staging_dir(dir)?;
+    let written = write_files(&staging, adapter, tokenizer, !dir.join(CARD_FILE).exists())
+        .and_then(|()| publish(&staging, dir));
+    if written.is_err() {
+        // Best effort: what matters is the original error; the staging dir may be half-written.
+        let _ = fs::remove_dir_all(&staging);
+    }
+    written.with_context(context)
+}
+
+/// A fresh directory beside `dir` (same filesystem, so renames out of it are atomic).
+fn staging_dir(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", dir.display()))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)
+        .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    let staging = parent.join(format!(
+        ".{}.hone-tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir(&staging)
+        .with_context(|| format!("{}: cannot create directory", staging.display()))?;
+    Ok(staging)
+}
+
+fn write_files(
+    staging: &Path,
+    adapter: &Adapter,
+    tokenizer: Option<&Tokenizer>,
+    with_card: bool,
+) -> Result<()> {
+    let weights = serialize_weights(adapter)?;
+    fs::write(staging.join(WEIGHTS_FILE), weights)?;
+    let config = serde_json::to_string_pretty(&adapter.config.to_json())?;
+    fs::write(staging.join(CONFIG_FILE), config)?;
+    if with_card {
+        fs::write(staging.join(CARD_FILE), model_card(adapter))?;
+    }
+    if let Some(tok) = tokenizer {
+        tok.save_hf(staging)?;
+    }
+    Ok(())
+}
+
+/// Move the staged files into `dir`: the whole directory when `dir` is new, else file by file
+/// with the config last, so a reader never sees a config without its weights.
+fn publish(staging: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return fs::rename(staging, dir)
+            .with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()));
+    }
+    let mut names: Vec<_> = fs::read_dir(staging)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort_by_key(|n| n == CONFIG_FILE);
+    for name in names {
+        let (from, to) = (staging.join(&name), dir.join(&name));
+        fs::rename(&from, &to).with_context(|| format!("cannot replace {}", to.display()))?;
+    }
+    fs::remove_dir(staging).with_context(|| format!("cannot remove {}", staging.display()))
+}
+
+/// `adapter_model.safetensors` bytes: f32 tensors under PEFT's names.
+fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    for (module, w) in &adapter.modules {
+        let key = format!("{KEY_PREFIX}{module}");
+        tensors.push((
+            format!("{key}.lora_A.weight"),
+            vec![w.r, w.in_features],
+            &w.a,
+        ));
+        tensors.push((
+            format!("{key}.lora_B.weight"),
+            vec![w.out_features, w.r],
+            &w.b,
+        ));
+    }
+    for (name, bias) in &adapter.biases {
+        let module = name.strip_suffix(".bias").unwrap_or(name);
+        let key = if adapter.modules.contains_key(module) {
+            format!("{KEY_PREFIX}{module}{WRAPPED_BIAS}")
+        } else {
+            format!("{KEY_PREFIX}{name}")
+        };
+        tensors.push((key, vec![bias.len()], bias));
+    }
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((key, shape, _), data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (key.clone(), view))
+                .map_err(|e| anyhow!("tensor {key}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // PEFT (through safetensors.torch) records the framework the tensors came from.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow!("{WEIGHTS_FILE}: {e}"))
+}
+
+/// A short model card with the front matter PEFT writes (`base_model`, `library_name: peft`).
+fn model_card(adapter: &Adapter) -> String {
+    let cfg = &adapter.config;
+    let base = cfg.base_model_name_or_path.as_deref();
+    let mut card = String::from("---\n");
+    if let Some(base) = base {
+        card += &format!("base_model: {base}\n");
+    }
+    card += "library_name: peft\npipeline_tag: text-generation\ntags:\n";
+    if let Some(base) = base {
+        card += &format!("- base_model:adapter:{base}\n");
+    }
+    card += "- lora\n- hone\n---\n\n";
+    card += &format!(
+        "# LoRA adapter{}\n\nRank {}, alpha {}{}, on {} modules. Written by Hone in Hugging Face PEFT's format: load \
+         it with `PeftModel.from_pretrained(base_model, \"<this directory>\")` or `hone generate --model <base model> \
+         --adapter <this directory>`.\n",
+        base.map(|b| format!(" for {b}")).unwrap_or_default(),
+        cfg.r,
+        cfg.lora_alpha,
+        if cfg.use_rslora { " (rank-stabilised)" } else { "" },
+        adapter.modules.len(),
+    );
+    card
+}
