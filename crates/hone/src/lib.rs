@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod chat;
+pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod io;
