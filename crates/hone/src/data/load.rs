@@ -79,7 +79,9 @@ impl fmt::Display for SkipSummary {
 /// or direct `.json`/`.jsonl` paths, whose format is told from the keys of their rows.
 ///
 /// A bad row is an error `file:line: field: problem` unless `skip_invalid_rows`, in which case it
-/// is left out and counted. A file with no usable rows is an error either way.
+/// is left out and counted. Either way, a file with no usable rows is an error, and so is a JSON
+/// array file that does not parse (nothing after the fault can be trusted; a bad JSON Lines row
+/// is only that row).
 pub fn load_dataset(
     dataset: &str,
     dataset_dir: &Path,
