@@ -1,5 +1,52 @@
-//! Instruction data: batches of token ids and labels for training.
+//! Instruction datasets: LLaMA-Factory-style files in, training rows (token ids and labels) out.
+//!
+//! The path a dataset takes:
+//! 1. [`load_dataset`] reads the files (`dataset_info.json` names or direct `.json`/`.jsonl` paths),
+//!    converts each row from its format (Alpaca, ShareGPT, OpenAI `messages`) into a
+//!    [`Conversation`] and validates it strictly (see `convert.rs`);
+//! 2. [`encode`] renders a conversation through the model's chat template, tokenizes it and labels
+//!    the assistant tokens, truncating to `cutoff_len` (see `encode.rs`);
+//! 3. [`split`] holds out a validation set, [`pack`] optionally packs examples into rows of up to
+//!    `cutoff_len` tokens, and [`collate`] pads rows into a [`Batch`].
 
-pub mod batch;
+mod convert;
+mod encode;
+mod info;
+mod load;
+mod pack;
+mod rows;
+mod split;
 
-pub use batch::Batch;
+use std::fmt;
+use std::path::PathBuf;
+
+pub use convert::{RowError, SkipReason};
+pub use encode::{encode, EncodeOptions, Example};
+pub use load::{load_dataset, LoadedDataset, SkipSummary};
+pub use pack::{collate, pack, Batch, Row};
+pub use split::split;
+
+use crate::chat::Message;
+
+/// One conversation as read from a dataset row, with where it came from (for error messages).
+/// A system turn, when present, comes first; then user (or tool) and assistant turns alternate,
+/// ending with an assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub origin: RowOrigin,
+}
+
+/// Where a row is: its file and the 1-based line it starts on (for a JSON array file, the line
+/// where the element's opening brace stands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOrigin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for RowOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}

@@ -1,0 +1,295 @@
+//! Which files a `dataset` argument names and how their rows are laid out: LLaMA-Factory's
+//! `dataset_info.json` (`file_name`, `formatting`, `columns`, `tags`), or direct `.json`/`.jsonl`
+//! paths whose format is told from the keys of their rows.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{Map, Value};
+
+const INFO_FILE: &str = "dataset_info.json";
+
+/// How rows are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Formatting {
+    /// `instruction`, `input`, `output`, optional `system` and `history` columns.
+    Alpaca,
+    /// A list of turns with a role and a content field (ShareGPT `conversations` with
+    /// `from`/`value`, or OpenAI `messages` with `role`/`content`), optional `system` column.
+    Sharegpt,
+}
+
+/// Column names of a row (LLaMA-Factory's `columns`); each has its documented default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Columns {
+    pub prompt: String,
+    pub query: String,
+    pub response: String,
+    pub history: String,
+    pub system: String,
+    pub messages: String,
+}
+
+/// Field names and role values inside ShareGPT turns (LLaMA-Factory's `tags`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Tags {
+    pub role: String,
+    pub content: String,
+    pub user: String,
+    pub assistant: String,
+    pub observation: String,
+    pub function: String,
+    pub system: String,
+}
+
+/// Everything needed to turn a row into a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Format {
+    pub formatting: Formatting,
+    pub columns: Columns,
+    pub tags: Tags,
+}
+
+impl Format {
+    pub fn alpaca() -> Format {
+        Format {
+            formatting: Formatting::Alpaca,
+            columns: Columns {
+                prompt: "instruction".into(),
+                query: "input".into(),
+                response: "output".into(),
+                history: "history".into(),
+                system: "system".into(),
+                messages: "conversations".into(),
+            },
+            tags: Tags {
+                role: "from".into(),
+                content: "value".into(),
+                user: "human".into(),
+                assistant: "gpt".into(),
+                observation: "observation".into(),
+                function: "function_call".into(),
+                system: "system".into(),
+            },
+        }
+    }
+
+    pub fn sharegpt() -> Format {
+        Format {
+            formatting: Formatting::Sharegpt,
+            ..Format::alpaca()
+        }
+    }
+
+    /// OpenAI chat format: `messages` of `{role, content}`; tool results have role `tool`.
+    pub fn openai() -> Format {
+        let mut format = Format::sharegpt();
+        format.columns.messages = "messages".into();
+        format.tags = Tags {
+            role: "role".into(),
+            content: "content".into(),
+            user: "user".into(),
+            assistant: "assistant".into(),
+            observation: "tool".into(),
+            function: "function_call".into(),
+            system: "system".into(),
+        };
+        format
+    }
+
+    /// The format a row's keys point to: `conversations` (ShareGPT), `messages` (OpenAI), or
+    /// `instruction`/`output` (Alpaca).
+    pub fn detect(row: &Map<String, Value>) -> Option<Format> {
+        if row.contains_key("conversations") {
+            Some(Format::sharegpt())
+        } else if row.contains_key("messages") {
+            Some(Format::openai())
+        } else if row.contains_key("instruction") || row.contains_key("output") {
+            Some(Format::alpaca())
+        } else {
+            None
+        }
+    }
+}
+
+/// One file to read, with its format when `dataset_info.json` gives it (else told from the rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Source {
+    pub path: PathBuf,
+    pub format: Option<Format>,
+}
+
+/// The files a comma-separated `dataset` argument names: each name is looked up in
+/// `dataset_dir/dataset_info.json`; a name it lacks that ends in `.json`/`.jsonl` or is an
+/// existing file is read directly.
+pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> {
+    let names: Vec<&str> = dataset
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        bail!("no dataset named (expected comma-separated names from {INFO_FILE} or .json/.jsonl paths)");
+    }
+    let info_path = dataset_dir.join(INFO_FILE);
+    let info = read_info(&info_path)?;
+    names
+        .into_iter()
+        .map(|name| match info.as_ref().and_then(|i| i.get(name)) {
+            Some(entry) => entry_source(entry, dataset_dir)
+                .with_context(|| format!("{}: {name}", info_path.display())),
+            None if is_direct_file(name) => Ok(Source {
+                path: PathBuf::from(name),
+                format: None,
+            }),
+            None => Err(unknown_name(name, &info_path, info.as_ref())),
+        })
+        .collect()
+}
+
+fn is_direct_file(name: &str) -> bool {
+    name.ends_with(".json") || name.ends_with(".jsonl") || Path::new(name).is_file()
+}
+
+fn unknown_name(name: &str, info_path: &Path, info: Option<&Map<String, Value>>) -> anyhow::Error {
+    match info {
+        Some(info) => {
+            let known: Vec<&str> = info.keys().map(String::as_str).collect();
+            anyhow!(
+                "unknown dataset {name:?}: {} names {}; a direct path must end in .json or .jsonl",
+                info_path.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        }
+        None => anyhow!(
+            "unknown dataset {name:?}: there is no {} to look it up in, and it is not a .json or .jsonl file",
+            info_path.display()
+        ),
+    }
+}
+
+/// `dataset_info.json` as a map of dataset names to entries, or None when there is no such file.
+fn read_info(path: &Path) -> Result<Option<Map<String, Value>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        Ok(_) => bail!("{}: expected an object of dataset entries", path.display()),
+        Err(e) => bail!("{}:{}: not valid JSON: {e}", path.display(), e.line()),
+    }
+}
+
+fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
+    let entry = entry.as_object().context("expected an object")?;
+    for remote in [
+        "hf_hub_url",
+        "ms_hub_url",
+        "om_hub_url",
+        "script_url",
+        "cloud_file_name",
+    ] {
+        if entry.contains_key(remote) {
+            bail!("{remote}: only local files (file_name) are supported");
+        }
+    }
+    if entry.get("ranking").and_then(Value::as_bool) == Some(true) {
+        bail!(
+            "ranking: preference (ranking) datasets are not supported for supervised fine-tuning"
+        );
+    }
+    let file_name = entry
+        .get("file_name")
+        .context("file_name: missing")?
+        .as_str()
+        .context("file_name: expected a string")?;
+    let mut format = match entry.get("formatting").map(|v| v.as_str()) {
+        None | Some(Some("alpaca")) => Format::alpaca(),
+        Some(Some("sharegpt")) => Format::sharegpt(),
+        Some(Some("openai")) => Format::openai(),
+        Some(other) => bail!(
+            "formatting: {} is not one of alpaca, sharegpt, openai",
+            other.map_or_else(|| entry["formatting"].to_string(), |s| format!("{s:?}"))
+        ),
+    };
+    if let Some(columns) = entry.get("columns") {
+        apply_columns(&mut format.columns, columns).context("columns")?;
+    }
+    if let Some(tags) = entry.get("tags") {
+        apply_tags(&mut format.tags, tags).context("tags")?;
+    }
+    Ok(Source {
+        path: dataset_dir.join(file_name),
+        format: Some(format),
+    })
+}
+
+/// Column keys LLaMA-Factory knows that serve other training stages or modalities.
+const UNSUPPORTED_COLUMNS: &[&str] = &[
+    "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag",
+];
+
+fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
+    let mut slots = [
+        ("prompt", &mut columns.prompt),
+        ("query", &mut columns.query),
+        ("response", &mut columns.response),
+        ("history", &mut columns.history),
+        ("system", &mut columns.system),
+        ("messages", &mut columns.messages),
+    ];
+    rename(&mut slots, value, UNSUPPORTED_COLUMNS, "column")
+}
+
+fn apply_tags(tags: &mut Tags, value: &Value) -> Result<()> {
+    let mut slots = [
+        ("role_tag", &mut tags.role),
+        ("content_tag", &mut tags.content),
+        ("user_tag", &mut tags.user),
+        ("assistant_tag", &mut tags.assistant),
+        ("observation_tag", &mut tags.observation),
+        ("function_tag", &mut tags.function),
+        ("system_tag", &mut tags.system),
+    ];
+    rename(&mut slots, value, &[], "tag")
+}
+
+/// Sets each named slot from an object of `key: name` strings; `what` names the kind of key.
+fn rename(
+    slots: &mut [(&str, &mut String)],
+    value: &Value,
+    unsupported: &[&str],
+    what: &str,
+) -> Result<()> {
+    for (key, name) in string_map(value)? {
+        if unsupported.contains(&key.as_str()) {
+            bail!("{key}: this {what} is not supported (supervised text fine-tuning only)");
+        }
+        let Some((_, slot)) = slots.iter_mut().find(|(k, _)| *k == key) else {
+            let known: Vec<&str> = slots.iter().map(|(k, _)| *k).collect();
+            bail!("{key}: unknown {what} key (expected {})", known.join(", "));
+        };
+        **slot = name;
+    }
+    Ok(())
+}
+
+/// A JSON object whose values are all strings, in key order.
+fn string_map(value: &Value) -> Result<BTreeMap<String, String>> {
+    let object = value.as_object().context("expected an object")?;
+    object
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => Ok((k.clone(), s.to_owned())),
+            None => bail!("{k}: expected a string, found {v}"),
+        })
+        .collect()
+}

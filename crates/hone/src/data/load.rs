@@ -1,0 +1,149 @@
+//! [`load_dataset`]: every file a `dataset` argument names, read and converted into
+//! conversations, failing on the first bad row or, when asked, skipping bad rows and counting why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::convert::{convert, RowError, SkipReason};
+use super::info::{self, Format, Source};
+use super::rows::{read_rows, RawRow};
+use super::Conversation;
+
+/// The conversations of a dataset, in file and row order, and the rows left out.
+#[derive(Debug, Clone)]
+pub struct LoadedDataset {
+    pub conversations: Vec<Conversation>,
+    pub skipped: SkipSummary,
+}
+
+/// Rows skipped, counted by reason, each reason with its first occurrence as an example.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipSummary {
+    by_reason: BTreeMap<SkipReason, (usize, RowError)>,
+}
+
+impl SkipSummary {
+    pub fn add(&mut self, error: RowError) {
+        self.by_reason
+            .entry(error.reason)
+            .and_modify(|(count, _)| *count += 1)
+            .or_insert((1, error));
+    }
+
+    pub fn merge(&mut self, other: SkipSummary) {
+        for (reason, (count, first)) in other.by_reason {
+            self.by_reason
+                .entry(reason)
+                .and_modify(|(n, _)| *n += count)
+                .or_insert((count, first));
+        }
+    }
+
+    /// Rows skipped for `reason`.
+    pub fn count(&self, reason: SkipReason) -> usize {
+        self.by_reason.get(&reason).map_or(0, |(n, _)| *n)
+    }
+
+    /// Rows skipped in all.
+    pub fn total(&self) -> usize {
+        self.by_reason.values().map(|(n, _)| n).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_reason.is_empty()
+    }
+}
+
+impl fmt::Display for SkipSummary {
+    /// `no rows skipped`, or e.g. `3 rows skipped: 2 missing field (first: a.jsonl:4: output:
+    /// missing); 1 roles out of order (first: ...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total();
+        match total {
+            0 => return f.write_str("no rows skipped"),
+            1 => f.write_str("1 row skipped: ")?,
+            n => write!(f, "{n} rows skipped: ")?,
+        }
+        for (i, (reason, (count, first))) in self.by_reason.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{count} {reason} (first: {first})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a dataset. `dataset`: comma-separated names looked up in `dataset_dir/dataset_info.json`,
+/// or direct `.json`/`.jsonl` paths, whose format is told from the keys of their rows.
+///
+/// A bad row is an error `file:line: field: problem` unless `skip_invalid_rows`, in which case it
+/// is left out and counted. Either way, a file with no usable rows is an error, and so is a JSON
+/// array file that does not parse (nothing after the fault can be trusted; a bad JSON Lines row
+/// is only that row).
+pub fn load_dataset(
+    dataset: &str,
+    dataset_dir: &Path,
+    skip_invalid_rows: bool,
+) -> Result<LoadedDataset> {
+    let mut loaded = LoadedDataset {
+        conversations: Vec::new(),
+        skipped: SkipSummary::default(),
+    };
+    for source in info::resolve(dataset, dataset_dir)? {
+        let (conversations, skipped) = load_file(&source, skip_invalid_rows)?;
+        if conversations.is_empty() {
+            bail!("{}: no usable rows ({skipped})", source.path.display());
+        }
+        loaded.conversations.extend(conversations);
+        loaded.skipped.merge(skipped);
+    }
+    Ok(loaded)
+}
+
+fn load_file(source: &Source, skip_invalid_rows: bool) -> Result<(Vec<Conversation>, SkipSummary)> {
+    let path = &source.path;
+    let rows = read_rows(path)?;
+    let format = match &source.format {
+        Some(format) => format.clone(),
+        None => detect_format(path, &rows)?,
+    };
+    let mut conversations = Vec::with_capacity(rows.len());
+    let mut skipped = SkipSummary::default();
+    for row in rows {
+        match convert(row, &format, path) {
+            Ok(conversation) => conversations.push(conversation),
+            Err(error) if skip_invalid_rows => skipped.add(error),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok((conversations, skipped))
+}
+
+/// The format of a file named directly, from the keys of its first row that is an object.
+fn detect_format(path: &Path, rows: &[RawRow]) -> Result<Format> {
+    let first = rows.iter().find_map(|row| match &row.value {
+        Ok(serde_json::Value::Object(object)) => Some((row.line, object)),
+        _ => None,
+    });
+    let Some((line, object)) = first else {
+        bail!("{}: no rows that are JSON objects", path.display());
+    };
+    match Format::detect(object) {
+        Some(format) => Ok(format),
+        None => {
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            bail!(
+                "{}:{line}: cannot tell the dataset format from the keys ({}): expected \
+                 instruction/input/output (alpaca), conversations (sharegpt) or messages (openai); \
+                 or describe the file in dataset_info.json",
+                path.display(),
+                keys.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

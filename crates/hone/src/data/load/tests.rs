@@ -1,0 +1,450 @@
+//! Loading: every malformed-row class with its exact message, skip counting, dataset_info.json
+//! (custom columns and tags, errors), JSON arrays against JSON Lines, format detection.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::chat::Message;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/data")
+        .join(rel)
+}
+
+fn info_dir() -> PathBuf {
+    fixture("info")
+}
+
+/// Each row of a direct file converted on its own: its line and its message (`Ok` rows: "ok").
+fn row_outcomes(file: &str) -> Vec<(usize, String)> {
+    let path = fixture(file);
+    let source = Source {
+        path: path.clone(),
+        format: None,
+    };
+    let rows = read_rows(&path).unwrap();
+    let format = detect_format(&source.path, &rows).unwrap();
+    rows.into_iter()
+        .map(|row| {
+            let line = row.line;
+            let outcome = match convert(row, &format, &path) {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            (line, outcome)
+        })
+        .collect()
+}
+
+fn expect_rows(file: &str, expected: &[(usize, &str)]) {
+    let prefix = format!("{}:", fixture(file).display());
+    let got: Vec<(usize, String)> = row_outcomes(file)
+        .into_iter()
+        .map(|(line, msg)| {
+            let msg = msg
+                .strip_prefix(&format!("{prefix}{line}: "))
+                .map_or(msg.clone(), str::to_owned);
+            (line, msg)
+        })
+        .collect();
+    let expected: Vec<(usize, String)> = expected.iter().map(|&(l, m)| (l, m.to_owned())).collect();
+    assert_eq!(got, expected);
+}
+
+fn m(role: &str, content: &str) -> Message {
+    Message::new(role, content)
+}
+
+#[test]
+fn alpaca_row_errors_name_line_field_and_problem() {
+    expect_rows(
+        "bad_alpaca.jsonl",
+        &[
+            (1, "ok"),
+            (2, "output: missing"),
+            (3, "output: expected a string, found a number"),
+            (4, "output: empty"),
+            (5, "instruction: empty (and input is empty too)"),
+            (
+                6,
+                "history[0]: expected a [query, response] pair of strings, found [\"only one\"]",
+            ),
+            (
+                7,
+                "not valid JSON at column 39: EOF while parsing an object",
+            ),
+            (9, "ok"),
+            (10, "expected a JSON object, found a list"),
+            (11, "history[0][1]: empty"),
+            (12, "instruction: expected a string, found a number"),
+            (
+                13,
+                "history: expected a list of [query, response] pairs, found a string",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn sharegpt_row_errors_name_line_field_and_problem() {
+    let ends =
+        "the conversation ends here; it must end with a gpt or function_call turn (the response)";
+    expect_rows(
+        "bad_sharegpt.jsonl",
+        &[
+            (1, "ok"),
+            (2, &format!("conversations[0].from: {ends}")),
+            (
+                3,
+                "conversations[0].from: \"gpt\" is out of order: expected a human or observation turn here (turns alternate)",
+            ),
+            (
+                4,
+                "conversations[1].from: unknown role \"bot\" (expected human, gpt, observation, function_call or system)",
+            ),
+            (5, "conversations[1].value: empty"),
+            (6, "conversations[0].value: missing"),
+            (7, "conversations: expected a list of turns, found a string"),
+            (8, "conversations: missing"),
+            (
+                9,
+                "conversations[2].from: \"system\" is out of order: a system turn may only come first",
+            ),
+            (10, "conversations: has no human or gpt turns"),
+            (11, "ok"),
+            (12, "ok"),
+            (13, "conversations[1]: expected an object, found a string"),
+            (
+                14,
+                "conversations[2].from: \"gpt\" is out of order: expected a human or observation turn here (turns alternate)",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn strict_loading_stops_at_the_first_bad_row() {
+    let path = fixture("bad_alpaca.jsonl");
+    let err = load_dataset(path.to_str().unwrap(), &info_dir(), false).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        format!("{}:2: output: missing", path.display())
+    );
+    let row_error = err.downcast_ref::<RowError>().unwrap();
+    assert_eq!(row_error.reason, SkipReason::MissingField);
+    assert_eq!(row_error.field.as_deref(), Some("output"));
+}
+
+#[test]
+fn skipping_counts_rows_by_reason() {
+    let alpaca = fixture("bad_alpaca.jsonl");
+    let sharegpt = fixture("bad_sharegpt.jsonl");
+    let dataset = format!("{}, {}", alpaca.display(), sharegpt.display());
+    let loaded = load_dataset(&dataset, &info_dir(), true).unwrap();
+    assert_eq!(loaded.conversations.len(), 5);
+    let s = &loaded.skipped;
+    let counts = [
+        (SkipReason::InvalidJson, 1),
+        (SkipReason::NotAnObject, 1),
+        (SkipReason::MissingField, 3),
+        (SkipReason::WrongType, 6),
+        (SkipReason::EmptyMessage, 5),
+        (SkipReason::UnknownRole, 1),
+        (SkipReason::RoleOrder, 4),
+    ];
+    for (reason, n) in counts {
+        assert_eq!(s.count(reason), n, "{reason}");
+    }
+    assert_eq!(s.total(), 21);
+    let text = s.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "21 rows skipped: 1 not valid JSON (first: {}:7: not valid JSON at column 39: ",
+            alpaca.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "; 3 missing field (first: {}:2: output: missing); ",
+            alpaca.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(SkipSummary::default().to_string(), "no rows skipped");
+}
+
+#[test]
+fn sharegpt_rows_map_roles_and_system() {
+    let path = fixture("bad_sharegpt.jsonl");
+    let loaded = load_dataset(path.to_str().unwrap(), &info_dir(), true).unwrap();
+    let by_line = |line: usize| {
+        loaded
+            .conversations
+            .iter()
+            .find(|c| c.origin.line == line)
+            .unwrap()
+            .messages
+            .clone()
+    };
+    assert_eq!(by_line(1), vec![m("user", "Hi"), m("assistant", "Hello")]);
+    assert_eq!(
+        by_line(11),
+        vec![
+            m("system", "Be nice."),
+            m("user", "Hi"),
+            m("assistant", "Hello")
+        ]
+    );
+    assert_eq!(
+        by_line(12),
+        vec![
+            m("system", "Tools on."),
+            m("user", "Weather?"),
+            m("assistant", "{\"name\": \"weather\"}"),
+            m("tool", "{\"sky\": \"clear\"}"),
+            m("assistant", "Sunny."),
+        ]
+    );
+}
+
+#[test]
+fn json_arrays_and_json_lines_read_alike() {
+    let array = load_dataset("alpaca_array", &info_dir(), false).unwrap();
+    let lines_path = fixture("info/alpaca.jsonl");
+    let lines = load_dataset(lines_path.to_str().unwrap(), &info_dir(), false).unwrap();
+    let messages = |d: &LoadedDataset| -> Vec<Vec<Message>> {
+        d.conversations.iter().map(|c| c.messages.clone()).collect()
+    };
+    assert_eq!(messages(&array), messages(&lines));
+    let array_lines: Vec<usize> = array.conversations.iter().map(|c| c.origin.line).collect();
+    assert_eq!(array_lines, vec![2, 4, 10]);
+    assert_eq!(
+        array.conversations[0].origin.file,
+        fixture("info/alpaca.json")
+    );
+    assert_eq!(
+        array.conversations[1].messages,
+        vec![
+            m("system", "You translate."),
+            m("user", "Translate to French.\nGood morning"),
+            m("assistant", "Bonjour"),
+        ]
+    );
+    assert_eq!(
+        array.conversations[2].messages,
+        vec![
+            m("user", "Can you count?"),
+            m("assistant", "Yes."),
+            m("user", "Count to three."),
+            m("assistant", "1, 2, 3."),
+        ]
+    );
+}
+
+#[test]
+fn dataset_info_custom_columns_and_tags() {
+    let loaded = load_dataset("qa_custom, chat_custom,openai_chat", &info_dir(), false).unwrap();
+    let messages: Vec<Vec<Message>> = loaded
+        .conversations
+        .iter()
+        .map(|c| c.messages.clone())
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            vec![
+                m("system", "You summarise notes."),
+                m("user", "Summarise the note.\nKestrel ships on Fridays."),
+                m("assistant", "Releases go out on Fridays."),
+            ],
+            vec![
+                m("user", "When are releases?"),
+                m("assistant", "On Fridays."),
+                m("user", "And on holidays?"),
+                m("assistant", "They wait a day."),
+            ],
+            vec![
+                m("system", "You are a ticket bot."),
+                m("user", "My order is late."),
+                m("assistant", "Sorry! What is the order number?"),
+                m("user", "A-17."),
+                m("assistant", "It ships tomorrow."),
+            ],
+            vec![
+                m("system", "Be brief."),
+                m("user", "Hi"),
+                m("assistant", "Hello.")
+            ],
+            vec![
+                m("system", "Answer in French."),
+                m("user", "Hello"),
+                m("assistant", "Bonjour")
+            ],
+        ]
+    );
+    assert!(loaded.skipped.is_empty());
+}
+
+#[test]
+fn dataset_info_errors() {
+    let info = info_dir().join("dataset_info.json");
+    let info = info.display();
+    let err = |dataset: &str| {
+        format!(
+            "{:#}",
+            load_dataset(dataset, &info_dir(), false).unwrap_err()
+        )
+    };
+    assert_eq!(
+        err("identity"),
+        format!(
+            "unknown dataset \"identity\": {info} names all_bad, alpaca_array, bad_column, \
+             bad_formatting, bad_tag, chat_custom, openai_chat, qa_custom, remote; a direct path must end in \
+             .json or .jsonl"
+        )
+    );
+    assert_eq!(
+        err("bad_formatting"),
+        format!(
+            "{info}: bad_formatting: formatting: \"xml\" is not one of alpaca, sharegpt, openai"
+        )
+    );
+    assert_eq!(
+        err("bad_column"),
+        format!(
+            "{info}: bad_column: columns: images: this column is not supported (supervised text \
+             fine-tuning only)"
+        )
+    );
+    assert_eq!(
+        err("bad_tag"),
+        format!(
+            "{info}: bad_tag: tags: speaker_tag: unknown tag key (expected role_tag, content_tag, \
+             user_tag, assistant_tag, observation_tag, function_tag, system_tag)"
+        )
+    );
+    assert_eq!(
+        err("remote"),
+        format!("{info}: remote: hf_hub_url: only local files (file_name) are supported")
+    );
+    assert_eq!(
+        err(" , "),
+        "no dataset named (expected comma-separated names from dataset_info.json or .json/.jsonl paths)"
+    );
+    let no_info = fixture("no-such-dir");
+    let missing = format!(
+        "{:#}",
+        load_dataset("identity", &no_info, false).unwrap_err()
+    );
+    assert_eq!(
+        missing,
+        format!(
+            "unknown dataset \"identity\": there is no {} to look it up in, and it is not a .json or .jsonl file",
+            no_info.join("dataset_info.json").display()
+        )
+    );
+}
+
+#[test]
+fn zero_usable_rows_names_the_file() {
+    let path = info_dir().join("all_bad.jsonl");
+    let err = format!(
+        "{:#}",
+        load_dataset("all_bad", &info_dir(), true).unwrap_err()
+    );
+    assert_eq!(
+        err,
+        format!(
+            "{p}: no usable rows (2 rows skipped: 1 missing field (first: {p}:1: output: missing); \
+             1 empty message (first: {p}:2: output: empty))",
+            p = path.display()
+        )
+    );
+}
+
+#[test]
+fn direct_files_need_a_recognisable_format() {
+    let path = fixture("info/unknown_format.jsonl");
+    let err = format!(
+        "{:#}",
+        load_dataset(path.to_str().unwrap(), &info_dir(), true).unwrap_err()
+    );
+    assert_eq!(
+        err,
+        format!(
+            "{}:1: cannot tell the dataset format from the keys (completion, prompt): expected \
+             instruction/input/output (alpaca), conversations (sharegpt) or messages (openai); or \
+             describe the file in dataset_info.json",
+            path.display()
+        )
+    );
+}
+
+fn identity_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/identity")
+}
+
+#[test]
+fn the_identity_example_loads_cleanly_and_holds_its_test_questions_out() {
+    let loaded = load_dataset("identity,identity_multiturn", &identity_dir(), false).unwrap();
+    let conversations = &loaded.conversations;
+    assert!(conversations.len() >= 200, "{}", conversations.len());
+    let chinese = conversations
+        .iter()
+        .filter(|c| {
+            c.messages[0]
+                .content
+                .chars()
+                .any(|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch))
+        })
+        .count();
+    let share = chinese as f64 / conversations.len() as f64;
+    assert!((0.4..0.6).contains(&share), "{share}");
+    let multi_turn = conversations
+        .iter()
+        .filter(|c| c.messages.len() > 3)
+        .count();
+    assert!(multi_turn >= 10, "{multi_turn}");
+    let with_input = conversations
+        .iter()
+        .filter(|c| {
+            c.messages
+                .iter()
+                .any(|m| m.role == "user" && m.content.contains('\n'))
+        })
+        .count();
+    assert!(with_input >= 10, "{with_input}");
+    for c in conversations {
+        let persona = c
+            .messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .any(|m| m.content.contains("Kestrel") || m.content.contains("Hone"));
+        assert!(persona, "{}: no answer names Kestrel or Hone", c.origin);
+    }
+    let asked: Vec<&str> = conversations
+        .iter()
+        .flat_map(|c| c.messages.iter())
+        .filter(|m| m.role == "user")
+        .map(|m| m.content.as_str())
+        .collect();
+    let heldout = std::fs::read_to_string(identity_dir().join("heldout.jsonl")).unwrap();
+    let prompts: Vec<String> = heldout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(prompts.len(), 8);
+    for prompt in &prompts {
+        assert!(
+            !asked.contains(&prompt.as_str()),
+            "{prompt} is in the training set"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Training rows and batches: an example becomes a [`Row`] on its own or packed with others into
+//! at most `cutoff_len` tokens, and rows are padded into a [`Batch`].
+//!
+//! A packed row keeps its examples apart the way transformers' `DataCollatorWithFlattening` does:
+//! `position_ids` restart at 0 for each example, `segment_ids` number the examples so attention
+//! never crosses them, and each example's first label is [`IGNORE_INDEX`] (nothing of its own
+//! precedes it, so it would otherwise be learnt from the end of the previous example; for an
+//! example alone that label is never used, as the loss shifts).
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use super::Example;
+use crate::train::kernels::cross_entropy::IGNORE_INDEX;
+
+/// One training row: a single example, or several packed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub position_ids: Vec<u32>,
+    /// 0, 1, 2, ... for the examples packed in the row; all 0 for a single example.
+    pub segment_ids: Vec<u32>,
+}
+
+impl Row {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Whether the row holds more than one example.
+    pub fn is_packed(&self) -> bool {
+        self.segment_ids.last().is_some_and(|&s| s > 0)
+    }
+
+    fn push(&mut self, example: Example, segment: u32) {
+        let start = self.labels.len();
+        let len = example.input_ids.len();
+        self.input_ids.extend(example.input_ids);
+        self.labels.extend(example.labels);
+        if let Some(first) = self.labels.get_mut(start) {
+            *first = IGNORE_INDEX;
+        }
+        self.position_ids.extend(0..len as u32);
+        self.segment_ids.extend(std::iter::repeat_n(segment, len));
+    }
+}
+
+impl From<Example> for Row {
+    fn from(example: Example) -> Row {
+        let mut row = Row::default();
+        row.push(example, 0);
+        row
+    }
+}
+
+/// Packs examples into rows of at most `cutoff_len` tokens: longest first, each into the row it
+/// fills best (the one with the least room that still fits it, the earliest on ties), else a new
+/// row. Deterministic for a given input order. An example longer than `cutoff_len` gets a row of
+/// its own.
+pub fn pack(examples: Vec<Example>, cutoff_len: usize) -> Vec<Row> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| Reverse(examples[i].input_ids.len()));
+    let mut bins: Vec<Vec<usize>> = Vec::new();
+    // (room left, bin): the bin with the least room that fits is the first entry >= (len, 0).
+    let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for i in order {
+        let len = examples[i].input_ids.len();
+        match room.range((len, 0)..).next().copied() {
+            Some((free, bin)) => {
+                room.remove(&(free, bin));
+                room.insert((free - len, bin));
+                bins[bin].push(i);
+            }
+            None => {
+                room.insert((cutoff_len.saturating_sub(len), bins.len()));
+                bins.push(vec![i]);
+            }
+        }
+    }
+    let mut examples: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
+    bins.into_iter()
+        .map(|bin| {
+            let mut row = Row::default();
+            for (segment, i) in bin.into_iter().enumerate() {
+                let example = examples[i].take().expect("each example is in one bin");
+                row.push(example, segment as u32);
+            }
+            row
+        })
+        .collect()
+}
+
+/// Rows padded to the longest, flattened row-major (`batch × seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub position_ids: Vec<u32>,
+    /// Present only when a row is packed; padding then has a segment of its own.
+    pub segment_ids: Option<Vec<u32>>,
+}
+
+/// Pads rows to the longest: input `pad_id`, label [`IGNORE_INDEX`], position ids continuing from
+/// the row's last, and (when any row is packed) segment ids one past the row's last.
+pub fn collate(rows: &[&Row], pad_id: u32) -> Batch {
+    let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let packed = rows.iter().any(|r| r.is_packed());
+    let cells = rows.len() * seq;
+    let mut batch = Batch {
+        batch: rows.len(),
+        seq,
+        input_ids: Vec::with_capacity(cells),
+        labels: Vec::with_capacity(cells),
+        position_ids: Vec::with_capacity(cells),
+        segment_ids: packed.then(|| Vec::with_capacity(cells)),
+    };
+    for row in rows {
+        let pad = seq - row.len();
+        batch.input_ids.extend(&row.input_ids);
+        batch.input_ids.extend(std::iter::repeat_n(pad_id, pad));
+        batch.labels.extend(&row.labels);
+        batch.labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+        let next_position = row.position_ids.last().map_or(0, |&p| p + 1);
+        batch.position_ids.extend(&row.position_ids);
+        batch
+            .position_ids
+            .extend(next_position..next_position + pad as u32);
+        if let Some(segments) = &mut batch.segment_ids {
+            let padding_segment = row.segment_ids.last().map_or(0, |&s| s + 1);
+            segments.extend(&row.segment_ids);
+            segments.extend(std::iter::repeat_n(padding_segment, pad));
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const X: i64 = IGNORE_INDEX;
+
+    /// An example of `len` tokens with ids `base, base+1, ...`, labelled from position `prompt`.
+    fn example(base: u32, len: usize, prompt: usize) -> Example {
+        let input_ids: Vec<u32> = (base..base + len as u32).collect();
+        let labels = input_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| if i < prompt { X } else { i64::from(id) })
+            .collect();
+        Example { input_ids, labels }
+    }
+
+    #[test]
+    fn a_single_example_row() {
+        let row = Row::from(example(10, 4, 0));
+        assert_eq!(row.input_ids, vec![10, 11, 12, 13]);
+        assert_eq!(row.labels, vec![X, 11, 12, 13]);
+        assert_eq!(row.position_ids, vec![0, 1, 2, 3]);
+        assert_eq!(row.segment_ids, vec![0, 0, 0, 0]);
+        assert!(!row.is_packed());
+    }
+
+    #[test]
+    fn packing_fills_rows_best_fit_longest_first() {
+        let lens = [5, 3, 4, 2, 6];
+        let examples: Vec<Example> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| example(100 * i as u32, len, 1))
+            .collect();
+        let rows = pack(examples.clone(), 8);
+        // 6 opens row 0 (room 2), 5 row 1 (room 3), 4 row 2 (room 4); 3 fits row 1 exactly,
+        // 2 fits row 0 exactly.
+        let ids_of = |row: &Row| row.input_ids.clone();
+        let concat = |a: usize, b: usize| -> Vec<u32> {
+            examples[a]
+                .input_ids
+                .iter()
+                .chain(&examples[b].input_ids)
+                .copied()
+                .collect()
+        };
+        assert_eq!(rows.len(), 3);
+        assert_eq!(ids_of(&rows[0]), concat(4, 3));
+        assert_eq!(ids_of(&rows[1]), concat(0, 1));
+        assert_eq!(ids_of(&rows[2]), examples[2].input_ids);
+        assert_eq!(rows[1].position_ids, vec![0, 1, 2, 3, 4, 0, 1, 2]);
+        assert_eq!(rows[1].segment_ids, vec![0, 0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(rows[1].labels, vec![X, 1, 2, 3, 4, X, 101, 102]);
+        assert!(rows[1].is_packed() && !rows[2].is_packed());
+        assert_eq!(pack(examples, 8), rows, "deterministic");
+    }
+
+    #[test]
+    fn packing_gives_an_overlong_example_its_own_row() {
+        let rows = pack(
+            vec![example(0, 3, 0), example(50, 9, 0), example(90, 2, 0)],
+            5,
+        );
+        let lens: Vec<usize> = rows.iter().map(Row::len).collect();
+        assert_eq!(lens, vec![9, 5]);
+        assert_eq!(rows[1].segment_ids, vec![0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn collate_pads_and_continues_positions_and_segments() {
+        let packed = pack(vec![example(10, 3, 1), example(20, 2, 1)], 5).remove(0);
+        let single = Row::from(example(30, 2, 1));
+        let batch = collate(&[&packed, &single], 0);
+        assert_eq!((batch.batch, batch.seq), (2, 5));
+        assert_eq!(batch.input_ids, vec![10, 11, 12, 20, 21, 30, 31, 0, 0, 0]);
+        assert_eq!(batch.labels, vec![X, 11, 12, X, 21, X, 31, X, X, X]);
+        assert_eq!(batch.position_ids, vec![0, 1, 2, 0, 1, 0, 1, 2, 3, 4]);
+        assert_eq!(batch.segment_ids, Some(vec![0, 0, 0, 1, 1, 0, 0, 1, 1, 1]));
+        let unpacked = collate(&[&single, &Row::from(example(40, 4, 0))], 7);
+        assert_eq!(unpacked.segment_ids, None);
+        assert_eq!(unpacked.input_ids, vec![30, 31, 7, 7, 40, 41, 42, 43]);
+        assert_eq!(unpacked.position_ids, vec![0, 1, 2, 3, 0, 1, 2, 3]);
+        let empty = collate(&[], 0);
+        assert_eq!((empty.batch, empty.seq, empty.input_ids.len()), (0, 0, 0));
+    }
+}

@@ -1,0 +1,156 @@
+//! Reading a dataset file into JSON rows, each with the line it starts on. A file is a JSON array
+//! of rows when its first non-blank character is `[`, else JSON Lines (one row a line, blank
+//! lines ignored), whatever its extension: Hugging Face `datasets` reads both forms from either.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+/// One row of a file: the line it starts on, and its JSON or why it is not JSON.
+#[derive(Debug)]
+pub(super) struct RawRow {
+    pub line: usize,
+    pub value: Result<Value, String>,
+}
+
+/// The rows of a file. A JSON Lines row that is not JSON is returned as such (it can be skipped);
+/// a JSON array file that does not parse is an error for the whole file, since nothing after the
+/// fault can be trusted.
+pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if text.trim_start().starts_with('[') {
+        array_rows(text).with_context(|| path.display().to_string())
+    } else {
+        Ok(json_lines(text))
+    }
+}
+
+fn json_lines(text: &str) -> Vec<RawRow> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| RawRow {
+            line: i + 1,
+            value: serde_json::from_str(line)
+                .map_err(|e| format!("not valid JSON at column {}: {}", e.column(), message(&e))),
+        })
+        .collect()
+}
+
+fn array_rows(text: &str) -> Result<Vec<RawRow>> {
+    let values: Vec<Value> = serde_json::from_str(text).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        anyhow!(
+            "{line}: not a valid JSON array of rows (column {column}): {}",
+            message(&e)
+        )
+    })?;
+    let lines = element_lines(text);
+    debug_assert_eq!(lines.len(), values.len());
+    Ok(lines
+        .into_iter()
+        .zip(values)
+        .map(|(line, value)| RawRow {
+            line,
+            value: Ok(value),
+        })
+        .collect())
+}
+
+/// The line each element of a top-level JSON array starts on. `text` must already be known to
+/// parse as an array: serde_json's stream reader measures each element, this only counts lines.
+fn element_lines(text: &str) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut pos = text.find('[').expect("a JSON array") + 1;
+    let mut line = 1 + newlines(&bytes[..pos]);
+    let mut lines = Vec::new();
+    loop {
+        let start = skip_whitespace(bytes, pos);
+        line += newlines(&bytes[pos..start]);
+        pos = start;
+        match bytes.get(pos) {
+            Some(b']') | None => return lines,
+            Some(b',') => {
+                pos += 1;
+                continue;
+            }
+            Some(_) => {}
+        }
+        lines.push(line);
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<IgnoredAny>();
+        stream
+            .next()
+            .expect("an element of a parsed array")
+            .expect("an element of a parsed array");
+        let end = pos + stream.byte_offset();
+        line += newlines(&bytes[pos..end]);
+        pos = end;
+    }
+}
+
+/// serde_json's message without the " at line L column C" it appends (the caller places it).
+fn message(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let location = format!(" at line {} column {}", error.line(), error.column());
+    text.strip_suffix(&location).unwrap_or(&text).to_owned()
+}
+
+fn skip_whitespace(bytes: &[u8], mut pos: usize) -> usize {
+    while bytes.get(pos).is_some_and(u8::is_ascii_whitespace) {
+        pos += 1;
+    }
+    pos
+}
+
+fn newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_and_values(rows: Vec<RawRow>) -> Vec<(usize, Result<Value, String>)> {
+        rows.into_iter().map(|r| (r.line, r.value)).collect()
+    }
+
+    #[test]
+    fn json_lines_keep_their_line_numbers_and_bad_rows() {
+        let rows = json_lines("{\"a\": 1}\n\n  \n{\"a\": \n[2]\n");
+        let rows = lines_and_values(rows);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], (1, Ok(serde_json::json!({"a": 1}))));
+        assert_eq!(rows[1].0, 4);
+        assert_eq!(
+            rows[1].1,
+            Err("not valid JSON at column 6: EOF while parsing a value".to_owned())
+        );
+        assert_eq!(rows[2], (5, Ok(serde_json::json!([2]))));
+    }
+
+    #[test]
+    fn array_elements_get_the_line_they_start_on() {
+        let text = "\n[\n  {\"a\": \"x\\n]\",\n   \"b\": [1, 2]},\n\n  {\"a\": 2}, 3\n  ,\"s\"]\n";
+        let rows = lines_and_values(array_rows(text).unwrap());
+        let lines: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, vec![3, 6, 6, 7]);
+        assert_eq!(rows[0].1, Ok(serde_json::json!({"a": "x\n]", "b": [1, 2]})));
+        assert_eq!(rows[3].1, Ok(serde_json::json!("s")));
+        assert!(array_rows("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_broken_array_names_the_line() {
+        let err = array_rows("[\n{\"a\": 1},\n{\"a\": }\n]").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "3: not a valid JSON array of rows (column 7): expected value"
+        );
+    }
+}
