@@ -10,25 +10,20 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use hone::adapters::{AdapterConfig, TargetModules};
 use hone::data::Batch;
 use hone::io::source;
 use hone::model::weights;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use hone::train::{LoraBias, LoraSettings, TargetModules, TrainModel, TrainableSpec};
+use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 
 #[global_allocator]
 static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;
 
-fn lora(r: usize, targets: TargetModules) -> LoraSettings {
-    LoraSettings {
-        r,
-        alpha: 32.0,
-        dropout: 0.1,
-        targets,
-        bias: LoraBias::None,
-        use_rslora: false,
-        seed: 0,
-    }
+fn lora(r: usize, targets: TargetModules) -> Result<LoraSettings> {
+    let mut config = AdapterConfig::new(r, 32.0, targets);
+    config.lora_dropout = 0.1;
+    LoraSettings::new(config, 0)
 }
 
 fn main() -> Result<()> {
@@ -41,8 +36,8 @@ fn main() -> Result<()> {
         "lora_qv" => Some(lora(
             8,
             TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
-        )),
-        "lora_all" => Some(lora(16, TargetModules::AllLinear)),
+        )?),
+        "lora_all" => Some(lora(16, TargetModules::Regex("all-linear".into()))?),
         "full" => None,
         other => bail!("unknown configuration {other}"),
     };

@@ -6,14 +6,15 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
+use hone::adapters::{Adapter, AdapterConfig, Bias, LoraWeights, TargetModules};
 use hone::data::Batch;
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama, ModelConfig};
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use hone::train::{LoraBias, LoraSettings, TargetModules, TrainModel, TrainableSpec};
+use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
 
 struct Case {
@@ -84,37 +85,51 @@ fn base_model(case: &Case) -> Option<(ModelConfig, HashMap<String, Tensor>)> {
 
 fn lora_settings(meta: &Value) -> LoraSettings {
     let targets = match &meta["targets"] {
-        Value::String(s) if s == "all-linear" => TargetModules::AllLinear,
+        Value::String(s) => TargetModules::Regex(s.clone()),
         Value::Array(names) => {
             TargetModules::Names(names.iter().map(|n| n.as_str().unwrap().into()).collect())
         }
         other => panic!("targets {other}"),
     };
-    LoraSettings {
-        r: meta["r"].as_u64().unwrap() as usize,
-        alpha: meta["alpha"].as_f64().unwrap(),
-        dropout: 0.0,
-        targets,
-        bias: LoraBias::parse(meta["bias"].as_str().unwrap_or("none")).unwrap(),
-        use_rslora: meta["use_rslora"].as_bool().unwrap_or(false),
-        seed: 0,
-    }
+    let r = meta["r"].as_u64().unwrap() as usize;
+    let mut config = AdapterConfig::new(r, meta["alpha"].as_f64().unwrap(), targets);
+    config.use_rslora = meta["use_rslora"].as_bool().unwrap_or(false);
+    config.bias = match meta["bias"].as_str().unwrap_or("none") {
+        "none" => Bias::None,
+        "all" => Bias::All,
+        "lora_only" => Bias::LoraOnly,
+        other => panic!("bias {other}"),
+    };
+    LoraSettings::new(config, 0).unwrap()
 }
 
-/// The LoRA A/B pairs the case starts from, by module path.
-fn adapters(case: &Case, prefix: &str) -> HashMap<String, (Vec<f32>, Vec<f32>)> {
-    let mut out: HashMap<String, (Vec<f32>, Vec<f32>)> = HashMap::new();
-    for (name, t) in &case.tensors {
-        let Some(rest) = name.strip_prefix(prefix) else {
+/// The LoRA A/B pairs the case starts from (`init.<module>.lora_A.weight`), as an adapter.
+fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
+    let mut modules = BTreeMap::new();
+    for (name, a) in &case.tensors {
+        let Some(module) = name
+            .strip_prefix("init.")
+            .and_then(|n| n.strip_suffix(".lora_A.weight"))
+        else {
             continue;
         };
-        if let Some(module) = rest.strip_suffix(".lora_A.weight") {
-            out.entry(module.into()).or_default().0 = f32s(t);
-        } else if let Some(module) = rest.strip_suffix(".lora_B.weight") {
-            out.entry(module.into()).or_default().1 = f32s(t);
-        }
+        let b = &case.tensors[&format!("init.{module}.lora_B.weight")];
+        let ((r, in_features), (out_features, _)) = (a.dims2().unwrap(), b.dims2().unwrap());
+        let weights = LoraWeights {
+            a: f32s(a),
+            b: f32s(b),
+            r,
+            in_features,
+            out_features,
+            scale: settings.matcher.scale(module).unwrap(),
+        };
+        modules.insert(module.to_string(), weights);
     }
-    out
+    Adapter {
+        config: settings.config.clone(),
+        modules,
+        biases: BTreeMap::new(),
+    }
 }
 
 fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainModel {
@@ -127,7 +142,8 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainMode
                 base: &base,
                 lora: Some(&settings),
             };
-            TrainModel::new(cfg, w, &spec, Some(&adapters(case, "init."))).unwrap()
+            let adapter = initial_adapter(case, &settings);
+            TrainModel::new(cfg, w, &spec, Some(&adapter)).unwrap()
         }
         "full" => TrainModel::new(
             cfg,

@@ -1,96 +1,34 @@
 //! LoRA as Hugging Face PEFT defines it: `y = W x + s · B(A(dropout(x)))` with `s = alpha / r`
 //! (or `alpha / √r` with rsLoRA), A `[r, in]` Kaiming-uniform(a=√5) and B `[out, r]` zero at init,
-//! so training starts from the base model exactly. Which modules get an adapter follows PEFT's
-//! `target_modules`: a list of names (a module matches its own name or any dotted suffix), a
-//! regex matched against the whole module path, or `all-linear` (every linear but the LM head).
+//! so training starts from the base model exactly. Which modules get an adapter, and each one's
+//! rank and alpha, come from the PEFT adapter config (`crate::adapters`), so a run trains exactly
+//! the adapter PEFT would build from the same `adapter_config.json`.
 //!
 //! The adapter's forward and backward live in `train::linear`, beside the frozen base product.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use regex::Regex;
 
-/// PEFT's `bias`: which biases train alongside the adapters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoraBias {
-    None,
-    All,
-    LoraOnly,
-}
+use crate::adapters::{AdapterConfig, Bias, LoraWeights, ModuleMatcher};
 
-impl LoraBias {
-    pub fn parse(s: &str) -> Result<LoraBias> {
-        Ok(match s {
-            "none" => LoraBias::None,
-            "all" => LoraBias::All,
-            "lora_only" => LoraBias::LoraOnly,
-            other => bail!("bias: {other:?} is not one of none, all, lora_only"),
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoraBias::None => "none",
-            LoraBias::All => "all",
-            LoraBias::LoraOnly => "lora_only",
-        }
-    }
-}
-
-/// PEFT's `target_modules`.
-#[derive(Clone, Debug)]
-pub enum TargetModules {
-    /// Module names such as `q_proj`: a module matches when its path is the name or ends in `.name`.
-    Names(Vec<String>),
-    /// A regex that must match the whole module path (PEFT's `re.fullmatch`).
-    Regex(Regex),
-    /// Every linear layer except the output layer (PEFT's `all-linear`).
-    AllLinear,
-}
-
-impl TargetModules {
-    /// A regex, compiled so that it must match the whole path.
-    pub fn regex(pattern: &str) -> Result<TargetModules> {
-        let full = format!("^(?:{pattern})$");
-        let re = Regex::new(&full).with_context(|| format!("target_modules regex {pattern:?}"))?;
-        Ok(TargetModules::Regex(re))
-    }
-
-    /// Whether the linear module at `path` (e.g. `model.layers.0.self_attn.q_proj`) gets an adapter.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            TargetModules::Names(names) => names
-                .iter()
-                .any(|n| path == n || path.ends_with(&format!(".{n}"))),
-            TargetModules::Regex(re) => re.is_match(path),
-            TargetModules::AllLinear => path != "lm_head",
-        }
-    }
-}
-
-/// The hyper-parameters of one LoRA run.
-#[derive(Clone, Debug)]
+/// A LoRA run's adapter config (PEFT's `LoraConfig`: rank, alpha, dropout, targets, bias, rsLoRA,
+/// rank/alpha patterns) with its module patterns compiled, and the seed of the A initialisation.
 pub struct LoraSettings {
-    pub r: usize,
-    pub alpha: f64,
-    pub dropout: f32,
-    pub targets: TargetModules,
-    pub bias: LoraBias,
-    pub use_rslora: bool,
+    pub config: AdapterConfig,
+    pub matcher: ModuleMatcher,
     /// Seeds the A initialisation (PEFT draws it from torch's global generator).
     pub seed: u64,
 }
 
 impl LoraSettings {
-    /// `s` in `W x + s · B A x`.
-    pub fn scale(&self) -> f32 {
-        let r = self.r as f64;
-        let s = if self.use_rslora {
-            self.alpha / r.sqrt()
-        } else {
-            self.alpha / r
-        };
-        s as f32
+    pub fn new(config: AdapterConfig, seed: u64) -> Result<LoraSettings> {
+        config.validate()?;
+        let matcher = config.matcher()?;
+        Ok(LoraSettings {
+            config,
+            matcher,
+            seed,
+        })
     }
 
     /// Whether the base tensor `name` trains beside the adapters: PEFT's `bias` (`all`: every
@@ -99,10 +37,10 @@ impl LoraSettings {
         let Some(module) = name.strip_suffix(".bias") else {
             return false;
         };
-        match self.bias {
-            LoraBias::None => false,
-            LoraBias::All => true,
-            LoraBias::LoraOnly => self.targets.matches(module),
+        match self.config.bias {
+            Bias::None => false,
+            Bias::All => true,
+            Bias::LoraOnly => self.matcher.is_target(module).unwrap_or(false),
         }
     }
 }
@@ -124,54 +62,58 @@ pub struct Lora {
 impl Lora {
     /// PEFT's default init: A ~ kaiming_uniform(a=√5), i.e. U(−1/√in, 1/√in); B = 0. `stream`
     /// tells modules apart so each draws its own A from the run's seed.
-    pub fn init(
-        settings: &LoraSettings,
-        in_features: usize,
-        out_features: usize,
-        stream: u64,
-    ) -> Lora {
-        let mut rng =
-            StdRng::seed_from_u64(settings.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let bound = 1.0 / (in_features as f32).sqrt();
-        let a = (0..settings.r * in_features)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        Lora::from_weights(
-            settings,
-            in_features,
-            out_features,
-            a,
-            vec![0.0; out_features * settings.r],
-        )
-    }
-
-    /// An adapter with given A and B (e.g. read from a PEFT adapter directory).
-    pub fn from_weights(
-        settings: &LoraSettings,
-        in_features: usize,
-        out_features: usize,
-        a: Vec<f32>,
-        b: Vec<f32>,
-    ) -> Lora {
-        let r = settings.r;
-        assert_eq!(a.len(), r * in_features, "LoRA A must be [r, in]");
-        assert_eq!(b.len(), out_features * r, "LoRA B must be [out, r]");
+    pub fn init(shape: LoraShape, scale: f32, dropout: f32, seed: u64, stream: u64) -> Lora {
+        let mut rng = StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let bound = 1.0 / (shape.in_features as f32).sqrt();
         Lora {
-            r,
-            in_features,
-            out_features,
-            scale: settings.scale(),
-            dropout: settings.dropout,
-            grad_a: vec![0.0; a.len()],
-            grad_b: vec![0.0; b.len()],
-            a,
-            b,
+            r: shape.r,
+            in_features: shape.in_features,
+            out_features: shape.out_features,
+            scale,
+            dropout,
+            a: (0..shape.r * shape.in_features)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect(),
+            b: vec![0.0; shape.out_features * shape.r],
+            grad_a: vec![0.0; shape.r * shape.in_features],
+            grad_b: vec![0.0; shape.out_features * shape.r],
         }
     }
 
-    pub fn parameter_count(&self) -> usize {
-        self.a.len() + self.b.len()
+    /// An adapter that starts from saved weights (e.g. a PEFT adapter directory).
+    pub fn from_weights(w: &LoraWeights, dropout: f32) -> Lora {
+        Lora {
+            r: w.r,
+            in_features: w.in_features,
+            out_features: w.out_features,
+            scale: w.scale as f32,
+            dropout,
+            grad_a: vec![0.0; w.a.len()],
+            grad_b: vec![0.0; w.b.len()],
+            a: w.a.clone(),
+            b: w.b.clone(),
+        }
     }
+
+    /// The adapter as PEFT saves it.
+    pub fn weights(&self) -> LoraWeights {
+        LoraWeights {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            r: self.r,
+            in_features: self.in_features,
+            out_features: self.out_features,
+            scale: f64::from(self.scale),
+        }
+    }
+}
+
+/// Rank and layer sizes of one adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct LoraShape {
+    pub r: usize,
+    pub in_features: usize,
+    pub out_features: usize,
 }
 
 /// PEFT's `print_trainable_parameters()` line.
@@ -205,55 +147,35 @@ fn thousands(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::TargetModules;
 
-    fn settings(r: usize, alpha: f64, rslora: bool) -> LoraSettings {
-        LoraSettings {
-            r,
-            alpha,
-            dropout: 0.0,
-            targets: TargetModules::AllLinear,
-            bias: LoraBias::None,
-            use_rslora: rslora,
-            seed: 7,
-        }
+    fn settings(bias: Bias, targets: &[&str]) -> LoraSettings {
+        let names = targets.iter().map(|t| t.to_string()).collect();
+        let mut config = AdapterConfig::new(4, 8.0, TargetModules::Names(names));
+        config.bias = bias;
+        LoraSettings::new(config, 7).unwrap()
     }
 
     #[test]
-    fn scale_is_alpha_over_r_or_its_root() {
-        assert_eq!(settings(8, 32.0, false).scale(), 4.0);
-        assert_eq!(settings(16, 32.0, true).scale(), 8.0);
-    }
-
-    #[test]
-    fn target_names_match_whole_dotted_suffixes_only() {
-        let t = TargetModules::Names(vec!["q_proj".into(), "mlp.down_proj".into()]);
-        assert!(t.matches("model.layers.3.self_attn.q_proj"));
-        assert!(t.matches("model.layers.0.mlp.down_proj"));
-        assert!(!t.matches("model.layers.0.self_attn.qq_proj"));
-        assert!(!t.matches("model.layers.0.self_attn.v_proj"));
-    }
-
-    #[test]
-    fn target_regex_must_match_the_whole_path() {
-        let t = TargetModules::regex(r"model\.layers\.[01]\.self_attn\.(q|v)_proj").unwrap();
-        assert!(t.matches("model.layers.1.self_attn.v_proj"));
-        assert!(!t.matches("model.layers.11.self_attn.v_proj"));
-        assert!(!t.matches("model.layers.1.self_attn.v_proj.extra"));
-        assert!(TargetModules::regex("(").is_err());
-    }
-
-    #[test]
-    fn all_linear_excludes_the_lm_head() {
-        assert!(TargetModules::AllLinear.matches("model.layers.0.mlp.up_proj"));
-        assert!(!TargetModules::AllLinear.matches("lm_head"));
+    fn bias_modes_choose_which_biases_train() {
+        let q = "model.layers.0.self_attn.q_proj.bias";
+        let k = "model.layers.0.self_attn.k_proj.bias";
+        assert!(!settings(Bias::None, &["q_proj"]).trains_base(q));
+        assert!(settings(Bias::All, &["q_proj"]).trains_base(k));
+        let only = settings(Bias::LoraOnly, &["q_proj"]);
+        assert!(only.trains_base(q) && !only.trains_base(k));
+        assert!(!only.trains_base("model.layers.0.self_attn.q_proj.weight"));
     }
 
     #[test]
     fn init_is_peft_kaiming_uniform_a_and_zero_b() {
-        let s = settings(4, 8.0, false);
-        let lora = Lora::init(&s, 100, 30, 1);
-        let bound = 0.1;
-        assert!(lora.a.iter().all(|&x| x.abs() < bound));
+        let shape = LoraShape {
+            r: 4,
+            in_features: 100,
+            out_features: 30,
+        };
+        let lora = Lora::init(shape, 2.0, 0.0, 7, 1);
+        assert!(lora.a.iter().all(|&x| x.abs() < 0.1));
         let spread = lora.a.iter().fold(0f32, |m, &x| m.max(x.abs()));
         assert!(
             spread > 0.09,
@@ -262,10 +184,14 @@ mod tests {
         assert!(lora.b.iter().all(|&x| x == 0.0));
         assert_ne!(
             lora.a,
-            Lora::init(&s, 100, 30, 2).a,
+            Lora::init(shape, 2.0, 0.0, 7, 2).a,
             "modules draw different A"
         );
-        assert_eq!(lora.a, Lora::init(&s, 100, 30, 1).a, "the seed fixes A");
+        assert_eq!(
+            lora.a,
+            Lora::init(shape, 2.0, 0.0, 7, 1).a,
+            "the seed fixes A"
+        );
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod optim;
 pub mod params;
 pub mod schedule;
 
-pub use lora::{LoraBias, LoraSettings, TargetModules};
+pub use lora::LoraSettings;
 pub use model::{TrainModel, TrainableSpec};

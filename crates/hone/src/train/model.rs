@@ -15,12 +15,10 @@ use super::dropout;
 use super::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use super::kernels::rmsnorm;
 use super::linear::{Part, Projection, Tensor1};
-use super::lora::{Lora, LoraSettings};
+use super::lora::{Lora, LoraSettings, LoraShape};
+use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::model::{rope, ModelConfig};
-
-/// LoRA A and B to start from, by module path (e.g. `model.layers.0.self_attn.q_proj`).
-pub type InitialAdapters = HashMap<String, (Vec<f32>, Vec<f32>)>;
 
 /// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.
 pub struct TrainableSpec<'a> {
@@ -49,14 +47,17 @@ const CE_CHUNK: usize = 256;
 
 impl TrainModel {
     /// Takes the base weights (HF names, f32, as `model::weights` loads them) and the choice of
-    /// what trains. LoRA adapters start at PEFT's init unless `adapters` gives their A and B by
-    /// module path.
+    /// what trains. LoRA adapters start at PEFT's init, or from `adapter` (e.g. one read from a
+    /// PEFT directory, whose saved biases then replace the model's).
     pub fn new(
         cfg: ModelConfig,
         mut weights: HashMap<String, candle_core::Tensor>,
         spec: &TrainableSpec,
-        adapters: Option<&InitialAdapters>,
+        adapter: Option<&Adapter>,
     ) -> Result<TrainModel> {
+        if let Some(adapter) = adapter {
+            replace_biases(&mut weights, &adapter.biases)?;
+        }
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor1> {
             let t = weights
                 .remove(name)
@@ -90,7 +91,7 @@ impl TrainModel {
                         let bias = has_bias
                             .then(|| take(&format!("{path}.bias"), &[out]))
                             .transpose()?;
-                        let lora = lora_for(&path, inp, out, spec.lora, adapters, lora_stream)?;
+                        let lora = lora_for(&path, inp, out, spec.lora, adapter, lora_stream)?;
                         lora_stream += 1;
                         built.push(Part {
                             path,
@@ -138,8 +139,8 @@ impl TrainModel {
         } else {
             Some(take("lm_head.weight", &[cfg.vocab_size, h])?)
         };
-        if let Some(extra) = adapters.and_then(|a| {
-            a.keys().find(|k| {
+        if let Some(extra) = adapter.and_then(|a| {
+            a.modules.keys().find(|k| {
                 !blocks
                     .iter()
                     .any(|b| b.projections().any(|p| &p.path == *k))
@@ -314,37 +315,73 @@ fn step_inputs<'a>(
     })
 }
 
-/// LoRA for the module at `path`, when the settings target it: from `adapters` if given, else
-/// PEFT's init.
+/// LoRA for the module at `path`, when the settings target it: from `adapter` if it has the
+/// module, else PEFT's init.
 fn lora_for(
     path: &str,
     inp: usize,
     out: usize,
     settings: Option<&LoraSettings>,
-    adapters: Option<&InitialAdapters>,
+    adapter: Option<&Adapter>,
     stream: u64,
 ) -> Result<Option<Lora>> {
-    let Some(settings) = settings.filter(|s| s.targets.matches(path)) else {
+    let Some(settings) = settings else {
         return Ok(None);
     };
-    let Some((a, b)) = adapters.and_then(|a| a.get(path)) else {
-        return Ok(Some(Lora::init(settings, inp, out, stream)));
+    if !settings.matcher.is_target(path)? {
+        return Ok(None);
+    }
+    let dropout = settings.config.lora_dropout as f32;
+    let Some(w) = adapter.and_then(|a| a.modules.get(path)) else {
+        let shape = LoraShape {
+            r: settings.matcher.rank(path)?,
+            in_features: inp,
+            out_features: out,
+        };
+        let scale = settings.matcher.scale(path)? as f32;
+        return Ok(Some(Lora::init(
+            shape,
+            scale,
+            dropout,
+            settings.seed,
+            stream,
+        )));
     };
-    let r = settings.r;
     ensure!(
-        a.len() == r * inp && b.len() == out * r,
-        "adapter for `{path}`: lora_A has {} values and lora_B {}, but r = {r} on a [{out}, {inp}] layer \
-         needs [{r}, {inp}] and [{out}, {r}]: is it an adapter for a different base model?",
-        a.len(),
-        b.len()
+        w.in_features == inp && w.out_features == out,
+        "adapter for `{path}`: lora_A is [{}, {}] and lora_B [{}, {}], but the layer is [{out}, {inp}]: \
+         is it an adapter for a different base model?",
+        w.r,
+        w.in_features,
+        w.out_features,
+        w.r
     );
-    Ok(Some(Lora::from_weights(
-        settings,
-        inp,
-        out,
-        a.clone(),
-        b.clone(),
-    )))
+    Ok(Some(Lora::from_weights(w, dropout)))
+}
+
+/// Puts an adapter's saved biases (PEFT `bias: all|lora_only`) in place of the model's.
+fn replace_biases(
+    weights: &mut HashMap<String, candle_core::Tensor>,
+    biases: &std::collections::BTreeMap<String, Vec<f32>>,
+) -> Result<()> {
+    for (name, values) in biases {
+        let Some(old) = weights.get(name) else {
+            bail!("the adapter has a bias `{name}`, which this model does not have");
+        };
+        ensure!(
+            old.elem_count() == values.len(),
+            "the adapter's bias `{name}` has {} values, the model's {}",
+            values.len(),
+            old.elem_count()
+        );
+        let shape = old.shape().clone();
+        let device = old.device().clone();
+        weights.insert(
+            name.clone(),
+            candle_core::Tensor::from_slice(values, shape, &device)?,
+        );
+    }
+    Ok(())
 }
 
 /// Labels shifted for next-token prediction: position i predicts the label of i + 1, unless i + 1

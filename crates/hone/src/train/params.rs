@@ -11,6 +11,7 @@ use super::linear::{Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
+use crate::adapters::{Adapter, AdapterConfig};
 
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
 type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);
@@ -135,6 +136,30 @@ impl TrainModel {
             .flat_map(|b| b.projections())
             .filter_map(|part| part.lora.as_ref().map(|l| (part.path.as_str(), l)))
             .collect()
+    }
+
+    /// The trained adapter as PEFT saves it: the LoRA matrices of every module and, when `config`
+    /// trains biases (`bias: all|lora_only`), those biases.
+    pub fn to_adapter(&self, config: AdapterConfig) -> Adapter {
+        let modules = self
+            .lora_modules()
+            .into_iter()
+            .map(|(path, lora)| (path.to_string(), lora.weights()))
+            .collect();
+        let biases = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.projections())
+            .filter_map(|part| {
+                let bias = part.bias.as_ref().filter(|b| b.grad.is_some())?;
+                Some((format!("{}.bias", part.path), bias.value.clone()))
+            })
+            .collect();
+        Adapter {
+            config,
+            modules,
+            biases,
+        }
     }
 
     /// Every base tensor under its HF name with its shape, adapters merged in when `merge_lora`
