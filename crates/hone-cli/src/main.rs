@@ -28,6 +28,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Chat with a model interactively (/reset clears the history, /exit quits).
     Chat(commands::chat::Args),
+    /// Fine-tune a model from a LLaMA-Factory-style YAML config.
+    Train(commands::train::Args),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Train(a) => commands::train::run(a),
         Command::Eval(c) => commands::eval::run(c),
     };
     match result {

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod train;
 
 use std::path::PathBuf;
 

@@ -113,3 +113,39 @@ fn load_file_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor
     }
     Ok(out)
 }
+
+/// A named f32 tensor to write: name, shape, values.
+pub type F32Tensor<'a> = (String, Vec<usize>, &'a [f32]);
+
+/// Writes f32 tensors to a safetensors file, atomically (temporary file, then rename).
+pub fn write_f32(
+    path: &Path,
+    tensors: &[F32Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    crate::io::atomic::write_file(path, |out| Ok(std::io::Write::write_all(out, &data)?))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Every tensor of one safetensors file as f32 values, keyed by name.
+pub fn read_f32_values(path: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    load_file_f32(path, &Device::Cpu)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}

@@ -1,9 +1,10 @@
 //! One call from the MODEL argument to a ready model and its tokenizer.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::{weights, Llama};
@@ -16,6 +17,38 @@ pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub source: ModelSource,
+}
+
+/// A model's parts before they become a [`Llama`]: what training starts from.
+pub struct ModelWeights {
+    pub source: ModelSource,
+    pub config: ModelConfig,
+    /// f32 tensors under HF names.
+    pub weights: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Resolve `spec` (HF directory, GGUF file or Hub id) and read its config, f32 weights and
+/// tokenizer.
+pub fn load_weights(spec: &str, device: &Device) -> Result<ModelWeights> {
+    let source = source::resolve(spec)?;
+    let (config, weights, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let (cfg, w) = weights::load(&source, device)?;
+            (cfg, w, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let (cfg, w) = weights::load_gguf(&gguf, device)?;
+            (cfg, w, Tokenizer::from_gguf(&gguf)?)
+        }
+    };
+    Ok(ModelWeights {
+        source,
+        config,
+        weights,
+        tokenizer,
+    })
 }
 
 /// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
@@ -34,18 +67,12 @@ pub fn load_with_adapter(
         Some(dir) => Some((dir, read_adapter(dir)?)),
         None => None,
     };
-    let source = source::resolve(spec)?;
-    let (cfg, mut w, tokenizer) = match &source {
-        ModelSource::HfDir(dir) => {
-            let (cfg, w) = weights::load(&source, device)?;
-            (cfg, w, Tokenizer::from_hf_dir(dir)?)
-        }
-        ModelSource::Gguf(path) => {
-            let gguf = GgufFile::open(path)?;
-            let (cfg, w) = weights::load_gguf(&gguf, device)?;
-            (cfg, w, Tokenizer::from_gguf(&gguf)?)
-        }
-    };
+    let ModelWeights {
+        source,
+        config: cfg,
+        weights: mut w,
+        tokenizer,
+    } = load_weights(spec, device)?;
     if let Some((dir, adapter)) = &adapter {
         merge(&mut w, &cfg, adapter).map_err(|e| {
             anyhow::anyhow!(

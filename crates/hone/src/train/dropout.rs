@@ -1,7 +1,8 @@
 //! Inverted dropout (`x · mask / (1 − p)`, as `torch.nn.Dropout` in training) with a mask that is a
 //! pure function of a seed and the element index. The backward regenerates the mask instead of
 //! keeping it, elements are drawn in parallel without a shared generator, and a run resumed from a
-//! checkpoint draws exactly the masks the uninterrupted run drew.
+//! checkpoint draws exactly the masks the uninterrupted run drew. NEFTune's noise comes from the
+//! same generator.
 
 use rayon::prelude::*;
 
@@ -23,6 +24,12 @@ pub fn stream(seed: u64, index: u64) -> u64 {
 fn keep(seed: u64, i: usize, p: f32) -> bool {
     let u = (mix(seed.wrapping_add(i as u64)) >> 40) as f32 / (1u64 << 24) as f32;
     u >= p
+}
+
+/// A uniform number in [−1, 1) for element `i` of stream `seed` (NEFTune's embedding noise).
+pub fn uniform(seed: u64, i: usize) -> f32 {
+    let u = (mix(seed.wrapping_add(i as u64)) >> 40) as f32 / (1u64 << 24) as f32;
+    2.0 * u - 1.0
 }
 
 /// `dropout(x)` with drop probability `p` in [0, 1).

@@ -14,6 +14,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod schedule;
+pub mod sft;
 
 pub use lora::LoraSettings;
 pub use model::{TrainModel, TrainableSpec};

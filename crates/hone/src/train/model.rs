@@ -34,6 +34,9 @@ pub struct TrainModel {
     /// None when the head is tied to `embed_tokens`.
     pub(super) lm_head: Option<Tensor1>,
     rope: RopeTables,
+    /// NEFTune: uniform noise of magnitude `alpha / √(seq · hidden)` added to the embeddings
+    /// in training (transformers' `neftune_noise_alpha`).
+    pub neftune_alpha: Option<f32>,
 }
 
 /// cos and sin of every position's rotation, `[positions, head_dim / 2]`.
@@ -159,6 +162,7 @@ impl TrainModel {
                 cos: rope_cos,
                 sin: rope_sin,
             },
+            neftune_alpha: None,
         })
     }
 
@@ -178,6 +182,13 @@ impl TrainModel {
     ) -> Result<(f64, usize)> {
         let step = step_inputs(&self.cfg, &self.rope, batch, Some(dropout_seed))?;
         let mut x = self.embed(&batch.input_ids);
+        if let Some(alpha) = self.neftune_alpha {
+            let magnitude = alpha / ((batch.seq * self.cfg.hidden_size) as f32).sqrt();
+            let seed = dropout::stream(dropout_seed, u64::MAX);
+            for (i, v) in x.iter_mut().enumerate() {
+                *v += magnitude * dropout::uniform(seed, i);
+            }
+        }
         let mut saved = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
             let s = StepInputs {
@@ -386,7 +397,7 @@ fn replace_biases(
 
 /// Labels shifted for next-token prediction: position i predicts the label of i + 1, unless i + 1
 /// starts another row or another packed example.
-fn shifted_labels(batch: &Batch) -> Vec<i64> {
+pub fn shifted_labels(batch: &Batch) -> Vec<i64> {
     let t = batch.seq;
     (0..batch.batch * t)
         .map(|i| {

@@ -1,0 +1,117 @@
+//! `hone train CONFIG.yaml [key=value ...]`: supervised fine-tuning from a LLaMA-Factory-style
+//! config, with a progress bar, log lines every `logging_steps`, and Ctrl-C saving a checkpoint.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use hone::train::checkpoint::TrainerLogRecord;
+use hone::train::config::SftConfig;
+use hone::train::sft::{self, Event, RunOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The run config (LLaMA-Factory YAML keys).
+    pub config: PathBuf,
+    /// `key=value` overrides of config keys, e.g. `learning_rate=1e-4 num_train_epochs=1`.
+    pub overrides: Vec<String>,
+    /// Print the fully resolved config (every key with its value or default) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = SftConfig::load(&args.config, &args.overrides)?;
+    if args.print_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
+    for note in config.ignored_settings() {
+        eprintln!("warning: {note}");
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let bar = ProgressBar::hidden();
+    let options = RunOptions {
+        interrupt: Some(&interrupt),
+    };
+    let summary = sft::run(&config, &options, &mut |event| match event {
+        Event::Note(text) => bar.suspend(|| eprintln!("{text}")),
+        Event::Start { step, total } => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(total);
+            bar.set_position(step);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("a valid progress template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(500));
+        }
+        Event::Step { step, log } => {
+            bar.set_position(step);
+            if let Some(record) = log {
+                bar.set_message(short_status(record));
+                bar.suspend(|| eprintln!("{}", log_line(record)));
+            }
+        }
+        Event::Evaluated { step, eval_loss } => {
+            bar.suspend(|| eprintln!("step {step}: eval_loss {eval_loss:.4}"))
+        }
+        Event::Saved(dir) => bar.suspend(|| eprintln!("saved {}", dir.display())),
+    })?;
+    bar.finish_and_clear();
+    let how = if summary.interrupted {
+        "interrupted; resume with resume_from_checkpoint=true"
+    } else if summary.early_stopped {
+        "stopped early"
+    } else {
+        "done"
+    };
+    eprintln!(
+        "{how}: {} steps in {:.1} s, train_loss {:.4}, output in {}",
+        summary.global_step,
+        summary.seconds,
+        summary.train_loss,
+        summary.output_dir.display()
+    );
+    Ok(())
+}
+
+fn short_status(r: &TrainerLogRecord) -> String {
+    format!(
+        "loss {:.4} lr {:.2e} {:.0} tok/s",
+        r.loss.unwrap_or(f64::NAN),
+        r.lr.unwrap_or(0.0),
+        r.throughput.unwrap_or(0.0)
+    )
+}
+
+fn log_line(r: &TrainerLogRecord) -> String {
+    format!(
+        "step {}/{} | epoch {:.2} | loss {:.4} | lr {:.3e} | grad_norm {:.3} | {:.0} tok/s | {} < {}",
+        r.current_steps,
+        r.total_steps,
+        r.epoch.unwrap_or(0.0),
+        r.loss.unwrap_or(f64::NAN),
+        r.lr.unwrap_or(0.0),
+        r.grad_norm.unwrap_or(f64::NAN),
+        r.throughput.unwrap_or(0.0),
+        r.elapsed_time,
+        r.remaining_time
+    )
+}

@@ -1,0 +1,435 @@
+//! The supervised fine-tuning recipe behind `hone train`, readable top to bottom: set up (model,
+//! data, trainable tensors, optimizer, schedule), optionally resume, then loop over shuffled
+//! batches with gradient accumulation normalised by labelled tokens, clipping, the schedule,
+//! periodic validation with early stopping, checkpoints, and finally the output directory.
+//!
+//! It reports through [`Event`]s so the CLI owns the terminal; the files it writes follow the
+//! field's conventions (PEFT adapter or HF checkpoint, HF `trainer_state.json`, LLaMA-Factory
+//! `trainer_log.jsonl`).
+
+mod output;
+mod setup;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+pub use state::Progress;
+
+use crate::data::{collate, Batch, Row};
+use crate::train::checkpoint::{
+    self, append_trainer_log, prepare_output_dir, LogHistoryEntry, Retention, TrainerLogRecord,
+    TrainerState,
+};
+use crate::train::config::SftConfig;
+use crate::train::dropout;
+use crate::train::lora::trainable_parameters_line;
+use crate::train::model::{shifted_labels, TrainModel};
+use crate::train::optim::{clip_grad_norm, AdamW};
+use state::Snapshot;
+
+/// What the recipe tells its caller as it goes.
+pub enum Event<'a> {
+    /// A line worth showing once (the trainable-parameter count, skipped rows, notes).
+    Note(&'a str),
+    /// Training starts (or resumes) at `step` of `total`.
+    Start {
+        step: u64,
+        total: u64,
+    },
+    /// An optimizer step finished; `log` is set on logging steps.
+    Step {
+        step: u64,
+        log: Option<&'a TrainerLogRecord>,
+    },
+    Evaluated {
+        step: u64,
+        eval_loss: f64,
+    },
+    Saved(&'a Path),
+}
+
+/// How the caller can steer a run: setting `interrupt` (e.g. from a Ctrl-C handler) saves a
+/// checkpoint after the current step and stops.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    pub interrupt: Option<&'a AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Summary {
+    pub output_dir: PathBuf,
+    pub global_step: u64,
+    pub train_loss: f64,
+    pub interrupted: bool,
+    pub early_stopped: bool,
+    pub seconds: f64,
+}
+
+/// Runs the whole recipe for `config`.
+pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+    let output_dir = prepare_output_dir(config)?;
+    let base = setup::load_base(config)?;
+    let tokenizer = base.tokenizer.clone();
+    let (template, note) = setup::chat_template(config, &tokenizer)?;
+    if let Some(note) = note {
+        on(Event::Note(&note));
+    }
+    let rows = setup::load_rows(config, &tokenizer, &template)?;
+    if !rows.skipped.is_empty() {
+        on(Event::Note(&format!("skipped rows: {}", rows.skipped)));
+    }
+    let (mut model, adapter) = setup::build_model(config, base)?;
+    model.neftune_alpha = config.train.neftune_noise_alpha.map(|a| a as f32);
+    let (trainable, total) = model.parameter_counts();
+    on(Event::Note(&trainable_parameters_line(trainable, total)));
+
+    let plan = config.step_plan(rows.train.len())?;
+    let schedule = config.schedule(plan.total_steps);
+    let mut optimizer = new_optimizer(config, &mut model)?;
+    let mut progress = Progress::default();
+    let mut trainer_state = new_trainer_state(config, &plan);
+    if let Some(dir) =
+        checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?
+    {
+        (progress, trainer_state) = state::restore_checkpoint(&dir, &mut model, &mut optimizer)?;
+        on(Event::Note(&format!(
+            "resumed from {} at step {}",
+            dir.display(),
+            progress.global_step
+        )));
+    }
+    let pad_id = tokenizer.eos_id().unwrap_or(0);
+    let (batch_size, accumulation) = (
+        config.train.per_device_train_batch_size as usize,
+        config.train.gradient_accumulation_steps as usize,
+    );
+    let logging = config.logging_interval(plan.total_steps).max(1);
+    let saving = config.save_interval(plan.total_steps);
+    let evaluating = config
+        .eval_interval(plan.total_steps)
+        .filter(|_| !rows.val.is_empty());
+    let started = Instant::now();
+    let elapsed = |p: &Progress| p.elapsed_before + started.elapsed().as_secs_f64();
+    let (mut interrupted, mut early_stopped) = (false, false);
+    on(Event::Start {
+        step: progress.global_step,
+        total: plan.total_steps,
+    });
+
+    'epochs: while progress.global_step < plan.total_steps && progress.epoch < plan.epochs {
+        let order = epoch_order(rows.train.len(), config.train.seed, progress.epoch);
+        let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
+        let windows: Vec<&[&[usize]]> = batches.chunks(accumulation).collect();
+        while (progress.window as usize) < windows.len() {
+            if progress.global_step >= plan.total_steps {
+                break 'epochs;
+            }
+            let window_rows: Vec<Vec<&Row>> = windows[progress.window as usize]
+                .iter()
+                .map(|idx| idx.iter().map(|&i| &rows.train[i]).collect())
+                .collect();
+            let window: Vec<Batch> = window_rows.iter().map(|r| collate(r, pad_id)).collect();
+            let window_tokens: usize = window_rows.iter().flatten().map(|r| r.len()).sum();
+            let step = progress.global_step;
+            let (loss, grad_norm) = train_step(&mut model, &window, config, step)?;
+            let lr_multiplier = schedule.multiplier(step);
+            optimizer.step(&mut model.params_mut(), lr_multiplier)?;
+            progress.global_step += 1;
+            progress.window += 1;
+            progress.tokens_seen += window_tokens as u64;
+            progress.loss_since_log += loss;
+            progress.steps_since_log += 1;
+            let step = progress.global_step;
+            let epoch = epoch_position(&progress, windows.len());
+
+            let log = (step % logging == 0 || step == plan.total_steps).then(|| {
+                let mut record = TrainerLogRecord::progress(
+                    step,
+                    plan.total_steps,
+                    elapsed(&progress),
+                    progress.tokens_seen,
+                );
+                record.loss = Some(progress.loss_since_log / progress.steps_since_log as f64);
+                record.lr = Some(config.train.learning_rate * lr_multiplier);
+                record.grad_norm = Some(f64::from(grad_norm));
+                record.epoch = Some(round2(epoch));
+                record
+            });
+            if let Some(record) = &log {
+                append_trainer_log(&output_dir, record)?;
+                trainer_state.log_history.push(LogHistoryEntry {
+                    epoch: round2(epoch),
+                    grad_norm: record.grad_norm,
+                    learning_rate: record.lr,
+                    loss: record.loss,
+                    step,
+                    ..Default::default()
+                });
+                progress.loss_since_log = 0.0;
+                progress.steps_since_log = 0;
+            }
+            on(Event::Step {
+                step,
+                log: log.as_ref(),
+            });
+
+            if evaluating.is_some_and(|every| step % every == 0) {
+                let eval_loss = evaluate(&model, &rows.val, config, pad_id)?;
+                on(Event::Evaluated { step, eval_loss });
+                let seconds = elapsed(&progress);
+                early_stopped = record_eval(
+                    config,
+                    &mut progress,
+                    &mut trainer_state,
+                    &output_dir,
+                    (step, epoch, seconds),
+                    eval_loss,
+                )?;
+            }
+            interrupted = options
+                .interrupt
+                .is_some_and(|flag| flag.load(Ordering::SeqCst));
+            let save_now = saving > 0 && step % saving == 0;
+            if save_now || interrupted || early_stopped {
+                trainer_state.global_step = step;
+                trainer_state.epoch = epoch;
+                trainer_state.num_input_tokens_seen = progress.tokens_seen;
+                progress.elapsed_before = elapsed(&progress);
+                let dir = save(
+                    config,
+                    &output_dir,
+                    &mut model,
+                    &optimizer,
+                    &progress,
+                    &trainer_state,
+                    adapter.as_ref(),
+                )?;
+                progress.elapsed_before = 0.0;
+                on(Event::Saved(&dir));
+            }
+            if interrupted || early_stopped {
+                break 'epochs;
+            }
+        }
+        progress.epoch += 1;
+        progress.window = 0;
+    }
+
+    let seconds = elapsed(&progress);
+    let train_loss = trainer_state
+        .log_history
+        .iter()
+        .filter_map(|e| e.loss)
+        .sum::<f64>()
+        / trainer_state
+            .log_history
+            .iter()
+            .filter(|e| e.loss.is_some())
+            .count()
+            .max(1) as f64;
+    if !interrupted {
+        trainer_state.global_step = progress.global_step;
+        trainer_state.epoch = round2(
+            progress.epoch as f64
+                + progress.window as f64
+                    / plan.batches_per_epoch.div_ceil(accumulation as u64).max(1) as f64,
+        );
+        output::write_final(&output::Final {
+            config,
+            output_dir: &output_dir,
+            model: &mut model,
+            tokenizer: &tokenizer,
+            adapter: adapter.as_ref(),
+            trainer_state: &trainer_state,
+            train_loss,
+            seconds,
+            train_examples: rows.train_examples,
+        })?;
+    }
+    Ok(Summary {
+        output_dir,
+        global_step: progress.global_step,
+        train_loss,
+        interrupted,
+        early_stopped,
+        seconds,
+    })
+}
+
+/// One optimizer step's gradients: every micro-batch of the window forward and backward, the
+/// gradient scaled by 1 / (labelled tokens in the window) so accumulation equals one big batch,
+/// then clipped. Returns the window's mean loss and the gradient norm before clipping; a
+/// non-finite loss or norm stops the run before the optimizer touches the weights.
+fn train_step(
+    model: &mut TrainModel,
+    window: &[Batch],
+    config: &SftConfig,
+    step: u64,
+) -> Result<(f64, f32)> {
+    let labelled: usize = window
+        .iter()
+        .map(|b| shifted_labels(b).iter().filter(|&&l| l >= 0).count())
+        .sum();
+    if labelled == 0 {
+        bail!(
+            "step {}: no labelled tokens in the batch (every response was cut away?)",
+            step + 1
+        );
+    }
+    model.zero_grad();
+    let mut loss_sum = 0.0;
+    for (micro, batch) in window.iter().enumerate() {
+        let seed = dropout::stream(config.train.seed, step * 1024 + micro as u64);
+        let (sum, _) = model.forward_backward(batch, 1.0 / labelled as f32, seed)?;
+        loss_sum += sum;
+    }
+    let loss = loss_sum / labelled as f64;
+    if !loss.is_finite() {
+        bail!(
+            "step {}: the loss is {loss}: training stopped; nothing was saved from this step",
+            step + 1
+        );
+    }
+    let norm = clip_grad_norm(&mut model.grads_mut(), config.train.max_grad_norm as f32);
+    if !norm.is_finite() {
+        bail!("step {}: the gradient norm is {norm}: training stopped; nothing was saved from this step", step + 1);
+    }
+    Ok((loss, norm))
+}
+
+/// Token-weighted mean loss over the validation rows.
+fn evaluate(model: &TrainModel, val: &[Row], config: &SftConfig, pad_id: u32) -> Result<f64> {
+    let (mut sum, mut count) = (0.0, 0);
+    for chunk in val.chunks(config.eval.per_device_eval_batch_size as usize) {
+        let rows: Vec<&Row> = chunk.iter().collect();
+        let (s, n) = model.loss(&collate(&rows, pad_id))?;
+        sum += s;
+        count += n;
+    }
+    Ok(sum / count.max(1) as f64)
+}
+
+/// Logs an evaluation at `(step, epoch, elapsed seconds)` and updates early stopping; true
+/// when patience has run out.
+fn record_eval(
+    config: &SftConfig,
+    progress: &mut Progress,
+    trainer_state: &mut TrainerState,
+    output_dir: &Path,
+    (step, epoch, elapsed): (u64, f64, f64),
+    eval_loss: f64,
+) -> Result<bool> {
+    let mut record =
+        TrainerLogRecord::progress(step, trainer_state.max_steps, elapsed, progress.tokens_seen);
+    record.eval_loss = Some(eval_loss);
+    record.epoch = Some(round2(epoch));
+    append_trainer_log(output_dir, &record)?;
+    trainer_state.log_history.push(LogHistoryEntry {
+        epoch: round2(epoch),
+        eval_loss: Some(eval_loss),
+        step,
+        ..Default::default()
+    });
+    if progress.best_eval_loss.is_none_or(|best| eval_loss < best) {
+        progress.best_eval_loss = Some(eval_loss);
+        progress.evals_without_improvement = 0;
+        trainer_state.best_metric = Some(eval_loss);
+        trainer_state.best_global_step = Some(step);
+    } else {
+        progress.evals_without_improvement += 1;
+    }
+    Ok(config
+        .eval
+        .early_stopping_steps
+        .is_some_and(|patience| progress.evals_without_improvement >= patience))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save(
+    config: &SftConfig,
+    output_dir: &Path,
+    model: &mut TrainModel,
+    optimizer: &AdamW,
+    progress: &Progress,
+    trainer_state: &TrainerState,
+    adapter: Option<&crate::adapters::AdapterConfig>,
+) -> Result<PathBuf> {
+    let retention = Retention {
+        save_total_limit: config.output.save_total_limit,
+        best_checkpoint: None,
+    };
+    checkpoint::save_checkpoint(output_dir, progress.global_step, retention, |dir| {
+        state::write_checkpoint(
+            dir,
+            Snapshot {
+                model,
+                optimizer,
+                progress,
+                trainer_state,
+                adapter,
+            },
+        )
+    })
+}
+
+/// AdamW over the trainable tensors, in transformers' two groups: weight decay on matrices, none
+/// on biases and norm weights.
+fn new_optimizer(config: &SftConfig, model: &mut TrainModel) -> Result<AdamW> {
+    let shapes = model.trainable_shapes();
+    let no_decay = |name: &str| name.ends_with(".bias") || name.contains("norm");
+    let decay: Vec<(&str, usize)> = shapes
+        .iter()
+        .filter(|(n, _)| !no_decay(n))
+        .map(|(n, s)| (n.as_str(), *s))
+        .collect();
+    let plain: Vec<(&str, usize)> = shapes
+        .iter()
+        .filter(|(n, _)| no_decay(n))
+        .map(|(n, s)| (n.as_str(), *s))
+        .collect();
+    let mut opt = AdamW::new();
+    opt.add_group(config.adamw(), &decay)?;
+    if !plain.is_empty() {
+        let mut cfg = config.adamw();
+        cfg.weight_decay = 0.0;
+        opt.add_group(cfg, &plain)?;
+    }
+    Ok(opt)
+}
+
+fn new_trainer_state(config: &SftConfig, plan: &crate::train::config::StepPlan) -> TrainerState {
+    TrainerState {
+        max_steps: plan.total_steps,
+        num_train_epochs: plan.epochs,
+        logging_steps: config.logging_interval(plan.total_steps),
+        save_steps: config.save_interval(plan.total_steps),
+        eval_steps: config.eval_interval(plan.total_steps).unwrap_or(0),
+        train_batch_size: Some(u64::from(config.train.per_device_train_batch_size)),
+        is_local_process_zero: true,
+        is_world_process_zero: true,
+        ..Default::default()
+    }
+}
+
+/// The row order of `epoch`: a permutation drawn from the seed and the epoch alone, so a resumed
+/// run sees the same order.
+fn epoch_order(rows: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(dropout::stream(seed, epoch)));
+    order
+}
+
+/// Fractional epochs done, as HF reports `epoch`.
+fn epoch_position(progress: &Progress, windows: usize) -> f64 {
+    progress.epoch as f64 + progress.window as f64 / windows.max(1) as f64
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

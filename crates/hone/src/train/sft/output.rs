@@ -1,0 +1,87 @@
+//! The output directory of a finished run, laid out as LLaMA-Factory / the HF Trainer leave it:
+//! the PEFT adapter (LoRA) or a complete HF checkpoint (full and freeze), the tokenizer files, the
+//! resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::adapters::{write_adapter, AdapterConfig};
+use crate::export::hf::{write_hf_checkpoint, HfWriteOptions, SaveDtype};
+use crate::io::atomic;
+use crate::tokenizer::Tokenizer;
+use crate::train::checkpoint::TrainerState;
+use crate::train::config::SftConfig;
+use crate::train::model::TrainModel;
+
+pub struct Final<'a> {
+    pub config: &'a SftConfig,
+    pub output_dir: &'a Path,
+    pub model: &'a mut TrainModel,
+    pub tokenizer: &'a Tokenizer,
+    pub adapter: Option<&'a AdapterConfig>,
+    pub trainer_state: &'a TrainerState,
+    pub train_loss: f64,
+    pub seconds: f64,
+    pub train_examples: usize,
+}
+
+pub fn write_final(f: &Final) -> Result<()> {
+    let dir = f.output_dir;
+    match f.adapter {
+        Some(config) => write_adapter(dir, &f.model.to_adapter(config.clone()), Some(f.tokenizer))?,
+        None => write_model(dir, f.model, f.tokenizer)?,
+    }
+    let yaml = f.config.to_yaml();
+    write_text(&dir.join("training_args.yaml"), &yaml)?;
+    f.trainer_state.save(dir)?;
+    let steps = f.trainer_state.global_step as f64;
+    let epochs = f.trainer_state.epoch;
+    let results = json!({
+        "epoch": epochs,
+        "train_loss": f.train_loss,
+        "train_runtime": round4(f.seconds),
+        "train_samples_per_second": round4(f.train_examples as f64 * epochs.max(1.0) / f.seconds.max(1e-9)),
+        "train_steps_per_second": round4(steps / f.seconds.max(1e-9)),
+    });
+    let text = serde_json::to_string_pretty(&results)? + "\n";
+    write_text(&dir.join("train_results.json"), &text)?;
+    write_text(&dir.join("all_results.json"), &text)
+}
+
+/// A full or freeze run's weights as an HF checkpoint in `dir`, which already holds the run's
+/// logs and checkpoints: written complete into a staging directory inside it, then moved in file
+/// by file.
+fn write_model(dir: &Path, model: &TrainModel, tokenizer: &Tokenizer) -> Result<()> {
+    let staging = atomic::temp_path(&dir.join("model"), "tmp");
+    write_hf_checkpoint(
+        &staging,
+        model.config(),
+        model.hf_tensors(false),
+        tokenizer,
+        SaveDtype::F32,
+        &HfWriteOptions::default(),
+    )?;
+    for entry in
+        fs::read_dir(&staging).with_context(|| format!("cannot list {}", staging.display()))?
+    {
+        let from = entry?.path();
+        let to = dir.join(from.file_name().expect("a directory entry has a name"));
+        fs::rename(&from, &to)
+            .with_context(|| format!("cannot move {} into place", to.display()))?;
+    }
+    fs::remove_dir(&staging).with_context(|| format!("cannot remove {}", staging.display()))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    atomic::write_file(path, |out| {
+        Ok(std::io::Write::write_all(out, text.as_bytes())?)
+    })
+    .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}

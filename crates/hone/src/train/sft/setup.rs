@@ -1,0 +1,200 @@
+//! What a run needs before its first step: the base model and tokenizer, the chat template, the
+//! dataset turned into training and validation rows, and the model with its trainable tensors
+//! chosen by `finetuning_type`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
+use crate::chat::ChatTemplate;
+use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
+use crate::model::{load_weights, ModelWeights};
+use crate::tokenizer::Tokenizer;
+use crate::train::config::{FinetuningType, SftConfig};
+use crate::train::freeze::FreezeSelection;
+use crate::train::lora::LoraSettings;
+use crate::train::model::{TrainModel, TrainableSpec};
+
+/// The chat template named by `template`: a Jinja file path, or (any other value, e.g. a
+/// LLaMA-Factory template name, or unset) the model's own template, with a note when a name
+/// was given, since Hone renders with the tokenizer's template rather than LLaMA-Factory's.
+pub fn chat_template(
+    config: &SftConfig,
+    tokenizer: &Tokenizer,
+) -> Result<(ChatTemplate, Option<String>)> {
+    match config.data.template.as_deref() {
+        Some(path) if Path::new(path).is_file() => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("template: cannot read {path}"))?;
+            let template = ChatTemplate::new(&source, tokenizer.bos_token(), tokenizer.eos_token())
+                .with_context(|| format!("template: {path}"))?;
+            Ok((template, None))
+        }
+        name => {
+            let template = ChatTemplate::for_tokenizer(tokenizer)?;
+            let note = name.map(|n| {
+                format!(
+                    "template: {n}: using the model's own chat template (from its tokenizer files)"
+                )
+            });
+            Ok((template, note))
+        }
+    }
+}
+
+/// Training and validation rows, and what was skipped.
+pub struct Rows {
+    pub train: Vec<Row>,
+    pub val: Vec<Row>,
+    pub skipped: SkipSummary,
+    pub train_examples: usize,
+}
+
+/// Loads `dataset` (and `eval_dataset`, else a `val_size` split), encodes every conversation
+/// through the template, and packs rows when `packing` is on.
+pub fn load_rows(
+    config: &SftConfig,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<Rows> {
+    let d = &config.data;
+    let Some(dataset) = &d.dataset else {
+        bail!("dataset: no training data given (a name in dataset_dir/dataset_info.json or a file path)");
+    };
+    let dataset_dir = Path::new(&d.dataset_dir);
+    let mut loaded = data::load_dataset(&dataset.to_string(), dataset_dir, d.skip_invalid_rows)?;
+    if let Some(max) = d.max_samples {
+        loaded.conversations.truncate(max as usize);
+    }
+    let mut skipped = loaded.skipped;
+    let (train, val) = match &d.eval_dataset {
+        Some(eval) => {
+            let eval = data::load_dataset(&eval.to_string(), dataset_dir, d.skip_invalid_rows)?;
+            skipped.merge(eval.skipped);
+            (loaded.conversations, eval.conversations)
+        }
+        None => {
+            let held_out = config.val_rows(loaded.conversations.len())?;
+            data::split(loaded.conversations, held_out as f64, config.train.seed)?
+        }
+    };
+    let encode = |convs: Vec<Conversation>| -> Result<Vec<data::Example>> {
+        let opts = EncodeOptions {
+            cutoff_len: d.cutoff_len as usize,
+            train_on_prompt: d.train_on_prompt,
+        };
+        convs
+            .iter()
+            .map(|c| data::encode(tokenizer, template, c, &opts))
+            .collect()
+    };
+    let (train, val) = (encode(train)?, encode(val)?);
+    let train_examples = train.len();
+    let rows = |examples: Vec<data::Example>| -> Vec<Row> {
+        if d.packing {
+            data::pack(examples, d.cutoff_len as usize)
+        } else {
+            examples.into_iter().map(Row::from).collect()
+        }
+    };
+    Ok(Rows {
+        train: rows(train),
+        val: rows(val),
+        skipped,
+        train_examples,
+    })
+}
+
+/// The base model's parts, read from `model_name_or_path`.
+pub fn load_base(config: &SftConfig) -> Result<ModelWeights> {
+    load_weights(&config.model.model_name_or_path, &Device::Cpu)
+}
+
+/// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
+pub fn adapter_config(config: &SftConfig) -> Option<AdapterConfig> {
+    let m = &config.method;
+    if m.finetuning_type != FinetuningType::Lora {
+        return None;
+    }
+    let targets = config
+        .lora_target_modules()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut adapter = AdapterConfig::new(
+        m.lora_rank as usize,
+        f64::from(config.lora_alpha()),
+        TargetModules::Names(targets),
+    );
+    adapter.lora_dropout = m.lora_dropout;
+    adapter.use_rslora = m.use_rslora;
+    adapter.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
+    Some(adapter)
+}
+
+/// The training model: which tensors train follows `finetuning_type`; a LoRA run starts from
+/// `adapter_name_or_path` when given (its own config then decides targets, rank and alpha).
+pub fn build_model(
+    config: &SftConfig,
+    base: ModelWeights,
+) -> Result<(TrainModel, Option<AdapterConfig>)> {
+    let m = &config.method;
+    let seed = config.train.seed;
+    match m.finetuning_type {
+        FinetuningType::Lora => {
+            let start: Option<Adapter> = config
+                .model
+                .adapter_name_or_path
+                .as_deref()
+                .map(|dir| read_adapter(Path::new(dir)))
+                .transpose()?;
+            let mut adapter_cfg = match &start {
+                Some(a) => a.config.clone(),
+                None => adapter_config(config).expect("a LoRA run has an adapter config"),
+            };
+            adapter_cfg.lora_dropout = m.lora_dropout;
+            let settings = LoraSettings::new(adapter_cfg.clone(), seed)?;
+            let base_trains = |name: &str| settings.trains_base(name);
+            let spec = TrainableSpec {
+                base: &base_trains,
+                lora: Some(&settings),
+            };
+            let model = TrainModel::new(base.config, base.weights, &spec, start.as_ref())?;
+            Ok((model, Some(adapter_cfg)))
+        }
+        FinetuningType::Full => {
+            let spec = TrainableSpec {
+                base: &|_| true,
+                lora: None,
+            };
+            Ok((
+                TrainModel::new(base.config, base.weights, &spec, None)?,
+                None,
+            ))
+        }
+        FinetuningType::Freeze => {
+            let extra = m
+                .freeze_extra_modules
+                .as_ref()
+                .map(|e| e.items().to_vec())
+                .unwrap_or_default();
+            let selection = FreezeSelection::new(
+                base.config.num_hidden_layers,
+                m.freeze_trainable_layers,
+                m.freeze_trainable_modules.items(),
+                &extra,
+            )?;
+            let trains = |name: &str| selection.trains(name);
+            let spec = TrainableSpec {
+                base: &trains,
+                lora: None,
+            };
+            Ok((
+                TrainModel::new(base.config, base.weights, &spec, None)?,
+                None,
+            ))
+        }
+    }
+}
