@@ -31,6 +31,8 @@ enum Command {
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face checkpoint directory.
+    Merge(commands::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Eval(c) => commands::eval::run(c),
+        Command::Merge(a) => commands::merge::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod merge;
 
 use std::path::PathBuf;
 

@@ -50,6 +50,15 @@ impl SaveDtype {
         }
     }
 
+    /// The dtype `cfg`'s weights were stored in when it is one of these, else f32 (the exact
+    /// form of a quantized GGUF's dequantized weights).
+    pub fn of_source(cfg: &ModelConfig) -> SaveDtype {
+        cfg.source_dtype
+            .to_lowercase()
+            .parse()
+            .unwrap_or(SaveDtype::F32)
+    }
+
     fn ggml(self) -> GgmlType {
         match self {
             SaveDtype::F32 => GgmlType::F32,
@@ -120,7 +129,7 @@ pub fn write_hf_checkpoint(
     opts: &HfWriteOptions,
 ) -> Result<HfCheckpoint> {
     let context = || format!("{}: cannot write the checkpoint", dir.display());
-    check_target(dir, opts.overwrite).with_context(context)?;
+    check_output_dir(dir, opts.overwrite).with_context(context)?;
     let config = config::config_json(cfg, dtype).with_context(context)?;
     let staging = atomic::staging_dir(dir).with_context(context)?;
     let written = write_weights(&staging, cfg, tensors, dtype, opts.max_shard_bytes).and_then(
@@ -138,7 +147,7 @@ pub fn write_hf_checkpoint(
             tokenizer.save_hf(&staging)?;
             atomic::sync_tree(&staging)?;
             // Checked again: the directory may have appeared while the weights were written.
-            check_target(dir, opts.overwrite)?;
+            check_output_dir(dir, opts.overwrite)?;
             atomic::replace_dir(&staging, dir)?;
             Ok(checkpoint)
         },
@@ -185,8 +194,9 @@ pub fn tensors_in_hf_order(
         .collect()
 }
 
-/// Refuses a target that exists (unless `overwrite`) or is not a directory.
-fn check_target(dir: &Path, overwrite: bool) -> Result<()> {
+/// Refuses an output path that exists (unless `overwrite`) or is not a directory, as
+/// [`write_hf_checkpoint`] will: callers check first to fail before slow work.
+pub fn check_output_dir(dir: &Path, overwrite: bool) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(meta) if !meta.is_dir() => bail!("exists and is not a directory"),
         Ok(_) if !overwrite => {

@@ -3,5 +3,6 @@
 pub mod hf;
 
 pub use hf::{
-    tensors_in_hf_order, write_hf_checkpoint, HfCheckpoint, HfWriteOptions, NamedTensor, SaveDtype,
+    check_output_dir, tensors_in_hf_order, write_hf_checkpoint, HfCheckpoint, HfWriteOptions,
+    NamedTensor, SaveDtype,
 };

@@ -1,9 +1,10 @@
 //! One call from the MODEL argument to a ready model and its tokenizer.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::{weights, Llama};
@@ -29,13 +30,35 @@ pub fn load_with_adapter(
     adapter: Option<&Path>,
     device: &Device,
 ) -> Result<LoadedModel> {
+    let w = load_weights(spec, adapter, device)?;
+    let model = Llama::from_weights(w.config, w.weights, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", w.source.path().display()))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: w.tokenizer,
+        source: w.source,
+    })
+}
+
+/// A model's config, f32 weights under HF names, and tokenizer, before a [`Llama`] is built
+/// from them (for writing them out again).
+pub struct LoadedWeights {
+    pub config: ModelConfig,
+    pub weights: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+    pub source: ModelSource,
+}
+
+/// Resolves `spec` and reads its config, weights and tokenizer, with the PEFT LoRA adapter in
+/// `adapter` (a directory) merged into the weights.
+pub fn load_weights(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedWeights> {
     // Read the adapter first: a bad adapter fails before the model's weights are loaded.
     let adapter = match adapter {
         Some(dir) => Some((dir, read_adapter(dir)?)),
         None => None,
     };
     let source = source::resolve(spec)?;
-    let (cfg, mut w, tokenizer) = match &source {
+    let (config, mut weights, tokenizer) = match &source {
         ModelSource::HfDir(dir) => {
             let (cfg, w) = weights::load(&source, device)?;
             (cfg, w, Tokenizer::from_hf_dir(dir)?)
@@ -47,7 +70,7 @@ pub fn load_with_adapter(
         }
     };
     if let Some((dir, adapter)) = &adapter {
-        merge(&mut w, &cfg, adapter).map_err(|e| {
+        merge(&mut weights, &config, adapter).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot merge into {}: {e:#}",
                 dir.display(),
@@ -55,10 +78,9 @@ pub fn load_with_adapter(
             )
         })?;
     }
-    let model = Llama::from_weights(cfg, w, device)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
-    Ok(LoadedModel {
-        model,
+    Ok(LoadedWeights {
+        config,
+        weights,
         tokenizer,
         source,
     })

@@ -9,5 +9,5 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use llama::{Cache, Linear, Llama};
-pub use load::{inspect, load, load_with_adapter, LoadedModel};
+pub use load::{inspect, load, load_weights, load_with_adapter, LoadedModel, LoadedWeights};
 pub use tensors::hf_tensor_shapes;
