@@ -33,6 +33,8 @@ enum Command {
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face checkpoint directory.
+    Merge(commands::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(c) => commands::eval::run(c),
+        Command::Merge(a) => commands::merge::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,11 @@ pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod info;
+<<<<<<< HEAD
 pub mod train;
+=======
+pub mod merge;
+>>>>>>> merge
 
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::TensorView;
@@ -16,6 +16,7 @@ use safetensors::Dtype;
 
 use super::peft::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE, WRAPPED_BIAS};
 use super::Adapter;
+use crate::io::atomic;
 use crate::tokenizer::Tokenizer;
 
 const CARD_FILE: &str = "README.md";
@@ -29,7 +30,7 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter, tokenizer: Option<&Tokenizer
     if dir.exists() && !dir.is_dir() {
         bail!("{}: exists and is not a directory", dir.display());
     }
-    let staging = staging_dir(dir)?;
+    let staging = atomic::staging_dir(dir)?;
     let written = write_files(&staging, adapter, tokenizer, !dir.join(CARD_FILE).exists())
         .and_then(|()| publish(&staging, dir));
     if written.is_err() {
@@ -37,28 +38,6 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter, tokenizer: Option<&Tokenizer
         let _ = fs::remove_dir_all(&staging);
     }
     written.with_context(context)
-}
-
-/// A fresh directory beside `dir` (same filesystem, so renames out of it are atomic).
-fn staging_dir(dir: &Path) -> Result<PathBuf> {
-    let name = dir
-        .file_name()
-        .with_context(|| format!("{}: not a directory name", dir.display()))?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent)
-        .with_context(|| format!("{}: cannot create directory", parent.display()))?;
-    let staging = parent.join(format!(
-        ".{}.hone-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir(&staging)
-        .with_context(|| format!("{}: cannot create directory", staging.display()))?;
-    Ok(staging)
 }
 
 fn write_files(

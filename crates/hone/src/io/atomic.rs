@@ -69,6 +69,61 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A new empty directory beside `target` (creating `target`'s parent if needed), on the same
+/// filesystem, so that renaming it to `target` once it is filled is atomic.
+pub fn staging_dir(target: &Path) -> Result<PathBuf> {
+    if target.file_name().is_none() {
+        anyhow::bail!("{}: not a directory name", target.display());
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    let staging = temp_path(target, "tmp");
+    fs::create_dir(&staging)
+        .with_context(|| format!("{}: cannot create directory", staging.display()))?;
+    Ok(staging)
+}
+
+/// Fsyncs every file and directory under `dir`, so the rename publishes data already on disk.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", path.display()))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Renames the directory `tmp` to `target`. An existing `target` (a checkpoint step saved again,
+/// an export overwritten) is moved aside first and deleted only once the new one is in place.
+pub fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
+    let old = target.exists().then(|| temp_path(target, "old"));
+    if let Some(old) = &old {
+        fs::rename(target, old)
+            .with_context(|| format!("cannot move aside {}", target.display()))?;
+    }
+    if let Err(e) = fs::rename(tmp, target) {
+        if let Some(old) = &old {
+            // Best effort: put the previous version back rather than leave no `target` at all.
+            let _ = fs::rename(old, target);
+        }
+        return Err(e).with_context(|| format!("cannot rename {}", tmp.display()));
+    }
+    sync_parent(target)?;
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

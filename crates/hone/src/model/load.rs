@@ -19,38 +19,6 @@ pub struct LoadedModel {
     pub source: ModelSource,
 }
 
-/// A model's parts before they become a [`Llama`]: what training starts from.
-pub struct ModelWeights {
-    pub source: ModelSource,
-    pub config: ModelConfig,
-    /// f32 tensors under HF names.
-    pub weights: HashMap<String, Tensor>,
-    pub tokenizer: Tokenizer,
-}
-
-/// Resolve `spec` (HF directory, GGUF file or Hub id) and read its config, f32 weights and
-/// tokenizer.
-pub fn load_weights(spec: &str, device: &Device) -> Result<ModelWeights> {
-    let source = source::resolve(spec)?;
-    let (config, weights, tokenizer) = match &source {
-        ModelSource::HfDir(dir) => {
-            let (cfg, w) = weights::load(&source, device)?;
-            (cfg, w, Tokenizer::from_hf_dir(dir)?)
-        }
-        ModelSource::Gguf(path) => {
-            let gguf = GgufFile::open(path)?;
-            let (cfg, w) = weights::load_gguf(&gguf, device)?;
-            (cfg, w, Tokenizer::from_gguf(&gguf)?)
-        }
-    };
-    Ok(ModelWeights {
-        source,
-        config,
-        weights,
-        tokenizer,
-    })
-}
-
 /// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     load_with_adapter(spec, None, device)
@@ -62,19 +30,47 @@ pub fn load_with_adapter(
     adapter: Option<&Path>,
     device: &Device,
 ) -> Result<LoadedModel> {
+    let w = load_weights(spec, adapter, device)?;
+    let model = Llama::from_weights(w.config, w.weights, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", w.source.path().display()))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: w.tokenizer,
+        source: w.source,
+    })
+}
+
+/// A model's config, f32 weights under HF names, and tokenizer, before a [`Llama`] is built
+/// from them (for writing them out again).
+pub struct LoadedWeights {
+    pub config: ModelConfig,
+    pub weights: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+    pub source: ModelSource,
+}
+
+/// Resolves `spec` and reads its config, weights and tokenizer, with the PEFT LoRA adapter in
+/// `adapter` (a directory) merged into the weights.
+pub fn load_weights(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedWeights> {
     // Read the adapter first: a bad adapter fails before the model's weights are loaded.
     let adapter = match adapter {
         Some(dir) => Some((dir, read_adapter(dir)?)),
         None => None,
     };
-    let ModelWeights {
-        source,
-        config: cfg,
-        weights: mut w,
-        tokenizer,
-    } = load_weights(spec, device)?;
+    let source = source::resolve(spec)?;
+    let (config, mut weights, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let (cfg, w) = weights::load(&source, device)?;
+            (cfg, w, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let (cfg, w) = weights::load_gguf(&gguf, device)?;
+            (cfg, w, Tokenizer::from_gguf(&gguf)?)
+        }
+    };
     if let Some((dir, adapter)) = &adapter {
-        merge(&mut w, &cfg, adapter).map_err(|e| {
+        merge(&mut weights, &config, adapter).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot merge into {}: {e:#}",
                 dir.display(),
@@ -82,10 +78,9 @@ pub fn load_with_adapter(
             )
         })?;
     }
-    let model = Llama::from_weights(cfg, w, device)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
-    Ok(LoadedModel {
-        model,
+    Ok(LoadedWeights {
+        config,
+        weights,
         tokenizer,
         source,
     })

@@ -4,8 +4,10 @@ pub mod config;
 pub mod llama;
 pub mod load;
 pub mod rope;
+pub mod tensors;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use llama::{Cache, Linear, Llama};
-pub use load::{inspect, load, load_weights, load_with_adapter, LoadedModel, ModelWeights};
+pub use load::{inspect, load, load_weights, load_with_adapter, LoadedModel, LoadedWeights};
+pub use tensors::hf_tensor_shapes;

@@ -238,6 +238,13 @@ impl Tokenizer {
             .is_some_and(|&id| Some(id) == self.bos_id()))
     }
 
+    pub fn pad_id(&self) -> Option<u32> {
+        self.specials
+            .pad
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+    }
+
     /// Whether `encode(.., true)` puts the eos token last.
     pub fn add_eos_token(&self) -> Result<bool> {
         let ids = self.encode("", true)?;

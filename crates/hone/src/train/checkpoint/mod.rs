@@ -122,7 +122,7 @@ pub fn save_checkpoint(
 ) -> Result<PathBuf> {
     let target = output_dir.join(format!("{CHECKPOINT_PREFIX}-{step}"));
     let tmp = atomic::temp_path(&target, "tmp");
-    let staged = stage(&tmp, write).and_then(|()| replace_dir(&tmp, &target));
+    let staged = stage(&tmp, write).and_then(|()| atomic::replace_dir(&tmp, &target));
     if staged.is_err() {
         // Best effort: the temporary may be partly written or absent; the write error matters.
         let _ = fs::remove_dir_all(&tmp);
@@ -140,38 +140,7 @@ fn stage(tmp: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         is_complete(tmp),
         "the checkpoint writer wrote no {TRAINER_STATE_NAME}"
     );
-    sync_tree(tmp)
-}
-
-/// Fsyncs every file and directory under `dir`, so the rename publishes data already on disk.
-fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            sync_tree(&path)?;
-        } else {
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot sync {}", path.display()))?;
-        }
-    }
-    atomic::sync_dir(dir)
-}
-
-/// Renames `tmp` to `target`. An existing `target` (a step saved again, e.g. after resuming) is
-/// moved aside first and deleted only once the new one is in place.
-fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
-    let old = target.exists().then(|| atomic::temp_path(target, "old"));
-    if let Some(old) = &old {
-        fs::rename(target, old)
-            .with_context(|| format!("cannot move aside {}", target.display()))?;
-    }
-    fs::rename(tmp, target).with_context(|| format!("cannot rename {}", tmp.display()))?;
-    atomic::sync_parent(target)?;
-    if let Some(old) = old {
-        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
-    }
-    Ok(())
+    atomic::sync_tree(tmp)
 }
 
 /// Deletes the oldest checkpoints until `save_total_limit` remain, never the newest (needed to

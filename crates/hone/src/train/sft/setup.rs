@@ -10,7 +10,7 @@ use candle_core::Device;
 use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
-use crate::model::{load_weights, ModelWeights};
+use crate::model::{load_weights, LoadedWeights};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::{FinetuningType, SftConfig};
 use crate::train::freeze::FreezeSelection;
@@ -108,8 +108,8 @@ pub fn load_rows(
 }
 
 /// The base model's parts, read from `model_name_or_path`.
-pub fn load_base(config: &SftConfig) -> Result<ModelWeights> {
-    load_weights(&config.model.model_name_or_path, &Device::Cpu)
+pub fn load_base(config: &SftConfig) -> Result<LoadedWeights> {
+    load_weights(&config.model.model_name_or_path, None, &Device::Cpu)
 }
 
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
@@ -138,7 +138,7 @@ pub fn adapter_config(config: &SftConfig) -> Option<AdapterConfig> {
 /// `adapter_name_or_path` when given (its own config then decides targets, rank and alpha).
 pub fn build_model(
     config: &SftConfig,
-    base: ModelWeights,
+    base: LoadedWeights,
 ) -> Result<(TrainModel, Option<AdapterConfig>)> {
     let m = &config.method;
     let seed = config.train.seed;

@@ -1,0 +1,152 @@
+//! `config.json` and `generation_config.json` as transformers 5 writes them for Llama, Mistral and
+//! Qwen2 (sorted keys, two-space indent), from a [`ModelConfig`].
+//!
+//! Rotary settings go in transformers 5's `rope_parameters` and, for readers on transformers 4
+//! (which ignore `rope_parameters` and would silently fall back to `rope_theta` 10000), also in
+//! the older top-level `rope_theta` / `rope_scaling`; transformers 5 reads both forms alike.
+
+use anyhow::{bail, Result};
+use serde_json::{json, Map, Value};
+
+use super::SaveDtype;
+use crate::model::{Architecture, ModelConfig, RopeScaling};
+use crate::tokenizer::Tokenizer;
+
+/// The `config.json` object for `cfg`, with weights stored as `dtype`.
+pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> {
+    let arch = cfg.architecture;
+    check_biases(cfg)?;
+    let (rope_parameters, rope_scaling) = rope(cfg)?;
+    let mut m = Map::new();
+    let mut set = |k: &str, v: Value| {
+        m.insert(k.to_string(), v);
+    };
+    set("architectures", json!([arch.hf_class()]));
+    set("model_type", json!(arch.model_type()));
+    set("attention_dropout", json!(0.0));
+    set("bos_token_id", json!(cfg.bos_token_id));
+    set("eos_token_id", one_or_many(&cfg.eos_token_ids));
+    set("pad_token_id", Value::Null);
+    set("dtype", json!(dtype.hf_name()));
+    set("hidden_act", json!("silu"));
+    set("hidden_size", json!(cfg.hidden_size));
+    set("initializer_range", json!(0.02));
+    set("intermediate_size", json!(cfg.intermediate_size));
+    set(
+        "max_position_embeddings",
+        json!(cfg.max_position_embeddings),
+    );
+    set("num_attention_heads", json!(cfg.num_attention_heads));
+    set("num_hidden_layers", json!(cfg.num_hidden_layers));
+    set("num_key_value_heads", json!(cfg.num_key_value_heads));
+    set("rms_norm_eps", json!(cfg.rms_norm_eps));
+    set("rope_parameters", rope_parameters);
+    set("rope_theta", json!(cfg.rope_theta));
+    set("rope_scaling", rope_scaling);
+    set("tie_word_embeddings", json!(cfg.tie_word_embeddings));
+    set("use_cache", json!(true));
+    set("vocab_size", json!(cfg.vocab_size));
+    let default_head_dim = cfg.hidden_size / cfg.num_attention_heads;
+    match arch {
+        Architecture::Llama => {
+            set("attention_bias", json!(cfg.attention_bias));
+            set("mlp_bias", json!(cfg.mlp_bias));
+            set("pretraining_tp", json!(1));
+            set("head_dim", json!(cfg.head_dim));
+        }
+        Architecture::Mistral => {
+            set("sliding_window", Value::Null);
+            set("head_dim", json!(cfg.head_dim));
+        }
+        Architecture::Qwen2 => {
+            let layers = vec![json!("full_attention"); cfg.num_hidden_layers];
+            set("layer_types", Value::Array(layers));
+            set("sliding_window", Value::Null);
+            set("use_sliding_window", json!(false));
+            // Qwen2Config has no head_dim field; its attention reads one when the config sets it.
+            if cfg.head_dim != default_head_dim {
+                set("head_dim", json!(cfg.head_dim));
+            }
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+/// `generation_config.json`: bos, and as eos every id that ends a turn (the config's eos ids and
+/// the tokenizer's stop ids, e.g. ChatML's `<|im_end|>`), so `generate` stops where Hone does.
+pub(super) fn generation_config_json(cfg: &ModelConfig, tokenizer: &Tokenizer) -> Value {
+    let mut eos: Vec<u32> = cfg.eos_token_ids.clone();
+    for id in tokenizer.stop_ids() {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
+    let mut m = Map::new();
+    m.insert("bos_token_id".into(), json!(cfg.bos_token_id));
+    m.insert("eos_token_id".into(), one_or_many(&eos));
+    if let Some(pad) = tokenizer.pad_id() {
+        m.insert("pad_token_id".into(), json!(pad));
+    }
+    Value::Object(m)
+}
+
+/// transformers writes one token id as a number and several as a list.
+fn one_or_many(ids: &[u32]) -> Value {
+    match ids {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    }
+}
+
+/// Bias layouts the architecture's transformers class can hold: Llama's `attention_bias` covers
+/// q/k/v/o together, Qwen2 has exactly q/k/v biases, Mistral none.
+fn check_biases(cfg: &ModelConfig) -> Result<()> {
+    let layout = (cfg.attention_bias, cfg.o_proj_bias, cfg.mlp_bias);
+    let fits = match cfg.architecture {
+        Architecture::Llama => cfg.attention_bias == cfg.o_proj_bias,
+        Architecture::Mistral => layout == (false, false, false),
+        Architecture::Qwen2 => layout == (true, false, false),
+    };
+    if !fits {
+        bail!(
+            "{}: q/k/v bias {}, o_proj bias {}, MLP bias {}: transformers' {} cannot hold this combination",
+            cfg.architecture.hf_class(),
+            cfg.attention_bias,
+            cfg.o_proj_bias,
+            cfg.mlp_bias,
+            cfg.architecture.hf_class()
+        );
+    }
+    Ok(())
+}
+
+/// (`rope_parameters`, legacy `rope_scaling`) for the config's rotary settings.
+fn rope(cfg: &ModelConfig) -> Result<(Value, Value)> {
+    let scaling = match &cfg.rope_scaling {
+        None => None,
+        Some(RopeScaling::Linear { factor }) => Some(json!({"rope_type": "linear", "factor": factor})),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => Some(json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": *original_max_position_embeddings as u64,
+        })),
+        Some(RopeScaling::FreqFactors(_)) => bail!(
+            "rope scaling: the model has per-frequency factors (GGUF rope_freqs.weight), which config.json \
+             cannot express; export it from the original Hugging Face checkpoint instead"
+        ),
+    };
+    let mut parameters = match &scaling {
+        Some(s) => s.clone(),
+        None => json!({"rope_type": "default"}),
+    };
+    parameters["rope_theta"] = json!(cfg.rope_theta);
+    Ok((parameters, scaling.unwrap_or(Value::Null)))
+}

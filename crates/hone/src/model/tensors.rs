@@ -1,0 +1,37 @@
+//! The tensors a config implies, under their HF names and shapes, in the order transformers'
+//! `state_dict()` lists them (module definition order), so checkpoints Hone writes list
+//! tensors the way transformers' own do.
+
+use super::config::ModelConfig;
+
+/// Every weight and bias of the model `cfg` describes, with its shape, in `state_dict()` order.
+/// A tied LM head is the embedding matrix and is not listed separately, as transformers saves it.
+pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let q_dim = cfg.num_attention_heads * cfg.head_dim;
+    let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| {
+            out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
+            if bias {
+                out.push((format!("{p}.{name}.bias"), vec![rows]));
+            }
+        };
+        linear("self_attn.q_proj", q_dim, h, cfg.attention_bias);
+        linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias);
+        linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias);
+        linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias);
+        linear("mlp.gate_proj", i, h, cfg.mlp_bias);
+        linear("mlp.up_proj", i, h, cfg.mlp_bias);
+        linear("mlp.down_proj", h, i, cfg.mlp_bias);
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, h]));
+    }
+    out
+}
