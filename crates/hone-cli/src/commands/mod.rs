@@ -4,11 +4,8 @@ pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod info;
-<<<<<<< HEAD
-pub mod train;
-=======
 pub mod merge;
->>>>>>> merge
+pub mod train;
 
 use std::path::PathBuf;
 
