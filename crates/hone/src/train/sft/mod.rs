@@ -296,7 +296,12 @@ fn train_step(
             step + 1
         );
     }
-    let norm = clip_grad_norm(&mut model.grads_mut(), config.train.max_grad_norm as f32);
+    // transformers clips only when max_grad_norm > 0; the norm is reported either way.
+    let max_norm = match config.train.max_grad_norm {
+        m if m > 0.0 => m as f32,
+        _ => f32::INFINITY,
+    };
+    let norm = clip_grad_norm(&mut model.grads_mut(), max_norm);
     if !norm.is_finite() {
         bail!("step {}: the gradient norm is {norm}: training stopped; nothing was saved from this step", step + 1);
     }
