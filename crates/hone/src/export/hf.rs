@@ -110,7 +110,7 @@ impl Default for HfWriteOptions {
 /// What [`write_hf_checkpoint`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HfCheckpoint {
-    /// File names in the directory, weights first.
+    /// File names in the directory, sorted.
     pub files: Vec<String>,
     /// Bytes of tensor data over all weight files.
     pub total_size: u64,
@@ -132,8 +132,8 @@ pub fn write_hf_checkpoint(
     check_output_dir(dir, opts.overwrite).with_context(context)?;
     let config = config::config_json(cfg, dtype).with_context(context)?;
     let staging = atomic::staging_dir(dir).with_context(context)?;
-    let written = write_weights(&staging, cfg, tensors, dtype, opts.max_shard_bytes).and_then(
-        |mut checkpoint| {
+    let written =
+        write_weights(&staging, cfg, tensors, dtype, opts.max_shard_bytes).and_then(|total_size| {
             let generation = config::generation_config_json(cfg, tokenizer);
             for (name, value) in [
                 ("config.json", &config),
@@ -142,16 +142,15 @@ pub fn write_hf_checkpoint(
                 let path = staging.join(name);
                 fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
                     .with_context(|| format!("{}: cannot write", path.display()))?;
-                checkpoint.files.push(name.to_string());
             }
             tokenizer.save_hf(&staging)?;
+            let files = file_names(&staging)?;
             atomic::sync_tree(&staging)?;
             // Checked again: the directory may have appeared while the weights were written.
             check_output_dir(dir, opts.overwrite)?;
             atomic::replace_dir(&staging, dir)?;
-            Ok(checkpoint)
-        },
-    );
+            Ok(HfCheckpoint { files, total_size })
+        });
     if written.is_err() {
         // Best effort: the staging directory may be half-written; the write error is what matters.
         let _ = fs::remove_dir_all(&staging);
@@ -209,14 +208,25 @@ pub fn check_output_dir(dir: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// Checks and encodes each tensor and writes the weight files into `staging`.
+/// The names of the files in `dir`, sorted.
+fn file_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Checks and encodes each tensor and writes the weight files into `staging`; returns the bytes
+/// of tensor data written.
 fn write_weights(
     staging: &Path,
     cfg: &ModelConfig,
     tensors: impl IntoIterator<Item = NamedTensor>,
     dtype: SaveDtype,
     max_shard_bytes: u64,
-) -> Result<HfCheckpoint> {
+) -> Result<u64> {
     let order = hf_tensor_shapes(cfg);
     let expected: HashMap<&str, &[usize]> = order
         .iter()
@@ -240,8 +250,8 @@ fn write_weights(
         );
     }
     let total_size = shards.total_size();
-    let files = shards.finish()?;
-    Ok(HfCheckpoint { files, total_size })
+    shards.finish()?;
+    Ok(total_size)
 }
 
 fn check_tensor(

@@ -98,17 +98,15 @@ impl ShardWriter {
     }
 
     /// Writes the last shard, gives every shard its final name and writes the index when there
-    /// are several. Returns the file names, weights first.
-    pub(super) fn finish(mut self) -> Result<Vec<String>> {
+    /// are several.
+    pub(super) fn finish(mut self) -> Result<()> {
         if !self.pending.is_empty() || self.written.is_empty() {
             self.flush()?;
         }
         let n = self.written.len();
         if n == 1 {
-            self.rename(0, SINGLE_FILE)?;
-            return Ok(vec![SINGLE_FILE.to_string()]);
+            return self.rename(0, SINGLE_FILE);
         }
-        let mut files = Vec::with_capacity(n + 1);
         let mut weight_map = BTreeMap::new();
         for (k, names) in std::mem::take(&mut self.written).into_iter().enumerate() {
             let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
@@ -116,7 +114,6 @@ impl ShardWriter {
             for name in names {
                 weight_map.insert(name, file.clone());
             }
-            files.push(file);
         }
         let index = json!({
             "metadata": {"total_parameters": self.total_parameters, "total_size": self.total_size},
@@ -124,9 +121,7 @@ impl ShardWriter {
         });
         let path = self.dir.join(INDEX_FILE);
         fs::write(&path, serde_json::to_string_pretty(&index)? + "\n")
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-        files.push(INDEX_FILE.to_string());
-        Ok(files)
+            .with_context(|| format!("{}: cannot write", path.display()))
     }
 
     fn rename(&self, k: usize, file: &str) -> Result<()> {

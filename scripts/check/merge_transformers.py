@@ -1,0 +1,156 @@
+"""Manual check (not a test): `hone merge` writes checkpoints that transformers loads, with the
+logits of PEFT's own merge.
+
+1. Fixture adapters (fixtures/adapters/*, on the tiny models of fixtures/models/*): each base model
+   gets a tokenizer (tiny-spm.gguf's, as transformers reads it, with its ChatML template), then
+   `hone merge --dtype f32` writes the merged directory. transformers loads it with
+   `AutoModelForCausalLM.from_pretrained`; its logits on the golden input ids are compared with
+   `PeftModel.from_pretrained(base).merge_and_unload(safe_merge=True)` and with the fixture's
+   unmerged PEFT logits. `AutoTokenizer` loads the directory, encodes as it does for the base
+   directory and applies the same chat template.
+2. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
+   made with PEFT on transformers' dequantized GGUF model, `hone merge` merges it into the GGUF,
+   and the directory's logits are compared with PEFT's merge the same way.
+
+Prints max |logit difference| per case and fails (exit 1) above 1e-4. Run from the repository
+root after building hone:
+
+    cargo build -p hone-cli
+    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/check/merge_transformers.py \\
+        [--hone target/debug/hone] [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf]
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures"
+TOL = 1e-4
+# (adapter, base model) under fixtures/adapters and fixtures/models.
+ADAPTERS = [
+    ("llama-tied-qv", "llama-tied"),
+    ("qwen2-all-linear", "qwen2"),
+    ("llama-gqa-regex", "llama-gqa"),
+]
+MESSAGES = [{"role": "user", "content": "Hello there"}]
+
+
+def load_fp32(path, **kwargs):
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager", **kwargs
+    ).eval()
+
+
+@torch.no_grad()
+def logits(model, ids):
+    return model(ids, use_cache=False).logits.float()
+
+
+def hone_merge(hone, model, adapter, out):
+    cmd = [hone, "merge", "--model", str(model), "--adapter", str(adapter), "--out", str(out)]
+    subprocess.run(cmd + ["--dtype", "f32"], check=True)
+
+
+def check_tokenizer(base_tok, out):
+    tok = AutoTokenizer.from_pretrained(out)
+    text = "Once upon a time, 42 llamas"
+    assert tok(text).input_ids == base_tok(text).input_ids, "tokenization differs"
+    chat = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    want = base_tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert chat == want, f"chat template differs: {chat!r} vs {want!r}"
+    return chat
+
+
+def report(name, diffs):
+    line = "  ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    ok = all(v < TOL for v in diffs.values())
+    print(f"{name:<22} {line}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
+def fixture_cases(hone, tmp):
+    base_tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
+    ok = True
+    for adapter, base in ADAPTERS:
+        base_dir = tmp / base
+        base_dir.mkdir()
+        for f in (FIXTURES / "models" / base).glob("*.json"):
+            (base_dir / f.name).write_bytes(f.read_bytes())
+        (base_dir / "model.safetensors").symlink_to(FIXTURES / "models" / base / "model.safetensors")
+        base_tok.save_pretrained(base_dir)
+        out = tmp / f"{adapter}-merged"
+        hone_merge(hone, base_dir, FIXTURES / "adapters" / adapter, out)
+
+        golden = load_file(FIXTURES / "adapters" / f"{adapter}.golden.safetensors")
+        ids = golden["input_ids"]
+        ours = logits(load_fp32(out), ids)
+        peft = PeftModel.from_pretrained(load_fp32(base_dir), FIXTURES / "adapters" / adapter)
+        merged = logits(peft.merge_and_unload(safe_merge=True), ids)
+        diffs = {
+            "vs PEFT merged": (ours - merged).abs().max().item(),
+            "vs PEFT unmerged": (ours - golden["logits"]).abs().max().item(),
+        }
+        # The base directory as transformers loads it (its tokenizer class follows model_type).
+        check_tokenizer(AutoTokenizer.from_pretrained(base_dir), out)
+        ok &= report(adapter, diffs)
+    return ok
+
+
+def real_model_case(hone, gguf, tmp):
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    base = load_fp32(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero, which would make the check vacuous
+                p.copy_(0.02 * torch.randn(p.shape))
+    adapter = tmp / "smollm2-lora"
+    peft.save_pretrained(adapter)
+    out = tmp / "smollm2-merged"
+    hone_merge(hone, gguf, adapter, out)
+
+    ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
+    merged = logits(peft.merge_and_unload(safe_merge=True), ids)
+    ours = logits(load_fp32(out), ids)
+    plain = logits(load_fp32(gguf.parent, gguf_file=gguf.name), ids)
+    diffs = {
+        "vs PEFT merged": (ours - merged).abs().max().item(),
+    }
+    print(f"(the adapter moves SmolLM2's logits by up to {(merged - plain).abs().max().item():.2f})")
+    print(f"generation_config.json: {(out / 'generation_config.json').read_text().strip()}")
+    chat = check_tokenizer(tok, out)
+    print(f"chat template through AutoTokenizer: {chat!r}")
+    return report("SmolLM2 GGUF + LoRA", diffs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hone", default=str(ROOT / "target" / "debug" / "hone"))
+    parser.add_argument("--gguf", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ok = fixture_cases(args.hone, tmp)
+        gguf = Path(args.gguf)
+        if gguf.exists():
+            ok &= real_model_case(args.hone, gguf, tmp)
+        else:
+            print(f"{gguf} is absent: real-model case skipped")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
