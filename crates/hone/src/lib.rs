@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod chat;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod io;
 pub mod model;

@@ -1,9 +1,10 @@
 //! One call from the MODEL argument to a ready model and its tokenizer.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::{weights, Llama};
@@ -29,13 +30,34 @@ pub fn load_with_adapter(
     adapter: Option<&Path>,
     device: &Device,
 ) -> Result<LoadedModel> {
+    let parts = load_parts(spec, adapter, device)?;
+    let model = Llama::from_weights(parts.config, parts.weights, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", parts.source.path().display()))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: parts.tokenizer,
+        source: parts.source,
+    })
+}
+
+/// A model's pieces before they are assembled into a [`Llama`]: what exporters write out.
+pub struct ModelParts {
+    pub config: ModelConfig,
+    /// f32 weights by HF tensor name, with any adapter merged in.
+    pub weights: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+    pub source: ModelSource,
+}
+
+/// Config, f32 weights (adapter merged) and tokenizer of `spec`, unassembled.
+pub fn load_parts(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<ModelParts> {
     // Read the adapter first: a bad adapter fails before the model's weights are loaded.
     let adapter = match adapter {
         Some(dir) => Some((dir, read_adapter(dir)?)),
         None => None,
     };
     let source = source::resolve(spec)?;
-    let (cfg, mut w, tokenizer) = match &source {
+    let (config, mut weights, tokenizer) = match &source {
         ModelSource::HfDir(dir) => {
             let (cfg, w) = weights::load(&source, device)?;
             (cfg, w, Tokenizer::from_hf_dir(dir)?)
@@ -47,7 +69,7 @@ pub fn load_with_adapter(
         }
     };
     if let Some((dir, adapter)) = &adapter {
-        merge(&mut w, &cfg, adapter).map_err(|e| {
+        merge(&mut weights, &config, adapter).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot merge into {}: {e:#}",
                 dir.display(),
@@ -55,10 +77,9 @@ pub fn load_with_adapter(
             )
         })?;
     }
-    let model = Llama::from_weights(cfg, w, device)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
-    Ok(LoadedModel {
-        model,
+    Ok(ModelParts {
+        config,
+        weights,
         tokenizer,
         source,
     })

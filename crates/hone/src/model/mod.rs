@@ -8,4 +8,4 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use llama::{Cache, Linear, Llama};
-pub use load::{inspect, load, load_with_adapter, LoadedModel};
+pub use load::{inspect, load, load_parts, load_with_adapter, LoadedModel, ModelParts};
