@@ -35,6 +35,8 @@ enum Command {
     Eval(commands::eval::EvalCommand),
     /// Merge a LoRA adapter into its base model and write a Hugging Face checkpoint directory.
     Merge(commands::merge::Args),
+    /// Write a model as GGUF (quantized, with an adapter merged in), or a LoRA adapter alone.
+    Export(commands::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Merge(a) => commands::merge::run(a),
+        Command::Export(a) => commands::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod info;
 pub mod merge;

@@ -1,5 +1,7 @@
-//! Writing models out in the formats other tools load: Hugging Face checkpoint directories.
+//! Writing models and adapters out in the formats other tools load: Hugging Face checkpoint
+//! directories and GGUF files.
 
+pub mod gguf;
 pub mod hf;
 
 pub use hf::{

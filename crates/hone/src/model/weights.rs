@@ -82,6 +82,26 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
 }
 
+/// The llama.cpp name of an HF tensor name (the inverse of [`hf_name`]); None for tensors llama.cpp
+/// has no name for.
+pub fn gguf_name(hf_name: &str) -> Option<String> {
+    let fixed = match hf_name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = tail.rsplit_once('.')?;
+    let gguf_module = LAYER_NAMES.iter().find(|(_, h)| *h == module)?.0;
+    Some(format!("blk.{layer}.{gguf_module}.{kind}"))
+}
+
 /// llama.cpp module names within a block and their HF equivalents.
 pub const LAYER_NAMES: [(&str, &str); 9] = [
     ("attn_norm", "input_layernorm"),
@@ -147,6 +167,20 @@ mod tests {
         );
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn hf_names_map_back_to_gguf_names() {
+        for name in [
+            "token_embd.weight",
+            "output_norm.weight",
+            "output.weight",
+            "blk.0.attn_q.bias",
+            "blk.12.ffn_gate.weight",
+        ] {
+            assert_eq!(gguf_name(&hf_name(name).unwrap()).unwrap(), name);
+        }
+        assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! rebuilt from `tokenizer.ggml.*` metadata the way transformers' GGUF converter does (see `gguf.rs`).
 
 mod gguf;
-mod split_regex;
+pub(crate) mod split_regex;
 mod stream;
 
 use std::collections::BTreeSet;
@@ -19,6 +19,7 @@ use tokenizers::models::ModelWrapper;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::AddedToken;
 
+pub(crate) use split_regex::pre_name;
 pub use stream::TokenStream;
 
 use crate::chat::token_text;
@@ -26,7 +27,7 @@ use crate::io::gguf::GgufFile;
 
 /// Tokens that end a turn in the common chat formats. llama.cpp stops generation on these too,
 /// whatever the file names as eos, so a chat model that closes its turn is not run past it.
-const END_OF_TURN: &[&str] = &[
+pub(crate) const END_OF_TURN: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
     "<|eom_id|>",
@@ -220,6 +221,14 @@ impl Tokenizer {
 
     pub fn eos_token(&self) -> Option<&str> {
         self.specials.eos.as_deref()
+    }
+
+    pub fn unk_token(&self) -> Option<&str> {
+        self.specials.unk.as_deref()
+    }
+
+    pub fn pad_token(&self) -> Option<&str> {
+        self.specials.pad.as_deref()
     }
 
     pub fn bos_id(&self) -> Option<u32> {

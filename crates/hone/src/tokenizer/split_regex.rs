@@ -2,7 +2,7 @@
 //! text the way a byte-level vocabulary's merges were learned (`GGUF_PRE_TOKENIZER_SPLITS`).
 
 /// The split regex transformers uses for a `tokenizer.ggml.pre` value; None keeps GPT-2's own.
-pub(super) fn split_regex(pre: &str) -> Option<&'static str> {
+pub(crate) fn split_regex(pre: &str) -> Option<&'static str> {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN35: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -19,6 +19,14 @@ pub(super) fn split_regex(pre: &str) -> Option<&'static str> {
     })
 }
 
+/// The `tokenizer.ggml.pre` name for a split regex, for writing GGUF: the first name of each
+/// regex's group above, which llama.cpp reads as that pre-tokenizer.
+pub(crate) fn pre_name(regex: &str) -> Option<&'static str> {
+    ["llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o"]
+        .into_iter()
+        .find(|name| split_regex(name) == Some(regex))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +37,8 @@ mod tests {
         assert_eq!(split_regex("deepseek-r1-qwen"), split_regex("qwen2"));
         assert_ne!(split_regex("qwen2"), split_regex("llama3"));
         assert_eq!(split_regex("smollm"), None);
+        assert_eq!(pre_name(split_regex("llama3").unwrap()), Some("llama-bpe"));
+        assert_eq!(pre_name(split_regex("kormo").unwrap()), Some("qwen2"));
+        assert_eq!(pre_name("x"), None);
     }
 }

@@ -1,0 +1,252 @@
+//! Native GGUF export: a model, with a LoRA adapter merged in if given, written as a llama.cpp
+//! `llama` GGUF (llama.cpp's metadata keys and tensor names, q/k rows permuted for its rotary
+//! layout, full tokenizer metadata and chat template), quantized as llama.cpp's tools would; plus
+//! an Ollama Modelfile, and LoRA adapters as llama.cpp adapter GGUFs. No llama.cpp scripts are run.
+
+mod lora;
+mod modelfile;
+mod tensor_types;
+mod vocab;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+pub use lora::export_lora_adapter;
+pub use modelfile::{modelfile_path, ollama_modelfile, write_modelfile, MODELFILE};
+pub use tensor_types::{tensor_type, use_more_bits, GgufQuant, TensorPlace};
+
+use crate::io::gguf::{GgufFile, GgufValue};
+use crate::io::gguf_write::GgufWriter;
+use crate::io::source::ModelSource;
+use crate::model::config::{ModelConfig, RopeScaling};
+use crate::model::weights::{gguf_name, permute_rows, LAYER_NAMES};
+use crate::model::{load_weights, rope, LoadedWeights};
+use crate::quant::GgmlType;
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// Each tensor's llama.cpp name, row-major shape and type, in file order.
+    pub tensors: Vec<(String, Vec<usize>, GgmlType)>,
+}
+
+/// Refuses to replace an existing `out` unless `force` is set.
+pub fn refuse_existing(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Exports the model `spec` (HF directory, GGUF file or Hub id), with the PEFT adapter in `adapter`
+/// merged into it, to the GGUF file `out` as `quant`.
+pub fn export_model(
+    spec: &str,
+    adapter: Option<&Path>,
+    out: &Path,
+    quant: GgufQuant,
+    force: bool,
+) -> Result<ExportReport> {
+    refuse_existing(out, force)?;
+    let parts = load_weights(spec, adapter, &Device::Cpu)?;
+    let gguf = gguf_writer(&parts, quant)
+        .with_context(|| format!("{}: cannot export", parts.source.path().display()))?;
+    gguf.write(out)?;
+    written_report(out)
+}
+
+/// Exports as [`export_model`] does from already loaded parts, returning the writer (for callers
+/// that write it themselves).
+pub fn gguf_writer(parts: &LoadedWeights, quant: GgufQuant) -> Result<GgufWriter> {
+    let cfg = &parts.config;
+    let mut w = GgufWriter::new();
+    model_metadata(&mut w, cfg, &parts.source, quant)?;
+    let tokenizer_meta = match &parts.source {
+        ModelSource::Gguf(path) => vocab::copied_from(&GgufFile::open(path)?),
+        ModelSource::HfDir(_) => vocab::written_from(&parts.tokenizer, cfg.vocab_size)?,
+    };
+    for (key, value) in tokenizer_meta {
+        w.set(key, value);
+    }
+    add_tensors(&mut w, parts, quant)?;
+    Ok(w)
+}
+
+/// The report for a file just written, read back from it.
+fn written_report(path: &Path) -> Result<ExportReport> {
+    let file = GgufFile::open(path)?;
+    Ok(ExportReport {
+        path: path.to_path_buf(),
+        bytes: std::fs::metadata(path)?.len(),
+        tensors: file
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape(), t.ggml_type))
+            .collect(),
+    })
+}
+
+fn model_metadata(
+    w: &mut GgufWriter,
+    cfg: &ModelConfig,
+    source: &ModelSource,
+    quant: GgufQuant,
+) -> Result<()> {
+    let u32_of = |v: usize| GgufValue::U32(v as u32);
+    w.set("general.architecture", GgufValue::String("llama".into()));
+    w.set("general.type", GgufValue::String("model".into()));
+    w.set("general.name", GgufValue::String(model_name(source)?));
+    w.set("general.file_type", GgufValue::U32(quant.file_type()));
+    w.set("general.quantization_version", GgufValue::U32(2));
+    w.set("llama.vocab_size", u32_of(cfg.vocab_size));
+    w.set("llama.context_length", u32_of(cfg.max_position_embeddings));
+    w.set("llama.embedding_length", u32_of(cfg.hidden_size));
+    w.set("llama.block_count", u32_of(cfg.num_hidden_layers));
+    w.set("llama.feed_forward_length", u32_of(cfg.intermediate_size));
+    w.set(
+        "llama.attention.head_count",
+        u32_of(cfg.num_attention_heads),
+    );
+    w.set(
+        "llama.attention.head_count_kv",
+        u32_of(cfg.num_key_value_heads),
+    );
+    w.set("llama.attention.key_length", u32_of(cfg.head_dim));
+    w.set("llama.attention.value_length", u32_of(cfg.head_dim));
+    w.set("llama.rope.dimension_count", u32_of(cfg.head_dim));
+    w.set(
+        "llama.rope.freq_base",
+        GgufValue::F32(cfg.rope_theta as f32),
+    );
+    w.set(
+        "llama.attention.layer_norm_rms_epsilon",
+        GgufValue::F32(cfg.rms_norm_eps as f32),
+    );
+    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
+        w.set(
+            "llama.rope.scaling.type",
+            GgufValue::String("linear".into()),
+        );
+        w.set("llama.rope.scaling.factor", GgufValue::F32(factor as f32));
+    }
+    Ok(())
+}
+
+/// `general.name`: the source GGUF's, else the model directory's or file's name.
+fn model_name(source: &ModelSource) -> Result<String> {
+    if let ModelSource::Gguf(path) = source {
+        if let Some(name) = GgufFile::open(path)?
+            .get("general.name")
+            .and_then(|v| v.as_str())
+        {
+            return Ok(name.to_string());
+        }
+    }
+    let path = source.path();
+    Ok(path
+        .file_stem()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Every tensor in llama.cpp's order: embedding, rope factors, blocks, final norm, head.
+fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> Result<()> {
+    let cfg = &parts.config;
+    let weights = &parts.weights;
+    let has_output = !cfg.tie_word_embeddings;
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for l in 0..cfg.num_hidden_layers {
+        for (_, module) in LAYER_NAMES {
+            for kind in ["weight", "bias"] {
+                let name = format!("model.layers.{l}.{module}.{kind}");
+                if kind == "weight" || weights.contains_key(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names.push("model.norm.weight".into());
+    if has_output {
+        names.push("lm_head.weight".into());
+    }
+    refuse_unwritten(weights.keys(), &names, cfg.tie_word_embeddings)?;
+    if let Some(factors) = rope_factors(cfg) {
+        w.add_tensor(
+            "rope_freqs.weight",
+            &[factors.len()],
+            GgmlType::F32,
+            &factors,
+        )?;
+    }
+    for hf in &names {
+        let tensor = weights
+            .get(hf)
+            .with_context(|| format!("tensor `{hf}` is missing"))?;
+        let name = gguf_name(hf).with_context(|| format!("tensor `{hf}` has no llama.cpp name"))?;
+        let shape = tensor.dims().to_vec();
+        let data = llama_cpp_layout(hf, tensor, cfg)?;
+        let place = TensorPlace {
+            name: &name,
+            shape: &shape,
+            n_layers: cfg.num_hidden_layers,
+            has_output,
+        };
+        w.add_tensor(name.as_str(), &shape, tensor_type(quant, &place), &data)?;
+    }
+    Ok(())
+}
+
+/// A weight's values as llama.cpp stores them: q/k projections (and their biases) permuted.
+fn llama_cpp_layout(hf: &str, tensor: &Tensor, cfg: &ModelConfig) -> Result<Vec<f32>> {
+    let data = tensor.flatten_all()?.to_vec1::<f32>()?;
+    let row_len: usize = tensor.dims()[1..].iter().product();
+    Ok(if hf.contains("self_attn.q_proj") {
+        permute_rows(&data, cfg.num_attention_heads, row_len)
+    } else if hf.contains("self_attn.k_proj") {
+        permute_rows(&data, cfg.num_key_value_heads, row_len)
+    } else {
+        data
+    })
+}
+
+/// Errors on a weight the export would silently drop (a tied head duplicate and rotary buffers aside).
+fn refuse_unwritten<'a>(
+    present: impl Iterator<Item = &'a String>,
+    written: &[String],
+    tied: bool,
+) -> Result<()> {
+    for name in present {
+        let skippable = (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq");
+        if !skippable && !written.contains(name) {
+            bail!("tensor `{name}` has no place in a llama GGUF");
+        }
+    }
+    Ok(())
+}
+
+/// `rope_freqs.weight` for scalings llama.cpp reads as per-frequency divisors: Llama 3's (as
+/// `convert_hf_to_gguf.py` computes it) and factors already read from a GGUF.
+fn rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    match &cfg.rope_scaling {
+        Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
+        Some(RopeScaling::Llama3 { .. }) => {
+            let unscaled = ModelConfig {
+                rope_scaling: None,
+                ..cfg.clone()
+            };
+            let base = rope::inverse_frequencies(&unscaled);
+            let scaled = rope::inverse_frequencies(cfg);
+            Some(base.iter().zip(&scaled).map(|(b, s)| b / s).collect())
+        }
+        None | Some(RopeScaling::Linear { .. }) => None,
+    }
+}

@@ -1,0 +1,129 @@
+//! A PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF (what `convert_lora_to_gguf.py` writes):
+//! `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and per adapted weight
+//! `<name>.lora_a` `[r, in]` and `<name>.lora_b` `[out, r]` under llama.cpp tensor names.
+//!
+//! llama.cpp applies `alpha / r` to every module, with r read from `lora_a`; a module whose PEFT
+//! scale differs (rank-stabilised LoRA, `alpha_pattern`, `rank_pattern`) has the difference folded
+//! into its `lora_b`. q/k updates get the same row permutation as the q/k weights: it acts on the
+//! output rows, which are `lora_b`'s.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::{refuse_existing, written_report, ExportReport};
+use crate::adapters::{read_adapter, LoraWeights};
+use crate::io::gguf::GgufValue;
+use crate::io::gguf_write::GgufWriter;
+use crate::model::weights::{gguf_name, permute_rows};
+use crate::model::{inspect, ModelConfig};
+use crate::quant::GgmlType;
+
+/// Writes the adapter in `adapter_dir`, made for the model `spec`, as a llama.cpp LoRA GGUF.
+pub fn export_lora_adapter(
+    spec: &str,
+    adapter_dir: &Path,
+    out: &Path,
+    force: bool,
+) -> Result<ExportReport> {
+    refuse_existing(out, force)?;
+    let adapter = read_adapter(adapter_dir)?;
+    let (source, cfg, _) = inspect(spec)?;
+    let located = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{}: cannot export for {}: {e:#}",
+            adapter_dir.display(),
+            source.path().display()
+        )
+    };
+    if !adapter.biases.is_empty() {
+        return Err(located(anyhow::anyhow!(
+            "the adapter trains biases (bias: {:?}), which a llama.cpp LoRA adapter cannot carry; export the merged model instead",
+            adapter.config.bias
+        )));
+    }
+    let alpha = adapter.config.lora_alpha;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", GgufValue::String("llama".into()));
+    w.set("general.type", GgufValue::String("adapter".into()));
+    let name = adapter_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter".into());
+    w.set("general.name", GgufValue::String(name));
+    w.set("adapter.type", GgufValue::String("lora".into()));
+    w.set("adapter.lora.alpha", GgufValue::F32(alpha as f32));
+    for (module, lora) in &adapter.modules {
+        add_module(&mut w, &cfg, module, lora, alpha).map_err(located)?;
+    }
+    w.write(out)?;
+    written_report(out)
+}
+
+fn add_module(
+    w: &mut GgufWriter,
+    cfg: &ModelConfig,
+    module: &str,
+    lora: &LoraWeights,
+    alpha: f64,
+) -> Result<()> {
+    if module == "lm_head" && cfg.tie_word_embeddings {
+        bail!("{module}: the model ties its output head to the token embeddings, so llama.cpp has no separate head to adapt");
+    }
+    let base = gguf_name(&format!("{module}.weight"))
+        .with_context(|| format!("{module}: llama.cpp has no tensor for this module"))?;
+    let expected = module_shape(cfg, &base)
+        .with_context(|| format!("{module}: llama.cpp LoRA adapters cannot adapt {base}"))?;
+    if expected != [lora.out_features, lora.in_features] {
+        bail!(
+            "{module}: the adapter's update is [{}, {}] but the model's weight is {expected:?}; this adapter was made for a different base model",
+            lora.out_features,
+            lora.in_features
+        );
+    }
+    let heads = if base.ends_with("attn_q.weight") {
+        Some(cfg.num_attention_heads)
+    } else if base.ends_with("attn_k.weight") {
+        Some(cfg.num_key_value_heads)
+    } else {
+        None
+    };
+    let llama_cpp_scale = alpha / lora.r as f64;
+    let fold = (lora.scale / llama_cpp_scale) as f32;
+    let mut b: Vec<f32> = lora.b.iter().map(|v| v * fold).collect();
+    if let Some(n_heads) = heads {
+        b = permute_rows(&b, n_heads, lora.r);
+    }
+    w.add_tensor(
+        format!("{base}.lora_a"),
+        &[lora.r, lora.in_features],
+        GgmlType::F32,
+        &lora.a,
+    )?;
+    w.add_tensor(
+        format!("{base}.lora_b"),
+        &[lora.out_features, lora.r],
+        GgmlType::F32,
+        &b,
+    )?;
+    Ok(())
+}
+
+/// `[out, in]` of a linear weight, by its llama.cpp name.
+fn module_shape(cfg: &ModelConfig, name: &str) -> Option<[usize; 2]> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let module = name.strip_suffix(".weight")?;
+    if module == "output" {
+        return Some([cfg.vocab_size, h]);
+    }
+    Some(match module.rsplit('.').next()? {
+        "attn_q" => [q, h],
+        "attn_k" | "attn_v" => [kv, h],
+        "attn_output" => [h, q],
+        "ffn_gate" | "ffn_up" => [i, h],
+        "ffn_down" => [h, i],
+        _ => return None,
+    })
+}
