@@ -74,7 +74,7 @@ fn losses(out: &Path) -> Vec<f64> {
 fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
-    let run = hone(&["train", &arg(&config), "max_steps=40", "learning_rate=3e-2"]);
+    let run = hone(&["train", arg(&config), "max_steps=40", "learning_rate=3e-2"]);
     run.ok();
     assert!(
         run.stderr.contains("trainable params: ") && run.stderr.contains("step 40/40"),
@@ -122,24 +122,24 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
     let prompt = ["--prompt", ROWS[0].0, "--chat", "--max-new-tokens", "8"];
     let tuned = hone(
         &[
-            &["generate", "--model", &model, "--adapter", &arg(&out)][..],
+            &["generate", "--model", model, "--adapter", arg(&out)][..],
             &prompt[..],
         ]
         .concat(),
     );
-    let base = hone(&[&["generate", "--model", &model][..], &prompt[..]].concat());
+    let base = hone(&[&["generate", "--model", model][..], &prompt[..]].concat());
     assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
 }
 
 #[test]
 fn resuming_from_a_checkpoint_continues_bit_identically() {
     let whole = tempfile::tempdir().unwrap();
-    hone(&["train", &arg(&setup(whole.path())), "lora_dropout=0.1"]).ok();
+    hone(&["train", arg(&setup(whole.path())), "lora_dropout=0.1"]).ok();
     let expected = losses(&whole.path().join("out"));
 
     let split = tempfile::tempdir().unwrap();
     let config = setup(split.path());
-    hone(&["train", &arg(&config), "lora_dropout=0.1", "save_steps=5"]).ok();
+    hone(&["train", arg(&config), "lora_dropout=0.1", "save_steps=5"]).ok();
     let out = split.path().join("out");
     let checkpoint = out.join("checkpoint-5");
     for file in [
@@ -156,7 +156,7 @@ fn resuming_from_a_checkpoint_continues_bit_identically() {
     }
     let run = hone(&[
         "train",
-        &arg(&config),
+        arg(&config),
         "lora_dropout=0.1",
         "save_steps=5",
         &format!("resume_from_checkpoint={}", checkpoint.display()),
@@ -187,7 +187,7 @@ fn full_and_freeze_runs_write_hf_checkpoints_that_load() {
     for (method, overrides) in [("full", &full[..]), ("freeze", &freeze[..])] {
         let dir = tempfile::tempdir().unwrap();
         let config = setup(dir.path());
-        let run = hone(&[&["train", &arg(&config)][..], overrides].concat());
+        let run = hone(&[&["train", arg(&config)][..], overrides].concat());
         run.ok();
         let out = dir.path().join("out");
         for file in [
@@ -201,7 +201,7 @@ fn full_and_freeze_runs_write_hf_checkpoints_that_load() {
         let info = hone(&[
             "generate",
             "--model",
-            &arg(&out),
+            arg(&out),
             "--prompt",
             "Hi",
             "--max-new-tokens",
@@ -215,7 +215,7 @@ fn full_and_freeze_runs_write_hf_checkpoints_that_load() {
 fn print_config_shows_every_resolved_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
-    let text = hone(&["train", "--print-config", &arg(&config), "lora_rank=4"])
+    let text = hone(&["train", "--print-config", arg(&config), "lora_rank=4"])
         .ok()
         .to_string();
     for key in [
@@ -235,7 +235,7 @@ fn a_misspelled_key_names_the_nearest_valid_one() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("lerning_rate: 1.0e-4\n");
     std::fs::write(&config, text).unwrap();
-    let err = hone(&["train", &arg(&config)]).error().to_string();
+    let err = hone(&["train", arg(&config)]).error().to_string();
     assert!(
         err.contains("lerning_rate") && err.contains("learning_rate"),
         "{err}"
@@ -250,9 +250,9 @@ fn a_malformed_row_stops_with_file_line_and_field() {
     let mut text = std::fs::read_to_string(&data).unwrap();
     text.push_str("{\"instruction\": \"no answer\", \"input\": \"\"}\n");
     std::fs::write(&data, text).unwrap();
-    let err = hone(&["train", &arg(&config)]).error().to_string();
+    let err = hone(&["train", arg(&config)]).error().to_string();
     assert!(err.contains("data.jsonl:7: output"), "{err}");
-    let skipped = hone(&["train", &arg(&config), "skip_invalid_rows=true"]);
+    let skipped = hone(&["train", arg(&config), "skip_invalid_rows=true"]);
     skipped.ok();
     assert!(
         skipped.stderr.contains("skipped rows"),
@@ -267,7 +267,7 @@ fn a_non_finite_loss_stops_training_with_the_step() {
     let config = setup(dir.path());
     let run = hone(&[
         "train",
-        &arg(&config),
+        arg(&config),
         "learning_rate=1e30",
         "max_grad_norm=0",
     ]);

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 
+use super::json_kind;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
@@ -60,17 +61,6 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
         bail!("{}: no documents", path.display());
     }
     Ok(docs)
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 /// Score `documents` under `model`.
