@@ -434,7 +434,7 @@ fn the_identity_example_loads_cleanly_and_holds_its_test_questions_out() {
     let prompts: Vec<String> = heldout
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["instruction"]
                 .as_str()
                 .unwrap()
                 .to_owned()
