@@ -6,6 +6,8 @@
 //! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
 //! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32.
 
+use rayon::prelude::*;
+
 use super::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
 use super::kernels::{rmsnorm, rope, swiglu};
 use super::linear::{Projection, Saved, Tensor1};
@@ -96,18 +98,37 @@ fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut 
     add_into(dx, &dnorm);
 }
 
+/// Elements per rayon task in the element-wise loops below.
+const CHUNK: usize = 1 << 14;
+
 fn add_into(dst: &mut [f32], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += s;
-    }
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
 }
 
 /// Columns `start..start + width` of each `row`-wide row, as a contiguous `[rows, width]` buffer.
 fn columns(data: &[f32], row: usize, start: usize, width: usize) -> Vec<f32> {
-    data.chunks_exact(row)
-        .flat_map(|r| &r[start..start + width])
-        .copied()
-        .collect()
+    let mut out = vec![0.0; data.len() / row * width];
+    out.par_chunks_mut(width)
+        .zip(data.par_chunks(row))
+        .for_each(|(o, r)| o.copy_from_slice(&r[start..start + width]));
+    out
+}
+
+/// `[q | k | v]` per token from the three `[tokens, width]` buffers (the inverse of [`columns`]).
+fn interleave(q: &[f32], k: &[f32], v: &[f32], tokens: usize) -> Vec<f32> {
+    let (wq, wk) = (q.len() / tokens, k.len() / tokens);
+    let row = wq + 2 * wk;
+    let mut out = vec![0.0; tokens * row];
+    out.par_chunks_mut(row)
+        .zip(q.par_chunks(wq).zip(k.par_chunks(wk)).zip(v.par_chunks(wk)))
+        .for_each(|(o, ((q, k), v))| {
+            o[..wq].copy_from_slice(q);
+            o[wq..wq + wk].copy_from_slice(k);
+            o[wq + wk..].copy_from_slice(v);
+        });
+    out
 }
 
 impl Block {
@@ -256,14 +277,7 @@ impl Block {
             s.rope_cos,
             s.rope_sin,
         );
-        let dqkv: Vec<f32> = (0..n)
-            .flat_map(|t| {
-                let q = &dq[t * nh * hd..(t + 1) * nh * hd];
-                let k = &dk[t * nkv * hd..(t + 1) * nkv * hd];
-                let v = &dv[t * nkv * hd..(t + 1) * nkv * hd];
-                q.iter().chain(k).chain(v).copied()
-            })
-            .collect();
+        let dqkv = interleave(&dq, &dk, &dv, n);
         let (normed, _) = norm(&a.x_in, &self.input_layernorm, eps);
         self.qkv.backward(&dqkv, &normed, &qkv_saved, &mut dnormed);
         norm_backward(&dnormed, &a.x_in, &mut self.input_layernorm, &a.rstd1, dx);
