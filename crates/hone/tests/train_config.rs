@@ -109,6 +109,7 @@ fn llama_factory_example_loads_unchanged() {
         "dataloader_num_workers",
         "bf16",
         "ddp_timeout",
+        "plot_loss",
     ] {
         assert!(
             ignored.contains(key),

@@ -96,7 +96,8 @@ pub struct OutputArgs {
     pub save_total_limit: Option<u64>,
     /// Only `false`: Hone checkpoints always hold the optimizer state, so they can be resumed.
     pub save_only_model: bool,
-    /// Draw the loss curves into `output_dir` when training ends.
+    /// No-op (reported as ignored): LLaMA-Factory draws loss curves; Hone leaves them in
+    /// `trainer_log.jsonl`.
     pub plot_loss: bool,
     /// No-op beyond `none`: Hone reports to no tracking service; it writes `trainer_log.jsonl`
     /// and `trainer_state.json` in `output_dir`.

@@ -213,6 +213,10 @@ impl SftConfig {
             "dataloader_num_workers: ignored: Hone batches in-process",
         );
         note(
+            self.output.plot_loss,
+            "plot_loss: ignored: Hone draws no PNG; trainer_log.jsonl has every logged loss",
+        );
+        note(
             t.bf16 || t.fp16,
             "bf16/fp16: ignored: Hone's CPU kernels compute in f32",
         );
