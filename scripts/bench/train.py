@@ -14,26 +14,14 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from core import run_worker  # scripts/bench/core.py: one worker process, its JSON line and peak RSS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HONE = os.path.join(ROOT, "target", "release", "examples", "bench_train")
-
-
-def run_worker(cmd):
-    """Run one worker process; return its JSON line and its peak RSS in MB."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", RAYON_NUM_THREADS="2", MKL_NUM_THREADS="2", TQDM_DISABLE="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        sys.exit(f"worker failed: {' '.join(cmd)}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
 
 
 def torch_worker(kind, model, ids_path, steps):

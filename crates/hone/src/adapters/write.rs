@@ -10,13 +10,12 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
+use anyhow::{bail, Context, Result};
 
 use super::peft::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE, WRAPPED_BIAS};
 use super::Adapter;
 use crate::io::atomic;
+use crate::io::safetensors::{serialize_f32, F32Tensor};
 use crate::tokenizer::Tokenizer;
 
 const CARD_FILE: &str = "README.md";
@@ -79,7 +78,7 @@ fn publish(staging: &Path, dir: &Path) -> Result<()> {
 
 /// `adapter_model.safetensors` bytes: f32 tensors under PEFT's names.
 fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
-    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    let mut tensors: Vec<F32Tensor> = Vec::new();
     for (module, w) in &adapter.modules {
         let key = format!("{KEY_PREFIX}{module}");
         tensors.push((
@@ -102,22 +101,9 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((key, shape, _), data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|view| (key.clone(), view))
-                .map_err(|e| anyhow!("tensor {key}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
     // PEFT (through safetensors.torch) records the framework the tensors came from.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow!("{WEIGHTS_FILE}: {e}"))
+    serialize_f32(&tensors, metadata).with_context(|| WEIGHTS_FILE.to_string())
 }
 
 /// A short model card with the front matter PEFT writes (`base_model`, `library_name: peft`).

@@ -123,6 +123,13 @@ pub fn write_f32(
     tensors: &[F32Tensor],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    let data = serialize_f32(tensors, metadata).with_context(|| path.display().to_string())?;
+    crate::io::atomic::write_file(path, |out| Ok(std::io::Write::write_all(out, &data)?))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The bytes of a safetensors file holding f32 tensors.
+pub fn serialize_f32(tensors: &[F32Tensor], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -136,10 +143,7 @@ pub fn write_f32(
                 .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    crate::io::atomic::write_file(path, |out| Ok(std::io::Write::write_all(out, &data)?))
-        .with_context(|| format!("{}: cannot write", path.display()))
+    safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Every tensor of one safetensors file as f32 values, keyed by name.

@@ -61,6 +61,15 @@ const GATE: u64 = 2;
 const UP: u64 = 3;
 const DOWN: u64 = 4;
 
+/// Query heads, key/value heads, head dimension.
+fn heads(cfg: &ModelConfig) -> (usize, usize, usize) {
+    (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    )
+}
+
 fn attn_shape(cfg: &ModelConfig, s: &StepInputs) -> AttnShape {
     AttnShape {
         batch: s.batch,
@@ -135,11 +144,7 @@ impl Block {
     /// Runs the block on `x` (`[tokens, hidden]`) in place and returns what its backward needs.
     pub fn forward(&self, cfg: &ModelConfig, x: &mut [f32], s: &StepInputs) -> Activations {
         let eps = cfg.rms_norm_eps as f32;
-        let (nh, nkv, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
         let x_in = x.to_vec();
         let (normed, rstd1) = norm(x, &self.input_layernorm, eps);
@@ -209,11 +214,7 @@ impl Block {
     /// and accumulates the gradients of every trainable tensor.
     pub fn backward(&mut self, cfg: &ModelConfig, dx: &mut [f32], a: Activations, s: &StepInputs) {
         let eps = cfg.rms_norm_eps as f32;
-        let (nh, nkv, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
         let [qkv_saved, o_saved, gate_saved, up_saved, down_saved] = a.saved;
 
