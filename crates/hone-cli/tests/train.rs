@@ -279,3 +279,56 @@ fn a_non_finite_loss_stops_training_with_the_step() {
     );
     assert!(!dir.path().join("out/adapter_model.safetensors").exists());
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args([
+            "train",
+            arg(&config),
+            "max_steps=100000",
+            "logging_steps=1000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("out");
+    // Interrupt once training is under way (the log file appears at the first logging step).
+    let started = std::time::Instant::now();
+    while !out.join("trainer_log.jsonl").exists() {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("interrupted; resume with"), "{stderr}");
+    let checkpoint = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("checkpoint-"))
+        .expect("no checkpoint was saved");
+    let step: u64 = checkpoint["checkpoint-".len()..].parse().unwrap();
+    assert!(step >= 1000, "interrupted at step {step}");
+    let run = hone(&[
+        "train",
+        arg(&config),
+        &format!("max_steps={}", step + 3),
+        "logging_steps=1000",
+        "resume_from_checkpoint=true",
+    ]);
+    run.ok();
+    assert!(
+        run.stderr.contains(&format!("at step {step}")),
+        "{}",
+        run.stderr
+    );
+    assert!(out.join("adapter_model.safetensors").is_file());
+}
