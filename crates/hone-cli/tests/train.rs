@@ -284,7 +284,7 @@ fn a_non_finite_loss_stops_training_with_the_step() {
 fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
         .args([
             "train",
             arg(&config),
