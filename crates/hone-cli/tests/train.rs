@@ -290,6 +290,7 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
             arg(&config),
             "max_steps=100000",
             "logging_steps=1000",
+            "save_steps=1000000",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -310,12 +311,13 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("interrupted; resume with"), "{stderr}");
-    let checkpoint = std::fs::read_dir(&out)
+    let checkpoints: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.starts_with("checkpoint-"))
-        .expect("no checkpoint was saved");
-    let step: u64 = checkpoint["checkpoint-".len()..].parse().unwrap();
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let step: u64 = checkpoints[0]["checkpoint-".len()..].parse().unwrap();
     assert!(step >= 1000, "interrupted at step {step}");
     let run = hone(&[
         "train",
