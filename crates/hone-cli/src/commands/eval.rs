@@ -133,6 +133,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         stop_strings: vec![],
     };
     let rows = dataset.conversations.len();
+    // A live counter only on a terminal: in a log, `\r` updates would run together on one line.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let start = Instant::now();
     let predictions = generate::predict(
         &loaded.model,
@@ -140,7 +142,11 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         &template,
         &dataset.conversations,
         &config,
-        |done| eprint!("\rgenerated {done}/{rows}"),
+        |done| {
+            if live {
+                eprint!("\rgenerated {done}/{rows}");
+            }
+        },
     )?;
     let seconds = start.elapsed().as_secs_f64();
     let rows_per_second = rows as f64 / seconds;
