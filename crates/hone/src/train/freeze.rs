@@ -10,13 +10,7 @@
 
 use anyhow::{bail, Result};
 
-/// The children of a decoder layer that `freeze_trainable_modules` may name.
-const LAYER_MODULES: [&str; 4] = [
-    "self_attn",
-    "mlp",
-    "input_layernorm",
-    "post_attention_layernorm",
-];
+use super::config::LAYER_MODULES;
 
 /// Modules outside the layers that `freeze_extra_modules` may name.
 const EXTRA_MODULES: [(&str, &str); 3] = [

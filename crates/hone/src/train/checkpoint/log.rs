@@ -71,7 +71,8 @@ impl TrainerLogRecord {
     }
 }
 
-fn round2(x: f64) -> f64 {
+/// Rounded to 2 decimals, as LLaMA-Factory rounds its logged values.
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 

@@ -14,6 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::io::atomic;
 use crate::train::config::ResumeFrom;
 
+pub(crate) use log::round2;
 pub use log::{append_trainer_log, hms, TrainerLogRecord, TRAINER_LOG_NAME};
 pub use output_dir::prepare_output_dir;
 pub use state::{LogHistoryEntry, TrainerState, TRAINER_STATE_NAME};

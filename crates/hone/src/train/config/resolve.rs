@@ -58,12 +58,11 @@ impl SftConfig {
     /// The factor on the adapter product B·A: alpha / r, or alpha / sqrt(r) with `use_rslora`
     /// (PEFT's `LoraLayer.scaling`).
     pub fn lora_scaling(&self) -> f64 {
-        let (alpha, rank) = (self.lora_alpha() as f64, self.method.lora_rank as f64);
-        if self.method.use_rslora {
-            alpha / rank.sqrt()
-        } else {
-            alpha / rank
-        }
+        crate::adapters::lora_scale(
+            self.method.lora_rank as usize,
+            f64::from(self.lora_alpha()),
+            self.method.use_rslora,
+        )
     }
 
     /// The linear layers that get adapters, `all` expanded to every decoder linear layer.

@@ -22,8 +22,8 @@ pub use state::Progress;
 
 use crate::data::{collate, Batch, Row};
 use crate::train::checkpoint::{
-    self, append_trainer_log, prepare_output_dir, LogHistoryEntry, Retention, TrainerLogRecord,
-    TrainerState,
+    self, append_trainer_log, prepare_output_dir, round2, LogHistoryEntry, Retention,
+    TrainerLogRecord, TrainerState,
 };
 use crate::train::config::SftConfig;
 use crate::train::dropout;
@@ -235,11 +235,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             .max(1) as f64;
     if !interrupted {
         trainer_state.global_step = progress.global_step;
-        trainer_state.epoch = round2(
-            progress.epoch as f64
-                + progress.window as f64
-                    / plan.batches_per_epoch.div_ceil(accumulation as u64).max(1) as f64,
-        );
+        trainer_state.epoch = round2(epoch_position(&progress, plan.steps_per_epoch as usize));
         output::write_final(&output::Final {
             config,
             output_dir: &output_dir,
@@ -433,8 +429,4 @@ fn epoch_order(rows: usize, seed: u64, epoch: u64) -> Vec<usize> {
 /// Fractional epochs done, as HF reports `epoch`.
 fn epoch_position(progress: &Progress, windows: usize) -> f64 {
     progress.epoch as f64 + progress.window as f64 / windows.max(1) as f64
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
