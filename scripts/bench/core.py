@@ -27,7 +27,10 @@ def run_worker(cmd):
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         sys.exit(f"worker failed: {' '.join(cmd)}")
-    result = json.loads(out.strip().splitlines()[-1])
+    try:  # one pretty-printed object (hone --json), else the last line
+        result = json.loads(out)
+    except json.JSONDecodeError:
+        result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
 

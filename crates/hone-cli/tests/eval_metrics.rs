@@ -285,4 +285,11 @@ fn generate_on_the_tiny_gguf_writes_predictions_and_scores_them() {
         "greedy is deterministic"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+    // The three prompts differ in length: one batch pads them; rows one at a time must agree.
+    hone(&[&args[..], &["--batch-size", "1"]].concat()).json();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        written,
+        "batched and unbatched"
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, IndexOp};
 use common::{fixture, load_tensors, max_abs_diff, real_model};
 use hone::chat::{ChatTemplate, Message};
-use hone::generate::{generate, GenerateConfig};
+use hone::generate::{generate, generate_batch, FinishReason, GenerateConfig};
 use hone::model::LoadedModel;
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -103,6 +103,35 @@ fn greedy_generation_matches_transformers_token_for_token() {
         )
         .unwrap();
         assert_eq!(gen.ids, ids(&case["new_ids"]), "{}", case["question"]);
+    }
+}
+
+/// The three golden prompts have different lengths (left padding) and answers that end at
+/// different steps (rows leave the batch); a stop string ends the haiku early, which takes it out
+/// of the batch first.
+#[test]
+fn batched_greedy_generation_matches_transformers_token_for_token() {
+    let Some(m) = load() else { return };
+    let meta = json("smollm2/greedy.json");
+    let cases = meta["prompts"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+    let mut cfg = GenerateConfig {
+        max_new_tokens: meta["max_new_tokens"].as_u64().unwrap() as usize,
+        ..Default::default()
+    };
+    let batch = generate_batch(&m.model, &m.tokenizer, &prompts, &cfg).unwrap();
+    for (case, gen) in cases.iter().zip(&batch) {
+        assert_eq!(gen.ids, ids(&case["new_ids"]), "{}", case["question"]);
+        assert_eq!(gen.prompt_tokens, ids(&case["prompt_ids"]).len());
+    }
+
+    cfg.stop_strings = vec![" silent".to_string()];
+    let stopped = generate_batch(&m.model, &m.tokenizer, &prompts, &cfg).unwrap();
+    let haiku = cases[1]["text"].as_str().unwrap();
+    assert_eq!(stopped[1].text, &haiku[..haiku.find(" silent").unwrap()]);
+    assert_eq!(stopped[1].finish_reason, FinishReason::StopString);
+    for row in [0, 2] {
+        assert_eq!(stopped[row].ids, batch[row].ids, "row {row}");
     }
 }
 

@@ -79,6 +79,9 @@ pub struct GenerateArgs {
     pub data: PathBuf,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// Rows generated together (padded to the longest prompt of the batch).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
     /// Write LLaMA-Factory-style generated_predictions.jsonl rows (prompt, predict, label) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -142,6 +145,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         &template,
         &dataset.conversations,
         &config,
+        args.batch_size as usize,
         |done| {
             if live {
                 eprint!("\rgenerated {done}/{rows}");
@@ -151,7 +155,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let rows_per_second = rows as f64 / seconds;
     eprintln!(
-        "\rgenerated {rows} rows in {seconds:.2}s ({rows_per_second:.3} rows/s, one row at a time)"
+        "\rgenerated {rows} rows in {seconds:.2}s ({rows_per_second:.3} rows/s, batches of {})",
+        args.batch_size
     );
     if let Some(out) = &args.out {
         generate::write_predictions(out, &predictions)?;

@@ -3,8 +3,8 @@
 //! (`generated_predictions.jsonl`: one `{"prompt", "predict", "label"}` object per line).
 //!
 //! A row's last assistant turn is its reference; the turns before it, rendered through the chat
-//! template with the generation prompt, are the prompt. Rows are generated one at a time (no
-//! batching).
+//! template with the generation prompt, are the prompt. Rows are generated in batches
+//! (`generate::generate_batch`).
 
 use std::io::Write;
 use std::path::Path;
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::chat::{ChatTemplate, Message};
 use crate::data::Conversation;
-use crate::generate::{generate, GenerateConfig};
+use crate::generate::{generate_batch, GenerateConfig};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
@@ -48,30 +48,54 @@ pub fn split_reference(conversation: &Conversation) -> (&[Message], &str) {
     (before, &last.content)
 }
 
-/// Generates an answer for each conversation; `on_row(done)` is called after each row.
+/// Generates an answer for each conversation, `batch_size` rows at a time; `on_rows(done)` is
+/// called after each batch. Rows are batched in order of prompt length, so a batch pads little.
 pub fn predict(
     model: &Llama,
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     conversations: &[Conversation],
     config: &GenerateConfig,
-    mut on_row: impl FnMut(usize),
+    batch_size: usize,
+    mut on_rows: impl FnMut(usize),
 ) -> Result<Vec<Prediction>> {
-    let mut predictions = Vec::with_capacity(conversations.len());
-    for (i, conversation) in conversations.iter().enumerate() {
-        let (messages, label) = split_reference(conversation);
+    let mut prompts = Vec::with_capacity(conversations.len());
+    for conversation in conversations {
+        let (messages, _) = split_reference(conversation);
         let at = || conversation.origin.to_string();
         let prompt = template.render(messages, true).with_context(at)?;
         let ids = tokenizer.encode(&prompt, false).with_context(at)?;
-        let generation = generate(model, tokenizer, &ids, config, |_| {}).with_context(at)?;
-        predictions.push(Prediction {
-            prompt,
-            predict: generation.text,
-            label: label.to_string(),
-        });
-        on_row(i + 1);
+        prompts.push((prompt, ids));
     }
-    Ok(predictions)
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].1.len());
+    let mut answers = vec![String::new(); prompts.len()];
+    let mut done = 0;
+    for batch in order.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].1.clone()).collect();
+        let generations = generate_batch(model, tokenizer, &ids, config).with_context(|| {
+            let origins: Vec<String> = batch
+                .iter()
+                .map(|&i| conversations[i].origin.to_string())
+                .collect();
+            origins.join(", ")
+        })?;
+        for (&i, generation) in batch.iter().zip(generations) {
+            answers[i] = generation.text;
+        }
+        done += batch.len();
+        on_rows(done);
+    }
+    Ok(prompts
+        .into_iter()
+        .zip(answers)
+        .zip(conversations)
+        .map(|(((prompt, _), predict), conversation)| Prediction {
+            prompt,
+            predict,
+            label: split_reference(conversation).1.to_string(),
+        })
+        .collect())
 }
 
 /// Writes the predictions as JSON Lines at `path`, through a temporary file renamed into place so

@@ -1,14 +1,17 @@
 //! Text generation: prefill the prompt, then one token at a time through the KV cache, streaming
 //! text as it becomes final and stopping at end-of-turn tokens or stop strings.
 
+mod batch;
 pub mod sampling;
+mod sequence;
 mod stop;
 
 use anyhow::{bail, Result};
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 
+pub use batch::generate_batch;
 pub use sampling::{Sampler, SamplingConfig};
-use stop::StopScanner;
+use sequence::Sequence;
 
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
@@ -58,66 +61,51 @@ pub fn generate(
     cfg: &GenerateConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
-    let context_size = model.config().max_position_embeddings;
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty (no text, and the tokenizer adds no BOS token): nothing to continue");
-    }
-    if prompt_ids.len() > context_size {
-        bail!(
-            "the prompt has {} tokens, more than the model's context of {context_size}",
-            prompt_ids.len()
-        );
-    }
-    // The model sees at most `context_size` positions; a full window ends generation like the limit.
-    let max_new_tokens = cfg.max_new_tokens.min(context_size - prompt_ids.len());
+    let max_new_tokens = new_token_budget(model, prompt_ids.len(), cfg)?;
     let stop_ids = tokenizer.stop_ids();
-    let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut cache = model.new_cache();
-    let mut context = prompt_ids.to_vec();
-    let mut ids = Vec::new();
-    let mut scanner = StopScanner::new(&cfg.stop_strings);
+    let mut sequence = Sequence::new(prompt_ids, cfg);
     let mut input = prompt_ids.to_vec();
-    let mut finish_reason = FinishReason::Length;
-    while ids.len() < max_new_tokens {
-        let logits = last_logits(model, &input, &mut cache)?;
-        let next = sampler.next(&logits, &context);
-        ids.push(next);
-        context.push(next);
-        if stop_ids.contains(&next) {
-            finish_reason = FinishReason::Eos;
-            break;
-        }
-        // Decoding the whole completion each step keeps multi-byte characters and SentencePiece
-        // spacing right; it costs microseconds against a forward pass of milliseconds.
-        let text = tokenizer.decode(&ids, true)?;
-        let (fresh, stopped) = scanner.push(&text);
+    while sequence.generated() < max_new_tokens {
+        let logits = last_logits(model, &input, 1, &mut cache)?;
+        let (next, fresh) = sequence.step(&logits, tokenizer, &stop_ids)?;
         on_text(fresh);
-        if stopped {
-            finish_reason = FinishReason::StopString;
+        if sequence.is_finished() {
             break;
         }
         input = vec![next];
     }
-    if finish_reason != FinishReason::StopString {
-        on_text(scanner.flush());
-    }
-    Ok(Generation {
-        ids,
-        text: scanner.text().to_string(),
-        finish_reason,
-        prompt_tokens: prompt_ids.len(),
-    })
+    on_text(sequence.finish());
+    Ok(sequence.into_generation())
 }
 
-/// Feed `input` through the model (continuing `cache`) and return the last position's logits.
-/// Only that position goes through the LM head: a long prompt's other positions need none.
+/// How many tokens a prompt of `prompt_len` tokens may be continued by: `max_new_tokens`, or fewer
+/// when the model's context fills first (a full window ends generation like the limit).
+fn new_token_budget(model: &Llama, prompt_len: usize, cfg: &GenerateConfig) -> Result<usize> {
+    let context_size = model.config().max_position_embeddings;
+    if prompt_len == 0 {
+        bail!("the prompt is empty (no text, and the tokenizer adds no BOS token): nothing to continue");
+    }
+    if prompt_len > context_size {
+        bail!(
+            "the prompt has {prompt_len} tokens, more than the model's context of {context_size}"
+        );
+    }
+    Ok(cfg.max_new_tokens.min(context_size - prompt_len))
+}
+
+/// Feed `input` — `rows` rows of equal length, row-major — through the model (continuing
+/// `cache`) and return each row's last-position logits, `[rows, vocab]` flattened. Only that
+/// position goes through the LM head: a long prompt's other positions need none.
 pub fn last_logits(
     model: &Llama,
     input: &[u32],
+    rows: usize,
     cache: &mut crate::model::Cache,
 ) -> Result<Vec<f32>> {
-    let ids = Tensor::new(input, model.device())?.unsqueeze(0)?;
+    let t = input.len() / rows;
+    let ids = Tensor::from_slice(input, (rows, t), model.device())?;
     let hidden = model.hidden_states(&ids, Some(cache))?;
-    let last = hidden.i((0, input.len() - 1))?.unsqueeze(0)?;
-    Ok(model.logits(&last)?.squeeze(0)?.to_vec1::<f32>()?)
+    let last = hidden.narrow(1, t - 1, 1)?;
+    Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
 }

@@ -69,9 +69,11 @@ struct Block {
     mlp: Mlp,
 }
 
-/// The per-layer key/value cache of one generation.
+/// The per-layer key/value cache of one generation: one row per sequence of a batch.
 pub struct Cache {
     layers: Vec<KvCache>,
+    /// Per row, how many leading positions are padding that no query may attend to (empty: none).
+    left_pad: Vec<usize>,
 }
 
 impl Cache {
@@ -82,6 +84,25 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keep only the given rows (ascending indices), dropping the others' keys and values: a
+    /// batch whose finished sequences leave it.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if !self.left_pad.is_empty() {
+            self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
+        }
+        for layer in &mut self.layers {
+            let (Some(k), Some(v)) = (layer.k()?, layer.v()?) else {
+                continue;
+            };
+            let index = Tensor::from_iter(rows.iter().map(|&r| r as u32), k.device())?;
+            let mut kept = KvCache::new(2, layer.k_cache().max_seq_len());
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
+            kept.append(&k.index_select(&index, 0)?, &v.index_select(&index, 0)?)?;
+            *layer = kept;
+        }
+        Ok(())
     }
 }
 
@@ -192,11 +213,17 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> Cache {
+        self.new_batch_cache(Vec::new())
+    }
+
+    /// A cache for a batch of left-padded rows, `left_pad[r]` padding positions in row `r`.
+    pub fn new_batch_cache(&self, left_pad: Vec<usize>) -> Cache {
         let max = self.cfg.max_position_embeddings.clamp(1, 512);
         Cache {
             layers: (0..self.cfg.num_hidden_layers)
                 .map(|_| KvCache::new(2, max))
                 .collect(),
+            left_pad,
         }
     }
 
@@ -264,7 +291,7 @@ impl Llama {
         let sin = self.sin.narrow(0, start, t)?;
         // Only the cached path builds a mask; whole sequences go through the fused causal kernel.
         let mask = match cache {
-            Some(_) => causal_mask(t, start, &self.device)?,
+            Some(ref c) => attention_mask(t, start, &c.left_pad, &self.device)?,
             None => None,
         };
         let eps = self.cfg.rms_norm_eps as f32;
@@ -425,23 +452,41 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, n_kv * n_rep, s, d))
 }
 
-/// Additive mask `[t, start + t]`: query i (at position start + i) sees keys 0..=start + i.
-/// None when a single query needs no masking.
-fn causal_mask(t: usize, start: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
+/// Additive mask over keys `0..start + t` for `t` queries at positions `start..start + t`: query i
+/// sees keys up to its own position, and in a padded batch none of its row's leading `left_pad`
+/// keys — except that a padding query sees itself: a row of scores all −∞ would make NaNs, and a
+/// NaN value times a zero weight is still NaN in every later query. Shape `[t, start + t]` without padding, `[rows, 1, t, start + t]` with it; None when a
+/// single unpadded query needs no masking.
+fn attention_mask(
+    t: usize,
+    start: usize,
+    left_pad: &[usize],
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
     let s = start + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
+    let row_mask = |pad: usize| {
+        (0..t).flat_map(move |i| {
             (0..s).map(move |j| {
-                if j > start + i {
+                if j > start + i || (j < pad && j != start + i) {
                     f32::NEG_INFINITY
                 } else {
                     0.0
                 }
             })
         })
-        .collect();
-    Ok(Some(Tensor::from_vec(mask, (t, s), device)?))
+    };
+    if left_pad.iter().all(|&pad| pad == 0) {
+        if t == 1 {
+            return Ok(None);
+        }
+        return Ok(Some(
+            Tensor::from_iter(row_mask(0), device)?.reshape((t, s))?,
+        ));
+    }
+    let mask: Vec<f32> = left_pad.iter().flat_map(|&pad| row_mask(pad)).collect();
+    Ok(Some(Tensor::from_vec(
+        mask,
+        (left_pad.len(), 1, t, s),
+        device,
+    )?))
 }
