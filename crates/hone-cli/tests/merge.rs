@@ -119,3 +119,18 @@ fn bad_adapters_and_outputs_are_one_line_errors_leaving_nothing() {
         run.stderr
     );
 }
+
+#[test]
+fn a_write_failing_midway_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_hf_dir(tmp.path());
+    let out = tmp.path().join("merged");
+    let before = dir_entries(tmp.path());
+    let adapter = fixture("adapters/llama-tied-qv");
+    let args = ["merge", "--model", arg(&model), "--adapter", arg(&adapter)];
+    // The merged model.safetensors is ~113 KiB: the write fails partway through it.
+    let run = common::hone_with_file_size_limit(64, &[&args[..], &["--out", arg(&out)]].concat());
+    let err = failure(&run);
+    assert!(err.contains("File too large"), "{err}");
+    assert_eq!(dir_entries(tmp.path()), before, "{err}");
+}

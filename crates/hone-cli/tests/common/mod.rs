@@ -77,6 +77,25 @@ pub fn hone_in(dir: Option<&Path>, args: &[&str], stdin: &str) -> Run {
     }
 }
 
+/// Runs `hone args...` with files limited to `max_kib` KiB (RLIMIT_FSIZE, SIGXFSZ ignored), so a
+/// write past the limit fails with EFBIG in the middle of the file: a disk filling up mid-write.
+pub fn hone_with_file_size_limit(max_kib: u64, args: &[&str]) -> Run {
+    let blocks = max_kib * 2; // POSIX sh's `ulimit -f` counts 512-byte blocks.
+    let script = format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\"");
+    let out = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_hone")])
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot start sh");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("stdout is not UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is not UTF-8"),
+    }
+}
+
 /// A path as a command-line argument.
 pub fn arg(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
