@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::chat::{ChatTemplate, Message};
 use crate::data::Conversation;
 use crate::generate::{generate_batch, GenerateConfig};
+use crate::io::atomic;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
@@ -98,29 +99,14 @@ pub fn predict(
         .collect())
 }
 
-/// Writes the predictions as JSON Lines at `path`, through a temporary file renamed into place so
-/// a failure leaves no partial file.
+/// Writes the predictions as JSON Lines at `path`, atomically (a failure leaves no partial file).
 pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let write = || -> Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    atomic::write_file(path, |out| {
         for prediction in predictions {
-            serde_json::to_writer(&mut out, prediction)?;
+            serde_json::to_writer(&mut *out, prediction)?;
             out.write_all(b"\n")?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
         Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        e.context(format!("{}: cannot write", path.display()))
     })
+    .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -27,6 +27,22 @@ pub fn write_file(
     sync_parent(path)
 }
 
+/// Writes `text` to `path` atomically; errors name the file.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_file(path, |out| Ok(out.write_all(text.as_bytes())?))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Writes `value` to `path` atomically as indented JSON with a final newline (as transformers
+/// writes its JSON files); errors name the file.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    write_file(path, |out| {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        Ok(out.write_all(b"\n")?)
+    })
+    .with_context(|| format!("{}: cannot write", path.display()))
+}
+
 fn fill_and_sync(tmp: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut out = BufWriter::new(file);

@@ -2,7 +2,6 @@
 //! checkpoint and at the end of training, with transformers' field names and layout (keys
 //! sorted, two-space indent), so HF tooling reads Hone's and Hone resumes from HF's.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -120,12 +119,6 @@ impl TrainerState {
 
     /// Writes `dir/trainer_state.json` atomically, formatted as transformers formats it.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(TRAINER_STATE_NAME);
-        atomic::write_file(&path, |out| {
-            serde_json::to_writer_pretty(&mut *out, self)?;
-            out.write_all(b"\n")?;
-            Ok(())
-        })
-        .with_context(|| format!("{}: cannot write", path.display()))
+        atomic::write_json(&dir.join(TRAINER_STATE_NAME), self)
     }
 }

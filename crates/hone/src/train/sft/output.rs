@@ -35,7 +35,7 @@ pub fn write_final(f: &Final) -> Result<()> {
         None => write_model(dir, f.model, f.tokenizer)?,
     }
     let yaml = f.config.to_yaml();
-    write_text(&dir.join("training_args.yaml"), &yaml)?;
+    atomic::write_text(&dir.join("training_args.yaml"), &yaml)?;
     f.trainer_state.save(dir)?;
     let steps = f.trainer_state.global_step as f64;
     let epochs = f.trainer_state.epoch;
@@ -47,8 +47,8 @@ pub fn write_final(f: &Final) -> Result<()> {
         "train_steps_per_second": round4(steps / f.seconds.max(1e-9)),
     });
     let text = serde_json::to_string_pretty(&results)? + "\n";
-    write_text(&dir.join("train_results.json"), &text)?;
-    write_text(&dir.join("all_results.json"), &text)
+    atomic::write_text(&dir.join("train_results.json"), &text)?;
+    atomic::write_text(&dir.join("all_results.json"), &text)
 }
 
 /// A full or freeze run's weights as an HF checkpoint in `dir`, which already holds the run's
@@ -73,13 +73,6 @@ fn write_model(dir: &Path, model: &TrainModel, tokenizer: &Tokenizer) -> Result<
             .with_context(|| format!("cannot move {} into place", to.display()))?;
     }
     fs::remove_dir(&staging).with_context(|| format!("cannot remove {}", staging.display()))
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    atomic::write_file(path, |out| {
-        Ok(std::io::Write::write_all(out, text.as_bytes())?)
-    })
-    .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 fn round4(x: f64) -> f64 {

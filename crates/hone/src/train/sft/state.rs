@@ -67,7 +67,7 @@ pub fn write_checkpoint(dir: &Path, s: Snapshot) -> Result<()> {
     drop(shapes);
     drop(params);
     write_optimizer(dir, s.optimizer)?;
-    write_json(&dir.join(PROGRESS_FILE), s.progress)?;
+    atomic::write_json(&dir.join(PROGRESS_FILE), s.progress)?;
     s.trainer_state.save(dir)
 }
 
@@ -132,7 +132,7 @@ fn write_optimizer(dir: &Path, opt: &AdamW) -> Result<()> {
         ));
     }
     st::write_f32(&dir.join(OPTIMIZER_FILE), &tensors, HashMap::new())?;
-    write_json(&dir.join(OPTIMIZER_STATE), &skeleton)
+    atomic::write_json(&dir.join(OPTIMIZER_STATE), &skeleton)
 }
 
 fn read_optimizer(dir: &Path) -> Result<AdamW> {
@@ -154,14 +154,6 @@ fn read_optimizer(dir: &Path) -> Result<AdamW> {
         p.exp_avg_sq = take("exp_avg_sq")?;
     }
     Ok(opt)
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    atomic::write_file(path, |out| {
-        serde_json::to_writer_pretty(&mut *out, value)?;
-        Ok(())
-    })
-    .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
