@@ -39,16 +39,17 @@ impl Prediction {
 }
 
 /// The prompt messages and the reference answer of a conversation: everything before its last
-/// assistant turn, and that turn's content.
-pub fn split_reference(conversation: &Conversation) -> (&[Message], &str) {
-    let (last, before) = conversation
-        .messages
-        .split_last()
-        .expect("a loaded conversation ends with an assistant turn");
-    (before, &last.content)
+/// assistant turn, and that turn's content. A prompt without a reference (a conversation that ends
+/// with the user's turn, see [`crate::data::load_prompts`]) is all prompt.
+pub fn split_reference(conversation: &Conversation) -> (&[Message], Option<&str>) {
+    match conversation.messages.split_last() {
+        Some((last, before)) if last.role == "assistant" => (before, Some(&last.content)),
+        _ => (&conversation.messages, None),
+    }
 }
 
-/// Generates an answer for each conversation; `on_row(done)` is called after each row.
+/// Generates an answer for each conversation; `on_row(done)` is called after each row. A row
+/// without a reference gets an empty `label`, as in LLaMA-Factory's predictions.
 pub fn predict(
     model: &Llama,
     tokenizer: &Tokenizer,
@@ -67,7 +68,7 @@ pub fn predict(
         predictions.push(Prediction {
             prompt,
             predict: generation.text,
-            label: label.to_string(),
+            label: label.unwrap_or_default().to_string(),
         });
         on_row(i + 1);
     }
