@@ -35,11 +35,8 @@ pub enum LangArg {
 /// How to score, shared by `score` and `generate`.
 #[derive(clap::Args)]
 pub struct ScoringArgs {
-    #[arg(long, value_enum, default_value = "en")]
-    pub lang: LangArg,
-    /// rouge-score's Porter stemmer for English ROUGE.
-    #[arg(long)]
-    pub stemmer: bool,
+    #[command(flatten)]
+    pub metrics: MetricArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +44,22 @@ pub struct ScoringArgs {
 
 impl ScoringArgs {
     fn options(&self) -> ScoreOptions {
+        self.metrics.options()
+    }
+}
+
+/// The metrics' language options, shared by `eval` and `compare`.
+#[derive(clap::Args)]
+pub struct MetricArgs {
+    #[arg(long, value_enum, default_value = "en")]
+    pub lang: LangArg,
+    /// rouge-score's Porter stemmer for English ROUGE.
+    #[arg(long)]
+    pub stemmer: bool,
+}
+
+impl MetricArgs {
+    pub fn options(&self) -> ScoreOptions {
         ScoreOptions {
             lang: match self.lang {
                 LangArg::En => Lang::En,

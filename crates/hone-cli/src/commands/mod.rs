@@ -1,6 +1,7 @@
 //! One module per subcommand; shared argument groups live here.
 
 pub mod chat;
+pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod generate;

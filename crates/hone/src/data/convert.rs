@@ -12,6 +12,10 @@
 //!
 //! An empty or absent system prompt adds no system turn, so the chat template applies its own
 //! default, as it does at inference. No message may be empty.
+//!
+//! Prompts to be answered ([`Answer::Optional`]) may lack the response: an Alpaca row without an
+//! `output` (or with an empty one), a ShareGPT row ending with a user-side turn or with an empty
+//! assistant-side turn. Their conversation then ends with the user's turn.
 
 use std::fmt;
 use std::path::Path;
@@ -22,6 +26,14 @@ use super::info::{Format, Formatting, Tags};
 use super::rows::RawRow;
 use super::{Conversation, RowOrigin};
 use crate::chat::Message;
+
+/// Whether a row must end with the assistant's response. Training rows must: the response is what
+/// is learnt. Prompts for a model to answer need not: a response, when given, is only a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Required,
+    Optional,
+}
 
 /// Why a row was rejected: the classes [`super::SkipSummary`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,7 +109,12 @@ impl Problem {
 }
 
 /// The conversation a row holds, or why it holds none.
-pub(super) fn convert(row: RawRow, format: &Format, file: &Path) -> Result<Conversation, RowError> {
+pub(super) fn convert(
+    row: RawRow,
+    format: &Format,
+    file: &Path,
+    answer: Answer,
+) -> Result<Conversation, RowError> {
     let origin = RowOrigin {
         file: file.to_owned(),
         line: row.line,
@@ -110,8 +127,8 @@ pub(super) fn convert(row: RawRow, format: &Format, file: &Path) -> Result<Conve
     let messages = match &row.value {
         Err(message) => Err(whole_row(message.clone(), SkipReason::InvalidJson)),
         Ok(Value::Object(object)) => match format.formatting {
-            Formatting::Alpaca => alpaca(object, format),
-            Formatting::Sharegpt => sharegpt(object, format),
+            Formatting::Alpaca => alpaca(object, format, answer),
+            Formatting::Sharegpt => sharegpt(object, format, answer),
         },
         Ok(other) => Err(whole_row(
             format!("expected a JSON object, found {}", kind(other)),
@@ -124,11 +141,23 @@ pub(super) fn convert(row: RawRow, format: &Format, file: &Path) -> Result<Conve
     }
 }
 
-fn alpaca(row: &Map<String, Value>, format: &Format) -> Result<Vec<Message>, Problem> {
+fn alpaca(
+    row: &Map<String, Value>,
+    format: &Format,
+    answer: Answer,
+) -> Result<Vec<Message>, Problem> {
     let columns = &format.columns;
     let instruction = required_str(row, &columns.prompt, &columns.prompt)?;
     let input = optional_str(row, &columns.query, &columns.query)?.unwrap_or("");
-    let output = required_str(row, &columns.response, &columns.response)?;
+    let output = match answer {
+        Answer::Required => {
+            let output = required_str(row, &columns.response, &columns.response)?;
+            non_empty(output, &columns.response)?;
+            Some(output)
+        }
+        Answer::Optional => optional_str(row, &columns.response, &columns.response)?
+            .filter(|output| !output.trim().is_empty()),
+    };
     let system = optional_str(row, &columns.system, &columns.system)?;
     let history = history(row, &columns.history)?;
     let user = [instruction, input]
@@ -144,14 +173,13 @@ fn alpaca(row: &Map<String, Value>, format: &Format) -> Result<Vec<Message>, Pro
             SkipReason::EmptyMessage,
         ));
     }
-    non_empty(output, &columns.response)?;
     let mut messages = system_turn(system);
     for (query, response) in history {
         messages.push(Message::new("user", query));
         messages.push(Message::new("assistant", response));
     }
     messages.push(Message::new("user", user));
-    messages.push(Message::new("assistant", output));
+    messages.extend(output.map(|output| Message::new("assistant", output)));
     Ok(messages)
 }
 
@@ -210,7 +238,11 @@ struct Turn<'a> {
     content: &'a str,
 }
 
-fn sharegpt(row: &Map<String, Value>, format: &Format) -> Result<Vec<Message>, Problem> {
+fn sharegpt(
+    row: &Map<String, Value>,
+    format: &Format,
+    answer: Answer,
+) -> Result<Vec<Message>, Problem> {
     let column = &format.columns.messages;
     let items = match row.get(column) {
         Some(Value::Array(items)) => items,
@@ -232,6 +264,14 @@ fn sharegpt(row: &Map<String, Value>, format: &Format) -> Result<Vec<Message>, P
             (system, turns.as_slice())
         }
     };
+    let dialogue = match (answer, dialogue.split_last()) {
+        (Answer::Optional, Some((last, before)))
+            if last.side == Side::Assistant && last.content.trim().is_empty() =>
+        {
+            before
+        }
+        _ => dialogue,
+    };
     let tags = &format.tags;
     let mut messages = system_turn(system);
     for (k, turn) in dialogue.iter().enumerate() {
@@ -252,7 +292,7 @@ fn sharegpt(row: &Map<String, Value>, format: &Format) -> Result<Vec<Message>, P
             format!("has no {} or {} turns", tags.user, tags.assistant),
             SkipReason::EmptyMessage,
         )),
-        Some(last) if last.side == Side::User => {
+        Some(last) if last.side == Side::User && answer == Answer::Required => {
             let problem = format!(
                 "the conversation ends here; it must end with a {} or {} turn (the response)",
                 tags.assistant, tags.function

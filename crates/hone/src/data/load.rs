@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::convert::{convert, RowError, SkipReason};
+use super::convert::{convert, Answer, RowError, SkipReason};
 use super::info::{self, Format, Source};
 use super::rows::{read_rows, RawRow};
 use super::Conversation;
@@ -92,7 +92,7 @@ pub fn load_dataset(
         skipped: SkipSummary::default(),
     };
     for source in info::resolve(dataset, dataset_dir)? {
-        let (conversations, skipped) = load_file(&source, skip_invalid_rows)?;
+        let (conversations, skipped) = load_file(&source, skip_invalid_rows, Answer::Required)?;
         if conversations.is_empty() {
             bail!("{}: no usable rows ({skipped})", source.path.display());
         }
@@ -102,7 +102,12 @@ pub fn load_dataset(
     Ok(loaded)
 }
 
-fn load_file(source: &Source, skip_invalid_rows: bool) -> Result<(Vec<Conversation>, SkipSummary)> {
+/// The conversations of one file and the rows skipped (only when `skip_invalid_rows`).
+pub(super) fn load_file(
+    source: &Source,
+    skip_invalid_rows: bool,
+    answer: Answer,
+) -> Result<(Vec<Conversation>, SkipSummary)> {
     let path = &source.path;
     let rows = read_rows(path)?;
     let format = match &source.format {
@@ -112,7 +117,7 @@ fn load_file(source: &Source, skip_invalid_rows: bool) -> Result<(Vec<Conversati
     let mut conversations = Vec::with_capacity(rows.len());
     let mut skipped = SkipSummary::default();
     for row in rows {
-        match convert(row, &format, path) {
+        match convert(row, &format, path, answer) {
             Ok(conversation) => conversations.push(conversation),
             Err(error) if skip_invalid_rows => skipped.add(error),
             Err(error) => return Err(error.into()),

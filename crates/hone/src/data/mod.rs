@@ -8,12 +8,16 @@
 //!    the assistant tokens, truncating to `cutoff_len` (see `encode.rs`);
 //! 3. [`split`] holds out a validation set, [`pack`] optionally packs examples into rows of up to
 //!    `cutoff_len` tokens, and [`collate`] pads rows into a [`Batch`].
+//!
+//! [`load_prompts`] reads the same files (and plain text, a prompt a line) as prompts for a model to
+//! answer, where a row's response is an optional reference.
 
 mod convert;
 mod encode;
 mod info;
 mod load;
 mod pack;
+mod prompts;
 mod rows;
 mod split;
 
@@ -24,13 +28,15 @@ pub use convert::{RowError, SkipReason};
 pub use encode::{encode, EncodeOptions, Example};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
 pub use pack::{collate, pack, Batch, Row};
+pub use prompts::load_prompts;
 pub use split::split;
 
 use crate::chat::Message;
 
 /// One conversation as read from a dataset row, with where it came from (for error messages).
 /// A system turn, when present, comes first; then user (or tool) and assistant turns alternate,
-/// ending with an assistant turn.
+/// ending with an assistant turn — or, in a prompt from [`load_prompts`] that has no reference
+/// answer, with the user's turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     pub messages: Vec<Message>,

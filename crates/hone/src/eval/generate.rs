@@ -40,17 +40,18 @@ impl Prediction {
 }
 
 /// The prompt messages and the reference answer of a conversation: everything before its last
-/// assistant turn, and that turn's content.
-pub fn split_reference(conversation: &Conversation) -> (&[Message], &str) {
-    let (last, before) = conversation
-        .messages
-        .split_last()
-        .expect("a loaded conversation ends with an assistant turn");
-    (before, &last.content)
+/// assistant turn, and that turn's content. A prompt without a reference (a conversation that ends
+/// with the user's turn, see [`crate::data::load_prompts`]) is all prompt.
+pub fn split_reference(conversation: &Conversation) -> (&[Message], Option<&str>) {
+    match conversation.messages.split_last() {
+        Some((last, before)) if last.role == "assistant" => (before, Some(&last.content)),
+        _ => (&conversation.messages, None),
+    }
 }
 
 /// Generates an answer for each conversation, `batch_size` rows at a time; `on_rows(done)` is
 /// called after each batch. Rows are batched in order of prompt length, so a batch pads little.
+/// A row without a reference gets an empty `label`, as in LLaMA-Factory's predictions.
 pub fn predict(
     model: &Llama,
     tokenizer: &Tokenizer,
@@ -94,7 +95,10 @@ pub fn predict(
         .map(|(((prompt, _), predict), conversation)| Prediction {
             prompt,
             predict,
-            label: split_reference(conversation).1.to_string(),
+            label: split_reference(conversation)
+                .1
+                .unwrap_or_default()
+                .to_string(),
         })
         .collect())
 }

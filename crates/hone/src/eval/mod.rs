@@ -1,5 +1,6 @@
 //! Evaluation: metrics that say how well a model fits or answers held-out data.
 
+pub mod compare;
 pub mod generate;
 pub mod metrics;
 pub mod perplexity;

@@ -5,16 +5,23 @@
 //! tokens (BOS when its config says so) and truncated to `max_length`; every token after the first is
 //! predicted from the ones before it. mean NLL = Σ −log p(token | prefix) / number of predicted tokens,
 //! summed over all documents; perplexity = exp(mean NLL).
+//!
+//! [`answer_perplexity`] scores reference answers given their prompts instead: only the answer's
+//! tokens count, so it says how likely a model finds the answers it was (or was not) tuned to give.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 
+use super::generate::split_reference;
 use super::json_kind;
+use crate::chat::{ChatTemplate, Message};
+use crate::data::Conversation;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
+use crate::train::kernels::cross_entropy::IGNORE_INDEX;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PerplexityReport {
@@ -25,6 +32,25 @@ pub struct PerplexityReport {
     pub n_documents: usize,
     /// Documents of a single token, which predict nothing.
     pub n_documents_too_short: usize,
+}
+
+impl PerplexityReport {
+    /// The report for an NLL summed over `n_tokens` (at least one) predicted tokens.
+    fn from_sums(
+        total_nll: f64,
+        n_tokens: usize,
+        n_documents: usize,
+        n_documents_too_short: usize,
+    ) -> PerplexityReport {
+        let mean_nll = total_nll / n_tokens as f64;
+        PerplexityReport {
+            perplexity: mean_nll.exp(),
+            mean_nll,
+            n_tokens,
+            n_documents,
+            n_documents_too_short,
+        }
+    }
 }
 
 /// Read documents: JSONL rows with a string `text` field, or plain text with one document per line.
@@ -86,14 +112,100 @@ pub fn perplexity(
     if n_tokens == 0 {
         bail!("no document has two or more tokens: nothing to predict");
     }
-    let mean_nll = total_nll / n_tokens as f64;
-    Ok(PerplexityReport {
-        perplexity: mean_nll.exp(),
-        mean_nll,
+    Ok(PerplexityReport::from_sums(
+        total_nll,
         n_tokens,
-        n_documents: documents.len(),
-        n_documents_too_short: too_short,
-    })
+        documents.len(),
+        too_short,
+    ))
+}
+
+/// Perplexity of each conversation's reference answer (its last assistant turn) given the turns
+/// before it; conversations without one are left out (`n_documents` counts those scored).
+///
+/// The prompt is rendered through `template` with the generation prompt, the conversation through
+/// it without; the tokens of the conversation that reach past the prompt are scored: the answer and
+/// whatever the template closes the turn with (`<|im_end|>\n` in ChatML), the tokens training takes
+/// its loss on. A conversation longer than `max_length` tokens loses the start of its prompt; one
+/// whose answer then has no predicted token counts as too short.
+pub fn answer_perplexity(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    conversations: &[Conversation],
+    max_length: usize,
+) -> Result<PerplexityReport> {
+    let (mut total_nll, mut n_tokens) = (0f64, 0usize);
+    let (mut n_documents, mut too_short) = (0usize, 0usize);
+    for conversation in conversations {
+        let (messages, Some(answer)) = split_reference(conversation) else {
+            continue;
+        };
+        n_documents += 1;
+        let at = || conversation.origin.to_string();
+        let (ids, labels) =
+            answer_tokens(tokenizer, template, messages, answer).with_context(at)?;
+        let cut = ids.len().saturating_sub(max_length);
+        let input = Tensor::new(&ids[cut..], model.device())?.unsqueeze(0)?;
+        let (nll, n) = model
+            .labelled_nll(&input, &labels[cut..])
+            .with_context(at)?;
+        if n == 0 {
+            too_short += 1;
+        }
+        total_nll += nll;
+        n_tokens += n;
+    }
+    if n_documents == 0 {
+        bail!("no conversation has a reference answer to score");
+    }
+    if n_tokens == 0 {
+        bail!("no reference answer has a token left to predict");
+    }
+    Ok(PerplexityReport::from_sums(
+        total_nll,
+        n_tokens,
+        n_documents,
+        too_short,
+    ))
+}
+
+/// The token ids of the conversation `messages` + `answer` and their labels: each token's own id
+/// where it reaches past the rendered prompt, else [`IGNORE_INDEX`].
+pub fn answer_tokens(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+    answer: &str,
+) -> Result<(Vec<u32>, Vec<i64>)> {
+    let prompt = template.render(messages, true)?;
+    let mut conversation = messages.to_vec();
+    conversation.push(Message::new("assistant", answer));
+    let text = template.render(&conversation, false)?;
+    ensure!(
+        text.starts_with(&prompt),
+        "the chat template is not prefix-consistent: the conversation rendered with its answer \
+         does not start with the prompt rendered with the generation prompt, so the answer's \
+         tokens cannot be located"
+    );
+    let encoding = tokenizer
+        .inner()
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow!("cannot tokenize the rendered conversation: {e}"))?;
+    let ids = encoding.get_ids().to_vec();
+    let labels = ids
+        .iter()
+        .zip(encoding.get_offsets())
+        // A zero-width token (a trimmed lone space) counts where it stands.
+        .map(|(&id, &(start, end))| {
+            if end > prompt.len() || start >= prompt.len() {
+                i64::from(id)
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    Ok((ids, labels))
 }
 
 /// Σ −log p(ids[t+1] | ids[..=t]) over the sequence.
@@ -101,3 +213,6 @@ pub fn sequence_nll(model: &Llama, ids: &[u32]) -> Result<f64> {
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     Ok(model.next_token_nll(&input)?.0)
 }
+
+#[cfg(test)]
+mod tests;

@@ -246,15 +246,27 @@ impl Llama {
     /// last of each row predicts the next token) and the number of predictions. The LM head is fused
     /// with the loss: logits are computed a chunk of rows at a time and never held whole.
     pub fn next_token_nll(&self, ids: &Tensor) -> Result<(f64, usize)> {
+        let ids_flat = ids.flatten_all()?.to_vec1::<u32>()?;
+        let labels: Vec<i64> = ids_flat.into_iter().map(i64::from).collect();
+        self.labelled_nll(ids, &labels)
+    }
+
+    /// [`Self::next_token_nll`] over the labelled positions only: `labels` is aligned with `ids`
+    /// `[batch, seq]` (flattened) as in Hugging Face's causal-LM loss, where position `i`'s label is
+    /// the token predicted from positions `..i` and [`IGNORE_INDEX`] marks a token not scored.
+    pub fn labelled_nll(&self, ids: &Tensor, labels: &[i64]) -> Result<(f64, usize)> {
         let (b, t) = ids.dims2()?;
+        if labels.len() != b * t {
+            bail!("{} labels for {b}×{t} token ids", labels.len());
+        }
         let hidden = self
             .hidden_states(ids, None)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let rows = ids.to_vec2::<u32>()?;
-        let labels: Vec<i64> = rows
-            .iter()
-            .flat_map(|r| r[1..].iter().map(|&id| id as i64).chain([IGNORE_INDEX]))
+        // Position i predicts label i + 1; a row's last position predicts nothing.
+        let labels: Vec<i64> = labels
+            .chunks(t)
+            .flat_map(|row| row[1..].iter().copied().chain([IGNORE_INDEX]))
             .collect();
         let shape = CeShape {
             n: b * t,

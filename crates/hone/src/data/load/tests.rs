@@ -28,7 +28,7 @@ fn row_outcomes(file: &str) -> Vec<(usize, String)> {
     rows.into_iter()
         .map(|row| {
             let line = row.line;
-            let outcome = match convert(row, &format, &path) {
+            let outcome = match convert(row, &format, &path, Answer::Required) {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };

@@ -75,16 +75,13 @@ pub fn score(pairs: &[Pair], options: ScoreOptions) -> Result<Scores> {
                 .map(|p| scale(rouge::rouge(&p.reference, &p.prediction, options.stemmer)))
                 .collect::<Vec<_>>(),
         ),
-        Lang::Zh => {
-            let jieba = jieba_rs::Jieba::new();
-            (
-                sacrebleu::BleuTokenizer::Zh,
-                pairs
-                    .iter()
-                    .map(|p| llamafactory::rouge(&jieba, &p.prediction, &p.reference))
-                    .collect(),
-            )
-        }
+        Lang::Zh => (
+            sacrebleu::BleuTokenizer::Zh,
+            pairs
+                .iter()
+                .map(|p| llamafactory::rouge(jieba(), &p.prediction, &p.reference))
+                .collect(),
+        ),
     };
     let mean = |values: &mut dyn Iterator<Item = f64>| values.sum::<f64>() / pairs.len() as f64;
     Ok(Scores {
@@ -109,6 +106,13 @@ pub fn score(pairs: &[Pair], options: ScoreOptions) -> Result<Scores> {
         ),
         n: pairs.len(),
     })
+}
+
+/// The Chinese word segmenter, loaded once: its dictionary takes a while to build, and a comparison
+/// scores each row on its own.
+fn jieba() -> &'static jieba_rs::Jieba {
+    static JIEBA: std::sync::OnceLock<jieba_rs::Jieba> = std::sync::OnceLock::new();
+    JIEBA.get_or_init(jieba_rs::Jieba::new)
 }
 
 /// rouge-score's 0-1 F-measures on the 0-100 scale.

@@ -1,0 +1,183 @@
+//! What a comparison says about each model it ran: a label to tell it by, and for an adapter the
+//! settings it was trained with (from `adapter_config.json` and Hone's `training_args.yaml`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+/// The `adapter_config.json` keys a report shows: PEFT's method, rank, scaling, targets and
+/// variants, and the base model the adapter was made for.
+const KEY_SETTINGS: &[&str] = &[
+    "peft_type",
+    "base_model_name_or_path",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "use_rslora",
+    "use_dora",
+];
+
+/// Hone writes its resolved training config under this name in the output directory.
+const TRAINING_ARGS: &str = "training_args.yaml";
+
+/// An adapter's directory and the settings it was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSettings {
+    pub dir: PathBuf,
+    /// [`KEY_SETTINGS`] present in `adapter_config.json`, in that order, as display text.
+    pub config: Vec<(String, String)>,
+    /// `training_args.yaml` from the adapter directory or its parent (a checkpoint's run), verbatim.
+    pub training_args: Option<(PathBuf, String)>,
+}
+
+impl AdapterSettings {
+    /// Reads `dir/adapter_config.json` (an error naming the file when it is missing or not a JSON
+    /// object) and the nearest `training_args.yaml`.
+    pub fn read(dir: &Path) -> Result<AdapterSettings> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let config: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let object = config
+            .as_object()
+            .with_context(|| format!("{}: expected a JSON object", path.display()))?;
+        let config = KEY_SETTINGS
+            .iter()
+            .filter_map(|&key| Some((key.to_owned(), display_value(object.get(key)?))))
+            .collect();
+        Ok(AdapterSettings {
+            dir: dir.to_owned(),
+            config,
+            training_args: training_args(dir)?,
+        })
+    }
+}
+
+/// A JSON value as a reader wants to see it: strings bare, lists of strings comma-separated.
+fn display_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// `training_args.yaml` in `dir`, else in its parent (a `checkpoint-N` inside a run's output).
+fn training_args(dir: &Path) -> Result<Option<(PathBuf, String)>> {
+    let candidates = [Some(dir), dir.parent()];
+    for candidate in candidates.into_iter().flatten() {
+        let path = candidate.join(TRAINING_ARGS);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            return Ok(Some((path, text)));
+        }
+    }
+    Ok(None)
+}
+
+/// The label of each model: `base`, then each adapter directory's name. A name already taken is
+/// prefixed with its parent directory's (`run-a/checkpoint-100`), and numbered if still taken.
+pub fn model_labels(adapters: &[PathBuf]) -> Vec<String> {
+    let mut labels = vec!["base".to_owned()];
+    for dir in adapters {
+        // Resolved, so that `.` or `run/checkpoint-5/..` are named by the directory they are.
+        let dir = &dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        let name = file_name(dir).unwrap_or_else(|| dir.display().to_string());
+        let qualified = match dir.parent().and_then(file_name) {
+            Some(parent) => format!("{parent}/{name}"),
+            None => name.clone(),
+        };
+        let label = [name, qualified.clone()]
+            .into_iter()
+            .chain((2..).map(|n| format!("{qualified} ({n})")))
+            .find(|candidate| !labels.contains(candidate))
+            .expect("the numbered candidates never run out");
+        labels.push(label);
+    }
+    labels
+}
+
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_directory_names_disambiguated() {
+        let dirs = [
+            "out/lora",
+            "a/checkpoint-5",
+            "b/checkpoint-5/",
+            "b/checkpoint-5",
+            "base",
+        ];
+        let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
+        assert_eq!(
+            model_labels(&dirs),
+            [
+                "base",
+                "lora",
+                "checkpoint-5",
+                "b/checkpoint-5",
+                "b/checkpoint-5 (2)",
+                "base (2)",
+            ]
+        );
+    }
+
+    #[test]
+    fn adapter_settings_keep_the_key_fields_and_the_run_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoint = tmp.path().join("checkpoint-10");
+        std::fs::create_dir(&checkpoint).unwrap();
+        let config = r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "v_proj"], "use_rslora": false, "bias": "none"}"#;
+        std::fs::write(checkpoint.join("adapter_config.json"), config).unwrap();
+        std::fs::write(tmp.path().join(TRAINING_ARGS), "lora_rank: 8\n").unwrap();
+        let settings = AdapterSettings::read(&checkpoint).unwrap();
+        let pairs: Vec<(&str, &str)> = settings
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("peft_type", "LORA"),
+                ("r", "8"),
+                ("lora_alpha", "16"),
+                ("lora_dropout", "0.0"),
+                ("target_modules", "q_proj, v_proj"),
+                ("use_rslora", "false"),
+            ]
+        );
+        assert_eq!(
+            settings.training_args,
+            Some((tmp.path().join(TRAINING_ARGS), "lora_rank: 8\n".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_directory_without_adapter_config_is_named_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = AdapterSettings::read(tmp.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: cannot read",
+                tmp.path().join("adapter_config.json").display()
+            )
+        );
+    }
+}
