@@ -72,6 +72,49 @@ fn kv_cache_steps_match_transformers() {
     }
 }
 
+/// A left-padded batch through the cache: the padded row's logits at its real positions equal
+/// its own unpadded forward pass (padding is masked and RoPE only sees distances), the full row's
+/// equal transformers', and after the padded row leaves the batch the other steps on unchanged.
+#[test]
+fn padded_batch_rows_match_their_unpadded_logits() {
+    const PAD: usize = 3;
+    for name in MODELS {
+        let model = load(name);
+        let (golden, ids) = golden(name);
+        let rows = ids.to_vec2::<u32>().unwrap();
+        let t = rows[0].len();
+        let short: Vec<u32> = rows[0][PAD..t - 1].to_vec();
+        let padded: Vec<u32> = [vec![0; PAD], short.clone()].concat();
+        let full: Vec<u32> = rows[1][..t - 1].to_vec();
+        let batch = Tensor::new(vec![padded, full.clone()], &Device::Cpu).unwrap();
+        let mut cache = model.new_batch_cache(vec![PAD, 0]);
+        let logits = model.forward(&batch, Some(&mut cache)).unwrap();
+
+        let alone = model
+            .forward(
+                &Tensor::new(short.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                None,
+            )
+            .unwrap();
+        let real = logits.i((0..1, PAD..t - 1)).unwrap();
+        let diff = max_abs_diff(&real, &alone);
+        assert!(diff < 1e-4, "{name}: padded row vs alone {diff}");
+        let want = golden["logits"].i((1, 0..t - 1)).unwrap();
+        let diff = max_abs_diff(&logits.i(1).unwrap(), &want);
+        assert!(diff < 1e-4, "{name}: full row vs transformers {diff}");
+
+        cache.retain_rows(&[1]);
+        let last = Tensor::new(&[[rows[1][t - 1]]], &Device::Cpu).unwrap();
+        let step = model.forward(&last, Some(&mut cache)).unwrap();
+        let want = golden["logits"].i((1..2, t - 1..t)).unwrap();
+        let diff = max_abs_diff(&step, &want);
+        assert!(diff < 1e-4, "{name}: step after the other row left {diff}");
+    }
+}
+
 #[test]
 fn greedy_ids_match_transformers() {
     for name in MODELS {

@@ -62,7 +62,7 @@ pub fn generate_batch(
             break;
         }
         if kept_rows.len() < active.len() {
-            cache.retain_rows(&kept_rows)?;
+            cache.retain_rows(&kept_rows);
             active = kept_rows.iter().map(|&row| active[row]).collect();
         }
     }

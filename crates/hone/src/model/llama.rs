@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
-use candle_nn::kv_cache::KvCache;
-use candle_nn::ops::{rms_norm, softmax_last_dim};
-use candle_nn::rotary_emb::rope;
+use candle_nn::ops::rms_norm;
 
 use super::config::ModelConfig;
+use super::few_rows;
+use super::kv_cache::{Cache, CachedAttnShape};
 use super::rope;
 use crate::train::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::train::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
@@ -40,7 +40,19 @@ impl Linear {
         let (rows, inner) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
         let mut out_shape = x.dims().to_vec();
         *out_shape.last_mut().expect("x has a last dim") = self.weight.dim(0)?;
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, inner))?;
+        let y = if rows <= few_rows::MAX_ROWS && x.device().is_cpu() {
+            let out = self.weight.dim(0)?;
+            let y = with_f32_slice(&x.contiguous()?, |x| {
+                with_f32_slice(&self.weight, |w| {
+                    Ok(few_rows::matmul_transposed(x, w, rows, inner, out))
+                })
+            })
+            .map_err(candle_core::Error::wrap)?;
+            Tensor::from_vec(y, (rows, out), x.device())?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -69,52 +81,13 @@ struct Block {
     mlp: Mlp,
 }
 
-/// The per-layer key/value cache of one generation: one row per sequence of a batch.
-pub struct Cache {
-    layers: Vec<KvCache>,
-    /// Per row, how many leading positions are padding that no query may attend to (empty: none).
-    left_pad: Vec<usize>,
-}
-
-impl Cache {
-    /// Tokens already in the cache: the position of the next token fed.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |c| c.current_seq_len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keep only the given rows (ascending indices), dropping the others' keys and values: a
-    /// batch whose finished sequences leave it.
-    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
-        if !self.left_pad.is_empty() {
-            self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
-        }
-        for layer in &mut self.layers {
-            let (Some(k), Some(v)) = (layer.k()?, layer.v()?) else {
-                continue;
-            };
-            let index = Tensor::from_iter(rows.iter().map(|&r| r as u32), k.device())?;
-            let mut kept = KvCache::new(2, layer.k_cache().max_seq_len());
-            let (k, v) = (k.contiguous()?, v.contiguous()?);
-            kept.append(&k.index_select(&index, 0)?, &v.index_select(&index, 0)?)?;
-            *layer = kept;
-        }
-        Ok(())
-    }
-}
-
 pub struct Llama {
     cfg: ModelConfig,
     embed_tokens: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Tensor,
-    cos: Tensor,
-    sin: Tensor,
-    /// The same tables as plain `[positions, head_dim / 2]` vectors, for the fused kernels.
+    /// Rotary tables, `[positions, head_dim / 2]`.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     device: Device,
@@ -187,17 +160,12 @@ impl Llama {
         };
         let n_positions = cfg.max_position_embeddings.max(1);
         let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
-        let half = cfg.head_dim / 2;
-        let cos = Tensor::from_slice(&rope_cos, (n_positions, half), device)?;
-        let sin = Tensor::from_slice(&rope_sin, (n_positions, half), device)?;
         Ok(Llama {
             cfg,
             embed_tokens,
             blocks,
             norm,
             lm_head,
-            cos,
-            sin,
             rope_cos,
             rope_sin,
             device: device.clone(),
@@ -218,13 +186,7 @@ impl Llama {
 
     /// A cache for a batch of left-padded rows, `left_pad[r]` padding positions in row `r`.
     pub fn new_batch_cache(&self, left_pad: Vec<usize>) -> Cache {
-        let max = self.cfg.max_position_embeddings.clamp(1, 512);
-        Cache {
-            layers: (0..self.cfg.num_hidden_layers)
-                .map(|_| KvCache::new(2, max))
-                .collect(),
-            left_pad,
-        }
+        Cache::new(self.cfg.num_hidden_layers, left_pad)
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`, continuing from `cache` when given.
@@ -299,19 +261,10 @@ impl Llama {
             self.embed_tokens
                 .index_select(&flat_ids, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
-        // Only the cached path builds a mask; whole sequences go through the fused causal kernel.
-        let mask = match cache {
-            Some(ref c) => attention_mask(t, start, &c.left_pad, &self.device)?,
-            None => None,
-        };
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let normed = rms_norm(&x, &block.input_layernorm, eps)?;
-            let attn =
-                self.attention(&block.attn, &normed, &cos, &sin, mask.as_ref(), layer_cache)?;
+            let attn = self.attention(&block.attn, &normed, start, l, cache.as_deref_mut())?;
             x = (x + attn)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
             let mlp = &block.mlp;
@@ -324,14 +277,15 @@ impl Llama {
         Ok(rms_norm(&x, &self.norm, eps)?)
     }
 
+    /// Self-attention of a block: over whole sequences from position 0 through the training
+    /// engine's fused causal kernel (no cache), or over the cache for tokens at `start..`.
     fn attention(
         &self,
         a: &Attention,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
+        start: usize,
+        layer: usize,
+        cache: Option<&mut Cache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (
@@ -339,93 +293,77 @@ impl Llama {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let qkv = a.qkv_proj.forward(x)?;
-        let Some(cache) = cache else {
-            let out = self.uncached_attention(&qkv, b, t)?;
-            return Ok(a.o_proj.forward(&out)?);
+        let qkv = a.qkv_proj.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
+        let (q, k, v) = self.split_and_rotate(&qkv, b, t, start);
+        let out = match cache {
+            Some(cache) => {
+                let shape = CachedAttnShape {
+                    rows: b,
+                    t,
+                    heads: nh,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                };
+                cache.attend(layer, &q, &k, &v, shape)
+            }
+            None => {
+                let shape = AttnShape {
+                    batch: b,
+                    seq: t,
+                    heads: nh,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                };
+                let mut out = vec![0f32; b * t * nh * hd];
+                let mut lse = vec![0f32; b * nh * t];
+                let inputs = AttnInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    segment_ids: None,
+                };
+                attention::forward(shape, inputs, &mut out, &mut lse);
+                out
+            }
         };
-        // Columns [q | k | v] of the stacked projection, each split into heads.
-        let heads = |start: usize, n: usize| {
-            qkv.narrow(D::Minus1, start * hd, n * hd)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = rope(&heads(0, nh)?, cos, sin)?;
-        let k = rope(&heads(nh, nkv)?, cos, sin)?;
-        let v = heads(nh + nkv, nkv)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let k = repeat_kv(k, nh / nkv)?;
-        let v = repeat_kv(v, nh / nkv)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let out = softmax_last_dim(&scores)?.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
         Ok(a.o_proj.forward(&out)?)
     }
 
-    /// Causal attention over whole sequences from position 0 (no cache): the training engine's
-    /// fused kernels, which work token-major as the projection leaves the data, skip the masked
-    /// half of the scores and never hold a `[b, heads, t, t]` tensor.
-    fn uncached_attention(&self, qkv: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    /// The stacked projection's `[q | k | v]` columns as separate token-major arrays, q and k
+    /// rotated for positions `start..start + t` in every row.
+    fn split_and_rotate(
+        &self,
+        qkv: &[f32],
+        b: usize,
+        t: usize,
+        start: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
         let row = (nh + 2 * nkv) * hd;
-        let column = |start: usize, width: usize| -> Vec<f32> {
+        let column = |from: usize, width: usize| -> Vec<f32> {
             qkv.chunks_exact(row)
-                .flat_map(|r| &r[start..start + width])
+                .flat_map(|r| &r[from..from + width])
                 .copied()
                 .collect()
         };
         let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
         let v = column((nh + nkv) * hd, nkv * hd);
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let positions: Vec<u32> = (0..b)
+            .flat_map(|_| (start..start + t).map(|p| p as u32))
+            .collect();
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
-        rope_kernel::forward(
-            &mut q,
-            &positions,
-            RopeShape {
-                heads: nh,
-                head_dim: hd,
-            },
-            cos,
-            sin,
-        );
-        rope_kernel::forward(
-            &mut k,
-            &positions,
-            RopeShape {
-                heads: nkv,
-                head_dim: hd,
-            },
-            cos,
-            sin,
-        );
-        let shape = AttnShape {
-            batch: b,
-            seq: t,
-            heads: nh,
-            kv_heads: nkv,
+        let shape = |heads| RopeShape {
+            heads,
             head_dim: hd,
         };
-        let mut out = vec![0f32; b * t * nh * hd];
-        let mut lse = vec![0f32; b * nh * t];
-        let inputs = AttnInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            segment_ids: None,
-        };
-        attention::forward(shape, inputs, &mut out, &mut lse);
-        Ok(Tensor::from_vec(out, (b, t, nh * hd), &self.device)?)
+        rope_kernel::forward(&mut q, &positions, shape(nh), cos, sin);
+        rope_kernel::forward(&mut k, &positions, shape(nkv), cos, sin);
+        (q, k, v)
     }
 }
 
@@ -451,54 +389,4 @@ fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
         bail!("the fused kernels need a contiguous tensor");
     };
     f(&cpu.as_slice::<f32>()?[start..end])
-}
-
-/// `[b, n_kv, s, d]` → `[b, n_kv * n_rep, s, d]`, each kv head shared by `n_rep` query heads.
-fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, n_kv, s, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, n_kv, n_rep, s, d))?
-        .reshape((b, n_kv * n_rep, s, d))
-}
-
-/// Additive mask over keys `0..start + t` for `t` queries at positions `start..start + t`: query i
-/// sees keys up to its own position, and in a padded batch none of its row's leading `left_pad`
-/// keys — except that a padding query sees itself: a row of scores all −∞ would make NaNs, and a
-/// NaN value times a zero weight is still NaN in every later query. Shape `[t, start + t]` without padding, `[rows, 1, t, start + t]` with it; None when a
-/// single unpadded query needs no masking.
-fn attention_mask(
-    t: usize,
-    start: usize,
-    left_pad: &[usize],
-    device: &Device,
-) -> candle_core::Result<Option<Tensor>> {
-    let s = start + t;
-    let row_mask = |pad: usize| {
-        (0..t).flat_map(move |i| {
-            (0..s).map(move |j| {
-                if j > start + i || (j < pad && j != start + i) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-    };
-    if left_pad.iter().all(|&pad| pad == 0) {
-        if t == 1 {
-            return Ok(None);
-        }
-        return Ok(Some(
-            Tensor::from_iter(row_mask(0), device)?.reshape((t, s))?,
-        ));
-    }
-    let mask: Vec<f32> = left_pad.iter().flat_map(|&pad| row_mask(pad)).collect();
-    Ok(Some(Tensor::from_vec(
-        mask,
-        (left_pad.len(), 1, t, s),
-        device,
-    )?))
 }

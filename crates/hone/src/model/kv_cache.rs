@@ -1,0 +1,194 @@
+//! The key/value cache of a generation and attention over it.
+//!
+//! Keys and values are kept per layer as `[rows, kv_heads, capacity, head_dim]` f32 (one row per
+//! sequence of a batch), so one head's keys are contiguous for the dot products. Attention runs one
+//! (row, query, head) at a time in parallel: during decoding each is a single query over at most a
+//! few hundred keys, where a general matmul's setup costs more than the arithmetic — with a batch of
+//! 8 and 9 heads, candle's batched matmuls made 72 tiny GEMM calls per layer and step.
+//!
+//! In a left-padded batch, row r's first `left_pad[r]` positions are padding: no query attends to
+//! them, except that a padding query attends to itself (it must attend to something; its output
+//! is never used).
+
+use rayon::prelude::*;
+
+use super::few_rows::dot;
+
+/// The cache of every layer, plus the padding of each row.
+pub struct Cache {
+    layers: Vec<LayerCache>,
+    /// Per row, how many leading positions are padding (empty: none).
+    left_pad: Vec<usize>,
+}
+
+impl Cache {
+    pub(super) fn new(n_layers: usize, left_pad: Vec<usize>) -> Self {
+        Cache {
+            layers: (0..n_layers).map(|_| LayerCache::default()).collect(),
+            left_pad,
+        }
+    }
+
+    /// Tokens already in the cache: the position of the next token fed.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep only the given rows (ascending indices), dropping the others' keys and values: a
+    /// batch whose finished sequences leave it.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        if !self.left_pad.is_empty() {
+            self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
+        }
+        for layer in &mut self.layers {
+            layer.retain_rows(rows);
+        }
+    }
+
+    /// Appends layer `l`'s new keys and values, then returns the attention of the new queries
+    /// over the cache (all token-major, see [`LayerCache::append`] and [`LayerCache::attend`]).
+    pub(super) fn attend(
+        &mut self,
+        l: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: CachedAttnShape,
+    ) -> Vec<f32> {
+        self.layers[l].append(k, v, s);
+        let left_pad = &self.left_pad;
+        self.layers[l].attend(q, s, |row| left_pad.get(row).copied().unwrap_or(0))
+    }
+}
+
+/// One layer's keys and values.
+#[derive(Default)]
+pub(super) struct LayerCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    len: usize,
+    capacity: usize,
+}
+
+/// The sizes of one attention call over the cache.
+#[derive(Clone, Copy)]
+pub(super) struct CachedAttnShape {
+    pub rows: usize,
+    /// New tokens per row (the queries).
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl LayerCache {
+    /// Appends `t` new tokens per row; `k` and `v` are token-major `[rows, t, kv_heads, head_dim]`.
+    fn append(&mut self, k: &[f32], v: &[f32], s: CachedAttnShape) {
+        if self.len == 0 {
+            (self.rows, self.kv_heads, self.head_dim) = (s.rows, s.kv_heads, s.head_dim);
+        }
+        if self.len + s.t > self.capacity {
+            self.grow((self.len + s.t).max(2 * self.capacity).max(64));
+        }
+        let hd = s.head_dim;
+        for r in 0..s.rows {
+            for i in 0..s.t {
+                for h in 0..s.kv_heads {
+                    let from = ((r * s.t + i) * s.kv_heads + h) * hd;
+                    let to = self.offset(r, h, self.len + i);
+                    self.k[to..to + hd].copy_from_slice(&k[from..from + hd]);
+                    self.v[to..to + hd].copy_from_slice(&v[from..from + hd]);
+                }
+            }
+        }
+        self.len += s.t;
+    }
+
+    /// Attention of the `t` newest tokens (queries `q`, token-major `[rows, t, heads, head_dim]`,
+    /// already appended to the cache) over every cached key they may see; token-major output.
+    fn attend(
+        &self,
+        q: &[f32],
+        s: CachedAttnShape,
+        left_pad: impl Fn(usize) -> usize + Sync,
+    ) -> Vec<f32> {
+        let hd = s.head_dim;
+        let group = s.heads / s.kv_heads;
+        let start = self.len - s.t;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(n, out)| {
+            let (r, i, h) = (n / (s.t * s.heads), n / s.heads % s.t, n % s.heads);
+            let position = start + i;
+            let first = if position < left_pad(r) {
+                position
+            } else {
+                left_pad(r)
+            };
+            let q = &q[n * hd..(n + 1) * hd];
+            let keys = first..=position;
+            let mut weights: Vec<f32> = keys
+                .clone()
+                .map(|j| dot(q, self.head(&self.k, r, h / group, j)) * scale)
+                .collect();
+            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for w in &mut weights {
+                *w = (*w - max).exp();
+                sum += *w;
+            }
+            for (j, w) in keys.zip(&weights) {
+                let v = self.head(&self.v, r, h / group, j);
+                let w = w / sum;
+                for (o, v) in out.iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        });
+        out
+    }
+
+    fn head<'a>(&self, data: &'a [f32], row: usize, kv_head: usize, position: usize) -> &'a [f32] {
+        let at = self.offset(row, kv_head, position);
+        &data[at..at + self.head_dim]
+    }
+
+    fn offset(&self, row: usize, kv_head: usize, position: usize) -> usize {
+        ((row * self.kv_heads + kv_head) * self.capacity + position) * self.head_dim
+    }
+
+    /// Reallocates for `capacity` positions per head, keeping what is cached.
+    fn grow(&mut self, capacity: usize) {
+        let mut k = vec![0f32; self.rows * self.kv_heads * capacity * self.head_dim];
+        let mut v = k.clone();
+        let used = self.len * self.head_dim;
+        for head in 0..self.rows * self.kv_heads {
+            let (from, to) = (
+                head * self.capacity * self.head_dim,
+                head * capacity * self.head_dim,
+            );
+            k[to..to + used].copy_from_slice(&self.k[from..from + used]);
+            v[to..to + used].copy_from_slice(&self.v[from..from + used]);
+        }
+        (self.k, self.v, self.capacity) = (k, v, capacity);
+    }
+
+    fn retain_rows(&mut self, rows: &[usize]) {
+        let per_row = self.kv_heads * self.capacity * self.head_dim;
+        let keep = |data: &[f32]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| &data[r * per_row..(r + 1) * per_row])
+                .copied()
+                .collect()
+        };
+        (self.k, self.v) = (keep(&self.k), keep(&self.v));
+        self.rows = rows.len();
+    }
+}
