@@ -383,16 +383,6 @@ fn warmup_ratio_applies_when_warmup_steps_is_unset() {
 }
 
 #[test]
-fn freeze_layers_count_from_the_end_or_the_start() {
-    let (_dir, path) = config_file(MINIMAL);
-    let last = SftConfig::load(&path, &overrides(&["freeze_trainable_layers=2"])).unwrap();
-    assert_eq!(last.trainable_layer_ids(30), 28..30);
-    let first = SftConfig::load(&path, &overrides(&["freeze_trainable_layers=-3"])).unwrap();
-    assert_eq!(first.trainable_layer_ids(30), 0..3);
-    assert_eq!(first.trainable_layer_ids(2), 0..2, "clamped to the model");
-}
-
-#[test]
 fn lora_scaling_follows_peft() {
     let (_dir, path) = config_file(MINIMAL);
     let plain = SftConfig::load(&path, &overrides(&["lora_rank=16", "lora_alpha=8"])).unwrap();

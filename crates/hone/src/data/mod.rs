@@ -27,7 +27,7 @@ use std::path::PathBuf;
 pub use convert::{RowError, SkipReason};
 pub use encode::{encode, EncodeOptions, Example};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
-pub use pack::{collate, pack, Batch, Row};
+pub use pack::{collate, flatten, pack, Batch, Row};
 pub use prompts::load_prompts;
 pub use split::split;
 

@@ -141,6 +141,34 @@ pub fn collate(rows: &[&Row], pad_id: u32) -> Batch {
     batch
 }
 
+/// The rows laid end to end as one row, without padding (transformers'
+/// `DataCollatorWithFlattening`, LLaMA-Factory's padding-free batches): the same tokens, labels and
+/// positions as [`collate`], and every example its own segment so attention never crosses them.
+/// The loss and its gradient are the padded batch's — each row's first label is ignored already,
+/// so no token is learnt from the row before — but no work is spent on padding.
+pub fn flatten(rows: &[&Row]) -> Batch {
+    let seq = rows.iter().map(|r| r.len()).sum();
+    let mut batch = Batch {
+        batch: 1,
+        seq,
+        input_ids: Vec::with_capacity(seq),
+        labels: Vec::with_capacity(seq),
+        position_ids: Vec::with_capacity(seq),
+        segment_ids: Some(Vec::with_capacity(seq)),
+    };
+    let mut first_segment = 0;
+    for row in rows {
+        batch.input_ids.extend(&row.input_ids);
+        batch.labels.extend(&row.labels);
+        batch.position_ids.extend(&row.position_ids);
+        if let Some(segments) = &mut batch.segment_ids {
+            segments.extend(row.segment_ids.iter().map(|s| first_segment + s));
+        }
+        first_segment += row.segment_ids.last().map_or(0, |&s| s + 1);
+    }
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +254,17 @@ mod tests {
         assert_eq!(unpacked.position_ids, vec![0, 1, 2, 3, 0, 1, 2, 3]);
         let empty = collate(&[], 0);
         assert_eq!((empty.batch, empty.seq, empty.input_ids.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn flattening_lays_rows_end_to_end_with_their_own_segments() {
+        let packed = pack(vec![example(0, 2, 0), example(10, 3, 1)], 8).remove(0);
+        let single = Row::from(example(20, 2, 0));
+        let batch = flatten(&[&packed, &single]);
+        assert_eq!((batch.batch, batch.seq), (1, 7));
+        assert_eq!(batch.input_ids, vec![10, 11, 12, 0, 1, 20, 21]);
+        assert_eq!(batch.labels, vec![X, 11, 12, X, 1, X, 21]);
+        assert_eq!(batch.position_ids, vec![0, 1, 2, 0, 1, 0, 1]);
+        assert_eq!(batch.segment_ids, Some(vec![0, 0, 0, 1, 1, 2, 2]));
     }
 }

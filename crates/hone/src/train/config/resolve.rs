@@ -75,21 +75,6 @@ impl SftConfig {
         }
     }
 
-    /// The decoder layers freeze tuning trains in a model of `num_layers` layers: the last
-    /// `freeze_trainable_layers` when positive, the first `-freeze_trainable_layers` when
-    /// negative, clamped to the model (as LLaMA-Factory).
-    pub fn trainable_layer_ids(&self, num_layers: usize) -> std::ops::Range<usize> {
-        let n = self.method.freeze_trainable_layers;
-        let count = usize::try_from(n.unsigned_abs())
-            .unwrap_or(usize::MAX)
-            .min(num_layers);
-        if n > 0 {
-            num_layers - count..num_layers
-        } else {
-            0..count
-        }
-    }
-
     /// Step counts for `train_rows` training rows, with transformers' arithmetic.
     pub fn step_plan(&self, train_rows: usize) -> Result<StepPlan> {
         if train_rows == 0 {

@@ -20,7 +20,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 pub use state::Progress;
 
-use crate::data::{collate, Batch, Row};
+use crate::data::{collate, flatten, Batch, Row};
 use crate::train::checkpoint::{
     self, append_trainer_log, prepare_output_dir, round2, LogHistoryEntry, Retention,
     TrainerLogRecord, TrainerState,
@@ -105,6 +105,13 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         )));
     }
     let pad_id = tokenizer.eos_id().unwrap_or(0);
+    // Padding-free batches (same loss and gradients, no work on padding), except under NEFTune,
+    // whose noise scale transformers computes from the padded length.
+    let padded = model.neftune_alpha.is_some();
+    let to_batch = |rows: &[&Row]| match padded {
+        true => collate(rows, pad_id),
+        false => flatten(rows),
+    };
     let (batch_size, accumulation) = (
         config.train.per_device_train_batch_size as usize,
         config.train.gradient_accumulation_steps as usize,
@@ -134,7 +141,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                 .iter()
                 .map(|idx| idx.iter().map(|&i| &rows.train[i]).collect())
                 .collect();
-            let window: Vec<Batch> = window_rows.iter().map(|r| collate(r, pad_id)).collect();
+            let window: Vec<Batch> = window_rows.iter().map(|r| to_batch(r)).collect();
             let window_tokens: usize = window_rows.iter().flatten().map(|r| r.len()).sum();
             let step = progress.global_step;
             let (loss, grad_norm) = train_step(&mut model, &window, config, step)?;
@@ -180,7 +187,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             });
 
             if evaluating.is_some_and(|every| step % every == 0) {
-                let eval_loss = evaluate(&model, &rows.val, config, pad_id)?;
+                let eval_loss = evaluate(&model, &rows.val, config)?;
                 on(Event::Evaluated { step, eval_loss });
                 let seconds = elapsed(&progress);
                 early_stopped = record_eval(
@@ -305,11 +312,11 @@ fn train_step(
 }
 
 /// Token-weighted mean loss over the validation rows.
-fn evaluate(model: &TrainModel, val: &[Row], config: &SftConfig, pad_id: u32) -> Result<f64> {
+fn evaluate(model: &TrainModel, val: &[Row], config: &SftConfig) -> Result<f64> {
     let (mut sum, mut count) = (0.0, 0);
     for chunk in val.chunks(config.eval.per_device_eval_batch_size as usize) {
         let rows: Vec<&Row> = chunk.iter().collect();
-        let (s, n) = model.loss(&collate(&rows, pad_id))?;
+        let (s, n) = model.loss(&flatten(&rows))?;
         sum += s;
         count += n;
     }
