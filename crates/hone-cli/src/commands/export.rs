@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         let quant: GgufQuant = args.quant.parse()?;
         if args.modelfile {
-            gguf::refuse_existing(&gguf::modelfile_path(&args.out), args.force)?;
+            hone::io::atomic::refuse_existing(&gguf::modelfile_path(&args.out), args.force)?;
         }
         let report = gguf::export_model(
             &args.model,

@@ -17,6 +17,7 @@ pub use lora::export_lora_adapter;
 pub use modelfile::{modelfile_path, ollama_modelfile, write_modelfile, MODELFILE};
 pub use tensor_types::{tensor_type, use_more_bits, GgufQuant, TensorPlace};
 
+use crate::io::atomic::refuse_existing;
 use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::gguf_write::GgufWriter;
 use crate::io::source::ModelSource;
@@ -33,17 +34,6 @@ pub struct ExportReport {
     pub bytes: u64,
     /// Each tensor's llama.cpp name, row-major shape and type, in file order.
     pub tensors: Vec<(String, Vec<usize>, GgmlType)>,
-}
-
-/// Refuses to replace an existing `out` unless `force` is set.
-pub fn refuse_existing(out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !force {
-        bail!(
-            "{}: already exists (pass --force to replace it)",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 /// Exports the model `spec` (HF directory, GGUF file or Hub id), with the PEFT adapter in `adapter`

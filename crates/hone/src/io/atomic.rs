@@ -27,6 +27,17 @@ pub fn write_file(
     sync_parent(path)
 }
 
+/// Refuses to replace an existing `out` unless `force` is set.
+pub fn refuse_existing(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        anyhow::bail!(
+            "{}: already exists (pass --force to replace it)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `text` to `path` atomically; errors name the file.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     write_file(path, |out| Ok(out.write_all(text.as_bytes())?))

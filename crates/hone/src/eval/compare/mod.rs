@@ -315,8 +315,8 @@ pub fn check_outputs(html: &Path, force: bool) -> Result<()> {
     if let Some(dir) = dir.filter(|d| !d.is_dir()) {
         anyhow::bail!("{}: no such directory", dir.display());
     }
-    crate::export::gguf::refuse_existing(html, force)?;
-    crate::export::gguf::refuse_existing(&md, force)
+    crate::io::atomic::refuse_existing(html, force)?;
+    crate::io::atomic::refuse_existing(&md, force)
 }
 
 /// Writes the HTML report at `html` and the Markdown one beside it, each to a temporary file

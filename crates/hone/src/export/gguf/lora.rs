@@ -11,8 +11,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{refuse_existing, written_report, ExportReport};
+use super::{written_report, ExportReport};
 use crate::adapters::{read_adapter, LoraWeights};
+use crate::io::atomic::refuse_existing;
 use crate::io::gguf::GgufValue;
 use crate::io::gguf_write::GgufWriter;
 use crate::model::weights::{gguf_name, permute_rows};
