@@ -292,4 +292,14 @@ fn generate_on_the_tiny_gguf_writes_predictions_and_scores_them() {
         written,
         "batched and unbatched"
     );
+    // The same rows by dataset name, as LLaMA-Factory's dataset_info.json names them.
+    write(
+        tmp.path(),
+        "dataset_info.json",
+        r#"{"heldout": {"file_name": "eval.jsonl"}}"#,
+    );
+    let mut by_name = args.to_vec();
+    by_name[5] = "heldout";
+    hone(&[&by_name[..], &["--dataset-dir", arg(tmp.path())]].concat()).json();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written, "by name");
 }

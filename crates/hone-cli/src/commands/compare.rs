@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use hone::eval::compare::{self, summary, CompareSettings, Progress};
 
-use super::chat_template;
 use super::eval::MetricArgs;
+use super::{chat_template, DatasetDirArg};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,9 +19,12 @@ pub struct Args {
     #[arg(long = "adapter", required = true)]
     pub adapters: Vec<PathBuf>,
     /// Prompts: a .txt file (one a line), or an Alpaca, ShareGPT or OpenAI-messages file (.json or
-    /// .jsonl) whose rows' answers, when present, are the references.
+    /// .jsonl) or dataset names from --dataset-dir's dataset_info.json, whose rows' answers, when
+    /// present, are the references.
     #[arg(long)]
     pub prompts: PathBuf,
+    #[command(flatten)]
+    pub dataset_dir: DatasetDirArg,
     /// The HTML report; the Markdown one is written beside it (same name, .md).
     #[arg(long)]
     pub out: PathBuf,
@@ -52,7 +55,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     compare::check_outputs(&args.out, args.force)?;
-    let mut prompts = hone::data::load_prompts(&args.prompts, ".".as_ref())?;
+    let mut prompts = hone::data::load_prompts(&args.prompts, &args.dataset_dir.dataset_dir)?;
     if let Some(limit) = args.limit {
         prompts.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }

@@ -9,7 +9,7 @@ use hone::eval::metrics::{self, Lang, ScoreOptions, Scores};
 use hone::eval::{generate, perplexity};
 use hone::generate::{GenerateConfig, SamplingConfig};
 
-use super::{chat_template, ModelArgs};
+use super::{chat_template, DatasetDirArg, ModelArgs};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -87,9 +87,12 @@ pub struct ScoreArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Alpaca, ShareGPT or OpenAI-messages evaluation file (.json or .jsonl).
+    /// Alpaca, ShareGPT or OpenAI-messages evaluation file (.json or .jsonl), or dataset names
+    /// (comma-separated) from --dataset-dir's dataset_info.json.
     #[arg(long)]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub dataset_dir: DatasetDirArg,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Rows generated together (padded to the longest prompt of the batch).
@@ -140,7 +143,11 @@ fn run_score(args: ScoreArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let options = args.scoring.options();
-    let dataset = hone::data::load_dataset(&args.data.to_string_lossy(), ".".as_ref(), false)?;
+    let dataset = hone::data::load_dataset(
+        &args.data.to_string_lossy(),
+        &args.dataset_dir.dataset_dir,
+        false,
+    )?;
     let loaded = args.model.load()?;
     let template = chat_template(&loaded.tokenizer, args.chat_template.as_deref())?;
     let config = GenerateConfig {

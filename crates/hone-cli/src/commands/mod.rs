@@ -34,6 +34,15 @@ impl ModelArgs {
     }
 }
 
+/// Where dataset names resolve, for commands that read evaluation data.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct DatasetDirArg {
+    /// Directory of dataset_info.json, for data given by dataset name (LLaMA-Factory's
+    /// `dataset_dir`); file paths are read as they are.
+    #[arg(long, default_value = ".")]
+    pub dataset_dir: PathBuf,
+}
+
 /// Sampling and stopping options shared by `generate` and `chat`.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct SamplingArgs {
