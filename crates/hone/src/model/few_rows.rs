@@ -55,11 +55,46 @@ fn columns_avx512(yt: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize) {
 
 #[inline(always)]
 fn columns_generic(yt: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize) {
+    let quads = m / 4;
     for (out, w_row) in yt.chunks_exact_mut(m).zip(w.chunks_exact(k)) {
-        for (o, x_row) in out.iter_mut().zip(x.chunks_exact(k)) {
-            *o = dot(x_row, w_row);
+        for q in 0..quads {
+            let rows = &x[4 * q * k..4 * (q + 1) * k];
+            out[4 * q..4 * q + 4].copy_from_slice(&dot4(rows, w_row, k));
+        }
+        for r in 4 * quads..m {
+            out[r] = dot(&x[r * k..(r + 1) * k], w_row);
         }
     }
+}
+
+/// The dot products of four consecutive rows of `x4` (`[4, k]`) with `w`: each 16-wide piece of
+/// `w` is loaded once for the four.
+#[inline(always)]
+fn dot4(x4: &[f32], w: &[f32], k: usize) -> [f32; 4] {
+    let (x0, rest) = x4.split_at(k);
+    let (x1, rest) = rest.split_at(k);
+    let (x2, x3) = rest.split_at(k);
+    let mut acc = [[0f32; 16]; 4];
+    let chunks = w
+        .chunks_exact(16)
+        .zip(x0.chunks_exact(16))
+        .zip(x1.chunks_exact(16))
+        .zip(x2.chunks_exact(16))
+        .zip(x3.chunks_exact(16));
+    for ((((w, a0), a1), a2), a3) in chunks {
+        for l in 0..16 {
+            acc[0][l] += a0[l] * w[l];
+            acc[1][l] += a1[l] * w[l];
+            acc[2][l] += a2[l] * w[l];
+            acc[3][l] += a3[l] * w[l];
+        }
+    }
+    let full = k / 16 * 16;
+    let rows = [x0, x1, x2, x3];
+    std::array::from_fn(|i| {
+        let tail: f32 = (full..k).map(|j| rows[i][j] * w[j]).sum();
+        acc[i].iter().sum::<f32>() + tail
+    })
 }
 
 /// Dot product in 16 independent lanes, so the compiler vectorizes it (a single running sum
