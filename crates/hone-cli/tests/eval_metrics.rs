@@ -302,4 +302,16 @@ fn generate_on_the_tiny_gguf_writes_predictions_and_scores_them() {
     by_name[5] = "heldout";
     hone(&[&by_name[..], &["--dataset-dir", arg(tmp.path())]].concat()).json();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), written, "by name");
+    // Sampling: every row's sampler starts from the seed, so the batch size changes nothing.
+    let sampled = |batch: &str| {
+        let sampling = ["--temperature", "1.0", "--seed", "7", "--batch-size", batch];
+        hone(&[&args[..], &sampling].concat()).json();
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let one_by_one = sampled("1");
+    assert_ne!(
+        one_by_one, written,
+        "sampling at temperature 1 leaves the greedy answers"
+    );
+    assert_eq!(one_by_one, sampled("8"), "sampled, batched and unbatched");
 }

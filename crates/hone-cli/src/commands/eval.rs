@@ -7,9 +7,8 @@ use anyhow::Result;
 use clap::Subcommand;
 use hone::eval::metrics::{self, Lang, ScoreOptions, Scores};
 use hone::eval::{generate, perplexity};
-use hone::generate::{GenerateConfig, SamplingConfig};
 
-use super::{chat_template, DatasetDirArg, ModelArgs};
+use super::{chat_template, DatasetDirArg, ModelArgs, SamplingArgs};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -93,8 +92,10 @@ pub struct GenerateArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub dataset_dir: DatasetDirArg,
-    #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
+    /// Decoding: greedy unless --temperature is above 0 (each row's sampler starts from --seed, so
+    /// answers do not depend on the batch size).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Rows generated together (padded to the longest prompt of the batch).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
@@ -143,6 +144,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let options = args.scoring.options();
+    let config = args.sampling.config()?;
     let dataset = hone::data::load_dataset(
         &args.data.to_string_lossy(),
         &args.dataset_dir.dataset_dir,
@@ -150,11 +152,6 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     )?;
     let loaded = args.model.load()?;
     let template = chat_template(&loaded.tokenizer, args.chat_template.as_deref())?;
-    let config = GenerateConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampling: SamplingConfig::default(),
-        stop_strings: vec![],
-    };
     let rows = dataset.conversations.len();
     // A live counter only on a terminal: in a log, `\r` updates would run together on one line.
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
