@@ -6,7 +6,7 @@ mod common;
 
 use common::fixture;
 use hone::eval::metrics::{
-    llamafactory, rouge, sacrebleu::BleuTokenizer, score, squad, Lang, Pair, ScoreOptions,
+    llamafactory, rouge, sacrebleu::BleuTokenizer, score, squad, Lang, Pair, ScoreOptions, Scores,
 };
 use serde_json::Value;
 
@@ -146,41 +146,40 @@ fn squad_exact_match_and_f1_per_row() {
 #[test]
 fn corpus_scores_english() {
     let golden = golden("en");
-    let corpus = &golden["corpus"];
     for (stemmer, suffix) in [(false, ""), (true, "_stem")] {
         let options = ScoreOptions {
             lang: Lang::En,
             stemmer,
         };
         let got = score(&pairs(&golden), options).unwrap();
-        check(got.bleu, &corpus["bleu"], "bleu");
-        check(got.rouge1, &corpus[format!("rouge1{suffix}")], "rouge1");
-        check(got.rouge2, &corpus[format!("rouge2{suffix}")], "rouge2");
-        check(got.rouge_l, &corpus[format!("rougeL{suffix}")], "rougeL");
-        check(
-            got.bleu4_sentence_avg,
-            &corpus["bleu4_sentence_avg"],
-            "bleu4",
-        );
-        check(got.exact_match, &corpus["exact_match"], "exact_match");
-        check(got.f1, &corpus["f1"], "f1");
-        assert_eq!(got.n, rows(&golden).len());
+        let rouge = ["rouge1", "rouge2", "rougeL"].map(|k| format!("{k}{suffix}"));
+        check_corpus(&got, &golden, rouge.each_ref().map(String::as_str));
     }
 }
 
 #[test]
 fn corpus_scores_chinese() {
     let golden = golden("zh");
-    let corpus = &golden["corpus"];
     let options = ScoreOptions {
         lang: Lang::Zh,
         stemmer: false,
     };
     let got = score(&pairs(&golden), options).unwrap();
+    let rouge = [
+        "llamafactory_rouge1",
+        "llamafactory_rouge2",
+        "llamafactory_rougeL",
+    ];
+    check_corpus(&got, &golden, rouge);
+}
+
+/// Every corpus score against the golden file's, the ROUGE ones under the given keys.
+fn check_corpus(got: &Scores, golden: &Value, rouge_keys: [&str; 3]) {
+    let corpus = &golden["corpus"];
     check(got.bleu, &corpus["bleu"], "bleu");
-    check(got.rouge1, &corpus["llamafactory_rouge1"], "rouge1");
-    check(got.rouge2, &corpus["llamafactory_rouge2"], "rouge2");
-    check(got.rouge_l, &corpus["llamafactory_rougeL"], "rougeL");
+    check(got.rouge1, &corpus[rouge_keys[0]], "rouge1");
+    check(got.rouge2, &corpus[rouge_keys[1]], "rouge2");
+    check(got.rouge_l, &corpus[rouge_keys[2]], "rougeL");
     check(
         got.bleu4_sentence_avg,
         &corpus["bleu4_sentence_avg"],
@@ -188,5 +187,5 @@ fn corpus_scores_chinese() {
     );
     check(got.exact_match, &corpus["exact_match"], "exact_match");
     check(got.f1, &corpus["f1"], "f1");
-    assert_eq!(got.n, rows(&golden).len());
+    assert_eq!(got.n, rows(golden).len());
 }

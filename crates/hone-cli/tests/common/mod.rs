@@ -49,6 +49,16 @@ impl Run {
     }
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).expect("stdout is not UTF-8"),
+            stderr: String::from_utf8(out.stderr).expect("stderr is not UTF-8"),
+        }
+    }
+}
+
 /// Runs `hone args...` with an empty stdin.
 pub fn hone(args: &[&str]) -> Run {
     hone_in(None, args, "")
@@ -69,12 +79,7 @@ pub fn hone_in(dir: Option<&Path>, args: &[&str], stdin: &str) -> Run {
     let mut child = cmd.spawn().expect("cannot start hone");
     // A run that fails before reading its input closes the pipe; its output tells what happened.
     let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is not UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is not UTF-8"),
-    }
+    Run::from(child.wait_with_output().unwrap())
 }
 
 /// Runs `hone args...` with files limited to `max_kib` KiB (RLIMIT_FSIZE, SIGXFSZ ignored), so a
@@ -89,11 +94,7 @@ pub fn hone_with_file_size_limit(max_kib: u64, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("cannot start sh");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is not UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is not UTF-8"),
-    }
+    Run::from(out)
 }
 
 /// A path as a command-line argument.

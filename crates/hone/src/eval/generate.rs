@@ -61,20 +61,24 @@ pub fn predict(
     batch_size: usize,
     mut on_rows: impl FnMut(usize),
 ) -> Result<Vec<Prediction>> {
-    let mut prompts = Vec::with_capacity(conversations.len());
+    let mut predictions = Vec::with_capacity(conversations.len());
+    let mut prompt_ids = Vec::with_capacity(conversations.len());
     for conversation in conversations {
-        let (messages, _) = split_reference(conversation);
+        let (messages, label) = split_reference(conversation);
         let at = || conversation.origin.to_string();
         let prompt = template.render(messages, true).with_context(at)?;
-        let ids = tokenizer.encode(&prompt, false).with_context(at)?;
-        prompts.push((prompt, ids));
+        prompt_ids.push(tokenizer.encode(&prompt, false).with_context(at)?);
+        predictions.push(Prediction {
+            prompt,
+            predict: String::new(),
+            label: label.unwrap_or_default().to_string(),
+        });
     }
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    order.sort_by_key(|&i| prompts[i].1.len());
-    let mut answers = vec![String::new(); prompts.len()];
+    let mut order: Vec<usize> = (0..prompt_ids.len()).collect();
+    order.sort_by_key(|&i| prompt_ids[i].len());
     let mut done = 0;
     for batch in order.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].1.clone()).collect();
+        let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompt_ids[i].clone()).collect();
         let generations = generate_batch(model, tokenizer, &ids, config).with_context(|| {
             let origins: Vec<String> = batch
                 .iter()
@@ -83,24 +87,12 @@ pub fn predict(
             origins.join(", ")
         })?;
         for (&i, generation) in batch.iter().zip(generations) {
-            answers[i] = generation.text;
+            predictions[i].predict = generation.text;
         }
         done += batch.len();
         on_rows(done);
     }
-    Ok(prompts
-        .into_iter()
-        .zip(answers)
-        .zip(conversations)
-        .map(|(((prompt, _), predict), conversation)| Prediction {
-            prompt,
-            predict,
-            label: split_reference(conversation)
-                .1
-                .unwrap_or_default()
-                .to_string(),
-        })
-        .collect())
+    Ok(predictions)
 }
 
 /// Writes the predictions as JSON Lines at `path`, atomically (a failure leaves no partial file).

@@ -60,8 +60,7 @@ impl Cache {
         s: CachedAttnShape,
     ) -> Vec<f32> {
         self.layers[l].append(k, v, s);
-        let left_pad = &self.left_pad;
-        self.layers[l].attend(q, s, |row| left_pad.get(row).copied().unwrap_or(0))
+        self.layers[l].attend(q, s, &self.left_pad)
     }
 }
 
@@ -113,12 +112,8 @@ impl LayerCache {
 
     /// Attention of the `t` newest tokens (queries `q`, token-major `[rows, t, heads, head_dim]`,
     /// already appended to the cache) over every cached key they may see; token-major output.
-    fn attend(
-        &self,
-        q: &[f32],
-        s: CachedAttnShape,
-        left_pad: impl Fn(usize) -> usize + Sync,
-    ) -> Vec<f32> {
+    /// `left_pad` is per row (empty: no padding).
+    fn attend(&self, q: &[f32], s: CachedAttnShape, left_pad: &[usize]) -> Vec<f32> {
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
         let start = self.len - s.t;
@@ -127,11 +122,9 @@ impl LayerCache {
         out.par_chunks_mut(hd).enumerate().for_each(|(n, out)| {
             let (r, i, h) = (n / (s.t * s.heads), n / s.heads % s.t, n % s.heads);
             let position = start + i;
-            let first = if position < left_pad(r) {
-                position
-            } else {
-                left_pad(r)
-            };
+            let pad = left_pad.get(r).copied().unwrap_or(0);
+            // A padding query sees itself only (see the module comment).
+            let first = if position < pad { position } else { pad };
             let q = &q[n * hd..(n + 1) * hd];
             let keys = first..=position;
             let mut weights: Vec<f32> = keys

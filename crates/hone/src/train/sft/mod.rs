@@ -108,9 +108,12 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     // Padding-free batches (same loss and gradients, no work on padding), except under NEFTune,
     // whose noise scale transformers computes from the padded length.
     let padded = model.neftune_alpha.is_some();
-    let to_batch = |rows: &[&Row]| match padded {
-        true => collate(rows, pad_id),
-        false => flatten(rows),
+    let to_batch = |rows: &[&Row]| {
+        if padded {
+            collate(rows, pad_id)
+        } else {
+            flatten(rows)
+        }
     };
     let (batch_size, accumulation) = (
         config.train.per_device_train_batch_size as usize,
