@@ -1,5 +1,5 @@
 """Golden fixtures for Hone's causal grouped-query attention kernel
-(crates/hone/src/train/kernels/attention.rs).
+(crates/hone/src/kernels/attention.rs).
 
 Writes fixtures/kernels/attn_<case>.safetensors, one file per case, all float32:
   q [b, t, nh, hd], k [b, t, nkv, hd], v [b, t, nkv, hd]   inputs, token-major

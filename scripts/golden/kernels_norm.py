@@ -1,4 +1,4 @@
-"""Golden fixtures for the training kernels RMSNorm, RoPE and SwiGLU (crates/hone/src/train/kernels).
+"""Golden fixtures for the training kernels RMSNorm, RoPE and SwiGLU (crates/hone/src/kernels).
 
 Each case runs transformers' own modules/functions under torch autograd in float32 (what a
 PyTorch fine-tune computes) and again in float64, and saves inputs, the upstream gradient,

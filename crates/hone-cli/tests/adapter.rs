@@ -76,25 +76,28 @@ fn an_adapter_for_another_model_is_a_one_line_error() {
     let model = tiny_hf_dir(tmp.path());
     // Made for qwen2, whose MLP is 64 wide; llama-tied's is 88.
     let adapter = fixture("adapters/qwen2-all-linear");
-    let run = generate_with_adapter(&model, &adapter);
-    let err = run.error();
-    for part in [
-        arg(&adapter),
-        "cannot merge into",
-        "model.layers.0.mlp.down_proj",
-        "[32, 64]",
-        "[32, 88]",
-        "different base model (fixtures/models/qwen2)",
-    ] {
-        assert!(err.contains(part), "{err:?} does not mention {part:?}");
+    // Applied beside the stored weights by default, merged into f32 ones with --exact.
+    for (exact, verb) in [(false, "cannot apply to"), (true, "cannot merge into")] {
+        let run = generate_with_adapter(&model, &adapter, exact);
+        let err = run.error();
+        for part in [
+            arg(&adapter),
+            verb,
+            "model.layers.0.mlp.down_proj",
+            "[32, 64]",
+            "[32, 88]",
+            "different base model (fixtures/models/qwen2)",
+        ] {
+            assert!(err.contains(part), "{err:?} does not mention {part:?}");
+        }
     }
     let missing = tmp.path().join("no-adapter");
-    let run = generate_with_adapter(&model, &missing);
+    let run = generate_with_adapter(&model, &missing, false);
     assert!(run.error().contains("no such adapter directory"));
 }
 
-fn generate_with_adapter(model: &Path, adapter: &Path) -> Run {
-    hone(&[
+fn generate_with_adapter(model: &Path, adapter: &Path, exact: bool) -> Run {
+    let args = [
         "generate",
         "--model",
         arg(model),
@@ -102,5 +105,6 @@ fn generate_with_adapter(model: &Path, adapter: &Path) -> Run {
         "a",
         "--adapter",
         arg(adapter),
-    ])
+    ];
+    hone(&[&args[..], if exact { &["--exact"] } else { &[] }].concat())
 }

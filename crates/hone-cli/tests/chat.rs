@@ -10,11 +10,13 @@ use common::{arg, fixture, hone, hone_in, read_json, real_model, tiny_gguf, writ
 /// `hone chat --model MODEL` with `input` on stdin, greedy, at most `max` new tokens per answer;
 /// asserts success and returns stdout.
 fn chat(model: &Path, max: &str, input: &str) -> String {
-    let run = hone_in(
-        None,
-        &["chat", "--model", arg(model), "--max-new-tokens", max],
-        input,
-    );
+    chat_with(model, max, input, &[])
+}
+
+/// [`chat`] with extra arguments.
+fn chat_with(model: &Path, max: &str, input: &str, extra: &[&str]) -> String {
+    let args = ["chat", "--model", arg(model), "--max-new-tokens", max];
+    let run = hone_in(None, &[&args[..], extra].concat(), input);
     run.ok().to_string()
 }
 
@@ -82,8 +84,8 @@ fn default_model_answers_and_forgets_on_reset() {
     };
     let ((france, paris), (haiku, poem)) = (case(0), case(1));
     let input = format!("{france}\nAnd of Germany?\n/reset\n{haiku}\n/exit\n");
-    let out = chat(&model, "32", &input);
-    // Greedy answers to a fresh conversation are transformers' greedy fixture texts.
+    let out = chat_with(&model, "32", &input, &["--exact"]);
+    // Greedy answers to a fresh conversation are transformers' greedy fixture texts (f32 path).
     let second = out
         .strip_prefix(&format!("{paris}\n"))
         .and_then(|rest| rest.strip_suffix(&format!("\n{poem}\n")))

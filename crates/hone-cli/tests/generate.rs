@@ -26,7 +26,14 @@ fn default_model_greedy_chat_matches_transformers() {
         let question = case["question"].as_str().unwrap();
         let out = generate(
             &model,
-            &["--chat", "--prompt", question, "--max-new-tokens", &max],
+            &[
+                "--exact",
+                "--chat",
+                "--prompt",
+                question,
+                "--max-new-tokens",
+                &max,
+            ],
         );
         assert_eq!(
             out,
@@ -208,7 +215,7 @@ fn flag_errors() {
 
 /// The numbers `generate -v` reports on stderr: prompt tokens, new tokens, and the finish reason.
 fn verbose_report(stderr: &str) -> (usize, usize, &str) {
-    let words: Vec<&str> = stderr.split_whitespace().collect();
+    let words: Vec<&str> = stderr.lines().next().unwrap().split_whitespace().collect();
     assert_eq!((words[1], words[4]), ("prompt", "new"), "{stderr}");
     (
         words[0].parse().unwrap(),

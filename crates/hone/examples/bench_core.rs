@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         .as_slice()
     {
         ["forward", model, ids, iters] => {
-            let loaded = hone::model::load(model, &device)?;
+            let loaded = hone::model::load(model, hone::model::Precision::Exact, &device)?;
             let rows: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(ids)?)?;
             let (b, t) = (rows.len(), rows[0].len());
             let ids = Tensor::new(rows, &device)?;
@@ -43,7 +43,7 @@ fn main() -> Result<()> {
             );
         }
         ["generate", model, prompt, new_tokens] => {
-            let loaded = hone::model::load(model, &device)?;
+            let loaded = hone::model::load(model, hone::model::Precision::Exact, &device)?;
             let tok = &loaded.tokenizer;
             let ids = tok.encode(prompt, true)?;
             let cfg = GenerateConfig {

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hone::train::kernels::attention::{backward, forward, AttnGrads, AttnInputs, AttnShape};
+use hone::kernels::attention::{backward, forward, AttnGrads, AttnInputs, AttnShape};
 
 #[global_allocator]
 static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;

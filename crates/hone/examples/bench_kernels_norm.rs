@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use hone::train::kernels::{rmsnorm, rope, swiglu};
+use hone::kernels::{rmsnorm, rope, swiglu};
 
 const TOKENS: usize = 4096;
 const HIDDEN: usize = 576;

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

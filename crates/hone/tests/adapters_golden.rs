@@ -38,6 +38,23 @@ fn merged_adapters_give_peft_logits() {
     }
 }
 
+/// On the stored-type path adapters stay unmerged (`W·x + s·B(A·x)`): the same logits.
+#[test]
+fn unmerged_adapters_give_peft_logits() {
+    for (name, base) in ADAPTERS {
+        let golden = load_tensors(&fixture(&format!("adapters/{name}.golden.safetensors")));
+        let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
+        let source = ModelSource::HfDir(fixture(&format!("models/{base}")));
+        let (cfg, w) = weights::load_stored(&source, &Device::Cpu).unwrap();
+        let adapter = read_adapter(&fixture(&format!("adapters/{name}"))).unwrap();
+        adapters::merge::check_fits(&cfg, &adapter, |n| w.get(n).map(|w| w.dims())).unwrap();
+        let model = Llama::from_stored(cfg, w, Some(&adapter), &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, None).unwrap();
+        let diff = max_abs_diff(&logits, &golden["logits"]);
+        assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
+    }
+}
+
 #[test]
 fn list_targets_with_default_scaling() {
     let adapter = read_adapter(&fixture("adapters/llama-tied-qv")).unwrap();

@@ -13,7 +13,14 @@ const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn load() -> Option<LoadedModel> {
     let path = real_model(MODEL)?;
-    Some(hone::model::load(path.to_str().unwrap(), &Device::Cpu).unwrap())
+    Some(
+        hone::model::load(
+            path.to_str().unwrap(),
+            hone::model::Precision::Exact,
+            &Device::Cpu,
+        )
+        .unwrap(),
+    )
 }
 
 fn json(rel: &str) -> serde_json::Value {
@@ -167,7 +174,12 @@ fn q8_0_export_round_trips_within_its_error() {
     let out = tmp.path().join("smollm2-q8_0.gguf");
     let quant = hone::export::gguf::GgufQuant::Q8_0;
     hone::export::gguf::export_model(path.to_str().unwrap(), None, &out, quant, false).unwrap();
-    let exported = hone::model::load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    let exported = hone::model::load(
+        out.to_str().unwrap(),
+        hone::model::Precision::Exact,
+        &Device::Cpu,
+    )
+    .unwrap();
     let source = load().unwrap();
     let docs = hone::eval::perplexity::read_documents(&fixture("smollm2/ppl.jsonl")).unwrap();
     let ppl = |m: &LoadedModel| {

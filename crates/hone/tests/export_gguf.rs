@@ -14,7 +14,7 @@ use hone::export::gguf::{
 };
 use hone::io::gguf::{GgufFile, GgufValue};
 use hone::model::weights::unpermute_rows;
-use hone::model::{load, load_with_adapter, Llama};
+use hone::model::{load, load_with_adapter, Llama, Precision};
 use hone::quant::GgmlType;
 use hone::tokenizer::Tokenizer;
 use serde_json::json;
@@ -223,8 +223,16 @@ fn gguf_source_round_trips_exactly_in_f32_with_its_metadata() {
         );
     }
     let diff = max_abs_diff(
-        &logits(&load(src.to_str().unwrap(), &Device::Cpu).unwrap().model),
-        &logits(&load(out.to_str().unwrap(), &Device::Cpu).unwrap().model),
+        &logits(
+            &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                .unwrap()
+                .model,
+        ),
+        &logits(
+            &load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                .unwrap()
+                .model,
+        ),
     );
     assert!(diff < 1e-5, "f32 logits differ by {diff}");
 }
@@ -233,7 +241,11 @@ fn gguf_source_round_trips_exactly_in_f32_with_its_metadata() {
 fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
     let tmp = TempDir::new().unwrap();
     let src = k_quantable_model(tmp.path());
-    let reference = logits(&load(src.to_str().unwrap(), &Device::Cpu).unwrap().model);
+    let reference = logits(
+        &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+            .unwrap()
+            .model,
+    );
     let scale = max_abs(&reference);
     // Bounds relative to the largest logit: f32 exact, then by bits per weight.
     let cases = [
@@ -282,7 +294,7 @@ fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
             assert_eq!(ty("blk.1.ffn_down.weight"), GgmlType::Q6K);
             assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q4K);
         }
-        let loaded = load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+        let loaded = load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu).unwrap();
         let diff = max_abs_diff(&reference, &logits(&loaded.model));
         eprintln!(
             "{quant}: {} bytes, max logit difference {diff} (largest logit {scale})",
@@ -357,11 +369,21 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_and_qwen2_biases_round_trip() {
         assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
         assert_eq!(has("blk.1.attn_k.bias"), name == "qwen2", "{name}");
         let diff = max_abs_diff(
-            &logits(&load(src.to_str().unwrap(), &Device::Cpu).unwrap().model),
-            &logits(&load(out.to_str().unwrap(), &Device::Cpu).unwrap().model),
+            &logits(
+                &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                    .unwrap()
+                    .model,
+            ),
+            &logits(
+                &load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                    .unwrap()
+                    .model,
+            ),
         );
         assert!(diff < 1e-5, "{name}: f32 logits differ by {diff}");
-        let exported = load(out.to_str().unwrap(), &Device::Cpu).unwrap().tokenizer;
+        let exported = load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+            .unwrap()
+            .tokenizer;
         let original = Tokenizer::from_hf_dir(&src).unwrap();
         for text in ["ab abba cab", "<|im_start|>user\nab<|im_end|>"] {
             assert_eq!(
@@ -387,10 +409,20 @@ fn merged_adapter_export_matches_the_adapted_model() {
         false,
     )
     .unwrap();
-    let adapted = load_with_adapter(src.to_str().unwrap(), Some(&adapter), &Device::Cpu).unwrap();
+    let adapted = load_with_adapter(
+        src.to_str().unwrap(),
+        Some(&adapter),
+        Precision::Exact,
+        &Device::Cpu,
+    )
+    .unwrap();
     let diff = max_abs_diff(
         &logits(&adapted.model),
-        &logits(&load(out.to_str().unwrap(), &Device::Cpu).unwrap().model),
+        &logits(
+            &load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                .unwrap()
+                .model,
+        ),
     );
     assert!(diff < 1e-5, "merged logits differ by {diff}");
 }
@@ -512,7 +544,9 @@ fn modelfile_has_the_chatml_template_and_every_stop_token() {
     let src = tiny_hf_model(tmp.path(), "llama-tied");
     let out = tmp.path().join("tiny.gguf");
     export_model(src.to_str().unwrap(), None, &out, GgufQuant::F16, false).unwrap();
-    let tok = load(out.to_str().unwrap(), &Device::Cpu).unwrap().tokenizer;
+    let tok = load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+        .unwrap()
+        .tokenizer;
     let path = write_modelfile(&out, &tok).unwrap();
     assert_eq!(path, tmp.path().join("Modelfile"));
     let text = std::fs::read_to_string(&path).unwrap();

@@ -54,7 +54,12 @@ fn write(dir: &Path, cfg: &ModelConfig, tensors: Tensors, dtype: SaveDtype, max_
 
 /// Logits of the checkpoint in `dir`, loaded through `hone::model::load` (tokenizer included).
 fn logits(dir: &Path, ids: &Tensor) -> Tensor {
-    let loaded = hone::model::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    let loaded = hone::model::load(
+        dir.to_str().unwrap(),
+        hone::model::Precision::Exact,
+        &Device::Cpu,
+    )
+    .unwrap();
     loaded.model.forward(ids, None).unwrap()
 }
 

@@ -46,6 +46,37 @@ fn logits_match_transformers() {
     }
 }
 
+/// The stored-type path (the default) keeps f16/bf16 weights 16-bit and multiplies them widened in
+/// registers: the same values as the f32 path, so the same logits. The prompt pass takes the tiled
+/// product and the cache steps the few-row one.
+#[test]
+fn sixteen_bit_weights_kept_as_stored_match_transformers() {
+    for name in ["llama-f16", "llama-bf16"] {
+        let dir = fixture(&format!("models/{name}"));
+        let (cfg, w) = weights::load_stored(&ModelSource::HfDir(dir), &Device::Cpu).unwrap();
+        assert!(
+            w.values()
+                .any(|w| matches!(w, hone::model::Weight::Stored(_))),
+            "{name}: no weight kept 16-bit"
+        );
+        let model = Llama::from_stored(cfg, w, None, &Device::Cpu).unwrap();
+        let (golden, ids) = golden(name);
+        let logits = model.forward(&ids, None).unwrap();
+        let diff = max_abs_diff(&logits, &golden["logits"]);
+        assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
+        let mut cache = model.new_cache();
+        let t = ids.dim(1).unwrap();
+        let mut parts = vec![];
+        for p in 0..t {
+            let step = ids.narrow(1, p, 1).unwrap();
+            parts.push(model.forward(&step, Some(&mut cache)).unwrap());
+        }
+        let stepped = Tensor::cat(&parts, 1).unwrap();
+        let diff = max_abs_diff(&stepped, &golden["logits_step"]);
+        assert!(diff < 1e-4, "{name}: stepped, max abs difference {diff}");
+    }
+}
+
 #[test]
 fn kv_cache_steps_match_transformers() {
     for name in MODELS {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use hone::train::kernels::cross_entropy::{self, CeShape};
+use hone::kernels::cross_entropy::{self, CeShape};
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig, Param};
 use hone::train::schedule::{Schedule, ScheduleKind};
 use safetensors::{Dtype, SafeTensors};

@@ -11,9 +11,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::fixture;
+use hone::kernels::{rmsnorm, rope, swiglu};
 use hone::model::config::ModelConfig;
 use hone::model::rope::table_vecs;
-use hone::train::kernels::{rmsnorm, rope, swiglu};
 use safetensors::{Dtype, SafeTensors};
 
 const TOL: f32 = 1e-4;

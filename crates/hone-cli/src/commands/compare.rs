@@ -8,7 +8,7 @@ use anyhow::Result;
 use hone::eval::compare::{self, summary, CompareSettings, Progress};
 
 use super::eval::MetricArgs;
-use super::{chat_template, DatasetDirArg};
+use super::{chat_template, DatasetDirArg, PrecisionArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,6 +51,8 @@ pub struct Args {
     pub max_length: usize,
     #[command(flatten)]
     pub metrics: MetricArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -69,6 +71,7 @@ pub fn run(args: Args) -> Result<()> {
         score_options: args.metrics.options(),
         perplexity_data: args.perplexity_data,
         max_length: args.max_length,
+        precision: args.precision.precision(),
     };
     let template = |tokenizer: &_| chat_template(tokenizer, settings.chat_template.as_deref());
     let comparison = compare::compare(&settings, &prompts, template, report_progress)?;

@@ -26,14 +26,16 @@ pub struct Args {
     pub chat_template: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Report token counts and speed on stderr.
-    #[arg(long, short)]
+    /// Report token counts, load time and prompt and decoding speed on stderr.
+    #[arg(long, short, alias = "timings")]
     pub verbose: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.sampling.config()?;
+    let load_start = Instant::now();
     let loaded = args.model.load()?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat {
         let template = chat_template(tok, args.chat_template.as_deref())?;
@@ -62,6 +64,16 @@ pub fn run(args: Args) -> Result<()> {
             gen.ids.len(),
             gen.ids.len() as f64 / secs,
             gen.finish_reason
+        );
+        let steps = gen.ids.len().saturating_sub(1);
+        eprintln!(
+            "timings: load {load_seconds:.3} s; prompt {} tokens in {:.3} s ({:.1} tok/s); \
+             {steps} decode steps in {:.3} s ({:.1} tok/s)",
+            gen.prompt_tokens,
+            gen.prompt_seconds,
+            gen.prompt_tokens as f64 / gen.prompt_seconds,
+            gen.decode_seconds,
+            steps as f64 / gen.decode_seconds,
         );
     }
     Ok(())

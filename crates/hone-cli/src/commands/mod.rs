@@ -14,23 +14,50 @@ use std::path::PathBuf;
 use candle_core::Device;
 use clap::Args as ClapArgs;
 use hone::generate::{GenerateConfig, SamplingConfig};
-use hone::model::LoadedModel;
+use hone::model::{LoadedModel, Precision};
 
-/// The model to run, and optionally a LoRA adapter to merge into it.
+/// The model to run, and optionally a LoRA adapter to apply to it.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
     /// HF model directory, .gguf file, or Hub id (org/name).
     #[arg(long)]
     pub model: String,
-    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), merged into
-    /// the model's weights when it loads.
+    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), applied
+    /// beside the model's weights (merged into them with --exact).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        hone::model::load_with_adapter(&self.model, self.adapter.as_deref(), &Device::Cpu)
+        hone::model::load_with_adapter(
+            &self.model,
+            self.adapter.as_deref(),
+            self.precision.precision(),
+            &Device::Cpu,
+        )
+    }
+}
+
+/// How the weights are held.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct PrecisionArgs {
+    /// Expand every weight to f32 (and merge the adapter), computing exactly what transformers
+    /// computes; by default weights stay in their stored type (quantized, f16, bf16), as llama.cpp
+    /// runs them.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+impl PrecisionArgs {
+    pub fn precision(&self) -> Precision {
+        if self.exact {
+            Precision::Exact
+        } else {
+            Precision::Stored
+        }
     }
 }
 
@@ -67,6 +94,9 @@ pub struct SamplingArgs {
     /// Stop when the output contains this string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Keep generating past end-of-turn tokens, up to --max-new-tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 impl SamplingArgs {
@@ -90,6 +120,7 @@ impl SamplingArgs {
                 seed: self.seed,
             },
             stop_strings: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
         })
     }
 }

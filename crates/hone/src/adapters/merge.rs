@@ -16,27 +16,12 @@ pub fn merge(
     cfg: &ModelConfig,
     adapter: &Adapter,
 ) -> Result<()> {
+    check_fits(cfg, adapter, |name| {
+        weights.get(name).map(|w| w.dims().to_vec())
+    })?;
     for (module, lora) in &adapter.modules {
-        // A tied head is the embedding matrix: a head-only update cannot be merged into it.
-        if module == "lm_head" && cfg.tie_word_embeddings {
-            bail!("{module}: the model ties its output head to the token embeddings, so a LoRA update of the head alone cannot be merged");
-        }
         let name = format!("{module}.weight");
-        let Some(w) = weights.get(&name) else {
-            bail!(
-                "{module}: the model has no such module (no tensor {name}); {}",
-                other_base(adapter)
-            );
-        };
-        let (out, inp, r) = (lora.out_features, lora.in_features, lora.r);
-        if w.dims() != [out, inp] {
-            bail!(
-                "{module}: the adapter's update is [{out}, {inp}] (lora_B [{out}, {r}] · lora_A [{r}, {inp}]) but \
-                 the model's weight is {:?}; {}",
-                w.dims(),
-                other_base(adapter)
-            );
-        }
+        let w = &weights[&name];
         let merged = (w + delta(lora, w.device())?)?;
         if !merged
             .flatten_all()?
@@ -49,22 +34,54 @@ pub fn merge(
         weights.insert(name, merged);
     }
     for (name, bias) in &adapter.biases {
-        let Some(old) = weights.get(name) else {
+        let replacement = Tensor::from_slice(bias, bias.len(), weights[name].device())?;
+        weights.insert(name.clone(), replacement);
+    }
+    Ok(())
+}
+
+/// Checks that every update of `adapter` has a module of its shape in the model, whose tensors'
+/// shapes `dims` gives by HF name; errors name the module.
+pub fn check_fits(
+    cfg: &ModelConfig,
+    adapter: &Adapter,
+    dims: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    for (module, lora) in &adapter.modules {
+        // A tied head is the embedding matrix: a head-only update cannot be merged into it.
+        if module == "lm_head" && cfg.tie_word_embeddings {
+            bail!("{module}: the model ties its output head to the token embeddings, so a LoRA update of the head alone cannot be merged");
+        }
+        let name = format!("{module}.weight");
+        let Some(w) = dims(&name) else {
+            bail!(
+                "{module}: the model has no such module (no tensor {name}); {}",
+                other_base(adapter)
+            );
+        };
+        let (out, inp, r) = (lora.out_features, lora.in_features, lora.r);
+        if w != [out, inp] {
+            bail!(
+                "{module}: the adapter's update is [{out}, {inp}] (lora_B [{out}, {r}] · lora_A [{r}, {inp}]) but \
+                 the model's weight is {w:?}; {}",
+                other_base(adapter)
+            );
+        }
+    }
+    for (name, bias) in &adapter.biases {
+        let Some(old) = dims(name) else {
             bail!(
                 "{name}: the adapter replaces this bias but the model has none; {}",
                 other_base(adapter)
             );
         };
-        if old.dims() != [bias.len()] {
+        if old != [bias.len()] {
             bail!(
-                "{name}: the adapter's bias has {} values but the model's is {:?}; {}",
+                "{name}: the adapter's bias has {} values but the model's is {old:?}; {}",
                 bias.len(),
-                old.dims(),
                 other_base(adapter)
             );
         }
-        let replacement = Tensor::from_slice(bias, bias.len(), old.device())?;
-        weights.insert(name.clone(), replacement);
     }
     Ok(())
 }

@@ -33,8 +33,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 
 use super::Conversation;
 use crate::chat::{ChatTemplate, Message};
+use crate::kernels::cross_entropy::IGNORE_INDEX;
 use crate::tokenizer::Tokenizer;
-use crate::train::kernels::cross_entropy::IGNORE_INDEX;
 
 /// One encoded conversation. `labels[i]` is `input_ids[i]` where the loss is taken, else
 /// [`IGNORE_INDEX`].

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use super::Example;
-use crate::train::kernels::cross_entropy::IGNORE_INDEX;
+use crate::kernels::cross_entropy::IGNORE_INDEX;
 
 /// One training row: a single example, or several packed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use super::generate::split_reference;
 use super::json_kind;
 use crate::chat::{ChatTemplate, Message};
 use crate::data::Conversation;
+use crate::kernels::cross_entropy::IGNORE_INDEX;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::train::kernels::cross_entropy::IGNORE_INDEX;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PerplexityReport {

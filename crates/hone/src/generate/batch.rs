@@ -44,7 +44,7 @@ pub fn generate_batch(
     let mut sequences: Vec<Sequence> = prompts.iter().map(|p| Sequence::new(p, cfg)).collect();
     // Indices into `sequences` of the rows still in the batch, in cache-row order.
     let mut active: Vec<usize> = (0..prompts.len()).collect();
-    let stop_ids = tokenizer.stop_ids();
+    let stop_ids = cfg.stop_ids(tokenizer);
     let vocab = model.config().vocab_size;
     for _ in 0..max_new_tokens {
         let logits = last_logits(model, &input, active.len(), &mut cache)?;

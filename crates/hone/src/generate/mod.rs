@@ -6,6 +6,8 @@ pub mod sampling;
 mod sequence;
 mod stop;
 
+use std::time::Instant;
+
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
@@ -22,6 +24,19 @@ pub struct GenerateConfig {
     pub sampling: SamplingConfig,
     /// Generation ends when the text contains one of these; the stop string is not returned.
     pub stop_strings: Vec<String>,
+    /// Keep generating past end-of-sequence / end-of-turn tokens (for benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl GenerateConfig {
+    /// The token ids that end a generation.
+    fn stop_ids(&self, tokenizer: &Tokenizer) -> Vec<u32> {
+        if self.ignore_eos {
+            Vec::new()
+        } else {
+            tokenizer.stop_ids()
+        }
+    }
 }
 
 impl Default for GenerateConfig {
@@ -30,6 +45,7 @@ impl Default for GenerateConfig {
             max_new_tokens: 256,
             sampling: SamplingConfig::default(),
             stop_strings: vec![],
+            ignore_eos: false,
         }
     }
 }
@@ -51,6 +67,10 @@ pub struct Generation {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Seconds spent on the prompt's forward pass (which yields the first new token).
+    pub prompt_seconds: f64,
+    /// Seconds spent on the one-token steps after it.
+    pub decode_seconds: f64,
 }
 
 /// Generate a completion of `prompt_ids`, calling `on_text` with each new piece of final text.
@@ -62,13 +82,22 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let max_new_tokens = new_token_budget(model, prompt_ids.len(), cfg)?;
-    let stop_ids = tokenizer.stop_ids();
+    let stop_ids = cfg.stop_ids(tokenizer);
     let mut cache = model.new_cache();
     let mut sequence = Sequence::new(prompt_ids, cfg);
     let mut input = prompt_ids.to_vec();
+    let (mut prompt_seconds, mut decode_seconds) = (0.0, 0.0);
     while sequence.generated() < max_new_tokens {
+        let first = sequence.generated() == 0;
+        let start = Instant::now();
         let logits = last_logits(model, &input, 1, &mut cache)?;
         let (next, fresh) = sequence.step(&logits, tokenizer, &stop_ids)?;
+        let seconds = start.elapsed().as_secs_f64();
+        if first {
+            prompt_seconds = seconds;
+        } else {
+            decode_seconds += seconds;
+        }
         on_text(fresh);
         if sequence.is_finished() {
             break;
@@ -76,7 +105,11 @@ pub fn generate(
         input = vec![next];
     }
     on_text(sequence.finish());
-    Ok(sequence.into_generation())
+    Ok(Generation {
+        prompt_seconds,
+        decode_seconds,
+        ..sequence.into_generation()
+    })
 }
 
 /// How many tokens a prompt of `prompt_len` tokens may be continued by: `max_new_tokens`, or fewer

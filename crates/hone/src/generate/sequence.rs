@@ -84,6 +84,8 @@ impl<'a> Sequence<'a> {
             finish_reason: self.finish_reason.unwrap_or(FinishReason::Length),
             prompt_tokens: self.prompt_tokens,
             ids: self.ids,
+            prompt_seconds: 0.0,
+            decode_seconds: 0.0,
         }
     }
 }

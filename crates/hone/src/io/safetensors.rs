@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -89,13 +91,43 @@ pub fn load_f32(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Te
 }
 
 fn load_file_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let (mmap, tensors) = map_file(path)?;
+    let mut out = BTreeMap::new();
+    for t in tensors {
+        let f32 = t.to_f32(&mmap, device)?;
+        out.insert(t.name, f32);
+    }
+    Ok(out)
+}
+
+/// A tensor of a memory-mapped safetensors file: where its bytes are, and what they are.
+pub struct MappedTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Byte range within the file.
+    pub range: Range<usize>,
+    file: PathBuf,
+}
+
+impl MappedTensor {
+    /// The tensor converted to f32 (exact for every dtype Hone reads).
+    pub fn to_f32(&self, map: &Mmap, device: &Device) -> Result<Tensor> {
+        Tensor::from_raw_buffer(&map[self.range.clone()], self.dtype, &self.shape, device)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .with_context(|| format!("{}: tensor {}", self.file.display(), self.name))
+    }
+}
+
+/// Maps a safetensors file and lists its tensors, checking each dtype is one Hone reads.
+pub fn map_file(path: &Path) -> Result<(Arc<Mmap>, Vec<MappedTensor>)> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     // SAFETY: read-only map of a file we do not modify.
     let mmap =
         unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let mut out = BTreeMap::new();
+    let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
@@ -106,12 +138,17 @@ fn load_file_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor
                 path.display()
             ),
         };
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .with_context(|| format!("{}: tensor {name}", path.display()))?;
-        out.insert(name, t);
+        let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        tensors.push(MappedTensor {
+            name,
+            dtype,
+            shape: view.shape().to_vec(),
+            range: start..start + view.data().len(),
+            file: path.to_path_buf(),
+        });
     }
-    Ok(out)
+    drop(st);
+    Ok((Arc::new(mmap), tensors))
 }
 
 /// A named f32 tensor to write: name, shape, values.

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::few_rows::dot;
+use crate::kernels::few_rows::dot;
 
 /// The cache of every layer, plus the padding of each row.
 pub struct Cache {

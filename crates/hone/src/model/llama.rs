@@ -1,76 +1,34 @@
 //! The Llama decoder (also Mistral and Qwen2): embeddings, N pre-norm blocks of grouped-query
 //! attention and SwiGLU MLP, final RMSNorm, LM head. Inference forward pass with a KV cache.
 //!
-//! Weights are f32 candle tensors named as in HF checkpoints; `weights` maps other formats to them.
+//! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
+//! either f32 or in its stored type (`linear::Weight`); norms are f32.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
 
 use super::config::ModelConfig;
-use super::few_rows;
 use super::kv_cache::{Cache, CachedAttnShape};
+use super::linear::{with_f32_slice, Linear, LoraDelta, Projection, Weight};
 use super::rope;
-use crate::train::kernels::attention::{self, AttnInputs, AttnShape};
-use crate::train::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
-use crate::train::kernels::rope::{self as rope_kernel, RopeShape};
-use crate::train::kernels::swiglu as swiglu_kernel;
+use crate::adapters::Adapter;
+use crate::kernels::attention::{self, AttnInputs, AttnShape};
+use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::kernels::rope::{self as rope_kernel, RopeShape};
+use crate::kernels::swiglu as swiglu_kernel;
 
-/// `y = x Wᵀ + b`, with W stored `[out, in]` as in PyTorch.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// One Linear computing the given ones side by side (outputs concatenated in order).
-    pub fn stack(parts: &[Linear]) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
-        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
-        Ok(Linear {
-            weight: Tensor::cat(&weights, 0)?,
-            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (rows, inner) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-        let mut out_shape = x.dims().to_vec();
-        *out_shape.last_mut().expect("x has a last dim") = self.weight.dim(0)?;
-        let x = x.reshape((rows, inner))?;
-        let y = if rows <= few_rows::MAX_ROWS && x.device().is_cpu() {
-            let out = self.weight.dim(0)?;
-            let y = with_f32_slice(&x.contiguous()?, |x| {
-                with_f32_slice(&self.weight, |w| {
-                    Ok(few_rows::matmul_transposed(x, w, rows, inner, out))
-                })
-            })
-            .map_err(candle_core::Error::wrap)?;
-            Tensor::from_vec(y, (rows, out), x.device())?
-        } else {
-            x.matmul(&self.weight.t()?)?
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        y.reshape(out_shape)
-    }
-}
-
-/// q, k and v projections run as one matrix product (their weights stacked by rows): one larger
-/// product keeps the matmul kernel busier than three narrow ones.
+/// q, k and v projections run as one product, as do gate and up: one larger product keeps the
+/// matmul kernels busier than several narrow ones.
 struct Attention {
     qkv_proj: Linear,
     o_proj: Linear,
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up_proj: Linear,
     down_proj: Linear,
 }
 
@@ -83,10 +41,10 @@ struct Block {
 
 pub struct Llama {
     cfg: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Weight,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     /// Rotary tables, `[positions, head_dim / 2]`.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -94,69 +52,72 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Build the model from f32 tensors with HF names, checking every shape against the config.
+    /// Build the model from f32 tensors with HF names (the exact path), checking every shape
+    /// against the config.
     pub fn from_weights(
         cfg: ModelConfig,
-        mut w: HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
+        let weights = weights
+            .into_iter()
+            .map(|(n, t)| (n, Weight::F32(t)))
+            .collect();
+        Self::from_stored(cfg, weights, None, device)
+    }
+
+    /// Build the model from weights with HF names, each f32 or in its stored type, checking every
+    /// shape against the config. `adapter`'s LoRA updates, checked to fit with
+    /// [`crate::adapters::merge::check_fits`], are kept unmerged beside the weights.
+    pub fn from_stored(
+        cfg: ModelConfig,
+        weights: HashMap<String, Weight>,
+        adapter: Option<&Adapter>,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut parts = Parts { weights, adapter };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let t = w
-                .remove(name)
-                .with_context(|| format!("tensor `{name}` is missing"))?;
-            if t.dims() != shape {
-                bail!(
-                    "tensor `{name}` has shape {:?} but the config implies {shape:?}",
-                    t.dims()
-                );
-            }
-            Ok(t)
-        };
-        let embed_tokens = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let mut linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-                Ok(Linear {
-                    weight: take(&format!("{p}.{name}.weight"), &[out, inp])?,
-                    bias: if bias {
-                        Some(take(&format!("{p}.{name}.bias"), &[out])?)
-                    } else {
-                        None
-                    },
-                })
+            let mut proj = |name: &str, out: usize, inp: usize, bias: bool| {
+                parts.projection(&format!("{p}.{name}"), out, inp, bias)
             };
             let attn = Attention {
-                qkv_proj: Linear::stack(&[
-                    linear("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
-                    linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
-                    linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
+                qkv_proj: Linear::new(vec![
+                    proj("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
+                    proj("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
+                    proj("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
                 ])?,
-                o_proj: linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?,
+                o_proj: Linear::new(vec![proj("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?])?,
             };
             let mlp = Mlp {
-                gate_proj: linear("mlp.gate_proj", i, h, cfg.mlp_bias)?,
-                up_proj: linear("mlp.up_proj", i, h, cfg.mlp_bias)?,
-                down_proj: linear("mlp.down_proj", h, i, cfg.mlp_bias)?,
+                gate_up_proj: Linear::new(vec![
+                    proj("mlp.gate_proj", i, h, cfg.mlp_bias)?,
+                    proj("mlp.up_proj", i, h, cfg.mlp_bias)?,
+                ])?,
+                down_proj: Linear::new(vec![proj("mlp.down_proj", h, i, cfg.mlp_bias)?])?,
             };
             blocks.push(Block {
-                input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                input_layernorm: parts.take_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
                 attn,
-                post_attention_layernorm: take(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
-                )?,
+                post_attention_layernorm: parts
+                    .take_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 mlp,
             });
         }
-        let norm = take("model.norm.weight", &[h])?;
+        let norm = parts.take_f32("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+            Projection {
+                weight: embed_tokens.clone(),
+                bias: None,
+                lora: None,
+            }
         } else {
-            take("lm_head.weight", &[cfg.vocab_size, h])?
+            parts.projection("lm_head", cfg.vocab_size, h, false)?
         };
         let n_positions = cfg.max_position_embeddings.max(1);
         let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
@@ -165,7 +126,7 @@ impl Llama {
             embed_tokens,
             blocks,
             norm,
-            lm_head,
+            lm_head: Linear::new(vec![lm_head])?,
             rope_cos,
             rope_sin,
             device: device.clone(),
@@ -197,11 +158,7 @@ impl Llama {
 
     /// The LM head: logits `[..., vocab]` for final-norm hidden states `[..., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = Linear {
-            weight: self.lm_head.clone(),
-            bias: None,
-        };
-        Ok(head.forward(hidden)?)
+        self.lm_head.forward(hidden)
     }
 
     /// Summed next-token negative log-likelihood over `ids` `[batch, seq]` (every position but the
@@ -236,9 +193,35 @@ impl Llama {
             vocab: self.cfg.vocab_size,
             chunk: 256,
         };
-        with_f32_slice(&self.lm_head, |w| {
-            cross_entropy::loss(&hidden, w, &labels, shape)
-        })
+        match self.lm_head.plain_f32_weight() {
+            Some(w) => with_f32_slice(w, |w| cross_entropy::loss(&hidden, w, &labels, shape)),
+            None => self.chunked_nll(&hidden, &labels, shape),
+        }
+    }
+
+    /// The labelled positions' summed NLL through the LM head's own product (a stored-type or
+    /// adapted head), a chunk of labelled rows at a time so the logits are never held whole.
+    fn chunked_nll(&self, hidden: &[f32], labels: &[i64], shape: CeShape) -> Result<(f64, usize)> {
+        let labelled: Vec<usize> = (0..shape.n)
+            .filter(|&i| labels[i] != IGNORE_INDEX)
+            .collect();
+        let mut total = 0f64;
+        for rows in labelled.chunks(shape.chunk) {
+            let x: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| &hidden[r * shape.hidden..(r + 1) * shape.hidden])
+                .copied()
+                .collect();
+            let logits = self.lm_head.forward_rows(&x, rows.len())?;
+            for (&r, row) in rows.iter().zip(logits.chunks_exact(shape.vocab)) {
+                let label = usize::try_from(labels[r])
+                    .ok()
+                    .filter(|&l| l < shape.vocab)
+                    .with_context(|| format!("label {} is outside the vocabulary", labels[r]))?;
+                total += cross_entropy::row_loss(row, label);
+            }
+        }
+        Ok((total, labelled.len()))
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
@@ -257,22 +240,16 @@ impl Llama {
         if let Some(bad) = flat_ids.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let mut x =
-            self.embed_tokens
-                .index_select(&flat_ids, 0)?
-                .reshape((b, t, self.cfg.hidden_size))?;
+        let embedded = self.embed_tokens.gather_rows(&flat_ids.to_vec1::<u32>()?)?;
+        let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.blocks.iter().enumerate() {
             let normed = rms_norm(&x, &block.input_layernorm, eps)?;
             let attn = self.attention(&block.attn, &normed, start, l, cache.as_deref_mut())?;
             x = (x + attn)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
-            let mlp = &block.mlp;
-            let gated = swiglu(
-                &mlp.gate_proj.forward(&normed)?,
-                &mlp.up_proj.forward(&normed)?,
-            )?;
-            x = (x + mlp.down_proj.forward(&gated)?)?;
+            let gated = swiglu(&block.mlp.gate_up_proj.forward(&normed)?)?;
+            x = (x + block.mlp.down_proj.forward(&gated)?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps)?)
     }
@@ -327,7 +304,7 @@ impl Llama {
             }
         };
         let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
-        Ok(a.o_proj.forward(&out)?)
+        a.o_proj.forward(&out)
     }
 
     /// The stacked projection's `[q | k | v]` columns as separate token-major arrays, q and k
@@ -367,26 +344,76 @@ impl Llama {
     }
 }
 
-/// `silu(gate) · up` through the vectorized training kernel (candle's silu calls libm per element).
-fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let mut out = vec![0f32; gate.elem_count()];
-    with_f32_slice(gate, |g| {
-        with_f32_slice(up, |u| {
-            swiglu_kernel::forward(g, u, &mut out);
-            Ok(())
-        })
-    })?;
-    Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
+/// `silu(gate) · up` for the stacked `[..., gate | up]` product, through the vectorized kernel
+/// (candle's silu calls libm per element).
+fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+    let mut shape = gate_up.dims().to_vec();
+    let width = shape.last().copied().context("a scalar is not a product")? / 2;
+    *shape.last_mut().expect("checked above") = width;
+    let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
+    let (mut gate, mut up) = (Vec::with_capacity(values.len() / 2), Vec::new());
+    up.reserve(values.len() / 2);
+    for row in values.chunks_exact(2 * width) {
+        gate.extend_from_slice(&row[..width]);
+        up.extend_from_slice(&row[width..]);
+    }
+    let mut out = vec![0f32; gate.len()];
+    swiglu_kernel::forward(&gate, &up, &mut out);
+    Ok(Tensor::from_vec(out, shape, gate_up.device())?)
 }
 
-/// Run `f` on the f32 elements of a contiguous CPU tensor, without copying them out.
-fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        bail!("the fused kernels run on CPU tensors");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("the fused kernels need a contiguous tensor");
-    };
-    f(&cpu.as_slice::<f32>()?[start..end])
+/// The model's weights while a [`Llama`] is built from them, and the adapter's updates.
+struct Parts<'a> {
+    weights: HashMap<String, Weight>,
+    adapter: Option<&'a Adapter>,
+}
+
+impl Parts<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let w = self
+            .weights
+            .remove(name)
+            .with_context(|| format!("tensor `{name}` is missing"))?;
+        if w.dims() != shape {
+            bail!(
+                "tensor `{name}` has shape {:?} but the config implies {shape:?}",
+                w.dims()
+            );
+        }
+        Ok(w)
+    }
+
+    fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let w = self.take(name, shape)?;
+        w.f32_tensor()
+            .with_context(|| format!("tensor `{name}`"))
+            .cloned()
+    }
+
+    /// Module `module`'s weight, bias when it has one, and the adapter's update of it (whose bias,
+    /// when the adapter saved one, replaces the model's). The adapter was checked to fit.
+    fn projection(
+        &mut self,
+        module: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Projection> {
+        let weight = self.take(&format!("{module}.weight"), &[out, inp])?;
+        let bias_name = format!("{module}.bias");
+        let mut bias = if bias {
+            Some(self.take_f32(&bias_name, &[out])?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let lora = self.adapter.and_then(|a| a.modules.get(module));
+        if let Some(b) = self.adapter.and_then(|a| a.biases.get(&bias_name)) {
+            bias = Some(b.clone());
+        }
+        Ok(Projection {
+            weight,
+            bias,
+            lora: lora.map(LoraDelta::from),
+        })
+    }
 }

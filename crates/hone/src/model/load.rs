@@ -7,7 +7,8 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
-use super::{weights, Llama};
+use super::{memory, weights, Llama};
+use crate::adapters::merge::check_fits;
 use crate::adapters::{merge, read_adapter};
 use crate::io::gguf::GgufFile;
 use crate::io::source::{self, ModelSource};
@@ -19,24 +20,67 @@ pub struct LoadedModel {
     pub source: ModelSource,
 }
 
-/// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
-pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
-    load_with_adapter(spec, None, device)
+/// How a model's weights are held for inference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Matrices in their stored type (quantized, f16, bf16), read in place from the file; a
+    /// decoding step quantizes activations to 8 bits for the quantized ones, as llama.cpp does.
+    #[default]
+    Stored,
+    /// Every weight expanded to f32 and adapters merged: the arithmetic of transformers, which the
+    /// parity tests check to 1e-4.
+    Exact,
 }
 
-/// [`load`], with the PEFT LoRA adapter in `adapter` (a directory) merged into the weights.
+/// Resolve `spec` (HF directory, GGUF file or Hub id) and load weights and tokenizer.
+pub fn load(spec: &str, precision: Precision, device: &Device) -> Result<LoadedModel> {
+    load_with_adapter(spec, None, precision, device)
+}
+
+/// [`load`], with the PEFT LoRA adapter in `adapter` (a directory): merged into the weights on the
+/// exact path, applied beside the stored weights otherwise.
 pub fn load_with_adapter(
     spec: &str,
     adapter: Option<&Path>,
+    precision: Precision,
     device: &Device,
 ) -> Result<LoadedModel> {
-    let w = load_weights(spec, adapter, device)?;
-    let model = Llama::from_weights(w.config, w.weights, device)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", w.source.path().display()))?;
+    if precision == Precision::Exact {
+        let w = load_weights(spec, adapter, device)?;
+        let model = Llama::from_weights(w.config, w.weights, device)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", w.source.path().display()))?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer: w.tokenizer,
+            source: w.source,
+        });
+    }
+    let adapter = match adapter {
+        Some(dir) => Some((dir, read_adapter(dir)?)),
+        None => None,
+    };
+    let source = source::resolve(spec)?;
+    memory::check_fits(&source, Precision::Stored)?;
+    let (config, weights) = weights::load_stored(&source, device)?;
+    if let Some((dir, adapter)) = &adapter {
+        check_fits(&config, adapter, |name| weights.get(name).map(|w| w.dims())).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot apply to {}: {e:#}",
+                dir.display(),
+                source.path().display()
+            )
+        })?;
+    }
+    let tokenizer = match &source {
+        ModelSource::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
+        ModelSource::Gguf(path) => Tokenizer::from_gguf(&GgufFile::open(path)?)?,
+    };
+    let model = Llama::from_stored(config, weights, adapter.as_ref().map(|(_, a)| a), device)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
     Ok(LoadedModel {
         model,
-        tokenizer: w.tokenizer,
-        source: w.source,
+        tokenizer,
+        source,
     })
 }
 
@@ -58,6 +102,7 @@ pub fn load_weights(spec: &str, adapter: Option<&Path>, device: &Device) -> Resu
         None => None,
     };
     let source = source::resolve(spec)?;
+    memory::check_fits(&source, Precision::Exact)?;
     let (config, mut weights, tokenizer) = match &source {
         ModelSource::HfDir(dir) => {
             let (cfg, w) = weights::load(&source, device)?;

@@ -1,16 +1,20 @@
 //! Llama-family models: configuration, weights, and the forward pass.
 
 pub mod config;
-mod few_rows;
 mod kv_cache;
+pub mod linear;
 pub mod llama;
 pub mod load;
+mod memory;
 pub mod rope;
 pub mod tensors;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use kv_cache::Cache;
-pub use llama::{Linear, Llama};
-pub use load::{inspect, load, load_weights, load_with_adapter, LoadedModel, LoadedWeights};
+pub use linear::{Linear, Weight};
+pub use llama::Llama;
+pub use load::{
+    inspect, load, load_weights, load_with_adapter, LoadedModel, LoadedWeights, Precision,
+};
 pub use tensors::hf_tensor_shapes;

@@ -1,18 +1,23 @@
-//! Loading a model's config and f32 weights from any source, under HF tensor names.
+//! Loading a model's config and weights from any source, under HF tensor names: every weight
+//! expanded to f32 ([`load`], the exact path), or matrices kept in their stored type and read in
+//! place from the file's memory map ([`load_stored`]).
 //!
 //! GGUF files name tensors llama.cpp's way (`blk.N.attn_q.weight`) and store q/k projection rows
 //! permuted for llama.cpp's interleaved rotary layout; both are undone here so the rest of Hone sees
-//! one layout, the HF one.
+//! one layout, the HF one (for a stored matrix, by reading its rows in the HF order).
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::linear::Weight;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors;
 use crate::io::source::ModelSource;
+use crate::kernels::stored::{StoredMatrix, WeightBytes};
+use crate::quant::GgmlType;
 
 /// Config and f32 weights keyed by HF tensor name.
 pub fn load(
@@ -38,9 +43,18 @@ pub fn load_gguf(
     gguf: &GgufFile,
     device: &Device,
 ) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    load_gguf_filtered(gguf, device, |_| true)
+}
+
+/// [`load_gguf`] over the tensors `wanted` accepts.
+fn load_gguf_filtered(
+    gguf: &GgufFile,
+    device: &Device,
+    wanted: impl Fn(&crate::io::gguf::GgufTensorInfo) -> bool,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let mut cfg = ModelConfig::from_gguf(gguf)?;
     let mut weights = HashMap::new();
-    for info in &gguf.tensors {
+    for info in gguf.tensors.iter().filter(|i| wanted(i)) {
         if info.name == "rope_freqs.weight" {
             let (factors, _) = gguf.tensor_f32(&info.name)?;
             cfg.rope_scaling = Some(RopeScaling::FreqFactors(factors));
@@ -51,16 +65,109 @@ pub fn load_gguf(
         };
         let (mut data, shape) = gguf.tensor_f32(&info.name)?;
         let row_len: usize = shape[1..].iter().product();
-        if hf_name.contains("self_attn.q_proj") {
-            data = unpermute_rows(&data, cfg.num_attention_heads, row_len);
-        } else if hf_name.contains("self_attn.k_proj") {
-            data = unpermute_rows(&data, cfg.num_key_value_heads, row_len);
+        if let Some(heads) = permuted_heads(&hf_name, &cfg) {
+            data = unpermute_rows(&data, heads, row_len);
         }
         let t = Tensor::from_vec(data, shape, device)
             .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?;
         weights.insert(hf_name, t);
     }
     Ok((cfg, weights))
+}
+
+/// Config and weights keyed by HF tensor name: 2-D f16/bf16/quantized tensors stay in their
+/// stored type, mapped from the file; f32 tensors and vectors (norms, biases) are f32.
+pub fn load_stored(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Weight>)> {
+    match source {
+        ModelSource::HfDir(dir) => {
+            let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+            let mut weights = HashMap::new();
+            for path in safetensors::checkpoint_files(dir)? {
+                let (map, tensors) = safetensors::map_file(&path)?;
+                for t in tensors {
+                    let ty = match t.dtype {
+                        DType::F16 => Some(GgmlType::F16),
+                        DType::BF16 => Some(GgmlType::BF16),
+                        _ => None,
+                    };
+                    let w = match (ty, &t.shape[..]) {
+                        (Some(ty), &[rows, cols]) => {
+                            let bytes = WeightBytes::Mapped {
+                                map: map.clone(),
+                                range: t.range.clone(),
+                            };
+                            let m =
+                                StoredMatrix::new(ty, rows, cols, bytes).with_context(|| {
+                                    format!("{}: tensor {}", path.display(), t.name)
+                                })?;
+                            Weight::Stored(m)
+                        }
+                        _ => Weight::F32(t.to_f32(&map, device)?),
+                    };
+                    if weights.insert(t.name.clone(), w).is_some() {
+                        anyhow::bail!(
+                            "{}: tensor {} also appears in another shard",
+                            path.display(),
+                            t.name
+                        );
+                    }
+                }
+            }
+            Ok((cfg, weights))
+        }
+        ModelSource::Gguf(path) => load_gguf_stored(&GgufFile::open_populated(path)?, device),
+    }
+}
+
+/// [`load_stored`] for an open GGUF file.
+pub fn load_gguf_stored(
+    gguf: &GgufFile,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Weight>)> {
+    let mut cfg = ModelConfig::from_gguf(gguf)?;
+    let mut weights = HashMap::new();
+    for info in &gguf.tensors {
+        let is_matrix = info.dims.len() == 2 && info.ggml_type != GgmlType::F32;
+        if info.name == "rope_freqs.weight" || !is_matrix {
+            continue;
+        }
+        let Some(hf_name) = hf_name(&info.name) else {
+            continue;
+        };
+        let (rows, cols) = (info.dims[1] as usize, info.dims[0] as usize);
+        let range = info.offset as usize..(info.offset + info.n_bytes) as usize;
+        let bytes = WeightBytes::Mapped {
+            map: gguf.map(),
+            range,
+        };
+        let mut m = StoredMatrix::new(info.ggml_type, rows, cols, bytes)
+            .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?;
+        if let Some(heads) = permuted_heads(&hf_name, &cfg) {
+            m = m.with_row_order(unpermuted_order(rows, heads));
+        }
+        weights.insert(hf_name, Weight::Stored(m));
+    }
+    // Vectors, f32 matrices and the rope factors: as the f32 path reads them.
+    let (f32_cfg, f32_weights) = load_gguf_filtered(gguf, device, |info| {
+        info.dims.len() != 2 || info.ggml_type == GgmlType::F32
+    })?;
+    cfg.rope_scaling = f32_cfg.rope_scaling;
+    weights.extend(f32_weights.into_iter().map(|(n, t)| (n, Weight::F32(t))));
+    Ok((cfg, weights))
+}
+
+/// The number of heads whose rows llama.cpp permuted in tensor `hf_name` (q and k projections).
+fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
+    if hf_name.contains("self_attn.q_proj") {
+        Some(cfg.num_attention_heads)
+    } else if hf_name.contains("self_attn.k_proj") {
+        Some(cfg.num_key_value_heads)
+    } else {
+        None
+    }
 }
 
 /// The HF name of a llama.cpp tensor name; None for tensors Hone does not use.
@@ -126,6 +233,11 @@ pub fn permute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
     permute_rows_with(data, n_heads, row_len, |half, r| (r % 2) * half + r / 2)
 }
 
+/// The stored row that holds each HF row of a llama.cpp-permuted q/k matrix of `n_rows` rows.
+pub fn unpermuted_order(n_rows: usize, n_heads: usize) -> Vec<u32> {
+    row_sources(n_rows, n_heads, |half, r| (r % half) * 2 + r / half)
+}
+
 /// Output row `r` of each head is copied from input row `src(half, r)` of that head.
 fn permute_rows_with(
     data: &[f32],
@@ -133,18 +245,26 @@ fn permute_rows_with(
     row_len: usize,
     src: impl Fn(usize, usize) -> usize,
 ) -> Vec<f32> {
-    let n_rows = data.len() / row_len;
-    let head_dim = n_rows / n_heads;
-    let half = head_dim / 2;
+    let sources = row_sources(data.len() / row_len, n_heads, src);
     let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for r in 0..head_dim {
-            let from = (h * head_dim + src(half, r)) * row_len;
-            let to = (h * head_dim + r) * row_len;
-            out[to..to + row_len].copy_from_slice(&data[from..from + row_len]);
-        }
+    for (to, &from) in out.chunks_exact_mut(row_len).zip(&sources) {
+        let from = from as usize * row_len;
+        to.copy_from_slice(&data[from..from + row_len]);
     }
     out
+}
+
+/// For each output row, the input row it comes from: row `r` of each head from row `src(half, r)`
+/// of that head.
+fn row_sources(n_rows: usize, n_heads: usize, src: impl Fn(usize, usize) -> usize) -> Vec<u32> {
+    let head_dim = n_rows / n_heads;
+    let half = head_dim / 2;
+    (0..n_rows)
+        .map(|row| {
+            let (h, r) = (row / head_dim, row % head_dim);
+            (h * head_dim + src(half, r)) as u32
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -167,29 +167,32 @@ impl GgmlType {
     }
 }
 
-/// Decodes `n_elements` values of type `ty` from `bytes` (exactly the tensor's bytes).
+/// Decodes `n_elements` values of type `ty` from `bytes` (exactly the tensor's bytes), spread
+/// over rayon's threads.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
+    check_dequantize(ty, bytes, n_elements)?;
+    // Zeroed allocation is lazy (calloc), so the pages are first touched by the worker threads.
+    let mut out = vec![0f32; n_elements];
+    decode(ty, bytes, &mut out, true);
+    Ok(out)
+}
+
+/// Decodes `bytes` of type `ty` into `out` on the calling thread (a tile of a matrix product that
+/// is itself one task of a parallel loop).
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    check_dequantize(ty, bytes, out.len())?;
+    decode(ty, bytes, out, false);
+    Ok(())
+}
+
+fn check_dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<()> {
     use GgmlType::*;
-    let kernel: fn(&[u8], &mut [f32]) = match ty {
-        F32 => |b, y| {
-            par_blocks(b, y, |b: &[u8; 4], y: &mut [f32; 1]| {
-                y[0] = f32::from_le_bytes(*b)
-            })
-        },
-        F16 => |b, y| par_blocks(b, y, float::dequantize_f16),
-        BF16 => |b, y| par_blocks(b, y, float::dequantize_bf16),
-        Q4_0 => |b, y| par_blocks(b, y, legacy::dequantize_q4_0),
-        Q4_1 => |b, y| par_blocks(b, y, legacy::dequantize_q4_1),
-        Q5_0 => |b, y| par_blocks(b, y, legacy::dequantize_q5_0),
-        Q5_1 => |b, y| par_blocks(b, y, legacy::dequantize_q5_1),
-        Q8_0 => |b, y| par_blocks(b, y, legacy::dequantize_q8_0),
-        Q2K => |b, y| par_blocks(b, y, kquants::dequantize_q2_k),
-        Q3K => |b, y| par_blocks(b, y, kquants::dequantize_q3_k),
-        Q4K => |b, y| par_blocks(b, y, kquants::dequantize_q4_k),
-        Q5K => |b, y| par_blocks(b, y, kquants::dequantize_q5_k),
-        Q6K => |b, y| par_blocks(b, y, kquants::dequantize_q6_k),
-        _ => bail!("dequantizing {} tensors is not supported", ty.name()),
-    };
+    if !matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K
+    ) {
+        bail!("dequantizing {} tensors is not supported", ty.name());
+    }
     let expected = ty.bytes_for(n_elements as u64)?;
     ensure!(
         bytes.len() as u64 == expected,
@@ -197,10 +200,30 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
         ty.name(),
         bytes.len()
     );
-    // Zeroed allocation is lazy (calloc), so the pages are first touched by the worker threads.
-    let mut out = vec![0f32; n_elements];
-    kernel(bytes, &mut out);
-    Ok(out)
+    Ok(())
+}
+
+/// The decoding of a checked type and length, in parallel or not.
+fn decode(ty: GgmlType, b: &[u8], y: &mut [f32], par: bool) {
+    use GgmlType::*;
+    match ty {
+        F32 => blocks(b, y, par, |b: &[u8; 4], y: &mut [f32; 1]| {
+            y[0] = f32::from_le_bytes(*b)
+        }),
+        F16 => blocks(b, y, par, float::dequantize_f16),
+        BF16 => blocks(b, y, par, float::dequantize_bf16),
+        Q4_0 => blocks(b, y, par, legacy::dequantize_q4_0),
+        Q4_1 => blocks(b, y, par, legacy::dequantize_q4_1),
+        Q5_0 => blocks(b, y, par, legacy::dequantize_q5_0),
+        Q5_1 => blocks(b, y, par, legacy::dequantize_q5_1),
+        Q8_0 => blocks(b, y, par, legacy::dequantize_q8_0),
+        Q2K => blocks(b, y, par, kquants::dequantize_q2_k),
+        Q3K => blocks(b, y, par, kquants::dequantize_q3_k),
+        Q4K => blocks(b, y, par, kquants::dequantize_q4_k),
+        Q5K => blocks(b, y, par, kquants::dequantize_q5_k),
+        Q6K => blocks(b, y, par, kquants::dequantize_q6_k),
+        Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("checked by check_dequantize"),
+    }
 }
 
 /// Encodes `data` as type `ty`, byte for byte as ggml's `quantize_row_*_ref` (and gguf-py) do.
@@ -246,6 +269,22 @@ fn par_blocks<A: Sync, B: Send, const I: usize, const O: usize>(
     src.par_chunks(BLOCKS_PER_TASK)
         .zip(dst.par_chunks_mut(BLOCKS_PER_TASK))
         .for_each(|(src, dst)| src.iter().zip(dst).for_each(|(s, d)| f(s, d)));
+}
+
+/// [`par_blocks`], or the same loop on the calling thread.
+fn blocks<const I: usize, const O: usize>(
+    src: &[u8],
+    dst: &mut [f32],
+    par: bool,
+    f: impl Fn(&[u8; I], &mut [f32; O]) + Sync,
+) {
+    if par {
+        par_blocks(src, dst, f);
+    } else {
+        let (src, _) = src.as_chunks::<I>();
+        let (dst, _) = dst.as_chunks_mut::<O>();
+        src.iter().zip(dst).for_each(|(s, d)| f(s, d));
+    }
 }
 
 /// The f16 stored little-endian at `b[i..i + 2]`, widened (exactly) to f32.

@@ -8,9 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
-use super::kernels::{rmsnorm, rope, swiglu};
 use super::linear::{Projection, Saved, Tensor1};
+use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
+use crate::kernels::{rmsnorm, rope, swiglu};
 use crate::model::ModelConfig;
 
 /// What varies per batch: sizes, positions (restarting inside packed rows), segments, rope

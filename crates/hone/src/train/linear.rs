@@ -9,8 +9,8 @@
 use rayon::prelude::*;
 
 use super::dropout;
-use super::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use super::lora::Lora;
+use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 
 /// A trainable tensor's values and, when it trains, its gradient (same length).
 #[derive(Clone, Debug)]

@@ -1,13 +1,11 @@
-//! Training: Hone's own differentiable kernels, with forward and backward passes side by side, the
-//! model and LoRA layers built on them, AdamW and learning-rate schedules, the run config and
-//! checkpoint directories.
+//! Training: the model and LoRA layers built on the differentiable kernels (`crate::kernels`),
+//! AdamW and learning-rate schedules, the run config and checkpoint directories.
 
 pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod dropout;
 pub mod freeze;
-pub mod kernels;
 pub mod linear;
 pub mod lora;
 pub mod model;

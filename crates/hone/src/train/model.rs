@@ -12,12 +12,12 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::block::{Block, StepInputs};
 use super::dropout;
-use super::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
-use super::kernels::rmsnorm;
 use super::linear::{Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use crate::adapters::Adapter;
 use crate::data::Batch;
+use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::kernels::rmsnorm;
 use crate::model::{rope, ModelConfig};
 
 /// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.

@@ -6,12 +6,12 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
 //! `base_model.model.` prefix).
 
-use super::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use super::linear::{Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
 use crate::adapters::{Adapter, AdapterConfig};
+use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
 type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);

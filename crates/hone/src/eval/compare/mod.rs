@@ -26,8 +26,8 @@ use super::metrics::{self, Pair, ScoreOptions, Scores};
 use super::perplexity::{answer_perplexity, perplexity, read_documents, PerplexityReport};
 use crate::chat::{ChatTemplate, Message};
 use crate::data::{Conversation, RowOrigin};
-use crate::generate::{GenerateConfig, SamplingConfig};
-use crate::model::{load_with_adapter, LoadedModel};
+use crate::generate::GenerateConfig;
+use crate::model::{load_with_adapter, LoadedModel, Precision};
 use crate::tokenizer::Tokenizer;
 
 /// What to compare and how.
@@ -35,7 +35,7 @@ use crate::tokenizer::Tokenizer;
 pub struct CompareSettings {
     /// The base model: HF directory, GGUF file or Hub id.
     pub base_model: String,
-    /// PEFT LoRA adapter directories, each merged into the base model in turn.
+    /// PEFT LoRA adapter directories, each applied to the base model in turn.
     pub adapters: Vec<PathBuf>,
     /// Where the prompts came from, for the report.
     pub prompts_file: PathBuf,
@@ -49,6 +49,8 @@ pub struct CompareSettings {
     pub perplexity_data: Option<PathBuf>,
     /// Sequences are cut to this many tokens for perplexity (and to the model's context).
     pub max_length: usize,
+    /// How the weights are held (stored types, or f32 with `--exact`).
+    pub precision: Precision,
 }
 
 /// Everything a comparison found, in the order the report shows it.
@@ -145,7 +147,8 @@ pub fn compare(
             label: &label,
         });
         let dir = adapter.as_ref().map(|a| a.dir.as_path());
-        let loaded = load_with_adapter(&settings.base_model, dir, &Device::Cpu)?;
+        let loaded =
+            load_with_adapter(&settings.base_model, dir, settings.precision, &Device::Cpu)?;
         let run = Run {
             template: template(&loaded.tokenizer)?,
             loaded,
@@ -193,8 +196,7 @@ impl Run<'_> {
     ) -> Result<(Vec<String>, f64)> {
         let config = GenerateConfig {
             max_new_tokens: self.settings.max_new_tokens,
-            sampling: SamplingConfig::default(),
-            stop_strings: vec![],
+            ..GenerateConfig::default()
         };
         let of = prompts.len();
         let start = Instant::now();

@@ -61,6 +61,7 @@ pub fn comparison() -> Comparison {
         },
         perplexity_data: Some(PathBuf::from("heldout.txt")),
         max_length: 1024,
+        precision: Precision::Stored,
     };
     let adapter = AdapterSettings {
         dir: PathBuf::from("runs/<lora>"),

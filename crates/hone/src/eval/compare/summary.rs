@@ -3,6 +3,7 @@
 
 use super::metrics::Lang;
 use super::{Comparison, ModelRun, Scores};
+use crate::model::Precision;
 
 /// Which way a figure improves, to mark the best model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +151,13 @@ pub fn settings_rows(comparison: &Comparison) -> Vec<(&'static str, String)> {
                 .map_or_else(|| "the model's own".to_owned(), |p| p.display().to_string()),
         ),
         ("metrics", format!("{metrics}{stemmer}")),
+        (
+            "weights",
+            match settings.precision {
+                Precision::Stored => "as stored in the model file".to_owned(),
+                Precision::Exact => "expanded to f32 (--exact)".to_owned(),
+            },
+        ),
     ];
     let measured = |m: &ModelRun| m.answer_perplexity.is_some() || m.data_perplexity.is_some();
     if comparison.models.iter().any(measured) {

@@ -8,12 +8,12 @@ use candle_core::{DType, Device, D};
 
 use super::*;
 use crate::data::RowOrigin;
-use crate::model::{load, LoadedModel};
+use crate::model::{load, LoadedModel, Precision};
 
 /// The tiny random Llama GGUF with a SentencePiece tokenizer and a ChatML template.
 fn tiny() -> (LoadedModel, ChatTemplate) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer/tiny-spm.gguf");
-    let loaded = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
+    let loaded = load(path.to_str().unwrap(), Precision::Exact, &Device::Cpu).unwrap();
     let template = ChatTemplate::for_tokenizer(&loaded.tokenizer).unwrap();
     (loaded, template)
 }

@@ -211,7 +211,7 @@ impl Scratch {
 
 /// `logsumexp(row) − row[target]`. The exponentials are summed in f64: a vocabulary row has tens of
 /// thousands of terms, beyond what an f32 sum keeps to 1e-4.
-fn row_loss(row: &[f32], target: usize) -> f64 {
+pub fn row_loss(row: &[f32], target: usize) -> f64 {
     let max = row_max(row);
     let mut sum = Lanes::default();
     for chunk in row.chunks(LANES) {

@@ -1,0 +1,411 @@
+//! Matrix products on weights kept in their stored type — ggml quantized blocks, f16 or bf16 —
+//! read in place from the model file's memory map, never expanded to f32 as a whole.
+//!
+//! Two ways through, by the number of activation rows:
+//! - a few rows (decoding: one token per sequence of a batch): the activations are quantized once
+//!   ([`qdot`]) and every weight row is dotted with each of them while it is in L1, so a step
+//!   streams the weights once, in their stored size;
+//! - many rows (a prompt, a perplexity window): tiles of weight rows are dequantized into a small
+//!   f32 buffer and multiplied by all rows with the GEMM, so the dequantization is paid once per
+//!   weight and the arithmetic runs at the GEMM's rate. The result equals the f32 model's up to
+//!   summation order.
+//!
+//! Several matrices with the same input (q|k|v, gate|up) run as one product: one parallel pass over
+//! all their rows, one quantization of the input.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Result};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use super::matmul::{matmul as gemm, MatMut, MatRef, Threads};
+use super::qdot::{self, float16, kquants, legacy, Q8Block, Q8KBlock};
+use crate::quant::{self, GgmlType};
+
+/// Up to this many activation rows take the dot-product path; more take the tiled GEMM.
+pub const FEW_ROWS: usize = 16;
+/// Weight rows per parallel task on the dot-product path.
+const DOT_ROWS_PER_TASK: usize = 32;
+/// Weight rows dequantized per GEMM tile: a tile of 4096-wide rows is 1 MiB of f32.
+const TILE_ROWS: usize = 64;
+
+/// The bytes of a weight matrix: a range of a memory-mapped file, or an owned buffer.
+#[derive(Clone)]
+pub enum WeightBytes {
+    Mapped { map: Arc<Mmap>, range: Range<usize> },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl WeightBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            WeightBytes::Mapped { map, range } => &map[range.clone()],
+            WeightBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A `[rows, cols]` weight matrix in a ggml storage type (PyTorch's `[out, in]` orientation).
+#[derive(Clone)]
+pub struct StoredMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    bytes: WeightBytes,
+    /// Row `r` of the matrix is stored row `row_order[r]`: llama.cpp's q/k row permutation is undone
+    /// by indexing rather than by copying the file's bytes.
+    row_order: Option<Arc<[u32]>>,
+}
+
+impl std::fmt::Debug for StoredMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}, {}]", self.ty.name(), self.rows, self.cols)
+    }
+}
+
+impl StoredMatrix {
+    /// Checks that a kernel reads `ty`, that rows are whole blocks and that `bytes` holds them all.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: WeightBytes) -> Result<Self> {
+        if row_dot(ty).is_none() {
+            bail!(
+                "{} weights have no matrix-product kernel (Hone multiplies F32, F16, BF16, Q4_0, \
+                 Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K–Q6_K weights)",
+                ty.name()
+            );
+        }
+        let block = ty.block_size();
+        if !cols.is_multiple_of(block) {
+            bail!(
+                "rows of {cols} values are not a whole number of {} blocks ({block} values each)",
+                ty.name()
+            );
+        }
+        let row_bytes = cols / block * ty.type_size();
+        let have = bytes.as_slice().len();
+        ensure!(
+            have == rows * row_bytes,
+            "{rows}×{cols} {} values take {} bytes, the tensor has {have}",
+            ty.name(),
+            rows * row_bytes
+        );
+        Ok(StoredMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            bytes,
+            row_order: None,
+        })
+    }
+
+    /// The same matrix with its rows read in `order` (row `r` is stored row `order[r]`).
+    pub fn with_row_order(mut self, order: Vec<u32>) -> Self {
+        assert_eq!(order.len(), self.rows, "one index per row");
+        assert!(order.iter().all(|&r| (r as usize) < self.rows));
+        self.row_order = Some(order.into());
+        self
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of storage the matrix reads.
+    pub fn n_bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// The stored bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let stored = self.row_order.as_ref().map_or(r, |o| o[r] as usize);
+        &self.bytes.as_slice()[stored * self.row_bytes..][..self.row_bytes]
+    }
+
+    /// Rows `rows` as f32 into `out` (`rows.len() × cols` values).
+    pub fn dequantize_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            rows.len() * self.cols,
+            "out is not the rows' size"
+        );
+        for (r, out) in rows.zip(out.chunks_exact_mut(self.cols)) {
+            quant::dequantize_into(self.ty, self.row(r), out)
+                .expect("the row's size was checked when the matrix was made");
+        }
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(TILE_ROWS * self.cols)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let start = t * TILE_ROWS;
+                self.dequantize_rows(start..start + out.len() / self.cols, out)
+            });
+        out
+    }
+}
+
+/// A weight row's dot product with one activation row, by the activation format it wants.
+#[derive(Clone, Copy)]
+enum RowDot {
+    Q8(legacy::DotQ8),
+    Q8K(kquants::DotQ8K),
+    F32(float16::DotF32),
+}
+
+fn row_dot(ty: GgmlType) -> Option<RowDot> {
+    legacy::dot_q8(ty)
+        .map(RowDot::Q8)
+        .or_else(|| kquants::dot_q8k(ty).map(RowDot::Q8K))
+        .or_else(|| float16::dot_f32(ty).map(RowDot::F32))
+}
+
+/// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ`: the outputs of every matrix side by side, row-major.
+///
+/// # Panics
+/// If the matrices differ in width or `x` is not `m` rows of that width.
+pub fn matmul(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
+    let k = parts[0].cols;
+    assert!(
+        parts.iter().all(|p| p.cols == k),
+        "matrices of different widths"
+    );
+    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    // Both paths write the output transposed (`[n, m]`), so each task owns a contiguous slice.
+    let yt = if m <= FEW_ROWS {
+        dot_products(parts, x, m)
+    } else {
+        tiled_products(parts, x, m)
+    };
+    let mut y = vec![0f32; m * n];
+    for (j, column) in yt.chunks_exact(m).enumerate() {
+        for (r, &value) in column.iter().enumerate() {
+            y[r * n + j] = value;
+        }
+    }
+    y
+}
+
+/// A run of one matrix's rows and the slice of the transposed output they fill.
+struct Task<'a> {
+    matrix: &'a StoredMatrix,
+    rows: Range<usize>,
+    out: &'a mut [f32],
+}
+
+/// Splits the transposed output `yt` (`[Σ rows, m]`) into tasks of `per_task` weight rows.
+fn tasks<'a>(
+    parts: &[&'a StoredMatrix],
+    yt: &'a mut [f32],
+    m: usize,
+    per_task: usize,
+) -> Vec<Task<'a>> {
+    let mut out = Vec::new();
+    let mut rest = yt;
+    for &matrix in parts {
+        for start in (0..matrix.rows).step_by(per_task) {
+            let rows = start..(start + per_task).min(matrix.rows);
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * m);
+            out.push(Task {
+                matrix,
+                rows,
+                out: head,
+            });
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The activations in the formats the matrices' kernels read, quantized once per product.
+struct Activations<'a> {
+    f32: &'a [f32],
+    q8: Vec<Q8Block>,
+    q8k: Vec<Q8KBlock>,
+}
+
+impl<'a> Activations<'a> {
+    fn new(parts: &[&StoredMatrix], x: &'a [f32]) -> Self {
+        let kinds: Vec<RowDot> = parts.iter().filter_map(|p| row_dot(p.ty)).collect();
+        let mut q8 = Vec::new();
+        if kinds.iter().any(|d| matches!(d, RowDot::Q8(_))) {
+            q8 = vec![Q8Block::default(); x.len() / 32];
+            qdot::quantize_q8(x, &mut q8);
+        }
+        let mut q8k = Vec::new();
+        if kinds.iter().any(|d| matches!(d, RowDot::Q8K(_))) {
+            q8k = vec![Q8KBlock::default(); x.len() / 256];
+            qdot::quantize_q8k(x, &mut q8k);
+        }
+        Activations { f32: x, q8, q8k }
+    }
+
+    /// Weight row `w` dotted with activation row `i` of `m`.
+    fn dot(&self, dot: RowDot, w: &[u8], i: usize, m: usize) -> f32 {
+        match dot {
+            RowDot::Q8(f) => {
+                let n = self.q8.len() / m;
+                f(w, &self.q8[i * n..(i + 1) * n])
+            }
+            RowDot::Q8K(f) => {
+                let n = self.q8k.len() / m;
+                f(w, &self.q8k[i * n..(i + 1) * n])
+            }
+            RowDot::F32(f) => {
+                let n = self.f32.len() / m;
+                f(w, &self.f32[i * n..(i + 1) * n])
+            }
+        }
+    }
+}
+
+/// The few-row path: each weight row, read once, dotted with every quantized activation row.
+fn dot_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let acts = Activations::new(parts, x);
+    let mut yt = vec![0f32; n * m];
+    tasks(parts, &mut yt, m, DOT_ROWS_PER_TASK)
+        .into_par_iter()
+        .for_each(|task| {
+            let dot = row_dot(task.matrix.ty).expect("checked when the matrix was made");
+            for (r, out) in task.rows.zip(task.out.chunks_exact_mut(m)) {
+                let w = task.matrix.row(r);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = acts.dot(dot, w, i, m);
+                }
+            }
+        });
+    yt
+}
+
+/// The many-row path: tiles of weight rows dequantized to f32, multiplied by all rows of `x`.
+fn tiled_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let k = parts[0].cols;
+    let mut yt = vec![0f32; n * m];
+    tasks(parts, &mut yt, m, TILE_ROWS)
+        .into_par_iter()
+        .for_each_init(Vec::new, |tile: &mut Vec<f32>, task| {
+            let rows = task.rows.len();
+            tile.resize(rows * k, 0.0);
+            task.matrix.dequantize_rows(task.rows, tile);
+            gemm(
+                MatMut::new(task.out, rows, m),
+                MatRef::new(tile, rows, k),
+                MatRef::new(x, m, k).t(),
+                false,
+                Threads::Single,
+            );
+        });
+    yt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
+            .collect()
+    }
+
+    fn stored(ty: GgmlType, rows: usize, cols: usize, seed: usize) -> StoredMatrix {
+        let bytes = quant::quantize(ty, &values(rows * cols, seed)).unwrap();
+        StoredMatrix::new(ty, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap()
+    }
+
+    /// `x · Wᵀ` in f64 over the matrices' dequantized values.
+    fn reference(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f64> {
+        let k = parts[0].cols;
+        let ws: Vec<Vec<f32>> = parts.iter().map(|p| p.to_f32()).collect();
+        let mut y = Vec::new();
+        for r in 0..m {
+            for w in &ws {
+                for row in w.chunks_exact(k) {
+                    y.push((0..k).map(|i| row[i] as f64 * x[r * k + i] as f64).sum());
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn fused_products_match_the_dequantized_reference_on_both_paths() {
+        use GgmlType::*;
+        let k = 512;
+        // Odd row counts (not a multiple of either task size), three storage kinds side by side.
+        let parts = [
+            stored(Q4_1, 37, k, 1),
+            stored(Q6K, 70, k, 2),
+            stored(BF16, 5, k, 3),
+        ];
+        let refs: Vec<&StoredMatrix> = parts.iter().collect();
+        for m in [1, 3, FEW_ROWS, FEW_ROWS + 1, 40] {
+            let x = values(m * k, 11 + m);
+            let got = matmul(&refs, &x, m);
+            let want = reference(&refs, &x, m);
+            let scale = want.iter().fold(0f64, |a, b| a.max(b.abs()));
+            // The dot-product path quantizes activations to 8 bits (≈0.4% per value, averaging
+            // out over 512 terms); the tiled path is f32 throughout.
+            let tolerance = if m <= FEW_ROWS { 2e-2 } else { 1e-5 };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() <= tolerance * scale,
+                    "m={m} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_order_reads_rows_through_it() {
+        let plain = stored(GgmlType::Q8_0, 4, 64, 5);
+        let order = vec![2, 0, 3, 1];
+        let reordered = plain.clone().with_row_order(order.clone());
+        let (a, b) = (plain.to_f32(), reordered.to_f32());
+        for (r, &o) in order.iter().enumerate() {
+            assert_eq!(
+                b[r * 64..(r + 1) * 64],
+                a[o as usize * 64..(o as usize + 1) * 64]
+            );
+        }
+        let x = values(64, 9);
+        let (ya, yb) = (matmul(&[&plain], &x, 1), matmul(&[&reordered], &x, 1));
+        for (r, &o) in order.iter().enumerate() {
+            assert_eq!(yb[r], ya[o as usize]);
+        }
+    }
+
+    #[test]
+    fn bad_matrices_are_errors() {
+        let bytes = |n| WeightBytes::Owned(Arc::new(vec![0u8; n]));
+        let err = StoredMatrix::new(GgmlType::Q4_0, 2, 48, bytes(54)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a whole number of Q4_0 blocks"),
+            "{err}"
+        );
+        let err = StoredMatrix::new(GgmlType::Q4_0, 2, 64, bytes(70)).unwrap_err();
+        assert!(err.to_string().contains("take 72 bytes"), "{err}");
+        let err = StoredMatrix::new(GgmlType::I8, 2, 64, bytes(128)).unwrap_err();
+        assert!(
+            err.to_string().contains("no matrix-product kernel"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Linear layers of the inference model: `y = x·Wᵀ + b` for one or several projections side by
+//! side (q|k|v, gate|up), each weight either an f32 tensor or a matrix in its stored type, plus an
+//! optional LoRA update kept apart from the weight.
+//!
+//! A LoRA adapter on a quantized base is applied unmerged, `y = W_q·x + s·B(A·x)`: merging would
+//! either round the update into the base's 4-bit grid (losing most of it) or expand the weight to
+//! f32 (the memory the stored path exists to save). On the f32 path (`--exact`) adapters are merged
+//! into the weights instead, as PEFT's `merge_and_unload` does.
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+
+use crate::adapters::LoraWeights;
+use crate::kernels::few_rows;
+use crate::kernels::stored::{self, StoredMatrix};
+
+/// A weight matrix `[out, in]`: f32, or kept in its stored type.
+#[derive(Clone)]
+pub enum Weight {
+    F32(Tensor),
+    Stored(StoredMatrix),
+}
+
+impl Weight {
+    /// `[rows, cols]`, or the length of a vector.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::F32(t) => t.dims().to_vec(),
+            Weight::Stored(m) => vec![m.rows(), m.cols()],
+        }
+    }
+
+    /// The f32 tensor of an f32 weight (norms and biases are always f32).
+    pub fn f32_tensor(&self) -> Result<&Tensor> {
+        match self {
+            Weight::F32(t) => Ok(t),
+            Weight::Stored(m) => bail!(
+                "a {} tensor where an f32 one is expected",
+                m.ggml_type().name()
+            ),
+        }
+    }
+
+    /// Rows `ids` as f32, `[ids.len(), cols]` flattened: an embedding lookup.
+    pub fn gather_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Weight::F32(t) => {
+                let index = Tensor::from_slice(ids, ids.len(), t.device())?;
+                Ok(t.index_select(&index, 0)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+            Weight::Stored(m) => {
+                let mut out = vec![0f32; ids.len() * m.cols()];
+                for (&id, out) in ids.iter().zip(out.chunks_exact_mut(m.cols())) {
+                    m.dequantize_rows(id as usize..id as usize + 1, out);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn n_bytes(&self) -> usize {
+        match self {
+            Weight::F32(t) => t.elem_count() * 4,
+            Weight::Stored(m) => m.n_bytes(),
+        }
+    }
+}
+
+/// An unmerged LoRA update `scale · B·A`, A `[r, in]`, B `[out, r]`.
+pub struct LoraDelta {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    r: usize,
+    scale: f32,
+}
+
+impl From<&LoraWeights> for LoraDelta {
+    fn from(l: &LoraWeights) -> Self {
+        LoraDelta {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            r: l.r,
+            scale: l.scale as f32,
+        }
+    }
+}
+
+/// One projection (an HF module such as `self_attn.q_proj`).
+pub struct Projection {
+    pub weight: Weight,
+    pub bias: Option<Vec<f32>>,
+    pub lora: Option<LoraDelta>,
+}
+
+impl Projection {
+    fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// Projections of the same input computed together, their outputs concatenated in order.
+pub struct Linear {
+    parts: Vec<Projection>,
+}
+
+impl Linear {
+    /// The projections side by side. f32 ones without LoRA are stacked into one matrix: one larger
+    /// product keeps the matmul kernel busier than several narrow ones.
+    pub fn new(parts: Vec<Projection>) -> Result<Linear> {
+        let all_plain_f32 = parts
+            .iter()
+            .all(|p| matches!(p.weight, Weight::F32(_)) && p.lora.is_none());
+        if parts.len() < 2 || !all_plain_f32 {
+            return Ok(Linear { parts });
+        }
+        let weights = parts
+            .iter()
+            .map(|p| p.weight.f32_tensor())
+            .collect::<Result<Vec<_>>>()?;
+        let biases: Option<Vec<f32>> = parts
+            .iter()
+            .map(|p| p.bias.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|b| b.concat());
+        Ok(Linear {
+            parts: vec![Projection {
+                weight: Weight::F32(Tensor::cat(&weights, 0)?),
+                bias: biases,
+                lora: None,
+            }],
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.parts.iter().map(Projection::out_features).sum()
+    }
+
+    /// The weight when the layer is one f32 matrix with nothing added (for the fused LM-head loss).
+    pub fn plain_f32_weight(&self) -> Option<&Tensor> {
+        match &self.parts[..] {
+            [Projection {
+                weight: Weight::F32(w),
+                bias: None,
+                lora: None,
+            }] => Some(w),
+            _ => None,
+        }
+    }
+
+    /// `x` `[..., in]` to `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inner = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / inner;
+        let mut out_shape = x.dims().to_vec();
+        *out_shape.last_mut().expect("x has a last dim") = self.out_features();
+        let x = x.flatten_all()?.to_vec1::<f32>()?;
+        let y = self.forward_rows(&x, rows)?;
+        Ok(Tensor::from_vec(y, out_shape, &candle_core::Device::Cpu)?)
+    }
+
+    /// `x` `[rows, in]` (flattened) to `[rows, out]`.
+    pub fn forward_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let n = self.out_features();
+        let mut y = self.products(x, rows)?;
+        let mut offset = 0;
+        for p in &self.parts {
+            let width = p.out_features();
+            if let Some(bias) = &p.bias {
+                for row in y.chunks_exact_mut(n) {
+                    for (v, b) in row[offset..offset + width].iter_mut().zip(bias) {
+                        *v += b;
+                    }
+                }
+            }
+            if let Some(lora) = &p.lora {
+                let inner = x.len() / rows;
+                let xa = few_rows::matmul_transposed(x, &lora.a, rows, inner, lora.r);
+                let delta = few_rows::matmul_transposed(&xa, &lora.b, rows, lora.r, width);
+                for (row, d) in y.chunks_exact_mut(n).zip(delta.chunks_exact(width)) {
+                    for (v, d) in row[offset..offset + width].iter_mut().zip(d) {
+                        *v += lora.scale * d;
+                    }
+                }
+            }
+            offset += width;
+        }
+        Ok(y)
+    }
+
+    /// `x·Wᵀ` of every part, side by side: stored matrices in one fused product.
+    fn products(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let stored: Option<Vec<&StoredMatrix>> = self
+            .parts
+            .iter()
+            .map(|p| match &p.weight {
+                Weight::Stored(m) => Some(m),
+                Weight::F32(_) => None,
+            })
+            .collect();
+        if let Some(stored) = stored {
+            return Ok(stored::matmul(&stored, x, rows));
+        }
+        let n = self.out_features();
+        let mut y = vec![0f32; rows * n];
+        let mut offset = 0;
+        for p in &self.parts {
+            let width = p.out_features();
+            let part = match &p.weight {
+                Weight::F32(w) => f32_product(w, x, rows)?,
+                Weight::Stored(m) => stored::matmul(&[m], x, rows),
+            };
+            for (row, part) in y.chunks_exact_mut(n).zip(part.chunks_exact(width)) {
+                row[offset..offset + width].copy_from_slice(part);
+            }
+            offset += width;
+        }
+        Ok(y)
+    }
+}
+
+/// `x·Wᵀ` for an f32 weight: the few-row kernel for decoding, the GEMM otherwise.
+fn f32_product(w: &Tensor, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let (out, inner) = w.dims2()?;
+    if rows <= few_rows::MAX_ROWS {
+        return with_f32_slice(w, |w| {
+            Ok(few_rows::matmul_transposed(x, w, rows, inner, out))
+        });
+    }
+    let x = Tensor::from_slice(x, (rows, inner), w.device())?;
+    Ok(x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Run `f` on the f32 elements of a contiguous CPU tensor, without copying them out.
+pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        bail!("the fused kernels run on CPU tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("the fused kernels need a contiguous tensor");
+    };
+    f(&cpu.as_slice::<f32>()?[start..end])
+}

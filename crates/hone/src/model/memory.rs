@@ -1,0 +1,134 @@
+//! Whether a model's weights fit in memory, decided from the file's tensor table before any weight
+//! is read: an allocation that fails half-way aborts the process (Rust's allocator cannot report
+//! it), and without a limit the kernel's OOM killer ends it instead — both with no useful message.
+
+use anyhow::{bail, Result};
+
+use super::load::Precision;
+use crate::io::gguf::GgufFile;
+use crate::io::safetensors;
+use crate::io::source::ModelSource;
+use crate::quant::GgmlType;
+
+/// Fails, saying what is needed and what is available, when the weights would not fit.
+pub fn check_fits(source: &ModelSource, precision: Precision) -> Result<()> {
+    let needed = weight_bytes(source, precision)?;
+    let Some(available) = available_bytes() else {
+        return Ok(());
+    };
+    if needed > available {
+        let hint = match precision {
+            Precision::Exact => "; without --exact the weights stay in their stored type",
+            Precision::Stored => "; a smaller quantization of the model would fit",
+        };
+        bail!(
+            "{}: the weights need {} of memory{}, only {} is available{hint}",
+            source.path().display(),
+            gib(needed),
+            match precision {
+                Precision::Exact => " as f32 (--exact)",
+                Precision::Stored => "",
+            },
+            gib(available),
+        );
+    }
+    Ok(())
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Bytes the weights take once loaded with `precision`.
+fn weight_bytes(source: &ModelSource, precision: Precision) -> Result<u64> {
+    let stored = |ty: GgmlType, dims: usize, elements: u64, bytes: u64| match precision {
+        Precision::Stored if dims == 2 && ty != GgmlType::F32 => bytes,
+        _ => elements * 4,
+    };
+    Ok(match source {
+        ModelSource::Gguf(path) => GgufFile::open(path)?
+            .tensors
+            .iter()
+            .map(|t| stored(t.ggml_type, t.dims.len(), t.n_elements(), t.n_bytes))
+            .sum(),
+        ModelSource::HfDir(dir) => {
+            let mut total = 0;
+            for path in safetensors::checkpoint_files(dir)? {
+                for t in safetensors::map_file(&path)?.1 {
+                    let ty = match t.dtype {
+                        candle_core::DType::F16 => GgmlType::F16,
+                        candle_core::DType::BF16 => GgmlType::BF16,
+                        _ => GgmlType::F32,
+                    };
+                    let elements = t.shape.iter().product::<usize>() as u64;
+                    total += stored(ty, t.shape.len(), elements, t.range.len() as u64);
+                }
+            }
+            total
+        }
+    })
+}
+
+/// Memory this process can still take: the least of the system's available memory, the cgroup's
+/// remaining allowance and the address-space limit (`ulimit -v`) left. None where none is known.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let system = meminfo
+        .as_deref()
+        .and_then(|m| kib_field(m, "MemAvailable:"));
+    let cgroup = cgroup_remaining();
+    let address_space = address_space_remaining();
+    [system, cgroup, address_space].into_iter().flatten().min()
+}
+
+/// `field` of a `/proc` file in kB, as bytes.
+fn kib_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// cgroup v2: `memory.max − memory.current` of this process's group ("max" is no limit).
+fn cgroup_remaining() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?;
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// `RLIMIT_AS` less the address space already in use (`VmSize`).
+fn address_space_remaining() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let used = kib_field(&status, "VmSize:")?;
+    Some(soft.saturating_sub(used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kib_fields() {
+        let text = "MemTotal:       24000000 kB\nMemAvailable:    1000 kB\n";
+        assert_eq!(kib_field(text, "MemAvailable:"), Some(1000 * 1024));
+        assert_eq!(kib_field(text, "Missing:"), None);
+    }
+
+    #[test]
+    fn this_machine_reports_some_memory() {
+        assert!(available_bytes().is_some_and(|b| b > 0));
+    }
+}
