@@ -45,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     hone::alloc::configure();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = hone::kernels::pool::run_in_pool(|| match cli.command {
         Command::Info(a) => commands::info::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Command::Eval(c) => commands::eval::run(c),
         Command::Merge(a) => commands::merge::run(a),
         Command::Export(a) => commands::export::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -26,8 +26,9 @@ use crate::quant::{self, GgmlType};
 
 /// Up to this many activation rows take the dot-product path; more take the tiled GEMM.
 pub const FEW_ROWS: usize = 16;
-/// Weight rows per parallel task on the dot-product path.
-const DOT_ROWS_PER_TASK: usize = 32;
+/// Parallel tasks per thread on the dot-product path: a few, so threads that start late or run
+/// slow even out, but not so many that scheduling costs show against a few microseconds of work.
+const DOT_TASKS_PER_THREAD: usize = 4;
 /// Weight rows dequantized per GEMM tile: a tile of 4096-wide rows is 1 MiB of f32.
 const TILE_ROWS: usize = 64;
 
@@ -127,6 +128,7 @@ impl StoredMatrix {
     }
 
     /// The stored bytes of row `r`.
+    #[inline]
     pub fn row(&self, r: usize) -> &[u8] {
         let stored = self.row_order.as_ref().map_or(r, |o| o[r] as usize);
         &self.bytes.as_slice()[stored * self.row_bytes..][..self.row_bytes]
@@ -254,21 +256,23 @@ impl<'a> Activations<'a> {
         Activations { f32: x, q8, q8k }
     }
 
-    /// Weight row `w` dotted with activation row `i` of `m`.
-    fn dot(&self, dot: RowDot, w: &[u8], i: usize, m: usize) -> f32 {
+    /// A task's weight rows dotted with every activation row, in the format `dot` reads.
+    fn run(&self, dot: RowDot, task: Task, m: usize) {
         match dot {
-            RowDot::Q8(f) => {
-                let n = self.q8.len() / m;
-                f(w, &self.q8[i * n..(i + 1) * n])
-            }
-            RowDot::Q8K(f) => {
-                let n = self.q8k.len() / m;
-                f(w, &self.q8k[i * n..(i + 1) * n])
-            }
-            RowDot::F32(f) => {
-                let n = self.f32.len() / m;
-                f(w, &self.f32[i * n..(i + 1) * n])
-            }
+            RowDot::Q8(f) => dot_rows(task, &self.q8, m, f),
+            RowDot::Q8K(f) => dot_rows(task, &self.q8k, m, f),
+            RowDot::F32(f) => dot_rows(task, self.f32, m, f),
+        }
+    }
+}
+
+/// `out[r, i] = f(W[r], x[i])` for the task's rows `r` and the `m` activation rows of `xs`.
+fn dot_rows<T>(task: Task, xs: &[T], m: usize, f: fn(&[u8], &[T]) -> f32) {
+    let per_row = xs.len() / m;
+    for (r, out) in task.rows.zip(task.out.chunks_exact_mut(m)) {
+        let w = task.matrix.row(r);
+        for (o, x) in out.iter_mut().zip(xs.chunks_exact(per_row)) {
+            *o = f(w, x);
         }
     }
 }
@@ -278,16 +282,12 @@ fn dot_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
     let n: usize = parts.iter().map(|p| p.rows).sum();
     let acts = Activations::new(parts, x);
     let mut yt = vec![0f32; n * m];
-    tasks(parts, &mut yt, m, DOT_ROWS_PER_TASK)
+    let per_task = (n / (DOT_TASKS_PER_THREAD * rayon::current_num_threads())).max(16);
+    tasks(parts, &mut yt, m, per_task)
         .into_par_iter()
         .for_each(|task| {
             let dot = row_dot(task.matrix.ty).expect("checked when the matrix was made");
-            for (r, out) in task.rows.zip(task.out.chunks_exact_mut(m)) {
-                let w = task.matrix.row(r);
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = acts.dot(dot, w, i, m);
-                }
-            }
+            acts.run(dot, task, m);
         });
     yt
 }

@@ -47,7 +47,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
         let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(x) {
-            *q = (v * inv).round() as i8;
+            *q = round(v * inv);
             sum += *q as i32;
         }
         block.d = d;
@@ -62,13 +62,20 @@ pub fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
         let d = absmax(x) / 127.0;
         let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in block.qs.iter_mut().zip(x) {
-            *q = (v * inv).round() as i8;
+            *q = round(v * inv);
         }
         for (s, qs) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| q as i16).sum();
         }
         block.d = d;
     }
+}
+
+/// `v` (within ±127.5) rounded to the nearest integer, halves away from zero. `f32::round` is a
+/// libm call on baseline x86-64 (no SSE4.1), which stops the loop from vectorizing.
+#[inline(always)]
+fn round(v: f32) -> i8 {
+    (v + 0.5f32.copysign(v)) as i8
 }
 
 /// Largest magnitude, in 16 lanes so it vectorizes.
