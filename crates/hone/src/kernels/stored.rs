@@ -21,6 +21,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use super::matmul::{matmul as gemm, MatMut, MatRef, Threads};
+use super::pool;
 use super::qdot::{self, float16, kquants, legacy, Q8Block, Q8KBlock};
 use crate::quant::{self, GgmlType};
 
@@ -283,12 +284,10 @@ fn dot_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
     let acts = Activations::new(parts, x);
     let mut yt = vec![0f32; n * m];
     let per_task = (n / (DOT_TASKS_PER_THREAD * rayon::current_num_threads())).max(16);
-    tasks(parts, &mut yt, m, per_task)
-        .into_par_iter()
-        .for_each(|task| {
-            let dot = row_dot(task.matrix.ty).expect("checked when the matrix was made");
-            acts.run(dot, task, m);
-        });
+    pool::for_each(tasks(parts, &mut yt, m, per_task), &|task| {
+        let dot = row_dot(task.matrix.ty).expect("checked when the matrix was made");
+        acts.run(dot, task, m);
+    });
     yt
 }
 

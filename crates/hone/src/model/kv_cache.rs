@@ -10,9 +10,31 @@
 //! them, except that a padding query attends to itself (it must attend to something; its output
 //! is never used).
 
-use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::kernels::few_rows::dot;
+use crate::kernels::math::exp;
+use crate::kernels::pool;
+
+/// One query head of one token, and the cached keys it attends to.
+struct Query<'a> {
+    q: &'a [f32],
+    row: usize,
+    kv_head: usize,
+    keys: Range<usize>,
+    scale: f32,
+}
+
+/// [`LayerCache::attend_one`] built for the widest vectors this CPU has.
+fn attend_one_for_this_cpu() -> fn(&LayerCache, &Query, &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU has AVX-512F and FMA, the features the function enables.
+        return |cache, query, out| unsafe { cache.attend_one_avx512(query, out) };
+    }
+    LayerCache::attend_one
+}
 
 /// The cache of every layer, plus the padding of each row.
 pub struct Cache {
@@ -119,40 +141,62 @@ impl LayerCache {
         let start = self.len - s.t;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
-        out.par_chunks_mut(hd).enumerate().for_each(|(n, out)| {
+        let attend_one = attend_one_for_this_cpu();
+        let outputs: Vec<(usize, &mut [f32])> = out.chunks_mut(hd).enumerate().collect();
+        pool::for_each(outputs, &|(n, out)| {
             let (r, i, h) = (n / (s.t * s.heads), n / s.heads % s.t, n % s.heads);
             let position = start + i;
             let pad = left_pad.get(r).copied().unwrap_or(0);
             // A padding query sees itself only (see the module comment).
-            let first = if position < pad { position } else { pad };
-            let q = &q[n * hd..(n + 1) * hd];
-            let keys = first..=position;
-            let mut weights: Vec<f32> = keys
-                .clone()
-                .map(|j| dot(q, self.head(&self.k, r, h / group, j)) * scale)
-                .collect();
-            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for w in &mut weights {
-                *w = (*w - max).exp();
-                sum += *w;
-            }
-            for (j, w) in keys.zip(&weights) {
-                let v = self.head(&self.v, r, h / group, j);
-                let w = w / sum;
-                for (o, v) in out.iter_mut().zip(v) {
-                    *o += w * v;
-                }
-            }
+            let query = Query {
+                q: &q[n * hd..(n + 1) * hd],
+                row: r,
+                kv_head: h / group,
+                keys: if position < pad { position } else { pad }..position + 1,
+                scale,
+            };
+            attend_one(self, &query, out);
         });
         out
     }
 
+    /// [`Self::attend_one`] compiled for AVX-512 (the crate's baseline is SSE2: 4 lanes).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn attend_one_avx512(&self, query: &Query, out: &mut [f32]) {
+        self.attend_one(query, out);
+    }
+
+    /// One query head's softmax-weighted sum of the values of the keys it sees.
+    #[inline(always)]
+    fn attend_one(&self, query: &Query, out: &mut [f32]) {
+        let mut weights: Vec<f32> = query
+            .keys
+            .clone()
+            .map(|j| dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale)
+            .collect();
+        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for w in &mut weights {
+            *w = exp(*w - max);
+            sum += *w;
+        }
+        for (j, w) in query.keys.clone().zip(&weights) {
+            let v = self.head(&self.v, query.row, query.kv_head, j);
+            let w = w / sum;
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += w * v;
+            }
+        }
+    }
+
+    #[inline(always)]
     fn head<'a>(&self, data: &'a [f32], row: usize, kv_head: usize, position: usize) -> &'a [f32] {
         let at = self.offset(row, kv_head, position);
         &data[at..at + self.head_dim]
     }
 
+    #[inline(always)]
     fn offset(&self, row: usize, kv_head: usize, position: usize) -> usize {
         ((row * self.kv_heads + kv_head) * self.capacity + position) * self.head_dim
     }

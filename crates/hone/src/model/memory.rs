@@ -13,26 +13,29 @@ use crate::quant::GgmlType;
 /// Fails, saying what is needed and what is available, when the weights would not fit.
 pub fn check_fits(source: &ModelSource, precision: Precision) -> Result<()> {
     let needed = weight_bytes(source, precision)?;
-    let Some(available) = available_bytes() else {
-        return Ok(());
-    };
-    if needed > available {
-        let hint = match precision {
-            Precision::Exact => "; without --exact the weights stay in their stored type",
-            Precision::Stored => "; a smaller quantization of the model would fit",
-        };
-        bail!(
-            "{}: the weights need {} of memory{}, only {} is available{hint}",
-            source.path().display(),
-            gib(needed),
-            match precision {
-                Precision::Exact => " as f32 (--exact)",
-                Precision::Stored => "",
-            },
-            gib(available),
-        );
+    match available_bytes().and_then(|a| refusal(needed, a, precision)) {
+        Some(why) => bail!("{}: {why}", source.path().display()),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why `needed` bytes of weights held with `precision` cannot load in `available`; None if they fit.
+fn refusal(needed: u64, available: u64, precision: Precision) -> Option<String> {
+    if needed <= available {
+        return None;
+    }
+    let (held, hint) = match precision {
+        Precision::Exact => (
+            " as f32 (--exact)",
+            "; without --exact the weights stay in their stored type",
+        ),
+        Precision::Stored => ("", "; a smaller quantization of the model would fit"),
+    };
+    Some(format!(
+        "the weights need {} of memory{held}, only {} is available{hint}",
+        gib(needed),
+        gib(available)
+    ))
 }
 
 fn gib(bytes: u64) -> String {
@@ -125,6 +128,21 @@ mod tests {
         let text = "MemTotal:       24000000 kB\nMemAvailable:    1000 kB\n";
         assert_eq!(kib_field(text, "MemAvailable:"), Some(1000 * 1024));
         assert_eq!(kib_field(text, "Missing:"), None);
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_are_refused_with_both_sizes() {
+        // A Llama-2-7B shape as f32 (6.88e9 parameters) on a 24 GB machine.
+        let why = refusal(27_515_699_200, 23 << 30, Precision::Exact).unwrap();
+        assert_eq!(
+            why,
+            "the weights need 25.6 GiB of memory as f32 (--exact), only 23.0 GiB is available; \
+             without --exact the weights stay in their stored type"
+        );
+        assert!(refusal(3_924_001_376, 23 << 30, Precision::Stored).is_none());
+        assert!(refusal(5 << 30, 4 << 30, Precision::Stored)
+            .unwrap()
+            .contains("smaller quantization"));
     }
 
     #[test]
