@@ -11,7 +11,7 @@
 //! is built for baseline x86-64, where that width would otherwise be unused). A step is bound by
 //! streaming W from memory: fused multiply-adds gained ~8% at one row, nothing at eight.
 
-use rayon::prelude::*;
+use super::pool;
 
 /// Up to this many rows go through here; more amortize a GEMM's packing.
 pub const MAX_ROWS: usize = 16;
@@ -25,9 +25,12 @@ pub fn matmul_transposed(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> 
     assert_eq!(w.len(), n * k, "w is not [{n}, {k}]");
     // Column-major output (`[n, m]`) lets each task own a contiguous slice; transposed at the end.
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(COLUMNS_PER_TASK * m)
-        .zip(w.par_chunks(COLUMNS_PER_TASK * k))
-        .for_each(|(yt, w)| columns(yt, x, w, m, k));
+    let tasks: Vec<(&mut [f32], &[f32])> = yt
+        .chunks_mut(COLUMNS_PER_TASK * m)
+        .zip(w.chunks(COLUMNS_PER_TASK * k))
+        .collect();
+    // The spinning pool, like the other loops of a decoding step: see `pool`.
+    pool::for_each(tasks, &|(yt, w)| columns(yt, x, w, m, k));
     let mut y = vec![0f32; m * n];
     for (j, column) in yt.chunks_exact(m).enumerate() {
         for (r, &value) in column.iter().enumerate() {

@@ -30,8 +30,9 @@ pub const FEW_ROWS: usize = 16;
 /// Parallel tasks per thread on the dot-product path: a few, so threads that start late or run
 /// slow even out, but not so many that scheduling costs show against a few microseconds of work.
 const DOT_TASKS_PER_THREAD: usize = 4;
-/// Weight rows dequantized per GEMM tile: a tile of 4096-wide rows is 1 MiB of f32.
-const TILE_ROWS: usize = 64;
+/// f32 bytes of a dequantized GEMM tile: large tiles amortize the GEMM's packing of the activations
+/// (once per tile), small ones stay in cache. 64-row tiles ran prompts at 0.6× the speed of 2 MiB.
+const TILE_BYTES: usize = 2 << 20;
 
 /// The bytes of a weight matrix: a range of a memory-mapped file, or an owned buffer.
 #[derive(Clone)]
@@ -151,10 +152,11 @@ impl StoredMatrix {
     /// The whole matrix as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(TILE_ROWS * self.cols)
+        let rows_per_chunk = (TILE_BYTES / 4 / self.cols).max(1);
+        out.par_chunks_mut(rows_per_chunk * self.cols)
             .enumerate()
             .for_each(|(t, out)| {
-                let start = t * TILE_ROWS;
+                let start = t * rows_per_chunk;
                 self.dequantize_rows(start..start + out.len() / self.cols, out)
             });
         out
@@ -270,11 +272,33 @@ impl<'a> Activations<'a> {
 /// `out[r, i] = f(W[r], x[i])` for the task's rows `r` and the `m` activation rows of `xs`.
 fn dot_rows<T>(task: Task, xs: &[T], m: usize, f: fn(&[u8], &[T]) -> f32) {
     let per_row = xs.len() / m;
+    let end = task.rows.end;
     for (r, out) in task.rows.zip(task.out.chunks_exact_mut(m)) {
+        if r + PREFETCH_ROWS < end {
+            prefetch(task.matrix.row(r + PREFETCH_ROWS));
+        }
         let w = task.matrix.row(r);
         for (o, x) in out.iter_mut().zip(xs.chunks_exact(per_row)) {
             *o = f(w, x);
         }
+    }
+}
+
+/// How many rows ahead of the one being multiplied its successors are fetched into the cache.
+const PREFETCH_ROWS: usize = 4;
+
+/// Asks the CPU to bring `bytes` into the cache ahead of use. A large model streams its weights
+/// from memory, and the dot products alone leave too few loads in flight to cover the latency.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching is a hint on a valid address; it never faults or writes.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
     }
 }
 
@@ -295,8 +319,9 @@ fn dot_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
 fn tiled_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
     let n: usize = parts.iter().map(|p| p.rows).sum();
     let k = parts[0].cols;
+    let tile_rows = (TILE_BYTES / (4 * k)).clamp(16, 256);
     let mut yt = vec![0f32; n * m];
-    tasks(parts, &mut yt, m, TILE_ROWS)
+    tasks(parts, &mut yt, m, tile_rows)
         .into_par_iter()
         .for_each_init(Vec::new, |tile: &mut Vec<f32>, task| {
             let rows = task.rows.len();
