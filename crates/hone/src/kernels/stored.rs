@@ -300,6 +300,9 @@ fn prefetch(bytes: &[u8]) {
             )
         };
     }
+    // Elsewhere the hardware prefetcher alone does it.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// The few-row path: each weight row, read once, dotted with every quantized activation row.
