@@ -236,11 +236,11 @@ impl Llama {
             );
         }
         let vocab = self.cfg.vocab_size as u32;
-        let flat_ids = ids.flatten_all()?;
-        if let Some(bad) = flat_ids.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+        let flat_ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        if let Some(&bad) = flat_ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let embedded = self.embed_tokens.gather_rows(&flat_ids.to_vec1::<u32>()?)?;
+        let embedded = self.embed_tokens.gather_rows(&flat_ids)?;
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.blocks.iter().enumerate() {

@@ -61,7 +61,17 @@ pub fn load_with_adapter(
     };
     let source = source::resolve(spec)?;
     memory::check_fits(&source, Precision::Stored)?;
-    let (config, weights) = weights::load_stored(&source, device)?;
+    let (config, weights, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let (cfg, w) = weights::load_stored(&source, device)?;
+            (cfg, w, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open_populated(path)?;
+            let (cfg, w) = weights::load_gguf_stored(&gguf, device)?;
+            (cfg, w, Tokenizer::from_gguf(&gguf)?)
+        }
+    };
     if let Some((dir, adapter)) = &adapter {
         check_fits(&config, adapter, |name| weights.get(name).map(|w| w.dims())).map_err(|e| {
             anyhow::anyhow!(
@@ -71,10 +81,6 @@ pub fn load_with_adapter(
             )
         })?;
     }
-    let tokenizer = match &source {
-        ModelSource::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
-        ModelSource::Gguf(path) => Tokenizer::from_gguf(&GgufFile::open(path)?)?,
-    };
     let model = Llama::from_stored(config, weights, adapter.as_ref().map(|(_, a)| a), device)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
     Ok(LoadedModel {

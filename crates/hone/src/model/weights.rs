@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::linear::Weight;
-use crate::io::gguf::GgufFile;
+use crate::io::gguf::{GgufFile, GgufTensorInfo};
 use crate::io::safetensors;
 use crate::io::source::ModelSource;
 use crate::kernels::stored::{StoredMatrix, WeightBytes};
@@ -50,7 +50,7 @@ pub fn load_gguf(
 fn load_gguf_filtered(
     gguf: &GgufFile,
     device: &Device,
-    wanted: impl Fn(&crate::io::gguf::GgufTensorInfo) -> bool,
+    wanted: impl Fn(&GgufTensorInfo) -> bool,
 ) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let mut cfg = ModelConfig::from_gguf(gguf)?;
     let mut weights = HashMap::new();
@@ -127,13 +127,15 @@ pub fn load_gguf_stored(
     gguf: &GgufFile,
     device: &Device,
 ) -> Result<(ModelConfig, HashMap<String, Weight>)> {
-    let mut cfg = ModelConfig::from_gguf(gguf)?;
-    let mut weights = HashMap::new();
-    for info in &gguf.tensors {
-        let is_matrix = info.dims.len() == 2 && info.ggml_type != GgmlType::F32;
-        if info.name == "rope_freqs.weight" || !is_matrix {
-            continue;
-        }
+    let is_matrix = |info: &GgufTensorInfo| info.dims.len() == 2 && info.ggml_type != GgmlType::F32;
+    // Vectors, f32 matrices and the rope factors (which complete the config): as the f32 path
+    // reads them.
+    let (cfg, f32_weights) = load_gguf_filtered(gguf, device, |info| !is_matrix(info))?;
+    let mut weights: HashMap<String, Weight> = f32_weights
+        .into_iter()
+        .map(|(n, t)| (n, Weight::F32(t)))
+        .collect();
+    for info in gguf.tensors.iter().filter(|i| is_matrix(i)) {
         let Some(hf_name) = hf_name(&info.name) else {
             continue;
         };
@@ -150,12 +152,6 @@ pub fn load_gguf_stored(
         }
         weights.insert(hf_name, Weight::Stored(m));
     }
-    // Vectors, f32 matrices and the rope factors: as the f32 path reads them.
-    let (f32_cfg, f32_weights) = load_gguf_filtered(gguf, device, |info| {
-        info.dims.len() != 2 || info.ggml_type == GgmlType::F32
-    })?;
-    cfg.rope_scaling = f32_cfg.rope_scaling;
-    weights.extend(f32_weights.into_iter().map(|(n, t)| (n, Weight::F32(t))));
     Ok((cfg, weights))
 }
 
