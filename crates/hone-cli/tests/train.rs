@@ -334,3 +334,75 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
     );
     assert!(out.join("adapter_model.safetensors").is_file());
 }
+
+/// QLoRA on the default model's Q4_1 GGUF: the base stays as stored (the run says so), and the
+/// losses equal those of the same run on the base expanded to f32, up to summation order.
+#[test]
+fn quantization_bit_trains_on_the_stored_gguf_base_with_the_f32_runs_losses() {
+    let Some(model) = common::real_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let model = format!("model_name_or_path={}", model.display());
+    let common = [model.as_str(), "max_steps=3", "lora_target=q_proj,v_proj"];
+    let mut runs = Vec::new();
+    for (name, extra) in [("f32", None), ("qlora", Some("quantization_bit=4"))] {
+        let out = format!("output_dir={}", dir.path().join(name).display());
+        let mut args = vec!["train", arg(&config), out.as_str()];
+        args.extend(common);
+        args.extend(extra);
+        let run = hone(&args);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let stored_note = run.stderr.contains("trained on as stored");
+        assert_eq!(stored_note, extra.is_some(), "{name}: {}", run.stderr);
+        assert!(dir
+            .path()
+            .join(name)
+            .join("adapter_model.safetensors")
+            .exists());
+        runs.push(losses(&dir.path().join(name)));
+    }
+    assert_eq!(runs[0].len(), 3);
+    for (f, q) in runs[0].iter().zip(&runs[1]) {
+        assert!(
+            (f - q).abs() <= 1e-4 * f.abs(),
+            "{:?} vs {:?}",
+            runs[0],
+            runs[1]
+        );
+    }
+}
+
+#[test]
+fn bad_quantization_settings_stop_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cases = [
+        (
+            vec!["quantization_bit=3"],
+            "quantization_bit: must be 4 or 8",
+        ),
+        (
+            vec!["quantization_bit=4", "finetuning_type=full"],
+            "only valid with finetuning_type: lora",
+        ),
+        (vec!["quantization_bit=8"], "is not quantized"),
+        (
+            vec![
+                "gradient_checkpointing=true",
+                "disable_gradient_checkpointing=true",
+            ],
+            "conflicts with gradient_checkpointing",
+        ),
+    ];
+    for (overrides, want) in cases {
+        let mut args = vec!["train", arg(&config)];
+        args.extend(overrides.iter().copied());
+        let run = hone(&args);
+        assert_eq!(run.code, Some(1), "{overrides:?}: {}", run.stderr);
+        let err = run.stderr.lines().last().unwrap();
+        assert!(err.contains(want), "{overrides:?}: {err}");
+        assert!(!dir.path().join("out/adapter_model.safetensors").exists());
+    }
+}

@@ -1,10 +1,12 @@
 //! Benchmark worker for scripts/bench/train.py: times training steps (forward, backward, clipping,
 //! AdamW) of Hone's engine on one model and prints one JSON line. Timing lives here, never in tests.
 //!
-//!   bench_train lora_qv|lora_all|full MODEL IDS.json STEPS
+//!   bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored]
 //!
 //! lora_qv: r=8, alpha=32, dropout 0.1 on q_proj,v_proj; lora_all: r=16, alpha=32, dropout 0.1 on
 //! every linear; full: every tensor trains. Labels are the ids (every position has a target).
+//! `f32` (the default) expands every weight to f32; `stored` keeps frozen matrices in the file's
+//! type, as `hone train` does (QLoRA on a quantized GGUF).
 
 use std::time::Instant;
 
@@ -13,7 +15,7 @@ use candle_core::Device;
 use hone::adapters::{AdapterConfig, TargetModules};
 use hone::data::Batch;
 use hone::io::source;
-use hone::model::weights;
+use hone::model::{load_stored_weights, weights};
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 
@@ -29,8 +31,10 @@ fn lora(r: usize, targets: TargetModules) -> Result<LoraSettings> {
 fn main() -> Result<()> {
     hone::alloc::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [kind, model, ids, steps] = args.as_slice() else {
-        bail!("usage: bench_train lora_qv|lora_all|full MODEL IDS.json STEPS");
+    let (kind, model, ids, steps, storage) = match args.as_slice() {
+        [k, m, i, s] => (k, m, i, s, "f32"),
+        [k, m, i, s, storage] => (k, m, i, s, storage.as_str()),
+        _ => bail!("usage: bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored]"),
     };
     let settings = match kind.as_str() {
         "lora_qv" => Some(lora(
@@ -41,14 +45,23 @@ fn main() -> Result<()> {
         "full" => None,
         other => bail!("unknown configuration {other}"),
     };
-    let (cfg, w) = weights::load(&source::resolve(model)?, &Device::Cpu)?;
     let full = settings.is_none();
     let base = move |_: &str| full;
     let spec = TrainableSpec {
         base: &base,
         lora: settings.as_ref(),
     };
-    let mut model = TrainModel::new(cfg, w, &spec, None)?;
+    let mut model = match storage {
+        "f32" => {
+            let (cfg, w) = weights::load(&source::resolve(model)?, &Device::Cpu)?;
+            TrainModel::new(cfg, w, &spec, None)?
+        }
+        "stored" => {
+            let base = load_stored_weights(model, &Device::Cpu)?;
+            TrainModel::from_stored(base.config, base.weights, &spec, None)?
+        }
+        other => bail!("unknown weight storage {other} (f32 or stored)"),
+    };
     let rows: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(ids)?)?;
     let (b, t) = (rows.len(), rows[0].len());
     let input_ids: Vec<u32> = rows.concat();

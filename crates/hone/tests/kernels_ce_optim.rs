@@ -5,6 +5,7 @@
 mod common;
 
 use hone::kernels::cross_entropy::{self, CeShape};
+use hone::kernels::matrix::Matrix;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig, Param};
 use hone::train::schedule::{Schedule, ScheduleKind};
 use safetensors::{Dtype, SafeTensors};
@@ -53,7 +54,11 @@ fn scalar_err(ours: f64, reference: f32) -> f64 {
 fn check_ce(case: &str, hidden: usize, vocab: usize) {
     let bytes = read(&format!("{case}.safetensors"));
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (h, w) = (f32s(&st, "h"), f32s(&st, "w"));
+    let h = f32s(&st, "h");
+    let w = Matrix::F32 {
+        values: f32s(&st, "w"),
+        cols: hidden,
+    };
     let labels = tensor(&st, "labels", Dtype::I64, i64::from_le_bytes);
     let n = labels.len();
     let n_labels = cross_entropy::count_labels(&labels);
@@ -69,9 +74,16 @@ fn check_ce(case: &str, hidden: usize, vocab: usize) {
         };
         let mut dh = vec![f32::NAN; n * hidden];
         let mut dw = vec![0.0; vocab * hidden];
-        let (loss_sum, counted) =
-            cross_entropy::forward_backward(&h, &w, &labels, shape, scale, &mut dh, Some(&mut dw))
-                .unwrap();
+        let (loss_sum, counted) = cross_entropy::forward_backward(
+            &h,
+            w.as_ref(),
+            &labels,
+            shape,
+            scale,
+            &mut dh,
+            Some(&mut dw),
+        )
+        .unwrap();
         assert_eq!(counted, n_labels);
         let mean = loss_sum / n_labels as f64;
         let errs = [
@@ -86,15 +98,22 @@ fn check_ce(case: &str, hidden: usize, vocab: usize) {
             *w = w.max(e);
         }
 
-        let eval = cross_entropy::loss(&h, &w, &labels, shape).unwrap();
+        let eval = cross_entropy::loss(&h, w.as_ref(), &labels, shape).unwrap();
         assert_eq!(eval, (loss_sum, n_labels), "{case} chunk {chunk}: loss()");
 
         // i32 labels and a frozen head: the same dh, and dW is not needed.
         let labels32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
         let mut dh_frozen = vec![f32::NAN; n * hidden];
-        let out =
-            cross_entropy::forward_backward(&h, &w, &labels32, shape, scale, &mut dh_frozen, None)
-                .unwrap();
+        let out = cross_entropy::forward_backward(
+            &h,
+            w.as_ref(),
+            &labels32,
+            shape,
+            scale,
+            &mut dh_frozen,
+            None,
+        )
+        .unwrap();
         assert_eq!(out, (loss_sum, n_labels));
         assert_eq!(dh_frozen, dh, "{case} chunk {chunk}: frozen head");
     }
@@ -113,7 +132,16 @@ fn check_ce(case: &str, hidden: usize, vocab: usize) {
     };
     let mut dh = vec![0.0; n * hidden];
     let mut dw = f32s(&st, "dw");
-    cross_entropy::forward_backward(&h, &w, &labels, shape, scale, &mut dh, Some(&mut dw)).unwrap();
+    cross_entropy::forward_backward(
+        &h,
+        w.as_ref(),
+        &labels,
+        shape,
+        scale,
+        &mut dh,
+        Some(&mut dw),
+    )
+    .unwrap();
     let twice: Vec<f32> = f32s(&st, "dw").iter().map(|x| 2.0 * x).collect();
     assert!(rel_err(&dw, &twice) < 1e-4, "{case}: dW accumulation");
 }

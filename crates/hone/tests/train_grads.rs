@@ -2,7 +2,8 @@
 //! `scripts/golden/train_grads.py`, float64 references): loss, logits of the adapted model, and
 //! the gradient of every trainable tensor, for LoRA (every tiny architecture, with and without
 //! prompt masking, biases, rsLoRA), full fine-tuning, freezing, a slice of the real default
-//! model, and three AdamW steps. Errors are max|ours − ref| / max|ref| per tensor.
+//! model (its Q4_1 weights expanded to f32, and kept as stored: QLoRA), recomputed activations,
+//! and three AdamW steps. Errors are max|ours − ref| / max|ref| per tensor.
 
 mod common;
 
@@ -12,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use hone::adapters::{Adapter, AdapterConfig, Bias, LoraWeights, TargetModules};
 use hone::data::{collate, flatten, Batch, Row};
 use hone::io::source::ModelSource;
-use hone::model::{weights, Llama, ModelConfig};
+use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -69,17 +70,36 @@ fn batch(case: &Case) -> Batch {
     }
 }
 
+/// How the engine holds the base and its activations in a run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Variant {
+    /// Matrices as `load_stored` keeps them (the default model's Q4_1), not expanded to f32.
+    stored: bool,
+    /// Gradient checkpointing.
+    recompute: bool,
+}
+
 /// Config and weights of the case's model: a tiny fixture model, or the first layers of the
 /// default model (None when it is absent).
-fn base_model(case: &Case) -> Option<(ModelConfig, HashMap<String, Tensor>)> {
+fn base_model(case: &Case, variant: Variant) -> Option<(ModelConfig, HashMap<String, Weight>)> {
     let model = case.meta["model"].as_str().unwrap();
-    if model != "default" {
-        let dir = common::fixture(&format!("models/{model}"));
-        return Some(weights::load(&ModelSource::HfDir(dir), &Device::Cpu).unwrap());
+    let source = if model == "default" {
+        ModelSource::Gguf(common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")?)
+    } else {
+        ModelSource::HfDir(common::fixture(&format!("models/{model}")))
+    };
+    let (mut cfg, w) = if variant.stored {
+        weights::load_stored(&source, &Device::Cpu).unwrap()
+    } else {
+        let (cfg, w) = weights::load(&source, &Device::Cpu).unwrap();
+        (
+            cfg,
+            w.into_iter().map(|(n, t)| (n, Weight::F32(t))).collect(),
+        )
+    };
+    if let Some(layers) = case.meta["layers"].as_u64() {
+        cfg.num_hidden_layers = layers as usize;
     }
-    let path = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")?;
-    let (mut cfg, w) = weights::load(&ModelSource::Gguf(path), &Device::Cpu).unwrap();
-    cfg.num_hidden_layers = case.meta["layers"].as_u64().unwrap() as usize;
     Some((cfg, w))
 }
 
@@ -132,7 +152,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
     }
 }
 
-fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainModel {
+fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainModel {
     let meta = &case.meta;
     match meta["method"].as_str().unwrap() {
         "lora" => {
@@ -143,9 +163,9 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainMode
                 lora: Some(&settings),
             };
             let adapter = initial_adapter(case, &settings);
-            TrainModel::new(cfg, w, &spec, Some(&adapter)).unwrap()
+            TrainModel::from_stored(cfg, w, &spec, Some(&adapter)).unwrap()
         }
-        "full" => TrainModel::new(
+        "full" => TrainModel::from_stored(
             cfg,
             w,
             &TrainableSpec {
@@ -163,7 +183,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Tensor>) -> TrainMode
                 .map(|n| n.as_str().unwrap().to_string())
                 .collect();
             let base = |name: &str| names.contains(name);
-            TrainModel::new(
+            TrainModel::from_stored(
                 cfg,
                 w,
                 &TrainableSpec {
@@ -193,11 +213,16 @@ fn merged_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
 }
 
 fn check_gradients(name: &str) {
+    check_gradients_with(name, Variant::default());
+}
+
+fn check_gradients_with(name: &str, variant: Variant) {
     let case = read_case(name);
-    let Some((cfg, w)) = base_model(&case) else {
+    let Some((cfg, w)) = base_model(&case, variant) else {
         return;
     };
     let mut model = build(&case, cfg, w);
+    model.recompute = variant.recompute;
     let batch = batch(&case);
     let scale = 1.0 / count_labels_shifted(&batch) as f32;
     let (loss_sum, count) = model.forward_backward(&batch, scale, 0).unwrap();
@@ -255,7 +280,7 @@ fn check_gradients(name: &str) {
         worst = worst.max(err);
     }
     eprintln!(
-        "{name}: loss {loss:.6} (ref {want_loss}), logits rel err {logits_err:.1e}, \
+        "{name} {variant:?}: loss {loss:.6} (ref {want_loss}), logits rel err {logits_err:.1e}, \
          worst of {} gradients {worst:.1e}",
         params.len()
     );
@@ -297,10 +322,39 @@ fn lora_gradients_match_peft_on_a_slice_of_the_default_model() {
     check_gradients("lora_default_2layers");
 }
 
+/// QLoRA: the base stays Q4_1 as the file stores it (products on dequantized tiles), and the
+/// gradients still equal PEFT's on the dequantized model.
+#[test]
+fn lora_on_the_stored_quantized_default_model_matches_peft() {
+    let stored = Variant {
+        stored: true,
+        recompute: false,
+    };
+    check_gradients_with("lora_default_2layers", stored);
+}
+
+/// Recomputing each block's activations in the backward changes nothing.
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let recompute = Variant {
+        stored: false,
+        recompute: true,
+    };
+    check_gradients_with("lora_llama-gqa_masked", recompute);
+    check_gradients_with("full_llama-tied", recompute);
+    check_gradients_with(
+        "lora_default_2layers",
+        Variant {
+            stored: true,
+            recompute: true,
+        },
+    );
+}
+
 #[test]
 fn three_adamw_steps_reproduce_torch() {
     let case = read_case("adamw_lora_llama-gqa");
-    let (cfg, w) = base_model(&case).unwrap();
+    let (cfg, w) = base_model(&case, Variant::default()).unwrap();
     let mut model = build(&case, cfg, w);
     let batch = batch(&case);
     let meta = &case.meta;
@@ -368,7 +422,7 @@ fn flattened_rows_give_the_padded_batchs_loss_and_gradients() {
     let refs: Vec<&Row> = rows.iter().collect();
     let mut grads = Vec::new();
     for batch in [collate(&refs, 0), flatten(&refs)] {
-        let (cfg, w) = base_model(&case).unwrap();
+        let (cfg, w) = base_model(&case, Variant::default()).unwrap();
         let mut model = build(&case, cfg, w);
         let (loss, count) = model.forward_backward(&batch, 1.0, 0).unwrap();
         let params: Vec<Vec<f32>> = model.params_mut().iter().map(|p| p.grad.to_vec()).collect();

@@ -12,7 +12,8 @@ use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
 use super::math::exp;
-use super::matmul::{linear_backward_input, linear_backward_weight, linear_forward, LinearShape};
+use super::matmul::{linear_backward_weight, LinearShape};
+use super::matrix::MatrixRef;
 
 /// Hugging Face's `ignore_index`: positions with this label carry neither loss nor gradient.
 pub const IGNORE_INDEX: i64 = -100;
@@ -37,7 +38,7 @@ pub fn count_labels<L: Copy + Into<i64>>(labels: &[L]) -> usize {
 /// loss), for evaluation: no gradient is computed.
 pub fn loss<L: Copy + Into<i64>>(
     h: &[f32],
-    w: &[f32],
+    w: MatrixRef,
     labels: &[L],
     shape: CeShape,
 ) -> Result<(f64, usize)> {
@@ -63,7 +64,7 @@ pub fn loss<L: Copy + Into<i64>>(
 /// `grad_scale · ∂loss_sum/∂W`. `grad_scale = 1 / n_labels` gives the gradient of the mean loss.
 pub fn forward_backward<L: Copy + Into<i64>>(
     h: &[f32],
-    w: &[f32],
+    w: MatrixRef,
     labels: &[L],
     shape: CeShape,
     grad_scale: f32,
@@ -80,7 +81,11 @@ pub fn forward_backward<L: Copy + Into<i64>>(
     );
     if let Some(dw) = dw.as_deref() {
         ensure!(
-            dw.len() == w.len(),
+            w.values().is_some(),
+            "cross-entropy: an LM head kept in its stored type cannot train"
+        );
+        ensure!(
+            dw.len() == vocab * hidden,
             "cross-entropy: dW has {} elements, expected {vocab} × {hidden}",
             dw.len()
         );
@@ -102,16 +107,16 @@ pub fn forward_backward<L: Copy + Into<i64>>(
         loss_sum += losses.iter().sum::<f64>();
 
         let dh_chunk = &mut dh_chunk[..c * hidden];
-        let head = LinearShape {
-            tokens: c,
-            in_features: hidden,
-            out_features: vocab,
-        };
-        linear_backward_input(dh_chunk, dlogits, w, head);
+        w.backward_input(dlogits, dh_chunk, false);
         for (&(row, _), src) in part.iter().zip(dh_chunk.chunks_exact(hidden)) {
             dh[row * hidden..(row + 1) * hidden].copy_from_slice(src);
         }
         if let Some(dw) = dw.as_deref_mut() {
+            let head = LinearShape {
+                tokens: c,
+                in_features: hidden,
+                out_features: vocab,
+            };
             linear_backward_weight(dw, dlogits, hc, head);
         }
     }
@@ -121,7 +126,7 @@ pub fn forward_backward<L: Copy + Into<i64>>(
 /// Checks the shapes and labels; returns `(row, target)` for every labelled row.
 fn labelled_rows<L: Copy + Into<i64>>(
     h: &[f32],
-    w: &[f32],
+    w: MatrixRef,
     labels: &[L],
     shape: CeShape,
 ) -> Result<Vec<(usize, usize)>> {
@@ -141,9 +146,10 @@ fn labelled_rows<L: Copy + Into<i64>>(
         h.len()
     );
     ensure!(
-        w.len() == vocab * hidden,
-        "cross-entropy: LM-head weight has {} elements, expected {vocab} × {hidden}",
-        w.len()
+        w.rows() == vocab && w.cols() == hidden,
+        "cross-entropy: LM-head weight is [{}, {}], expected [{vocab}, {hidden}]",
+        w.rows(),
+        w.cols()
     );
     ensure!(
         labels.len() == n,
@@ -188,7 +194,7 @@ impl Scratch {
     fn logits(
         &mut self,
         h: &[f32],
-        w: &[f32],
+        w: MatrixRef,
         part: &[(usize, usize)],
         shape: CeShape,
     ) -> (&[f32], &mut [f32], &mut [f64]) {
@@ -199,12 +205,7 @@ impl Scratch {
             dst.copy_from_slice(&h[row * hidden..(row + 1) * hidden]);
         }
         let logits = &mut self.logits[..c * vocab];
-        let head = LinearShape {
-            tokens: c,
-            in_features: hidden,
-            out_features: vocab,
-        };
-        linear_forward(logits, hc, w, head);
+        w.forward(hc, logits);
         (hc, logits, &mut self.losses[..c])
     }
 }
@@ -265,6 +266,14 @@ fn row_max(row: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::matrix::Matrix;
+
+    fn f32_head(values: &[f32], hidden: usize) -> Matrix {
+        Matrix::F32 {
+            values: values.to_vec(),
+            cols: hidden,
+        }
+    }
 
     fn pseudo_random(len: usize, seed: u32, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -289,18 +298,32 @@ mod tests {
         };
         let h = pseudo_random(20, 1, 4.0);
         let w = pseudo_random(28, 2, 2.0);
+        let head = f32_head(&w, 4);
         let labels: [i32; 5] = [3, -100, 0, 6, 2];
         let n_labels = count_labels(&labels);
         let scale = 1.0 / n_labels as f32;
         let mut dh = vec![f32::NAN; 20];
         let mut dw = vec![0.0; 28];
-        let (loss_sum, n) =
-            forward_backward(&h, &w, &labels, shape, scale, &mut dh, Some(&mut dw)).unwrap();
+        let (loss_sum, n) = forward_backward(
+            &h,
+            head.as_ref(),
+            &labels,
+            shape,
+            scale,
+            &mut dh,
+            Some(&mut dw),
+        )
+        .unwrap();
         assert_eq!((n, n_labels), (4, 4));
-        assert_eq!(loss(&h, &w, &labels, shape).unwrap(), (loss_sum, 4));
+        assert_eq!(
+            loss(&h, head.as_ref(), &labels, shape).unwrap(),
+            (loss_sum, 4)
+        );
         assert!(dh[4..8].iter().all(|&x| x == 0.0), "ignored row has dh 0");
 
-        let mean = |h: &[f32], w: &[f32]| loss(h, w, &labels, shape).unwrap().0 / n as f64;
+        let mean = |h: &[f32], w: &[f32]| {
+            loss(h, f32_head(w, 4).as_ref(), &labels, shape).unwrap().0 / n as f64
+        };
         let eps = 1e-2f32;
         let nudged = |x: &[f32], i: usize, d: f32| {
             let mut x = x.to_vec();
@@ -329,11 +352,22 @@ mod tests {
             vocab: 4,
             chunk: 8,
         };
-        let (h, w) = (pseudo_random(6, 3, 1.0), pseudo_random(8, 4, 1.0));
+        let (h, w) = (
+            pseudo_random(6, 3, 1.0),
+            f32_head(&pseudo_random(8, 4, 1.0), 2),
+        );
         let mut dh = vec![1.0; 6];
         let mut dw = vec![0.5; 8];
-        let out =
-            forward_backward(&h, &w, &[-100i64; 3], shape, 1.0, &mut dh, Some(&mut dw)).unwrap();
+        let out = forward_backward(
+            &h,
+            w.as_ref(),
+            &[-100i64; 3],
+            shape,
+            1.0,
+            &mut dh,
+            Some(&mut dw),
+        )
+        .unwrap();
         assert_eq!(out, (0.0, 0));
         assert!(dh.iter().all(|&x| x == 0.0));
         assert!(dw.iter().all(|&x| x == 0.5));
@@ -347,21 +381,71 @@ mod tests {
             vocab: 3,
             chunk: 1,
         };
-        let (h, w) = (vec![0.0; 4], vec![0.0; 6]);
-        let err = loss(&h, &w, &[0i64, 3], shape).unwrap_err().to_string();
-        assert!(err.contains("label 3 at position 1"), "{err}");
-        let err = loss(&h, &w, &[-1i64, 0], shape).unwrap_err().to_string();
-        assert!(err.contains("label -1 at position 0"), "{err}");
-        let err = loss(&h, &w[..5], &[0i64, 0], shape)
+        let (h, w) = (vec![0.0; 4], f32_head(&[0.0; 6], 2));
+        let err = loss(&h, w.as_ref(), &[0i64, 3], shape)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("LM-head weight has 5 elements"), "{err}");
+        assert!(err.contains("label 3 at position 1"), "{err}");
+        let err = loss(&h, w.as_ref(), &[-1i64, 0], shape)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("label -1 at position 0"), "{err}");
+        let err = loss(&h, f32_head(&[0.0; 4], 2).as_ref(), &[0i64, 0], shape)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LM-head weight is [2, 2]"), "{err}");
         let mut dh = vec![0.0; 3];
-        let err = forward_backward(&h, &w, &[0i64, 0], shape, 1.0, &mut dh, None)
+        let err = forward_backward(&h, w.as_ref(), &[0i64, 0], shape, 1.0, &mut dh, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("dh has 3 elements"), "{err}");
         let zero_chunk = CeShape { chunk: 0, ..shape };
-        assert!(loss(&h, &w, &[0i64, 0], zero_chunk).is_err());
+        assert!(loss(&h, w.as_ref(), &[0i64, 0], zero_chunk).is_err());
+    }
+
+    /// A head kept quantized gives the loss and dh of its dequantized f32 values, and refuses dW.
+    #[test]
+    fn a_stored_head_is_its_dequantized_values() {
+        use crate::kernels::stored::{StoredMatrix, WeightBytes};
+        use crate::quant::{self, GgmlType};
+        let shape = CeShape {
+            n: 6,
+            hidden: 64,
+            vocab: 40,
+            chunk: 4,
+        };
+        let h = pseudo_random(6 * 64, 5, 2.0);
+        let bytes = quant::quantize(GgmlType::Q8_0, &pseudo_random(40 * 64, 6, 1.0)).unwrap();
+        let m = StoredMatrix::new(
+            GgmlType::Q8_0,
+            40,
+            64,
+            WeightBytes::Owned(std::sync::Arc::new(bytes)),
+        )
+        .unwrap();
+        let dense = f32_head(&m.to_f32(), 64);
+        let stored = Matrix::Stored(vec![m]);
+        let labels = [1i64, 39, -100, 0, 7, 7];
+        let (mut dh_s, mut dh_f) = (vec![0.0; 6 * 64], vec![0.0; 6 * 64]);
+        let (ls, _) =
+            forward_backward(&h, stored.as_ref(), &labels, shape, 0.2, &mut dh_s, None).unwrap();
+        let (lf, _) =
+            forward_backward(&h, dense.as_ref(), &labels, shape, 0.2, &mut dh_f, None).unwrap();
+        assert!((ls - lf).abs() < 1e-5 * lf.abs(), "{ls} vs {lf}");
+        for (a, b) in dh_s.iter().zip(&dh_f) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let mut dw = vec![0.0; 40 * 64];
+        let err = forward_backward(
+            &h,
+            stored.as_ref(),
+            &labels,
+            shape,
+            0.2,
+            &mut dh_s,
+            Some(&mut dw),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot train"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod few_rows;
 pub mod math;
 pub mod matmul;
+pub mod matrix;
 pub mod pool;
 pub mod qdot;
 pub mod rmsnorm;

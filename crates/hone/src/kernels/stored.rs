@@ -138,13 +138,28 @@ impl StoredMatrix {
 
     /// Rows `rows` as f32 into `out` (`rows.len() × cols` values).
     pub fn dequantize_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+        self.dequantize_block(rows, 0..self.cols, out);
+    }
+
+    /// Columns `cols` of rows `rows` as f32 into `out` (`rows.len() × cols.len()` values, row-major).
+    ///
+    /// # Panics
+    /// If `cols` does not start and end on block boundaries, or `out` is not the block's size.
+    pub fn dequantize_block(&self, rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+        let (block, size) = (self.ty.block_size(), self.ty.type_size());
+        assert!(
+            cols.start.is_multiple_of(block) && cols.end.is_multiple_of(block),
+            "columns {cols:?} are not whole {} blocks",
+            self.ty.name()
+        );
         assert_eq!(
             out.len(),
-            rows.len() * self.cols,
-            "out is not the rows' size"
+            rows.len() * cols.len(),
+            "out is not the block's size"
         );
-        for (r, out) in rows.zip(out.chunks_exact_mut(self.cols)) {
-            quant::dequantize_into(self.ty, self.row(r), out)
+        let bytes = cols.start / block * size..cols.end / block * size;
+        for (r, out) in rows.zip(out.chunks_exact_mut(cols.len())) {
+            quant::dequantize_into(self.ty, &self.row(r)[bytes.clone()], out)
                 .expect("the row's size was checked when the matrix was made");
         }
     }
@@ -183,19 +198,38 @@ fn row_dot(ty: GgmlType) -> Option<RowDot> {
 /// # Panics
 /// If the matrices differ in width or `x` is not `m` rows of that width.
 pub fn matmul(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
-    let k = parts[0].cols;
-    assert!(
-        parts.iter().all(|p| p.cols == k),
-        "matrices of different widths"
-    );
-    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
-    let n: usize = parts.iter().map(|p| p.rows).sum();
+    check_widths(parts, x, m);
     // Both paths write the output transposed (`[n, m]`), so each task owns a contiguous slice.
     let yt = if m <= FEW_ROWS {
         dot_products(parts, x, m)
     } else {
         tiled_products(parts, x, m)
     };
+    untranspose(parts, &yt, m)
+}
+
+/// [`matmul`] in f32 throughout, whatever the number of rows (training, where the activations'
+/// 8-bit rounding of the few-row path would bias the gradients): equal to the product with the
+/// dequantized matrices up to summation order.
+pub fn matmul_f32(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
+    check_widths(parts, x, m);
+    untranspose(parts, &tiled_products(parts, x, m), m)
+}
+
+/// The width `k` every matrix shares, after checking `x` is `[m, k]`.
+fn check_widths(parts: &[&StoredMatrix], x: &[f32], m: usize) -> usize {
+    let k = parts[0].cols;
+    assert!(
+        parts.iter().all(|p| p.cols == k),
+        "matrices of different widths"
+    );
+    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
+    k
+}
+
+/// `[m, n]` from the products' transposed `[n, m]` output.
+fn untranspose(parts: &[&StoredMatrix], yt: &[f32], m: usize) -> Vec<f32> {
+    let n: usize = parts.iter().map(|p| p.rows).sum();
     let mut y = vec![0f32; m * n];
     for (j, column) in yt.chunks_exact(m).enumerate() {
         for (r, &value) in column.iter().enumerate() {
@@ -341,17 +375,77 @@ fn tiled_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
     yt
 }
 
+/// `dx[m, k] = dy[m, Σ rows] · [W₀; W₁; …]`: the input gradient of [`matmul_f32`], in f32 on
+/// dequantized tiles.
+///
+/// The output is split into strips of whole-block columns, about two per thread, so each task
+/// owns its strip; a task walks down the matrices' rows in tiles of that strip, accumulating
+/// `dy[:, rows] · W[rows, strip]`.
+///
+/// # Panics
+/// If the matrices differ in width or `dy` is not `m` rows of their summed height.
+pub fn matmul_transposed(parts: &[&StoredMatrix], dy: &[f32], m: usize) -> Vec<f32> {
+    let k = parts[0].cols;
+    assert!(
+        parts.iter().all(|p| p.cols == k),
+        "matrices of different widths"
+    );
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    assert_eq!(dy.len(), m * n, "dy is not [{m}, {n}]");
+    // Block sizes are 1, 32 or 256 values, so the largest is a multiple of the others.
+    let block = parts.iter().map(|p| p.ty.block_size()).max().unwrap_or(1);
+    let strips = (2 * rayon::current_num_threads()).min(k / block).max(1);
+    let width = (k / block).div_ceil(strips) * block;
+    let strips: Vec<Range<usize>> = (0..k)
+        .step_by(width)
+        .map(|c| c..(c + width).min(k))
+        .collect();
+    let outs: Vec<Vec<f32>> = strips
+        .par_iter()
+        .map(|cols| {
+            let w = cols.len();
+            let mut out = vec![0f32; m * w];
+            let tile_rows = (TILE_BYTES / (4 * w)).max(16);
+            let mut tile = Vec::new();
+            let mut first_row = 0;
+            for p in parts {
+                for start in (0..p.rows).step_by(tile_rows) {
+                    let rows = start..(start + tile_rows).min(p.rows);
+                    tile.resize(rows.len() * w, 0.0);
+                    p.dequantize_block(rows.clone(), cols.clone(), &mut tile);
+                    gemm(
+                        MatMut::new(&mut out, m, w),
+                        MatRef::strided(&dy[first_row + start..], m, rows.len(), n),
+                        MatRef::new(&tile, rows.len(), w),
+                        true,
+                        Threads::Single,
+                    );
+                }
+                first_row += p.rows;
+            }
+            out
+        })
+        .collect();
+    let mut dx = vec![0f32; m * k];
+    for (cols, out) in strips.iter().zip(&outs) {
+        for (dst, src) in dx.chunks_exact_mut(k).zip(out.chunks_exact(cols.len())) {
+            dst[cols.clone()].copy_from_slice(src);
+        }
+    }
+    dx
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
             .collect()
     }
 
-    fn stored(ty: GgmlType, rows: usize, cols: usize, seed: usize) -> StoredMatrix {
+    pub(crate) fn stored(ty: GgmlType, rows: usize, cols: usize, seed: usize) -> StoredMatrix {
         let bytes = quant::quantize(ty, &values(rows * cols, seed)).unwrap();
         StoredMatrix::new(ty, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap()
     }
@@ -396,6 +490,58 @@ mod tests {
                     "m={m} [{i}]: {g} vs {w}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exact_products_match_the_dequantized_reference_both_ways() {
+        use GgmlType::*;
+        let k = 768;
+        let parts = [
+            stored(Q4_0, 33, k, 1),
+            stored(Q6K, 20, k, 2),
+            stored(F16, 7, k, 3).with_row_order((0..7).rev().collect()),
+        ];
+        let refs: Vec<&StoredMatrix> = parts.iter().collect();
+        let n = 60;
+        let ws: Vec<f32> = refs.iter().flat_map(|p| p.to_f32()).collect();
+        for m in [1, 5, 37] {
+            // Forward: f32 even for a few rows.
+            let x = values(m * k, 7 + m);
+            let got = matmul_f32(&refs, &x, m);
+            let want = reference(&refs, &x, m);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{g} vs {w}"
+                );
+            }
+            // Backward: dx = dy · W over the stacked, dequantized rows.
+            let dy = values(m * n, 3 + m);
+            let dx = matmul_transposed(&refs, &dy, m);
+            for r in 0..m {
+                for c in 0..k {
+                    let want: f64 = (0..n)
+                        .map(|j| dy[r * n + j] as f64 * ws[j * k + c] as f64)
+                        .sum();
+                    let g = dx[r * k + c] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "[{r},{c}] {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_of_columns_is_the_same_columns_of_the_rows() {
+        let m = stored(GgmlType::Q4K, 3, 768, 4);
+        let full = m.to_f32();
+        let mut block = vec![0f32; 2 * 256];
+        m.dequantize_block(1..3, 256..512, &mut block);
+        for (i, row) in block.chunks_exact(256).enumerate() {
+            assert_eq!(row, &full[(i + 1) * 768 + 256..(i + 1) * 768 + 512]);
         }
     }
 

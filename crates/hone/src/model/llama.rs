@@ -17,6 +17,7 @@ use super::rope;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::kernels::matrix::MatrixRef;
 use crate::kernels::rope::{self as rope_kernel, RopeShape};
 use crate::kernels::swiglu as swiglu_kernel;
 
@@ -194,7 +195,13 @@ impl Llama {
             chunk: 256,
         };
         match self.lm_head.plain_f32_weight() {
-            Some(w) => with_f32_slice(w, |w| cross_entropy::loss(&hidden, w, &labels, shape)),
+            Some(w) => with_f32_slice(w, |values| {
+                let head = MatrixRef::F32 {
+                    values,
+                    cols: shape.hidden,
+                };
+                cross_entropy::loss(&hidden, head, &labels, shape)
+            }),
             None => self.chunked_nll(&hidden, &labels, shape),
         }
     }

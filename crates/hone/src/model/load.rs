@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
-use super::{memory, weights, Llama};
+use super::{memory, weights, Llama, Weight};
 use crate::adapters::merge::check_fits;
 use crate::adapters::{merge, read_adapter};
 use crate::io::gguf::GgufFile;
@@ -59,19 +59,12 @@ pub fn load_with_adapter(
         Some(dir) => Some((dir, read_adapter(dir)?)),
         None => None,
     };
-    let source = source::resolve(spec)?;
-    memory::check_fits(&source, Precision::Stored)?;
-    let (config, weights, tokenizer) = match &source {
-        ModelSource::HfDir(dir) => {
-            let (cfg, w) = weights::load_stored(&source, device)?;
-            (cfg, w, Tokenizer::from_hf_dir(dir)?)
-        }
-        ModelSource::Gguf(path) => {
-            let gguf = GgufFile::open_populated(path)?;
-            let (cfg, w) = weights::load_gguf_stored(&gguf, device)?;
-            (cfg, w, Tokenizer::from_gguf(&gguf)?)
-        }
-    };
+    let StoredWeights {
+        config,
+        weights,
+        tokenizer,
+        source,
+    } = load_stored_weights(spec, device)?;
     if let Some((dir, adapter)) = &adapter {
         check_fits(&config, adapter, |name| weights.get(name).map(|w| w.dims())).map_err(|e| {
             anyhow::anyhow!(
@@ -85,6 +78,38 @@ pub fn load_with_adapter(
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path().display()))?;
     Ok(LoadedModel {
         model,
+        tokenizer,
+        source,
+    })
+}
+
+/// A model's config, weights under HF names as [`weights::load_stored`] keeps them (matrices in
+/// their stored type), and tokenizer.
+pub struct StoredWeights {
+    pub config: ModelConfig,
+    pub weights: HashMap<String, Weight>,
+    pub tokenizer: Tokenizer,
+    pub source: ModelSource,
+}
+
+/// Resolves `spec` and maps its weights in their stored type (no adapter).
+pub fn load_stored_weights(spec: &str, device: &Device) -> Result<StoredWeights> {
+    let source = source::resolve(spec)?;
+    memory::check_fits(&source, Precision::Stored)?;
+    let (config, weights, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let (cfg, w) = weights::load_stored(&source, device)?;
+            (cfg, w, Tokenizer::from_hf_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => {
+            let gguf = GgufFile::open_populated(path)?;
+            let (cfg, w) = weights::load_gguf_stored(&gguf, device)?;
+            (cfg, w, Tokenizer::from_gguf(&gguf)?)
+        }
+    };
+    Ok(StoredWeights {
+        config,
+        weights,
         tokenizer,
         source,
     })

@@ -5,7 +5,7 @@ mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod load;
-mod memory;
+pub mod memory;
 pub mod rope;
 pub mod tensors;
 pub mod weights;
@@ -15,6 +15,7 @@ pub use kv_cache::Cache;
 pub use linear::{Linear, Weight};
 pub use llama::Llama;
 pub use load::{
-    inspect, load, load_weights, load_with_adapter, LoadedModel, LoadedWeights, Precision,
+    inspect, load, load_stored_weights, load_weights, load_with_adapter, LoadedModel,
+    LoadedWeights, Precision, StoredWeights,
 };
 pub use tensors::hf_tensor_shapes;

@@ -1,6 +1,7 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
-//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter.
+//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter. A frozen
+//! base may stay in its stored type (a quantized GGUF: QLoRA), see [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
 //! `dx = dy W`, but a weight gradient only where a part is trainable: a frozen base weight costs
@@ -11,6 +12,7 @@ use rayon::prelude::*;
 use super::dropout;
 use super::lora::Lora;
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
+use crate::kernels::matrix::Matrix;
 
 /// A trainable tensor's values and, when it trains, its gradient (same length).
 #[derive(Clone, Debug)]
@@ -24,6 +26,14 @@ impl Tensor1 {
         let grad = trainable.then(|| vec![0.0; value.len()]);
         Tensor1 { value, grad }
     }
+}
+
+/// A matrix outside the blocks (the embedding, the LM head) and its gradient when it trains; a
+/// matrix that trains is always f32.
+#[derive(Clone, Debug)]
+pub struct MatrixParam {
+    pub matrix: Matrix,
+    pub grad: Option<Vec<f32>>,
 }
 
 /// One Linear layer's share of a [`Projection`].
@@ -42,8 +52,9 @@ pub struct Part {
 #[derive(Clone, Debug)]
 pub struct Projection {
     pub in_features: usize,
-    /// The parts' weights stacked by rows: `[Σ out_features, in_features]`.
-    pub weight: Vec<f32>,
+    /// The parts' weights stacked by rows: `[Σ out_features, in_features]`; f32 when any part
+    /// trains.
+    pub weight: Matrix,
     pub parts: Vec<Part>,
 }
 
@@ -72,18 +83,8 @@ impl Projection {
     /// `y` (`[tokens, out]`, overwritten) for `x` (`[tokens, in]`). `dropout_seed` is `None`
     /// outside training (no dropout, nothing saved).
     pub fn forward(&self, x: &[f32], y: &mut [f32], dropout_seed: Option<u64>) -> Saved {
-        let (n, inp, out) = (
-            x.len() / self.in_features,
-            self.in_features,
-            self.out_features(),
-        );
-        matmul(
-            MatMut::new(y, n, out),
-            MatRef::new(x, n, inp),
-            MatRef::new(&self.weight, out, inp).t(),
-            false,
-            Threads::Pool,
-        );
+        let out = self.out_features();
+        self.weight.forward(x, y);
         let mut saved = Saved {
             lora: Vec::with_capacity(self.parts.len()),
             dropout_seed: dropout_seed.unwrap_or(0),
@@ -109,13 +110,7 @@ impl Projection {
             self.in_features,
             self.out_features(),
         );
-        matmul(
-            MatMut::new(dx, n, inp),
-            MatRef::new(dy, n, out),
-            MatRef::new(&self.weight, out, inp),
-            false,
-            Threads::Pool,
-        );
+        self.weight.backward_input(dy, dx, false);
         let mut col = 0;
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);

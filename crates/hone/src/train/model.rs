@@ -4,21 +4,24 @@
 //!
 //! Which tensors train is decided once, at construction, by parameter name (HF names such as
 //! `model.layers.3.mlp.down_proj.weight`): full fine-tuning, freezing, and LoRA are the same
-//! engine with different choices. Frozen tensors never get a gradient buffer.
+//! engine with different choices. Frozen tensors never get a gradient buffer, and frozen matrices
+//! loaded in a stored type (a quantized GGUF) stay in it: LoRA on such a base is QLoRA.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{Block, StepInputs};
+use super::block::{Activations, Block, StepInputs};
 use super::dropout;
-use super::linear::{Part, Projection, Tensor1};
+use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::kernels::matrix::Matrix;
 use crate::kernels::rmsnorm;
-use crate::model::{rope, ModelConfig};
+use crate::kernels::stored::StoredMatrix;
+use crate::model::{rope, ModelConfig, Weight};
 
 /// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.
 pub struct TrainableSpec<'a> {
@@ -28,15 +31,26 @@ pub struct TrainableSpec<'a> {
 
 pub struct TrainModel {
     pub(super) cfg: ModelConfig,
-    pub(super) embed_tokens: Tensor1,
+    pub(super) embed_tokens: MatrixParam,
     pub(super) blocks: Vec<Block>,
     pub(super) norm: Tensor1,
     /// None when the head is tied to `embed_tokens`.
-    pub(super) lm_head: Option<Tensor1>,
+    pub(super) lm_head: Option<MatrixParam>,
     rope: RopeTables,
     /// NEFTune: uniform noise of magnitude `alpha / √(seq · hidden)` added to the embeddings
     /// in training (transformers' `neftune_noise_alpha`).
     pub neftune_alpha: Option<f32>,
+    /// Gradient checkpointing: the forward keeps only each block's input and the backward runs
+    /// the block's forward again to get its activations (same dropout masks, same values), so
+    /// activation memory is one hidden width per token and layer plus one block's worth.
+    pub recompute: bool,
+}
+
+/// What the forward keeps of a block for its backward.
+enum Saved {
+    Activations(Box<Activations>),
+    /// The block's input only, when its activations are recomputed.
+    Input(Vec<f32>),
 }
 
 /// cos and sin of every position's rotation, `[positions, head_dim / 2]`.
@@ -54,45 +68,60 @@ impl TrainModel {
     /// PEFT directory, whose saved biases then replace the model's).
     pub fn new(
         cfg: ModelConfig,
-        mut weights: HashMap<String, candle_core::Tensor>,
+        weights: HashMap<String, candle_core::Tensor>,
+        spec: &TrainableSpec,
+        adapter: Option<&Adapter>,
+    ) -> Result<TrainModel> {
+        let weights = weights
+            .into_iter()
+            .map(|(name, t)| (name, Weight::F32(t)))
+            .collect();
+        Self::from_stored(cfg, weights, spec, adapter)
+    }
+
+    /// [`TrainModel::new`] on weights as `model::weights::load_stored` loads them: frozen
+    /// matrices in a stored type stay in it; those that train are expanded to f32.
+    pub fn from_stored(
+        cfg: ModelConfig,
+        mut weights: HashMap<String, Weight>,
         spec: &TrainableSpec,
         adapter: Option<&Adapter>,
     ) -> Result<TrainModel> {
         if let Some(adapter) = adapter {
             replace_biases(&mut weights, &adapter.biases)?;
         }
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor1> {
-            let t = weights
+        // Each tensor once, by HF name, with whether it trains.
+        let mut take = |name: &str, shape: &[usize]| -> Result<(Weight, bool)> {
+            let w = weights
                 .remove(name)
                 .with_context(|| format!("tensor `{name}` is missing"))?;
             ensure!(
-                t.dims() == shape,
+                w.dims() == shape,
                 "tensor `{name}` has shape {:?} but the config implies {shape:?}",
-                t.dims()
+                w.dims()
             );
-            let value = t.flatten_all()?.to_vec1::<f32>()?;
-            Ok(Tensor1::new(value, (spec.base)(name)))
+            Ok((w, (spec.base)(name)))
         };
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let (q_dim, kv_dim) = (
             cfg.num_attention_heads * cfg.head_dim,
             cfg.num_key_value_heads * cfg.head_dim,
         );
-        let embed_tokens = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = matrix_param(take("model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
         let mut lora_stream = 0u64;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut projection =
                 |inp: usize, parts: &[(&str, usize, bool)]| -> Result<Projection> {
-                    let mut weight = Vec::new();
+                    let mut matrices = Vec::new();
                     let mut built = Vec::new();
                     for &(name, out, has_bias) in parts {
                         let path = format!("{p}.{name}");
-                        let w = take(&format!("{path}.weight"), &[out, inp])?;
-                        weight.extend_from_slice(&w.value);
+                        let w = matrix_param(take(&format!("{path}.weight"), &[out, inp])?)?;
+                        matrices.push(w.matrix);
                         let bias = has_bias
-                            .then(|| take(&format!("{path}.bias"), &[out]))
+                            .then(|| vector_param(take(&format!("{path}.bias"), &[out])?))
                             .transpose()?;
                         let lora = lora_for(&path, inp, out, spec.lora, adapter, lora_stream)?;
                         lora_stream += 1;
@@ -106,7 +135,7 @@ impl TrainModel {
                     }
                     Ok(Projection {
                         in_features: inp,
-                        weight,
+                        weight: stack(matrices, inp),
                         parts: built,
                     })
                 };
@@ -124,23 +153,23 @@ impl TrainModel {
             let up_proj = projection(h, &[("mlp.up_proj", inter, cfg.mlp_bias)])?;
             let down_proj = projection(inter, &[("mlp.down_proj", h, cfg.mlp_bias)])?;
             blocks.push(Block {
-                input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                input_layernorm: vector_param(take(&format!("{p}.input_layernorm.weight"), &[h])?)?,
                 qkv,
                 o_proj,
-                post_attention_layernorm: take(
+                post_attention_layernorm: vector_param(take(
                     &format!("{p}.post_attention_layernorm.weight"),
                     &[h],
-                )?,
+                )?)?,
                 gate_proj,
                 up_proj,
                 down_proj,
             });
         }
-        let norm = take("model.norm.weight", &[h])?;
+        let norm = vector_param(take("model.norm.weight", &[h])?)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(take("lm_head.weight", &[cfg.vocab_size, h])?)
+            Some(matrix_param(take("lm_head.weight", &[cfg.vocab_size, h])?)?)
         };
         if let Some(extra) = adapter.and_then(|a| {
             a.modules.keys().find(|k| {
@@ -163,6 +192,7 @@ impl TrainModel {
                 sin: rope_sin,
             },
             neftune_alpha: None,
+            recompute: false,
         })
     }
 
@@ -189,25 +219,29 @@ impl TrainModel {
                 *v += magnitude * dropout::uniform(seed, i);
             }
         }
+        let block_inputs = |l: usize| StepInputs {
+            dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
+            ..step
+        };
         let mut saved = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
-            let s = StepInputs {
-                dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
-                ..step
-            };
-            saved.push(block.forward(&self.cfg, &mut x, &s));
+            if self.recompute {
+                saved.push(Saved::Input(x.clone()));
+                block.forward(&self.cfg, &mut x, &block_inputs(l));
+            } else {
+                saved.push(Saved::Activations(Box::new(block.forward(
+                    &self.cfg,
+                    &mut x,
+                    &block_inputs(l),
+                ))));
+            }
         }
         let (hidden, rstd) = self.final_norm(&x);
         let labels = shifted_labels(batch);
         let mut dh = vec![0.0; hidden.len()];
         let shape = self.ce_shape(batch);
-        let (head, head_grad) = match &mut self.lm_head {
-            Some(head) => (&head.value, head.grad.as_deref_mut()),
-            None => (
-                &self.embed_tokens.value,
-                self.embed_tokens.grad.as_deref_mut(),
-            ),
-        };
+        let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
+        let (head, head_grad) = (head.matrix.as_ref(), head.grad.as_deref_mut());
         let (loss, count) = cross_entropy::forward_backward(
             &hidden, head, &labels, shape, grad_scale, &mut dh, head_grad,
         )?;
@@ -222,11 +256,11 @@ impl TrainModel {
         );
         drop((dh, hidden, x));
         for (l, block) in self.blocks.iter_mut().enumerate().rev() {
-            let s = StepInputs {
-                dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
-                ..step
+            let s = block_inputs(l);
+            let acts = match saved.pop().expect("one saved entry per block") {
+                Saved::Activations(acts) => *acts,
+                Saved::Input(mut x) => block.forward(&self.cfg, &mut x, &s),
             };
-            let acts = saved.pop().expect("one activation set per block");
             block.backward(&self.cfg, &mut dx, acts, &s);
         }
         if let Some(grad) = &mut self.embed_tokens.grad {
@@ -252,7 +286,7 @@ impl TrainModel {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         cross_entropy::loss(
             &hidden,
-            &head.value,
+            head.matrix.as_ref(),
             &shifted_labels(batch),
             self.ce_shape(batch),
         )
@@ -268,12 +302,7 @@ impl TrainModel {
     }
 
     fn embed(&self, ids: &[u32]) -> Vec<f32> {
-        let h = self.cfg.hidden_size;
-        let table = &self.embed_tokens.value;
-        ids.iter()
-            .flat_map(|&id| &table[id as usize * h..(id as usize + 1) * h])
-            .copied()
-            .collect()
+        self.embed_tokens.matrix.gather_rows(ids)
     }
 
     fn final_norm(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -370,27 +399,67 @@ fn lora_for(
     Ok(Some(Lora::from_weights(w, dropout)))
 }
 
+/// A norm weight or bias, with a gradient when it trains.
+fn vector_param((w, trains): (Weight, bool)) -> Result<Tensor1> {
+    Ok(Tensor1::new(f32_values(&w)?, trains))
+}
+
+/// A matrix, kept in its stored type when it is frozen, with a gradient when it trains.
+fn matrix_param((w, trains): (Weight, bool)) -> Result<MatrixParam> {
+    let dims = w.dims();
+    let matrix = match w {
+        Weight::Stored(m) if !trains => Matrix::Stored(vec![m]),
+        w => Matrix::F32 {
+            values: f32_values(&w)?,
+            cols: dims[1],
+        },
+    };
+    let grad = trains.then(|| vec![0.0; dims[0] * dims[1]]);
+    Ok(MatrixParam { matrix, grad })
+}
+
+/// A weight's values as f32, expanding a stored matrix.
+fn f32_values(w: &Weight) -> Result<Vec<f32>> {
+    Ok(match w {
+        Weight::F32(t) => t.flatten_all()?.to_vec1::<f32>()?,
+        Weight::Stored(m) => m.to_f32(),
+    })
+}
+
+/// The parts of a projection stacked by rows: stored when every part stays stored, else f32.
+fn stack(parts: Vec<Matrix>, cols: usize) -> Matrix {
+    if parts.iter().all(|p| matches!(p, Matrix::Stored(_))) {
+        let stored: Vec<StoredMatrix> = parts
+            .into_iter()
+            .flat_map(|p| match p {
+                Matrix::Stored(m) => m,
+                Matrix::F32 { .. } => unreachable!("all parts are stored"),
+            })
+            .collect();
+        return Matrix::Stored(stored);
+    }
+    let values = parts.iter().flat_map(|p| p.rows_f32(0..p.rows())).collect();
+    Matrix::F32 { values, cols }
+}
+
 /// Puts an adapter's saved biases (PEFT `bias: all|lora_only`) in place of the model's.
 fn replace_biases(
-    weights: &mut HashMap<String, candle_core::Tensor>,
+    weights: &mut HashMap<String, Weight>,
     biases: &std::collections::BTreeMap<String, Vec<f32>>,
 ) -> Result<()> {
     for (name, values) in biases {
         let Some(old) = weights.get(name) else {
             bail!("the adapter has a bias `{name}`, which this model does not have");
         };
+        let old = old.f32_tensor()?;
         ensure!(
             old.elem_count() == values.len(),
             "the adapter's bias `{name}` has {} values, the model's {}",
             values.len(),
             old.elem_count()
         );
-        let shape = old.shape().clone();
-        let device = old.device().clone();
-        weights.insert(
-            name.clone(),
-            candle_core::Tensor::from_slice(values, shape, &device)?,
-        );
+        let t = candle_core::Tensor::from_slice(values, old.shape().clone(), old.device())?;
+        weights.insert(name.clone(), Weight::F32(t));
     }
     Ok(())
 }

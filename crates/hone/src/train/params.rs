@@ -6,7 +6,7 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
 //! `base_model.model.` prefix).
 
-use super::linear::{Projection, Tensor1};
+use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
@@ -20,17 +20,26 @@ fn visit_tensor<'a>(name: String, t: &'a mut Tensor1, f: Visitor<'a, '_>) {
     f(name, &mut t.value, t.grad.as_deref_mut());
 }
 
+/// A matrix kept in its stored type is frozen and has no f32 values to visit.
+fn visit_matrix<'a>(name: String, t: &'a mut MatrixParam, f: Visitor<'a, '_>) {
+    if let Some(values) = t.matrix.values_mut() {
+        f(name, values, t.grad.as_deref_mut());
+    }
+}
+
 fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
     let inp = p.in_features;
-    let mut rest = p.weight.as_mut_slice();
+    let mut rest = p.weight.values_mut();
     for part in &mut p.parts {
-        let (rows, tail) = rest.split_at_mut(part.out_features * inp);
-        rest = tail;
-        f(
-            format!("{}.weight", part.path),
-            rows,
-            part.weight_grad.as_deref_mut(),
-        );
+        if let Some(values) = rest.take() {
+            let (rows, tail) = values.split_at_mut(part.out_features * inp);
+            rest = Some(tail);
+            f(
+                format!("{}.weight", part.path),
+                rows,
+                part.weight_grad.as_deref_mut(),
+            );
+        }
         if let Some(bias) = &mut part.bias {
             visit_tensor(format!("{}.bias", part.path), bias, f);
         }
@@ -51,7 +60,7 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
 impl TrainModel {
     /// Calls `f` on every tensor, base and adapter, with its gradient when it trains.
     fn visit_mut<'a>(&'a mut self, f: Visitor<'a, '_>) {
-        visit_tensor(
+        visit_matrix(
             "model.embed_tokens.weight".into(),
             &mut self.embed_tokens,
             f,
@@ -76,7 +85,7 @@ impl TrainModel {
         }
         visit_tensor("model.norm.weight".into(), &mut self.norm, f);
         if let Some(head) = &mut self.lm_head {
-            visit_tensor("lm_head.weight".into(), head, f);
+            visit_matrix("lm_head.weight".into(), head, f);
         }
     }
 
@@ -119,7 +128,7 @@ impl TrainModel {
     /// (trainable, total) parameter counts, as PEFT's `print_trainable_parameters` counts them
     /// (a tied embedding once, adapters included).
     pub fn parameter_counts(&mut self) -> (usize, usize) {
-        let (mut trainable, mut total) = (0, 0);
+        let (mut trainable, mut total) = (0, self.stored_parameters());
         self.visit_mut(&mut |_, value, grad| {
             total += value.len();
             if grad.is_some() {
@@ -127,6 +136,30 @@ impl TrainModel {
             }
         });
         (trainable, total)
+    }
+
+    /// Parameters of the matrices kept in their stored type (never visited: they are frozen).
+    fn stored_parameters(&self) -> usize {
+        let outer = [Some(&self.embed_tokens), self.lm_head.as_ref()];
+        let outer = outer.into_iter().flatten().map(|t| &t.matrix);
+        let projections = self.blocks.iter().flat_map(|b| {
+            [&b.qkv, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj].map(|p| &p.weight)
+        });
+        outer
+            .chain(projections)
+            .filter(|m| m.values().is_none())
+            .map(|m| m.rows() * m.cols())
+            .sum()
+    }
+
+    /// Bytes of the base weights as they sit in memory (stored or f32).
+    pub fn weight_bytes(&self) -> usize {
+        let outer = [Some(&self.embed_tokens), self.lm_head.as_ref()];
+        let outer = outer.into_iter().flatten().map(|t| t.matrix.n_bytes());
+        let projections = self.blocks.iter().flat_map(|b| {
+            [&b.qkv, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj].map(|p| p.weight.n_bytes())
+        });
+        outer.chain(projections).sum()
     }
 
     /// The LoRA adapters by module path, in model order.
@@ -167,10 +200,11 @@ impl TrainModel {
     pub fn hf_tensors(&self, merge_lora: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let cfg = self.config();
         let h = cfg.hidden_size;
+        let embed = &self.embed_tokens.matrix;
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             vec![cfg.vocab_size, h],
-            self.embed_tokens.value.clone(),
+            embed.rows_f32(0..embed.rows()),
         )];
         for (l, block) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{l}");
@@ -196,7 +230,7 @@ impl TrainModel {
             out.push((
                 "lm_head.weight".into(),
                 vec![cfg.vocab_size, h],
-                head.value.clone(),
+                head.matrix.rows_f32(0..cfg.vocab_size),
             ));
         }
         out
@@ -209,14 +243,10 @@ fn projection_tensors(
     out: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
 ) {
     let inp = p.in_features;
-    let mut rows = p.weight.chunks_exact(inp);
+    let mut first = 0;
     for part in &p.parts {
-        let mut w: Vec<f32> = rows
-            .by_ref()
-            .take(part.out_features)
-            .flatten()
-            .copied()
-            .collect();
+        let mut w = p.weight.rows_f32(first..first + part.out_features);
+        first += part.out_features;
         if let (true, Some(lora)) = (merge_lora, &part.lora) {
             let scaled_b: Vec<f32> = lora.b.iter().map(|&v| v * lora.scale).collect();
             matmul(

@@ -20,6 +20,12 @@ pub struct ModelArgs {
     pub adapter_name_or_path: Option<String>,
     /// No-op: Hone runs no model code from the Hub, so there is nothing to trust.
     pub trust_remote_code: bool,
+    /// LLaMA-Factory's switch for its default recomputation; Hone recomputes only with
+    /// `gradient_checkpointing: true`, so this only conflicts with that.
+    pub disable_gradient_checkpointing: bool,
+    /// QLoRA (LLaMA-Factory's key): 4 or 8 trains LoRA on a frozen quantized base. A quantized
+    /// GGUF base is used as stored; quantizing an HF base at load is not supported yet.
+    pub quantization_bit: Option<u32>,
 }
 
 /// `### method`: LLaMA-Factory's `FinetuningArguments`.
@@ -135,6 +141,11 @@ pub struct TrainArgs {
     pub fp16: bool,
     /// No-op: Hone trains in one process.
     pub ddp_timeout: u64,
+    /// Recompute each block's activations in the backward instead of keeping them (transformers'
+    /// key): activation memory falls to one hidden width per token and layer, for one more
+    /// forward pass of compute. Off by default: Hone's kept activations are lean, and LLaMA-Factory's
+    /// default (on) costs a third more time where memory is not short.
+    pub gradient_checkpointing: bool,
 }
 
 /// `### eval`
@@ -225,6 +236,7 @@ impl Default for TrainArgs {
             bf16: false,
             fp16: false,
             ddp_timeout: 1800,
+            gradient_checkpointing: false,
         }
     }
 }

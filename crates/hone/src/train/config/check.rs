@@ -57,6 +57,23 @@ fn check_model(c: &SftConfig) -> Checked {
             "Hone continues from one adapter directory; merge the others into the model first",
         )?;
     }
+    if let Some(bits) = c.model.quantization_bit {
+        require(
+            bits == 4 || bits == 8,
+            "quantization_bit",
+            "must be 4 or 8 (bits per weight of the quantized base)",
+        )?;
+        require(
+            c.method.finetuning_type == FinetuningType::Lora,
+            "quantization_bit",
+            "a quantized base is frozen: only valid with finetuning_type: lora",
+        )?;
+    }
+    require(
+        !(c.model.disable_gradient_checkpointing && c.train.gradient_checkpointing),
+        "disable_gradient_checkpointing",
+        "conflicts with gradient_checkpointing: true; keep one",
+    )?;
     Ok(())
 }
 

@@ -74,7 +74,10 @@ pub struct Summary {
 /// Runs the whole recipe for `config`.
 pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) -> Result<Summary> {
     let output_dir = prepare_output_dir(config)?;
-    let base = setup::load_base(config)?;
+    let mut base = setup::load_base(config)?;
+    if let Some(note) = setup::choose_base_storage(config, &mut base)? {
+        on(Event::Note(&note));
+    }
     let tokenizer = base.tokenizer.clone();
     let (template, note) = setup::chat_template(config, &tokenizer)?;
     if let Some(note) = note {
@@ -86,6 +89,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     }
     let (mut model, adapter) = setup::build_model(config, base)?;
     model.neftune_alpha = config.train.neftune_noise_alpha.map(|a| a as f32);
+    model.recompute = config.train.gradient_checkpointing;
     let (trainable, total) = model.parameter_counts();
     on(Event::Note(&trainable_parameters_line(trainable, total)));
 

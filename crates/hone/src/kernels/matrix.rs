@@ -1,0 +1,222 @@
+//! A weight matrix as training's products read it: f32 values (a tensor that trains, or an f32
+//! base), or frozen matrices kept in their stored type (a quantized or 16-bit base, as in QLoRA)
+//! stacked by rows, e.g. q|k|v.
+//!
+//! Training needs both products of a Linear layer, `y = x Wᵀ` and `dx = dy W`. On stored weights
+//! both run in f32 on tiles dequantized into a small buffer, never the whole matrix, so they equal
+//! the products on the dequantized matrix up to summation order: the base a QLoRA run trains on
+//! is the dequantized model, as bitsandbytes computes it. Activations are never quantized here
+//! (the decoding path does that), since gradients must be exact.
+
+use std::ops::Range;
+
+use super::matmul::{matmul, MatMut, MatRef, Threads};
+use super::stored::{self, StoredMatrix};
+
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    /// Row-major `[values.len() / cols, cols]`.
+    F32 { values: Vec<f32>, cols: usize },
+    /// Frozen matrices of the same width, stacked by rows.
+    Stored(Vec<StoredMatrix>),
+}
+
+/// A borrowed [`Matrix`]: what the products read (an f32 slice needs no copy to be one).
+#[derive(Clone, Copy, Debug)]
+pub enum MatrixRef<'a> {
+    F32 { values: &'a [f32], cols: usize },
+    Stored(&'a [StoredMatrix]),
+}
+
+impl Matrix {
+    pub fn as_ref(&self) -> MatrixRef<'_> {
+        match self {
+            Matrix::F32 { values, cols } => MatrixRef::F32 {
+                values,
+                cols: *cols,
+            },
+            Matrix::Stored(parts) => MatrixRef::Stored(parts),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.as_ref().rows()
+    }
+
+    pub fn cols(&self) -> usize {
+        self.as_ref().cols()
+    }
+
+    /// The f32 values, unless the matrix is stored.
+    pub fn values(&self) -> Option<&[f32]> {
+        self.as_ref().values()
+    }
+
+    pub fn values_mut(&mut self) -> Option<&mut [f32]> {
+        match self {
+            Matrix::F32 { values, .. } => Some(values),
+            Matrix::Stored(_) => None,
+        }
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn n_bytes(&self) -> usize {
+        match self {
+            Matrix::F32 { values, .. } => values.len() * 4,
+            Matrix::Stored(parts) => parts.iter().map(|p| p.n_bytes()).sum(),
+        }
+    }
+
+    /// See [`MatrixRef::rows_f32`].
+    pub fn rows_f32(&self, rows: Range<usize>) -> Vec<f32> {
+        self.as_ref().rows_f32(rows)
+    }
+
+    /// See [`MatrixRef::gather_rows`].
+    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        self.as_ref().gather_rows(ids)
+    }
+
+    /// See [`MatrixRef::forward`].
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        self.as_ref().forward(x, y)
+    }
+
+    /// See [`MatrixRef::backward_input`].
+    pub fn backward_input(&self, dy: &[f32], dx: &mut [f32], accumulate: bool) {
+        self.as_ref().backward_input(dy, dx, accumulate)
+    }
+}
+
+impl<'a> MatrixRef<'a> {
+    pub fn rows(&self) -> usize {
+        match self {
+            MatrixRef::F32 { values, cols } => values.len() / cols,
+            MatrixRef::Stored(parts) => parts.iter().map(|p| p.rows()).sum(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            MatrixRef::F32 { cols, .. } => *cols,
+            MatrixRef::Stored(parts) => parts[0].cols(),
+        }
+    }
+
+    pub fn values(self) -> Option<&'a [f32]> {
+        match self {
+            MatrixRef::F32 { values, .. } => Some(values),
+            MatrixRef::Stored(_) => None,
+        }
+    }
+
+    /// Rows `rows` as f32, row-major (a part of a stacked matrix, for saving it).
+    pub fn rows_f32(&self, rows: Range<usize>) -> Vec<f32> {
+        let cols = self.cols();
+        match self {
+            MatrixRef::F32 { values, .. } => values[rows.start * cols..rows.end * cols].to_vec(),
+            MatrixRef::Stored(parts) => {
+                let mut out = vec![0f32; rows.len() * cols];
+                let mut first = 0;
+                for p in parts.iter() {
+                    let (lo, hi) = (rows.start.max(first), rows.end.min(first + p.rows()));
+                    if lo < hi {
+                        let dst = &mut out[(lo - rows.start) * cols..(hi - rows.start) * cols];
+                        p.dequantize_rows(lo - first..hi - first, dst);
+                    }
+                    first += p.rows();
+                }
+                out
+            }
+        }
+    }
+
+    /// Rows `ids` as f32, `[ids.len(), cols]`: an embedding lookup.
+    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        ids.iter()
+            .flat_map(|&id| self.rows_f32(id as usize..id as usize + 1))
+            .collect()
+    }
+
+    /// `y = x Wᵀ` for `x` `[m, cols]`; `y` (`[m, rows]`) is overwritten.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        let m = x.len() / cols;
+        match self {
+            MatrixRef::F32 { values, .. } => matmul(
+                MatMut::new(y, m, rows),
+                MatRef::new(x, m, cols),
+                MatRef::new(values, rows, cols).t(),
+                false,
+                Threads::Pool,
+            ),
+            MatrixRef::Stored(parts) => {
+                let parts: Vec<&StoredMatrix> = parts.iter().collect();
+                y.copy_from_slice(&stored::matmul_f32(&parts, x, m));
+            }
+        }
+    }
+
+    /// `dx = dy W` for `dy` `[m, rows]`, into `dx` (`[m, cols]`): overwritten, or added to when
+    /// `accumulate`.
+    pub fn backward_input(&self, dy: &[f32], dx: &mut [f32], accumulate: bool) {
+        let (rows, cols) = (self.rows(), self.cols());
+        let m = dy.len() / rows;
+        match self {
+            MatrixRef::F32 { values, .. } => matmul(
+                MatMut::new(dx, m, cols),
+                MatRef::new(dy, m, rows),
+                MatRef::new(values, rows, cols),
+                accumulate,
+                Threads::Pool,
+            ),
+            MatrixRef::Stored(parts) => {
+                let parts: Vec<&StoredMatrix> = parts.iter().collect();
+                let product = stored::matmul_transposed(&parts, dy, m);
+                if accumulate {
+                    dx.iter_mut().zip(&product).for_each(|(d, p)| *d += p);
+                } else {
+                    dx.copy_from_slice(&product);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::stored::tests::{stored, values};
+    use crate::quant::GgmlType;
+
+    /// A stored stack and its dequantized f32 twin give the same products and rows.
+    #[test]
+    fn a_stored_stack_behaves_as_its_dequantized_values() {
+        let k = 64;
+        let parts = vec![
+            stored(GgmlType::Q8_0, 5, k, 1),
+            stored(GgmlType::Q4_1, 3, k, 2),
+        ];
+        let dense: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
+        let s = Matrix::Stored(parts);
+        let f = Matrix::F32 {
+            values: dense.clone(),
+            cols: k,
+        };
+        assert_eq!((s.rows(), s.cols()), (8, k));
+        assert_eq!(s.rows_f32(3..7), f.rows_f32(3..7));
+        assert_eq!(s.gather_rows(&[7, 0, 7]), f.gather_rows(&[7, 0, 7]));
+        let m = 3;
+        let x = values(m * k, 5);
+        let (mut ys, mut yf) = (vec![0.0; m * 8], vec![0.0; m * 8]);
+        s.forward(&x, &mut ys);
+        f.forward(&x, &mut yf);
+        let dy = values(m * 8, 9);
+        let (mut dxs, mut dxf) = (vec![1.0; m * k], vec![1.0; m * k]);
+        s.backward_input(&dy, &mut dxs, true);
+        f.backward_input(&dy, &mut dxf, true);
+        for (a, b) in ys.iter().zip(&yf).chain(dxs.iter().zip(&dxf)) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
