@@ -227,14 +227,26 @@ fn check_widths(parts: &[&StoredMatrix], x: &[f32], m: usize) -> usize {
     k
 }
 
-/// `[m, n]` from the products' transposed `[n, m]` output.
+/// `[m, n]` from the products' transposed `[n, m]` output, in bands of output rows: each band
+/// reads one cache line of every column, in parallel when there are several bands (a training
+/// batch's thousand rows took a seventh of a step transposed element by element on one thread).
 fn untranspose(parts: &[&StoredMatrix], yt: &[f32], m: usize) -> Vec<f32> {
+    const BAND: usize = 16;
     let n: usize = parts.iter().map(|p| p.rows).sum();
     let mut y = vec![0f32; m * n];
-    for (j, column) in yt.chunks_exact(m).enumerate() {
-        for (r, &value) in column.iter().enumerate() {
-            y[r * n + j] = value;
+    let band = |(b, rows): (usize, &mut [f32])| {
+        let first = b * BAND;
+        let count = rows.len() / n;
+        for (j, column) in yt.chunks_exact(m).enumerate() {
+            for (i, &value) in column[first..first + count].iter().enumerate() {
+                rows[i * n + j] = value;
+            }
         }
+    };
+    if m <= BAND {
+        band((0, &mut y));
+    } else {
+        y.par_chunks_mut(BAND * n).enumerate().for_each(band);
     }
     y
 }
