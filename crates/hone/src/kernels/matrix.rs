@@ -131,11 +131,21 @@ impl<'a> MatrixRef<'a> {
         }
     }
 
-    /// Rows `ids` as f32, `[ids.len(), cols]`: an embedding lookup.
+    /// Rows `ids` as f32, `[ids.len(), cols]`: an embedding lookup, every step, so written into
+    /// one buffer.
     pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
-        ids.iter()
-            .flat_map(|&id| self.rows_f32(id as usize..id as usize + 1))
-            .collect()
+        let cols = self.cols();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            let id = id as usize;
+            match self {
+                MatrixRef::F32 { values, .. } => {
+                    dst.copy_from_slice(&values[id * cols..(id + 1) * cols])
+                }
+                MatrixRef::Stored(_) => dst.copy_from_slice(&self.rows_f32(id..id + 1)),
+            }
+        }
+        out
     }
 
     /// `y = x Wᵀ` for `x` `[m, cols]`; `y` (`[m, rows]`) is overwritten.

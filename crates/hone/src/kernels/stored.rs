@@ -218,12 +218,18 @@ pub fn matmul_f32(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
 
 /// The width `k` every matrix shares, after checking `x` is `[m, k]`.
 fn check_widths(parts: &[&StoredMatrix], x: &[f32], m: usize) -> usize {
+    let k = shared_width(parts);
+    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
+    k
+}
+
+/// The width every matrix of a stack shares.
+fn shared_width(parts: &[&StoredMatrix]) -> usize {
     let k = parts[0].cols;
     assert!(
         parts.iter().all(|p| p.cols == k),
         "matrices of different widths"
     );
-    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
     k
 }
 
@@ -397,11 +403,7 @@ fn tiled_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
 /// # Panics
 /// If the matrices differ in width or `dy` is not `m` rows of their summed height.
 pub fn matmul_transposed(parts: &[&StoredMatrix], dy: &[f32], m: usize) -> Vec<f32> {
-    let k = parts[0].cols;
-    assert!(
-        parts.iter().all(|p| p.cols == k),
-        "matrices of different widths"
-    );
+    let k = shared_width(parts);
     let n: usize = parts.iter().map(|p| p.rows).sum();
     assert_eq!(dy.len(), m * n, "dy is not [{m}, {n}]");
     // Block sizes are 1, 32 or 256 values, so the largest is a multiple of the others.

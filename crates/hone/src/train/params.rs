@@ -152,16 +152,6 @@ impl TrainModel {
             .sum()
     }
 
-    /// Bytes of the base weights as they sit in memory (stored or f32).
-    pub fn weight_bytes(&self) -> usize {
-        let outer = [Some(&self.embed_tokens), self.lm_head.as_ref()];
-        let outer = outer.into_iter().flatten().map(|t| t.matrix.n_bytes());
-        let projections = self.blocks.iter().flat_map(|b| {
-            [&b.qkv, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj].map(|p| p.weight.n_bytes())
-        });
-        outer.chain(projections).sum()
-    }
-
     /// The LoRA adapters by module path, in model order.
     pub fn lora_modules(&self) -> Vec<(&str, &Lora)> {
         self.blocks
