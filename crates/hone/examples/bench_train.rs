@@ -1,12 +1,13 @@
 //! Benchmark worker for scripts/bench/train.py: times training steps (forward, backward, clipping,
 //! AdamW) of Hone's engine on one model and prints one JSON line. Timing lives here, never in tests.
 //!
-//!   bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored]
+//!   bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored|bf16]
 //!
 //! lora_qv: r=8, alpha=32, dropout 0.1 on q_proj,v_proj; lora_all: r=16, alpha=32, dropout 0.1 on
 //! every linear; full: every tensor trains. Labels are the ids (every position has a target).
 //! `f32` (the default) expands every weight to f32; `stored` keeps frozen matrices in the file's
-//! type, as `hone train` does (QLoRA on a quantized GGUF).
+//! type, as `hone train` does (QLoRA on a quantized GGUF); `bf16` is mixed precision
+//! (`bf16: true`): products on bf16 copies of the weights, everything updated in f32.
 
 use std::time::Instant;
 
@@ -34,7 +35,9 @@ fn main() -> Result<()> {
     let (kind, model, ids, steps, storage) = match args.as_slice() {
         [k, m, i, s] => (k, m, i, s, "f32"),
         [k, m, i, s, storage] => (k, m, i, s, storage.as_str()),
-        _ => bail!("usage: bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored]"),
+        _ => {
+            bail!("usage: bench_train lora_qv|lora_all|full MODEL IDS.json STEPS [f32|stored|bf16]")
+        }
     };
     let settings = match kind.as_str() {
         "lora_qv" => Some(lora(
@@ -52,7 +55,7 @@ fn main() -> Result<()> {
         lora: settings.as_ref(),
     };
     let mut model = match storage {
-        "f32" => {
+        "f32" | "bf16" => {
             let (cfg, w) = weights::load(&source::resolve(model)?, &Device::Cpu)?;
             TrainModel::new(cfg, w, &spec, None)?
         }
@@ -60,8 +63,12 @@ fn main() -> Result<()> {
             let base = load_stored_weights(model, &Device::Cpu)?;
             TrainModel::from_stored(base.config, base.weights, &spec, None)?
         }
-        other => bail!("unknown weight storage {other} (f32 or stored)"),
+        other => bail!("unknown weight storage {other} (f32, stored or bf16)"),
     };
+    let bf16 = storage == "bf16";
+    if bf16 {
+        model.use_bf16(false, false);
+    }
     let rows: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(ids)?)?;
     let (b, t) = (rows.len(), rows[0].len());
     let input_ids: Vec<u32> = rows.concat();
@@ -93,6 +100,9 @@ fn main() -> Result<()> {
         let (sum, n) = model.forward_backward(&batch, scale, step as u64)?;
         clip_grad_norm(&mut model.grads_mut(), 1.0);
         opt.step(&mut model.params_mut(), 1.0)?;
+        if bf16 {
+            model.refresh_bf16();
+        }
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
         }

@@ -107,7 +107,6 @@ fn llama_factory_example_loads_unchanged() {
         "overwrite_cache",
         "preprocessing_num_workers",
         "dataloader_num_workers",
-        "bf16",
         "ddp_timeout",
         "plot_loss",
     ] {

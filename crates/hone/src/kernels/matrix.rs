@@ -7,11 +7,22 @@
 //! the products on the dequantized matrix up to summation order: the base a QLoRA run trains on
 //! is the dequantized model, as bitsandbytes computes it. Activations are never quantized here
 //! (the decoding path does that), since gradients must be exact.
+//!
+//! Mixed precision (`bf16: true`) holds frozen matrices as bf16 and multiplies them on the CPU's
+//! bf16 units ([`bf16`]): activations rounded to bf16, sums in f32, as PyTorch's autocast
+//! computes a Linear. Where the CPU has no fast bf16 kernel, the same bf16 weights are multiplied
+//! in f32 on widened tiles (activations not rounded).
 
 use std::ops::Range;
 
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::bf16;
 use super::matmul::{matmul, MatMut, MatRef, Threads};
-use super::stored::{self, StoredMatrix};
+use super::stored::{self, StoredMatrix, WeightBytes};
+use crate::quant::GgmlType;
 
 #[derive(Clone, Debug)]
 pub enum Matrix {
@@ -19,6 +30,8 @@ pub enum Matrix {
     F32 { values: Vec<f32>, cols: usize },
     /// Frozen matrices of the same width, stacked by rows.
     Stored(Vec<StoredMatrix>),
+    /// Frozen bf16 matrices of the same width, stacked by rows, multiplied in bf16.
+    Bf16(Vec<StoredMatrix>),
 }
 
 /// A borrowed [`Matrix`]: what the products read (an f32 slice needs no copy to be one).
@@ -26,6 +39,7 @@ pub enum Matrix {
 pub enum MatrixRef<'a> {
     F32 { values: &'a [f32], cols: usize },
     Stored(&'a [StoredMatrix]),
+    Bf16(&'a [StoredMatrix]),
 }
 
 impl Matrix {
@@ -36,7 +50,43 @@ impl Matrix {
                 cols: *cols,
             },
             Matrix::Stored(parts) => MatrixRef::Stored(parts),
+            Matrix::Bf16(parts) => MatrixRef::Bf16(parts),
         }
+    }
+
+    /// The matrix as bf16 for mixed precision (values rounded to nearest even), converted in
+    /// parallel bands of rows, so no f32 copy of a stored matrix is made.
+    pub fn to_bf16(&self) -> Matrix {
+        const BAND: usize = 64;
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut bytes = vec![0u8; rows * cols * 2];
+        let me = self.as_ref();
+        bytes
+            .par_chunks_mut(BAND * cols * 2)
+            .enumerate()
+            .for_each(|(band, out)| {
+                let first = band * BAND;
+                let rows = first..first + out.len() / (2 * cols);
+                let widened;
+                let values = match me {
+                    MatrixRef::F32 { values, .. } => &values[rows.start * cols..rows.end * cols],
+                    _ => {
+                        widened = me.rows_f32(rows);
+                        &widened[..]
+                    }
+                };
+                for (out, &v) in out.chunks_exact_mut(2).zip(values) {
+                    out.copy_from_slice(&bf16::to_bf16(v).to_le_bytes());
+                }
+            });
+        let matrix = StoredMatrix::new(
+            GgmlType::BF16,
+            rows,
+            cols,
+            WeightBytes::Owned(Arc::new(bytes)),
+        )
+        .expect("bf16 rows of any width are whole blocks");
+        Matrix::Bf16(vec![matrix])
     }
 
     pub fn rows(&self) -> usize {
@@ -55,7 +105,7 @@ impl Matrix {
     pub fn values_mut(&mut self) -> Option<&mut [f32]> {
         match self {
             Matrix::F32 { values, .. } => Some(values),
-            Matrix::Stored(_) => None,
+            Matrix::Stored(_) | Matrix::Bf16(_) => None,
         }
     }
 
@@ -63,7 +113,7 @@ impl Matrix {
     pub fn n_bytes(&self) -> usize {
         match self {
             Matrix::F32 { values, .. } => values.len() * 4,
-            Matrix::Stored(parts) => parts.iter().map(|p| p.n_bytes()).sum(),
+            Matrix::Stored(parts) | Matrix::Bf16(parts) => parts.iter().map(|p| p.n_bytes()).sum(),
         }
     }
 
@@ -92,21 +142,23 @@ impl<'a> MatrixRef<'a> {
     pub fn rows(&self) -> usize {
         match self {
             MatrixRef::F32 { values, cols } => values.len() / cols,
-            MatrixRef::Stored(parts) => parts.iter().map(|p| p.rows()).sum(),
+            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => {
+                parts.iter().map(|p| p.rows()).sum()
+            }
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
             MatrixRef::F32 { cols, .. } => *cols,
-            MatrixRef::Stored(parts) => parts[0].cols(),
+            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => parts[0].cols(),
         }
     }
 
     pub fn values(self) -> Option<&'a [f32]> {
         match self {
             MatrixRef::F32 { values, .. } => Some(values),
-            MatrixRef::Stored(_) => None,
+            MatrixRef::Stored(_) | MatrixRef::Bf16(_) => None,
         }
     }
 
@@ -115,7 +167,7 @@ impl<'a> MatrixRef<'a> {
         let cols = self.cols();
         match self {
             MatrixRef::F32 { values, .. } => values[rows.start * cols..rows.end * cols].to_vec(),
-            MatrixRef::Stored(parts) => {
+            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => {
                 let mut out = vec![0f32; rows.len() * cols];
                 let mut first = 0;
                 for p in parts.iter() {
@@ -142,7 +194,9 @@ impl<'a> MatrixRef<'a> {
                 MatrixRef::F32 { values, .. } => {
                     dst.copy_from_slice(&values[id * cols..(id + 1) * cols])
                 }
-                MatrixRef::Stored(_) => dst.copy_from_slice(&self.rows_f32(id..id + 1)),
+                MatrixRef::Stored(_) | MatrixRef::Bf16(_) => {
+                    dst.copy_from_slice(&self.rows_f32(id..id + 1))
+                }
             }
         }
         out
@@ -152,15 +206,19 @@ impl<'a> MatrixRef<'a> {
     pub fn forward(&self, x: &[f32], y: &mut [f32]) {
         let (rows, cols) = (self.rows(), self.cols());
         let m = x.len() / cols;
-        match self {
-            MatrixRef::F32 { values, .. } => matmul(
+        match (self, bf16::kernel()) {
+            (MatrixRef::F32 { values, .. }, _) => matmul(
                 MatMut::new(y, m, rows),
                 MatRef::new(x, m, cols),
                 MatRef::new(values, rows, cols).t(),
                 false,
                 Threads::Pool,
             ),
-            MatrixRef::Stored(parts) => {
+            (MatrixRef::Bf16(parts), Some(kernel)) => {
+                let parts: Vec<&StoredMatrix> = parts.iter().collect();
+                bf16::forward(kernel, &parts, x, m, y);
+            }
+            (MatrixRef::Stored(parts) | MatrixRef::Bf16(parts), _) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
                 y.copy_from_slice(&stored::matmul_f32(&parts, x, m));
             }
@@ -172,15 +230,19 @@ impl<'a> MatrixRef<'a> {
     pub fn backward_input(&self, dy: &[f32], dx: &mut [f32], accumulate: bool) {
         let (rows, cols) = (self.rows(), self.cols());
         let m = dy.len() / rows;
-        match self {
-            MatrixRef::F32 { values, .. } => matmul(
+        match (self, bf16::kernel()) {
+            (MatrixRef::F32 { values, .. }, _) => matmul(
                 MatMut::new(dx, m, cols),
                 MatRef::new(dy, m, rows),
                 MatRef::new(values, rows, cols),
                 accumulate,
                 Threads::Pool,
             ),
-            MatrixRef::Stored(parts) => {
+            (MatrixRef::Bf16(parts), Some(kernel)) => {
+                let parts: Vec<&StoredMatrix> = parts.iter().collect();
+                bf16::backward_input(kernel, &parts, dy, m, dx, accumulate);
+            }
+            (MatrixRef::Stored(parts) | MatrixRef::Bf16(parts), _) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
                 let product = stored::matmul_transposed(&parts, dy, m);
                 if accumulate {

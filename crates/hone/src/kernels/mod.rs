@@ -3,6 +3,7 @@
 //! fused LM-head cross-entropy. Differentiable kernels keep each forward beside its backward.
 
 pub mod attention;
+pub mod bf16;
 pub mod cross_entropy;
 pub mod few_rows;
 pub mod math;

@@ -34,6 +34,16 @@ impl Tensor1 {
 pub struct MatrixParam {
     pub matrix: Matrix,
     pub grad: Option<Vec<f32>>,
+    /// Under mixed precision, the bf16 copy the products read while `matrix` stays f32: it
+    /// trains, or it is the embedding (looked up in f32) tied to the head.
+    pub bf16: Option<Matrix>,
+}
+
+impl MatrixParam {
+    /// The matrix the products read.
+    pub fn for_products(&self) -> &Matrix {
+        self.bf16.as_ref().unwrap_or(&self.matrix)
+    }
 }
 
 /// One Linear layer's share of a [`Projection`].
@@ -55,6 +65,8 @@ pub struct Projection {
     /// The parts' weights stacked by rows: `[Σ out_features, in_features]`; f32 when any part
     /// trains.
     pub weight: Matrix,
+    /// Under mixed precision, the bf16 copy of a `weight` that trains, which the products read.
+    pub bf16: Option<Matrix>,
     pub parts: Vec<Part>,
 }
 
@@ -71,6 +83,16 @@ impl Projection {
         self.parts.iter().map(|p| p.out_features).sum()
     }
 
+    /// Whether the base weight (some part of it) trains.
+    pub fn weight_trains(&self) -> bool {
+        self.parts.iter().any(|p| p.weight_grad.is_some())
+    }
+
+    /// The weight the products read.
+    fn for_products(&self) -> &Matrix {
+        self.bf16.as_ref().unwrap_or(&self.weight)
+    }
+
     /// First output column of each part.
     fn offsets(&self) -> impl Iterator<Item = (usize, &Part)> {
         self.parts.iter().scan(0, |col, p| {
@@ -84,7 +106,7 @@ impl Projection {
     /// outside training (no dropout, nothing saved).
     pub fn forward(&self, x: &[f32], y: &mut [f32], dropout_seed: Option<u64>) -> Saved {
         let out = self.out_features();
-        self.weight.forward(x, y);
+        self.for_products().forward(x, y);
         let mut saved = Saved {
             lora: Vec::with_capacity(self.parts.len()),
             dropout_seed: dropout_seed.unwrap_or(0),
@@ -110,7 +132,7 @@ impl Projection {
             self.in_features,
             self.out_features(),
         );
-        self.weight.backward_input(dy, dx, false);
+        self.for_products().backward_input(dy, dx, false);
         let mut col = 0;
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);

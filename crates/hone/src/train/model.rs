@@ -136,6 +136,7 @@ impl TrainModel {
                     Ok(Projection {
                         in_features: inp,
                         weight: stack(matrices, inp),
+                        bf16: None,
                         parts: built,
                     })
                 };
@@ -241,7 +242,10 @@ impl TrainModel {
         let mut dh = vec![0.0; hidden.len()];
         let shape = self.ce_shape(batch);
         let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
-        let (head, head_grad) = (head.matrix.as_ref(), head.grad.as_deref_mut());
+        let (head, head_grad) = (
+            head.bf16.as_ref().unwrap_or(&head.matrix).as_ref(),
+            head.grad.as_deref_mut(),
+        );
         let (loss, count) = cross_entropy::forward_backward(
             &hidden, head, &labels, shape, grad_scale, &mut dh, head_grad,
         )?;
@@ -286,7 +290,7 @@ impl TrainModel {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         cross_entropy::loss(
             &hidden,
-            head.matrix.as_ref(),
+            head.for_products().as_ref(),
             &shifted_labels(batch),
             self.ce_shape(batch),
         )
@@ -415,7 +419,11 @@ fn matrix_param((w, trains): (Weight, bool)) -> Result<MatrixParam> {
         },
     };
     let grad = trains.then(|| vec![0.0; dims[0] * dims[1]]);
-    Ok(MatrixParam { matrix, grad })
+    Ok(MatrixParam {
+        matrix,
+        grad,
+        bf16: None,
+    })
 }
 
 /// A weight's values as f32, expanding a stored matrix.
@@ -433,7 +441,7 @@ fn stack(parts: Vec<Matrix>, cols: usize) -> Matrix {
             .into_iter()
             .flat_map(|p| match p {
                 Matrix::Stored(m) => m,
-                Matrix::F32 { .. } => unreachable!("all parts are stored"),
+                Matrix::F32 { .. } | Matrix::Bf16(_) => unreachable!("all parts are stored"),
             })
             .collect();
         return Matrix::Stored(stored);
@@ -495,5 +503,16 @@ impl Block {
         ]
         .into_iter()
         .flat_map(|p| &p.parts)
+    }
+
+    /// The five projections, mutably.
+    pub fn projections_mut(&mut self) -> [&mut Projection; 5] {
+        [
+            &mut self.qkv,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
     }
 }

@@ -135,9 +135,10 @@ pub struct TrainArgs {
     pub seed: u64,
     /// NEFTune: uniform noise of this alpha on input embeddings while training.
     pub neftune_noise_alpha: Option<f64>,
-    /// No-op: Hone's CPU kernels compute in f32, so bf16 mixed precision changes nothing.
+    /// Mixed precision: products on bf16 copies of the weights, everything updated in f32
+    /// (`train::precision`).
     pub bf16: bool,
-    /// No-op: Hone's CPU kernels compute in f32, so fp16 mixed precision changes nothing.
+    /// Taken as `bf16` (with a note): CPUs have no fast fp16 products.
     pub fp16: bool,
     /// No-op: Hone trains in one process.
     pub ddp_timeout: u64,

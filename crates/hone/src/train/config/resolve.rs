@@ -201,8 +201,8 @@ impl SftConfig {
             "plot_loss: ignored: Hone draws no PNG; trainer_log.jsonl has every logged loss",
         );
         note(
-            t.bf16 || t.fp16,
-            "bf16/fp16: ignored: Hone's CPU kernels compute in f32",
+            t.fp16,
+            "fp16: CPUs have no fast fp16 products: training in bf16 mixed precision instead",
         );
         note(
             t.ddp_timeout != 1800,

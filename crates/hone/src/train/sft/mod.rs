@@ -88,6 +88,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         on(Event::Note(&format!("skipped rows: {}", rows.skipped)));
     }
     let (mut model, adapter) = setup::build_model(config, base)?;
+    on(Event::Note(&setup::precision_note(config)));
     model.neftune_alpha = config.train.neftune_noise_alpha.map(|a| a as f32);
     model.recompute = config.train.gradient_checkpointing;
     let (trainable, total) = model.parameter_counts();
@@ -102,6 +103,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?
     {
         (progress, trainer_state) = state::restore_checkpoint(&dir, &mut model, &mut optimizer)?;
+        model.refresh_bf16();
         on(Event::Note(&format!(
             "resumed from {} at step {}",
             dir.display(),
@@ -154,6 +156,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             let (loss, grad_norm) = train_step(&mut model, &window, config, step)?;
             let lr_multiplier = schedule.multiplier(step);
             optimizer.step(&mut model.params_mut(), lr_multiplier)?;
+            model.refresh_bf16();
             progress.global_step += 1;
             progress.window += 1;
             progress.tokens_seen += window_tokens as u64;

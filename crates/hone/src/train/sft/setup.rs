@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
+use crate::kernels::bf16::{self, Kernel};
 use crate::model::{load_stored_weights, memory, StoredWeights, Weight};
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
@@ -115,10 +116,38 @@ pub fn load_base(config: &SftConfig) -> Result<StoredWeights> {
     load_stored_weights(&config.model.model_name_or_path, &Device::Cpu)
 }
 
+/// Whether the run trains in bf16 mixed precision (`bf16: true`, or `fp16: true`, which CPUs
+/// run as bf16).
+pub fn mixed_precision(config: &SftConfig) -> bool {
+    config.train.bf16 || config.train.fp16
+}
+
+/// The line that says which precision the products run in.
+pub fn precision_note(config: &SftConfig) -> String {
+    if !mixed_precision(config) {
+        return "precision: f32 throughout (bf16: true for mixed precision)".into();
+    }
+    let products = match bf16::kernel() {
+        Some(Kernel::Amx) => "on the CPU's AMX bf16 tiles",
+        Some(Kernel::Avx512) => "on the CPU's AVX-512 BF16 dot products",
+        None => "in f32 on the bf16 weights (this CPU has no fast bf16 products)",
+    };
+    let quantized = if config.model.quantization_bit.is_some() {
+        " (the quantized base stays as stored)"
+    } else {
+        ""
+    };
+    format!(
+        "precision: bf16 mixed: weight products read bf16 copies{quantized}, {products}; \
+         trained tensors, norms, loss and AdamW stay f32"
+    )
+}
+
 /// Decides how the frozen base is held, returning a note to show: matrices stay in their stored
-/// type when `quantization_bit` asks for it (QLoRA on a quantized GGUF) or when their f32
-/// expansion would not fit in memory; otherwise they are expanded to f32, whose products ran
-/// about 1.35× faster than products on dequantized tiles (LoRA q,v on the default model).
+/// type when `quantization_bit` asks for it (QLoRA on a quantized GGUF), under bf16 mixed
+/// precision (they become bf16 when the model is built, without an f32 copy of the whole), or when
+/// their f32 expansion would not fit in memory; otherwise they are expanded to f32, whose products
+/// ran about 1.35× faster than products on dequantized tiles (LoRA q,v on the default model).
 pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Result<Option<String>> {
     let stored = || {
         base.weights.values().filter_map(|w| match w {
@@ -146,7 +175,7 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
             as_stored >> 20
         )));
     }
-    if as_f32 == as_stored {
+    if as_f32 == as_stored || mixed_precision(config) {
         return Ok(None);
     }
     let fits = memory::available_bytes().is_none_or(|a| (as_f32 - as_stored) as u64 * 2 < a);
@@ -190,8 +219,22 @@ pub fn adapter_config(config: &SftConfig) -> Option<AdapterConfig> {
 }
 
 /// The training model: which tensors train follows `finetuning_type`; a LoRA run starts from
-/// `adapter_name_or_path` when given (its own config then decides targets, rank and alpha).
+/// `adapter_name_or_path` when given (its own config then decides targets, rank and alpha). Under
+/// mixed precision the products switch to bf16; full and freeze runs, which save the whole model,
+/// keep the frozen weights' own values beside their bf16 copies.
 pub fn build_model(
+    config: &SftConfig,
+    base: StoredWeights,
+) -> Result<(TrainModel, Option<AdapterConfig>)> {
+    let (mut model, adapter) = build_base_model(config, base)?;
+    if mixed_precision(config) {
+        let lora = config.method.finetuning_type == FinetuningType::Lora;
+        model.use_bf16(config.model.quantization_bit.is_some(), !lora);
+    }
+    Ok((model, adapter))
+}
+
+fn build_base_model(
     config: &SftConfig,
     base: StoredWeights,
 ) -> Result<(TrainModel, Option<AdapterConfig>)> {

@@ -1,0 +1,338 @@
+//! bf16 × bf16 → f32 matrix products for mixed-precision training (`bf16: true`): the frozen
+//! weights are stored as bf16, the activations are rounded to bf16 (round to nearest even, as
+//! PyTorch's autocast casts them) and every product accumulates in f32.
+//!
+//! Hand-written because no Rust crate multiplies bf16 on the CPU's bf16 units (`gemm` widens
+//! 16-bit floats to f32 first, which is no faster than f32). Two micro-kernels, chosen once from
+//! what the CPU has:
+//! - AMX (Intel Sapphire Rapids and later): 16×16 f32 tiles accumulated by `tdpbf16ps`, about 9×
+//!   the f32 FMA rate of a core (measured: 1.26 TFLOP/s against 144 GFLOP/s);
+//! - AVX-512 BF16 (`vdpbf16ps`; AMD Zen 4/5 run it at twice their f32 FMA rate). Intel's
+//!   Cooper Lake and Sapphire Rapids run it at half their FMA rate, so there it is never chosen.
+//!
+//! Where neither exists (or `HONE_BF16_KERNEL=none`), [`kernel`] is None and the caller computes in
+//! f32 on the widened weights, which are exactly representable.
+//!
+//! Both kernels read the same layouts. A (the activations) is bf16, row-major, each row padded to
+//! [`PAIR_BLOCK`] pairs of values, rows padded to the kernel's tile height with zeros. B is packed
+//! in panels of 16 output columns: for each pair `p` of the reduction dimension, the 16 columns'
+//! values `(B[2p, j], B[2p+1, j])` side by side, one u32 each (the layout both `tdpbf16ps` and
+//! `vdpbf16ps` multiply). Padding is zero, so it adds nothing to the sums.
+
+mod amx;
+mod avx512;
+mod pack;
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::stored::StoredMatrix;
+use pack::{Orientation, Rows};
+
+/// The reduction dimension is padded to a multiple of this many pairs of values (AMX's tile depth:
+/// 16 rows of 64 bytes).
+pub(crate) const PAIR_BLOCK: usize = 16;
+/// Columns of a packed panel of B.
+pub(crate) const PANEL: usize = 16;
+/// Output rows a task computes at a time (their A values, a depth block of them, stay in L2).
+const TASK_ROWS: usize = 256;
+/// Output columns each parallel task computes, for all rows: its panels of B are packed once.
+const TASK_COLS: usize = 96;
+/// Pairs of values per depth block: a row tile's A values (32 rows × 512 bytes for AMX) fit in L1
+/// beside the panel being multiplied.
+const DEPTH: usize = 128;
+
+/// The bf16 micro-kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Amx,
+    Avx512,
+}
+
+impl Kernel {
+    /// Output rows of one micro-tile.
+    fn tile_rows(self) -> usize {
+        match self {
+            Kernel::Amx => amx::TILE_ROWS,
+            Kernel::Avx512 => avx512::TILE_ROWS,
+        }
+    }
+
+    /// Panels (of [`PANEL`] columns) of one micro-tile.
+    fn tile_panels(self) -> usize {
+        match self {
+            Kernel::Amx => amx::TILE_PANELS,
+            Kernel::Avx512 => avx512::TILE_PANELS,
+        }
+    }
+
+    /// Whether this CPU (and OS) runs the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Kernel::Amx => amx::supported(),
+            Kernel::Avx512 => avx512::supported(),
+        }
+    }
+}
+
+/// The kernel bf16 products use on this CPU, or None (compute in f32 instead). Decided once;
+/// `HONE_BF16_KERNEL=amx|avx512|none` overrides the choice (benchmarks, tests of the fallback).
+pub fn kernel() -> Option<Kernel> {
+    static CHOICE: OnceLock<Option<Kernel>> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("HONE_BF16_KERNEL").as_deref() {
+        Ok("none") => None,
+        Ok("amx") => Kernel::Amx.supported().then_some(Kernel::Amx),
+        Ok("avx512") => Kernel::Avx512.supported().then_some(Kernel::Avx512),
+        _ => [Kernel::Amx, Kernel::Avx512]
+            .into_iter()
+            .find(|k| k.supported() && (*k == Kernel::Amx || !avx512::slow_on_this_cpu())),
+    })
+}
+
+/// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ` for bf16 matrices stacked by rows (overwrites `y`).
+///
+/// # Panics
+/// If a matrix is not bf16, the widths differ, or the slices are not the shapes above.
+pub fn forward(kernel: Kernel, parts: &[&StoredMatrix], x: &[f32], m: usize, y: &mut [f32]) {
+    let rows = Rows::new(parts);
+    let b = Operand {
+        rows: &rows,
+        orientation: Orientation::Transposed,
+        k: rows.cols(),
+        n: rows.len(),
+    };
+    product(kernel, x, m, b, y, false);
+}
+
+/// `dx[m, cols] = dy[m, Σ rows] · [W₀; W₁; …]`, or `+=` when `accumulate`.
+///
+/// # Panics
+/// As [`forward`].
+pub fn backward_input(
+    kernel: Kernel,
+    parts: &[&StoredMatrix],
+    dy: &[f32],
+    m: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let rows = Rows::new(parts);
+    let b = Operand {
+        rows: &rows,
+        orientation: Orientation::AsStored,
+        k: rows.len(),
+        n: rows.cols(),
+    };
+    product(kernel, dy, m, b, dx, accumulate);
+}
+
+/// The B operand of a product: the weight matrix, read as stored (`k` = its rows) or transposed
+/// (`k` = its columns).
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    rows: &'a Rows<'a>,
+    orientation: Orientation,
+    k: usize,
+    n: usize,
+}
+
+/// `c[m, n] (+)= a[m, k] · B`.
+fn product(kernel: Kernel, a: &[f32], m: usize, b: Operand, c: &mut [f32], accumulate: bool) {
+    let Operand { k, n, .. } = b;
+    assert_eq!(a.len(), m * k, "left operand is not [{m}, {k}]");
+    assert_eq!(c.len(), m * n, "output is not [{m}, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let pairs = k.div_ceil(2).next_multiple_of(PAIR_BLOCK);
+    let a = to_bf16_pairs(a, m, k, pairs, kernel.tile_rows());
+    let out = SharedOut(c.as_mut_ptr());
+    let blocks: Vec<usize> = (0..n).step_by(TASK_COLS).collect();
+    blocks.into_par_iter().for_each(|col0| {
+        let cols = col0..(col0 + TASK_COLS).min(n);
+        let out = &out;
+        PANELS.with_borrow_mut(|panels| {
+            // SAFETY: tasks cover disjoint column blocks of the output, which `c` borrows
+            // uniquely.
+            unsafe { run_task(kernel, &a, m, pairs, b, cols, panels, out, n, accumulate) }
+        })
+    });
+}
+
+thread_local! {
+    /// Each thread's packed panels of B, reused across tasks and products.
+    static PANELS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output, written by tasks in disjoint blocks.
+struct SharedOut(*mut f32);
+// SAFETY: every task writes only its own block (see `product`).
+unsafe impl Sync for SharedOut {}
+
+/// Packs the panels of B for output columns `cols` once, then runs the micro-kernel over their
+/// tiles, [`TASK_ROWS`] rows and [`DEPTH`] pairs at a time: within a depth block each row tile's A
+/// values stay in L1 while the panels stream from L2. Whole tiles sum straight into the output;
+/// tiles cut by its edges sum in a buffer, then are copied in.
+///
+/// # Safety
+/// `out` points at the `[m, n]` output (row stride `n`) and no other thread touches columns
+/// `cols` of it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_task(
+    kernel: Kernel,
+    a: &[u32],
+    m: usize,
+    pairs: usize,
+    b: Operand,
+    cols: Range<usize>,
+    panels: &mut Vec<u32>,
+    out: &SharedOut,
+    n: usize,
+    accumulate: bool,
+) {
+    let (tile_rows, tile_panels) = (kernel.tile_rows(), kernel.tile_panels());
+    let tile_cols = tile_panels * PANEL;
+    let col_tiles = cols.len().div_ceil(tile_cols);
+    let panel_len = tile_panels * pairs * PANEL;
+    panels.resize(col_tiles * panel_len, 0);
+    pack::panels(
+        b.rows,
+        b.orientation,
+        cols.start,
+        col_tiles * tile_panels,
+        pairs,
+        panels,
+    );
+    assert!(a.len() >= m.next_multiple_of(tile_rows) * pairs);
+    let step = |row: usize, c: usize, first: usize, out: *mut f32, stride: usize, acc: bool| {
+        let step = Step {
+            depth: DEPTH.min(pairs - first),
+            a: a.as_ptr().add(row * pairs + first),
+            a_stride: pairs,
+            b: panels.as_ptr().add(c * panel_len + first * PANEL),
+            b_stride: pairs * PANEL,
+            c: out,
+            c_stride: stride,
+            accumulate: acc,
+        };
+        // SAFETY: A has whole tiles of rows (asserted above), the panels whole tiles, the pairs
+        // whole depth blocks of 16, and the callers below pass a whole tile at `out`.
+        match kernel {
+            Kernel::Amx => amx::tile(step),
+            Kernel::Avx512 => avx512::tile(step),
+        }
+    };
+
+    let _amx = (kernel == Kernel::Amx).then(amx::TileConfig::load);
+    let whole_rows = m / tile_rows * tile_rows;
+    let whole_cols = cols.len() / tile_cols;
+    for row0 in (0..whole_rows).step_by(TASK_ROWS) {
+        for first in (0..pairs).step_by(DEPTH) {
+            for row in (row0..whole_rows.min(row0 + TASK_ROWS)).step_by(tile_rows) {
+                for c in 0..whole_cols {
+                    let at = out.0.add(row * n + cols.start + c * tile_cols);
+                    step(row, c, first, at, n, accumulate || first > 0);
+                }
+            }
+        }
+    }
+    // The tiles cut by the last rows or columns.
+    let mut tile = vec![0f32; tile_rows * tile_cols];
+    for row in (0..m).step_by(tile_rows) {
+        for c in 0..col_tiles {
+            if row < whole_rows && c < whole_cols {
+                continue;
+            }
+            for first in (0..pairs).step_by(DEPTH) {
+                step(row, c, first, tile.as_mut_ptr(), tile_cols, first > 0);
+            }
+            let col = cols.start + c * tile_cols;
+            let width = tile_cols.min(cols.end - col);
+            for (i, src) in tile.chunks_exact(tile_cols).take(m - row).enumerate() {
+                // SAFETY: row `row + i` < m and columns `col..col + width` lie in `cols`.
+                let dst = std::slice::from_raw_parts_mut(out.0.add((row + i) * n + col), width);
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    dst.copy_from_slice(&src[..width]);
+                }
+            }
+        }
+    }
+}
+
+/// One micro-kernel call: the `tile_rows × tile_cols` f32 tile at `c` (rows `c_stride` apart)
+/// `=`, or `+=` when `accumulate`, A's rows (at `a`, `a_stride` u32 apart) times the tile's panels
+/// of B (at `b`, `b_stride` u32 apart), `depth` pairs of values deep.
+pub(crate) struct Step {
+    depth: usize,
+    a: *const u32,
+    a_stride: usize,
+    b: *const u32,
+    b_stride: usize,
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+}
+
+/// `a` (`[m, k]` f32) as bf16 pairs, `pairs` per row, rows padded to a multiple of `tile_rows`.
+fn to_bf16_pairs(a: &[f32], m: usize, k: usize, pairs: usize, tile_rows: usize) -> Vec<u32> {
+    let padded_rows = m.next_multiple_of(tile_rows);
+    let mut out = vec![0u32; padded_rows * pairs];
+    out.par_chunks_mut(pairs)
+        .zip(a.par_chunks(k))
+        .for_each(|(dst, src)| convert_row(src, dst));
+    out
+}
+
+/// One row of values as bf16 pairs (the padding beyond them left as it is).
+fn convert_row(src: &[f32], dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { convert_row_avx512(src, dst) };
+    }
+    convert_row_portable(src, dst)
+}
+
+/// [`convert_row_portable`] compiled for AVX-512 (see `pack::panels_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u32]) {
+    convert_row_portable(src, dst)
+}
+
+#[inline(always)]
+fn convert_row_portable(src: &[f32], dst: &mut [u32]) {
+    let (whole, odd) = src.as_chunks::<2>();
+    for (d, &[lo, hi]) in dst.iter_mut().zip(whole) {
+        *d = pair(lo, hi);
+    }
+    if let &[last] = odd {
+        dst[whole.len()] = pair(last, 0.0);
+    }
+}
+
+/// Two values rounded to bf16 in one u32, the first in the low half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(to_bf16(lo)) | u32::from(to_bf16(hi)) << 16
+}
+
+/// `x` rounded to the nearest bf16, ties to even (as `half` and PyTorch round), NaN kept a quiet
+/// NaN. Branch-free, so the conversion loops vectorize (`half`'s is a call per value).
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        (bits >> 16) as u16 | 0x0040
+    } else {
+        rounded
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! Mixed precision (`bf16: true`), as PyTorch's autocast runs a model: the products on weight
+//! matrices read bf16 copies of them (activations rounded to bf16, sums in f32), while everything
+//! that is updated (LoRA A/B, full fine-tuning's master weights, norms), the embedding lookups, the
+//! loss and the optimizer states stay f32.
+//!
+//! A frozen matrix is replaced by its bf16 rounding (half the memory of f32), unless the run saves
+//! the whole model; a matrix that trains keeps its f32 values and gets a bf16 copy, made again
+//! after every optimizer step. Quantized frozen matrices (QLoRA) may stay as stored, being smaller
+//! than bf16.
+
+use super::linear::MatrixParam;
+use super::model::TrainModel;
+use crate::kernels::matrix::Matrix;
+use crate::quant::GgmlType;
+
+impl TrainModel {
+    /// Switches the products to bf16; quantized frozen matrices keep their stored type when
+    /// `keep_quantized`; frozen matrices keep their own values beside a bf16 copy when
+    /// `keep_originals` (the run saves them).
+    pub fn use_bf16(&mut self, keep_quantized: bool, keep_originals: bool) {
+        for block in &mut self.blocks {
+            for p in block.projections_mut() {
+                if p.weight_trains() || keep_originals && converts(&p.weight, keep_quantized) {
+                    p.bf16 = Some(p.weight.to_bf16());
+                } else if converts(&p.weight, keep_quantized) {
+                    p.weight = p.weight.to_bf16();
+                }
+            }
+        }
+        match &mut self.lm_head {
+            Some(head) => matrix_to_bf16(head, keep_quantized, keep_originals),
+            // Tied: the embedding keeps its values for the lookups, the head's products read a
+            // copy.
+            None if converts(&self.embed_tokens.matrix, keep_quantized) => {
+                self.embed_tokens.bf16 = Some(self.embed_tokens.matrix.to_bf16());
+            }
+            None => {}
+        }
+    }
+
+    /// Makes the bf16 copies of the matrices that train again from their updated f32 values.
+    pub fn refresh_bf16(&mut self) {
+        for block in &mut self.blocks {
+            for p in block.projections_mut() {
+                if p.bf16.is_some() && p.weight_trains() {
+                    p.bf16 = Some(p.weight.to_bf16());
+                }
+            }
+        }
+        let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
+        if head.bf16.is_some() && head.grad.is_some() {
+            head.bf16 = Some(head.matrix.to_bf16());
+        }
+    }
+}
+
+/// The LM head (untied): converted when frozen, a bf16 copy when it trains or is kept.
+fn matrix_to_bf16(head: &mut MatrixParam, keep_quantized: bool, keep_originals: bool) {
+    if head.grad.is_some() || keep_originals && converts(&head.matrix, keep_quantized) {
+        head.bf16 = Some(head.matrix.to_bf16());
+    } else if converts(&head.matrix, keep_quantized) {
+        head.matrix = head.matrix.to_bf16();
+    }
+}
+
+/// Whether a frozen matrix is held as bf16: f32 and 16-bit ones are, quantized ones unless kept.
+fn converts(m: &Matrix, keep_quantized: bool) -> bool {
+    match m {
+        Matrix::F32 { .. } => true,
+        Matrix::Stored(parts) => {
+            !keep_quantized
+                || parts
+                    .iter()
+                    .all(|p| matches!(p.ggml_type(), GgmlType::F16 | GgmlType::BF16))
+        }
+        Matrix::Bf16(_) => false,
+    }
+}
