@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::dropout;
 use super::lora::Lora;
+use crate::kernels::bf16;
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
 
@@ -137,13 +138,19 @@ impl Projection {
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);
             if let Some(grad) = &mut part.weight_grad {
-                matmul(
-                    MatMut::new(grad, part.out_features, inp),
-                    dy_part.t(),
-                    MatRef::new(x, n, inp),
-                    true,
-                    Threads::Pool,
-                );
+                match (&self.bf16, bf16::kernel()) {
+                    (Some(_), Some(kernel)) => {
+                        let cols = col..col + part.out_features;
+                        bf16::weight_gradient(kernel, dy, out, cols, x, n, grad);
+                    }
+                    _ => matmul(
+                        MatMut::new(grad, part.out_features, inp),
+                        dy_part.t(),
+                        MatRef::new(x, n, inp),
+                        true,
+                        Threads::Pool,
+                    ),
+                }
             }
             if let Some(grad) = part.bias.as_mut().and_then(|b| b.grad.as_mut()) {
                 add_column_sums(grad, dy, out, col);

@@ -23,13 +23,14 @@ mod amx;
 mod avx512;
 mod pack;
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::stored::StoredMatrix;
-use pack::{Orientation, Rows};
+use pack::{Orientation, Rows, Source};
 
 /// The reduction dimension is padded to a multiple of this many pairs of values (AMX's tile depth:
 /// 16 rows of 64 bytes).
@@ -98,12 +99,12 @@ pub fn kernel() -> Option<Kernel> {
 pub fn forward(kernel: Kernel, parts: &[&StoredMatrix], x: &[f32], m: usize, y: &mut [f32]) {
     let rows = Rows::new(parts);
     let b = Operand {
-        rows: &rows,
-        orientation: Orientation::Transposed,
+        source: Source::Weight(&rows, Orientation::Transposed),
         k: rows.cols(),
         n: rows.len(),
     };
-    product(kernel, x, m, b, y, false);
+    let a = to_bf16_pairs(kernel, x, m, b.k);
+    product(kernel, &a, m, b, y, false);
 }
 
 /// `dx[m, cols] = dy[m, Σ rows] · [W₀; W₁; …]`, or `+=` when `accumulate`.
@@ -120,34 +121,70 @@ pub fn backward_input(
 ) {
     let rows = Rows::new(parts);
     let b = Operand {
-        rows: &rows,
-        orientation: Orientation::AsStored,
+        source: Source::Weight(&rows, Orientation::AsStored),
         k: rows.len(),
         n: rows.cols(),
     };
-    product(kernel, dy, m, b, dx, accumulate);
+    let a = to_bf16_pairs(kernel, dy, m, b.k);
+    product(kernel, &a, m, b, dx, accumulate);
 }
 
-/// The B operand of a product: the weight matrix, read as stored (`k` = its rows) or transposed
-/// (`k` = its columns).
+/// A Linear layer's weight gradient summed over `m` tokens: `dw[rows, cols] += dyᵀ · x`, where
+/// `dy` is columns `dy_cols` of an `[m, dy_width]` matrix (one part of a stacked projection) and
+/// `x` is `[m, cols]`. Both are rounded to bf16, as autocast's backward of a bf16 product does.
+///
+/// # Panics
+/// If the slices are not the shapes above.
+pub fn weight_gradient(
+    kernel: Kernel,
+    dy: &[f32],
+    dy_width: usize,
+    dy_cols: Range<usize>,
+    x: &[f32],
+    m: usize,
+    dw: &mut [f32],
+) {
+    assert_eq!(dy.len(), m * dy_width, "dy is not [{m}, {dy_width}]");
+    assert!(
+        dy_cols.end <= dy_width,
+        "columns {dy_cols:?} beyond {dy_width}"
+    );
+    let b = Operand {
+        source: Source::Activations(x),
+        k: m,
+        n: x.len() / m.max(1),
+    };
+    let a = transposed_pairs(kernel, dy, dy_width, dy_cols.clone(), m);
+    product(kernel, &a, dy_cols.len(), b, dw, true);
+}
+
+/// The B operand of a product, `k × n`.
 #[derive(Clone, Copy)]
 struct Operand<'a> {
-    rows: &'a Rows<'a>,
-    orientation: Orientation,
+    source: Source<'a>,
     k: usize,
     n: usize,
 }
 
-/// `c[m, n] (+)= a[m, k] · B`.
-fn product(kernel: Kernel, a: &[f32], m: usize, b: Operand, c: &mut [f32], accumulate: bool) {
+/// Pairs of values a row of A holds for a reduction over `k`: padded to whole depth blocks.
+fn pairs_for(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(PAIR_BLOCK)
+}
+
+/// `c[m, n] (+)= A · B` for A as bf16 pairs (`m` rows, padded to whole tiles, of
+/// `pairs_for(b.k)` pairs).
+fn product(kernel: Kernel, a: &[u32], m: usize, b: Operand, c: &mut [f32], accumulate: bool) {
     let Operand { k, n, .. } = b;
-    assert_eq!(a.len(), m * k, "left operand is not [{m}, {k}]");
+    let pairs = pairs_for(k);
+    assert_eq!(
+        a.len(),
+        m.next_multiple_of(kernel.tile_rows()) * pairs,
+        "A is not [{m}, {k}]"
+    );
     assert_eq!(c.len(), m * n, "output is not [{m}, {n}]");
     if m == 0 || n == 0 {
         return;
     }
-    let pairs = k.div_ceil(2).next_multiple_of(PAIR_BLOCK);
-    let a = to_bf16_pairs(a, m, k, pairs, kernel.tile_rows());
     let out = SharedOut(c.as_mut_ptr());
     let blocks: Vec<usize> = (0..n).step_by(TASK_COLS).collect();
     blocks.into_par_iter().for_each(|col0| {
@@ -156,7 +193,7 @@ fn product(kernel: Kernel, a: &[f32], m: usize, b: Operand, c: &mut [f32], accum
         PANELS.with_borrow_mut(|panels| {
             // SAFETY: tasks cover disjoint column blocks of the output, which `c` borrows
             // uniquely.
-            unsafe { run_task(kernel, &a, m, pairs, b, cols, panels, out, n, accumulate) }
+            unsafe { run_task(kernel, a, m, pairs, b, cols, panels, out, n, accumulate) }
         })
     });
 }
@@ -198,8 +235,8 @@ unsafe fn run_task(
     let panel_len = tile_panels * pairs * PANEL;
     panels.resize(col_tiles * panel_len, 0);
     pack::panels(
-        b.rows,
-        b.orientation,
+        b.source,
+        b.n,
         cols.start,
         col_tiles * tile_panels,
         pairs,
@@ -277,18 +314,53 @@ pub(crate) struct Step {
     accumulate: bool,
 }
 
-/// `a` (`[m, k]` f32) as bf16 pairs, `pairs` per row, rows padded to a multiple of `tile_rows`.
-fn to_bf16_pairs(a: &[f32], m: usize, k: usize, pairs: usize, tile_rows: usize) -> Vec<u32> {
-    let padded_rows = m.next_multiple_of(tile_rows);
-    let mut out = vec![0u32; padded_rows * pairs];
-    out.par_chunks_mut(pairs)
+/// `a` (`[m, k]` f32) as bf16 pairs, rows padded to whole tiles. Each value is written once (a
+/// zeroed allocation first cost as much as the conversion).
+fn to_bf16_pairs(kernel: Kernel, a: &[f32], m: usize, k: usize) -> Vec<u32> {
+    assert_eq!(a.len(), m * k, "left operand is not [{m}, {k}]");
+    let pairs = pairs_for(k);
+    let len = m.next_multiple_of(kernel.tile_rows()) * pairs;
+    let mut out = Vec::with_capacity(len);
+    let (rows, padding) = out.spare_capacity_mut()[..len].split_at_mut(m * pairs);
+    rows.par_chunks_mut(pairs)
         .zip(a.par_chunks(k))
         .for_each(|(dst, src)| convert_row(src, dst));
+    padding.fill(MaybeUninit::new(0));
+    // SAFETY: every one of the `len` values was written just above.
+    unsafe { out.set_len(len) };
     out
 }
 
-/// One row of values as bf16 pairs (the padding beyond them left as it is).
-fn convert_row(src: &[f32], dst: &mut [u32]) {
+/// Columns `cols` of `a` (`[m, width]` f32), transposed, as bf16 pairs: row `o` of the result
+/// pairs `a[2p, o]` with `a[2p + 1, o]`; rows padded to whole tiles.
+fn transposed_pairs(
+    kernel: Kernel,
+    a: &[f32],
+    width: usize,
+    cols: Range<usize>,
+    m: usize,
+) -> Vec<u32> {
+    const BAND: usize = 64;
+    let pairs = pairs_for(m);
+    let mut out = vec![0u32; cols.len().next_multiple_of(kernel.tile_rows()) * pairs];
+    out.par_chunks_mut(BAND * pairs)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let first = cols.start + band * BAND;
+            let count = (out.len() / pairs).min(cols.end.saturating_sub(first));
+            for p in 0..m.div_ceil(2) {
+                let lo = &a[2 * p * width + first..][..count];
+                let hi = (2 * p + 1 < m).then(|| &a[(2 * p + 1) * width + first..][..count]);
+                for (o, &lo) in lo.iter().enumerate() {
+                    out[o * pairs + p] = pair(lo, hi.map_or(0.0, |hi| hi[o]));
+                }
+            }
+        });
+    out
+}
+
+/// One row of values as bf16 pairs, its padding zero.
+fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -300,19 +372,21 @@ fn convert_row(src: &[f32], dst: &mut [u32]) {
 /// [`convert_row_portable`] compiled for AVX-512 (see `pack::panels_avx512`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u32]) {
+unsafe fn convert_row_avx512(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
     convert_row_portable(src, dst)
 }
 
 #[inline(always)]
-fn convert_row_portable(src: &[f32], dst: &mut [u32]) {
+fn convert_row_portable(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
     let (whole, odd) = src.as_chunks::<2>();
-    for (d, &[lo, hi]) in dst.iter_mut().zip(whole) {
-        *d = pair(lo, hi);
+    let (values, padding) = dst.split_at_mut(src.len().div_ceil(2));
+    for (d, &[lo, hi]) in values.iter_mut().zip(whole) {
+        d.write(pair(lo, hi));
     }
     if let &[last] = odd {
-        dst[whole.len()] = pair(last, 0.0);
+        values[whole.len()].write(pair(last, 0.0));
     }
+    padding.fill(MaybeUninit::new(0));
 }
 
 /// Two values rounded to bf16 in one u32, the first in the low half.

@@ -3,7 +3,7 @@
 //! orientations: transposed for the forward `x·Wᵀ` (a pair is two neighbours in a weight row) or as
 //! stored for the input gradient `dy·W` (a pair is one column of two neighbouring rows).
 
-use super::PANEL;
+use super::{pair, PANEL};
 use crate::kernels::stored::StoredMatrix;
 use crate::quant::GgmlType;
 
@@ -14,6 +14,15 @@ pub(super) enum Orientation {
     AsStored,
     /// B = Wᵀ: the reduction runs over W's columns.
     Transposed,
+}
+
+/// Where a product's B operand comes from.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// A bf16 weight matrix, in one of its two orientations.
+    Weight(&'a Rows<'a>, Orientation),
+    /// f32 activations, row-major `[k, n]` (a weight gradient's `x`), rounded as they are packed.
+    Activations(&'a [f32]),
 }
 
 /// bf16 matrices of one width stacked by rows, read row by row.
@@ -76,8 +85,8 @@ impl<'a> Rows<'a> {
 /// Packs `n_panels` panels of B, from column `col0` on, `pairs` pairs deep, into `out`
 /// (`n_panels · pairs · PANEL` values); columns and pairs beyond B are zero.
 pub(super) fn panels(
-    w: &Rows,
-    orientation: Orientation,
+    b: Source,
+    n: usize,
     col0: usize,
     n_panels: usize,
     pairs: usize,
@@ -86,9 +95,9 @@ pub(super) fn panels(
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { panels_avx512(w, orientation, col0, n_panels, pairs, out) };
+        return unsafe { panels_avx512(b, n, col0, n_panels, pairs, out) };
     }
-    panels_portable(w, orientation, col0, n_panels, pairs, out)
+    panels_portable(b, n, col0, n_panels, pairs, out)
 }
 
 /// [`panels_portable`] compiled for AVX-512: the crate is built for baseline x86-64 (SSE2), and
@@ -96,42 +105,51 @@ pub(super) fn panels(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn panels_avx512(
-    w: &Rows,
-    orientation: Orientation,
+    b: Source,
+    n: usize,
     col0: usize,
     n_panels: usize,
     pairs: usize,
     out: &mut [u32],
 ) {
-    panels_portable(w, orientation, col0, n_panels, pairs, out)
+    panels_portable(b, n, col0, n_panels, pairs, out)
 }
 
 #[inline(always)]
 fn panels_portable(
-    w: &Rows,
-    orientation: Orientation,
+    b: Source,
+    n: usize,
     col0: usize,
     n_panels: usize,
     pairs: usize,
     out: &mut [u32],
 ) {
     assert_eq!(out.len(), n_panels * pairs * PANEL, "panel buffer size");
-    match orientation {
-        Orientation::Transposed => {
+    match b {
+        Source::Weight(w, Orientation::Transposed) => {
             for (q, panel) in out.chunks_exact_mut(pairs * PANEL).enumerate() {
                 transposed_panel(w, col0 + q * PANEL, panel);
             }
         }
-        Orientation::AsStored => stored_panels(w, col0, n_panels, pairs, out),
+        Source::Weight(w, Orientation::AsStored) => stored_panels(w, col0, n_panels, pairs, out),
+        Source::Activations(x) => activation_panels(x, n, col0, n_panels, pairs, out),
     }
 }
 
 /// B = Wᵀ: column `j` of the panel is weight row `first + j`, its pairs neighbours in that row.
+/// Every value is written once (zero where the panel lies beyond the matrix).
 #[inline(always)]
 fn transposed_panel(w: &Rows, first: usize, panel: &mut [u32]) {
-    panel.fill(0);
     let whole_pairs = w.cols / 2;
-    for j in 0..PANEL.min(w.rows.saturating_sub(first)) {
+    let filled = w.cols.div_ceil(2);
+    panel[filled * PANEL..].fill(0);
+    for j in 0..PANEL {
+        if first + j >= w.rows {
+            for p in 0..filled {
+                panel[p * PANEL + j] = 0;
+            }
+            continue;
+        }
         let row = w.row(first + j);
         let (pairs, _) = row.as_chunks::<4>();
         for (p, bytes) in pairs.iter().enumerate() {
@@ -150,18 +168,67 @@ fn transposed_panel(w: &Rows, first: usize, panel: &mut [u32]) {
 #[inline(always)]
 fn stored_panels(w: &Rows, col0: usize, n_panels: usize, pairs: usize, out: &mut [u32]) {
     let cols = (n_panels * PANEL).min(w.cols.saturating_sub(col0));
-    out.fill(0);
-    for p in 0..pairs.min(w.rows.div_ceil(2)) {
-        for (half, r) in [2 * p, 2 * p + 1].into_iter().enumerate() {
-            if r >= w.rows {
-                continue;
-            }
-            let row = &w.row(r)[2 * col0..2 * (col0 + cols)];
-            for (q, values) in row.as_chunks::<2>().0.chunks(PANEL).enumerate() {
-                let out = &mut out[(q * pairs + p) * PANEL..][..PANEL];
-                for (o, bytes) in out.iter_mut().zip(values) {
-                    *o |= u32::from(u16::from_le_bytes(*bytes)) << (16 * half);
+    let filled = pairs.min(w.rows.div_ceil(2));
+    for q in 0..n_panels {
+        out[(q * pairs + filled) * PANEL..(q + 1) * pairs * PANEL].fill(0);
+    }
+    for p in 0..filled {
+        let lo = &w.row(2 * p)[2 * col0..2 * (col0 + cols)];
+        let hi = (2 * p + 1 < w.rows).then(|| &w.row(2 * p + 1)[2 * col0..2 * (col0 + cols)]);
+        let (lo, hi) = (
+            lo.as_chunks::<2>().0,
+            hi.map_or(&[][..], |hi| hi.as_chunks::<2>().0),
+        );
+        for q in 0..n_panels {
+            let out = &mut out[(q * pairs + p) * PANEL..][..PANEL];
+            let span = q * PANEL..(q + 1) * PANEL;
+            match (lo.get(span.clone()), hi.get(span)) {
+                (Some(lo), Some(hi)) => {
+                    // Fixed-size arrays, so the loop unrolls into vector operations.
+                    let lo: &[[u8; 2]; PANEL] = lo.try_into().expect("a panel's columns");
+                    let hi: &[[u8; 2]; PANEL] = hi.try_into().expect("a panel's columns");
+                    for j in 0..PANEL {
+                        out[j] = u32::from(u16::from_le_bytes(lo[j]))
+                            | u32::from(u16::from_le_bytes(hi[j])) << 16;
+                    }
                 }
+                _ => {
+                    // The last columns, or the last row of an odd count.
+                    let bits = |values: &[[u8; 2]], j: usize| {
+                        values
+                            .get(j)
+                            .map_or(0, |&b| u32::from(u16::from_le_bytes(b)))
+                    };
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = bits(lo, q * PANEL + j) | bits(hi, q * PANEL + j) << 16;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B = x (`[k, n]` f32): column `j` of panel `q` is column `col0 + 16q + j`, pair `p` its rows
+/// `2p`, `2p + 1`, rounded to bf16.
+#[inline(always)]
+fn activation_panels(
+    x: &[f32],
+    n: usize,
+    col0: usize,
+    n_panels: usize,
+    pairs: usize,
+    out: &mut [u32],
+) {
+    let k = x.len() / n;
+    let cols = (n_panels * PANEL).min(n.saturating_sub(col0));
+    out.fill(0);
+    for p in 0..pairs.min(k.div_ceil(2)) {
+        let lo = &x[2 * p * n + col0..][..cols];
+        let hi = (2 * p + 1 < k).then(|| &x[(2 * p + 1) * n + col0..][..cols]);
+        for (q, lo) in lo.chunks(PANEL).enumerate() {
+            let out = &mut out[(q * pairs + p) * PANEL..][..PANEL];
+            for (j, (o, &lo)) in out.iter_mut().zip(lo).enumerate() {
+                *o = pair(lo, hi.map_or(0.0, |hi| hi[q * PANEL + j]));
             }
         }
     }

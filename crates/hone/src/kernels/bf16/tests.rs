@@ -109,3 +109,23 @@ fn rounding_is_to_nearest_even() {
         assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
     }
 }
+
+/// The weight gradient `dyᵀ · x` of one part of a stacked output (a column block of `dy`), on odd
+/// token counts and more tokens than one depth block, accumulated onto what the gradient held.
+#[test]
+fn weight_gradients_equal_the_sums_of_the_rounded_values() {
+    for kernel in kernels() {
+        for (m, width, cols, inp) in [(7, 9, 2..7, 5), (301, 60, 13..51, 70)] {
+            let dy = values(m * width, 1);
+            let x = values(m * inp, 2);
+            let init = values(cols.len() * inp, 3);
+            let mut dw = init.clone();
+            weight_gradient(kernel, &dy, width, cols.clone(), &x, m, &mut dw);
+            let dyt: Vec<f32> = (0..cols.len() * m)
+                .map(|i| dy[(i % m) * width + cols.start + i / m])
+                .collect();
+            let want = reference(&dyt, cols.len(), m, inp, |t, j| round(x[t * inp + j]));
+            check(&dw, &want, m, Some(&init), &format!("{kernel:?} m={m}"));
+        }
+    }
+}
