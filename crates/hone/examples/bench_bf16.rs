@@ -65,9 +65,10 @@ fn main() -> Result<()> {
             .filter(|k| k.supported())
         {
             let (mut y, mut dx) = (vec![0f32; m * n], vec![0f32; m * k]);
-            let fwd = time(&mut || bf16::forward(kernel, &[&stored], &x, m, &mut y));
-            let bwd =
-                time(&mut || bf16::backward_input(kernel, &[&stored], &dy, m, &mut dx, false));
+            let fwd = time(&mut || bf16::forward(kernel, &[&stored], None, &x, m, &mut y));
+            let bwd = time(&mut || {
+                bf16::backward_input(kernel, &[&stored], None, &dy, m, &mut dx, false)
+            });
             let diff = y
                 .iter()
                 .zip(&y0)

@@ -110,7 +110,7 @@ pub fn forward_backward<L: Copy + Into<i64>>(
         }
         if let Some(dw) = dw.as_deref_mut() {
             match (w, bf16::kernel()) {
-                (MatrixRef::Bf16(_), Some(kernel)) => {
+                (MatrixRef::Bf16 { .. }, Some(kernel)) => {
                     bf16::weight_gradient(kernel, dlogits, vocab, 0..vocab, hc, c, dw)
                 }
                 _ => {

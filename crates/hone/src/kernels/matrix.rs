@@ -30,16 +30,26 @@ pub enum Matrix {
     F32 { values: Vec<f32>, cols: usize },
     /// Frozen matrices of the same width, stacked by rows.
     Stored(Vec<StoredMatrix>),
-    /// Frozen bf16 matrices of the same width, stacked by rows, multiplied in bf16.
-    Bf16(Vec<StoredMatrix>),
+    /// Frozen bf16 matrices of the same width, stacked by rows, multiplied in bf16; with
+    /// `packed`, their kernel layout is kept after the first product.
+    Bf16 {
+        parts: Vec<StoredMatrix>,
+        packed: Option<Arc<bf16::Packed>>,
+    },
 }
 
 /// A borrowed [`Matrix`]: what the products read (an f32 slice needs no copy to be one).
 #[derive(Clone, Copy, Debug)]
 pub enum MatrixRef<'a> {
-    F32 { values: &'a [f32], cols: usize },
+    F32 {
+        values: &'a [f32],
+        cols: usize,
+    },
     Stored(&'a [StoredMatrix]),
-    Bf16(&'a [StoredMatrix]),
+    Bf16 {
+        parts: &'a [StoredMatrix],
+        packed: Option<&'a bf16::Packed>,
+    },
 }
 
 impl Matrix {
@@ -50,7 +60,10 @@ impl Matrix {
                 cols: *cols,
             },
             Matrix::Stored(parts) => MatrixRef::Stored(parts),
-            Matrix::Bf16(parts) => MatrixRef::Bf16(parts),
+            Matrix::Bf16 { parts, packed } => MatrixRef::Bf16 {
+                parts,
+                packed: packed.as_deref(),
+            },
         }
     }
 
@@ -86,7 +99,23 @@ impl Matrix {
             WeightBytes::Owned(Arc::new(bytes)),
         )
         .expect("bf16 rows of any width are whole blocks");
-        Matrix::Bf16(vec![matrix])
+        Matrix::Bf16 {
+            parts: vec![matrix],
+            packed: None,
+        }
+    }
+
+    /// A bf16 matrix that keeps its kernel layout after the first product, in both orientations
+    /// (twice its memory again): for one multiplied by few rows at a time, as the LM head is by
+    /// chunks of 256 tokens, where packing it for every product cost more than the product.
+    pub fn keeping_packed(self) -> Matrix {
+        match self {
+            Matrix::Bf16 { parts, .. } => Matrix::Bf16 {
+                parts,
+                packed: Some(Arc::default()),
+            },
+            other => other,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -105,7 +134,7 @@ impl Matrix {
     pub fn values_mut(&mut self) -> Option<&mut [f32]> {
         match self {
             Matrix::F32 { values, .. } => Some(values),
-            Matrix::Stored(_) | Matrix::Bf16(_) => None,
+            Matrix::Stored(_) | Matrix::Bf16 { .. } => None,
         }
     }
 
@@ -113,7 +142,9 @@ impl Matrix {
     pub fn n_bytes(&self) -> usize {
         match self {
             Matrix::F32 { values, .. } => values.len() * 4,
-            Matrix::Stored(parts) | Matrix::Bf16(parts) => parts.iter().map(|p| p.n_bytes()).sum(),
+            Matrix::Stored(parts) | Matrix::Bf16 { parts, .. } => {
+                parts.iter().map(|p| p.n_bytes()).sum()
+            }
         }
     }
 
@@ -142,7 +173,7 @@ impl<'a> MatrixRef<'a> {
     pub fn rows(&self) -> usize {
         match self {
             MatrixRef::F32 { values, cols } => values.len() / cols,
-            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => {
+            MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. } => {
                 parts.iter().map(|p| p.rows()).sum()
             }
         }
@@ -151,14 +182,14 @@ impl<'a> MatrixRef<'a> {
     pub fn cols(&self) -> usize {
         match self {
             MatrixRef::F32 { cols, .. } => *cols,
-            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => parts[0].cols(),
+            MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. } => parts[0].cols(),
         }
     }
 
     pub fn values(self) -> Option<&'a [f32]> {
         match self {
             MatrixRef::F32 { values, .. } => Some(values),
-            MatrixRef::Stored(_) | MatrixRef::Bf16(_) => None,
+            MatrixRef::Stored(_) | MatrixRef::Bf16 { .. } => None,
         }
     }
 
@@ -167,7 +198,7 @@ impl<'a> MatrixRef<'a> {
         let cols = self.cols();
         match self {
             MatrixRef::F32 { values, .. } => values[rows.start * cols..rows.end * cols].to_vec(),
-            MatrixRef::Stored(parts) | MatrixRef::Bf16(parts) => {
+            MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. } => {
                 let mut out = vec![0f32; rows.len() * cols];
                 let mut first = 0;
                 for p in parts.iter() {
@@ -194,7 +225,7 @@ impl<'a> MatrixRef<'a> {
                 MatrixRef::F32 { values, .. } => {
                     dst.copy_from_slice(&values[id * cols..(id + 1) * cols])
                 }
-                MatrixRef::Stored(_) | MatrixRef::Bf16(_) => {
+                MatrixRef::Stored(_) | MatrixRef::Bf16 { .. } => {
                     dst.copy_from_slice(&self.rows_f32(id..id + 1))
                 }
             }
@@ -214,11 +245,11 @@ impl<'a> MatrixRef<'a> {
                 false,
                 Threads::Pool,
             ),
-            (MatrixRef::Bf16(parts), Some(kernel)) => {
+            (MatrixRef::Bf16 { parts, packed }, Some(kernel)) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
-                bf16::forward(kernel, &parts, x, m, y);
+                bf16::forward(kernel, &parts, *packed, x, m, y);
             }
-            (MatrixRef::Stored(parts) | MatrixRef::Bf16(parts), _) => {
+            (MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. }, _) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
                 y.copy_from_slice(&stored::matmul_f32(&parts, x, m));
             }
@@ -238,11 +269,11 @@ impl<'a> MatrixRef<'a> {
                 accumulate,
                 Threads::Pool,
             ),
-            (MatrixRef::Bf16(parts), Some(kernel)) => {
+            (MatrixRef::Bf16 { parts, packed }, Some(kernel)) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
-                bf16::backward_input(kernel, &parts, dy, m, dx, accumulate);
+                bf16::backward_input(kernel, &parts, *packed, dy, m, dx, accumulate);
             }
-            (MatrixRef::Stored(parts) | MatrixRef::Bf16(parts), _) => {
+            (MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. }, _) => {
                 let parts: Vec<&StoredMatrix> = parts.iter().collect();
                 let product = stored::matmul_transposed(&parts, dy, m);
                 if accumulate {

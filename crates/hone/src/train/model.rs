@@ -441,7 +441,7 @@ fn stack(parts: Vec<Matrix>, cols: usize) -> Matrix {
             .into_iter()
             .flat_map(|p| match p {
                 Matrix::Stored(m) => m,
-                Matrix::F32 { .. } | Matrix::Bf16(_) => unreachable!("all parts are stored"),
+                Matrix::F32 { .. } | Matrix::Bf16 { .. } => unreachable!("all parts are stored"),
             })
             .collect();
         return Matrix::Stored(stored);

@@ -32,7 +32,7 @@ impl TrainModel {
             // Tied: the embedding keeps its values for the lookups, the head's products read a
             // copy.
             None if converts(&self.embed_tokens.matrix, keep_quantized) => {
-                self.embed_tokens.bf16 = Some(self.embed_tokens.matrix.to_bf16());
+                self.embed_tokens.bf16 = Some(head_to_bf16(&self.embed_tokens.matrix));
             }
             None => {}
         }
@@ -49,7 +49,7 @@ impl TrainModel {
         }
         let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
         if head.bf16.is_some() && head.grad.is_some() {
-            head.bf16 = Some(head.matrix.to_bf16());
+            head.bf16 = Some(head_to_bf16(&head.matrix));
         }
     }
 }
@@ -57,10 +57,16 @@ impl TrainModel {
 /// The LM head (untied): converted when frozen, a bf16 copy when it trains or is kept.
 fn matrix_to_bf16(head: &mut MatrixParam, keep_quantized: bool, keep_originals: bool) {
     if head.grad.is_some() || keep_originals && converts(&head.matrix, keep_quantized) {
-        head.bf16 = Some(head.matrix.to_bf16());
+        head.bf16 = Some(head_to_bf16(&head.matrix));
     } else if converts(&head.matrix, keep_quantized) {
-        head.matrix = head.matrix.to_bf16();
+        head.matrix = head_to_bf16(&head.matrix);
     }
+}
+
+/// The LM head as bf16, its kernel layout kept: the fused loss multiplies it by 256 rows at a
+/// time, and packing the head for each of those products took longer than the products.
+fn head_to_bf16(head: &Matrix) -> Matrix {
+    head.to_bf16().keeping_packed()
 }
 
 /// Whether a frozen matrix is held as bf16: f32 and 16-bit ones are, quantized ones unless kept.
@@ -73,6 +79,6 @@ fn converts(m: &Matrix, keep_quantized: bool) -> bool {
                     .iter()
                     .all(|p| matches!(p.ggml_type(), GgmlType::F16 | GgmlType::BF16))
         }
-        Matrix::Bf16(_) => false,
+        Matrix::Bf16 { .. } => false,
     }
 }

@@ -96,15 +96,23 @@ pub fn kernel() -> Option<Kernel> {
 ///
 /// # Panics
 /// If a matrix is not bf16, the widths differ, or the slices are not the shapes above.
-pub fn forward(kernel: Kernel, parts: &[&StoredMatrix], x: &[f32], m: usize, y: &mut [f32]) {
+pub fn forward(
+    kernel: Kernel,
+    parts: &[&StoredMatrix],
+    packed: Option<&Packed>,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
     let rows = Rows::new(parts);
     let b = Operand {
         source: Source::Weight(&rows, Orientation::Transposed),
         k: rows.cols(),
         n: rows.len(),
     };
+    let panels = packed.map(|p| &p.forward);
     let a = to_bf16_pairs(kernel, x, m, b.k);
-    product(kernel, &a, m, b, y, false);
+    product(kernel, &a, m, b, panels, y, false);
 }
 
 /// `dx[m, cols] = dy[m, Σ rows] · [W₀; W₁; …]`, or `+=` when `accumulate`.
@@ -114,6 +122,7 @@ pub fn forward(kernel: Kernel, parts: &[&StoredMatrix], x: &[f32], m: usize, y: 
 pub fn backward_input(
     kernel: Kernel,
     parts: &[&StoredMatrix],
+    packed: Option<&Packed>,
     dy: &[f32],
     m: usize,
     dx: &mut [f32],
@@ -125,8 +134,28 @@ pub fn backward_input(
         k: rows.len(),
         n: rows.cols(),
     };
+    let panels = packed.map(|p| &p.backward);
     let a = to_bf16_pairs(kernel, dy, m, b.k);
-    product(kernel, &a, m, b, dx, accumulate);
+    product(kernel, &a, m, b, panels, dx, accumulate);
+}
+
+/// A weight's panels in both orientations, packed on first use and kept (see
+/// `Matrix::keeping_packed`).
+#[derive(Debug, Default)]
+pub struct Packed {
+    forward: OnceLock<Vec<u32>>,
+    backward: OnceLock<Vec<u32>>,
+}
+
+/// Every task's panels of `b`, side by side: task `t`'s start at panel `t · TASK_COLS / 16`.
+fn pack_all(b: Operand) -> Vec<u32> {
+    let pairs = pairs_for(b.k);
+    let task_panels = TASK_COLS / PANEL;
+    let mut out = vec![0u32; b.n.div_ceil(TASK_COLS) * task_panels * pairs * PANEL];
+    out.par_chunks_mut(task_panels * pairs * PANEL)
+        .enumerate()
+        .for_each(|(t, out)| pack::panels(b.source, b.n, t * TASK_COLS, task_panels, pairs, out));
+    out
 }
 
 /// A Linear layer's weight gradient summed over `m` tokens: `dw[rows, cols] += dyᵀ · x`, where
@@ -155,7 +184,7 @@ pub fn weight_gradient(
         n: x.len() / m.max(1),
     };
     let a = transposed_pairs(kernel, dy, dy_width, dy_cols.clone(), m);
-    product(kernel, &a, dy_cols.len(), b, dw, true);
+    product(kernel, &a, dy_cols.len(), b, None, dw, true);
 }
 
 /// The B operand of a product, `k × n`.
@@ -172,8 +201,17 @@ fn pairs_for(k: usize) -> usize {
 }
 
 /// `c[m, n] (+)= A · B` for A as bf16 pairs (`m` rows, padded to whole tiles, of
-/// `pairs_for(b.k)` pairs).
-fn product(kernel: Kernel, a: &[u32], m: usize, b: Operand, c: &mut [f32], accumulate: bool) {
+/// `pairs_for(b.k)` pairs). With `packed`, B's panels are packed there once and read from there;
+/// otherwise each task packs its own.
+fn product(
+    kernel: Kernel,
+    a: &[u32],
+    m: usize,
+    b: Operand,
+    packed: Option<&OnceLock<Vec<u32>>>,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     let Operand { k, n, .. } = b;
     let pairs = pairs_for(k);
     assert_eq!(
@@ -185,15 +223,28 @@ fn product(kernel: Kernel, a: &[u32], m: usize, b: Operand, c: &mut [f32], accum
     if m == 0 || n == 0 {
         return;
     }
+    let packed = packed.map(|p| p.get_or_init(|| pack_all(b)).as_slice());
     let out = SharedOut(c.as_mut_ptr());
     let blocks: Vec<usize> = (0..n).step_by(TASK_COLS).collect();
     blocks.into_par_iter().for_each(|col0| {
         let cols = col0..(col0 + TASK_COLS).min(n);
         let out = &out;
-        PANELS.with_borrow_mut(|panels| {
+        PANELS.with_borrow_mut(|own| {
+            let panels = match packed {
+                Some(all) => &all[col0 / PANEL * pairs * PANEL..],
+                None => {
+                    let n_panels = cols
+                        .len()
+                        .div_ceil(PANEL)
+                        .next_multiple_of(kernel.tile_panels());
+                    own.resize(n_panels * pairs * PANEL, 0);
+                    pack::panels(b.source, n, cols.start, n_panels, pairs, own);
+                    own
+                }
+            };
             // SAFETY: tasks cover disjoint column blocks of the output, which `c` borrows
             // uniquely.
-            unsafe { run_task(kernel, a, m, pairs, b, cols, panels, out, n, accumulate) }
+            unsafe { run_task(kernel, a, m, pairs, panels, cols, out, n, accumulate) }
         })
     });
 }
@@ -208,8 +259,7 @@ struct SharedOut(*mut f32);
 // SAFETY: every task writes only its own block (see `product`).
 unsafe impl Sync for SharedOut {}
 
-/// Packs the panels of B for output columns `cols` once, then runs the micro-kernel over their
-/// tiles, [`TASK_ROWS`] rows and [`DEPTH`] pairs at a time: within a depth block each row tile's A
+/// Runs the micro-kernel over the tiles of output columns `cols` (their packed `panels`), [`TASK_ROWS`] rows and [`DEPTH`] pairs at a time: within a depth block each row tile's A
 /// values stay in L1 while the panels stream from L2. Whole tiles sum straight into the output;
 /// tiles cut by its edges sum in a buffer, then are copied in.
 ///
@@ -222,9 +272,8 @@ unsafe fn run_task(
     a: &[u32],
     m: usize,
     pairs: usize,
-    b: Operand,
+    panels: &[u32],
     cols: Range<usize>,
-    panels: &mut Vec<u32>,
     out: &SharedOut,
     n: usize,
     accumulate: bool,
@@ -233,15 +282,7 @@ unsafe fn run_task(
     let tile_cols = tile_panels * PANEL;
     let col_tiles = cols.len().div_ceil(tile_cols);
     let panel_len = tile_panels * pairs * PANEL;
-    panels.resize(col_tiles * panel_len, 0);
-    pack::panels(
-        b.source,
-        b.n,
-        cols.start,
-        col_tiles * tile_panels,
-        pairs,
-        panels,
-    );
+    assert!(panels.len() >= col_tiles * panel_len);
     assert!(a.len() >= m.next_multiple_of(tile_rows) * pairs);
     let step = |row: usize, c: usize, first: usize, out: *mut f32, stride: usize, acc: bool| {
         let step = Step {

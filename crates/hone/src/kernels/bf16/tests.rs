@@ -47,7 +47,8 @@ fn check(got: &[f32], want: &[(f64, f64)], k: usize, init: Option<&[f32]>, what:
 }
 
 /// Forward and input gradient of a two-part stack, on odd shapes (an odd width, rows and columns
-/// that fill no tile, more rows and columns than one task, more pairs than one depth block), against f64 sums of the bf16 values.
+/// that fill no tile, more rows and columns than one task, more pairs than one depth block),
+/// against f64 sums of the bf16 values.
 #[test]
 fn products_equal_the_sums_of_the_rounded_values() {
     for kernel in kernels() {
@@ -70,25 +71,29 @@ fn products_equal_the_sums_of_the_rounded_values() {
             let n = rows.0 + rows.1;
             let what = format!("{kernel:?} m={m} n={n} k={k}");
 
-            let x = values(m * k, 3);
-            let mut y = vec![f32::NAN; m * n];
-            forward(kernel, &parts, &x, m, &mut y);
-            check(
-                &y,
-                &reference(&x, m, k, n, |t, j| w[j * k + t]),
-                k,
-                None,
-                &what,
-            );
+            // Packed for each product, and packed once and kept (twice, to read it back).
+            let kept = Packed::default();
+            for packed in [None, Some(&kept), Some(&kept)] {
+                let x = values(m * k, 3);
+                let mut y = vec![f32::NAN; m * n];
+                forward(kernel, &parts, packed, &x, m, &mut y);
+                check(
+                    &y,
+                    &reference(&x, m, k, n, |t, j| w[j * k + t]),
+                    k,
+                    None,
+                    &what,
+                );
 
-            let dy = values(m * n, 4);
-            let init = values(m * k, 5);
-            let mut dx = init.clone();
-            backward_input(kernel, &parts, &dy, m, &mut dx, true);
-            let want = reference(&dy, m, n, k, |t, j| w[t * k + j]);
-            check(&dx, &want, n, Some(&init), &what);
-            backward_input(kernel, &parts, &dy, m, &mut dx, false);
-            check(&dx, &want, n, None, &what);
+                let dy = values(m * n, 4);
+                let init = values(m * k, 5);
+                let mut dx = init.clone();
+                backward_input(kernel, &parts, packed, &dy, m, &mut dx, true);
+                let want = reference(&dy, m, n, k, |t, j| w[t * k + j]);
+                check(&dx, &want, n, Some(&init), &what);
+                backward_input(kernel, &parts, packed, &dy, m, &mut dx, false);
+                check(&dx, &want, n, None, &what);
+            }
         }
     }
 }
