@@ -50,7 +50,10 @@ mod x86 {
     }
 
     fn cpu_has_amx_bf16() -> bool {
-        let leaf7 = __cpuid_count(7, 0);
+        // `unsafe` for the Rust versions before CPUID became safe (the MSRV, 1.89, is one); CPUID
+        // exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let leaf7 = unsafe { __cpuid_count(7, 0) };
         let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
         amx_bf16 && amx_tile
     }

@@ -41,7 +41,10 @@ mod x86 {
     /// `vdpbf16ps` at half their f32 FMA rate (measured on a Sapphire Rapids: 70 against 144
     /// GFLOP/s a core), so bf16 products there would be slower than f32 without AMX.
     pub(in super::super) fn slow_on_this_cpu() -> bool {
-        let leaf0 = __cpuid(0);
+        // `unsafe` for the Rust versions before CPUID became safe (the MSRV, 1.89, is one); CPUID
+        // exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let leaf0 = unsafe { __cpuid(0) };
         let vendor = [leaf0.ebx, leaf0.edx, leaf0.ecx].map(u32::to_le_bytes);
         vendor.concat() == b"GenuineIntel"
     }
