@@ -11,9 +11,7 @@
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
-use super::bf16;
 use super::math::exp;
-use super::matmul::{linear_backward_weight, LinearShape};
 use super::matrix::MatrixRef;
 
 /// Hugging Face's `ignore_index`: positions with this label carry neither loss nor gradient.
@@ -109,19 +107,7 @@ pub fn forward_backward<L: Copy + Into<i64>>(
             dh[row * hidden..(row + 1) * hidden].copy_from_slice(src);
         }
         if let Some(dw) = dw.as_deref_mut() {
-            match (w, bf16::kernel()) {
-                (MatrixRef::Bf16 { .. }, Some(kernel)) => {
-                    bf16::weight_gradient(kernel, dlogits, vocab, 0..vocab, hc, c, dw)
-                }
-                _ => {
-                    let head = LinearShape {
-                        tokens: c,
-                        in_features: hidden,
-                        out_features: vocab,
-                    };
-                    linear_backward_weight(dw, dlogits, hc, head);
-                }
-            }
+            w.weight_gradient(dlogits, vocab, 0..vocab, hc, dw);
         }
     }
     Ok((loss_sum, rows.len()))

@@ -256,6 +256,33 @@ impl<'a> MatrixRef<'a> {
         }
     }
 
+    /// `dw += dy[:, rows]ᵀ · x`: the gradient of this matrix's rows `rows` (one part of a stack),
+    /// summed over the `m` rows of `dy` (`[m, dy_width]`) and `x` (`[m, cols]`), in the precision
+    /// the matrix's products run in: bf16 for a bf16 matrix (as autocast's backward), else f32.
+    pub fn weight_gradient(
+        &self,
+        dy: &[f32],
+        dy_width: usize,
+        rows: Range<usize>,
+        x: &[f32],
+        dw: &mut [f32],
+    ) {
+        let cols = self.cols();
+        let m = x.len() / cols;
+        match (self, bf16::kernel()) {
+            (MatrixRef::Bf16 { .. }, Some(kernel)) => {
+                bf16::weight_gradient(kernel, dy, dy_width, rows, x, m, dw)
+            }
+            _ => matmul(
+                MatMut::new(dw, rows.len(), cols),
+                MatRef::strided(&dy[rows.start..], m, rows.len(), dy_width).t(),
+                MatRef::new(x, m, cols),
+                true,
+                Threads::Pool,
+            ),
+        }
+    }
+
     /// `dx = dy W` for `dy` `[m, rows]`, into `dx` (`[m, cols]`): overwritten, or added to when
     /// `accumulate`.
     pub fn backward_input(&self, dy: &[f32], dx: &mut [f32], accumulate: bool) {

@@ -11,7 +11,6 @@ use rayon::prelude::*;
 
 use super::dropout;
 use super::lora::Lora;
-use crate::kernels::bf16;
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
 
@@ -128,29 +127,16 @@ impl Projection {
     /// From `dy` (`[tokens, out]`) and the forward's input `x`, writes `dx` (`[tokens, in]`) and
     /// accumulates the gradients of every trainable part.
     pub fn backward(&mut self, dy: &[f32], x: &[f32], saved: &Saved, dx: &mut [f32]) {
-        let (n, inp, out) = (
-            x.len() / self.in_features,
-            self.in_features,
-            self.out_features(),
-        );
-        self.for_products().backward_input(dy, dx, false);
+        let (n, out) = (x.len() / self.in_features, self.out_features());
+        // Field by field, so the parts can be borrowed mutably beside it.
+        let products = self.bf16.as_ref().unwrap_or(&self.weight).as_ref();
+        products.backward_input(dy, dx, false);
         let mut col = 0;
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);
             if let Some(grad) = &mut part.weight_grad {
-                match (&self.bf16, bf16::kernel()) {
-                    (Some(_), Some(kernel)) => {
-                        let cols = col..col + part.out_features;
-                        bf16::weight_gradient(kernel, dy, out, cols, x, n, grad);
-                    }
-                    _ => matmul(
-                        MatMut::new(grad, part.out_features, inp),
-                        dy_part.t(),
-                        MatRef::new(x, n, inp),
-                        true,
-                        Threads::Pool,
-                    ),
-                }
+                let rows = col..col + part.out_features;
+                products.weight_gradient(dy, out, rows, x, grad);
             }
             if let Some(grad) = part.bias.as_mut().and_then(|b| b.grad.as_mut()) {
                 add_column_sums(grad, dy, out, col);

@@ -8,7 +8,6 @@
 //! after every optimizer step. Quantized frozen matrices (QLoRA) may stay as stored, being smaller
 //! than bf16.
 
-use super::linear::MatrixParam;
 use super::model::TrainModel;
 use crate::kernels::matrix::Matrix;
 use crate::quant::GgmlType;
@@ -18,17 +17,22 @@ impl TrainModel {
     /// `keep_quantized`; frozen matrices keep their own values beside a bf16 copy when
     /// `keep_originals` (the run saves them).
     pub fn use_bf16(&mut self, keep_quantized: bool, keep_originals: bool) {
+        let keep = |trains: bool| Placement {
+            trains,
+            keep_quantized,
+            keep_originals,
+        };
         for block in &mut self.blocks {
             for p in block.projections_mut() {
-                if p.weight_trains() || keep_originals && converts(&p.weight, keep_quantized) {
-                    p.bf16 = Some(p.weight.to_bf16());
-                } else if converts(&p.weight, keep_quantized) {
-                    p.weight = p.weight.to_bf16();
-                }
+                let trains = p.weight_trains();
+                keep(trains).place(&mut p.weight, &mut p.bf16, Matrix::to_bf16);
             }
         }
         match &mut self.lm_head {
-            Some(head) => matrix_to_bf16(head, keep_quantized, keep_originals),
+            Some(head) => {
+                let trains = head.grad.is_some();
+                keep(trains).place(&mut head.matrix, &mut head.bf16, head_to_bf16);
+            }
             // Tied: the embedding keeps its values for the lookups, the head's products read a
             // copy.
             None if converts(&self.embed_tokens.matrix, keep_quantized) => {
@@ -54,12 +58,28 @@ impl TrainModel {
     }
 }
 
-/// The LM head (untied): converted when frozen, a bf16 copy when it trains or is kept.
-fn matrix_to_bf16(head: &mut MatrixParam, keep_quantized: bool, keep_originals: bool) {
-    if head.grad.is_some() || keep_originals && converts(&head.matrix, keep_quantized) {
-        head.bf16 = Some(head_to_bf16(&head.matrix));
-    } else if converts(&head.matrix, keep_quantized) {
-        head.matrix = head_to_bf16(&head.matrix);
+/// Where a matrix's bf16 form goes.
+struct Placement {
+    trains: bool,
+    keep_quantized: bool,
+    keep_originals: bool,
+}
+
+impl Placement {
+    /// A copy beside `matrix` when it trains or its values are kept, in its place when it is
+    /// frozen; nothing for a quantized matrix kept as stored.
+    fn place(
+        &self,
+        matrix: &mut Matrix,
+        copy: &mut Option<Matrix>,
+        to_bf16: fn(&Matrix) -> Matrix,
+    ) {
+        let converts = converts(matrix, self.keep_quantized);
+        if self.trains || self.keep_originals && converts {
+            *copy = Some(to_bf16(matrix));
+        } else if converts {
+            *matrix = to_bf16(matrix);
+        }
     }
 }
 

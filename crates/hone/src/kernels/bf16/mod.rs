@@ -104,15 +104,17 @@ pub fn forward(
     m: usize,
     y: &mut [f32],
 ) {
-    let rows = Rows::new(parts);
-    let b = Operand {
-        source: Source::Weight(&rows, Orientation::Transposed),
-        k: rows.cols(),
-        n: rows.len(),
-    };
-    let panels = packed.map(|p| &p.forward);
-    let a = to_bf16_pairs(kernel, x, m, b.k);
-    product(kernel, &a, m, b, panels, y, false);
+    let packed = packed.map(|p| &p.forward);
+    weight_product(
+        kernel,
+        parts,
+        Orientation::Transposed,
+        packed,
+        x,
+        m,
+        y,
+        false,
+    );
 }
 
 /// `dx[m, cols] = dy[m, Σ rows] · [W₀; W₁; …]`, or `+=` when `accumulate`.
@@ -128,15 +130,43 @@ pub fn backward_input(
     dx: &mut [f32],
     accumulate: bool,
 ) {
+    let packed = packed.map(|p| &p.backward);
+    weight_product(
+        kernel,
+        parts,
+        Orientation::AsStored,
+        packed,
+        dy,
+        m,
+        dx,
+        accumulate,
+    );
+}
+
+/// `c (+)= a · B` for B the stacked weights read in `orientation`.
+#[allow(clippy::too_many_arguments)]
+fn weight_product(
+    kernel: Kernel,
+    parts: &[&StoredMatrix],
+    orientation: Orientation,
+    packed: Option<&OnceLock<Vec<u32>>>,
+    a: &[f32],
+    m: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     let rows = Rows::new(parts);
-    let b = Operand {
-        source: Source::Weight(&rows, Orientation::AsStored),
-        k: rows.len(),
-        n: rows.cols(),
+    let (k, n) = match orientation {
+        Orientation::Transposed => (rows.cols(), rows.len()),
+        Orientation::AsStored => (rows.len(), rows.cols()),
     };
-    let panels = packed.map(|p| &p.backward);
-    let a = to_bf16_pairs(kernel, dy, m, b.k);
-    product(kernel, &a, m, b, panels, dx, accumulate);
+    let b = Operand {
+        source: Source::Weight(&rows, orientation),
+        k,
+        n,
+    };
+    let a = to_bf16_pairs(kernel, a, m, k);
+    product(kernel, &a, m, b, packed, c, accumulate);
 }
 
 /// A weight's panels in both orientations, packed on first use and kept (see
