@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use hone::quant::bnb::{self, Absmax, FourBit};
 use hone::quant::{dequantize, quantize, GgmlType};
 
 const DEQUANTIZED: [GgmlType; 12] = [
@@ -193,4 +194,58 @@ fn dequantize_rejects_wrong_sizes_and_unsupported_types() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a whole number of Q6_K blocks"), "{err}");
+}
+
+/// bitsandbytes' 4-bit quantization (`scripts/golden/bnb.py`): packed codes, the absmax with and
+/// without double quantization, and the dequantized values, all exact.
+#[test]
+fn bnb_4bit_matches_bitsandbytes_bytes_and_values() {
+    let x = f32s(&fixture("bnb/input.f32.bin"));
+    let dynamic = f32s(&fixture("bnb/dynamic_code.f32.bin"));
+    assert_bits_eq(bnb::dynamic_map(), &dynamic, "dynamic map");
+    for ty in [FourBit::Nf4, FourBit::Fp4] {
+        let name = ty.name();
+        let plain = bnb::quantize(&x, ty, false);
+        assert_eq!(
+            plain.packed,
+            fixture(&format!("bnb/{name}.packed.bin")),
+            "{name} codes"
+        );
+        let Absmax::Plain(absmax) = &plain.absmax else {
+            panic!("{name}: plain absmax expected");
+        };
+        let want = f32s(&fixture(&format!("bnb/{name}.absmax.f32.bin")));
+        assert_bits_eq(absmax, &want, &format!("{name} absmax"));
+        let want = f32s(&fixture(&format!("bnb/{name}.deq.f32.bin")));
+        assert_bits_eq(&plain.dequantize(ty), &want, &format!("{name} dequantized"));
+
+        let nested = bnb::quantize(&x, ty, true);
+        assert_eq!(
+            nested.packed, plain.packed,
+            "{name}: double quantization keeps the codes"
+        );
+        let Absmax::Nested {
+            codes,
+            scales,
+            offset,
+        } = &nested.absmax
+        else {
+            panic!("{name}: nested absmax expected");
+        };
+        let want_offset = f32s(&fixture(&format!("bnb/{name}.nested.offset.f32.bin")));
+        assert_bits_eq(&[*offset], &want_offset, &format!("{name} offset"));
+        let want_codes = fixture(&format!("bnb/{name}.nested.absmax.u8.bin"));
+        assert_eq!(codes, &want_codes, "{name} nested absmax codes");
+        let want_scales = f32s(&fixture(&format!("bnb/{name}.nested.scales.f32.bin")));
+        assert_bits_eq(scales, &want_scales, &format!("{name} nested scales"));
+        let want = f32s(&fixture(&format!("bnb/{name}.nested.deq.f32.bin")));
+        let what = format!("{name} nested dequantized");
+        assert_bits_eq(&nested.dequantize(ty), &want, &what);
+        let ggml = match ty {
+            FourBit::Nf4 => GgmlType::Nf4,
+            FourBit::Fp4 => GgmlType::Fp4,
+        };
+        let blocks = dequantize(ggml, &nested.to_blocks(), x.len()).unwrap();
+        assert_bits_eq(&blocks, &want, &format!("{what}, from Hone's blocks"));
+    }
 }

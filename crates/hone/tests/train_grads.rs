@@ -13,7 +13,9 @@ use candle_core::{DType, Device, Tensor};
 use hone::adapters::{Adapter, AdapterConfig, Bias, LoraWeights, TargetModules};
 use hone::data::{collate, flatten, Batch, Row};
 use hone::io::source::ModelSource;
+use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
+use hone::quant::bnb::FourBit;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -115,7 +117,24 @@ fn base_model(case: &Case, variant: Variant) -> Option<(ModelConfig, HashMap<Str
     if let Some(layers) = case.meta["layers"].as_u64() {
         cfg.num_hidden_layers = layers as usize;
     }
+    let mut w = w;
+    if let Some(q) = case.meta.get("quantization") {
+        quantize_decoder_matrices(&mut w, base_quantization(q)).unwrap();
+    }
     Some((cfg, w))
+}
+
+/// The case's `quantization`: bitsandbytes' 4-bit type and whether the absmax is quantized too.
+fn base_quantization(q: &Value) -> BaseQuantization {
+    let ty = match q["type"].as_str().unwrap() {
+        "nf4" => FourBit::Nf4,
+        "fp4" => FourBit::Fp4,
+        other => panic!("quantization type {other}"),
+    };
+    BaseQuantization::FourBit {
+        ty,
+        double: q["double"].as_bool().unwrap(),
+    }
 }
 
 fn lora_settings(meta: &Value) -> LoraSettings {
@@ -350,6 +369,26 @@ fn lora_on_the_stored_quantized_default_model_matches_peft() {
         ..Variant::default()
     };
     check_gradients_with("lora_default_2layers", stored);
+}
+
+/// QLoRA on an unquantized base (`quantization_bit: 4`): the decoder matrices quantized at load
+/// as bitsandbytes does (NF4 with double quantization, FP4 without), and the gradients equal
+/// PEFT's on the model with bitsandbytes' dequantized weights: a tiny model and a slice of the
+/// default model, f32 and bf16 products.
+#[test]
+fn qlora_on_a_base_quantized_at_load_matches_peft_on_bitsandbytes_weights() {
+    for name in [
+        "qlora_nf4_llama-64",
+        "qlora_fp4_llama-64",
+        "qlora_nf4_default_2layers",
+    ] {
+        check_gradients(name);
+    }
+    let bf16 = Variant {
+        bf16: true,
+        ..Variant::default()
+    };
+    check_gradients_with("qlora_nf4_llama-64", bf16);
 }
 
 /// Recomputing each block's activations in the backward changes nothing.

@@ -147,7 +147,11 @@ impl GgufWriter {
             for d in &t.dims {
                 b.extend_from_slice(&d.to_le_bytes());
             }
-            b.extend_from_slice(&t.ty.id().to_le_bytes());
+            let id = t
+                .ty
+                .id()
+                .with_context(|| format!("tensor {}: {} has no GGUF type", t.name, t.ty.name()))?;
+            b.extend_from_slice(&id.to_le_bytes());
             b.extend_from_slice(&offset.to_le_bytes());
             offset += (t.data.len() + padding(t.data.len(), alignment)) as u64;
         }

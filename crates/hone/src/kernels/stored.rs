@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul as gemm, MatMut, MatRef, Threads};
 use super::pool;
-use super::qdot::{self, float16, kquants, legacy, Q8Block, Q8KBlock};
+use super::qdot::{self, float16, fourbit, kquants, legacy, Q8Block, Q8KBlock};
 use crate::quant::{self, GgmlType};
 
 /// Up to this many activation rows take the dot-product path; more take the tiled GEMM.
@@ -75,7 +75,7 @@ impl StoredMatrix {
         if row_dot(ty).is_none() {
             bail!(
                 "{} weights have no matrix-product kernel (Hone multiplies F32, F16, BF16, Q4_0, \
-                 Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K–Q6_K weights)",
+                 Q4_1, Q5_0, Q5_1, Q8_0, Q2_K–Q6_K, NF4 and FP4 weights)",
                 ty.name()
             );
         }
@@ -191,6 +191,7 @@ fn row_dot(ty: GgmlType) -> Option<RowDot> {
         .map(RowDot::Q8)
         .or_else(|| kquants::dot_q8k(ty).map(RowDot::Q8K))
         .or_else(|| float16::dot_f32(ty).map(RowDot::F32))
+        .or_else(|| fourbit::dot_f32(ty).map(RowDot::F32))
 }
 
 /// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ`: the outputs of every matrix side by side, row-major.

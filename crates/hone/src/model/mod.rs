@@ -6,6 +6,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod memory;
+pub mod quantize;
 pub mod rope;
 pub mod tensors;
 pub mod weights;

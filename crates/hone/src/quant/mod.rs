@@ -1,11 +1,13 @@
-//! ggml tensor types: their block layout, and conversion between their bytes and f32.
+//! Tensor storage types: ggml's, their block layout, and conversion between their bytes and f32;
+//! and bitsandbytes' 4-bit types, which Hone builds at load for QLoRA (`quantization_bit: 4`).
 //!
-//! GGUF files store weights as ggml types. Hone dequantizes them to f32 on load (training and
-//! exact-parity inference want f32), and quantizes f32 back when exporting. Both directions are
-//! bit-exact with ggml (and gguf-py, which agrees with it): dequantization for every type below,
-//! quantization for the types `quantize` accepts, using ggml's reference (imatrix-free) quantizers.
-//! The work is split into runs of blocks spread over rayon's threads.
+//! GGUF files store weights as ggml types. Hone dequantizes them to f32 where f32 is wanted
+//! (training and exact-parity inference), and quantizes f32 back when exporting. Both directions
+//! are bit-exact with ggml (and gguf-py, which agrees with it): dequantization for every type
+//! below, quantization for the types `quantize` accepts, using ggml's reference (imatrix-free)
+//! quantizers. The work is split into runs of blocks spread over rayon's threads.
 
+pub mod bnb;
 mod float;
 mod kquantize;
 mod kquants;
@@ -14,7 +16,9 @@ mod legacy;
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
-/// A ggml tensor type, with the numeric ids of ggml.h / gguf-py's `GGMLQuantizationType`.
+/// A tensor storage type: ggml's, with the numeric ids of ggml.h / gguf-py's
+/// `GGMLQuantizationType`, and bitsandbytes' NF4 and FP4 in Hone's blocks ([`bnb`]), which exist
+/// only in memory (no file format stores them: they have no ggml id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -37,6 +41,8 @@ pub enum GgmlType {
     I64,
     F64,
     BF16,
+    Nf4,
+    Fp4,
 }
 
 impl GgmlType {
@@ -67,9 +73,10 @@ impl GgmlType {
         })
     }
 
-    pub fn id(self) -> u32 {
+    /// The ggml id; `None` for the bitsandbytes types.
+    pub fn id(self) -> Option<u32> {
         use GgmlType::*;
-        match self {
+        Some(match self {
             F32 => 0,
             F16 => 1,
             Q4_0 => 2,
@@ -90,7 +97,8 @@ impl GgmlType {
             I64 => 27,
             F64 => 28,
             BF16 => 30,
-        }
+            Nf4 | Fp4 => return None,
+        })
     }
 
     /// The name llama.cpp prints for this type.
@@ -117,6 +125,8 @@ impl GgmlType {
             I64 => "I64",
             F64 => "F64",
             BF16 => "BF16",
+            Nf4 => "NF4",
+            Fp4 => "FP4",
         }
     }
 
@@ -127,6 +137,7 @@ impl GgmlType {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => 256,
+            Nf4 | Fp4 => bnb::BLOCK,
         }
     }
 
@@ -150,6 +161,7 @@ impl GgmlType {
             Q5K => 176,
             Q6K => 210,
             Q8K => 292,
+            Nf4 | Fp4 => bnb::BLOCK_BYTES,
         }
     }
 
@@ -189,7 +201,20 @@ fn check_dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<()>
     use GgmlType::*;
     if !matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q2K
+            | Q3K
+            | Q4K
+            | Q5K
+            | Q6K
+            | Nf4
+            | Fp4
     ) {
         bail!("dequantizing {} tensors is not supported", ty.name());
     }
@@ -222,6 +247,8 @@ fn decode(ty: GgmlType, b: &[u8], y: &mut [f32], par: bool) {
         Q4K => blocks(b, y, par, kquants::dequantize_q4_k),
         Q5K => blocks(b, y, par, kquants::dequantize_q5_k),
         Q6K => blocks(b, y, par, kquants::dequantize_q6_k),
+        Nf4 => blocks(b, y, par, bnb::dequantize_nf4),
+        Fp4 => blocks(b, y, par, bnb::dequantize_fp4),
         Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("checked by check_dequantize"),
     }
 }

@@ -3,9 +3,11 @@
 //! quantized once per product to 8 bits — per 32 values ([`Q8Block`]) for the 32-element weight
 //! types, per 256 ([`Q8KBlock`]) for the K-quants — so the inner loops are integer dot products
 //! (AVX-512 VNNI / AVX2 where the CPU has them, a portable loop elsewhere, chosen at run time).
-//! 16-bit weights are widened in registers and multiplied with f32 activations.
+//! 16-bit weights are widened in registers and multiplied with f32 activations, and so are the
+//! bitsandbytes 4-bit types through their code tables.
 
 pub mod float16;
+pub mod fourbit;
 pub mod kquants;
 pub mod legacy;
 

@@ -6,11 +6,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{CommaList, EvalStrategy, FinetuningType, ResumeFrom, Stage, StepCount};
+use super::values::{
+    CommaList, EvalStrategy, FinetuningType, QuantizationMethod, QuantizationType, ResumeFrom,
+    Stage, StepCount,
+};
 use crate::train::schedule::ScheduleKind;
 
 /// `### model`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelArgs {
     /// The base model: a Hugging Face model directory, a `.gguf` file or a Hub id. Required.
@@ -24,8 +27,30 @@ pub struct ModelArgs {
     /// `gradient_checkpointing: true`, so this only conflicts with that.
     pub disable_gradient_checkpointing: bool,
     /// QLoRA (LLaMA-Factory's key): 4 or 8 trains LoRA on a frozen quantized base. A quantized
-    /// GGUF base is used as stored; quantizing an HF base at load is not supported yet.
+    /// GGUF base is used as stored; any other base has its decoder layers' matrices quantized at
+    /// load: 4 as bitsandbytes does (`quantization_type`, `double_quantization`), 8 as Q8_0.
     pub quantization_bit: Option<u32>,
+    /// How a base is quantized at load: `bnb` (bitsandbytes), the only method Hone has.
+    pub quantization_method: QuantizationMethod,
+    /// The 4-bit data type: `nf4` (default) or `fp4`.
+    pub quantization_type: QuantizationType,
+    /// Quantize the 4-bit blocks' absmax values too (bitsandbytes' nested quantization).
+    pub double_quantization: bool,
+}
+
+impl Default for ModelArgs {
+    fn default() -> Self {
+        ModelArgs {
+            model_name_or_path: String::new(),
+            adapter_name_or_path: None,
+            trust_remote_code: false,
+            disable_gradient_checkpointing: false,
+            quantization_bit: None,
+            quantization_method: QuantizationMethod::default(),
+            quantization_type: QuantizationType::default(),
+            double_quantization: true,
+        }
+    }
 }
 
 /// `### method`: LLaMA-Factory's `FinetuningArguments`.

@@ -20,7 +20,10 @@ use serde_yaml_ng::{Mapping, Value};
 
 pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, TrainArgs};
 pub use resolve::{StepPlan, LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
-pub use values::{CommaList, EvalStrategy, FinetuningType, ResumeFrom, Stage, StepCount};
+pub use values::{
+    CommaList, EvalStrategy, FinetuningType, QuantizationMethod, QuantizationType, ResumeFrom,
+    Stage, StepCount,
+};
 
 /// A fully resolved supervised fine-tuning run: every key with its value or its default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -220,6 +220,26 @@ pub enum FinetuningType {
     Freeze,
 }
 
+/// LLaMA-Factory's `quantization_method`: Hone quantizes a base at load as bitsandbytes does
+/// (GPTQ, AWQ, HQQ, EETQ and the rest need their own pre-quantized checkpoints or kernels).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizationMethod {
+    #[default]
+    Bnb,
+}
+
+/// LLaMA-Factory's `quantization_type`: bitsandbytes' 4-bit data type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizationType {
+    /// NormalFloat: codes at the quantiles of a normal distribution (QLoRA's choice).
+    #[default]
+    Nf4,
+    /// A 4-bit float: sign, 2 exponent bits, 1 mantissa bit.
+    Fp4,
+}
+
 /// transformers' `eval_strategy` (`IntervalStrategy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,10 +11,12 @@ use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::kernels::bf16::{self, Kernel};
+use crate::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use crate::model::{load_stored_weights, memory, StoredWeights, Weight};
+use crate::quant::bnb::FourBit;
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
-use crate::train::config::{FinetuningType, SftConfig};
+use crate::train::config::{FinetuningType, QuantizationType, SftConfig};
 use crate::train::freeze::FreezeSelection;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
@@ -143,11 +145,13 @@ pub fn precision_note(config: &SftConfig) -> String {
     )
 }
 
-/// Decides how the frozen base is held, returning a note to show: matrices stay in their stored
-/// type when `quantization_bit` asks for it (QLoRA on a quantized GGUF), under bf16 mixed
-/// precision (they become bf16 when the model is built, without an f32 copy of the whole), or when
-/// their f32 expansion would not fit in memory; otherwise they are expanded to f32, whose products
-/// ran about 1.35× faster than products on dequantized tiles (LoRA q,v on the default model).
+/// Decides how the frozen base is held, returning a note to show: with `quantization_bit`, a
+/// quantized GGUF stays as stored (QLoRA on the file's own quantization) and any other base has
+/// its decoder matrices quantized now; under bf16 mixed precision matrices stay in their stored
+/// type (they become bf16 when the model is built, without an f32 copy of the whole), and they
+/// also stay when their f32 expansion would not fit in memory; otherwise they are expanded to f32,
+/// whose products ran about 1.35× faster than products on dequantized tiles (LoRA q,v on the
+/// default model).
 pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Result<Option<String>> {
     let stored = || {
         base.weights.values().filter_map(|w| match w {
@@ -161,18 +165,24 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
         let quantized = base.weights.values().any(|w| {
             matches!(w, Weight::Stored(m) if !matches!(m.ggml_type(), GgmlType::F16 | GgmlType::BF16))
         });
-        if !quantized {
-            bail!(
-                "quantization_bit: {bits}: {} is not quantized, and quantizing a base at load \
-                 (bitsandbytes NF4/int8) is not supported yet; train on a quantized GGUF of the \
-                 model (e.g. Q4_K_M), which Hone uses as stored",
-                base.source.path().display()
-            );
+        if quantized {
+            return Ok(Some(format!(
+                "quantization_bit: {bits}: the frozen base is trained on as stored ({} MiB; its \
+                 own quantization, not re-quantized)",
+                as_stored >> 20
+            )));
         }
+        let to = base_quantization(config);
+        let (before, after) =
+            quantize_decoder_matrices(&mut base.weights, to).with_context(|| {
+                format!("{}: quantization_bit: {bits}", base.source.path().display())
+            })?;
         return Ok(Some(format!(
-            "quantization_bit: {bits}: the frozen base is trained on as stored ({} MiB; its own \
-             quantization, not re-quantized)",
-            as_stored >> 20
+            "quantization_bit: {bits}: the decoder layers' matrices are quantized to {} at load \
+             ({} MiB -> {} MiB); embeddings, the LM head and norms stay as loaded",
+            to.describe(),
+            before >> 20,
+            after >> 20
         )));
     }
     if as_f32 == as_stored || mixed_precision(config) {
@@ -194,6 +204,22 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
         }
     }
     Ok(None)
+}
+
+/// What `quantization_bit` (with `quantization_type` and `double_quantization`) quantizes an
+/// unquantized base to.
+fn base_quantization(config: &SftConfig) -> BaseQuantization {
+    let m = &config.model;
+    match m.quantization_bit {
+        Some(8) => BaseQuantization::Q8_0,
+        _ => BaseQuantization::FourBit {
+            ty: match m.quantization_type {
+                QuantizationType::Nf4 => FourBit::Nf4,
+                QuantizationType::Fp4 => FourBit::Fp4,
+            },
+            double: m.double_quantization,
+        },
+    }
 }
 
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
