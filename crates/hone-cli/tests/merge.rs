@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{arg, char_text, dir_entries, fixture, hone, json_ids as ids, read_json, tiny_hf_dir};
+use hone::quant::bnb::{self, FourBit};
 
 fn merge(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> common::Run {
     let mut args = vec!["merge", "--model", arg(model), "--adapter", arg(adapter)];
@@ -133,4 +134,70 @@ fn a_write_failing_midway_leaves_no_directory() {
     let err = failure(&run);
     assert!(err.contains("File too large"), "{err}");
     assert_eq!(dir_entries(tmp.path()), before, "{err}");
+}
+
+/// An adapter trained with `quantization_bit: 4` on an unquantized base (tiny llama-64, whose
+/// widths are whole 64-value blocks) merges into that base quantized to NF4 as in training and
+/// dequantized, with a note and in f32: a matrix the adapter does not touch comes out as exactly
+/// bitsandbytes' round trip of the original. `--dtype bf16` is refused and writes nothing.
+#[test]
+fn an_adapter_trained_on_a_quantized_base_merges_into_the_dequantized_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\
+                    {% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}\
+                    {% if add_generation_prompt %}<assistant>{% endif %}";
+    let model = common::tiny_hf_model(tmp.path(), "llama-64", Some(template));
+    let rows = r#"{"instruction": "Who are you?", "input": "", "output": "I am Kestrel."}"#;
+    std::fs::write(tmp.path().join("data.jsonl"), format!("{rows}\n{rows}\n")).unwrap();
+    let run_dir = tmp.path().join("run");
+    let config = tmp.path().join("run.yaml");
+    let yaml = format!(
+        "model_name_or_path: {}\ndataset: {}\noutput_dir: {}\nlora_target: q_proj,v_proj\n\
+         quantization_bit: 4\nmax_steps: 2\ncutoff_len: 64\n",
+        model.display(),
+        tmp.path().join("data.jsonl").display(),
+        run_dir.display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let train = hone(&["train", arg(&config)]);
+    assert_eq!(train.code, Some(0), "{}", train.stderr);
+
+    let out = tmp.path().join("merged");
+    let err = failure(&merge(&model, &run_dir, &out, &["--dtype", "bf16"]));
+    assert!(
+        err.contains("--dtype bf16:") && err.contains("trained on a quantized base"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    let run = merge(&model, &run_dir, &out, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("merging into the base quantized to NF4 (double quantization)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(read_json(&out.join("config.json"))["dtype"], "float32");
+    let name = "model.layers.1.self_attn.o_proj.weight";
+    let original = tensor(&model.join("model.safetensors"), name);
+    let merged = tensor(&out.join("model.safetensors"), name);
+    let want = bnb::quantize(&original, FourBit::Nf4, true).dequantize(FourBit::Nf4);
+    assert_ne!(merged, original);
+    assert!(merged
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+/// An f32 tensor of a safetensors file, flattened.
+fn tensor(file: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }

@@ -1,13 +1,16 @@
 //! `hone merge`: fold a PEFT LoRA adapter into its base model and write the result as a Hugging
 //! Face checkpoint directory, with the base model's tokenizer and chat template.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use hone::export::{
     check_output_dir, tensors_in_hf_order, write_hf_checkpoint, HfWriteOptions, SaveDtype,
 };
+use hone::model::quantize::BaseQuantization;
+use hone::model::LoadedWeights;
+use hone::train::config::{find_training_args, SftConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,7 +23,8 @@ pub struct Args {
     /// Output directory for the merged checkpoint.
     #[arg(long)]
     pub out: PathBuf,
-    /// Weight dtype: f32, bf16 or f16 [default: the base model's; f32 for a quantized GGUF].
+    /// Weight dtype: f32, bf16 or f16 [default: the base model's; f32 for a quantized GGUF or an
+    /// adapter trained on a quantized base].
     #[arg(long)]
     pub dtype: Option<SaveDtype>,
     /// Replace --out if it exists.
@@ -37,10 +41,16 @@ pub fn run(args: Args) -> Result<()> {
         args.model,
         args.adapter.display()
     );
-    let loaded = hone::model::load_weights(&args.model, Some(&args.adapter), &Device::Cpu)?;
-    let dtype = args
-        .dtype
-        .unwrap_or_else(|| SaveDtype::of_source(&loaded.config));
+    let (loaded, dtype) = match trained_quantization(&args.adapter)? {
+        Some((path, to)) => load_quantized(&args, &path, to)?,
+        None => {
+            let loaded = hone::model::load_weights(&args.model, Some(&args.adapter), &Device::Cpu)?;
+            let dtype = args
+                .dtype
+                .unwrap_or_else(|| SaveDtype::of_source(&loaded.config));
+            (loaded, dtype)
+        }
+    };
     eprintln!("writing {out} ({})", dtype.hf_name());
     let tensors = tensors_in_hf_order(&loaded.config, loaded.weights)?;
     let opts = HfWriteOptions {
@@ -61,4 +71,55 @@ pub fn run(args: Args) -> Result<()> {
         written.total_size as f64 / 1e6
     );
     Ok(())
+}
+
+/// The quantization the adapter's run trained on (`quantization_bit` in its saved
+/// `training_args.yaml`), with that file's path.
+fn trained_quantization(adapter: &Path) -> Result<Option<(PathBuf, BaseQuantization)>> {
+    let Some(path) = find_training_args(adapter) else {
+        return Ok(None);
+    };
+    Ok(SftConfig::read_saved(&path)?
+        .base_quantization()
+        .map(|q| (path, q)))
+}
+
+/// The base as the adapter's QLoRA run saw it (quantized to `to` at load, or a quantized GGUF),
+/// dequantized to f32, with the adapter merged; written in f32, since 16 bits would round the
+/// dequantized values a second time.
+fn load_quantized(
+    args: &Args,
+    training_args: &Path,
+    to: BaseQuantization,
+) -> Result<(LoadedWeights, SaveDtype)> {
+    let origin = format!(
+        "{} was trained on a quantized base (quantization_bit in {})",
+        args.adapter.display(),
+        training_args.display()
+    );
+    if let Some(dtype @ (SaveDtype::BF16 | SaveDtype::F16)) = args.dtype {
+        let name = if dtype == SaveDtype::BF16 {
+            "bf16"
+        } else {
+            "f16"
+        };
+        bail!(
+            "--dtype {name}: {origin}; merged into that base the weights are dequantized values \
+             plus the update, which {name} would round a second time: merge with --dtype f32, or \
+             export a GGUF (hone export) to quantize the merged model once"
+        );
+    }
+    let (loaded, rounded) =
+        hone::model::load_weights_quantized(&args.model, &args.adapter, to, &Device::Cpu)?;
+    let base = if rounded {
+        format!("the base quantized to {} as in training", to.describe())
+    } else {
+        "the quantized base".to_owned()
+    };
+    eprintln!(
+        "note: {origin}: merging into {base}, dequantized to f32 — the weights it was trained \
+         against. Merging into the original unquantized weights, as is often expected, gives \
+         slightly different weights."
+    );
+    Ok((loaded, SaveDtype::F32))
 }

@@ -188,10 +188,16 @@ pub fn char_text(ids: &[u32]) -> String {
 /// character-level tokenizer written here, since the repository's tiny tokenizers have 600 tokens.
 /// No chat template.
 pub fn tiny_hf_dir(dir: &Path) -> PathBuf {
-    let model = dir.join("llama-tied");
+    tiny_hf_model(dir, "llama-tied", None)
+}
+
+/// `dir/NAME`: the tiny random HF model `fixtures/models/NAME` (vocabulary 96) with the
+/// character-level tokenizer of [`tiny_hf_dir`] and `chat_template` in its tokenizer config.
+pub fn tiny_hf_model(dir: &Path, name: &str, chat_template: Option<&str>) -> PathBuf {
+    let model = dir.join(name);
     std::fs::create_dir_all(&model).unwrap();
     for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(fixture("models/llama-tied").join(f), model.join(f)).unwrap();
+        std::fs::copy(fixture("models").join(name).join(f), model.join(f)).unwrap();
     }
     let specials = ["<unk>", "<s>", "</s>"];
     let mut vocab = serde_json::Map::new();
@@ -218,7 +224,10 @@ pub fn tiny_hf_dir(dir: &Path) -> PathBuf {
                   "ignore_merges": false, "vocab": vocab, "merges": []},
     });
     write(&model, "tokenizer.json", &tokenizer.to_string());
-    let config = json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+    let mut config = json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+    if let Some(template) = chat_template {
+        config["chat_template"] = json!(template);
+    }
     write(&model, "tokenizer_config.json", &config.to_string());
     model
 }

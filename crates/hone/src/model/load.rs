@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
+use super::quantize::{self, BaseQuantization};
 use super::{memory, weights, Llama, Weight};
 use crate::adapters::merge::check_fits;
 use crate::adapters::{merge, read_adapter};
@@ -127,6 +128,37 @@ pub struct LoadedWeights {
 /// Resolves `spec` and reads its config, weights and tokenizer, with the PEFT LoRA adapter in
 /// `adapter` (a directory) merged into the weights.
 pub fn load_weights(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedWeights> {
+    load_weights_with(spec, adapter, device, |_, _| Ok(()))
+}
+
+/// [`load_weights`] for an adapter trained with `quantization_bit` on a base that was quantized
+/// at load: before merging, the decoder matrices are quantized to `trained_on` and dequantized,
+/// giving the weights the adapter was trained against. A base that is already quantized is left
+/// as it is (its dequantized weights are what training used). Returns whether it rounded them.
+pub fn load_weights_quantized(
+    spec: &str,
+    adapter: &Path,
+    trained_on: BaseQuantization,
+    device: &Device,
+) -> Result<(LoadedWeights, bool)> {
+    let mut rounded = false;
+    let loaded = load_weights_with(spec, Some(adapter), device, |source, weights| {
+        if !quantize::is_quantized(source)? {
+            quantize::round_trip_decoder_matrices(weights, trained_on)?;
+            rounded = true;
+        }
+        Ok(())
+    })?;
+    Ok((loaded, rounded))
+}
+
+/// [`load_weights`], with `prepare` run on the f32 weights before the adapter is merged.
+fn load_weights_with(
+    spec: &str,
+    adapter: Option<&Path>,
+    device: &Device,
+    prepare: impl FnOnce(&ModelSource, &mut HashMap<String, Tensor>) -> Result<()>,
+) -> Result<LoadedWeights> {
     // Read the adapter first: a bad adapter fails before the model's weights are loaded.
     let adapter = match adapter {
         Some(dir) => Some((dir, read_adapter(dir)?)),
@@ -145,6 +177,7 @@ pub fn load_weights(spec: &str, adapter: Option<&Path>, device: &Device) -> Resu
             (cfg, w, Tokenizer::from_gguf(&gguf)?)
         }
     };
+    prepare(&source, &mut weights)?;
     if let Some((dir, adapter)) = &adapter {
         merge(&mut weights, &config, adapter).map_err(|e| {
             anyhow::anyhow!(

@@ -16,7 +16,7 @@ pub use kv_cache::Cache;
 pub use linear::{Linear, Weight};
 pub use llama::Llama;
 pub use load::{
-    inspect, load, load_stored_weights, load_weights, load_with_adapter, LoadedModel,
-    LoadedWeights, Precision, StoredWeights,
+    inspect, load, load_stored_weights, load_weights, load_weights_quantized, load_with_adapter,
+    LoadedModel, LoadedWeights, Precision, StoredWeights,
 };
 pub use tensors::hf_tensor_shapes;

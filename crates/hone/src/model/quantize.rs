@@ -10,8 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
+use candle_core::Tensor;
 
 use super::linear::Weight;
+use crate::io::gguf::GgufFile;
+use crate::io::source::ModelSource;
 use crate::kernels::stored::{StoredMatrix, WeightBytes};
 use crate::quant::bnb::{self, FourBit};
 use crate::quant::{self, GgmlType};
@@ -27,7 +30,8 @@ pub enum BaseQuantization {
 }
 
 impl BaseQuantization {
-    fn ggml_type(self) -> GgmlType {
+    /// The storage type the matrices get.
+    pub fn ggml_type(self) -> GgmlType {
         match self {
             BaseQuantization::FourBit {
                 ty: FourBit::Nf4, ..
@@ -107,9 +111,39 @@ pub fn quantize_decoder_matrices(
     Ok((before, after))
 }
 
+/// Replaces every decoder-layer matrix of an f32 model by its quantization to `to`, dequantized:
+/// the weights an adapter trained on the quantized base saw, to merge it into.
+pub fn round_trip_decoder_matrices(
+    weights: &mut HashMap<String, Tensor>,
+    to: BaseQuantization,
+) -> Result<()> {
+    let ty = to.ggml_type();
+    for (name, t) in weights.iter_mut().filter(|(n, _)| is_decoder_linear(n)) {
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        let bytes = to
+            .quantize(&values)
+            .with_context(|| format!("{name}: quantizing to {}", ty.name()))?;
+        let back = quant::dequantize(ty, &bytes, values.len())?;
+        *t = Tensor::from_vec(back, t.dims(), t.device())?;
+    }
+    Ok(())
+}
+
+/// Whether a model file's decoder matrices are quantized (a quantized GGUF), so that
+/// `quantization_bit` trains on them as stored rather than quantizing them.
+pub fn is_quantized(source: &ModelSource) -> Result<bool> {
+    Ok(match source {
+        ModelSource::HfDir(_) => false,
+        ModelSource::Gguf(path) => GgufFile::open(path)?.tensors.iter().any(|t| {
+            t.dims.len() == 2
+                && !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     use super::*;
 

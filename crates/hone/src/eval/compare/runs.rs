@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::train::config::find_training_args;
+
 /// The `adapter_config.json` keys a report shows: PEFT's method, rank, scaling, targets and
 /// variants, and the base model the adapter was made for.
 const KEY_SETTINGS: &[&str] = &[
@@ -18,9 +20,6 @@ const KEY_SETTINGS: &[&str] = &[
     "use_rslora",
     "use_dora",
 ];
-
-/// Hone writes its resolved training config under this name in the output directory.
-const TRAINING_ARGS: &str = "training_args.yaml";
 
 /// An adapter's directory and the settings it was made with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +68,15 @@ fn display_value(value: &Value) -> String {
     }
 }
 
-/// `training_args.yaml` in `dir`, else in its parent (a `checkpoint-N` inside a run's output).
+/// The run's `training_args.yaml` ([`find_training_args`]) and its text.
 fn training_args(dir: &Path) -> Result<Option<(PathBuf, String)>> {
-    let candidates = [Some(dir), dir.parent()];
-    for candidate in candidates.into_iter().flatten() {
-        let path = candidate.join(TRAINING_ARGS);
-        if path.is_file() {
+    find_training_args(dir)
+        .map(|path| {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
-            return Ok(Some((path, text)));
-        }
-    }
-    Ok(None)
+            Ok((path, text))
+        })
+        .transpose()
 }
 
 /// The label of each model: `base`, then each adapter directory's name. A name already taken is
@@ -112,6 +108,7 @@ fn file_name(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::config::TRAINING_ARGS;
 
     #[test]
     fn labels_are_directory_names_disambiguated() {

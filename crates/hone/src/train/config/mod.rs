@@ -18,6 +18,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::model::quantize::BaseQuantization;
+use crate::quant::bnb::FourBit;
+
 pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, TrainArgs};
 pub use resolve::{StepPlan, LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
 pub use values::{
@@ -154,6 +157,30 @@ impl SftConfig {
             .join("\n")
     }
 
+    /// The config a run saved as [`TRAINING_ARGS`], read as written: it was checked when the run
+    /// started, and overrides do not apply to it.
+    pub fn read_saved(path: &Path) -> Result<SftConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    /// What `quantization_bit` (with `quantization_type` and `double_quantization`) quantizes an
+    /// unquantized base to; None without it.
+    pub fn base_quantization(&self) -> Option<BaseQuantization> {
+        let m = &self.model;
+        Some(match m.quantization_bit? {
+            8 => BaseQuantization::Q8_0,
+            _ => BaseQuantization::FourBit {
+                ty: match m.quantization_type {
+                    QuantizationType::Nf4 => FourBit::Nf4,
+                    QuantizationType::Fp4 => FourBit::Fp4,
+                },
+                double: m.double_quantization,
+            },
+        })
+    }
+
     /// Values that LLaMA-Factory's parser derives from others, made explicit so the printed
     /// config shows what the run uses.
     fn fill_derived_defaults(&mut self) {
@@ -162,6 +189,19 @@ impl SftConfig {
             self.eval.eval_steps = Some(self.output.logging_steps);
         }
     }
+}
+
+/// Hone writes a run's resolved config under this name in its output directory.
+pub const TRAINING_ARGS: &str = "training_args.yaml";
+
+/// The [`TRAINING_ARGS`] of the run an adapter directory comes from: in the directory, else in
+/// its parent (a `checkpoint-N` inside the run's output).
+pub fn find_training_args(dir: &Path) -> Option<PathBuf> {
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(TRAINING_ARGS))
+        .find(|p| p.is_file())
 }
 
 /// Every valid key, in config order: the keys a default config serializes to.

@@ -11,12 +11,11 @@ use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::kernels::bf16::{self, Kernel};
-use crate::model::quantize::{quantize_decoder_matrices, BaseQuantization};
+use crate::model::quantize::quantize_decoder_matrices;
 use crate::model::{load_stored_weights, memory, StoredWeights, Weight};
-use crate::quant::bnb::FourBit;
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
-use crate::train::config::{FinetuningType, QuantizationType, SftConfig};
+use crate::train::config::{FinetuningType, SftConfig};
 use crate::train::freeze::FreezeSelection;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
@@ -172,7 +171,7 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
                 as_stored >> 20
             )));
         }
-        let to = base_quantization(config);
+        let to = config.base_quantization().expect("quantization_bit is set");
         let (before, after) =
             quantize_decoder_matrices(&mut base.weights, to).with_context(|| {
                 format!("{}: quantization_bit: {bits}", base.source.path().display())
@@ -204,22 +203,6 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
         }
     }
     Ok(None)
-}
-
-/// What `quantization_bit` (with `quantization_type` and `double_quantization`) quantizes an
-/// unquantized base to.
-fn base_quantization(config: &SftConfig) -> BaseQuantization {
-    let m = &config.model;
-    match m.quantization_bit {
-        Some(8) => BaseQuantization::Q8_0,
-        _ => BaseQuantization::FourBit {
-            ty: match m.quantization_type {
-                QuantizationType::Nf4 => FourBit::Nf4,
-                QuantizationType::Fp4 => FourBit::Fp4,
-            },
-            double: m.double_quantization,
-        },
-    }
 }
 
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
