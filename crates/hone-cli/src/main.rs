@@ -30,6 +30,8 @@ enum Command {
     Chat(commands::chat::Args),
     /// Fine-tune a model from a LLaMA-Factory-style YAML config.
     Train(commands::train::Args),
+    /// Predict the peak memory of a `hone train` run from its config, before loading anything.
+    Plan(commands::plan::Args),
     /// Compare a base model with its adapters on the same prompts: an HTML and a Markdown report
     /// of their answers side by side, scores, perplexities and settings.
     Compare(commands::compare::Args),
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Train(a) => commands::train::run(a),
+        Command::Plan(a) => commands::plan::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Merge(a) => commands::merge::run(a),

@@ -476,3 +476,73 @@ fn bad_quantization_settings_stop_before_training() {
         assert!(!dir.path().join("out/adapter_model.safetensors").exists());
     }
 }
+
+/// `hone plan` prints the parts of the peak as a table, and as JSON with the keys the issue
+/// names (the parts add up to the peak); `hone train` prints the same plan before loading.
+#[test]
+fn plan_predicts_the_peak_as_a_table_and_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let run = hone(&["plan", arg(&config), "--json"]);
+    let plan: Value = serde_json::from_str(run.ok()).unwrap();
+    let parts = plan["parts"].as_object().unwrap();
+    for part in [
+        "weights",
+        "adapters",
+        "gradients",
+        "optimizer",
+        "activations",
+        "runtime",
+    ] {
+        assert!(parts[part].as_u64().unwrap() > 0, "{part}: {plan}");
+    }
+    let sum: u64 = parts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(plan["peak_memory_bytes"].as_u64(), Some(sum));
+    assert_eq!(plan["fits"], true);
+    assert!(plan["available_bytes"].as_u64().unwrap() > sum);
+
+    let table = hone(&["plan", arg(&config), "gradient_checkpointing=true"]);
+    let table = table.ok();
+    assert!(
+        table.contains("activations") && table.contains("one block recomputed"),
+        "{table}"
+    );
+    let train = hone(&["train", arg(&config), "max_steps=1"]);
+    assert!(
+        train.stderr.contains("memory plan:\n  weights"),
+        "{}",
+        train.stderr
+    );
+}
+
+/// A run whose plan exceeds the memory available (here an address-space limit) stops before
+/// loading the model, naming the changes that would make it fit, and writes nothing.
+#[test]
+fn a_run_that_cannot_fit_stops_before_loading_with_what_would_fit() {
+    let Some(model) = common::real_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let out = dir.path().join("refused");
+    let command = format!(
+        "ulimit -v 1500000 && exec {} train {} model_name_or_path={} output_dir={} \
+         cutoff_len=1024 per_device_train_batch_size=8",
+        env!("CARGO_BIN_EXE_hone"),
+        config.display(),
+        model.display(),
+        out.display()
+    );
+    let run = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let err = stderr.lines().last().unwrap();
+    assert!(
+        err.starts_with("error: memory plan: the run needs") && err.contains("it would"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

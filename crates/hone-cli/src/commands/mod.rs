@@ -7,6 +7,7 @@ pub mod export;
 pub mod generate;
 pub mod info;
 pub mod merge;
+pub mod plan;
 pub mod train;
 
 use std::path::PathBuf;

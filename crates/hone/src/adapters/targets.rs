@@ -70,7 +70,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patterns<T> {
 }
 
 /// Linear layers of a Llama block: what `all-linear` selects (PEFT excludes the output head).
-const BLOCK_LINEARS: [&str; 7] = [
+pub const BLOCK_LINEARS: [&str; 7] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",

@@ -2,6 +2,8 @@
 //! is read: an allocation that fails half-way aborts the process (Rust's allocator cannot report
 //! it), and without a limit the kernel's OOM killer ends it instead — both with no useful message.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 
 use super::load::Precision;
@@ -58,11 +60,7 @@ fn weight_bytes(source: &ModelSource, precision: Precision) -> Result<u64> {
             let mut total = 0;
             for path in safetensors::checkpoint_files(dir)? {
                 for t in safetensors::map_file(&path)?.1 {
-                    let ty = match t.dtype {
-                        candle_core::DType::F16 => GgmlType::F16,
-                        candle_core::DType::BF16 => GgmlType::BF16,
-                        _ => GgmlType::F32,
-                    };
+                    let ty = held_type(t.dtype);
                     let elements = t.shape.iter().product::<usize>() as u64;
                     total += stored(ty, t.shape.len(), elements, t.range.len() as u64);
                 }
@@ -70,6 +68,39 @@ fn weight_bytes(source: &ModelSource, precision: Precision) -> Result<u64> {
             total
         }
     })
+}
+
+/// Each tensor's stored type and size in bytes, by HF name, read from the file's tensor table
+/// (no weight is read). Tensors Hone does not use are left out.
+pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType, u64)>> {
+    let mut out = HashMap::new();
+    match source {
+        ModelSource::Gguf(path) => {
+            for t in GgufFile::open(path)?.tensors {
+                if let Some(name) = super::weights::hf_name(&t.name) {
+                    out.insert(name, (t.ggml_type, t.n_bytes));
+                }
+            }
+        }
+        ModelSource::HfDir(dir) => {
+            for path in safetensors::checkpoint_files(dir)? {
+                for t in safetensors::map_file(&path)?.1 {
+                    let ty = held_type(t.dtype);
+                    out.insert(t.name, (ty, t.range.len() as u64));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The type a safetensors tensor is held in: f16 and bf16 as stored, anything else as f32.
+fn held_type(dtype: candle_core::DType) -> GgmlType {
+    match dtype {
+        candle_core::DType::F16 => GgmlType::F16,
+        candle_core::DType::BF16 => GgmlType::BF16,
+        _ => GgmlType::F32,
+    }
 }
 
 /// Memory this process can still take: the least of the system's available memory, the cgroup's

@@ -11,6 +11,7 @@ pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod plan;
 pub mod precision;
 pub mod schedule;
 pub mod sft;

@@ -8,6 +8,7 @@
 //! `trainer_log.jsonl`).
 
 mod output;
+pub mod plan;
 mod setup;
 mod state;
 
@@ -21,6 +22,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 pub use state::Progress;
 
 use crate::data::{collate, flatten, Batch, Row};
+use crate::model;
 use crate::train::checkpoint::{
     self, append_trainer_log, prepare_output_dir, round2, LogHistoryEntry, Retention,
     TrainerLogRecord, TrainerState,
@@ -73,12 +75,8 @@ pub struct Summary {
 
 /// Runs the whole recipe for `config`.
 pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) -> Result<Summary> {
-    let output_dir = prepare_output_dir(config)?;
-    let mut base = setup::load_base(config)?;
-    if let Some(note) = setup::choose_base_storage(config, &mut base)? {
-        on(Event::Note(&note));
-    }
-    let tokenizer = base.tokenizer.clone();
+    // The data and the memory plan come before any weight: a run that cannot fit stops here.
+    let (source, model_config, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
     let (template, note) = setup::chat_template(config, &tokenizer)?;
     if let Some(note) = note {
         on(Event::Note(&note));
@@ -86,6 +84,22 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     let rows = setup::load_rows(config, &tokenizer, &template)?;
     if !rows.skipped.is_empty() {
         on(Event::Note(&format!("skipped rows: {}", rows.skipped)));
+    }
+    let memory = plan::plan_with_rows(config, &source, &model_config, &rows)?;
+    on(Event::Note(&format!("memory plan:\n{}", memory.table())));
+    if !memory.fits() {
+        bail!(plan::refusal(
+            config,
+            &source,
+            &model_config,
+            &rows,
+            &memory
+        )?);
+    }
+    let output_dir = prepare_output_dir(config)?;
+    let mut base = setup::load_base(config)?;
+    if let Some(note) = setup::choose_base_storage(config, &mut base)? {
+        on(Event::Note(&note));
     }
     let (mut model, adapter) = setup::build_model(config, base)?;
     on(Event::Note(&setup::precision_note(config)));
@@ -437,7 +451,7 @@ fn new_trainer_state(config: &SftConfig, plan: &crate::train::config::StepPlan) 
 
 /// The row order of `epoch`: a permutation drawn from the seed and the epoch alone, so a resumed
 /// run sees the same order.
-fn epoch_order(rows: usize, seed: u64, epoch: u64) -> Vec<usize> {
+pub(super) fn epoch_order(rows: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows).collect();
     order.shuffle(&mut StdRng::seed_from_u64(dropout::stream(seed, epoch)));
     order

@@ -187,8 +187,8 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
     if as_f32 == as_stored || mixed_precision(config) {
         return Ok(None);
     }
-    let fits = memory::available_bytes().is_none_or(|a| (as_f32 - as_stored) as u64 * 2 < a);
-    if !fits {
+    let expansion = f32_expansion(stored().map(|m| (m.ggml_type(), m.n_bytes() as u64)));
+    if !expansion_fits(expansion, memory::available_bytes()) {
         return Ok(Some(format!(
             "the base as f32 would take {} MiB more than as stored, which does not fit: the frozen \
              matrices stay in their stored type ({} MiB), as with quantization_bit",
@@ -203,6 +203,22 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
         }
     }
     Ok(None)
+}
+
+/// Bytes that matrices stored in other types than f32 take as stored, and would take as f32.
+pub(super) fn f32_expansion(tensors: impl Iterator<Item = (GgmlType, u64)>) -> (u64, u64) {
+    tensors
+        .filter(|&(ty, _)| ty != GgmlType::F32)
+        .fold((0, 0), |(f32, stored), (ty, bytes)| {
+            let elements = bytes / ty.type_size() as u64 * ty.block_size() as u64;
+            (f32 + 4 * elements, stored + bytes)
+        })
+}
+
+/// Whether expanding matrices to f32 (`f32_expansion`) leaves room, with a 2× margin, in the
+/// memory `available`.
+pub(super) fn expansion_fits((as_f32, as_stored): (u64, u64), available: Option<u64>) -> bool {
+    available.is_none_or(|a| (as_f32 - as_stored) * 2 < a)
 }
 
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).

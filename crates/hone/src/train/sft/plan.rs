@@ -1,0 +1,247 @@
+//! The memory plan of an SFT run, made before any weight is loaded: the run's shape from its
+//! config (how the base is held, what trains, precision, recomputation), the model file's tensor
+//! table, and the largest micro-batch the run will actually see (its batches are deterministic:
+//! the same shuffled order the training loop walks).
+
+use anyhow::Result;
+
+use super::setup::{self, Rows};
+use crate::adapters::read_adapter;
+use crate::adapters::targets::ModuleMatcher;
+use crate::data::Row;
+use crate::io::source::ModelSource;
+use crate::model::{self, memory, quantize, ModelConfig};
+use crate::train::config::{CommaList, FinetuningType, SftConfig};
+use crate::train::freeze::FreezeSelection;
+use crate::train::plan::{self, BaseStorage, MemoryPlan, RunShape};
+
+/// The plan of `config`'s run: reads the model's config, tensor table and tokenizer, and the
+/// dataset.
+pub fn memory_plan(config: &SftConfig) -> Result<MemoryPlan> {
+    let (source, model, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
+    let (template, _) = setup::chat_template(config, &tokenizer)?;
+    let rows = setup::load_rows(config, &tokenizer, &template)?;
+    plan_with_rows(config, &source, &model, &rows)
+}
+
+/// The plan of `config`'s run on a model and rows already read.
+pub(super) fn plan_with_rows(
+    config: &SftConfig,
+    source: &ModelSource,
+    model: &ModelConfig,
+    rows: &Rows,
+) -> Result<MemoryPlan> {
+    let stored = memory::stored_tensors(source)?;
+    let available = memory::available_bytes();
+    let m = &config.method;
+    let freeze = match m.finetuning_type {
+        FinetuningType::Freeze => Some(FreezeSelection::new(
+            model.num_hidden_layers,
+            m.freeze_trainable_layers,
+            m.freeze_trainable_modules.items(),
+            &m.freeze_extra_modules
+                .as_ref()
+                .map(|e| e.items().to_vec())
+                .unwrap_or_default(),
+        )?),
+        _ => None,
+    };
+    let base_trains = |name: &str| match m.finetuning_type {
+        FinetuningType::Full => true,
+        FinetuningType::Freeze => freeze.as_ref().is_some_and(|f| f.trains(name)),
+        FinetuningType::Lora => false,
+    };
+    let lora = lora_matcher(config)?;
+    let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
+    let shape = RunShape {
+        model,
+        stored: &stored,
+        base_trains: &base_trains,
+        lora: lora.as_ref(),
+        keeps_originals: m.finetuning_type != FinetuningType::Lora,
+        keeps_quantized: config.model.quantization_bit.is_some(),
+        storage: base_storage(config, source, &stored, available)?,
+        bf16: setup::mixed_precision(config),
+        recompute: config.train.gradient_checkpointing,
+        batch_tokens,
+        eval_tokens,
+    };
+    Ok(plan::plan(&shape, available))
+}
+
+/// Why the run cannot start, in one line: the plan's peak against the memory available, and
+/// the single changes that would make it fit (each planned the same way), else all of them
+/// together.
+pub(super) fn refusal(
+    config: &SftConfig,
+    source: &ModelSource,
+    model: &ModelConfig,
+    rows: &Rows,
+    plan: &MemoryPlan,
+) -> Result<String> {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let available = plan.available_bytes.unwrap_or(0);
+    let mut fitting = Vec::new();
+    let mut combined = config.clone();
+    let changes = changes(config);
+    for (change, apply) in &changes {
+        let mut changed = config.clone();
+        apply(&mut changed);
+        apply(&mut combined);
+        let peak = plan_with_rows(&changed, source, model, rows)?.peak_bytes();
+        if peak <= available {
+            fitting.push(format!("{change} ({})", gib(peak)));
+        }
+    }
+    let advice = if fitting.is_empty() {
+        let peak = plan_with_rows(&combined, source, model, rows)?.peak_bytes();
+        let all: Vec<&str> = changes.iter().map(|(c, _)| c.as_str()).collect();
+        format!(
+            "even with all of {} it would need {}; use a smaller model or a shorter cutoff_len",
+            all.join("; "),
+            gib(peak)
+        )
+    } else {
+        format!("it would fit with {}", fitting.join(", or "))
+    };
+    Ok(format!(
+        "memory plan: the run needs {} at its peak and {} is available (`hone plan` shows the \
+         parts); {advice}",
+        gib(plan.peak_bytes()),
+        gib(available)
+    ))
+}
+
+type Change = (String, Box<dyn Fn(&mut SftConfig)>);
+
+/// Config changes that lower the peak, each with how a user writes it; only those that change
+/// something in `config`.
+fn changes(config: &SftConfig) -> Vec<Change> {
+    let t = &config.train;
+    let lora = config.method.finetuning_type == FinetuningType::Lora;
+    let mut out: Vec<Change> = Vec::new();
+    if t.per_device_train_batch_size > 1 {
+        let (batch, accumulation) = (
+            t.per_device_train_batch_size / 2,
+            t.gradient_accumulation_steps * 2,
+        );
+        out.push((
+            format!(
+                "per_device_train_batch_size: {batch}, gradient_accumulation_steps: {accumulation}"
+            ),
+            Box::new(move |c| {
+                c.train.per_device_train_batch_size = batch;
+                c.train.gradient_accumulation_steps = accumulation;
+            }),
+        ));
+    }
+    if !lora {
+        out.push((
+            "finetuning_type: lora".into(),
+            Box::new(|c| c.method.finetuning_type = FinetuningType::Lora),
+        ));
+    }
+    if !t.gradient_checkpointing {
+        out.push((
+            "gradient_checkpointing: true".into(),
+            Box::new(|c| c.train.gradient_checkpointing = true),
+        ));
+    }
+    if !setup::mixed_precision(config) {
+        out.push(("bf16: true".into(), Box::new(|c| c.train.bf16 = true)));
+    }
+    if lora && config.model.quantization_bit.is_none() {
+        out.push((
+            "quantization_bit: 4".into(),
+            Box::new(|c| c.model.quantization_bit = Some(4)),
+        ));
+    }
+    let qv = ["q_proj", "v_proj"].map(String::from).to_vec();
+    if lora && config.model.adapter_name_or_path.is_none() && config.method.lora_target.0 != qv {
+        out.push((
+            "lora_target: q_proj,v_proj".into(),
+            Box::new(move |c| c.method.lora_target = CommaList(qv.clone())),
+        ));
+    }
+    out
+}
+
+/// The LoRA targets: the starting adapter's, else the config's.
+fn lora_matcher(config: &SftConfig) -> Result<Option<ModuleMatcher>> {
+    let adapter = match &config.model.adapter_name_or_path {
+        Some(dir) => Some(read_adapter(std::path::Path::new(dir))?.config),
+        None => setup::adapter_config(config),
+    };
+    adapter.map(|a| ModuleMatcher::new(&a)).transpose()
+}
+
+/// How `choose_base_storage` will hold the base, decided from the tensor table alone.
+fn base_storage(
+    config: &SftConfig,
+    source: &ModelSource,
+    stored: &std::collections::HashMap<String, (crate::quant::GgmlType, u64)>,
+    available: Option<u64>,
+) -> Result<BaseStorage> {
+    if let Some(to) = config.base_quantization() {
+        return Ok(if quantize::is_quantized(source)? {
+            BaseStorage::AsStored
+        } else {
+            BaseStorage::Quantized(to)
+        });
+    }
+    if setup::mixed_precision(config) {
+        return Ok(BaseStorage::AsStored);
+    }
+    let expansion = setup::f32_expansion(stored.values().copied());
+    Ok(if setup::expansion_fits(expansion, available) {
+        BaseStorage::F32
+    } else {
+        BaseStorage::AsStored
+    })
+}
+
+/// Tokens of the largest training micro-batch among the steps the run takes, and of the largest
+/// evaluation batch (0 when the run does not evaluate).
+fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
+    let t = &config.train;
+    let padded = t.neftune_noise_alpha.is_some();
+    let tokens = |batch: &[&Row]| {
+        if padded {
+            batch.len() * batch.iter().map(|r| r.len()).max().unwrap_or(0)
+        } else {
+            batch.iter().map(|r| r.len()).sum()
+        }
+    };
+    let plan = config.step_plan(rows.train.len())?;
+    let (batch_size, accumulation) = (
+        t.per_device_train_batch_size as usize,
+        t.gradient_accumulation_steps as usize,
+    );
+    let mut largest = 0;
+    let mut steps = 0;
+    'epochs: for epoch in 0..plan.epochs {
+        let order = super::epoch_order(rows.train.len(), t.seed, epoch);
+        for window in order.chunks(batch_size * accumulation) {
+            if steps == plan.total_steps {
+                break 'epochs;
+            }
+            for batch in window.chunks(batch_size) {
+                let batch: Vec<&Row> = batch.iter().map(|&i| &rows.train[i]).collect();
+                largest = largest.max(tokens(&batch));
+            }
+            steps += 1;
+        }
+    }
+    let eval_batch = config.eval.per_device_eval_batch_size as usize;
+    let evaluates = config.eval_interval(plan.total_steps).is_some();
+    let eval = if evaluates {
+        rows.val
+            .chunks(eval_batch.max(1))
+            .map(|b| b.iter().map(Row::len).sum())
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    Ok((largest, eval))
+}
