@@ -104,6 +104,18 @@ impl StoredMatrix {
         })
     }
 
+    /// The same matrix with its bytes copied out of any memory map into an owned buffer, so the
+    /// map (and every page of the file read through it) can be released.
+    pub fn into_owned(self) -> Self {
+        let bytes = match self.bytes {
+            WeightBytes::Mapped { .. } => {
+                WeightBytes::Owned(Arc::new(self.bytes.as_slice().to_vec()))
+            }
+            owned => owned,
+        };
+        StoredMatrix { bytes, ..self }
+    }
+
     /// The same matrix with its rows read in `order` (row `r` is stored row `order[r]`).
     pub fn with_row_order(mut self, order: Vec<u32>) -> Self {
         assert_eq!(order.len(), self.rows, "one index per row");

@@ -4,7 +4,7 @@
 //! the LM head, norms and biases stay as loaded.
 //!
 //! One matrix at a time is widened to f32 and quantized, so the peak is the quantized base plus
-//! one f32 matrix, never the f32 model.
+//! one f32 matrix and the file's pages, never the f32 model; the file's map is released after.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,6 +107,13 @@ pub fn quantize_decoder_matrices(
         let matrix = StoredMatrix::new(ty, rows, cols, WeightBytes::Owned(Arc::new(quantized)))
             .with_context(|| format!("{name}: quantizing to {}", ty.name()))?;
         *weight = Weight::Stored(matrix);
+    }
+    // Every page of the file was read; what stays as stored (the embedding, the head) is copied
+    // out so the map, and those pages, are released.
+    for weight in weights.values_mut() {
+        if let Weight::Stored(m) = weight {
+            *m = m.clone().into_owned();
+        }
     }
     Ok((before, after))
 }

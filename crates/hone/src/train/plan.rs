@@ -288,12 +288,8 @@ fn weights(run: &RunShape) -> Weights {
 /// Whether a frozen matrix is used in place from the file's memory map: kept as stored, in a
 /// type other than f32 (f32 tensors are copied out).
 fn is_mapped(run: &RunShape, name: &str) -> bool {
-    let as_stored = match run.storage {
-        BaseStorage::F32 => false,
-        BaseStorage::AsStored => true,
-        BaseStorage::Quantized(_) => !is_decoder_linear(name),
-    };
-    as_stored
+    // Quantizing at load copies what stays as stored out of the map (`model::quantize`).
+    run.storage == BaseStorage::AsStored
         && run
             .stored
             .get(name)
