@@ -161,7 +161,14 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
             format!("{layers} blocks × {tokens} tokens × {per_token} floats"),
         )
     };
-    let scratch = scratch_bytes(run);
+    // With recomputation each block's forward runs again just before its backward, and the
+    // allocator keeps both sets of buffers (measured on a 1B shape at 2048 and 4096 tokens).
+    let scratch = scratch_bytes(run)
+        + if run.recompute {
+            forward_scratch_bytes(run)
+        } else {
+            0
+        };
     let mut parts = vec![
         Part {
             name: "weights",
@@ -355,6 +362,18 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
             .sum()
     });
     fixed as u64 + lora
+}
+
+/// A block forward's transient buffers: the fused q|k|v output and its split copies, both
+/// norms' outputs, the attention projection's output, and the MLP's gate, up and product.
+fn forward_scratch_bytes(run: &RunShape) -> u64 {
+    let m = run.model;
+    let (q, kv) = (
+        m.num_attention_heads * m.head_dim,
+        m.num_key_value_heads * m.head_dim,
+    );
+    let floats = 4 * m.intermediate_size + 3 * m.hidden_size + q + 2 * kv;
+    4 * run.batch_tokens as u64 * floats as u64
 }
 
 /// The largest transient set: one block's backward (the SwiGLU gradient's three MLP-wide
