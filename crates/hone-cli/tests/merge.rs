@@ -139,7 +139,8 @@ fn a_write_failing_midway_leaves_no_directory() {
 /// An adapter trained with `quantization_bit: 4` on an unquantized base (tiny llama-64, whose
 /// widths are whole 64-value blocks) merges into that base quantized to NF4 as in training and
 /// dequantized, with a note and in f32: a matrix the adapter does not touch comes out as exactly
-/// bitsandbytes' round trip of the original. `--dtype bf16` is refused and writes nothing.
+/// bitsandbytes' round trip of the original (`hone export` is checked in train.rs, on a model
+/// whose tokenizer GGUF can hold). `--dtype bf16` is refused and writes nothing.
 #[test]
 fn an_adapter_trained_on_a_quantized_base_merges_into_the_dequantized_base() {
     let tmp = tempfile::tempdir().unwrap();

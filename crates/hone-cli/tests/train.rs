@@ -8,6 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{arg, fixture, hone};
+use hone::io::gguf::GgufFile;
+use hone::quant::bnb::{self, FourBit};
 use serde_json::Value;
 
 const ROWS: &[(&str, &str)] = &[
@@ -337,14 +339,17 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
 
 /// Trains `setup`'s config for 3 steps of LoRA q,v on `model` once per `(name, override)`, each
 /// into its own output directory; returns each run's log and per-step losses.
-fn train_variants(model: &Path, variants: &[(&str, Option<&str>)]) -> Vec<(String, Vec<f64>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
+fn train_variants(
+    dir: &Path,
+    model: &Path,
+    variants: &[(&str, Option<&str>)],
+) -> Vec<(String, Vec<f64>)> {
+    let config = setup(dir);
     let model = format!("model_name_or_path={}", model.display());
     let common = [model.as_str(), "max_steps=3", "lora_target=q_proj,v_proj"];
     let mut runs = Vec::new();
     for (name, extra) in variants {
-        let out_dir = dir.path().join(name);
+        let out_dir = dir.join(name);
         let out = format!("output_dir={}", out_dir.display());
         let mut args = vec!["train", arg(&config), out.as_str()];
         args.extend(common);
@@ -372,7 +377,8 @@ fn quantization_bit_and_bf16_train_with_the_f32_runs_losses() {
         ("qlora", Some("quantization_bit=4")),
         ("bf16", Some("bf16=true")),
     ];
-    let runs = train_variants(&model, &variants);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = train_variants(dir.path(), &model, &variants);
     for ((name, _), (log, _)) in variants.iter().zip(&runs) {
         let stored_note = log.contains("trained on as stored");
         assert_eq!(stored_note, *name == "qlora", "{name}: {log}");
@@ -417,7 +423,7 @@ fn quantization_bit_quantizes_a_16_bit_base_at_load() {
         ("nf4", Some("quantization_bit=4")),
         ("q8_0", Some("quantization_bit=8")),
     ];
-    let runs = train_variants(&bf16, &variants);
+    let runs = train_variants(dir.path(), &bf16, &variants);
     let notes = [
         "quantized to NF4 (double quantization)",
         "quantized to Q8_0",
@@ -430,6 +436,37 @@ fn quantization_bit_quantizes_a_16_bit_base_at_load() {
             "{base} vs {losses:?}"
         );
     }
+
+    // Exported with its adapter, the model has the base quantized as in training: a matrix the
+    // adapter (q, v) leaves alone is bitsandbytes' NF4 round trip of the BF16 base's.
+    let merged = dir.path().join("merged.gguf");
+    let nf4_run = dir.path().join("nf4");
+    let args = ["export", "--model", arg(&bf16), "--adapter", arg(&nf4_run)];
+    let export = hone(&[&args[..], &["--out", arg(&merged), "--quant", "f32"]].concat());
+    assert_eq!(export.code, Some(0), "{}", export.stderr);
+    assert!(
+        export.stderr.contains("quantized to NF4"),
+        "{}",
+        export.stderr
+    );
+    let name = "blk.3.attn_output.weight";
+    let base = gguf_tensor_f32(&bf16, name);
+    let want = bnb::quantize(&base, FourBit::Nf4, true).dequantize(FourBit::Nf4);
+    let got = gguf_tensor_f32(&merged, name);
+    assert!(got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+/// A GGUF tensor's values as f32, in the file's order.
+fn gguf_tensor_f32(path: &Path, name: &str) -> Vec<f32> {
+    let file = GgufFile::open(path).unwrap();
+    let info = file.tensors.iter().find(|t| t.name == name).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let data = &bytes[info.offset as usize..][..info.n_bytes as usize];
+    let n = info.dims.iter().product::<u64>() as usize;
+    hone::quant::dequantize(info.ggml_type, data, n).unwrap()
 }
 
 #[test]

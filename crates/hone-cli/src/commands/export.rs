@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use hone::export::gguf::{self, GgufQuant};
+use hone::train::config::trained_quantization;
+
+use super::merge::load_as_trained;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -53,13 +56,24 @@ pub fn run(args: Args) -> Result<()> {
         if args.modelfile {
             hone::io::atomic::refuse_existing(&gguf::modelfile_path(&args.out), args.force)?;
         }
-        let report = gguf::export_model(
-            &args.model,
-            args.adapter.as_deref(),
-            &args.out,
-            quant,
-            args.force,
-        )?;
+        let trained_on = match &args.adapter {
+            Some(dir) => trained_quantization(dir)?.map(|q| (dir, q)),
+            None => None,
+        };
+        let report = match trained_on {
+            Some((dir, (training_args, to))) => {
+                hone::io::atomic::refuse_existing(&args.out, args.force)?;
+                let parts = load_as_trained(&args.model, dir, &training_args, to)?;
+                gguf::export_loaded(&parts, &args.out, quant, args.force)?
+            }
+            None => gguf::export_model(
+                &args.model,
+                args.adapter.as_deref(),
+                &args.out,
+                quant,
+                args.force,
+            )?,
+        };
         if args.modelfile {
             let tokenizer = hone::model::inspect(&report.path.display().to_string())?.2;
             let path = gguf::write_modelfile(&report.path, &tokenizer)?;

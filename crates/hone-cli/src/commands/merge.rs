@@ -10,7 +10,7 @@ use hone::export::{
 };
 use hone::model::quantize::BaseQuantization;
 use hone::model::LoadedWeights;
-use hone::train::config::{find_training_args, SftConfig};
+use hone::train::config::trained_quantization;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,17 +73,6 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The quantization the adapter's run trained on (`quantization_bit` in its saved
-/// `training_args.yaml`), with that file's path.
-fn trained_quantization(adapter: &Path) -> Result<Option<(PathBuf, BaseQuantization)>> {
-    let Some(path) = find_training_args(adapter) else {
-        return Ok(None);
-    };
-    Ok(SftConfig::read_saved(&path)?
-        .base_quantization()
-        .map(|q| (path, q)))
-}
-
 /// The base as the adapter's QLoRA run saw it (quantized to `to` at load, or a quantized GGUF),
 /// dequantized to f32, with the adapter merged; written in f32, since 16 bits would round the
 /// dequantized values a second time.
@@ -109,17 +98,30 @@ fn load_quantized(
              export a GGUF (hone export) to quantize the merged model once"
         );
     }
-    let (loaded, rounded) =
-        hone::model::load_weights_quantized(&args.model, &args.adapter, to, &Device::Cpu)?;
+    let loaded = load_as_trained(&args.model, &args.adapter, training_args, to)?;
+    Ok((loaded, SaveDtype::F32))
+}
+
+/// The base as the adapter's QLoRA run saw it, dequantized to f32, with the adapter merged, and a
+/// note saying so.
+pub fn load_as_trained(
+    model: &str,
+    adapter: &Path,
+    training_args: &Path,
+    to: BaseQuantization,
+) -> Result<LoadedWeights> {
+    let (loaded, rounded) = hone::model::load_weights_quantized(model, adapter, to, &Device::Cpu)?;
     let base = if rounded {
         format!("the base quantized to {} as in training", to.describe())
     } else {
         "the quantized base".to_owned()
     };
     eprintln!(
-        "note: {origin}: merging into {base}, dequantized to f32 — the weights it was trained \
-         against. Merging into the original unquantized weights, as is often expected, gives \
-         slightly different weights."
+        "note: {} was trained on a quantized base (quantization_bit in {}): merging into {base}, \
+         dequantized to f32 — the weights it was trained against. Merging into the original \
+         unquantized weights, as is often expected, gives slightly different weights.",
+        adapter.display(),
+        training_args.display()
     );
-    Ok((loaded, SaveDtype::F32))
+    Ok(loaded)
 }

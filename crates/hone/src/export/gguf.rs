@@ -47,7 +47,18 @@ pub fn export_model(
 ) -> Result<ExportReport> {
     refuse_existing(out, force)?;
     let parts = load_weights(spec, adapter, &Device::Cpu)?;
-    let gguf = gguf_writer(&parts, quant)
+    export_loaded(&parts, out, quant, force)
+}
+
+/// [`export_model`] of weights already loaded (with any adapter merged).
+pub fn export_loaded(
+    parts: &LoadedWeights,
+    out: &Path,
+    quant: GgufQuant,
+    force: bool,
+) -> Result<ExportReport> {
+    refuse_existing(out, force)?;
+    let gguf = gguf_writer(parts, quant)
         .with_context(|| format!("{}: cannot export", parts.source.path().display()))?;
     gguf.write(out)?;
     written_report(out)

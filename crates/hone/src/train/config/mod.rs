@@ -204,6 +204,17 @@ pub fn find_training_args(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The quantization the run of an adapter directory trained on (`quantization_bit` in its
+/// [`TRAINING_ARGS`]), with that file's path; None for other adapters.
+pub fn trained_quantization(adapter: &Path) -> Result<Option<(PathBuf, BaseQuantization)>> {
+    let Some(path) = find_training_args(adapter) else {
+        return Ok(None);
+    };
+    Ok(SftConfig::read_saved(&path)?
+        .base_quantization()
+        .map(|q| (path, q)))
+}
+
 /// Every valid key, in config order: the keys a default config serializes to.
 fn known_keys() -> Vec<String> {
     match serde_yaml_ng::to_value(SftConfig::default()) {
