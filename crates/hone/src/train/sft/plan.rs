@@ -12,7 +12,6 @@ use crate::data::Row;
 use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
 use crate::train::config::{CommaList, FinetuningType, SftConfig};
-use crate::train::freeze::FreezeSelection;
 use crate::train::plan::{self, BaseStorage, MemoryPlan, RunShape};
 
 /// The plan of `config`'s run: reads the model's config, tensor table and tokenizer, and the
@@ -35,15 +34,7 @@ pub(super) fn plan_with_rows(
     let available = memory::available_bytes();
     let m = &config.method;
     let freeze = match m.finetuning_type {
-        FinetuningType::Freeze => Some(FreezeSelection::new(
-            model.num_hidden_layers,
-            m.freeze_trainable_layers,
-            m.freeze_trainable_modules.items(),
-            &m.freeze_extra_modules
-                .as_ref()
-                .map(|e| e.items().to_vec())
-                .unwrap_or_default(),
-        )?),
+        FinetuningType::Freeze => Some(setup::freeze_selection(config, model.num_hidden_layers)?),
         _ => None,
     };
     let base_trains = |name: &str| match m.finetuning_type {

@@ -221,6 +221,22 @@ pub(super) fn expansion_fits((as_f32, as_stored): (u64, u64), available: Option<
     available.is_none_or(|a| (as_f32 - as_stored) * 2 < a)
 }
 
+/// The tensors a freeze run trains in a model of `layers` decoder layers.
+pub(super) fn freeze_selection(config: &SftConfig, layers: usize) -> Result<FreezeSelection> {
+    let m = &config.method;
+    let extra = m
+        .freeze_extra_modules
+        .as_ref()
+        .map(|e| e.items().to_vec())
+        .unwrap_or_default();
+    FreezeSelection::new(
+        layers,
+        m.freeze_trainable_layers,
+        m.freeze_trainable_modules.items(),
+        &extra,
+    )
+}
+
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
 pub fn adapter_config(config: &SftConfig) -> Option<AdapterConfig> {
     let m = &config.method;
@@ -298,17 +314,7 @@ fn build_base_model(
             ))
         }
         FinetuningType::Freeze => {
-            let extra = m
-                .freeze_extra_modules
-                .as_ref()
-                .map(|e| e.items().to_vec())
-                .unwrap_or_default();
-            let selection = FreezeSelection::new(
-                base.config.num_hidden_layers,
-                m.freeze_trainable_layers,
-                m.freeze_trainable_modules.items(),
-                &extra,
-            )?;
+            let selection = freeze_selection(config, base.config.num_hidden_layers)?;
             let trains = |name: &str| selection.trains(name);
             let spec = TrainableSpec {
                 base: &trains,
