@@ -67,6 +67,17 @@ impl Matrix {
         }
     }
 
+    /// The same matrix with stored bytes copied out of any memory map (see
+    /// [`StoredMatrix::into_owned`]).
+    pub fn into_owned(self) -> Matrix {
+        match self {
+            Matrix::Stored(parts) => {
+                Matrix::Stored(parts.into_iter().map(StoredMatrix::into_owned).collect())
+            }
+            other => other,
+        }
+    }
+
     /// The matrix as bf16 for mixed precision (values rounded to nearest even), converted in
     /// parallel bands of rows, so no f32 copy of a stored matrix is made.
     pub fn to_bf16(&self) -> Matrix {

@@ -295,8 +295,14 @@ fn weights(run: &RunShape) -> Weights {
 /// Whether a frozen matrix is used in place from the file's memory map: kept as stored, in a
 /// type other than f32 (f32 tensors are copied out).
 fn is_mapped(run: &RunShape, name: &str) -> bool {
-    // Quantizing at load copies what stays as stored out of the map (`model::quantize`).
+    // Quantizing at load copies what stays as stored out of the map (`model::quantize`), and so
+    // does a bf16 LoRA run with its embedding (`train::precision`).
+    let copied_out = run.bf16
+        && !run.keeps_originals
+        && !run.keeps_quantized
+        && name == "model.embed_tokens.weight";
     run.storage == BaseStorage::AsStored
+        && !copied_out
         && run
             .stored
             .get(name)

@@ -40,6 +40,13 @@ impl TrainModel {
             }
             None => {}
         }
+        // A LoRA run on a converted base now reads the file only through the embedding's
+        // lookups: copied out, the file's map and every page read through it are released.
+        if !keep_originals && !keep_quantized {
+            let embedding =
+                std::mem::replace(&mut self.embed_tokens.matrix, Matrix::Stored(vec![]));
+            self.embed_tokens.matrix = embedding.into_owned();
+        }
     }
 
     /// Makes the bf16 copies of the matrices that train again from their updated f32 values.
