@@ -272,6 +272,14 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Widths of the query projection and of each key/value projection (heads × head dimension).
+    pub fn attention_widths(&self) -> (usize, usize) {
+        (
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        )
+    }
+
     /// Number of parameters, counting a tied LM head once.
     pub fn parameter_count(&self) -> u64 {
         let (h, i, v) = (
@@ -279,8 +287,8 @@ impl ModelConfig {
             self.intermediate_size as u64,
             self.vocab_size as u64,
         );
-        let q = (self.num_attention_heads * self.head_dim) as u64;
-        let kv = (self.num_key_value_heads * self.head_dim) as u64;
+        let (q, kv) = self.attention_widths();
+        let (q, kv) = (q as u64, kv as u64);
         let mut attn = h * q + 2 * h * kv + q * h;
         if self.attention_bias {
             attn += q + 2 * kv;

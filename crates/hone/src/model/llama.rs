@@ -78,8 +78,7 @@ impl Llama {
     ) -> Result<Self> {
         let mut parts = Parts { weights, adapter };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let q_dim = cfg.num_attention_heads * cfg.head_dim;
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let (q_dim, kv_dim) = cfg.attention_widths();
         let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {

@@ -143,7 +143,7 @@ pub fn load_weights_quantized(
 ) -> Result<(LoadedWeights, bool)> {
     let mut rounded = false;
     let loaded = load_weights_with(spec, Some(adapter), device, |source, weights| {
-        if !quantize::is_quantized(source)? {
+        if !quantize::is_quantized(&memory::stored_tensors(source)?) {
             quantize::round_trip_decoder_matrices(weights, trained_on)?;
             rounded = true;
         }

@@ -13,8 +13,6 @@ use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 
 use super::linear::Weight;
-use crate::io::gguf::GgufFile;
-use crate::io::source::ModelSource;
 use crate::kernels::stored::{StoredMatrix, WeightBytes};
 use crate::quant::bnb::{self, FourBit};
 use crate::quant::{self, GgmlType};
@@ -136,16 +134,11 @@ pub fn round_trip_decoder_matrices(
     Ok(())
 }
 
-/// Whether a model file's decoder matrices are quantized (a quantized GGUF), so that
-/// `quantization_bit` trains on them as stored rather than quantizing them.
-pub fn is_quantized(source: &ModelSource) -> Result<bool> {
-    Ok(match source {
-        ModelSource::HfDir(_) => false,
-        ModelSource::Gguf(path) => GgufFile::open(path)?.tensors.iter().any(|t| {
-            t.dims.len() == 2
-                && !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
-        }),
-    })
+/// Whether a model file's tensor table ([`super::memory::stored_tensors`]) holds quantized matrices (a
+/// quantized GGUF), so that `quantization_bit` trains on them as stored rather than quantizing
+/// them.
+pub fn is_quantized(stored: &HashMap<String, (GgmlType, u64)>) -> bool {
+    stored.values().any(|(ty, _)| ty.is_quantized())
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use super::config::ModelConfig;
 /// A tied LM head is the embedding matrix and is not listed separately, as transformers saves it.
 pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let q_dim = cfg.num_attention_heads * cfg.head_dim;
-    let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+    let (q_dim, kv_dim) = cfg.attention_widths();
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");

@@ -60,11 +60,12 @@ const FP4_RAW: [f32; 16] = [
 
 impl FourBit {
     /// The 16 codes in [-1, 1], indexed by the stored nibble.
-    pub fn codes(self) -> [f32; 16] {
+    pub fn codes(self) -> &'static [f32; 16] {
+        static FP4: OnceLock<[f32; 16]> = OnceLock::new();
         match self {
-            FourBit::Nf4 => NF4,
+            FourBit::Nf4 => &NF4,
             // bitsandbytes divides by the largest magnitude, in f32.
-            FourBit::Fp4 => FP4_RAW.map(|v| v / 12.0),
+            FourBit::Fp4 => FP4.get_or_init(|| FP4_RAW.map(|v| v / 12.0)),
         }
     }
 
@@ -365,7 +366,7 @@ impl Quantized {
         out.par_chunks_mut(BLOCK)
             .zip(self.packed.par_chunks(BLOCK / 2))
             .zip(absmax)
-            .for_each(|((out, packed), absmax)| decode(&codes, absmax, packed, out));
+            .for_each(|((out, packed), absmax)| decode(codes, absmax, packed, out));
         out
     }
 
@@ -390,13 +391,12 @@ fn decode(codes: &[f32; 16], absmax: f32, packed: &[u8], out: &mut [f32]) {
 
 /// One of Hone's NF4 blocks decoded.
 pub(super) fn dequantize_nf4(b: &[u8; BLOCK_BYTES], y: &mut [f32; BLOCK]) {
-    decode_block(&NF4, b, y);
+    decode_block(FourBit::Nf4.codes(), b, y);
 }
 
 /// One of Hone's FP4 blocks decoded.
 pub(super) fn dequantize_fp4(b: &[u8; BLOCK_BYTES], y: &mut [f32; BLOCK]) {
-    static CODES: OnceLock<[f32; 16]> = OnceLock::new();
-    decode_block(CODES.get_or_init(|| FourBit::Fp4.codes()), b, y);
+    decode_block(FourBit::Fp4.codes(), b, y);
 }
 
 fn decode_block(codes: &[f32; 16], b: &[u8; BLOCK_BYTES], y: &mut [f32; BLOCK]) {

@@ -141,6 +141,12 @@ impl GgmlType {
         }
     }
 
+    /// Whether values are stored in blocks with shared scales (every ggml quantized type and the
+    /// bitsandbytes 4-bit ones) rather than one by one as floats or integers.
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+
     /// Bytes per block.
     pub fn type_size(self) -> usize {
         use GgmlType::*;

@@ -60,7 +60,7 @@ struct RopeTables {
 }
 
 /// Rows of the LM head's logits computed at once by the fused loss: 256 × 49K floats = 48 MB.
-const CE_CHUNK: usize = 256;
+pub(crate) const CE_CHUNK: usize = 256;
 
 impl TrainModel {
     /// Takes the base weights (HF names, f32, as `model::weights` loads them) and the choice of
@@ -103,10 +103,7 @@ impl TrainModel {
             Ok((w, (spec.base)(name)))
         };
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let (q_dim, kv_dim) = (
-            cfg.num_attention_heads * cfg.head_dim,
-            cfg.num_key_value_heads * cfg.head_dim,
-        );
+        let (q_dim, kv_dim) = cfg.attention_widths();
         let embed_tokens = matrix_param(take("model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
         let mut lora_stream = 0u64;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);

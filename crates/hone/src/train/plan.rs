@@ -19,9 +19,8 @@ use crate::adapters::targets::{ModuleMatcher, BLOCK_LINEARS};
 use crate::model::quantize::{is_decoder_linear, BaseQuantization};
 use crate::model::{hf_tensor_shapes, ModelConfig};
 use crate::quant::GgmlType;
+use crate::train::model::CE_CHUNK;
 
-/// Rows of logits the fused loss computes at once (`kernels::cross_entropy`'s chunk).
-const LOSS_CHUNK_ROWS: usize = 256;
 /// The process before any model: code, the runtime, thread stacks, allocator metadata, the
 /// tokenizer and the dataset (measured: `hone train` of a tiny model peaks near this).
 const RUNTIME_BYTES: u64 = 64 << 20;
@@ -325,7 +324,7 @@ fn held_bytes(run: &RunShape, name: &str, elements: u64) -> u64 {
 fn is_quantized_type(run: &RunShape, name: &str) -> bool {
     run.stored
         .get(name)
-        .is_some_and(|&(ty, _)| !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+        .is_some_and(|&(ty, _)| ty.is_quantized())
 }
 
 /// LoRA parameters: r · (in + out) for every targeted linear layer.
@@ -355,10 +354,7 @@ fn lora_rank(matcher: &ModuleMatcher, module: &str) -> Option<u64> {
 /// halves, two RMSNorm scales, and each LoRA's `A·x`.
 fn activation_floats_per_layer(run: &RunShape) -> u64 {
     let m = run.model;
-    let (q, kv) = (
-        m.num_attention_heads * m.head_dim,
-        m.num_key_value_heads * m.head_dim,
-    );
+    let (q, kv) = m.attention_widths();
     let fixed =
         2 * m.hidden_size + 2 + 2 * q + 2 * kv + m.num_attention_heads + 2 * m.intermediate_size;
     let lora: u64 = run.lora.map_or(0, |matcher| {
@@ -374,10 +370,7 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
 /// norms' outputs, the attention projection's output, and the MLP's gate, up and product.
 fn forward_scratch_bytes(run: &RunShape) -> u64 {
     let m = run.model;
-    let (q, kv) = (
-        m.num_attention_heads * m.head_dim,
-        m.num_key_value_heads * m.head_dim,
-    );
+    let (q, kv) = m.attention_widths();
     let floats = 4 * m.intermediate_size + 3 * m.hidden_size + q + 2 * kv;
     4 * run.batch_tokens as u64 * floats as u64
 }
@@ -390,7 +383,7 @@ fn scratch_bytes(run: &RunShape) -> u64 {
     let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
     let tokens = run.batch_tokens as u64;
     let block = tokens * (3 * i + 4 * h);
-    let chunk = (LOSS_CHUNK_ROWS as u64).min(tokens);
+    let chunk = (CE_CHUNK as u64).min(tokens);
     let loss = tokens * 3 * h + chunk * (m.vocab_size as u64 + h);
     let eval = run.eval_tokens as u64 * (3 * i + 3 * h) + chunk * m.vocab_size as u64;
     4 * block.max(loss).max(eval)

@@ -10,7 +10,6 @@
 
 use super::model::TrainModel;
 use crate::kernels::matrix::Matrix;
-use crate::quant::GgmlType;
 
 impl TrainModel {
     /// Switches the products to bf16; quantized frozen matrices keep their stored type when
@@ -101,10 +100,7 @@ fn converts(m: &Matrix, keep_quantized: bool) -> bool {
     match m {
         Matrix::F32 { .. } => true,
         Matrix::Stored(parts) => {
-            !keep_quantized
-                || parts
-                    .iter()
-                    .all(|p| matches!(p.ggml_type(), GgmlType::F16 | GgmlType::BF16))
+            !keep_quantized || parts.iter().all(|p| !p.ggml_type().is_quantized())
         }
         Matrix::Bf16 { .. } => false,
     }

@@ -113,8 +113,7 @@ fn add_module(
 /// `[out, in]` of a linear weight, by its llama.cpp name.
 fn module_shape(cfg: &ModelConfig, name: &str) -> Option<[usize; 2]> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let (q, kv) = cfg.attention_widths();
     let module = name.strip_suffix(".weight")?;
     if module == "output" {
         return Some([cfg.vocab_size, h]);

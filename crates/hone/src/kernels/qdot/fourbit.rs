@@ -20,11 +20,11 @@ pub fn dot_f32(ty: GgmlType) -> Option<DotF32> {
 }
 
 fn dot_nf4(w: &[u8], x: &[f32]) -> f32 {
-    dot(&FourBit::Nf4.codes(), w, x)
+    dot(FourBit::Nf4.codes(), w, x)
 }
 
 fn dot_fp4(w: &[u8], x: &[f32]) -> f32 {
-    dot(&FourBit::Fp4.codes(), w, x)
+    dot(FourBit::Fp4.codes(), w, x)
 }
 
 fn dot(codes: &[f32; 16], w: &[u8], x: &[f32]) -> f32 {

@@ -85,16 +85,11 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     if !rows.skipped.is_empty() {
         on(Event::Note(&format!("skipped rows: {}", rows.skipped)));
     }
-    let memory = plan::plan_with_rows(config, &source, &model_config, &rows)?;
+    let plan_inputs = plan::Inputs::new(&source, &model_config, &rows)?;
+    let memory = plan::plan_with_rows(config, &plan_inputs)?;
     on(Event::Note(&format!("memory plan:\n{}", memory.table())));
     if !memory.fits() {
-        bail!(plan::refusal(
-            config,
-            &source,
-            &model_config,
-            &rows,
-            &memory
-        )?);
+        bail!(plan::refusal(config, &plan_inputs, &memory)?);
     }
     let output_dir = prepare_output_dir(config)?;
     let mut base = setup::load_base(config)?;
@@ -125,9 +120,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         )));
     }
     let pad_id = tokenizer.eos_id().unwrap_or(0);
-    // Padding-free batches (same loss and gradients, no work on padding), except under NEFTune,
-    // whose noise scale transformers computes from the padded length.
-    let padded = model.neftune_alpha.is_some();
+    let padded = pads_batches(config);
     let to_batch = |rows: &[&Row]| {
         if padded {
             collate(rows, pad_id)
@@ -447,6 +440,12 @@ fn new_trainer_state(config: &SftConfig, plan: &crate::train::config::StepPlan) 
         is_world_process_zero: true,
         ..Default::default()
     }
+}
+
+/// Whether batches are padded: they are padding-free (same loss and gradients, no work on
+/// padding), except under NEFTune, whose noise scale transformers computes from the padded length.
+fn pads_batches(config: &SftConfig) -> bool {
+    config.train.neftune_noise_alpha.is_some()
 }
 
 /// The row order of `epoch`: a permutation drawn from the seed and the epoch alone, so a resumed

@@ -3,6 +3,8 @@
 //! table, and the largest micro-batch the run will actually see (its batches are deterministic:
 //! the same shuffled order the training loop walks).
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 
 use super::setup::{self, Rows};
@@ -11,8 +13,27 @@ use crate::adapters::targets::ModuleMatcher;
 use crate::data::Row;
 use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
+use crate::quant::GgmlType;
 use crate::train::config::{CommaList, FinetuningType, SftConfig};
 use crate::train::plan::{self, BaseStorage, MemoryPlan, RunShape};
+
+/// What a plan reads before any weight: the model's config and tensor table, and the run's rows.
+pub(super) struct Inputs<'a> {
+    pub model: &'a ModelConfig,
+    pub stored: HashMap<String, (GgmlType, u64)>,
+    pub rows: &'a Rows,
+}
+
+impl<'a> Inputs<'a> {
+    /// Reads the tensor table of `source` (its header only).
+    pub fn new(source: &ModelSource, model: &'a ModelConfig, rows: &'a Rows) -> Result<Self> {
+        Ok(Inputs {
+            model,
+            stored: memory::stored_tensors(source)?,
+            rows,
+        })
+    }
+}
 
 /// The plan of `config`'s run: reads the model's config, tensor table and tokenizer, and the
 /// dataset.
@@ -20,17 +41,12 @@ pub fn memory_plan(config: &SftConfig) -> Result<MemoryPlan> {
     let (source, model, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
     let (template, _) = setup::chat_template(config, &tokenizer)?;
     let rows = setup::load_rows(config, &tokenizer, &template)?;
-    plan_with_rows(config, &source, &model, &rows)
+    plan_with_rows(config, &Inputs::new(&source, &model, &rows)?)
 }
 
 /// The plan of `config`'s run on a model and rows already read.
-pub(super) fn plan_with_rows(
-    config: &SftConfig,
-    source: &ModelSource,
-    model: &ModelConfig,
-    rows: &Rows,
-) -> Result<MemoryPlan> {
-    let stored = memory::stored_tensors(source)?;
+pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<MemoryPlan> {
+    let (model, stored, rows) = (inputs.model, &inputs.stored, inputs.rows);
     let available = memory::available_bytes();
     let m = &config.method;
     let freeze = match m.finetuning_type {
@@ -46,12 +62,12 @@ pub(super) fn plan_with_rows(
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
     let shape = RunShape {
         model,
-        stored: &stored,
+        stored,
         base_trains: &base_trains,
         lora: lora.as_ref(),
         keeps_originals: m.finetuning_type != FinetuningType::Lora,
         keeps_quantized: config.model.quantization_bit.is_some(),
-        storage: base_storage(config, source, &stored, available)?,
+        storage: base_storage(config, stored, available),
         bf16: setup::mixed_precision(config),
         recompute: config.train.gradient_checkpointing,
         batch_tokens,
@@ -63,13 +79,7 @@ pub(super) fn plan_with_rows(
 /// Why the run cannot start, in one line: the plan's peak against the memory available, and
 /// the single changes that would make it fit (each planned the same way), else all of them
 /// together.
-pub(super) fn refusal(
-    config: &SftConfig,
-    source: &ModelSource,
-    model: &ModelConfig,
-    rows: &Rows,
-    plan: &MemoryPlan,
-) -> Result<String> {
+pub(super) fn refusal(config: &SftConfig, inputs: &Inputs, plan: &MemoryPlan) -> Result<String> {
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
     let available = plan.available_bytes.unwrap_or(0);
     let mut fitting = Vec::new();
@@ -79,13 +89,13 @@ pub(super) fn refusal(
         let mut changed = config.clone();
         apply(&mut changed);
         apply(&mut combined);
-        let peak = plan_with_rows(&changed, source, model, rows)?.peak_bytes();
+        let peak = plan_with_rows(&changed, inputs)?.peak_bytes();
         if peak <= available {
             fitting.push(format!("{change} ({})", gib(peak)));
         }
     }
     let advice = if fitting.is_empty() {
-        let peak = plan_with_rows(&combined, source, model, rows)?.peak_bytes();
+        let peak = plan_with_rows(&combined, inputs)?.peak_bytes();
         let all: Vec<&str> = changes.iter().map(|(c, _)| c.as_str()).collect();
         format!(
             "even with all of {} it would need {}; use a smaller model or a shorter cutoff_len",
@@ -169,35 +179,33 @@ fn lora_matcher(config: &SftConfig) -> Result<Option<ModuleMatcher>> {
 /// How `choose_base_storage` will hold the base, decided from the tensor table alone.
 fn base_storage(
     config: &SftConfig,
-    source: &ModelSource,
-    stored: &std::collections::HashMap<String, (crate::quant::GgmlType, u64)>,
+    stored: &HashMap<String, (GgmlType, u64)>,
     available: Option<u64>,
-) -> Result<BaseStorage> {
+) -> BaseStorage {
     if let Some(to) = config.base_quantization() {
-        return Ok(if quantize::is_quantized(source)? {
+        return if quantize::is_quantized(stored) {
             BaseStorage::AsStored
         } else {
             BaseStorage::Quantized(to)
-        });
+        };
     }
     if setup::mixed_precision(config) {
-        return Ok(BaseStorage::AsStored);
+        return BaseStorage::AsStored;
     }
     let expansion = setup::f32_expansion(stored.values().copied());
-    Ok(if setup::expansion_fits(expansion, available) {
+    if setup::expansion_fits(expansion, available) {
         BaseStorage::F32
     } else {
         BaseStorage::AsStored
-    })
+    }
 }
 
 /// Tokens of the largest training micro-batch among the steps the run takes, and of the largest
 /// evaluation batch (0 when the run does not evaluate).
 fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     let t = &config.train;
-    let padded = t.neftune_noise_alpha.is_some();
     let tokens = |batch: &[&Row]| {
-        if padded {
+        if super::pads_batches(config) {
             batch.len() * batch.iter().map(|r| r.len()).max().unwrap_or(0)
         } else {
             batch.iter().map(|r| r.len()).sum()

@@ -152,18 +152,16 @@ pub fn precision_note(config: &SftConfig) -> String {
 /// whose products ran about 1.35× faster than products on dequantized tiles (LoRA q,v on the
 /// default model).
 pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Result<Option<String>> {
-    let stored = || {
-        base.weights.values().filter_map(|w| match w {
-            Weight::Stored(m) => Some(m),
-            Weight::F32(_) => None,
-        })
-    };
-    let as_stored: usize = stored().map(|m| m.n_bytes()).sum();
-    let as_f32: usize = stored().map(|m| m.rows() * m.cols() * 4).sum();
+    let stored = base.weights.values().filter_map(|w| match w {
+        Weight::Stored(m) => Some((m.ggml_type(), m.n_bytes() as u64)),
+        Weight::F32(_) => None,
+    });
+    let (as_f32, as_stored) = f32_expansion(stored);
     if let Some(bits) = config.model.quantization_bit {
-        let quantized = base.weights.values().any(|w| {
-            matches!(w, Weight::Stored(m) if !matches!(m.ggml_type(), GgmlType::F16 | GgmlType::BF16))
-        });
+        let quantized = base
+            .weights
+            .values()
+            .any(|w| matches!(w, Weight::Stored(m) if m.ggml_type().is_quantized()));
         if quantized {
             return Ok(Some(format!(
                 "quantization_bit: {bits}: the frozen base is trained on as stored ({} MiB; its \
@@ -187,8 +185,7 @@ pub fn choose_base_storage(config: &SftConfig, base: &mut StoredWeights) -> Resu
     if as_f32 == as_stored || mixed_precision(config) {
         return Ok(None);
     }
-    let expansion = f32_expansion(stored().map(|m| (m.ggml_type(), m.n_bytes() as u64)));
-    if !expansion_fits(expansion, memory::available_bytes()) {
+    if !expansion_fits((as_f32, as_stored), memory::available_bytes()) {
         return Ok(Some(format!(
             "the base as f32 would take {} MiB more than as stored, which does not fit: the frozen \
              matrices stay in their stored type ({} MiB), as with quantization_bit",
