@@ -42,12 +42,31 @@ enum Command {
     Merge(commands::merge::Args),
     /// Write a model as GGUF (quantized, with an adapter merged in), or a LoRA adapter alone.
     Export(commands::export::Args),
+    /// Serve a model and its LoRA adapters over OpenAI's HTTP API (chat, completions, streaming).
+    Serve(commands::serve::Args),
 }
 
 fn main() -> ExitCode {
     hone::alloc::configure();
     let cli = Cli::parse();
-    let result = hone::kernels::pool::run_in_pool(|| match cli.command {
+    // The server runs its decoding thread in the kernels' pool itself; the command's own thread
+    // only waits on the network.
+    let result = match cli.command {
+        Command::Serve(a) => commands::serve::run(a),
+        command => hone::kernels::pool::run_in_pool(|| run(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Info(a) => commands::info::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
@@ -57,13 +76,6 @@ fn main() -> ExitCode {
         Command::Eval(c) => commands::eval::run(c),
         Command::Merge(a) => commands::merge::run(a),
         Command::Export(a) => commands::export::run(a),
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the context chain, outermost first.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Command::Serve(a) => commands::serve::run(a),
     }
 }

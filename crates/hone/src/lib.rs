@@ -11,5 +11,6 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod quant;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod info;
 pub mod merge;
 pub mod plan;
+pub mod serve;
 pub mod train;
 
 use std::path::PathBuf;
@@ -119,6 +120,7 @@ impl SamplingArgs {
                 top_p: self.top_p,
                 repetition_penalty: self.repetition_penalty,
                 seed: self.seed,
+                ..SamplingConfig::default()
             },
             stop_strings: self.stop.clone(),
             ignore_eos: self.ignore_eos,

@@ -13,7 +13,7 @@ use candle_core::Tensor;
 
 pub use batch::generate_batch;
 pub use sampling::{Sampler, SamplingConfig};
-use sequence::Sequence;
+pub use sequence::Sequence;
 
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;

@@ -1,6 +1,8 @@
 //! Choosing the next token from logits: greedy, or sampling with temperature, top-k and top-p,
 //! after a repetition penalty — in the order transformers' `generate` applies them, so the same
-//! settings mean the same thing in Hone.
+//! settings mean the same thing in Hone — and OpenAI's presence and frequency penalties (applied
+//! first, on the tokens generated so far, as OpenAI documents them and vLLM applies them, after
+//! OpenAI's per-token `logit_bias`).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +17,12 @@ pub struct SamplingConfig {
     pub top_p: f32,
     /// CTRL-style penalty on tokens already in the context (1.0: off).
     pub repetition_penalty: f32,
+    /// OpenAI's: subtracted once from the logit of every token generated so far (0: off).
+    pub presence_penalty: f32,
+    /// OpenAI's: subtracted from a token's logit once per time it was generated (0: off).
+    pub frequency_penalty: f32,
+    /// OpenAI's `logit_bias`: added to these tokens' logits before anything else.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -25,6 +33,9 @@ impl Default for SamplingConfig {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 42,
         }
     }
@@ -41,9 +52,19 @@ impl Sampler {
         Sampler { cfg, rng }
     }
 
-    /// The next token id given the last position's logits and every token id seen so far.
-    pub fn next(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+    /// The next token id given the last position's logits, every token id seen so far
+    /// (`context`) and those of them generated (`generated`).
+    pub fn next(&mut self, logits: &[f32], context: &[u32], generated: &[u32]) -> u32 {
         let mut logits = logits.to_vec();
+        for &(id, bias) in &self.cfg.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        let (presence, frequency) = (self.cfg.presence_penalty, self.cfg.frequency_penalty);
+        if presence != 0.0 || frequency != 0.0 {
+            apply_openai_penalties(&mut logits, generated, presence, frequency);
+        }
         if self.cfg.repetition_penalty != 1.0 {
             apply_repetition_penalty(&mut logits, context, self.cfg.repetition_penalty);
         }
@@ -90,6 +111,19 @@ fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
     }
 }
 
+/// `logit[j] -= count[j] · frequency + (count[j] > 0) · presence`, counts over `generated`.
+fn apply_openai_penalties(logits: &mut [f32], generated: &[u32], presence: f32, frequency: f32) {
+    let mut counts = std::collections::HashMap::<u32, f32>::new();
+    for &id in generated {
+        *counts.entry(id).or_default() += 1.0;
+    }
+    for (id, count) in counts {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l -= count * frequency + presence;
+        }
+    }
+}
+
 /// Softmax probabilities of the surviving tokens, most likely first.
 fn filter_top_k_top_p(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(u32, f32)> {
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
@@ -124,7 +158,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(SamplingConfig::default());
-        assert_eq!(s.next(&[0.1, 3.0, 3.0, -1.0], &[]), 1);
+        assert_eq!(s.next(&[0.1, 3.0, 3.0, -1.0], &[], &[]), 1);
     }
 
     #[test]
@@ -132,6 +166,28 @@ mod tests {
         let mut logits = vec![2.0, -2.0, 1.0];
         apply_repetition_penalty(&mut logits, &[0, 1, 0], 2.0);
         assert_eq!(logits, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_follow_openai() {
+        let mut logits = vec![2.0, 2.0, 2.0];
+        apply_openai_penalties(&mut logits, &[0, 1, 1], 0.5, 0.25);
+        assert_eq!(logits, vec![2.0 - 0.25 - 0.5, 2.0 - 0.5 - 0.5, 2.0]);
+        // Greedy decoding turns away from a repeated token once the penalty outweighs its lead.
+        let cfg = SamplingConfig {
+            frequency_penalty: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(Sampler::new(cfg).next(&[1.5, 1.0], &[0], &[0]), 1);
+    }
+
+    #[test]
+    fn logit_bias_is_added_before_choosing() {
+        let cfg = SamplingConfig {
+            logit_bias: vec![(0, -100.0), (2, 0.5)],
+            ..Default::default()
+        };
+        assert_eq!(Sampler::new(cfg).next(&[5.0, 1.0, 0.7], &[], &[]), 2);
     }
 
     #[test]
@@ -157,7 +213,9 @@ mod tests {
         };
         let draw = |cfg: &SamplingConfig| {
             let mut s = Sampler::new(cfg.clone());
-            (0..3000).map(|_| s.next(&logits, &[])).collect::<Vec<_>>()
+            (0..3000)
+                .map(|_| s.next(&logits, &[], &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(&cfg);
         assert_eq!(a, draw(&cfg));

@@ -9,18 +9,18 @@ use super::stop::StopScanner;
 use super::{FinishReason, GenerateConfig, Generation};
 use crate::tokenizer::Tokenizer;
 
-pub(super) struct Sequence<'a> {
+pub struct Sequence {
     sampler: Sampler,
     /// Prompt and generated ids: what the repetition penalty looks at.
     context: Vec<u32>,
     ids: Vec<u32>,
-    scanner: StopScanner<'a>,
+    scanner: StopScanner,
     prompt_tokens: usize,
     finish_reason: Option<FinishReason>,
 }
 
-impl<'a> Sequence<'a> {
-    pub fn new(prompt_ids: &[u32], cfg: &'a GenerateConfig) -> Self {
+impl Sequence {
+    pub fn new(prompt_ids: &[u32], cfg: &GenerateConfig) -> Self {
         Sequence {
             sampler: Sampler::new(cfg.sampling.clone()),
             context: prompt_ids.to_vec(),
@@ -39,7 +39,7 @@ impl<'a> Sequence<'a> {
         tokenizer: &Tokenizer,
         stop_ids: &[u32],
     ) -> Result<(u32, &str)> {
-        let next = self.sampler.next(logits, &self.context);
+        let next = self.sampler.next(logits, &self.context, &self.ids);
         self.ids.push(next);
         self.context.push(next);
         if stop_ids.contains(&next) {
@@ -62,6 +62,16 @@ impl<'a> Sequence<'a> {
 
     pub fn generated(&self) -> usize {
         self.ids.len()
+    }
+
+    /// The ids generated so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Why the sequence ended (None while it runs).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish_reason
     }
 
     /// End the sequence (at the token limit if nothing stopped it) and return the text still held

@@ -5,17 +5,17 @@
 //! text already released (an ASCII byte, a complete character) can be rewritten by the next token.
 //! Released text cannot be taken back; the scanner waits until the text agrees with it again.
 
-pub struct StopScanner<'a> {
-    stops: &'a [String],
+pub struct StopScanner {
+    stops: Vec<String>,
     text: String,
     /// Text handed out so far.
     released: String,
 }
 
-impl<'a> StopScanner<'a> {
-    pub fn new(stops: &'a [String]) -> Self {
+impl StopScanner {
+    pub fn new(stops: &[String]) -> Self {
         StopScanner {
-            stops,
+            stops: stops.to_vec(),
             text: String::new(),
             released: String::new(),
         }
@@ -38,7 +38,7 @@ impl<'a> StopScanner<'a> {
         // the start of a stop string.
         let complete = self.text.trim_end_matches('\u{FFFD}').len();
         let mut safe = complete;
-        for s in self.stops {
+        for s in &self.stops {
             for (k, _) in s.char_indices().skip(1) {
                 if self.text[..complete].ends_with(&s[..k]) {
                     safe = safe.min(complete - k);

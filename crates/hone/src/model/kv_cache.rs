@@ -37,6 +37,7 @@ fn attend_one_for_this_cpu() -> fn(&LayerCache, &Query, &mut [f32]) {
 }
 
 /// The cache of every layer, plus the padding of each row.
+#[derive(Clone)]
 pub struct Cache {
     layers: Vec<LayerCache>,
     /// Per row, how many leading positions are padding (empty: none).
@@ -87,7 +88,7 @@ impl Cache {
 }
 
 /// One layer's keys and values.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct LayerCache {
     k: Vec<f32>,
     v: Vec<f32>,

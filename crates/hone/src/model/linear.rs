@@ -6,6 +6,10 @@
 //! either round the update into the base's 4-bit grid (losing most of it) or expand the weight to
 //! f32 (the memory the stored path exists to save). On the f32 path (`--exact`) adapters are merged
 //! into the weights instead, as PEFT's `merge_and_unload` does.
+//!
+//! A server holding several adapters over one base passes their updates per call instead
+//! ([`RowsLora`]): each group of rows gets its own adapter's `s·B(A·x)`, so requests for different
+//! adapters share one product with the base weights.
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
@@ -68,11 +72,44 @@ impl Weight {
 }
 
 /// An unmerged LoRA update `scale · B·A`, A `[r, in]`, B `[out, r]`.
+#[derive(Clone)]
 pub struct LoraDelta {
     a: Vec<f32>,
     b: Vec<f32>,
     r: usize,
     scale: f32,
+}
+
+impl LoraDelta {
+    /// Adds `scale · B(A·x)` of token rows `x` `[rows, in]` to `y` (`rows` rows of width
+    /// `stride`, the update landing in columns `offset..offset + out`).
+    fn add_to(&self, x: &[f32], rows: usize, y: &mut [f32], stride: usize, offset: usize) {
+        let inner = x.len() / rows;
+        let width = self.b.len() / self.r;
+        let xa = few_rows::matmul_transposed(x, &self.a, rows, inner, self.r);
+        let delta = few_rows::matmul_transposed(&xa, &self.b, rows, self.r, width);
+        for (row, d) in y.chunks_exact_mut(stride).zip(delta.chunks_exact(width)) {
+            for (v, d) in row[offset..offset + width].iter_mut().zip(d) {
+                *v += self.scale * d;
+            }
+        }
+    }
+}
+
+/// What one adapter changes in one projection: its LoRA update and, for adapters that train
+/// biases, the shift from the base's bias to the adapter's.
+#[derive(Clone, Default)]
+pub struct PartUpdate {
+    pub lora: Option<LoraDelta>,
+    pub bias_shift: Option<Vec<f32>>,
+}
+
+/// The updates of one adapter for some token rows of a product: `parts[p]` updates the layer's
+/// `p`-th projection.
+pub struct RowsLora<'a> {
+    /// Token rows, ascending.
+    pub rows: &'a [usize],
+    pub parts: &'a [PartUpdate],
 }
 
 impl From<&LoraWeights> for LoraDelta {
@@ -102,17 +139,21 @@ impl Projection {
 /// Projections of the same input computed together, their outputs concatenated in order.
 pub struct Linear {
     parts: Vec<Projection>,
+    /// Output widths of the projections as given, before f32 ones were stacked: where each
+    /// projection's columns are, for updates passed per call.
+    widths: Vec<usize>,
 }
 
 impl Linear {
     /// The projections side by side. f32 ones without LoRA are stacked into one matrix: one larger
     /// product keeps the matmul kernel busier than several narrow ones.
     pub fn new(parts: Vec<Projection>) -> Result<Linear> {
+        let widths = parts.iter().map(Projection::out_features).collect();
         let all_plain_f32 = parts
             .iter()
             .all(|p| matches!(p.weight, Weight::F32(_)) && p.lora.is_none());
         if parts.len() < 2 || !all_plain_f32 {
-            return Ok(Linear { parts });
+            return Ok(Linear { parts, widths });
         }
         let weights = parts
             .iter()
@@ -129,7 +170,28 @@ impl Linear {
                 bias: biases,
                 lora: None,
             }],
+            widths,
         })
+    }
+
+    /// How many projections the layer computes side by side.
+    pub fn n_projections(&self) -> usize {
+        self.widths.len()
+    }
+
+    /// Output width of each projection, in order.
+    pub fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
+    /// The bias of projection `p` (None: it has none).
+    pub fn part_bias(&self, p: usize) -> Option<&[f32]> {
+        if self.parts.len() == self.widths.len() {
+            return self.parts[p].bias.as_deref();
+        }
+        let offset: usize = self.widths[..p].iter().sum();
+        let stacked = self.parts[0].bias.as_deref()?;
+        Some(&stacked[offset..offset + self.widths[p]])
     }
 
     pub fn out_features(&self) -> usize {
@@ -150,12 +212,18 @@ impl Linear {
 
     /// `x` `[..., in]` to `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &[])
+    }
+
+    /// [`Self::forward`], plus each group's LoRA updates on its rows (rows of the flattened `x`).
+    pub fn forward_with(&self, x: &Tensor, lora: &[RowsLora]) -> Result<Tensor> {
         let inner = x.dim(D::Minus1)?;
         let rows = x.elem_count() / inner;
         let mut out_shape = x.dims().to_vec();
         *out_shape.last_mut().expect("x has a last dim") = self.out_features();
         let x = x.flatten_all()?.to_vec1::<f32>()?;
-        let y = self.forward_rows(&x, rows)?;
+        let mut y = self.forward_rows(&x, rows)?;
+        self.add_row_updates(&x, rows, &mut y, lora);
         Ok(Tensor::from_vec(y, out_shape, &candle_core::Device::Cpu)?)
     }
 
@@ -174,18 +242,42 @@ impl Linear {
                 }
             }
             if let Some(lora) = &p.lora {
-                let inner = x.len() / rows;
-                let xa = few_rows::matmul_transposed(x, &lora.a, rows, inner, lora.r);
-                let delta = few_rows::matmul_transposed(&xa, &lora.b, rows, lora.r, width);
-                for (row, d) in y.chunks_exact_mut(n).zip(delta.chunks_exact(width)) {
-                    for (v, d) in row[offset..offset + width].iter_mut().zip(d) {
-                        *v += lora.scale * d;
-                    }
-                }
+                lora.add_to(x, rows, &mut y, n, offset);
             }
             offset += width;
         }
         Ok(y)
+    }
+
+    /// Adds each group's updates to its rows of `y` (`x` `[rows, in]`, `y` `[rows, out]`).
+    fn add_row_updates(&self, x: &[f32], rows: usize, y: &mut [f32], lora: &[RowsLora]) {
+        let (inner, n) = (x.len() / rows.max(1), self.out_features());
+        for group in lora {
+            let xs: Vec<f32> = group
+                .rows
+                .iter()
+                .flat_map(|&r| &x[r * inner..(r + 1) * inner])
+                .copied()
+                .collect();
+            let mut ys = vec![0f32; group.rows.len() * n];
+            let mut offset = 0;
+            for (width, update) in self.widths.iter().zip(group.parts) {
+                if let Some(shift) = &update.bias_shift {
+                    for row in ys.chunks_exact_mut(n) {
+                        row[offset..offset + width].copy_from_slice(shift);
+                    }
+                }
+                if let Some(delta) = &update.lora {
+                    delta.add_to(&xs, group.rows.len(), &mut ys, n, offset);
+                }
+                offset += width;
+            }
+            for (&r, d) in group.rows.iter().zip(ys.chunks_exact(n)) {
+                for (v, d) in y[r * n..(r + 1) * n].iter_mut().zip(d) {
+                    *v += d;
+                }
+            }
+        }
     }
 
     /// `x·Wᵀ` of every part, side by side: stored matrices in one fused product.

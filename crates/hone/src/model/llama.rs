@@ -6,14 +6,15 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
 
 use super::config::ModelConfig;
 use super::kv_cache::{Cache, CachedAttnShape};
-use super::linear::{with_f32_slice, Linear, LoraDelta, Projection, Weight};
+use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope;
+use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
@@ -38,6 +39,106 @@ struct Block {
     attn: Attention,
     post_attention_layernorm: Tensor,
     mlp: Mlp,
+}
+
+/// The linear layers of a block, in the order they run.
+#[derive(Clone, Copy)]
+enum Slot {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+const SLOTS: [Slot; 4] = [Slot::Qkv, Slot::O, Slot::GateUp, Slot::Down];
+
+impl Block {
+    fn linear(&self, slot: Slot) -> &Linear {
+        match slot {
+            Slot::Qkv => &self.attn.qkv_proj,
+            Slot::O => &self.attn.o_proj,
+            Slot::GateUp => &self.mlp.gate_up_proj,
+            Slot::Down => &self.mlp.down_proj,
+        }
+    }
+}
+
+/// One adapter's updates laid out as a model's layers ([`Llama::lora_set`]): per block and
+/// linear layer, one update per projection. Built once when a server loads an adapter, then
+/// applied to whichever rows of a batch ask for it.
+pub struct LoraSet {
+    blocks: Vec<[Vec<PartUpdate>; 4]>,
+    lm_head: Vec<PartUpdate>,
+}
+
+impl LoraSet {
+    fn part_mut(&mut self, (layer, slot, part): (usize, Option<Slot>, usize)) -> &mut PartUpdate {
+        match slot {
+            Some(slot) => &mut self.blocks[layer][slot as usize][part],
+            None => &mut self.lm_head[part],
+        }
+    }
+}
+
+/// Where the rows of a forward pass are and how their attention reads keys and values.
+enum Attend<'c, 'd> {
+    /// Whole sequences from position 0, no cache.
+    Whole,
+    /// One cache for all rows, which sit at the same position.
+    Batch(&'c mut Cache),
+    /// Each row one token, continuing its own cache.
+    PerRow(&'c mut [&'d mut Cache]),
+}
+
+impl Attend<'_, '_> {
+    /// The position of every token of `[b, t]`.
+    fn positions(&self, b: usize, t: usize) -> Vec<u32> {
+        let start = |r: usize| match self {
+            Attend::Whole => 0,
+            Attend::Batch(cache) => cache.len(),
+            Attend::PerRow(caches) => caches[r].len(),
+        };
+        (0..b)
+            .flat_map(|r| (start(r)..start(r) + t).map(|p| p as u32))
+            .collect()
+    }
+}
+
+/// The batch rows of each adapter in `adapters` (one entry per row; None: the base alone).
+fn group_rows<'a>(adapters: &[Option<&'a LoraSet>]) -> Vec<(Vec<usize>, &'a LoraSet)> {
+    let mut groups: Vec<(Vec<usize>, &LoraSet)> = Vec::new();
+    for (row, set) in adapters.iter().enumerate() {
+        let Some(set) = set else { continue };
+        match groups.iter_mut().find(|(_, s)| std::ptr::eq(*s, *set)) {
+            Some((rows, _)) => rows.push(row),
+            None => groups.push((vec![row], set)),
+        }
+    }
+    groups
+}
+
+/// Each group's token rows, `t` tokens per batch row.
+fn token_rows(groups: &[(Vec<usize>, &LoraSet)], t: usize) -> Vec<Vec<usize>> {
+    groups
+        .iter()
+        .map(|(rows, _)| rows.iter().flat_map(|&r| r * t..(r + 1) * t).collect())
+        .collect()
+}
+
+/// Each group's updates of one linear layer (`parts` picks it from a set), as the product takes
+/// them.
+fn row_updates<'a>(
+    rows: &'a [Vec<usize>],
+    groups: &[(Vec<usize>, &'a LoraSet)],
+    parts: impl Fn(&'a LoraSet) -> &'a [PartUpdate],
+) -> Vec<RowsLora<'a>> {
+    rows.iter()
+        .zip(groups)
+        .map(|(rows, (_, set))| RowsLora {
+            rows,
+            parts: parts(set),
+        })
+        .collect()
 }
 
 pub struct Llama {
@@ -231,65 +332,155 @@ impl Llama {
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
-    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+    pub fn hidden_states(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        if start + t > self.cfg.max_position_embeddings {
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let mut context = match cache {
+            Some(cache) => Attend::Batch(cache),
+            None => Attend::Whole,
+        };
+        self.run_blocks(&ids, (b, t), &mut context, &[])
+    }
+
+    /// Feeds one sequence's tokens `ids` through the model, continuing its `cache`, with
+    /// `adapter`'s updates when given; the last position's logits.
+    pub fn prefill(
+        &self,
+        ids: &[u32],
+        cache: &mut Cache,
+        adapter: Option<&LoraSet>,
+    ) -> Result<Vec<f32>> {
+        let Some(t) = ids.len().checked_sub(1).map(|last| last + 1) else {
+            bail!("nothing to prefill: no tokens");
+        };
+        let groups: Vec<(Vec<usize>, &LoraSet)> =
+            adapter.map(|set| (vec![0], set)).into_iter().collect();
+        let hidden = self.run_blocks(ids, (1, t), &mut Attend::Batch(cache), &groups)?;
+        self.head_logits(&hidden.narrow(1, t - 1, 1)?, &groups)
+    }
+
+    /// One decoding step of sequences that each have their own cache (continuous batching: they
+    /// joined at different times and sit at different positions). Row `r` feeds `tokens[r]` at
+    /// its cache's next position, with the updates of `adapters[r]` when set, so requests for
+    /// different adapters share every product with the base weights. Logits `[rows, vocab]`.
+    pub fn decode_step(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut Cache],
+        adapters: &[Option<&LoraSet>],
+    ) -> Result<Vec<f32>> {
+        if caches.len() != tokens.len() || adapters.len() != tokens.len() {
             bail!(
-                "sequence of {} tokens exceeds the model's context of {} (max_position_embeddings)",
-                start + t,
-                self.cfg.max_position_embeddings
+                "{} tokens for {} caches and {} adapter choices",
+                tokens.len(),
+                caches.len(),
+                adapters.len()
             );
         }
+        let groups = group_rows(adapters);
+        let mut context = Attend::PerRow(caches);
+        let hidden = self.run_blocks(tokens, (tokens.len(), 1), &mut context, &groups)?;
+        self.head_logits(&hidden, &groups)
+    }
+
+    /// Logits `[rows, vocab]` (flattened) of one position per row, `hidden` `[rows, 1, hidden]`,
+    /// each group's LM-head update on its rows.
+    fn head_logits(&self, hidden: &Tensor, groups: &[(Vec<usize>, &LoraSet)]) -> Result<Vec<f32>> {
+        let rows = token_rows(groups, 1);
+        let lora = row_updates(&rows, groups, |set| &set.lm_head);
+        let logits = self.lm_head.forward_with(hidden, &lora)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The decoder blocks and final norm over `ids` (`[b, t]` flattened), attention as `context`
+    /// says, each group's adapter updates on its rows; final-norm hidden states `[b, t, hidden]`.
+    fn run_blocks(
+        &self,
+        ids: &[u32],
+        (b, t): (usize, usize),
+        context: &mut Attend,
+        groups: &[(Vec<usize>, &LoraSet)],
+    ) -> Result<Tensor> {
+        let positions = context.positions(b, t);
+        if let Some(&last) = positions.iter().max() {
+            if last as usize >= self.cfg.max_position_embeddings {
+                bail!(
+                    "sequence of {} tokens exceeds the model's context of {} (max_position_embeddings)",
+                    last + 1,
+                    self.cfg.max_position_embeddings
+                );
+            }
+        }
         let vocab = self.cfg.vocab_size as u32;
-        let flat_ids = ids.flatten_all()?.to_vec1::<u32>()?;
-        if let Some(&bad) = flat_ids.iter().find(|&&i| i >= vocab) {
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let embedded = self.embed_tokens.gather_rows(&flat_ids)?;
+        let embedded = self.embed_tokens.gather_rows(ids)?;
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
         let eps = self.cfg.rms_norm_eps as f32;
+        let rows = token_rows(groups, t);
         for (l, block) in self.blocks.iter().enumerate() {
+            let lora =
+                |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
             let normed = rms_norm(&x, &block.input_layernorm, eps)?;
-            let attn = self.attention(&block.attn, &normed, start, l, cache.as_deref_mut())?;
-            x = (x + attn)?;
+            let qkv = block
+                .attn
+                .qkv_proj
+                .forward_with(&normed, &lora(Slot::Qkv))?;
+            let attn = self.attention(&qkv, (b, t), &positions, l, context)?;
+            x = (x + block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?)?;
             let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
-            let gated = swiglu(&block.mlp.gate_up_proj.forward(&normed)?)?;
-            x = (x + block.mlp.down_proj.forward(&gated)?)?;
+            let gate_up = block
+                .mlp
+                .gate_up_proj
+                .forward_with(&normed, &lora(Slot::GateUp))?;
+            let gated = swiglu(&gate_up)?;
+            x = (x + block
+                .mlp
+                .down_proj
+                .forward_with(&gated, &lora(Slot::Down))?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps)?)
     }
 
-    /// Self-attention of a block: over whole sequences from position 0 through the training
-    /// engine's fused causal kernel (no cache), or over the cache for tokens at `start..`.
+    /// Self-attention of a block on its q|k|v product `[b, t, (nh + 2·nkv)·hd]`: over whole
+    /// sequences from position 0 through the training engine's fused causal kernel, or over the
+    /// cache(s) for tokens at `positions`. Output `[b, t, nh·hd]`, before `o_proj`.
     fn attention(
         &self,
-        a: &Attention,
-        x: &Tensor,
-        start: usize,
+        qkv: &Tensor,
+        (b, t): (usize, usize),
+        positions: &[u32],
         layer: usize,
-        cache: Option<&mut Cache>,
+        context: &mut Attend,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let qkv = a.qkv_proj.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
-        let (q, k, v) = self.split_and_rotate(&qkv, b, t, start);
-        let out = match cache {
-            Some(cache) => {
-                let shape = CachedAttnShape {
-                    rows: b,
-                    t,
-                    heads: nh,
-                    kv_heads: nkv,
-                    head_dim: hd,
-                };
-                cache.attend(layer, &q, &k, &v, shape)
+        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let (q, k, v) = self.split_and_rotate(&qkv, positions);
+        let cached = |rows| CachedAttnShape {
+            rows,
+            t,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let out = match context {
+            Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
+            Attend::PerRow(caches) => {
+                let (q_row, kv_row) = (t * nh * hd, t * nkv * hd);
+                let mut out = Vec::with_capacity(q.len());
+                for (r, cache) in caches.iter_mut().enumerate() {
+                    let kv = r * kv_row..(r + 1) * kv_row;
+                    let q = &q[r * q_row..(r + 1) * q_row];
+                    out.extend(cache.attend(layer, q, &k[kv.clone()], &v[kv], cached(1)));
+                }
+                out
             }
-            None => {
+            Attend::Whole => {
                 let shape = AttnShape {
                     batch: b,
                     seq: t,
@@ -309,19 +500,95 @@ impl Llama {
                 out
             }
         };
-        let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
-        a.o_proj.forward(&out)
+        Ok(Tensor::from_vec(out, (b, t, nh * hd), &self.device)?)
+    }
+
+    /// One adapter's updates laid out as this model's layers, for [`Self::prefill`] and
+    /// [`Self::decode_step`]. The adapter must fit the model (checked here, errors name the
+    /// module); biases it trains become shifts added to its own rows only.
+    pub fn lora_set(&self, adapter: &Adapter) -> Result<LoraSet> {
+        check_fits(&self.cfg, adapter, |name| self.tensor_dims(name))?;
+        let mut set = LoraSet {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| {
+                    SLOTS.map(|slot| vec![PartUpdate::default(); b.linear(slot).n_projections()])
+                })
+                .collect(),
+            lm_head: vec![PartUpdate::default()],
+        };
+        for (module, weights) in &adapter.modules {
+            let at = self.linear_of(module).context("checked to fit above")?;
+            set.part_mut(at).lora = Some(LoraDelta::from(weights));
+        }
+        for (name, bias) in &adapter.biases {
+            let module = name.strip_suffix(".bias").context("checked to fit above")?;
+            let at = self.linear_of(module).context("checked to fit above")?;
+            let base = self
+                .linear(at)
+                .part_bias(at.2)
+                .context("checked to fit above")?;
+            set.part_mut(at).bias_shift = Some(bias.iter().zip(base).map(|(n, o)| n - o).collect());
+        }
+        Ok(set)
+    }
+
+    /// The shape of a projection's weight or bias, by HF tensor name (None: no such tensor).
+    fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        let (module, kind) = name.rsplit_once('.')?;
+        let at = self.linear_of(module)?;
+        let linear = self.linear(at);
+        let out = linear.widths()[at.2];
+        match kind {
+            "weight" => {
+                let inputs = match at.1 {
+                    Some(Slot::O) => self.cfg.attention_widths().0,
+                    Some(Slot::Down) => self.cfg.intermediate_size,
+                    _ => self.cfg.hidden_size,
+                };
+                Some(vec![out, inputs])
+            }
+            "bias" => linear.part_bias(at.2).map(|_| vec![out]),
+            _ => None,
+        }
+    }
+
+    fn linear(&self, (layer, slot, _): (usize, Option<Slot>, usize)) -> &Linear {
+        match slot {
+            Some(slot) => self.blocks[layer].linear(slot),
+            None => &self.lm_head,
+        }
+    }
+
+    /// Where HF module `module` (e.g. `model.layers.3.mlp.up_proj`) sits: its layer, the block's
+    /// linear layer holding it (None: the LM head) and its index among that layer's projections.
+    fn linear_of(&self, module: &str) -> Option<(usize, Option<Slot>, usize)> {
+        if module == "lm_head" {
+            return Some((0, None, 0));
+        }
+        let rest = module.strip_prefix("model.layers.")?;
+        let (layer, name) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        if layer >= self.blocks.len() {
+            return None;
+        }
+        let (slot, part) = match name {
+            "self_attn.q_proj" => (Slot::Qkv, 0),
+            "self_attn.k_proj" => (Slot::Qkv, 1),
+            "self_attn.v_proj" => (Slot::Qkv, 2),
+            "self_attn.o_proj" => (Slot::O, 0),
+            "mlp.gate_proj" => (Slot::GateUp, 0),
+            "mlp.up_proj" => (Slot::GateUp, 1),
+            "mlp.down_proj" => (Slot::Down, 0),
+            _ => return None,
+        };
+        Some((layer, Some(slot), part))
     }
 
     /// The stacked projection's `[q | k | v]` columns as separate token-major arrays, q and k
-    /// rotated for positions `start..start + t` in every row.
-    fn split_and_rotate(
-        &self,
-        qkv: &[f32],
-        b: usize,
-        t: usize,
-        start: usize,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// of token `i` rotated for `positions[i]`.
+    fn split_and_rotate(&self, qkv: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.num_key_value_heads,
@@ -336,16 +603,13 @@ impl Llama {
         };
         let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
         let v = column((nh + nkv) * hd, nkv * hd);
-        let positions: Vec<u32> = (0..b)
-            .flat_map(|_| (start..start + t).map(|p| p as u32))
-            .collect();
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
         let shape = |heads| RopeShape {
             heads,
             head_dim: hd,
         };
-        rope_kernel::forward(&mut q, &positions, shape(nh), cos, sin);
-        rope_kernel::forward(&mut k, &positions, shape(nkv), cos, sin);
+        rope_kernel::forward(&mut q, positions, shape(nh), cos, sin);
+        rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);
         (q, k, v)
     }
 }

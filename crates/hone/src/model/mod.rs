@@ -14,7 +14,7 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use kv_cache::Cache;
 pub use linear::{Linear, Weight};
-pub use llama::Llama;
+pub use llama::{Llama, LoraSet};
 pub use load::{
     inspect, load, load_stored_weights, load_weights, load_weights_quantized, load_with_adapter,
     LoadedModel, LoadedWeights, Precision, StoredWeights,
