@@ -167,6 +167,7 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--no-llama", action="store_true", help="measure Hone alone")
     p.add_argument("--json")
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -183,11 +184,13 @@ def main():
     hone = subprocess.Popen([args.hone, "serve", "--model", args.model, "--served-name", "m",
                              "--port", str(hone_port), "--max-concurrency", "16", *adapters],
                             env=env, stderr=subprocess.DEVNULL)
-    llama = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", args.model,
-                              "--model_alias", "m", "--n_threads", str(THREADS), "--n_ctx", "2048",
-                              "--host", "127.0.0.1", "--port", str(llama_port)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    servers = {"hone": (hone, f"http://127.0.0.1:{hone_port}"), "llama.cpp": (llama, f"http://127.0.0.1:{llama_port}")}
+    servers = {"hone": (hone, f"http://127.0.0.1:{hone_port}")}
+    if not args.no_llama:
+        llama = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", args.model,
+                                  "--model_alias", "m", "--n_threads", str(THREADS), "--n_ctx", "2048",
+                                  "--host", "127.0.0.1", "--port", str(llama_port)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers["llama.cpp"] = (llama, f"http://127.0.0.1:{llama_port}")
     try:
         for proc, base in servers.values():
             wait_ready(base + "/v1/models", proc)

@@ -475,6 +475,30 @@ fn adapters_share_the_server_and_answer_as_generate_does() {
 }
 
 #[test]
+fn a_training_run_is_served_with_its_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = adapter_copy(&tmp.path().join("run"), 8.0);
+    adapter_copy(&run.join("checkpoint-20"), 16.0);
+    adapter_copy(&run.join("checkpoint-10"), 4.0);
+    std::fs::create_dir_all(run.join("checkpoint-30")).unwrap();
+    let spec = format!("sft={}", run.display());
+    let (server, _, _) = tiny_server(tmp.path(), &["--adapter", &spec]);
+    let models = request("GET", &server.url("/models"), None, None).json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["tiny", "sft", "sft/checkpoint-10", "sft/checkpoint-20"]
+    );
+    let body = json!({"model": "sft/checkpoint-10", "prompt": greedy_prompt(), "max_tokens": 2});
+    assert_eq!(post(&server, "/completions", &body).status, 200);
+}
+
+#[test]
 fn adapters_load_and_unload_at_run_time() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("adapters");
