@@ -240,6 +240,23 @@ fn errors_come_in_openais_envelope_with_the_right_status() {
 }
 
 #[test]
+fn max_context_caps_prompt_and_completion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _, _) = tiny_server(tmp.path(), &["--max-context", "40"]);
+    let body = |prompt: &str| {
+        json!({"model": "tiny", "prompt": prompt, "max_tokens": 100, "ignore_eos": true,
+               "temperature": 0})
+    };
+    let capped = post(&server, "/completions", &body(&"b".repeat(30))).json();
+    // One token per character: 30 prompt tokens leave 10 of the 40.
+    assert_eq!(capped["usage"]["prompt_tokens"], 30);
+    assert_eq!(capped["usage"]["completion_tokens"], 10);
+    assert_eq!(capped["choices"][0]["finish_reason"], "length");
+    let refused = post(&server, "/completions", &body(&"b".repeat(45)));
+    assert_eq!(refused.error(400)["code"], "context_length_exceeded");
+}
+
+#[test]
 fn a_server_beyond_loopback_needs_a_key() {
     let run = hone(&["serve", "--model", "no/such-model", "--host", "0.0.0.0"]);
     let line = run.error();

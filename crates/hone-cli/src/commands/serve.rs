@@ -42,6 +42,10 @@ pub struct Args {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Tokens one sequence may hold, prompt and completion (default: the model's context); with
+    /// --max-concurrency it bounds the key/value cache's memory.
+    #[arg(long)]
+    pub max_context: Option<usize>,
     /// Allow loading adapters at run time (POST /v1/adapters) from inside this directory.
     #[arg(long)]
     pub adapter_dir: Option<PathBuf>,
@@ -87,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             max_queue: args.max_queue,
             request_timeout: Duration::from_secs_f64(args.request_timeout),
             adapter_root: args.adapter_dir.clone(),
+            max_context: args.max_context,
         },
     };
     // Refuse an unsafe address before spending time on loading.
@@ -102,6 +107,13 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("note: chat completions are off: {why}");
     }
     let names: Vec<String> = adapters.iter().map(|a| a.name.clone()).collect();
+    let limits = &options.limits;
+    eprintln!(
+        "hone serve: {} sequences at once, up to {} tokens each: key/value caches at most {:.0} MiB",
+        limits.max_batch,
+        limits.context(loaded.model.config().max_position_embeddings),
+        hone::serve::kv_cache_bound_bytes(&loaded.model, limits) as f64 / (1 << 20) as f64
+    );
     let served = Served {
         model: loaded.model,
         tokenizer: loaded.tokenizer,

@@ -59,6 +59,9 @@ impl ServeOptions {
         if self.limits.max_batch == 0 {
             bail!("--max-concurrency must be at least 1");
         }
+        if self.limits.max_context.is_some_and(|n| n < 2) {
+            bail!("--max-context must leave room for a prompt and a token: at least 2");
+        }
         Ok(SocketAddr::new(ip, self.port))
     }
 }
@@ -70,6 +73,13 @@ pub struct Served {
     /// The chat template, or why there is none.
     pub template: Result<ChatTemplate, String>,
     pub adapters: Vec<ServedAdapter>,
+}
+
+/// The most memory the key/value caches can take: every slot's sequence at the full context.
+pub fn kv_cache_bound_bytes(model: &Llama, limits: &Limits) -> usize {
+    let cfg = model.config();
+    let per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4;
+    limits.max_batch * limits.context(cfg.max_position_embeddings) * per_token
 }
 
 /// Serves until Ctrl-C (or SIGTERM); `on_listening` is told the bound address first.
@@ -170,6 +180,7 @@ impl Default for Limits {
             max_queue: 64,
             request_timeout: Duration::from_secs(600),
             adapter_root: None::<PathBuf>,
+            max_context: None,
         }
     }
 }

@@ -45,6 +45,17 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Where `POST /v1/adapters` may load from (None: run-time loading is off).
     pub adapter_root: Option<PathBuf>,
+    /// Tokens a sequence may hold, prompt and completion (None: the model's context). With
+    /// `max_batch` it bounds the key/value cache.
+    pub max_context: Option<usize>,
+}
+
+impl Limits {
+    /// The tokens one sequence may hold on a model of `model_context`.
+    pub fn context(&self, model_context: usize) -> usize {
+        self.max_context
+            .map_or(model_context, |n| n.min(model_context))
+    }
 }
 
 /// What every handler reads.
@@ -318,7 +329,9 @@ async fn respond(state: &AppState, prepared: Result<Prepared, ApiError>) -> Resp
 
 /// Caps the completion by the context and hands the request to the engine (429 when full).
 fn submit(state: &AppState, p: &mut Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
-    let context = state.model.config().max_position_embeddings;
+    let context = state
+        .limits
+        .context(state.model.config().max_position_embeddings);
     let prompt = p.prompt_ids.len();
     if prompt >= context {
         return Err(ApiError {
