@@ -13,7 +13,8 @@ between text chunks; Hone sends text held back for a possible stop string or an 
 character with the next chunk) at p50 / p95. The two servers
 run side by side but are measured in turn, interleaved, --reps times; best and median reported,
 with each server's peak RSS (VmHWM) and the CPU model. llama-cpp-python's server decodes one
-request at a time (no continuous batching): concurrency queues there.
+request at a time (no continuous batching): concurrency queues there (with --interrupt_requests
+False; by default each new request cancels the running stream).
 
 The 4 adapters are random LoRA (r 8, alpha 16, q_proj and v_proj, PEFT layout) written by this
 script for the model's shapes, read from the GGUF header.
@@ -188,7 +189,9 @@ def main():
     if not args.no_llama:
         llama = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", args.model,
                                   "--model_alias", "m", "--n_threads", str(THREADS), "--n_ctx", "2048",
-                                  "--host", "127.0.0.1", "--port", str(llama_port)],
+                                  "--host", "127.0.0.1", "--port", str(llama_port),
+                                  # By default a new request cancels the running stream.
+                                  "--interrupt_requests", "False"],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers["llama.cpp"] = (llama, f"http://127.0.0.1:{llama_port}")
     try:
@@ -199,7 +202,10 @@ def main():
         for rep in range(args.reps):
             for c in levels:
                 for name, (_, base) in servers.items():
-                    r = asyncio.run(load(base + "/v1/completions", ["m"], c, args.requests_per_client, ban))
+                    try:
+                        r = asyncio.run(load(base + "/v1/completions", ["m"], c, args.requests_per_client, ban))
+                    except httpx.HTTPError as e:
+                        sys.exit(f"{name} at {c} clients: {e!r}")
                     results.setdefault((name, c), []).append(r)
             for label, models in (("base x16", ["m"]), ("4 adapters x16", ["a0", "a1", "a2", "a3"])):
                 r = asyncio.run(load(servers["hone"][1] + "/v1/completions", models, 16, args.requests_per_client, ban))
