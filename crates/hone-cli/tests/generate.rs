@@ -184,23 +184,27 @@ fn bad_template_files_are_named() {
 }
 
 #[test]
-fn flag_errors() {
+fn a_system_message_implies_chat() {
     let model = tiny_gguf();
-    let run = hone(&[
-        "generate",
-        "--model",
-        arg(&model),
+    let common = [
         "--prompt",
         "Hi",
         "--system",
         "Be brief.",
-    ]);
-    assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(
-        run.stderr.starts_with("error: ") && run.stderr.contains("--chat"),
-        "{}",
-        run.stderr
-    );
+        "--max-new-tokens",
+        "6",
+    ];
+    let alone = generate(&model, &common);
+    let mut with_chat = common.to_vec();
+    with_chat.push("--chat");
+    assert_eq!(alone, generate(&model, &with_chat));
+    let plain = generate(&model, &["--prompt", "Hi", "--max-new-tokens", "6"]);
+    assert_ne!(alone, plain, "the system message must change the prompt");
+}
+
+#[test]
+fn flag_errors() {
+    let model = tiny_gguf();
     let run = hone(&[
         "generate",
         "--model",

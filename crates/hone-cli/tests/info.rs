@@ -51,6 +51,7 @@ fn tiny_gguf_text() {
         "vocabulary     600",
         &format!("parameters     {} (0.0M)", gguf_weight_count(&path)),
         "tokenizer      llama-spm",
+        "bos / eos      <s> / </s>",
         "special tokens <unk>=0 <s>=1 </s>=2",
         "chat template  yes",
     ] {

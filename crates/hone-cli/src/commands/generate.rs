@@ -18,8 +18,8 @@ pub struct Args {
     /// Wrap the prompt in the chat template as one user turn (with the generation prompt).
     #[arg(long)]
     pub chat: bool,
-    /// System message for --chat.
-    #[arg(long, requires = "chat")]
+    /// System message; implies --chat.
+    #[arg(long)]
     pub system: Option<String>,
     /// Jinja chat template file, for models that have none or to override theirs.
     #[arg(long)]
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<()> {
     let loaded = args.model.load()?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
-    let prompt_ids = if args.chat {
+    let prompt_ids = if args.chat || args.system.is_some() {
         let template = chat_template(tok, args.chat_template.as_deref())?;
         let mut messages = vec![];
         if let Some(s) = &args.system {

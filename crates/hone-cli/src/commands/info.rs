@@ -77,10 +77,11 @@ pub fn run(args: Args) -> Result<()> {
     println!("dtype          {}", cfg.source_dtype);
     println!("tied embedding {}", cfg.tie_word_embeddings);
     println!("tokenizer      {}", tok.kind());
+    let token = |t: Option<&str>| t.unwrap_or("(none)").to_string();
     println!(
-        "bos / eos      {:?} / {:?}",
-        tok.bos_token(),
-        tok.eos_token()
+        "bos / eos      {} / {}",
+        token(tok.bos_token()),
+        token(tok.eos_token())
     );
     let names: Vec<String> = tok
         .special_tokens()
