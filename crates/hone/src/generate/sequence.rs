@@ -64,11 +64,6 @@ impl Sequence {
         self.ids.len()
     }
 
-    /// The ids generated so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
-    }
-
     /// Why the sequence ended (None while it runs).
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish_reason

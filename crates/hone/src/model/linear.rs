@@ -174,11 +174,6 @@ impl Linear {
         })
     }
 
-    /// How many projections the layer computes side by side.
-    pub fn n_projections(&self) -> usize {
-        self.widths.len()
-    }
-
     /// Output width of each projection, in order.
     pub fn widths(&self) -> &[usize] {
         &self.widths

@@ -350,9 +350,10 @@ impl Llama {
         cache: &mut Cache,
         adapter: Option<&LoraSet>,
     ) -> Result<Vec<f32>> {
-        let Some(t) = ids.len().checked_sub(1).map(|last| last + 1) else {
+        if ids.is_empty() {
             bail!("nothing to prefill: no tokens");
-        };
+        }
+        let t = ids.len();
         let groups: Vec<(Vec<usize>, &LoraSet)> =
             adapter.map(|set| (vec![0], set)).into_iter().collect();
         let hidden = self.run_blocks(ids, (1, t), &mut Attend::Batch(cache), &groups)?;
@@ -513,7 +514,7 @@ impl Llama {
                 .blocks
                 .iter()
                 .map(|b| {
-                    SLOTS.map(|slot| vec![PartUpdate::default(); b.linear(slot).n_projections()])
+                    SLOTS.map(|slot| vec![PartUpdate::default(); b.linear(slot).widths().len()])
                 })
                 .collect(),
             lm_head: vec![PartUpdate::default()],

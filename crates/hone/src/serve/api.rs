@@ -278,7 +278,7 @@ impl Common {
         };
         let seed = match self.seed {
             Some(seed) => seed as u64,
-            None => super::engine::random_seed(),
+            None => rand::random(),
         };
         if self.stream_options.is_some() && !self.stream {
             return Err(ApiError::invalid(

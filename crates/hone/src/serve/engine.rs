@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::Rng;
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
 use super::adapters::ServedAdapter;
@@ -307,8 +306,7 @@ impl Engine {
 
     fn fail_job(&self, job: Job, message: String) {
         let _ = job.events.send(Event::Failed(ApiError::internal(message)));
-        self.metrics.running.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.in_system.fetch_sub(1, Ordering::Relaxed);
+        self.request_done();
     }
 
     /// One row of `request` left the batch; the request is done with its last row.
@@ -316,9 +314,14 @@ impl Engine {
         let mut request = request.borrow_mut();
         request.rows_left -= 1;
         if request.rows_left == 0 {
-            self.metrics.running.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.in_system.fetch_sub(1, Ordering::Relaxed);
+            self.request_done();
         }
+    }
+
+    /// An admitted request left: its slot and its place in the queue's count are free.
+    fn request_done(&self) {
+        self.metrics.running.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_system.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -348,9 +351,4 @@ fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], chosen: u32, k: usize) -
             .map(|id| (text(id), logits[id as usize] - log_sum))
             .collect(),
     }
-}
-
-/// A seed for a request that gave none.
-pub fn random_seed() -> u64 {
-    rand::rng().random()
 }

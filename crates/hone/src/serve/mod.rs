@@ -14,9 +14,8 @@ mod metrics;
 mod routes;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
@@ -167,20 +166,4 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Defaults for [`Limits`].
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            api_key: None,
-            cors_origin: None,
-            max_body_bytes: 4 << 20,
-            max_batch: 8,
-            max_queue: 64,
-            request_timeout: Duration::from_secs(600),
-            adapter_root: None::<PathBuf>,
-            max_context: None,
-        }
-    }
 }

@@ -50,6 +50,22 @@ pub struct Limits {
     pub max_context: Option<usize>,
 }
 
+/// Defaults for [`Limits`].
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            api_key: None,
+            cors_origin: None,
+            max_body_bytes: 4 << 20,
+            max_batch: 8,
+            max_queue: 64,
+            request_timeout: Duration::from_secs(600),
+            adapter_root: None,
+            max_context: None,
+        }
+    }
+}
+
 impl Limits {
     /// The tokens one sequence may hold on a model of `model_context`.
     pub fn context(&self, model_context: usize) -> usize {
