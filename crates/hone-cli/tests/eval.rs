@@ -32,26 +32,26 @@ fn assert_close(got: f64, want: f64, rel: f64, what: &str) {
     );
 }
 
+/// `--exact` (f32) gives transformers' figure; the default, weights as stored (prompts on the bf16
+/// units where the CPU has them), is within the 0.5% the fast path promises.
 #[test]
 fn default_model_matches_transformers() {
     let Some(model) = real_model() else { return };
     let golden = read_json(&fixture("smollm2/perplexity.json"));
     let max = golden["max_tokens"].to_string();
-    let report = perplexity(
-        &model,
-        &fixture("smollm2/ppl.jsonl"),
-        &["--max-length", &max],
-    );
-    assert_eq!(report["n_tokens"], golden["n_tokens_predicted"]);
-    assert_eq!(
-        report["n_documents"],
-        json!(golden["rows"].as_array().unwrap().len())
-    );
-    let (got, want) = (
-        report["perplexity"].as_f64().unwrap(),
-        golden["perplexity"].as_f64().unwrap(),
-    );
-    assert_close(got, want, 1e-4, "perplexity");
+    let want = golden["perplexity"].as_f64().unwrap();
+    for (extra, tolerance) in [(Some("--exact"), 1e-4), (None, 5e-3)] {
+        let mut args = vec!["--max-length", &max];
+        args.extend(extra);
+        let report = perplexity(&model, &fixture("smollm2/ppl.jsonl"), &args);
+        assert_eq!(report["n_tokens"], golden["n_tokens_predicted"]);
+        assert_eq!(
+            report["n_documents"],
+            json!(golden["rows"].as_array().unwrap().len())
+        );
+        let got = report["perplexity"].as_f64().unwrap();
+        assert_close(got, want, tolerance, &format!("perplexity {extra:?}"));
+    }
 }
 
 /// The tiny HF model's golden rows (token ids, each ≥ 3, so text under the test tokenizer) and the

@@ -46,11 +46,21 @@ fn logits_match_transformers() {
     }
 }
 
-/// The stored-type path (the default) keeps f16/bf16 weights 16-bit and multiplies them widened in
-/// registers: the same values as the f32 path, so the same logits. The prompt pass takes the tiled
-/// product and the cache steps the few-row one.
+/// The stored-type path (the default) keeps f16/bf16 weights 16-bit. The cache steps take the
+/// few-row product, which widens them in registers: the same values as the f32 path, so the same
+/// logits. The prompt pass takes the many-row product: f16 weights in f32, so again equal; bf16
+/// weights, on a CPU with bf16 units, with the activations rounded to bf16, which moves these tiny
+/// models' logits by ~0.4% of their largest (measured 0.017 of 4.1).
 #[test]
 fn sixteen_bit_weights_kept_as_stored_match_transformers() {
+    let prompt_tolerance = |name: &str, golden: &Tensor| {
+        if name == "llama-bf16" && hone::kernels::bf16::kernel().is_some() {
+            let largest = golden.abs().unwrap().max_all().unwrap();
+            2e-2 * largest.to_scalar::<f32>().unwrap()
+        } else {
+            1e-4
+        }
+    };
     for name in ["llama-f16", "llama-bf16"] {
         let dir = fixture(&format!("models/{name}"));
         let (cfg, w) = weights::load_stored(&ModelSource::HfDir(dir), &Device::Cpu).unwrap();
@@ -63,7 +73,9 @@ fn sixteen_bit_weights_kept_as_stored_match_transformers() {
         let (golden, ids) = golden(name);
         let logits = model.forward(&ids, None).unwrap();
         let diff = max_abs_diff(&logits, &golden["logits"]);
-        assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
+        let tolerance = prompt_tolerance(name, &golden["logits"]);
+        println!("{name}: prompt pass, max abs logit difference {diff} (≤ {tolerance})");
+        assert!(diff < tolerance, "{name}: max abs logit difference {diff}");
         let mut cache = model.new_cache();
         let t = ids.dim(1).unwrap();
         let mut parts = vec![];

@@ -1,6 +1,7 @@
 //! bf16 × bf16 → f32 matrix products for mixed-precision training (`bf16: true`): the frozen
 //! weights are stored as bf16, the activations are rounded to bf16 (round to nearest even, as
-//! PyTorch's autocast casts them) and every product accumulates in f32.
+//! PyTorch's autocast casts them) and every product accumulates in f32. Inference runs prompts
+//! through the same kernels on weights of any stored type ([`prompt`]).
 //!
 //! Hand-written because no Rust crate multiplies bf16 on the CPU's bf16 units (`gemm` widens
 //! 16-bit floats to f32 first, which is no faster than f32). Two micro-kernels, chosen once from
@@ -22,6 +23,7 @@
 mod amx;
 mod avx512;
 mod pack;
+pub mod prompt;
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
