@@ -5,5 +5,6 @@ pub mod gguf;
 mod gguf_value;
 pub mod gguf_write;
 pub mod hub;
+pub mod names;
 pub mod safetensors;
 pub mod source;

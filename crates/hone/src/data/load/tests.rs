@@ -300,10 +300,14 @@ fn dataset_info_errors() {
     assert_eq!(
         err("identity"),
         format!(
-            "unknown dataset \"identity\": {info} names all_bad, alpaca_array, bad_column, \
-             bad_formatting, bad_tag, chat_custom, openai_chat, qa_custom, remote; a direct path must end in \
-             .json or .jsonl"
+            "unknown dataset \"identity\": not one of the 9 names in {info} (nearest: openai_chat, \
+             remote, bad_formatting); a direct path must end in .json or .jsonl"
         )
+    );
+    assert!(
+        err("openai_chta").contains("(nearest: openai_chat, "),
+        "{}",
+        err("openai_chta")
     );
     assert_eq!(
         err("bad_formatting"),

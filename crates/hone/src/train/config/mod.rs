@@ -226,15 +226,11 @@ fn known_keys() -> Vec<String> {
     }
 }
 
-/// The name in `names` closest in spelling to `name` (edit distance with transpositions, so
-/// `lora_rnak` finds `lora_rank`).
+/// The name in `names` closest in spelling to `name` (see [`crate::io::names::nearest`]).
 pub(super) fn nearest<'a, S: AsRef<str>>(name: &str, names: &'a [S]) -> &'a str {
-    let similarity =
-        |candidate: &S| strsim::normalized_damerau_levenshtein(name, candidate.as_ref());
-    names
-        .iter()
-        .max_by(|a, b| similarity(a).total_cmp(&similarity(b)))
-        .map(AsRef::as_ref)
+    crate::io::names::nearest(name, names, 1)
+        .first()
+        .copied()
         .unwrap_or_default()
 }
 
