@@ -232,16 +232,13 @@ fn matmul_on(
     kernel: Option<bf16::Kernel>,
 ) -> Vec<f32> {
     check_widths(parts, x, m);
-    // The f32 paths write the output transposed (`[n, m]`), so each task owns a contiguous slice.
-    match kernel {
-        _ if m <= FEW_ROWS => untranspose(parts, &dot_products(parts, x, m), m),
-        Some(kernel) => untranspose(
-            parts,
-            &bf16::prompt::products_transposed(kernel, parts, x, m),
-            m,
-        ),
-        None => untranspose(parts, &tiled_products(parts, x, m), m),
-    }
+    // Every path writes the output transposed (`[n, m]`), so each task owns a contiguous slice.
+    let yt = match kernel {
+        _ if m <= FEW_ROWS => dot_products(parts, x, m),
+        Some(kernel) => bf16::prompt::products_transposed(kernel, parts, x, m),
+        None => tiled_products(parts, x, m),
+    };
+    untranspose(parts, &yt, m)
 }
 
 /// [`matmul`] in f32 throughout, whatever the number of rows (training, where the activations'
@@ -294,14 +291,14 @@ fn untranspose(parts: &[&StoredMatrix], yt: &[f32], m: usize) -> Vec<f32> {
 }
 
 /// A run of one matrix's rows and the slice of the transposed output they fill.
-struct Task<'a> {
-    matrix: &'a StoredMatrix,
-    rows: Range<usize>,
-    out: &'a mut [f32],
+pub(super) struct Task<'a> {
+    pub(super) matrix: &'a StoredMatrix,
+    pub(super) rows: Range<usize>,
+    pub(super) out: &'a mut [f32],
 }
 
 /// Splits the transposed output `yt` (`[Σ rows, m]`) into tasks of `per_task` weight rows.
-fn tasks<'a>(
+pub(super) fn tasks<'a>(
     parts: &[&'a StoredMatrix],
     yt: &'a mut [f32],
     m: usize,
@@ -515,6 +512,14 @@ pub(crate) mod tests {
         y
     }
 
+    /// The bf16 kernels this CPU runs (each is tested wherever it exists, whichever `kernel` picks).
+    fn bf16_kernels() -> Vec<bf16::Kernel> {
+        [bf16::Kernel::Amx, bf16::Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
+    }
+
     #[test]
     fn fused_products_match_the_dequantized_reference_on_both_paths() {
         use GgmlType::*;
@@ -526,10 +531,7 @@ pub(crate) mod tests {
             stored(BF16, 5, k, 3),
         ];
         let refs: Vec<&StoredMatrix> = parts.iter().collect();
-        let bf16_kernels = [bf16::Kernel::Amx, bf16::Kernel::Avx512]
-            .into_iter()
-            .filter(|k| k.supported());
-        for kernel in bf16_kernels.map(Some).chain([None]) {
+        for kernel in bf16_kernels().into_iter().map(Some).chain([None]) {
             for m in [1, 3, FEW_ROWS, FEW_ROWS + 1, 40] {
                 let x = values(m * k, 11 + m);
                 let got = matmul_on(&refs, &x, m, kernel);
@@ -567,10 +569,7 @@ pub(crate) mod tests {
         let x = values(m * k, 4);
         let want = reference(&refs, &x, m);
         let scale = want.iter().fold(0f64, |a, b| a.max(b.abs()));
-        for kernel in [bf16::Kernel::Amx, bf16::Kernel::Avx512] {
-            if !kernel.supported() {
-                continue;
-            }
+        for kernel in bf16_kernels() {
             let got = matmul_on(&refs, &x, m, Some(kernel));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(

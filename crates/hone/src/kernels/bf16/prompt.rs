@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::{convert_row, pairs_for, run_task, to_bf16_pairs, Kernel, SharedOut, PANEL};
-use crate::kernels::stored::StoredMatrix;
+use crate::kernels::stored::{tasks, StoredMatrix, Task};
 
 /// Weight rows per block at most: a block's bf16 values (1 MiB at 4096 columns) stay in L2.
 const MAX_BLOCK_ROWS: usize = 128;
@@ -48,13 +48,13 @@ pub fn products_transposed(
     let block_rows = (n / (BLOCKS_PER_THREAD * rayon::current_num_threads()))
         .next_multiple_of(kernel.tile_rows())
         .clamp(kernel.tile_rows(), MAX_BLOCK_ROWS);
-    blocks(parts, &mut yt, m, block_rows)
+    tasks(parts, &mut yt, m, block_rows)
         .into_par_iter()
         .for_each_init(
             || (Vec::new(), vec![0f32; k]),
-            |(a, row), (matrix, first, out)| {
-                let count = out.len() / m;
-                weight_pairs(matrix, first..first + count, pairs, kernel, a, row);
+            |(a, row), Task { matrix, rows, out }| {
+                let count = rows.len();
+                weight_pairs(matrix, rows, pairs, kernel, a, row);
                 let out = SharedOut(out.as_mut_ptr());
                 // SAFETY: `a` holds `count` rows padded to whole tiles, `pairs` pairs each; the
                 // panels hold every token, padded to whole tiles; `out` is this block's `[count, m]`
@@ -63,27 +63,6 @@ pub fn products_transposed(
             },
         );
     yt
-}
-
-/// The blocks of at most `block_rows` rows of each matrix, with the first row's index in it and
-/// the block's rows of the transposed output (`[Σ rows, m]`).
-fn blocks<'a>(
-    parts: &[&'a StoredMatrix],
-    yt: &'a mut [f32],
-    m: usize,
-    block_rows: usize,
-) -> Vec<(&'a StoredMatrix, usize, &'a mut [f32])> {
-    let mut out = Vec::new();
-    let mut rest = yt;
-    for &matrix in parts {
-        for first in (0..matrix.rows()).step_by(block_rows) {
-            let count = block_rows.min(matrix.rows() - first);
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(count * m);
-            out.push((matrix, first, head));
-            rest = tail;
-        }
-    }
-    out
 }
 
 /// Rows `rows` of `matrix` as bf16 pairs into `a` (`pairs` per row), rows padded with zeros to
