@@ -10,19 +10,17 @@
 //!
 //! Mixed precision (`bf16: true`) holds frozen matrices as bf16 and multiplies them on the CPU's
 //! bf16 units ([`bf16`]): activations rounded to bf16, sums in f32, as PyTorch's autocast
-//! computes a Linear. Where the CPU has no fast bf16 kernel, the same bf16 weights are multiplied
-//! in f32 on widened tiles (activations not rounded).
+//! computes a Linear. Quantized frozen matrices (QLoRA) stay as stored and are rounded to bf16 for
+//! each product, as bitsandbytes dequantizes to its compute dtype. Where the CPU has no fast bf16
+//! kernel, the same weights are multiplied in f32 on widened tiles (activations not rounded).
 
 use std::ops::Range;
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use super::bf16;
 use super::matmul::{matmul, MatMut, MatRef, Threads};
-use super::stored::{self, StoredMatrix, WeightBytes};
-use crate::quant::GgmlType;
+use super::stored::{self, StoredMatrix};
 
 #[derive(Clone, Debug)]
 pub enum Matrix {
@@ -30,8 +28,9 @@ pub enum Matrix {
     F32 { values: Vec<f32>, cols: usize },
     /// Frozen matrices of the same width, stacked by rows.
     Stored(Vec<StoredMatrix>),
-    /// Frozen bf16 matrices of the same width, stacked by rows, multiplied in bf16; with
-    /// `packed`, their kernel layout is kept after the first product.
+    /// Frozen matrices of the same width, stacked by rows, multiplied in bf16: bf16 matrices, or
+    /// quantized ones rounded to bf16 for each product; with `packed` (bf16 matrices only), their
+    /// kernel layout is kept after the first product.
     Bf16 {
         parts: Vec<StoredMatrix>,
         packed: Option<Arc<bf16::Packed>>,
@@ -81,38 +80,28 @@ impl Matrix {
     /// The matrix as bf16 for mixed precision (values rounded to nearest even), converted in
     /// parallel bands of rows, so no f32 copy of a stored matrix is made.
     pub fn to_bf16(&self) -> Matrix {
-        const BAND: usize = 64;
-        let (rows, cols) = (self.rows(), self.cols());
-        let mut bytes = vec![0u8; rows * cols * 2];
         let me = self.as_ref();
-        bytes
-            .par_chunks_mut(BAND * cols * 2)
-            .enumerate()
-            .for_each(|(band, out)| {
-                let first = band * BAND;
-                let rows = first..first + out.len() / (2 * cols);
-                let widened;
-                let values = match me {
-                    MatrixRef::F32 { values, .. } => &values[rows.start * cols..rows.end * cols],
-                    _ => {
-                        widened = me.rows_f32(rows);
-                        &widened[..]
-                    }
-                };
-                for (out, &v) in out.chunks_exact_mut(2).zip(values) {
-                    out.copy_from_slice(&bf16::to_bf16(v).to_le_bytes());
-                }
-            });
-        let matrix = StoredMatrix::new(
-            GgmlType::BF16,
-            rows,
-            cols,
-            WeightBytes::Owned(Arc::new(bytes)),
-        )
-        .expect("bf16 rows of any width are whole blocks");
+        let matrix = bf16::rounded(self.rows(), self.cols(), |rows, out| match me {
+            MatrixRef::F32 { values, cols } => {
+                out.copy_from_slice(&values[rows.start * cols..rows.end * cols])
+            }
+            _ => out.copy_from_slice(&me.rows_f32(rows)),
+        });
         Matrix::Bf16 {
             parts: vec![matrix],
             packed: None,
+        }
+    }
+
+    /// A frozen stored matrix whose products run on the bf16 units, its weights kept as stored
+    /// and rounded to bf16 for each product (QLoRA under `bf16: true`); any other as it is.
+    pub fn multiplied_in_bf16(self) -> Matrix {
+        match self {
+            Matrix::Stored(parts) => Matrix::Bf16 {
+                parts,
+                packed: None,
+            },
+            other => other,
         }
     }
 
@@ -359,5 +348,35 @@ mod tests {
         for (a, b) in ys.iter().zip(&yf).chain(dxs.iter().zip(&dxf)) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    /// A quantized stack multiplied in bf16 gives exactly the products of its bf16 rounding,
+    /// forward and input gradient, while it stays as stored (on CPUs with bf16 units; elsewhere
+    /// both run in f32 and the test above covers the stored path).
+    #[test]
+    fn a_quantized_stack_multiplied_in_bf16_equals_its_bf16_rounding() {
+        if bf16::kernel().is_none() {
+            return;
+        }
+        let k = 64;
+        let parts = vec![
+            stored(GgmlType::Q4_1, 21, k, 1),
+            stored(GgmlType::Q8_0, 40, k, 2),
+        ];
+        let stored_bytes: usize = parts.iter().map(|p| p.n_bytes()).sum();
+        let quantized = Matrix::Stored(parts).multiplied_in_bf16();
+        let rounded = quantized.to_bf16();
+        assert_eq!(quantized.n_bytes(), stored_bytes);
+        let (m, n) = (37, 61);
+        let x = values(m * k, 5);
+        let (mut yq, mut yr) = (vec![0.0; m * n], vec![1.0; m * n]);
+        quantized.forward(&x, &mut yq);
+        rounded.forward(&x, &mut yr);
+        assert_eq!(yq, yr);
+        let dy = values(m * n, 9);
+        let (mut dxq, mut dxr) = (vec![1.0; m * k], vec![1.0; m * k]);
+        quantized.backward_input(&dy, &mut dxq, true);
+        rounded.backward_input(&dy, &mut dxr, true);
+        assert_eq!(dxq, dxr);
     }
 }

@@ -163,6 +163,7 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
     // With recomputation each block's forward runs again just before its backward, and the
     // allocator keeps both sets of buffers (measured on a 1B shape at 2048 and 4096 tokens).
     let scratch = scratch_bytes(run)
+        + bf16_copy_bytes(run)
         + if run.recompute {
             forward_scratch_bytes(run)
         } else {
@@ -204,7 +205,12 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
         Part {
             name: "scratch",
             bytes: scratch,
-            detail: "one block's backward, the loss's logits chunk".to_string(),
+            detail: if bf16_copy_bytes(run) > 0 {
+                "one block's backward, the loss's logits chunk, a quantized matrix's bf16 copy"
+            } else {
+                "one block's backward, the loss's logits chunk"
+            }
+            .to_string(),
         },
         Part {
             name: "allocator",
@@ -375,6 +381,22 @@ fn forward_scratch_bytes(run: &RunShape) -> u64 {
     4 * run.batch_tokens as u64 * floats as u64
 }
 
+/// Under bf16 with quantized frozen matrices kept as stored, the bf16 copy a product makes of its
+/// stacked matrix (`kernels::bf16`): the largest of q|k|v, o, gate|up and down.
+fn bf16_copy_bytes(run: &RunShape) -> u64 {
+    if !(run.bf16 && run.keeps_quantized) {
+        return 0;
+    }
+    let m = run.model;
+    let (q, kv) = m.attention_widths();
+    let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
+    let largest = [(q + 2 * kv) as u64 * h, q as u64 * h, 2 * i * h, i * h]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    2 * largest
+}
+
 /// The largest transient set: one block's backward (the SwiGLU gradient's three MLP-wide
 /// buffers, three hidden-wide ones and the running input gradient), the loss's gathered rows,
 /// logits chunk and hidden-state gradient, or an evaluation batch's forward.
@@ -483,6 +505,14 @@ mod tests {
         let nf4 = plan(&run, None);
         let want = decoder / 64 * 36 + 4 * 100 * 64 + 4 * VECTORS;
         assert_eq!(part(&nf4, "weights"), want);
+
+        // Under bf16 the quantized matrices stay as stored, and a product rounds its stack to a
+        // bf16 copy: gate|up's 2 · 128 · 64 values are the largest.
+        run.keeps_quantized = true;
+        run.bf16 = true;
+        let nf4_bf16 = plan(&run, None);
+        let copy = part(&nf4_bf16, "scratch") - part(&nf4, "scratch");
+        assert_eq!(copy, 2 * 2 * 128 * 64);
     }
 
     #[test]

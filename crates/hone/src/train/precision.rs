@@ -6,7 +6,9 @@
 //! A frozen matrix is replaced by its bf16 rounding (half the memory of f32), unless the run saves
 //! the whole model; a matrix that trains keeps its f32 values and gets a bf16 copy, made again
 //! after every optimizer step. Quantized frozen matrices (QLoRA) may stay as stored, being smaller
-//! than bf16.
+//! than bf16: a block's products round them to bf16 one matrix at a time, while a quantized head
+//! (multiplied by a chunk of tokens at a time, too often to convert it for each) keeps f32
+//! products on dequantized tiles.
 
 use super::model::TrainModel;
 use crate::kernels::matrix::Matrix;
@@ -25,6 +27,10 @@ impl TrainModel {
             for p in block.projections_mut() {
                 let trains = p.weight_trains();
                 keep(trains).place(&mut p.weight, &mut p.bf16, Matrix::to_bf16);
+                if !trains && p.bf16.is_none() {
+                    p.weight = std::mem::replace(&mut p.weight, Matrix::Stored(vec![]))
+                        .multiplied_in_bf16();
+                }
             }
         }
         match &mut self.lm_head {

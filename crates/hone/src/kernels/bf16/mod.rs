@@ -31,7 +31,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::stored::StoredMatrix;
+use super::stored::{StoredMatrix, WeightBytes};
+use crate::quant::GgmlType;
 use pack::{Orientation, Rows, Source};
 
 /// The reduction dimension is padded to a multiple of this many pairs of values (AMX's tile depth:
@@ -94,10 +95,11 @@ pub fn kernel() -> Option<Kernel> {
     })
 }
 
-/// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ` for bf16 matrices stacked by rows (overwrites `y`).
+/// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ` for matrices stacked by rows (overwrites `y`): bf16
+/// ones, or any stored type rounded to bf16 for the product. `packed` is for bf16 matrices only.
 ///
 /// # Panics
-/// If a matrix is not bf16, the widths differ, or the slices are not the shapes above.
+/// If the widths differ or the slices are not the shapes above.
 pub fn forward(
     kernel: Kernel,
     parts: &[&StoredMatrix],
@@ -157,7 +159,23 @@ fn weight_product(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let rows = Rows::new(parts);
+    // Quantized weights (QLoRA under `bf16: true`) are rounded to bf16 copies for this product
+    // only: the copy costs one pass over the weights against 2·m passes of arithmetic, and one
+    // stacked matrix at a time is all the memory it takes.
+    let copies: Vec<StoredMatrix> = parts
+        .iter()
+        .filter(|p| p.ggml_type() != GgmlType::BF16)
+        .map(|p| rounded(p.rows(), p.cols(), |rows, out| p.dequantize_rows(rows, out)))
+        .collect();
+    let mut copies = copies.iter();
+    let parts: Vec<&StoredMatrix> = parts
+        .iter()
+        .map(|&p| match p.ggml_type() {
+            GgmlType::BF16 => p,
+            _ => copies.next().expect("one copy per matrix that is not bf16"),
+        })
+        .collect();
+    let rows = Rows::new(&parts);
     let (k, n) = match orientation {
         Orientation::Transposed => (rows.cols(), rows.len()),
         Orientation::AsStored => (rows.len(), rows.cols()),
@@ -169,6 +187,36 @@ fn weight_product(
     };
     let a = to_bf16_pairs(kernel, a, m, k);
     product(kernel, &a, m, b, packed, c, accumulate);
+}
+
+/// A `[rows, cols]` bf16 matrix of values rounded to nearest even, where `values(band, out)`
+/// writes the f32 values of a band of rows into `out`: converted in parallel bands, so no f32
+/// copy of the whole matrix is made.
+pub fn rounded(
+    rows: usize,
+    cols: usize,
+    values: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> StoredMatrix {
+    const BAND: usize = 64;
+    let mut bytes = vec![0u8; rows * cols * 2];
+    bytes
+        .par_chunks_mut(BAND * cols * 2)
+        .enumerate()
+        .for_each_init(Vec::new, |band_values, (band, out)| {
+            let first = band * BAND;
+            band_values.resize(out.len() / 2, 0.0);
+            values(first..first + out.len() / (2 * cols), band_values);
+            for (out, &v) in out.chunks_exact_mut(2).zip(band_values.iter()) {
+                out.copy_from_slice(&to_bf16(v).to_le_bytes());
+            }
+        });
+    StoredMatrix::new(
+        GgmlType::BF16,
+        rows,
+        cols,
+        WeightBytes::Owned(std::sync::Arc::new(bytes)),
+    )
+    .expect("bf16 rows of any width are whole blocks")
 }
 
 /// A weight's panels in both orientations, packed on first use and kept (see
