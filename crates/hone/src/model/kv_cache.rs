@@ -171,11 +171,12 @@ impl LayerCache {
     /// One query head's softmax-weighted sum of the values of the keys it sees.
     #[inline(always)]
     fn attend_one(&self, query: &Query, out: &mut [f32]) {
-        let mut weights: Vec<f32> = query
-            .keys
-            .clone()
-            .map(|j| dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale)
-            .collect();
+        // Filled by a loop rather than collected: `collect` is a function of its own, compiled
+        // without the caller's AVX-512, which ran these dot products 4 lanes wide.
+        let mut weights = vec![0f32; query.keys.len()];
+        for (w, j) in weights.iter_mut().zip(query.keys.clone()) {
+            *w = dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale;
+        }
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for w in &mut weights {
