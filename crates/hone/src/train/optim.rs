@@ -181,6 +181,25 @@ impl Coefficients {
     /// `exp_avg_sq.mul_(β2).addcmul_(g, g, 1 - β2)`, `denom = exp_avg_sq.sqrt() / bc2_sqrt + eps`,
     /// `p.addcdiv_(exp_avg, denom, -lr / bc1)`.
     fn update(&self, value: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.update_avx512(value, grad, m, v) };
+        }
+        self.update_portable(value, grad, m, v)
+    }
+
+    /// [`Self::update_portable`] compiled for AVX-512: the crate is built for baseline x86-64,
+    /// where the square roots and divisions ran 4 lanes wide (a tenth of a bf16 full fine-tuning
+    /// step). Square root and division round exactly at any width, so the values are the same.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn update_avx512(&self, value: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.update_portable(value, grad, m, v)
+    }
+
+    #[inline(always)]
+    fn update_portable(&self, value: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
         for (((p, &g), m), v) in value.iter_mut().zip(grad).zip(m).zip(v) {
             if let Some(decay) = self.decay {
                 *p *= decay;
@@ -194,6 +213,7 @@ impl Coefficients {
 }
 
 /// torch's lerp, which picks the formula that is exact at the nearer end point.
+#[inline(always)]
 fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     if weight.abs() < 0.5 {
         start + weight * (end - start)
