@@ -12,7 +12,7 @@ static ALLOCATOR: hone::alloc::MiMalloc = hone::alloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "hone",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), env!("HONE_GIT_SUFFIX")),
     about = "Fine-tune, evaluate and export Llama-family language models"
 )]
 struct Cli {
@@ -44,6 +44,8 @@ enum Command {
     Export(commands::export::Args),
     /// Serve a model and its LoRA adapters over OpenAI's HTTP API (chat, completions, streaming).
     Serve(commands::serve::Args),
+    /// Print a shell completion script: `hone completions bash > ~/.local/share/bash-completion/completions/hone`.
+    Completions(commands::completions::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,5 +79,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Merge(a) => commands::merge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Completions(a) => commands::completions::run::<Cli>(a),
     }
 }

@@ -72,6 +72,42 @@ fn losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The output directory records the data as the run read it when the run starts: the file's
+/// SHA-256 and size, its rows, the rows `max_samples` kept, and the split they went into.
+#[test]
+fn the_run_records_its_dataset_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let run = hone(&[
+        "train",
+        arg(&config),
+        "max_steps=1",
+        "max_samples=5",
+        "val_size=2",
+    ]);
+    run.ok();
+    let out = dir.path().join("out");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dataset_record.json")).unwrap())
+            .unwrap();
+    let data = dir.path().join("data.jsonl");
+    let (sha256, bytes) = hone::data::record::sha256_file(&data).unwrap();
+    let want = serde_json::json!({
+        "files": [{
+            "path": data.display().to_string(),
+            "role": "dataset",
+            "sha256": sha256,
+            "bytes": bytes,
+            "rows": ROWS.len(),
+            "rows_used": 5,
+        }],
+        "train_rows": 3,
+        "eval_rows": 2,
+    });
+    assert_eq!(record, want);
+    assert_eq!(bytes, std::fs::metadata(&data).unwrap().len());
+}
+
 #[test]
 fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod compare;
+pub mod completions;
 pub mod eval;
 pub mod export;
 pub mod generate;

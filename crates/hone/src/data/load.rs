@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 
 use super::convert::{convert, Answer, RowError, SkipReason};
 use super::info::{self, Format, Source};
+use super::record::FileUse;
 use super::rows::{read_rows, RawRow};
 use super::Conversation;
 
@@ -17,6 +18,8 @@ use super::Conversation;
 pub struct LoadedDataset {
     pub conversations: Vec<Conversation>,
     pub skipped: SkipSummary,
+    /// Each file read, with its rows read and used (`role` "dataset").
+    pub files: Vec<FileUse>,
 }
 
 /// Rows skipped, counted by reason, each reason with its first occurrence as an example.
@@ -90,12 +93,19 @@ pub fn load_dataset(
     let mut loaded = LoadedDataset {
         conversations: Vec::new(),
         skipped: SkipSummary::default(),
+        files: Vec::new(),
     };
     for source in info::resolve(dataset, dataset_dir)? {
         let (conversations, skipped) = load_file(&source, skip_invalid_rows, Answer::Required)?;
         if conversations.is_empty() {
             bail!("{}: no usable rows ({skipped})", source.path.display());
         }
+        loaded.files.push(FileUse {
+            path: source.path.clone(),
+            role: "dataset",
+            rows: conversations.len() + skipped.total(),
+            used: conversations.len(),
+        });
         loaded.conversations.extend(conversations);
         loaded.skipped.merge(skipped);
     }

@@ -9,6 +9,8 @@
 //! 3. [`split`] holds out a validation set, [`pack`] optionally packs examples into rows of up to
 //!    `cutoff_len` tokens, and [`collate`] pads rows into a [`Batch`].
 //!
+//! [`record`] keeps what a run read: each file's SHA-256, size and rows used.
+//!
 //! [`load_prompts`] reads the same files (and plain text, a prompt a line) as prompts for a model to
 //! answer, where a row's response is an optional reference.
 
@@ -18,6 +20,7 @@ mod info;
 mod load;
 mod pack;
 mod prompts;
+pub mod record;
 mod rows;
 mod split;
 

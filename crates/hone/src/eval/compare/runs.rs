@@ -1,11 +1,13 @@
 //! What a comparison says about each model it ran: a label to tell it by, and for an adapter the
-//! settings it was trained with (from `adapter_config.json` and Hone's `training_args.yaml`).
+//! settings it was trained with (from `adapter_config.json` and Hone's `training_args.yaml`) and
+//! the data it was trained on (Hone's `dataset_record.json`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::data::record::DATASET_RECORD;
 use crate::train::config::find_training_args;
 
 /// The `adapter_config.json` keys a report shows: PEFT's method, rank, scaling, targets and
@@ -25,7 +27,8 @@ const KEY_SETTINGS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdapterSettings {
     pub dir: PathBuf,
-    /// [`KEY_SETTINGS`] present in `adapter_config.json`, in that order, as display text.
+    /// [`KEY_SETTINGS`] present in `adapter_config.json`, in that order, as display text; then a
+    /// `data` row per dataset file of the run's record.
     pub config: Vec<(String, String)>,
     /// `training_args.yaml` from the adapter directory or its parent (a checkpoint's run), verbatim.
     pub training_args: Option<(PathBuf, String)>,
@@ -43,10 +46,11 @@ impl AdapterSettings {
         let object = config
             .as_object()
             .with_context(|| format!("{}: expected a JSON object", path.display()))?;
-        let config = KEY_SETTINGS
+        let mut config: Vec<(String, String)> = KEY_SETTINGS
             .iter()
             .filter_map(|&key| Some((key.to_owned(), display_value(object.get(key)?))))
             .collect();
+        config.extend(dataset_files(dir)?);
         Ok(AdapterSettings {
             dir: dir.to_owned(),
             config,
@@ -66,6 +70,42 @@ fn display_value(value: &Value) -> String {
             .join(", "),
         other => other.to_string(),
     }
+}
+
+/// The files of the run's `dataset_record.json` (in `dir` or its parent, as `training_args.yaml`),
+/// one `("data", "path (dataset): 5 of 6 rows, 1234 bytes, sha256 …")` row each.
+fn dataset_files(dir: &Path) -> Result<Vec<(String, String)>> {
+    let Some(path) = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(DATASET_RECORD))
+        .find(|p| p.is_file())
+    else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let record: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let files = record["files"]
+        .as_array()
+        .with_context(|| format!("{}: files: expected a list", path.display()))?;
+    Ok(files
+        .iter()
+        .map(|f| {
+            let text = |key: &str| display_value(&f[key]);
+            let line = format!(
+                "{} ({}): {} of {} rows, {} bytes, sha256 {}",
+                text("path"),
+                text("role"),
+                text("rows_used"),
+                text("rows"),
+                text("bytes"),
+                text("sha256"),
+            );
+            ("data".to_owned(), line)
+        })
+        .collect())
 }
 
 /// The run's `training_args.yaml` ([`find_training_args`]) and its text.
@@ -176,5 +216,36 @@ mod tests {
                 tmp.path().join("adapter_config.json").display()
             )
         );
+    }
+
+    /// A checkpoint's settings list the run's data files from the record in its parent.
+    #[test]
+    fn a_checkpoint_shows_its_runs_data_files() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoint = run.path().join("checkpoint-10");
+        std::fs::create_dir(&checkpoint).unwrap();
+        let config = r#"{"peft_type": "LORA", "r": 8}"#;
+        std::fs::write(checkpoint.join("adapter_config.json"), config).unwrap();
+        let record = serde_json::json!({
+            "files": [{"path": "data/a.jsonl", "role": "dataset", "sha256": "ab12",
+                       "bytes": 300, "rows": 6, "rows_used": 5}],
+            "train_rows": 4,
+            "eval_rows": 1,
+        });
+        std::fs::write(run.path().join(DATASET_RECORD), record.to_string()).unwrap();
+        let settings = AdapterSettings::read(&checkpoint).unwrap();
+        let want = "data/a.jsonl (dataset): 5 of 6 rows, 300 bytes, sha256 ab12";
+        assert_eq!(
+            settings.config,
+            [
+                ("peft_type".to_owned(), "LORA".to_owned()),
+                ("r".to_owned(), "8".to_owned()),
+                ("data".to_owned(), want.to_owned()),
+            ]
+        );
+
+        std::fs::write(run.path().join(DATASET_RECORD), "{").unwrap();
+        let err = AdapterSettings::read(&checkpoint).unwrap_err();
+        assert!(format!("{err:#}").contains("dataset_record.json: not valid JSON"));
     }
 }

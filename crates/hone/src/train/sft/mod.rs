@@ -92,6 +92,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         bail!(plan::refusal(config, &plan_inputs, &memory)?);
     }
     let output_dir = prepare_output_dir(config)?;
+    output::write_dataset_record(&output_dir, &rows)?;
     let mut base = setup::load_base(config)?;
     if let Some(note) = setup::choose_base_storage(config, &mut base)? {
         on(Event::Note(&note));

@@ -1,6 +1,7 @@
 //! The output directory of a finished run, laid out as LLaMA-Factory / the HF Trainer leave it:
 //! the PEFT adapter (LoRA) or a complete HF checkpoint (full and freeze), the tokenizer files, the
-//! resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`.
+//! resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`; and
+//! Hone's record of the data read (`dataset_record.json`, written when the run starts).
 
 use std::fs;
 use std::path::Path;
@@ -8,7 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use super::setup::Rows;
 use crate::adapters::{write_adapter, AdapterConfig};
+use crate::data::record;
 use crate::export::hf::{write_hf_checkpoint, HfWriteOptions, SaveDtype};
 use crate::io::atomic;
 use crate::tokenizer::Tokenizer;
@@ -49,6 +52,14 @@ pub fn write_final(f: &Final) -> Result<()> {
     let text = serde_json::to_string_pretty(&results)? + "\n";
     atomic::write_text(&dir.join("train_results.json"), &text)?;
     atomic::write_text(&dir.join("all_results.json"), &text)
+}
+
+/// `dataset_record.json`: every dataset file's SHA-256, size and rows read and used, and the
+/// rows of the training and validation sets.
+pub fn write_dataset_record(dir: &Path, rows: &Rows) -> Result<()> {
+    let record = record::record(&rows.files, rows.train.len(), rows.val.len())?;
+    let text = serde_json::to_string_pretty(&record)? + "\n";
+    atomic::write_text(&dir.join(record::DATASET_RECORD), &text)
 }
 
 /// A full or freeze run's weights as an HF checkpoint in `dir`, which already holds the run's

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 
 use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
+use crate::data::record::{self, FileUse};
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::kernels::bf16::{self, Kernel};
 use crate::model::quantize::quantize_decoder_matrices;
@@ -53,6 +54,8 @@ pub struct Rows {
     pub val: Vec<Row>,
     pub skipped: SkipSummary,
     pub train_examples: usize,
+    /// The files read, for the run's `dataset_record.json`.
+    pub files: Vec<FileUse>,
 }
 
 /// Loads `dataset` (and `eval_dataset`, else a `val_size` split), encodes every conversation
@@ -70,12 +73,18 @@ pub fn load_rows(
     let mut loaded = data::load_dataset(&dataset.to_string(), dataset_dir, d.skip_invalid_rows)?;
     if let Some(max) = d.max_samples {
         loaded.conversations.truncate(max as usize);
+        record::keep_first(&mut loaded.files, max as usize);
     }
     let mut skipped = loaded.skipped;
+    let mut files = loaded.files;
     let (train, val) = match &d.eval_dataset {
         Some(eval) => {
             let eval = data::load_dataset(&eval.to_string(), dataset_dir, d.skip_invalid_rows)?;
             skipped.merge(eval.skipped);
+            files.extend(eval.files.into_iter().map(|f| FileUse {
+                role: "eval_dataset",
+                ..f
+            }));
             (loaded.conversations, eval.conversations)
         }
         None => {
@@ -107,6 +116,7 @@ pub fn load_rows(
         val: rows(val),
         skipped,
         train_examples,
+        files,
     })
 }
 
