@@ -32,6 +32,9 @@ enum Command {
     Train(commands::train::Args),
     /// Predict the peak memory of a `hone train` run from its config, before loading anything.
     Plan(commands::plan::Args),
+    /// Show what a `hone train` run of a config will train on: per dataset the rows, tokens,
+    /// truncation, labelled share and packing, then the first rows with the trained tokens marked.
+    Data(commands::data::Args),
     /// Compare a base model with its adapters on the same prompts: an HTML and a Markdown report
     /// of their answers side by side, scores, perplexities and settings.
     Compare(commands::compare::Args),
@@ -74,6 +77,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Chat(a) => commands::chat::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Plan(a) => commands::plan::run(a),
+        Command::Data(a) => commands::data::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Merge(a) => commands::merge::run(a),

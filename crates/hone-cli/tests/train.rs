@@ -72,6 +72,46 @@ fn losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// `hone data` shows what training will see: rows read and skipped with the reason, tokens,
+/// truncation by `cutoff_len`, the labelled share, packing, and the first rows with the trained
+/// tokens in brackets (stdout is not a terminal here).
+#[test]
+fn data_shows_what_training_will_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let data = dir.path().join("data.jsonl");
+    let mut rows = std::fs::read_to_string(&data).unwrap();
+    rows += "{\"instruction\": \"Hi\"}\n";
+    std::fs::write(&data, rows).unwrap();
+    let run = hone(&["data", arg(&config), "--rows", "1", "cutoff_len=12"]);
+    let out = run.ok();
+    let name = data.display().to_string();
+    assert!(out.starts_with(&format!("{name} (dataset):\n")), "{out}");
+    let skipped = format!(
+        "rows          {} read, 1 row skipped: 1 missing field",
+        ROWS.len() + 1
+    );
+    assert!(out.contains(&skipped), "{out}");
+    assert!(
+        out.contains(&format!("in {} examples: min ", ROWS.len())),
+        "{out}"
+    );
+    assert!(out.contains("cutoff_len    12: "), "{out}");
+    assert!(
+        !out.contains("12: 0 examples cut"),
+        "the short cutoff cuts rows: {out}"
+    );
+    assert!(
+        out.contains("max 12\n"),
+        "no example is longer than cutoff_len: {out}"
+    );
+    assert!(out.contains("note: skip_invalid_rows is false"), "{out}");
+    let sample = out.split("\nrow 1 (").nth(1).expect("a sample row");
+    assert!(sample.starts_with(&format!("{name}:1; trained tokens in [[ ]]):\n")));
+    assert!(sample.contains("[[") && sample.contains("]]"), "{sample}");
+    assert!(!out.contains("\nrow 2 ("), "--rows 1 shows one row");
+}
+
 /// The output directory records the data as the run read it when the run starts: the file's
 /// SHA-256 and size, its rows, the rows `max_samples` kept, and the split they went into.
 #[test]

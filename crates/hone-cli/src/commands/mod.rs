@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod compare;
 pub mod completions;
+pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;

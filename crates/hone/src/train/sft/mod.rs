@@ -9,6 +9,7 @@
 
 mod output;
 pub mod plan;
+pub mod preview;
 mod setup;
 mod state;
 

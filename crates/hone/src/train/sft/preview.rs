@@ -1,0 +1,230 @@
+//! `hone data`: what a run of a config will train on, seen before any weight is loaded. Per
+//! dataset: rows read and skipped (by reason), tokens per example, examples cut by `cutoff_len`,
+//! the share of tokens that carry labels (those the loss is taken on) and how full `packing` would
+//! fill its rows; then the first rows as the model sees them, rendered through the chat template
+//! and tokenized, the trained tokens marked and special tokens shown as their text.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::setup;
+use crate::data::{self, Conversation, EncodeOptions, Example, SkipSummary};
+use crate::kernels::cross_entropy::IGNORE_INDEX;
+use crate::model;
+use crate::tokenizer::Tokenizer;
+use crate::train::config::SftConfig;
+
+/// One dataset name of the config, as training would read and encode it.
+#[derive(Debug, Clone)]
+pub struct DatasetStats {
+    /// The name as the config gives it, and the key (`dataset` or `eval_dataset`).
+    pub name: String,
+    pub key: &'static str,
+    pub rows: usize,
+    pub skipped: SkipSummary,
+    /// Tokens of each example as trained (after `cutoff_len`), ascending.
+    pub lengths: Vec<usize>,
+    /// Examples longer than `cutoff_len` before it cut them.
+    pub truncated: usize,
+    /// Tokens with a label.
+    pub labelled: usize,
+    /// Rows `packing` would make of the examples.
+    pub packed_rows: usize,
+}
+
+impl DatasetStats {
+    fn tokens(&self) -> usize {
+        self.lengths.iter().sum()
+    }
+}
+
+/// A row as the model sees it: the rendered, tokenized text in runs of trained and untrained
+/// tokens.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// `file:line` of the row.
+    pub origin: String,
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    pub trained: bool,
+}
+
+/// Everything `hone data` shows.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub cutoff_len: usize,
+    pub packing: bool,
+    /// `skip_invalid_rows`: without it, training stops at the first row counted as skipped here.
+    pub skips_invalid_rows: bool,
+    pub datasets: Vec<DatasetStats>,
+    pub samples: Vec<Sample>,
+}
+
+/// How trained tokens are marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marks {
+    /// Green, for a terminal.
+    Colour,
+    /// `[[…]]`, for a file or a pipe.
+    Brackets,
+}
+
+/// Reads and encodes every dataset of `config` as `hone train` would (the model's tokenizer and
+/// chat template, no weights), keeping the first `sample_rows` rows of the first dataset to show.
+pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
+    let (_, _, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
+    let (template, _) = setup::chat_template(config, &tokenizer)?;
+    let d = &config.data;
+    let cutoff_len = d.cutoff_len as usize;
+    let encode = |conversation: &Conversation, cutoff_len: usize| {
+        let options = EncodeOptions {
+            cutoff_len,
+            train_on_prompt: d.train_on_prompt,
+        };
+        data::encode(&tokenizer, &template, conversation, &options)
+    };
+    let names = [("dataset", &d.dataset), ("eval_dataset", &d.eval_dataset)];
+    let mut datasets = Vec::new();
+    let mut samples = Vec::new();
+    for (key, list) in names {
+        for name in list.iter().flat_map(|l| l.items()) {
+            let loaded = data::load_dataset(name, Path::new(&d.dataset_dir), true)?;
+            let mut examples = Vec::with_capacity(loaded.conversations.len());
+            let mut truncated = 0;
+            for conversation in &loaded.conversations {
+                let whole = encode(conversation, usize::MAX)?;
+                truncated += usize::from(whole.input_ids.len() > cutoff_len);
+                let example = encode(conversation, cutoff_len)?;
+                if samples.len() < sample_rows {
+                    samples.push(sample(&tokenizer, conversation, &example)?);
+                }
+                examples.push(example);
+            }
+            let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+            lengths.sort_unstable();
+            let labelled = examples
+                .iter()
+                .flat_map(|e| &e.labels)
+                .filter(|&&l| l != IGNORE_INDEX)
+                .count();
+            datasets.push(DatasetStats {
+                name: name.clone(),
+                key,
+                rows: loaded.files.iter().map(|f| f.rows).sum(),
+                skipped: loaded.skipped,
+                lengths,
+                truncated,
+                labelled,
+                packed_rows: data::pack(examples, cutoff_len).len(),
+            });
+        }
+    }
+    Ok(Preview {
+        cutoff_len,
+        packing: d.packing,
+        skips_invalid_rows: d.skip_invalid_rows,
+        datasets,
+        samples,
+    })
+}
+
+/// The example's tokens decoded in runs of equal labelling, special tokens kept.
+fn sample(tokenizer: &Tokenizer, conversation: &Conversation, example: &Example) -> Result<Sample> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut start = 0;
+    let trained = |i: usize| example.labels[i] != IGNORE_INDEX;
+    for end in 1..=example.input_ids.len() {
+        if end == example.input_ids.len() || trained(end) != trained(start) {
+            pieces.push(Piece {
+                text: tokenizer.decode(&example.input_ids[start..end], false)?,
+                trained: trained(start),
+            });
+            start = end;
+        }
+    }
+    Ok(Sample {
+        origin: conversation.origin.to_string(),
+        pieces,
+    })
+}
+
+impl Preview {
+    /// The report as text: a block per dataset, then the samples with `marks` on trained tokens.
+    pub fn render(&self, marks: Marks) -> String {
+        let mut out = String::new();
+        for d in &self.datasets {
+            render_dataset(&mut out, d, self.cutoff_len, self.packing);
+        }
+        if !self.skips_invalid_rows && self.datasets.iter().any(|d| !d.skipped.is_empty()) {
+            out += "note: skip_invalid_rows is false, so training stops at the first skipped row\n";
+        }
+        let legend = match marks {
+            Marks::Colour => "trained tokens in green",
+            Marks::Brackets => "trained tokens in [[ ]]",
+        };
+        for (i, s) in self.samples.iter().enumerate() {
+            let _ = writeln!(out, "\nrow {} ({}; {legend}):", i + 1, s.origin);
+            for piece in &s.pieces {
+                out += &match (piece.trained, marks) {
+                    (false, _) => piece.text.clone(),
+                    (true, Marks::Colour) => format!("\x1b[32m{}\x1b[0m", piece.text),
+                    (true, Marks::Brackets) => format!("[[{}]]", piece.text),
+                };
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn render_dataset(out: &mut String, d: &DatasetStats, cutoff_len: usize, packing: bool) {
+    let examples = d.lengths.len();
+    let tokens = d.tokens();
+    let _ = writeln!(out, "{} ({}):", d.name, d.key);
+    let _ = writeln!(out, "  rows          {} read, {}", d.rows, d.skipped);
+    if examples == 0 {
+        return;
+    }
+    let (min, median, max) = (
+        d.lengths[0],
+        d.lengths[examples / 2],
+        d.lengths[examples - 1],
+    );
+    let _ = writeln!(
+        out,
+        "  tokens        {tokens} in {examples} examples: min {min}, median {median}, max {max}"
+    );
+    let _ = writeln!(
+        out,
+        "  cutoff_len    {cutoff_len}: {} examples cut ({:.1}%)",
+        d.truncated,
+        percent(d.truncated, examples)
+    );
+    let _ = writeln!(
+        out,
+        "  labelled      {} tokens ({:.1}%) carry the loss",
+        d.labelled,
+        percent(d.labelled, tokens)
+    );
+    let _ = writeln!(
+        out,
+        "  packing       {}: {} rows of {cutoff_len} tokens, {:.1}% full",
+        if packing { "on" } else { "off (if on)" },
+        d.packed_rows,
+        percent(tokens, d.packed_rows * cutoff_len)
+    );
+}
+
+fn percent(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
