@@ -119,3 +119,24 @@ fn directory_without_a_model() {
         &[arg(&dir), "no config.json (HF model) and no .gguf file"],
     );
 }
+
+/// A config.json value of the wrong type or out of range (here a negative rotary base, which
+/// loaded and generated nonsense before) stops every command with the file and the field.
+#[test]
+fn config_value_out_of_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_hf_dir(tmp.path());
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["rope_theta"] = serde_json::json!(-1);
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_refused(
+        tmp.path(),
+        arg(&dir),
+        &[
+            arg(&path),
+            "field `rope_theta`: -1 is not a usable rotary base",
+        ],
+    );
+}

@@ -92,14 +92,13 @@ impl ModelConfig {
 
     pub fn from_hf_json(json: &Value) -> Result<Self> {
         let architecture = hf_architecture(json)?;
-        let get = |k: &str| json.get(k).filter(|v| !v.is_null());
+        let fields = Fields(json);
         let usize_field = |k: &str| -> Result<usize> {
-            get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .with_context(|| format!("field `{k}` is missing or not a non-negative integer"))
+            fields
+                .usize(k)?
+                .with_context(|| format!("field `{k}` is missing"))
         };
-        if let Some(act) = get("hidden_act").and_then(Value::as_str) {
+        if let Some(act) = fields.str("hidden_act")? {
             if act != "silu" {
                 bail!(
                     "field `hidden_act`: {act:?} is not supported (Hone runs silu/SwiGLU models)"
@@ -108,28 +107,34 @@ impl ModelConfig {
         }
         let hidden_size = usize_field("hidden_size")?;
         let num_attention_heads = usize_field("num_attention_heads")?;
-        let num_key_value_heads = match get("num_key_value_heads") {
-            Some(_) => usize_field("num_key_value_heads")?,
-            None => num_attention_heads,
-        };
-        let head_dim = match get("head_dim") {
-            Some(_) => usize_field("head_dim")?,
-            None => hidden_size / num_attention_heads.max(1),
-        };
+        let num_key_value_heads = fields.usize("num_key_value_heads")?;
+        let head_dim = fields.usize("head_dim")?;
         // transformers 5 nests rope settings in `rope_parameters`; older files have them top-level.
-        let rope = get("rope_parameters").or_else(|| get("rope_scaling"));
-        let rope_theta = get("rope_theta")
-            .or_else(|| rope.and_then(|r| r.get("rope_theta")))
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0);
-        let rope_scaling = match rope {
+        let rope_key = ["rope_parameters", "rope_scaling"]
+            .into_iter()
+            .find(|k| fields.get(k).is_some());
+        let rope = match rope_key {
+            Some(k) => Some(Fields(
+                fields.get(k).filter(|v| v.is_object()).with_context(|| {
+                    format!(
+                        "field `{k}`: expected an object, got {}",
+                        fields.get(k).unwrap()
+                    )
+                })?,
+            )),
+            None => None,
+        };
+        let rope_theta = match (fields.f64("rope_theta")?, &rope) {
+            (Some(theta), _) => Some(theta),
+            (None, Some(rope)) => rope.f64("rope_theta")?,
+            (None, None) => None,
+        };
+        let rope_scaling = match &rope {
             Some(r) => hf_rope_scaling(r)?,
             None => None,
         };
         let qwen2 = architecture == Architecture::Qwen2;
-        let attention_bias = get("attention_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let attention_bias = fields.bool("attention_bias")?.unwrap_or(false);
         let cfg = ModelConfig {
             architecture,
             vocab_size: usize_field("vocab_size")?,
@@ -137,29 +142,23 @@ impl ModelConfig {
             intermediate_size: usize_field("intermediate_size")?,
             num_hidden_layers: usize_field("num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads,
-            head_dim,
-            rms_norm_eps: get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
-            rope_theta,
+            num_key_value_heads: num_key_value_heads.unwrap_or(num_attention_heads),
+            head_dim: head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
+            rms_norm_eps: fields.f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: get("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(2048) as usize,
-            tie_word_embeddings: get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            max_position_embeddings: fields.usize("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias: qwen2 || attention_bias,
             o_proj_bias: !qwen2 && attention_bias,
-            mlp_bias: get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id: get("bos_token_id")
-                .and_then(Value::as_u64)
-                .map(|v| v as u32),
-            eos_token_ids: token_ids(get("eos_token_id")),
-            source_dtype: get("torch_dtype")
-                .or_else(|| get("dtype"))
-                .and_then(Value::as_str)
-                .unwrap_or("float32")
-                .to_string(),
+            mlp_bias: fields.bool("mlp_bias")?.unwrap_or(false),
+            bos_token_id: fields.token_ids("bos_token_id")?.first().copied(),
+            eos_token_ids: fields.token_ids("eos_token_id")?,
+            source_dtype: match fields.str("torch_dtype")? {
+                Some(dtype) => dtype,
+                None => fields.str("dtype")?.unwrap_or("float32"),
+            }
+            .to_string(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -238,6 +237,8 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Checks every value the model uses is in range: sizes positive and consistent, the rotary
+    /// base and scaling usable, eps a small positive number, token ids inside the vocabulary.
     fn validate(&self) -> Result<()> {
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -267,6 +268,34 @@ impl ModelConfig {
             bail!(
                 "head_dim ({}) must be even for rotary embeddings",
                 self.head_dim
+            );
+        }
+        // A base at or below 1 makes the rotary frequencies grow with the dimension; far above
+        // any real model's (10⁴–10⁷), every dimension but the first barely rotates.
+        if !(self.rope_theta > 1.0 && self.rope_theta <= 1e12) {
+            bail!(
+                "field `rope_theta`: {} is not a usable rotary base (must be above 1 and at most \
+                 1e12; Llama uses 10000 or 500000)",
+                self.rope_theta
+            );
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            bail!(
+                "field `rms_norm_eps`: {} must be in (0, 1) (typically 1e-5 or 1e-6)",
+                self.rms_norm_eps
+            );
+        }
+        if self.max_position_embeddings == 0 {
+            bail!("field `max_position_embeddings` must be positive");
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.validate()?;
+        }
+        let ids = self.bos_token_id.iter().chain(&self.eos_token_ids);
+        if let Some(id) = ids.into_iter().find(|&&id| id as usize >= self.vocab_size) {
+            bail!(
+                "token id {id} (bos_token_id / eos_token_id) is outside the vocabulary of {}",
+                self.vocab_size
             );
         }
         Ok(())
@@ -303,13 +332,108 @@ impl ModelConfig {
     }
 }
 
+impl RopeScaling {
+    fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "rope scaling `{name}`: {v} must be a finite positive number"
+                ))
+            }
+        };
+        match self {
+            RopeScaling::Linear { factor } => positive("factor", *factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("factor", *factor)?;
+                positive("low_freq_factor", *low_freq_factor)?;
+                positive("high_freq_factor", *high_freq_factor)?;
+                positive(
+                    "original_max_position_embeddings",
+                    *original_max_position_embeddings,
+                )?;
+                // transformers divides by their difference.
+                if high_freq_factor <= low_freq_factor {
+                    bail!(
+                        "rope scaling `high_freq_factor` ({high_freq_factor}) must be above \
+                         `low_freq_factor` ({low_freq_factor})"
+                    );
+                }
+                Ok(())
+            }
+            RopeScaling::FreqFactors(factors) => factors
+                .iter()
+                .try_for_each(|&f| positive("rope_freqs", f64::from(f))),
+        }
+    }
+}
+
+/// The fields of a JSON object, each read as the type it must have: absent (or null) is None,
+/// present with another type is an error naming the field.
+struct Fields<'a>(&'a Value);
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        what: &str,
+        read: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        self.get(key)
+            .map(|v| read(v).with_context(|| format!("field `{key}`: expected {what}, got {v}")))
+            .transpose()
+    }
+
+    fn usize(&self, key: &str) -> Result<Option<usize>> {
+        let read = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+        self.typed(key, "a non-negative integer", read)
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        self.typed(key, "a number", Value::as_f64)
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.typed(key, "true or false", Value::as_bool)
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.typed(key, "a string", Value::as_str)
+    }
+
+    /// A token id, or a list of them (transformers allows both for `eos_token_id`).
+    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let read = |v: &Value| match v {
+            Value::Array(items) => items.iter().map(id).collect(),
+            single => id(single).map(|id| vec![id]),
+        };
+        Ok(self
+            .typed(key, "a token id or a list of them", read)?
+            .unwrap_or_default())
+    }
+}
+
 fn hf_architecture(json: &Value) -> Result<Architecture> {
-    let class = json
-        .get("architectures")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .and_then(Value::as_str);
-    let model_type = json.get("model_type").and_then(Value::as_str);
+    let fields = Fields(json);
+    let classes = fields.typed("architectures", "a list of class names", |v| {
+        v.as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+    })?;
+    let class = classes.as_ref().and_then(|c| c.first().copied());
+    let model_type = fields.str("model_type")?;
     Ok(match (class, model_type) {
         (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Architecture::Llama,
         (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Architecture::Mistral,
@@ -321,18 +445,16 @@ fn hf_architecture(json: &Value) -> Result<Architecture> {
     })
 }
 
-fn hf_rope_scaling(r: &Value) -> Result<Option<RopeScaling>> {
-    let kind = r
-        .get("rope_type")
-        .or_else(|| r.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {
+    let kind = match r.str("rope_type")? {
+        Some(kind) => Some(kind),
+        None => r.str("type")?,
+    };
     let f = |k: &str| -> Result<f64> {
-        r.get(k)
-            .and_then(Value::as_f64)
+        r.f64(k)?
             .with_context(|| format!("rope scaling `{k}` is missing"))
     };
-    Ok(match kind {
+    Ok(match kind.unwrap_or("default") {
         "default" => None,
         "linear" => Some(RopeScaling::Linear {
             factor: f("factor")?,
@@ -349,18 +471,6 @@ fn hf_rope_scaling(r: &Value) -> Result<Option<RopeScaling>> {
     })
 }
 
-fn token_ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
-        _ => vec![],
-    }
-}
-
 /// The tensor type holding most parameters, as llama.cpp names it (e.g. "Q4_1").
 fn dominant_gguf_type(gguf: &GgufFile) -> String {
     let mut by_type: std::collections::BTreeMap<&str, u64> = Default::default();
@@ -372,4 +482,109 @@ fn dominant_gguf_type(gguf: &GgufFile) -> String {
         .max_by_key(|&(_, n)| n)
         .map(|(name, _)| name.to_string())
         .unwrap_or_else(|| "none".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn llama() -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 256,
+            "bos_token_id": 1, "eos_token_id": [2, 3],
+        })
+    }
+
+    /// `llama()` with `key` set to `value` (removed when null) must be refused with an error
+    /// containing `says`.
+    fn refused(key: &str, value: Value, says: &str) {
+        let mut config = llama();
+        config[key] = value.clone();
+        let err = ModelConfig::from_hf_json(&config)
+            .map(|_| ())
+            .expect_err(&format!("{key}: {value} was accepted"));
+        let err = format!("{err:#}");
+        assert!(err.contains(says), "{key}: {value}: {err}");
+        assert!(!err.contains('\n'), "not one line: {err}");
+    }
+
+    #[test]
+    fn a_valid_config_loads() {
+        let cfg = ModelConfig::from_hf_json(&llama()).unwrap();
+        assert_eq!((cfg.head_dim, cfg.eos_token_ids.clone()), (16, vec![2, 3]));
+    }
+
+    /// The values a new user tried (#17): each was accepted and generated nonsense.
+    #[test]
+    fn wrong_types_and_ranges_name_the_field() {
+        let theta = "field `rope_theta`";
+        refused("rope_theta", json!(-1), theta);
+        refused("rope_theta", json!(0), theta);
+        refused("rope_theta", json!(1e300), theta);
+        refused(
+            "rope_theta",
+            json!("10000"),
+            "field `rope_theta`: expected a number",
+        );
+        refused(
+            "rope_scaling",
+            json!(1e300),
+            "field `rope_scaling`: expected an object",
+        );
+        refused(
+            "rope_scaling",
+            json!([1, 2]),
+            "field `rope_scaling`: expected an object",
+        );
+        let positions = "field `max_position_embeddings`: expected a non-negative integer";
+        refused("max_position_embeddings", json!(0.5), positions);
+        refused("max_position_embeddings", json!([]), positions);
+        refused("max_position_embeddings", json!(0), "must be positive");
+        refused(
+            "architectures",
+            json!(12),
+            "field `architectures`: expected a list",
+        );
+        refused("rms_norm_eps", json!(0), "field `rms_norm_eps`");
+        refused("rms_norm_eps", json!(2.0), "field `rms_norm_eps`");
+        refused(
+            "tie_word_embeddings",
+            json!("yes"),
+            "expected true or false",
+        );
+        refused("eos_token_id", json!(100), "outside the vocabulary of 100");
+        refused("eos_token_id", json!(["2"]), "field `eos_token_id`");
+        refused("hidden_size", json!(-64), "field `hidden_size`");
+        refused("vocab_size", Value::Null, "field `vocab_size` is missing");
+    }
+
+    #[test]
+    fn rope_scaling_values_are_checked() {
+        let llama3 = |high: f64| {
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": high, "original_max_position_embeddings": 8192})
+        };
+        let mut config = llama();
+        config["rope_scaling"] = llama3(4.0);
+        assert!(ModelConfig::from_hf_json(&config).is_ok());
+        refused(
+            "rope_scaling",
+            llama3(1.0),
+            "must be above `low_freq_factor`",
+        );
+        refused(
+            "rope_scaling",
+            json!({"type": "linear", "factor": -2.0}),
+            "rope scaling `factor`",
+        );
+        refused(
+            "rope_scaling",
+            json!({"type": "linear", "factor": "2"}),
+            "field `factor`: expected a number",
+        );
+    }
 }
