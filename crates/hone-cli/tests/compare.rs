@@ -116,6 +116,9 @@ fn the_reports_hold_every_models_answers_references_and_settings() {
         "answer perplexity",
         "data perplexity",
         "rows/s",
+        "distinct-1",
+        "distinct-2",
+        "repetition (4-gram)",
     ] {
         assert!(
             lines.iter().any(|l| l.starts_with(figure)),

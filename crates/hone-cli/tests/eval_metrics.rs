@@ -274,6 +274,15 @@ fn generate_on_the_tiny_gguf_writes_predictions_and_scores_them() {
     }
     let mut expected = score(&["--predictions", arg(&out)]);
     expected["rows_per_second"] = report["rows_per_second"].clone();
+    // How varied the answers are, on the predictions as written.
+    let answers: Vec<&str> = predictions
+        .iter()
+        .map(|p| p["predict"].as_str().unwrap())
+        .collect();
+    let diversity = hone::eval::metrics::diversity(&answers, hone::eval::metrics::Lang::En);
+    expected["distinct_1"] = diversity.distinct_1.into();
+    expected["distinct_2"] = diversity.distinct_2.into();
+    expected["repetition_4"] = diversity.repetition_4.into();
     assert_eq!(
         report, expected,
         "the report scores the written predictions"

@@ -180,12 +180,24 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     }
     let pairs: Vec<_> = predictions.iter().map(generate::Prediction::pair).collect();
     let scores = metrics::score(&pairs, options)?;
+    let answers: Vec<&str> = predictions.iter().map(|p| p.predict.as_str()).collect();
+    let diversity = metrics::diversity(&answers, options.lang);
     if args.scoring.json {
         let mut report = serde_json::to_value(&scores)?;
         report["rows_per_second"] = rows_per_second.into();
+        report["distinct_1"] = diversity.distinct_1.into();
+        report["distinct_2"] = diversity.distinct_2.into();
+        report["repetition_4"] = diversity.repetition_4.into();
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&scores));
+        for (name, value) in [
+            ("distinct-1", diversity.distinct_1),
+            ("distinct-2", diversity.distinct_2),
+            ("repetition (4-gram)", diversity.repetition_4),
+        ] {
+            println!("{name:<20}{value:.4}");
+        }
         println!("{:<20}{rows_per_second:.3}", "rows/s");
     }
     Ok(())

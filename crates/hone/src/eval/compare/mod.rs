@@ -22,7 +22,7 @@ use candle_core::Device;
 pub use runs::{model_labels, AdapterSettings};
 
 use super::generate::{predict, split_reference};
-use super::metrics::{self, Pair, ScoreOptions, Scores};
+use super::metrics::{self, diversity, Diversity, Pair, ScoreOptions, Scores};
 use super::perplexity::{answer_perplexity, perplexity, read_documents, PerplexityReport};
 use crate::chat::{ChatTemplate, Message};
 use crate::data::{Conversation, RowOrigin};
@@ -70,6 +70,8 @@ pub struct ModelRun {
     pub adapter: Option<AdapterSettings>,
     /// Corpus scores over the rows that have a reference (None when none has).
     pub scores: Option<Scores>,
+    /// How varied the answers are (every row, with a reference or not).
+    pub diversity: Diversity,
     /// Wall-clock seconds spent generating the answers.
     pub seconds: f64,
     pub rows_per_second: f64,
@@ -163,6 +165,10 @@ pub fn compare(
             label,
             adapter,
             scores: corpus_scores(prompts, &texts, settings.score_options)?,
+            diversity: diversity(
+                &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+                settings.score_options.lang,
+            ),
             seconds,
             rows_per_second: prompts.len() as f64 / seconds,
             answer_perplexity: run.answer_perplexity(prompts)?,

@@ -80,6 +80,11 @@ pub fn comparison() -> Comparison {
             label: "base".to_owned(),
             adapter: None,
             scores: Some(scores(10.0, 20.0)),
+            diversity: Diversity {
+                distinct_1: 50.0,
+                distinct_2: 75.0,
+                repetition_4: 0.0,
+            },
             seconds: 4.0,
             rows_per_second: 0.75,
             answer_perplexity: Some(perplexity(30.5)),
@@ -89,6 +94,11 @@ pub fn comparison() -> Comparison {
             label: "<lora>".to_owned(),
             adapter: Some(adapter),
             scores: Some(scores(40.0, 60.0)),
+            diversity: Diversity {
+                distinct_1: 60.0,
+                distinct_2: 80.5,
+                repetition_4: 12.5,
+            },
             seconds: 5.0,
             rows_per_second: 0.6,
             answer_perplexity: Some(perplexity(3.5)),

@@ -5,10 +5,14 @@
 //! - `rouge1`/`rouge2`/`rougeL`: Google's rouge-score F-measures averaged over rows ([`rouge`]), or
 //!   for Chinese LLaMA-Factory's jieba + rouge-chinese ones ([`llamafactory`]);
 //! - `bleu4_sentence_avg`: LLaMA-Factory's per-row NLTK BLEU-4 over characters, averaged;
-//! - `exact_match`/`f1`: SQuAD's ([`squad`]), averaged.
+//! - `exact_match`/`f1`: SQuAD's ([`squad`]), averaged;
+//!
+//! and, on the answers alone, how varied they are: distinct-1/2 and a repetition rate
+//! ([`diversity`]).
 //!
 //! [`read_pairs`] reads the text files `hone eval score` takes.
 
+pub mod diversity;
 mod input;
 pub mod llamafactory;
 mod ngrams;
@@ -22,6 +26,7 @@ pub mod squad;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+pub use diversity::{diversity, Diversity};
 pub use input::{read_pairs, Pair};
 
 /// The language of the texts: it chooses sacrebleu's tokenizer and the ROUGE implementation.

@@ -81,6 +81,12 @@ fn the_summary_marks_the_best_model_of_each_ranked_figure() {
         "<tr><th>data perplexity</th><td class=\"best\">20.250</td><td>21.000</td></tr>"
     ));
     assert!(page.contains("<tr><th>rows/s</th><td>0.750</td><td>0.600</td></tr>"));
+    assert!(
+        page.contains("<tr><th>distinct-2</th><td>75.00</td><td class=\"best\">80.50</td></tr>")
+    );
+    assert!(page.contains(
+        "<tr><th>repetition (4-gram)</th><td class=\"best\">0.00</td><td>12.50</td></tr>"
+    ));
 }
 
 #[test]

@@ -75,6 +75,7 @@ fn the_summary_table_bolds_the_best_model() {
     assert!(doc.contains("| BLEU | 10.00 | **40.00** |\n"));
     assert!(doc.contains("| answer perplexity | 30.500 | **3.500** |\n"));
     assert!(doc.contains("| generation seconds | 4.0 | 5.0 |\n"));
+    assert!(doc.contains("| distinct-1 | 50.00 | **60.00** |\n"));
 }
 
 #[test]
