@@ -53,7 +53,10 @@ enum Command {
 
 fn main() -> ExitCode {
     hone::alloc::configure();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The server runs its decoding thread in the kernels' pool itself; the command's own thread
     // only waits on the network.
     let result = match cli.command {
@@ -68,6 +71,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and the version print as clap writes them; a mistake on the command line is one line,
+/// as Hone's other errors are: clap's message with its details and the usage joined, exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| match l.strip_prefix("Usage: ") {
+            Some(usage) => format!("(usage: {usage})"),
+            None => l.to_string(),
+        })
+        .collect();
+    eprintln!("{}", parts.join(" "));
+    ExitCode::from(2)
 }
 
 fn run(command: Command) -> anyhow::Result<()> {

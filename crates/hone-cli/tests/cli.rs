@@ -1,4 +1,4 @@
-//! The command line itself: `hone --version` and `hone completions`.
+//! The command line itself: `hone --version`, `hone completions` and mistakes in the arguments.
 
 mod common;
 
@@ -43,4 +43,35 @@ fn completions_cover_every_subcommand() {
             assert!(script.contains(command), "{shell}: no {command}");
         }
     }
+}
+
+/// A mistake on the command line is one `error:` line with clap's details and the usage, exit 2;
+/// help still prints whole.
+#[test]
+fn argument_mistakes_are_one_line() {
+    for (args, says) in [
+        (
+            &["completions", "tcsh"][..],
+            "error: invalid value 'tcsh' for '<SHELL>' [possible values: bash, elvish, fish, \
+             powershell, zsh]",
+        ),
+        (
+            &["train"][..],
+            "error: the following required arguments were not provided: <CONFIG> (usage: hone \
+             train <CONFIG> [OVERRIDES]...)",
+        ),
+        (
+            &["generate", "--model", "m", "--bogus"][..],
+            "error: unexpected argument '--bogus' found",
+        ),
+    ] {
+        let run = hone(args);
+        assert_eq!(run.code, Some(2), "{args:?}");
+        assert_eq!(run.stdout, "");
+        let line = run.stderr.strip_suffix('\n').unwrap();
+        assert!(!line.contains('\n'), "{args:?}: not one line: {line}");
+        assert!(line.starts_with(says), "{args:?}: {line}");
+    }
+    let help = hone(&["train", "--help"]);
+    assert!(help.ok().contains("Usage: hone train"));
 }
