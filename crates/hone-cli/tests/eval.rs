@@ -54,6 +54,24 @@ fn default_model_matches_transformers() {
     }
 }
 
+/// `--json` also reports the guide's figures, `evaluate`'s per-text `perplexities` and their
+/// `mean_perplexity` (within the 3e-4 that the metric's own padded batch moves them by).
+#[test]
+fn json_has_evaluates_mean_perplexity() {
+    let Some(model) = real_model() else { return };
+    let golden = read_json(&fixture("smollm2/evaluate_perplexity.json"));
+    let report = perplexity(&model, &fixture("smollm2/ppl.jsonl"), &["--exact"]);
+    let got = report["perplexities"].as_array().unwrap();
+    assert_eq!(got.len(), golden["perplexities"].as_array().unwrap().len());
+    let want = golden["mean_perplexity"].as_f64().unwrap();
+    assert_close(
+        report["mean_perplexity"].as_f64().unwrap(),
+        want,
+        3e-4,
+        "mean_perplexity",
+    );
+}
+
 /// The tiny HF model's golden rows (token ids, each ≥ 3, so text under the test tokenizer) and the
 /// perplexity the golden file's logits (transformers', or PEFT's for an adapter) give for them.
 fn tiny_hf_golden(golden: &str) -> (Vec<String>, f64, usize) {

@@ -162,6 +162,33 @@ fn perplexity_matches_transformers() {
     );
 }
 
+/// The guide's `evaluate.load("perplexity").compute(...)`: per-text perplexities and their mean
+/// (the metric reproduced by scripts/golden/evaluate_perplexity.py), on the f32 path: within 2e-5
+/// of the metric's definition computed one text at a time, and within 3e-4 of its padded batch of
+/// 16, whose float32 reduction order moves its own figures by ~1.3e-4.
+#[test]
+fn text_perplexities_match_evaluate() {
+    let Some(m) = load() else { return };
+    let golden = json("smollm2/evaluate_perplexity.json");
+    let docs = hone::eval::perplexity::read_documents(&fixture("smollm2/ppl.jsonl")).unwrap();
+    let got =
+        hone::eval::perplexity::text_perplexities(&m.model, &m.tokenizer, &docs, 4096).unwrap();
+    let numbers = |key: &str| -> Vec<f64> {
+        let values = golden[key].as_array().unwrap();
+        values.iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    for (suffix, tolerance) in [("_unbatched_f64", 2e-5), ("", 3e-4)] {
+        let want = numbers(&format!("perplexities{suffix}"));
+        let mean = golden[format!("mean_perplexity{suffix}")].as_f64().unwrap();
+        assert_eq!(got.perplexities.len(), want.len());
+        let pairs = got.perplexities.iter().zip(&want);
+        for (g, w) in pairs.chain([(&got.mean_perplexity, &mean)]) {
+            let rel = (g - w).abs() / w;
+            assert!(rel <= tolerance, "{g} vs {w} (evaluate{suffix}): {rel:e}");
+        }
+    }
+}
+
 /// The real model exported to q8_0 loads back through Hone's GGUF reader, stays within 1% of the
 /// source's perplexity (measured 20.71 vs 20.75) and answers the first golden prompt as
 /// transformers does on the source.

@@ -228,12 +228,21 @@ fn run_perplexity(args: PerplexityArgs) -> Result<()> {
         .max_length
         .min(loaded.model.config().max_position_embeddings);
     let report = perplexity::perplexity(&loaded.model, &loaded.tokenizer, &docs, max_length)?;
+    let texts = perplexity::text_perplexities(&loaded.model, &loaded.tokenizer, &docs, max_length)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["mean_perplexity"] = texts.mean_perplexity.into();
+        json["perplexities"] = texts.perplexities.into();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!(
             "perplexity {:.4} (mean NLL {:.6} over {} predicted tokens in {} documents)",
             report.perplexity, report.mean_nll, report.n_tokens, report.n_documents
+        );
+        println!(
+            "mean_perplexity {:.4} (per-text perplexities averaged, as Hugging Face evaluate \
+             computes them)",
+            texts.mean_perplexity
         );
     }
     Ok(())

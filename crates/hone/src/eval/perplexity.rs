@@ -6,6 +6,8 @@
 //! predicted from the ones before it. mean NLL = Σ −log p(token | prefix) / number of predicted tokens,
 //! summed over all documents; perplexity = exp(mean NLL).
 //!
+//! [`text_perplexities`] gives the per-text figures Hugging Face `evaluate` reports, by its rules.
+//!
 //! [`answer_perplexity`] scores reference answers given their prompts instead: only the answer's
 //! tokens count, so it says how likely a model finds the answers it was (or was not) tuned to give.
 
@@ -118,6 +120,48 @@ pub fn perplexity(
         documents.len(),
         too_short,
     ))
+}
+
+/// Per-text perplexities and their mean, as Hugging Face `evaluate`'s `perplexity` metric reports
+/// them (the guide's `load("perplexity").compute(predictions=texts, model_id=...)`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TextPerplexities {
+    pub perplexities: Vec<f64>,
+    pub mean_perplexity: f64,
+}
+
+/// [`TextPerplexities`] of `documents` by `evaluate`'s rules, which differ from [`perplexity`]'s:
+/// each text is tokenized without special tokens, cut to `max_length - 1` tokens, and the BOS
+/// token is put before it whatever the tokenizer's config says; every text token is predicted (the
+/// first from BOS alone); a text's perplexity is exp of its mean NLL, and `mean_perplexity` the
+/// plain mean of those, so short texts weigh as much as long ones.
+pub fn text_perplexities(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    documents: &[String],
+    max_length: usize,
+) -> Result<TextPerplexities> {
+    let bos = tokenizer.bos_id().context(
+        "evaluate's perplexity puts a BOS token before each text, and this tokenizer has none",
+    )?;
+    let mut perplexities = Vec::with_capacity(documents.len());
+    for (i, doc) in documents.iter().enumerate() {
+        let mut ids = vec![bos];
+        ids.extend(tokenizer.encode(doc, false)?);
+        ids.truncate(max_length.max(2));
+        ensure!(
+            ids.len() >= 2,
+            "document {}: no tokens (evaluate requires at least one per text)",
+            i + 1
+        );
+        let nll = sequence_nll(model, &ids)?;
+        perplexities.push((nll / (ids.len() - 1) as f64).exp());
+    }
+    let mean_perplexity = perplexities.iter().sum::<f64>() / perplexities.len().max(1) as f64;
+    Ok(TextPerplexities {
+        perplexities,
+        mean_perplexity,
+    })
 }
 
 /// Perplexity of each conversation's reference answer (its last assistant turn) given the turns
