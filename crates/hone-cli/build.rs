@@ -8,6 +8,8 @@ fn main() {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
+            // `git status` may rewrite the index, which would make this script run again.
+            .env("GIT_OPTIONAL_LOCKS", "0")
             .output()
             .ok()
             .filter(|o| o.status.success())

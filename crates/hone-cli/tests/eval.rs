@@ -180,10 +180,13 @@ fn plain_text_on_the_tiny_gguf() {
     .sum();
     assert_eq!(report["n_tokens"], json!(predicted));
     let expected = format!(
-        "perplexity {:.4} (mean NLL {:.6} over {} predicted tokens in 2 documents)\n",
+        "perplexity {:.4} (mean NLL {:.6} over {} predicted tokens in 2 documents)\n\
+         mean_perplexity {:.4} (per-text perplexities averaged, as Hugging Face evaluate computes \
+         them)\n",
         report["perplexity"].as_f64().unwrap(),
         report["mean_nll"].as_f64().unwrap(),
-        report["n_tokens"]
+        report["n_tokens"],
+        report["mean_perplexity"].as_f64().unwrap(),
     );
     assert_eq!(line, expected);
     assert_close(
