@@ -112,6 +112,28 @@ fn data_shows_what_training_will_see() {
     assert!(!out.contains("\nrow 2 ("), "--rows 1 shows one row");
 }
 
+/// `template:` a LLaMA-Factory name is noted (the model's own template renders), a misspelt one
+/// gets the nearest names, and a path to no file is an error rather than a name.
+#[test]
+fn template_names_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let data = |template: &str| hone(&["data", arg(&config), "--rows", "0", template]);
+    let known = data("template=qwen3");
+    assert!(known
+        .ok()
+        .starts_with("note: template: qwen3: using the model's own chat template"));
+    let typo = data("template=qwen33");
+    let note = "note: template: qwen33 (not one of LLaMA-Factory's template names; nearest: qwen3";
+    assert!(typo.ok().starts_with(note), "{}", typo.stdout);
+    let missing = data("template=templates/chat.jinja");
+    let err = missing.error();
+    assert!(
+        err.contains("template: templates/chat.jinja: no such file"),
+        "{err}"
+    );
+}
+
 /// The output directory records the data as the run read it when the run starts: the file's
 /// SHA-256 and size, its rows, the rows `max_samples` kept, and the split they went into.
 #[test]

@@ -8,6 +8,7 @@
 mod args;
 mod check;
 mod resolve;
+pub mod templates;
 mod values;
 
 use std::collections::BTreeMap;

@@ -58,6 +58,8 @@ pub struct Piece {
 /// Everything `hone data` shows.
 #[derive(Debug, Clone)]
 pub struct Preview {
+    /// What `template:` resolved to, when a name was given (see `setup::chat_template`).
+    pub template_note: Option<String>,
     pub cutoff_len: usize,
     pub packing: bool,
     /// `skip_invalid_rows`: without it, training stops at the first row counted as skipped here.
@@ -79,7 +81,7 @@ pub enum Marks {
 /// chat template, no weights), keeping the first `sample_rows` rows of the first dataset to show.
 pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
     let (_, _, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
-    let (template, _) = setup::chat_template(config, &tokenizer)?;
+    let (template, template_note) = setup::chat_template(config, &tokenizer)?;
     let d = &config.data;
     let cutoff_len = d.cutoff_len as usize;
     let encode = |conversation: &Conversation, cutoff_len: usize| {
@@ -126,6 +128,7 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
         }
     }
     Ok(Preview {
+        template_note,
         cutoff_len,
         packing: d.packing,
         skips_invalid_rows: d.skip_invalid_rows,
@@ -158,6 +161,9 @@ impl Preview {
     /// The report as text: a block per dataset, then the samples with `marks` on trained tokens.
     pub fn render(&self, marks: Marks) -> String {
         let mut out = String::new();
+        if let Some(note) = &self.template_note {
+            let _ = writeln!(out, "note: {note}");
+        }
         for d in &self.datasets {
             render_dataset(&mut out, d, self.cutoff_len, self.packing);
         }

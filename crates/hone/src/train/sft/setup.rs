@@ -11,19 +11,23 @@ use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::record::{self, FileUse};
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
+use crate::io::names;
 use crate::kernels::bf16::{self, Kernel};
 use crate::model::quantize::quantize_decoder_matrices;
 use crate::model::{load_stored_weights, memory, StoredWeights, Weight};
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
+use crate::train::config::templates::LLAMAFACTORY_TEMPLATES;
 use crate::train::config::{FinetuningType, SftConfig};
 use crate::train::freeze::FreezeSelection;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
 
-/// The chat template named by `template`: a Jinja file path, or (any other value, e.g. a
-/// LLaMA-Factory template name, or unset) the model's own template, with a note when a name
-/// was given, since Hone renders with the tokenizer's template rather than LLaMA-Factory's.
+/// The chat template named by `template`: a Jinja file path, or (a LLaMA-Factory template name,
+/// or unset) the model's own template, with a note when a name was given, since Hone renders with
+/// the tokenizer's template rather than LLaMA-Factory's. A value that looks like a path but names
+/// no file is an error (it would otherwise pass for a name); a name LLaMA-Factory does not have
+/// gets the nearest ones in its note.
 pub fn chat_template(
     config: &SftConfig,
     tokenizer: &Tokenizer,
@@ -36,16 +40,35 @@ pub fn chat_template(
                 .with_context(|| format!("template: {path}"))?;
             Ok((template, None))
         }
+        Some(path) if looks_like_a_path(path) => {
+            bail!("template: {path}: no such file (a Jinja chat template file, or a template name)")
+        }
         name => {
             let template = ChatTemplate::for_tokenizer(tokenizer)?;
             let note = name.map(|n| {
+                let unknown = if LLAMAFACTORY_TEMPLATES.contains(&n) {
+                    String::new()
+                } else {
+                    let nearest = names::nearest(n, LLAMAFACTORY_TEMPLATES, 3).join(", ");
+                    format!(" (not one of LLaMA-Factory's template names; nearest: {nearest})")
+                };
                 format!(
-                    "template: {n}: using the model's own chat template (from its tokenizer files)"
+                    "template: {n}{unknown}: using the model's own chat template (from its \
+                     tokenizer files)"
                 )
             });
             Ok((template, note))
         }
     }
+}
+
+/// A `template` value meant as a file: it has a directory part or a template file's extension.
+fn looks_like_a_path(value: &str) -> bool {
+    let path = Path::new(value);
+    value.contains(['/', '\\'])
+        || path
+            .extension()
+            .is_some_and(|e| ["jinja", "jinja2", "j2"].contains(&e.to_string_lossy().as_ref()))
 }
 
 /// Training and validation rows, and what was skipped.
