@@ -191,11 +191,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&scores));
-        for (name, value) in [
-            ("distinct-1", diversity.distinct_1),
-            ("distinct-2", diversity.distinct_2),
-            ("repetition (4-gram)", diversity.repetition_4),
-        ] {
+        for ((name, _), value) in metrics::diversity::FIGURES.iter().zip(diversity.values()) {
             println!("{name:<20}{value:.4}");
         }
         println!("{:<20}{rows_per_second:.3}", "rows/s");

@@ -59,6 +59,16 @@ pub fn encode(
     conv: &Conversation,
     opts: &EncodeOptions,
 ) -> Result<Example> {
+    Ok(encode_measured(tok, template, conv, opts)?.0)
+}
+
+/// [`encode`], and how many tokens the whole conversation has before `cutoff_len` cuts it.
+pub fn encode_measured(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    conv: &Conversation,
+    opts: &EncodeOptions,
+) -> Result<(Example, usize)> {
     ensure!(
         opts.cutoff_len >= 2,
         "cutoff_len is {}; it must be at least 2 (a prompt token and a response token)",
@@ -72,7 +82,7 @@ fn encode_messages(
     template: &ChatTemplate,
     messages: &[Message],
     opts: &EncodeOptions,
-) -> Result<Example> {
+) -> Result<(Example, usize)> {
     let text = template.render(messages, false)?;
     let spans = assistant_spans(template, messages, &text)?;
     let encoding = tok
@@ -102,7 +112,7 @@ fn encode_messages(
             });
         }
     }
-    Ok(example)
+    Ok((example, ids.len()))
 }
 
 /// The byte range of each assistant message's text in the rendered conversation `text`.

@@ -153,15 +153,12 @@ fn is_direct_file(name: &str) -> bool {
     name.ends_with(".json") || name.ends_with(".jsonl") || Path::new(name).is_file()
 }
 
-/// How many of the nearest dataset names an unknown name's error suggests.
-const SUGGESTIONS: usize = 3;
-
 fn unknown_name(name: &str, info_path: &Path, info: Option<&Map<String, Value>>) -> anyhow::Error {
     match info {
         Some(info) => {
             let known: Vec<&str> = info.keys().map(String::as_str).collect();
             // LLaMA-Factory's own file names ~110 datasets: the nearest few, not all of them.
-            let nearest = crate::io::names::nearest(name, &known, SUGGESTIONS);
+            let nearest = crate::io::names::nearest(name, &known, crate::io::names::SUGGESTIONS);
             anyhow!(
                 "unknown dataset {name:?}: not one of the {} names in {}{}; a direct path must \
                  end in .json or .jsonl",

@@ -28,7 +28,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use convert::{RowError, SkipReason};
-pub use encode::{encode, EncodeOptions, Example};
+pub use encode::{encode, encode_measured, EncodeOptions, Example};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
 pub use pack::{collate, flatten, pack, Batch, Row};
 pub use prompts::load_prompts;

@@ -1,6 +1,10 @@
 //! Names a user typed, matched against the names a file or a config defines: the nearest few by
 //! spelling, so an error can suggest them instead of listing every name there is.
 
+/// How many of the nearest names a message suggests: enough to catch the intended one, few
+/// enough to read (LLaMA-Factory's own dataset_info.json names ~110 datasets).
+pub const SUGGESTIONS: usize = 3;
+
 /// Up to `count` of `names`, the closest in spelling to `name` first (normalized edit distance
 /// with transpositions, so `lora_rnak` finds `lora_rank`); ties keep the order of `names`.
 pub fn nearest<'a, S: AsRef<str>>(name: &str, names: &'a [S], count: usize) -> Vec<&'a str> {

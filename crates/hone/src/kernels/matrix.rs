@@ -81,11 +81,8 @@ impl Matrix {
     /// parallel bands of rows, so no f32 copy of a stored matrix is made.
     pub fn to_bf16(&self) -> Matrix {
         let me = self.as_ref();
-        let matrix = bf16::rounded(self.rows(), self.cols(), |rows, out| match me {
-            MatrixRef::F32 { values, cols } => {
-                out.copy_from_slice(&values[rows.start * cols..rows.end * cols])
-            }
-            _ => out.copy_from_slice(&me.rows_f32(rows)),
+        let matrix = bf16::rounded(self.rows(), self.cols(), |rows, out| {
+            me.rows_into(rows, out)
         });
         Matrix::Bf16 {
             parts: vec![matrix],
@@ -195,11 +192,19 @@ impl<'a> MatrixRef<'a> {
 
     /// Rows `rows` as f32, row-major (a part of a stacked matrix, for saving it).
     pub fn rows_f32(&self, rows: Range<usize>) -> Vec<f32> {
+        let mut out = vec![0f32; rows.len() * self.cols()];
+        self.rows_into(rows, &mut out);
+        out
+    }
+
+    /// Rows `rows` as f32 into `out` (`rows.len() × cols` values, row-major).
+    pub fn rows_into(&self, rows: Range<usize>, out: &mut [f32]) {
         let cols = self.cols();
         match self {
-            MatrixRef::F32 { values, .. } => values[rows.start * cols..rows.end * cols].to_vec(),
+            MatrixRef::F32 { values, .. } => {
+                out.copy_from_slice(&values[rows.start * cols..rows.end * cols])
+            }
             MatrixRef::Stored(parts) | MatrixRef::Bf16 { parts, .. } => {
-                let mut out = vec![0f32; rows.len() * cols];
                 let mut first = 0;
                 for p in parts.iter() {
                     let (lo, hi) = (rows.start.max(first), rows.end.min(first + p.rows()));
@@ -209,7 +214,6 @@ impl<'a> MatrixRef<'a> {
                     }
                     first += p.rows();
                 }
-                out
             }
         }
     }
@@ -220,15 +224,7 @@ impl<'a> MatrixRef<'a> {
         let cols = self.cols();
         let mut out = vec![0f32; ids.len() * cols];
         for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(cols)) {
-            let id = id as usize;
-            match self {
-                MatrixRef::F32 { values, .. } => {
-                    dst.copy_from_slice(&values[id * cols..(id + 1) * cols])
-                }
-                MatrixRef::Stored(_) | MatrixRef::Bf16 { .. } => {
-                    dst.copy_from_slice(&self.rows_f32(id..id + 1))
-                }
-            }
+            self.rows_into(id as usize..id as usize + 1, dst);
         }
         out
     }

@@ -513,7 +513,7 @@ pub(crate) mod tests {
     }
 
     /// The bf16 kernels this CPU runs (each is tested wherever it exists, whichever `kernel` picks).
-    fn bf16_kernels() -> Vec<bf16::Kernel> {
+    pub(crate) fn bf16_kernels() -> Vec<bf16::Kernel> {
         [bf16::Kernel::Amx, bf16::Kernel::Avx512]
             .into_iter()
             .filter(|k| k.supported())

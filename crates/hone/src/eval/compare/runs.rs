@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::data::record::DATASET_RECORD;
-use crate::train::config::find_training_args;
+use crate::train::config::{find_run_file, find_training_args};
 
 /// The `adapter_config.json` keys a report shows: PEFT's method, rank, scaling, targets and
 /// variants, and the base model the adapter was made for.
@@ -75,12 +75,7 @@ fn display_value(value: &Value) -> String {
 /// The files of the run's `dataset_record.json` (in `dir` or its parent, as `training_args.yaml`),
 /// one `("data", "path (dataset): 5 of 6 rows, 1234 bytes, sha256 …")` row each.
 fn dataset_files(dir: &Path) -> Result<Vec<(String, String)>> {
-    let Some(path) = [Some(dir), dir.parent()]
-        .into_iter()
-        .flatten()
-        .map(|d| d.join(DATASET_RECORD))
-        .find(|p| p.is_file())
-    else {
+    let Some(path) = find_run_file(dir, DATASET_RECORD) else {
         return Ok(Vec::new());
     };
     let text = std::fs::read_to_string(&path)

@@ -1,7 +1,7 @@
 //! The aggregate figures of a comparison, one row per figure and one column per model: the table
 //! every report leads with, and, as plain text, what `hone compare` prints.
 
-use super::metrics::{Diversity, Lang};
+use super::metrics::{diversity, Lang};
 use super::{Comparison, ModelRun, Scores};
 use crate::model::Precision;
 
@@ -16,8 +16,6 @@ pub enum Better {
 
 /// A text score's name and how to read it from a model's scores.
 type ScoreColumn = (&'static str, fn(&Scores) -> f64);
-/// A diversity figure's name, how to read it, and which way is better.
-type DiversityColumn = (&'static str, fn(&Diversity) -> f64, Better);
 
 /// One figure for every model (None where a model has no value).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,16 +78,15 @@ pub fn summary_rows(comparison: &Comparison) -> Vec<SummaryRow> {
             });
         }
     }
-    let diversity: [DiversityColumn; 3] = [
-        ("distinct-1", |d| d.distinct_1, Better::Higher),
-        ("distinct-2", |d| d.distinct_2, Better::Higher),
-        ("repetition (4-gram)", |d| d.repetition_4, Better::Lower),
-    ];
-    for (name, get, better) in diversity {
+    for (i, (name, higher)) in diversity::FIGURES.into_iter().enumerate() {
         rows.push(SummaryRow {
             name,
-            values: column(&|m| Some(get(&m.diversity))),
-            better,
+            values: column(&|m| Some(m.diversity.values()[i])),
+            better: if higher {
+                Better::Higher
+            } else {
+                Better::Lower
+            },
             decimals: 2,
         });
     }

@@ -27,6 +27,21 @@ pub struct Diversity {
     pub repetition_4: f64,
 }
 
+/// The figures' display names, in [`Diversity::values`] order, each with whether a higher value
+/// is better (more varied answers).
+pub const FIGURES: [(&str, bool); 3] = [
+    ("distinct-1", true),
+    ("distinct-2", true),
+    ("repetition (4-gram)", false),
+];
+
+impl Diversity {
+    /// The figures in [`FIGURES`] order.
+    pub fn values(&self) -> [f64; 3] {
+        [self.distinct_1, self.distinct_2, self.repetition_4]
+    }
+}
+
 /// The diversity of `answers`, tokenized as BLEU tokenizes `lang`.
 pub fn diversity(answers: &[&str], lang: Lang) -> Diversity {
     let tokenizer = match lang {

@@ -162,18 +162,17 @@ fn weight_product(
     // Quantized weights (QLoRA under `bf16: true`) are rounded to bf16 copies for this product
     // only: the copy costs one pass over the weights against 2·m passes of arithmetic, and one
     // stacked matrix at a time is all the memory it takes.
-    let copies: Vec<StoredMatrix> = parts
+    let copies: Vec<Option<StoredMatrix>> = parts
         .iter()
-        .filter(|p| p.ggml_type() != GgmlType::BF16)
-        .map(|p| rounded(p.rows(), p.cols(), |rows, out| p.dequantize_rows(rows, out)))
+        .map(|p| {
+            (p.ggml_type() != GgmlType::BF16)
+                .then(|| rounded(p.rows(), p.cols(), |rows, out| p.dequantize_rows(rows, out)))
+        })
         .collect();
-    let mut copies = copies.iter();
     let parts: Vec<&StoredMatrix> = parts
         .iter()
-        .map(|&p| match p.ggml_type() {
-            GgmlType::BF16 => p,
-            _ => copies.next().expect("one copy per matrix that is not bf16"),
-        })
+        .zip(&copies)
+        .map(|(&p, copy)| copy.as_ref().unwrap_or(p))
         .collect();
     let rows = Rows::new(&parts);
     let (k, n) = match orientation {

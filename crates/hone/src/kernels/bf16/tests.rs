@@ -1,14 +1,6 @@
 use super::*;
-use crate::kernels::stored::tests::{stored, values};
+use crate::kernels::stored::tests::{bf16_kernels as kernels, stored, values};
 use crate::quant::GgmlType;
-
-/// The kernels this CPU runs (both are exercised wherever they exist, whichever `kernel` picks).
-fn kernels() -> Vec<Kernel> {
-    [Kernel::Amx, Kernel::Avx512]
-        .into_iter()
-        .filter(|k| k.supported())
-        .collect()
-}
 
 fn round(x: f32) -> f64 {
     f64::from(f32::from_bits(u32::from(to_bf16(x)) << 16))

@@ -195,13 +195,18 @@ impl SftConfig {
 /// Hone writes a run's resolved config under this name in its output directory.
 pub const TRAINING_ARGS: &str = "training_args.yaml";
 
-/// The [`TRAINING_ARGS`] of the run an adapter directory comes from: in the directory, else in
-/// its parent (a `checkpoint-N` inside the run's output).
+/// The [`TRAINING_ARGS`] of the run an adapter directory comes from (see [`find_run_file`]).
 pub fn find_training_args(dir: &Path) -> Option<PathBuf> {
+    find_run_file(dir, TRAINING_ARGS)
+}
+
+/// A file `name` of the run an adapter directory comes from: in the directory, else in its
+/// parent (a `checkpoint-N` inside the run's output).
+pub fn find_run_file(dir: &Path, name: &str) -> Option<PathBuf> {
     [Some(dir), dir.parent()]
         .into_iter()
         .flatten()
-        .map(|d| d.join(TRAINING_ARGS))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 

@@ -84,12 +84,9 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
     let (template, template_note) = setup::chat_template(config, &tokenizer)?;
     let d = &config.data;
     let cutoff_len = d.cutoff_len as usize;
-    let encode = |conversation: &Conversation, cutoff_len: usize| {
-        let options = EncodeOptions {
-            cutoff_len,
-            train_on_prompt: d.train_on_prompt,
-        };
-        data::encode(&tokenizer, &template, conversation, &options)
+    let options = EncodeOptions {
+        cutoff_len,
+        train_on_prompt: d.train_on_prompt,
     };
     let names = [("dataset", &d.dataset), ("eval_dataset", &d.eval_dataset)];
     let mut datasets = Vec::new();
@@ -100,9 +97,9 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
             let mut examples = Vec::with_capacity(loaded.conversations.len());
             let mut truncated = 0;
             for conversation in &loaded.conversations {
-                let whole = encode(conversation, usize::MAX)?;
-                truncated += usize::from(whole.input_ids.len() > cutoff_len);
-                let example = encode(conversation, cutoff_len)?;
+                let (example, whole) =
+                    data::encode_measured(&tokenizer, &template, conversation, &options)?;
+                truncated += usize::from(whole > cutoff_len);
                 if samples.len() < sample_rows {
                     samples.push(sample(&tokenizer, conversation, &example)?);
                 }

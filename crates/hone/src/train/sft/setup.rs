@@ -49,7 +49,8 @@ pub fn chat_template(
                 let unknown = if LLAMAFACTORY_TEMPLATES.contains(&n) {
                     String::new()
                 } else {
-                    let nearest = names::nearest(n, LLAMAFACTORY_TEMPLATES, 3).join(", ");
+                    let nearest =
+                        names::nearest(n, LLAMAFACTORY_TEMPLATES, names::SUGGESTIONS).join(", ");
                     format!(" (not one of LLaMA-Factory's template names; nearest: {nearest})")
                 };
                 format!(
