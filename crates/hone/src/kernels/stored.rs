@@ -26,17 +26,15 @@ use anyhow::{bail, ensure, Result};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
+mod dots;
+
 use super::bf16;
 use super::matmul::{matmul as gemm, MatMut, MatRef, Threads};
-use super::pool;
-use super::qdot::{self, float16, fourbit, kquants, legacy, Q8Block, Q8KBlock};
+use super::qdot::{float16, fourbit, kquants, legacy};
 use crate::quant::{self, GgmlType};
 
 /// Up to this many activation rows take the dot-product path; more take the tiled GEMM.
 pub const FEW_ROWS: usize = 16;
-/// Parallel tasks per thread on the dot-product path: a few, so threads that start late or run
-/// slow even out, but not so many that scheduling costs show against a few microseconds of work.
-const DOT_TASKS_PER_THREAD: usize = 4;
 /// f32 bytes of a dequantized GEMM tile: large tiles amortize the GEMM's packing of the activations
 /// (once per tile), small ones stay in cache. 64-row tiles ran prompts at 0.6× the speed of 2 MiB.
 const TILE_BYTES: usize = 2 << 20;
@@ -232,13 +230,17 @@ fn matmul_on(
     kernel: Option<bf16::Kernel>,
 ) -> Vec<f32> {
     check_widths(parts, x, m);
-    // Every path writes the output transposed (`[n, m]`), so each task owns a contiguous slice.
-    let yt = match kernel {
-        _ if m <= FEW_ROWS => dot_products(parts, x, m),
-        Some(kernel) => bf16::prompt::products_transposed(kernel, parts, x, m),
-        None => tiled_products(parts, x, m),
-    };
-    untranspose(parts, &yt, m)
+    // The many-row paths write the output transposed (`[n, m]`), so each task owns a contiguous
+    // slice.
+    match kernel {
+        _ if m <= FEW_ROWS => dots::products(parts, x, m),
+        Some(kernel) => untranspose(
+            parts,
+            &bf16::prompt::products_transposed(kernel, parts, x, m),
+            m,
+        ),
+        None => untranspose(parts, &tiled_products(parts, x, m), m),
+    }
 }
 
 /// [`matmul`] in f32 throughout, whatever the number of rows (training, where the activations'
@@ -319,88 +321,6 @@ pub(super) fn tasks<'a>(
         }
     }
     out
-}
-
-/// The activations in the formats the matrices' kernels read, quantized once per product.
-struct Activations<'a> {
-    f32: &'a [f32],
-    q8: Vec<Q8Block>,
-    q8k: Vec<Q8KBlock>,
-}
-
-impl<'a> Activations<'a> {
-    fn new(parts: &[&StoredMatrix], x: &'a [f32]) -> Self {
-        let kinds: Vec<RowDot> = parts.iter().filter_map(|p| row_dot(p.ty)).collect();
-        let mut q8 = Vec::new();
-        if kinds.iter().any(|d| matches!(d, RowDot::Q8(_))) {
-            q8 = vec![Q8Block::default(); x.len() / 32];
-            qdot::quantize_q8(x, &mut q8);
-        }
-        let mut q8k = Vec::new();
-        if kinds.iter().any(|d| matches!(d, RowDot::Q8K(_))) {
-            q8k = vec![Q8KBlock::default(); x.len() / 256];
-            qdot::quantize_q8k(x, &mut q8k);
-        }
-        Activations { f32: x, q8, q8k }
-    }
-
-    /// A task's weight rows dotted with every activation row, in the format `dot` reads.
-    fn run(&self, dot: RowDot, task: Task, m: usize) {
-        match dot {
-            RowDot::Q8(f) => dot_rows(task, &self.q8, m, f),
-            RowDot::Q8K(f) => dot_rows(task, &self.q8k, m, f),
-            RowDot::F32(f) => dot_rows(task, self.f32, m, f),
-        }
-    }
-}
-
-/// `out[r, i] = f(W[r], x[i])` for the task's rows `r` and the `m` activation rows of `xs`.
-fn dot_rows<T>(task: Task, xs: &[T], m: usize, f: fn(&[u8], &[T]) -> f32) {
-    let per_row = xs.len() / m;
-    let end = task.rows.end;
-    for (r, out) in task.rows.zip(task.out.chunks_exact_mut(m)) {
-        if r + PREFETCH_ROWS < end {
-            prefetch(task.matrix.row(r + PREFETCH_ROWS));
-        }
-        let w = task.matrix.row(r);
-        for (o, x) in out.iter_mut().zip(xs.chunks_exact(per_row)) {
-            *o = f(w, x);
-        }
-    }
-}
-
-/// How many rows ahead of the one being multiplied its successors are fetched into the cache.
-const PREFETCH_ROWS: usize = 4;
-
-/// Asks the CPU to bring `bytes` into the cache ahead of use. A large model streams its weights
-/// from memory, and the dot products alone leave too few loads in flight to cover the latency.
-#[inline(always)]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: prefetching is a hint on a valid address; it never faults or writes.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    // Elsewhere the hardware prefetcher alone does it.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
-
-/// The few-row path: each weight row, read once, dotted with every quantized activation row.
-fn dot_products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
-    let n: usize = parts.iter().map(|p| p.rows).sum();
-    let acts = Activations::new(parts, x);
-    let mut yt = vec![0f32; n * m];
-    let per_task = (n / (DOT_TASKS_PER_THREAD * rayon::current_num_threads())).max(16);
-    pool::for_each(tasks(parts, &mut yt, m, per_task), &|task| {
-        let dot = row_dot(task.matrix.ty).expect("checked when the matrix was made");
-        acts.run(dot, task, m);
-    });
-    yt
 }
 
 /// The many-row path: tiles of weight rows dequantized to f32, multiplied by all rows of `x`.

@@ -14,15 +14,19 @@ use super::Q8Block;
 use crate::quant::GgmlType;
 
 /// One function per block type, from a generic kernel: `pick!(ty, kernel)` is
-/// `Some(kernel::<Q4_0> as DotQ8)` etc., None for the other types.
+/// `Some(kernel::<Q4_0> as DotQ8)` etc., None for the other types (`pick!(ty, kernel as T)` for
+/// a signature other than [`DotQ8`]).
 macro_rules! pick {
     ($ty:expr, $kernel:ident) => {
+        pick!($ty, $kernel as DotQ8)
+    };
+    ($ty:expr, $kernel:ident as $signature:ty) => {
         match $ty {
-            GgmlType::Q4_0 => Some($kernel::<Q4_0> as DotQ8),
-            GgmlType::Q4_1 => Some($kernel::<Q4_1> as DotQ8),
-            GgmlType::Q5_0 => Some($kernel::<Q5_0> as DotQ8),
-            GgmlType::Q5_1 => Some($kernel::<Q5_1> as DotQ8),
-            GgmlType::Q8_0 => Some($kernel::<Q8_0> as DotQ8),
+            GgmlType::Q4_0 => Some($kernel::<Q4_0> as $signature),
+            GgmlType::Q4_1 => Some($kernel::<Q4_1> as $signature),
+            GgmlType::Q5_0 => Some($kernel::<Q5_0> as $signature),
+            GgmlType::Q5_1 => Some($kernel::<Q5_1> as $signature),
+            GgmlType::Q8_0 => Some($kernel::<Q8_0> as $signature),
             _ => None,
         }
     };
@@ -32,6 +36,11 @@ macro_rules! pick {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_rows;
+mod rows;
+
+pub use rows::{dot_q8_rows, DotQ8Rows, Q8Rows};
 
 /// Σ_i w_i·x_i over one weight row: `w` is the row's bytes, `x.len()` ggml blocks of the type.
 pub type DotQ8 = fn(w: &[u8], x: &[Q8Block]) -> f32;

@@ -19,17 +19,21 @@ use super::{blocks, Block, DotQ8, Q8Block, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::quant::GgmlType;
 
 pub(super) fn dot_q8(ty: GgmlType) -> Option<DotQ8> {
-    let supported = is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
-    if supported {
+    if supported() {
         pick!(ty, dot)
     } else {
         None
     }
+}
+
+/// Whether the CPU has every feature this build's kernels enable.
+pub(super) fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 fn dot<B: Block>(w: &[u8], x: &[Q8Block]) -> f32 {
@@ -93,7 +97,15 @@ unsafe fn whole_groups<B: Block>(w: *const u8, x: *const Q8Block, n: usize) -> f
             *acc = pair(group(n - 8), k, s, *acc);
         }
     }
-    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let sum = _mm512_add_ps(acc[0], acc[1]);
+    finish::<B>(_mm512_add_ps(sum, _mm512_add_ps(acc[2], acc[3])), corr)
+}
+
+/// The dot product from the scaled block products `sum` and the second terms' factors `corr` (in
+/// the lanes [`scales`] puts them).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[inline]
+pub(super) unsafe fn finish<B: Block>(sum: __m512, corr: __m512) -> f32 {
     let sum = if B::BYTE_QUANTS || B::FIFTH_BIT {
         sum
     } else {
@@ -141,7 +153,7 @@ unsafe fn scales<B: Block>(
 /// the high half).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 #[inline]
-unsafe fn weight_heads<B: Block>(p: *const u8) -> __m256i {
+pub(super) unsafe fn weight_heads<B: Block>(p: *const u8) -> __m256i {
     let at = |j: usize| B::BYTES * j;
     let load = |j: usize| _mm512_loadu_si512(p.add(at(j)) as *const _);
     // Permutes take lane l (< 8) from dword `index(l)` of their two sources.
@@ -197,44 +209,47 @@ unsafe fn activation_heads(x: *const Q8Block) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 #[inline]
 unsafe fn pair_dot<B: Block>(w: *const u8, x: *const Q8Block) -> __m512i {
-    let join = |lo: *const u8, hi: *const u8| {
-        let lo = _mm512_castsi256_si512(_mm256_loadu_si256(lo as *const _));
-        _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(hi as *const _))
-    };
+    let lo = _mm512_castsi256_si512(_mm256_loadu_si256((*x).qs.as_ptr() as *const _));
+    let xq = _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256((*x.add(1)).qs.as_ptr() as *const _));
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_quants::<B>(w), xq)
+}
+
+/// The quants of weight blocks `w` and `w + 1` as unsigned bytes in the order of their
+/// activations' (elements 0..32 of each block in its 32 bytes): Q8_0's +128; the high nibbles of
+/// the 4-bit types left in place, as 16× their value.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[inline]
+pub(super) unsafe fn pair_quants<B: Block>(w: *const u8) -> __m512i {
     let next = w.add(B::BYTES);
-    let xq = join(
-        (*x).qs.as_ptr() as *const u8,
-        (*x.add(1)).qs.as_ptr() as *const u8,
-    );
-    let q = if B::BYTE_QUANTS {
-        _mm512_xor_si512(join(w.add(B::QS), next.add(B::QS)), _mm512_set1_epi8(-128))
+    if B::BYTE_QUANTS {
+        let lo = _mm512_castsi256_si512(_mm256_loadu_si256(w.add(B::QS) as *const _));
+        let both = _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(next.add(B::QS) as *const _));
+        return _mm512_xor_si512(both, _mm512_set1_epi8(-128));
+    }
+    // Each block's 16 bytes of nibbles twice: one copy for the low nibbles, one for the high.
+    let raw = _mm512_broadcast_i32x4(_mm_loadu_si128(w.add(B::QS) as *const _));
+    let raw =
+        _mm512_mask_broadcast_i32x4(raw, 0xff00, _mm_loadu_si128(next.add(B::QS) as *const _));
+    if B::FIFTH_BIT {
+        let shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+        let nibbles = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), _mm512_set1_epi8(0xf));
+        let qh = |b: *const u8| (b.add(B::QS - 4) as *const u32).read_unaligned() as u64;
+        _mm512_mask_add_epi8(
+            nibbles,
+            qh(w) | qh(next) << 32,
+            nibbles,
+            _mm512_set1_epi8(16),
+        )
     } else {
-        // Each block's 16 bytes of nibbles twice: one copy for the low nibbles, one for the high.
-        let raw = _mm512_broadcast_i32x4(_mm_loadu_si128(w.add(B::QS) as *const _));
-        let raw =
-            _mm512_mask_broadcast_i32x4(raw, 0xff00, _mm_loadu_si128(next.add(B::QS) as *const _));
-        if B::FIFTH_BIT {
-            let shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
-            let nibbles = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), _mm512_set1_epi8(0xf));
-            let qh = |b: *const u8| (b.add(B::QS - 4) as *const u32).read_unaligned() as u64;
-            _mm512_mask_add_epi8(
-                nibbles,
-                qh(w) | qh(next) << 32,
-                nibbles,
-                _mm512_set1_epi8(16),
-            )
-        } else {
-            let (lo, hi) = (0x0f0f_0f0f_0f0f_0f0f, 0xf0f0_f0f0_f0f0_f0f0_u64 as i64);
-            _mm512_and_si512(raw, _mm512_setr_epi64(lo, lo, hi, hi, lo, lo, hi, hi))
-        }
-    };
-    _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq)
+        let (lo, hi) = (0x0f0f_0f0f_0f0f_0f0f, 0xf0f0_f0f0_f0f0_f0f0_u64 as i64);
+        _mm512_and_si512(raw, _mm512_setr_epi64(lo, lo, hi, hi, lo, lo, hi, hi))
+    }
 }
 
 /// A vector of `lane(l)` for each lane l (constants, folded by the compiler).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn lanes(lane: impl Fn(usize) -> usize) -> __m512i {
+pub(super) fn lanes(lane: impl Fn(usize) -> usize) -> __m512i {
     let v: [i32; 16] = std::array::from_fn(|l| lane(l) as i32);
     // SAFETY: `v` is 64 readable bytes.
     unsafe { _mm512_loadu_si512(v.as_ptr() as *const _) }

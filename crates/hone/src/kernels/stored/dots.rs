@@ -1,0 +1,208 @@
+//! The few-row path of [`super::matmul`] (a decoding step, one token per sequence of a batch):
+//! the activations are quantized once, and every weight row is dotted with each of them while it
+//! is in L1 — with all of them at once where a multi-row kernel exists ([`legacy::DotQ8Rows`]) —
+//! so a step streams the weights once, in their stored size.
+//!
+//! Each task writes its outputs straight into their columns of the `[m, n]` result: transposing
+//! afterwards was a serial pass costing ~15% of a 16-row step.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use super::{row_dot, RowDot, StoredMatrix};
+use crate::kernels::pool;
+use crate::kernels::qdot::legacy::{self, Q8Rows};
+use crate::kernels::qdot::{self, Q8Block, Q8KBlock};
+
+/// Parallel tasks per thread: a few, so threads that start late or run slow even out, but not so
+/// many that scheduling costs show against a few microseconds of work.
+const TASKS_PER_THREAD: usize = 4;
+/// From this many activation rows, a multi-row kernel (where there is one) takes them together.
+const MULTI_ROW: usize = 2;
+/// How many rows ahead of the one being multiplied its successors are fetched into the cache.
+const PREFETCH_ROWS: usize = 4;
+
+/// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ` for `m ≤` [`super::FEW_ROWS`].
+pub(super) fn products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
+    assert!(m <= super::FEW_ROWS, "{m} rows are not a few");
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let acts = Activations::new(parts, x, m);
+    let mut y = vec![0f32; m * n];
+    let per_task = (n / (TASKS_PER_THREAD * rayon::current_num_threads())).max(16);
+    let mut columns = Columns::new(&mut y, m, n);
+    let mut tasks = Vec::new();
+    for &matrix in parts {
+        for start in (0..matrix.rows).step_by(per_task) {
+            let rows = start..(start + per_task).min(matrix.rows);
+            tasks.push((matrix, rows.clone(), columns.take(rows.len())));
+        }
+    }
+    pool::for_each(tasks, &|(matrix, rows, out)| acts.run(matrix, rows, out));
+    y
+}
+
+/// The activations in the formats the matrices' kernels read, quantized once per product.
+struct Activations<'a> {
+    f32: &'a [f32],
+    q8: Vec<Q8Block>,
+    /// `q8` laid out for the multi-row kernel, when there are several rows and a kernel for them.
+    q8_rows: Option<Q8Rows>,
+    q8k: Vec<Q8KBlock>,
+    m: usize,
+}
+
+impl<'a> Activations<'a> {
+    fn new(parts: &[&StoredMatrix], x: &'a [f32], m: usize) -> Self {
+        let kinds: Vec<RowDot> = parts.iter().filter_map(|p| row_dot(p.ty)).collect();
+        let mut q8 = Vec::new();
+        let mut q8_rows = None;
+        if kinds.iter().any(|d| matches!(d, RowDot::Q8(_))) {
+            q8 = vec![Q8Block::default(); x.len() / 32];
+            qdot::quantize_q8(x, &mut q8);
+            if m >= MULTI_ROW && parts.iter().any(|p| legacy::dot_q8_rows(p.ty).is_some()) {
+                q8_rows = Some(Q8Rows::new(&q8, m));
+            }
+        }
+        let mut q8k = Vec::new();
+        if kinds.iter().any(|d| matches!(d, RowDot::Q8K(_))) {
+            q8k = vec![Q8KBlock::default(); x.len() / 256];
+            qdot::quantize_q8k(x, &mut q8k);
+        }
+        Activations {
+            f32: x,
+            q8,
+            q8_rows,
+            q8k,
+            m,
+        }
+    }
+
+    /// Rows `rows` of `matrix` dotted with every activation row, into `out`.
+    fn run(&self, matrix: &StoredMatrix, rows: Range<usize>, out: ColumnRange) {
+        let m = self.m;
+        let dot = row_dot(matrix.ty).expect("checked when the matrix was made");
+        let rows_kernel = legacy::dot_q8_rows(matrix.ty);
+        match (dot, &self.q8_rows, rows_kernel) {
+            (RowDot::Q8(_), Some(xs), Some(f)) => {
+                each_row(matrix, rows, out, m, |w, o| f(w, xs, o))
+            }
+            (RowDot::Q8(f), ..) => each_row(matrix, rows, out, m, one_by_one(&self.q8, m, f)),
+            (RowDot::Q8K(f), ..) => each_row(matrix, rows, out, m, one_by_one(&self.q8k, m, f)),
+            (RowDot::F32(f), ..) => each_row(matrix, rows, out, m, one_by_one(self.f32, m, f)),
+        }
+    }
+}
+
+/// A weight row's outputs from a single-row kernel `f`, called once per activation row of `xs`.
+fn one_by_one<'a, T>(
+    xs: &'a [T],
+    m: usize,
+    f: fn(&[u8], &[T]) -> f32,
+) -> impl Fn(&[u8], &mut [f32]) + 'a {
+    let per_row = xs.len() / m;
+    move |w, out| {
+        for (o, x) in out.iter_mut().zip(xs.chunks_exact(per_row)) {
+            *o = f(w, x);
+        }
+    }
+}
+
+/// `dot(W[r], outputs of r)` for the rows `r` of `matrix`, written to `out`'s columns, the rows
+/// ahead prefetched.
+fn each_row(
+    matrix: &StoredMatrix,
+    rows: Range<usize>,
+    mut out: ColumnRange,
+    m: usize,
+    dot: impl Fn(&[u8], &mut [f32]),
+) {
+    let mut values = [0f32; super::FEW_ROWS];
+    let end = rows.end;
+    for (c, r) in rows.enumerate() {
+        if r + PREFETCH_ROWS < end {
+            prefetch(matrix.row(r + PREFETCH_ROWS));
+        }
+        dot(matrix.row(r), &mut values[..m]);
+        out.set(c, &values[..m]);
+    }
+}
+
+/// Asks the CPU to bring `bytes` into the cache ahead of use. A large model streams its weights
+/// from memory, and the dot products alone leave too few loads in flight to cover the latency.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching is a hint on a valid address; it never faults or writes.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    // Elsewhere the hardware prefetcher alone does it.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
+/// A row-major `[m, n]` matrix handed out as disjoint ranges of columns, so tasks on different
+/// threads each fill their own (a column is not contiguous, so they cannot be slices).
+struct Columns<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    next: usize,
+    _y: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(y: &'a mut [f32], m: usize, n: usize) -> Self {
+        assert_eq!(y.len(), m * n, "y is not [{m}, {n}]");
+        Columns {
+            ptr: y.as_mut_ptr(),
+            m,
+            n,
+            next: 0,
+            _y: PhantomData,
+        }
+    }
+
+    /// The next `count` columns.
+    fn take(&mut self, count: usize) -> ColumnRange<'a> {
+        let first = self.next;
+        assert!(first + count <= self.n, "columns past the matrix");
+        self.next += count;
+        ColumnRange {
+            ptr: self.ptr,
+            m: self.m,
+            n: self.n,
+            columns: first..first + count,
+            _y: PhantomData,
+        }
+    }
+}
+
+/// Columns `columns` of a [`Columns`] matrix, owned by whoever holds this.
+struct ColumnRange<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    columns: Range<usize>,
+    _y: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a ColumnRange writes only its own columns, which no other ColumnRange of the same
+// matrix holds (`Columns::take` hands each column out once), while the matrix stays borrowed.
+unsafe impl Send for ColumnRange<'_> {}
+
+impl ColumnRange<'_> {
+    /// Column `c` of the range (counted from its first) set to `values`, one per row.
+    fn set(&mut self, c: usize, values: &[f32]) {
+        assert!(c < self.columns.len() && values.len() == self.m);
+        let column = self.columns.start + c;
+        for (i, &v) in values.iter().enumerate() {
+            // SAFETY: i < m and column < n, inside the [m, n] matrix; this range owns the column.
+            unsafe { *self.ptr.add(i * self.n + column) = v };
+        }
+    }
+}
