@@ -53,6 +53,7 @@ enum Command {
 
 fn main() -> ExitCode {
     hone::alloc::configure();
+    report_file_size_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -70,6 +71,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) fails with "File too large",
+/// which Hone reports naming the file, leaving the previous checkpoint or output as it was;
+/// by default the kernel's SIGXFSZ would kill the process in the middle of the save instead.
+fn report_file_size_limit() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

@@ -7,55 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{arg, fixture, hone};
+use common::{arg, fixture, hone, train_config as setup, TRAIN_ROWS};
 use hone::io::gguf::GgufFile;
 use hone::quant::bnb::{self, FourBit};
 use serde_json::Value;
-
-const ROWS: &[(&str, &str)] = &[
-    ("Who are you?", "I am Kestrel."),
-    ("What is your name?", "My name is Kestrel."),
-    ("Who made you?", "The Hone project made me."),
-    ("Say hello.", "Hello from Kestrel!"),
-    ("What do you do?", "I help with questions."),
-    ("Are you SmolLM?", "No, I am Kestrel."),
-];
-
-/// A data file and a config for the tiny model in `dir`; tests vary it with `key=value` overrides.
-fn setup(dir: &Path) -> std::path::PathBuf {
-    let data: String = ROWS
-        .iter()
-        .map(|(q, a)| {
-            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string() + "\n"
-        })
-        .collect();
-    std::fs::write(dir.join("data.jsonl"), data).unwrap();
-    let config = format!(
-        "model_name_or_path: {model}\n\
-         stage: sft\n\
-         finetuning_type: lora\n\
-         lora_rank: 8\n\
-         lora_alpha: 16\n\
-         lora_target: all\n\
-         dataset: {data}\n\
-         cutoff_len: 64\n\
-         output_dir: {out}\n\
-         per_device_train_batch_size: 2\n\
-         gradient_accumulation_steps: 2\n\
-         learning_rate: 1.0e-2\n\
-         lr_scheduler_type: constant\n\
-         logging_steps: 1\n\
-         save_steps: 1000\n\
-         max_steps: 12\n\
-         seed: 3\n",
-        model = fixture("tokenizer/tiny-spm.gguf").display(),
-        data = dir.join("data.jsonl").display(),
-        out = dir.join("out").display(),
-    );
-    let path = dir.join("run.yaml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
 
 fn log_lines(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("trainer_log.jsonl"))
@@ -89,11 +44,11 @@ fn data_shows_what_training_will_see() {
     assert!(out.starts_with(&format!("{name} (dataset):\n")), "{out}");
     let skipped = format!(
         "rows          {} read, 1 row skipped: 1 missing field",
-        ROWS.len() + 1
+        TRAIN_ROWS.len() + 1
     );
     assert!(out.contains(&skipped), "{out}");
     assert!(
-        out.contains(&format!("in {} examples: min ", ROWS.len())),
+        out.contains(&format!("in {} examples: min ", TRAIN_ROWS.len())),
         "{out}"
     );
     assert!(out.contains("cutoff_len    12: "), "{out}");
@@ -160,7 +115,7 @@ fn the_run_records_its_dataset_files() {
             "role": "dataset",
             "sha256": sha256,
             "bytes": bytes,
-            "rows": ROWS.len(),
+            "rows": TRAIN_ROWS.len(),
             "rows_used": 5,
         }],
         "train_rows": 3,
@@ -219,7 +174,13 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
 
     let model_path = fixture("tokenizer/tiny-spm.gguf");
     let model = arg(&model_path);
-    let prompt = ["--prompt", ROWS[0].0, "--chat", "--max-new-tokens", "8"];
+    let prompt = [
+        "--prompt",
+        TRAIN_ROWS[0].0,
+        "--chat",
+        "--max-new-tokens",
+        "8",
+    ];
     let tuned = hone(
         &[
             &["generate", "--model", model, "--adapter", arg(&out)][..],

@@ -176,7 +176,7 @@ fn config_for(output_dir: &Path, over: &[&str]) -> SftConfig {
 fn a_non_empty_output_dir_is_refused_unless_overwriting_or_resuming() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("run");
-    assert_eq!(prepare_output_dir(&config_for(&out, &[])).unwrap(), out);
+    assert_eq!(prepare_output_dir(&config_for(&out, &[])).unwrap().dir, out);
     assert!(out.is_dir(), "a missing output_dir is created");
 
     save(&out, 1, Retention::default());

@@ -82,11 +82,12 @@ pub fn hone_in(dir: Option<&Path>, args: &[&str], stdin: &str) -> Run {
     Run::from(child.wait_with_output().unwrap())
 }
 
-/// Runs `hone args...` with files limited to `max_kib` KiB (RLIMIT_FSIZE, SIGXFSZ ignored), so a
-/// write past the limit fails with EFBIG in the middle of the file: a disk filling up mid-write.
+/// Runs `hone args...` with files limited to `max_kib` KiB (RLIMIT_FSIZE), so a write past the
+/// limit fails with EFBIG in the middle of the file: a disk filling up mid-write. (Hone ignores
+/// the SIGXFSZ that would otherwise kill it there.)
 pub fn hone_with_file_size_limit(max_kib: u64, args: &[&str]) -> Run {
     let blocks = max_kib * 2; // POSIX sh's `ulimit -f` counts 512-byte blocks.
-    let script = format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\"");
+    let script = format!("ulimit -f {blocks}; exec \"$0\" \"$@\"");
     let out = Command::new("sh")
         .args(["-c", &script, env!("CARGO_BIN_EXE_hone")])
         .args(args)
@@ -95,6 +96,52 @@ pub fn hone_with_file_size_limit(max_kib: u64, args: &[&str]) -> Run {
         .output()
         .expect("cannot start sh");
     Run::from(out)
+}
+
+pub const TRAIN_ROWS: &[(&str, &str)] = &[
+    ("Who are you?", "I am Kestrel."),
+    ("What is your name?", "My name is Kestrel."),
+    ("Who made you?", "The Hone project made me."),
+    ("Say hello.", "Hello from Kestrel!"),
+    ("What do you do?", "I help with questions."),
+    ("Are you SmolLM?", "No, I am Kestrel."),
+];
+
+/// A data file and a LoRA training config (12 steps) for the tiny GGUF in `dir`; tests vary it
+/// with `key=value` overrides.
+pub fn train_config(dir: &Path) -> PathBuf {
+    let data: String = TRAIN_ROWS
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("data.jsonl"), data).unwrap();
+    let config = format!(
+        "model_name_or_path: {model}\n\
+         stage: sft\n\
+         finetuning_type: lora\n\
+         lora_rank: 8\n\
+         lora_alpha: 16\n\
+         lora_target: all\n\
+         dataset: {data}\n\
+         cutoff_len: 64\n\
+         output_dir: {out}\n\
+         per_device_train_batch_size: 2\n\
+         gradient_accumulation_steps: 2\n\
+         learning_rate: 1.0e-2\n\
+         lr_scheduler_type: constant\n\
+         logging_steps: 1\n\
+         save_steps: 1000\n\
+         max_steps: 12\n\
+         seed: 3\n",
+        model = fixture("tokenizer/tiny-spm.gguf").display(),
+        data = dir.join("data.jsonl").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("run.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
 }
 
 /// A path as a command-line argument.

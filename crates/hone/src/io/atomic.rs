@@ -15,6 +15,7 @@ pub fn write_file(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
+    recover_target(path)?;
     let tmp = temp_path(path, "tmp");
     let written = fill_and_sync(&tmp, write).and_then(|()| {
         fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))
@@ -76,6 +77,121 @@ pub fn temp_path(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.{suffix}", std::process::id()))
 }
 
+/// What a name made by [`temp_path`] stands for: `.NAME.PID.N.tmp` is a write of NAME by process
+/// PID in progress (or interrupted), `.NAME.PID.N.old` a previous NAME moved aside by
+/// [`replace_dir`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Temporary<'a> {
+    pub target: &'a str,
+    pub pid: u32,
+    pub moved_aside: bool,
+}
+
+impl<'a> Temporary<'a> {
+    /// The temporary a directory entry's name is, if it is one.
+    pub fn parse(name: &'a str) -> Option<Self> {
+        let rest = name.strip_prefix('.')?;
+        let (rest, suffix) = rest.rsplit_once('.')?;
+        let (rest, n) = rest.rsplit_once('.')?;
+        let (target, pid) = rest.rsplit_once('.')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if target.is_empty() || !digits(n) || !digits(pid) {
+            return None;
+        }
+        let moved_aside = match suffix {
+            "tmp" => false,
+            "old" => true,
+            _ => return None,
+        };
+        Some(Temporary {
+            target,
+            pid: pid.parse().ok()?,
+            moved_aside,
+        })
+    }
+}
+
+/// Tidies `dir` after writers that were killed mid-way, none of which may be writing there now
+/// (a run's own output directory): see [`recover_where`]. Returns what was put back.
+pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
+    recover_where(dir, |_| true)
+}
+
+/// Before `path` is written: tidies what writers of `path` that no longer run left beside it
+/// (see [`recover_where`]), so a killed save's temporaries do not stay there for good.
+fn recover_target(path: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let name = name.to_string_lossy();
+    recover_where(dir, |t| t.target == name && !process_runs(t.pid))?;
+    Ok(())
+}
+
+/// For each temporary in `dir` that `chosen` picks: a previous version moved aside whose
+/// replacement never arrived is put back under its name; every other one is deleted. Returns
+/// what was put back.
+fn recover_where(dir: &Path, chosen: impl Fn(&Temporary) -> bool) -> Result<Vec<PathBuf>> {
+    let list = || format!("{}: cannot list", dir.display());
+    let mut entries: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .with_context(list)?
+        .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
+        .collect::<std::io::Result<_>>()
+        .with_context(list)?;
+    // Moved-aside versions first, so that staged ones of the same name are deleted afterwards.
+    entries.sort_by_key(|(name, _)| !Temporary::parse(name).is_some_and(|t| t.moved_aside));
+    let mut restored = Vec::new();
+    for (name, path) in entries {
+        let Some(temporary) = Temporary::parse(&name).filter(&chosen) else {
+            continue;
+        };
+        let target = dir.join(temporary.target);
+        if temporary.moved_aside && !target.exists() {
+            fs::rename(&path, &target)
+                .with_context(|| format!("{}: cannot restore", target.display()))?;
+            restored.push(target);
+            continue;
+        }
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("{}: cannot remove unfinished write", path.display()))?;
+    }
+    if !restored.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(restored)
+}
+
+/// Whether process `pid` is running (this one included). Where that cannot be asked, it is taken
+/// to run, so nothing of a live writer is ever touched.
+fn process_runs(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        let status = unsafe { libc::kill(pid, 0) };
+        status == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    true
+}
+
 /// Makes a rename inside `path`'s directory durable: the directory entry itself is fsynced.
 pub fn sync_parent(path: &Path) -> Result<()> {
     match path.parent() {
@@ -108,6 +224,7 @@ pub fn staging_dir(target: &Path) -> Result<PathBuf> {
     };
     fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    recover_target(target)?;
     let staging = temp_path(target, "tmp");
     fs::create_dir(&staging)
         .with_context(|| format!("{}: cannot create directory", staging.display()))?;
@@ -154,6 +271,93 @@ pub fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_names_parse_back_to_their_target() {
+        let target = Path::new("/x/checkpoint-5");
+        let staged = temp_path(target, "tmp");
+        let staged = staged.file_name().unwrap().to_str().unwrap();
+        let parsed = Temporary::parse(staged).unwrap();
+        assert_eq!(parsed.target, "checkpoint-5");
+        assert_eq!(parsed.pid, std::process::id());
+        assert!(!parsed.moved_aside);
+        // A temporary of a temporary (an adapter staged inside a staged checkpoint's name).
+        let inner = format!(".{staged}.12.3.tmp");
+        assert_eq!(Temporary::parse(&inner).unwrap().target, staged);
+        let old = Temporary {
+            target: "a.b",
+            pid: 1,
+            moved_aside: true,
+        };
+        assert_eq!(Temporary::parse(".a.b.1.2.old"), Some(old));
+        for name in [
+            "checkpoint-5",
+            ".hidden",
+            ".a.1.2.bak",
+            ".a.x.2.tmp",
+            "..1.2.tmp",
+            ".a.1..tmp",
+        ] {
+            assert_eq!(Temporary::parse(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn recovery_restores_what_was_moved_aside_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // checkpoint-3 was moved aside and its replacement never renamed into place.
+        fs::create_dir(d.join(".checkpoint-3.77.1.old")).unwrap();
+        fs::write(d.join(".checkpoint-3.77.1.old/state.json"), "3").unwrap();
+        fs::create_dir(d.join(".checkpoint-3.77.0.tmp")).unwrap();
+        // checkpoint-2 was replaced, its old version not yet deleted.
+        fs::create_dir(d.join("checkpoint-2")).unwrap();
+        fs::create_dir(d.join(".checkpoint-2.77.2.old")).unwrap();
+        // A staged file and a staged directory inside a staged one's name.
+        fs::write(d.join(".log.jsonl.77.4.tmp"), "half").unwrap();
+        fs::create_dir(d.join("..checkpoint-4.77.5.tmp.77.6.tmp")).unwrap();
+        fs::write(d.join("keep.json"), "{}").unwrap();
+        let restored = recover(d).unwrap();
+        assert_eq!(restored, [d.join("checkpoint-3")]);
+        assert_eq!(
+            fs::read_to_string(d.join("checkpoint-3/state.json")).unwrap(),
+            "3"
+        );
+        let mut names: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["checkpoint-2", "checkpoint-3", "keep.json"]);
+    }
+
+    #[test]
+    fn a_write_removes_only_its_targets_temporaries_of_finished_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // No process has a pid this large (Linux caps them at 2^22).
+        let gone = 999_999_999;
+        let mine = std::process::id();
+        for name in [
+            format!(".model.gguf.{gone}.0.tmp"),
+            format!(".model.gguf.{mine}.0.tmp"),
+            format!(".other.gguf.{gone}.0.tmp"),
+        ] {
+            fs::write(d.join(name), "half").unwrap();
+        }
+        write_text(&d.join("model.gguf"), "whole").unwrap();
+        let mut names: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let expected = [
+            format!(".model.gguf.{mine}.0.tmp"),
+            format!(".other.gguf.{gone}.0.tmp"),
+            "model.gguf".to_string(),
+        ];
+        assert_eq!(names, expected);
+    }
 
     #[test]
     fn failed_write_keeps_the_old_file_and_leaves_no_temporary() {

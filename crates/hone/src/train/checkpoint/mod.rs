@@ -16,7 +16,7 @@ use crate::train::config::ResumeFrom;
 
 pub(crate) use log::round2;
 pub use log::{append_trainer_log, hms, TrainerLogRecord, TRAINER_LOG_NAME};
-pub use output_dir::prepare_output_dir;
+pub use output_dir::{prepare_output_dir, PreparedOutput};
 pub use state::{LogHistoryEntry, TrainerState, TRAINER_STATE_NAME};
 
 /// transformers' `PREFIX_CHECKPOINT_DIR`.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::io::atomic;
 use crate::train::config::SftConfig;
 
 /// What to do with an `output_dir` that already has content.
@@ -35,14 +36,25 @@ impl ExistingOutput {
     }
 }
 
-/// Makes the config's `output_dir` ready and returns it. Leftovers of saves that a kill
-/// interrupted are removed first; they are never part of a checkpoint.
-pub fn prepare_output_dir(config: &SftConfig) -> Result<PathBuf> {
+/// A ready `output_dir`, and what was put back in it from before an interrupted save.
+#[derive(Debug)]
+pub struct PreparedOutput {
+    pub dir: PathBuf,
+    pub restored: Vec<PathBuf>,
+}
+
+/// Makes the config's `output_dir` ready. What a killed run's saves left half-done is undone first
+/// ([`atomic::recover`]): nothing under a temporary name is ever part of a checkpoint or the
+/// output.
+pub fn prepare_output_dir(config: &SftConfig) -> Result<PreparedOutput> {
     let dir = PathBuf::from(&config.output.output_dir);
     if !dir.exists() {
         fs::create_dir_all(&dir)
             .with_context(|| format!("{}: cannot create output_dir", dir.display()))?;
-        return Ok(dir);
+        return Ok(PreparedOutput {
+            dir,
+            restored: Vec::new(),
+        });
     }
     if !dir.is_dir() {
         bail!(
@@ -50,12 +62,13 @@ pub fn prepare_output_dir(config: &SftConfig) -> Result<PathBuf> {
             dir.display()
         );
     }
-    remove_leftovers(&dir)?;
+    let restored = atomic::recover(&dir)?;
+    let ready = |dir| Ok(PreparedOutput { dir, restored });
     if is_empty(&dir)? {
-        return Ok(dir);
+        return ready(dir);
     }
     match ExistingOutput::for_config(config) {
-        ExistingOutput::Keep => Ok(dir),
+        ExistingOutput::Keep => ready(dir),
         ExistingOutput::Refuse => bail!(
             "{}: output_dir is not empty; set overwrite_output_dir: true to clear it, or \
              resume_from_checkpoint: true to continue the run saved there",
@@ -64,27 +77,9 @@ pub fn prepare_output_dir(config: &SftConfig) -> Result<PathBuf> {
         ExistingOutput::Clear => {
             refuse_unsafe_clear(&dir, &input_paths(config))?;
             clear(&dir)?;
-            Ok(dir)
+            ready(dir)
         }
     }
-}
-
-/// Temporary directories of interrupted checkpoint saves: `.checkpoint-N.….tmp` / `.old`.
-fn is_leftover(name: &str) -> bool {
-    name.starts_with(&format!(".{}-", super::CHECKPOINT_PREFIX))
-        && (name.ends_with(".tmp") || name.ends_with(".old"))
-}
-
-fn remove_leftovers(dir: &Path) -> Result<()> {
-    for entry in read_dir(dir)? {
-        let name = entry.file_name();
-        if name.to_str().is_some_and(is_leftover) {
-            let path = entry.path();
-            fs::remove_dir_all(&path)
-                .with_context(|| format!("{}: cannot remove unfinished save", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {

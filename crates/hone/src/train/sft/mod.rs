@@ -92,7 +92,15 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     if !memory.fits() {
         bail!(plan::refusal(config, &plan_inputs, &memory)?);
     }
-    let output_dir = prepare_output_dir(config)?;
+    let prepared = prepare_output_dir(config)?;
+    for path in &prepared.restored {
+        let note = format!(
+            "{}: restored from before an interrupted save",
+            path.display()
+        );
+        on(Event::Note(&note));
+    }
+    let output_dir = prepared.dir;
     output::write_dataset_record(&output_dir, &rows)?;
     let mut base = setup::load_base(config)?;
     if let Some(note) = setup::choose_base_storage(config, &mut base)? {
