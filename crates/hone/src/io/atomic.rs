@@ -335,12 +335,13 @@ mod tests {
     fn a_write_removes_only_its_targets_temporaries_of_finished_processes() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        // No process has a pid this large (Linux caps them at 2^22).
+        // No process has a pid this large (Linux caps them at 2^22); this process's own temporary
+        // has a count its writes do not reach in a test, so it is not the name they use.
         let gone = 999_999_999;
         let mine = std::process::id();
         for name in [
             format!(".model.gguf.{gone}.0.tmp"),
-            format!(".model.gguf.{mine}.0.tmp"),
+            format!(".model.gguf.{mine}.999999.tmp"),
             format!(".other.gguf.{gone}.0.tmp"),
         ] {
             fs::write(d.join(name), "half").unwrap();
@@ -352,7 +353,7 @@ mod tests {
             .collect();
         names.sort();
         let expected = [
-            format!(".model.gguf.{mine}.0.tmp"),
+            format!(".model.gguf.{mine}.999999.tmp"),
             format!(".other.gguf.{gone}.0.tmp"),
             "model.gguf".to_string(),
         ];
