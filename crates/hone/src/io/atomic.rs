@@ -112,7 +112,7 @@ impl<'a> Temporary<'a> {
 }
 
 /// Tidies `dir` after writers that were killed mid-way, none of which may be writing there now
-/// (a run's own output directory): see [`recover_where`]. Returns what was put back.
+/// (a run's own output directory): see `recover_where`. Returns what was put back.
 pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
     recover_where(dir, |_| true)
 }

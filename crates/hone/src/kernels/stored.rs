@@ -2,9 +2,10 @@
 //! read in place from the model file's memory map, never expanded to f32 as a whole.
 //!
 //! Two ways through, by the number of activation rows:
-//! - a few rows (decoding: one token per sequence of a batch): the activations are quantized once
-//!   ([`qdot`]) and every weight row is dotted with each of them while it is in L1, so a step
-//!   streams the weights once, in their stored size;
+//! - a few rows (decoding: one token per sequence of a batch), [`dots`]: the activations are
+//!   quantized once ([`qdot`]) and every weight row is dotted with each of them while it is in L1
+//!   (up to four at once where a multi-row kernel exists), so a step streams the weights once, in
+//!   their stored size;
 //! - many rows (a prompt, a perplexity window): quantized and bf16 weights, where the CPU has bf16
 //!   units ([`bf16::kernel`]: AMX, or AVX-512 BF16 where it is fast), go through
 //!   [`bf16::prompt`]: blocks of weight rows dequantized and rounded to bf16, multiplied by every
