@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{Adapter, AdapterConfig, Bias, LoraWeights, TargetModules};
-use hone::data::{collate, flatten, Batch, Row};
+use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
@@ -535,14 +535,11 @@ fn flattened_rows_give_the_padded_batchs_loss_and_gradients() {
         .enumerate()
         .map(|(r, &len)| {
             let at = r * padded.seq;
-            let mut labels = padded.labels[at..at + len].to_vec();
-            labels[0] = -100;
-            Row {
+            // A row's first label is ignored (`Row::from` sets it): nothing precedes it.
+            Row::from(Example {
                 input_ids: padded.input_ids[at..at + len].to_vec(),
-                labels,
-                position_ids: (0..len as u32).collect(),
-                segment_ids: vec![0; len],
-            }
+                labels: padded.labels[at..at + len].to_vec(),
+            })
         })
         .collect();
     let refs: Vec<&Row> = rows.iter().collect();
