@@ -590,6 +590,7 @@ fn plan_predicts_the_peak_as_a_table_and_as_json() {
         "gradients",
         "optimizer",
         "activations",
+        "dataset",
         "runtime",
     ] {
         assert!(parts[part].as_u64().unwrap() > 0, "{part}: {plan}");

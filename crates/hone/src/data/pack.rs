@@ -35,6 +35,11 @@ impl Row {
         self.input_ids.is_empty()
     }
 
+    /// Bytes the row's vectors hold on the heap (as allocated, not just as filled).
+    pub fn heap_bytes(&self) -> usize {
+        4 * self.input_ids.capacity() + 8 * self.labels.capacity() + 4 * self.lengths.capacity()
+    }
+
     /// Whether the row holds more than one example.
     pub fn is_packed(&self) -> bool {
         self.lengths.len() > 1

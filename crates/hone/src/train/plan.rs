@@ -21,8 +21,8 @@ use crate::model::{hf_tensor_shapes, ModelConfig};
 use crate::quant::GgmlType;
 use crate::train::model::CE_CHUNK;
 
-/// The process before any model: code, the runtime, thread stacks, allocator metadata, the
-/// tokenizer and the dataset (measured: `hone train` of a tiny model peaks near this).
+/// The process before any model: code, the runtime, thread stacks, allocator metadata and the
+/// tokenizer (measured: `hone train` of a tiny model on a small dataset peaks near this).
 const RUNTIME_BYTES: u64 = 64 << 20;
 /// Memory the allocator holds beyond the live activations and scratch, as a fraction of them:
 /// mimalloc keeps freed pages (Hone disables purging, `crate::alloc`), and buffers of each
@@ -51,6 +51,8 @@ pub struct RunShape<'a> {
     pub batch_tokens: usize,
     /// Tokens of the largest evaluation batch (0 without evaluation).
     pub eval_tokens: usize,
+    /// The encoded training and evaluation rows, held for the whole run: bytes, rows, tokens.
+    pub dataset: (u64, usize, usize),
 }
 
 impl RunShape<'_> {
@@ -219,9 +221,17 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
             detail: "freed buffers kept for reuse".to_string(),
         },
         Part {
+            name: "dataset",
+            bytes: run.dataset.0,
+            detail: format!(
+                "{} rows, {} tokens (ids, labels, example lengths)",
+                run.dataset.1, run.dataset.2
+            ),
+        },
+        Part {
             name: "runtime",
             bytes: RUNTIME_BYTES,
-            detail: "code, threads, tokenizer, dataset".to_string(),
+            detail: "code, threads, tokenizer".to_string(),
         },
     ];
     parts.retain(|p| p.bytes > 0 || p.name == "activations");
@@ -451,6 +461,7 @@ mod tests {
             recompute: false,
             batch_tokens: 100,
             eval_tokens: 0,
+            dataset: (0, 0, 0),
         }
     }
 

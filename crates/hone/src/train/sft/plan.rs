@@ -72,8 +72,22 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         recompute: config.train.gradient_checkpointing,
         batch_tokens,
         eval_tokens,
+        dataset: dataset_size(rows),
     };
     Ok(plan::plan(&shape, available))
+}
+
+/// The rows' heap bytes, their number and their tokens.
+fn dataset_size(rows: &Rows) -> (u64, usize, usize) {
+    let all = rows.train.iter().chain(&rows.val);
+    let bytes = all.clone().map(Row::heap_bytes).sum::<usize>();
+    let tokens = all.map(Row::len).sum();
+    let count = rows.train.len() + rows.val.len();
+    (
+        (bytes + count * std::mem::size_of::<Row>()) as u64,
+        count,
+        tokens,
+    )
 }
 
 /// Why the run cannot start, in one line: the plan's peak against the memory available, and
