@@ -10,10 +10,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{arg, fixture, hone, hone_with_file_size_limit, tiny_hf_dir, train_config};
+use common::{
+    arg, fixture, hone, hone_command, hone_with_file_size_limit, tiny_hf_dir, train_config,
+};
 
 /// Kills per command: 40, or `HONE_CRASH_TRIALS` for a longer search
 /// (`HONE_CRASH_TRIALS=1000 cargo test -p hone-cli --test crash`).
@@ -26,9 +28,7 @@ fn trials() -> u32 {
 
 /// Starts `hone args` and SIGKILLs it after `delay`; true when it was still running then.
 fn kill_after(args: &[&str], delay: Duration) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hone"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
+    let mut child = hone_command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

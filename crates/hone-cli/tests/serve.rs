@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Barrier};
 
 use common::{
@@ -24,10 +24,8 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hone"))
-            .args(["serve", "--model", arg(model), "--port", "0"])
+        let mut child = common::hone_command(&["serve", "--model", arg(model), "--port", "0"])
             .args(extra)
-            .env("HF_HUB_OFFLINE", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -345,17 +345,16 @@ fn a_non_finite_loss_stops_training_with_the_step() {
 fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
-        .args([
-            "train",
-            arg(&config),
-            "max_steps=100000",
-            "logging_steps=1000",
-            "save_steps=1000000",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = common::hone_command(&[
+        "train",
+        arg(&config),
+        "max_steps=100000",
+        "logging_steps=1000",
+        "save_steps=1000000",
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let out = dir.path().join("out");
     // Interrupt once training is under way (the log file appears at the first logging step).
     let started = std::time::Instant::now();

@@ -64,15 +64,21 @@ pub fn hone(args: &[&str]) -> Run {
     hone_in(None, args, "")
 }
 
-/// Runs `hone args...` in `dir` (when given) with `stdin` as its standard input.
-pub fn hone_in(dir: Option<&Path>, args: &[&str], stdin: &str) -> Run {
+/// `hone args...`, ready to start: every test's way to run the binary.
+pub fn hone_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hone"));
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     // A path mistaken for a Hub id must never reach the network from a test.
     cmd.env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+/// Runs `hone args...` in `dir` (when given) with `stdin` as its standard input.
+pub fn hone_in(dir: Option<&Path>, args: &[&str], stdin: &str) -> Run {
+    let mut cmd = hone_command(args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }

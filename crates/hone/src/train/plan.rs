@@ -51,8 +51,16 @@ pub struct RunShape<'a> {
     pub batch_tokens: usize,
     /// Tokens of the largest evaluation batch (0 without evaluation).
     pub eval_tokens: usize,
-    /// The encoded training and evaluation rows, held for the whole run: bytes, rows, tokens.
-    pub dataset: (u64, usize, usize),
+    /// The encoded training and evaluation rows, held for the whole run.
+    pub dataset: DatasetSize,
+}
+
+/// What the encoded rows of a run hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatasetSize {
+    pub bytes: u64,
+    pub rows: usize,
+    pub tokens: usize,
 }
 
 impl RunShape<'_> {
@@ -222,10 +230,10 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
         },
         Part {
             name: "dataset",
-            bytes: run.dataset.0,
+            bytes: run.dataset.bytes,
             detail: format!(
                 "{} rows, {} tokens (ids, labels, example lengths)",
-                run.dataset.1, run.dataset.2
+                run.dataset.rows, run.dataset.tokens
             ),
         },
         Part {
@@ -461,7 +469,7 @@ mod tests {
             recompute: false,
             batch_tokens: 100,
             eval_tokens: 0,
-            dataset: (0, 0, 0),
+            dataset: DatasetSize::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
 use crate::quant::GgmlType;
 use crate::train::config::{CommaList, FinetuningType, SftConfig};
-use crate::train::plan::{self, BaseStorage, MemoryPlan, RunShape};
+use crate::train::plan::{self, BaseStorage, DatasetSize, MemoryPlan, RunShape};
 
 /// What a plan reads before any weight: the model's config and tensor table, and the run's rows.
 pub(super) struct Inputs<'a> {
@@ -77,17 +77,16 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
     Ok(plan::plan(&shape, available))
 }
 
-/// The rows' heap bytes, their number and their tokens.
-fn dataset_size(rows: &Rows) -> (u64, usize, usize) {
+/// The rows' heap bytes (with their own headers), their number and their tokens.
+fn dataset_size(rows: &Rows) -> DatasetSize {
     let all = rows.train.iter().chain(&rows.val);
-    let bytes = all.clone().map(Row::heap_bytes).sum::<usize>();
-    let tokens = all.map(Row::len).sum();
+    let heap = all.clone().map(Row::heap_bytes).sum::<usize>();
     let count = rows.train.len() + rows.val.len();
-    (
-        (bytes + count * std::mem::size_of::<Row>()) as u64,
-        count,
-        tokens,
-    )
+    DatasetSize {
+        bytes: (heap + count * std::mem::size_of::<Row>()) as u64,
+        rows: count,
+        tokens: all.map(Row::len).sum(),
+    }
 }
 
 /// Why the run cannot start, in one line: the plan's peak against the memory available, and
