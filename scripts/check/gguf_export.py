@@ -3,17 +3,18 @@
     OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/check/gguf_export.py model.gguf [lora.gguf ...]
 
 For a model: gguf-py parses it; every metadata key the llama loader needs is present with gguf-py's
-key names; every tensor name is one gguf-py's MODEL_ARCH.LLAMA tensor map allows, with the shape
+key names; every tensor name is one gguf-py's tensor map of the file's architecture (llama, qwen2,
+qwen3) allows, with the shape
 the hyper-parameters imply; general.file_type is a LlamaFileType; and every tensor dequantizes with
 gguf-py's own quants module to finite values. For a LoRA adapter (general.type = adapter): its keys
-and that each lora_a/lora_b pair names a llama tensor with compatible shapes. Exits non-zero on a
+and that each lora_a/lora_b pair names a tensor of its architecture with compatible shapes. Exits non-zero on a
 failure.
 """
 
 import sys
 
 import numpy as np
-from gguf import GGUFReader, Keys, LlamaFileType, MODEL_ARCH, MODEL_TENSORS, TENSOR_NAMES
+from gguf import GGUFReader, Keys, LlamaFileType, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
 from gguf.quants import dequantize
 
 
@@ -22,9 +23,12 @@ def field(reader, key):
     return None if f is None else f.contents()
 
 
-def allowed_names(n_layers):
+ARCHS = {name: arch for arch, name in MODEL_ARCH_NAMES.items() if name in ("llama", "qwen2", "qwen3")}
+
+
+def allowed_names(arch, n_layers):
     names = set()
-    for t in MODEL_TENSORS[MODEL_ARCH.LLAMA]:
+    for t in MODEL_TENSORS[ARCHS[arch]]:
         fmt = TENSOR_NAMES[t]
         for bid in range(n_layers) if "{bid}" in fmt else [None]:
             base = fmt.format(bid=bid) if bid is not None else fmt
@@ -34,7 +38,7 @@ def allowed_names(n_layers):
 
 def check_model(reader, path):
     arch = field(reader, Keys.General.ARCHITECTURE)
-    assert arch == "llama", f"{path}: architecture {arch}"
+    assert arch in ARCHS, f"{path}: architecture {arch}"
     llm = lambda k: k.format(arch=arch)
     for key in [Keys.LLM.CONTEXT_LENGTH, Keys.LLM.EMBEDDING_LENGTH, Keys.LLM.BLOCK_COUNT,
                 Keys.LLM.FEED_FORWARD_LENGTH, Keys.Attention.HEAD_COUNT, Keys.Attention.HEAD_COUNT_KV,
@@ -48,16 +52,16 @@ def check_model(reader, path):
     h = field(reader, llm(Keys.LLM.EMBEDDING_LENGTH))
     n_vocab = len(field(reader, Keys.Tokenizer.LIST))
     assert n_vocab == field(reader, llm(Keys.LLM.VOCAB_SIZE)), "vocab size"
-    allowed = allowed_names(n_layers)
+    allowed = allowed_names(arch, n_layers)
     types = {}
     for t in reader.tensors:
-        assert t.name in allowed, f"{path}: tensor {t.name} is not a llama tensor"
+        assert t.name in allowed, f"{path}: tensor {t.name} is not a {arch} tensor"
         if t.name in ("token_embd.weight", "output.weight"):
             assert list(t.shape) == [h, n_vocab], f"{t.name}: {t.shape}"
         values = dequantize(t.data, t.tensor_type)
         assert np.isfinite(values).all(), f"{t.name}: not finite"
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-    print(f"{path}: ok, {file_type.name}, {len(reader.tensors)} tensors {types}, "
+    print(f"{path}: ok, {arch}, {file_type.name}, {len(reader.tensors)} tensors {types}, "
           f"tokenizer {field(reader, Keys.Tokenizer.MODEL)}/{field(reader, Keys.Tokenizer.PRE)} "
           f"({n_vocab} tokens), eos {field(reader, Keys.Tokenizer.EOS_ID)}")
 
@@ -67,10 +71,12 @@ def check_adapter(reader, path):
     alpha = field(reader, Keys.Adapter.LORA_ALPHA)
     assert alpha is not None, "adapter.lora.alpha"
     tensors = {t.name: t for t in reader.tensors}
-    allowed = allowed_names(1000)
+    arch = field(reader, Keys.General.ARCHITECTURE)
+    assert arch in ARCHS, f"{path}: architecture {arch}"
+    allowed = allowed_names(arch, 1000)
     for name, t in tensors.items():
         base, _, part = name.rpartition(".")
-        assert part in ("lora_a", "lora_b") and base in allowed, f"{name}: not a llama LoRA tensor"
+        assert part in ("lora_a", "lora_b") and base in allowed, f"{name}: not a {arch} LoRA tensor"
         if part == "lora_a":
             b = tensors[base + ".lora_b"]
             # ggml order: a is [in, r], b is [r, out].

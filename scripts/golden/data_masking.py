@@ -9,7 +9,9 @@ the rendered text, the token ids and the labels, computed here independently of 
 - text: transformers' apply_chat_template(messages, tokenize=False) (Jinja2, not minijinja);
 - assistant spans: for each assistant message, the characters between the render of the messages
   before it with add_generation_prompt=True and the render through it without; each render is
-  asserted to be a prefix of the next;
+  asserted to be a prefix of the whole. When the render through it is not (Qwen3 drops the
+  <think> block of turns answered before the last user query), the span ends where the next
+  message's own render (alone) ends the render through that next message;
 - ids: the `tokenizers` engine transformers builds from the GGUF, on the text, with
   add_special_tokens=False, and its character offsets;
 - labels: the id of every token whose offsets overlap a span (a zero-width token: whose start lies
@@ -17,7 +19,8 @@ the rendered text, the token ids and the labels, computed here independently of 
 
 Pairs: tiny-spm.gguf (SentencePiece BPE with byte fallback) and smollm2-tokenizer.gguf (byte-level
 BPE) with their own ChatML templates, and smollm2 with the Llama-2 chat template of
-fixtures/chat/llama2.json (BOS per user turn, content stripped, response after a space).
+fixtures/chat/llama2.json (BOS per user turn, content stripped, response after a space) and with
+Qwen3's template of fixtures/chat/qwen3.json (single-turn conversations).
 """
 
 import json
@@ -48,6 +51,12 @@ CONVERSATIONS = {
         msg("user", "List two crabs 🦀.\nKeep it short."),
         msg("assistant", "Two lines:\n- king crab\n  - hermit crab 🦀"),
     ],
+    "thinking": [
+        msg("user", "What is 3*4?"),
+        msg("assistant", "<think>\nThree fours.\n</think>\n\n12"),
+        msg("user", "And 5*6?"),
+        msg("assistant", "<think>\nFive sixes.\n</think>\n\n30"),
+    ],
     "tool": [
         msg("user", "Weather in Paris?"),
         msg("assistant", '{"name": "weather", "arguments": {"city": "Paris"}}'),
@@ -62,6 +71,9 @@ PAIRS = {
     "smollm2": ("smollm2-tokenizer.gguf", None, list(CONVERSATIONS)),
     # Llama-2's template knows only system/user/assistant turns.
     "smollm2-llama2": ("smollm2-tokenizer.gguf", "llama2", ["single", "system_zh", "multi_turn"]),
+    # Qwen3's template gives the final assistant turn a <think></think> block, which the labels
+    # cover, and renders earlier assistant turns without it once a later user turn follows.
+    "smollm2-qwen3": ("smollm2-tokenizer.gguf", "qwen3", ["single", "system_zh", "multi_turn", "thinking", "tool"]),
 }
 
 
@@ -82,8 +94,14 @@ def encode(tok, template, messages):
         if m["role"] != "assistant":
             continue
         prompt, through = render(messages[:i], True), render(messages[: i + 1], False)
-        assert through.startswith(prompt) and text.startswith(through), (i, prompt, through)
-        spans.append((len(prompt), len(through)))
+        assert text.startswith(prompt), (i, prompt, text)
+        if text.startswith(through):
+            end = len(through)
+        else:
+            with_next, alone = render(messages[: i + 2], False), render(messages[i + 1 : i + 2], False)
+            assert text.startswith(with_next) and with_next.endswith(alone), (i, with_next, alone)
+            end = len(with_next) - len(alone)
+        spans.append((len(prompt), end))
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = [
         tid if any(overlaps(off, s) for s in spans) else IGNORE_INDEX

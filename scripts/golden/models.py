@@ -34,6 +34,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +142,21 @@ TINY_MODELS = {
             eos_token_id=2,
         ),
         104,
+        {},
+    ),
+    # Qwen3: per-head q/k RMSNorm before RoPE, no biases (as released; llama.cpp's qwen3 graph
+    # has no o_proj bias either), explicit head_dim with heads * head_dim != hidden_size.
+    "qwen3": (
+        Qwen3ForCausalLM,
+        Qwen3Config(
+            **GQA,
+            rope_theta=1000000.0,
+            attention_bias=False,
+            use_sliding_window=False,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        108,
         {},
     ),
     "llama-sharded": (
@@ -617,6 +634,9 @@ def build_smollm2():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["tiny", "smollm2"])
+    parser.add_argument(
+        "--models", nargs="+", choices=list(TINY_MODELS), help="tiny models to rebuild (default: all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -627,6 +647,8 @@ def main():
             f"{'max|full-step|':>14} {'greedy margin':>13}"
         )
         for name, (cls, config, seed, opts) in TINY_MODELS.items():
+            if args.models and name not in args.models:
+                continue
             row = build_tiny(name, cls, config, seed, opts)
             print(
                 f"{row['name']:<14} {row['vocab']:>5} {row['files']:>5} {row['kb']:>7.1f} "

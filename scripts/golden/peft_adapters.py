@@ -19,7 +19,9 @@ character tokens of the CLI test tokenizer (ids 3..95) and differ from the base 
 Run from the repository root (the script re-executes itself with PYTHONHASHSEED=0: PEFT
 writes `target_modules` from a Python set, whose order would otherwise change every run):
 
-    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/peft_adapters.py
+    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/peft_adapters.py [NAME...]
+
+Names given: only those adapters are rewritten.
 """
 
 import json
@@ -74,6 +76,13 @@ ADAPTERS = {
             alpha_pattern={"layers.1.self_attn.o_proj": 4},
         ),
         202,
+        False,
+    ),
+    # Qwen3 (q/k norms before RoPE): every linear layer, a per-module rank.
+    "qwen3-all-linear": (
+        "qwen3",
+        dict(r=4, lora_alpha=8, target_modules="all-linear", rank_pattern={"gate_proj": 2}),
+        204,
         False,
     ),
     # target_modules as a regex string, on the GQA model whose head_dim * heads != hidden_size.
@@ -187,7 +196,12 @@ def main():
     torch.use_deterministic_algorithms(True)
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"{'adapter':<18} {'max|logit change|':>17} {'max|merged-unmerged|':>20}")
+    only = sys.argv[1:]
+    unknown = [n for n in only if n not in ADAPTERS]
+    assert not unknown, f"unknown adapters {unknown}; known: {list(ADAPTERS)}"
     for name, (base, lora_args, seed, greedy) in ADAPTERS.items():
+        if only and name not in only:
+            continue
         change, merge_diff = build(name, base, lora_args, seed, greedy)
         print(f"{name:<18} {change:>17.3f} {merge_diff:>20.2e}")
 

@@ -1,7 +1,8 @@
 """Golden fixtures for Hone's tokenizer and chat-template modules.
 
 Run from anywhere with the reference venv:
-    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/tokenizer_chat.py
+    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/tokenizer_chat.py [--chat-only]
+(--chat-only rewrites only chat/<name>.json.)
 
 Writes, under fixtures/:
   tokenizer/corpus.jsonl           the strings every tokenizer is checked on
@@ -16,6 +17,8 @@ Chat template sources (each recorded again in its fixture's "origin"):
                 Llama-3 instruct template), as quoted in GoogleCloudPlatform/vertex-ai-samples' model garden docs
   qwen2.5       huggingface.co/Qwen/Qwen2.5-7B-Instruct tokenizer_config.json chat_template (ChatML with a
                 default system prompt and tool-call branches), as quoted in public GitHub code
+  qwen3         huggingface.co/Qwen/Qwen3-0.6B chat template (ChatML with <think> reasoning kept only after
+                the last user query), as llama.cpp quotes it in models/templates/Qwen-Qwen3-0.6B.jinja
   mistral       huggingface.co/mistralai/Mistral-7B-Instruct-v0.1 tokenizer_config.json, as quoted in
                 huggingface/text-generation-inference router/src/infer/chat_template.rs
   llama2        huggingface.co/meta-llama/Llama-2-13b-chat-hf tokenizer_config.json, same TGI source; its
@@ -288,6 +291,94 @@ QWEN25 = (
     "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
 )
 
+QWEN3 = (
+    '{%- if tools %}\n'
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    '    {%- for tool in tools %}\n'
+    '        {{- "\\n" }}\n'
+    '        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n'
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    '{%- else %}\n'
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}\n'
+    '{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n'
+    '{%- for message in messages[::-1] %}\n'
+    '    {%- set index = (messages|length - 1) - loop.index0 %}\n'
+    '    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith(\'<tool_response>\') and message.content.endswith(\'</tool_response>\')) %}\n'
+    '        {%- set ns.multi_step_tool = false %}\n'
+    '        {%- set ns.last_query_index = index %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- for message in messages %}\n'
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    '        {%- set content = message.content %}\n'
+    "        {%- set reasoning_content = '' %}\n"
+    '        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}\n'
+    '            {%- set reasoning_content = message.reasoning_content %}\n'
+    '        {%- else %}\n'
+    "            {%- if '</think>' in message.content %}\n"
+    "                {%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}\n"
+    "                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}\n"
+    '            {%- endif %}\n'
+    '        {%- endif %}\n'
+    '        {%- if loop.index0 > ns.last_query_index %}\n'
+    '            {%- if loop.last or (not loop.last and reasoning_content) %}\n'
+    "                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}\n"
+    '            {%- else %}\n'
+    "                {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    '            {%- endif %}\n'
+    '        {%- else %}\n'
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    '        {%- endif %}\n'
+    '        {%- if message.tool_calls %}\n'
+    '            {%- for tool_call in message.tool_calls %}\n'
+    '                {%- if (loop.first and content) or (not loop.first) %}\n'
+    "                    {{- '\\n' }}\n"
+    '                {%- endif %}\n'
+    '                {%- if tool_call.function %}\n'
+    '                    {%- set tool_call = tool_call.function %}\n'
+    '                {%- endif %}\n'
+    '                {{- \'<tool_call>\\n{"name": "\' }}\n'
+    '                {{- tool_call.name }}\n'
+    '                {{- \'", "arguments": \' }}\n'
+    '                {%- if tool_call.arguments is string %}\n'
+    '                    {{- tool_call.arguments }}\n'
+    '                {%- else %}\n'
+    '                    {{- tool_call.arguments | tojson }}\n'
+    '                {%- endif %}\n'
+    "                {{- '}\\n</tool_call>' }}\n"
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    '        {%- endif %}\n'
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    '        {{- message.content }}\n'
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    '        {%- endif %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- if add_generation_prompt %}\n'
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    '    {%- if enable_thinking is defined and enable_thinking is false %}\n'
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}'
+)
+
 MISTRAL = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
@@ -325,6 +416,9 @@ CONVERSATIONS = {
     "no_system": [msg("user", "Bonjour, ça va ?")],
     "no_system_multi": [msg("user", "One"), msg("assistant", "Two"), msg("user", "Three")],
     "wrong_order": [msg("user", "first"), msg("user", "second")],
+    # Qwen3's template keeps <think> reasoning only in turns after the last user query.
+    "thinking_multi": [msg("user", "What is 3*4?"), msg("assistant", "<think>\n3 fours.\n</think>\n\n12"),
+                       msg("user", "And 5*6?"), msg("assistant", "<think>\nFive sixes.\n</think>\n\n30")],
 }
 
 
@@ -333,6 +427,7 @@ def write_chat_fixtures(smollm2_template):
         "smollm2": (smollm2_template, "<|im_start|>", "<|im_end|>", "tokenizer.chat_template of SmolLM2-135M-Instruct.Q4_1.gguf"),
         "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "meta-llama/Meta-Llama-3-70B-Instruct tokenizer_config.json @a5a71a7"),
         "qwen2.5": (QWEN25, None, "<|im_end|>", "Qwen/Qwen2.5-7B-Instruct tokenizer_config.json"),
+        "qwen3": (QWEN3, None, "<|im_end|>", "Qwen/Qwen3-0.6B chat template (via llama.cpp models/templates/Qwen-Qwen3-0.6B.jinja)"),
         "mistral": (MISTRAL, "<s>", "</s>", "mistralai/Mistral-7B-Instruct-v0.1 tokenizer_config.json (via huggingface/text-generation-inference)"),
         "llama2": (LLAMA2, added_token("<s>"), added_token("</s>"), "meta-llama/Llama-2-13b-chat-hf tokenizer_config.json (via huggingface/text-generation-inference)"),
     }
@@ -357,6 +452,9 @@ def write_chat_fixtures(smollm2_template):
 
 
 def main():
+    if sys.argv[1:] == ["--chat-only"]:
+        write_chat_fixtures(gguf.GGUFReader(MODEL).fields["tokenizer.chat_template"].contents())
+        return
     if not MODEL.exists():
         sys.exit(f"{MODEL} is missing: run scripts/fetch-model.sh first")
     TOK_DIR.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,16 @@ tolerance measures Hone against the exact result. The AdamW case runs in float32
   steps.<k>.<name> (parameters after step k = 1..3) and losses [3].
 
 Cases: LoRA (all-linear, r=4, alpha=8) with and without prompt masking on every tiny architecture
-(llama tied, llama GQA + llama3 rope, mistral, qwen2 with q/k/v bias and bias="all"), rsLoRA on
-q,v; full fine-tuning (llama GQA and tied llama); freezing (last layer's MLP + final norm);
+(llama tied, llama GQA + llama3 rope, mistral, qwen2 with q/k/v bias and bias="all", qwen3 with
+q/k norms), rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
+whose q/k norm weights train); freezing (last layer's MLP + final norm);
 3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
 
-Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py
+Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py [--only CASE...]
 """
 
+import argparse
 import json
 import pathlib
 
@@ -191,23 +193,41 @@ def default_model_case(name, layers=2, seed=0):
     save(name, case, ids, labels, out, model, init, logits_slice=512)
 
 
-def main():
-    print(f"torch {torch.__version__}, peft {peft.__version__}")
-    for model_dir in ["llama-tied", "llama-gqa", "mistral"]:
+def cases():
+    """Every case by name, each a function that writes its fixture."""
+    out = {}
+    for model_dir in ["llama-tied", "llama-gqa", "mistral", "qwen3"]:
         for masked in [True, False]:
-            lora_case(f"lora_{model_dir}_{'masked' if masked else 'full'}", model_dir, "all-linear", masked)
-    lora_case("lora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all")
-    lora_case("lora_qwen2_lora_only", "qwen2", ["q_proj", "k_proj"], False, bias="lora_only")
-    lora_case("rslora_llama-gqa_qv", "llama-gqa", ["q_proj", "v_proj"], True, r=8, alpha=16, rslora=True)
-    base_case("full_llama-gqa", "llama-gqa", "full", lambda n: True)
-    base_case("full_llama-tied", "llama-tied", "full", lambda n: True)
+            name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
+            out[name] = lambda n=name, d=model_dir, m=masked: lora_case(n, d, "all-linear", m)
+    out["lora_qwen2_bias_all"] = lambda: lora_case("lora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all")
+    out["lora_qwen2_lora_only"] = lambda: lora_case(
+        "lora_qwen2_lora_only", "qwen2", ["q_proj", "k_proj"], False, bias="lora_only"
+    )
+    out["rslora_llama-gqa_qv"] = lambda: lora_case(
+        "rslora_llama-gqa_qv", "llama-gqa", ["q_proj", "v_proj"], True, r=8, alpha=16, rslora=True
+    )
+    for model_dir in ["llama-gqa", "llama-tied", "qwen3"]:
+        out[f"full_{model_dir}"] = lambda d=model_dir: base_case(f"full_{d}", d, "full", lambda n: True)
     last = "model.layers.1."
-    base_case(
+    out["freeze_llama-gqa"] = lambda: base_case(
         "freeze_llama-gqa", "llama-gqa", "freeze",
         lambda n: n.startswith(last + "mlp.") or n.startswith(last + "post_attention_layernorm") or n == "model.norm.weight",
     )
-    adamw_case("adamw_lora_llama-gqa", "llama-gqa")
-    default_model_case("lora_default_2layers")
+    out["adamw_lora_llama-gqa"] = lambda: adamw_case("adamw_lora_llama-gqa", "llama-gqa")
+    out["lora_default_2layers"] = lambda: default_model_case("lora_default_2layers")
+    return out
+
+
+def main():
+    all_cases = cases()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(all_cases), help="cases to write (default: all)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, peft {peft.__version__}")
+    for name, write in all_cases.items():
+        if not args.only or name in args.only:
+            write()
 
 
 if __name__ == "__main__":

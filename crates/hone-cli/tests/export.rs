@@ -6,19 +6,14 @@ mod common;
 
 use std::path::Path;
 
-use common::{arg, dir_entries, fixture, hone, hone_with_file_size_limit, tiny_gguf, tiny_hf_dir};
+use common::{
+    arg, dir_entries, fixture, greedy, hone, hone_with_file_size_limit, tiny_gguf, tiny_hf_dir,
+};
 
 fn export(model: &Path, out: &Path, extra: &[&str]) -> common::Run {
     let mut args = vec!["export", "--model", arg(model), "--out", arg(out)];
     args.extend_from_slice(extra);
     hone(&args)
-}
-
-fn greedy(model: &Path) -> String {
-    let args = ["generate", "--model", arg(model), "--prompt", "Hello"];
-    hone(&[&args[..], &["--max-new-tokens", "8"]].concat())
-        .ok()
-        .to_string()
 }
 
 #[test]

@@ -7,25 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{arg, fixture, hone, train_config as setup, TRAIN_ROWS};
+use common::{arg, fixture, hone, losses, train_config as setup, TRAIN_ROWS};
 use hone::io::gguf::GgufFile;
 use hone::quant::bnb::{self, FourBit};
 use serde_json::Value;
-
-fn log_lines(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("trainer_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn losses(out: &Path) -> Vec<f64> {
-    log_lines(out)
-        .iter()
-        .filter_map(|r| r["loss"].as_f64())
-        .collect()
-}
 
 /// `hone data` shows what training will see: rows read and skipped with the reason, tokens,
 /// truncation by `cutoff_len`, the labelled share, packing, and the first rows with the trained

@@ -10,10 +10,11 @@ use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
 /// (adapter, base model) under fixtures/adapters and fixtures/models.
-const ADAPTERS: [(&str, &str); 3] = [
+const ADAPTERS: [(&str, &str); 4] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
+    ("qwen3-all-linear", "qwen3"),
 ];
 
 fn adapted_model(adapter: &str, base: &str) -> Llama {

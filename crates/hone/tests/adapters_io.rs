@@ -14,7 +14,12 @@ use hone::io::gguf::GgufFile;
 use hone::tokenizer::Tokenizer;
 use safetensors::SafeTensors;
 
-const FIXTURES: [&str; 3] = ["llama-tied-qv", "qwen2-all-linear", "llama-gqa-regex"];
+const FIXTURES: [&str; 4] = [
+    "llama-tied-qv",
+    "qwen2-all-linear",
+    "llama-gqa-regex",
+    "qwen3-all-linear",
+];
 
 /// Tensor name -> (dtype, shape, bytes) of a safetensors file.
 fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {

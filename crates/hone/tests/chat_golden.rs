@@ -23,6 +23,7 @@ fn renders_match_transformers() {
         "smollm2.json",
         "llama3.json",
         "qwen2.5.json",
+        "qwen3.json",
         "mistral.json",
         "llama2.json",
     ];

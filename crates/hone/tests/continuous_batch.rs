@@ -11,10 +11,11 @@ use hone::io::source::ModelSource;
 use hone::model::{weights, Cache, Llama, LoraSet};
 
 /// (adapter, base model) under fixtures/adapters and fixtures/models.
-const ADAPTERS: [(&str, &str); 3] = [
+const ADAPTERS: [(&str, &str); 4] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
+    ("qwen3-all-linear", "qwen3"),
 ];
 
 fn stored_model(base: &str) -> Llama {

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use common::{dir_entries, fixture, max_abs_diff};
 use hone::export::gguf::{
-    export_lora_adapter, export_model, ollama_modelfile, write_modelfile, GgufQuant,
+    export_loaded, export_lora_adapter, export_model, ollama_modelfile, write_modelfile, GgufQuant,
 };
 use hone::io::gguf::{GgufFile, GgufValue};
 use hone::model::weights::unpermute_rows;
-use hone::model::{load, load_with_adapter, Llama, Precision};
+use hone::model::{load, load_weights, load_with_adapter, Llama, Precision};
 use hone::quant::GgmlType;
 use hone::tokenizer::Tokenizer;
 use serde_json::json;
@@ -327,9 +327,16 @@ fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
 }
 
 #[test]
-fn hf_sources_with_gqa_llama3_rope_tied_heads_and_qwen2_biases_round_trip() {
+fn hf_sources_with_gqa_llama3_rope_tied_heads_qwen2_biases_and_qwen3_norms_round_trip() {
     let tmp = TempDir::new().unwrap();
-    for name in ["llama-gqa", "llama-tied", "mistral", "qwen2", "llama-bf16"] {
+    for name in [
+        "llama-gqa",
+        "llama-tied",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "llama-bf16",
+    ] {
         let src = tiny_hf_model(tmp.path(), name);
         let out = tmp.path().join(format!("{name}.gguf"));
         let report =
@@ -346,7 +353,12 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_and_qwen2_biases_round_trip() {
             .unwrap();
         assert_eq!(types[4], GgufValue::I32(3), "<|im_end|> is a control token");
         assert_eq!(types[6], GgufValue::I32(1));
-        let n_vocab = uint(&f, "llama.vocab_size") as usize;
+        let arch = match name {
+            "qwen2" | "qwen3" => name,
+            _ => "llama",
+        };
+        assert_eq!(string(&f, "general.architecture"), arch);
+        let n_vocab = uint(&f, &format!("{arch}.vocab_size")) as usize;
         assert_eq!(
             f.get("tokenizer.ggml.tokens")
                 .unwrap()
@@ -368,6 +380,7 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_and_qwen2_biases_round_trip() {
         );
         assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
         assert_eq!(has("blk.1.attn_k.bias"), name == "qwen2", "{name}");
+        assert_eq!(has("blk.1.attn_q_norm.weight"), name == "qwen3", "{name}");
         let diff = max_abs_diff(
             &logits(
                 &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)
@@ -393,6 +406,23 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_and_qwen2_biases_round_trip() {
             );
         }
     }
+}
+
+/// llama.cpp's qwen3 graph loads q/k/v biases but has no o_proj bias: a Qwen3 with
+/// `attention_bias: true` cannot be written as a GGUF llama.cpp runs.
+#[test]
+fn a_qwen3_o_proj_bias_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_hf_model(tmp.path(), "qwen3");
+    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    parts.config.o_proj_bias = true;
+    let out = tmp.path().join("biased.gguf");
+    let err = format!(
+        "{:#}",
+        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
+    );
+    assert!(err.contains("llama.cpp's qwen3"), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

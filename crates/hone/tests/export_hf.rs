@@ -21,10 +21,11 @@ use safetensors::SafeTensors;
 use serde_json::Value;
 
 /// (adapter, base model) under fixtures/adapters and fixtures/models.
-const ADAPTERS: [(&str, &str); 3] = [
+const ADAPTERS: [(&str, &str); 4] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
+    ("qwen3-all-linear", "qwen3"),
 ];
 
 type Tensors = Vec<NamedTensor>;
@@ -87,7 +88,7 @@ fn shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
 
 #[test]
 fn the_tensor_list_of_a_config_is_what_transformers_saves() {
-    for base in ["llama-tied", "llama-gqa", "mistral", "qwen2"] {
+    for base in ["llama-tied", "llama-gqa", "mistral", "qwen2", "qwen3"] {
         let dir = fixture(&format!("models/{base}"));
         let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
         let ours: BTreeMap<String, Vec<usize>> = hf_tensor_shapes(&cfg).into_iter().collect();

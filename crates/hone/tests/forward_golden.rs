@@ -10,11 +10,12 @@ use common::{fixture, load_tensors, max_abs_diff};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 8] = [
     "llama-tied",
     "llama-gqa",
     "mistral",
     "qwen2",
+    "qwen3",
     "llama-sharded",
     "llama-f16",
     "llama-bf16",

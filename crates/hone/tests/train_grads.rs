@@ -334,7 +334,7 @@ fn count_labels_shifted(batch: &Batch) -> usize {
 
 #[test]
 fn lora_gradients_match_peft_on_every_architecture() {
-    for model in ["llama-tied", "llama-gqa", "mistral"] {
+    for model in ["llama-tied", "llama-gqa", "mistral", "qwen3"] {
         for masking in ["masked", "full"] {
             check_gradients(&format!("lora_{model}_{masking}"));
         }
@@ -352,6 +352,7 @@ fn lora_bias_modes_and_rslora_match_peft() {
 fn full_and_partial_fine_tuning_gradients_match_torch() {
     check_gradients("full_llama-gqa");
     check_gradients("full_llama-tied");
+    check_gradients("full_qwen3");
     check_gradients("freeze_llama-gqa");
 }
 
@@ -400,6 +401,7 @@ fn gradient_checkpointing_gives_the_same_gradients() {
     };
     check_gradients_with("lora_llama-gqa_masked", recompute);
     check_gradients_with("full_llama-tied", recompute);
+    check_gradients_with("full_qwen3", recompute);
     check_gradients_with(
         "lora_default_2layers",
         Variant {
@@ -423,6 +425,7 @@ fn bf16_mixed_precision_stays_within_rounding_of_the_reference() {
         "lora_llama-gqa_masked",
         "lora_qwen2_bias_all",
         "full_llama-tied",
+        "full_qwen3",
         "freeze_llama-gqa",
         "lora_default_2layers",
     ] {

@@ -33,6 +33,12 @@ pub fn run(args: Args) -> Result<()> {
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_word_embeddings,
+        "switches": {
+            "attention_bias": cfg.attention_bias,
+            "o_proj_bias": cfg.o_proj_bias,
+            "mlp_bias": cfg.mlp_bias,
+            "qk_norm": cfg.qk_norm,
+        },
         "parameters": cfg.parameter_count(),
         "dtype": cfg.source_dtype,
         "tokenizer": tok.kind(),
@@ -55,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.architecture.hf_class(),
         info["format"].as_str().unwrap_or_default()
     );
+    println!("block          {}", block_switches(&cfg));
     println!("layers         {}", cfg.num_hidden_layers);
     println!(
         "hidden size    {} (MLP {})",
@@ -98,4 +105,24 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The switches of the family's decoder block that differ from plain Llama, in words.
+fn block_switches(cfg: &hone::model::ModelConfig) -> String {
+    let switches = [
+        (cfg.attention_bias, "q/k/v bias"),
+        (cfg.o_proj_bias, "o_proj bias"),
+        (cfg.mlp_bias, "MLP bias"),
+        (cfg.qk_norm, "per-head q/k RMSNorm"),
+    ];
+    let on: Vec<&str> = switches
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+    if on.is_empty() {
+        "Llama (pre-norm, SwiGLU, rotary)".into()
+    } else {
+        format!("Llama (pre-norm, SwiGLU, rotary) + {}", on.join(", "))
+    }
 }

@@ -151,6 +151,31 @@ pub fn train_config(dir: &Path) -> PathBuf {
 }
 
 /// A path as a command-line argument.
+/// Eight greedy tokens `hone generate` continues "Hello" with on `model`.
+pub fn greedy(model: &Path) -> String {
+    let args = ["generate", "--model", arg(model), "--prompt", "Hello"];
+    hone(&[&args[..], &["--max-new-tokens", "8"]].concat())
+        .ok()
+        .to_string()
+}
+
+/// The records of a run's `trainer_log.jsonl` in `out`.
+pub fn log_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("trainer_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The training losses a run in `out` logged, in order.
+pub fn losses(out: &Path) -> Vec<f64> {
+    log_lines(out)
+        .iter()
+        .filter_map(|r| r["loss"].as_f64())
+        .collect()
+}
+
 pub fn arg(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }

@@ -12,9 +12,12 @@
 //! difference is the assistant's span of text — its content and whatever the template closes the
 //! turn with (`<|im_end|>\n` in ChatML), which the model must learn to emit to stop. Tokens whose
 //! byte offsets overlap a span are labelled with their own id (a token straddling the boundary,
-//! like `\n ` before a response that starts with a space, counts as the response's). Each render
-//! must be a prefix of the next (templates that rewrite earlier turns cannot be labelled this way,
-//! and are refused).
+//! like `\n ` before a response that starts with a space, counts as the response's). Each prompt
+//! render must be a prefix of the whole. A template may render an answered turn differently once
+//! later messages follow (Qwen3 drops the `<think>` block of every turn before the last user
+//! query): then the turn ends where the next message's own block begins in the whole render, so
+//! the labels cover the turn as the whole conversation shows it, as transformers renders it.
+//! Templates that rewrite earlier turns in any other way cannot be labelled and are refused.
 //! With `train_on_prompt` every token is labelled.
 //!
 //! **Truncation** to `cutoff_len` follows LLaMA-Factory's `infer_seqlen`: the conversation is cut
@@ -29,7 +32,7 @@
 
 use std::ops::Range;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::Conversation;
 use crate::chat::{ChatTemplate, Message};
@@ -128,31 +131,56 @@ fn assistant_spans(
         .filter(|(_, m)| m.role == "assistant")
     {
         let prompt = template.render(&messages[..i], true)?;
-        let through = template.render(&messages[..=i], false)?;
         let after_previous = spans.last().map_or(0, |s| s.end);
+        let end = turn_end(template, messages, i, text)?
+            .filter(|_| text.starts_with(&prompt) && prompt.len() >= after_previous);
+        let Some(end) = end else {
+            bail!(
+                "the chat template is not prefix-consistent: rendering messages 1-{i} with the \
+                 generation prompt, then 1-{} and then all {} do not extend one another, so the \
+                 assistant's tokens cannot be located (templates that rewrite earlier turns \
+                 cannot be trained on)",
+                i + 1,
+                messages.len()
+            );
+        };
         ensure!(
-            through.starts_with(&prompt)
-                && text.starts_with(&through)
-                && prompt.len() >= after_previous,
-            "the chat template is not prefix-consistent: rendering messages 1-{i} with the \
-             generation prompt, then 1-{} and then all {} do not extend one another, so the \
-             assistant's tokens cannot be located (templates that rewrite earlier turns cannot \
-             be trained on)",
-            i + 1,
-            messages.len()
-        );
-        ensure!(
-            through.len() > prompt.len(),
+            end > prompt.len(),
             "the chat template renders nothing for message {} (assistant)",
             i + 1
         );
-        spans.push(prompt.len()..through.len());
+        spans.push(prompt.len()..end);
     }
     ensure!(
         !spans.is_empty(),
         "the conversation has no assistant message to learn from"
     );
     Ok(spans)
+}
+
+/// Where assistant message `i`'s turn ends in the whole render `text`: where the render through
+/// it ends when that is a prefix of `text`; else, for a template that renders the turn differently
+/// once more messages follow, where the next message's block (its render alone) ends the render
+/// through that next message. None when neither holds.
+fn turn_end(
+    template: &ChatTemplate,
+    messages: &[Message],
+    i: usize,
+    text: &str,
+) -> Result<Option<usize>> {
+    let through = template.render(&messages[..=i], false)?;
+    if text.starts_with(&through) {
+        return Ok(Some(through.len()));
+    }
+    if i + 1 == messages.len() {
+        return Ok(None);
+    }
+    let with_next = template.render(&messages[..=i + 1], false)?;
+    let next_alone = template.render(&messages[i + 1..=i + 1], false)?;
+    Ok(
+        (text.starts_with(&with_next) && with_next.ends_with(&next_alone))
+            .then(|| with_next.len() - next_alone.len()),
+    )
 }
 
 /// Whether a token's byte offsets overlap a span; a zero-width token (a post-processor may trim a

@@ -1,6 +1,7 @@
-//! Native GGUF export: a model, with a LoRA adapter merged in if given, written as a llama.cpp
-//! `llama` GGUF (llama.cpp's metadata keys and tensor names, q/k rows permuted for its rotary
-//! layout, full tokenizer metadata and chat template), quantized as llama.cpp's tools would; plus
+//! Native GGUF export: a model, with a LoRA adapter merged in if given, written as llama.cpp's
+//! converter writes its family (`llama`, `qwen2`, `qwen3`: that arch's metadata keys and tensor
+//! names, q/k rows permuted where llama.cpp's rotary layout needs it, full tokenizer metadata and
+//! chat template), quantized as llama.cpp's tools would; plus
 //! an Ollama Modelfile, and LoRA adapters as llama.cpp adapter GGUFs. No llama.cpp scripts are run.
 
 mod lora;
@@ -22,7 +23,7 @@ use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::gguf_write::GgufWriter;
 use crate::io::source::ModelSource;
 use crate::model::config::{ModelConfig, RopeScaling};
-use crate::model::weights::{gguf_name, permute_rows, LAYER_NAMES};
+use crate::model::weights::{gguf_name, layer_modules, permute_rows, permuted_heads};
 use crate::model::{load_weights, rope, LoadedWeights};
 use crate::quant::GgmlType;
 
@@ -102,41 +103,39 @@ fn model_metadata(
     quant: GgufQuant,
 ) -> Result<()> {
     let u32_of = |v: usize| GgufValue::U32(v as u32);
-    w.set("general.architecture", GgufValue::String("llama".into()));
+    let arch = cfg.architecture.gguf_arch();
+    if arch == "qwen3" && cfg.o_proj_bias {
+        bail!(
+            "the model has an o_proj bias (attention_bias: true), which llama.cpp's qwen3 \
+             architecture cannot load"
+        );
+    }
+    w.set("general.architecture", GgufValue::String(arch.into()));
     w.set("general.type", GgufValue::String("model".into()));
     w.set("general.name", GgufValue::String(model_name(source)?));
     w.set("general.file_type", GgufValue::U32(quant.file_type()));
     w.set("general.quantization_version", GgufValue::U32(2));
-    w.set("llama.vocab_size", u32_of(cfg.vocab_size));
-    w.set("llama.context_length", u32_of(cfg.max_position_embeddings));
-    w.set("llama.embedding_length", u32_of(cfg.hidden_size));
-    w.set("llama.block_count", u32_of(cfg.num_hidden_layers));
-    w.set("llama.feed_forward_length", u32_of(cfg.intermediate_size));
-    w.set(
-        "llama.attention.head_count",
-        u32_of(cfg.num_attention_heads),
-    );
-    w.set(
-        "llama.attention.head_count_kv",
-        u32_of(cfg.num_key_value_heads),
-    );
-    w.set("llama.attention.key_length", u32_of(cfg.head_dim));
-    w.set("llama.attention.value_length", u32_of(cfg.head_dim));
-    w.set("llama.rope.dimension_count", u32_of(cfg.head_dim));
-    w.set(
-        "llama.rope.freq_base",
-        GgufValue::F32(cfg.rope_theta as f32),
-    );
-    w.set(
-        "llama.attention.layer_norm_rms_epsilon",
+    let mut set = |key: &str, value| {
+        w.set(format!("{arch}.{key}"), value);
+    };
+    set("vocab_size", u32_of(cfg.vocab_size));
+    set("context_length", u32_of(cfg.max_position_embeddings));
+    set("embedding_length", u32_of(cfg.hidden_size));
+    set("block_count", u32_of(cfg.num_hidden_layers));
+    set("feed_forward_length", u32_of(cfg.intermediate_size));
+    set("attention.head_count", u32_of(cfg.num_attention_heads));
+    set("attention.head_count_kv", u32_of(cfg.num_key_value_heads));
+    set("attention.key_length", u32_of(cfg.head_dim));
+    set("attention.value_length", u32_of(cfg.head_dim));
+    set("rope.dimension_count", u32_of(cfg.head_dim));
+    set("rope.freq_base", GgufValue::F32(cfg.rope_theta as f32));
+    set(
+        "attention.layer_norm_rms_epsilon",
         GgufValue::F32(cfg.rms_norm_eps as f32),
     );
     if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
-        w.set(
-            "llama.rope.scaling.type",
-            GgufValue::String("linear".into()),
-        );
-        w.set("llama.rope.scaling.factor", GgufValue::F32(factor as f32));
+        set("rope.scaling.type", GgufValue::String("linear".into()));
+        set("rope.scaling.factor", GgufValue::F32(factor as f32));
     }
     Ok(())
 }
@@ -166,7 +165,7 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
     let has_output = !cfg.tie_word_embeddings;
     let mut names = vec!["model.embed_tokens.weight".to_string()];
     for l in 0..cfg.num_hidden_layers {
-        for (_, module) in LAYER_NAMES {
+        for (_, module) in layer_modules(cfg) {
             for kind in ["weight", "bias"] {
                 let name = format!("model.layers.{l}.{module}.{kind}");
                 if kind == "weight" || weights.contains_key(&name) {
@@ -206,16 +205,14 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
     Ok(())
 }
 
-/// A weight's values as llama.cpp stores them: q/k projections (and their biases) permuted.
+/// A weight's values as llama.cpp stores them: q/k projections (and their biases) permuted for
+/// the archs whose converter permutes them.
 fn llama_cpp_layout(hf: &str, tensor: &Tensor, cfg: &ModelConfig) -> Result<Vec<f32>> {
     let data = tensor.flatten_all()?.to_vec1::<f32>()?;
     let row_len: usize = tensor.dims()[1..].iter().product();
-    Ok(if hf.contains("self_attn.q_proj") {
-        permute_rows(&data, cfg.num_attention_heads, row_len)
-    } else if hf.contains("self_attn.k_proj") {
-        permute_rows(&data, cfg.num_key_value_heads, row_len)
-    } else {
-        data
+    Ok(match permuted_heads(hf, cfg) {
+        Some(heads) => permute_rows(&data, heads, row_len),
+        None => data,
     })
 }
 
@@ -228,7 +225,7 @@ fn refuse_unwritten<'a>(
     for name in present {
         let skippable = (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq");
         if !skippable && !written.contains(name) {
-            bail!("tensor `{name}` has no place in a llama GGUF");
+            bail!("tensor `{name}` has no place in a llama.cpp GGUF");
         }
     }
     Ok(())

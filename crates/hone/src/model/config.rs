@@ -1,7 +1,8 @@
 //! Model hyper-parameters, read from an HF `config.json` or from GGUF metadata into one struct.
 //!
-//! Field names follow transformers' `LlamaConfig`; Mistral and Qwen2 are Llama with small differences
-//! (Qwen2 has q/k/v biases), captured by `attention_bias` rather than separate types.
+//! Field names follow transformers' `LlamaConfig`; Mistral, Qwen2 and Qwen3 are Llama with small
+//! differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm), captured by switches such
+//! as `attention_bias` and `qk_norm` rather than separate types.
 
 use std::path::Path;
 
@@ -11,12 +12,13 @@ use serde_json::Value;
 
 use crate::io::gguf::GgufFile;
 
-/// The architectures Hone runs; all are the Llama block with optional biases.
+/// The architectures Hone runs; all are the Llama block with a few switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
 impl Architecture {
@@ -26,6 +28,7 @@ impl Architecture {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
@@ -34,7 +37,35 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
         }
+    }
+
+    /// llama.cpp's `general.architecture` for this family, as its converter writes it (Mistral
+    /// is converted as `llama`).
+    pub fn gguf_arch(self) -> &'static str {
+        match self {
+            Architecture::Llama | Architecture::Mistral => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The family of a GGUF's `general.architecture`; None for those Hone does not run.
+    pub fn from_gguf_arch(arch: &str) -> Option<Self> {
+        match arch {
+            "llama" => Some(Architecture::Llama),
+            "qwen2" => Some(Architecture::Qwen2),
+            "qwen3" => Some(Architecture::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
+    /// llama.cpp rotary is the interleaved (NORM) kind while HF rotates halves; Qwen's archs use
+    /// NEOX rotary, which is HF's own layout.
+    pub fn gguf_permutes_qk(self) -> bool {
+        self.gguf_arch() == "llama"
     }
 }
 
@@ -73,6 +104,9 @@ pub struct ModelConfig {
     pub attention_bias: bool,
     /// The o_proj and MLP projections carry a bias (Llama's `mlp_bias` / `attention_bias`).
     pub o_proj_bias: bool,
+    /// q and k are RMS-normalized per head (weights `[head_dim]`, same eps) before the rotary
+    /// embedding (Qwen3's `q_norm`/`k_norm`).
+    pub qk_norm: bool,
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
@@ -135,6 +169,7 @@ impl ModelConfig {
         };
         let qwen2 = architecture == Architecture::Qwen2;
         let attention_bias = fields.bool("attention_bias")?.unwrap_or(false);
+        refuse_sliding_windows(&fields)?;
         let cfg = ModelConfig {
             architecture,
             vocab_size: usize_field("vocab_size")?,
@@ -151,6 +186,7 @@ impl ModelConfig {
             tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias: qwen2 || attention_bias,
             o_proj_bias: !qwen2 && attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
             mlp_bias: fields.bool("mlp_bias")?.unwrap_or(false),
             bos_token_id: fields.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: fields.token_ids("eos_token_id")?,
@@ -164,24 +200,27 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Read the `llama.*` metadata of a GGUF file (architecture `llama` only).
+    /// Read the `{arch}.*` metadata of a GGUF file (archs `llama`, `qwen2`, `qwen3`).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let file = gguf.path.display();
         let arch = gguf
             .get("general.architecture")
             .and_then(|v| v.as_str())
             .with_context(|| format!("{file}: metadata `general.architecture` is missing"))?;
-        if arch != "llama" {
-            bail!("{file}: GGUF architecture {arch:?} is not supported (Hone reads `llama` GGUF files)");
-        }
+        let architecture = Architecture::from_gguf_arch(arch).with_context(|| {
+            format!(
+                "{file}: GGUF architecture {arch:?} is not supported (Hone reads `llama`, \
+                 `qwen2` and `qwen3` GGUF files)"
+            )
+        })?;
         let num = |key: &str| -> Result<u64> {
-            gguf.get(&format!("llama.{key}"))
+            gguf.get(&format!("{arch}.{key}"))
                 .and_then(|v| v.as_u64())
                 .with_context(|| {
-                    format!("{file}: metadata `llama.{key}` is missing or not an integer")
+                    format!("{file}: metadata `{arch}.{key}` is missing or not an integer")
                 })
         };
-        let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
+        let float = |key: &str| gguf.get(&format!("{arch}.{key}")).and_then(|v| v.as_f64());
         let hidden_size = num("embedding_length")? as usize;
         let num_attention_heads = num("attention.head_count")? as usize;
         let num_key_value_heads = num("attention.head_count_kv")
@@ -200,7 +239,10 @@ impl ModelConfig {
                 .or_else(|| gguf.tensor_info("token_embd.weight").map(|t| t.shape()[0]))
                 .with_context(|| format!("{file}: cannot tell the vocabulary size"))?,
         };
-        let rope_scaling = match gguf.get("llama.rope.scaling.type").and_then(|v| v.as_str()) {
+        let rope_scaling = match gguf
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(|v| v.as_str())
+        {
             None | Some("none") => None,
             Some("linear") => Some(RopeScaling::Linear {
                 factor: float("rope.scaling.factor").unwrap_or(1.0),
@@ -212,8 +254,9 @@ impl ModelConfig {
                 .and_then(|v| v.as_u64())
                 .map(|v| v as u32)
         };
+        let has = |tensor: &str| gguf.tensor_info(tensor).is_some();
         let cfg = ModelConfig {
-            architecture: Architecture::Llama,
+            architecture,
             vocab_size,
             hidden_size,
             intermediate_size: num("feed_forward_length")? as usize,
@@ -225,10 +268,11 @@ impl ModelConfig {
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: num("context_length").unwrap_or(2048) as usize,
-            tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
-            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
-            o_proj_bias: gguf.tensor_info("blk.0.attn_output.bias").is_some(),
-            mlp_bias: gguf.tensor_info("blk.0.ffn_up.bias").is_some(),
+            tie_word_embeddings: !has("output.weight"),
+            attention_bias: has("blk.0.attn_q.bias"),
+            o_proj_bias: has("blk.0.attn_output.bias"),
+            qk_norm: has("blk.0.attn_q_norm.weight"),
+            mlp_bias: has("blk.0.ffn_up.bias"),
             bos_token_id: tok_id("bos_token_id"),
             eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
             source_dtype: dominant_gguf_type(gguf),
@@ -324,6 +368,9 @@ impl ModelConfig {
         }
         if self.o_proj_bias {
             attn += h;
+        }
+        if self.qk_norm {
+            attn += 2 * self.head_dim as u64;
         }
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let per_layer = attn + mlp + 2 * h;
@@ -438,11 +485,39 @@ fn hf_architecture(json: &Value) -> Result<Architecture> {
         (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Architecture::Llama,
         (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Architecture::Mistral,
         (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Architecture::Qwen2,
+        (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Architecture::Qwen3,
         (Some(c), _) => bail!(
-            "architecture {c:?} is not supported (Hone runs LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+            "architecture {c:?} is not supported (Hone runs LlamaForCausalLM, MistralForCausalLM, \
+             Qwen2ForCausalLM, Qwen3ForCausalLM)"
         ),
-        (None, t) => bail!("neither `architectures` nor a supported `model_type` is set (model_type: {t:?})"),
+        (None, t) => {
+            bail!("neither `architectures` nor a supported `model_type` is set (model_type: {t:?})")
+        }
     })
+}
+
+/// Sliding-window attention (Qwen2/Qwen3's `use_sliding_window`, per-layer `layer_types`) is not
+/// implemented: a model that uses it is refused rather than run with full attention, which would
+/// give other logits once a sequence outgrows the window. Mistral's `sliding_window` is left to
+/// the context check, as before (its released window is the whole context).
+fn refuse_sliding_windows(fields: &Fields) -> Result<()> {
+    if fields.bool("use_sliding_window")? == Some(true) {
+        bail!("field `use_sliding_window`: sliding-window attention is not supported yet");
+    }
+    let types = fields.typed("layer_types", "a list of strings", |v| {
+        v.as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+    })?;
+    if let Some(other) = types
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| *t != "full_attention")
+    {
+        bail!("field `layer_types`: {other:?} layers are not supported yet (full_attention is)");
+    }
+    Ok(())
 }
 
 fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {

@@ -1,4 +1,4 @@
-//! The Llama decoder (also Mistral and Qwen2): embeddings, N pre-norm blocks of grouped-query
+//! The Llama decoder (also Mistral, Qwen2 and Qwen3): embeddings, N pre-norm blocks of grouped-query
 //! attention and SwiGLU MLP, final RMSNorm, LM head. Inference forward pass with a KV cache.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
@@ -19,6 +19,7 @@ use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::matrix::MatrixRef;
+use crate::kernels::rmsnorm as rmsnorm_kernel;
 use crate::kernels::rope::{self as rope_kernel, RopeShape};
 use crate::kernels::swiglu as swiglu_kernel;
 
@@ -27,6 +28,9 @@ use crate::kernels::swiglu as swiglu_kernel;
 struct Attention {
     qkv_proj: Linear,
     o_proj: Linear,
+    /// Per-head RMSNorm weights of q and k (`[head_dim]` each), applied before the rotary
+    /// embedding, when the family has them (Qwen3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 struct Mlp {
@@ -184,6 +188,7 @@ impl Llama {
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
+            let qk_norm = parts.qk_norm(&p, &cfg)?;
             let mut proj = |name: &str, out: usize, inp: usize, bias: bool| {
                 parts.projection(&format!("{p}.{name}"), out, inp, bias)
             };
@@ -194,6 +199,7 @@ impl Llama {
                     proj("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
                 ])?,
                 o_proj: Linear::new(vec![proj("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?])?,
+                qk_norm,
             };
             let mlp = Mlp {
                 gate_up_proj: Linear::new(vec![
@@ -461,7 +467,8 @@ impl Llama {
             self.cfg.head_dim,
         );
         let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let (q, k, v) = self.split_and_rotate(&qkv, positions);
+        let qk_norm = self.blocks[layer].attn.qk_norm.as_ref();
+        let (q, k, v) = self.split_and_rotate(&qkv, positions, qk_norm);
         let cached = |rows| CachedAttnShape {
             rows,
             t,
@@ -588,8 +595,13 @@ impl Llama {
     }
 
     /// The stacked projection's `[q | k | v]` columns as separate token-major arrays, q and k
-    /// of token `i` rotated for `positions[i]`.
-    fn split_and_rotate(&self, qkv: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// of token `i` normalized per head by `qk_norm` when given, then rotated for `positions[i]`.
+    fn split_and_rotate(
+        &self,
+        qkv: &[f32],
+        positions: &[u32],
+        qk_norm: Option<&(Vec<f32>, Vec<f32>)>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.num_key_value_heads,
@@ -604,6 +616,11 @@ impl Llama {
         };
         let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
         let v = column((nh + nkv) * hd, nkv * hd);
+        if let Some((q_norm, k_norm)) = qk_norm {
+            let eps = self.cfg.rms_norm_eps as f32;
+            q = head_norm(&q, q_norm, eps);
+            k = head_norm(&k, k_norm, eps);
+        }
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
         let shape = |heads| RopeShape {
             heads,
@@ -613,6 +630,14 @@ impl Llama {
         rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);
         (q, k, v)
     }
+}
+
+/// Each `w.len()`-wide head of `x` RMS-normalized and scaled by `w` (Qwen3's q/k norm).
+fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let mut rstd = vec![0f32; x.len() / w.len()];
+    rmsnorm_kernel::forward(x, w, eps, &mut y, &mut rstd);
+    y
 }
 
 /// `silu(gate) · up` for the stacked `[..., gate | up]` product, through the vectorized kernel
@@ -659,6 +684,18 @@ impl Parts<'_> {
         w.f32_tensor()
             .with_context(|| format!("tensor `{name}`"))
             .cloned()
+    }
+
+    /// Layer `layer`'s (`model.layers.N`) q and k norm weights when the family has them.
+    fn qk_norm(&mut self, layer: &str, cfg: &ModelConfig) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        if !cfg.qk_norm {
+            return Ok(None);
+        }
+        let mut norm = |name: &str| -> Result<Vec<f32>> {
+            let w = self.take_f32(&format!("{layer}.self_attn.{name}.weight"), &[cfg.head_dim])?;
+            Ok(w.to_vec1::<f32>()?)
+        };
+        Ok(Some((norm("q_norm")?, norm("k_norm")?)))
     }
 
     /// Module `module`'s weight, bias when it has one, and the adapter's update of it (whose bias,

@@ -12,19 +12,22 @@ pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| {
-            out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
-            if bias {
-                out.push((format!("{p}.{name}.bias"), vec![rows]));
-            }
+        let linear = |name: &str, rows: usize, cols: usize, bias: bool| {
+            let weight = (format!("{p}.{name}.weight"), vec![rows, cols]);
+            let bias = bias.then(|| (format!("{p}.{name}.bias"), vec![rows]));
+            [Some(weight), bias].into_iter().flatten()
         };
-        linear("self_attn.q_proj", q_dim, h, cfg.attention_bias);
-        linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias);
-        linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias);
-        linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias);
-        linear("mlp.gate_proj", i, h, cfg.mlp_bias);
-        linear("mlp.up_proj", i, h, cfg.mlp_bias);
-        linear("mlp.down_proj", h, i, cfg.mlp_bias);
+        out.extend(linear("self_attn.q_proj", q_dim, h, cfg.attention_bias));
+        out.extend(linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias));
+        out.extend(linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias));
+        out.extend(linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias));
+        if cfg.qk_norm {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![cfg.head_dim]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![cfg.head_dim]));
+        }
+        out.extend(linear("mlp.gate_proj", i, h, cfg.mlp_bias));
+        out.extend(linear("mlp.up_proj", i, h, cfg.mlp_bias));
+        out.extend(linear("mlp.down_proj", h, i, cfg.mlp_bias));
         out.push((format!("{p}.input_layernorm.weight"), vec![h]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
     }

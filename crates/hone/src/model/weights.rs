@@ -2,9 +2,10 @@
 //! expanded to f32 ([`load`], the exact path), or matrices kept in their stored type and read in
 //! place from the file's memory map ([`load_stored`]).
 //!
-//! GGUF files name tensors llama.cpp's way (`blk.N.attn_q.weight`) and store q/k projection rows
-//! permuted for llama.cpp's interleaved rotary layout; both are undone here so the rest of Hone sees
-//! one layout, the HF one (for a stored matrix, by reading its rows in the HF order).
+//! GGUF files name tensors llama.cpp's way (`blk.N.attn_q.weight`) and, for the `llama` arch, store
+//! q/k projection rows permuted for llama.cpp's interleaved rotary layout; both are undone here so
+//! the rest of Hone sees one layout, the HF one (for a stored matrix, by reading its rows in the HF
+//! order).
 
 use std::collections::HashMap;
 
@@ -155,9 +156,12 @@ pub fn load_gguf_stored(
     Ok((cfg, weights))
 }
 
-/// The number of heads whose rows llama.cpp permuted in tensor `hf_name` (q and k projections).
-fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
-    if hf_name.contains("self_attn.q_proj") {
+/// The number of heads whose rows llama.cpp permuted in tensor `hf_name` (q and k projections of
+/// the archs it permutes).
+pub fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
+    if !cfg.architecture.gguf_permutes_qk() {
+        None
+    } else if hf_name.contains("self_attn.q_proj") {
         Some(cfg.num_attention_heads)
     } else if hf_name.contains("self_attn.k_proj") {
         Some(cfg.num_key_value_heads)
@@ -206,17 +210,28 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
 }
 
 /// llama.cpp module names within a block and their HF equivalents.
-pub const LAYER_NAMES: [(&str, &str); 9] = [
+pub const LAYER_NAMES: [(&str, &str); 11] = [
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
     ("attn_v", "self_attn.v_proj"),
     ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("ffn_norm", "post_attention_layernorm"),
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
 ];
+
+/// The block modules of [`LAYER_NAMES`] a model of `cfg` has (the q/k norms only when it
+/// normalizes q and k).
+pub fn layer_modules(cfg: &ModelConfig) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let qk_norm = cfg.qk_norm;
+    LAYER_NAMES
+        .into_iter()
+        .filter(move |(_, hf)| qk_norm || !matches!(*hf, "self_attn.q_norm" | "self_attn.k_norm"))
+}
 
 /// Undo llama.cpp's q/k permutation. Within each head, GGUF row `i * 2 + j` holds HF row
 /// `j * half + i` (HF keeps the two rotated halves apart; llama.cpp interleaves them).
@@ -293,6 +308,7 @@ mod tests {
             "output.weight",
             "blk.0.attn_q.bias",
             "blk.12.ffn_gate.weight",
+            "blk.2.attn_k_norm.weight",
         ] {
             assert_eq!(gguf_name(&hf_name(name).unwrap()).unwrap(), name);
         }

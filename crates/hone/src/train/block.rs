@@ -4,7 +4,8 @@
 //! MLP halves per token) and recomputes the cheap rest (both RMSNorm outputs, the SwiGLU output).
 //!
 //! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
-//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32.
+//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. Families with a q/k norm
+//! (Qwen3) RMS-normalize each head of q and k before the rotary embedding.
 
 use rayon::prelude::*;
 
@@ -36,6 +37,23 @@ pub struct Block {
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
+    /// Per-head RMSNorm of q and k before the rotary embedding, when the family has it.
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// Qwen3's `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head.
+#[derive(Clone, Debug)]
+pub struct QkNorm {
+    pub q: Tensor1,
+    pub k: Tensor1,
+}
+
+/// q and k as the projection made them, before their per-head norm, with the norms' `rstd`.
+struct QkRaw {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    rstd_q: Vec<f32>,
+    rstd_k: Vec<f32>,
 }
 
 /// What the forward keeps for the backward.
@@ -51,6 +69,7 @@ pub struct Activations {
     rstd2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    qk_raw: Option<QkRaw>,
     saved: [Saved; 5],
 }
 
@@ -100,11 +119,37 @@ fn norm(x: &[f32], w: &Tensor1, eps: f32) -> (Vec<f32>, Vec<f32>) {
     (y, rstd)
 }
 
-/// `dx += rmsnorm'(dy)`, accumulating the weight gradient when the weight trains.
-fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut [f32]) {
+/// `rmsnorm'(dy)`, the gradient of the norm's input, accumulating the weight gradient when the
+/// weight trains.
+fn norm_input_grad(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32]) -> Vec<f32> {
     let mut dnorm = vec![0.0; x.len()];
     rmsnorm::backward(dy, x, &w.value, rstd, &mut dnorm, w.grad.as_deref_mut());
-    add_into(dx, &dnorm);
+    dnorm
+}
+
+/// `dx += rmsnorm'(dy)`, accumulating the weight gradient when the weight trains.
+fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut [f32]) {
+    add_into(dx, &norm_input_grad(dy, x, w, rstd));
+}
+
+impl QkNorm {
+    /// Normalizes every head of `q` and `k` in place; returns what the backward needs.
+    fn forward(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, eps: f32) -> QkRaw {
+        let (q_normed, rstd_q) = norm(q, &self.q, eps);
+        let (k_normed, rstd_k) = norm(k, &self.k, eps);
+        QkRaw {
+            q: std::mem::replace(q, q_normed),
+            k: std::mem::replace(k, k_normed),
+            rstd_q,
+            rstd_k,
+        }
+    }
+
+    /// Turns `dq` and `dk`, gradients of the normalized heads, into those of the raw ones.
+    fn backward(&mut self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, raw: &QkRaw) {
+        *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q);
+        *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k);
+    }
 }
 
 /// Elements per rayon task in the element-wise loops below.
@@ -155,6 +200,10 @@ impl Block {
         let mut k = columns(&qkv, width, nh * hd, nkv * hd);
         let v = columns(&qkv, width, (nh + nkv) * hd, nkv * hd);
         drop(qkv);
+        let qk_raw = self
+            .qk_norm
+            .as_ref()
+            .map(|n| n.forward(&mut q, &mut k, eps));
         rope::forward(
             &mut q,
             s.positions,
@@ -206,6 +255,7 @@ impl Block {
             rstd2,
             gate,
             up,
+            qk_raw,
             saved: [qkv_saved, o_saved, gate_saved, up_saved, down_saved],
         }
     }
@@ -278,6 +328,9 @@ impl Block {
             s.rope_cos,
             s.rope_sin,
         );
+        if let (Some(norm), Some(raw)) = (&mut self.qk_norm, &a.qk_raw) {
+            norm.backward(&mut dq, &mut dk, raw);
+        }
         let dqkv = interleave(&dq, &dk, &dv, n);
         let (normed, _) = norm(&a.x_in, &self.input_layernorm, eps);
         self.qkv.backward(&dqkv, &normed, &qkv_saved, &mut dnormed);

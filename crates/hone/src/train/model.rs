@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{Activations, Block, StepInputs};
+use super::block::{Activations, Block, QkNorm, StepInputs};
 use super::dropout;
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
@@ -150,6 +150,20 @@ impl TrainModel {
             let gate_proj = projection(h, &[("mlp.gate_proj", inter, cfg.mlp_bias)])?;
             let up_proj = projection(h, &[("mlp.up_proj", inter, cfg.mlp_bias)])?;
             let down_proj = projection(inter, &[("mlp.down_proj", h, cfg.mlp_bias)])?;
+            let mut norm = |name: &str| -> Result<Tensor1> {
+                vector_param(take(
+                    &format!("{p}.self_attn.{name}.weight"),
+                    &[cfg.head_dim],
+                )?)
+            };
+            let qk_norm = if cfg.qk_norm {
+                Some(QkNorm {
+                    q: norm("q_norm")?,
+                    k: norm("k_norm")?,
+                })
+            } else {
+                None
+            };
             blocks.push(Block {
                 input_layernorm: vector_param(take(&format!("{p}.input_layernorm.weight"), &[h])?)?,
                 qkv,
@@ -161,6 +175,7 @@ impl TrainModel {
                 gate_proj,
                 up_proj,
                 down_proj,
+                qk_norm,
             });
         }
         let norm = vector_param(take("model.norm.weight", &[h])?)?;

@@ -74,6 +74,10 @@ impl TrainModel {
             );
             visit_projection(&mut block.qkv, f);
             visit_projection(&mut block.o_proj, f);
+            if let Some(norm) = &mut block.qk_norm {
+                visit_tensor(format!("{p}.self_attn.q_norm.weight"), &mut norm.q, f);
+                visit_tensor(format!("{p}.self_attn.k_norm.weight"), &mut norm.k, f);
+            }
             visit_tensor(
                 format!("{p}.post_attention_layernorm.weight"),
                 &mut block.post_attention_layernorm,
@@ -205,6 +209,15 @@ impl TrainModel {
             ));
             for proj in [&block.qkv, &block.o_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
+            }
+            if let Some(norm) = &block.qk_norm {
+                for (name, w) in [("q_norm", &norm.q), ("k_norm", &norm.k)] {
+                    out.push((
+                        format!("{p}.self_attn.{name}.weight"),
+                        vec![cfg.head_dim],
+                        w.value.clone(),
+                    ));
+                }
             }
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),

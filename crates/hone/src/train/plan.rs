@@ -376,12 +376,23 @@ fn lora_rank(matcher: &ModuleMatcher, module: &str) -> Option<u64> {
 
 /// f32 values one block keeps per token for its backward (`train::block::Activations`): its
 /// input and mid-block residual, q, k, v, the attention output and its log-sum-exp, the two MLP
-/// halves, two RMSNorm scales, and each LoRA's `A·x`.
+/// halves, two RMSNorm scales, each LoRA's `A·x`, and with a q/k norm the raw q and k and their
+/// per-head scales.
 fn activation_floats_per_layer(run: &RunShape) -> u64 {
     let m = run.model;
     let (q, kv) = m.attention_widths();
-    let fixed =
-        2 * m.hidden_size + 2 + 2 * q + 2 * kv + m.num_attention_heads + 2 * m.intermediate_size;
+    let qk_norm = if m.qk_norm {
+        q + kv + m.num_attention_heads + m.num_key_value_heads
+    } else {
+        0
+    };
+    let fixed = 2 * m.hidden_size
+        + 2
+        + 2 * q
+        + 2 * kv
+        + m.num_attention_heads
+        + 2 * m.intermediate_size
+        + qk_norm;
     let lora: u64 = run.lora.map_or(0, |matcher| {
         BLOCK_LINEARS
             .iter()

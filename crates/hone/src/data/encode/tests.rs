@@ -65,7 +65,7 @@ fn masks_match_the_reference() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 18);
 }
 
 /// The SmolLM2 tokenizer with its ChatML template (a default system turn when none is given).
@@ -218,6 +218,28 @@ fn kept_ranges_prefer_later_turns_and_keep_bos() {
         vec![0..1, 9..10, 10..11, 20..25, 25..30]
     );
     assert_eq!(kept_ranges(&turns, 2, true), vec![0..1, 25..26]);
+}
+
+/// Qwen3's template drops an answered turn's reasoning once a later user turn follows: the labels
+/// cover each turn as the whole conversation renders it.
+#[test]
+fn qwen3_labels_cover_each_turn_as_the_whole_conversation_renders_it() {
+    let tok = tokenizer("tokenizer/smollm2-tokenizer.gguf");
+    let chat = std::fs::read_to_string(fixtures().join("chat/qwen3.json")).unwrap();
+    let chat: Value = serde_json::from_str(&chat).unwrap();
+    let source = chat["source"].as_str().unwrap();
+    let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token()).unwrap();
+    let conv = conversation(vec![
+        m("user", "What is 3*4?"),
+        m("assistant", "<think>\nThree fours.\n</think>\n\n12"),
+        m("user", "And 5*6?"),
+        m("assistant", "<think>\nFive sixes.\n</think>\n\n30"),
+    ]);
+    let example = encode(&tok, &template, &conv, &WIDE).unwrap();
+    assert_eq!(
+        decode_labelled(&tok, &example),
+        "12<|im_end|>\n<think>\nFive sixes.\n</think>\n\n30<|im_end|>\n"
+    );
 }
 
 #[test]

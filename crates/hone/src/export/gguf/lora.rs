@@ -4,8 +4,8 @@
 //!
 //! llama.cpp applies `alpha / r` to every module, with r read from `lora_a`; a module whose PEFT
 //! scale differs (rank-stabilised LoRA, `alpha_pattern`, `rank_pattern`) has the difference folded
-//! into its `lora_b`. q/k updates get the same row permutation as the q/k weights: it acts on the
-//! output rows, which are `lora_b`'s.
+//! into its `lora_b`. q/k updates get the same row permutation as the q/k weights (for the archs
+//! whose weights llama.cpp permutes): it acts on the output rows, which are `lora_b`'s.
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use crate::adapters::{read_adapter, LoraWeights};
 use crate::io::atomic::refuse_existing;
 use crate::io::gguf::GgufValue;
 use crate::io::gguf_write::GgufWriter;
-use crate::model::weights::{gguf_name, permute_rows};
+use crate::model::weights::{gguf_name, permute_rows, permuted_heads};
 use crate::model::{inspect, ModelConfig};
 use crate::quant::GgmlType;
 
@@ -45,7 +45,10 @@ pub fn export_lora_adapter(
     }
     let alpha = adapter.config.lora_alpha;
     let mut w = GgufWriter::new();
-    w.set("general.architecture", GgufValue::String("llama".into()));
+    w.set(
+        "general.architecture",
+        GgufValue::String(cfg.architecture.gguf_arch().into()),
+    );
     w.set("general.type", GgufValue::String("adapter".into()));
     let name = adapter_dir
         .file_name()
@@ -82,13 +85,7 @@ fn add_module(
             lora.in_features
         );
     }
-    let heads = if base.ends_with("attn_q.weight") {
-        Some(cfg.num_attention_heads)
-    } else if base.ends_with("attn_k.weight") {
-        Some(cfg.num_key_value_heads)
-    } else {
-        None
-    };
+    let heads = permuted_heads(module, cfg);
     let llama_cpp_scale = alpha / lora.r as f64;
     let fold = (lora.scale / llama_cpp_scale) as f32;
     let mut b: Vec<f32> = lora.b.iter().map(|v| v * fold).collect();

@@ -1,5 +1,5 @@
-//! `config.json` and `generation_config.json` as transformers 5 writes them for Llama, Mistral and
-//! Qwen2 (sorted keys, two-space indent), from a [`ModelConfig`].
+//! `config.json` and `generation_config.json` as transformers 5 writes them for Llama, Mistral,
+//! Qwen2 and Qwen3 (sorted keys, two-space indent), from a [`ModelConfig`].
 //!
 //! Rotary settings go in transformers 5's `rope_parameters` and, for readers on transformers 4
 //! (which ignore `rope_parameters` and would silently fall back to `rope_theta` 10000), also in
@@ -15,7 +15,7 @@ use crate::tokenizer::Tokenizer;
 /// The `config.json` object for `cfg`, with weights stored as `dtype`.
 pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> {
     let arch = cfg.architecture;
-    check_biases(cfg)?;
+    check_layout(cfg)?;
     let (rope_parameters, rope_scaling) = rope(cfg)?;
     let mut m = Map::new();
     let mut set = |k: &str, v: Value| {
@@ -58,13 +58,17 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("sliding_window", Value::Null);
             set("head_dim", json!(cfg.head_dim));
         }
-        Architecture::Qwen2 => {
+        Architecture::Qwen2 | Architecture::Qwen3 => {
             let layers = vec![json!("full_attention"); cfg.num_hidden_layers];
             set("layer_types", Value::Array(layers));
             set("sliding_window", Value::Null);
             set("use_sliding_window", json!(false));
-            // Qwen2Config has no head_dim field; its attention reads one when the config sets it.
-            if cfg.head_dim != default_head_dim {
+            set("max_window_layers", json!(cfg.num_hidden_layers));
+            if arch == Architecture::Qwen3 {
+                set("attention_bias", json!(cfg.attention_bias));
+                set("head_dim", json!(cfg.head_dim));
+            } else if cfg.head_dim != default_head_dim {
+                // Qwen2Config has no head_dim field; its attention reads one when the config sets it.
                 set("head_dim", json!(cfg.head_dim));
             }
         }
@@ -99,14 +103,24 @@ fn one_or_many(ids: &[u32]) -> Value {
     }
 }
 
-/// Bias layouts the architecture's transformers class can hold: Llama's `attention_bias` covers
-/// q/k/v/o together, Qwen2 has exactly q/k/v biases, Mistral none.
-fn check_biases(cfg: &ModelConfig) -> Result<()> {
+/// Layouts the architecture's transformers class can hold: Llama's and Qwen3's `attention_bias`
+/// covers q/k/v/o together, Qwen2 has exactly q/k/v biases, Mistral none; only Qwen3 normalizes
+/// q and k.
+fn check_layout(cfg: &ModelConfig) -> Result<()> {
+    let arch = cfg.architecture;
+    if cfg.qk_norm != (arch == Architecture::Qwen3) {
+        bail!(
+            "{}: q/k norms {}: transformers' class cannot hold this",
+            arch.hf_class(),
+            if cfg.qk_norm { "present" } else { "absent" }
+        );
+    }
     let layout = (cfg.attention_bias, cfg.o_proj_bias, cfg.mlp_bias);
-    let fits = match cfg.architecture {
+    let fits = match arch {
         Architecture::Llama => cfg.attention_bias == cfg.o_proj_bias,
         Architecture::Mistral => layout == (false, false, false),
         Architecture::Qwen2 => layout == (true, false, false),
+        Architecture::Qwen3 => cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias,
     };
     if !fits {
         bail!(
