@@ -4,7 +4,7 @@
 
 For a model: gguf-py parses it; every metadata key the llama loader needs is present with gguf-py's
 key names; every tensor name is one gguf-py's tensor map of the file's architecture (llama, qwen2,
-qwen3) allows, with the shape
+qwen3, smollm3, granite, olmo2) allows, with the shape
 the hyper-parameters imply; general.file_type is a LlamaFileType; and every tensor dequantizes with
 gguf-py's own quants module to finite values. For a LoRA adapter (general.type = adapter): its keys
 and that each lora_a/lora_b pair names a tensor of its architecture with compatible shapes. Exits non-zero on a
@@ -23,7 +23,7 @@ def field(reader, key):
     return None if f is None else f.contents()
 
 
-ARCHS = {name: arch for arch, name in MODEL_ARCH_NAMES.items() if name in ("llama", "qwen2", "qwen3")}
+ARCHS = {name: arch for arch, name in MODEL_ARCH_NAMES.items() if name in ("llama", "qwen2", "qwen3", "smollm3", "granite", "olmo2")}
 
 
 def allowed_names(arch, n_layers):

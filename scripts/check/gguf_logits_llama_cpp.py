@@ -10,8 +10,14 @@ difference from transformers' `logits` is printed beside the logits' own scale. 
 when one exceeds --tol (default 1e-4, with an f32 KV cache; llama.cpp sums in another order than
 PyTorch's). The export must be F32 (`hone export --quant f32`) for the comparison to mean much.
 
-The tiny fixture models carry no tokenizer; `crates/hone/tests/export_gguf.rs` writes them with a
-byte-level one, which is what llama.cpp needs to load the file (ids are fed directly).
+The tiny fixture models carry no tokenizer; `crates/hone/tests/export_gguf.rs` exports them with a
+byte-level one, which is what llama.cpp needs to load the file (ids are fed directly), and keeps the
+files when asked:
+
+    HONE_KEEP_EXPORTS=/tmp/ggufs cargo test -p hone --test export_gguf every_family
+    for n in llama-gqa mistral qwen2 qwen3 smollm3 granite olmo2; do
+        args="$args /tmp/ggufs/$n.gguf fixtures/models/$n/golden.safetensors"; done
+    OMP_NUM_THREADS=2 /opt/ref/venv/bin/python scripts/check/gguf_logits_llama_cpp.py $args
 """
 
 import argparse

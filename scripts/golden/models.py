@@ -36,6 +36,12 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +163,54 @@ TINY_MODELS = {
             eos_token_id=2,
         ),
         108,
+        {},
+    ),
+    # SmolLM3: every 4th layer has no rotary embedding (no_rope_layers [1, 1, 1, 0], the default
+    # pattern, which is also the only one llama.cpp's smollm3 arch runs), tied, rope_theta 2e6.
+    "smollm3": (
+        SmolLM3ForCausalLM,
+        SmolLM3Config(
+            **dict(GQA, num_hidden_layers=4, tie_word_embeddings=True),
+            rope_theta=2000000.0,
+            use_sliding_window=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+        ),
+        109,
+        {},
+    ),
+    # Granite 3: embeddings x12, attention scale 1/16 instead of 1/sqrt(head_dim), each branch x0.22
+    # before the residual add, logits / 8; q/k/v/o biases (attention_bias), tied.
+    "granite": (
+        GraniteForCausalLM,
+        GraniteConfig(
+            **dict(GQA, tie_word_embeddings=True),
+            rope_theta=5000000.0,
+            embedding_multiplier=12.0,
+            attention_multiplier=0.0625,
+            residual_multiplier=0.22,
+            logits_scaling=8.0,
+            attention_bias=True,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        110,
+        {},
+    ),
+    # OLMo 2: norms after each branch instead of before (post_attention_layernorm,
+    # post_feedforward_layernorm), RMSNorm over the whole q and k rows before RoPE, untied;
+    # heads * head_dim = hidden_size, as in released models (llama.cpp's olmo2 requires it).
+    "olmo2": (
+        Olmo2ForCausalLM,
+        Olmo2Config(
+            **dict(GQA, head_dim=8),
+            rope_theta=500000.0,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+        ),
+        111,
         {},
     ),
     "llama-sharded": (

@@ -7,6 +7,19 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 
 /// `<repo>/fixtures/<rel>`.
+/// The tiny random model of each family and its switches (fixtures/models/, from
+/// scripts/golden/models.py), f32 and in one file.
+pub const FAMILY_MODELS: [&str; 8] = [
+    "llama-tied",
+    "llama-gqa",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "smollm3",
+    "granite",
+    "olmo2",
+];
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{dir_entries, fixture, max_abs_diff};
+use common::{dir_entries, fixture, max_abs_diff, FAMILY_MODELS};
 use hone::export::gguf::{
     export_loaded, export_lora_adapter, export_model, ollama_modelfile, write_modelfile, GgufQuant,
 };
@@ -327,20 +327,18 @@ fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
 }
 
 #[test]
-fn hf_sources_with_gqa_llama3_rope_tied_heads_qwen2_biases_and_qwen3_norms_round_trip() {
+fn hf_sources_of_every_family_round_trip() {
     let tmp = TempDir::new().unwrap();
-    for name in [
-        "llama-gqa",
-        "llama-tied",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "llama-bf16",
-    ] {
+    for name in FAMILY_MODELS.into_iter().chain(["llama-bf16"]) {
         let src = tiny_hf_model(tmp.path(), name);
         let out = tmp.path().join(format!("{name}.gguf"));
         let report =
             export_model(src.to_str().unwrap(), None, &out, GgufQuant::F32, false).unwrap();
+        // For scripts/check/gguf_logits_llama_cpp.py, which runs them in llama.cpp.
+        if let Some(keep) = std::env::var_os("HONE_KEEP_EXPORTS") {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&out, Path::new(&keep).join(format!("{name}.gguf"))).unwrap();
+        }
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(string(&f, "tokenizer.ggml.model"), "gpt2");
         assert_eq!(string(&f, "tokenizer.ggml.pre"), "gpt-2");
@@ -354,7 +352,7 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_qwen2_biases_and_qwen3_norms_round
         assert_eq!(types[4], GgufValue::I32(3), "<|im_end|> is a control token");
         assert_eq!(types[6], GgufValue::I32(1));
         let arch = match name {
-            "qwen2" | "qwen3" => name,
+            "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" => name,
             _ => "llama",
         };
         assert_eq!(string(&f, "general.architecture"), arch);
@@ -373,14 +371,18 @@ fn hf_sources_with_gqa_llama3_rope_tied_heads_qwen2_biases_and_qwen3_norms_round
             "padding ids are unused tokens"
         );
         let has = |t: &str| report.tensors.iter().any(|(n, _, _)| n == t);
+        let tied = ["llama-tied", "qwen2", "smollm3", "granite"].contains(&name);
+        assert_eq!(has("output.weight"), !tied, "{name}");
+        assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
         assert_eq!(
-            has("output.weight"),
-            name != "llama-tied" && name != "qwen2",
+            has("blk.1.attn_k.bias"),
+            name == "qwen2" || name == "granite",
             "{name}"
         );
-        assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
-        assert_eq!(has("blk.1.attn_k.bias"), name == "qwen2", "{name}");
-        assert_eq!(has("blk.1.attn_q_norm.weight"), name == "qwen3", "{name}");
+        let qk_norm = name == "qwen3" || name == "olmo2";
+        assert_eq!(has("blk.1.attn_q_norm.weight"), qk_norm, "{name}");
+        assert_eq!(has("blk.1.post_ffw_norm.weight"), name == "olmo2", "{name}");
+        assert_eq!(has("blk.1.ffn_norm.weight"), name != "olmo2", "{name}");
         let diff = max_abs_diff(
             &logits(
                 &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)
@@ -422,6 +424,41 @@ fn a_qwen3_o_proj_bias_is_refused() {
         export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
     );
     assert!(err.contains("llama.cpp's qwen3"), "{err}");
+    assert!(!out.exists());
+}
+
+/// llama.cpp's olmo2 arch sizes q as the hidden width: an OLMo 2 with another query width (the
+/// tiny llama-gqa shape, 4 heads × 16 on a hidden size of 32) is refused.
+#[test]
+fn an_olmo2_query_width_llama_cpp_cannot_load_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_hf_model(tmp.path(), "olmo2");
+    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    parts.config.head_dim = 16;
+    let out = tmp.path().join("wide.gguf");
+    let err = format!(
+        "{:#}",
+        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
+    );
+    assert!(err.contains("llama.cpp's olmo2"), "{err}");
+    assert!(!out.exists());
+}
+
+/// llama.cpp's smollm3 arch runs every 4th layer without RoPE and has no key for another
+/// pattern: a SmolLM3 with other NoPE layers cannot be written as a GGUF llama.cpp runs right.
+#[test]
+fn a_smollm3_nope_pattern_llama_cpp_cannot_run_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_hf_model(tmp.path(), "smollm3");
+    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    assert_eq!(parts.config.no_rope_layers, [3]);
+    parts.config.no_rope_layers = vec![1];
+    let out = tmp.path().join("nope.gguf");
+    let err = format!(
+        "{:#}",
+        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
+    );
+    assert!(err.contains("every 4th layer without it"), "{err}");
     assert!(!out.exists());
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{dir_entries, fixture, load_tensors, max_abs_diff};
+use common::{dir_entries, fixture, load_tensors, max_abs_diff, FAMILY_MODELS};
 use hone::adapters::{self, read_adapter};
 use hone::export::{
     tensors_in_hf_order, write_hf_checkpoint, HfWriteOptions, NamedTensor, SaveDtype,
@@ -88,7 +88,7 @@ fn shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
 
 #[test]
 fn the_tensor_list_of_a_config_is_what_transformers_saves() {
-    for base in ["llama-tied", "llama-gqa", "mistral", "qwen2", "qwen3"] {
+    for base in FAMILY_MODELS {
         let dir = fixture(&format!("models/{base}"));
         let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
         let ours: BTreeMap<String, Vec<usize>> = hf_tensor_shapes(&cfg).into_iter().collect();

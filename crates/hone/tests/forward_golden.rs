@@ -6,20 +6,16 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{Device, IndexOp, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
+use common::{fixture, load_tensors, max_abs_diff, FAMILY_MODELS};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
-const MODELS: [&str; 8] = [
-    "llama-tied",
-    "llama-gqa",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "llama-sharded",
-    "llama-f16",
-    "llama-bf16",
-];
+/// Every family, and Llama stored sharded, in f16 and in bf16.
+fn models() -> impl Iterator<Item = &'static str> {
+    FAMILY_MODELS
+        .into_iter()
+        .chain(["llama-sharded", "llama-f16", "llama-bf16"])
+}
 
 fn load(name: &str) -> Llama {
     let dir = fixture(&format!("models/{name}"));
@@ -38,7 +34,7 @@ fn golden(name: &str) -> (HashMap<String, Tensor>, Tensor) {
 
 #[test]
 fn logits_match_transformers() {
-    for name in MODELS {
+    for name in models() {
         let model = load(name);
         let (golden, ids) = golden(name);
         let logits = model.forward(&ids, None).unwrap();
@@ -92,7 +88,7 @@ fn sixteen_bit_weights_kept_as_stored_match_transformers() {
 
 #[test]
 fn kv_cache_steps_match_transformers() {
-    for name in MODELS {
+    for name in models() {
         let model = load(name);
         let (golden, ids) = golden(name);
         let t = ids.dim(1).unwrap();
@@ -122,7 +118,7 @@ fn kv_cache_steps_match_transformers() {
 #[test]
 fn padded_batch_rows_match_their_unpadded_logits() {
     const PAD: usize = 3;
-    for name in MODELS {
+    for name in models() {
         let model = load(name);
         let (golden, ids) = golden(name);
         let rows = ids.to_vec2::<u32>().unwrap();
@@ -161,7 +157,7 @@ fn padded_batch_rows_match_their_unpadded_logits() {
 
 #[test]
 fn greedy_ids_match_transformers() {
-    for name in MODELS {
+    for name in models() {
         let model = load(name);
         let text = std::fs::read_to_string(fixture(&format!("models/{name}/greedy.json"))).unwrap();
         let golden: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -334,7 +334,15 @@ fn count_labels_shifted(batch: &Batch) -> usize {
 
 #[test]
 fn lora_gradients_match_peft_on_every_architecture() {
-    for model in ["llama-tied", "llama-gqa", "mistral", "qwen3"] {
+    for model in [
+        "llama-tied",
+        "llama-gqa",
+        "mistral",
+        "qwen3",
+        "smollm3",
+        "granite",
+        "olmo2",
+    ] {
         for masking in ["masked", "full"] {
             check_gradients(&format!("lora_{model}_{masking}"));
         }
@@ -353,6 +361,9 @@ fn full_and_partial_fine_tuning_gradients_match_torch() {
     check_gradients("full_llama-gqa");
     check_gradients("full_llama-tied");
     check_gradients("full_qwen3");
+    check_gradients("full_smollm3");
+    check_gradients("full_granite");
+    check_gradients("full_olmo2");
     check_gradients("freeze_llama-gqa");
 }
 
@@ -402,6 +413,8 @@ fn gradient_checkpointing_gives_the_same_gradients() {
     check_gradients_with("lora_llama-gqa_masked", recompute);
     check_gradients_with("full_llama-tied", recompute);
     check_gradients_with("full_qwen3", recompute);
+    check_gradients_with("lora_smollm3_masked", recompute);
+    check_gradients_with("full_olmo2", recompute);
     check_gradients_with(
         "lora_default_2layers",
         Variant {
@@ -426,6 +439,7 @@ fn bf16_mixed_precision_stays_within_rounding_of_the_reference() {
         "lora_qwen2_bias_all",
         "full_llama-tied",
         "full_qwen3",
+        "full_granite",
         "freeze_llama-gqa",
         "lora_default_2layers",
     ] {

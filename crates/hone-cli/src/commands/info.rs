@@ -1,6 +1,7 @@
 //! `hone info MODEL`: what a model is, without loading its weights.
 
 use anyhow::Result;
+use hone::model::{ModelConfig, NormPlacement, QkNorm};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -38,6 +39,9 @@ pub fn run(args: Args) -> Result<()> {
             "o_proj_bias": cfg.o_proj_bias,
             "mlp_bias": cfg.mlp_bias,
             "qk_norm": cfg.qk_norm,
+            "norm_placement": cfg.norm_placement,
+            "no_rope_layers": cfg.no_rope_layers,
+            "scales": cfg.scales,
         },
         "parameters": cfg.parameter_count(),
         "dtype": cfg.source_dtype,
@@ -108,21 +112,42 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The switches of the family's decoder block that differ from plain Llama, in words.
-fn block_switches(cfg: &hone::model::ModelConfig) -> String {
+fn block_switches(cfg: &ModelConfig) -> String {
     let switches = [
         (cfg.attention_bias, "q/k/v bias"),
         (cfg.o_proj_bias, "o_proj bias"),
         (cfg.mlp_bias, "MLP bias"),
-        (cfg.qk_norm, "per-head q/k RMSNorm"),
+        (cfg.qk_norm == Some(QkNorm::PerHead), "per-head q/k RMSNorm"),
+        (
+            cfg.qk_norm == Some(QkNorm::FullWidth),
+            "q/k RMSNorm over the whole projection",
+        ),
+        (
+            cfg.norm_placement == NormPlacement::Post,
+            "norms after each branch",
+        ),
     ];
-    let on: Vec<&str> = switches
+    let mut on: Vec<String> = switches
         .iter()
         .filter(|(on, _)| *on)
-        .map(|(_, name)| *name)
+        .map(|(_, name)| name.to_string())
         .collect();
+    if !cfg.no_rope_layers.is_empty() {
+        on.push(format!("no RoPE in layers {:?}", cfg.no_rope_layers));
+    }
+    if !cfg.scales.is_default() {
+        let s = &cfg.scales;
+        on.push(format!(
+            "embeddings ×{}, attention scale {}, residual ×{}, logits ÷{}",
+            s.embedding,
+            cfg.attention_scale(),
+            s.residual,
+            s.logits
+        ));
+    }
     if on.is_empty() {
-        "Llama (pre-norm, SwiGLU, rotary)".into()
+        "Llama block (RMSNorm, SwiGLU, rotary)".into()
     } else {
-        format!("Llama (pre-norm, SwiGLU, rotary) + {}", on.join(", "))
+        format!("Llama block (RMSNorm, SwiGLU, rotary) + {}", on.join(", "))
     }
 }

@@ -22,7 +22,9 @@ use crate::io::atomic::refuse_existing;
 use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::gguf_write::GgufWriter;
 use crate::io::source::ModelSource;
-use crate::model::config::{ModelConfig, RopeScaling};
+use crate::model::config::{
+    smollm3_nope_pattern, Architecture, ModelConfig, RopeScaling, SMOLLM3_NOPE_INTERVAL,
+};
 use crate::model::weights::{gguf_name, layer_modules, permute_rows, permuted_heads};
 use crate::model::{load_weights, rope, LoadedWeights};
 use crate::quant::GgmlType;
@@ -110,6 +112,25 @@ fn model_metadata(
              architecture cannot load"
         );
     }
+    let q_width = cfg.attention_widths().0;
+    if arch == "olmo2" && q_width != cfg.hidden_size {
+        bail!(
+            "the model's query width ({} heads × {} head_dim) differs from its hidden size {}, \
+             which llama.cpp's olmo2 architecture cannot load",
+            cfg.num_attention_heads,
+            cfg.head_dim,
+            cfg.hidden_size
+        );
+    }
+    if cfg.no_rope_layers != smollm3_nope_pattern(cfg.num_hidden_layers)
+        && cfg.architecture == Architecture::SmolLM3
+    {
+        bail!(
+            "the model's layers without RoPE are {:?}; llama.cpp's smollm3 architecture runs \
+             every {SMOLLM3_NOPE_INTERVAL}th layer without it and nothing else",
+            cfg.no_rope_layers
+        );
+    }
     w.set("general.architecture", GgufValue::String(arch.into()));
     w.set("general.type", GgufValue::String("model".into()));
     w.set("general.name", GgufValue::String(model_name(source)?));
@@ -136,6 +157,13 @@ fn model_metadata(
     if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
         set("rope.scaling.type", GgufValue::String("linear".into()));
         set("rope.scaling.factor", GgufValue::F32(factor as f32));
+    }
+    if cfg.architecture == Architecture::Granite {
+        let scales = &cfg.scales;
+        set("attention.scale", GgufValue::F32(cfg.attention_scale()));
+        set("embedding_scale", GgufValue::F32(scales.embedding as f32));
+        set("residual_scale", GgufValue::F32(scales.residual as f32));
+        set("logit_scale", GgufValue::F32(scales.logits as f32));
     }
     Ok(())
 }
@@ -191,7 +219,8 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
         let tensor = weights
             .get(hf)
             .with_context(|| format!("tensor `{hf}` is missing"))?;
-        let name = gguf_name(hf).with_context(|| format!("tensor `{hf}` has no llama.cpp name"))?;
+        let name = gguf_name(hf, cfg.norm_placement)
+            .with_context(|| format!("tensor `{hf}` has no llama.cpp name"))?;
         let shape = tensor.dims().to_vec();
         let data = llama_cpp_layout(hf, tensor, cfg)?;
         let place = TensorPlace {

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use super::math::exp;
 use super::matmul::{matmul, MatMut, MatRef, Threads};
 
-/// Sizes of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Sizes of one attention call, and the factor scores are scaled by.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnShape {
     pub batch: usize,
     pub seq: usize,
@@ -27,6 +27,8 @@ pub struct AttnShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// `1/√head_dim` for most families (`ModelConfig::attention_scale`).
+    pub scale: f32,
 }
 
 impl AttnShape {
@@ -44,10 +46,6 @@ impl AttnShape {
 
     fn group(&self) -> usize {
         self.heads / self.kv_heads
-    }
-
-    fn scale(&self) -> f32 {
-        1.0 / (self.head_dim as f32).sqrt()
     }
 
     fn check(&self, x: &AttnInputs) {
@@ -273,7 +271,7 @@ impl<'a> Head<'a> {
             starts: &starts[b * t..(b + 1) * t],
             seq: t,
             head_dim: hd,
-            scale: shape.scale(),
+            scale: shape.scale,
         }
     }
 

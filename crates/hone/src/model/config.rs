@@ -1,8 +1,11 @@
 //! Model hyper-parameters, read from an HF `config.json` or from GGUF metadata into one struct.
 //!
-//! Field names follow transformers' `LlamaConfig`; Mistral, Qwen2 and Qwen3 are Llama with small
-//! differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm), captured by switches such
-//! as `attention_bias` and `qk_norm` rather than separate types.
+//! Field names follow transformers' `LlamaConfig`; Mistral, Qwen2, Qwen3, SmolLM3, Granite and
+//! OLMo 2 are Llama with small differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm,
+//! SmolLM3 layers without rotary embedding, Granite four scalar multipliers, OLMo 2 norms after each
+//! branch and a q/k RMSNorm over the whole projection), captured by switches such as
+//! `attention_bias`, `qk_norm`, `norm_placement`, `no_rope_layers` and [`Scales`] rather than
+//! separate types.
 
 use std::path::Path;
 
@@ -19,6 +22,9 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    SmolLM3,
+    Granite,
+    Olmo2,
 }
 
 impl Architecture {
@@ -29,6 +35,9 @@ impl Architecture {
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::SmolLM3 => "SmolLM3ForCausalLM",
+            Architecture::Granite => "GraniteForCausalLM",
+            Architecture::Olmo2 => "Olmo2ForCausalLM",
         }
     }
 
@@ -38,6 +47,9 @@ impl Architecture {
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::SmolLM3 => "smollm3",
+            Architecture::Granite => "granite",
+            Architecture::Olmo2 => "olmo2",
         }
     }
 
@@ -48,6 +60,9 @@ impl Architecture {
             Architecture::Llama | Architecture::Mistral => "llama",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::SmolLM3 => "smollm3",
+            Architecture::Granite => "granite",
+            Architecture::Olmo2 => "olmo2",
         }
     }
 
@@ -57,15 +72,113 @@ impl Architecture {
             "llama" => Some(Architecture::Llama),
             "qwen2" => Some(Architecture::Qwen2),
             "qwen3" => Some(Architecture::Qwen3),
+            "smollm3" => Some(Architecture::SmolLM3),
+            "granite" => Some(Architecture::Granite),
+            "olmo2" => Some(Architecture::Olmo2),
+            _ => None,
+        }
+    }
+
+    /// Where the family's block norms sit.
+    pub fn norm_placement(self) -> NormPlacement {
+        match self {
+            Architecture::Olmo2 => NormPlacement::Post,
+            _ => NormPlacement::Pre,
+        }
+    }
+
+    /// How the family normalizes q and k, if it does.
+    pub fn qk_norm(self) -> Option<QkNorm> {
+        match self {
+            Architecture::Qwen3 => Some(QkNorm::PerHead),
+            Architecture::Olmo2 => Some(QkNorm::FullWidth),
             _ => None,
         }
     }
 
     /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
-    /// llama.cpp rotary is the interleaved (NORM) kind while HF rotates halves; Qwen's archs use
-    /// NEOX rotary, which is HF's own layout.
+    /// llama.cpp rotary is the interleaved (NORM) kind while HF rotates halves (Llama and the
+    /// families converted as its subclasses); Qwen's archs use NEOX rotary, HF's own layout.
     pub fn gguf_permutes_qk(self) -> bool {
-        self.gguf_arch() == "llama"
+        matches!(
+            self,
+            Architecture::Llama
+                | Architecture::Mistral
+                | Architecture::SmolLM3
+                | Architecture::Granite
+        )
+    }
+}
+
+/// Where a block's two RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NormPlacement {
+    /// On each branch's input (`input_layernorm`, `post_attention_layernorm`): Llama.
+    Pre,
+    /// On each branch's output, before the residual add (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`): OLMo 2.
+    Post,
+}
+
+impl NormPlacement {
+    /// The HF module names of the attention branch's norm and the MLP branch's.
+    pub fn hf_modules(self) -> [&'static str; 2] {
+        match self {
+            NormPlacement::Pre => ["input_layernorm", "post_attention_layernorm"],
+            NormPlacement::Post => ["post_attention_layernorm", "post_feedforward_layernorm"],
+        }
+    }
+
+    /// Their llama.cpp names.
+    pub fn gguf_modules(self) -> [&'static str; 2] {
+        match self {
+            NormPlacement::Pre => ["attn_norm", "ffn_norm"],
+            NormPlacement::Post => ["post_attention_norm", "post_ffw_norm"],
+        }
+    }
+}
+
+/// How q and k are RMS-normalized before the rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QkNorm {
+    /// Each head over `head_dim`, one weight vector shared by the heads (Qwen3).
+    PerHead,
+    /// The whole projection output, weights as wide as it (OLMo 2).
+    FullWidth,
+}
+
+/// SmolLM3 runs RoPE-free ("NoPE") every 4th layer; llama.cpp's smollm3 arch hard-codes that step.
+pub const SMOLLM3_NOPE_INTERVAL: usize = 4;
+
+/// Granite's scalar multipliers (transformers' `GraniteConfig`); every other family has the
+/// identity values of [`Scales::default`] and the usual `1/√head_dim` attention scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Scales {
+    /// Token embeddings are multiplied by this (`embedding_multiplier`).
+    pub embedding: f64,
+    /// Attention scores are scaled by this instead of `1/√head_dim` (`attention_multiplier`).
+    pub attention: Option<f64>,
+    /// Each branch's output is multiplied by this before the residual add (`residual_multiplier`).
+    pub residual: f64,
+    /// Logits are divided by this (`logits_scaling`).
+    pub logits: f64,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Scales {
+            embedding: 1.0,
+            attention: None,
+            residual: 1.0,
+            logits: 1.0,
+        }
+    }
+}
+
+impl Scales {
+    /// Whether any multiplier differs from plain Llama's.
+    pub fn is_default(&self) -> bool {
+        *self == Scales::default()
     }
 }
 
@@ -104,9 +217,17 @@ pub struct ModelConfig {
     pub attention_bias: bool,
     /// The o_proj and MLP projections carry a bias (Llama's `mlp_bias` / `attention_bias`).
     pub o_proj_bias: bool,
-    /// q and k are RMS-normalized per head (weights `[head_dim]`, same eps) before the rotary
-    /// embedding (Qwen3's `q_norm`/`k_norm`).
-    pub qk_norm: bool,
+    /// q and k are RMS-normalized (same eps) before the rotary embedding (`q_norm`/`k_norm`).
+    pub qk_norm: Option<QkNorm>,
+    /// Where the block's norms sit.
+    pub norm_placement: NormPlacement,
+    /// Layers that apply no rotary embedding (SmolLM3's NoPE layers), in increasing order.
+    pub no_rope_layers: Vec<usize>,
+    /// Granite's multipliers (identities elsewhere).
+    pub scales: Scales,
+    /// Dropout on attention probabilities in training (`attention_dropout`; Granite 3 ships 0.1).
+    /// Hone trains without it and says so.
+    pub attention_dropout: f64,
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
@@ -170,12 +291,26 @@ impl ModelConfig {
         let qwen2 = architecture == Architecture::Qwen2;
         let attention_bias = fields.bool("attention_bias")?.unwrap_or(false);
         refuse_sliding_windows(&fields)?;
+        let num_hidden_layers = usize_field("num_hidden_layers")?;
+        let no_rope_layers = match architecture {
+            Architecture::SmolLM3 => hf_no_rope_layers(&fields, num_hidden_layers)?,
+            _ => Vec::new(),
+        };
+        let scales = match architecture {
+            Architecture::Granite => Scales {
+                embedding: fields.f64("embedding_multiplier")?.unwrap_or(1.0),
+                attention: Some(fields.f64("attention_multiplier")?.unwrap_or(1.0)),
+                residual: fields.f64("residual_multiplier")?.unwrap_or(1.0),
+                logits: fields.f64("logits_scaling")?.unwrap_or(1.0),
+            },
+            _ => Scales::default(),
+        };
         let cfg = ModelConfig {
             architecture,
             vocab_size: usize_field("vocab_size")?,
             hidden_size,
             intermediate_size: usize_field("intermediate_size")?,
-            num_hidden_layers: usize_field("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: num_key_value_heads.unwrap_or(num_attention_heads),
             head_dim: head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
@@ -186,7 +321,11 @@ impl ModelConfig {
             tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias: qwen2 || attention_bias,
             o_proj_bias: !qwen2 && attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: architecture.qk_norm(),
+            norm_placement: architecture.norm_placement(),
+            no_rope_layers,
+            scales,
+            attention_dropout: fields.f64("attention_dropout")?.unwrap_or(0.0),
             mlp_bias: fields.bool("mlp_bias")?.unwrap_or(false),
             bos_token_id: fields.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: fields.token_ids("eos_token_id")?,
@@ -255,12 +394,26 @@ impl ModelConfig {
                 .map(|v| v as u32)
         };
         let has = |tensor: &str| gguf.tensor_info(tensor).is_some();
+        let num_hidden_layers = num("block_count")? as usize;
+        let no_rope_layers = match architecture {
+            Architecture::SmolLM3 => smollm3_nope_pattern(num_hidden_layers),
+            _ => Vec::new(),
+        };
+        let scales = match architecture {
+            Architecture::Granite => Scales {
+                embedding: float("embedding_scale").unwrap_or(1.0),
+                attention: Some(float("attention.scale").unwrap_or(1.0)),
+                residual: float("residual_scale").unwrap_or(1.0),
+                logits: float("logit_scale").unwrap_or(1.0),
+            },
+            _ => Scales::default(),
+        };
         let cfg = ModelConfig {
             architecture,
             vocab_size,
             hidden_size,
             intermediate_size: num("feed_forward_length")? as usize,
-            num_hidden_layers: num("block_count")? as usize,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -271,7 +424,13 @@ impl ModelConfig {
             tie_word_embeddings: !has("output.weight"),
             attention_bias: has("blk.0.attn_q.bias"),
             o_proj_bias: has("blk.0.attn_output.bias"),
-            qk_norm: has("blk.0.attn_q_norm.weight"),
+            qk_norm: architecture
+                .qk_norm()
+                .filter(|_| has("blk.0.attn_q_norm.weight")),
+            norm_placement: architecture.norm_placement(),
+            no_rope_layers,
+            scales,
+            attention_dropout: 0.0,
             mlp_bias: has("blk.0.ffn_up.bias"),
             bos_token_id: tok_id("bos_token_id"),
             eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
@@ -335,6 +494,23 @@ impl ModelConfig {
         if let Some(scaling) = &self.rope_scaling {
             scaling.validate()?;
         }
+        self.scales.validate()?;
+        if !(0.0..1.0).contains(&self.attention_dropout) {
+            bail!(
+                "field `attention_dropout`: {} must be in [0, 1)",
+                self.attention_dropout
+            );
+        }
+        if let Some(&layer) = self
+            .no_rope_layers
+            .iter()
+            .find(|&&l| l >= self.num_hidden_layers)
+        {
+            bail!(
+                "no_rope_layers: layer {layer} is beyond the model's {} layers",
+                self.num_hidden_layers
+            );
+        }
         let ids = self.bos_token_id.iter().chain(&self.eos_token_ids);
         if let Some(id) = ids.into_iter().find(|&&id| id as usize >= self.vocab_size) {
             bail!(
@@ -343,6 +519,28 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+
+    /// Widths of the q and k norm weights, when q and k are normalized.
+    pub fn qk_norm_widths(&self) -> Option<(usize, usize)> {
+        let (q, kv) = self.attention_widths();
+        self.qk_norm.map(|kind| match kind {
+            QkNorm::PerHead => (self.head_dim, self.head_dim),
+            QkNorm::FullWidth => (q, kv),
+        })
+    }
+
+    /// Whether layer `layer` rotates q and k (all but SmolLM3's NoPE layers).
+    pub fn uses_rope(&self, layer: usize) -> bool {
+        !self.no_rope_layers.contains(&layer)
+    }
+
+    /// The factor attention scores are scaled by: `1/√head_dim`, or Granite's multiplier.
+    pub fn attention_scale(&self) -> f32 {
+        match self.scales.attention {
+            Some(scale) => scale as f32,
+            None => 1.0 / (self.head_dim as f32).sqrt(),
+        }
     }
 
     /// Widths of the query projection and of each key/value projection (heads × head dimension).
@@ -369,13 +567,30 @@ impl ModelConfig {
         if self.o_proj_bias {
             attn += h;
         }
-        if self.qk_norm {
-            attn += 2 * self.head_dim as u64;
+        if let Some((q_norm, k_norm)) = self.qk_norm_widths() {
+            attn += (q_norm + k_norm) as u64;
         }
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let per_layer = attn + mlp + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers as u64 * per_layer + h + head
+    }
+}
+
+impl Scales {
+    fn validate(&self) -> Result<()> {
+        let named = [
+            ("embedding_multiplier", Some(self.embedding)),
+            ("attention_multiplier", self.attention),
+            ("residual_multiplier", Some(self.residual)),
+            ("logits_scaling", Some(self.logits)),
+        ];
+        for (name, value) in named {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                bail!("field `{name}`: {v} must be a finite positive number");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -486,14 +701,58 @@ fn hf_architecture(json: &Value) -> Result<Architecture> {
         (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Architecture::Mistral,
         (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Architecture::Qwen2,
         (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Architecture::Qwen3,
+        (Some("SmolLM3ForCausalLM"), _) | (None, Some("smollm3")) => Architecture::SmolLM3,
+        (Some("GraniteForCausalLM"), _) | (None, Some("granite")) => Architecture::Granite,
+        (Some("Olmo2ForCausalLM"), _) | (None, Some("olmo2")) => Architecture::Olmo2,
         (Some(c), _) => bail!(
             "architecture {c:?} is not supported (Hone runs LlamaForCausalLM, MistralForCausalLM, \
-             Qwen2ForCausalLM, Qwen3ForCausalLM)"
+             Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, \
+             Olmo2ForCausalLM)"
         ),
         (None, t) => {
             bail!("neither `architectures` nor a supported `model_type` is set (model_type: {t:?})")
         }
     })
+}
+
+/// SmolLM3's `no_rope_layers` (1: the layer uses RoPE, 0: it does not) as the NoPE layers' indices;
+/// absent, transformers' default: every `no_rope_layer_interval`-th layer (4).
+fn hf_no_rope_layers(fields: &Fields, num_layers: usize) -> Result<Vec<usize>> {
+    let flags = fields.typed("no_rope_layers", "a list of 0s and 1s", |v| {
+        v.as_array()?
+            .iter()
+            .map(|f| match f.as_u64()? {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            })
+            .collect::<Option<Vec<bool>>>()
+    })?;
+    let Some(flags) = flags else {
+        let interval = fields
+            .usize("no_rope_layer_interval")?
+            .unwrap_or(SMOLLM3_NOPE_INTERVAL);
+        if interval == 0 {
+            bail!("field `no_rope_layer_interval` must be positive");
+        }
+        return Ok((0..num_layers)
+            .filter(|l| (l + 1) % interval == 0)
+            .collect());
+    };
+    if flags.len() != num_layers {
+        bail!(
+            "field `no_rope_layers`: {} entries for {num_layers} layers",
+            flags.len()
+        );
+    }
+    Ok((0..num_layers).filter(|&l| !flags[l]).collect())
+}
+
+/// The NoPE layers llama.cpp's smollm3 arch runs: every 4th.
+pub fn smollm3_nope_pattern(num_layers: usize) -> Vec<usize> {
+    (0..num_layers)
+        .filter(|l| (l + 1) % SMOLLM3_NOPE_INTERVAL == 0)
+        .collect()
 }
 
 /// Sliding-window attention (Qwen2/Qwen3's `use_sliding_window`, per-layer `layer_types`) is not
@@ -635,6 +894,48 @@ mod tests {
         refused("eos_token_id", json!(["2"]), "field `eos_token_id`");
         refused("hidden_size", json!(-64), "field `hidden_size`");
         refused("vocab_size", Value::Null, "field `vocab_size` is missing");
+    }
+
+    #[test]
+    fn smollm3_nope_layers_and_granite_multipliers_are_read_and_checked() {
+        let family = |class: &str, extra: Value| {
+            let mut config = llama();
+            config["architectures"] = json!([class]);
+            config["num_hidden_layers"] = json!(8);
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            ModelConfig::from_hf_json(&config).map_err(|e| format!("{e:#}"))
+        };
+        let smol = family("SmolLM3ForCausalLM", json!({})).unwrap();
+        assert_eq!(smol.no_rope_layers, [3, 7], "every 4th layer by default");
+        assert!(smol.uses_rope(2) && !smol.uses_rope(3));
+        let listed = json!({"no_rope_layers": [1, 0, 1, 1, 1, 1, 0, 1]});
+        assert_eq!(
+            family("SmolLM3ForCausalLM", listed).unwrap().no_rope_layers,
+            [1, 6]
+        );
+        let short = family("SmolLM3ForCausalLM", json!({"no_rope_layers": [1, 0]}));
+        assert!(short.unwrap_err().contains("2 entries for 8 layers"));
+        let two = family(
+            "SmolLM3ForCausalLM",
+            json!({"no_rope_layers": [2, 2, 2, 2, 2, 2, 2, 2]}),
+        );
+        assert!(two.unwrap_err().contains("expected a list of 0s and 1s"));
+
+        let scales = json!({"embedding_multiplier": 12, "attention_multiplier": 0.0625,
+                            "residual_multiplier": 0.22, "logits_scaling": 8});
+        let granite = family("GraniteForCausalLM", scales).unwrap();
+        assert_eq!(granite.attention_scale(), 0.0625);
+        assert_eq!(
+            (granite.scales.embedding, granite.scales.logits),
+            (12.0, 8.0)
+        );
+        let zero = family("GraniteForCausalLM", json!({"logits_scaling": 0}));
+        assert!(zero.unwrap_err().contains("field `logits_scaling`: 0"));
+        // Other families ignore Granite's keys, as their transformers classes do.
+        let llama = family("LlamaForCausalLM", json!({"logits_scaling": 8})).unwrap();
+        assert!(llama.scales.is_default() && llama.no_rope_layers.is_empty());
     }
 
     #[test]

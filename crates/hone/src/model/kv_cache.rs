@@ -108,6 +108,8 @@ pub(super) struct CachedAttnShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// The factor scores are scaled by (`ModelConfig::attention_scale`).
+    pub scale: f32,
 }
 
 impl LayerCache {
@@ -140,7 +142,7 @@ impl LayerCache {
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
         let start = self.len - s.t;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = s.scale;
         let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
         let attend_one = attend_one_for_this_cpu();
         let outputs: Vec<(usize, &mut [f32])> = out.chunks_mut(hd).enumerate().collect();

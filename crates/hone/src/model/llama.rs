@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, NormPlacement};
 use super::kv_cache::{Cache, CachedAttnShape};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope;
@@ -38,10 +38,11 @@ struct Mlp {
     down_proj: Linear,
 }
 
+/// The norms sit on each branch's input or output, as the config's `norm_placement` says.
 struct Block {
-    input_layernorm: Tensor,
+    attn_norm: Tensor,
     attn: Attention,
-    post_attention_layernorm: Tensor,
+    mlp_norm: Tensor,
     mlp: Mlp,
 }
 
@@ -208,11 +209,14 @@ impl Llama {
                 ])?,
                 down_proj: Linear::new(vec![proj("mlp.down_proj", h, i, cfg.mlp_bias)?])?,
             };
+            let [attn_norm, mlp_norm] = cfg
+                .norm_placement
+                .hf_modules()
+                .map(|norm| parts.take_f32(&format!("{p}.{norm}.weight"), &[h]));
             blocks.push(Block {
-                input_layernorm: parts.take_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attn_norm: attn_norm?,
                 attn,
-                post_attention_layernorm: parts
-                    .take_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp_norm: mlp_norm?,
                 mlp,
             });
         }
@@ -337,7 +341,8 @@ impl Llama {
         Ok((total, labelled.len()))
     }
 
-    /// Final-norm hidden states `[batch, seq, hidden]` (the LM head's input).
+    /// Final-norm hidden states `[batch, seq, hidden]`, divided by the family's logit scaling: the
+    /// LM head's input.
     pub fn hidden_states(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let ids = ids.flatten_all()?.to_vec1::<u32>()?;
@@ -400,7 +405,7 @@ impl Llama {
     }
 
     /// The decoder blocks and final norm over `ids` (`[b, t]` flattened), attention as `context`
-    /// says, each group's adapter updates on its rows; final-norm hidden states `[b, t, hidden]`.
+    /// says, each group's adapter updates on its rows; the LM head's input `[b, t, hidden]`.
     fn run_blocks(
         &self,
         ids: &[u32],
@@ -422,32 +427,42 @@ impl Llama {
         if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let embedded = self.embed_tokens.gather_rows(ids)?;
+        let mut embedded = self.embed_tokens.gather_rows(ids)?;
+        scale_in_place(&mut embedded, self.cfg.scales.embedding);
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
+        let residual = self.cfg.scales.residual;
         let eps = self.cfg.rms_norm_eps as f32;
+        let pre = self.cfg.norm_placement == NormPlacement::Pre;
+        // A branch's input, normalized when the norms come first; its output, when they come last.
+        let norm_in = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            Ok(if pre { rms_norm(x, w, eps)? } else { x.clone() })
+        };
+        let norm_out = |y: Tensor, w: &Tensor| -> Result<Tensor> {
+            Ok(if pre { y } else { rms_norm(&y, w, eps)? })
+        };
         let rows = token_rows(groups, t);
         for (l, block) in self.blocks.iter().enumerate() {
             let lora =
                 |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
-            let normed = rms_norm(&x, &block.input_layernorm, eps)?;
-            let qkv = block
-                .attn
-                .qkv_proj
-                .forward_with(&normed, &lora(Slot::Qkv))?;
+            let input = norm_in(&x, &block.attn_norm)?;
+            let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
             let attn = self.attention(&qkv, (b, t), &positions, l, context)?;
-            x = (x + block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?)?;
-            let normed = rms_norm(&x, &block.post_attention_layernorm, eps)?;
+            let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
+            x = (x + scaled(norm_out(o, &block.attn_norm)?, residual)?)?;
+            let input = norm_in(&x, &block.mlp_norm)?;
             let gate_up = block
                 .mlp
                 .gate_up_proj
-                .forward_with(&normed, &lora(Slot::GateUp))?;
+                .forward_with(&input, &lora(Slot::GateUp))?;
             let gated = swiglu(&gate_up)?;
-            x = (x + block
+            let down = block
                 .mlp
                 .down_proj
-                .forward_with(&gated, &lora(Slot::Down))?)?;
+                .forward_with(&gated, &lora(Slot::Down))?;
+            x = (x + scaled(norm_out(down, &block.mlp_norm)?, residual)?)?;
         }
-        Ok(rms_norm(&x, &self.norm, eps)?)
+        // Dividing the head's input divides the logits (Granite's `logits_scaling`).
+        scaled(rms_norm(&x, &self.norm, eps)?, 1.0 / self.cfg.scales.logits)
     }
 
     /// Self-attention of a block on its q|k|v product `[b, t, (nh + 2·nkv)·hd]`: over whole
@@ -467,14 +482,14 @@ impl Llama {
             self.cfg.head_dim,
         );
         let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let qk_norm = self.blocks[layer].attn.qk_norm.as_ref();
-        let (q, k, v) = self.split_and_rotate(&qkv, positions, qk_norm);
+        let (q, k, v) = self.split_and_rotate(&qkv, positions, layer);
         let cached = |rows| CachedAttnShape {
             rows,
             t,
             heads: nh,
             kv_heads: nkv,
             head_dim: hd,
+            scale: self.cfg.attention_scale(),
         };
         let out = match context {
             Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
@@ -495,6 +510,7 @@ impl Llama {
                     heads: nh,
                     kv_heads: nkv,
                     head_dim: hd,
+                    scale: self.cfg.attention_scale(),
                 };
                 let mut out = vec![0f32; b * t * nh * hd];
                 let mut lse = vec![0f32; b * nh * t];
@@ -594,13 +610,14 @@ impl Llama {
         Some((layer, Some(slot), part))
     }
 
-    /// The stacked projection's `[q | k | v]` columns as separate token-major arrays, q and k
-    /// of token `i` normalized per head by `qk_norm` when given, then rotated for `positions[i]`.
+    /// The stacked projection's `[q | k | v]` columns of layer `layer` as separate token-major
+    /// arrays, q and k of token `i` normalized per head when the layer has a q/k norm, then
+    /// rotated for `positions[i]` unless the layer has no rotary embedding.
     fn split_and_rotate(
         &self,
         qkv: &[f32],
         positions: &[u32],
-        qk_norm: Option<&(Vec<f32>, Vec<f32>)>,
+        layer: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
@@ -616,10 +633,13 @@ impl Llama {
         };
         let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
         let v = column((nh + nkv) * hd, nkv * hd);
-        if let Some((q_norm, k_norm)) = qk_norm {
+        if let Some((q_norm, k_norm)) = &self.blocks[layer].attn.qk_norm {
             let eps = self.cfg.rms_norm_eps as f32;
             q = head_norm(&q, q_norm, eps);
             k = head_norm(&k, k_norm, eps);
+        }
+        if !self.cfg.uses_rope(layer) {
+            return (q, k, v);
         }
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
         let shape = |heads| RopeShape {
@@ -629,6 +649,19 @@ impl Llama {
         rope_kernel::forward(&mut q, positions, shape(nh), cos, sin);
         rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);
         (q, k, v)
+    }
+}
+
+/// `x · factor`, or `x` itself when the factor is 1 (every family but Granite).
+fn scaled(x: Tensor, factor: f64) -> Result<Tensor> {
+    Ok(if factor == 1.0 { x } else { (x * factor)? })
+}
+
+/// Multiplies `values` by `factor` unless it is 1.
+fn scale_in_place(values: &mut [f32], factor: f64) {
+    if factor != 1.0 {
+        let factor = factor as f32;
+        values.iter_mut().for_each(|v| *v *= factor);
     }
 }
 
@@ -688,14 +721,14 @@ impl Parts<'_> {
 
     /// Layer `layer`'s (`model.layers.N`) q and k norm weights when the family has them.
     fn qk_norm(&mut self, layer: &str, cfg: &ModelConfig) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-        if !cfg.qk_norm {
+        let Some((q_width, k_width)) = cfg.qk_norm_widths() else {
             return Ok(None);
-        }
-        let mut norm = |name: &str| -> Result<Vec<f32>> {
-            let w = self.take_f32(&format!("{layer}.self_attn.{name}.weight"), &[cfg.head_dim])?;
+        };
+        let mut norm = |name: &str, width: usize| -> Result<Vec<f32>> {
+            let w = self.take_f32(&format!("{layer}.self_attn.{name}.weight"), &[width])?;
             Ok(w.to_vec1::<f32>()?)
         };
-        Ok(Some((norm("q_norm")?, norm("k_norm")?)))
+        Ok(Some((norm("q_norm", q_width)?, norm("k_norm", k_width)?)))
     }
 
     /// Module `module`'s weight, bias when it has one, and the adapter's update of it (whose bias,

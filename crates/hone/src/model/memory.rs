@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
+use super::config::{Architecture, NormPlacement};
 use super::load::Precision;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors;
@@ -76,8 +77,13 @@ pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType,
     let mut out = HashMap::new();
     match source {
         ModelSource::Gguf(path) => {
-            for t in GgufFile::open(path)?.tensors {
-                if let Some(name) = super::weights::hf_name(&t.name) {
+            let gguf = GgufFile::open(path)?;
+            let arch = gguf.get("general.architecture").and_then(|v| v.as_str());
+            let placement = arch
+                .and_then(Architecture::from_gguf_arch)
+                .map_or(NormPlacement::Pre, Architecture::norm_placement);
+            for t in gguf.tensors {
+                if let Some(name) = super::weights::hf_name(&t.name, placement) {
                     out.insert(name, (t.ggml_type, t.n_bytes));
                 }
             }

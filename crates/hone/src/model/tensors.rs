@@ -21,15 +21,16 @@ pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.extend(linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias));
         out.extend(linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias));
         out.extend(linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias));
-        if cfg.qk_norm {
-            out.push((format!("{p}.self_attn.q_norm.weight"), vec![cfg.head_dim]));
-            out.push((format!("{p}.self_attn.k_norm.weight"), vec![cfg.head_dim]));
+        if let Some((q_norm, k_norm)) = cfg.qk_norm_widths() {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![q_norm]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![k_norm]));
         }
         out.extend(linear("mlp.gate_proj", i, h, cfg.mlp_bias));
         out.extend(linear("mlp.up_proj", i, h, cfg.mlp_bias));
         out.extend(linear("mlp.down_proj", h, i, cfg.mlp_bias));
-        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        for norm in cfg.norm_placement.hf_modules() {
+            out.push((format!("{p}.{norm}.weight"), vec![h]));
+        }
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     if !cfg.tie_word_embeddings {

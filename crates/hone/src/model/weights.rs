@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{ModelConfig, RopeScaling};
+use super::config::{ModelConfig, NormPlacement, RopeScaling};
 use super::linear::Weight;
 use crate::io::gguf::{GgufFile, GgufTensorInfo};
 use crate::io::safetensors;
@@ -61,7 +61,7 @@ fn load_gguf_filtered(
             cfg.rope_scaling = Some(RopeScaling::FreqFactors(factors));
             continue;
         }
-        let Some(hf_name) = hf_name(&info.name) else {
+        let Some(hf_name) = hf_name(&info.name, cfg.norm_placement) else {
             continue;
         };
         let (mut data, shape) = gguf.tensor_f32(&info.name)?;
@@ -137,7 +137,7 @@ pub fn load_gguf_stored(
         .map(|(n, t)| (n, Weight::F32(t)))
         .collect();
     for info in gguf.tensors.iter().filter(|i| is_matrix(i)) {
-        let Some(hf_name) = hf_name(&info.name) else {
+        let Some(hf_name) = hf_name(&info.name, cfg.norm_placement) else {
             continue;
         };
         let (rows, cols) = (info.dims[1] as usize, info.dims[0] as usize);
@@ -170,8 +170,9 @@ pub fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
     }
 }
 
-/// The HF name of a llama.cpp tensor name; None for tensors Hone does not use.
-pub fn hf_name(gguf_name: &str) -> Option<String> {
+/// The HF name of a llama.cpp tensor name in a model whose block norms sit as `placement`; None
+/// for tensors Hone does not use.
+pub fn hf_name(gguf_name: &str, placement: NormPlacement) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -185,13 +186,13 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let hf_module = LAYER_NAMES.iter().find(|(g, _)| *g == module)?.1;
+    let hf_module = layer_names(placement).find(|(g, _)| *g == module)?.1;
     Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
 }
 
 /// The llama.cpp name of an HF tensor name (the inverse of [`hf_name`]); None for tensors llama.cpp
 /// has no name for.
-pub fn gguf_name(hf_name: &str) -> Option<String> {
+pub fn gguf_name(hf_name: &str, placement: NormPlacement) -> Option<String> {
     let fixed = match hf_name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -205,31 +206,37 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let gguf_module = LAYER_NAMES.iter().find(|(_, h)| *h == module)?.0;
+    let gguf_module = layer_names(placement).find(|(_, h)| *h == module)?.0;
     Some(format!("blk.{layer}.{gguf_module}.{kind}"))
 }
 
-/// llama.cpp module names within a block and their HF equivalents.
-pub const LAYER_NAMES: [(&str, &str); 11] = [
-    ("attn_norm", "input_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("attn_q_norm", "self_attn.q_norm"),
-    ("attn_k_norm", "self_attn.k_norm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
+/// llama.cpp module names within a block and their HF equivalents, in llama.cpp's order, for a
+/// block whose norms sit as `placement` (the norms' names depend on it: HF's
+/// `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's attention output norm).
+pub fn layer_names(placement: NormPlacement) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let [attn_norm, mlp_norm] = placement.gguf_modules();
+    let [hf_attn_norm, hf_mlp_norm] = placement.hf_modules();
+    [
+        (attn_norm, hf_attn_norm),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        (mlp_norm, hf_mlp_norm),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ]
+    .into_iter()
+}
 
-/// The block modules of [`LAYER_NAMES`] a model of `cfg` has (the q/k norms only when it
+/// The block modules of [`layer_names`] a model of `cfg` has (the q/k norms only when it
 /// normalizes q and k).
 pub fn layer_modules(cfg: &ModelConfig) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let qk_norm = cfg.qk_norm;
-    LAYER_NAMES
-        .into_iter()
+    let qk_norm = cfg.qk_norm.is_some();
+    layer_names(cfg.norm_placement)
         .filter(move |(_, hf)| qk_norm || !matches!(*hf, "self_attn.q_norm" | "self_attn.k_norm"))
 }
 
@@ -282,22 +289,24 @@ fn row_sources(n_rows: usize, n_heads: usize, src: impl Fn(usize, usize) -> usiz
 mod tests {
     use super::*;
 
+    const PRE: NormPlacement = NormPlacement::Pre;
+
     #[test]
     fn gguf_names_map_to_hf_names() {
         assert_eq!(
-            hf_name("blk.3.attn_q.weight").unwrap(),
+            hf_name("blk.3.attn_q.weight", PRE).unwrap(),
             "model.layers.3.self_attn.q_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.attn_k.bias").unwrap(),
+            hf_name("blk.0.attn_k.bias", PRE).unwrap(),
             "model.layers.0.self_attn.k_proj.bias"
         );
         assert_eq!(
-            hf_name("blk.11.ffn_down.weight").unwrap(),
+            hf_name("blk.11.ffn_down.weight", PRE).unwrap(),
             "model.layers.11.mlp.down_proj.weight"
         );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("output.weight", PRE).unwrap(), "lm_head.weight");
+        assert_eq!(hf_name("rope_freqs.weight", PRE), None);
     }
 
     #[test]
@@ -310,9 +319,26 @@ mod tests {
             "blk.12.ffn_gate.weight",
             "blk.2.attn_k_norm.weight",
         ] {
-            assert_eq!(gguf_name(&hf_name(name).unwrap()).unwrap(), name);
+            assert_eq!(gguf_name(&hf_name(name, PRE).unwrap(), PRE).unwrap(), name);
         }
-        assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
+        assert_eq!(gguf_name("model.rotary_emb.inv_freq", PRE), None);
+    }
+
+    /// HF's `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's attention output norm.
+    #[test]
+    fn norm_names_follow_where_the_norms_sit() {
+        let post = NormPlacement::Post;
+        let name = "model.layers.2.post_attention_layernorm.weight";
+        assert_eq!(gguf_name(name, PRE).unwrap(), "blk.2.ffn_norm.weight");
+        assert_eq!(
+            gguf_name(name, post).unwrap(),
+            "blk.2.post_attention_norm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.post_ffw_norm.weight", post).unwrap(),
+            "model.layers.0.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(hf_name("blk.0.attn_norm.weight", post), None);
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //! MLP halves per token) and recomputes the cheap rest (both RMSNorm outputs, the SwiGLU output).
 //!
 //! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
-//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. Families with a q/k norm
-//! (Qwen3) RMS-normalize each head of q and k before the rotary embedding.
+//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. OLMo 2 places the norms on
+//! each branch's output instead (`x ← x + rmsnorm₁(o(…))` on `x` itself). Families with a q/k norm
+//! (Qwen3) RMS-normalize each head of q and k before the rotary embedding; SmolLM3's NoPE layers
+//! skip the rotary embedding; Granite multiplies each branch by `residual_multiplier` before adding.
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 
 use super::linear::{Projection, Saved, Tensor1};
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
 use crate::kernels::{rmsnorm, rope, swiglu};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, NormPlacement};
 
 /// What varies per batch: sizes, positions (restarting inside packed rows), segments, rope
 /// tables, and the dropout seed of this block (None outside training).
@@ -29,16 +33,20 @@ pub struct StepInputs<'a> {
 
 #[derive(Clone, Debug)]
 pub struct Block {
-    pub input_layernorm: Tensor1,
+    /// The attention branch's norm, on its input or output as the config's `norm_placement` says.
+    pub attn_norm: Tensor1,
     /// q, k and v projections as the three parts of one projection.
     pub qkv: Projection,
     pub o_proj: Projection,
-    pub post_attention_layernorm: Tensor1,
+    /// The MLP branch's norm.
+    pub mlp_norm: Tensor1,
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
     /// Per-head RMSNorm of q and k before the rotary embedding, when the family has it.
     pub qk_norm: Option<QkNorm>,
+    /// Whether q and k are rotated (false in SmolLM3's NoPE layers).
+    pub rotary: bool,
 }
 
 /// Qwen3's `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head.
@@ -70,6 +78,9 @@ pub struct Activations {
     gate: Vec<f32>,
     up: Vec<f32>,
     qk_raw: Option<QkRaw>,
+    /// With norms on the branch outputs: the attention and MLP outputs before their norms (whose
+    /// scales are then `rstd1` and `rstd2`).
+    branch_out: Option<(Vec<f32>, Vec<f32>)>,
     saved: [Saved; 5],
 }
 
@@ -96,6 +107,7 @@ fn attn_shape(cfg: &ModelConfig, s: &StepInputs) -> AttnShape {
         heads: cfg.num_attention_heads,
         kv_heads: cfg.num_key_value_heads,
         head_dim: cfg.head_dim,
+        scale: cfg.attention_scale(),
     }
 }
 
@@ -132,6 +144,66 @@ fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut 
     add_into(dx, &norm_input_grad(dy, x, w, rstd));
 }
 
+/// A branch's input as its projections see it: `x` normalized by `w` when the norms come first
+/// (`pre`), with the norm's scales; `x` itself otherwise.
+fn branch_input<'a>(x: &'a [f32], w: &Tensor1, eps: f32, pre: bool) -> (Cow<'a, [f32]>, Vec<f32>) {
+    if pre {
+        let (y, rstd) = norm(x, w, eps);
+        (Cow::Owned(y), rstd)
+    } else {
+        (Cow::Borrowed(x), Vec::new())
+    }
+}
+
+/// With norms on the branch outputs (`!pre`), replaces the branch output `out` by its norm and
+/// returns the output as it was, for the backward, with the norm's scales.
+fn norm_branch_output(
+    out: &mut Vec<f32>,
+    w: &Tensor1,
+    eps: f32,
+    pre: bool,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    if pre {
+        return None;
+    }
+    let (y, rstd) = norm(out, w, eps);
+    Some((std::mem::replace(out, y), rstd))
+}
+
+/// The gradient reaching a branch's output from `dx`, the gradient of the residual sum: times the
+/// residual factor, then back through the output norm when there is one (`raw_out`, the output
+/// before it), accumulating the norm's weight gradient.
+fn branch_output_grad<'a>(
+    dx: &'a [f32],
+    residual: f32,
+    raw_out: Option<&[f32]>,
+    w: &mut Tensor1,
+    rstd: &[f32],
+) -> Cow<'a, [f32]> {
+    let dy = branch_grad(dx, residual);
+    match raw_out {
+        Some(out) => Cow::Owned(norm_input_grad(&dy, out, w, rstd)),
+        None => dy,
+    }
+}
+
+/// Adds into `dx` the gradient of a branch's input `x` from `dinput`, the gradient of what the
+/// projections saw: through the input norm when the norms come first.
+fn branch_input_grad_into(
+    dx: &mut [f32],
+    dinput: &[f32],
+    x: &[f32],
+    w: &mut Tensor1,
+    rstd: &[f32],
+    pre: bool,
+) {
+    if pre {
+        norm_backward(dinput, x, w, rstd, dx);
+    } else {
+        add_into(dx, dinput);
+    }
+}
+
 impl QkNorm {
     /// Normalizes every head of `q` and `k` in place; returns what the backward needs.
     fn forward(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, eps: f32) -> QkRaw {
@@ -159,6 +231,26 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
+}
+
+/// `dst += factor · src`, the residual add of a branch (factor 1 but in Granite).
+fn add_branch(dst: &mut [f32], src: &[f32], factor: f32) {
+    if factor == 1.0 {
+        return add_into(dst, src);
+    }
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s * factor));
+}
+
+/// The gradient of a branch's output from `dx`, the gradient of the residual sum it was added to
+/// times `factor`: `dx` itself when the factor is 1.
+fn branch_grad(dx: &[f32], factor: f32) -> Cow<'_, [f32]> {
+    if factor == 1.0 {
+        Cow::Borrowed(dx)
+    } else {
+        Cow::Owned(dx.par_iter().map(|&g| g * factor).collect())
+    }
 }
 
 /// Columns `start..start + width` of each `row`-wide row, as a contiguous `[rows, width]` buffer.
@@ -191,11 +283,13 @@ impl Block {
         let eps = cfg.rms_norm_eps as f32;
         let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
+        let pre = cfg.norm_placement == NormPlacement::Pre;
         let x_in = x.to_vec();
-        let (normed, rstd1) = norm(x, &self.input_layernorm, eps);
+        let (input, mut rstd1) = branch_input(x, &self.attn_norm, eps, pre);
         let width = self.qkv.out_features();
         let mut qkv = vec![0.0; n * width];
-        let qkv_saved = self.qkv.forward(&normed, &mut qkv, seed(s, QKV));
+        let qkv_saved = self.qkv.forward(&input, &mut qkv, seed(s, QKV));
+        drop(input);
         let mut q = columns(&qkv, width, 0, nh * hd);
         let mut k = columns(&qkv, width, nh * hd, nkv * hd);
         let v = columns(&qkv, width, (nh + nkv) * hd, nkv * hd);
@@ -204,20 +298,22 @@ impl Block {
             .qk_norm
             .as_ref()
             .map(|n| n.forward(&mut q, &mut k, eps));
-        rope::forward(
-            &mut q,
-            s.positions,
-            rope_shape(nh, cfg),
-            s.rope_cos,
-            s.rope_sin,
-        );
-        rope::forward(
-            &mut k,
-            s.positions,
-            rope_shape(nkv, cfg),
-            s.rope_cos,
-            s.rope_sin,
-        );
+        if self.rotary {
+            rope::forward(
+                &mut q,
+                s.positions,
+                rope_shape(nh, cfg),
+                s.rope_cos,
+                s.rope_sin,
+            );
+            rope::forward(
+                &mut k,
+                s.positions,
+                rope_shape(nkv, cfg),
+                s.rope_cos,
+                s.rope_sin,
+            );
+        }
         let shape = attn_shape(cfg, s);
         let mut attn = vec![0.0; n * nh * hd];
         let mut lse = vec![0.0; s.batch * nh * s.seq];
@@ -230,19 +326,29 @@ impl Block {
         attention::forward(shape, inputs, &mut attn, &mut lse);
         let mut o = vec![0.0; x.len()];
         let o_saved = self.o_proj.forward(&attn, &mut o, seed(s, O));
-        add_into(x, &o);
+        let attn_out = norm_branch_output(&mut o, &self.attn_norm, eps, pre).map(|(raw, rstd)| {
+            rstd1 = rstd;
+            raw
+        });
+        let residual = cfg.scales.residual as f32;
+        add_branch(x, &o, residual);
 
         let x_mid = x.to_vec();
-        let (normed, rstd2) = norm(x, &self.post_attention_layernorm, eps);
+        let (input, mut rstd2) = branch_input(x, &self.mlp_norm, eps, pre);
         let inter = self.gate_proj.out_features();
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
-        let gate_saved = self.gate_proj.forward(&normed, &mut gate, seed(s, GATE));
-        let up_saved = self.up_proj.forward(&normed, &mut up, seed(s, UP));
+        let gate_saved = self.gate_proj.forward(&input, &mut gate, seed(s, GATE));
+        let up_saved = self.up_proj.forward(&input, &mut up, seed(s, UP));
+        drop(input);
         let mut act = vec![0.0; n * inter];
         swiglu::forward(&gate, &up, &mut act);
         let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
-        add_into(x, &o);
+        let mlp_out = norm_branch_output(&mut o, &self.mlp_norm, eps, pre).map(|(raw, rstd)| {
+            rstd2 = rstd;
+            raw
+        });
+        add_branch(x, &o, residual);
         Activations {
             x_in,
             rstd1,
@@ -256,6 +362,7 @@ impl Block {
             gate,
             up,
             qk_raw,
+            branch_out: attn_out.zip(mlp_out),
             saved: [qkv_saved, o_saved, gate_saved, up_saved, down_saved],
         }
     }
@@ -267,36 +374,41 @@ impl Block {
         let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
         let [qkv_saved, o_saved, gate_saved, up_saved, down_saved] = a.saved;
+        let residual = cfg.scales.residual as f32;
+        let pre = cfg.norm_placement == NormPlacement::Pre;
+        let (attn_out, mlp_out) = match &a.branch_out {
+            Some((attn, mlp)) => (Some(attn.as_slice()), Some(mlp.as_slice())),
+            None => (None, None),
+        };
 
-        // MLP: x_out = x_mid + down(silu(gate) · up), gate and up from rmsnorm₂(x_mid).
+        // MLP: x_out = x_mid + down(silu(gate) · up), gate and up from rmsnorm₂(x_mid) (or, norms
+        // last, x_out = x_mid + rmsnorm₂(down(…)) on x_mid itself).
         let inter = self.gate_proj.out_features();
         let mut act = vec![0.0; n * inter];
         swiglu::forward(&a.gate, &a.up, &mut act);
         let mut dact = vec![0.0; n * inter];
-        self.down_proj.backward(dx, &act, &down_saved, &mut dact);
-        drop(act);
+        let dout = branch_output_grad(dx, residual, mlp_out, &mut self.mlp_norm, &a.rstd2);
+        self.down_proj.backward(&dout, &act, &down_saved, &mut dact);
+        drop((dout, act));
         let (mut dgate, mut dup) = (vec![0.0; n * inter], vec![0.0; n * inter]);
         swiglu::backward(&dact, &a.gate, &a.up, &mut dgate, &mut dup);
         drop(dact);
-        let (normed, _) = norm(&a.x_mid, &self.post_attention_layernorm, eps);
-        let mut dnormed = vec![0.0; dx.len()];
-        let mut dnormed_up = vec![0.0; dx.len()];
+        let (input, _) = branch_input(&a.x_mid, &self.mlp_norm, eps, pre);
+        let mut dinput = vec![0.0; dx.len()];
+        let mut dinput_up = vec![0.0; dx.len()];
         self.gate_proj
-            .backward(&dgate, &normed, &gate_saved, &mut dnormed);
+            .backward(&dgate, &input, &gate_saved, &mut dinput);
         self.up_proj
-            .backward(&dup, &normed, &up_saved, &mut dnormed_up);
-        add_into(&mut dnormed, &dnormed_up);
-        norm_backward(
-            &dnormed,
-            &a.x_mid,
-            &mut self.post_attention_layernorm,
-            &a.rstd2,
-            dx,
-        );
+            .backward(&dup, &input, &up_saved, &mut dinput_up);
+        drop(input);
+        add_into(&mut dinput, &dinput_up);
+        branch_input_grad_into(dx, &dinput, &a.x_mid, &mut self.mlp_norm, &a.rstd2, pre);
 
         // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v)), q/k/v from rmsnorm₁(x_in).
         let mut dattn = vec![0.0; n * nh * hd];
-        self.o_proj.backward(dx, &a.attn, &o_saved, &mut dattn);
+        let dout = branch_output_grad(dx, residual, attn_out, &mut self.attn_norm, &a.rstd1);
+        self.o_proj.backward(&dout, &a.attn, &o_saved, &mut dattn);
+        drop(dout);
         let (mut dq, mut dk, mut dv) = (
             vec![0.0; a.q.len()],
             vec![0.0; a.k.len()],
@@ -314,26 +426,29 @@ impl Block {
             dv: &mut dv,
         };
         attention::backward(attn_shape(cfg, s), inputs, &a.attn, &a.lse, &dattn, grads);
-        rope::backward(
-            &mut dq,
-            s.positions,
-            rope_shape(nh, cfg),
-            s.rope_cos,
-            s.rope_sin,
-        );
-        rope::backward(
-            &mut dk,
-            s.positions,
-            rope_shape(nkv, cfg),
-            s.rope_cos,
-            s.rope_sin,
-        );
+        if self.rotary {
+            rope::backward(
+                &mut dq,
+                s.positions,
+                rope_shape(nh, cfg),
+                s.rope_cos,
+                s.rope_sin,
+            );
+            rope::backward(
+                &mut dk,
+                s.positions,
+                rope_shape(nkv, cfg),
+                s.rope_cos,
+                s.rope_sin,
+            );
+        }
         if let (Some(norm), Some(raw)) = (&mut self.qk_norm, &a.qk_raw) {
             norm.backward(&mut dq, &mut dk, raw);
         }
         let dqkv = interleave(&dq, &dk, &dv, n);
-        let (normed, _) = norm(&a.x_in, &self.input_layernorm, eps);
-        self.qkv.backward(&dqkv, &normed, &qkv_saved, &mut dnormed);
-        norm_backward(&dnormed, &a.x_in, &mut self.input_layernorm, &a.rstd1, dx);
+        let (input, _) = branch_input(&a.x_in, &self.attn_norm, eps, pre);
+        self.qkv.backward(&dqkv, &input, &qkv_saved, &mut dinput);
+        drop(input);
+        branch_input_grad_into(dx, &dinput, &a.x_in, &mut self.attn_norm, &a.rstd1, pre);
     }
 }

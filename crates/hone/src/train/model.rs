@@ -150,32 +150,27 @@ impl TrainModel {
             let gate_proj = projection(h, &[("mlp.gate_proj", inter, cfg.mlp_bias)])?;
             let up_proj = projection(h, &[("mlp.up_proj", inter, cfg.mlp_bias)])?;
             let down_proj = projection(inter, &[("mlp.down_proj", h, cfg.mlp_bias)])?;
-            let mut norm = |name: &str| -> Result<Tensor1> {
-                vector_param(take(
-                    &format!("{p}.self_attn.{name}.weight"),
-                    &[cfg.head_dim],
-                )?)
+            let mut norm = |name: &str, width: usize| -> Result<Tensor1> {
+                vector_param(take(&format!("{p}.{name}.weight"), &[width])?)
             };
-            let qk_norm = if cfg.qk_norm {
-                Some(QkNorm {
-                    q: norm("q_norm")?,
-                    k: norm("k_norm")?,
-                })
-            } else {
-                None
+            let qk_norm = match cfg.qk_norm_widths() {
+                Some((q_width, k_width)) => Some(QkNorm {
+                    q: norm("self_attn.q_norm", q_width)?,
+                    k: norm("self_attn.k_norm", k_width)?,
+                }),
+                None => None,
             };
+            let [attn_norm, mlp_norm] = cfg.norm_placement.hf_modules();
             blocks.push(Block {
-                input_layernorm: vector_param(take(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+                attn_norm: norm(attn_norm, h)?,
                 qkv,
                 o_proj,
-                post_attention_layernorm: vector_param(take(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
-                )?)?,
+                mlp_norm: norm(mlp_norm, h)?,
                 gate_proj,
                 up_proj,
                 down_proj,
                 qk_norm,
+                rotary: cfg.uses_rope(l),
             });
         }
         let norm = vector_param(take("model.norm.weight", &[h])?)?;
@@ -224,7 +219,7 @@ impl TrainModel {
         dropout_seed: u64,
     ) -> Result<(f64, usize)> {
         let step = step_inputs(&self.cfg, &self.rope, batch, Some(dropout_seed))?;
-        let mut x = self.embed(&batch.input_ids);
+        let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
         if let Some(alpha) = self.neftune_alpha {
             let magnitude = alpha / ((batch.seq * self.cfg.hidden_size) as f32).sqrt();
             let seed = dropout::stream(dropout_seed, u64::MAX);
@@ -232,6 +227,8 @@ impl TrainModel {
                 *v += magnitude * dropout::uniform(seed, i);
             }
         }
+        // After NEFTune's noise, which transformers adds to the embedding layer's output.
+        scale(&mut x, self.cfg.scales.embedding);
         let block_inputs = |l: usize| StepInputs {
             dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
             ..step
@@ -250,8 +247,10 @@ impl TrainModel {
             }
         }
         let (hidden, rstd) = self.final_norm(&x);
+        let logit_scale = self.logit_scale();
+        let head_input = scaled(hidden, logit_scale);
         let labels = shifted_labels(batch);
-        let mut dh = vec![0.0; hidden.len()];
+        let mut dh = vec![0.0; head_input.len()];
         let shape = self.ce_shape(batch);
         let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
         let (head, head_grad) = (
@@ -259,8 +258,15 @@ impl TrainModel {
             head.grad.as_deref_mut(),
         );
         let (loss, count) = cross_entropy::forward_backward(
-            &hidden, head, &labels, shape, grad_scale, &mut dh, head_grad,
+            &head_input,
+            head,
+            &labels,
+            shape,
+            grad_scale,
+            &mut dh,
+            head_grad,
         )?;
+        scale(&mut dh, logit_scale);
         let mut dx = vec![0.0; x.len()];
         rmsnorm::backward(
             &dh,
@@ -270,7 +276,7 @@ impl TrainModel {
             &mut dx,
             self.norm.grad.as_deref_mut(),
         );
-        drop((dh, hidden, x));
+        drop((dh, head_input, x));
         for (l, block) in self.blocks.iter_mut().enumerate().rev() {
             let s = block_inputs(l);
             let acts = match saved.pop().expect("one saved entry per block") {
@@ -280,6 +286,7 @@ impl TrainModel {
             block.backward(&self.cfg, &mut dx, acts, &s);
         }
         if let Some(grad) = &mut self.embed_tokens.grad {
+            scale(&mut dx, self.cfg.scales.embedding);
             let h = self.cfg.hidden_size;
             for (&id, row) in batch.input_ids.iter().zip(dx.chunks_exact(h)) {
                 let dst = &mut grad[id as usize * h..(id as usize + 1) * h];
@@ -299,9 +306,10 @@ impl TrainModel {
             block.forward(&self.cfg, &mut x, &step);
         }
         let (hidden, _) = self.final_norm(&x);
+        let head_input = scaled(hidden, self.logit_scale());
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         cross_entropy::loss(
-            &hidden,
+            &head_input,
             head.for_products().as_ref(),
             &shifted_labels(batch),
             self.ce_shape(batch),
@@ -317,8 +325,17 @@ impl TrainModel {
         }
     }
 
+    /// The blocks' input: token embeddings times the family's embedding multiplier.
     fn embed(&self, ids: &[u32]) -> Vec<f32> {
-        self.embed_tokens.matrix.gather_rows(ids)
+        let mut x = self.embed_tokens.matrix.gather_rows(ids);
+        scale(&mut x, self.cfg.scales.embedding);
+        x
+    }
+
+    /// What the LM head's input is multiplied by: dividing it divides the logits (Granite's
+    /// `logits_scaling`), as the gradient flowing back through it is.
+    fn logit_scale(&self) -> f64 {
+        1.0 / self.cfg.scales.logits
     }
 
     fn final_norm(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -333,6 +350,20 @@ impl TrainModel {
         );
         (y, rstd)
     }
+}
+
+/// Multiplies `values` by `factor` unless it is 1.
+fn scale(values: &mut [f32], factor: f64) {
+    if factor != 1.0 {
+        let factor = factor as f32;
+        values.iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
+/// `values · factor`.
+fn scaled(mut values: Vec<f32>, factor: f64) -> Vec<f32> {
+    scale(&mut values, factor);
+    values
 }
 
 /// What the blocks need to know about `batch`, after checking it fits the model.

@@ -65,24 +65,17 @@ impl TrainModel {
             &mut self.embed_tokens,
             f,
         );
+        let [attn_norm, mlp_norm] = self.cfg.norm_placement.hf_modules();
         for (l, block) in self.blocks.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
-            visit_tensor(
-                format!("{p}.input_layernorm.weight"),
-                &mut block.input_layernorm,
-                f,
-            );
+            visit_tensor(format!("{p}.{attn_norm}.weight"), &mut block.attn_norm, f);
             visit_projection(&mut block.qkv, f);
             visit_projection(&mut block.o_proj, f);
             if let Some(norm) = &mut block.qk_norm {
                 visit_tensor(format!("{p}.self_attn.q_norm.weight"), &mut norm.q, f);
                 visit_tensor(format!("{p}.self_attn.k_norm.weight"), &mut norm.k, f);
             }
-            visit_tensor(
-                format!("{p}.post_attention_layernorm.weight"),
-                &mut block.post_attention_layernorm,
-                f,
-            );
+            visit_tensor(format!("{p}.{mlp_norm}.weight"), &mut block.mlp_norm, f);
             visit_projection(&mut block.gate_proj, f);
             visit_projection(&mut block.up_proj, f);
             visit_projection(&mut block.down_proj, f);
@@ -200,12 +193,13 @@ impl TrainModel {
             vec![cfg.vocab_size, h],
             embed.rows_f32(0..embed.rows()),
         )];
+        let [attn_norm, mlp_norm] = cfg.norm_placement.hf_modules();
         for (l, block) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{l}");
             out.push((
-                format!("{p}.input_layernorm.weight"),
+                format!("{p}.{attn_norm}.weight"),
                 vec![h],
-                block.input_layernorm.value.clone(),
+                block.attn_norm.value.clone(),
             ));
             for proj in [&block.qkv, &block.o_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
@@ -214,15 +208,15 @@ impl TrainModel {
                 for (name, w) in [("q_norm", &norm.q), ("k_norm", &norm.k)] {
                     out.push((
                         format!("{p}.self_attn.{name}.weight"),
-                        vec![cfg.head_dim],
+                        vec![w.value.len()],
                         w.value.clone(),
                     ));
                 }
             }
             out.push((
-                format!("{p}.post_attention_layernorm.weight"),
+                format!("{p}.{mlp_norm}.weight"),
                 vec![h],
-                block.post_attention_layernorm.value.clone(),
+                block.mlp_norm.value.clone(),
             ));
             for proj in [&block.gate_proj, &block.up_proj, &block.down_proj] {
                 projection_tensors(proj, merge_lora, &mut out);

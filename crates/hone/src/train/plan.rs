@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::targets::{ModuleMatcher, BLOCK_LINEARS};
 use crate::model::quantize::{is_decoder_linear, BaseQuantization};
-use crate::model::{hf_tensor_shapes, ModelConfig};
+use crate::model::{hf_tensor_shapes, ModelConfig, NormPlacement};
 use crate::quant::GgmlType;
 use crate::train::model::CE_CHUNK;
 
@@ -376,15 +376,20 @@ fn lora_rank(matcher: &ModuleMatcher, module: &str) -> Option<u64> {
 
 /// f32 values one block keeps per token for its backward (`train::block::Activations`): its
 /// input and mid-block residual, q, k, v, the attention output and its log-sum-exp, the two MLP
-/// halves, two RMSNorm scales, each LoRA's `A·x`, and with a q/k norm the raw q and k and their
-/// per-head scales.
+/// halves, two RMSNorm scales, each LoRA's `A·x`, with a q/k norm the raw q and k and their
+/// norms' scales, and with norms after the branches the branch outputs they normalize.
 fn activation_floats_per_layer(run: &RunShape) -> u64 {
     let m = run.model;
     let (q, kv) = m.attention_widths();
-    let qk_norm = if m.qk_norm {
-        q + kv + m.num_attention_heads + m.num_key_value_heads
-    } else {
-        0
+    // The raw q and k and one norm scale per normalized row of each.
+    let qk_norm = match m.qk_norm_widths() {
+        Some((q_norm, k_norm)) => q + kv + q / q_norm + kv / k_norm,
+        None => 0,
+    };
+    // With norms after each branch, both branch outputs before their norm.
+    let post_norms = match m.norm_placement {
+        NormPlacement::Post => 2 * m.hidden_size,
+        NormPlacement::Pre => 0,
     };
     let fixed = 2 * m.hidden_size
         + 2
@@ -392,7 +397,8 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
         + 2 * kv
         + m.num_attention_heads
         + 2 * m.intermediate_size
-        + qk_norm;
+        + qk_norm
+        + post_norms;
     let lora: u64 = run.lora.map_or(0, |matcher| {
         BLOCK_LINEARS
             .iter()

@@ -74,7 +74,7 @@ fn add_module(
     if module == "lm_head" && cfg.tie_word_embeddings {
         bail!("{module}: the model ties its output head to the token embeddings, so llama.cpp has no separate head to adapt");
     }
-    let base = gguf_name(&format!("{module}.weight"))
+    let base = gguf_name(&format!("{module}.weight"), cfg.norm_placement)
         .with_context(|| format!("{module}: llama.cpp has no tensor for this module"))?;
     let expected = module_shape(cfg, &base)
         .with_context(|| format!("{module}: llama.cpp LoRA adapters cannot adapt {base}"))?;

@@ -1,5 +1,5 @@
 //! `config.json` and `generation_config.json` as transformers 5 writes them for Llama, Mistral,
-//! Qwen2 and Qwen3 (sorted keys, two-space indent), from a [`ModelConfig`].
+//! Qwen2, Qwen3, SmolLM3, Granite and OLMo 2 (sorted keys, two-space indent), from a [`ModelConfig`].
 //!
 //! Rotary settings go in transformers 5's `rope_parameters` and, for readers on transformers 4
 //! (which ignore `rope_parameters` and would silently fall back to `rope_theta` 10000), also in
@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
 use super::SaveDtype;
+use crate::model::config::SMOLLM3_NOPE_INTERVAL;
 use crate::model::{Architecture, ModelConfig, RopeScaling};
 use crate::tokenizer::Tokenizer;
 
@@ -23,7 +24,7 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
     };
     set("architectures", json!([arch.hf_class()]));
     set("model_type", json!(arch.model_type()));
-    set("attention_dropout", json!(0.0));
+    set("attention_dropout", json!(cfg.attention_dropout));
     set("bos_token_id", json!(cfg.bos_token_id));
     set("eos_token_id", one_or_many(&cfg.eos_token_ids));
     set("pad_token_id", Value::Null);
@@ -72,6 +73,32 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
                 set("head_dim", json!(cfg.head_dim));
             }
         }
+        Architecture::SmolLM3 => {
+            let layers = vec![json!("full_attention"); cfg.num_hidden_layers];
+            set("layer_types", Value::Array(layers));
+            let uses_rope = (0..cfg.num_hidden_layers).map(|l| u8::from(cfg.uses_rope(l)));
+            set("no_rope_layers", json!(uses_rope.collect::<Vec<u8>>()));
+            set("no_rope_layer_interval", json!(SMOLLM3_NOPE_INTERVAL));
+            set("sliding_window", Value::Null);
+            set("use_sliding_window", json!(false));
+            set("attention_bias", json!(cfg.attention_bias));
+            set("mlp_bias", json!(cfg.mlp_bias));
+            set("head_dim", json!(cfg.head_dim));
+        }
+        Architecture::Granite => {
+            let scales = &cfg.scales;
+            set("attention_bias", json!(cfg.attention_bias));
+            set("mlp_bias", json!(cfg.mlp_bias));
+            set("embedding_multiplier", json!(scales.embedding));
+            set("attention_multiplier", json!(cfg.attention_scale()));
+            set("residual_multiplier", json!(scales.residual));
+            set("logits_scaling", json!(scales.logits));
+            set("head_dim", json!(cfg.head_dim));
+        }
+        Architecture::Olmo2 => {
+            set("attention_bias", json!(cfg.attention_bias));
+            set("head_dim", json!(cfg.head_dim));
+        }
     }
     Ok(Value::Object(m))
 }
@@ -103,24 +130,51 @@ fn one_or_many(ids: &[u32]) -> Value {
     }
 }
 
-/// Layouts the architecture's transformers class can hold: Llama's and Qwen3's `attention_bias`
-/// covers q/k/v/o together, Qwen2 has exactly q/k/v biases, Mistral none; only Qwen3 normalizes
-/// q and k.
+/// Layouts the architecture's transformers class can hold: `attention_bias` covers q/k/v/o
+/// together (Llama, Qwen3, SmolLM3, Granite, OLMo 2), Qwen2 has exactly q/k/v biases, Mistral none;
+/// q/k norms and norm placement are the family's own, only SmolLM3 has NoPE layers, only Granite
+/// multipliers.
 fn check_layout(cfg: &ModelConfig) -> Result<()> {
     let arch = cfg.architecture;
-    if cfg.qk_norm != (arch == Architecture::Qwen3) {
+    if cfg.qk_norm != arch.qk_norm() || cfg.norm_placement != arch.norm_placement() {
         bail!(
-            "{}: q/k norms {}: transformers' class cannot hold this",
+            "{}: q/k norms {:?} and norms placed {:?} are not this class's",
             arch.hf_class(),
-            if cfg.qk_norm { "present" } else { "absent" }
+            cfg.qk_norm,
+            cfg.norm_placement
         );
     }
+    let switches = [
+        (
+            !cfg.no_rope_layers.is_empty(),
+            Architecture::SmolLM3,
+            "layers without RoPE",
+        ),
+        (
+            !cfg.scales.is_default(),
+            Architecture::Granite,
+            "scalar multipliers",
+        ),
+    ];
+    for (on, owner, what) in switches {
+        if on && arch != owner {
+            bail!(
+                "{}: the model has {what}, which this class cannot hold",
+                arch.hf_class()
+            );
+        }
+    }
+
     let layout = (cfg.attention_bias, cfg.o_proj_bias, cfg.mlp_bias);
     let fits = match arch {
-        Architecture::Llama => cfg.attention_bias == cfg.o_proj_bias,
+        Architecture::Llama | Architecture::SmolLM3 | Architecture::Granite => {
+            cfg.attention_bias == cfg.o_proj_bias
+        }
         Architecture::Mistral => layout == (false, false, false),
         Architecture::Qwen2 => layout == (true, false, false),
-        Architecture::Qwen3 => cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias,
+        Architecture::Qwen3 | Architecture::Olmo2 => {
+            cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
+        }
     };
     if !fits {
         bail!(

@@ -73,6 +73,7 @@ fn load(name: &str) -> Case {
         heads: q.shape()[2],
         kv_heads: k.shape()[2],
         head_dim: q.shape()[3],
+        scale: 1.0 / (q.shape()[3] as f32).sqrt(),
     };
     Case {
         shape,
@@ -147,6 +148,7 @@ fn finite_differences() {
         heads: 4,
         kv_heads: 2,
         head_dim: 4,
+        scale: 0.5,
     };
     let mut rng = StdRng::seed_from_u64(3);
     let mut random = |n: usize| {
@@ -225,6 +227,7 @@ fn rejects_heads_not_a_multiple_of_kv_heads() {
         heads: 3,
         kv_heads: 2,
         head_dim: 1,
+        scale: 1.0,
     };
     let x = AttnInputs {
         q: &[0.0; 3],

@@ -21,12 +21,14 @@ pub const LINEAR_MODULES: &[&str] = &[
     "down_proj",
 ];
 
-/// The direct children of a decoder block, which `freeze_trainable_modules` names.
+/// The direct children of a decoder block, which `freeze_trainable_modules` names (OLMo 2 has
+/// `post_feedforward_layernorm` and no `input_layernorm`).
 pub const LAYER_MODULES: &[&str] = &[
     "self_attn",
     "mlp",
     "input_layernorm",
     "post_attention_layernorm",
+    "post_feedforward_layernorm",
 ];
 
 /// The modules outside the decoder blocks, which `freeze_extra_modules` names.

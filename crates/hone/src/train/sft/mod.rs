@@ -108,6 +108,13 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     }
     let (mut model, adapter) = setup::build_model(config, base)?;
     on(Event::Note(&setup::precision_note(config)));
+    let attention_dropout = model.config().attention_dropout;
+    if attention_dropout > 0.0 {
+        on(Event::Note(&format!(
+            "the model's attention_dropout ({attention_dropout}) is not applied: Hone trains \
+             without dropout on attention probabilities (transformers applies it in training)"
+        )));
+    }
     model.neftune_alpha = config.train.neftune_noise_alpha.map(|a| a as f32);
     model.recompute = config.train.gradient_checkpointing;
     let (trainable, total) = model.parameter_counts();
