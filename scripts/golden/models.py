@@ -96,6 +96,29 @@ GQA = dict(
     tie_word_embeddings=False,
 )
 
+MISTRAL = dict(
+    COMMON,
+    vocab_size=112,
+    intermediate_size=96,
+    num_key_value_heads=2,
+    head_dim=8,
+    rms_norm_eps=1e-5,
+    rope_theta=1000000.0,
+    tie_word_embeddings=False,
+)
+
+QWEN2 = dict(
+    COMMON,
+    vocab_size=160,
+    intermediate_size=64,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
 # name -> (model class, config, seed, save options)
 TINY_MODELS = {
     "llama-tied": (
@@ -119,34 +142,13 @@ TINY_MODELS = {
     ),
     "mistral": (
         MistralForCausalLM,
-        MistralConfig(
-            **COMMON,
-            vocab_size=112,
-            intermediate_size=96,
-            num_key_value_heads=2,
-            head_dim=8,
-            rms_norm_eps=1e-5,
-            rope_theta=1000000.0,
-            sliding_window=None,
-            tie_word_embeddings=False,
-        ),
+        MistralConfig(**MISTRAL, sliding_window=None),
         103,
         {},
     ),
     "qwen2": (
         Qwen2ForCausalLM,
-        Qwen2Config(
-            **COMMON,
-            vocab_size=160,
-            intermediate_size=64,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-6,
-            rope_theta=1000000.0,
-            tie_word_embeddings=True,
-            use_sliding_window=False,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
+        Qwen2Config(**QWEN2, use_sliding_window=False),
         104,
         {},
     ),
@@ -211,6 +213,20 @@ TINY_MODELS = {
             pad_token_id=None,
         ),
         111,
+        {},
+    ),
+    # Sliding-window attention shorter than the test sequence (11 tokens, 6 prefilled): Mistral
+    # windows every layer; Qwen2 only the layers from max_window_layers on (layer 1 here).
+    "mistral-window": (
+        MistralForCausalLM,
+        MistralConfig(**MISTRAL, sliding_window=4),
+        112,
+        {},
+    ),
+    "qwen2-window": (
+        Qwen2ForCausalLM,
+        Qwen2Config(**QWEN2, use_sliding_window=True, sliding_window=3, max_window_layers=1),
+        113,
         {},
     ),
     "llama-sharded": (

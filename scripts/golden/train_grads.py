@@ -17,7 +17,8 @@ tolerance measures Hone against the exact result. The AdamW case runs in float32
 Cases: LoRA (all-linear, r=4, alpha=8) with and without prompt masking on every tiny architecture
 (llama tied, llama GQA + llama3 rope, mistral, qwen2 with q/k/v bias and bias="all", qwen3 with
 q/k norms, smollm3 with a NoPE layer, granite with its multipliers and q/k/v/o biases, olmo2 with norms
-after the branches and full-width q/k norms), rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
+after the branches and full-width q/k norms, qwen2 with a sliding window on one layer), full
+fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
 whose q/k norm weights train, smollm3, granite, olmo2); freezing (last layer's MLP + final norm);
 3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
@@ -205,6 +206,9 @@ def cases():
     out["lora_qwen2_lora_only"] = lambda: lora_case(
         "lora_qwen2_lora_only", "qwen2", ["q_proj", "k_proj"], False, bias="lora_only"
     )
+    # Sliding windows shorter than the 12-token batch rows.
+    out["lora_qwen2-window_masked"] = lambda: lora_case("lora_qwen2-window_masked", "qwen2-window", "all-linear", True)
+    out["full_mistral-window"] = lambda: base_case("full_mistral-window", "mistral-window", "full", lambda n: True)
     out["rslora_llama-gqa_qv"] = lambda: lora_case(
         "rslora_llama-gqa_qv", "llama-gqa", ["q_proj", "v_proj"], True, r=8, alpha=16, rslora=True
     )

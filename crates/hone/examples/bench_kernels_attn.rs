@@ -30,6 +30,7 @@ fn main() -> Result<()> {
         kv_heads: 3,
         head_dim: 64,
         scale: 0.125,
+        window: None,
     };
     let q_len = s.batch * s.seq * s.heads * s.head_dim;
     let kv_len = q_len / (s.heads / s.kv_heads);

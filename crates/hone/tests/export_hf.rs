@@ -136,6 +136,42 @@ fn merged_checkpoints_reload_with_peft_logits() {
     );
 }
 
+/// Windowed layers survive a checkpoint written and read again: Mistral's every-layer window and
+/// Qwen2's `layer_types`, with the model computing transformers' logits from the written files.
+#[test]
+fn sliding_windows_are_written_as_transformers_writes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["mistral-window", "qwen2-window"] {
+        let source = ModelSource::HfDir(fixture(&format!("models/{name}")));
+        let (cfg, w) = weights::load(&source, &Device::Cpu).unwrap();
+        assert!(cfg.sliding_window.is_some(), "{name}");
+        let out = tmp.path().join(name);
+        write(
+            &out,
+            &cfg,
+            tensors_in_hf_order(&cfg, w).unwrap(),
+            SaveDtype::F32,
+            u64::MAX,
+        );
+        let mut reread = ModelConfig::from_hf_file(&out.join("config.json")).unwrap();
+        reread.source_dtype.clone_from(&cfg.source_dtype);
+        assert_eq!(reread, cfg, "{name}");
+        let (ours, theirs) = (
+            json(&out.join("config.json")),
+            json(&source.path().join("config.json")),
+        );
+        for key in ["sliding_window", "layer_types", "use_sliding_window"] {
+            assert_eq!(ours[key], theirs[key], "{name}: {key}");
+        }
+        let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));
+        let ids = golden["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
+        let diff = max_abs_diff(&logits(&out, &ids), &golden["logits"]);
+        assert!(diff < 1e-4, "{name}: {diff}");
+    }
+}
+
 #[test]
 fn config_json_has_transformers_5_fields() {
     let tmp = tempfile::tempdir().unwrap();

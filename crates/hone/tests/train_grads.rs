@@ -353,6 +353,7 @@ fn lora_gradients_match_peft_on_every_architecture() {
 fn lora_bias_modes_and_rslora_match_peft() {
     check_gradients("lora_qwen2_bias_all");
     check_gradients("lora_qwen2_lora_only");
+    check_gradients("lora_qwen2-window_masked");
     check_gradients("rslora_llama-gqa_qv");
 }
 
@@ -364,6 +365,7 @@ fn full_and_partial_fine_tuning_gradients_match_torch() {
     check_gradients("full_smollm3");
     check_gradients("full_granite");
     check_gradients("full_olmo2");
+    check_gradients("full_mistral-window");
     check_gradients("freeze_llama-gqa");
 }
 

@@ -40,6 +40,7 @@ pub fn run(args: Args) -> Result<()> {
             "mlp_bias": cfg.mlp_bias,
             "qk_norm": cfg.qk_norm,
             "norm_placement": cfg.norm_placement,
+            "sliding_window": cfg.sliding_window,
             "no_rope_layers": cfg.no_rope_layers,
             "scales": cfg.scales,
         },
@@ -134,6 +135,12 @@ fn block_switches(cfg: &ModelConfig) -> String {
         .collect();
     if !cfg.no_rope_layers.is_empty() {
         on.push(format!("no RoPE in layers {:?}", cfg.no_rope_layers));
+    }
+    if let Some(window) = &cfg.sliding_window {
+        on.push(format!(
+            "sliding window of {} in layers {:?}",
+            window.size, window.layers
+        ));
     }
     if !cfg.scales.is_default() {
         let s = &cfg.scales;

@@ -29,6 +29,9 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// `1/√head_dim` for most families (`ModelConfig::attention_scale`).
     pub scale: f32,
+    /// Sliding-window attention: a query sees itself and the `window - 1` keys before it
+    /// (transformers' `sliding_window`); None: every earlier key.
+    pub window: Option<usize>,
 }
 
 impl AttnShape {
@@ -190,13 +193,16 @@ fn backward_tiled(
 }
 
 /// For each query `[b, t]`, the first key it may attend: the first position of its segment id in
-/// its row (0 without segments). Key tiles before the earliest start of a query tile are skipped,
-/// so packed short examples cost
-/// about what they would unpacked.
+/// its row (0 without segments), or the first key of its sliding window when that is later. Key
+/// tiles before the earliest start of a query tile are skipped, so packed short examples and
+/// windows cost about what their visible keys do.
 fn key_starts(shape: AttnShape, segment_ids: Option<&[u32]>) -> Vec<usize> {
     let t = shape.seq;
+    let window_start = |i: usize| shape.window.map_or(0, |w| (i + 1).saturating_sub(w));
     let Some(seg) = segment_ids else {
-        return vec![0; shape.batch * t];
+        return (0..shape.batch)
+            .flat_map(|_| (0..t).map(window_start))
+            .collect();
     };
     let mut starts = Vec::with_capacity(seg.len());
     for row in seg.chunks_exact(t) {
@@ -204,7 +210,7 @@ fn key_starts(shape: AttnShape, segment_ids: Option<&[u32]>) -> Vec<usize> {
         starts.extend(
             row.iter()
                 .enumerate()
-                .map(|(i, s)| *first.entry(*s).or_insert(i)),
+                .map(|(i, s)| (*first.entry(*s).or_insert(i)).max(window_start(i))),
         );
     }
     starts
@@ -251,6 +257,7 @@ struct Head<'a> {
     seq: usize,
     head_dim: usize,
     scale: f32,
+    window: Option<usize>,
 }
 
 impl<'a> Head<'a> {
@@ -272,6 +279,7 @@ impl<'a> Head<'a> {
             seq: t,
             head_dim: hd,
             scale: shape.scale,
+            window: shape.window,
         }
     }
 
@@ -290,7 +298,8 @@ impl<'a> Head<'a> {
         first..i1
     }
 
-    /// `s [rq, rk]` = scaled scores of queries `i0..` against keys `j0..`, masked ones -inf.
+    /// `s [rq, rk]` = scaled scores of queries `i0..` against keys `j0..`, masked ones -inf: later
+    /// keys, keys of another segment, and keys before the sliding window.
     fn scores(&self, s: &mut [f32], i0: usize, rq: usize, j0: usize, rk: usize) {
         matmul(
             MatMut::new(s, rq, rk),
@@ -303,11 +312,17 @@ impl<'a> Head<'a> {
             let i = i0 + r;
             let (visible, future) = row.split_at_mut((i + 1).saturating_sub(j0).min(rk));
             future.fill(f32::NEG_INFINITY);
+            let before_window = self
+                .window
+                .map_or(0, |w| (i + 1).saturating_sub(w).saturating_sub(j0));
+            let (outside, visible) = visible.split_at_mut(before_window.min(visible.len()));
+            outside.fill(f32::NEG_INFINITY);
             match self.seg {
                 None => visible.iter_mut().for_each(|x| *x *= self.scale),
                 Some(seg) => {
                     let own = seg[i];
-                    for (x, &other) in visible.iter_mut().zip(&seg[j0..]) {
+                    let keys = &seg[j0 + outside.len()..];
+                    for (x, &other) in visible.iter_mut().zip(keys) {
                         *x = if other == own {
                             *x * self.scale
                         } else {

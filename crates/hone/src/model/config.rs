@@ -110,6 +110,15 @@ impl Architecture {
     }
 }
 
+/// Sliding-window attention: each query of the windowed layers sees itself and the `size - 1`
+/// keys before it (transformers' `sliding_window`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// The layers that window, in increasing order; the others attend to every earlier key.
+    pub layers: Vec<usize>,
+}
+
 /// Where a block's two RMSNorms sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NormPlacement {
@@ -223,6 +232,8 @@ pub struct ModelConfig {
     pub norm_placement: NormPlacement,
     /// Layers that apply no rotary embedding (SmolLM3's NoPE layers), in increasing order.
     pub no_rope_layers: Vec<usize>,
+    /// Sliding-window attention, on the layers that have it.
+    pub sliding_window: Option<SlidingWindow>,
     /// Granite's multipliers (identities elsewhere).
     pub scales: Scales,
     /// Dropout on attention probabilities in training (`attention_dropout`; Granite 3 ships 0.1).
@@ -290,12 +301,13 @@ impl ModelConfig {
         };
         let qwen2 = architecture == Architecture::Qwen2;
         let attention_bias = fields.bool("attention_bias")?.unwrap_or(false);
-        refuse_sliding_windows(&fields)?;
         let num_hidden_layers = usize_field("num_hidden_layers")?;
         let no_rope_layers = match architecture {
             Architecture::SmolLM3 => hf_no_rope_layers(&fields, num_hidden_layers)?,
             _ => Vec::new(),
         };
+        let sliding_window =
+            hf_sliding_window(&fields, architecture, num_hidden_layers, &no_rope_layers)?;
         let scales = match architecture {
             Architecture::Granite => Scales {
                 embedding: fields.f64("embedding_multiplier")?.unwrap_or(1.0),
@@ -324,6 +336,7 @@ impl ModelConfig {
             qk_norm: architecture.qk_norm(),
             norm_placement: architecture.norm_placement(),
             no_rope_layers,
+            sliding_window,
             scales,
             attention_dropout: fields.f64("attention_dropout")?.unwrap_or(0.0),
             mlp_bias: fields.bool("mlp_bias")?.unwrap_or(false),
@@ -429,6 +442,8 @@ impl ModelConfig {
                 .filter(|_| has("blk.0.attn_q_norm.weight")),
             norm_placement: architecture.norm_placement(),
             no_rope_layers,
+            // llama.cpp's converters write no window for these archs (nor does it run one).
+            sliding_window: None,
             scales,
             attention_dropout: 0.0,
             mlp_bias: has("blk.0.ffn_up.bias"),
@@ -495,6 +510,17 @@ impl ModelConfig {
             scaling.validate()?;
         }
         self.scales.validate()?;
+        if let Some(window) = &self.sliding_window {
+            if window.size == 0 {
+                bail!("field `sliding_window` must be positive");
+            }
+            if window.layers.iter().any(|&l| l >= self.num_hidden_layers) {
+                bail!(
+                    "sliding-window layers beyond the model's {} layers",
+                    self.num_hidden_layers
+                );
+            }
+        }
         if !(0.0..1.0).contains(&self.attention_dropout) {
             bail!(
                 "field `attention_dropout`: {} must be in [0, 1)",
@@ -528,6 +554,12 @@ impl ModelConfig {
             QkNorm::PerHead => (self.head_dim, self.head_dim),
             QkNorm::FullWidth => (q, kv),
         })
+    }
+
+    /// How many keys a query of layer `layer` sees, itself included, under a sliding window.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let window = self.sliding_window.as_ref()?;
+        window.layers.contains(&layer).then_some(window.size)
     }
 
     /// Whether layer `layer` rotates q and k (all but SmolLM3's NoPE layers).
@@ -755,14 +787,18 @@ pub fn smollm3_nope_pattern(num_layers: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Sliding-window attention (Qwen2/Qwen3's `use_sliding_window`, per-layer `layer_types`) is not
-/// implemented: a model that uses it is refused rather than run with full attention, which would
-/// give other logits once a sequence outgrows the window. Mistral's `sliding_window` is left to
-/// the context check, as before (its released window is the whole context).
-fn refuse_sliding_windows(fields: &Fields) -> Result<()> {
-    if fields.bool("use_sliding_window")? == Some(true) {
-        bail!("field `use_sliding_window`: sliding-window attention is not supported yet");
-    }
+/// Sliding-window attention as the family's transformers class decides it: Mistral's
+/// `sliding_window` applies to every layer; Qwen2, Qwen3 and SmolLM3 window only with
+/// `use_sliding_window`, on the layers `layer_types` marks `sliding_attention` (without
+/// `layer_types`, Qwen's layers from `max_window_layers` on and SmolLM3's NoPE layers, as their
+/// configs derive it). Other families have none.
+fn hf_sliding_window(
+    fields: &Fields,
+    architecture: Architecture,
+    num_layers: usize,
+    no_rope_layers: &[usize],
+) -> Result<Option<SlidingWindow>> {
+    let size = fields.usize("sliding_window")?;
     let types = fields.typed("layer_types", "a list of strings", |v| {
         v.as_array()?
             .iter()
@@ -770,13 +806,39 @@ fn refuse_sliding_windows(fields: &Fields) -> Result<()> {
             .collect::<Option<Vec<&str>>>()
     })?;
     if let Some(other) = types
-        .unwrap_or_default()
-        .into_iter()
-        .find(|t| *t != "full_attention")
+        .iter()
+        .flatten()
+        .find(|t| !matches!(**t, "full_attention" | "sliding_attention"))
     {
-        bail!("field `layer_types`: {other:?} layers are not supported yet (full_attention is)");
+        bail!("field `layer_types`: {other:?} layers are not supported (full_attention and sliding_attention are)");
     }
-    Ok(())
+    let layers: Vec<usize> = match architecture {
+        Architecture::Mistral => (0..num_layers).collect(),
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3 => {
+            if fields.bool("use_sliding_window")? != Some(true) {
+                return Ok(None);
+            }
+            match &types {
+                Some(types) if types.len() != num_layers => bail!(
+                    "field `layer_types`: {} entries for {num_layers} layers",
+                    types.len()
+                ),
+                Some(types) => (0..num_layers)
+                    .filter(|&l| types[l] == "sliding_attention")
+                    .collect(),
+                None if architecture == Architecture::SmolLM3 => no_rope_layers.to_vec(),
+                None => {
+                    let first = fields.usize("max_window_layers")?.unwrap_or(28);
+                    (first..num_layers).collect()
+                }
+            }
+        }
+        _ => return Ok(None),
+    };
+    match size {
+        Some(size) if !layers.is_empty() => Ok(Some(SlidingWindow { size, layers })),
+        Some(_) | None => Ok(None),
+    }
 }
 
 fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {
@@ -936,6 +998,53 @@ mod tests {
         // Other families ignore Granite's keys, as their transformers classes do.
         let llama = family("LlamaForCausalLM", json!({"logits_scaling": 8})).unwrap();
         assert!(llama.scales.is_default() && llama.no_rope_layers.is_empty());
+    }
+
+    /// Which layers window follows each family's transformers config class.
+    #[test]
+    fn sliding_windows_follow_each_family() {
+        let family = |class: &str, extra: Value| {
+            let mut config = llama();
+            config["architectures"] = json!([class]);
+            config["num_hidden_layers"] = json!(4);
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            ModelConfig::from_hf_json(&config).map_err(|e| format!("{e:#}"))
+        };
+        let layers = |cfg: ModelConfig| cfg.sliding_window.map(|w| (w.size, w.layers));
+        let mistral = family("MistralForCausalLM", json!({"sliding_window": 8})).unwrap();
+        assert_eq!(layers(mistral), Some((8, vec![0, 1, 2, 3])));
+        let off = json!({"sliding_window": 8, "use_sliding_window": false});
+        assert_eq!(layers(family("Qwen2ForCausalLM", off).unwrap()), None);
+        let from_max =
+            json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 2});
+        assert_eq!(
+            layers(family("Qwen2ForCausalLM", from_max).unwrap()),
+            Some((8, vec![2, 3]))
+        );
+        let typed = json!({"sliding_window": 8, "use_sliding_window": true, "layer_types":
+            ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]});
+        assert_eq!(
+            layers(family("Qwen3ForCausalLM", typed).unwrap()),
+            Some((8, vec![0, 2]))
+        );
+        let nope = json!({"sliding_window": 8, "use_sliding_window": true});
+        assert_eq!(
+            layers(family("SmolLM3ForCausalLM", nope).unwrap()),
+            Some((8, vec![3]))
+        );
+        let chunked = json!({"use_sliding_window": true, "layer_types": ["chunked_attention", "full_attention", "full_attention", "full_attention"]});
+        let err = family("Qwen3ForCausalLM", chunked).unwrap_err();
+        assert!(
+            err.contains("\"chunked_attention\" layers are not supported"),
+            "{err}"
+        );
+        let zero = family("MistralForCausalLM", json!({"sliding_window": 0})).unwrap_err();
+        assert!(zero.contains("`sliding_window` must be positive"), "{zero}");
+        assert!(
+            layers(family("LlamaForCausalLM", json!({"sliding_window": 8})).unwrap()).is_none()
+        );
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub(super) struct CachedAttnShape {
     pub head_dim: usize,
     /// The factor scores are scaled by (`ModelConfig::attention_scale`).
     pub scale: f32,
+    /// Keys a query sees under sliding-window attention, itself included (None: all earlier).
+    pub window: Option<usize>,
 }
 
 impl LayerCache {
@@ -150,12 +152,15 @@ impl LayerCache {
             let (r, i, h) = (n / (s.t * s.heads), n / s.heads % s.t, n % s.heads);
             let position = start + i;
             let pad = left_pad.get(r).copied().unwrap_or(0);
-            // A padding query sees itself only (see the module comment).
+            // A padding query sees itself only (see the module comment); a windowed one the
+            // `window` positions ending at its own.
+            let first = if position < pad { position } else { pad };
+            let window_start = s.window.map_or(0, |w| (position + 1).saturating_sub(w));
             let query = Query {
                 q: &q[n * hd..(n + 1) * hd],
                 row: r,
                 kv_head: h / group,
-                keys: if position < pad { position } else { pad }..position + 1,
+                keys: first.max(window_start)..position + 1,
                 scale,
             };
             attend_one(self, &query, out);

@@ -490,6 +490,7 @@ impl Llama {
             kv_heads: nkv,
             head_dim: hd,
             scale: self.cfg.attention_scale(),
+            window: self.cfg.window(layer),
         };
         let out = match context {
             Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
@@ -511,6 +512,7 @@ impl Llama {
                     kv_heads: nkv,
                     head_dim: hd,
                     scale: self.cfg.attention_scale(),
+                    window: self.cfg.window(layer),
                 };
                 let mut out = vec![0f32; b * t * nh * hd];
                 let mut lse = vec![0f32; b * nh * t];

@@ -11,7 +11,7 @@ pub mod rope;
 pub mod tensors;
 pub mod weights;
 
-pub use config::{Architecture, ModelConfig, NormPlacement, QkNorm, RopeScaling};
+pub use config::{Architecture, ModelConfig, NormPlacement, QkNorm, RopeScaling, SlidingWindow};
 pub use kv_cache::Cache;
 pub use linear::{Linear, Weight};
 pub use llama::{Llama, LoraSet};

@@ -47,6 +47,8 @@ pub struct Block {
     pub qk_norm: Option<QkNorm>,
     /// Whether q and k are rotated (false in SmolLM3's NoPE layers).
     pub rotary: bool,
+    /// Keys a query sees under sliding-window attention, itself included (None: all earlier).
+    pub window: Option<usize>,
 }
 
 /// Qwen3's `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head.
@@ -100,7 +102,7 @@ fn heads(cfg: &ModelConfig) -> (usize, usize, usize) {
     )
 }
 
-fn attn_shape(cfg: &ModelConfig, s: &StepInputs) -> AttnShape {
+fn attn_shape(cfg: &ModelConfig, s: &StepInputs, window: Option<usize>) -> AttnShape {
     AttnShape {
         batch: s.batch,
         seq: s.seq,
@@ -108,6 +110,7 @@ fn attn_shape(cfg: &ModelConfig, s: &StepInputs) -> AttnShape {
         kv_heads: cfg.num_key_value_heads,
         head_dim: cfg.head_dim,
         scale: cfg.attention_scale(),
+        window,
     }
 }
 
@@ -314,7 +317,7 @@ impl Block {
                 s.rope_sin,
             );
         }
-        let shape = attn_shape(cfg, s);
+        let shape = attn_shape(cfg, s, self.window);
         let mut attn = vec![0.0; n * nh * hd];
         let mut lse = vec![0.0; s.batch * nh * s.seq];
         let inputs = AttnInputs {
@@ -425,7 +428,8 @@ impl Block {
             dk: &mut dk,
             dv: &mut dv,
         };
-        attention::backward(attn_shape(cfg, s), inputs, &a.attn, &a.lse, &dattn, grads);
+        let shape = attn_shape(cfg, s, self.window);
+        attention::backward(shape, inputs, &a.attn, &a.lse, &dattn, grads);
         if self.rotary {
             rope::backward(
                 &mut dq,

@@ -171,6 +171,7 @@ impl TrainModel {
                 down_proj,
                 qk_norm,
                 rotary: cfg.uses_rope(l),
+                window: cfg.window(l),
             });
         }
         let norm = vector_param(take("model.norm.weight", &[h])?)?;

@@ -48,6 +48,13 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
     set("use_cache", json!(true));
     set("vocab_size", json!(cfg.vocab_size));
     let default_head_dim = cfg.hidden_size / cfg.num_attention_heads;
+    let window_size = json!(cfg.sliding_window.as_ref().map(|w| w.size));
+    let layer_types: Vec<Value> = (0..cfg.num_hidden_layers)
+        .map(|l| match cfg.window(l) {
+            Some(_) => json!("sliding_attention"),
+            None => json!("full_attention"),
+        })
+        .collect();
     match arch {
         Architecture::Llama => {
             set("attention_bias", json!(cfg.attention_bias));
@@ -56,15 +63,16 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("head_dim", json!(cfg.head_dim));
         }
         Architecture::Mistral => {
-            set("sliding_window", Value::Null);
+            set("sliding_window", window_size);
             set("head_dim", json!(cfg.head_dim));
         }
         Architecture::Qwen2 | Architecture::Qwen3 => {
-            let layers = vec![json!("full_attention"); cfg.num_hidden_layers];
-            set("layer_types", Value::Array(layers));
-            set("sliding_window", Value::Null);
-            set("use_sliding_window", json!(false));
-            set("max_window_layers", json!(cfg.num_hidden_layers));
+            let first_window = cfg.sliding_window.as_ref().map(|w| w.layers[0]);
+            set("layer_types", Value::Array(layer_types));
+            set("sliding_window", window_size);
+            set("use_sliding_window", json!(cfg.sliding_window.is_some()));
+            let max_window_layers = first_window.unwrap_or(cfg.num_hidden_layers);
+            set("max_window_layers", json!(max_window_layers));
             if arch == Architecture::Qwen3 {
                 set("attention_bias", json!(cfg.attention_bias));
                 set("head_dim", json!(cfg.head_dim));
@@ -74,13 +82,12 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             }
         }
         Architecture::SmolLM3 => {
-            let layers = vec![json!("full_attention"); cfg.num_hidden_layers];
-            set("layer_types", Value::Array(layers));
+            set("layer_types", Value::Array(layer_types));
             let uses_rope = (0..cfg.num_hidden_layers).map(|l| u8::from(cfg.uses_rope(l)));
             set("no_rope_layers", json!(uses_rope.collect::<Vec<u8>>()));
             set("no_rope_layer_interval", json!(SMOLLM3_NOPE_INTERVAL));
-            set("sliding_window", Value::Null);
-            set("use_sliding_window", json!(false));
+            set("sliding_window", window_size);
+            set("use_sliding_window", json!(cfg.sliding_window.is_some()));
             set("attention_bias", json!(cfg.attention_bias));
             set("mlp_bias", json!(cfg.mlp_bias));
             set("head_dim", json!(cfg.head_dim));
@@ -143,6 +150,22 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
             cfg.qk_norm,
             cfg.norm_placement
         );
+    }
+    if let Some(window) = &cfg.sliding_window {
+        let every_layer = window.layers.len() == cfg.num_hidden_layers;
+        let holds = match arch {
+            Architecture::Mistral => every_layer,
+            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3 => true,
+            _ => false,
+        };
+        if !holds {
+            bail!(
+                "{}: the model has sliding-window attention on layers {:?}, which this class \
+                 cannot hold",
+                arch.hf_class(),
+                window.layers
+            );
+        }
     }
     let switches = [
         (

@@ -74,12 +74,20 @@ fn load(name: &str) -> Case {
         kv_heads: k.shape()[2],
         head_dim: q.shape()[3],
         scale: 1.0 / (q.shape()[3] as f32).sqrt(),
+        window: window(&bytes),
     };
     Case {
         shape,
         f32s,
         segment_ids,
     }
+}
+
+/// The fixture's sliding window, from its metadata (absent: none).
+fn window(bytes: &[u8]) -> Option<usize> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
+    let window = metadata.metadata().as_ref()?.get("window")?;
+    Some(window.parse().unwrap())
 }
 
 /// max|got - want| / max(1, max|want|).
@@ -101,6 +109,9 @@ fn matches_torch() {
         "segments_t37_g3",
         "segments_t70_g3",
         "causal_t70_g1",
+        "window9_t70_g1",
+        "window70_t150_g2",
+        "window5_segments_t37_g3",
     ];
     for name in cases {
         let case = load(name);
@@ -149,6 +160,7 @@ fn finite_differences() {
         kv_heads: 2,
         head_dim: 4,
         scale: 0.5,
+        window: None,
     };
     let mut rng = StdRng::seed_from_u64(3);
     let mut random = |n: usize| {
@@ -228,6 +240,7 @@ fn rejects_heads_not_a_multiple_of_kv_heads() {
         kv_heads: 2,
         head_dim: 1,
         scale: 1.0,
+        window: None,
     };
     let x = AttnInputs {
         q: &[0.0; 3],
