@@ -20,6 +20,7 @@ Cases:
                  `<case>.config` is an HF config.json text giving the rope settings.
   norm_swiglu:   silu(gate) * up (LlamaMLP's act_fn(gate_proj) * up_proj) on [2, 7, 167],
                  gate spanning |x| up to 1e4 so the saturated ends of silu are exercised.
+  norm_geglu:    gelu_pytorch_tanh(gate) * up (Gemma's MLP), the same shapes and extremes.
 
 Run from the repository root:  OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/kernels_norm.py
 """
@@ -156,22 +157,33 @@ def rope(tensors, report):
     return meta
 
 
-def swiglu(tensors, report):
-    gen = torch.Generator().manual_seed(13)
-    shape = (2, 7, 167)
-    gate = torch.randn(shape, generator=gen) * 3
-    gate.view(-1)[:8] = torch.tensor([-1e4, -100.0, -88.0, -30.0, 30.0, 88.0, 100.0, 1e4])
-    up = torch.randn(shape, generator=gen)
-    dy = torch.randn(shape, generator=gen)
-    act = transformers.activations.ACT2FN["silu"]
-    record(tensors, report, "swiglu", ["gate", "up"], [gate, up], dy, lambda g, u: act(g) * u)
-    return {}
+def gated(case, activation, seed):
+    """act(gate) * up for one of transformers' activations, on [2, 7, 167] with extreme gates."""
+
+    def build(tensors, report):
+        gen = torch.Generator().manual_seed(seed)
+        shape = (2, 7, 167)
+        gate = torch.randn(shape, generator=gen) * 3
+        gate.view(-1)[:8] = torch.tensor([-1e4, -100.0, -88.0, -30.0, 30.0, 88.0, 100.0, 1e4])
+        up = torch.randn(shape, generator=gen)
+        dy = torch.randn(shape, generator=gen)
+        act = transformers.activations.ACT2FN[activation]
+        record(tensors, report, case, ["gate", "up"], [gate, up], dy, lambda g, u: act(g) * u)
+        return {}
+
+    return build
 
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     report = []
-    for name, build in [("rmsnorm", rmsnorm), ("rope", rope), ("swiglu", swiglu)]:
+    builds = [
+        ("rmsnorm", rmsnorm),
+        ("rope", rope),
+        ("swiglu", gated("swiglu", "silu", 13)),
+        ("geglu", gated("geglu", "gelu_pytorch_tanh", 17)),
+    ]
+    for name, build in builds:
         tensors = {}
         meta = build(tensors, report)
         tensors = {k: v.contiguous() for k, v in tensors.items()}

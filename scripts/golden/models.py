@@ -40,6 +40,8 @@ from transformers import (
     GraniteForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     SmolLM3Config,
     SmolLM3ForCausalLM,
 )
@@ -117,6 +119,19 @@ QWEN2 = dict(
     tie_word_embeddings=True,
     bos_token_id=1,
     eos_token_id=2,
+)
+
+GEMMA3 = dict(
+    GQA,
+    tie_word_embeddings=True,
+    sliding_window=4,
+    rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    },
+    bos_token_id=2,
+    eos_token_id=1,
+    pad_token_id=0,
 )
 
 # name -> (model class, config, seed, save options)
@@ -227,6 +242,27 @@ TINY_MODELS = {
         Qwen2ForCausalLM,
         Qwen2Config(**QWEN2, use_sliding_window=True, sliding_window=3, max_window_layers=1),
         113,
+        {},
+    ),
+    # Gemma 3 (text): (1 + w) RMSNorms before and after each branch and on q/k per head, GeGLU
+    # with tanh GELU, embeddings x sqrt(hidden), attention scale 1/sqrt(query_pre_attn_scalar),
+    # sliding (window 4, rope base 1e4) and full layers (rope base 1e6, linear scaling x8).
+    "gemma3": (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig(
+            **dict(GEMMA3, num_hidden_layers=4),
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        ),
+        114,
+        {},
+    ),
+    # Gemma 3 as llama.cpp's gemma3 runs it (every 6th layer global, query_pre_attn_scalar =
+    # head_dim, local rope base 1e4), for the GGUF round trip.
+    "gemma3-gguf": (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig(**dict(GEMMA3, num_hidden_layers=6), query_pre_attn_scalar=16),
+        115,
         {},
     ),
     "llama-sharded": (

@@ -11,7 +11,12 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 4] = [
+const FAMILIES: [(&str, &str, &str); 5] = [
+    (
+        "gemma3",
+        "Gemma3ForCausalLM",
+        r#""norm_placement":"Sandwich""#,
+    ),
     ("qwen3", "Qwen3ForCausalLM", r#""qk_norm":"PerHead""#),
     ("olmo2", "Olmo2ForCausalLM", r#""norm_placement":"Post""#),
     ("smollm3", "SmolLM3ForCausalLM", r#""no_rope_layers":[3]"#),

@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use hone::kernels::{rmsnorm, rope, swiglu};
+use hone::kernels::glu::{self, Activation};
+use hone::kernels::{rmsnorm, rope};
 
 const TOKENS: usize = 4096;
 const HIDDEN: usize = 576;
@@ -81,9 +82,9 @@ fn main() {
     let (gate, up, dout) = (values(n, 5), values(n, 6), values(n, 7));
     let (mut out, mut dgate, mut dup) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     time("swiglu forward", 3 * n * f, || {
-        swiglu::forward(&gate, &up, &mut out)
+        glu::forward(Activation::Silu, &gate, &up, &mut out)
     });
     time("swiglu backward", 5 * n * f, || {
-        swiglu::backward(&dout, &gate, &up, &mut dgate, &mut dup)
+        glu::backward(Activation::Silu, &dout, &gate, &up, &mut dgate, &mut dup)
     });
 }

@@ -329,7 +329,10 @@ fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
 #[test]
 fn hf_sources_of_every_family_round_trip() {
     let tmp = TempDir::new().unwrap();
-    for name in FAMILY_MODELS.into_iter().chain(["llama-bf16"]) {
+    // The Gemma 3 fixture has a window pattern llama.cpp cannot run (refused below); gemma3-gguf
+    // has the one it can.
+    let names = FAMILY_MODELS.into_iter().filter(|&n| n != "gemma3");
+    for name in names.chain(["gemma3-gguf", "llama-bf16"]) {
         let src = tiny_hf_model(tmp.path(), name);
         let out = tmp.path().join(format!("{name}.gguf"));
         let report =
@@ -353,6 +356,7 @@ fn hf_sources_of_every_family_round_trip() {
         assert_eq!(types[6], GgufValue::I32(1));
         let arch = match name {
             "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" => name,
+            "gemma3-gguf" => "gemma3",
             _ => "llama",
         };
         assert_eq!(string(&f, "general.architecture"), arch);
@@ -371,7 +375,7 @@ fn hf_sources_of_every_family_round_trip() {
             "padding ids are unused tokens"
         );
         let has = |t: &str| report.tensors.iter().any(|(n, _, _)| n == t);
-        let tied = ["llama-tied", "qwen2", "smollm3", "granite"].contains(&name);
+        let tied = ["llama-tied", "qwen2", "smollm3", "granite", "gemma3-gguf"].contains(&name);
         assert_eq!(has("output.weight"), !tied, "{name}");
         assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
         assert_eq!(
@@ -379,9 +383,10 @@ fn hf_sources_of_every_family_round_trip() {
             name == "qwen2" || name == "granite",
             "{name}"
         );
-        let qk_norm = name == "qwen3" || name == "olmo2";
+        let qk_norm = ["qwen3", "olmo2", "gemma3-gguf"].contains(&name);
         assert_eq!(has("blk.1.attn_q_norm.weight"), qk_norm, "{name}");
-        assert_eq!(has("blk.1.post_ffw_norm.weight"), name == "olmo2", "{name}");
+        let post_norms = name == "olmo2" || name == "gemma3-gguf";
+        assert_eq!(has("blk.1.post_ffw_norm.weight"), post_norms, "{name}");
         assert_eq!(has("blk.1.ffn_norm.weight"), name != "olmo2", "{name}");
         let diff = max_abs_diff(
             &logits(
@@ -424,6 +429,21 @@ fn a_qwen3_o_proj_bias_is_refused() {
         export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
     );
     assert!(err.contains("llama.cpp's qwen3"), "{err}");
+    assert!(!out.exists());
+}
+
+/// llama.cpp's gemma3 assumes its window pattern (every 6th layer global), attention scale and
+/// local rotary base: the Gemma 3 fixture alternates sliding and global layers and is refused.
+#[test]
+fn a_gemma3_llama_cpp_would_run_otherwise_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_hf_model(tmp.path(), "gemma3");
+    let out = tmp.path().join("gemma3.gguf");
+    let err = export_model(src.to_str().unwrap(), None, &out, GgufQuant::F32, false).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("every 6th layer global"),
+        "{err:#}"
+    );
     assert!(!out.exists());
 }
 

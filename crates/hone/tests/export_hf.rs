@@ -50,7 +50,9 @@ fn write(dir: &Path, cfg: &ModelConfig, tensors: Tensors, dtype: SaveDtype, max_
         max_shard_bytes: max_shard,
         ..Default::default()
     };
-    write_hf_checkpoint(dir, cfg, tensors, &tokenizer(), dtype, &opts).unwrap();
+    write_hf_checkpoint(dir, cfg, tensors, &tokenizer(), dtype, &opts)
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
 }
 
 /// Logits of the checkpoint in `dir`, loaded through `hone::model::load` (tokenizer included).
@@ -136,12 +138,13 @@ fn merged_checkpoints_reload_with_peft_logits() {
     );
 }
 
-/// Windowed layers survive a checkpoint written and read again: Mistral's every-layer window and
-/// Qwen2's `layer_types`, with the model computing transformers' logits from the written files.
+/// Windowed layers and per-layer-type rotary settings survive a checkpoint written and read
+/// again: Mistral's every-layer window, Qwen2's `layer_types`, Gemma 3's sliding and global layers,
+/// with the model computing transformers' logits from the written files.
 #[test]
 fn sliding_windows_are_written_as_transformers_writes_them() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["mistral-window", "qwen2-window"] {
+    for name in ["mistral-window", "qwen2-window", "gemma3"] {
         let source = ModelSource::HfDir(fixture(&format!("models/{name}")));
         let (cfg, w) = weights::load(&source, &Device::Cpu).unwrap();
         assert!(cfg.sliding_window.is_some(), "{name}");
@@ -160,7 +163,15 @@ fn sliding_windows_are_written_as_transformers_writes_them() {
             json(&out.join("config.json")),
             json(&source.path().join("config.json")),
         );
-        for key in ["sliding_window", "layer_types", "use_sliding_window"] {
+        let keys = [
+            "sliding_window",
+            "layer_types",
+            "use_sliding_window",
+            "rope_parameters",
+            "query_pre_attn_scalar",
+            "hidden_activation",
+        ];
+        for key in keys {
             assert_eq!(ours[key], theirs[key], "{name}: {key}");
         }
         let golden = load_tensors(&fixture(&format!("models/{name}/golden.safetensors")));

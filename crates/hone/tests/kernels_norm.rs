@@ -11,7 +11,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::fixture;
-use hone::kernels::{rmsnorm, rope, swiglu};
+use hone::kernels::glu::{self, Activation};
+use hone::kernels::{rmsnorm, rope};
 use hone::model::config::ModelConfig;
 use hone::model::rope::table_vecs;
 use safetensors::{Dtype, SafeTensors};
@@ -131,15 +132,20 @@ impl Fixture {
 }
 
 #[test]
-fn swiglu_matches_torch() {
-    let fx = Fixture::open("norm_swiglu.safetensors");
-    let get = |n: &str| fx.f32(&format!("swiglu.{n}"));
-    let (gate, up, dy) = (get("gate"), get("up"), get("dy"));
-    let mut out = vec![0.0; gate.len()];
-    swiglu::forward(&gate, &up, &mut out);
-    fx.check("swiglu", "y", &out);
-    let (mut dgate, mut dup) = (vec![0.0; gate.len()], vec![0.0; gate.len()]);
-    swiglu::backward(&dy, &gate, &up, &mut dgate, &mut dup);
-    fx.check("swiglu", "dgate", &dgate);
-    fx.check("swiglu", "dup", &dup);
+fn gated_activations_match_torch() {
+    for (case, act) in [
+        ("swiglu", Activation::Silu),
+        ("geglu", Activation::GeluTanh),
+    ] {
+        let fx = Fixture::open(&format!("norm_{case}.safetensors"));
+        let get = |n: &str| fx.f32(&format!("{case}.{n}"));
+        let (gate, up, dy) = (get("gate"), get("up"), get("dy"));
+        let mut out = vec![0.0; gate.len()];
+        glu::forward(act, &gate, &up, &mut out);
+        fx.check(case, "y", &out);
+        let (mut dgate, mut dup) = (vec![0.0; gate.len()], vec![0.0; gate.len()]);
+        glu::backward(act, &dy, &gate, &up, &mut dgate, &mut dup);
+        fx.check(case, "dgate", &dgate);
+        fx.check(case, "dup", &dup);
+    }
 }

@@ -1,6 +1,7 @@
 //! `hone info MODEL`: what a model is, without loading its weights.
 
 use anyhow::Result;
+use hone::kernels::glu::Activation;
 use hone::model::{ModelConfig, NormPlacement, QkNorm};
 use serde_json::json;
 
@@ -40,6 +41,9 @@ pub fn run(args: Args) -> Result<()> {
             "mlp_bias": cfg.mlp_bias,
             "qk_norm": cfg.qk_norm,
             "norm_placement": cfg.norm_placement,
+            "norm_offset": cfg.norm_offset,
+            "hidden_act": cfg.hidden_act,
+            "local_rope_theta": cfg.local_rope_theta,
             "sliding_window": cfg.sliding_window,
             "no_rope_layers": cfg.no_rope_layers,
             "scales": cfg.scales,
@@ -127,6 +131,12 @@ fn block_switches(cfg: &ModelConfig) -> String {
             cfg.norm_placement == NormPlacement::Post,
             "norms after each branch",
         ),
+        (
+            cfg.norm_placement == NormPlacement::Sandwich,
+            "norms before and after each branch",
+        ),
+        (cfg.norm_offset != 0.0, "norms scale by 1 + w"),
+        (cfg.hidden_act == Activation::GeluTanh, "GeGLU (tanh GELU)"),
     ];
     let mut on: Vec<String> = switches
         .iter()
@@ -135,6 +145,9 @@ fn block_switches(cfg: &ModelConfig) -> String {
         .collect();
     if !cfg.no_rope_layers.is_empty() {
         on.push(format!("no RoPE in layers {:?}", cfg.no_rope_layers));
+    }
+    if let Some(theta) = cfg.local_rope_theta {
+        on.push(format!("sliding layers rotate with base {theta}"));
     }
     if let Some(window) = &cfg.sliding_window {
         on.push(format!(

@@ -23,9 +23,10 @@ use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::gguf_write::GgufWriter;
 use crate::io::source::ModelSource;
 use crate::model::config::{
-    smollm3_nope_pattern, Architecture, ModelConfig, RopeScaling, SMOLLM3_NOPE_INTERVAL,
+    gemma3_query_scalar, smollm3_nope_pattern, Architecture, ModelConfig, RopeScaling,
+    GEMMA3_GLOBAL_EVERY, SMOLLM3_NOPE_INTERVAL,
 };
-use crate::model::weights::{gguf_name, layer_modules, permute_rows, permuted_heads};
+use crate::model::weights::{gguf_name, is_norm, layer_modules, permute_rows, permuted_heads};
 use crate::model::{load_weights, rope, LoadedWeights};
 use crate::quant::GgmlType;
 
@@ -106,6 +107,9 @@ fn model_metadata(
 ) -> Result<()> {
     let u32_of = |v: usize| GgufValue::U32(v as u32);
     let arch = cfg.architecture.gguf_arch();
+    if cfg.architecture == Architecture::Gemma3 {
+        refuse_what_gemma3_gguf_cannot_hold(cfg)?;
+    }
     if arch == "qwen3" && cfg.o_proj_bias {
         bail!(
             "the model has an o_proj bias (attention_bias: true), which llama.cpp's qwen3 \
@@ -158,12 +162,53 @@ fn model_metadata(
         set("rope.scaling.type", GgufValue::String("linear".into()));
         set("rope.scaling.factor", GgufValue::F32(factor as f32));
     }
+    if let Some(window) = cfg.sliding_window.as_ref().filter(|_| arch == "gemma3") {
+        set("attention.sliding_window", u32_of(window.size));
+        let local = cfg.local_rope_theta.unwrap_or(10_000.0);
+        set("rope.freq_base_swa", GgufValue::F32(local as f32));
+    }
     if cfg.architecture == Architecture::Granite {
         let scales = &cfg.scales;
         set("attention.scale", GgufValue::F32(cfg.attention_scale()));
         set("embedding_scale", GgufValue::F32(scales.embedding as f32));
         set("residual_scale", GgufValue::F32(scales.residual as f32));
         set("logit_scale", GgufValue::F32(scales.logits as f32));
+    }
+    Ok(())
+}
+
+/// llama.cpp's gemma3 has no keys for its window pattern, attention scale or local rotary base
+/// (older builds): a Gemma 3 whose values differ from what it assumes would compute otherwise there.
+fn refuse_what_gemma3_gguf_cannot_hold(cfg: &ModelConfig) -> Result<()> {
+    let (layers, hidden, heads) = (
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+    );
+    let pattern: Vec<usize> = (0..layers)
+        .filter(|l| (l + 1) % GEMMA3_GLOBAL_EVERY != 0)
+        .collect();
+    let windowed = cfg.sliding_window.as_ref().map(|w| &w.layers);
+    if windowed != Some(&pattern) {
+        bail!(
+            "llama.cpp's gemma3 makes every {GEMMA3_GLOBAL_EVERY}th layer global and the others \
+             sliding-window; this model windows layers {windowed:?}"
+        );
+    }
+    let scalar = gemma3_query_scalar(layers, hidden, heads, cfg.head_dim);
+    if cfg.attention_scale() != 1.0 / (scalar as f32).sqrt() {
+        bail!(
+            "llama.cpp's gemma3 assumes query_pre_attn_scalar {scalar} for this shape; this \
+             model's attention scale is {}",
+            cfg.attention_scale()
+        );
+    }
+    if cfg.local_rope_theta != Some(10_000.0) {
+        bail!(
+            "llama.cpp's gemma3 rotates the sliding-window layers with base 10000; this model \
+             uses {:?}",
+            cfg.local_rope_theta
+        );
     }
     Ok(())
 }
@@ -235,10 +280,13 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
 }
 
 /// A weight's values as llama.cpp stores them: q/k projections (and their biases) permuted for
-/// the archs whose converter permutes them.
+/// the archs whose converter permutes them, Gemma's norm weights with the 1 of `1 + w` added.
 fn llama_cpp_layout(hf: &str, tensor: &Tensor, cfg: &ModelConfig) -> Result<Vec<f32>> {
-    let data = tensor.flatten_all()?.to_vec1::<f32>()?;
+    let mut data = tensor.flatten_all()?.to_vec1::<f32>()?;
     let row_len: usize = tensor.dims()[1..].iter().product();
+    if is_norm(hf) && cfg.norm_offset != 0.0 {
+        data.iter_mut().for_each(|w| *w += cfg.norm_offset);
+    }
     Ok(match permuted_heads(hf, cfg) {
         Some(heads) => permute_rows(&data, heads, row_len),
         None => data,

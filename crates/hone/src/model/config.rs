@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::io::gguf::GgufFile;
+use crate::kernels::glu::Activation;
 
 /// The architectures Hone runs; all are the Llama block with a few switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +26,7 @@ pub enum Architecture {
     SmolLM3,
     Granite,
     Olmo2,
+    Gemma3,
 }
 
 impl Architecture {
@@ -38,6 +40,7 @@ impl Architecture {
             Architecture::SmolLM3 => "SmolLM3ForCausalLM",
             Architecture::Granite => "GraniteForCausalLM",
             Architecture::Olmo2 => "Olmo2ForCausalLM",
+            Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -50,6 +53,7 @@ impl Architecture {
             Architecture::SmolLM3 => "smollm3",
             Architecture::Granite => "granite",
             Architecture::Olmo2 => "olmo2",
+            Architecture::Gemma3 => "gemma3_text",
         }
     }
 
@@ -63,6 +67,7 @@ impl Architecture {
             Architecture::SmolLM3 => "smollm3",
             Architecture::Granite => "granite",
             Architecture::Olmo2 => "olmo2",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
@@ -75,6 +80,7 @@ impl Architecture {
             "smollm3" => Some(Architecture::SmolLM3),
             "granite" => Some(Architecture::Granite),
             "olmo2" => Some(Architecture::Olmo2),
+            "gemma3" => Some(Architecture::Gemma3),
             _ => None,
         }
     }
@@ -83,14 +89,23 @@ impl Architecture {
     pub fn norm_placement(self) -> NormPlacement {
         match self {
             Architecture::Olmo2 => NormPlacement::Post,
+            Architecture::Gemma3 => NormPlacement::Sandwich,
             _ => NormPlacement::Pre,
+        }
+    }
+
+    /// What the family adds to its norm weights: Gemma's RMSNorm scales by `1 + w`.
+    pub fn norm_offset(self) -> f32 {
+        match self {
+            Architecture::Gemma3 => 1.0,
+            _ => 0.0,
         }
     }
 
     /// How the family normalizes q and k, if it does.
     pub fn qk_norm(self) -> Option<QkNorm> {
         match self {
-            Architecture::Qwen3 => Some(QkNorm::PerHead),
+            Architecture::Qwen3 | Architecture::Gemma3 => Some(QkNorm::PerHead),
             Architecture::Olmo2 => Some(QkNorm::FullWidth),
             _ => None,
         }
@@ -119,30 +134,52 @@ pub struct SlidingWindow {
     pub layers: Vec<usize>,
 }
 
-/// Where a block's two RMSNorms sit.
+/// Where a block's RMSNorms sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NormPlacement {
-    /// On each branch's input (`input_layernorm`, `post_attention_layernorm`): Llama.
+    /// On each branch's input: Llama.
     Pre,
-    /// On each branch's output, before the residual add (`post_attention_layernorm`,
-    /// `post_feedforward_layernorm`): OLMo 2.
+    /// On each branch's output, before the residual add: OLMo 2.
     Post,
+    /// On both (four norms): Gemma 2 and 3.
+    Sandwich,
+}
+
+/// One of a block's norm positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockNorm {
+    AttnIn,
+    AttnOut,
+    MlpIn,
+    MlpOut,
 }
 
 impl NormPlacement {
-    /// The HF module names of the attention branch's norm and the MLP branch's.
-    pub fn hf_modules(self) -> [&'static str; 2] {
-        match self {
-            NormPlacement::Pre => ["input_layernorm", "post_attention_layernorm"],
-            NormPlacement::Post => ["post_attention_layernorm", "post_feedforward_layernorm"],
-        }
+    /// The block's norms: position, HF module name and llama.cpp name, in the order they run
+    /// (HF's `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's and Gemma's
+    /// attention output norm).
+    pub fn hf_name(self, position: BlockNorm) -> Option<&'static str> {
+        let norm = self.norms().iter().find(|(p, _, _)| *p == position);
+        norm.map(|&(_, hf, _)| hf)
     }
 
-    /// Their llama.cpp names.
-    pub fn gguf_modules(self) -> [&'static str; 2] {
+    pub fn norms(self) -> &'static [(BlockNorm, &'static str, &'static str)] {
+        use BlockNorm::*;
         match self {
-            NormPlacement::Pre => ["attn_norm", "ffn_norm"],
-            NormPlacement::Post => ["post_attention_norm", "post_ffw_norm"],
+            NormPlacement::Pre => &[
+                (AttnIn, "input_layernorm", "attn_norm"),
+                (MlpIn, "post_attention_layernorm", "ffn_norm"),
+            ],
+            NormPlacement::Post => &[
+                (AttnOut, "post_attention_layernorm", "post_attention_norm"),
+                (MlpOut, "post_feedforward_layernorm", "post_ffw_norm"),
+            ],
+            NormPlacement::Sandwich => &[
+                (AttnIn, "input_layernorm", "attn_norm"),
+                (AttnOut, "post_attention_layernorm", "post_attention_norm"),
+                (MlpIn, "pre_feedforward_layernorm", "ffn_norm"),
+                (MlpOut, "post_feedforward_layernorm", "post_ffw_norm"),
+            ],
         }
     }
 }
@@ -154,6 +191,19 @@ pub enum QkNorm {
     PerHead,
     /// The whole projection output, weights as wide as it (OLMo 2).
     FullWidth,
+}
+
+/// llama.cpp's gemma3 makes every 6th layer global and the others sliding-window.
+pub const GEMMA3_GLOBAL_EVERY: usize = 6;
+
+/// The `query_pre_attn_scalar` llama.cpp's gemma3 assumes, having no key for it: the hidden size
+/// per head for the 27B shape (62 layers), else `head_dim`.
+pub fn gemma3_query_scalar(layers: usize, hidden: usize, heads: usize, head_dim: usize) -> usize {
+    if layers == 62 {
+        hidden / heads.max(1)
+    } else {
+        head_dim
+    }
 }
 
 /// SmolLM3 runs RoPE-free ("NoPE") every 4th layer; llama.cpp's smollm3 arch hard-codes that step.
@@ -230,6 +280,14 @@ pub struct ModelConfig {
     pub qk_norm: Option<QkNorm>,
     /// Where the block's norms sit.
     pub norm_placement: NormPlacement,
+    /// Added to every RMSNorm weight before it scales (1 for Gemma's `1 + w`, else 0).
+    pub norm_offset: f32,
+    /// The MLP's gate activation (`hidden_act`, Gemma's `hidden_activation`).
+    pub hidden_act: Activation,
+    /// The rotary base of the sliding-window layers, which rotate without scaling (Gemma 3's
+    /// `rope_local_base_freq`, its `sliding_attention` rope parameters); None: every layer
+    /// rotates with `rope_theta` and `rope_scaling`.
+    pub local_rope_theta: Option<f64>,
     /// Layers that apply no rotary embedding (SmolLM3's NoPE layers), in increasing order.
     pub no_rope_layers: Vec<usize>,
     /// Sliding-window attention, on the layers that have it.
@@ -264,13 +322,8 @@ impl ModelConfig {
                 .usize(k)?
                 .with_context(|| format!("field `{k}` is missing"))
         };
-        if let Some(act) = fields.str("hidden_act")? {
-            if act != "silu" {
-                bail!(
-                    "field `hidden_act`: {act:?} is not supported (Hone runs silu/SwiGLU models)"
-                );
-            }
-        }
+        let hidden_act = hf_activation(&fields)?;
+        refuse_gemma_switches(&fields)?;
         let hidden_size = usize_field("hidden_size")?;
         let num_attention_heads = usize_field("num_attention_heads")?;
         let num_key_value_heads = fields.usize("num_key_value_heads")?;
@@ -279,7 +332,7 @@ impl ModelConfig {
         let rope_key = ["rope_parameters", "rope_scaling"]
             .into_iter()
             .find(|k| fields.get(k).is_some());
-        let rope = match rope_key {
+        let mut rope = match rope_key {
             Some(k) => Some(Fields(
                 fields.get(k).filter(|v| v.is_object()).with_context(|| {
                     format!(
@@ -290,11 +343,27 @@ impl ModelConfig {
             )),
             None => None,
         };
-        let rope_theta = match (fields.f64("rope_theta")?, &rope) {
-            (Some(theta), _) => Some(theta),
-            (None, Some(rope)) => rope.f64("rope_theta")?,
-            (None, None) => None,
+        // Gemma 3 gives each layer type its own: `{"full_attention": {...}, "sliding_attention":
+        // {...}}` (transformers 5), or `rope_local_base_freq` beside the global ones (4).
+        let mut local_rope_theta = None;
+        if architecture == Architecture::Gemma3 {
+            local_rope_theta = Some(fields.f64("rope_local_base_freq")?.unwrap_or(10_000.0));
+            if let Some(per_type) = rope.as_ref().and_then(|r| r.get("full_attention")) {
+                let local = rope.as_ref().and_then(|r| r.get("sliding_attention"));
+                if let Some(theta) = local.and_then(|l| Fields(l).f64("rope_theta").transpose()) {
+                    local_rope_theta = Some(theta?);
+                }
+                rope = Some(Fields(per_type));
+            }
+        }
+        // The nested value first: transformers 5 writes it there (and Gemma 3's top-level one,
+        // when a file has both, is the global layers' too).
+        let nested_theta = match &rope {
+            Some(rope) => rope.f64("rope_theta")?,
+            None => None,
         };
+        let top_theta = fields.f64("rope_theta")?;
+        let rope_theta = nested_theta.or(top_theta);
         let rope_scaling = match &rope {
             Some(r) => hf_rope_scaling(r)?,
             None => None,
@@ -308,12 +377,23 @@ impl ModelConfig {
         };
         let sliding_window =
             hf_sliding_window(&fields, architecture, num_hidden_layers, &no_rope_layers)?;
+        let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
         let scales = match architecture {
             Architecture::Granite => Scales {
                 embedding: fields.f64("embedding_multiplier")?.unwrap_or(1.0),
                 attention: Some(fields.f64("attention_multiplier")?.unwrap_or(1.0)),
                 residual: fields.f64("residual_multiplier")?.unwrap_or(1.0),
                 logits: fields.f64("logits_scaling")?.unwrap_or(1.0),
+            },
+            Architecture::Gemma3 => Scales {
+                embedding: (hidden_size as f64).sqrt(),
+                attention: Some(
+                    1.0 / fields
+                        .f64("query_pre_attn_scalar")?
+                        .unwrap_or(head_dim as f64)
+                        .sqrt(),
+                ),
+                ..Scales::default()
             },
             _ => Scales::default(),
         };
@@ -325,7 +405,7 @@ impl ModelConfig {
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: num_key_value_heads.unwrap_or(num_attention_heads),
-            head_dim: head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
+            head_dim,
             rms_norm_eps: fields.f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
@@ -335,6 +415,9 @@ impl ModelConfig {
             o_proj_bias: !qwen2 && attention_bias,
             qk_norm: architecture.qk_norm(),
             norm_placement: architecture.norm_placement(),
+            norm_offset: architecture.norm_offset(),
+            hidden_act,
+            local_rope_theta,
             no_rope_layers,
             sliding_window,
             scales,
@@ -349,10 +432,23 @@ impl ModelConfig {
             .to_string(),
         };
         cfg.validate()?;
+        if let Some(top) = top_theta.filter(|&t| t != cfg.rope_theta) {
+            // The nested value is the one used; a different top-level one is a mistake to report
+            // (out of range first, as a lone top-level value would be).
+            ModelConfig {
+                rope_theta: top,
+                ..cfg.clone()
+            }
+            .validate()?;
+            bail!(
+                "field `rope_theta` ({top}) disagrees with `rope_parameters.rope_theta` ({})",
+                cfg.rope_theta
+            );
+        }
         Ok(cfg)
     }
 
-    /// Read the `{arch}.*` metadata of a GGUF file (archs `llama`, `qwen2`, `qwen3`).
+    /// Read the `{arch}.*` metadata of a GGUF file (the archs of [`Architecture::from_gguf_arch`]).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let file = gguf.path.display();
         let arch = gguf
@@ -362,7 +458,7 @@ impl ModelConfig {
         let architecture = Architecture::from_gguf_arch(arch).with_context(|| {
             format!(
                 "{file}: GGUF architecture {arch:?} is not supported (Hone reads `llama`, \
-                 `qwen2` and `qwen3` GGUF files)"
+                 `qwen2`, `qwen3`, `smollm3`, `granite`, `olmo2` and `gemma3` GGUF files)"
             )
         })?;
         let num = |key: &str| -> Result<u64> {
@@ -419,8 +515,34 @@ impl ModelConfig {
                 residual: float("residual_scale").unwrap_or(1.0),
                 logits: float("logit_scale").unwrap_or(1.0),
             },
+            Architecture::Gemma3 => Scales {
+                embedding: (hidden_size as f64).sqrt(),
+                attention: Some(
+                    1.0 / (gemma3_query_scalar(
+                        num_hidden_layers,
+                        hidden_size,
+                        num_attention_heads,
+                        head_dim,
+                    ) as f64)
+                        .sqrt(),
+                ),
+                ..Scales::default()
+            },
             _ => Scales::default(),
         };
+        let gemma3 = architecture == Architecture::Gemma3;
+        // llama.cpp's gemma3 runs every 6th layer global, the others windowed with a rope base of
+        // its own (a key in newer files, else 10000).
+        let sliding_window = match num("attention.sliding_window") {
+            Ok(size) if gemma3 => Some(SlidingWindow {
+                size: size as usize,
+                layers: (0..num_hidden_layers)
+                    .filter(|l| (l + 1) % GEMMA3_GLOBAL_EVERY != 0)
+                    .collect(),
+            }),
+            _ => None,
+        };
+        let local_rope_theta = gemma3.then(|| float("rope.freq_base_swa").unwrap_or(10_000.0));
         let cfg = ModelConfig {
             architecture,
             vocab_size,
@@ -441,9 +563,15 @@ impl ModelConfig {
                 .qk_norm()
                 .filter(|_| has("blk.0.attn_q_norm.weight")),
             norm_placement: architecture.norm_placement(),
+            norm_offset: architecture.norm_offset(),
+            hidden_act: match architecture {
+                Architecture::Gemma3 => Activation::GeluTanh,
+                _ => Activation::Silu,
+            },
+            local_rope_theta,
             no_rope_layers,
-            // llama.cpp's converters write no window for these archs (nor does it run one).
-            sliding_window: None,
+            // llama.cpp's converters write no window for the other archs (nor does it run one).
+            sliding_window,
             scales,
             attention_dropout: 0.0,
             mlp_bias: has("blk.0.ffn_up.bias"),
@@ -603,7 +731,7 @@ impl ModelConfig {
             attn += (q_norm + k_norm) as u64;
         }
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let per_layer = attn + mlp + 2 * h;
+        let per_layer = attn + mlp + self.norm_placement.norms().len() as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers as u64 * per_layer + h + head
     }
@@ -736,10 +864,11 @@ fn hf_architecture(json: &Value) -> Result<Architecture> {
         (Some("SmolLM3ForCausalLM"), _) | (None, Some("smollm3")) => Architecture::SmolLM3,
         (Some("GraniteForCausalLM"), _) | (None, Some("granite")) => Architecture::Granite,
         (Some("Olmo2ForCausalLM"), _) | (None, Some("olmo2")) => Architecture::Olmo2,
+        (Some("Gemma3ForCausalLM"), _) | (None, Some("gemma3_text")) => Architecture::Gemma3,
         (Some(c), _) => bail!(
             "architecture {c:?} is not supported (Hone runs LlamaForCausalLM, MistralForCausalLM, \
              Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, \
-             Olmo2ForCausalLM)"
+             Olmo2ForCausalLM, Gemma3ForCausalLM)"
         ),
         (None, t) => {
             bail!("neither `architectures` nor a supported `model_type` is set (model_type: {t:?})")
@@ -787,6 +916,48 @@ pub fn smollm3_nope_pattern(num_layers: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The MLP activation of `hidden_act` (Gemma: `hidden_activation`); silu when absent.
+fn hf_activation(fields: &Fields) -> Result<Activation> {
+    let (key, name) = match fields.str("hidden_activation")? {
+        Some(name) => ("hidden_activation", name),
+        None => ("hidden_act", fields.str("hidden_act")?.unwrap_or("silu")),
+    };
+    match name {
+        "silu" => Ok(Activation::Silu),
+        "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+        other => {
+            bail!("field `{key}`: {other:?} is not supported (silu and gelu_pytorch_tanh are)")
+        }
+    }
+}
+
+/// Gemma's switches Hone does not run yet: logit soft-capping (Gemma 2) and bidirectional
+/// attention (EmbeddingGemma), refused rather than run without.
+fn refuse_gemma_switches(fields: &Fields) -> Result<()> {
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(cap) = fields.f64(key)? {
+            bail!("field `{key}`: {cap}: logit soft-capping is not supported yet");
+        }
+    }
+    if fields.bool("use_bidirectional_attention")? == Some(true) {
+        bail!("field `use_bidirectional_attention`: bidirectional attention is not supported");
+    }
+    Ok(())
+}
+
+/// The layers `layer_types` marks `sliding_attention`.
+fn sliding_layers(types: &[&str], num_layers: usize) -> Result<Vec<usize>> {
+    if types.len() != num_layers {
+        bail!(
+            "field `layer_types`: {} entries for {num_layers} layers",
+            types.len()
+        );
+    }
+    Ok((0..num_layers)
+        .filter(|&l| types[l] == "sliding_attention")
+        .collect())
+}
+
 /// Sliding-window attention as the family's transformers class decides it: Mistral's
 /// `sliding_window` applies to every layer; Qwen2, Qwen3 and SmolLM3 window only with
 /// `use_sliding_window`, on the layers `layer_types` marks `sliding_attention` (without
@@ -814,18 +985,20 @@ fn hf_sliding_window(
     }
     let layers: Vec<usize> = match architecture {
         Architecture::Mistral => (0..num_layers).collect(),
+        Architecture::Gemma3 => match &types {
+            Some(types) => sliding_layers(types, num_layers)?,
+            None => {
+                // Before `layer_types`: every `sliding_window_pattern`-th layer is global.
+                let pattern = fields.usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+                (0..num_layers).filter(|l| (l + 1) % pattern != 0).collect()
+            }
+        },
         Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3 => {
             if fields.bool("use_sliding_window")? != Some(true) {
                 return Ok(None);
             }
             match &types {
-                Some(types) if types.len() != num_layers => bail!(
-                    "field `layer_types`: {} entries for {num_layers} layers",
-                    types.len()
-                ),
-                Some(types) => (0..num_layers)
-                    .filter(|&l| types[l] == "sliding_attention")
-                    .collect(),
+                Some(types) => sliding_layers(types, num_layers)?,
                 None if architecture == Architecture::SmolLM3 => no_rope_layers.to_vec(),
                 None => {
                     let first = fields.usize("max_window_layers")?.unwrap_or(28);
@@ -906,6 +1079,20 @@ mod tests {
         let err = format!("{err:#}");
         assert!(err.contains(says), "{key}: {value}: {err}");
         assert!(!err.contains('\n'), "not one line: {err}");
+    }
+
+    /// transformers 5 reads the nested rope_theta; a different top-level one is reported.
+    #[test]
+    fn a_top_level_rope_theta_must_agree_with_the_nested_one() {
+        let mut config = llama();
+        config["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 5e5});
+        let err = ModelConfig::from_hf_json(&config).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "field `rope_theta` (10000) disagrees with `rope_parameters.rope_theta` (500000)"
+        );
+        config["rope_theta"] = json!(5e5);
+        assert_eq!(ModelConfig::from_hf_json(&config).unwrap().rope_theta, 5e5);
     }
 
     #[test]
@@ -1045,6 +1232,49 @@ mod tests {
         assert!(
             layers(family("LlamaForCausalLM", json!({"sliding_window": 8})).unwrap()).is_none()
         );
+    }
+
+    /// Gemma 3's config in transformers 5's form and in the older one (`rope_local_base_freq`,
+    /// `rope_scaling`, `sliding_window_pattern`), and the switches Hone does not run.
+    #[test]
+    fn gemma3_configs_in_both_forms() {
+        let gemma = |extra: Value| {
+            let mut config = llama();
+            config["architectures"] = json!(["Gemma3ForCausalLM"]);
+            config.as_object_mut().unwrap().remove("rope_theta");
+            config["num_hidden_layers"] = json!(6);
+            config["hidden_activation"] = json!("gelu_pytorch_tanh");
+            config["query_pre_attn_scalar"] = json!(64);
+            config["sliding_window"] = json!(8);
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            ModelConfig::from_hf_json(&config).map_err(|e| format!("{e:#}"))
+        };
+        let per_type = json!({"rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}});
+        let legacy = json!({"rope_theta": 1e6, "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}});
+        for form in [per_type, legacy] {
+            let cfg = gemma(form).unwrap();
+            assert_eq!((cfg.rope_theta, cfg.local_rope_theta), (1e6, Some(1e4)));
+            assert_eq!(cfg.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+            assert_eq!(cfg.hidden_act, Activation::GeluTanh);
+            assert_eq!(cfg.attention_scale(), 0.125);
+            assert_eq!(cfg.scales.embedding, 8.0, "√hidden_size");
+            assert_eq!(cfg.window(0), Some(8));
+            assert_eq!(cfg.window(5), None, "every 6th layer is global");
+        }
+        let capped = gemma(json!({"final_logit_softcapping": 30.0})).unwrap_err();
+        assert!(
+            capped.contains("soft-capping is not supported yet"),
+            "{capped}"
+        );
+        let both_ways = gemma(json!({"use_bidirectional_attention": true})).unwrap_err();
+        assert!(both_ways.contains("bidirectional"), "{both_ways}");
+        let erf = gemma(json!({"hidden_activation": "gelu"})).unwrap_err();
+        assert!(erf.contains("field `hidden_activation`: \"gelu\""), "{erf}");
     }
 
     #[test]

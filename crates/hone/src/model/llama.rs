@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
 
-use super::config::{ModelConfig, NormPlacement};
+use super::config::{BlockNorm, ModelConfig};
 use super::kv_cache::{Cache, CachedAttnShape};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope;
@@ -18,10 +18,10 @@ use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
+use crate::kernels::glu::{self, Activation};
 use crate::kernels::matrix::MatrixRef;
 use crate::kernels::rmsnorm as rmsnorm_kernel;
 use crate::kernels::rope::{self as rope_kernel, RopeShape};
-use crate::kernels::swiglu as swiglu_kernel;
 
 /// q, k and v projections run as one product, as do gate and up: one larger product keeps the
 /// matmul kernels busier than several narrow ones.
@@ -38,11 +38,30 @@ struct Mlp {
     down_proj: Linear,
 }
 
-/// The norms sit on each branch's input or output, as the config's `norm_placement` says.
+/// A block's RMSNorm weights by position (those its family has, `norm_placement`), with the
+/// family's weight offset added (Gemma scales by `1 + w`).
+#[derive(Default)]
+struct Norms {
+    attn_in: Option<Tensor>,
+    attn_out: Option<Tensor>,
+    mlp_in: Option<Tensor>,
+    mlp_out: Option<Tensor>,
+}
+
+impl Norms {
+    fn slot(&mut self, position: BlockNorm) -> &mut Option<Tensor> {
+        match position {
+            BlockNorm::AttnIn => &mut self.attn_in,
+            BlockNorm::AttnOut => &mut self.attn_out,
+            BlockNorm::MlpIn => &mut self.mlp_in,
+            BlockNorm::MlpOut => &mut self.mlp_out,
+        }
+    }
+}
+
 struct Block {
-    attn_norm: Tensor,
+    norms: Norms,
     attn: Attention,
-    mlp_norm: Tensor,
     mlp: Mlp,
 }
 
@@ -155,6 +174,8 @@ pub struct Llama {
     /// Rotary tables, `[positions, head_dim / 2]`.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// The sliding-window layers' tables when they rotate differently (Gemma 3).
+    local_rope: Option<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
 
@@ -209,18 +230,14 @@ impl Llama {
                 ])?,
                 down_proj: Linear::new(vec![proj("mlp.down_proj", h, i, cfg.mlp_bias)?])?,
             };
-            let [attn_norm, mlp_norm] = cfg
-                .norm_placement
-                .hf_modules()
-                .map(|norm| parts.take_f32(&format!("{p}.{norm}.weight"), &[h]));
-            blocks.push(Block {
-                attn_norm: attn_norm?,
-                attn,
-                mlp_norm: mlp_norm?,
-                mlp,
-            });
+            let mut norms = Norms::default();
+            for &(position, name, _) in cfg.norm_placement.norms() {
+                let w = parts.take_norm(&format!("{p}.{name}.weight"), &[h], &cfg)?;
+                *norms.slot(position) = Some(w);
+            }
+            blocks.push(Block { norms, attn, mlp });
         }
-        let norm = parts.take_f32("model.norm.weight", &[h])?;
+        let norm = parts.take_norm("model.norm.weight", &[h], &cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             Projection {
                 weight: embed_tokens.clone(),
@@ -232,6 +249,7 @@ impl Llama {
         };
         let n_positions = cfg.max_position_embeddings.max(1);
         let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
+        let local_rope = rope::local_table_vecs(&cfg, n_positions);
         Ok(Llama {
             cfg,
             embed_tokens,
@@ -240,6 +258,7 @@ impl Llama {
             lm_head: Linear::new(vec![lm_head])?,
             rope_cos,
             rope_sin,
+            local_rope,
             device: device.clone(),
         })
     }
@@ -432,34 +451,33 @@ impl Llama {
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
         let residual = self.cfg.scales.residual;
         let eps = self.cfg.rms_norm_eps as f32;
-        let pre = self.cfg.norm_placement == NormPlacement::Pre;
-        // A branch's input, normalized when the norms come first; its output, when they come last.
-        let norm_in = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            Ok(if pre { rms_norm(x, w, eps)? } else { x.clone() })
-        };
-        let norm_out = |y: Tensor, w: &Tensor| -> Result<Tensor> {
-            Ok(if pre { y } else { rms_norm(&y, w, eps)? })
+        // A branch's input or output, normalized where the family has a norm.
+        let norm = |x: &Tensor, w: &Option<Tensor>| -> Result<Tensor> {
+            Ok(match w {
+                Some(w) => rms_norm(x, w, eps)?,
+                None => x.clone(),
+            })
         };
         let rows = token_rows(groups, t);
         for (l, block) in self.blocks.iter().enumerate() {
             let lora =
                 |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
-            let input = norm_in(&x, &block.attn_norm)?;
+            let input = norm(&x, &block.norms.attn_in)?;
             let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
             let attn = self.attention(&qkv, (b, t), &positions, l, context)?;
             let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
-            x = (x + scaled(norm_out(o, &block.attn_norm)?, residual)?)?;
-            let input = norm_in(&x, &block.mlp_norm)?;
+            x = (x + scaled(norm(&o, &block.norms.attn_out)?, residual)?)?;
+            let input = norm(&x, &block.norms.mlp_in)?;
             let gate_up = block
                 .mlp
                 .gate_up_proj
                 .forward_with(&input, &lora(Slot::GateUp))?;
-            let gated = swiglu(&gate_up)?;
+            let gated = gated(self.cfg.hidden_act, &gate_up)?;
             let down = block
                 .mlp
                 .down_proj
                 .forward_with(&gated, &lora(Slot::Down))?;
-            x = (x + scaled(norm_out(down, &block.mlp_norm)?, residual)?)?;
+            x = (x + scaled(norm(&down, &block.norms.mlp_out)?, residual)?)?;
         }
         // Dividing the head's input divides the logits (Granite's `logits_scaling`).
         scaled(rms_norm(&x, &self.norm, eps)?, 1.0 / self.cfg.scales.logits)
@@ -643,7 +661,10 @@ impl Llama {
         if !self.cfg.uses_rope(layer) {
             return (q, k, v);
         }
-        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        let (cos, sin) = match &self.local_rope {
+            Some((cos, sin)) if self.cfg.window(layer).is_some() => (cos, sin),
+            _ => (&self.rope_cos, &self.rope_sin),
+        };
         let shape = |heads| RopeShape {
             heads,
             head_dim: hd,
@@ -675,9 +696,9 @@ fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// `silu(gate) · up` for the stacked `[..., gate | up]` product, through the vectorized kernel
+/// `act(gate) · up` for the stacked `[..., gate | up]` product, through the vectorized kernel
 /// (candle's silu calls libm per element).
-fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+fn gated(act: Activation, gate_up: &Tensor) -> Result<Tensor> {
     let mut shape = gate_up.dims().to_vec();
     let width = shape.last().copied().context("a scalar is not a product")? / 2;
     *shape.last_mut().expect("checked above") = width;
@@ -689,7 +710,7 @@ fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
         up.extend_from_slice(&row[width..]);
     }
     let mut out = vec![0f32; gate.len()];
-    swiglu_kernel::forward(&gate, &up, &mut out);
+    glu::forward(act, &gate, &up, &mut out);
     Ok(Tensor::from_vec(out, shape, gate_up.device())?)
 }
 
@@ -714,6 +735,16 @@ impl Parts<'_> {
         Ok(w)
     }
 
+    /// An RMSNorm weight with the family's offset added (`1 + w` for Gemma), as the norm scales by.
+    fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<Tensor> {
+        let w = self.take_f32(name, shape)?;
+        Ok(if cfg.norm_offset == 0.0 {
+            w
+        } else {
+            (w + f64::from(cfg.norm_offset))?
+        })
+    }
+
     fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let w = self.take(name, shape)?;
         w.f32_tensor()
@@ -727,7 +758,7 @@ impl Parts<'_> {
             return Ok(None);
         };
         let mut norm = |name: &str, width: usize| -> Result<Vec<f32>> {
-            let w = self.take_f32(&format!("{layer}.self_attn.{name}.weight"), &[width])?;
+            let w = self.take_norm(&format!("{layer}.self_attn.{name}.weight"), &[width], cfg)?;
             Ok(w.to_vec1::<f32>()?)
         };
         Ok(Some((norm("q_norm", q_width)?, norm("k_norm", k_width)?)))

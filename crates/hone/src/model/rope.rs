@@ -49,6 +49,17 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
 
 /// cos and sin tables, row-major `[n_positions, head_dim / 2]`, for the model and the
 /// kernels that work on slices.
+/// The sliding-window layers' own tables, when the model rotates them differently (Gemma 3:
+/// `local_rope_theta`, no scaling).
+pub fn local_table_vecs(cfg: &ModelConfig, n_positions: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    let local = ModelConfig {
+        rope_theta: cfg.local_rope_theta?,
+        rope_scaling: None,
+        ..cfg.clone()
+    };
+    Some(table_vecs(&local, n_positions))
+}
+
 pub fn table_vecs(cfg: &ModelConfig, n_positions: usize) -> (Vec<f32>, Vec<f32>) {
     let inv = inverse_frequencies(cfg);
     let pos_scale = match cfg.rope_scaling {

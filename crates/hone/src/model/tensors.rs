@@ -28,7 +28,7 @@ pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.extend(linear("mlp.gate_proj", i, h, cfg.mlp_bias));
         out.extend(linear("mlp.up_proj", i, h, cfg.mlp_bias));
         out.extend(linear("mlp.down_proj", h, i, cfg.mlp_bias));
-        for norm in cfg.norm_placement.hf_modules() {
+        for &(_, norm, _) in cfg.norm_placement.norms() {
             out.push((format!("{p}.{norm}.weight"), vec![h]));
         }
     }

@@ -69,6 +69,10 @@ fn load_gguf_filtered(
         if let Some(heads) = permuted_heads(&hf_name, &cfg) {
             data = unpermute_rows(&data, heads, row_len);
         }
+        if is_norm(&hf_name) && cfg.norm_offset != 0.0 {
+            // llama.cpp stores Gemma's norm weights with the 1 of `1 + w` added.
+            data.iter_mut().for_each(|w| *w -= cfg.norm_offset);
+        }
         let t = Tensor::from_vec(data, shape, device)
             .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?;
         weights.insert(hf_name, t);
@@ -156,6 +160,11 @@ pub fn load_gguf_stored(
     Ok((cfg, weights))
 }
 
+/// Whether HF tensor `hf_name` is an RMSNorm weight (a block's, a q/k norm or the final one).
+pub fn is_norm(hf_name: &str) -> bool {
+    hf_name.ends_with("norm.weight")
+}
+
 /// The number of heads whose rows llama.cpp permuted in tensor `hf_name` (q and k projections of
 /// the archs it permutes).
 pub fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
@@ -210,26 +219,21 @@ pub fn gguf_name(hf_name: &str, placement: NormPlacement) -> Option<String> {
     Some(format!("blk.{layer}.{gguf_module}.{kind}"))
 }
 
-/// llama.cpp module names within a block and their HF equivalents, in llama.cpp's order, for a
-/// block whose norms sit as `placement` (the norms' names depend on it: HF's
-/// `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's attention output norm).
+/// llama.cpp module names within a block and their HF equivalents for a block whose norms sit as
+/// `placement` (the norms' HF names depend on it, [`NormPlacement::norms`]).
 pub fn layer_names(placement: NormPlacement) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let [attn_norm, mlp_norm] = placement.gguf_modules();
-    let [hf_attn_norm, hf_mlp_norm] = placement.hf_modules();
-    [
-        (attn_norm, hf_attn_norm),
+    let norms = placement.norms().iter().map(|&(_, hf, gguf)| (gguf, hf));
+    norms.chain([
         ("attn_q", "self_attn.q_proj"),
         ("attn_k", "self_attn.k_proj"),
         ("attn_v", "self_attn.v_proj"),
         ("attn_output", "self_attn.o_proj"),
         ("attn_q_norm", "self_attn.q_norm"),
         ("attn_k_norm", "self_attn.k_norm"),
-        (mlp_norm, hf_mlp_norm),
         ("ffn_gate", "mlp.gate_proj"),
         ("ffn_up", "mlp.up_proj"),
         ("ffn_down", "mlp.down_proj"),
-    ]
-    .into_iter()
+    ])
 }
 
 /// The block modules of [`layer_names`] a model of `cfg` has (the q/k norms only when it

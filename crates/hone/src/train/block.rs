@@ -15,8 +15,9 @@ use rayon::prelude::*;
 
 use super::linear::{Projection, Saved, Tensor1};
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
-use crate::kernels::{rmsnorm, rope, swiglu};
-use crate::model::{ModelConfig, NormPlacement};
+use crate::kernels::{glu, rmsnorm, rope};
+use crate::model::config::BlockNorm;
+use crate::model::ModelConfig;
 
 /// What varies per batch: sizes, positions (restarting inside packed rows), segments, rope
 /// tables, and the dropout seed of this block (None outside training).
@@ -28,18 +29,57 @@ pub struct StepInputs<'a> {
     pub segment_ids: Option<&'a [u32]>,
     pub rope_cos: &'a [f32],
     pub rope_sin: &'a [f32],
+    /// The sliding-window layers' own tables, when they rotate differently (Gemma 3).
+    pub local_rope: Option<(&'a [f32], &'a [f32])>,
     pub dropout_seed: Option<u64>,
+}
+
+impl<'a> StepInputs<'a> {
+    /// The rotary tables of a layer: the local ones when it uses them and the model has them.
+    fn rope_tables(&self, local: bool) -> (&'a [f32], &'a [f32]) {
+        match self.local_rope.filter(|_| local) {
+            Some(tables) => tables,
+            None => (self.rope_cos, self.rope_sin),
+        }
+    }
+}
+
+/// A block's RMSNorm weights by position: those its family has (`norm_placement`).
+#[derive(Clone, Debug, Default)]
+pub struct Norms {
+    pub attn_in: Option<Tensor1>,
+    pub attn_out: Option<Tensor1>,
+    pub mlp_in: Option<Tensor1>,
+    pub mlp_out: Option<Tensor1>,
+}
+
+impl Norms {
+    pub fn slot(&self, position: BlockNorm) -> Option<&Tensor1> {
+        match position {
+            BlockNorm::AttnIn => self.attn_in.as_ref(),
+            BlockNorm::AttnOut => self.attn_out.as_ref(),
+            BlockNorm::MlpIn => self.mlp_in.as_ref(),
+            BlockNorm::MlpOut => self.mlp_out.as_ref(),
+        }
+    }
+
+    pub fn slot_mut(&mut self, position: BlockNorm) -> &mut Option<Tensor1> {
+        match position {
+            BlockNorm::AttnIn => &mut self.attn_in,
+            BlockNorm::AttnOut => &mut self.attn_out,
+            BlockNorm::MlpIn => &mut self.mlp_in,
+            BlockNorm::MlpOut => &mut self.mlp_out,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Block {
-    /// The attention branch's norm, on its input or output as the config's `norm_placement` says.
-    pub attn_norm: Tensor1,
+    /// The norms on the branches' inputs and outputs.
+    pub norms: Norms,
     /// q, k and v projections as the three parts of one projection.
     pub qkv: Projection,
     pub o_proj: Projection,
-    /// The MLP branch's norm.
-    pub mlp_norm: Tensor1,
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
@@ -49,6 +89,8 @@ pub struct Block {
     pub rotary: bool,
     /// Keys a query sees under sliding-window attention, itself included (None: all earlier).
     pub window: Option<usize>,
+    /// Whether q and k rotate with the local tables (Gemma 3's sliding-window layers).
+    pub local_rope: bool,
 }
 
 /// Qwen3's `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head.
@@ -66,24 +108,55 @@ struct QkRaw {
     rstd_k: Vec<f32>,
 }
 
+/// A branch output before its norm, and the norm's scales, for the backward.
+struct OutputNorm {
+    raw: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
 /// What the forward keeps for the backward.
 pub struct Activations {
     x_in: Vec<f32>,
-    rstd1: Vec<f32>,
+    /// The input norms' scales (empty without the norm).
+    attn_in_rstd: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
     lse: Vec<f32>,
     x_mid: Vec<f32>,
-    rstd2: Vec<f32>,
+    mlp_in_rstd: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     qk_raw: Option<QkRaw>,
-    /// With norms on the branch outputs: the attention and MLP outputs before their norms (whose
-    /// scales are then `rstd1` and `rstd2`).
-    branch_out: Option<(Vec<f32>, Vec<f32>)>,
+    attn_out: Option<OutputNorm>,
+    mlp_out: Option<OutputNorm>,
     saved: [Saved; 5],
+}
+
+/// How the model's RMSNorms compute: eps, and what is added to each weight (Gemma's `1 + w`).
+#[derive(Clone, Copy)]
+struct NormCtx {
+    eps: f32,
+    offset: f32,
+}
+
+impl NormCtx {
+    fn of(cfg: &ModelConfig) -> Self {
+        NormCtx {
+            eps: cfg.rms_norm_eps as f32,
+            offset: cfg.norm_offset,
+        }
+    }
+
+    /// The weights a norm scales by.
+    fn weights<'a>(&self, w: &'a [f32]) -> Cow<'a, [f32]> {
+        if self.offset == 0.0 {
+            Cow::Borrowed(w)
+        } else {
+            Cow::Owned(w.iter().map(|&w| w + self.offset).collect())
+        }
+    }
 }
 
 /// Sub-stream of a block's dropout seed for each projection.
@@ -127,91 +200,80 @@ fn seed(s: &StepInputs, projection: u64) -> Option<u64> {
 }
 
 /// RMSNorm output for `x`, computing its `rstd` too.
-fn norm(x: &[f32], w: &Tensor1, eps: f32) -> (Vec<f32>, Vec<f32>) {
+fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / w.value.len()];
-    rmsnorm::forward(x, &w.value, eps, &mut y, &mut rstd);
+    rmsnorm::forward(x, &n.weights(&w.value), n.eps, &mut y, &mut rstd);
     (y, rstd)
 }
 
 /// `rmsnorm'(dy)`, the gradient of the norm's input, accumulating the weight gradient when the
-/// weight trains.
-fn norm_input_grad(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32]) -> Vec<f32> {
+/// weight trains (an offset added to the weight leaves its gradient as it is).
+fn norm_input_grad(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], n: NormCtx) -> Vec<f32> {
     let mut dnorm = vec![0.0; x.len()];
-    rmsnorm::backward(dy, x, &w.value, rstd, &mut dnorm, w.grad.as_deref_mut());
+    let weights = n.weights(&w.value);
+    rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut());
     dnorm
 }
 
-/// `dx += rmsnorm'(dy)`, accumulating the weight gradient when the weight trains.
-fn norm_backward(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], dx: &mut [f32]) {
-    add_into(dx, &norm_input_grad(dy, x, w, rstd));
-}
-
-/// A branch's input as its projections see it: `x` normalized by `w` when the norms come first
-/// (`pre`), with the norm's scales; `x` itself otherwise.
-fn branch_input<'a>(x: &'a [f32], w: &Tensor1, eps: f32, pre: bool) -> (Cow<'a, [f32]>, Vec<f32>) {
-    if pre {
-        let (y, rstd) = norm(x, w, eps);
-        (Cow::Owned(y), rstd)
-    } else {
-        (Cow::Borrowed(x), Vec::new())
+/// A branch's input as its projections see it: `x` normalized by `w` when the branch has an input
+/// norm, with the norm's scales; `x` itself otherwise.
+fn branch_input<'a>(x: &'a [f32], w: Option<&Tensor1>, n: NormCtx) -> (Cow<'a, [f32]>, Vec<f32>) {
+    match w {
+        Some(w) => {
+            let (y, rstd) = norm(x, w, n);
+            (Cow::Owned(y), rstd)
+        }
+        None => (Cow::Borrowed(x), Vec::new()),
     }
 }
 
-/// With norms on the branch outputs (`!pre`), replaces the branch output `out` by its norm and
-/// returns the output as it was, for the backward, with the norm's scales.
-fn norm_branch_output(
-    out: &mut Vec<f32>,
-    w: &Tensor1,
-    eps: f32,
-    pre: bool,
-) -> Option<(Vec<f32>, Vec<f32>)> {
-    if pre {
-        return None;
-    }
-    let (y, rstd) = norm(out, w, eps);
-    Some((std::mem::replace(out, y), rstd))
+/// With an output norm `w`, replaces the branch output `out` by its norm and returns the output
+/// as it was, for the backward, with the norm's scales.
+fn norm_branch_output(out: &mut Vec<f32>, w: Option<&Tensor1>, n: NormCtx) -> Option<OutputNorm> {
+    let (y, rstd) = norm(out, w?, n);
+    Some(OutputNorm {
+        raw: std::mem::replace(out, y),
+        rstd,
+    })
 }
 
 /// The gradient reaching a branch's output from `dx`, the gradient of the residual sum: times the
-/// residual factor, then back through the output norm when there is one (`raw_out`, the output
-/// before it), accumulating the norm's weight gradient.
+/// residual factor, then back through the output norm when there is one, accumulating its weight
+/// gradient.
 fn branch_output_grad<'a>(
     dx: &'a [f32],
     residual: f32,
-    raw_out: Option<&[f32]>,
-    w: &mut Tensor1,
-    rstd: &[f32],
+    out: Option<(&OutputNorm, &mut Tensor1)>,
+    n: NormCtx,
 ) -> Cow<'a, [f32]> {
     let dy = branch_grad(dx, residual);
-    match raw_out {
-        Some(out) => Cow::Owned(norm_input_grad(&dy, out, w, rstd)),
+    match out {
+        Some((saved, w)) => Cow::Owned(norm_input_grad(&dy, &saved.raw, w, &saved.rstd, n)),
         None => dy,
     }
 }
 
 /// Adds into `dx` the gradient of a branch's input `x` from `dinput`, the gradient of what the
-/// projections saw: through the input norm when the norms come first.
+/// projections saw: through the input norm when the branch has one.
 fn branch_input_grad_into(
     dx: &mut [f32],
     dinput: &[f32],
     x: &[f32],
-    w: &mut Tensor1,
-    rstd: &[f32],
-    pre: bool,
+    input_norm: Option<(&mut Tensor1, &[f32])>,
+    n: NormCtx,
 ) {
-    if pre {
-        norm_backward(dinput, x, w, rstd, dx);
-    } else {
-        add_into(dx, dinput);
+    match input_norm {
+        Some((w, rstd)) => add_into(dx, &norm_input_grad(dinput, x, w, rstd, n)),
+        None => add_into(dx, dinput),
     }
 }
 
 impl QkNorm {
     /// Normalizes every head of `q` and `k` in place; returns what the backward needs.
-    fn forward(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, eps: f32) -> QkRaw {
-        let (q_normed, rstd_q) = norm(q, &self.q, eps);
-        let (k_normed, rstd_k) = norm(k, &self.k, eps);
+    fn forward(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, n: NormCtx) -> QkRaw {
+        let (q_normed, rstd_q) = norm(q, &self.q, n);
+        let (k_normed, rstd_k) = norm(k, &self.k, n);
         QkRaw {
             q: std::mem::replace(q, q_normed),
             k: std::mem::replace(k, k_normed),
@@ -221,9 +283,9 @@ impl QkNorm {
     }
 
     /// Turns `dq` and `dk`, gradients of the normalized heads, into those of the raw ones.
-    fn backward(&mut self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, raw: &QkRaw) {
-        *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q);
-        *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k);
+    fn backward(&mut self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, raw: &QkRaw, n: NormCtx) {
+        *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q, n);
+        *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k, n);
     }
 }
 
@@ -283,12 +345,11 @@ fn interleave(q: &[f32], k: &[f32], v: &[f32], tokens: usize) -> Vec<f32> {
 impl Block {
     /// Runs the block on `x` (`[tokens, hidden]`) in place and returns what its backward needs.
     pub fn forward(&self, cfg: &ModelConfig, x: &mut [f32], s: &StepInputs) -> Activations {
-        let eps = cfg.rms_norm_eps as f32;
+        let norm_ctx = NormCtx::of(cfg);
         let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
-        let pre = cfg.norm_placement == NormPlacement::Pre;
         let x_in = x.to_vec();
-        let (input, mut rstd1) = branch_input(x, &self.attn_norm, eps, pre);
+        let (input, attn_in_rstd) = branch_input(x, self.norms.attn_in.as_ref(), norm_ctx);
         let width = self.qkv.out_features();
         let mut qkv = vec![0.0; n * width];
         let qkv_saved = self.qkv.forward(&input, &mut qkv, seed(s, QKV));
@@ -300,22 +361,11 @@ impl Block {
         let qk_raw = self
             .qk_norm
             .as_ref()
-            .map(|n| n.forward(&mut q, &mut k, eps));
+            .map(|norm| norm.forward(&mut q, &mut k, norm_ctx));
         if self.rotary {
-            rope::forward(
-                &mut q,
-                s.positions,
-                rope_shape(nh, cfg),
-                s.rope_cos,
-                s.rope_sin,
-            );
-            rope::forward(
-                &mut k,
-                s.positions,
-                rope_shape(nkv, cfg),
-                s.rope_cos,
-                s.rope_sin,
-            );
+            let (cos, sin) = s.rope_tables(self.local_rope);
+            rope::forward(&mut q, s.positions, rope_shape(nh, cfg), cos, sin);
+            rope::forward(&mut k, s.positions, rope_shape(nkv, cfg), cos, sin);
         }
         let shape = attn_shape(cfg, s, self.window);
         let mut attn = vec![0.0; n * nh * hd];
@@ -329,15 +379,12 @@ impl Block {
         attention::forward(shape, inputs, &mut attn, &mut lse);
         let mut o = vec![0.0; x.len()];
         let o_saved = self.o_proj.forward(&attn, &mut o, seed(s, O));
-        let attn_out = norm_branch_output(&mut o, &self.attn_norm, eps, pre).map(|(raw, rstd)| {
-            rstd1 = rstd;
-            raw
-        });
+        let attn_out = norm_branch_output(&mut o, self.norms.attn_out.as_ref(), norm_ctx);
         let residual = cfg.scales.residual as f32;
         add_branch(x, &o, residual);
 
         let x_mid = x.to_vec();
-        let (input, mut rstd2) = branch_input(x, &self.mlp_norm, eps, pre);
+        let (input, mlp_in_rstd) = branch_input(x, self.norms.mlp_in.as_ref(), norm_ctx);
         let inter = self.gate_proj.out_features();
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
@@ -345,27 +392,25 @@ impl Block {
         let up_saved = self.up_proj.forward(&input, &mut up, seed(s, UP));
         drop(input);
         let mut act = vec![0.0; n * inter];
-        swiglu::forward(&gate, &up, &mut act);
+        glu::forward(cfg.hidden_act, &gate, &up, &mut act);
         let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
-        let mlp_out = norm_branch_output(&mut o, &self.mlp_norm, eps, pre).map(|(raw, rstd)| {
-            rstd2 = rstd;
-            raw
-        });
+        let mlp_out = norm_branch_output(&mut o, self.norms.mlp_out.as_ref(), norm_ctx);
         add_branch(x, &o, residual);
         Activations {
             x_in,
-            rstd1,
+            attn_in_rstd,
             q,
             k,
             v,
             attn,
             lse,
             x_mid,
-            rstd2,
+            mlp_in_rstd,
             gate,
             up,
             qk_raw,
-            branch_out: attn_out.zip(mlp_out),
+            attn_out,
+            mlp_out,
             saved: [qkv_saved, o_saved, gate_saved, up_saved, down_saved],
         }
     }
@@ -373,30 +418,32 @@ impl Block {
     /// From `dx`, the gradient of the block's output, computes the gradient of its input in place
     /// and accumulates the gradients of every trainable tensor.
     pub fn backward(&mut self, cfg: &ModelConfig, dx: &mut [f32], a: Activations, s: &StepInputs) {
-        let eps = cfg.rms_norm_eps as f32;
+        let norm_ctx = NormCtx::of(cfg);
         let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
         let [qkv_saved, o_saved, gate_saved, up_saved, down_saved] = a.saved;
         let residual = cfg.scales.residual as f32;
-        let pre = cfg.norm_placement == NormPlacement::Pre;
-        let (attn_out, mlp_out) = match &a.branch_out {
-            Some((attn, mlp)) => (Some(attn.as_slice()), Some(mlp.as_slice())),
-            None => (None, None),
-        };
+        let Norms {
+            attn_in,
+            attn_out,
+            mlp_in,
+            mlp_out,
+        } = &mut self.norms;
 
-        // MLP: x_out = x_mid + down(silu(gate) · up), gate and up from rmsnorm₂(x_mid) (or, norms
-        // last, x_out = x_mid + rmsnorm₂(down(…)) on x_mid itself).
+        // MLP: x_out = x_mid + mlp_out(down(act(gate) · up)), gate and up from mlp_in(x_mid), each
+        // norm where the family has it.
         let inter = self.gate_proj.out_features();
         let mut act = vec![0.0; n * inter];
-        swiglu::forward(&a.gate, &a.up, &mut act);
+        glu::forward(cfg.hidden_act, &a.gate, &a.up, &mut act);
         let mut dact = vec![0.0; n * inter];
-        let dout = branch_output_grad(dx, residual, mlp_out, &mut self.mlp_norm, &a.rstd2);
+        let out_norm = a.mlp_out.as_ref().zip(mlp_out.as_mut());
+        let dout = branch_output_grad(dx, residual, out_norm, norm_ctx);
         self.down_proj.backward(&dout, &act, &down_saved, &mut dact);
         drop((dout, act));
         let (mut dgate, mut dup) = (vec![0.0; n * inter], vec![0.0; n * inter]);
-        swiglu::backward(&dact, &a.gate, &a.up, &mut dgate, &mut dup);
+        glu::backward(cfg.hidden_act, &dact, &a.gate, &a.up, &mut dgate, &mut dup);
         drop(dact);
-        let (input, _) = branch_input(&a.x_mid, &self.mlp_norm, eps, pre);
+        let (input, _) = branch_input(&a.x_mid, mlp_in.as_ref(), norm_ctx);
         let mut dinput = vec![0.0; dx.len()];
         let mut dinput_up = vec![0.0; dx.len()];
         self.gate_proj
@@ -405,11 +452,14 @@ impl Block {
             .backward(&dup, &input, &up_saved, &mut dinput_up);
         drop(input);
         add_into(&mut dinput, &dinput_up);
-        branch_input_grad_into(dx, &dinput, &a.x_mid, &mut self.mlp_norm, &a.rstd2, pre);
+        let in_norm = mlp_in.as_mut().map(|w| (w, a.mlp_in_rstd.as_slice()));
+        branch_input_grad_into(dx, &dinput, &a.x_mid, in_norm, norm_ctx);
 
-        // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v)), q/k/v from rmsnorm₁(x_in).
+        // Attention: x_mid = x_in + attn_out(o(attn(rope(q), rope(k), v))), q/k/v from
+        // attn_in(x_in).
         let mut dattn = vec![0.0; n * nh * hd];
-        let dout = branch_output_grad(dx, residual, attn_out, &mut self.attn_norm, &a.rstd1);
+        let out_norm = a.attn_out.as_ref().zip(attn_out.as_mut());
+        let dout = branch_output_grad(dx, residual, out_norm, norm_ctx);
         self.o_proj.backward(&dout, &a.attn, &o_saved, &mut dattn);
         drop(dout);
         let (mut dq, mut dk, mut dv) = (
@@ -431,28 +481,18 @@ impl Block {
         let shape = attn_shape(cfg, s, self.window);
         attention::backward(shape, inputs, &a.attn, &a.lse, &dattn, grads);
         if self.rotary {
-            rope::backward(
-                &mut dq,
-                s.positions,
-                rope_shape(nh, cfg),
-                s.rope_cos,
-                s.rope_sin,
-            );
-            rope::backward(
-                &mut dk,
-                s.positions,
-                rope_shape(nkv, cfg),
-                s.rope_cos,
-                s.rope_sin,
-            );
+            let (cos, sin) = s.rope_tables(self.local_rope);
+            rope::backward(&mut dq, s.positions, rope_shape(nh, cfg), cos, sin);
+            rope::backward(&mut dk, s.positions, rope_shape(nkv, cfg), cos, sin);
         }
         if let (Some(norm), Some(raw)) = (&mut self.qk_norm, &a.qk_raw) {
-            norm.backward(&mut dq, &mut dk, raw);
+            norm.backward(&mut dq, &mut dk, raw, norm_ctx);
         }
         let dqkv = interleave(&dq, &dk, &dv, n);
-        let (input, _) = branch_input(&a.x_in, &self.attn_norm, eps, pre);
+        let (input, _) = branch_input(&a.x_in, attn_in.as_ref(), norm_ctx);
         self.qkv.backward(&dqkv, &input, &qkv_saved, &mut dinput);
         drop(input);
-        branch_input_grad_into(dx, &dinput, &a.x_in, &mut self.attn_norm, &a.rstd1, pre);
+        let in_norm = attn_in.as_mut().map(|w| (w, a.attn_in_rstd.as_slice()));
+        branch_input_grad_into(dx, &dinput, &a.x_in, in_norm, norm_ctx);
     }
 }

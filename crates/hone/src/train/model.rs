@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{Activations, Block, QkNorm, StepInputs};
+use super::block::{Activations, Block, Norms, QkNorm, StepInputs};
 use super::dropout;
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
@@ -57,6 +57,8 @@ enum Saved {
 struct RopeTables {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding-window layers' tables when they rotate differently (Gemma 3).
+    local: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Rows of the LM head's logits computed at once by the fused loss: 256 × 49K floats = 48 MB.
@@ -160,18 +162,21 @@ impl TrainModel {
                 }),
                 None => None,
             };
-            let [attn_norm, mlp_norm] = cfg.norm_placement.hf_modules();
+            let mut norms = Norms::default();
+            for &(position, name, _) in cfg.norm_placement.norms() {
+                *norms.slot_mut(position) = Some(norm(name, h)?);
+            }
             blocks.push(Block {
-                attn_norm: norm(attn_norm, h)?,
+                norms,
                 qkv,
                 o_proj,
-                mlp_norm: norm(mlp_norm, h)?,
                 gate_proj,
                 up_proj,
                 down_proj,
                 qk_norm,
                 rotary: cfg.uses_rope(l),
                 window: cfg.window(l),
+                local_rope: cfg.window(l).is_some(),
             });
         }
         let norm = vector_param(take("model.norm.weight", &[h])?)?;
@@ -189,7 +194,9 @@ impl TrainModel {
         }) {
             bail!("the adapter has weights for `{extra}`, which this model does not have");
         }
-        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, cfg.max_position_embeddings.max(1));
+        let n_positions = cfg.max_position_embeddings.max(1);
+        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
+        let local_rope = rope::local_table_vecs(&cfg, n_positions);
         Ok(TrainModel {
             cfg,
             embed_tokens,
@@ -199,6 +206,7 @@ impl TrainModel {
             rope: RopeTables {
                 cos: rope_cos,
                 sin: rope_sin,
+                local: local_rope,
             },
             neftune_alpha: None,
             recompute: false,
@@ -269,10 +277,11 @@ impl TrainModel {
         )?;
         scale(&mut dh, logit_scale);
         let mut dx = vec![0.0; x.len()];
+        let final_weights = self.final_norm_weights();
         rmsnorm::backward(
             &dh,
             &x,
-            &self.norm.value,
+            &final_weights,
             &rstd,
             &mut dx,
             self.norm.grad.as_deref_mut(),
@@ -344,12 +353,18 @@ impl TrainModel {
         let mut rstd = vec![0.0; x.len() / self.cfg.hidden_size];
         rmsnorm::forward(
             x,
-            &self.norm.value,
+            &self.final_norm_weights(),
             self.cfg.rms_norm_eps as f32,
             &mut y,
             &mut rstd,
         );
         (y, rstd)
+    }
+
+    /// The final norm's weights as it scales by them (with the family's offset: Gemma's `1 + w`).
+    fn final_norm_weights(&self) -> Vec<f32> {
+        let offset = self.cfg.norm_offset;
+        self.norm.value.iter().map(|&w| w + offset).collect()
     }
 }
 
@@ -399,6 +414,10 @@ fn step_inputs<'a>(
         segment_ids: batch.segment_ids.as_deref(),
         rope_cos: &rope.cos,
         rope_sin: &rope.sin,
+        local_rope: rope
+            .local
+            .as_ref()
+            .map(|(c, s)| (c.as_slice(), s.as_slice())),
         dropout_seed,
     })
 }

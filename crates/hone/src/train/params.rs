@@ -6,18 +6,27 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
 //! `base_model.model.` prefix).
 
+use super::block::Norms;
 use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
 use crate::adapters::{Adapter, AdapterConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
+use crate::model::config::BlockNorm;
 
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
 type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);
 
 fn visit_tensor<'a>(name: String, t: &'a mut Tensor1, f: Visitor<'a, '_>) {
     f(name, &mut t.value, t.grad.as_deref_mut());
+}
+
+/// A block norm the family has.
+fn visit_norm<'a>(name: String, norm: &'a mut Option<Tensor1>, f: Visitor<'a, '_>) {
+    if let Some(t) = norm {
+        visit_tensor(name, t, f);
+    }
 }
 
 /// A matrix kept in its stored type is frozen and has no f32 values to visit.
@@ -65,20 +74,30 @@ impl TrainModel {
             &mut self.embed_tokens,
             f,
         );
-        let [attn_norm, mlp_norm] = self.cfg.norm_placement.hf_modules();
+        let placement = self.cfg.norm_placement;
         for (l, block) in self.blocks.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
-            visit_tensor(format!("{p}.{attn_norm}.weight"), &mut block.attn_norm, f);
+            let name =
+                |position| format!("{p}.{}.weight", placement.hf_name(position).unwrap_or(""));
+            let Norms {
+                attn_in,
+                attn_out,
+                mlp_in,
+                mlp_out,
+            } = &mut block.norms;
+            visit_norm(name(BlockNorm::AttnIn), attn_in, f);
             visit_projection(&mut block.qkv, f);
             visit_projection(&mut block.o_proj, f);
             if let Some(norm) = &mut block.qk_norm {
                 visit_tensor(format!("{p}.self_attn.q_norm.weight"), &mut norm.q, f);
                 visit_tensor(format!("{p}.self_attn.k_norm.weight"), &mut norm.k, f);
             }
-            visit_tensor(format!("{p}.{mlp_norm}.weight"), &mut block.mlp_norm, f);
+            visit_norm(name(BlockNorm::AttnOut), attn_out, f);
+            visit_norm(name(BlockNorm::MlpIn), mlp_in, f);
             visit_projection(&mut block.gate_proj, f);
             visit_projection(&mut block.up_proj, f);
             visit_projection(&mut block.down_proj, f);
+            visit_norm(name(BlockNorm::MlpOut), mlp_out, f);
         }
         visit_tensor("model.norm.weight".into(), &mut self.norm, f);
         if let Some(head) = &mut self.lm_head {
@@ -193,14 +212,18 @@ impl TrainModel {
             vec![cfg.vocab_size, h],
             embed.rows_f32(0..embed.rows()),
         )];
-        let [attn_norm, mlp_norm] = cfg.norm_placement.hf_modules();
         for (l, block) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push((
-                format!("{p}.{attn_norm}.weight"),
-                vec![h],
-                block.attn_norm.value.clone(),
-            ));
+            let norm = |position: BlockNorm, out: &mut Vec<(String, Vec<usize>, Vec<f32>)>| {
+                let (Some(name), Some(w)) = (
+                    cfg.norm_placement.hf_name(position),
+                    block.norms.slot(position),
+                ) else {
+                    return;
+                };
+                out.push((format!("{p}.{name}.weight"), vec![h], w.value.clone()));
+            };
+            norm(BlockNorm::AttnIn, &mut out);
             for proj in [&block.qkv, &block.o_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
             }
@@ -213,14 +236,12 @@ impl TrainModel {
                     ));
                 }
             }
-            out.push((
-                format!("{p}.{mlp_norm}.weight"),
-                vec![h],
-                block.mlp_norm.value.clone(),
-            ));
+            norm(BlockNorm::AttnOut, &mut out);
+            norm(BlockNorm::MlpIn, &mut out);
             for proj in [&block.gate_proj, &block.up_proj, &block.down_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
             }
+            norm(BlockNorm::MlpOut, &mut out);
         }
         out.push(("model.norm.weight".into(), vec![h], self.norm.value.clone()));
         if let Some(head) = &self.lm_head {

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
 use super::SaveDtype;
+use crate::kernels::glu::Activation;
 use crate::model::config::SMOLLM3_NOPE_INTERVAL;
 use crate::model::{Architecture, ModelConfig, RopeScaling};
 use crate::tokenizer::Tokenizer;
@@ -29,7 +30,16 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
     set("eos_token_id", one_or_many(&cfg.eos_token_ids));
     set("pad_token_id", Value::Null);
     set("dtype", json!(dtype.hf_name()));
-    set("hidden_act", json!("silu"));
+    let act = match cfg.hidden_act {
+        Activation::Silu => "silu",
+        Activation::GeluTanh => "gelu_pytorch_tanh",
+    };
+    // Gemma's classes read `hidden_activation` instead.
+    if arch == Architecture::Gemma3 {
+        set("hidden_activation", json!(act));
+    } else {
+        set("hidden_act", json!(act));
+    }
     set("hidden_size", json!(cfg.hidden_size));
     set("initializer_range", json!(0.02));
     set("intermediate_size", json!(cfg.intermediate_size));
@@ -41,7 +51,7 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
     set("num_hidden_layers", json!(cfg.num_hidden_layers));
     set("num_key_value_heads", json!(cfg.num_key_value_heads));
     set("rms_norm_eps", json!(cfg.rms_norm_eps));
-    set("rope_parameters", rope_parameters);
+    set("rope_parameters", rope_parameters.clone());
     set("rope_theta", json!(cfg.rope_theta));
     set("rope_scaling", rope_scaling);
     set("tie_word_embeddings", json!(cfg.tie_word_embeddings));
@@ -106,6 +116,23 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
         }
+        Architecture::Gemma3 => {
+            set("attention_bias", json!(cfg.attention_bias));
+            set("head_dim", json!(cfg.head_dim));
+            set("layer_types", Value::Array(layer_types));
+            set("sliding_window", window_size);
+            // Configs give it as an integer; the attention scale is its inverse square root.
+            let scalar = 1.0 / f64::from(cfg.attention_scale()).powi(2);
+            set("query_pre_attn_scalar", json!(scalar.round() as u64));
+            set("attn_logit_softcapping", Value::Null);
+            set("final_logit_softcapping", Value::Null);
+            set("use_bidirectional_attention", json!(false));
+            let local = cfg.local_rope_theta.unwrap_or(10_000.0);
+            set("rope_local_base_freq", json!(local));
+            let local = json!({"rope_type": "default", "rope_theta": local});
+            let per_type = json!({"full_attention": rope_parameters, "sliding_attention": local});
+            set("rope_parameters", per_type);
+        }
     }
     Ok(Value::Object(m))
 }
@@ -143,7 +170,11 @@ fn one_or_many(ids: &[u32]) -> Value {
 /// multipliers.
 fn check_layout(cfg: &ModelConfig) -> Result<()> {
     let arch = cfg.architecture;
-    if cfg.qk_norm != arch.qk_norm() || cfg.norm_placement != arch.norm_placement() {
+    if cfg.qk_norm != arch.qk_norm()
+        || cfg.norm_placement != arch.norm_placement()
+        || cfg.norm_offset != arch.norm_offset()
+        || cfg.local_rope_theta.is_some() != (arch == Architecture::Gemma3)
+    {
         bail!(
             "{}: q/k norms {:?} and norms placed {:?} are not this class's",
             arch.hf_class(),
@@ -155,7 +186,10 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         let every_layer = window.layers.len() == cfg.num_hidden_layers;
         let holds = match arch {
             Architecture::Mistral => every_layer,
-            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3 => true,
+            Architecture::Qwen2
+            | Architecture::Qwen3
+            | Architecture::SmolLM3
+            | Architecture::Gemma3 => true,
             _ => false,
         };
         if !holds {
@@ -174,7 +208,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
             "layers without RoPE",
         ),
         (
-            !cfg.scales.is_default(),
+            !cfg.scales.is_default() && !gemma_scales(cfg),
             Architecture::Granite,
             "scalar multipliers",
         ),
@@ -195,7 +229,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         }
         Architecture::Mistral => layout == (false, false, false),
         Architecture::Qwen2 => layout == (true, false, false),
-        Architecture::Qwen3 | Architecture::Olmo2 => {
+        Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
         }
     };
@@ -210,6 +244,15 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the multipliers are Gemma's own: embeddings × √hidden and an attention scale from
+/// `query_pre_attn_scalar`, nothing else.
+fn gemma_scales(cfg: &ModelConfig) -> bool {
+    let s = &cfg.scales;
+    cfg.architecture == Architecture::Gemma3
+        && s.embedding == (cfg.hidden_size as f64).sqrt()
+        && (s.residual, s.logits) == (1.0, 1.0)
 }
 
 /// (`rope_parameters`, legacy `rope_scaling`) for the config's rotary settings.

@@ -1,5 +1,6 @@
-//! SwiGLU, out = silu(gate) · up, the gate of a Llama MLP; the backward recomputes the sigmoid
-//! from `gate` instead of saving it.
+//! Gated MLP activations, out = act(gate) · up: SwiGLU (silu, Llama) and GeGLU (GELU with the tanh
+//! approximation, transformers' `gelu_pytorch_tanh`, Gemma). The backward recomputes the
+//! activation from `gate` instead of saving it.
 
 use rayon::prelude::*;
 
@@ -8,22 +9,66 @@ use super::math::exp;
 /// Elements per work item: enough to amortize scheduling, small enough to spread over cores.
 const CHUNK: usize = 1024;
 
-/// `out = silu(gate) · up`, elementwise over equal-length slices.
-pub fn forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// The activation applied to the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Activation {
+    /// silu(g) = g·σ(g) (transformers' `silu`).
+    Silu,
+    /// 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// act(g) and act'(g).
+    #[inline(always)]
+    fn value_and_slope(self, g: f32) -> (f32, f32) {
+        match self {
+            Activation::Silu => {
+                let s = sigmoid(g);
+                (g * s, s * (1.0 + g * (1.0 - s)))
+            }
+            Activation::GeluTanh => {
+                const BETA: f32 = 0.797_884_6; // √(2/π)
+                const KAPPA: f32 = 0.044_715;
+                let t = (BETA * (g + KAPPA * g * g * g)).tanh();
+                let slope =
+                    0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * BETA * (1.0 + 3.0 * KAPPA * g * g);
+                (0.5 * g * (1.0 + t), slope)
+            }
+        }
+    }
+}
+
+/// `out = act(gate) · up`, elementwise over equal-length slices.
+pub fn forward(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && out.len() == gate.len());
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK))
         .zip(up.par_chunks(CHUNK))
-        .for_each(|((out, gate), up)| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(g) * u;
+        .for_each(|((out, gate), up)| match act {
+            // Written out so the silu loop stays the vectorized one it always was.
+            Activation::Silu => {
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = g * sigmoid(g) * u;
+                }
+            }
+            Activation::GeluTanh => {
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = act.value_and_slope(g).0 * u;
+                }
             }
         });
 }
 
-/// Writes `dgate = dout · up · silu'(gate)` and `dup = dout · silu(gate)`, where
-/// silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
-pub fn backward(dout: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+/// Writes `dgate = dout · up · act'(gate)` and `dup = dout · act(gate)`.
+pub fn backward(
+    act: Activation,
+    dout: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    dgate: &mut [f32],
+    dup: &mut [f32],
+) {
     let n = gate.len();
     assert!(up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n);
     dgate
@@ -34,9 +79,9 @@ pub fn backward(dout: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: 
         .for_each(|(((dgate, dup), dout), (gate, up))| {
             let items = dgate.iter_mut().zip(dup).zip(dout).zip(gate).zip(up);
             for ((((dg, du), &d), &g), &u) in items {
-                let s = sigmoid(g);
-                *du = d * (g * s);
-                *dg = d * u * (s * (1.0 + g * (1.0 - s)));
+                let (value, slope) = act.value_and_slope(g);
+                *du = d * value;
+                *dg = d * u * slope;
             }
         });
 }
@@ -69,9 +114,9 @@ mod tests {
             .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
             .collect();
         let mut out = vec![0.0; 2100];
-        forward(&gate, &up, &mut out);
+        forward(Activation::Silu, &gate, &up, &mut out);
         let (mut dgate, mut dup) = (vec![0.0; 2100], vec![0.0; 2100]);
-        backward(&dout, &gate, &up, &mut dgate, &mut dup);
+        backward(Activation::Silu, &dout, &gate, &up, &mut dgate, &mut dup);
 
         let silu = |g: f64| g / (1.0 + (-g).exp());
         let h = 1e-6;
