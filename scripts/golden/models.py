@@ -40,6 +40,8 @@ from transformers import (
     GraniteForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     SmolLM3Config,
@@ -263,6 +265,25 @@ TINY_MODELS = {
         Gemma3ForCausalLM,
         Gemma3TextConfig(**dict(GEMMA3, num_hidden_layers=6), query_pre_attn_scalar=16),
         115,
+        {},
+    ),
+    # Gemma 2: sandwich (1 + w) norms, GeGLU, alternating sliding (window 4) and global layers,
+    # attention and final logit soft-capping (small caps, so they bend these logits), embeddings x
+    # sqrt(hidden); query_pre_attn_scalar = head_dim, as llama.cpp's gemma2 assumes.
+    "gemma2": (
+        Gemma2ForCausalLM,
+        Gemma2Config(
+            **dict(GQA, num_hidden_layers=4, tie_word_embeddings=True),
+            query_pre_attn_scalar=16,
+            sliding_window=4,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+            rope_theta=10000.0,
+            bos_token_id=2,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        116,
         {},
     ),
     "llama-sharded": (

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 5] = [
+const FAMILIES: [(&str, &str, &str); 6] = [
+    ("gemma2", "Gemma2ForCausalLM", r#""attn_softcap":2.0"#),
     (
         "gemma3",
         "Gemma3ForCausalLM",

@@ -31,6 +31,7 @@ fn main() -> Result<()> {
         head_dim: 64,
         scale: 0.125,
         window: None,
+        softcap: None,
     };
     let q_len = s.batch * s.seq * s.heads * s.head_dim;
     let kv_len = q_len / (s.heads / s.kv_heads);

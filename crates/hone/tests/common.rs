@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 /// `<repo>/fixtures/<rel>`.
 /// The tiny random model of each family and its switches (fixtures/models/, from
 /// scripts/golden/models.py), f32 and in one file.
-pub const FAMILY_MODELS: [&str; 9] = [
+pub const FAMILY_MODELS: [&str; 10] = [
     "llama-tied",
     "llama-gqa",
     "mistral",
@@ -18,6 +18,7 @@ pub const FAMILY_MODELS: [&str; 9] = [
     "smollm3",
     "granite",
     "olmo2",
+    "gemma2",
     "gemma3",
 ];
 

@@ -355,7 +355,7 @@ fn hf_sources_of_every_family_round_trip() {
         assert_eq!(types[4], GgufValue::I32(3), "<|im_end|> is a control token");
         assert_eq!(types[6], GgufValue::I32(1));
         let arch = match name {
-            "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" => name,
+            "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" | "gemma2" => name,
             "gemma3-gguf" => "gemma3",
             _ => "llama",
         };
@@ -375,7 +375,15 @@ fn hf_sources_of_every_family_round_trip() {
             "padding ids are unused tokens"
         );
         let has = |t: &str| report.tensors.iter().any(|(n, _, _)| n == t);
-        let tied = ["llama-tied", "qwen2", "smollm3", "granite", "gemma3-gguf"].contains(&name);
+        let tied = [
+            "llama-tied",
+            "qwen2",
+            "smollm3",
+            "granite",
+            "gemma2",
+            "gemma3-gguf",
+        ];
+        let tied = tied.contains(&name);
         assert_eq!(has("output.weight"), !tied, "{name}");
         assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
         assert_eq!(
@@ -385,7 +393,7 @@ fn hf_sources_of_every_family_round_trip() {
         );
         let qk_norm = ["qwen3", "olmo2", "gemma3-gguf"].contains(&name);
         assert_eq!(has("blk.1.attn_q_norm.weight"), qk_norm, "{name}");
-        let post_norms = name == "olmo2" || name == "gemma3-gguf";
+        let post_norms = ["olmo2", "gemma2", "gemma3-gguf"].contains(&name);
         assert_eq!(has("blk.1.post_ffw_norm.weight"), post_norms, "{name}");
         assert_eq!(has("blk.1.ffn_norm.weight"), name != "olmo2", "{name}");
         let diff = max_abs_diff(

@@ -144,7 +144,7 @@ fn merged_checkpoints_reload_with_peft_logits() {
 #[test]
 fn sliding_windows_are_written_as_transformers_writes_them() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["mistral-window", "qwen2-window", "gemma3"] {
+    for name in ["mistral-window", "qwen2-window", "gemma2", "gemma3"] {
         let source = ModelSource::HfDir(fixture(&format!("models/{name}")));
         let (cfg, w) = weights::load(&source, &Device::Cpu).unwrap();
         assert!(cfg.sliding_window.is_some(), "{name}");
@@ -170,6 +170,8 @@ fn sliding_windows_are_written_as_transformers_writes_them() {
             "rope_parameters",
             "query_pre_attn_scalar",
             "hidden_activation",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
         ];
         for key in keys {
             assert_eq!(ours[key], theirs[key], "{name}: {key}");

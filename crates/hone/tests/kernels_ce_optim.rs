@@ -71,6 +71,7 @@ fn check_ce(case: &str, hidden: usize, vocab: usize) {
             hidden,
             vocab,
             chunk,
+            softcap: None,
         };
         let mut dh = vec![f32::NAN; n * hidden];
         let mut dw = vec![0.0; vocab * hidden];
@@ -129,6 +130,7 @@ fn check_ce(case: &str, hidden: usize, vocab: usize) {
         hidden,
         vocab,
         chunk: 4,
+        softcap: None,
     };
     let mut dh = vec![0.0; n * hidden];
     let mut dw = f32s(&st, "dw");

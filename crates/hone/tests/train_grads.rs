@@ -342,6 +342,7 @@ fn lora_gradients_match_peft_on_every_architecture() {
         "smollm3",
         "granite",
         "olmo2",
+        "gemma2",
         "gemma3",
     ] {
         for masking in ["masked", "full"] {
@@ -366,6 +367,7 @@ fn full_and_partial_fine_tuning_gradients_match_torch() {
     check_gradients("full_smollm3");
     check_gradients("full_granite");
     check_gradients("full_olmo2");
+    check_gradients("full_gemma2");
     check_gradients("full_gemma3");
     check_gradients("full_mistral-window");
     check_gradients("freeze_llama-gqa");
@@ -420,6 +422,7 @@ fn gradient_checkpointing_gives_the_same_gradients() {
     check_gradients_with("lora_smollm3_masked", recompute);
     check_gradients_with("full_olmo2", recompute);
     check_gradients_with("full_gemma3", recompute);
+    check_gradients_with("full_gemma2", recompute);
     check_gradients_with(
         "lora_default_2layers",
         Variant {

@@ -44,6 +44,8 @@ pub fn run(args: Args) -> Result<()> {
             "norm_offset": cfg.norm_offset,
             "hidden_act": cfg.hidden_act,
             "local_rope_theta": cfg.local_rope_theta,
+            "attn_softcap": cfg.attn_softcap,
+            "final_softcap": cfg.final_softcap,
             "sliding_window": cfg.sliding_window,
             "no_rope_layers": cfg.no_rope_layers,
             "scales": cfg.scales,
@@ -145,6 +147,14 @@ fn block_switches(cfg: &ModelConfig) -> String {
         .collect();
     if !cfg.no_rope_layers.is_empty() {
         on.push(format!("no RoPE in layers {:?}", cfg.no_rope_layers));
+    }
+    for (cap, what) in [
+        (cfg.attn_softcap, "attention scores"),
+        (cfg.final_softcap, "logits"),
+    ] {
+        if let Some(cap) = cap {
+            on.push(format!("{what} soft-capped at {cap}"));
+        }
     }
     if let Some(theta) = cfg.local_rope_theta {
         on.push(format!("sliding layers rotate with base {theta}"));

@@ -23,8 +23,8 @@ use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::gguf_write::GgufWriter;
 use crate::io::source::ModelSource;
 use crate::model::config::{
-    gemma3_query_scalar, smollm3_nope_pattern, Architecture, ModelConfig, RopeScaling,
-    GEMMA3_GLOBAL_EVERY, SMOLLM3_NOPE_INTERVAL,
+    gemma_global_every, gemma_query_scalar, smollm3_nope_pattern, Architecture, ModelConfig,
+    RopeScaling, SMOLLM3_NOPE_INTERVAL,
 };
 use crate::model::weights::{gguf_name, is_norm, layer_modules, permute_rows, permuted_heads};
 use crate::model::{load_weights, rope, LoadedWeights};
@@ -107,8 +107,8 @@ fn model_metadata(
 ) -> Result<()> {
     let u32_of = |v: usize| GgufValue::U32(v as u32);
     let arch = cfg.architecture.gguf_arch();
-    if cfg.architecture == Architecture::Gemma3 {
-        refuse_what_gemma3_gguf_cannot_hold(cfg)?;
+    if gemma_global_every(cfg.architecture).is_some() {
+        refuse_what_gemma_gguf_cannot_hold(cfg)?;
     }
     if arch == "qwen3" && cfg.o_proj_bias {
         bail!(
@@ -162,10 +162,17 @@ fn model_metadata(
         set("rope.scaling.type", GgufValue::String("linear".into()));
         set("rope.scaling.factor", GgufValue::F32(factor as f32));
     }
-    if let Some(window) = cfg.sliding_window.as_ref().filter(|_| arch == "gemma3") {
+    if let Some(window) = &cfg.sliding_window {
         set("attention.sliding_window", u32_of(window.size));
-        let local = cfg.local_rope_theta.unwrap_or(10_000.0);
+    }
+    if let Some(local) = cfg.local_rope_theta {
         set("rope.freq_base_swa", GgufValue::F32(local as f32));
+    }
+    if let Some(cap) = cfg.attn_softcap {
+        set("attn_logit_softcapping", GgufValue::F32(cap));
+    }
+    if let Some(cap) = cfg.final_softcap {
+        set("final_logit_softcapping", GgufValue::F32(cap));
     }
     if cfg.architecture == Architecture::Granite {
         let scales = &cfg.scales;
@@ -177,33 +184,36 @@ fn model_metadata(
     Ok(())
 }
 
-/// llama.cpp's gemma3 has no keys for its window pattern, attention scale or local rotary base
-/// (older builds): a Gemma 3 whose values differ from what it assumes would compute otherwise there.
-fn refuse_what_gemma3_gguf_cannot_hold(cfg: &ModelConfig) -> Result<()> {
+/// llama.cpp's gemma2 and gemma3 have no keys for their window pattern, attention scale or (older
+/// builds) local rotary base: a model whose values differ from what they assume would compute
+/// otherwise there.
+fn refuse_what_gemma_gguf_cannot_hold(cfg: &ModelConfig) -> Result<()> {
+    let arch = cfg.architecture;
     let (layers, hidden, heads) = (
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
     );
-    let pattern: Vec<usize> = (0..layers)
-        .filter(|l| (l + 1) % GEMMA3_GLOBAL_EVERY != 0)
-        .collect();
+    let every = gemma_global_every(arch).unwrap_or(1);
+    let pattern: Vec<usize> = (0..layers).filter(|l| (l + 1) % every != 0).collect();
     let windowed = cfg.sliding_window.as_ref().map(|w| &w.layers);
     if windowed != Some(&pattern) {
         bail!(
-            "llama.cpp's gemma3 makes every {GEMMA3_GLOBAL_EVERY}th layer global and the others \
-             sliding-window; this model windows layers {windowed:?}"
+            "llama.cpp's {} makes every {every}th layer global and the others sliding-window; \
+             this model windows layers {windowed:?}",
+            arch.gguf_arch()
         );
     }
-    let scalar = gemma3_query_scalar(layers, hidden, heads, cfg.head_dim);
+    let scalar = gemma_query_scalar(arch, layers, hidden, heads, cfg.head_dim);
     if cfg.attention_scale() != 1.0 / (scalar as f32).sqrt() {
         bail!(
-            "llama.cpp's gemma3 assumes query_pre_attn_scalar {scalar} for this shape; this \
-             model's attention scale is {}",
+            "llama.cpp's {} assumes query_pre_attn_scalar {scalar} for this shape; this model's \
+             attention scale is {}",
+            arch.gguf_arch(),
             cfg.attention_scale()
         );
     }
-    if cfg.local_rope_theta != Some(10_000.0) {
+    if arch == Architecture::Gemma3 && cfg.local_rope_theta != Some(10_000.0) {
         bail!(
             "llama.cpp's gemma3 rotates the sliding-window layers with base 10000; this model \
              uses {:?}",

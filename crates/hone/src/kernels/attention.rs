@@ -32,6 +32,9 @@ pub struct AttnShape {
     /// Sliding-window attention: a query sees itself and the `window - 1` keys before it
     /// (transformers' `sliding_window`); None: every earlier key.
     pub window: Option<usize>,
+    /// Scaled scores are soft-capped to `cap · tanh(s / cap)` before the mask (Gemma 2's
+    /// `attn_logit_softcapping`).
+    pub softcap: Option<f32>,
 }
 
 impl AttnShape {
@@ -258,6 +261,7 @@ struct Head<'a> {
     head_dim: usize,
     scale: f32,
     window: Option<usize>,
+    softcap: Option<f32>,
 }
 
 impl<'a> Head<'a> {
@@ -280,6 +284,17 @@ impl<'a> Head<'a> {
             head_dim: hd,
             scale: shape.scale,
             window: shape.window,
+            softcap: shape.softcap,
+        }
+    }
+
+    /// A raw score `q·k` scaled, and soft-capped when the model caps.
+    #[inline(always)]
+    fn score(&self, raw: f32) -> f32 {
+        let s = raw * self.scale;
+        match self.softcap {
+            Some(cap) => cap * (s / cap).tanh(),
+            None => s,
         }
     }
 
@@ -318,13 +333,13 @@ impl<'a> Head<'a> {
             let (outside, visible) = visible.split_at_mut(before_window.min(visible.len()));
             outside.fill(f32::NEG_INFINITY);
             match self.seg {
-                None => visible.iter_mut().for_each(|x| *x *= self.scale),
+                None => visible.iter_mut().for_each(|x| *x = self.score(*x)),
                 Some(seg) => {
                     let own = seg[i];
                     let keys = &seg[j0 + outside.len()..];
                     for (x, &other) in visible.iter_mut().zip(keys) {
                         *x = if other == own {
-                            *x * self.scale
+                            self.score(*x)
                         } else {
                             f32::NEG_INFINITY
                         };
@@ -410,6 +425,15 @@ impl<'a> Head<'a> {
             .collect();
         let mut p = vec![0f32; tiles.q * tiles.k];
         let mut ds = vec![0f32; tiles.q * tiles.k];
+        // With a soft-cap, d(capped)/d(scaled) = 1 − (capped / cap)², taken before the softmax.
+        let mut cap_slope = vec![
+            1f32;
+            if self.softcap.is_some() {
+                tiles.q * tiles.k
+            } else {
+                0
+            }
+        ];
         for i0 in (0..self.seq).step_by(tiles.q) {
             let i1 = (i0 + tiles.q).min(self.seq);
             let rq = i1 - i0;
@@ -418,6 +442,15 @@ impl<'a> Head<'a> {
                 let rk = tiles.k.min(i1 - j0);
                 let (p, ds) = (&mut p[..rq * rk], &mut ds[..rq * rk]);
                 self.scores(p, i0, rq, j0, rk);
+                if let Some(cap) = self.softcap {
+                    for (slope, &c) in cap_slope.iter_mut().zip(p.iter()) {
+                        *slope = if c.is_finite() {
+                            1.0 - (c / cap) * (c / cap)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
                 for (row, &lse) in p.chunks_exact_mut(rk).zip(&saved.lse[i0..i1]) {
                     exp_shifted(row, lse);
                 }
@@ -432,7 +465,8 @@ impl<'a> Head<'a> {
                 );
                 let v = self.kv_rows(self.v, j0, rk);
                 matmul(MatMut::new(ds, rq, rk), dout, v.t(), false, single);
-                // ds = p ∘ (dp - D) · scale, the gradient of the unscaled scores.
+                // ds = p ∘ (dp - D) · scale, the gradient of the unscaled scores (through the cap's
+                // slope when the scores are capped).
                 let rows = ds
                     .chunks_exact_mut(rk)
                     .zip(p.chunks_exact(rk))
@@ -441,6 +475,9 @@ impl<'a> Head<'a> {
                     for (x, &p) in ds_row.iter_mut().zip(p_row) {
                         *x = p * (*x - d_i) * self.scale;
                     }
+                }
+                if self.softcap.is_some() {
+                    ds.iter_mut().zip(&cap_slope).for_each(|(x, s)| *x *= s);
                 }
                 let ds = MatRef::new(ds, rq, rk);
                 let (k, q) = (self.kv_rows(self.k, j0, rk), self.q_rows(self.q, i0, rq));

@@ -25,6 +25,8 @@ pub struct CeShape {
     pub vocab: usize,
     /// Labelled rows per chunk; the scratch logits take `chunk × vocab` floats.
     pub chunk: usize,
+    /// Logits are soft-capped to `cap · tanh(z / cap)` (Gemma 2's `final_logit_softcapping`).
+    pub softcap: Option<f32>,
 }
 
 /// Number of positions whose label is not [`IGNORE_INDEX`]: the divisor of a mean loss, e.g. for
@@ -91,7 +93,7 @@ pub fn forward_backward<L: Copy + Into<i64>>(
     let mut loss_sum = 0.0;
     for part in rows.chunks(shape.chunk) {
         let c = part.len();
-        let (hc, dlogits, losses) = scratch.logits(h, w, part, shape);
+        let (_, dlogits, losses) = scratch.logits(h, w, part, shape);
         dlogits
             .par_chunks_mut(vocab)
             .zip(losses.par_iter_mut())
@@ -100,6 +102,21 @@ pub fn forward_backward<L: Copy + Into<i64>>(
                 *loss = row_loss_into_grad(row, target, grad_scale)
             });
         loss_sum += losses.iter().sum::<f64>();
+        if let Some(cap) = shape.softcap {
+            // Back through the cap: d z = d capped · (1 − (capped / cap)²), from the capped
+            // logits kept before the softmax took their place.
+            let capped = &scratch.capped[..c * vocab];
+            let dlogits = &mut scratch.logits[..c * vocab];
+            dlogits
+                .par_chunks_mut(vocab)
+                .zip(capped.par_chunks(vocab))
+                .for_each(|(d, z)| {
+                    for (d, &z) in d.iter_mut().zip(z) {
+                        *d *= 1.0 - (z / cap) * (z / cap);
+                    }
+                });
+        }
+        let (hc, dlogits) = (&scratch.hc[..c * hidden], &scratch.logits[..c * vocab]);
 
         let dh_chunk = &mut dh_chunk[..c * hidden];
         w.backward_input(dlogits, dh_chunk, false);
@@ -125,6 +142,7 @@ fn labelled_rows<L: Copy + Into<i64>>(
         hidden,
         vocab,
         chunk,
+        ..
     } = shape;
     ensure!(
         hidden > 0 && vocab > 0 && chunk > 0,
@@ -165,6 +183,8 @@ struct Scratch {
     capacity: usize,
     hc: Vec<f32>,
     logits: Vec<f32>,
+    /// The capped logits, kept for the backward when the logits are soft-capped.
+    capped: Vec<f32>,
     losses: Vec<f64>,
 }
 
@@ -175,6 +195,10 @@ impl Scratch {
             capacity,
             hc: vec![0.0; capacity * shape.hidden],
             logits: vec![0.0; capacity * shape.vocab],
+            capped: match shape.softcap {
+                Some(_) => vec![0.0; capacity * shape.vocab],
+                None => Vec::new(),
+            },
             losses: vec![0.0; capacity],
         }
     }
@@ -196,8 +220,19 @@ impl Scratch {
         }
         let logits = &mut self.logits[..c * vocab];
         w.forward(hc, logits);
+        if let Some(cap) = shape.softcap {
+            softcap(logits, cap);
+            self.capped[..c * vocab].copy_from_slice(logits);
+        }
         (hc, logits, &mut self.losses[..c])
     }
+}
+
+/// `z ← cap · tanh(z / cap)` over logits.
+pub fn softcap(logits: &mut [f32], cap: f32) {
+    logits
+        .par_iter_mut()
+        .for_each(|z| *z = cap * (*z / cap).tanh());
 }
 
 /// `logsumexp(row) − row[target]`. The exponentials are summed in f64: a vocabulary row has tens of
@@ -277,14 +312,22 @@ mod tests {
             .collect()
     }
 
-    /// Central differences of `loss` against the analytic dh and dW, on a tiny shape.
+    /// Central differences of `loss` against the analytic dh and dW, on a tiny shape, with and
+    /// without soft-capped logits (a cap of 1.5 bends logits of this size well into the tanh).
     #[test]
     fn matches_finite_differences() {
+        for softcap in [None, Some(1.5)] {
+            matches_finite_differences_with(softcap);
+        }
+    }
+
+    fn matches_finite_differences_with(softcap: Option<f32>) {
         let shape = CeShape {
             n: 5,
             hidden: 4,
             vocab: 7,
             chunk: 2,
+            softcap,
         };
         let h = pseudo_random(20, 1, 4.0);
         let w = pseudo_random(28, 2, 2.0);
@@ -341,6 +384,7 @@ mod tests {
             hidden: 2,
             vocab: 4,
             chunk: 8,
+            softcap: None,
         };
         let (h, w) = (
             pseudo_random(6, 3, 1.0),
@@ -370,6 +414,7 @@ mod tests {
             hidden: 2,
             vocab: 3,
             chunk: 1,
+            softcap: None,
         };
         let (h, w) = (vec![0.0; 4], f32_head(&[0.0; 6], 2));
         let err = loss(&h, w.as_ref(), &[0i64, 3], shape)
@@ -403,6 +448,7 @@ mod tests {
             hidden: 64,
             vocab: 40,
             chunk: 4,
+            softcap: None,
         };
         let h = pseudo_random(6 * 64, 5, 2.0);
         let bytes = quant::quantize(GgmlType::Q8_0, &pseudo_random(40 * 64, 6, 1.0)).unwrap();

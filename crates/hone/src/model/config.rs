@@ -26,6 +26,7 @@ pub enum Architecture {
     SmolLM3,
     Granite,
     Olmo2,
+    Gemma2,
     Gemma3,
 }
 
@@ -40,6 +41,7 @@ impl Architecture {
             Architecture::SmolLM3 => "SmolLM3ForCausalLM",
             Architecture::Granite => "GraniteForCausalLM",
             Architecture::Olmo2 => "Olmo2ForCausalLM",
+            Architecture::Gemma2 => "Gemma2ForCausalLM",
             Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
@@ -53,6 +55,7 @@ impl Architecture {
             Architecture::SmolLM3 => "smollm3",
             Architecture::Granite => "granite",
             Architecture::Olmo2 => "olmo2",
+            Architecture::Gemma2 => "gemma2",
             Architecture::Gemma3 => "gemma3_text",
         }
     }
@@ -67,6 +70,7 @@ impl Architecture {
             Architecture::SmolLM3 => "smollm3",
             Architecture::Granite => "granite",
             Architecture::Olmo2 => "olmo2",
+            Architecture::Gemma2 => "gemma2",
             Architecture::Gemma3 => "gemma3",
         }
     }
@@ -80,6 +84,7 @@ impl Architecture {
             "smollm3" => Some(Architecture::SmolLM3),
             "granite" => Some(Architecture::Granite),
             "olmo2" => Some(Architecture::Olmo2),
+            "gemma2" => Some(Architecture::Gemma2),
             "gemma3" => Some(Architecture::Gemma3),
             _ => None,
         }
@@ -89,7 +94,7 @@ impl Architecture {
     pub fn norm_placement(self) -> NormPlacement {
         match self {
             Architecture::Olmo2 => NormPlacement::Post,
-            Architecture::Gemma3 => NormPlacement::Sandwich,
+            Architecture::Gemma2 | Architecture::Gemma3 => NormPlacement::Sandwich,
             _ => NormPlacement::Pre,
         }
     }
@@ -97,7 +102,7 @@ impl Architecture {
     /// What the family adds to its norm weights: Gemma's RMSNorm scales by `1 + w`.
     pub fn norm_offset(self) -> f32 {
         match self {
-            Architecture::Gemma3 => 1.0,
+            Architecture::Gemma2 | Architecture::Gemma3 => 1.0,
             _ => 0.0,
         }
     }
@@ -193,13 +198,31 @@ pub enum QkNorm {
     FullWidth,
 }
 
-/// llama.cpp's gemma3 makes every 6th layer global and the others sliding-window.
-pub const GEMMA3_GLOBAL_EVERY: usize = 6;
+/// Every how many layers llama.cpp's gemma2 and gemma3 make one global (the others
+/// sliding-window): 2 and 6, as the families' configs default to.
+pub fn gemma_global_every(architecture: Architecture) -> Option<usize> {
+    match architecture {
+        Architecture::Gemma2 => Some(2),
+        Architecture::Gemma3 => Some(6),
+        _ => None,
+    }
+}
 
-/// The `query_pre_attn_scalar` llama.cpp's gemma3 assumes, having no key for it: the hidden size
-/// per head for the 27B shape (62 layers), else `head_dim`.
-pub fn gemma3_query_scalar(layers: usize, hidden: usize, heads: usize, head_dim: usize) -> usize {
-    if layers == 62 {
+/// The `query_pre_attn_scalar` llama.cpp's gemma2/gemma3 assume, having no key for it: the hidden
+/// size per head for the 27B shapes (46 and 62 layers), else `head_dim`.
+pub fn gemma_query_scalar(
+    architecture: Architecture,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+) -> usize {
+    let layers_27b = if architecture == Architecture::Gemma2 {
+        46
+    } else {
+        62
+    };
+    if layers == layers_27b {
         hidden / heads.max(1)
     } else {
         head_dim
@@ -284,6 +307,10 @@ pub struct ModelConfig {
     pub norm_offset: f32,
     /// The MLP's gate activation (`hidden_act`, Gemma's `hidden_activation`).
     pub hidden_act: Activation,
+    /// Gemma 2's soft-caps: attention scores to `cap · tanh(s / cap)` (`attn_logit_softcapping`)
+    /// and the final logits likewise (`final_logit_softcapping`).
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
     /// The rotary base of the sliding-window layers, which rotate without scaling (Gemma 3's
     /// `rope_local_base_freq`, its `sliding_attention` rope parameters); None: every layer
     /// rotates with `rope_theta` and `rope_scaling`.
@@ -385,7 +412,7 @@ impl ModelConfig {
                 residual: fields.f64("residual_multiplier")?.unwrap_or(1.0),
                 logits: fields.f64("logits_scaling")?.unwrap_or(1.0),
             },
-            Architecture::Gemma3 => Scales {
+            Architecture::Gemma2 | Architecture::Gemma3 => Scales {
                 embedding: (hidden_size as f64).sqrt(),
                 attention: Some(
                     1.0 / fields
@@ -417,6 +444,8 @@ impl ModelConfig {
             norm_placement: architecture.norm_placement(),
             norm_offset: architecture.norm_offset(),
             hidden_act,
+            attn_softcap: gemma_softcap(&fields, architecture, "attn_logit_softcapping")?,
+            final_softcap: gemma_softcap(&fields, architecture, "final_logit_softcapping")?,
             local_rope_theta,
             no_rope_layers,
             sliding_window,
@@ -515,33 +544,37 @@ impl ModelConfig {
                 residual: float("residual_scale").unwrap_or(1.0),
                 logits: float("logit_scale").unwrap_or(1.0),
             },
-            Architecture::Gemma3 => Scales {
-                embedding: (hidden_size as f64).sqrt(),
-                attention: Some(
-                    1.0 / (gemma3_query_scalar(
-                        num_hidden_layers,
-                        hidden_size,
-                        num_attention_heads,
-                        head_dim,
-                    ) as f64)
-                        .sqrt(),
-                ),
-                ..Scales::default()
-            },
+            Architecture::Gemma2 | Architecture::Gemma3 => {
+                let scalar = gemma_query_scalar(
+                    architecture,
+                    num_hidden_layers,
+                    hidden_size,
+                    num_attention_heads,
+                    head_dim,
+                );
+                Scales {
+                    embedding: (hidden_size as f64).sqrt(),
+                    attention: Some(1.0 / (scalar as f64).sqrt()),
+                    ..Scales::default()
+                }
+            }
             _ => Scales::default(),
         };
         let gemma3 = architecture == Architecture::Gemma3;
-        // llama.cpp's gemma3 runs every 6th layer global, the others windowed with a rope base of
-        // its own (a key in newer files, else 10000).
-        let sliding_window = match num("attention.sliding_window") {
-            Ok(size) if gemma3 => Some(SlidingWindow {
+        // llama.cpp's gemma2 alternates windowed and global layers, its gemma3 makes every 6th
+        // global and rotates the windowed ones with a base of their own (a key in newer files,
+        // else 10000).
+        let window_size = num("attention.sliding_window");
+        let sliding_window = match (gemma_global_every(architecture), window_size) {
+            (Some(every), Ok(size)) => Some(SlidingWindow {
                 size: size as usize,
                 layers: (0..num_hidden_layers)
-                    .filter(|l| (l + 1) % GEMMA3_GLOBAL_EVERY != 0)
+                    .filter(|l| (l + 1) % every != 0)
                     .collect(),
             }),
             _ => None,
         };
+        let softcap = |key: &str| float(key).map(|c| c as f32);
         let local_rope_theta = gemma3.then(|| float("rope.freq_base_swa").unwrap_or(10_000.0));
         let cfg = ModelConfig {
             architecture,
@@ -565,9 +598,11 @@ impl ModelConfig {
             norm_placement: architecture.norm_placement(),
             norm_offset: architecture.norm_offset(),
             hidden_act: match architecture {
-                Architecture::Gemma3 => Activation::GeluTanh,
+                Architecture::Gemma2 | Architecture::Gemma3 => Activation::GeluTanh,
                 _ => Activation::Silu,
             },
+            attn_softcap: softcap("attn_logit_softcapping"),
+            final_softcap: softcap("final_logit_softcapping"),
             local_rope_theta,
             no_rope_layers,
             // llama.cpp's converters write no window for the other archs (nor does it run one).
@@ -864,11 +899,12 @@ fn hf_architecture(json: &Value) -> Result<Architecture> {
         (Some("SmolLM3ForCausalLM"), _) | (None, Some("smollm3")) => Architecture::SmolLM3,
         (Some("GraniteForCausalLM"), _) | (None, Some("granite")) => Architecture::Granite,
         (Some("Olmo2ForCausalLM"), _) | (None, Some("olmo2")) => Architecture::Olmo2,
+        (Some("Gemma2ForCausalLM"), _) | (None, Some("gemma2")) => Architecture::Gemma2,
         (Some("Gemma3ForCausalLM"), _) | (None, Some("gemma3_text")) => Architecture::Gemma3,
         (Some(c), _) => bail!(
             "architecture {c:?} is not supported (Hone runs LlamaForCausalLM, MistralForCausalLM, \
              Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, \
-             Olmo2ForCausalLM, Gemma3ForCausalLM)"
+             Olmo2ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)"
         ),
         (None, t) => {
             bail!("neither `architectures` nor a supported `model_type` is set (model_type: {t:?})")
@@ -931,14 +967,23 @@ fn hf_activation(fields: &Fields) -> Result<Activation> {
     }
 }
 
-/// Gemma's switches Hone does not run yet: logit soft-capping (Gemma 2) and bidirectional
-/// attention (EmbeddingGemma), refused rather than run without.
-fn refuse_gemma_switches(fields: &Fields) -> Result<()> {
-    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        if let Some(cap) = fields.f64(key)? {
-            bail!("field `{key}`: {cap}: logit soft-capping is not supported yet");
-        }
+/// A Gemma soft-cap (`attn_logit_softcapping`, `final_logit_softcapping`); other families' classes
+/// have none.
+fn gemma_softcap(fields: &Fields, architecture: Architecture, key: &str) -> Result<Option<f32>> {
+    if !matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3) {
+        return Ok(None);
     }
+    match fields.f64(key)? {
+        Some(cap) if !(cap.is_finite() && cap > 0.0) => {
+            bail!("field `{key}`: {cap} must be a finite positive number")
+        }
+        cap => Ok(cap.map(|c| c as f32)),
+    }
+}
+
+/// Gemma's switch Hone does not run: bidirectional attention (EmbeddingGemma), refused rather than
+/// run causal.
+fn refuse_gemma_switches(fields: &Fields) -> Result<()> {
     if fields.bool("use_bidirectional_attention")? == Some(true) {
         bail!("field `use_bidirectional_attention`: bidirectional attention is not supported");
     }
@@ -985,11 +1030,14 @@ fn hf_sliding_window(
     }
     let layers: Vec<usize> = match architecture {
         Architecture::Mistral => (0..num_layers).collect(),
-        Architecture::Gemma3 => match &types {
+        Architecture::Gemma2 | Architecture::Gemma3 => match &types {
             Some(types) => sliding_layers(types, num_layers)?,
             None => {
-                // Before `layer_types`: every `sliding_window_pattern`-th layer is global.
-                let pattern = fields.usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+                // Before `layer_types`: every `sliding_window_pattern`-th layer is global (Gemma 2
+                // alternates).
+                let default = gemma_global_every(architecture).unwrap_or(6);
+                let pattern = fields.usize("sliding_window_pattern")?;
+                let pattern = pattern.unwrap_or(default).max(1);
                 (0..num_layers).filter(|l| (l + 1) % pattern != 0).collect()
             }
         },
@@ -1235,7 +1283,7 @@ mod tests {
     }
 
     /// Gemma 3's config in transformers 5's form and in the older one (`rope_local_base_freq`,
-    /// `rope_scaling`, `sliding_window_pattern`), and the switches Hone does not run.
+    /// `rope_scaling`, `sliding_window_pattern`), soft-caps, and the switches Hone does not run.
     #[test]
     fn gemma3_configs_in_both_forms() {
         let gemma = |extra: Value| {
@@ -1266,10 +1314,15 @@ mod tests {
             assert_eq!(cfg.window(0), Some(8));
             assert_eq!(cfg.window(5), None, "every 6th layer is global");
         }
-        let capped = gemma(json!({"final_logit_softcapping": 30.0})).unwrap_err();
+        let capped = gemma(json!({"final_logit_softcapping": 30.0})).unwrap();
+        assert_eq!(
+            (capped.final_softcap, capped.attn_softcap),
+            (Some(30.0), None)
+        );
+        let bad_cap = gemma(json!({"attn_logit_softcapping": -1.0})).unwrap_err();
         assert!(
-            capped.contains("soft-capping is not supported yet"),
-            "{capped}"
+            bad_cap.contains("field `attn_logit_softcapping`: -1"),
+            "{bad_cap}"
         );
         let both_ways = gemma(json!({"use_bidirectional_attention": true})).unwrap_err();
         assert!(both_ways.contains("bidirectional"), "{both_ways}");

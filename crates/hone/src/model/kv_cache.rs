@@ -23,6 +23,7 @@ struct Query<'a> {
     kv_head: usize,
     keys: Range<usize>,
     scale: f32,
+    softcap: Option<f32>,
 }
 
 /// [`LayerCache::attend_one`] built for the widest vectors this CPU has.
@@ -112,6 +113,8 @@ pub(super) struct CachedAttnShape {
     pub scale: f32,
     /// Keys a query sees under sliding-window attention, itself included (None: all earlier).
     pub window: Option<usize>,
+    /// Soft-cap of the scaled scores (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 impl LayerCache {
@@ -162,6 +165,7 @@ impl LayerCache {
                 kv_head: h / group,
                 keys: first.max(window_start)..position + 1,
                 scale,
+                softcap: s.softcap,
             };
             attend_one(self, &query, out);
         });
@@ -183,6 +187,11 @@ impl LayerCache {
         let mut weights = vec![0f32; query.keys.len()];
         for (w, j) in weights.iter_mut().zip(query.keys.clone()) {
             *w = dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale;
+        }
+        if let Some(cap) = query.softcap {
+            weights
+                .iter_mut()
+                .for_each(|w| *w = cap * (*w / cap).tanh());
         }
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;

@@ -286,9 +286,16 @@ impl Llama {
         self.logits(&hidden)
     }
 
-    /// The LM head: logits `[..., vocab]` for final-norm hidden states `[..., hidden]`.
+    /// The LM head: logits `[..., vocab]` for final-norm hidden states `[..., hidden]`, soft-capped
+    /// when the family caps them.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        let logits = self.lm_head.forward(hidden)?;
+        let Some(cap) = self.cfg.final_softcap else {
+            return Ok(logits);
+        };
+        let mut values = logits.flatten_all()?.to_vec1::<f32>()?;
+        cross_entropy::softcap(&mut values, cap);
+        Ok(Tensor::from_vec(values, logits.shape(), logits.device())?)
     }
 
     /// Summed next-token negative log-likelihood over `ids` `[batch, seq]` (every position but the
@@ -322,6 +329,7 @@ impl Llama {
             hidden: self.cfg.hidden_size,
             vocab: self.cfg.vocab_size,
             chunk: 256,
+            softcap: self.cfg.final_softcap,
         };
         match self.lm_head.plain_f32_weight() {
             Some(w) => with_f32_slice(w, |values| {
@@ -348,7 +356,10 @@ impl Llama {
                 .flat_map(|&r| &hidden[r * shape.hidden..(r + 1) * shape.hidden])
                 .copied()
                 .collect();
-            let logits = self.lm_head.forward_rows(&x, rows.len())?;
+            let mut logits = self.lm_head.forward_rows(&x, rows.len())?;
+            if let Some(cap) = self.cfg.final_softcap {
+                cross_entropy::softcap(&mut logits, cap);
+            }
             for (&r, row) in rows.iter().zip(logits.chunks_exact(shape.vocab)) {
                 let label = usize::try_from(labels[r])
                     .ok()
@@ -420,7 +431,11 @@ impl Llama {
         let rows = token_rows(groups, 1);
         let lora = row_updates(&rows, groups, |set| &set.lm_head);
         let logits = self.lm_head.forward_with(hidden, &lora)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        let mut values = logits.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(cap) = self.cfg.final_softcap {
+            cross_entropy::softcap(&mut values, cap);
+        }
+        Ok(values)
     }
 
     /// The decoder blocks and final norm over `ids` (`[b, t]` flattened), attention as `context`
@@ -509,6 +524,7 @@ impl Llama {
             head_dim: hd,
             scale: self.cfg.attention_scale(),
             window: self.cfg.window(layer),
+            softcap: self.cfg.attn_softcap,
         };
         let out = match context {
             Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
@@ -531,6 +547,7 @@ impl Llama {
                     head_dim: hd,
                     scale: self.cfg.attention_scale(),
                     window: self.cfg.window(layer),
+                    softcap: self.cfg.attn_softcap,
                 };
                 let mut out = vec![0f32; b * t * nh * hd];
                 let mut lse = vec![0f32; b * nh * t];

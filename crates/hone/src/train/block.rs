@@ -184,6 +184,7 @@ fn attn_shape(cfg: &ModelConfig, s: &StepInputs, window: Option<usize>) -> AttnS
         head_dim: cfg.head_dim,
         scale: cfg.attention_scale(),
         window,
+        softcap: cfg.attn_softcap,
     }
 }
 

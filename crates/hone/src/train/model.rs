@@ -332,6 +332,7 @@ impl TrainModel {
             hidden: self.cfg.hidden_size,
             vocab: self.cfg.vocab_size,
             chunk: CE_CHUNK,
+            softcap: self.cfg.final_softcap,
         }
     }
 

@@ -35,7 +35,7 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
         Activation::GeluTanh => "gelu_pytorch_tanh",
     };
     // Gemma's classes read `hidden_activation` instead.
-    if arch == Architecture::Gemma3 {
+    if matches!(arch, Architecture::Gemma2 | Architecture::Gemma3) {
         set("hidden_activation", json!(act));
     } else {
         set("hidden_act", json!(act));
@@ -116,7 +116,7 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
         }
-        Architecture::Gemma3 => {
+        Architecture::Gemma2 | Architecture::Gemma3 => {
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
             set("layer_types", Value::Array(layer_types));
@@ -124,15 +124,18 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             // Configs give it as an integer; the attention scale is its inverse square root.
             let scalar = 1.0 / f64::from(cfg.attention_scale()).powi(2);
             set("query_pre_attn_scalar", json!(scalar.round() as u64));
-            set("attn_logit_softcapping", Value::Null);
-            set("final_logit_softcapping", Value::Null);
-            set("use_bidirectional_attention", json!(false));
-            let local = cfg.local_rope_theta.unwrap_or(10_000.0);
-            set("rope_local_base_freq", json!(local));
-            let local = json!({"rope_type": "default", "rope_theta": local});
-            let per_type = json!({"full_attention": rope_parameters, "sliding_attention": local});
-            set("rope_parameters", per_type);
+            set("attn_logit_softcapping", json!(cfg.attn_softcap));
+            set("final_logit_softcapping", json!(cfg.final_softcap));
         }
+    }
+    // Gemma 3's rotary settings per layer type, and its switch for embedding models.
+    if arch == Architecture::Gemma3 {
+        set("use_bidirectional_attention", json!(false));
+        let local = cfg.local_rope_theta.unwrap_or(10_000.0);
+        set("rope_local_base_freq", json!(local));
+        let local = json!({"rope_type": "default", "rope_theta": local});
+        let per_type = json!({"full_attention": rope_parameters, "sliding_attention": local});
+        set("rope_parameters", per_type);
     }
     Ok(Value::Object(m))
 }
@@ -189,6 +192,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
             Architecture::Qwen2
             | Architecture::Qwen3
             | Architecture::SmolLM3
+            | Architecture::Gemma2
             | Architecture::Gemma3 => true,
             _ => false,
         };
@@ -229,7 +233,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         }
         Architecture::Mistral => layout == (false, false, false),
         Architecture::Qwen2 => layout == (true, false, false),
-        Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma3 => {
+        Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
         }
     };
@@ -250,8 +254,10 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
 /// `query_pre_attn_scalar`, nothing else.
 fn gemma_scales(cfg: &ModelConfig) -> bool {
     let s = &cfg.scales;
-    cfg.architecture == Architecture::Gemma3
-        && s.embedding == (cfg.hidden_size as f64).sqrt()
+    matches!(
+        cfg.architecture,
+        Architecture::Gemma2 | Architecture::Gemma3
+    ) && s.embedding == (cfg.hidden_size as f64).sqrt()
         && (s.residual, s.logits) == (1.0, 1.0)
 }
 

@@ -74,7 +74,8 @@ fn load(name: &str) -> Case {
         kv_heads: k.shape()[2],
         head_dim: q.shape()[3],
         scale: 1.0 / (q.shape()[3] as f32).sqrt(),
-        window: window(&bytes),
+        window: metadata(&bytes, "window"),
+        softcap: metadata(&bytes, "softcap"),
     };
     Case {
         shape,
@@ -83,11 +84,11 @@ fn load(name: &str) -> Case {
     }
 }
 
-/// The fixture's sliding window, from its metadata (absent: none).
-fn window(bytes: &[u8]) -> Option<usize> {
+/// A setting of the fixture's from its metadata (absent: none): its sliding window or soft-cap.
+fn metadata<T: std::str::FromStr>(bytes: &[u8], key: &str) -> Option<T> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
-    let window = metadata.metadata().as_ref()?.get("window")?;
-    Some(window.parse().unwrap())
+    let value = metadata.metadata().as_ref()?.get(key)?;
+    value.parse().ok()
 }
 
 /// max|got - want| / max(1, max|want|).
@@ -112,6 +113,7 @@ fn matches_torch() {
         "window9_t70_g1",
         "window70_t150_g2",
         "window5_segments_t37_g3",
+        "softcap_window9_t70_g2",
     ];
     for name in cases {
         let case = load(name);
@@ -161,6 +163,7 @@ fn finite_differences() {
         head_dim: 4,
         scale: 0.5,
         window: None,
+        softcap: None,
     };
     let mut rng = StdRng::seed_from_u64(3);
     let mut random = |n: usize| {
@@ -241,6 +244,7 @@ fn rejects_heads_not_a_multiple_of_kv_heads() {
         head_dim: 1,
         scale: 1.0,
         window: None,
+        softcap: None,
     };
     let x = AttnInputs {
         q: &[0.0; 3],
