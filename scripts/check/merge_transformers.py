@@ -8,7 +8,10 @@ logits of PEFT's own merge.
    `PeftModel.from_pretrained(base).merge_and_unload(safe_merge=True)` and with the fixture's
    unmerged PEFT logits. `AutoTokenizer` loads the directory, encodes as it does for the base
    directory and applies the same chat template.
-2. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
+2. Every other family's tiny model (fixtures/models/<family>, no adapter fixture): a random LoRA
+   adapter on every linear layer is made with PEFT, `hone merge` merges it, and transformers'
+   logits of the directory are compared with PEFT's merge.
+3. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
    made with PEFT on transformers' dequantized GGUF model, `hone merge` merges it into the GGUF,
    and the directory's logits are compared with PEFT's merge the same way.
 
@@ -40,7 +43,10 @@ ADAPTERS = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
+    ("qwen3-all-linear", "qwen3"),
 ]
+# Tiny models of the families without an adapter fixture.
+FAMILIES = ["smollm3", "granite", "olmo2", "gemma2", "gemma3", "mistral-window", "qwen2-window"]
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 
@@ -105,6 +111,39 @@ def fixture_cases(hone, tmp):
     return ok
 
 
+def random_lora(model, targets):
+    """PEFT LoRA on `targets` with lora_B random: PEFT starts B at zero, which would make the check
+    vacuous."""
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape) / p.shape[1] ** 0.5)
+    return peft
+
+
+def family_cases(hone, tmp):
+    base_tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
+    ok = True
+    for family in FAMILIES:
+        base_dir = tmp / family
+        base_dir.mkdir()
+        for f in (FIXTURES / "models" / family).glob("*.json"):
+            (base_dir / f.name).write_bytes(f.read_bytes())
+        (base_dir / "model.safetensors").symlink_to(FIXTURES / "models" / family / "model.safetensors")
+        base_tok.save_pretrained(base_dir)
+        peft = random_lora(load_fp32(base_dir), "all-linear")
+        adapter = tmp / f"{family}-lora"
+        peft.save_pretrained(adapter)
+        out = tmp / f"{family}-merged"
+        hone_merge(hone, base_dir, adapter, out)
+        ids = load_file(FIXTURES / "models" / family / "golden.safetensors")["input_ids"]
+        merged = logits(peft.merge_and_unload(safe_merge=True), ids)
+        ok &= report(family, {"vs PEFT merged": (logits(load_fp32(out), ids) - merged).abs().max().item()})
+    return ok
+
+
 def real_model_case(hone, gguf, tmp):
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     base = load_fp32(gguf.parent, gguf_file=gguf.name)
@@ -144,6 +183,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ok = fixture_cases(args.hone, tmp)
+        ok &= family_cases(args.hone, tmp)
         gguf = Path(args.gguf)
         if gguf.exists():
             ok &= real_model_case(args.hone, gguf, tmp)
