@@ -55,11 +55,13 @@ impl fmt::Display for TemplateException {
 
 impl std::error::Error for TemplateException {}
 
-/// A compiled chat template with the special tokens it may refer to.
+/// A compiled chat template with the special tokens it may refer to, and the extra variables a
+/// caller sets (transformers' `apply_chat_template(**kwargs)`, e.g. Qwen3's `enable_thinking`).
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    kwargs: BTreeMap<String, Value>,
 }
 
 impl ChatTemplate {
@@ -80,7 +82,16 @@ impl ChatTemplate {
             env,
             bos_token: bos.map(str::to_owned),
             eos_token: eos.map(str::to_owned),
+            kwargs: BTreeMap::new(),
         })
+    }
+
+    /// Sets template variable `name` for every render (the standard ones, such as `messages`,
+    /// keep their meaning: they are set after).
+    pub fn with_kwarg(mut self, name: &str, value: impl Serialize) -> Self {
+        self.kwargs
+            .insert(name.to_string(), Value::from_serialize(value));
+        self
     }
 
     /// The template a tokenizer carries, with its bos/eos tokens; a clear error when it has none.
@@ -91,7 +102,24 @@ impl ChatTemplate {
 
     /// Renders a conversation. A template's `raise_exception` surfaces as a [`TemplateException`].
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`Self::render`] with variables for this call besides the template's own kwargs (vLLM's
+    /// `chat_template_kwargs`); the standard variables keep their meaning.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+        for (name, value) in &self.kwargs {
+            vars.insert(name, value.clone());
+        }
+        for (name, value) in extra {
+            vars.insert(name, Value::from_serialize(value));
+        }
         vars.insert("messages", Value::from_serialize(messages));
         vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
         vars.insert("tools", Value::from(()));
@@ -192,6 +220,25 @@ mod tests {
         assert_eq!(
             err.downcast_ref::<TemplateException>().unwrap().0,
             "no x: y"
+        );
+    }
+
+    /// Template kwargs (the template's own, then a call's) are variables (booleans print as Python
+    /// does); `messages` and the other standard ones cannot be overridden by them.
+    #[test]
+    fn kwargs_are_template_variables() {
+        let source =
+            "{{ enable_thinking is defined }}|{{ enable_thinking }}|{{ messages | length }}";
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let one = [Message::new("user", "hi")];
+        assert_eq!(template.render(&one, true).unwrap(), "False||1");
+        let template = template.with_kwarg("enable_thinking", false);
+        assert_eq!(template.render(&one, true).unwrap(), "True|False|1");
+        let call = serde_json::json!({"enable_thinking": true, "messages": []});
+        let call = call.as_object().unwrap();
+        assert_eq!(
+            template.render_with(&one, true, call).unwrap(),
+            "True|True|1"
         );
     }
 

@@ -88,6 +88,9 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u64>,
+    /// Extra chat-template variables (vLLM's extension), e.g. `{"enable_thinking": false}`.
+    #[serde(default)]
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug)]

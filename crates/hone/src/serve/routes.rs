@@ -250,7 +250,7 @@ impl OpenAiRequest for ChatRequest {
             .as_ref()
             .map_err(|why| ApiError::invalid(None, why.clone()))?;
         let text = template
-            .render(&self.conversation()?, true)
+            .render_with(&self.conversation()?, true, &self.chat_template_kwargs)
             .map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?;
         encode(state, &text, false)
     }

@@ -242,6 +242,27 @@ fn qwen3_labels_cover_each_turn_as_the_whole_conversation_renders_it() {
     );
 }
 
+/// `enable_thinking: false` (LLaMA-Factory's key, a template variable): Qwen3's generation prompt
+/// then ends with an empty `<think></think>`, which is prompt, not label.
+#[test]
+fn qwen3_without_thinking_labels_the_answer_alone() {
+    let tok = tokenizer("tokenizer/smollm2-tokenizer.gguf");
+    let chat = std::fs::read_to_string(fixtures().join("chat/qwen3.json")).unwrap();
+    let chat: Value = serde_json::from_str(&chat).unwrap();
+    let source = chat["source"].as_str().unwrap();
+    let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token()).unwrap();
+    let conv = conversation(vec![m("user", "What is 3*4?"), m("assistant", "12")]);
+    let thinking = encode(&tok, &template, &conv, &WIDE).unwrap();
+    assert_eq!(
+        decode_labelled(&tok, &thinking),
+        "<think>\n\n</think>\n\n12<|im_end|>\n"
+    );
+    let template = template.with_kwarg("enable_thinking", false);
+    let plain = encode(&tok, &template, &conv, &WIDE).unwrap();
+    assert_eq!(plain.input_ids, thinking.input_ids, "the same text");
+    assert_eq!(decode_labelled(&tok, &plain), "12<|im_end|>\n");
+}
+
 #[test]
 fn prefix_inconsistent_templates_are_refused() {
     let tok = tokenizer("tokenizer/smollm2-tokenizer.gguf");

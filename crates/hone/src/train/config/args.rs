@@ -94,6 +94,10 @@ pub struct DataArgs {
     pub eval_dataset: Option<CommaList>,
     /// Prompt template name; unset uses the model's own chat template.
     pub template: Option<String>,
+    /// Passed to the chat template as `enable_thinking` (reasoning models such as Qwen3: false
+    /// renders an empty `<think></think>` in the prompt); unset leaves it undefined, the
+    /// template's own default.
+    pub enable_thinking: Option<bool>,
     /// Maximum tokens per example; longer ones are truncated.
     pub cutoff_len: u32,
     /// Use at most this many rows of each dataset.
@@ -212,6 +216,7 @@ impl Default for DataArgs {
             dataset_dir: "data".into(),
             eval_dataset: None,
             template: None,
+            enable_thinking: None,
             cutoff_len: 2048,
             max_samples: None,
             val_size: 0.0,

@@ -32,6 +32,18 @@ pub fn chat_template(
     config: &SftConfig,
     tokenizer: &Tokenizer,
 ) -> Result<(ChatTemplate, Option<String>)> {
+    let (template, note) = base_chat_template(config, tokenizer)?;
+    Ok(match config.data.enable_thinking {
+        Some(thinking) => (template.with_kwarg("enable_thinking", thinking), note),
+        None => (template, note),
+    })
+}
+
+/// The template of [`chat_template`], before `enable_thinking`.
+fn base_chat_template(
+    config: &SftConfig,
+    tokenizer: &Tokenizer,
+) -> Result<(ChatTemplate, Option<String>)> {
     match config.data.template.as_deref() {
         Some(path) if Path::new(path).is_file() => {
             let source = std::fs::read_to_string(path)
