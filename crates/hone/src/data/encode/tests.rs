@@ -220,15 +220,21 @@ fn kept_ranges_prefer_later_turns_and_keep_bos() {
     assert_eq!(kept_ranges(&turns, 2, true), vec![0..1, 25..26]);
 }
 
-/// Qwen3's template drops an answered turn's reasoning once a later user turn follows: the labels
-/// cover each turn as the whole conversation renders it.
-#[test]
-fn qwen3_labels_cover_each_turn_as_the_whole_conversation_renders_it() {
+/// The SmolLM2 tokenizer (ChatML's special tokens) with Qwen3's chat template.
+fn qwen3() -> (Tokenizer, ChatTemplate) {
     let tok = tokenizer("tokenizer/smollm2-tokenizer.gguf");
     let chat = std::fs::read_to_string(fixtures().join("chat/qwen3.json")).unwrap();
     let chat: Value = serde_json::from_str(&chat).unwrap();
     let source = chat["source"].as_str().unwrap();
     let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token()).unwrap();
+    (tok, template)
+}
+
+/// Qwen3's template drops an answered turn's reasoning once a later user turn follows: the labels
+/// cover each turn as the whole conversation renders it.
+#[test]
+fn qwen3_labels_cover_each_turn_as_the_whole_conversation_renders_it() {
+    let (tok, template) = qwen3();
     let conv = conversation(vec![
         m("user", "What is 3*4?"),
         m("assistant", "<think>\nThree fours.\n</think>\n\n12"),
@@ -246,11 +252,7 @@ fn qwen3_labels_cover_each_turn_as_the_whole_conversation_renders_it() {
 /// then ends with an empty `<think></think>`, which is prompt, not label.
 #[test]
 fn qwen3_without_thinking_labels_the_answer_alone() {
-    let tok = tokenizer("tokenizer/smollm2-tokenizer.gguf");
-    let chat = std::fs::read_to_string(fixtures().join("chat/qwen3.json")).unwrap();
-    let chat: Value = serde_json::from_str(&chat).unwrap();
-    let source = chat["source"].as_str().unwrap();
-    let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token()).unwrap();
+    let (tok, template) = qwen3();
     let conv = conversation(vec![m("user", "What is 3*4?"), m("assistant", "12")]);
     let thinking = encode(&tok, &template, &conv, &WIDE).unwrap();
     assert_eq!(
