@@ -1,5 +1,6 @@
-//! The Llama decoder (also Mistral, Qwen2 and Qwen3): embeddings, N pre-norm blocks of grouped-query
-//! attention and SwiGLU MLP, final RMSNorm, LM head. Inference forward pass with a KV cache.
+//! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3 as
+//! `ModelConfig`'s switches): embeddings, N blocks of grouped-query attention and gated MLP with
+//! RMSNorms, final RMSNorm, LM head. Inference forward pass with a KV cache.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
 //! either f32 or in its stored type (`linear::Weight`); norms are f32.
@@ -28,8 +29,8 @@ use crate::kernels::rope::{self as rope_kernel, RopeShape};
 struct Attention {
     qkv_proj: Linear,
     o_proj: Linear,
-    /// Per-head RMSNorm weights of q and k (`[head_dim]` each), applied before the rotary
-    /// embedding, when the family has them (Qwen3).
+    /// RMSNorm weights of q and k (per head, `[head_dim]`: Qwen3, Gemma 3; or as wide as the
+    /// projection: OLMo 2) with the family's norm offset, applied before the rotary embedding.
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
@@ -705,7 +706,8 @@ fn scale_in_place(values: &mut [f32], factor: f64) {
     }
 }
 
-/// Each `w.len()`-wide head of `x` RMS-normalized and scaled by `w` (Qwen3's q/k norm).
+/// Each `w.len()`-wide head of `x` RMS-normalized and scaled by `w`: the q/k norms (a weight as
+/// wide as the projection makes one head per token, OLMo 2's).
 fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let mut rstd = vec![0f32; x.len() / w.len()];

@@ -1,4 +1,5 @@
-//! Llama-family models: configuration, weights, and the forward pass.
+//! Llama-block models (every family Hone runs, as switches on the one block): configuration,
+//! weights, and the forward pass.
 
 pub mod config;
 mod kv_cache;

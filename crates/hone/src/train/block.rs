@@ -4,10 +4,12 @@
 //! MLP halves per token) and recomputes the cheap rest (both RMSNorm outputs, the SwiGLU output).
 //!
 //! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
-//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. OLMo 2 places the norms on
-//! each branch's output instead (`x ← x + rmsnorm₁(o(…))` on `x` itself). Families with a q/k norm
-//! (Qwen3) RMS-normalize each head of q and k before the rotary embedding; SmolLM3's NoPE layers
-//! skip the rotary embedding; Granite multiplies each branch by `residual_multiplier` before adding.
+//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. The family's switches
+//! (`ModelConfig`) vary it: norms on each branch's output (OLMo 2) or on both sides (Gemma), Gemma's
+//! `1 + w` norm weights, a q/k norm before the rotary embedding (per head: Qwen3, Gemma 3; whole
+//! projection: OLMo 2), layers without rotary embedding (SmolLM3) or with their own tables (Gemma 3's
+//! sliding layers), sliding windows and soft-capped scores (the attention kernel's), GeGLU, and
+//! Granite's residual multiplier on each branch.
 
 use std::borrow::Cow;
 
@@ -93,14 +95,15 @@ pub struct Block {
     pub local_rope: bool,
 }
 
-/// Qwen3's `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head.
+/// `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head (Qwen3, Gemma 3), or
+/// as wide as the projection (OLMo 2); the norm's rows follow from the weight's width.
 #[derive(Clone, Debug)]
 pub struct QkNorm {
     pub q: Tensor1,
     pub k: Tensor1,
 }
 
-/// q and k as the projection made them, before their per-head norm, with the norms' `rstd`.
+/// q and k as the projection made them, before their norm, with the norms' `rstd`.
 struct QkRaw {
     q: Vec<f32>,
     k: Vec<f32>,
