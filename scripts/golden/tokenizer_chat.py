@@ -17,6 +17,8 @@ Chat template sources (each recorded again in its fixture's "origin"):
                 Llama-3 instruct template), as quoted in GoogleCloudPlatform/vertex-ai-samples' model garden docs
   qwen2.5       huggingface.co/Qwen/Qwen2.5-7B-Instruct tokenizer_config.json chat_template (ChatML with a
                 default system prompt and tool-call branches), as quoted in public GitHub code
+  gemma2        huggingface.co/google/gemma-2-2b-it chat template (no system role: raise_exception), as
+                llama.cpp quotes it in models/templates/google-gemma-2-2b-it.jinja
   qwen3         huggingface.co/Qwen/Qwen3-0.6B chat template (ChatML with <think> reasoning kept only after
                 the last user query), as llama.cpp quotes it in models/templates/Qwen-Qwen3-0.6B.jinja
   mistral       huggingface.co/mistralai/Mistral-7B-Instruct-v0.1 tokenizer_config.json, as quoted in
@@ -379,6 +381,15 @@ QWEN3 = (
     '{%- endif %}'
 )
 
+GEMMA2 = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
 MISTRAL = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
@@ -427,6 +438,7 @@ def write_chat_fixtures(smollm2_template):
         "smollm2": (smollm2_template, "<|im_start|>", "<|im_end|>", "tokenizer.chat_template of SmolLM2-135M-Instruct.Q4_1.gguf"),
         "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "meta-llama/Meta-Llama-3-70B-Instruct tokenizer_config.json @a5a71a7"),
         "qwen2.5": (QWEN25, None, "<|im_end|>", "Qwen/Qwen2.5-7B-Instruct tokenizer_config.json"),
+        "gemma2": (GEMMA2, "<bos>", "<eos>", "google/gemma-2-2b-it chat template (via llama.cpp models/templates/google-gemma-2-2b-it.jinja)"),
         "qwen3": (QWEN3, None, "<|im_end|>", "Qwen/Qwen3-0.6B chat template (via llama.cpp models/templates/Qwen-Qwen3-0.6B.jinja)"),
         "mistral": (MISTRAL, "<s>", "</s>", "mistralai/Mistral-7B-Instruct-v0.1 tokenizer_config.json (via huggingface/text-generation-inference)"),
         "llama2": (LLAMA2, added_token("<s>"), added_token("</s>"), "meta-llama/Llama-2-13b-chat-hf tokenizer_config.json (via huggingface/text-generation-inference)"),
