@@ -1,0 +1,467 @@
+//! The model families as switches on the one block: each family's architecture names (HF class,
+//! `model_type`, llama.cpp arch), where its norms sit, how it normalizes q and k, its scalar
+//! multipliers and window layout, and the config.json keys only some families have.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Fields;
+use crate::kernels::glu::Activation;
+
+/// The architectures Hone runs; all are the Llama block with a few switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    SmolLM3,
+    Granite,
+    Olmo2,
+    Gemma2,
+    Gemma3,
+}
+
+/// Each family's names: transformers class (`architectures`), `model_type`, and the
+/// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`).
+const NAMES: [(Architecture, &str, &str, &str); 9] = [
+    (Architecture::Llama, "LlamaForCausalLM", "llama", "llama"),
+    (
+        Architecture::Mistral,
+        "MistralForCausalLM",
+        "mistral",
+        "llama",
+    ),
+    (Architecture::Qwen2, "Qwen2ForCausalLM", "qwen2", "qwen2"),
+    (Architecture::Qwen3, "Qwen3ForCausalLM", "qwen3", "qwen3"),
+    (
+        Architecture::SmolLM3,
+        "SmolLM3ForCausalLM",
+        "smollm3",
+        "smollm3",
+    ),
+    (
+        Architecture::Granite,
+        "GraniteForCausalLM",
+        "granite",
+        "granite",
+    ),
+    (Architecture::Olmo2, "Olmo2ForCausalLM", "olmo2", "olmo2"),
+    (
+        Architecture::Gemma2,
+        "Gemma2ForCausalLM",
+        "gemma2",
+        "gemma2",
+    ),
+    (
+        Architecture::Gemma3,
+        "Gemma3ForCausalLM",
+        "gemma3_text",
+        "gemma3",
+    ),
+];
+
+impl Architecture {
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        let &(_, class, model_type, gguf) = NAMES
+            .iter()
+            .find(|(a, ..)| *a == self)
+            .expect("every architecture has names");
+        (class, model_type, gguf)
+    }
+
+    /// The transformers class name, as written in `config.json`'s `architectures`.
+    pub fn hf_class(self) -> &'static str {
+        self.names().0
+    }
+
+    pub fn model_type(self) -> &'static str {
+        self.names().1
+    }
+
+    /// llama.cpp's `general.architecture` for this family.
+    pub fn gguf_arch(self) -> &'static str {
+        self.names().2
+    }
+
+    /// The family of a GGUF's `general.architecture` (`llama` is Llama); None for those Hone does
+    /// not run.
+    pub fn from_gguf_arch(arch: &str) -> Option<Self> {
+        NAMES.iter().find(|n| n.3 == arch).map(|n| n.0)
+    }
+
+    /// Where the family's block norms sit.
+    pub fn norm_placement(self) -> NormPlacement {
+        match self {
+            Architecture::Olmo2 => NormPlacement::Post,
+            Architecture::Gemma2 | Architecture::Gemma3 => NormPlacement::Sandwich,
+            _ => NormPlacement::Pre,
+        }
+    }
+
+    /// What the family adds to its norm weights: Gemma's RMSNorm scales by `1 + w`.
+    pub fn norm_offset(self) -> f32 {
+        match self {
+            Architecture::Gemma2 | Architecture::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// How the family normalizes q and k, if it does.
+    pub fn qk_norm(self) -> Option<QkNorm> {
+        match self {
+            Architecture::Qwen3 | Architecture::Gemma3 => Some(QkNorm::PerHead),
+            Architecture::Olmo2 => Some(QkNorm::FullWidth),
+            _ => None,
+        }
+    }
+
+    /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
+    /// llama.cpp rotary is the interleaved (NORM) kind while HF rotates halves (Llama and the
+    /// families converted as its subclasses); Qwen's archs use NEOX rotary, HF's own layout.
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(
+            self,
+            Architecture::Llama
+                | Architecture::Mistral
+                | Architecture::SmolLM3
+                | Architecture::Granite
+        )
+    }
+}
+
+/// Sliding-window attention: each query of the windowed layers sees itself and the `size - 1`
+/// keys before it (transformers' `sliding_window`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// The layers that window, in increasing order; the others attend to every earlier key.
+    pub layers: Vec<usize>,
+}
+
+/// Where a block's RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NormPlacement {
+    /// On each branch's input: Llama.
+    Pre,
+    /// On each branch's output, before the residual add: OLMo 2.
+    Post,
+    /// On both (four norms): Gemma 2 and 3.
+    Sandwich,
+}
+
+/// One of a block's norm positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockNorm {
+    AttnIn,
+    AttnOut,
+    MlpIn,
+    MlpOut,
+}
+
+impl NormPlacement {
+    /// The block's norms: position, HF module name and llama.cpp name, in the order they run
+    /// (HF's `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's and Gemma's
+    /// attention output norm).
+    pub fn hf_name(self, position: BlockNorm) -> Option<&'static str> {
+        let norm = self.norms().iter().find(|(p, _, _)| *p == position);
+        norm.map(|&(_, hf, _)| hf)
+    }
+
+    pub fn norms(self) -> &'static [(BlockNorm, &'static str, &'static str)] {
+        use BlockNorm::*;
+        match self {
+            NormPlacement::Pre => &[
+                (AttnIn, "input_layernorm", "attn_norm"),
+                (MlpIn, "post_attention_layernorm", "ffn_norm"),
+            ],
+            NormPlacement::Post => &[
+                (AttnOut, "post_attention_layernorm", "post_attention_norm"),
+                (MlpOut, "post_feedforward_layernorm", "post_ffw_norm"),
+            ],
+            NormPlacement::Sandwich => &[
+                (AttnIn, "input_layernorm", "attn_norm"),
+                (AttnOut, "post_attention_layernorm", "post_attention_norm"),
+                (MlpIn, "pre_feedforward_layernorm", "ffn_norm"),
+                (MlpOut, "post_feedforward_layernorm", "post_ffw_norm"),
+            ],
+        }
+    }
+}
+
+/// How q and k are RMS-normalized before the rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QkNorm {
+    /// Each head over `head_dim`, one weight vector shared by the heads (Qwen3).
+    PerHead,
+    /// The whole projection output, weights as wide as it (OLMo 2).
+    FullWidth,
+}
+
+/// Every how many layers llama.cpp's gemma2 and gemma3 make one global (the others
+/// sliding-window): 2 and 6, as the families' configs default to.
+pub fn gemma_global_every(architecture: Architecture) -> Option<usize> {
+    match architecture {
+        Architecture::Gemma2 => Some(2),
+        Architecture::Gemma3 => Some(6),
+        _ => None,
+    }
+}
+
+/// The `query_pre_attn_scalar` llama.cpp's gemma2/gemma3 assume, having no key for it: the hidden
+/// size per head for the 27B shapes (46 and 62 layers), else `head_dim`.
+pub fn gemma_query_scalar(
+    architecture: Architecture,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+) -> usize {
+    let layers_27b = if architecture == Architecture::Gemma2 {
+        46
+    } else {
+        62
+    };
+    if layers == layers_27b {
+        hidden / heads.max(1)
+    } else {
+        head_dim
+    }
+}
+
+/// SmolLM3 runs RoPE-free ("NoPE") every 4th layer; llama.cpp's smollm3 arch hard-codes that step.
+pub const SMOLLM3_NOPE_INTERVAL: usize = 4;
+
+/// Granite's scalar multipliers (transformers' `GraniteConfig`); every other family has the
+/// identity values of [`Scales::default`] and the usual `1/√head_dim` attention scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Scales {
+    /// Token embeddings are multiplied by this (`embedding_multiplier`).
+    pub embedding: f64,
+    /// Attention scores are scaled by this instead of `1/√head_dim` (`attention_multiplier`).
+    pub attention: Option<f64>,
+    /// Each branch's output is multiplied by this before the residual add (`residual_multiplier`).
+    pub residual: f64,
+    /// Logits are divided by this (`logits_scaling`).
+    pub logits: f64,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Scales {
+            embedding: 1.0,
+            attention: None,
+            residual: 1.0,
+            logits: 1.0,
+        }
+    }
+}
+
+impl Scales {
+    /// Whether any multiplier differs from plain Llama's.
+    pub fn is_default(&self) -> bool {
+        *self == Scales::default()
+    }
+
+    /// Every multiplier finite and positive, named by its config key.
+    pub(super) fn validate(&self) -> Result<()> {
+        let named = [
+            ("embedding_multiplier", Some(self.embedding)),
+            ("attention_multiplier", self.attention),
+            ("residual_multiplier", Some(self.residual)),
+            ("logits_scaling", Some(self.logits)),
+        ];
+        for (name, value) in named {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                bail!("field `{name}`: {v} must be a finite positive number");
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn hf_architecture(json: &Value) -> Result<Architecture> {
+    let fields = Fields(json);
+    let classes = fields.typed("architectures", "a list of class names", |v| {
+        v.as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+    })?;
+    let class = classes.as_ref().and_then(|c| c.first().copied());
+    let model_type = fields.str("model_type")?;
+    let known = match (class, model_type) {
+        (Some(class), _) => NAMES.iter().find(|n| n.1 == class),
+        (None, Some(model_type)) => NAMES.iter().find(|n| n.2 == model_type),
+        (None, None) => None,
+    };
+    match (known, class) {
+        (Some(names), _) => Ok(names.0),
+        (None, Some(c)) => {
+            let runs: Vec<&str> = NAMES.iter().map(|n| n.1).collect();
+            bail!(
+                "architecture {c:?} is not supported (Hone runs {})",
+                runs.join(", ")
+            )
+        }
+        (None, None) => bail!(
+            "neither `architectures` nor a supported `model_type` is set (model_type: \
+             {model_type:?})"
+        ),
+    }
+}
+
+/// SmolLM3's `no_rope_layers` (1: the layer uses RoPE, 0: it does not) as the NoPE layers' indices;
+/// absent, transformers' default: every `no_rope_layer_interval`-th layer (4).
+pub(super) fn hf_no_rope_layers(fields: &Fields, num_layers: usize) -> Result<Vec<usize>> {
+    let flags = fields.typed("no_rope_layers", "a list of 0s and 1s", |v| {
+        v.as_array()?
+            .iter()
+            .map(|f| match f.as_u64()? {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            })
+            .collect::<Option<Vec<bool>>>()
+    })?;
+    let Some(flags) = flags else {
+        let interval = fields
+            .usize("no_rope_layer_interval")?
+            .unwrap_or(SMOLLM3_NOPE_INTERVAL);
+        if interval == 0 {
+            bail!("field `no_rope_layer_interval` must be positive");
+        }
+        return Ok((0..num_layers)
+            .filter(|l| (l + 1) % interval == 0)
+            .collect());
+    };
+    if flags.len() != num_layers {
+        bail!(
+            "field `no_rope_layers`: {} entries for {num_layers} layers",
+            flags.len()
+        );
+    }
+    Ok((0..num_layers).filter(|&l| !flags[l]).collect())
+}
+
+/// The NoPE layers llama.cpp's smollm3 arch runs: every 4th.
+pub fn smollm3_nope_pattern(num_layers: usize) -> Vec<usize> {
+    (0..num_layers)
+        .filter(|l| (l + 1) % SMOLLM3_NOPE_INTERVAL == 0)
+        .collect()
+}
+
+/// The MLP activation of `hidden_act` (Gemma: `hidden_activation`); silu when absent.
+pub(super) fn hf_activation(fields: &Fields) -> Result<Activation> {
+    let (key, name) = match fields.str("hidden_activation")? {
+        Some(name) => ("hidden_activation", name),
+        None => ("hidden_act", fields.str("hidden_act")?.unwrap_or("silu")),
+    };
+    match name {
+        "silu" => Ok(Activation::Silu),
+        "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+        other => {
+            bail!("field `{key}`: {other:?} is not supported (silu and gelu_pytorch_tanh are)")
+        }
+    }
+}
+
+/// A Gemma soft-cap (`attn_logit_softcapping`, `final_logit_softcapping`); other families' classes
+/// have none.
+pub(super) fn gemma_softcap(
+    fields: &Fields,
+    architecture: Architecture,
+    key: &str,
+) -> Result<Option<f32>> {
+    if !matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3) {
+        return Ok(None);
+    }
+    match fields.f64(key)? {
+        Some(cap) if !(cap.is_finite() && cap > 0.0) => {
+            bail!("field `{key}`: {cap} must be a finite positive number")
+        }
+        cap => Ok(cap.map(|c| c as f32)),
+    }
+}
+
+/// Gemma's switch Hone does not run: bidirectional attention (EmbeddingGemma), refused rather than
+/// run causal.
+pub(super) fn refuse_gemma_switches(fields: &Fields) -> Result<()> {
+    if fields.bool("use_bidirectional_attention")? == Some(true) {
+        bail!("field `use_bidirectional_attention`: bidirectional attention is not supported");
+    }
+    Ok(())
+}
+
+/// The layers `layer_types` marks `sliding_attention`.
+fn sliding_layers(types: &[&str], num_layers: usize) -> Result<Vec<usize>> {
+    if types.len() != num_layers {
+        bail!(
+            "field `layer_types`: {} entries for {num_layers} layers",
+            types.len()
+        );
+    }
+    Ok((0..num_layers)
+        .filter(|&l| types[l] == "sliding_attention")
+        .collect())
+}
+
+/// Sliding-window attention as the family's transformers class decides it: Mistral's
+/// `sliding_window` applies to every layer; Qwen2, Qwen3 and SmolLM3 window only with
+/// `use_sliding_window`, on the layers `layer_types` marks `sliding_attention` (without
+/// `layer_types`, Qwen's layers from `max_window_layers` on and SmolLM3's NoPE layers, as their
+/// configs derive it). Other families have none.
+pub(super) fn hf_sliding_window(
+    fields: &Fields,
+    architecture: Architecture,
+    num_layers: usize,
+    no_rope_layers: &[usize],
+) -> Result<Option<SlidingWindow>> {
+    let size = fields.usize("sliding_window")?;
+    let types = fields.typed("layer_types", "a list of strings", |v| {
+        v.as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+    })?;
+    if let Some(other) = types
+        .iter()
+        .flatten()
+        .find(|t| !matches!(**t, "full_attention" | "sliding_attention"))
+    {
+        bail!("field `layer_types`: {other:?} layers are not supported (full_attention and sliding_attention are)");
+    }
+    let layers: Vec<usize> = match architecture {
+        Architecture::Mistral => (0..num_layers).collect(),
+        Architecture::Gemma2 | Architecture::Gemma3 => match &types {
+            Some(types) => sliding_layers(types, num_layers)?,
+            None => {
+                // Before `layer_types`: every `sliding_window_pattern`-th layer is global (Gemma 2
+                // alternates).
+                let default = gemma_global_every(architecture).unwrap_or(6);
+                let pattern = fields.usize("sliding_window_pattern")?;
+                let pattern = pattern.unwrap_or(default).max(1);
+                (0..num_layers).filter(|l| (l + 1) % pattern != 0).collect()
+            }
+        },
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3 => {
+            if fields.bool("use_sliding_window")? != Some(true) {
+                return Ok(None);
+            }
+            match &types {
+                Some(types) => sliding_layers(types, num_layers)?,
+                None if architecture == Architecture::SmolLM3 => no_rope_layers.to_vec(),
+                None => {
+                    let first = fields.usize("max_window_layers")?.unwrap_or(28);
+                    (first..num_layers).collect()
+                }
+            }
+        }
+        _ => return Ok(None),
+    };
+    match size {
+        Some(size) if !layers.is_empty() => Ok(Some(SlidingWindow { size, layers })),
+        Some(_) | None => Ok(None),
+    }
+}
