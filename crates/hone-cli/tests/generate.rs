@@ -143,6 +143,40 @@ fn chat_template_file_renders_the_prompt() {
     );
 }
 
+/// `--chat-template-kwargs` sets template variables (Qwen3's `enable_thinking`); a value that is
+/// not a JSON object is a one-line error.
+#[test]
+fn chat_template_kwargs_are_template_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_hf_dir(tmp.path());
+    let source = "{{ messages[0].content }}\
+                  {% if enable_thinking is defined and enable_thinking is false %} NOTHINK{% endif %}";
+    let template = write(tmp.path(), "thinking.jinja", source);
+    let with = |kwargs: &str| {
+        let mut args = vec![
+            "--chat",
+            "--chat-template",
+            arg(&template),
+            "--prompt",
+            "Hi",
+        ];
+        args.extend(["--max-new-tokens", "8", "--chat-template-kwargs", kwargs]);
+        hone(&[&["generate", "--model", arg(&model)][..], &args[..]].concat())
+    };
+    let plain = |prompt: &str| generate(&model, &["--prompt", prompt, "--max-new-tokens", "8"]);
+    assert_eq!(
+        with(r#"{"enable_thinking": false}"#).ok(),
+        plain("Hi NOTHINK")
+    );
+    assert_eq!(with(r#"{"enable_thinking": true}"#).ok(), plain("Hi"));
+    let refused = with("[false]");
+    let err = refused.error();
+    assert!(
+        err.contains("--chat-template-kwargs: not a JSON object") && !err.trim().contains('\n'),
+        "{err}"
+    );
+}
+
 #[test]
 fn chat_without_a_template_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

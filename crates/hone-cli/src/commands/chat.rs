@@ -1,12 +1,11 @@
 //! `hone chat`: an interactive conversation with history; /reset clears it, /exit quits.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use anyhow::Result;
 use hone::chat::Message;
 
-use super::{chat_template, ModelArgs, SamplingArgs};
+use super::{ModelArgs, SamplingArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,9 +14,8 @@ pub struct Args {
     /// System message at the start of every conversation.
     #[arg(long)]
     pub system: Option<String>,
-    /// Jinja chat template file, for models that have none or to override theirs.
-    #[arg(long)]
-    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -26,7 +24,7 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = args.sampling.config()?;
     let loaded = args.model.load()?;
     let tok = &loaded.tokenizer;
-    let template = chat_template(tok, args.chat_template.as_deref())?;
+    let template = args.template.load(tok)?;
     let fresh = || -> Vec<Message> {
         args.system
             .iter()

@@ -1,13 +1,12 @@
 //! `hone generate`: one completion, streamed to stdout (and nothing else on stdout).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use hone::chat::Message;
 
-use super::{chat_template, ModelArgs, SamplingArgs};
+use super::{ModelArgs, SamplingArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,9 +20,8 @@ pub struct Args {
     /// System message; implies --chat.
     #[arg(long)]
     pub system: Option<String>,
-    /// Jinja chat template file, for models that have none or to override theirs.
-    #[arg(long)]
-    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Report token counts, load time and prompt and decoding speed on stderr.
@@ -38,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
     let load_seconds = load_start.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat || args.system.is_some() {
-        let template = chat_template(tok, args.chat_template.as_deref())?;
+        let template = args.template.load(tok)?;
         let mut messages = vec![];
         if let Some(s) = &args.system {
             messages.push(Message::new("system", s));

@@ -131,6 +131,7 @@ impl SamplingArgs {
 }
 
 /// The chat template: the file given with `--chat-template`, else the model's own.
+/// The chat template in the file `path`, else the tokenizer's own.
 pub fn chat_template(
     tokenizer: &hone::tokenizer::Tokenizer,
     path: Option<&std::path::Path>,
@@ -144,5 +145,35 @@ pub fn chat_template(
                 .with_context(|| format!("{}", p.display()))
         }
         None => hone::chat::ChatTemplate::for_tokenizer(tokenizer),
+    }
+}
+
+/// The chat-template options of `generate` and `chat`.
+#[derive(clap::Args)]
+pub struct TemplateArgs {
+    /// Jinja chat template file, for models that have none or to override theirs.
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
+    /// Extra chat-template variables, a JSON object: e.g. '{"enable_thinking": false}' renders
+    /// Qwen3's prompt without thinking (transformers' apply_chat_template kwargs).
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
+}
+
+impl TemplateArgs {
+    /// The template (the file's, else the tokenizer's) with the kwargs set.
+    pub fn load(
+        &self,
+        tokenizer: &hone::tokenizer::Tokenizer,
+    ) -> anyhow::Result<hone::chat::ChatTemplate> {
+        let mut template = chat_template(tokenizer, self.chat_template.as_deref())?;
+        if let Some(json) = &self.chat_template_kwargs {
+            let kwargs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+                .map_err(|e| anyhow::anyhow!("--chat-template-kwargs: not a JSON object: {e}"))?;
+            for (name, value) in kwargs {
+                template = template.with_kwarg(&name, value);
+            }
+        }
+        Ok(template)
     }
 }
