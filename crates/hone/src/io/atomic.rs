@@ -141,29 +141,30 @@ fn recover_target(path: &Path) -> Result<()> {
 /// what was put back.
 fn recover_where(dir: &Path, chosen: impl Fn(&Temporary) -> bool) -> Result<Vec<PathBuf>> {
     let list = || format!("{}: cannot list", dir.display());
-    let mut entries: Vec<(String, PathBuf)> = fs::read_dir(dir)
+    let entries: Vec<(String, PathBuf)> = fs::read_dir(dir)
         .with_context(list)?
         .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
         .collect::<std::io::Result<_>>()
         .with_context(list)?;
+    let mut temporaries: Vec<(Temporary, &PathBuf)> = entries
+        .iter()
+        .filter_map(|(name, path)| Temporary::parse(name).filter(&chosen).map(|t| (t, path)))
+        .collect();
     // Moved-aside versions first, so that staged ones of the same name are deleted afterwards.
-    entries.sort_by_key(|(name, _)| !Temporary::parse(name).is_some_and(|t| t.moved_aside));
+    temporaries.sort_by_key(|(temporary, _)| !temporary.moved_aside);
     let mut restored = Vec::new();
-    for (name, path) in entries {
-        let Some(temporary) = Temporary::parse(&name).filter(&chosen) else {
-            continue;
-        };
+    for (temporary, path) in temporaries {
         let target = dir.join(temporary.target);
         if temporary.moved_aside && !target.exists() {
-            fs::rename(&path, &target)
+            fs::rename(path, &target)
                 .with_context(|| format!("{}: cannot restore", target.display()))?;
             restored.push(target);
             continue;
         }
         let removed = if path.is_dir() {
-            fs::remove_dir_all(&path)
+            fs::remove_dir_all(path)
         } else {
-            fs::remove_file(&path)
+            fs::remove_file(path)
         };
         removed.with_context(|| format!("{}: cannot remove unfinished write", path.display()))?;
     }
