@@ -139,13 +139,13 @@ pub struct Activations {
 
 /// How the model's RMSNorms compute: eps, and what is added to each weight (Gemma's `1 + w`).
 #[derive(Clone, Copy)]
-struct NormCtx {
+pub(super) struct NormCtx {
     eps: f32,
     offset: f32,
 }
 
 impl NormCtx {
-    fn of(cfg: &ModelConfig) -> Self {
+    pub(super) fn of(cfg: &ModelConfig) -> Self {
         NormCtx {
             eps: cfg.rms_norm_eps as f32,
             offset: cfg.norm_offset,
@@ -204,7 +204,7 @@ fn seed(s: &StepInputs, projection: u64) -> Option<u64> {
 }
 
 /// RMSNorm output for `x`, computing its `rstd` too.
-fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / w.value.len()];
     rmsnorm::forward(x, &n.weights(&w.value), n.eps, &mut y, &mut rstd);
@@ -213,7 +213,13 @@ fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
 
 /// `rmsnorm'(dy)`, the gradient of the norm's input, accumulating the weight gradient when the
 /// weight trains (an offset added to the weight leaves its gradient as it is).
-fn norm_input_grad(dy: &[f32], x: &[f32], w: &mut Tensor1, rstd: &[f32], n: NormCtx) -> Vec<f32> {
+pub(super) fn norm_input_grad(
+    dy: &[f32],
+    x: &[f32],
+    w: &mut Tensor1,
+    rstd: &[f32],
+    n: NormCtx,
+) -> Vec<f32> {
     let mut dnorm = vec![0.0; x.len()];
     let weights = n.weights(&w.value);
     rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut());

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{Activations, Block, Norms, QkNorm, StepInputs};
+use super::block::{norm, norm_input_grad, Activations, Block, NormCtx, Norms, QkNorm, StepInputs};
 use super::dropout;
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
@@ -19,7 +19,6 @@ use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::matrix::Matrix;
-use crate::kernels::rmsnorm;
 use crate::kernels::stored::StoredMatrix;
 use crate::model::{rope, ModelConfig, Weight};
 
@@ -276,16 +275,7 @@ impl TrainModel {
             head_grad,
         )?;
         scale(&mut dh, logit_scale);
-        let mut dx = vec![0.0; x.len()];
-        let final_weights = self.final_norm_weights();
-        rmsnorm::backward(
-            &dh,
-            &x,
-            &final_weights,
-            &rstd,
-            &mut dx,
-            self.norm.grad.as_deref_mut(),
-        );
+        let mut dx = norm_input_grad(&dh, &x, &mut self.norm, &rstd, NormCtx::of(&self.cfg));
         drop((dh, head_input, x));
         for (l, block) in self.blocks.iter_mut().enumerate().rev() {
             let s = block_inputs(l);
@@ -349,23 +339,9 @@ impl TrainModel {
         1.0 / self.cfg.scales.logits
     }
 
+    /// The final norm's output and scales, as the blocks' norms compute (Gemma's `1 + w` too).
     fn final_norm(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let mut y = vec![0.0; x.len()];
-        let mut rstd = vec![0.0; x.len() / self.cfg.hidden_size];
-        rmsnorm::forward(
-            x,
-            &self.final_norm_weights(),
-            self.cfg.rms_norm_eps as f32,
-            &mut y,
-            &mut rstd,
-        );
-        (y, rstd)
-    }
-
-    /// The final norm's weights as it scales by them (with the family's offset: Gemma's `1 + w`).
-    fn final_norm_weights(&self) -> Vec<f32> {
-        let offset = self.cfg.norm_offset;
-        self.norm.value.iter().map(|&w| w + offset).collect()
+        norm(x, &self.norm, NormCtx::of(&self.cfg))
     }
 }
 
