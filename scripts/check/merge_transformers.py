@@ -83,30 +83,36 @@ def report(name, diffs):
     return ok
 
 
+def base_dir(tmp, base, tokenizer):
+    """tmp/BASE: the fixture model fixtures/models/BASE with `tokenizer` saved beside it."""
+    path = tmp / base
+    path.mkdir()
+    for f in (FIXTURES / "models" / base).glob("*.json"):
+        (path / f.name).write_bytes(f.read_bytes())
+    (path / "model.safetensors").symlink_to(FIXTURES / "models" / base / "model.safetensors")
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def fixture_cases(hone, tmp):
-    base_tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
+    tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
     ok = True
     for adapter, base in ADAPTERS:
-        base_dir = tmp / base
-        base_dir.mkdir()
-        for f in (FIXTURES / "models" / base).glob("*.json"):
-            (base_dir / f.name).write_bytes(f.read_bytes())
-        (base_dir / "model.safetensors").symlink_to(FIXTURES / "models" / base / "model.safetensors")
-        base_tok.save_pretrained(base_dir)
+        model_dir = base_dir(tmp, base, tok)
         out = tmp / f"{adapter}-merged"
-        hone_merge(hone, base_dir, FIXTURES / "adapters" / adapter, out)
+        hone_merge(hone, model_dir, FIXTURES / "adapters" / adapter, out)
 
         golden = load_file(FIXTURES / "adapters" / f"{adapter}.golden.safetensors")
         ids = golden["input_ids"]
         ours = logits(load_fp32(out), ids)
-        peft = PeftModel.from_pretrained(load_fp32(base_dir), FIXTURES / "adapters" / adapter)
+        peft = PeftModel.from_pretrained(load_fp32(model_dir), FIXTURES / "adapters" / adapter)
         merged = logits(peft.merge_and_unload(safe_merge=True), ids)
         diffs = {
             "vs PEFT merged": (ours - merged).abs().max().item(),
             "vs PEFT unmerged": (ours - golden["logits"]).abs().max().item(),
         }
         # The base directory as transformers loads it (its tokenizer class follows model_type).
-        check_tokenizer(AutoTokenizer.from_pretrained(base_dir), out)
+        check_tokenizer(AutoTokenizer.from_pretrained(model_dir), out)
         ok &= report(adapter, diffs)
     return ok
 
@@ -124,20 +130,15 @@ def random_lora(model, targets):
 
 
 def family_cases(hone, tmp):
-    base_tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
+    tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
     ok = True
     for family in FAMILIES:
-        base_dir = tmp / family
-        base_dir.mkdir()
-        for f in (FIXTURES / "models" / family).glob("*.json"):
-            (base_dir / f.name).write_bytes(f.read_bytes())
-        (base_dir / "model.safetensors").symlink_to(FIXTURES / "models" / family / "model.safetensors")
-        base_tok.save_pretrained(base_dir)
-        peft = random_lora(load_fp32(base_dir), "all-linear")
+        model_dir = base_dir(tmp, family, tok)
+        peft = random_lora(load_fp32(model_dir), "all-linear")
         adapter = tmp / f"{family}-lora"
         peft.save_pretrained(adapter)
         out = tmp / f"{family}-merged"
-        hone_merge(hone, base_dir, adapter, out)
+        hone_merge(hone, model_dir, adapter, out)
         ids = load_file(FIXTURES / "models" / family / "golden.safetensors")["input_ids"]
         merged = logits(peft.merge_and_unload(safe_merge=True), ids)
         ok &= report(family, {"vs PEFT merged": (logits(load_fp32(out), ids) - merged).abs().max().item()})

@@ -427,17 +427,21 @@ fn hf_sources_of_every_family_round_trip() {
 /// `attention_bias: true` cannot be written as a GGUF llama.cpp runs.
 #[test]
 fn a_qwen3_o_proj_bias_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let src = tiny_hf_model(tmp.path(), "qwen3");
-    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
-    parts.config.o_proj_bias = true;
-    let out = tmp.path().join("biased.gguf");
-    let err = format!(
-        "{:#}",
-        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
-    );
+    let err = refused_export("qwen3", |cfg| cfg.o_proj_bias = true);
     assert!(err.contains("llama.cpp's qwen3"), "{err}");
-    assert!(!out.exists());
+}
+
+/// The error of exporting fixture model `name` with its config changed by `change` (which llama.cpp
+/// cannot run); the refused export leaves no file.
+fn refused_export(name: &str, change: impl FnOnce(&mut hone::model::ModelConfig)) -> String {
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_hf_model(tmp.path(), name);
+    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    change(&mut parts.config);
+    let out = tmp.path().join("refused.gguf");
+    let err = export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err();
+    assert!(!out.exists(), "{name}: a refused export left a file");
+    format!("{err:#}")
 }
 
 /// llama.cpp's gemma3 assumes its window pattern (every 6th layer global), attention scale and
@@ -459,35 +463,19 @@ fn a_gemma3_llama_cpp_would_run_otherwise_is_refused() {
 /// tiny llama-gqa shape, 4 heads × 16 on a hidden size of 32) is refused.
 #[test]
 fn an_olmo2_query_width_llama_cpp_cannot_load_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let src = tiny_hf_model(tmp.path(), "olmo2");
-    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
-    parts.config.head_dim = 16;
-    let out = tmp.path().join("wide.gguf");
-    let err = format!(
-        "{:#}",
-        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
-    );
+    let err = refused_export("olmo2", |cfg| cfg.head_dim = 16);
     assert!(err.contains("llama.cpp's olmo2"), "{err}");
-    assert!(!out.exists());
 }
 
 /// llama.cpp's smollm3 arch runs every 4th layer without RoPE and has no key for another
 /// pattern: a SmolLM3 with other NoPE layers cannot be written as a GGUF llama.cpp runs right.
 #[test]
 fn a_smollm3_nope_pattern_llama_cpp_cannot_run_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let src = tiny_hf_model(tmp.path(), "smollm3");
-    let mut parts = load_weights(src.to_str().unwrap(), None, &Device::Cpu).unwrap();
-    assert_eq!(parts.config.no_rope_layers, [3]);
-    parts.config.no_rope_layers = vec![1];
-    let out = tmp.path().join("nope.gguf");
-    let err = format!(
-        "{:#}",
-        export_loaded(&parts, &out, GgufQuant::F32, false).unwrap_err()
-    );
+    let err = refused_export("smollm3", |cfg| {
+        assert_eq!(cfg.no_rope_layers, [3]);
+        cfg.no_rope_layers = vec![1];
+    });
     assert!(err.contains("every 4th layer without it"), "{err}");
-    assert!(!out.exists());
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub struct ModelConfig {
     pub no_rope_layers: Vec<usize>,
     /// Sliding-window attention, on the layers that have it.
     pub sliding_window: Option<SlidingWindow>,
-    /// Granite's multipliers (identities elsewhere).
+    /// Granite's multipliers and Gemma's embedding and attention scales (identities elsewhere).
     pub scales: Scales,
     /// Dropout on attention probabilities in training (`attention_dropout`; Granite 3 ships 0.1).
     /// Hone trains without it and says so.

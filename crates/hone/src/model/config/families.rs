@@ -233,8 +233,9 @@ pub fn gemma_query_scalar(
 /// SmolLM3 runs RoPE-free ("NoPE") every 4th layer; llama.cpp's smollm3 arch hard-codes that step.
 pub const SMOLLM3_NOPE_INTERVAL: usize = 4;
 
-/// Granite's scalar multipliers (transformers' `GraniteConfig`); every other family has the
-/// identity values of [`Scales::default`] and the usual `1/√head_dim` attention scale.
+/// Scalar multipliers: Granite's (transformers' `GraniteConfig`) and Gemma's (embeddings ×√hidden,
+/// attention `query_pre_attn_scalar^-½`); every other family has the identity values of
+/// [`Scales::default`] and the usual `1/√head_dim` attention scale.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Scales {
     /// Token embeddings are multiplied by this (`embedding_multiplier`).
