@@ -16,7 +16,11 @@ Cases:
                  (unsqueeze_dim=2) with LlamaRotaryEmbedding tables. `default`: theta 1e4,
                  4 heads, head_dim 16; `llama3`: theta 5e5, llama3 scaling (factor 8, low 1,
                  high 4, original 64: all three frequency bands), 2 heads, head_dim 16.
-                 Positions are packed: they restart inside a row, and reach 140. Metadata
+                 Positions are packed: they restart inside a row, and reach 140. `phi3-long`
+                 and `phi3-short`: Phi3RotaryEmbedding and Phi-3's partial apply_rotary_pos_emb,
+                 4 heads, head_dim 16, partial_rotary_factor 0.75 (12 of 16 dims rotate),
+                 LongRoPE (original 64, max 256: attention factor ~1.15); the long case's
+                 positions reach 140 (long factors), the short case's stay below 64. Metadata
                  `<case>.config` is an HF config.json text giving the rope settings.
   norm_swiglu:   silu(gate) * up (LlamaMLP's act_fn(gate_proj) * up_proj) on [2, 7, 167],
                  gate spanning |x| up to 1e4 so the saturated ends of silu are exercised.
@@ -31,12 +35,13 @@ from pathlib import Path
 import safetensors
 import torch
 import transformers
-from transformers import LlamaConfig
+from transformers import LlamaConfig, Phi3Config
 from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
 )
+from transformers.models.phi3 import modeling_phi3
 
 from models import save_golden  # sorted header keys, so reruns give identical bytes
 
@@ -112,29 +117,59 @@ LLAMA3 = {
 }
 
 
+def phi3_config():
+    gen = torch.Generator().manual_seed(21)
+    factors = lambda lo, hi: (lo + (hi - lo) * torch.rand(6, generator=gen)).tolist()
+    return Phi3Config(
+        architectures=["Phi3ForCausalLM"],
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        original_max_position_embeddings=64,
+        partial_rotary_factor=0.75,
+        rope_scaling={
+            "type": "longrope",
+            "short_factor": factors(1.0, 1.5),
+            "long_factor": factors(1.0, 8.0),
+        },
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
 def rope(tensors, report):
     gen = torch.Generator().manual_seed(12)
     # Two packed rows: row 0 holds examples of 8 and 5 tokens, row 1 starts deep into a sequence.
     positions = torch.tensor([list(range(8)) + list(range(5)), list(range(128, 141))])
     meta = {}
+    llama = lambda heads, rope_parameters: LlamaConfig(
+        architectures=["LlamaForCausalLM"],
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_parameters=rope_parameters,
+    )
     cases = [
-        ("default", 4, {"rope_type": "default", "rope_theta": 1e4}),
-        ("llama3", 2, LLAMA3),
+        ("default", llama(4, {"rope_type": "default", "rope_theta": 1e4}), positions),
+        ("llama3", llama(2, LLAMA3), positions),
+        ("phi3-long", phi3_config(), positions),
+        ("phi3-short", phi3_config(), positions % 64),
     ]
-    for case, heads, rope_parameters in cases:
-        cfg = LlamaConfig(
-            architectures=["LlamaForCausalLM"],
-            vocab_size=300,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            head_dim=16,
-            max_position_embeddings=256,
-            rope_parameters=rope_parameters,
-        )
-        rot = LlamaRotaryEmbedding(cfg)
+    for case, cfg, positions in cases:
+        heads = cfg.num_attention_heads
+        phi3 = case.startswith("phi3")
+        rot = (modeling_phi3.Phi3RotaryEmbedding if phi3 else LlamaRotaryEmbedding)(cfg)
+        apply = modeling_phi3.apply_rotary_pos_emb if phi3 else apply_rotary_pos_emb
         if case == "llama3":
             default = 1.0 / (5e5 ** (torch.arange(0, 16, 2, dtype=torch.float) / 16))
             changed = (rot.inv_freq != default).sum().item()
@@ -144,15 +179,17 @@ def rope(tensors, report):
         dy = torch.randn(x.shape, generator=gen)
 
         def fn(x):
-            return apply_rotary_pos_emb(x, x, cos.to(x.dtype), sin.to(x.dtype), unsqueeze_dim=2)[0]
+            return apply(x, x, cos.to(x.dtype), sin.to(x.dtype), unsqueeze_dim=2)[0]
 
         record(tensors, report, case, ["x"], [x], dy, fn)
         tensors[f"{case}.positions"] = positions.reshape(-1).clone()
-        # The [positions, head_dim / 2] tables Hone builds: the first half of transformers' rows.
-        table_pos = torch.arange(141).view(1, -1)
+        # The [positions, rotary_dim / 2] tables Hone builds: the first half of transformers' rows,
+        # as the forward over `positions` picks them (LongRoPE: short or long for the whole call).
+        table_pos = torch.arange(positions.max() + 1).view(1, -1)
         tcos, tsin = rot(x, table_pos)
-        tensors[f"{case}.cos"] = tcos[0, :, :8].contiguous()
-        tensors[f"{case}.sin"] = tsin[0, :, :8].contiguous()
+        pairs = tcos.shape[-1] // 2
+        tensors[f"{case}.cos"] = tcos[0, :, :pairs].contiguous()
+        tensors[f"{case}.sin"] = tsin[0, :, :pairs].contiguous()
         meta[f"{case}.config"] = cfg.to_json_string()
     return meta
 

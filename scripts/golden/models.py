@@ -44,6 +44,8 @@ from transformers import (
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    Phi3Config,
+    Phi3ForCausalLM,
     SmolLM3Config,
     SmolLM3ForCausalLM,
 )
@@ -135,6 +137,30 @@ GEMMA3 = dict(
     eos_token_id=1,
     pad_token_id=0,
 )
+
+# Phi-3 keeps head_dim = hidden / heads (llama.cpp's phi3 derives it so): 16.
+PHI3 = dict(
+    COMMON,
+    hidden_size=64,
+    vocab_size=128,
+    intermediate_size=80,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def longrope(seed, original, pairs):
+    """LongRoPE settings: `pairs` (rotary_dim / 2) short and long factors, random."""
+    gen = torch.Generator().manual_seed(seed)
+    factors = lambda lo, hi: [round(f, 4) for f in (lo + (hi - lo) * torch.rand(pairs, generator=gen)).tolist()]
+    return dict(
+        original_max_position_embeddings=original,
+        rope_scaling={"type": "longrope", "short_factor": factors(1.0, 1.5), "long_factor": factors(1.0, 8.0)},
+    )
+
 
 # name -> (model class, config, seed, save options)
 TINY_MODELS = {
@@ -284,6 +310,28 @@ TINY_MODELS = {
             pad_token_id=0,
         ),
         116,
+        {},
+    ),
+    # Phi-3 / Phi-4-mini: fused qkv_proj and gate_up_proj, partial rotary (12 of 16 dims, as
+    # Phi-4-mini's 0.75), LongRoPE whose short factors serve the 11-token test (original 64), a
+    # sliding window of 4 on every layer, tied (Phi-4-mini).
+    "phi3": (
+        Phi3ForCausalLM,
+        Phi3Config(
+            **dict(PHI3, tie_word_embeddings=True),
+            partial_rotary_factor=0.75,
+            sliding_window=4,
+            **longrope(117, 64, pairs=6),
+        ),
+        117,
+        {},
+    ),
+    # Phi-3.5-mini-like: full rotary, LongRoPE with an original context of 4, so every forward of
+    # the test (6 prefilled tokens, then steps) reaches past it and rotates with the long factors.
+    "phi3-long": (
+        Phi3ForCausalLM,
+        Phi3Config(**dict(PHI3, tie_word_embeddings=False), **longrope(118, 4, pairs=8)),
+        118,
         {},
     ),
     "llama-sharded": (

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 6] = [
+const FAMILIES: [(&str, &str, &str); 7] = [
     ("gemma2", "Gemma2ForCausalLM", r#""attn_softcap":2.0"#),
     (
         "gemma3",
@@ -22,6 +22,7 @@ const FAMILIES: [(&str, &str, &str); 6] = [
     ("olmo2", "Olmo2ForCausalLM", r#""norm_placement":"Post""#),
     ("smollm3", "SmolLM3ForCausalLM", r#""no_rope_layers":[3]"#),
     ("granite", "GraniteForCausalLM", r#""logits":8.0"#),
+    ("phi3", "Phi3ForCausalLM", r#""rotary_dim":12"#),
 ];
 
 #[test]
@@ -32,11 +33,13 @@ fn each_family_shows_its_switches_trains_and_merges() {
     }
 }
 
+/// A chat template the character tokenizer can render.
+const TEMPLATE: &str = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\
+                        {% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}\
+                        {% if add_generation_prompt %}<assistant>{% endif %}";
+
 fn check_family(dir: &std::path::Path, name: &str, class: &str, switch: &str) {
-    let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\
-                    {% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}\
-                    {% if add_generation_prompt %}<assistant>{% endif %}";
-    let model = tiny_hf_model(dir, name, Some(template));
+    let model = tiny_hf_model(dir, name, Some(TEMPLATE));
     let info: Value = serde_json::from_str(hone(&["info", arg(&model), "--json"]).ok()).unwrap();
     assert_eq!(info["architecture"], class);
     let switches = info["switches"].to_string();
@@ -101,4 +104,25 @@ fn check_family(dir: &std::path::Path, name: &str, class: &str, switch: &str) {
         "8",
     ]);
     assert_eq!(adapted.ok(), greedy(&merged), "{name}");
+}
+
+/// PEFT refuses targets that match no module; so does Hone, naming the model's own layers (Phi-3
+/// has no `q_proj`: its q, k and v are one `qkv_proj`).
+#[test]
+fn lora_targets_the_model_lacks_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_hf_model(tmp.path(), "phi3", Some(TEMPLATE));
+    let config = train_config(tmp.path());
+    let run = hone(&[
+        "train",
+        arg(&config),
+        &format!("model_name_or_path={}", model.display()),
+        "lora_target=q_proj,v_proj",
+    ]);
+    let err = run.error();
+    assert!(
+        err.contains("none of this model's linear layers match")
+            && err.contains("qkv_proj, o_proj, gate_up_proj, down_proj"),
+        "{err}"
+    );
 }

@@ -70,6 +70,7 @@ fn main() {
     let shape = rope::RopeShape {
         heads: HEADS,
         head_dim: HEAD_DIM,
+        rotary_dim: HEAD_DIM,
     };
     time("rope forward", 2 * q.len() * f, || {
         rope::forward(&mut q, &positions, shape, &cos, &sin)

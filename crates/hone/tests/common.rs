@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
-/// `<repo>/fixtures/<rel>`.
 /// The tiny random model of each family and its switches (fixtures/models/, from
 /// scripts/golden/models.py), f32 and in one file.
-pub const FAMILY_MODELS: [&str; 10] = [
+pub const FAMILY_MODELS: [&str; 12] = [
     "llama-tied",
     "llama-gqa",
     "mistral",
@@ -20,8 +19,11 @@ pub const FAMILY_MODELS: [&str; 10] = [
     "olmo2",
     "gemma2",
     "gemma3",
+    "phi3",
+    "phi3-long",
 ];
 
+/// `<repo>/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")

@@ -357,6 +357,7 @@ fn hf_sources_of_every_family_round_trip() {
         let arch = match name {
             "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" | "gemma2" => name,
             "gemma3-gguf" => "gemma3",
+            "phi3" | "phi3-long" => "phi3",
             _ => "llama",
         };
         assert_eq!(string(&f, "general.architecture"), arch);
@@ -382,10 +383,17 @@ fn hf_sources_of_every_family_round_trip() {
             "granite",
             "gemma2",
             "gemma3-gguf",
+            "phi3",
         ];
         let tied = tied.contains(&name);
         assert_eq!(has("output.weight"), !tied, "{name}");
         assert_eq!(has("rope_freqs.weight"), name == "llama-gqa", "{name}");
+        // Phi-3: fused q|k|v and gate|up under llama.cpp's names, LongRoPE's factor sets.
+        let phi3 = arch == "phi3";
+        assert_eq!(has("blk.1.attn_qkv.weight"), phi3, "{name}");
+        assert_eq!(has("blk.1.ffn_gate.weight"), !phi3, "{name}");
+        assert_eq!(has("rope_factors_long.weight"), phi3, "{name}");
+        assert_eq!(has("rope_factors_short.weight"), phi3, "{name}");
         assert_eq!(
             has("blk.1.attn_k.bias"),
             name == "qwen2" || name == "granite",

@@ -14,7 +14,7 @@ use common::fixture;
 use hone::kernels::glu::{self, Activation};
 use hone::kernels::{rmsnorm, rope};
 use hone::model::config::ModelConfig;
-use hone::model::rope::table_vecs;
+use hone::model::rope::RopeTables;
 use safetensors::{Dtype, SafeTensors};
 
 const TOL: f32 = 1e-4;
@@ -95,24 +95,26 @@ fn rmsnorm_matches_torch() {
 #[test]
 fn rope_matches_torch() {
     let fx = Fixture::open("norm_rope.safetensors");
-    for case in ["default", "llama3"] {
+    for case in ["default", "llama3", "phi3-long", "phi3-short"] {
         let json = serde_json::from_str(&fx.metadata[&format!("{case}.config")]).unwrap();
         let cfg = ModelConfig::from_hf_json(&json).unwrap();
         let get = |n: &str| fx.f32(&format!("{case}.{n}"));
         let (want_cos, want_sin) = (get("cos"), get("sin"));
-        let (cos, sin) = table_vecs(&cfg, want_cos.len() / (cfg.head_dim / 2));
-        fx.check_tables(case, (&cos, &sin), (&want_cos, &want_sin));
-
         let positions = fx.positions(&format!("{case}.positions"));
+        let tables = RopeTables::new(&cfg, want_cos.len() / (cfg.rotary_dim / 2));
+        let (cos, sin) = tables.select(&positions, false);
+        fx.check_tables(case, (cos, sin), (&want_cos, &want_sin));
+
         let shape = rope::RopeShape {
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim,
+            rotary_dim: cfg.rotary_dim,
         };
         let mut y = get("x");
-        rope::forward(&mut y, &positions, shape, &cos, &sin);
+        rope::forward(&mut y, &positions, shape, cos, sin);
         fx.check(case, "y", &y);
         let mut dx = get("dy");
-        rope::backward(&mut dx, &positions, shape, &cos, &sin);
+        rope::backward(&mut dx, &positions, shape, cos, sin);
         fx.check(case, "dx", &dx);
     }
 }

@@ -7,11 +7,17 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::fixture;
+use hone::model::ModelConfig;
 use hone::train::config::{CommaList, FinetuningType, ResumeFrom, SftConfig, StepCount};
 use hone::train::schedule::ScheduleKind;
 
 fn example() -> PathBuf {
     fixture("config/llama3_lora_sft.yaml")
+}
+
+/// The config of the tiny fixture model `name`.
+fn model_config(name: &str) -> ModelConfig {
+    ModelConfig::from_hf_file(&fixture(&format!("models/{name}/config.json"))).unwrap()
 }
 
 fn overrides(list: &[&str]) -> Vec<String> {
@@ -65,7 +71,7 @@ fn llama_factory_example_loads_unchanged() {
         "filled in so --print-config shows it"
     );
     assert_eq!(
-        c.lora_target_modules(),
+        c.lora_target_modules(&model_config("llama-gqa")),
         [
             "q_proj",
             "k_proj",
@@ -75,6 +81,11 @@ fn llama_factory_example_loads_unchanged() {
             "up_proj",
             "down_proj"
         ]
+    );
+    assert_eq!(
+        c.lora_target_modules(&model_config("phi3")),
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        "`all` is the model's own linear layers, fused ones included"
     );
     assert_eq!(
         c.data.dataset,
@@ -260,7 +271,10 @@ fn overrides_are_yaml_scalars_checked_like_file_keys() {
         32,
         "the default alpha follows the overridden rank"
     );
-    assert_eq!(c.lora_target_modules(), ["q_proj", "v_proj"]);
+    assert_eq!(
+        c.lora_target_modules(&model_config("llama-gqa")),
+        ["q_proj", "v_proj"]
+    );
     assert_eq!(c.output.resume_from_checkpoint, ResumeFrom::Latest);
     assert_eq!(c.data.max_samples, None);
     assert_eq!(c.train.num_train_epochs, 1.0);

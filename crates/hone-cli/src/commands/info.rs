@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use hone::kernels::glu::Activation;
-use hone::model::{ModelConfig, NormPlacement, QkNorm};
+use hone::model::{ModelConfig, NormPlacement, QkNorm, RopeScaling};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -49,6 +49,9 @@ pub fn run(args: Args) -> Result<()> {
             "sliding_window": cfg.sliding_window,
             "no_rope_layers": cfg.no_rope_layers,
             "scales": cfg.scales,
+            "fused_projections": cfg.architecture.fused_projections(),
+            "rotary_dim": cfg.rotary_dim,
+            "rope_scaling": cfg.rope_scaling,
         },
         "parameters": cfg.parameter_count(),
         "dtype": cfg.source_dtype,
@@ -155,6 +158,24 @@ fn block_switches(cfg: &ModelConfig) -> String {
         if let Some(cap) = cap {
             on.push(format!("{what} soft-capped at {cap}"));
         }
+    }
+    if cfg.architecture.fused_projections() {
+        on.push("fused qkv_proj and gate_up_proj".into());
+    }
+    if cfg.rotary_dim != cfg.head_dim {
+        on.push(format!(
+            "rotary on {} of {} head dimensions",
+            cfg.rotary_dim, cfg.head_dim
+        ));
+    }
+    if let Some(RopeScaling::LongRope {
+        original_max_position_embeddings,
+        ..
+    }) = &cfg.rope_scaling
+    {
+        on.push(format!(
+            "LongRoPE (long factors past {original_max_position_embeddings} positions)"
+        ));
     }
     if let Some(theta) = cfg.local_rope_theta {
         on.push(format!("sliding layers rotate with base {theta}"));

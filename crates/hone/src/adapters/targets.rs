@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::config::{AdapterConfig, TargetModules};
 use super::lora_scale;
+use crate::model::layout::ALL_BLOCK_LINEARS;
 
 /// PEFT's `rank_pattern` / `alpha_pattern`: pattern keys and values in file order, because the
 /// first key that matches a module wins.
@@ -69,17 +70,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patterns<T> {
     }
 }
 
-/// Linear layers of a Llama block: what `all-linear` selects (PEFT excludes the output head).
-pub const BLOCK_LINEARS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 /// PEFT's default `target_modules` for Llama, Mistral and Qwen2 when the config names none.
 const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 
@@ -108,7 +98,8 @@ impl Selector {
         Ok(match self {
             Selector::Names(names) => names.iter().any(|n| ends_with_part(module, n)),
             Selector::Regex(re) => re.is_match(module)?,
-            Selector::AllLinear => BLOCK_LINEARS.iter().any(|n| ends_with_part(module, n)),
+            // PEFT excludes the output head; every family's block linear layers.
+            Selector::AllLinear => ALL_BLOCK_LINEARS.iter().any(|n| ends_with_part(module, n)),
         })
     }
 }

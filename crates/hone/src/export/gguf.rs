@@ -152,7 +152,7 @@ fn model_metadata(
     set("attention.head_count_kv", u32_of(cfg.num_key_value_heads));
     set("attention.key_length", u32_of(cfg.head_dim));
     set("attention.value_length", u32_of(cfg.head_dim));
-    set("rope.dimension_count", u32_of(cfg.head_dim));
+    set("rope.dimension_count", u32_of(cfg.rotary_dim));
     set("rope.freq_base", GgufValue::F32(cfg.rope_theta as f32));
     set(
         "attention.layer_norm_rms_epsilon",
@@ -162,8 +162,28 @@ fn model_metadata(
         set("rope.scaling.type", GgufValue::String("linear".into()));
         set("rope.scaling.factor", GgufValue::F32(factor as f32));
     }
-    if let Some(window) = &cfg.sliding_window {
-        set("attention.sliding_window", u32_of(window.size));
+    if let Some(RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    }) = &cfg.rope_scaling
+    {
+        set(
+            "rope.scaling.original_context_length",
+            u32_of(*original_max_position_embeddings),
+        );
+        set(
+            "rope.scaling.attn_factor",
+            GgufValue::F32(*attention_factor as f32),
+        );
+    }
+    match &cfg.sliding_window {
+        Some(window) => set("attention.sliding_window", u32_of(window.size)),
+        // Phi-3's converter writes 0 for "no window" (it tells Phi-4-mini from Phi-3 so).
+        None if cfg.architecture == Architecture::Phi3 => {
+            set("attention.sliding_window", u32_of(0))
+        }
+        None => {}
     }
     if let Some(local) = cfg.local_rope_theta {
         set("rope.freq_base_swa", GgufValue::F32(local as f32));
@@ -262,19 +282,14 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
         names.push("lm_head.weight".into());
     }
     refuse_unwritten(weights.keys(), &names, cfg.tie_word_embeddings)?;
-    if let Some(factors) = rope_factors(cfg) {
-        w.add_tensor(
-            "rope_freqs.weight",
-            &[factors.len()],
-            GgmlType::F32,
-            &factors,
-        )?;
+    for (name, factors) in rope_factors(cfg) {
+        w.add_tensor(name, &[factors.len()], GgmlType::F32, &factors)?;
     }
     for hf in &names {
         let tensor = weights
             .get(hf)
             .with_context(|| format!("tensor `{hf}` is missing"))?;
-        let name = gguf_name(hf, cfg.norm_placement)
+        let name = gguf_name(hf, cfg.architecture)
             .with_context(|| format!("tensor `{hf}` has no llama.cpp name"))?;
         let shape = tensor.dims().to_vec();
         let data = llama_cpp_layout(hf, tensor, cfg)?;
@@ -318,11 +333,12 @@ fn refuse_unwritten<'a>(
     Ok(())
 }
 
-/// `rope_freqs.weight` for scalings llama.cpp reads as per-frequency divisors: Llama 3's (as
-/// `convert_hf_to_gguf.py` computes it) and factors already read from a GGUF.
-fn rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+/// The per-frequency divisor tensors llama.cpp reads: `rope_freqs.weight` for Llama 3's scaling (as
+/// `convert_hf_to_gguf.py` computes it) and factors already read from a GGUF; Phi-3's LongRoPE
+/// factor sets as `rope_factors_long` and `rope_factors_short`.
+fn rope_factors(cfg: &ModelConfig) -> Vec<(&'static str, Vec<f32>)> {
     match &cfg.rope_scaling {
-        Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
+        Some(RopeScaling::FreqFactors(f)) => vec![("rope_freqs.weight", f.clone())],
         Some(RopeScaling::Llama3 { .. }) => {
             let unscaled = ModelConfig {
                 rope_scaling: None,
@@ -330,8 +346,17 @@ fn rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
             };
             let base = rope::inverse_frequencies(&unscaled);
             let scaled = rope::inverse_frequencies(cfg);
-            Some(base.iter().zip(&scaled).map(|(b, s)| b / s).collect())
+            let divisors = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
+            vec![("rope_freqs.weight", divisors)]
         }
-        None | Some(RopeScaling::Linear { .. }) => None,
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        }) => vec![
+            ("rope_factors_long.weight", long_factor.clone()),
+            ("rope_factors_short.weight", short_factor.clone()),
+        ],
+        None | Some(RopeScaling::Linear { .. }) => Vec::new(),
     }
 }

@@ -1,17 +1,21 @@
 //! Rotary position embedding, in place on token-major q or k (`[tokens, heads, head_dim]`), in
-//! transformers' `rotate_half` convention: dimension i is paired with i + head_dim/2.
+//! transformers' `rotate_half` convention on the leading `rotary_dim` dimensions of each head:
+//! dimension i is paired with i + rotary_dim/2, and the dimensions past `rotary_dim` pass through
+//! (partial rotary, Phi-4-mini).
 //!
-//! Tables are `[positions, head_dim/2]` cos and sin from `crate::model::rope::table_vecs`. Each
+//! Tables are `[positions, rotary_dim/2]` cos and sin from `crate::model::rope::RopeTables`. Each
 //! token's position is given explicitly, because packed examples restart their positions inside
 //! a row. The map is a rotation, so its backward is the rotation by the opposite angle.
 
 use rayon::prelude::*;
 
-/// The per-token layout of q or k: `heads` heads of `head_dim` (even) values.
+/// The per-token layout of q or k: `heads` heads of `head_dim` values, the first `rotary_dim`
+/// (even) of which rotate.
 #[derive(Clone, Copy, Debug)]
 pub struct RopeShape {
     pub heads: usize,
     pub head_dim: usize,
+    pub rotary_dim: usize,
 }
 
 /// `x` is `[positions.len(), heads, head_dim]`; rotates every head of token t by angle(positions[t]).
@@ -32,11 +36,19 @@ fn rotate<const INVERSE: bool>(
     cos: &[f32],
     sin: &[f32],
 ) {
-    let RopeShape { heads, head_dim } = shape;
-    let (half, row) = (head_dim / 2, heads * head_dim);
+    let RopeShape {
+        heads,
+        head_dim,
+        rotary_dim,
+    } = shape;
+    let (half, row) = (rotary_dim / 2, heads * head_dim);
     assert!(
-        row > 0 && head_dim.is_multiple_of(2) && x.len() == positions.len() * row,
-        "rope: {} values are not [{} tokens, {heads} heads, {head_dim}], head_dim even",
+        row > 0
+            && rotary_dim.is_multiple_of(2)
+            && rotary_dim <= head_dim
+            && x.len() == positions.len() * row,
+        "rope: {} values are not [{} tokens, {heads} heads, {head_dim}] rotating an even \
+         {rotary_dim} of each head",
         x.len(),
         positions.len()
     );
@@ -53,7 +65,7 @@ fn rotate<const INVERSE: bool>(
             );
             let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
             for head in token.chunks_exact_mut(head_dim) {
-                let (a, b) = head.split_at_mut(half);
+                let (a, b) = head[..rotary_dim].split_at_mut(half);
                 for (((a, b), &c), &s) in a.iter_mut().zip(b).zip(c).zip(s) {
                     let s = if INVERSE { -s } else { s };
                     // transformers: x·cos + rotate_half(x)·sin, rotate_half(x) = (−b, a).
@@ -71,19 +83,25 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     const HEADS: usize = 2;
-    const HEAD_DIM: usize = 6;
+    const HEAD_DIM: usize = 10;
+    /// Partial: the last 4 dimensions of each head pass through.
+    const ROTARY_DIM: usize = 6;
     const SHAPE: RopeShape = RopeShape {
         heads: HEADS,
         head_dim: HEAD_DIM,
+        rotary_dim: ROTARY_DIM,
     };
 
     /// The loss Σ r·rope(x) in f64 from angles, with cos/sin taken from the f32 tables.
     fn loss(x: &[f64], r: &[f64], positions: &[u32], cos: &[f32], sin: &[f32]) -> f64 {
-        let half = HEAD_DIM / 2;
+        let half = ROTARY_DIM / 2;
         let mut total = 0.0;
         for (t, &p) in positions.iter().enumerate() {
             for h in 0..HEADS {
                 let base = (t * HEADS + h) * HEAD_DIM;
+                total += (ROTARY_DIM..HEAD_DIM)
+                    .map(|i| r[base + i] * x[base + i])
+                    .sum::<f64>();
                 for i in 0..half {
                     let (c, s) = (
                         cos[p as usize * half + i] as f64,
@@ -101,7 +119,7 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences_and_inverts_forward() {
         let mut rng = StdRng::seed_from_u64(2);
-        let half = HEAD_DIM / 2;
+        let half = ROTARY_DIM / 2;
         let angles: Vec<f32> = (0..5 * half).map(|_| rng.random_range(-4.0..4.0)).collect();
         let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
         let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();

@@ -41,6 +41,16 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// Per-frequency divisors stored in the model (GGUF's `rope_freqs.weight`).
     FreqFactors(Vec<f32>),
+    /// Phi-3's LongRoPE (`rope_type: longrope`, formerly `su`): per-frequency divisors, the short
+    /// set while a forward pass stays within `original_max_position_embeddings` positions and the
+    /// long set once it reaches past them (transformers decides per call), and cos/sin multiplied
+    /// by `attention_factor` either way.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +63,9 @@ pub struct ModelConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
+    /// The leading dimensions of each head that rotate, `head_dim · partial_rotary_factor`
+    /// (Phi-4-mini: 96 of 128); the rest pass through unrotated. `head_dim` in most families.
+    pub rotary_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
@@ -154,8 +167,13 @@ impl ModelConfig {
         };
         let top_theta = fields.f64("rope_theta")?;
         let rope_theta = nested_theta.or(top_theta);
+        let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+        let rotary_dim = match architecture.partial_rotary() {
+            true => hf_rotary_dim(&fields, rope.as_ref(), head_dim)?,
+            false => head_dim,
+        };
         let rope_scaling = match &rope {
-            Some(r) => hf_rope_scaling(r)?,
+            Some(r) => hf_rope_scaling(r, &fields, architecture)?,
             None => None,
         };
         let qwen2 = architecture == Architecture::Qwen2;
@@ -167,7 +185,6 @@ impl ModelConfig {
         };
         let sliding_window =
             hf_sliding_window(&fields, architecture, num_hidden_layers, &no_rope_layers)?;
-        let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
         let scales = match architecture {
             Architecture::Granite => Scales {
                 embedding: fields.f64("embedding_multiplier")?.unwrap_or(1.0),
@@ -196,6 +213,7 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads: num_key_value_heads.unwrap_or(num_attention_heads),
             head_dim,
+            rotary_dim,
             rms_norm_eps: fields.f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
@@ -249,8 +267,8 @@ impl ModelConfig {
             .with_context(|| format!("{file}: metadata `general.architecture` is missing"))?;
         let architecture = Architecture::from_gguf_arch(arch).with_context(|| {
             format!(
-                "{file}: GGUF architecture {arch:?} is not supported (Hone reads `llama`, \
-                 `qwen2`, `qwen3`, `smollm3`, `granite`, `olmo2` and `gemma3` GGUF files)"
+                "{file}: GGUF architecture {arch:?} is not supported (Hone reads {})",
+                Architecture::gguf_archs().join(", ")
             )
         })?;
         let num = |key: &str| -> Result<u64> {
@@ -266,10 +284,18 @@ impl ModelConfig {
         let num_key_value_heads = num("attention.head_count_kv")
             .map(|v| v as usize)
             .unwrap_or(num_attention_heads);
-        let head_dim = num("attention.key_length")
-            .or_else(|_| num("rope.dimension_count"))
+        // Phi-3's `rope.dimension_count` is the rotated part of each head, not the head.
+        let head_dim = match architecture.partial_rotary() {
+            true => num("attention.key_length"),
+            false => num("attention.key_length").or_else(|_| num("rope.dimension_count")),
+        };
+        let head_dim = head_dim
             .map(|v| v as usize)
             .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let rotary_dim = match architecture.partial_rotary() {
+            true => num("rope.dimension_count").map_or(head_dim, |v| v as usize),
+            false => head_dim,
+        };
         let vocab_size = match num("vocab_size") {
             Ok(v) => v as usize,
             Err(_) => gguf
@@ -288,6 +314,10 @@ impl ModelConfig {
                 factor: float("rope.scaling.factor").unwrap_or(1.0),
             }),
             Some(other) => bail!("{file}: rope scaling type {other:?} is not supported"),
+        };
+        let rope_scaling = match gguf_longrope(gguf, arch)? {
+            Some(longrope) => Some(longrope),
+            None => rope_scaling,
         };
         let tok_id = |key: &str| {
             gguf.get(&format!("tokenizer.ggml.{key}"))
@@ -328,6 +358,8 @@ impl ModelConfig {
         // global and rotates the windowed ones with a base of their own (a key in newer files,
         // else 10000).
         let window_size = num("attention.sliding_window");
+        // Phi-3's converter writes transformers' window (0: none) for every layer; llama.cpp's
+        // phi3 graph ignores it, Hone runs it as transformers does.
         let sliding_window = match (gemma_global_every(architecture), window_size) {
             (Some(every), Ok(size)) => Some(SlidingWindow {
                 size: size as usize,
@@ -335,6 +367,12 @@ impl ModelConfig {
                     .filter(|l| (l + 1) % every != 0)
                     .collect(),
             }),
+            (None, Ok(size)) if architecture == Architecture::Phi3 && size > 0 => {
+                Some(SlidingWindow {
+                    size: size as usize,
+                    layers: (0..num_hidden_layers).collect(),
+                })
+            }
             _ => None,
         };
         let softcap = |key: &str| float(key).map(|c| c as f32);
@@ -348,6 +386,7 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
+            rotary_dim,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
@@ -432,8 +471,20 @@ impl ModelConfig {
         if self.max_position_embeddings == 0 {
             bail!("field `max_position_embeddings` must be positive");
         }
+        if !(self.rotary_dim > 0
+            && self.rotary_dim <= self.head_dim
+            && self.rotary_dim.is_multiple_of(2))
+        {
+            bail!(
+                "the rotary dimension ({}, head_dim · partial_rotary_factor) must be even and in \
+                 (0, head_dim = {}]",
+                self.rotary_dim,
+                self.head_dim
+            );
+        }
         if let Some(scaling) = &self.rope_scaling {
             scaling.validate()?;
+            scaling.check_frequencies(self.rotary_dim / 2)?;
         }
         self.scales.validate()?;
         if let Some(window) = &self.sliding_window {
@@ -536,6 +587,29 @@ impl ModelConfig {
 }
 
 impl RopeScaling {
+    /// Per-frequency factors must come one per rotated pair.
+    fn check_frequencies(&self, pairs: usize) -> Result<()> {
+        let lists: Vec<(&str, usize)> = match self {
+            RopeScaling::FreqFactors(f) => vec![("rope_freqs", f.len())],
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => vec![
+                ("short_factor", short_factor.len()),
+                ("long_factor", long_factor.len()),
+            ],
+            _ => Vec::new(),
+        };
+        match lists.into_iter().find(|&(_, n)| n != pairs) {
+            Some((name, n)) => bail!(
+                "rope scaling `{name}`: {n} values, but the model rotates {pairs} frequency pairs \
+                 (rotary dimension / 2)"
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
@@ -573,6 +647,18 @@ impl RopeScaling {
             RopeScaling::FreqFactors(factors) => factors
                 .iter()
                 .try_for_each(|&f| positive("rope_freqs", f64::from(f))),
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                attention_factor,
+                ..
+            } => {
+                positive("attention_factor", *attention_factor)?;
+                let factors = short_factor.iter().chain(long_factor);
+                factors
+                    .into_iter()
+                    .try_for_each(|&f| positive("short_factor/long_factor", f64::from(f)))
+            }
         }
     }
 }
@@ -627,7 +713,30 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {
+/// `head_dim · partial_rotary_factor`, truncated as transformers' `int(...)` truncates
+/// (transformers 5 keeps the factor in `rope_parameters`, 4 at the top level).
+fn hf_rotary_dim(fields: &Fields, rope: Option<&Fields>, head_dim: usize) -> Result<usize> {
+    let nested = match rope {
+        Some(r) => r.f64("partial_rotary_factor")?,
+        None => None,
+    };
+    let factor = match nested {
+        Some(f) => f,
+        None => fields.f64("partial_rotary_factor")?.unwrap_or(1.0),
+    };
+    if !(factor > 0.0 && factor <= 1.0) {
+        bail!("field `partial_rotary_factor`: {factor} must be in (0, 1]");
+    }
+    Ok((head_dim as f64 * factor) as usize)
+}
+
+/// The rope scaling of the `rope_parameters`/`rope_scaling` object `r`; `fields` is the whole
+/// config, where Phi-3 keeps `original_max_position_embeddings`.
+fn hf_rope_scaling(
+    r: &Fields,
+    fields: &Fields,
+    architecture: Architecture,
+) -> Result<Option<RopeScaling>> {
     let kind = match r.str("rope_type")? {
         Some(kind) => Some(kind),
         None => r.str("type")?,
@@ -636,7 +745,11 @@ fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {
         r.f64(k)?
             .with_context(|| format!("rope scaling `{k}` is missing"))
     };
+    let phi3 = architecture == Architecture::Phi3;
     Ok(match kind.unwrap_or("default") {
+        // Phi-3's configuration class renames the older `su` and `yarn` to `longrope`.
+        "longrope" | "su" => Some(hf_longrope(r, fields)?),
+        "yarn" if phi3 => Some(hf_longrope(r, fields)?),
         "default" => None,
         "linear" => Some(RopeScaling::Linear {
             factor: f("factor")?,
@@ -647,10 +760,78 @@ fn hf_rope_scaling(r: &Fields) -> Result<Option<RopeScaling>> {
             high_freq_factor: f("high_freq_factor")?,
             original_max_position_embeddings: f("original_max_position_embeddings")?,
         }),
-        other => {
-            bail!("rope scaling type {other:?} is not supported (default, linear, llama3 are)")
-        }
+        other => bail!(
+            "rope scaling type {other:?} is not supported (default, linear, llama3, longrope are)"
+        ),
     })
+}
+
+/// LongRoPE's parameters as transformers' `_compute_longrope_parameters` reads them: without
+/// `factor`, the ratio of `max_position_embeddings` to the original; without `attention_factor`,
+/// `√(1 + ln factor / ln original)` (1 when the factor is at most 1).
+fn hf_longrope(r: &Fields, fields: &Fields) -> Result<RopeScaling> {
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        let list = r.typed(key, "a list of numbers", |v| {
+            v.as_array()?
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+        })?;
+        list.with_context(|| format!("rope scaling `{key}` is missing"))
+    };
+    let key = "original_max_position_embeddings";
+    let original = match r.usize(key)? {
+        Some(n) => n,
+        None => fields
+            .usize(key)?
+            .with_context(|| format!("rope scaling `{key}` is missing"))?,
+    };
+    if original < 2 {
+        bail!("field `{key}`: {original} must be at least 2");
+    }
+    let max_positions = fields.usize("max_position_embeddings")?.unwrap_or(original);
+    let factor = match r.f64("factor")? {
+        Some(f) => f,
+        None => max_positions as f64 / original as f64,
+    };
+    let attention_factor = match r.f64("attention_factor")? {
+        Some(f) => f,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
+}
+
+/// Phi-3's LongRoPE as llama.cpp's converter writes it: the factor tensors `rope_factors_long` and
+/// `rope_factors_short`, `rope.scaling.original_context_length` and `rope.scaling.attn_factor`.
+fn gguf_longrope(gguf: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
+    let (long, short) = ("rope_factors_long.weight", "rope_factors_short.weight");
+    if gguf.tensor_info(long).is_none() {
+        return Ok(None);
+    }
+    let file = gguf.path.display();
+    let key = |k: &str| format!("{arch}.{k}");
+    let original = gguf
+        .get(&key("rope.scaling.original_context_length"))
+        .and_then(|v| v.as_u64())
+        .with_context(|| {
+            format!("{file}: metadata `{arch}.rope.scaling.original_context_length` is missing")
+        })?;
+    let attention_factor = gguf
+        .get(&key("rope.scaling.attn_factor"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
+    Ok(Some(RopeScaling::LongRope {
+        short_factor: gguf.tensor_f32(short)?.0,
+        long_factor: gguf.tensor_f32(long)?.0,
+        original_max_position_embeddings: original as usize,
+        attention_factor,
+    }))
 }
 
 /// The tensor type holding most parameters, as llama.cpp names it (e.g. "Q4_1").

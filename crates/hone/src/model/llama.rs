@@ -13,8 +13,9 @@ use candle_nn::ops::rms_norm;
 
 use super::config::{BlockNorm, ModelConfig};
 use super::kv_cache::{Cache, CachedAttnShape};
+use super::layout::{block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
-use super::rope;
+use super::rope::RopeTables;
 use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
@@ -65,17 +66,6 @@ struct Block {
     attn: Attention,
     mlp: Mlp,
 }
-
-/// The linear layers of a block, in the order they run.
-#[derive(Clone, Copy)]
-enum Slot {
-    Qkv,
-    O,
-    GateUp,
-    Down,
-}
-
-const SLOTS: [Slot; 4] = [Slot::Qkv, Slot::O, Slot::GateUp, Slot::Down];
 
 impl Block {
     fn linear(&self, slot: Slot) -> &Linear {
@@ -172,11 +162,7 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
-    /// Rotary tables, `[positions, head_dim / 2]`.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
-    /// The sliding-window layers' tables when they rotate differently (Gemma 3).
-    local_rope: Option<(Vec<f32>, Vec<f32>)>,
+    rope: RopeTables,
     device: Device,
 }
 
@@ -205,31 +191,27 @@ impl Llama {
         device: &Device,
     ) -> Result<Self> {
         let mut parts = Parts { weights, adapter };
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let (q_dim, kv_dim) = cfg.attention_widths();
+        let h = cfg.hidden_size;
         let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let qk_norm = parts.qk_norm(&p, &cfg)?;
-            let mut proj = |name: &str, out: usize, inp: usize, bias: bool| {
-                parts.projection(&format!("{p}.{name}"), out, inp, bias)
+            let mut linear = |slot: Slot| -> Result<Linear> {
+                let projections = slot_linears(&cfg, slot).into_iter().map(|l| {
+                    let name = format!("{p}.{}", l.name);
+                    parts.projection(&name, l.out_features, l.in_features, l.bias)
+                });
+                Linear::new(projections.collect::<Result<_>>()?)
             };
             let attn = Attention {
-                qkv_proj: Linear::new(vec![
-                    proj("self_attn.q_proj", q_dim, h, cfg.attention_bias)?,
-                    proj("self_attn.k_proj", kv_dim, h, cfg.attention_bias)?,
-                    proj("self_attn.v_proj", kv_dim, h, cfg.attention_bias)?,
-                ])?,
-                o_proj: Linear::new(vec![proj("self_attn.o_proj", h, q_dim, cfg.o_proj_bias)?])?,
+                qkv_proj: linear(Slot::Qkv)?,
+                o_proj: linear(Slot::O)?,
                 qk_norm,
             };
             let mlp = Mlp {
-                gate_up_proj: Linear::new(vec![
-                    proj("mlp.gate_proj", i, h, cfg.mlp_bias)?,
-                    proj("mlp.up_proj", i, h, cfg.mlp_bias)?,
-                ])?,
-                down_proj: Linear::new(vec![proj("mlp.down_proj", h, i, cfg.mlp_bias)?])?,
+                gate_up_proj: linear(Slot::GateUp)?,
+                down_proj: linear(Slot::Down)?,
             };
             let mut norms = Norms::default();
             for &(position, name, _) in cfg.norm_placement.norms() {
@@ -248,18 +230,14 @@ impl Llama {
         } else {
             parts.projection("lm_head", cfg.vocab_size, h, false)?
         };
-        let n_positions = cfg.max_position_embeddings.max(1);
-        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
-        let local_rope = rope::local_table_vecs(&cfg, n_positions);
+        let rope = RopeTables::new(&cfg, cfg.max_position_embeddings.max(1));
         Ok(Llama {
             cfg,
             embed_tokens,
             blocks,
             norm,
             lm_head: Linear::new(vec![lm_head])?,
-            rope_cos,
-            rope_sin,
-            local_rope,
+            rope,
             device: device.clone(),
         })
     }
@@ -635,17 +613,13 @@ impl Llama {
         if layer >= self.blocks.len() {
             return None;
         }
-        let (slot, part) = match name {
-            "self_attn.q_proj" => (Slot::Qkv, 0),
-            "self_attn.k_proj" => (Slot::Qkv, 1),
-            "self_attn.v_proj" => (Slot::Qkv, 2),
-            "self_attn.o_proj" => (Slot::O, 0),
-            "mlp.gate_proj" => (Slot::GateUp, 0),
-            "mlp.up_proj" => (Slot::GateUp, 1),
-            "mlp.down_proj" => (Slot::Down, 0),
-            _ => return None,
-        };
-        Some((layer, Some(slot), part))
+        let linears = block_linears(&self.cfg);
+        let linear = linears.iter().find(|l| l.name == name)?;
+        let part = linears
+            .iter()
+            .filter(|l| l.slot == linear.slot)
+            .position(|l| l.name == name)?;
+        Some((layer, Some(linear.slot), part))
     }
 
     /// The stacked projection's `[q | k | v]` columns of layer `layer` as separate token-major
@@ -679,13 +653,13 @@ impl Llama {
         if !self.cfg.uses_rope(layer) {
             return (q, k, v);
         }
-        let (cos, sin) = match &self.local_rope {
-            Some((cos, sin)) if self.cfg.window(layer).is_some() => (cos, sin),
-            _ => (&self.rope_cos, &self.rope_sin),
-        };
+        let (cos, sin) = self
+            .rope
+            .select(positions, self.cfg.window(layer).is_some());
         let shape = |heads| RopeShape {
             heads,
             head_dim: hd,
+            rotary_dim: self.cfg.rotary_dim,
         };
         rope_kernel::forward(&mut q, positions, shape(nh), cos, sin);
         rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
-use super::config::{Architecture, NormPlacement};
+use super::config::Architecture;
 use super::load::Precision;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors;
@@ -79,11 +79,11 @@ pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType,
         ModelSource::Gguf(path) => {
             let gguf = GgufFile::open(path)?;
             let arch = gguf.get("general.architecture").and_then(|v| v.as_str());
-            let placement = arch
+            let arch = arch
                 .and_then(Architecture::from_gguf_arch)
-                .map_or(NormPlacement::Pre, Architecture::norm_placement);
+                .unwrap_or(Architecture::Llama);
             for t in gguf.tensors {
-                if let Some(name) = super::weights::hf_name(&t.name, placement) {
+                if let Some(name) = super::weights::hf_name(&t.name, arch) {
                     out.insert(name, (t.ggml_type, t.n_bytes));
                 }
             }

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod kv_cache;
+pub mod layout;
 pub mod linear;
 pub mod llama;
 pub mod load;

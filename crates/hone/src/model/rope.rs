@@ -1,21 +1,25 @@
-//! Rotary position embedding tables (cos/sin), with the frequency rescalings Llama models use.
+//! Rotary position embedding tables (cos/sin), with the frequency rescalings the families use.
 //!
 //! Computed in f32 the way transformers does (inverse frequencies in f32, angle = position · freq in
 //! f32), so logits agree with it to float rounding rather than to the difference of two recipes.
+//! Tables cover the rotated part of each head only (`rotary_dim / 2` frequencies per position).
 
 use super::config::{ModelConfig, RopeScaling};
 
-/// Inverse frequencies, one per pair of rotated dimensions (`head_dim / 2` values).
+/// Inverse frequencies, one per pair of rotated dimensions (`rotary_dim / 2` values); LongRoPE's
+/// short set.
 pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
-    let dim = cfg.head_dim;
+    let dim = cfg.rotary_dim;
+    let exponent = |i: usize| (2 * i) as f32 / dim as f32;
     let base: Vec<f32> = (0..dim / 2)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / dim as f32))
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(exponent(i)))
         .collect();
     match &cfg.rope_scaling {
         None | Some(RopeScaling::Linear { .. }) => base,
         Some(RopeScaling::FreqFactors(factors)) => {
             base.iter().zip(factors).map(|(f, d)| f / d).collect()
         }
+        Some(RopeScaling::LongRope { short_factor, .. }) => extended_frequencies(cfg, short_factor),
         Some(RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -47,33 +51,99 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
     }
 }
 
-/// cos and sin tables, row-major `[n_positions, head_dim / 2]`, for the model and the
-/// kernels that work on slices.
-/// The sliding-window layers' own tables, when the model rotates them differently (Gemma 3:
-/// `local_rope_theta`, no scaling).
-pub fn local_table_vecs(cfg: &ModelConfig, n_positions: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-    let local = ModelConfig {
-        rope_theta: cfg.local_rope_theta?,
-        rope_scaling: None,
-        ..cfg.clone()
-    };
-    Some(table_vecs(&local, n_positions))
+/// LongRoPE's frequencies for one factor set, `1 / (ext_i · θ^(2i/d))` in transformers' order of
+/// operations.
+fn extended_frequencies(cfg: &ModelConfig, ext: &[f32]) -> Vec<f32> {
+    let dim = cfg.rotary_dim;
+    ext.iter()
+        .enumerate()
+        .map(|(i, &e)| 1.0 / (e * (cfg.rope_theta as f32).powf((2 * i) as f32 / dim as f32)))
+        .collect()
 }
 
-pub fn table_vecs(cfg: &ModelConfig, n_positions: usize) -> (Vec<f32>, Vec<f32>) {
-    let inv = inverse_frequencies(cfg);
-    let pos_scale = match cfg.rope_scaling {
-        Some(RopeScaling::Linear { factor }) => 1.0 / factor as f32,
-        _ => 1.0,
-    };
+/// A model's rotary tables, row-major `[positions, rotary_dim / 2]` cos and sin, built once for
+/// every position it can reach.
+#[derive(Clone, Debug)]
+pub struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// The sliding-window layers' own tables, when they rotate differently (Gemma 3:
+    /// `local_rope_theta`, no scaling).
+    local: Option<(Vec<f32>, Vec<f32>)>,
+    /// LongRoPE's long-factor tables and the number of positions the short ones serve.
+    long: Option<(Vec<f32>, Vec<f32>, usize)>,
+    n_positions: usize,
+}
+
+impl RopeTables {
+    pub fn new(cfg: &ModelConfig, n_positions: usize) -> RopeTables {
+        let local = cfg.local_rope_theta.map(|theta| {
+            let local = ModelConfig {
+                rope_theta: theta,
+                rope_scaling: None,
+                ..cfg.clone()
+            };
+            tables(&inverse_frequencies(&local), n_positions, 1.0, 1.0)
+        });
+        let (pos_scale, magnitude) = match &cfg.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => (1.0 / *factor as f32, 1.0),
+            Some(RopeScaling::LongRope {
+                attention_factor, ..
+            }) => (1.0, *attention_factor as f32),
+            _ => (1.0, 1.0),
+        };
+        let long = match &cfg.rope_scaling {
+            Some(RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings,
+                ..
+            }) => {
+                let inv = extended_frequencies(cfg, long_factor);
+                let (cos, sin) = tables(&inv, n_positions, 1.0, magnitude);
+                Some((cos, sin, *original_max_position_embeddings))
+            }
+            _ => None,
+        };
+        let (cos, sin) = tables(&inverse_frequencies(cfg), n_positions, pos_scale, magnitude);
+        RopeTables {
+            cos,
+            sin,
+            local,
+            long,
+            n_positions,
+        }
+    }
+
+    /// The positions the tables cover (`max_position_embeddings`).
+    pub fn n_positions(&self) -> usize {
+        self.n_positions
+    }
+
+    /// The tables of a forward pass over `positions`: the local ones for a sliding-window layer
+    /// when the model has them; LongRoPE's long ones when any position reaches past the original
+    /// context, as transformers picks them for the whole call.
+    pub fn select(&self, positions: &[u32], local: bool) -> (&[f32], &[f32]) {
+        if let Some((cos, sin)) = self.local.as_ref().filter(|_| local) {
+            return (cos, sin);
+        }
+        let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        match &self.long {
+            Some((cos, sin, short_positions)) if furthest > *short_positions => (cos, sin),
+            _ => (&self.cos, &self.sin),
+        }
+    }
+}
+
+/// cos and sin of `position · pos_scale · freq` for every position, times `magnitude`.
+fn tables(inv: &[f32], n_positions: usize, pos_scale: f32, magnitude: f32) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(n_positions * inv.len());
     let mut sin = Vec::with_capacity(n_positions * inv.len());
     for p in 0..n_positions {
         let pos = p as f32 * pos_scale;
-        for &f in &inv {
+        for &f in inv {
             let angle = pos * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+            cos.push(angle.cos() * magnitude);
+            sin.push(angle.sin() * magnitude);
         }
     }
     (cos, sin)

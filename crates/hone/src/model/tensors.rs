@@ -3,31 +3,35 @@
 //! tensors the way transformers' own do.
 
 use super::config::ModelConfig;
+use super::layout::{block_linears, BlockLinear, Slot};
 
 /// Every weight and bias of the model `cfg` describes, with its shape, in `state_dict()` order.
 /// A tied LM head is the embedding matrix and is not listed separately, as transformers saves it.
 pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q_dim, kv_dim) = cfg.attention_widths();
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    let linears = block_linears(cfg);
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let linear = |name: &str, rows: usize, cols: usize, bias: bool| {
-            let weight = (format!("{p}.{name}.weight"), vec![rows, cols]);
-            let bias = bias.then(|| (format!("{p}.{name}.bias"), vec![rows]));
+        let tensors = |l: &BlockLinear| {
+            let weight = (
+                format!("{p}.{}.weight", l.name),
+                vec![l.out_features, l.in_features],
+            );
+            let bias = l
+                .bias
+                .then(|| (format!("{p}.{}.bias", l.name), vec![l.out_features]));
             [Some(weight), bias].into_iter().flatten()
         };
-        out.extend(linear("self_attn.q_proj", q_dim, h, cfg.attention_bias));
-        out.extend(linear("self_attn.k_proj", kv_dim, h, cfg.attention_bias));
-        out.extend(linear("self_attn.v_proj", kv_dim, h, cfg.attention_bias));
-        out.extend(linear("self_attn.o_proj", h, q_dim, cfg.o_proj_bias));
+        let (attention, mlp): (Vec<_>, Vec<_>) = linears
+            .iter()
+            .partition(|l| matches!(l.slot, Slot::Qkv | Slot::O));
+        out.extend(attention.into_iter().flat_map(tensors));
         if let Some((q_norm, k_norm)) = cfg.qk_norm_widths() {
             out.push((format!("{p}.self_attn.q_norm.weight"), vec![q_norm]));
             out.push((format!("{p}.self_attn.k_norm.weight"), vec![k_norm]));
         }
-        out.extend(linear("mlp.gate_proj", i, h, cfg.mlp_bias));
-        out.extend(linear("mlp.up_proj", i, h, cfg.mlp_bias));
-        out.extend(linear("mlp.down_proj", h, i, cfg.mlp_bias));
+        out.extend(mlp.into_iter().flat_map(tensors));
         for &(_, norm, _) in cfg.norm_placement.norms() {
             out.push((format!("{p}.{norm}.weight"), vec![h]));
         }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{ModelConfig, NormPlacement, RopeScaling};
+use super::config::{Architecture, ModelConfig, RopeScaling};
 use super::linear::Weight;
 use crate::io::gguf::{GgufFile, GgufTensorInfo};
 use crate::io::safetensors;
@@ -61,7 +61,7 @@ fn load_gguf_filtered(
             cfg.rope_scaling = Some(RopeScaling::FreqFactors(factors));
             continue;
         }
-        let Some(hf_name) = hf_name(&info.name, cfg.norm_placement) else {
+        let Some(hf_name) = hf_name(&info.name, cfg.architecture) else {
             continue;
         };
         let (mut data, shape) = gguf.tensor_f32(&info.name)?;
@@ -141,7 +141,7 @@ pub fn load_gguf_stored(
         .map(|(n, t)| (n, Weight::F32(t)))
         .collect();
     for info in gguf.tensors.iter().filter(|i| is_matrix(i)) {
-        let Some(hf_name) = hf_name(&info.name, cfg.norm_placement) else {
+        let Some(hf_name) = hf_name(&info.name, cfg.architecture) else {
             continue;
         };
         let (rows, cols) = (info.dims[1] as usize, info.dims[0] as usize);
@@ -179,9 +179,9 @@ pub fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
     }
 }
 
-/// The HF name of a llama.cpp tensor name in a model whose block norms sit as `placement`; None
-/// for tensors Hone does not use.
-pub fn hf_name(gguf_name: &str, placement: NormPlacement) -> Option<String> {
+/// The HF name of a llama.cpp tensor name in a model of family `arch`; None for tensors Hone does
+/// not use.
+pub fn hf_name(gguf_name: &str, arch: Architecture) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -195,13 +195,13 @@ pub fn hf_name(gguf_name: &str, placement: NormPlacement) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let hf_module = layer_names(placement).find(|(g, _)| *g == module)?.1;
+    let hf_module = layer_names(arch).find(|(g, _)| *g == module)?.1;
     Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
 }
 
 /// The llama.cpp name of an HF tensor name (the inverse of [`hf_name`]); None for tensors llama.cpp
 /// has no name for.
-pub fn gguf_name(hf_name: &str, placement: NormPlacement) -> Option<String> {
+pub fn gguf_name(hf_name: &str, arch: Architecture) -> Option<String> {
     let fixed = match hf_name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -215,32 +215,44 @@ pub fn gguf_name(hf_name: &str, placement: NormPlacement) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let gguf_module = layer_names(placement).find(|(_, h)| *h == module)?.0;
+    let gguf_module = layer_names(arch).find(|(_, h)| *h == module)?.0;
     Some(format!("blk.{layer}.{gguf_module}.{kind}"))
 }
 
-/// llama.cpp module names within a block and their HF equivalents for a block whose norms sit as
-/// `placement` (the norms' HF names depend on it, [`NormPlacement::norms`]).
-pub fn layer_names(placement: NormPlacement) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let norms = placement.norms().iter().map(|&(_, hf, gguf)| (gguf, hf));
-    norms.chain([
-        ("attn_q", "self_attn.q_proj"),
-        ("attn_k", "self_attn.k_proj"),
-        ("attn_v", "self_attn.v_proj"),
-        ("attn_output", "self_attn.o_proj"),
-        ("attn_q_norm", "self_attn.q_norm"),
-        ("attn_k_norm", "self_attn.k_norm"),
-        ("ffn_gate", "mlp.gate_proj"),
-        ("ffn_up", "mlp.up_proj"),
-        ("ffn_down", "mlp.down_proj"),
-    ])
+/// llama.cpp module names within a block of family `arch` and their HF equivalents: the norms'
+/// HF names depend on where they sit ([`super::config::NormPlacement::norms`]), and a family with fused
+/// projections (Phi-3) has `attn_qkv` and an `ffn_up` that holds gate and up.
+pub fn layer_names(arch: Architecture) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let norms = arch.norm_placement().norms().iter();
+    let norms = norms.map(|&(_, hf, gguf)| (gguf, hf));
+    let projections: &[(&str, &str)] = if arch.fused_projections() {
+        &[
+            ("attn_qkv", "self_attn.qkv_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("ffn_up", "mlp.gate_up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ]
+    } else {
+        &[
+            ("attn_q", "self_attn.q_proj"),
+            ("attn_k", "self_attn.k_proj"),
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("attn_q_norm", "self_attn.q_norm"),
+            ("attn_k_norm", "self_attn.k_norm"),
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ]
+    };
+    norms.chain(projections.iter().copied())
 }
 
 /// The block modules of [`layer_names`] a model of `cfg` has (the q/k norms only when it
 /// normalizes q and k).
 pub fn layer_modules(cfg: &ModelConfig) -> impl Iterator<Item = (&'static str, &'static str)> {
     let qk_norm = cfg.qk_norm.is_some();
-    layer_names(cfg.norm_placement)
+    layer_names(cfg.architecture)
         .filter(move |(_, hf)| qk_norm || !matches!(*hf, "self_attn.q_norm" | "self_attn.k_norm"))
 }
 
@@ -293,7 +305,7 @@ fn row_sources(n_rows: usize, n_heads: usize, src: impl Fn(usize, usize) -> usiz
 mod tests {
     use super::*;
 
-    const PRE: NormPlacement = NormPlacement::Pre;
+    const PRE: Architecture = Architecture::Llama;
 
     #[test]
     fn gguf_names_map_to_hf_names() {
@@ -331,7 +343,7 @@ mod tests {
     /// HF's `post_attention_layernorm` is Llama's MLP input norm but OLMo 2's attention output norm.
     #[test]
     fn norm_names_follow_where_the_norms_sit() {
-        let post = NormPlacement::Post;
+        let post = Architecture::Olmo2;
         let name = "model.layers.2.post_attention_layernorm.weight";
         assert_eq!(gguf_name(name, PRE).unwrap(), "blk.2.ffn_norm.weight");
         assert_eq!(

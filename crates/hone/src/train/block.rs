@@ -21,27 +21,29 @@ use crate::kernels::{glu, rmsnorm, rope};
 use crate::model::config::BlockNorm;
 use crate::model::ModelConfig;
 
-/// What varies per batch: sizes, positions (restarting inside packed rows), segments, rope
-/// tables, and the dropout seed of this block (None outside training).
+/// What varies per batch: sizes, positions (restarting inside packed rows), segments, the rotary
+/// tables this batch rotates with (cos, sin), and the dropout seed of this block (None outside
+/// training).
 #[derive(Clone, Copy, Debug)]
 pub struct StepInputs<'a> {
     pub batch: usize,
     pub seq: usize,
     pub positions: &'a [u32],
     pub segment_ids: Option<&'a [u32]>,
-    pub rope_cos: &'a [f32],
-    pub rope_sin: &'a [f32],
-    /// The sliding-window layers' own tables, when they rotate differently (Gemma 3).
-    pub local_rope: Option<(&'a [f32], &'a [f32])>,
+    pub rope: (&'a [f32], &'a [f32]),
+    /// The sliding-window layers' tables: their own when they rotate differently (Gemma 3), else
+    /// `rope`.
+    pub local_rope: (&'a [f32], &'a [f32]),
     pub dropout_seed: Option<u64>,
 }
 
 impl<'a> StepInputs<'a> {
-    /// The rotary tables of a layer: the local ones when it uses them and the model has them.
+    /// The rotary tables of a layer.
     fn rope_tables(&self, local: bool) -> (&'a [f32], &'a [f32]) {
-        match self.local_rope.filter(|_| local) {
-            Some(tables) => tables,
-            None => (self.rope_cos, self.rope_sin),
+        if local {
+            self.local_rope
+        } else {
+            self.rope
         }
     }
 }
@@ -79,11 +81,11 @@ impl Norms {
 pub struct Block {
     /// The norms on the branches' inputs and outputs.
     pub norms: Norms,
-    /// q, k and v projections as the three parts of one projection.
+    /// q, k and v projections as the parts of one projection (one part when the family fuses
+    /// them, Phi-3's `qkv_proj`), likewise gate and up.
     pub qkv: Projection,
     pub o_proj: Projection,
-    pub gate_proj: Projection,
-    pub up_proj: Projection,
+    pub gate_up: Projection,
     pub down_proj: Projection,
     /// Per-head RMSNorm of q and k before the rotary embedding, when the family has it.
     pub qk_norm: Option<QkNorm>,
@@ -134,7 +136,7 @@ pub struct Activations {
     qk_raw: Option<QkRaw>,
     attn_out: Option<OutputNorm>,
     mlp_out: Option<OutputNorm>,
-    saved: [Saved; 5],
+    saved: [Saved; 4],
 }
 
 /// How the model's RMSNorms compute: eps, and what is added to each weight (Gemma's `1 + w`).
@@ -165,8 +167,7 @@ impl NormCtx {
 /// Sub-stream of a block's dropout seed for each projection.
 const QKV: u64 = 0;
 const O: u64 = 1;
-const GATE: u64 = 2;
-const UP: u64 = 3;
+const GATE_UP: u64 = 2;
 const DOWN: u64 = 4;
 
 /// Query heads, key/value heads, head dimension.
@@ -195,6 +196,7 @@ fn rope_shape(heads: usize, cfg: &ModelConfig) -> rope::RopeShape {
     rope::RopeShape {
         heads,
         head_dim: cfg.head_dim,
+        rotary_dim: cfg.rotary_dim,
     }
 }
 
@@ -337,18 +339,18 @@ fn columns(data: &[f32], row: usize, start: usize, width: usize) -> Vec<f32> {
     out
 }
 
-/// `[q | k | v]` per token from the three `[tokens, width]` buffers (the inverse of [`columns`]).
-fn interleave(q: &[f32], k: &[f32], v: &[f32], tokens: usize) -> Vec<f32> {
-    let (wq, wk) = (q.len() / tokens, k.len() / tokens);
-    let row = wq + 2 * wk;
+/// `[a | b | …]` per token from `[tokens, width]` buffers (the inverse of [`columns`]).
+fn interleave(parts: &[&[f32]], tokens: usize) -> Vec<f32> {
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / tokens).collect();
+    let row: usize = widths.iter().sum();
     let mut out = vec![0.0; tokens * row];
-    out.par_chunks_mut(row)
-        .zip(q.par_chunks(wq).zip(k.par_chunks(wk)).zip(v.par_chunks(wk)))
-        .for_each(|(o, ((q, k), v))| {
-            o[..wq].copy_from_slice(q);
-            o[wq..wq + wk].copy_from_slice(k);
-            o[wq + wk..].copy_from_slice(v);
-        });
+    out.par_chunks_mut(row).enumerate().for_each(|(t, o)| {
+        let mut start = 0;
+        for (part, &w) in parts.iter().zip(&widths) {
+            o[start..start + w].copy_from_slice(&part[t * w..(t + 1) * w]);
+            start += w;
+        }
+    });
     out
 }
 
@@ -395,12 +397,13 @@ impl Block {
 
         let x_mid = x.to_vec();
         let (input, mlp_in_rstd) = branch_input(x, self.norms.mlp_in.as_ref(), norm_ctx);
-        let inter = self.gate_proj.out_features();
-        let mut gate = vec![0.0; n * inter];
-        let mut up = vec![0.0; n * inter];
-        let gate_saved = self.gate_proj.forward(&input, &mut gate, seed(s, GATE));
-        let up_saved = self.up_proj.forward(&input, &mut up, seed(s, UP));
+        let inter = cfg.intermediate_size;
+        let mut gate_up = vec![0.0; n * 2 * inter];
+        let gate_up_saved = self.gate_up.forward(&input, &mut gate_up, seed(s, GATE_UP));
         drop(input);
+        let gate = columns(&gate_up, 2 * inter, 0, inter);
+        let up = columns(&gate_up, 2 * inter, inter, inter);
+        drop(gate_up);
         let mut act = vec![0.0; n * inter];
         glu::forward(cfg.hidden_act, &gate, &up, &mut act);
         let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
@@ -421,7 +424,7 @@ impl Block {
             qk_raw,
             attn_out,
             mlp_out,
-            saved: [qkv_saved, o_saved, gate_saved, up_saved, down_saved],
+            saved: [qkv_saved, o_saved, gate_up_saved, down_saved],
         }
     }
 
@@ -431,7 +434,7 @@ impl Block {
         let norm_ctx = NormCtx::of(cfg);
         let (nh, nkv, hd) = heads(cfg);
         let n = s.batch * s.seq;
-        let [qkv_saved, o_saved, gate_saved, up_saved, down_saved] = a.saved;
+        let [qkv_saved, o_saved, gate_up_saved, down_saved] = a.saved;
         let residual = cfg.scales.residual as f32;
         let Norms {
             attn_in,
@@ -442,7 +445,7 @@ impl Block {
 
         // MLP: x_out = x_mid + mlp_out(down(act(gate) · up)), gate and up from mlp_in(x_mid), each
         // norm where the family has it.
-        let inter = self.gate_proj.out_features();
+        let inter = cfg.intermediate_size;
         let mut act = vec![0.0; n * inter];
         glu::forward(cfg.hidden_act, &a.gate, &a.up, &mut act);
         let mut dact = vec![0.0; n * inter];
@@ -453,15 +456,13 @@ impl Block {
         let (mut dgate, mut dup) = (vec![0.0; n * inter], vec![0.0; n * inter]);
         glu::backward(cfg.hidden_act, &dact, &a.gate, &a.up, &mut dgate, &mut dup);
         drop(dact);
+        let dgate_up = interleave(&[&dgate, &dup], n);
+        drop((dgate, dup));
         let (input, _) = branch_input(&a.x_mid, mlp_in.as_ref(), norm_ctx);
         let mut dinput = vec![0.0; dx.len()];
-        let mut dinput_up = vec![0.0; dx.len()];
-        self.gate_proj
-            .backward(&dgate, &input, &gate_saved, &mut dinput);
-        self.up_proj
-            .backward(&dup, &input, &up_saved, &mut dinput_up);
+        self.gate_up
+            .backward(&dgate_up, &input, &gate_up_saved, &mut dinput);
         drop(input);
-        add_into(&mut dinput, &dinput_up);
         let in_norm = mlp_in.as_mut().map(|w| (w, a.mlp_in_rstd.as_slice()));
         branch_input_grad_into(dx, &dinput, &a.x_mid, in_norm, norm_ctx);
 
@@ -498,7 +499,7 @@ impl Block {
         if let (Some(norm), Some(raw)) = (&mut self.qk_norm, &a.qk_raw) {
             norm.backward(&mut dq, &mut dk, raw, norm_ctx);
         }
-        let dqkv = interleave(&dq, &dk, &dv, n);
+        let dqkv = interleave(&[&dq, &dk, &dv], n);
         let (input, _) = branch_input(&a.x_in, attn_in.as_ref(), norm_ctx);
         self.qkv.backward(&dqkv, &input, &qkv_saved, &mut dinput);
         drop(input);

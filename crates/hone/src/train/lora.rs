@@ -6,10 +6,12 @@
 //!
 //! The adapter's forward and backward live in `train::linear`, beside the frozen base product.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::adapters::{AdapterConfig, Bias, LoraWeights, ModuleMatcher};
+use crate::model::layout::{block_linears, linear_module_names};
+use crate::model::ModelConfig;
 
 /// A LoRA run's adapter config (PEFT's `LoraConfig`: rank, alpha, dropout, targets, bias, rsLoRA,
 /// rank/alpha patterns) with its module patterns compiled, and the seed of the A initialisation.
@@ -31,6 +33,12 @@ impl LoraSettings {
         })
     }
 
+    /// PEFT refuses a config whose targets match no module of the model; so does Hone, naming
+    /// the model's own linear layers (Phi-3 has `qkv_proj`, not `q_proj`).
+    pub fn check_targets_exist(&self, cfg: &ModelConfig) -> Result<()> {
+        check_targets_exist(&self.matcher, &self.config, cfg)
+    }
+
     /// Whether the base tensor `name` trains beside the adapters: PEFT's `bias` (`all`: every
     /// bias; `lora_only`: the biases of targeted modules).
     pub fn trains_base(&self, name: &str) -> bool {
@@ -43,6 +51,27 @@ impl LoraSettings {
             Bias::LoraOnly => self.matcher.is_target(module).unwrap_or(false),
         }
     }
+}
+
+/// See [`LoraSettings::check_targets_exist`].
+pub fn check_targets_exist(
+    matcher: &ModuleMatcher,
+    config: &AdapterConfig,
+    cfg: &ModelConfig,
+) -> Result<()> {
+    let linears = block_linears(cfg);
+    for layer in 0..cfg.num_hidden_layers {
+        for linear in &linears {
+            if matcher.is_target(&format!("model.layers.{layer}.{}", linear.name))? {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "LoRA targets {}: none of this model's linear layers match (each block has {})",
+        config.target_modules_text(),
+        linear_module_names(cfg).join(", ")
+    )
 }
 
 /// One module's adapter: A `[r, in]`, B `[out, r]`, and their gradients.

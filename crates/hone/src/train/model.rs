@@ -20,7 +20,9 @@ use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::matrix::Matrix;
 use crate::kernels::stored::StoredMatrix;
-use crate::model::{rope, ModelConfig, Weight};
+use crate::model::layout::{slot_linears, Slot};
+use crate::model::rope::RopeTables;
+use crate::model::{ModelConfig, Weight};
 
 /// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.
 pub struct TrainableSpec<'a> {
@@ -50,14 +52,6 @@ enum Saved {
     Activations(Box<Activations>),
     /// The block's input only, when its activations are recomputed.
     Input(Vec<f32>),
-}
-
-/// cos and sin of every position's rotation, `[positions, head_dim / 2]`.
-struct RopeTables {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    /// The sliding-window layers' tables when they rotate differently (Gemma 3).
-    local: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Rows of the LM head's logits computed at once by the fused loss: 256 × 49K floats = 48 MB.
@@ -103,54 +97,46 @@ impl TrainModel {
             );
             Ok((w, (spec.base)(name)))
         };
-        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let (q_dim, kv_dim) = cfg.attention_widths();
+        let h = cfg.hidden_size;
         let embed_tokens = matrix_param(take("model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
         let mut lora_stream = 0u64;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let mut projection =
-                |inp: usize, parts: &[(&str, usize, bool)]| -> Result<Projection> {
-                    let mut matrices = Vec::new();
-                    let mut built = Vec::new();
-                    for &(name, out, has_bias) in parts {
-                        let path = format!("{p}.{name}");
-                        let w = matrix_param(take(&format!("{path}.weight"), &[out, inp])?)?;
-                        matrices.push(w.matrix);
-                        let bias = has_bias
-                            .then(|| vector_param(take(&format!("{path}.bias"), &[out])?))
-                            .transpose()?;
-                        let lora = lora_for(&path, inp, out, spec.lora, adapter, lora_stream)?;
-                        lora_stream += 1;
-                        built.push(Part {
-                            path,
-                            out_features: out,
-                            weight_grad: w.grad,
-                            bias,
-                            lora,
-                        });
-                    }
-                    Ok(Projection {
-                        in_features: inp,
-                        weight: stack(matrices, inp),
-                        bf16: None,
-                        parts: built,
-                    })
-                };
-            let qkv_bias = cfg.attention_bias;
-            let qkv = projection(
-                h,
-                &[
-                    ("self_attn.q_proj", q_dim, qkv_bias),
-                    ("self_attn.k_proj", kv_dim, qkv_bias),
-                    ("self_attn.v_proj", kv_dim, qkv_bias),
-                ],
-            )?;
-            let o_proj = projection(q_dim, &[("self_attn.o_proj", h, cfg.o_proj_bias)])?;
-            let gate_proj = projection(h, &[("mlp.gate_proj", inter, cfg.mlp_bias)])?;
-            let up_proj = projection(h, &[("mlp.up_proj", inter, cfg.mlp_bias)])?;
-            let down_proj = projection(inter, &[("mlp.down_proj", h, cfg.mlp_bias)])?;
+            let mut projection = |slot: Slot| -> Result<Projection> {
+                let linears = slot_linears(&cfg, slot);
+                let inp = linears[0].in_features;
+                let mut matrices = Vec::new();
+                let mut built = Vec::new();
+                for linear in linears {
+                    let (out, has_bias) = (linear.out_features, linear.bias);
+                    let path = format!("{p}.{}", linear.name);
+                    let w = matrix_param(take(&format!("{path}.weight"), &[out, inp])?)?;
+                    matrices.push(w.matrix);
+                    let bias = has_bias
+                        .then(|| vector_param(take(&format!("{path}.bias"), &[out])?))
+                        .transpose()?;
+                    let lora = lora_for(&path, inp, out, spec.lora, adapter, lora_stream)?;
+                    lora_stream += 1;
+                    built.push(Part {
+                        path,
+                        out_features: out,
+                        weight_grad: w.grad,
+                        bias,
+                        lora,
+                    });
+                }
+                Ok(Projection {
+                    in_features: inp,
+                    weight: stack(matrices, inp),
+                    bf16: None,
+                    parts: built,
+                })
+            };
+            let qkv = projection(Slot::Qkv)?;
+            let o_proj = projection(Slot::O)?;
+            let gate_up = projection(Slot::GateUp)?;
+            let down_proj = projection(Slot::Down)?;
             let mut norm = |name: &str, width: usize| -> Result<Tensor1> {
                 vector_param(take(&format!("{p}.{name}.weight"), &[width])?)
             };
@@ -169,8 +155,7 @@ impl TrainModel {
                 norms,
                 qkv,
                 o_proj,
-                gate_proj,
-                up_proj,
+                gate_up,
                 down_proj,
                 qk_norm,
                 rotary: cfg.uses_rope(l),
@@ -184,6 +169,9 @@ impl TrainModel {
         } else {
             Some(matrix_param(take("lm_head.weight", &[cfg.vocab_size, h])?)?)
         };
+        if let Some(settings) = spec.lora {
+            settings.check_targets_exist(&cfg)?;
+        }
         if let Some(extra) = adapter.and_then(|a| {
             a.modules.keys().find(|k| {
                 !blocks
@@ -193,20 +181,14 @@ impl TrainModel {
         }) {
             bail!("the adapter has weights for `{extra}`, which this model does not have");
         }
-        let n_positions = cfg.max_position_embeddings.max(1);
-        let (rope_cos, rope_sin) = rope::table_vecs(&cfg, n_positions);
-        let local_rope = rope::local_table_vecs(&cfg, n_positions);
+        let rope = RopeTables::new(&cfg, cfg.max_position_embeddings.max(1));
         Ok(TrainModel {
             cfg,
             embed_tokens,
             blocks,
             norm,
             lm_head,
-            rope: RopeTables {
-                cos: rope_cos,
-                sin: rope_sin,
-                local: local_rope,
-            },
+            rope,
             neftune_alpha: None,
             recompute: false,
         })
@@ -380,7 +362,7 @@ fn step_inputs<'a>(
     if let Some(bad) = batch.input_ids.iter().find(|&&id| id as usize >= vocab) {
         bail!("token id {bad} is outside the vocabulary of {vocab}");
     }
-    let max_pos = rope.cos.len() / (cfg.head_dim / 2);
+    let max_pos = rope.n_positions();
     if let Some(bad) = batch.position_ids.iter().find(|&&p| p as usize >= max_pos) {
         bail!("position {bad} exceeds the model's context of {max_pos} (max_position_embeddings)");
     }
@@ -389,12 +371,8 @@ fn step_inputs<'a>(
         seq: batch.seq,
         positions: &batch.position_ids,
         segment_ids: batch.segment_ids.as_deref(),
-        rope_cos: &rope.cos,
-        rope_sin: &rope.sin,
-        local_rope: rope
-            .local
-            .as_ref()
-            .map(|(c, s)| (c.as_slice(), s.as_slice())),
+        rope: rope.select(&batch.position_ids, false),
+        local_rope: rope.select(&batch.position_ids, true),
         dropout_seed,
     })
 }
@@ -534,24 +512,17 @@ pub fn shifted_labels(batch: &Batch) -> Vec<i64> {
 
 impl Block {
     pub fn projections(&self) -> impl Iterator<Item = &Part> {
-        [
-            &self.qkv,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
-        .into_iter()
-        .flat_map(|p| &p.parts)
+        [&self.qkv, &self.o_proj, &self.gate_up, &self.down_proj]
+            .into_iter()
+            .flat_map(|p| &p.parts)
     }
 
-    /// The five projections, mutably.
-    pub fn projections_mut(&mut self) -> [&mut Projection; 5] {
+    /// The four projections, mutably.
+    pub fn projections_mut(&mut self) -> [&mut Projection; 4] {
         [
             &mut self.qkv,
             &mut self.o_proj,
-            &mut self.gate_proj,
-            &mut self.up_proj,
+            &mut self.gate_up,
             &mut self.down_proj,
         ]
     }

@@ -94,8 +94,7 @@ impl TrainModel {
             }
             visit_norm(name(BlockNorm::AttnOut), attn_out, f);
             visit_norm(name(BlockNorm::MlpIn), mlp_in, f);
-            visit_projection(&mut block.gate_proj, f);
-            visit_projection(&mut block.up_proj, f);
+            visit_projection(&mut block.gate_up, f);
             visit_projection(&mut block.down_proj, f);
             visit_norm(name(BlockNorm::MlpOut), mlp_out, f);
         }
@@ -158,9 +157,10 @@ impl TrainModel {
     fn stored_parameters(&self) -> usize {
         let outer = [Some(&self.embed_tokens), self.lm_head.as_ref()];
         let outer = outer.into_iter().flatten().map(|t| &t.matrix);
-        let projections = self.blocks.iter().flat_map(|b| {
-            [&b.qkv, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj].map(|p| &p.weight)
-        });
+        let projections = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o_proj, &b.gate_up, &b.down_proj].map(|p| &p.weight));
         outer
             .chain(projections)
             .filter(|m| m.values().is_none())
@@ -238,7 +238,7 @@ impl TrainModel {
             }
             norm(BlockNorm::AttnOut, &mut out);
             norm(BlockNorm::MlpIn, &mut out);
-            for proj in [&block.gate_proj, &block.up_proj, &block.down_proj] {
+            for proj in [&block.gate_up, &block.down_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
             }
             norm(BlockNorm::MlpOut, &mut out);

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::adapters::targets::{ModuleMatcher, BLOCK_LINEARS};
+use crate::adapters::targets::ModuleMatcher;
+use crate::model::layout::block_linears;
 use crate::model::quantize::{is_decoder_linear, BaseQuantization};
 use crate::model::{hf_tensor_shapes, ModelConfig, NormPlacement};
 use crate::quant::GgmlType;
@@ -400,9 +401,9 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
         + qk_norm
         + post_norms;
     let lora: u64 = run.lora.map_or(0, |matcher| {
-        BLOCK_LINEARS
+        block_linears(m)
             .iter()
-            .filter_map(|p| lora_rank(matcher, &format!("model.layers.0.{p}")))
+            .filter_map(|l| lora_rank(matcher, &format!("model.layers.0.{}", l.name)))
             .sum()
     });
     fixed as u64 + lora

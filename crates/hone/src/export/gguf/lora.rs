@@ -16,7 +16,8 @@ use crate::adapters::{read_adapter, LoraWeights};
 use crate::io::atomic::refuse_existing;
 use crate::io::gguf::GgufValue;
 use crate::io::gguf_write::GgufWriter;
-use crate::model::weights::{gguf_name, permute_rows, permuted_heads};
+use crate::model::layout::block_linears;
+use crate::model::weights::{gguf_name, hf_name, permute_rows, permuted_heads};
 use crate::model::{inspect, ModelConfig};
 use crate::quant::GgmlType;
 
@@ -74,7 +75,7 @@ fn add_module(
     if module == "lm_head" && cfg.tie_word_embeddings {
         bail!("{module}: the model ties its output head to the token embeddings, so llama.cpp has no separate head to adapt");
     }
-    let base = gguf_name(&format!("{module}.weight"), cfg.norm_placement)
+    let base = gguf_name(&format!("{module}.weight"), cfg.architecture)
         .with_context(|| format!("{module}: llama.cpp has no tensor for this module"))?;
     let expected = module_shape(cfg, &base)
         .with_context(|| format!("{module}: llama.cpp LoRA adapters cannot adapt {base}"))?;
@@ -109,18 +110,13 @@ fn add_module(
 
 /// `[out, in]` of a linear weight, by its llama.cpp name.
 fn module_shape(cfg: &ModelConfig, name: &str) -> Option<[usize; 2]> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = cfg.attention_widths();
-    let module = name.strip_suffix(".weight")?;
-    if module == "output" {
-        return Some([cfg.vocab_size, h]);
+    if name == "output.weight" {
+        return Some([cfg.vocab_size, cfg.hidden_size]);
     }
-    Some(match module.rsplit('.').next()? {
-        "attn_q" => [q, h],
-        "attn_k" | "attn_v" => [kv, h],
-        "attn_output" => [h, q],
-        "ffn_gate" | "ffn_up" => [i, h],
-        "ffn_down" => [h, i],
-        _ => return None,
-    })
+    let hf = hf_name(name, cfg.architecture)?;
+    let module = hf.strip_suffix(".weight")?;
+    let linear = block_linears(cfg)
+        .into_iter()
+        .find(|l| module.ends_with(&format!(".{}", l.name)))?;
+    Some([linear.out_features, linear.in_features])
 }

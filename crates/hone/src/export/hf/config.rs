@@ -1,5 +1,5 @@
-//! `config.json` and `generation_config.json` as transformers 5 writes them for Llama, Mistral,
-//! Qwen2, Qwen3, SmolLM3, Granite and OLMo 2 (sorted keys, two-space indent), from a [`ModelConfig`].
+//! `config.json` and `generation_config.json` as transformers 5 writes them for each family Hone
+//! runs (sorted keys, two-space indent), from a [`ModelConfig`].
 //!
 //! Rotary settings go in transformers 5's `rope_parameters` and, for readers on transformers 4
 //! (which ignore `rope_parameters` and would silently fall back to `rope_theta` 10000), also in
@@ -116,6 +116,20 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
         }
+        Architecture::Phi3 => {
+            set("sliding_window", window_size);
+            set("partial_rotary_factor", json!(partial_rotary_factor(cfg)));
+            let original = match &cfg.rope_scaling {
+                Some(RopeScaling::LongRope {
+                    original_max_position_embeddings,
+                    ..
+                }) => *original_max_position_embeddings,
+                _ => cfg.max_position_embeddings,
+            };
+            set("original_max_position_embeddings", json!(original));
+            set("embd_pdrop", json!(0.0));
+            set("resid_pdrop", json!(0.0));
+        }
         Architecture::Gemma2 | Architecture::Gemma3 => {
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
@@ -173,6 +187,14 @@ fn one_or_many(ids: &[u32]) -> Value {
 /// multipliers.
 fn check_layout(cfg: &ModelConfig) -> Result<()> {
     let arch = cfg.architecture;
+    if cfg.rotary_dim != cfg.head_dim && !arch.partial_rotary() {
+        bail!(
+            "{}: the model rotates {} of {} dimensions per head, which this class cannot hold",
+            arch.hf_class(),
+            cfg.rotary_dim,
+            cfg.head_dim
+        );
+    }
     if cfg.qk_norm != arch.qk_norm()
         || cfg.norm_placement != arch.norm_placement()
         || cfg.norm_offset != arch.norm_offset()
@@ -188,7 +210,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
     if let Some(window) = &cfg.sliding_window {
         let every_layer = window.layers.len() == cfg.num_hidden_layers;
         let holds = match arch {
-            Architecture::Mistral => every_layer,
+            Architecture::Mistral | Architecture::Phi3 => every_layer,
             Architecture::Qwen2
             | Architecture::Qwen3
             | Architecture::SmolLM3
@@ -231,7 +253,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         Architecture::Llama | Architecture::SmolLM3 | Architecture::Granite => {
             cfg.attention_bias == cfg.o_proj_bias
         }
-        Architecture::Mistral => layout == (false, false, false),
+        Architecture::Mistral | Architecture::Phi3 => layout == (false, false, false),
         Architecture::Qwen2 => layout == (true, false, false),
         Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
@@ -278,6 +300,18 @@ fn rope(cfg: &ModelConfig) -> Result<(Value, Value)> {
             "high_freq_factor": high_freq_factor,
             "original_max_position_embeddings": *original_max_position_embeddings as u64,
         })),
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        }) => Some(json!({
+            "rope_type": "longrope",
+            "short_factor": short_factor,
+            "long_factor": long_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "attention_factor": attention_factor,
+        })),
         Some(RopeScaling::FreqFactors(_)) => bail!(
             "rope scaling: the model has per-frequency factors (GGUF rope_freqs.weight), which config.json \
              cannot express; export it from the original Hugging Face checkpoint instead"
@@ -288,5 +322,13 @@ fn rope(cfg: &ModelConfig) -> Result<(Value, Value)> {
         None => json!({"rope_type": "default"}),
     };
     parameters["rope_theta"] = json!(cfg.rope_theta);
+    if cfg.architecture.partial_rotary() {
+        parameters["partial_rotary_factor"] = json!(partial_rotary_factor(cfg));
+    }
     Ok((parameters, scaling.unwrap_or(Value::Null)))
+}
+
+/// The fraction of each head that rotates.
+fn partial_rotary_factor(cfg: &ModelConfig) -> f64 {
+    cfg.rotary_dim as f64 / cfg.head_dim as f64
 }

@@ -21,11 +21,12 @@ pub enum Architecture {
     Olmo2,
     Gemma2,
     Gemma3,
+    Phi3,
 }
 
 /// Each family's names: transformers class (`architectures`), `model_type`, and the
 /// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`).
-const NAMES: [(Architecture, &str, &str, &str); 9] = [
+const NAMES: [(Architecture, &str, &str, &str); 10] = [
     (Architecture::Llama, "LlamaForCausalLM", "llama", "llama"),
     (
         Architecture::Mistral,
@@ -60,6 +61,7 @@ const NAMES: [(Architecture, &str, &str, &str); 9] = [
         "gemma3_text",
         "gemma3",
     ),
+    (Architecture::Phi3, "Phi3ForCausalLM", "phi3", "phi3"),
 ];
 
 impl Architecture {
@@ -91,6 +93,13 @@ impl Architecture {
         NAMES.iter().find(|n| n.3 == arch).map(|n| n.0)
     }
 
+    /// Every llama.cpp arch Hone reads, each once.
+    pub fn gguf_archs() -> Vec<&'static str> {
+        let mut archs: Vec<&str> = NAMES.iter().map(|n| n.3).collect();
+        archs.dedup();
+        archs
+    }
+
     /// Where the family's block norms sit.
     pub fn norm_placement(self) -> NormPlacement {
         match self {
@@ -115,6 +124,17 @@ impl Architecture {
             Architecture::Olmo2 => Some(QkNorm::FullWidth),
             _ => None,
         }
+    }
+
+    /// Whether the family stores q|k|v as one `self_attn.qkv_proj` and gate|up as one
+    /// `mlp.gate_up_proj` (Phi-3), which are then also the modules LoRA targets.
+    pub fn fused_projections(self) -> bool {
+        self == Architecture::Phi3
+    }
+
+    /// Whether the family rotates only the leading `partial_rotary_factor` of each head.
+    pub fn partial_rotary(self) -> bool {
+        self == Architecture::Phi3
     }
 
     /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
@@ -408,7 +428,7 @@ fn sliding_layers(types: &[&str], num_layers: usize) -> Result<Vec<usize>> {
         .collect())
 }
 
-/// Sliding-window attention as the family's transformers class decides it: Mistral's
+/// Sliding-window attention as the family's transformers class decides it: Mistral's and Phi-3's
 /// `sliding_window` applies to every layer; Qwen2, Qwen3 and SmolLM3 window only with
 /// `use_sliding_window`, on the layers `layer_types` marks `sliding_attention` (without
 /// `layer_types`, Qwen's layers from `max_window_layers` on and SmolLM3's NoPE layers, as their
@@ -434,7 +454,7 @@ pub(super) fn hf_sliding_window(
         bail!("field `layer_types`: {other:?} layers are not supported (full_attention and sliding_attention are)");
     }
     let layers: Vec<usize> = match architecture {
-        Architecture::Mistral => (0..num_layers).collect(),
+        Architecture::Mistral | Architecture::Phi3 => (0..num_layers).collect(),
         Architecture::Gemma2 | Architecture::Gemma3 => match &types {
             Some(types) => sliding_layers(types, num_layers)?,
             None => {

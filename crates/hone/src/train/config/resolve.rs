@@ -6,18 +6,22 @@ use anyhow::{bail, Result};
 
 use super::values::{EvalStrategy, StepCount};
 use super::SftConfig;
+use crate::model::layout::linear_module_names;
+use crate::model::ModelConfig;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::Schedule;
 
-/// The linear layers of a Llama-family decoder block (Llama, Mistral, Qwen2), PEFT names:
-/// what `lora_target: all` expands to (PEFT's `all-linear`, which leaves out `lm_head`).
+/// The linear layers a decoder block of any family has, PEFT names (Phi-3's fused `qkv_proj` and
+/// `gate_up_proj` among them): what `lora_target` may name. `all` expands to those the model has.
 pub const LINEAR_MODULES: &[&str] = &[
     "q_proj",
     "k_proj",
     "v_proj",
+    "qkv_proj",
     "o_proj",
     "gate_proj",
     "up_proj",
+    "gate_up_proj",
     "down_proj",
 ];
 
@@ -67,11 +71,12 @@ impl SftConfig {
         )
     }
 
-    /// The linear layers that get adapters, `all` expanded to every decoder linear layer.
-    pub fn lora_target_modules(&self) -> Vec<&str> {
+    /// The linear layers that get adapters, `all` expanded to every linear layer of `model`'s
+    /// decoder blocks (PEFT's `all-linear`, which leaves out `lm_head`).
+    pub fn lora_target_modules(&self, model: &ModelConfig) -> Vec<&str> {
         let target = &self.method.lora_target;
         if target.is("all") {
-            LINEAR_MODULES.to_vec()
+            linear_module_names(model)
         } else {
             target.items().iter().map(String::as_str).collect()
         }

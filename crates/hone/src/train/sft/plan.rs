@@ -15,6 +15,7 @@ use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
 use crate::quant::GgmlType;
 use crate::train::config::{CommaList, FinetuningType, SftConfig};
+use crate::train::lora::check_targets_exist;
 use crate::train::plan::{self, BaseStorage, DatasetSize, MemoryPlan, RunShape};
 
 /// What a plan reads before any weight: the model's config and tensor table, and the run's rows.
@@ -58,7 +59,7 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         FinetuningType::Freeze => freeze.as_ref().is_some_and(|f| f.trains(name)),
         FinetuningType::Lora => false,
     };
-    let lora = lora_matcher(config)?;
+    let lora = lora_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
     let shape = RunShape {
         model,
@@ -181,12 +182,17 @@ fn changes(config: &SftConfig) -> Vec<Change> {
 }
 
 /// The LoRA targets: the starting adapter's, else the config's.
-fn lora_matcher(config: &SftConfig) -> Result<Option<ModuleMatcher>> {
+fn lora_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<ModuleMatcher>> {
     let adapter = match &config.model.adapter_name_or_path {
         Some(dir) => Some(read_adapter(std::path::Path::new(dir))?.config),
-        None => setup::adapter_config(config),
+        None => setup::adapter_config(config, model),
     };
-    adapter.map(|a| ModuleMatcher::new(&a)).transpose()
+    let Some(adapter) = adapter else {
+        return Ok(None);
+    };
+    let matcher = ModuleMatcher::new(&adapter)?;
+    check_targets_exist(&matcher, &adapter, model)?;
+    Ok(Some(matcher))
 }
 
 /// How `choose_base_storage` will hold the base, decided from the tensor table alone.

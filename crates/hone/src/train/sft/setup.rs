@@ -14,7 +14,7 @@ use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::io::names;
 use crate::kernels::bf16::{self, Kernel};
 use crate::model::quantize::quantize_decoder_matrices;
-use crate::model::{load_stored_weights, memory, StoredWeights, Weight};
+use crate::model::{load_stored_weights, memory, ModelConfig, StoredWeights, Weight};
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::templates::LLAMAFACTORY_TEMPLATES;
@@ -281,13 +281,13 @@ pub(super) fn freeze_selection(config: &SftConfig, layers: usize) -> Result<Free
 }
 
 /// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
-pub fn adapter_config(config: &SftConfig) -> Option<AdapterConfig> {
+pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Option<AdapterConfig> {
     let m = &config.method;
     if m.finetuning_type != FinetuningType::Lora {
         return None;
     }
     let targets = config
-        .lora_target_modules()
+        .lora_target_modules(model)
         .into_iter()
         .map(String::from)
         .collect();
@@ -334,7 +334,9 @@ fn build_base_model(
                 .transpose()?;
             let mut adapter_cfg = match &start {
                 Some(a) => a.config.clone(),
-                None => adapter_config(config).expect("a LoRA run has an adapter config"),
+                None => {
+                    adapter_config(config, &base.config).expect("a LoRA run has an adapter config")
+                }
             };
             adapter_cfg.lora_dropout = m.lora_dropout;
             let settings = LoraSettings::new(adapter_cfg.clone(), seed)?;

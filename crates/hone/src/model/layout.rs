@@ -1,0 +1,102 @@
+//! The linear layers of a decoder block, per family: each layer's HF module name, the product it
+//! belongs to, its shape and bias. Inference (`model::llama`), training (`train::model`), the
+//! tensor list of a checkpoint and LoRA's `all-linear` all read this one list, so a family whose
+//! checkpoints fuse q|k|v and gate|up (Phi-3) is one switch here, not one in each of them.
+
+use super::config::ModelConfig;
+
+/// The products of a block, in the order they run. Layers of one slot read the same input and run
+/// as one product, their weights stacked by rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+pub const SLOTS: [Slot; 4] = [Slot::Qkv, Slot::O, Slot::GateUp, Slot::Down];
+
+/// One linear layer of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLinear {
+    /// HF module name within the layer, e.g. `self_attn.q_proj`.
+    pub name: &'static str,
+    pub slot: Slot,
+    pub out_features: usize,
+    pub in_features: usize,
+    pub bias: bool,
+}
+
+/// Every block linear layer that `all-linear` can select, in any family.
+pub const ALL_BLOCK_LINEARS: [&str; 9] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.qkv_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.gate_up_proj",
+    "mlp.down_proj",
+];
+
+/// The block's linear layers in slot order (within a slot, in the order their rows stack).
+pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = cfg.attention_widths();
+    let linear = |name, slot, out_features, in_features, bias| BlockLinear {
+        name,
+        slot,
+        out_features,
+        in_features,
+        bias,
+    };
+    let qkv_bias = cfg.attention_bias;
+    let mut out = Vec::with_capacity(7);
+    if cfg.architecture.fused_projections() {
+        out.push(linear(
+            "self_attn.qkv_proj",
+            Slot::Qkv,
+            q + 2 * kv,
+            h,
+            qkv_bias,
+        ));
+    } else {
+        out.push(linear("self_attn.q_proj", Slot::Qkv, q, h, qkv_bias));
+        out.push(linear("self_attn.k_proj", Slot::Qkv, kv, h, qkv_bias));
+        out.push(linear("self_attn.v_proj", Slot::Qkv, kv, h, qkv_bias));
+    }
+    out.push(linear("self_attn.o_proj", Slot::O, h, q, cfg.o_proj_bias));
+    if cfg.architecture.fused_projections() {
+        out.push(linear(
+            "mlp.gate_up_proj",
+            Slot::GateUp,
+            2 * i,
+            h,
+            cfg.mlp_bias,
+        ));
+    } else {
+        out.push(linear("mlp.gate_proj", Slot::GateUp, i, h, cfg.mlp_bias));
+        out.push(linear("mlp.up_proj", Slot::GateUp, i, h, cfg.mlp_bias));
+    }
+    out.push(linear("mlp.down_proj", Slot::Down, h, i, cfg.mlp_bias));
+    out
+}
+
+/// The layers of one slot.
+pub fn slot_linears(cfg: &ModelConfig, slot: Slot) -> Vec<BlockLinear> {
+    block_linears(cfg)
+        .into_iter()
+        .filter(|l| l.slot == slot)
+        .collect()
+}
+
+/// The short names (`q_proj`, …, or Phi-3's `qkv_proj`, …) of the block's linear layers: what
+/// LLaMA-Factory's `lora_target: all` expands to for this model.
+pub fn linear_module_names(cfg: &ModelConfig) -> Vec<&'static str> {
+    block_linears(cfg)
+        .iter()
+        .map(|l| l.name.rsplit('.').next().unwrap_or(l.name))
+        .collect()
+}
