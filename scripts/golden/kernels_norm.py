@@ -20,7 +20,9 @@ Cases:
                  and `phi3-short`: Phi3RotaryEmbedding and Phi-3's partial apply_rotary_pos_emb,
                  4 heads, head_dim 16, partial_rotary_factor 0.75 (12 of 16 dims rotate),
                  LongRoPE (original 64, max 256: attention factor ~1.15); the long case's
-                 positions reach 140 (long factors), the short case's stay below 64. Metadata
+                 positions reach 140 (long factors), the short case's stay below 64. `glm`:
+                 GlmRotaryEmbedding and GLM's interleaved apply_rotary_pos_emb (pairs (2i, 2i+1)
+                 on the first half of each head), 4 heads, head_dim 16. Metadata
                  `<case>.config` is an HF config.json text giving the rope settings.
   norm_swiglu:   silu(gate) * up (LlamaMLP's act_fn(gate_proj) * up_proj) on [2, 7, 167],
                  gate spanning |x| up to 1e4 so the saturated ends of silu are exercised.
@@ -35,12 +37,13 @@ from pathlib import Path
 import safetensors
 import torch
 import transformers
-from transformers import LlamaConfig, Phi3Config
+from transformers import GlmConfig, LlamaConfig, Phi3Config
 from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
 )
+from transformers.models.glm import modeling_glm
 from transformers.models.phi3 import modeling_phi3
 
 from models import save_golden  # sorted header keys, so reruns give identical bytes
@@ -142,6 +145,23 @@ def phi3_config():
     )
 
 
+def glm_config():
+    return GlmConfig(
+        architectures=["GlmForCausalLM"],
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
 def rope(tensors, report):
     gen = torch.Generator().manual_seed(12)
     # Two packed rows: row 0 holds examples of 8 and 5 tokens, row 1 starts deep into a sequence.
@@ -164,12 +184,16 @@ def rope(tensors, report):
         ("llama3", llama(2, LLAMA3), positions),
         ("phi3-long", phi3_config(), positions),
         ("phi3-short", phi3_config(), positions % 64),
+        ("glm", glm_config(), positions),
     ]
+    modules = {
+        "phi3": (modeling_phi3.Phi3RotaryEmbedding, modeling_phi3.apply_rotary_pos_emb),
+        "glm": (modeling_glm.GlmRotaryEmbedding, modeling_glm.apply_rotary_pos_emb),
+    }
     for case, cfg, positions in cases:
         heads = cfg.num_attention_heads
-        phi3 = case.startswith("phi3")
-        rot = (modeling_phi3.Phi3RotaryEmbedding if phi3 else LlamaRotaryEmbedding)(cfg)
-        apply = modeling_phi3.apply_rotary_pos_emb if phi3 else apply_rotary_pos_emb
+        rotary, apply = modules.get(case.split("-")[0], (LlamaRotaryEmbedding, apply_rotary_pos_emb))
+        rot = rotary(cfg)
         if case == "llama3":
             default = 1.0 / (5e5 ** (torch.arange(0, 16, 2, dtype=torch.float) / 16))
             changed = (rot.inv_freq != default).sum().item()

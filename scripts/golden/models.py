@@ -46,6 +46,10 @@ from transformers import (
     Gemma3TextConfig,
     Phi3Config,
     Phi3ForCausalLM,
+    GlmConfig,
+    GlmForCausalLM,
+    Glm4Config,
+    Glm4ForCausalLM,
     SmolLM3Config,
     SmolLM3ForCausalLM,
 )
@@ -332,6 +336,22 @@ TINY_MODELS = {
         Phi3ForCausalLM,
         Phi3Config(**dict(PHI3, tie_word_embeddings=False), **longrope(118, 4, pairs=8)),
         118,
+        {},
+    ),
+    # GLM-4 (glm-4-9b-hf): q/k/v biases, no o_proj bias, fused gate_up_proj, interleaved rotary pairs
+    # on the first half of each head (partial_rotary_factor 0.5, the class default), GQA 4/2; heads ×
+    # head_dim = hidden, as in released models (llama.cpp's chatglm requires it).
+    "glm": (
+        GlmForCausalLM,
+        GlmConfig(**dict(GQA, head_dim=8), rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        119,
+        {},
+    ),
+    # GLM-4-0414: GLM plus norms after each branch (post_self_attn_layernorm, post_mlp_layernorm).
+    "glm4": (
+        Glm4ForCausalLM,
+        Glm4Config(**GQA, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        120,
         {},
     ),
     "llama-sharded": (

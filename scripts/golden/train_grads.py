@@ -20,9 +20,10 @@ q/k norms, smollm3 with a NoPE layer, granite with its multipliers and q/k/v/o b
 after the branches and full-width q/k norms, qwen2 with a sliding window on one layer, gemma2 with soft-capped attention and logits, gemma3 with
 sandwich (1 + w) norms, GeGLU, sliding and global layers rotating differently, phi3 with fused
 qkv_proj/gate_up_proj adapters, partial rotary, LongRoPE's short factors and a window, phi3-long
-with its long factors), full
+with its long factors, glm and glm4 with interleaved partial rotary, q/k/v biases and (glm4) norms
+after the branches), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
-whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3); freezing (last layer's MLP + final norm);
+whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4); freezing (last layer's MLP + final norm);
 3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
 
@@ -203,7 +204,7 @@ def cases():
     out = {}
     for model_dir in [
         "llama-tied", "llama-gqa", "mistral", "qwen3", "smollm3", "granite", "olmo2", "gemma2", "gemma3",
-        "phi3", "phi3-long",
+        "phi3", "phi3-long", "glm", "glm4",
     ]:
         for masked in [True, False]:
             name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
@@ -218,7 +219,9 @@ def cases():
     out["rslora_llama-gqa_qv"] = lambda: lora_case(
         "rslora_llama-gqa_qv", "llama-gqa", ["q_proj", "v_proj"], True, r=8, alpha=16, rslora=True
     )
-    for model_dir in ["llama-gqa", "llama-tied", "qwen3", "smollm3", "granite", "olmo2", "gemma2", "gemma3", "phi3"]:
+    for model_dir in [
+        "llama-gqa", "llama-tied", "qwen3", "smollm3", "granite", "olmo2", "gemma2", "gemma3", "phi3", "glm4",
+    ]:
         out[f"full_{model_dir}"] = lambda d=model_dir: base_case(f"full_{d}", d, "full", lambda n: True)
     last = "model.layers.1."
     out["freeze_llama-gqa"] = lambda: base_case(

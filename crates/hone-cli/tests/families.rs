@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 7] = [
+const FAMILIES: [(&str, &str, &str); 9] = [
     ("gemma2", "Gemma2ForCausalLM", r#""attn_softcap":2.0"#),
     (
         "gemma3",
@@ -23,6 +23,12 @@ const FAMILIES: [(&str, &str, &str); 7] = [
     ("smollm3", "SmolLM3ForCausalLM", r#""no_rope_layers":[3]"#),
     ("granite", "GraniteForCausalLM", r#""logits":8.0"#),
     ("phi3", "Phi3ForCausalLM", r#""rotary_dim":12"#),
+    ("glm", "GlmForCausalLM", r#""rotary_interleaved":true"#),
+    (
+        "glm4",
+        "Glm4ForCausalLM",
+        r#""norm_placement":"SandwichGlm4""#,
+    ),
 ];
 
 #[test]

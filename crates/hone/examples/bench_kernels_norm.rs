@@ -71,6 +71,7 @@ fn main() {
         heads: HEADS,
         head_dim: HEAD_DIM,
         rotary_dim: HEAD_DIM,
+        interleaved: false,
     };
     time("rope forward", 2 * q.len() * f, || {
         rope::forward(&mut q, &positions, shape, &cos, &sin)

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 /// The tiny random model of each family and its switches (fixtures/models/, from
 /// scripts/golden/models.py), f32 and in one file.
-pub const FAMILY_MODELS: [&str; 12] = [
+pub const FAMILY_MODELS: [&str; 14] = [
     "llama-tied",
     "llama-gqa",
     "mistral",
@@ -21,6 +21,8 @@ pub const FAMILY_MODELS: [&str; 12] = [
     "gemma3",
     "phi3",
     "phi3-long",
+    "glm",
+    "glm4",
 ];
 
 /// `<repo>/fixtures/<rel>`.

@@ -358,6 +358,8 @@ fn hf_sources_of_every_family_round_trip() {
             "qwen2" | "qwen3" | "smollm3" | "granite" | "olmo2" | "gemma2" => name,
             "gemma3-gguf" => "gemma3",
             "phi3" | "phi3-long" => "phi3",
+            "glm" => "chatglm",
+            "glm4" => "glm4",
             _ => "llama",
         };
         assert_eq!(string(&f, "general.architecture"), arch);
@@ -391,17 +393,18 @@ fn hf_sources_of_every_family_round_trip() {
         // Phi-3: fused q|k|v and gate|up under llama.cpp's names, LongRoPE's factor sets.
         let phi3 = arch == "phi3";
         assert_eq!(has("blk.1.attn_qkv.weight"), phi3, "{name}");
-        assert_eq!(has("blk.1.ffn_gate.weight"), !phi3, "{name}");
+        let fused_gate_up = phi3 || name.starts_with("glm");
+        assert_eq!(has("blk.1.ffn_gate.weight"), !fused_gate_up, "{name}");
         assert_eq!(has("rope_factors_long.weight"), phi3, "{name}");
         assert_eq!(has("rope_factors_short.weight"), phi3, "{name}");
         assert_eq!(
             has("blk.1.attn_k.bias"),
-            name == "qwen2" || name == "granite",
+            ["qwen2", "granite", "glm", "glm4"].contains(&name),
             "{name}"
         );
         let qk_norm = ["qwen3", "olmo2", "gemma3-gguf"].contains(&name);
         assert_eq!(has("blk.1.attn_q_norm.weight"), qk_norm, "{name}");
-        let post_norms = ["olmo2", "gemma2", "gemma3-gguf"].contains(&name);
+        let post_norms = ["olmo2", "gemma2", "gemma3-gguf", "glm4"].contains(&name);
         assert_eq!(has("blk.1.post_ffw_norm.weight"), post_norms, "{name}");
         assert_eq!(has("blk.1.ffn_norm.weight"), name != "olmo2", "{name}");
         let diff = max_abs_diff(

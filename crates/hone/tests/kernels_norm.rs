@@ -95,7 +95,7 @@ fn rmsnorm_matches_torch() {
 #[test]
 fn rope_matches_torch() {
     let fx = Fixture::open("norm_rope.safetensors");
-    for case in ["default", "llama3", "phi3-long", "phi3-short"] {
+    for case in ["default", "llama3", "phi3-long", "phi3-short", "glm"] {
         let json = serde_json::from_str(&fx.metadata[&format!("{case}.config")]).unwrap();
         let cfg = ModelConfig::from_hf_json(&json).unwrap();
         let get = |n: &str| fx.f32(&format!("{case}.{n}"));
@@ -109,6 +109,7 @@ fn rope_matches_torch() {
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim,
             rotary_dim: cfg.rotary_dim,
+            interleaved: cfg.architecture.rotary_interleaved(),
         };
         let mut y = get("x");
         rope::forward(&mut y, &positions, shape, cos, sin);

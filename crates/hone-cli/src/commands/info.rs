@@ -49,7 +49,9 @@ pub fn run(args: Args) -> Result<()> {
             "sliding_window": cfg.sliding_window,
             "no_rope_layers": cfg.no_rope_layers,
             "scales": cfg.scales,
-            "fused_projections": cfg.architecture.fused_projections(),
+            "fused_qkv": cfg.architecture.fused_qkv(),
+            "fused_gate_up": cfg.architecture.fused_gate_up(),
+            "rotary_interleaved": cfg.architecture.rotary_interleaved(),
             "rotary_dim": cfg.rotary_dim,
             "rope_scaling": cfg.rope_scaling,
         },
@@ -137,7 +139,10 @@ fn block_switches(cfg: &ModelConfig) -> String {
             "norms after each branch",
         ),
         (
-            cfg.norm_placement == NormPlacement::Sandwich,
+            matches!(
+                cfg.norm_placement,
+                NormPlacement::Sandwich | NormPlacement::SandwichGlm4
+            ),
             "norms before and after each branch",
         ),
         (cfg.norm_offset != 0.0, "norms scale by 1 + w"),
@@ -159,8 +164,14 @@ fn block_switches(cfg: &ModelConfig) -> String {
             on.push(format!("{what} soft-capped at {cap}"));
         }
     }
-    if cfg.architecture.fused_projections() {
-        on.push("fused qkv_proj and gate_up_proj".into());
+    if cfg.architecture.fused_qkv() {
+        on.push("fused qkv_proj".into());
+    }
+    if cfg.architecture.fused_gate_up() {
+        on.push("fused gate_up_proj".into());
+    }
+    if cfg.architecture.rotary_interleaved() {
+        on.push("interleaved rotary pairs".into());
     }
     if cfg.rotary_dim != cfg.head_dim {
         on.push(format!(

@@ -117,10 +117,10 @@ fn model_metadata(
         );
     }
     let q_width = cfg.attention_widths().0;
-    if arch == "olmo2" && q_width != cfg.hidden_size {
+    if matches!(arch, "olmo2" | "chatglm") && q_width != cfg.hidden_size {
         bail!(
             "the model's query width ({} heads × {} head_dim) differs from its hidden size {}, \
-             which llama.cpp's olmo2 architecture cannot load",
+             which llama.cpp's {arch} architecture cannot load",
             cfg.num_attention_heads,
             cfg.head_dim,
             cfg.hidden_size

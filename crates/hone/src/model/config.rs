@@ -1,11 +1,12 @@
 //! Model hyper-parameters, read from an HF `config.json` or from GGUF metadata into one struct.
 //!
-//! Field names follow transformers' `LlamaConfig`; Mistral, Qwen2, Qwen3, SmolLM3, Granite and
-//! OLMo 2 are Llama with small differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm,
-//! SmolLM3 layers without rotary embedding, Granite four scalar multipliers, OLMo 2 norms after each
-//! branch and a q/k RMSNorm over the whole projection), captured by switches such as
-//! `attention_bias`, `qk_norm`, `norm_placement`, `no_rope_layers` and [`Scales`] rather than
-//! separate types.
+//! Field names follow transformers' `LlamaConfig`; every other family is Llama with small
+//! differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm, SmolLM3 layers without
+//! rotary embedding, Granite four scalar multipliers, OLMo 2 norms after each branch, Gemma norms
+//! on both sides, Phi-3 partial rotary and LongRoPE, GLM-4 interleaved partial rotary), captured
+//! by switches such as `attention_bias`, `qk_norm`, `norm_placement`, `rotary_dim`,
+//! `no_rope_layers` and [`Scales`] rather than separate types; the switches that follow from the
+//! family alone are methods of [`Architecture`] (`families.rs`).
 
 use std::path::Path;
 
@@ -168,16 +169,18 @@ impl ModelConfig {
         let top_theta = fields.f64("rope_theta")?;
         let rope_theta = nested_theta.or(top_theta);
         let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
-        let rotary_dim = match architecture.partial_rotary() {
-            true => hf_rotary_dim(&fields, rope.as_ref(), head_dim)?,
-            false => head_dim,
+        let rotary_dim = match architecture.partial_rotary_default() {
+            Some(default) => hf_rotary_dim(&fields, rope.as_ref(), head_dim, default)?,
+            None => head_dim,
         };
         let rope_scaling = match &rope {
             Some(r) => hf_rope_scaling(r, &fields, architecture)?,
             None => None,
         };
         let qwen2 = architecture == Architecture::Qwen2;
-        let attention_bias = fields.bool("attention_bias")?.unwrap_or(false);
+        // GLM-4's q/k/v carry biases unless the config says otherwise; its o_proj never does.
+        let glm = matches!(architecture, Architecture::Glm | Architecture::Glm4);
+        let attention_bias = fields.bool("attention_bias")?.unwrap_or(glm);
         let num_hidden_layers = usize_field("num_hidden_layers")?;
         let no_rope_layers = match architecture {
             Architecture::SmolLM3 => hf_no_rope_layers(&fields, num_hidden_layers)?,
@@ -220,7 +223,7 @@ impl ModelConfig {
             max_position_embeddings: fields.usize("max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias: qwen2 || attention_bias,
-            o_proj_bias: !qwen2 && attention_bias,
+            o_proj_bias: !qwen2 && !glm && attention_bias,
             qk_norm: architecture.qk_norm(),
             norm_placement: architecture.norm_placement(),
             norm_offset: architecture.norm_offset(),
@@ -284,15 +287,16 @@ impl ModelConfig {
         let num_key_value_heads = num("attention.head_count_kv")
             .map(|v| v as usize)
             .unwrap_or(num_attention_heads);
-        // Phi-3's `rope.dimension_count` is the rotated part of each head, not the head.
-        let head_dim = match architecture.partial_rotary() {
+        // Phi-3's and GLM-4's `rope.dimension_count` is the rotated part of each head.
+        let partial = architecture.partial_rotary_default().is_some();
+        let head_dim = match partial {
             true => num("attention.key_length"),
             false => num("attention.key_length").or_else(|_| num("rope.dimension_count")),
         };
         let head_dim = head_dim
             .map(|v| v as usize)
             .unwrap_or(hidden_size / num_attention_heads.max(1));
-        let rotary_dim = match architecture.partial_rotary() {
+        let rotary_dim = match partial {
             true => num("rope.dimension_count").map_or(head_dim, |v| v as usize),
             false => head_dim,
         };
@@ -715,14 +719,19 @@ impl<'a> Fields<'a> {
 
 /// `head_dim · partial_rotary_factor`, truncated as transformers' `int(...)` truncates
 /// (transformers 5 keeps the factor in `rope_parameters`, 4 at the top level).
-fn hf_rotary_dim(fields: &Fields, rope: Option<&Fields>, head_dim: usize) -> Result<usize> {
+fn hf_rotary_dim(
+    fields: &Fields,
+    rope: Option<&Fields>,
+    head_dim: usize,
+    default: f64,
+) -> Result<usize> {
     let nested = match rope {
         Some(r) => r.f64("partial_rotary_factor")?,
         None => None,
     };
     let factor = match nested {
         Some(f) => f,
-        None => fields.f64("partial_rotary_factor")?.unwrap_or(1.0),
+        None => fields.f64("partial_rotary_factor")?.unwrap_or(default),
     };
     if !(factor > 0.0 && factor <= 1.0) {
         bail!("field `partial_rotary_factor`: {factor} must be in (0, 1]");
@@ -1100,5 +1109,66 @@ mod tests {
             json!({"type": "linear", "factor": "2"}),
             "field `factor`: expected a number",
         );
+    }
+
+    /// Phi-3 (transformers 4's form: factors in `rope_scaling`, the original context and the
+    /// partial factor at the top level), read as transformers reads it.
+    fn phi3(changes: Value) -> Result<ModelConfig, String> {
+        let mut config = json!({
+            "architectures": ["Phi3ForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "max_position_embeddings": 256, "original_max_position_embeddings": 64,
+            "partial_rotary_factor": 0.75, "rope_theta": 10000.0,
+            "rope_scaling": {"type": "su", "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                             "long_factor": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]},
+        });
+        for (k, v) in changes.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        ModelConfig::from_hf_json(&config).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn phi3_partial_rotary_and_longrope() {
+        let cfg = phi3(json!({})).unwrap();
+        assert_eq!((cfg.head_dim, cfg.rotary_dim), (16, 12));
+        let Some(RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) = cfg.rope_scaling
+        else {
+            panic!("not LongRoPE: {:?}", cfg.rope_scaling)
+        };
+        assert_eq!(original_max_position_embeddings, 64);
+        // √(1 + ln 4 / ln 64), transformers' default from the context ratio.
+        assert!((attention_factor - (1.0f64 + 4f64.ln() / 64f64.ln()).sqrt()).abs() < 1e-12);
+
+        let err = phi3(json!({"partial_rotary_factor": 1.0})).unwrap_err();
+        assert!(
+            err.contains("`short_factor`: 6 values") && err.contains("8 frequency pairs"),
+            "{err}"
+        );
+        let err = phi3(json!({"partial_rotary_factor": 1.5})).unwrap_err();
+        assert!(err.contains("field `partial_rotary_factor`: 1.5"), "{err}");
+        let err = phi3(json!({"original_max_position_embeddings": null})).unwrap_err();
+        assert!(
+            err.contains("`original_max_position_embeddings` is missing"),
+            "{err}"
+        );
+    }
+
+    /// GLM-4's classes default to rotating half of each head, q/k/v biases and no o_proj bias.
+    #[test]
+    fn glm_defaults() {
+        let config = json!({
+            "architectures": ["Glm4ForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "head_dim": 16,
+        });
+        let cfg = ModelConfig::from_hf_json(&config).unwrap();
+        assert_eq!(cfg.rotary_dim, 8);
+        assert!(cfg.attention_bias && !cfg.o_proj_bias);
+        assert_eq!(cfg.norm_placement, NormPlacement::SandwichGlm4);
     }
 }

@@ -1,7 +1,8 @@
 //! The linear layers of a decoder block, per family: each layer's HF module name, the product it
 //! belongs to, its shape and bias. Inference (`model::llama`), training (`train::model`), the
 //! tensor list of a checkpoint and LoRA's `all-linear` all read this one list, so a family whose
-//! checkpoints fuse q|k|v and gate|up (Phi-3) is one switch here, not one in each of them.
+//! checkpoints fuse q|k|v (Phi-3) or gate|up (Phi-3, GLM-4) is one switch here, not one in each of
+//! them.
 
 use super::config::ModelConfig;
 
@@ -54,7 +55,7 @@ pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
     };
     let qkv_bias = cfg.attention_bias;
     let mut out = Vec::with_capacity(7);
-    if cfg.architecture.fused_projections() {
+    if cfg.architecture.fused_qkv() {
         out.push(linear(
             "self_attn.qkv_proj",
             Slot::Qkv,
@@ -68,7 +69,7 @@ pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
         out.push(linear("self_attn.v_proj", Slot::Qkv, kv, h, qkv_bias));
     }
     out.push(linear("self_attn.o_proj", Slot::O, h, q, cfg.o_proj_bias));
-    if cfg.architecture.fused_projections() {
+    if cfg.architecture.fused_gate_up() {
         out.push(linear(
             "mlp.gate_up_proj",
             Slot::GateUp,

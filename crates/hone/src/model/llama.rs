@@ -1,5 +1,5 @@
-//! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3 as
-//! `ModelConfig`'s switches): embeddings, N blocks of grouped-query attention and gated MLP with
+//! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3,
+//! Phi-3, GLM-4 as `ModelConfig`'s switches, their linear layers from `layout`): embeddings, N blocks of grouped-query attention and gated MLP with
 //! RMSNorms, final RMSNorm, LM head. Inference forward pass with a KV cache.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
@@ -660,6 +660,7 @@ impl Llama {
             heads,
             head_dim: hd,
             rotary_dim: self.cfg.rotary_dim,
+            interleaved: self.cfg.architecture.rotary_interleaved(),
         };
         rope_kernel::forward(&mut q, positions, shape(nh), cos, sin);
         rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);

@@ -221,31 +221,34 @@ pub fn gguf_name(hf_name: &str, arch: Architecture) -> Option<String> {
 
 /// llama.cpp module names within a block of family `arch` and their HF equivalents: the norms'
 /// HF names depend on where they sit ([`super::config::NormPlacement::norms`]), and a family with fused
-/// projections (Phi-3) has `attn_qkv` and an `ffn_up` that holds gate and up.
+/// projections has `attn_qkv` (Phi-3) and an `ffn_up` that holds gate and up (Phi-3, GLM-4).
 pub fn layer_names(arch: Architecture) -> impl Iterator<Item = (&'static str, &'static str)> {
     let norms = arch.norm_placement().norms().iter();
     let norms = norms.map(|&(_, hf, gguf)| (gguf, hf));
-    let projections: &[(&str, &str)] = if arch.fused_projections() {
-        &[
-            ("attn_qkv", "self_attn.qkv_proj"),
-            ("attn_output", "self_attn.o_proj"),
-            ("ffn_up", "mlp.gate_up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-        ]
+    let attention: &[(&str, &str)] = if arch.fused_qkv() {
+        &[("attn_qkv", "self_attn.qkv_proj")]
     } else {
         &[
             ("attn_q", "self_attn.q_proj"),
             ("attn_k", "self_attn.k_proj"),
             ("attn_v", "self_attn.v_proj"),
-            ("attn_output", "self_attn.o_proj"),
             ("attn_q_norm", "self_attn.q_norm"),
             ("attn_k_norm", "self_attn.k_norm"),
-            ("ffn_gate", "mlp.gate_proj"),
-            ("ffn_up", "mlp.up_proj"),
-            ("ffn_down", "mlp.down_proj"),
         ]
     };
-    norms.chain(projections.iter().copied())
+    let mlp: &[(&str, &str)] = if arch.fused_gate_up() {
+        &[("ffn_up", "mlp.gate_up_proj")]
+    } else {
+        &[("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj")]
+    };
+    let rest = [
+        ("attn_output", "self_attn.o_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    norms
+        .chain(attention.iter().copied())
+        .chain(mlp.iter().copied())
+        .chain(rest)
 }
 
 /// The block modules of [`layer_names`] a model of `cfg` has (the q/k norms only when it

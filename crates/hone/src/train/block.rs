@@ -8,8 +8,9 @@
 //! (`ModelConfig`) vary it: norms on each branch's output (OLMo 2) or on both sides (Gemma), Gemma's
 //! `1 + w` norm weights, a q/k norm before the rotary embedding (per head: Qwen3, Gemma 3; whole
 //! projection: OLMo 2), layers without rotary embedding (SmolLM3) or with their own tables (Gemma 3's
-//! sliding layers), sliding windows and soft-capped scores (the attention kernel's), GeGLU, and
-//! Granite's residual multiplier on each branch.
+//! sliding layers), partial and interleaved rotary (Phi-3, GLM-4), sliding windows and soft-capped
+//! scores (the attention kernel's), GeGLU, and Granite's residual multiplier on each branch. The
+//! projections' parts follow `model::layout` (Phi-3's fused `qkv_proj`, GLM-4's `gate_up_proj`).
 
 use std::borrow::Cow;
 
@@ -197,6 +198,7 @@ fn rope_shape(heads: usize, cfg: &ModelConfig) -> rope::RopeShape {
         heads,
         head_dim: cfg.head_dim,
         rotary_dim: cfg.rotary_dim,
+        interleaved: cfg.architecture.rotary_interleaved(),
     }
 }
 

@@ -389,7 +389,9 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
     };
     // With norms after each branch, both branch outputs before their norm.
     let post_norms = match m.norm_placement {
-        NormPlacement::Post | NormPlacement::Sandwich => 2 * m.hidden_size,
+        NormPlacement::Post | NormPlacement::Sandwich | NormPlacement::SandwichGlm4 => {
+            2 * m.hidden_size
+        }
         NormPlacement::Pre => 0,
     };
     let fixed = 2 * m.hidden_size

@@ -130,6 +130,10 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("embd_pdrop", json!(0.0));
             set("resid_pdrop", json!(0.0));
         }
+        Architecture::Glm | Architecture::Glm4 => {
+            set("attention_bias", json!(cfg.attention_bias));
+            set("head_dim", json!(cfg.head_dim));
+        }
         Architecture::Gemma2 | Architecture::Gemma3 => {
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
@@ -187,7 +191,7 @@ fn one_or_many(ids: &[u32]) -> Value {
 /// multipliers.
 fn check_layout(cfg: &ModelConfig) -> Result<()> {
     let arch = cfg.architecture;
-    if cfg.rotary_dim != cfg.head_dim && !arch.partial_rotary() {
+    if cfg.rotary_dim != cfg.head_dim && arch.partial_rotary_default().is_none() {
         bail!(
             "{}: the model rotates {} of {} dimensions per head, which this class cannot hold",
             arch.hf_class(),
@@ -254,6 +258,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
             cfg.attention_bias == cfg.o_proj_bias
         }
         Architecture::Mistral | Architecture::Phi3 => layout == (false, false, false),
+        Architecture::Glm | Architecture::Glm4 => !cfg.o_proj_bias && !cfg.mlp_bias,
         Architecture::Qwen2 => layout == (true, false, false),
         Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
@@ -322,7 +327,7 @@ fn rope(cfg: &ModelConfig) -> Result<(Value, Value)> {
         None => json!({"rope_type": "default"}),
     };
     parameters["rope_theta"] = json!(cfg.rope_theta);
-    if cfg.architecture.partial_rotary() {
+    if cfg.architecture.partial_rotary_default().is_some() {
         parameters["partial_rotary_factor"] = json!(partial_rotary_factor(cfg));
     }
     Ok((parameters, scaling.unwrap_or(Value::Null)))

@@ -22,11 +22,14 @@ pub enum Architecture {
     Gemma2,
     Gemma3,
     Phi3,
+    Glm,
+    Glm4,
 }
 
 /// Each family's names: transformers class (`architectures`), `model_type`, and the
-/// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`).
-const NAMES: [(Architecture, &str, &str, &str); 10] = [
+/// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`, GLM-4's
+/// `GlmForCausalLM` as `chatglm`).
+const NAMES: [(Architecture, &str, &str, &str); 12] = [
     (Architecture::Llama, "LlamaForCausalLM", "llama", "llama"),
     (
         Architecture::Mistral,
@@ -62,6 +65,10 @@ const NAMES: [(Architecture, &str, &str, &str); 10] = [
         "gemma3",
     ),
     (Architecture::Phi3, "Phi3ForCausalLM", "phi3", "phi3"),
+    // glm-4-9b(-chat)-hf and GLM-Edge; llama.cpp converts it as its ChatGLM arch.
+    (Architecture::Glm, "GlmForCausalLM", "glm", "chatglm"),
+    // GLM-4-0414 and GLM-Z1.
+    (Architecture::Glm4, "Glm4ForCausalLM", "glm4", "glm4"),
 ];
 
 impl Architecture {
@@ -105,6 +112,7 @@ impl Architecture {
         match self {
             Architecture::Olmo2 => NormPlacement::Post,
             Architecture::Gemma2 | Architecture::Gemma3 => NormPlacement::Sandwich,
+            Architecture::Glm4 => NormPlacement::SandwichGlm4,
             _ => NormPlacement::Pre,
         }
     }
@@ -126,15 +134,34 @@ impl Architecture {
         }
     }
 
-    /// Whether the family stores q|k|v as one `self_attn.qkv_proj` and gate|up as one
-    /// `mlp.gate_up_proj` (Phi-3), which are then also the modules LoRA targets.
-    pub fn fused_projections(self) -> bool {
+    /// Whether the family stores q|k|v as one `self_attn.qkv_proj` (Phi-3), which is then also
+    /// the module LoRA targets.
+    pub fn fused_qkv(self) -> bool {
         self == Architecture::Phi3
     }
 
-    /// Whether the family rotates only the leading `partial_rotary_factor` of each head.
-    pub fn partial_rotary(self) -> bool {
-        self == Architecture::Phi3
+    /// Whether the family stores gate|up as one `mlp.gate_up_proj` (Phi-3, GLM-4).
+    pub fn fused_gate_up(self) -> bool {
+        matches!(
+            self,
+            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4
+        )
+    }
+
+    /// The `partial_rotary_factor` of a family that rotates only the leading part of each head,
+    /// when its config does not say (GLM-4's classes default to half).
+    pub fn partial_rotary_default(self) -> Option<f64> {
+        match self {
+            Architecture::Phi3 => Some(1.0),
+            Architecture::Glm | Architecture::Glm4 => Some(0.5),
+            _ => None,
+        }
+    }
+
+    /// Whether the family rotates dimensions `(2i, 2i + 1)` together (GLM-4, as llama.cpp's NORM
+    /// rope) instead of `(i, i + d/2)`.
+    pub fn rotary_interleaved(self) -> bool {
+        matches!(self, Architecture::Glm | Architecture::Glm4)
     }
 
     /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
@@ -169,6 +196,8 @@ pub enum NormPlacement {
     Post,
     /// On both (four norms): Gemma 2 and 3.
     Sandwich,
+    /// On both, under GLM-4-0414's names (`post_attention_layernorm` is the MLP's input norm).
+    SandwichGlm4,
 }
 
 /// One of a block's norm positions.
@@ -205,6 +234,12 @@ impl NormPlacement {
                 (AttnOut, "post_attention_layernorm", "post_attention_norm"),
                 (MlpIn, "pre_feedforward_layernorm", "ffn_norm"),
                 (MlpOut, "post_feedforward_layernorm", "post_ffw_norm"),
+            ],
+            NormPlacement::SandwichGlm4 => &[
+                (AttnIn, "input_layernorm", "attn_norm"),
+                (AttnOut, "post_self_attn_layernorm", "post_attention_norm"),
+                (MlpIn, "post_attention_layernorm", "ffn_norm"),
+                (MlpOut, "post_mlp_layernorm", "post_ffw_norm"),
             ],
         }
     }
