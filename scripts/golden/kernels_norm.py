@@ -120,18 +120,28 @@ LLAMA3 = {
 }
 
 
+# The shape of the families' rope cases: 4 heads of 16 (GLM's head_dim is explicit, Phi-3's
+# derived), one layer.
+ROPE_MODEL = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
 def phi3_config():
     gen = torch.Generator().manual_seed(21)
     factors = lambda lo, hi: (lo + (hi - lo) * torch.rand(6, generator=gen)).tolist()
     return Phi3Config(
         architectures=["Phi3ForCausalLM"],
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
+        **ROPE_MODEL,
         original_max_position_embeddings=64,
         partial_rotary_factor=0.75,
         rope_scaling={
@@ -139,27 +149,11 @@ def phi3_config():
             "short_factor": factors(1.0, 1.5),
             "long_factor": factors(1.0, 8.0),
         },
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
     )
 
 
 def glm_config():
-    return GlmConfig(
-        architectures=["GlmForCausalLM"],
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        head_dim=16,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    return GlmConfig(architectures=["GlmForCausalLM"], **ROPE_MODEL, head_dim=16)
 
 
 def rope(tensors, report):
