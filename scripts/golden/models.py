@@ -42,8 +42,11 @@ from transformers import (
     Olmo2ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
+    SiglipVisionConfig,
     Phi3Config,
     Phi3ForCausalLM,
     GlmConfig,
@@ -297,6 +300,31 @@ TINY_MODELS = {
         115,
         {},
     ),
+    # Gemma 3 as its 4B+ checkpoints ship, Gemma3ForConditionalGeneration: the language model above
+    # (2 layers) beside a tiny SigLIP vision tower and projector that Hone leaves out; saved with the
+    # checkpoints' `language_model.model.*` names. The image token ids (125-127) are in the vocabulary
+    # but not in the test ids.
+    "gemma3-mm": (
+        Gemma3ForConditionalGeneration,
+        Gemma3Config(
+            text_config=Gemma3TextConfig(
+                **{k: v for k, v in GEMMA3.items() if k != "attn_implementation"},
+                query_pre_attn_scalar=24,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
+            vision_config=SiglipVisionConfig(
+                hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                image_size=28, patch_size=14,
+            ),
+            mm_tokens_per_image=4,
+            boi_token_index=125,
+            eoi_token_index=126,
+            image_token_index=127,
+            attn_implementation="eager",
+        ),
+        121,
+        {},
+    ),
     # Gemma 2: sandwich (1 + w) norms, GeGLU, alternating sliding (window 4) and global layers,
     # attention and final logit soft-capping (small caps, so they bend these logits), embeddings x
     # sqrt(hidden); query_pre_attn_scalar = head_dim, as llama.cpp's gemma2 assumes.
@@ -386,7 +414,8 @@ def randomize(model, seed):
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 value = 0.5 + torch.rand(param.shape, generator=gen)
-            elif name.endswith(".bias"):
+            elif name.endswith(".bias") or param.dim() < 2:
+                # Biases and the vision tower's other vectors (its projector's norm included).
                 value = 0.5 * torch.randn(param.shape, generator=gen)
             else:
                 value = torch.randn(param.shape, generator=gen) / math.sqrt(param.shape[1])
@@ -497,8 +526,10 @@ def build_tiny(name, cls, config, seed, opts):
     torch.manual_seed(seed)
     model = cls(config).eval()
     randomize(model, seed)
+    # A multimodal class keeps its language model's settings in text_config.
+    text = config.get_text_config()
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id
+        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id
     )
     dtype = opts.get("dtype")
     # Module.to converts in place, so `model` is only reused below when dtype is None.
@@ -518,10 +549,11 @@ def build_tiny(name, cls, config, seed, opts):
             model.state_dict().items(), reloaded.state_dict().items(), strict=True
         ):
             assert n1 == n2 and torch.equal(p1, p2), f"{name}: {n1} changed on reload"
-    if config.rope_parameters.get("rope_type") == "llama3":
+    if text.rope_parameters.get("rope_type") == "llama3":
         check_llama3_scaling(reloaded)
 
-    ids = golden_ids(config.vocab_size, seed)
+    # Below a multimodal class's image tokens, which its forward treats apart.
+    ids = golden_ids(getattr(config, "boi_token_index", text.vocab_size), seed)
     logits = full_logits(reloaded, ids)
     logits_step = step_logits(reloaded, ids)
     step_diff = (logits - logits_step).abs().max().item()
@@ -572,7 +604,7 @@ def build_tiny(name, cls, config, seed, opts):
     (out_dir / "greedy.json").write_text(json.dumps(greedy_doc, indent=2) + "\n")
     return {
         "name": name,
-        "vocab": config.vocab_size,
+        "vocab": text.vocab_size,
         "files": len(list(out_dir.iterdir())),
         "kb": dir_size(out_dir) / 1024,
         "step_diff": step_diff,

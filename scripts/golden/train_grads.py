@@ -20,7 +20,8 @@ q/k norms, smollm3 with a NoPE layer, granite with its multipliers and q/k/v/o b
 after the branches and full-width q/k norms, qwen2 with a sliding window on one layer, gemma2 with soft-capped attention and logits, gemma3 with
 sandwich (1 + w) norms, GeGLU, sliding and global layers rotating differently, phi3 with fused
 qkv_proj/gate_up_proj adapters, partial rotary, LongRoPE's short factors and a window, phi3-long
-with its long factors, glm and glm4 with interleaved partial rotary, q/k/v biases and (glm4) norms
+with its long factors, Gemma 3's language model inside its multimodal checkpoint (targets that
+leave the vision tower alone), glm and glm4 with interleaved partial rotary, q/k/v biases and (glm4) norms
 after the branches), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
 whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4); freezing (last layer's MLP + final norm);
@@ -58,8 +59,21 @@ def batch(vocab, b, t, prompt_lens, pad, seed):
     return ids, labels
 
 
+# LoRA on every linear layer of a multimodal checkpoint's language model, its vision tower left
+# alone: the targets `hone train` writes for such a base.
+TEXT_ALL_LINEAR = (
+    r"^(?!.*(?:vision_tower|multi_modal_projector)).*\.(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+
+
+def text_vocab(config):
+    """Token ids the test batches draw from: below a multimodal class's image tokens."""
+    return getattr(config, "boi_token_index", None) or config.get_text_config().vocab_size
+
+
 def hone_name(peft_name):
-    name = peft_name.removeprefix("base_model.model.")
+    # A multimodal class's language model is `model.language_model`; Hone names it `model`.
+    name = peft_name.removeprefix("base_model.model.").replace("model.language_model.", "model.", 1)
     name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
     return name.replace(".base_layer.", ".")
 
@@ -125,7 +139,7 @@ def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias
     model = get_peft_model(base, cfg)
     randomize_b(model, seed + 1)
     init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-    vocab = model.config.vocab_size
+    vocab = text_vocab(model.config)
     ids, labels = batch(vocab, 2, 12, [5, 3] if masked else [0, 0], [0, 3], seed + 2)
     out = run(model, ids, labels)
     gap = float32_gap(model, ids, labels)
@@ -141,7 +155,7 @@ def base_case(name, model_dir, method, trainable, seed=0):
     model = load(ROOT / "fixtures" / "models" / model_dir)
     for n, p in model.named_parameters():
         p.requires_grad_(trainable(n))
-    vocab = model.config.vocab_size
+    vocab = text_vocab(model.config)
     ids, labels = batch(vocab, 2, 12, [4, 2], [0, 2], seed + 2)
     out = run(model, ids, labels)
     gap = float32_gap(model, ids, labels)
@@ -209,6 +223,7 @@ def cases():
         for masked in [True, False]:
             name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
             out[name] = lambda n=name, d=model_dir, m=masked: lora_case(n, d, "all-linear", m)
+    out["lora_gemma3-mm_masked"] = lambda: lora_case("lora_gemma3-mm_masked", "gemma3-mm", TEXT_ALL_LINEAR, True)
     out["lora_qwen2_bias_all"] = lambda: lora_case("lora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all")
     out["lora_qwen2_lora_only"] = lambda: lora_case(
         "lora_qwen2_lora_only", "qwen2", ["q_proj", "k_proj"], False, bias="lora_only"

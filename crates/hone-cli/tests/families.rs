@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 9] = [
+const FAMILIES: [(&str, &str, &str); 10] = [
     ("gemma2", "Gemma2ForCausalLM", r#""attn_softcap":2.0"#),
     (
         "gemma3",
@@ -29,6 +29,8 @@ const FAMILIES: [(&str, &str, &str); 9] = [
         "Glm4ForCausalLM",
         r#""norm_placement":"SandwichGlm4""#,
     ),
+    // Gemma 3's multimodal checkpoint: Hone runs and saves its language model.
+    ("gemma3-mm", "Gemma3ForCausalLM", r#""sliding_window""#),
 ];
 
 #[test]
@@ -110,6 +112,48 @@ fn check_family(dir: &std::path::Path, name: &str, class: &str, switch: &str) {
         "8",
     ]);
     assert_eq!(adapted.ok(), greedy(&merged), "{name}");
+}
+
+/// An adapter trained on a multimodal checkpoint names its modules as the multimodal class does
+/// (transformers 5's `model.language_model.…`) and targets only the language model, so PEFT applies
+/// it to that class; Hone reads it back onto the same base.
+#[test]
+fn adapters_of_a_multimodal_base_use_its_module_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_hf_model(tmp.path(), "gemma3-mm", Some(TEMPLATE));
+    let info: Value = serde_json::from_str(hone(&["info", arg(&model), "--json"]).ok()).unwrap();
+    assert_eq!(info["wrapper"], "Gemma3ForConditionalGeneration");
+    let config = train_config(tmp.path());
+    let out = tmp.path().join("lora");
+    hone(&[
+        "train",
+        arg(&config),
+        &format!("model_name_or_path={}", model.display()),
+        &format!("output_dir={}", out.display()),
+        "max_steps=2",
+    ])
+    .ok();
+    let weights = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let key = "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight";
+    assert!(tensors.names().contains(&key), "{:?}", tensors.names());
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let targets = adapter["target_modules"].as_str().unwrap();
+    assert!(targets.starts_with("^(?!.*(?:vision_tower"), "{targets}");
+    hone(&[
+        "generate",
+        "--model",
+        arg(&model),
+        "--adapter",
+        arg(&out),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "4",
+    ])
+    .ok();
 }
 
 /// PEFT refuses targets that match no module; so does Hone, naming the model's own layers (Phi-3

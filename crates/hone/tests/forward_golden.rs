@@ -10,12 +10,12 @@ use common::{fixture, load_tensors, max_abs_diff, FAMILY_MODELS};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
-/// Every family, sliding windows (Mistral's on every layer, Qwen2's on one), and Llama stored
-/// sharded, in f16 and in bf16.
+/// Every family, sliding windows (Mistral's on every layer, Qwen2's on one), Gemma 3's language
+/// model inside its multimodal checkpoint, and Llama stored sharded, in f16 and in bf16.
 fn models() -> impl Iterator<Item = &'static str> {
     FAMILY_MODELS
         .into_iter()
-        .chain(["mistral-window", "qwen2-window"])
+        .chain(["mistral-window", "qwen2-window", "gemma3-mm"])
         .chain(["llama-sharded", "llama-f16", "llama-bf16"])
 }
 

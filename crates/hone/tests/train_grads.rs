@@ -340,6 +340,8 @@ fn lora_gradients_match_peft_on_every_architecture() {
             check_gradients(&format!("lora_{model}_{masking}"));
         }
     }
+    // Gemma 3's language model inside its multimodal checkpoint, PEFT on the whole class.
+    check_gradients("lora_gemma3-mm_masked");
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub fn run(args: Args) -> Result<()> {
         "path": source.path().display().to_string(),
         "format": match source { hone::io::source::ModelSource::Gguf(_) => "gguf", _ => "hf" },
         "architecture": cfg.architecture.hf_class(),
+        "wrapper": cfg.wrapper.map(|w| w.hf_class()),
         "num_hidden_layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -72,8 +73,12 @@ pub fn run(args: Args) -> Result<()> {
         "model          {}",
         info["path"].as_str().unwrap_or_default()
     );
+    let within = match cfg.wrapper {
+        Some(w) => format!(", the language model of a {}", w.hf_class()),
+        None => String::new(),
+    };
     println!(
-        "architecture   {} ({})",
+        "architecture   {} ({}{within})",
         cfg.architecture.hf_class(),
         info["format"].as_str().unwrap_or_default()
     );

@@ -12,6 +12,7 @@ use candle_core::Device;
 use super::config::AdapterConfig;
 use super::{Adapter, LoraWeights};
 use crate::io::safetensors;
+use crate::model::config::text_model_name;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -134,6 +135,16 @@ fn classify(key: &str) -> Result<Part> {
     )
 }
 
+/// A module of an adapter trained on a multimodal checkpoint under the text model's name (Hone
+/// runs only its language model); an adapted vision module is refused.
+fn text_module(module: &str) -> Result<String> {
+    text_model_name(module).with_context(|| {
+        format!(
+            "{module}: the adapter adapts the vision tower or projector, which Hone does not run"
+        )
+    })
+}
+
 type Flat = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Pair each module's lora_A and lora_B, check their shapes, and give them the config's scale.
@@ -155,7 +166,7 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
                 b_parts.insert(module, (shape, values));
             }
             Part::Bias(name) => {
-                biases.insert(name, values);
+                biases.insert(text_module(&name)?, values);
             }
         }
     }
@@ -171,6 +182,7 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
             bail!("{module}: lora_A is {a_shape:?} and lora_B {b_shape:?}: their ranks differ");
         }
         let scale = matcher.scale(&module)?;
+        let module = text_module(&module)?;
         let weights = LoraWeights {
             a,
             b,

@@ -20,8 +20,8 @@ use crate::kernels::glu::Activation;
 mod families;
 
 pub use families::{
-    gemma_global_every, gemma_query_scalar, smollm3_nope_pattern, Architecture, BlockNorm,
-    NormPlacement, QkNorm, Scales, SlidingWindow, SMOLLM3_NOPE_INTERVAL,
+    gemma_global_every, gemma_query_scalar, smollm3_nope_pattern, text_model_name, Architecture,
+    BlockNorm, NormPlacement, QkNorm, Scales, SlidingWindow, Wrapper, SMOLLM3_NOPE_INTERVAL,
 };
 use families::{
     gemma_softcap, hf_activation, hf_architecture, hf_no_rope_layers, hf_sliding_window,
@@ -106,6 +106,8 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// dtype the weights were stored in (`torch_dtype`/`dtype`, or the GGUF's dominant tensor type).
     pub source_dtype: String,
+    /// The multimodal class the checkpoint is, when Hone runs only its language model.
+    pub wrapper: Option<Wrapper>,
 }
 
 impl ModelConfig {
@@ -119,6 +121,13 @@ impl ModelConfig {
     }
 
     pub fn from_hf_json(json: &Value) -> Result<Self> {
+        let class = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str);
+        if let Some((wrapper, text)) = class.and_then(Wrapper::from_hf_class) {
+            return Self::from_wrapper_json(json, wrapper, text);
+        }
         let architecture = hf_architecture(json)?;
         let fields = Fields(json);
         let usize_field = |k: &str| -> Result<usize> {
@@ -243,6 +252,7 @@ impl ModelConfig {
                 None => fields.str("dtype")?.unwrap_or("float32"),
             }
             .to_string(),
+            wrapper: None,
         };
         cfg.validate()?;
         if let Some(top) = top_theta.filter(|&t| t != cfg.rope_theta) {
@@ -259,6 +269,37 @@ impl ModelConfig {
             );
         }
         Ok(cfg)
+    }
+
+    /// The language model of a multimodal checkpoint: its `text_config`, read as the text class
+    /// (`architecture`) reads its own config.
+    fn from_wrapper_json(
+        json: &Value,
+        wrapper: Wrapper,
+        architecture: Architecture,
+    ) -> Result<Self> {
+        let text = json
+            .get("text_config")
+            .filter(|t| t.is_object())
+            .with_context(|| {
+                format!(
+                    "field `text_config`: {} keeps its language model's settings there; it is \
+                     missing or not an object",
+                    wrapper.hf_class()
+                )
+            })?;
+        let mut text = text.clone();
+        text["architectures"] = serde_json::json!([architecture.hf_class()]);
+        for key in ["torch_dtype", "dtype"] {
+            if let (None, Some(v)) = (text.get(key), json.get(key)) {
+                text[key] = v.clone();
+            }
+        }
+        let cfg = Self::from_hf_json(&text).context("text_config")?;
+        Ok(ModelConfig {
+            wrapper: Some(wrapper),
+            ..cfg
+        })
     }
 
     /// Read the `{arch}.*` metadata of a GGUF file (the archs of [`Architecture::from_gguf_arch`]).
@@ -419,6 +460,7 @@ impl ModelConfig {
             bos_token_id: tok_id("bos_token_id"),
             eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
             source_dtype: dominant_gguf_type(gguf),
+            wrapper: None,
         };
         cfg.validate().with_context(|| format!("{file}"))?;
         Ok(cfg)

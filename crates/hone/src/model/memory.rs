@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
-use super::config::Architecture;
+use super::config::{text_model_name, Architecture};
 use super::load::Precision;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors;
@@ -61,6 +61,9 @@ fn weight_bytes(source: &ModelSource, precision: Precision) -> Result<u64> {
             let mut total = 0;
             for path in safetensors::checkpoint_files(dir)? {
                 for t in safetensors::map_file(&path)?.1 {
+                    if text_model_name(&t.name).is_none() {
+                        continue;
+                    }
                     let ty = held_type(t.dtype);
                     let elements = t.shape.iter().product::<usize>() as u64;
                     total += stored(ty, t.shape.len(), elements, t.range.len() as u64);
@@ -91,8 +94,12 @@ pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType,
         ModelSource::HfDir(dir) => {
             for path in safetensors::checkpoint_files(dir)? {
                 for t in safetensors::map_file(&path)?.1 {
+                    // A multimodal checkpoint's vision parts are not loaded.
+                    let Some(name) = text_model_name(&t.name) else {
+                        continue;
+                    };
                     let ty = held_type(t.dtype);
-                    out.insert(t.name, (ty, t.range.len() as u64));
+                    out.insert(name, (ty, t.range.len() as u64));
                 }
             }
         }

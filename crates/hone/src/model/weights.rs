@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::config::{text_model_name, Architecture, ModelConfig, RopeScaling};
 use super::linear::Weight;
 use crate::io::gguf::{GgufFile, GgufTensorInfo};
 use crate::io::safetensors;
@@ -30,6 +30,10 @@ pub fn load(
             let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
             let files = safetensors::checkpoint_files(dir)?;
             let weights = safetensors::load_f32(&files, device)?;
+            let weights = weights
+                .into_iter()
+                .filter_map(|(name, t)| Some((checkpoint_name(&cfg, &name)?, t)))
+                .collect();
             Ok((cfg, weights))
         }
         ModelSource::Gguf(path) => {
@@ -93,6 +97,9 @@ pub fn load_stored(
             for path in safetensors::checkpoint_files(dir)? {
                 let (map, tensors) = safetensors::map_file(&path)?;
                 for t in tensors {
+                    let Some(name) = checkpoint_name(&cfg, &t.name) else {
+                        continue;
+                    };
                     let ty = match t.dtype {
                         DType::F16 => Some(GgmlType::F16),
                         DType::BF16 => Some(GgmlType::BF16),
@@ -112,7 +119,7 @@ pub fn load_stored(
                         }
                         _ => Weight::F32(t.to_f32(&map, device)?),
                     };
-                    if weights.insert(t.name.clone(), w).is_some() {
+                    if weights.insert(name, w).is_some() {
                         anyhow::bail!(
                             "{}: tensor {} also appears in another shard",
                             path.display(),
@@ -158,6 +165,15 @@ pub fn load_gguf_stored(
         weights.insert(hf_name, Weight::Stored(m));
     }
     Ok((cfg, weights))
+}
+
+/// The name Hone uses for checkpoint tensor `name`: a multimodal checkpoint's language-model
+/// tensors under the text model's names, its vision parts left out (None).
+fn checkpoint_name(cfg: &ModelConfig, name: &str) -> Option<String> {
+    match cfg.wrapper {
+        Some(_) => text_model_name(name),
+        None => Some(name.to_string()),
+    }
 }
 
 /// Whether HF tensor `hf_name` is an RMSNorm weight (a block's, a q/k norm or the final one).

@@ -179,11 +179,15 @@ impl TrainModel {
 
     /// The trained adapter as PEFT saves it: the LoRA matrices of every module and, when `config`
     /// trains biases (`bias: all|lora_only`), those biases.
+    /// A multimodal base's adapter names its modules as the wrapper class does, so PEFT applies it
+    /// to that class.
     pub fn to_adapter(&self, config: AdapterConfig) -> Adapter {
+        let wrapper = self.config().wrapper;
+        let name = |path: &str| wrapper.map_or(path.to_string(), |w| w.module_path(path));
         let modules = self
             .lora_modules()
             .into_iter()
-            .map(|(path, lora)| (path.to_string(), lora.weights()))
+            .map(|(path, lora)| (name(path), lora.weights()))
             .collect();
         let biases = self
             .blocks
@@ -191,7 +195,7 @@ impl TrainModel {
             .flat_map(|b| b.projections())
             .filter_map(|part| {
                 let bias = part.bias.as_ref().filter(|b| b.grad.is_some())?;
-                Some((format!("{}.bias", part.path), bias.value.clone()))
+                Some((name(&format!("{}.bias", part.path)), bias.value.clone()))
             })
             .collect();
         Adapter {

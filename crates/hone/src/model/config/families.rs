@@ -178,6 +178,66 @@ impl Architecture {
     }
 }
 
+/// A multimodal checkpoint class whose language model Hone runs (its vision tower and projector
+/// are left out): Gemma 3 from 4B up ships as `Gemma3ForConditionalGeneration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Wrapper {
+    Gemma3ForConditionalGeneration,
+}
+
+impl Wrapper {
+    pub fn from_hf_class(class: &str) -> Option<(Wrapper, Architecture)> {
+        match class {
+            "Gemma3ForConditionalGeneration" => Some((
+                Wrapper::Gemma3ForConditionalGeneration,
+                Architecture::Gemma3,
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Wrapper::Gemma3ForConditionalGeneration => "Gemma3ForConditionalGeneration",
+        }
+    }
+
+    /// The wrapper's path of a text-model module or tensor (`model.layers.0…` →
+    /// `model.language_model.layers.0…`), as transformers 5 names its modules and PEFT its keys.
+    pub fn module_path(self, text_path: &str) -> String {
+        match text_path.strip_prefix("model.") {
+            Some(rest) => format!("model.language_model.{rest}"),
+            None => text_path.to_string(),
+        }
+    }
+}
+
+/// The text model's name of a tensor or module of a multimodal checkpoint, in either layout
+/// (`language_model.model.…` as checkpoints store it, `model.language_model.…` as transformers 5
+/// names modules); None for the vision tower and the projector. Other names pass unchanged.
+pub fn text_model_name(name: &str) -> Option<String> {
+    let renames = [
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ];
+    for (from, to) in renames {
+        if let Some(rest) = name.strip_prefix(from) {
+            return Some(format!("{to}{rest}"));
+        }
+    }
+    let vision = [
+        "vision_tower.",
+        "multi_modal_projector.",
+        "model.vision_tower.",
+        "model.multi_modal_projector.",
+    ];
+    match vision.iter().any(|p| name.starts_with(p)) {
+        true => None,
+        false => Some(name.to_string()),
+    }
+}
+
 /// Sliding-window attention: each query of the windowed layers sees itself and the `size - 1`
 /// keys before it (transformers' `sliding_window`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -286,15 +286,20 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Option<Adapter
     if m.finetuning_type != FinetuningType::Lora {
         return None;
     }
-    let targets = config
-        .lora_target_modules(model)
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let targets = config.lora_target_modules(model);
+    // A multimodal base's vision tower has layers of the same names (SigLIP's q_proj, …): the
+    // targets exclude it, as LLaMA-Factory's do with the vision tower frozen.
+    let targets = match model.wrapper {
+        Some(_) => TargetModules::Regex(format!(
+            "^(?!.*(?:vision_tower|multi_modal_projector)).*\\.(?:{})$",
+            targets.join("|")
+        )),
+        None => TargetModules::Names(targets.into_iter().map(String::from).collect()),
+    };
     let mut adapter = AdapterConfig::new(
         m.lora_rank as usize,
         f64::from(config.lora_alpha()),
-        TargetModules::Names(targets),
+        targets,
     );
     adapter.lora_dropout = m.lora_dropout;
     adapter.use_rslora = m.use_rslora;
