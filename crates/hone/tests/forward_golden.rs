@@ -193,3 +193,76 @@ fn greedy_ids_match_transformers() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+/// LongRoPE picks its factor set per forward pass: each step of a generation that crosses the
+/// original context (64 positions for `phi3`) must give what a full forward over the sequence so
+/// far gives, which is what transformers' generate computes (it recomputes the cache at the
+/// crossing).
+#[test]
+fn longrope_cache_steps_across_the_original_context_match_full_forwards() {
+    let model = load("phi3");
+    let ids: Vec<u32> = (0..72u32).map(|i| (i * 37 + 5) % 128).collect();
+    let row = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
+    let mut cache = model.new_cache();
+    model.forward(&row(&ids[..60]), Some(&mut cache)).unwrap();
+    for i in 60..ids.len() {
+        let step = model.forward(&row(&ids[i..=i]), Some(&mut cache)).unwrap();
+        let full = model.forward(&row(&ids[..=i]), None).unwrap();
+        let want = full.i((.., i..=i, ..)).unwrap();
+        let diff = max_abs_diff(&step, &want);
+        assert!(
+            diff < 1e-4,
+            "position {i}: the cached step differs by {diff}"
+        );
+    }
+}
+
+/// The same with sequences that each have their own cache in one decoding step (a server's
+/// continuous batch): each decides its factor set by its own length, so one crossing the
+/// original context does not change the other.
+#[test]
+fn longrope_per_sequence_caches_decide_for_themselves() {
+    let model = load("phi3");
+    let seqs: [Vec<u32>; 2] = [
+        (0..70u32).map(|i| (i * 37 + 5) % 128).collect(),
+        (0..16u32).map(|i| (i * 11 + 3) % 128).collect(),
+    ];
+    let prompt = [60, 8];
+    let mut caches = [model.new_cache(), model.new_cache()];
+    for ((cache, seq), n) in caches.iter_mut().zip(&seqs).zip(prompt) {
+        model.prefill(&seq[..n], cache, None).unwrap();
+    }
+    let vocab = model.config().vocab_size;
+    for step in 0..8 {
+        let tokens: Vec<u32> = (0..2).map(|r| seqs[r][prompt[r] + step]).collect();
+        let mut rows: Vec<&mut hone::model::Cache> = caches.iter_mut().collect();
+        let logits = model
+            .decode_step(&tokens, &mut rows, &[None, None])
+            .unwrap();
+        for (r, seq) in seqs.iter().enumerate() {
+            let at = prompt[r] + step;
+            let full = model
+                .forward(
+                    &Tensor::new(&seq[..=at], &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    None,
+                )
+                .unwrap();
+            let want = full.i((0, at)).unwrap().to_vec1::<f32>().unwrap();
+            let got = &logits[r * vocab..(r + 1) * vocab];
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "row {r} at position {at}: differs by {diff}");
+        }
+    }
+}

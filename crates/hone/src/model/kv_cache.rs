@@ -43,6 +43,10 @@ pub struct Cache {
     layers: Vec<LayerCache>,
     /// Per row, how many leading positions are padding (empty: none).
     left_pad: Vec<usize>,
+    /// Per row, the tokens fed so far (padding included), so the cache can be rebuilt.
+    ids: Vec<Vec<u32>>,
+    /// Whether the cached keys were rotated with LongRoPE's long factor set.
+    pub(super) keys_long: bool,
 }
 
 impl Cache {
@@ -50,7 +54,29 @@ impl Cache {
         Cache {
             layers: (0..n_layers).map(|_| LayerCache::default()).collect(),
             left_pad,
+            ids: Vec::new(),
+            keys_long: false,
         }
+    }
+
+    /// Records the tokens of one forward pass, `ids` row-major `[rows, t]`.
+    pub(super) fn record(&mut self, ids: &[u32], t: usize) {
+        let rows = ids.len() / t.max(1);
+        self.ids.resize_with(rows, Vec::new);
+        for (seen, new) in self.ids.iter_mut().zip(ids.chunks(t.max(1))) {
+            seen.extend_from_slice(new);
+        }
+    }
+
+    /// Empties the cache (its rows' padding kept) and returns the tokens it held, row-major
+    /// `[rows, len]`, with the number of rows.
+    pub(super) fn take_ids(&mut self) -> (Vec<u32>, usize) {
+        let ids = std::mem::take(&mut self.ids);
+        let rows = ids.len();
+        for layer in &mut self.layers {
+            *layer = LayerCache::default();
+        }
+        (ids.concat(), rows)
     }
 
     /// Tokens already in the cache: the position of the next token fed.
@@ -67,6 +93,12 @@ impl Cache {
     pub fn retain_rows(&mut self, rows: &[usize]) {
         if !self.left_pad.is_empty() {
             self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
+        }
+        if !self.ids.is_empty() {
+            self.ids = rows
+                .iter()
+                .map(|&r| std::mem::take(&mut self.ids[r]))
+                .collect();
         }
         for layer in &mut self.layers {
             layer.retain_rows(rows);

@@ -440,6 +440,7 @@ impl Llama {
         if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
+        let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
         let mut embedded = self.embed_tokens.gather_rows(ids)?;
         scale_in_place(&mut embedded, self.cfg.scales.embedding);
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
@@ -458,7 +459,7 @@ impl Llama {
                 |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
             let input = norm(&x, &block.norms.attn_in)?;
             let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
-            let attn = self.attention(&qkv, (b, t), &positions, l, context)?;
+            let attn = self.attention(&qkv, (b, t), (&positions, &long_rope), l, context)?;
             let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
             x = (x + scaled(norm(&o, &block.norms.attn_out)?, residual)?)?;
             let input = norm(&x, &block.norms.mlp_in)?;
@@ -484,7 +485,7 @@ impl Llama {
         &self,
         qkv: &Tensor,
         (b, t): (usize, usize),
-        positions: &[u32],
+        positions: (&[u32], &[bool]),
         layer: usize,
         context: &mut Attend,
     ) -> Result<Tensor> {
@@ -622,13 +623,76 @@ impl Llama {
         Some((layer, Some(linear.slot), part))
     }
 
+    /// Records this pass's tokens in its caches and returns, per row of the batch, whether the
+    /// row rotates with LongRoPE's long factor set. transformers picks the set per forward pass by
+    /// the furthest position (the whole batch's: a batch cache's rows share positions; sequences
+    /// with caches of their own each decide for themselves), and its generate recomputes the whole
+    /// cache the first time a sequence reaches past the original context (Phi-3's
+    /// `prepare_inputs_for_generation`), since every cached key and value was computed with the
+    /// short set. A cache is rebuilt here the same way, from the tokens it recorded.
+    fn prepare_caches(
+        &self,
+        ids: &[u32],
+        (b, t): (usize, usize),
+        positions: &[u32],
+        context: &mut Attend,
+        groups: &[(Vec<usize>, &LoraSet)],
+    ) -> Result<Vec<bool>> {
+        let caches: Vec<&mut Cache> = match context {
+            Attend::Whole => return Ok(vec![self.rope.reaches_long(positions); b]),
+            Attend::Batch(cache) => {
+                let long = cache.keys_long || self.rope.reaches_long(positions);
+                self.rebuild_if_short(cache, long, groups)?;
+                cache.record(ids, t);
+                return Ok(vec![long; b]);
+            }
+            Attend::PerRow(caches) => caches.iter_mut().map(|c| &mut **c).collect(),
+        };
+        let mut long = Vec::with_capacity(b);
+        for (r, cache) in caches.into_iter().enumerate() {
+            let row = &positions[r * t..(r + 1) * t];
+            let row_long = cache.keys_long || self.rope.reaches_long(row);
+            // The row's adapter, as the row 0 of its own batch.
+            let groups: Vec<(Vec<usize>, &LoraSet)> = groups
+                .iter()
+                .filter(|(rows, _)| rows.contains(&r))
+                .map(|&(_, set)| (vec![0], set))
+                .collect();
+            self.rebuild_if_short(cache, row_long, &groups)?;
+            cache.record(&ids[r * t..(r + 1) * t], t);
+            long.push(row_long);
+        }
+        Ok(long)
+    }
+
+    /// When a pass over `cache` rotates with the long set and the cache holds keys of the short
+    /// one, recomputes the cache from its tokens with the long set.
+    fn rebuild_if_short(
+        &self,
+        cache: &mut Cache,
+        long: bool,
+        groups: &[(Vec<usize>, &LoraSet)],
+    ) -> Result<()> {
+        if !long || cache.keys_long {
+            return Ok(());
+        }
+        cache.keys_long = true;
+        let (seen, rows) = cache.take_ids();
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let len = seen.len() / rows;
+        self.run_blocks(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
+        Ok(())
+    }
+
     /// The stacked projection's `[q | k | v]` columns of layer `layer` as separate token-major
     /// arrays, q and k of token `i` normalized per head when the layer has a q/k norm, then
     /// rotated for `positions[i]` unless the layer has no rotary embedding.
     fn split_and_rotate(
         &self,
         qkv: &[f32],
-        positions: &[u32],
+        (positions, long_rope): (&[u32], &[bool]),
         layer: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
@@ -653,17 +717,27 @@ impl Llama {
         if !self.cfg.uses_rope(layer) {
             return (q, k, v);
         }
-        let (cos, sin) = self
-            .rope
-            .select(positions, self.cfg.window(layer).is_some());
         let shape = |heads| RopeShape {
             heads,
             head_dim: hd,
             rotary_dim: self.cfg.rotary_dim,
             interleaved: self.cfg.architecture.rotary_interleaved(),
         };
-        rope_kernel::forward(&mut q, positions, shape(nh), cos, sin);
-        rope_kernel::forward(&mut k, positions, shape(nkv), cos, sin);
+        // Rows that share a factor set rotate together (all of them, but for LongRoPE sequences
+        // on both sides of the original context in one decoding step).
+        let t = positions.len() / long_rope.len();
+        let local = self.cfg.window(layer).is_some();
+        let mut start = 0;
+        for run in long_rope.chunk_by(|a, b| a == b) {
+            let (cos, sin) = self.rope.select_set(run[0], local);
+            let rows = start..start + run.len();
+            let at = &positions[rows.start * t..rows.end * t];
+            let q_rows = &mut q[rows.start * t * nh * hd..rows.end * t * nh * hd];
+            rope_kernel::forward(q_rows, at, shape(nh), cos, sin);
+            let k_rows = &mut k[rows.start * t * nkv * hd..rows.end * t * nkv * hd];
+            rope_kernel::forward(k_rows, at, shape(nkv), cos, sin);
+            start = rows.end;
+        }
         (q, k, v)
     }
 }

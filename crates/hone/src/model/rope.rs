@@ -123,12 +123,23 @@ impl RopeTables {
     /// when the model has them; LongRoPE's long ones when any position reaches past the original
     /// context, as transformers picks them for the whole call.
     pub fn select(&self, positions: &[u32], local: bool) -> (&[f32], &[f32]) {
+        self.select_set(self.reaches_long(positions), local)
+    }
+
+    /// Whether a forward pass over `positions` rotates with LongRoPE's long factor set.
+    pub fn reaches_long(&self, positions: &[u32]) -> bool {
+        let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        matches!(&self.long, Some((_, _, short_positions)) if furthest > *short_positions)
+    }
+
+    /// The local tables for a sliding-window layer when the model has them, else the global
+    /// ones, LongRoPE's long set when `long`.
+    pub fn select_set(&self, long: bool, local: bool) -> (&[f32], &[f32]) {
         if let Some((cos, sin)) = self.local.as_ref().filter(|_| local) {
             return (cos, sin);
         }
-        let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
         match &self.long {
-            Some((cos, sin, short_positions)) if furthest > *short_positions => (cos, sin),
+            Some((cos, sin, _)) if long => (cos, sin),
             _ => (&self.cos, &self.sin),
         }
     }
