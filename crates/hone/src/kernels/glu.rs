@@ -1,6 +1,7 @@
 //! Gated MLP activations, out = act(gate) · up: SwiGLU (silu, Llama) and GeGLU (GELU with the tanh
 //! approximation, transformers' `gelu_pytorch_tanh`, Gemma). The backward recomputes the
-//! activation from `gate` instead of saving it.
+//! activation from `gate` instead of saving it. Both read gate and up where one matmul leaves
+//! them, side by side in each row, so nothing is copied apart.
 
 use rayon::prelude::*;
 
@@ -39,44 +40,49 @@ impl Activation {
     }
 }
 
-/// `out = act(gate) · up`, elementwise over equal-length slices.
-pub fn forward(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && out.len() == gate.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK))
-        .zip(up.par_chunks(CHUNK))
-        .for_each(|((out, gate), up)| match act {
-            // Written out so the silu loop stays the vectorized one it always was.
-            Activation::Silu => {
-                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                    *o = g * sigmoid(g) * u;
+/// `out = act(gate) · up` for each row `[gate | up]` of `gate_up` (`[rows, 2·width]`, the stacked
+/// gate|up product as it comes out of one matmul); `out` is `[rows, width]`.
+pub fn forward(act: Activation, gate_up: &[f32], width: usize, out: &mut [f32]) {
+    assert!(width > 0 && gate_up.len() == 2 * out.len() && out.len().is_multiple_of(width));
+    out.par_chunks_mut(width)
+        .zip(gate_up.par_chunks(2 * width))
+        .with_min_len(CHUNK.div_ceil(width))
+        .for_each(|(out, row)| {
+            let (gate, up) = row.split_at(width);
+            match act {
+                // Written out so the silu loop stays the vectorized one it always was.
+                Activation::Silu => {
+                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                        *o = g * sigmoid(g) * u;
+                    }
                 }
-            }
-            Activation::GeluTanh => {
-                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                    *o = act.value_and_slope(g).0 * u;
+                Activation::GeluTanh => {
+                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                        *o = act.value_and_slope(g).0 * u;
+                    }
                 }
             }
         });
 }
 
-/// Writes `dgate = dout · up · act'(gate)` and `dup = dout · act(gate)`.
+/// From `dout` (`[rows, width]`), the gradient of the stacked product, `[dgate | dup]` per row
+/// into `dgate_up` (`[rows, 2·width]`, overwritten).
 pub fn backward(
     act: Activation,
     dout: &[f32],
-    gate: &[f32],
-    up: &[f32],
-    dgate: &mut [f32],
-    dup: &mut [f32],
+    gate_up: &[f32],
+    width: usize,
+    dgate_up: &mut [f32],
 ) {
-    let n = gate.len();
-    assert!(up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n);
-    dgate
-        .par_chunks_mut(CHUNK)
-        .zip(dup.par_chunks_mut(CHUNK))
-        .zip(dout.par_chunks(CHUNK))
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(((dgate, dup), dout), (gate, up))| {
+    assert!(width > 0 && gate_up.len() == 2 * dout.len() && dgate_up.len() == gate_up.len());
+    dgate_up
+        .par_chunks_mut(2 * width)
+        .zip(gate_up.par_chunks(2 * width))
+        .zip(dout.par_chunks(width))
+        .with_min_len(CHUNK.div_ceil(width))
+        .for_each(|((grad, row), dout)| {
+            let (gate, up) = row.split_at(width);
+            let (dgate, dup) = grad.split_at_mut(width);
             let items = dgate.iter_mut().zip(dup).zip(dout).zip(gate).zip(up);
             for ((((dg, du), &d), &g), &u) in items {
                 let (value, slope) = act.value_and_slope(g);
@@ -86,9 +92,6 @@ pub fn backward(
         });
 }
 
-/// σ(g) = 1 / (1 + e^−g). Stable at both ends: e^−g saturates (to ≈0 or to a huge finite value)
-/// instead of producing inf/inf, so σ goes cleanly to 1 or 0 and silu to g or 0.
-#[inline(always)]
 fn sigmoid(g: f32) -> f32 {
     1.0 / (1.0 + exp(-g))
 }
@@ -113,10 +116,27 @@ mod tests {
         let dout: Vec<f32> = (0..2100)
             .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
             .collect();
+        // Rows of 300: [gate | up] side by side.
+        let width = 300;
+        let gate_up: Vec<f32> = gate
+            .chunks(width)
+            .zip(up.chunks(width))
+            .flat_map(|(g, u)| g.iter().chain(u).copied())
+            .collect();
         let mut out = vec![0.0; 2100];
-        forward(Activation::Silu, &gate, &up, &mut out);
-        let (mut dgate, mut dup) = (vec![0.0; 2100], vec![0.0; 2100]);
-        backward(Activation::Silu, &dout, &gate, &up, &mut dgate, &mut dup);
+        forward(Activation::Silu, &gate_up, width, &mut out);
+        let mut dgate_up = vec![0.0; 4200];
+        backward(Activation::Silu, &dout, &gate_up, width, &mut dgate_up);
+        let (dgate, dup): (Vec<f32>, Vec<f32>) = (
+            dgate_up
+                .chunks(2 * width)
+                .flat_map(|r| r[..width].to_vec())
+                .collect(),
+            dgate_up
+                .chunks(2 * width)
+                .flat_map(|r| r[width..].to_vec())
+                .collect(),
+        );
 
         let silu = |g: f64| g / (1.0 + (-g).exp());
         let h = 1e-6;

@@ -771,14 +771,8 @@ fn gated(act: Activation, gate_up: &Tensor) -> Result<Tensor> {
     let width = shape.last().copied().context("a scalar is not a product")? / 2;
     *shape.last_mut().expect("checked above") = width;
     let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
-    let (mut gate, mut up) = (Vec::with_capacity(values.len() / 2), Vec::new());
-    up.reserve(values.len() / 2);
-    for row in values.chunks_exact(2 * width) {
-        gate.extend_from_slice(&row[..width]);
-        up.extend_from_slice(&row[width..]);
-    }
-    let mut out = vec![0f32; gate.len()];
-    glu::forward(act, &gate, &up, &mut out);
+    let mut out = vec![0f32; values.len() / 2];
+    glu::forward(act, &values, width, &mut out);
     Ok(Tensor::from_vec(out, shape, gate_up.device())?)
 }
 

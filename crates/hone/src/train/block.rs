@@ -132,8 +132,8 @@ pub struct Activations {
     lse: Vec<f32>,
     x_mid: Vec<f32>,
     mlp_in_rstd: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    /// The stacked `[gate | up]` product, `[tokens, 2·intermediate]`.
+    gate_up: Vec<f32>,
     qk_raw: Option<QkRaw>,
     attn_out: Option<OutputNorm>,
     mlp_out: Option<OutputNorm>,
@@ -403,11 +403,8 @@ impl Block {
         let mut gate_up = vec![0.0; n * 2 * inter];
         let gate_up_saved = self.gate_up.forward(&input, &mut gate_up, seed(s, GATE_UP));
         drop(input);
-        let gate = columns(&gate_up, 2 * inter, 0, inter);
-        let up = columns(&gate_up, 2 * inter, inter, inter);
-        drop(gate_up);
         let mut act = vec![0.0; n * inter];
-        glu::forward(cfg.hidden_act, &gate, &up, &mut act);
+        glu::forward(cfg.hidden_act, &gate_up, inter, &mut act);
         let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
         let mlp_out = norm_branch_output(&mut o, self.norms.mlp_out.as_ref(), norm_ctx);
         add_branch(x, &o, residual);
@@ -421,8 +418,7 @@ impl Block {
             lse,
             x_mid,
             mlp_in_rstd,
-            gate,
-            up,
+            gate_up,
             qk_raw,
             attn_out,
             mlp_out,
@@ -449,17 +445,15 @@ impl Block {
         // norm where the family has it.
         let inter = cfg.intermediate_size;
         let mut act = vec![0.0; n * inter];
-        glu::forward(cfg.hidden_act, &a.gate, &a.up, &mut act);
+        glu::forward(cfg.hidden_act, &a.gate_up, inter, &mut act);
         let mut dact = vec![0.0; n * inter];
         let out_norm = a.mlp_out.as_ref().zip(mlp_out.as_mut());
         let dout = branch_output_grad(dx, residual, out_norm, norm_ctx);
         self.down_proj.backward(&dout, &act, &down_saved, &mut dact);
         drop((dout, act));
-        let (mut dgate, mut dup) = (vec![0.0; n * inter], vec![0.0; n * inter]);
-        glu::backward(cfg.hidden_act, &dact, &a.gate, &a.up, &mut dgate, &mut dup);
+        let mut dgate_up = vec![0.0; n * 2 * inter];
+        glu::backward(cfg.hidden_act, &dact, &a.gate_up, inter, &mut dgate_up);
         drop(dact);
-        let dgate_up = interleave(&[&dgate, &dup], n);
-        drop((dgate, dup));
         let (input, _) = branch_input(&a.x_mid, mlp_in.as_ref(), norm_ctx);
         let mut dinput = vec![0.0; dx.len()];
         self.gate_up
