@@ -315,6 +315,14 @@ impl ModelConfig {
                 Architecture::gguf_archs().join(", ")
             )
         })?;
+        // llama.cpp's chatglm arch also holds ChatGLM2/3 (remote-code models, a fused q|k|v
+        // `attn_qkv`); Hone reads its GLM-4 form, with q, k and v apart.
+        if arch == "chatglm" && gguf.tensor_info("blk.0.attn_qkv.weight").is_some() {
+            bail!(
+                "{file}: a ChatGLM2/ChatGLM3 GGUF (fused attn_qkv) is not supported; Hone reads \
+                 GLM-4's chatglm files (separate attn_q/attn_k/attn_v)"
+            );
+        }
         let num = |key: &str| -> Result<u64> {
             gguf.get(&format!("{arch}.{key}"))
                 .and_then(|v| v.as_u64())
