@@ -9,7 +9,8 @@ logits of PEFT's own merge.
    unmerged PEFT logits. `AutoTokenizer` loads the directory, encodes as it does for the base
    directory and applies the same chat template.
 2. Every other family's tiny model (fixtures/models/<family>, no adapter fixture): a random LoRA
-   adapter on every linear layer is made with PEFT, `hone merge` merges it, and transformers'
+   adapter on every linear layer (of the language model, for Gemma 3's multimodal checkpoint) is
+   made with PEFT, `hone merge` merges it, and transformers'
    logits of the directory are compared with PEFT's merge.
 3. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
    made with PEFT on transformers' dequantized GGUF model, `hone merge` merges it into the GGUF,
@@ -45,8 +46,16 @@ ADAPTERS = [
     ("llama-gqa-regex", "llama-gqa"),
     ("qwen3-all-linear", "qwen3"),
 ]
+# LoRA on every linear layer of a multimodal checkpoint's language model.
+TEXT_ALL_LINEAR = (
+    r"^(?!.*(?:vision_tower|multi_modal_projector)).*\.(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+
 # Tiny models of the families without an adapter fixture.
-FAMILIES = ["smollm3", "granite", "olmo2", "gemma2", "gemma3", "mistral-window", "qwen2-window"]
+FAMILIES = [
+    "smollm3", "granite", "olmo2", "gemma2", "gemma3", "mistral-window", "qwen2-window", "phi3", "phi3-long",
+    "glm", "glm4", "starcoder2", "gemma3-mm",
+]
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 
@@ -134,7 +143,9 @@ def family_cases(hone, tmp):
     ok = True
     for family in FAMILIES:
         model_dir = base_dir(tmp, family, tok)
-        peft = random_lora(load_fp32(model_dir), "all-linear")
+        # A multimodal checkpoint's adapter leaves the vision tower alone, as Hone trains it.
+        targets = TEXT_ALL_LINEAR if family == "gemma3-mm" else "all-linear"
+        peft = random_lora(load_fp32(model_dir), targets)
         adapter = tmp / f"{family}-lora"
         peft.save_pretrained(adapter)
         out = tmp / f"{family}-merged"

@@ -24,6 +24,9 @@ Cases:
                  GlmRotaryEmbedding and GLM's interleaved apply_rotary_pos_emb (pairs (2i, 2i+1)
                  on the first half of each head), 4 heads, head_dim 16. Metadata
                  `<case>.config` is an HF config.json text giving the rope settings.
+  norm_layernorm: torch.nn.functional.layer_norm with weight and bias (StarCoder2's norms):
+                 `ln_tok` [2, 13, 64], eps 1e-5; `ln_odd` [2, 41, 37], eps 1e-6, rows scaled from
+                 1e-3 to 1e3 and one constant row.
   norm_swiglu:   silu(gate) * up (LlamaMLP's act_fn(gate_proj) * up_proj) on [2, 7, 167],
                  gate spanning |x| up to 1e4 so the saturated ends of silu are exercised.
   norm_geglu:    gelu_pytorch_tanh(gate) * up (Gemma's MLP), the same shapes and extremes.
@@ -106,6 +109,25 @@ def rmsnorm(tensors, report):
 
         record(tensors, report, case, ["x", "w"], [x, w], dy, fn)
         tensors[f"{case}.rstd"] = torch.rsqrt(x.pow(2).mean(-1) + eps).reshape(-1)
+        tensors[f"{case}.eps"] = torch.tensor([eps], dtype=torch.float32)
+    return {}
+
+
+def layernorm(tensors, report):
+    """torch's LayerNorm with weight and bias (StarCoder2's norms), rows of 64 and of 37 at scales
+    from 1e-3 to 1e3 with a constant row."""
+    gen = torch.Generator().manual_seed(19)
+    for case, shape, eps in [("ln_tok", (2, 13, 64), 1e-5), ("ln_odd", (2, 41, 37), 1e-6)]:
+        d = shape[-1]
+        x = torch.randn(shape, generator=gen)
+        if case == "ln_odd":
+            x *= torch.logspace(-3, 3, shape[1]).view(1, -1, 1)
+            x[1, 7] = 0.25
+        w = torch.rand(d, generator=gen) + 0.5
+        b = torch.randn(d, generator=gen) * 0.5
+        dy = torch.randn(shape, generator=gen)
+        fn = lambda x, w, b: torch.nn.functional.layer_norm(x, (d,), w, b, eps)
+        record(tensors, report, case, ["x", "w", "b"], [x, w, b], dy, fn)
         tensors[f"{case}.eps"] = torch.tensor([eps], dtype=torch.float32)
     return {}
 
@@ -234,6 +256,7 @@ def main():
     report = []
     builds = [
         ("rmsnorm", rmsnorm),
+        ("layernorm", layernorm),
         ("rope", rope),
         ("swiglu", gated("swiglu", "silu", 13)),
         ("geglu", gated("geglu", "gelu_pytorch_tanh", 17)),

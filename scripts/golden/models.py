@@ -54,6 +54,8 @@ from transformers import (
     Glm4Config,
     Glm4ForCausalLM,
     SmolLM3Config,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
     SmolLM3ForCausalLM,
 )
 
@@ -380,6 +382,26 @@ TINY_MODELS = {
         Glm4ForCausalLM,
         Glm4Config(**GQA, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=0),
         120,
+        {},
+    ),
+    # StarCoder2: LayerNorms with biases, an ungated GELU MLP (c_fc, c_proj), biases on every linear
+    # layer (use_bias), a sliding window of 4 on every layer, GQA 4/2, tied.
+    "starcoder2": (
+        Starcoder2ForCausalLM,
+        Starcoder2Config(
+            **dict(COMMON, num_hidden_layers=2),
+            vocab_size=128,
+            intermediate_size=80,
+            num_key_value_heads=2,
+            sliding_window=4,
+            use_bias=True,
+            norm_epsilon=1e-5,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        122,
         {},
     ),
     "llama-sharded": (

@@ -22,9 +22,9 @@ sandwich (1 + w) norms, GeGLU, sliding and global layers rotating differently, p
 qkv_proj/gate_up_proj adapters, partial rotary, LongRoPE's short factors and a window, phi3-long
 with its long factors, Gemma 3's language model inside its multimodal checkpoint (targets that
 leave the vision tower alone), glm and glm4 with interleaved partial rotary, q/k/v biases and (glm4) norms
-after the branches), full
+after the branches, starcoder2 with LayerNorms, biases and its ungated GELU MLP), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
-whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4); freezing (last layer's MLP + final norm);
+whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4, starcoder2, whose LayerNorm biases train); freezing (last layer's MLP + final norm);
 3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
 
@@ -218,7 +218,7 @@ def cases():
     out = {}
     for model_dir in [
         "llama-tied", "llama-gqa", "mistral", "qwen3", "smollm3", "granite", "olmo2", "gemma2", "gemma3",
-        "phi3", "phi3-long", "glm", "glm4",
+        "phi3", "phi3-long", "glm", "glm4", "starcoder2",
     ]:
         for masked in [True, False]:
             name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
@@ -236,6 +236,7 @@ def cases():
     )
     for model_dir in [
         "llama-gqa", "llama-tied", "qwen3", "smollm3", "granite", "olmo2", "gemma2", "gemma3", "phi3", "glm4",
+        "starcoder2",
     ]:
         out[f"full_{model_dir}"] = lambda d=model_dir: base_case(f"full_{d}", d, "full", lambda n: True)
     last = "model.layers.1."

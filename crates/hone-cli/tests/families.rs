@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Each family's tiny model, what `hone info --json` says of its switches, and an eight-token
 /// greedy continuation's test: the family trains (full and LoRA) and its checkpoints generate.
-const FAMILIES: [(&str, &str, &str); 10] = [
+const FAMILIES: [(&str, &str, &str); 11] = [
     ("gemma2", "Gemma2ForCausalLM", r#""attn_softcap":2.0"#),
     (
         "gemma3",
@@ -31,6 +31,11 @@ const FAMILIES: [(&str, &str, &str); 10] = [
     ),
     // Gemma 3's multimodal checkpoint: Hone runs and saves its language model.
     ("gemma3-mm", "Gemma3ForCausalLM", r#""sliding_window""#),
+    (
+        "starcoder2",
+        "Starcoder2ForCausalLM",
+        r#""layer_norm":true"#,
+    ),
 ];
 
 #[test]

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 /// The tiny random model of each family and its switches (fixtures/models/, from
 /// scripts/golden/models.py), f32 and in one file.
-pub const FAMILY_MODELS: [&str; 14] = [
+pub const FAMILY_MODELS: [&str; 15] = [
     "llama-tied",
     "llama-gqa",
     "mistral",
@@ -23,6 +23,7 @@ pub const FAMILY_MODELS: [&str; 14] = [
     "phi3-long",
     "glm",
     "glm4",
+    "starcoder2",
 ];
 
 /// `<repo>/fixtures/<rel>`.

@@ -360,6 +360,7 @@ fn hf_sources_of_every_family_round_trip() {
             "phi3" | "phi3-long" => "phi3",
             "glm" => "chatglm",
             "glm4" => "glm4",
+            "starcoder2" => "starcoder2",
             _ => "llama",
         };
         assert_eq!(string(&f, "general.architecture"), arch);
@@ -386,6 +387,7 @@ fn hf_sources_of_every_family_round_trip() {
             "gemma2",
             "gemma3-gguf",
             "phi3",
+            "starcoder2",
         ];
         let tied = tied.contains(&name);
         assert_eq!(has("output.weight"), !tied, "{name}");
@@ -393,13 +395,13 @@ fn hf_sources_of_every_family_round_trip() {
         // Phi-3: fused q|k|v and gate|up under llama.cpp's names, LongRoPE's factor sets.
         let phi3 = arch == "phi3";
         assert_eq!(has("blk.1.attn_qkv.weight"), phi3, "{name}");
-        let fused_gate_up = phi3 || name.starts_with("glm");
+        let fused_gate_up = phi3 || name.starts_with("glm") || name == "starcoder2";
         assert_eq!(has("blk.1.ffn_gate.weight"), !fused_gate_up, "{name}");
         assert_eq!(has("rope_factors_long.weight"), phi3, "{name}");
         assert_eq!(has("rope_factors_short.weight"), phi3, "{name}");
         assert_eq!(
             has("blk.1.attn_k.bias"),
-            ["qwen2", "granite", "glm", "glm4"].contains(&name),
+            ["qwen2", "granite", "glm", "glm4", "starcoder2"].contains(&name),
             "{name}"
         );
         let qk_norm = ["qwen3", "olmo2", "gemma3-gguf"].contains(&name);
@@ -407,6 +409,7 @@ fn hf_sources_of_every_family_round_trip() {
         let post_norms = ["olmo2", "gemma2", "gemma3-gguf", "glm4"].contains(&name);
         assert_eq!(has("blk.1.post_ffw_norm.weight"), post_norms, "{name}");
         assert_eq!(has("blk.1.ffn_norm.weight"), name != "olmo2", "{name}");
+        assert_eq!(has("output_norm.bias"), name == "starcoder2", "{name}");
         let diff = max_abs_diff(
             &logits(
                 &load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu)

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use common::fixture;
 use hone::kernels::glu::{self, Activation};
-use hone::kernels::{rmsnorm, rope};
+use hone::kernels::{layernorm, rmsnorm, rope};
 use hone::model::config::ModelConfig;
 use hone::model::rope::RopeTables;
 use safetensors::{Dtype, SafeTensors};
@@ -89,6 +89,25 @@ fn rmsnorm_matches_torch() {
         rmsnorm::backward(&dy, &x, &w, &rstd, &mut dx, Some(&mut dw));
         fx.check(case, "dx", &dx);
         fx.check(case, "dw", &dw);
+    }
+}
+
+/// StarCoder2's LayerNorm: forward, input, weight and bias gradients.
+#[test]
+fn layernorm_matches_torch() {
+    let fx = Fixture::open("norm_layernorm.safetensors");
+    for case in ["ln_tok", "ln_odd"] {
+        let get = |n: &str| fx.f32(&format!("{case}.{n}"));
+        let (x, w, b, dy, eps) = (get("x"), get("w"), get("b"), get("dy"), get("eps")[0]);
+        let (mut y, mut rstd) = (vec![0.0; x.len()], vec![0.0; x.len() / w.len()]);
+        layernorm::forward(&x, &w, &b, eps, &mut y, &mut rstd);
+        fx.check(case, "y", &y);
+        let mut dx = vec![0.0; x.len()];
+        let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+        layernorm::backward(&dy, &x, &w, &rstd, &mut dx, (Some(&mut dw), Some(&mut db)));
+        fx.check(case, "dx", &dx);
+        fx.check(case, "dw", &dw);
+        fx.check(case, "db", &db);
     }
 }
 

@@ -364,6 +364,7 @@ fn full_and_partial_fine_tuning_gradients_match_torch() {
     check_gradients("full_gemma3");
     check_gradients("full_phi3");
     check_gradients("full_glm4");
+    check_gradients("full_starcoder2");
     check_gradients("full_mistral-window");
     check_gradients("freeze_llama-gqa");
 }

@@ -53,6 +53,8 @@ pub fn run(args: Args) -> Result<()> {
             "fused_qkv": cfg.architecture.fused_qkv(),
             "fused_gate_up": cfg.architecture.fused_gate_up(),
             "rotary_interleaved": cfg.architecture.rotary_interleaved(),
+            "layer_norm": cfg.architecture.layer_norm(),
+            "gated_mlp": cfg.architecture.gated_mlp(),
             "rotary_dim": cfg.rotary_dim,
             "rope_scaling": cfg.rope_scaling,
         },
@@ -174,6 +176,12 @@ fn block_switches(cfg: &ModelConfig) -> String {
     }
     if cfg.architecture.fused_gate_up() {
         on.push("fused gate_up_proj".into());
+    }
+    if cfg.architecture.layer_norm() {
+        on.push("LayerNorms with bias".into());
+    }
+    if !cfg.architecture.gated_mlp() {
+        on.push("ungated MLP".into());
     }
     if cfg.architecture.rotary_interleaved() {
         on.push("interleaved rotary pairs".into());

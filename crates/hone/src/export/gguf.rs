@@ -154,10 +154,11 @@ fn model_metadata(
     set("attention.value_length", u32_of(cfg.head_dim));
     set("rope.dimension_count", u32_of(cfg.rotary_dim));
     set("rope.freq_base", GgufValue::F32(cfg.rope_theta as f32));
-    set(
-        "attention.layer_norm_rms_epsilon",
-        GgufValue::F32(cfg.rms_norm_eps as f32),
-    );
+    let eps_key = match cfg.architecture.layer_norm() {
+        true => "attention.layer_norm_epsilon",
+        false => "attention.layer_norm_rms_epsilon",
+    };
+    set(eps_key, GgufValue::F32(cfg.rms_norm_eps as f32));
     if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
         set("rope.scaling.type", GgufValue::String("linear".into()));
         set("rope.scaling.factor", GgufValue::F32(factor as f32));
@@ -278,6 +279,9 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
         }
     }
     names.push("model.norm.weight".into());
+    if cfg.architecture.layer_norm() {
+        names.push("model.norm.bias".into());
+    }
     if has_output {
         names.push("lm_head.weight".into());
     }

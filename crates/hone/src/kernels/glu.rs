@@ -1,5 +1,6 @@
-//! Gated MLP activations, out = act(gate) · up: SwiGLU (silu, Llama) and GeGLU (GELU with the tanh
-//! approximation, transformers' `gelu_pytorch_tanh`, Gemma). The backward recomputes the
+//! MLP activations, out = act(gate) · up: SwiGLU (silu, Llama) and GeGLU (GELU with the tanh
+//! approximation, transformers' `gelu_pytorch_tanh`, Gemma); and act(x) alone for an MLP without
+//! a gate (StarCoder2). The backward recomputes the
 //! activation from `gate` instead of saving it. Both read gate and up where one matmul leaves
 //! them, side by side in each row, so nothing is copied apart.
 
@@ -88,6 +89,30 @@ pub fn backward(
                 let (value, slope) = act.value_and_slope(g);
                 *du = d * value;
                 *dg = d * u * slope;
+            }
+        });
+}
+
+/// `out = act(x)` elementwise: the activation of an MLP without a gate (StarCoder2's GELU).
+pub fn activate(act: Activation, x: &[f32], out: &mut [f32]) {
+    assert!(x.len() == out.len());
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(out, x)| {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = act.value_and_slope(x).0;
+            }
+        });
+}
+
+/// `dx = dout · act'(x)`, the backward of [`activate`].
+pub fn activate_backward(act: Activation, dout: &[f32], x: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dout.len() && dx.len() == x.len());
+    dx.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(dx, (dout, x))| {
+            for ((dx, &d), &x) in dx.iter_mut().zip(dout).zip(x) {
+                *dx = d * act.value_and_slope(x).1;
             }
         });
 }

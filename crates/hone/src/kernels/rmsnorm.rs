@@ -107,6 +107,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::central_difference;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     const EPS: f64 = 1e-5;
@@ -120,16 +121,6 @@ mod tests {
             total += (0..d).map(|j| r[j] * x[j] * rstd * w[j]).sum::<f64>();
         }
         total
-    }
-
-    fn central_difference(v: &mut [f64], i: usize, f: impl Fn(&[f64]) -> f64) -> f64 {
-        let (h, orig) = (1e-6, v[i]);
-        v[i] = orig + h;
-        let up = f(v);
-        v[i] = orig - h;
-        let down = f(v);
-        v[i] = orig;
-        (up - down) / (2.0 * h)
     }
 
     #[test]

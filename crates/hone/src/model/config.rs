@@ -3,7 +3,8 @@
 //! Field names follow transformers' `LlamaConfig`; every other family is Llama with small
 //! differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm, SmolLM3 layers without
 //! rotary embedding, Granite four scalar multipliers, OLMo 2 norms after each branch, Gemma norms
-//! on both sides, Phi-3 partial rotary and LongRoPE, GLM-4 interleaved partial rotary), captured
+//! on both sides, Phi-3 partial rotary and LongRoPE, GLM-4 interleaved partial rotary, StarCoder2
+//! LayerNorms and an ungated MLP), captured
 //! by switches such as `attention_bias`, `qk_norm`, `norm_placement`, `rotary_dim`,
 //! `no_rope_layers` and [`Scales`] rather than separate types; the switches that follow from the
 //! family alone are methods of [`Architecture`] (`families.rs`).
@@ -67,6 +68,7 @@ pub struct ModelConfig {
     /// The leading dimensions of each head that rotate, `head_dim · partial_rotary_factor`
     /// (Phi-4-mini: 96 of 128); the rest pass through unrotated. `head_dim` in most families.
     pub rotary_dim: usize,
+    /// The norms' eps (StarCoder2's LayerNorms too: its `norm_epsilon`).
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
@@ -190,6 +192,15 @@ impl ModelConfig {
         // GLM-4's q/k/v carry biases unless the config says otherwise; its o_proj never does.
         let glm = matches!(architecture, Architecture::Glm | Architecture::Glm4);
         let attention_bias = fields.bool("attention_bias")?.unwrap_or(glm);
+        // StarCoder2: one `use_bias` for every linear layer, LayerNorm's `norm_epsilon`.
+        let use_bias = match architecture {
+            Architecture::Starcoder2 => Some(fields.bool("use_bias")?.unwrap_or(true)),
+            _ => None,
+        };
+        let eps_key = match architecture {
+            Architecture::Starcoder2 => "norm_epsilon",
+            _ => "rms_norm_eps",
+        };
         let num_hidden_layers = usize_field("num_hidden_layers")?;
         let no_rope_layers = match architecture {
             Architecture::SmolLM3 => hf_no_rope_layers(&fields, num_hidden_layers)?,
@@ -226,13 +237,13 @@ impl ModelConfig {
             num_key_value_heads: num_key_value_heads.unwrap_or(num_attention_heads),
             head_dim,
             rotary_dim,
-            rms_norm_eps: fields.f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: fields.f64(eps_key)?.unwrap_or(1e-6),
             rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: fields.usize("max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: qwen2 || attention_bias,
-            o_proj_bias: !qwen2 && !glm && attention_bias,
+            attention_bias: use_bias.unwrap_or(qwen2 || attention_bias),
+            o_proj_bias: use_bias.unwrap_or(!qwen2 && !glm && attention_bias),
             qk_norm: architecture.qk_norm(),
             norm_placement: architecture.norm_placement(),
             norm_offset: architecture.norm_offset(),
@@ -244,7 +255,7 @@ impl ModelConfig {
             sliding_window,
             scales,
             attention_dropout: fields.f64("attention_dropout")?.unwrap_or(0.0),
-            mlp_bias: fields.bool("mlp_bias")?.unwrap_or(false),
+            mlp_bias: use_bias.unwrap_or(fields.bool("mlp_bias")?.unwrap_or(false)),
             bos_token_id: fields.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: fields.token_ids("eos_token_id")?,
             source_dtype: match fields.str("torch_dtype")? {
@@ -411,8 +422,9 @@ impl ModelConfig {
         // global and rotates the windowed ones with a base of their own (a key in newer files,
         // else 10000).
         let window_size = num("attention.sliding_window");
-        // Phi-3's converter writes transformers' window (0: none) for every layer; llama.cpp's
-        // phi3 graph ignores it, Hone runs it as transformers does.
+        // Phi-3's converter writes transformers' window (0: none) for every layer, as Hone's
+        // export does for StarCoder2; llama.cpp's graphs ignore it, Hone runs it as transformers
+        // does.
         let sliding_window = match (gemma_global_every(architecture), window_size) {
             (Some(every), Ok(size)) => Some(SlidingWindow {
                 size: size as usize,
@@ -420,7 +432,10 @@ impl ModelConfig {
                     .filter(|l| (l + 1) % every != 0)
                     .collect(),
             }),
-            (None, Ok(size)) if architecture == Architecture::Phi3 && size > 0 => {
+            (None, Ok(size))
+                if matches!(architecture, Architecture::Phi3 | Architecture::Starcoder2)
+                    && size > 0 =>
+            {
                 Some(SlidingWindow {
                     size: size as usize,
                     layers: (0..num_hidden_layers).collect(),
@@ -440,7 +455,9 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rotary_dim,
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon")
+                .or_else(|| float("attention.layer_norm_epsilon"))
+                .unwrap_or(1e-5),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: num("context_length").unwrap_or(2048) as usize,
@@ -453,7 +470,9 @@ impl ModelConfig {
             norm_placement: architecture.norm_placement(),
             norm_offset: architecture.norm_offset(),
             hidden_act: match architecture {
-                Architecture::Gemma2 | Architecture::Gemma3 => Activation::GeluTanh,
+                Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Starcoder2 => {
+                    Activation::GeluTanh
+                }
                 _ => Activation::Silu,
             },
             attn_softcap: softcap("attn_logit_softcapping"),
@@ -616,27 +635,24 @@ impl ModelConfig {
 
     /// Number of parameters, counting a tied LM head once.
     pub fn parameter_count(&self) -> u64 {
-        let (h, i, v) = (
-            self.hidden_size as u64,
-            self.intermediate_size as u64,
-            self.vocab_size as u64,
-        );
-        let (q, kv) = self.attention_widths();
-        let (q, kv) = (q as u64, kv as u64);
-        let mut attn = h * q + 2 * h * kv + q * h;
-        if self.attention_bias {
-            attn += q + 2 * kv;
-        }
-        if self.o_proj_bias {
-            attn += h;
-        }
-        if let Some((q_norm, k_norm)) = self.qk_norm_widths() {
-            attn += (q_norm + k_norm) as u64;
-        }
-        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let per_layer = attn + mlp + self.norm_placement.norms().len() as u64 * h;
+        let (h, v) = (self.hidden_size as u64, self.vocab_size as u64);
+        let linears: u64 = super::layout::block_linears(self)
+            .iter()
+            .map(|l| {
+                let (out, inp) = (l.out_features as u64, l.in_features as u64);
+                out * inp + if l.bias { out } else { 0 }
+            })
+            .sum();
+        let qk_norms = self.qk_norm_widths().map_or(0, |(q, k)| (q + k) as u64);
+        // A LayerNorm has a bias beside its weight.
+        let norm = if self.architecture.layer_norm() {
+            2 * h
+        } else {
+            h
+        };
+        let per_layer = linears + qk_norms + self.norm_placement.norms().len() as u64 * norm;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers as u64 * per_layer + h + head
+        v * h + self.num_hidden_layers as u64 * per_layer + norm + head
     }
 }
 

@@ -30,7 +30,7 @@ pub struct BlockLinear {
 }
 
 /// Every block linear layer that `all-linear` can select, in any family.
-pub const ALL_BLOCK_LINEARS: [&str; 9] = [
+pub const ALL_BLOCK_LINEARS: [&str; 11] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",
@@ -40,6 +40,8 @@ pub const ALL_BLOCK_LINEARS: [&str; 9] = [
     "mlp.up_proj",
     "mlp.gate_up_proj",
     "mlp.down_proj",
+    "mlp.c_fc",
+    "mlp.c_proj",
 ];
 
 /// The block's linear layers in slot order (within a slot, in the order their rows stack).
@@ -69,19 +71,20 @@ pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
         out.push(linear("self_attn.v_proj", Slot::Qkv, kv, h, qkv_bias));
     }
     out.push(linear("self_attn.o_proj", Slot::O, h, q, cfg.o_proj_bias));
-    if cfg.architecture.fused_gate_up() {
-        out.push(linear(
-            "mlp.gate_up_proj",
-            Slot::GateUp,
-            2 * i,
-            h,
-            cfg.mlp_bias,
-        ));
-    } else {
-        out.push(linear("mlp.gate_proj", Slot::GateUp, i, h, cfg.mlp_bias));
-        out.push(linear("mlp.up_proj", Slot::GateUp, i, h, cfg.mlp_bias));
+    let bias = cfg.mlp_bias;
+    if !cfg.architecture.gated_mlp() {
+        // StarCoder2's `c_proj(act(c_fc(x)))`: the GateUp slot holds the one input projection.
+        out.push(linear("mlp.c_fc", Slot::GateUp, i, h, bias));
+        out.push(linear("mlp.c_proj", Slot::Down, h, i, bias));
+        return out;
     }
-    out.push(linear("mlp.down_proj", Slot::Down, h, i, cfg.mlp_bias));
+    if cfg.architecture.fused_gate_up() {
+        out.push(linear("mlp.gate_up_proj", Slot::GateUp, 2 * i, h, bias));
+    } else {
+        out.push(linear("mlp.gate_proj", Slot::GateUp, i, h, bias));
+        out.push(linear("mlp.up_proj", Slot::GateUp, i, h, bias));
+    }
+    out.push(linear("mlp.down_proj", Slot::Down, h, i, bias));
     out
 }
 

@@ -1,5 +1,5 @@
 //! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3,
-//! Phi-3, GLM-4 as `ModelConfig`'s switches, their linear layers from `layout`): embeddings, N blocks of grouped-query attention and gated MLP with
+//! Phi-3, GLM-4, StarCoder2 as `ModelConfig`'s switches, their linear layers from `layout`): embeddings, N blocks of grouped-query attention and gated MLP with
 //! RMSNorms, final RMSNorm, LM head. Inference forward pass with a KV cache.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
@@ -16,11 +16,13 @@ use super::kv_cache::{Cache, CachedAttnShape};
 use super::layout::{block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope::RopeTables;
+use super::weights::norm_bias_name;
 use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::glu::{self, Activation};
+use crate::kernels::layernorm;
 use crate::kernels::matrix::MatrixRef;
 use crate::kernels::rmsnorm as rmsnorm_kernel;
 use crate::kernels::rope::{self as rope_kernel, RopeShape};
@@ -40,18 +42,38 @@ struct Mlp {
     down_proj: Linear,
 }
 
-/// A block's RMSNorm weights by position (those its family has, `norm_placement`), with the
-/// family's weight offset added (Gemma scales by `1 + w`).
+/// A norm's weight, with the family's offset added (Gemma scales by `1 + w`), and its bias when it
+/// is a LayerNorm (StarCoder2); an RMSNorm otherwise.
+struct Norm {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Norm {
+    fn apply(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        let Some(b) = &self.b else {
+            return Ok(rms_norm(x, &self.w, eps)?);
+        };
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        let (w, b) = (self.w.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let mut y = vec![0f32; values.len()];
+        let mut rstd = vec![0f32; values.len() / w.len()];
+        layernorm::forward(&values, &w, &b, eps, &mut y, &mut rstd);
+        Ok(Tensor::from_vec(y, x.shape(), x.device())?)
+    }
+}
+
+/// A block's norms by position (those its family has, `norm_placement`).
 #[derive(Default)]
 struct Norms {
-    attn_in: Option<Tensor>,
-    attn_out: Option<Tensor>,
-    mlp_in: Option<Tensor>,
-    mlp_out: Option<Tensor>,
+    attn_in: Option<Norm>,
+    attn_out: Option<Norm>,
+    mlp_in: Option<Norm>,
+    mlp_out: Option<Norm>,
 }
 
 impl Norms {
-    fn slot(&mut self, position: BlockNorm) -> &mut Option<Tensor> {
+    fn slot(&mut self, position: BlockNorm) -> &mut Option<Norm> {
         match position {
             BlockNorm::AttnIn => &mut self.attn_in,
             BlockNorm::AttnOut => &mut self.attn_out,
@@ -160,7 +182,7 @@ pub struct Llama {
     cfg: ModelConfig,
     embed_tokens: Weight,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Linear,
     rope: RopeTables,
     device: Device,
@@ -447,9 +469,9 @@ impl Llama {
         let residual = self.cfg.scales.residual;
         let eps = self.cfg.rms_norm_eps as f32;
         // A branch's input or output, normalized where the family has a norm.
-        let norm = |x: &Tensor, w: &Option<Tensor>| -> Result<Tensor> {
+        let norm = |x: &Tensor, w: &Option<Norm>| -> Result<Tensor> {
             Ok(match w {
-                Some(w) => rms_norm(x, w, eps)?,
+                Some(w) => w.apply(x, eps)?,
                 None => x.clone(),
             })
         };
@@ -467,7 +489,7 @@ impl Llama {
                 .mlp
                 .gate_up_proj
                 .forward_with(&input, &lora(Slot::GateUp))?;
-            let gated = gated(self.cfg.hidden_act, &gate_up)?;
+            let gated = mlp_activation(&self.cfg, &gate_up)?;
             let down = block
                 .mlp
                 .down_proj
@@ -475,7 +497,7 @@ impl Llama {
             x = (x + scaled(norm(&down, &block.norms.mlp_out)?, residual)?)?;
         }
         // Dividing the head's input divides the logits (Granite's `logits_scaling`).
-        scaled(rms_norm(&x, &self.norm, eps)?, 1.0 / self.cfg.scales.logits)
+        scaled(self.norm.apply(&x, eps)?, 1.0 / self.cfg.scales.logits)
     }
 
     /// Self-attention of a block on its q|k|v product `[b, t, (nh + 2·nkv)·hd]`: over whole
@@ -764,8 +786,20 @@ fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// `act(gate) · up` for the stacked `[..., gate | up]` product, through the vectorized kernel
+/// The MLP's activation of its input product: `act(gate) · up` for a gated family's stacked
+/// `[..., gate | up]`, `act(x)` for StarCoder2's `c_fc` output; through the vectorized kernels
 /// (candle's silu calls libm per element).
+fn mlp_activation(cfg: &ModelConfig, gate_up: &Tensor) -> Result<Tensor> {
+    if !cfg.architecture.gated_mlp() {
+        let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; values.len()];
+        glu::activate(cfg.hidden_act, &values, &mut out);
+        return Ok(Tensor::from_vec(out, gate_up.shape(), gate_up.device())?);
+    }
+    gated(cfg.hidden_act, gate_up)
+}
+
+/// `act(gate) · up` for the stacked `[..., gate | up]` product.
 fn gated(act: Activation, gate_up: &Tensor) -> Result<Tensor> {
     let mut shape = gate_up.dims().to_vec();
     let width = shape.last().copied().context("a scalar is not a product")? / 2;
@@ -798,13 +832,18 @@ impl Parts<'_> {
     }
 
     /// An RMSNorm weight with the family's offset added (`1 + w` for Gemma), as the norm scales by.
-    fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<Tensor> {
+    /// The norm whose weight is `name` (`….weight`), its bias beside it in a LayerNorm family.
+    fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<Norm> {
         let w = self.take_f32(name, shape)?;
-        Ok(if cfg.norm_offset == 0.0 {
-            w
-        } else {
-            (w + f64::from(cfg.norm_offset))?
-        })
+        let w = match cfg.norm_offset {
+            0.0 => w,
+            offset => (w + f64::from(offset))?,
+        };
+        let b = match cfg.architecture.layer_norm() {
+            true => Some(self.take_f32(&norm_bias_name(name), shape)?),
+            false => None,
+        };
+        Ok(Norm { w, b })
     }
 
     fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -820,8 +859,9 @@ impl Parts<'_> {
             return Ok(None);
         };
         let mut norm = |name: &str, width: usize| -> Result<Vec<f32>> {
-            let w = self.take_norm(&format!("{layer}.self_attn.{name}.weight"), &[width], cfg)?;
-            Ok(w.to_vec1::<f32>()?)
+            let norm =
+                self.take_norm(&format!("{layer}.self_attn.{name}.weight"), &[width], cfg)?;
+            Ok(norm.w.to_vec1::<f32>()?)
         };
         Ok(Some((norm("q_norm", q_width)?, norm("k_norm", k_width)?)))
     }

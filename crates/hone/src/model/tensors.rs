@@ -5,6 +5,16 @@
 use super::config::ModelConfig;
 use super::layout::{block_linears, BlockLinear, Slot};
 
+/// A norm's weight, and its bias in a LayerNorm family.
+fn norm_tensors(cfg: &ModelConfig, module: &str) -> Vec<(String, Vec<usize>)> {
+    let h = cfg.hidden_size;
+    let mut out = vec![(format!("{module}.weight"), vec![h])];
+    if cfg.architecture.layer_norm() {
+        out.push((format!("{module}.bias"), vec![h]));
+    }
+    out
+}
+
 /// Every weight and bias of the model `cfg` describes, with its shape, in `state_dict()` order.
 /// A tied LM head is the embedding matrix and is not listed separately, as transformers saves it.
 pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -33,10 +43,10 @@ pub fn hf_tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         }
         out.extend(mlp.into_iter().flat_map(tensors));
         for &(_, norm, _) in cfg.norm_placement.norms() {
-            out.push((format!("{p}.{norm}.weight"), vec![h]));
+            out.extend(norm_tensors(cfg, &format!("{p}.{norm}")));
         }
     }
-    out.push(("model.norm.weight".to_string(), vec![h]));
+    out.extend(norm_tensors(cfg, "model.norm"));
     if !cfg.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, h]));
     }

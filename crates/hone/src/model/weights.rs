@@ -176,6 +176,11 @@ fn checkpoint_name(cfg: &ModelConfig, name: &str) -> Option<String> {
     }
 }
 
+/// The bias beside a LayerNorm weight `….weight` (StarCoder2's norms).
+pub fn norm_bias_name(weight: &str) -> String {
+    format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(weight))
+}
+
 /// Whether HF tensor `hf_name` is an RMSNorm weight (a block's, a q/k norm or the final one).
 pub fn is_norm(hf_name: &str) -> bool {
     hf_name.ends_with("norm.weight")
@@ -201,6 +206,7 @@ pub fn hf_name(gguf_name: &str, arch: Architecture) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
+        "output_norm.bias" => Some("model.norm.bias"),
         "output.weight" => Some("lm_head.weight"),
         _ => None,
     };
@@ -221,6 +227,7 @@ pub fn gguf_name(hf_name: &str, arch: Architecture) -> Option<String> {
     let fixed = match hf_name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
+        "model.norm.bias" => Some("output_norm.bias"),
         "lm_head.weight" => Some("output.weight"),
         _ => None,
     };
@@ -252,15 +259,21 @@ pub fn layer_names(arch: Architecture) -> impl Iterator<Item = (&'static str, &'
             ("attn_k_norm", "self_attn.k_norm"),
         ]
     };
-    let mlp: &[(&str, &str)] = if arch.fused_gate_up() {
-        &[("ffn_up", "mlp.gate_up_proj")]
+    let mlp: &[(&str, &str)] = if !arch.gated_mlp() {
+        &[("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj")]
+    } else if arch.fused_gate_up() {
+        &[
+            ("ffn_up", "mlp.gate_up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ]
     } else {
-        &[("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj")]
+        &[
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ]
     };
-    let rest = [
-        ("attn_output", "self_attn.o_proj"),
-        ("ffn_down", "mlp.down_proj"),
-    ];
+    let rest = [("attn_output", "self_attn.o_proj")];
     norms
         .chain(attention.iter().copied())
         .chain(mlp.iter().copied())

@@ -9,7 +9,8 @@
 //! `1 + w` norm weights, a q/k norm before the rotary embedding (per head: Qwen3, Gemma 3; whole
 //! projection: OLMo 2), layers without rotary embedding (SmolLM3) or with their own tables (Gemma 3's
 //! sliding layers), partial and interleaved rotary (Phi-3, GLM-4), sliding windows and soft-capped
-//! scores (the attention kernel's), GeGLU, and Granite's residual multiplier on each branch. The
+//! scores (the attention kernel's), GeGLU, LayerNorms and an ungated GELU MLP (StarCoder2), and
+//! Granite's residual multiplier on each branch. The
 //! projections' parts follow `model::layout` (Phi-3's fused `qkv_proj`, GLM-4's `gate_up_proj`).
 
 use std::borrow::Cow;
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 
 use super::linear::{Projection, Saved, Tensor1};
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
-use crate::kernels::{glu, rmsnorm, rope};
+use crate::kernels::{glu, layernorm, rmsnorm, rope};
 use crate::model::config::BlockNorm;
 use crate::model::ModelConfig;
 
@@ -49,17 +50,24 @@ impl<'a> StepInputs<'a> {
     }
 }
 
+/// A norm's weight and, for a LayerNorm (StarCoder2), its bias; an RMSNorm has none.
+#[derive(Clone, Debug)]
+pub struct NormParam {
+    pub weight: Tensor1,
+    pub bias: Option<Tensor1>,
+}
+
 /// A block's RMSNorm weights by position: those its family has (`norm_placement`).
 #[derive(Clone, Debug, Default)]
 pub struct Norms {
-    pub attn_in: Option<Tensor1>,
-    pub attn_out: Option<Tensor1>,
-    pub mlp_in: Option<Tensor1>,
-    pub mlp_out: Option<Tensor1>,
+    pub attn_in: Option<NormParam>,
+    pub attn_out: Option<NormParam>,
+    pub mlp_in: Option<NormParam>,
+    pub mlp_out: Option<NormParam>,
 }
 
 impl Norms {
-    pub fn slot(&self, position: BlockNorm) -> Option<&Tensor1> {
+    pub fn slot(&self, position: BlockNorm) -> Option<&NormParam> {
         match position {
             BlockNorm::AttnIn => self.attn_in.as_ref(),
             BlockNorm::AttnOut => self.attn_out.as_ref(),
@@ -68,7 +76,7 @@ impl Norms {
         }
     }
 
-    pub fn slot_mut(&mut self, position: BlockNorm) -> &mut Option<Tensor1> {
+    pub fn slot_mut(&mut self, position: BlockNorm) -> &mut Option<NormParam> {
         match position {
             BlockNorm::AttnIn => &mut self.attn_in,
             BlockNorm::AttnOut => &mut self.attn_out,
@@ -102,8 +110,8 @@ pub struct Block {
 /// as wide as the projection (OLMo 2); the norm's rows follow from the weight's width.
 #[derive(Clone, Debug)]
 pub struct QkNorm {
-    pub q: Tensor1,
-    pub k: Tensor1,
+    pub q: NormParam,
+    pub k: NormParam,
 }
 
 /// q and k as the projection made them, before their norm, with the norms' `rstd`.
@@ -207,11 +215,15 @@ fn seed(s: &StepInputs, projection: u64) -> Option<u64> {
         .map(|seed| super::dropout::stream(seed, projection))
 }
 
-/// RMSNorm output for `x`, computing its `rstd` too.
-pub(super) fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
+/// The norm's output for `x` (RMSNorm, or LayerNorm with a bias), computing its `rstd` too.
+pub(super) fn norm(x: &[f32], p: &NormParam, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
+    let w = &p.weight;
     let mut y = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / w.value.len()];
-    rmsnorm::forward(x, &n.weights(&w.value), n.eps, &mut y, &mut rstd);
+    match &p.bias {
+        Some(b) => layernorm::forward(x, &w.value, &b.value, n.eps, &mut y, &mut rstd),
+        None => rmsnorm::forward(x, &n.weights(&w.value), n.eps, &mut y, &mut rstd),
+    }
     (y, rstd)
 }
 
@@ -220,19 +232,28 @@ pub(super) fn norm(x: &[f32], w: &Tensor1, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
 pub(super) fn norm_input_grad(
     dy: &[f32],
     x: &[f32],
-    w: &mut Tensor1,
+    p: &mut NormParam,
     rstd: &[f32],
     n: NormCtx,
 ) -> Vec<f32> {
     let mut dnorm = vec![0.0; x.len()];
-    let weights = n.weights(&w.value);
-    rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut());
+    let w = &mut p.weight;
+    match &mut p.bias {
+        Some(b) => {
+            let grads = (w.grad.as_deref_mut(), b.grad.as_deref_mut());
+            layernorm::backward(dy, x, &w.value, rstd, &mut dnorm, grads);
+        }
+        None => {
+            let weights = n.weights(&w.value);
+            rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut());
+        }
+    }
     dnorm
 }
 
 /// A branch's input as its projections see it: `x` normalized by `w` when the branch has an input
 /// norm, with the norm's scales; `x` itself otherwise.
-fn branch_input<'a>(x: &'a [f32], w: Option<&Tensor1>, n: NormCtx) -> (Cow<'a, [f32]>, Vec<f32>) {
+fn branch_input<'a>(x: &'a [f32], w: Option<&NormParam>, n: NormCtx) -> (Cow<'a, [f32]>, Vec<f32>) {
     match w {
         Some(w) => {
             let (y, rstd) = norm(x, w, n);
@@ -244,7 +265,7 @@ fn branch_input<'a>(x: &'a [f32], w: Option<&Tensor1>, n: NormCtx) -> (Cow<'a, [
 
 /// With an output norm `w`, replaces the branch output `out` by its norm and returns the output
 /// as it was, for the backward, with the norm's scales.
-fn norm_branch_output(out: &mut Vec<f32>, w: Option<&Tensor1>, n: NormCtx) -> Option<OutputNorm> {
+fn norm_branch_output(out: &mut Vec<f32>, w: Option<&NormParam>, n: NormCtx) -> Option<OutputNorm> {
     let (y, rstd) = norm(out, w?, n);
     Some(OutputNorm {
         raw: std::mem::replace(out, y),
@@ -258,7 +279,7 @@ fn norm_branch_output(out: &mut Vec<f32>, w: Option<&Tensor1>, n: NormCtx) -> Op
 fn branch_output_grad<'a>(
     dx: &'a [f32],
     residual: f32,
-    out: Option<(&OutputNorm, &mut Tensor1)>,
+    out: Option<(&OutputNorm, &mut NormParam)>,
     n: NormCtx,
 ) -> Cow<'a, [f32]> {
     let dy = branch_grad(dx, residual);
@@ -274,7 +295,7 @@ fn branch_input_grad_into(
     dx: &mut [f32],
     dinput: &[f32],
     x: &[f32],
-    input_norm: Option<(&mut Tensor1, &[f32])>,
+    input_norm: Option<(&mut NormParam, &[f32])>,
     n: NormCtx,
 ) {
     match input_norm {
@@ -301,6 +322,35 @@ impl QkNorm {
         *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q, n);
         *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k, n);
     }
+}
+
+/// The MLP's activation of its input product (`[tokens, 2·intermediate]` gate|up, or StarCoder2's
+/// ungated `[tokens, intermediate]`): `[tokens, intermediate]`.
+fn mlp_activation(cfg: &ModelConfig, gate_up: &[f32]) -> Vec<f32> {
+    let inter = cfg.intermediate_size;
+    let rows = gate_up.len() / inter / if cfg.architecture.gated_mlp() { 2 } else { 1 };
+    let mut act = vec![0.0; rows * inter];
+    match cfg.architecture.gated_mlp() {
+        true => glu::forward(cfg.hidden_act, gate_up, inter, &mut act),
+        false => glu::activate(cfg.hidden_act, gate_up, &mut act),
+    }
+    act
+}
+
+/// The gradient of the MLP's input product from `dact`, that of its activation.
+fn mlp_activation_grad(cfg: &ModelConfig, dact: &[f32], gate_up: &[f32]) -> Vec<f32> {
+    let mut dgate_up = vec![0.0; gate_up.len()];
+    match cfg.architecture.gated_mlp() {
+        true => glu::backward(
+            cfg.hidden_act,
+            dact,
+            gate_up,
+            cfg.intermediate_size,
+            &mut dgate_up,
+        ),
+        false => glu::activate_backward(cfg.hidden_act, dact, gate_up, &mut dgate_up),
+    }
+    dgate_up
 }
 
 /// Elements per rayon task in the element-wise loops below.
@@ -399,12 +449,10 @@ impl Block {
 
         let x_mid = x.to_vec();
         let (input, mlp_in_rstd) = branch_input(x, self.norms.mlp_in.as_ref(), norm_ctx);
-        let inter = cfg.intermediate_size;
-        let mut gate_up = vec![0.0; n * 2 * inter];
+        let mut gate_up = vec![0.0; n * self.gate_up.out_features()];
         let gate_up_saved = self.gate_up.forward(&input, &mut gate_up, seed(s, GATE_UP));
         drop(input);
-        let mut act = vec![0.0; n * inter];
-        glu::forward(cfg.hidden_act, &gate_up, inter, &mut act);
+        let act = mlp_activation(cfg, &gate_up);
         let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
         let mlp_out = norm_branch_output(&mut o, self.norms.mlp_out.as_ref(), norm_ctx);
         add_branch(x, &o, residual);
@@ -443,16 +491,13 @@ impl Block {
 
         // MLP: x_out = x_mid + mlp_out(down(act(gate) · up)), gate and up from mlp_in(x_mid), each
         // norm where the family has it.
-        let inter = cfg.intermediate_size;
-        let mut act = vec![0.0; n * inter];
-        glu::forward(cfg.hidden_act, &a.gate_up, inter, &mut act);
-        let mut dact = vec![0.0; n * inter];
+        let act = mlp_activation(cfg, &a.gate_up);
+        let mut dact = vec![0.0; act.len()];
         let out_norm = a.mlp_out.as_ref().zip(mlp_out.as_mut());
         let dout = branch_output_grad(dx, residual, out_norm, norm_ctx);
         self.down_proj.backward(&dout, &act, &down_saved, &mut dact);
         drop((dout, act));
-        let mut dgate_up = vec![0.0; n * 2 * inter];
-        glu::backward(cfg.hidden_act, &dact, &a.gate_up, inter, &mut dgate_up);
+        let dgate_up = mlp_activation_grad(cfg, &dact, &a.gate_up);
         drop(dact);
         let (input, _) = branch_input(&a.x_mid, mlp_in.as_ref(), norm_ctx);
         let mut dinput = vec![0.0; dx.len()];

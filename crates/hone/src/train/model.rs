@@ -11,7 +11,9 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{norm, norm_input_grad, Activations, Block, NormCtx, Norms, QkNorm, StepInputs};
+use super::block::{
+    norm, norm_input_grad, Activations, Block, NormCtx, NormParam, Norms, QkNorm, StepInputs,
+};
 use super::dropout;
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
@@ -34,7 +36,7 @@ pub struct TrainModel {
     pub(super) cfg: ModelConfig,
     pub(super) embed_tokens: MatrixParam,
     pub(super) blocks: Vec<Block>,
-    pub(super) norm: Tensor1,
+    pub(super) norm: NormParam,
     /// None when the head is tied to `embed_tokens`.
     pub(super) lm_head: Option<MatrixParam>,
     rope: RopeTables,
@@ -98,6 +100,7 @@ impl TrainModel {
             Ok((w, (spec.base)(name)))
         };
         let h = cfg.hidden_size;
+        let layer_norm = cfg.architecture.layer_norm();
         let embed_tokens = matrix_param(take("model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
         let mut lora_stream = 0u64;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
@@ -137,19 +140,19 @@ impl TrainModel {
             let o_proj = projection(Slot::O)?;
             let gate_up = projection(Slot::GateUp)?;
             let down_proj = projection(Slot::Down)?;
-            let mut norm = |name: &str, width: usize| -> Result<Tensor1> {
-                vector_param(take(&format!("{p}.{name}.weight"), &[width])?)
+            let mut norm = |name: &str, width: usize, bias: bool| -> Result<NormParam> {
+                norm_param(&mut take, &format!("{p}.{name}"), width, bias)
             };
             let qk_norm = match cfg.qk_norm_widths() {
                 Some((q_width, k_width)) => Some(QkNorm {
-                    q: norm("self_attn.q_norm", q_width)?,
-                    k: norm("self_attn.k_norm", k_width)?,
+                    q: norm("self_attn.q_norm", q_width, false)?,
+                    k: norm("self_attn.k_norm", k_width, false)?,
                 }),
                 None => None,
             };
             let mut norms = Norms::default();
             for &(position, name, _) in cfg.norm_placement.norms() {
-                *norms.slot_mut(position) = Some(norm(name, h)?);
+                *norms.slot_mut(position) = Some(norm(name, h, layer_norm)?);
             }
             blocks.push(Block {
                 norms,
@@ -163,7 +166,7 @@ impl TrainModel {
                 local_rope: cfg.window(l).is_some(),
             });
         }
-        let norm = vector_param(take("model.norm.weight", &[h])?)?;
+        let norm = norm_param(&mut take, "model.norm", h, layer_norm)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
@@ -424,6 +427,22 @@ fn lora_for(
 /// A norm weight or bias, with a gradient when it trains.
 fn vector_param((w, trains): (Weight, bool)) -> Result<Tensor1> {
     Ok(Tensor1::new(f32_values(&w)?, trains))
+}
+
+/// The norm `module` (`width` wide) through `take`: its weight and, with `bias` (a LayerNorm),
+/// its bias.
+fn norm_param(
+    take: &mut impl FnMut(&str, &[usize]) -> Result<(Weight, bool)>,
+    module: &str,
+    width: usize,
+    bias: bool,
+) -> Result<NormParam> {
+    let weight = vector_param(take(&format!("{module}.weight"), &[width])?)?;
+    let bias = match bias {
+        true => Some(vector_param(take(&format!("{module}.bias"), &[width])?)?),
+        false => None,
+    };
+    Ok(NormParam { weight, bias })
 }
 
 /// A matrix, kept in its stored type when it is frozen, with a gradient when it trains.

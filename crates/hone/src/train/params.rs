@@ -6,7 +6,7 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
 //! `base_model.model.` prefix).
 
-use super::block::Norms;
+use super::block::{NormParam, Norms};
 use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
@@ -22,10 +22,18 @@ fn visit_tensor<'a>(name: String, t: &'a mut Tensor1, f: Visitor<'a, '_>) {
     f(name, &mut t.value, t.grad.as_deref_mut());
 }
 
+/// A norm's weight and, for a LayerNorm, its bias; `module` is the norm's HF module path.
+fn visit_norm<'a>(module: &str, norm: &'a mut NormParam, f: Visitor<'a, '_>) {
+    visit_tensor(format!("{module}.weight"), &mut norm.weight, f);
+    if let Some(bias) = &mut norm.bias {
+        visit_tensor(format!("{module}.bias"), bias, f);
+    }
+}
+
 /// A block norm the family has.
-fn visit_norm<'a>(name: String, norm: &'a mut Option<Tensor1>, f: Visitor<'a, '_>) {
-    if let Some(t) = norm {
-        visit_tensor(name, t, f);
+fn visit_block_norm<'a>(module: String, norm: &'a mut Option<NormParam>, f: Visitor<'a, '_>) {
+    if let Some(norm) = norm {
+        visit_norm(&module, norm, f);
     }
 }
 
@@ -77,28 +85,27 @@ impl TrainModel {
         let placement = self.cfg.norm_placement;
         for (l, block) in self.blocks.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
-            let name =
-                |position| format!("{p}.{}.weight", placement.hf_name(position).unwrap_or(""));
+            let name = |position| format!("{p}.{}", placement.hf_name(position).unwrap_or(""));
             let Norms {
                 attn_in,
                 attn_out,
                 mlp_in,
                 mlp_out,
             } = &mut block.norms;
-            visit_norm(name(BlockNorm::AttnIn), attn_in, f);
+            visit_block_norm(name(BlockNorm::AttnIn), attn_in, f);
             visit_projection(&mut block.qkv, f);
             visit_projection(&mut block.o_proj, f);
             if let Some(norm) = &mut block.qk_norm {
-                visit_tensor(format!("{p}.self_attn.q_norm.weight"), &mut norm.q, f);
-                visit_tensor(format!("{p}.self_attn.k_norm.weight"), &mut norm.k, f);
+                visit_norm(&format!("{p}.self_attn.q_norm"), &mut norm.q, f);
+                visit_norm(&format!("{p}.self_attn.k_norm"), &mut norm.k, f);
             }
-            visit_norm(name(BlockNorm::AttnOut), attn_out, f);
-            visit_norm(name(BlockNorm::MlpIn), mlp_in, f);
+            visit_block_norm(name(BlockNorm::AttnOut), attn_out, f);
+            visit_block_norm(name(BlockNorm::MlpIn), mlp_in, f);
             visit_projection(&mut block.gate_up, f);
             visit_projection(&mut block.down_proj, f);
-            visit_norm(name(BlockNorm::MlpOut), mlp_out, f);
+            visit_block_norm(name(BlockNorm::MlpOut), mlp_out, f);
         }
-        visit_tensor("model.norm.weight".into(), &mut self.norm, f);
+        visit_norm("model.norm", &mut self.norm, f);
         if let Some(head) = &mut self.lm_head {
             visit_matrix("lm_head.weight".into(), head, f);
         }
@@ -219,25 +226,21 @@ impl TrainModel {
         for (l, block) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{l}");
             let norm = |position: BlockNorm, out: &mut Vec<(String, Vec<usize>, Vec<f32>)>| {
-                let (Some(name), Some(w)) = (
+                let (Some(name), Some(norm)) = (
                     cfg.norm_placement.hf_name(position),
                     block.norms.slot(position),
                 ) else {
                     return;
                 };
-                out.push((format!("{p}.{name}.weight"), vec![h], w.value.clone()));
+                norm_tensors(&format!("{p}.{name}"), norm, out);
             };
             norm(BlockNorm::AttnIn, &mut out);
             for proj in [&block.qkv, &block.o_proj] {
                 projection_tensors(proj, merge_lora, &mut out);
             }
             if let Some(norm) = &block.qk_norm {
-                for (name, w) in [("q_norm", &norm.q), ("k_norm", &norm.k)] {
-                    out.push((
-                        format!("{p}.self_attn.{name}.weight"),
-                        vec![w.value.len()],
-                        w.value.clone(),
-                    ));
+                for (name, norm) in [("q_norm", &norm.q), ("k_norm", &norm.k)] {
+                    norm_tensors(&format!("{p}.self_attn.{name}"), norm, &mut out);
                 }
             }
             norm(BlockNorm::AttnOut, &mut out);
@@ -247,7 +250,7 @@ impl TrainModel {
             }
             norm(BlockNorm::MlpOut, &mut out);
         }
-        out.push(("model.norm.weight".into(), vec![h], self.norm.value.clone()));
+        norm_tensors("model.norm", &self.norm, &mut out);
         if let Some(head) = &self.lm_head {
             out.push((
                 "lm_head.weight".into(),
@@ -291,5 +294,20 @@ fn projection_tensors(
                 bias.value.clone(),
             ));
         }
+    }
+}
+
+/// A norm's weight and, for a LayerNorm, its bias, under the norm's HF module path.
+fn norm_tensors(module: &str, norm: &NormParam, out: &mut Vec<(String, Vec<usize>, Vec<f32>)>) {
+    let tensors = [
+        Some((".weight", &norm.weight)),
+        norm.bias.as_ref().map(|b| (".bias", b)),
+    ];
+    for (kind, t) in tensors.into_iter().flatten() {
+        out.push((
+            format!("{module}{kind}"),
+            vec![t.value.len()],
+            t.value.clone(),
+        ));
     }
 }

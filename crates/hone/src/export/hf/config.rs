@@ -134,6 +134,13 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
         }
+        Architecture::Starcoder2 => {
+            set("use_bias", json!(cfg.attention_bias));
+            set("norm_epsilon", json!(cfg.rms_norm_eps));
+            set("sliding_window", window_size);
+            set("embedding_dropout", json!(0.0));
+            set("residual_dropout", json!(0.0));
+        }
         Architecture::Gemma2 | Architecture::Gemma3 => {
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
@@ -154,6 +161,10 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
         let local = json!({"rope_type": "default", "rope_theta": local});
         let per_type = json!({"full_attention": rope_parameters, "sliding_attention": local});
         set("rope_parameters", per_type);
+    }
+    if arch == Architecture::Starcoder2 {
+        // Its config names the LayerNorms' eps `norm_epsilon`.
+        m.remove("rms_norm_eps");
     }
     Ok(Value::Object(m))
 }
@@ -214,7 +225,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
     if let Some(window) = &cfg.sliding_window {
         let every_layer = window.layers.len() == cfg.num_hidden_layers;
         let holds = match arch {
-            Architecture::Mistral | Architecture::Phi3 => every_layer,
+            Architecture::Mistral | Architecture::Phi3 | Architecture::Starcoder2 => every_layer,
             Architecture::Qwen2
             | Architecture::Qwen3
             | Architecture::SmolLM3
@@ -259,6 +270,9 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
         }
         Architecture::Mistral | Architecture::Phi3 => layout == (false, false, false),
         Architecture::Glm | Architecture::Glm4 => !cfg.o_proj_bias && !cfg.mlp_bias,
+        Architecture::Starcoder2 => {
+            cfg.attention_bias == cfg.o_proj_bias && cfg.attention_bias == cfg.mlp_bias
+        }
         Architecture::Qwen2 => layout == (true, false, false),
         Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias

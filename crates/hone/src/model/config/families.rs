@@ -24,12 +24,13 @@ pub enum Architecture {
     Phi3,
     Glm,
     Glm4,
+    Starcoder2,
 }
 
 /// Each family's names: transformers class (`architectures`), `model_type`, and the
 /// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`, GLM-4's
 /// `GlmForCausalLM` as `chatglm`).
-const NAMES: [(Architecture, &str, &str, &str); 12] = [
+const NAMES: [(Architecture, &str, &str, &str); 13] = [
     (Architecture::Llama, "LlamaForCausalLM", "llama", "llama"),
     (
         Architecture::Mistral,
@@ -69,6 +70,12 @@ const NAMES: [(Architecture, &str, &str, &str); 12] = [
     (Architecture::Glm, "GlmForCausalLM", "glm", "chatglm"),
     // GLM-4-0414 and GLM-Z1.
     (Architecture::Glm4, "Glm4ForCausalLM", "glm4", "glm4"),
+    (
+        Architecture::Starcoder2,
+        "Starcoder2ForCausalLM",
+        "starcoder2",
+        "starcoder2",
+    ),
 ];
 
 impl Architecture {
@@ -156,6 +163,16 @@ impl Architecture {
             Architecture::Glm | Architecture::Glm4 => Some(0.5),
             _ => None,
         }
+    }
+
+    /// Whether the family's norms are LayerNorms with a bias (StarCoder2) rather than RMSNorms.
+    pub fn layer_norm(self) -> bool {
+        self == Architecture::Starcoder2
+    }
+
+    /// Whether the MLP is gated, `down(act(gate) · up)`; else `c_proj(act(c_fc(x)))` (StarCoder2).
+    pub fn gated_mlp(self) -> bool {
+        self != Architecture::Starcoder2
     }
 
     /// Whether the family rotates dimensions `(2i, 2i + 1)` together (GLM-4, as llama.cpp's NORM
@@ -549,7 +566,9 @@ pub(super) fn hf_sliding_window(
         bail!("field `layer_types`: {other:?} layers are not supported (full_attention and sliding_attention are)");
     }
     let layers: Vec<usize> = match architecture {
-        Architecture::Mistral | Architecture::Phi3 => (0..num_layers).collect(),
+        Architecture::Mistral | Architecture::Phi3 | Architecture::Starcoder2 => {
+            (0..num_layers).collect()
+        }
         Architecture::Gemma2 | Architecture::Gemma3 => match &types {
             Some(types) => sliding_layers(types, num_layers)?,
             None => {

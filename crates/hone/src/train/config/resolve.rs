@@ -23,6 +23,8 @@ pub const LINEAR_MODULES: &[&str] = &[
     "up_proj",
     "gate_up_proj",
     "down_proj",
+    "c_fc",
+    "c_proj",
 ];
 
 /// The direct children of a decoder block, which `freeze_trainable_modules` names (OLMo 2 has
