@@ -43,7 +43,8 @@ pub struct Cache {
     layers: Vec<LayerCache>,
     /// Per row, how many leading positions are padding (empty: none).
     left_pad: Vec<usize>,
-    /// Per row, the tokens fed so far (padding included), so the cache can be rebuilt.
+    /// Per row, the tokens fed so far (padding included), so the cache can be rebuilt (recorded
+    /// for LongRoPE models only).
     ids: Vec<Vec<u32>>,
     /// Whether the cached keys were rotated with LongRoPE's long factor set.
     pub(super) keys_long: bool,

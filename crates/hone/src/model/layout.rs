@@ -1,10 +1,12 @@
 //! The linear layers of a decoder block, per family: each layer's HF module name, the product it
-//! belongs to, its shape and bias. Inference (`model::llama`), training (`train::model`), the
-//! tensor list of a checkpoint and LoRA's `all-linear` all read this one list, so a family whose
-//! checkpoints fuse q|k|v (Phi-3) or gate|up (Phi-3, GLM-4) is one switch here, not one in each of
-//! them.
+//! belongs to, its shape and bias; and the MLP's activation between its two products (gated or
+//! not). Inference (`model::llama`), training (`train::model`, `train::block`), the tensor list of
+//! a checkpoint and LoRA's `all-linear` all read this one place, so a family whose checkpoints fuse
+//! q|k|v (Phi-3) or gate|up (Phi-3, GLM-4), or whose MLP has no gate (StarCoder2), is one switch
+//! here, not one in each of them.
 
 use super::config::ModelConfig;
+use crate::kernels::glu;
 
 /// The products of a block, in the order they run. Layers of one slot read the same input and run
 /// as one product, their weights stacked by rows.
@@ -103,4 +105,17 @@ pub fn linear_module_names(cfg: &ModelConfig) -> Vec<&'static str> {
         .iter()
         .map(|l| l.name.rsplit('.').next().unwrap_or(l.name))
         .collect()
+}
+
+/// The MLP's activation of the GateUp slot's product (`[tokens, 2·intermediate]` gate|up, or
+/// StarCoder2's ungated `[tokens, intermediate]`): `[tokens, intermediate]`, the Down slot's input.
+pub fn mlp_activation(cfg: &ModelConfig, gate_up: &[f32]) -> Vec<f32> {
+    if !cfg.architecture.gated_mlp() {
+        let mut act = vec![0.0; gate_up.len()];
+        glu::activate(cfg.hidden_act, gate_up, &mut act);
+        return act;
+    }
+    let mut act = vec![0.0; gate_up.len() / 2];
+    glu::forward(cfg.hidden_act, gate_up, cfg.intermediate_size, &mut act);
+    act
 }

@@ -1,6 +1,7 @@
 //! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3,
-//! Phi-3, GLM-4, StarCoder2 as `ModelConfig`'s switches, their linear layers from `layout`): embeddings, N blocks of grouped-query attention and gated MLP with
-//! RMSNorms, final RMSNorm, LM head. Inference forward pass with a KV cache.
+//! Phi-3, GLM-4, StarCoder2 as `ModelConfig`'s switches, their linear layers from `layout`):
+//! embeddings, N blocks of grouped-query attention and an MLP with their norms, final norm, LM
+//! head. Inference forward pass with a KV cache.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
 //! either f32 or in its stored type (`linear::Weight`); norms are f32.
@@ -13,7 +14,7 @@ use candle_nn::ops::rms_norm;
 
 use super::config::{BlockNorm, ModelConfig};
 use super::kv_cache::{Cache, CachedAttnShape};
-use super::layout::{block_linears, slot_linears, Slot, SLOTS};
+use super::layout::{self, block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope::RopeTables;
 use super::weights::norm_bias_name;
@@ -21,7 +22,6 @@ use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
-use crate::kernels::glu::{self, Activation};
 use crate::kernels::layernorm;
 use crate::kernels::matrix::MatrixRef;
 use crate::kernels::rmsnorm as rmsnorm_kernel;
@@ -42,23 +42,27 @@ struct Mlp {
     down_proj: Linear,
 }
 
-/// A norm's weight, with the family's offset added (Gemma scales by `1 + w`), and its bias when it
-/// is a LayerNorm (StarCoder2); an RMSNorm otherwise.
-struct Norm {
-    w: Tensor,
-    b: Option<Tensor>,
+/// A block or final norm: an RMSNorm's weight, with the family's offset added (Gemma scales by
+/// `1 + w`), or a LayerNorm's weight and bias (StarCoder2).
+enum Norm {
+    Rms(Tensor),
+    /// Weight and bias as the LayerNorm kernel reads them.
+    Layer {
+        w: Vec<f32>,
+        b: Vec<f32>,
+    },
 }
 
 impl Norm {
     fn apply(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        let Some(b) = &self.b else {
-            return Ok(rms_norm(x, &self.w, eps)?);
+        let (w, b) = match self {
+            Norm::Rms(w) => return Ok(rms_norm(x, w, eps)?),
+            Norm::Layer { w, b } => (w, b),
         };
         let values = x.flatten_all()?.to_vec1::<f32>()?;
-        let (w, b) = (self.w.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         let mut y = vec![0f32; values.len()];
         let mut rstd = vec![0f32; values.len() / w.len()];
-        layernorm::forward(&values, &w, &b, eps, &mut y, &mut rstd);
+        layernorm::forward(&values, w, b, eps, &mut y, &mut rstd);
         Ok(Tensor::from_vec(y, x.shape(), x.device())?)
     }
 }
@@ -651,7 +655,8 @@ impl Llama {
     /// with caches of their own each decide for themselves), and its generate recomputes the whole
     /// cache the first time a sequence reaches past the original context (Phi-3's
     /// `prepare_inputs_for_generation`), since every cached key and value was computed with the
-    /// short set. A cache is rebuilt here the same way, from the tokens it recorded.
+    /// short set. A cache is rebuilt here the same way, from the tokens it recorded; models without
+    /// LongRoPE record nothing.
     fn prepare_caches(
         &self,
         ids: &[u32],
@@ -660,6 +665,9 @@ impl Llama {
         context: &mut Attend,
         groups: &[(Vec<usize>, &LoraSet)],
     ) -> Result<Vec<bool>> {
+        if !self.rope.has_long() {
+            return Ok(vec![false; b]);
+        }
         let caches: Vec<&mut Cache> = match context {
             Attend::Whole => return Ok(vec![self.rope.reaches_long(positions); b]),
             Attend::Batch(cache) => {
@@ -786,27 +794,12 @@ fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// The MLP's activation of its input product: `act(gate) · up` for a gated family's stacked
-/// `[..., gate | up]`, `act(x)` for StarCoder2's `c_fc` output; through the vectorized kernels
-/// (candle's silu calls libm per element).
+/// The MLP's activation of the GateUp product (`layout::mlp_activation`), `[..., intermediate]`.
 fn mlp_activation(cfg: &ModelConfig, gate_up: &Tensor) -> Result<Tensor> {
-    if !cfg.architecture.gated_mlp() {
-        let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; values.len()];
-        glu::activate(cfg.hidden_act, &values, &mut out);
-        return Ok(Tensor::from_vec(out, gate_up.shape(), gate_up.device())?);
-    }
-    gated(cfg.hidden_act, gate_up)
-}
-
-/// `act(gate) · up` for the stacked `[..., gate | up]` product.
-fn gated(act: Activation, gate_up: &Tensor) -> Result<Tensor> {
     let mut shape = gate_up.dims().to_vec();
-    let width = shape.last().copied().context("a scalar is not a product")? / 2;
-    *shape.last_mut().expect("checked above") = width;
+    *shape.last_mut().context("a scalar is not a product")? = cfg.intermediate_size;
     let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; values.len() / 2];
-    glu::forward(act, &values, width, &mut out);
+    let out = layout::mlp_activation(cfg, &values);
     Ok(Tensor::from_vec(out, shape, gate_up.device())?)
 }
 
@@ -834,16 +827,29 @@ impl Parts<'_> {
     /// An RMSNorm weight with the family's offset added (`1 + w` for Gemma), as the norm scales by.
     /// The norm whose weight is `name` (`….weight`), its bias beside it in a LayerNorm family.
     fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<Norm> {
+        let w = self.take_norm_weight(name, shape, cfg)?;
+        if !cfg.architecture.layer_norm() {
+            return Ok(Norm::Rms(w));
+        }
+        let b = self.take_f32(&norm_bias_name(name), shape)?;
+        Ok(Norm::Layer {
+            w: w.to_vec1::<f32>()?,
+            b: b.to_vec1::<f32>()?,
+        })
+    }
+
+    /// A norm weight with the family's offset added (Gemma scales by `1 + w`).
+    fn take_norm_weight(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        cfg: &ModelConfig,
+    ) -> Result<Tensor> {
         let w = self.take_f32(name, shape)?;
-        let w = match cfg.norm_offset {
+        Ok(match cfg.norm_offset {
             0.0 => w,
             offset => (w + f64::from(offset))?,
-        };
-        let b = match cfg.architecture.layer_norm() {
-            true => Some(self.take_f32(&norm_bias_name(name), shape)?),
-            false => None,
-        };
-        Ok(Norm { w, b })
+        })
     }
 
     fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -859,9 +865,10 @@ impl Parts<'_> {
             return Ok(None);
         };
         let mut norm = |name: &str, width: usize| -> Result<Vec<f32>> {
-            let norm =
-                self.take_norm(&format!("{layer}.self_attn.{name}.weight"), &[width], cfg)?;
-            Ok(norm.w.to_vec1::<f32>()?)
+            let name = format!("{layer}.self_attn.{name}.weight");
+            Ok(self
+                .take_norm_weight(&name, &[width], cfg)?
+                .to_vec1::<f32>()?)
         };
         Ok(Some((norm("q_norm", q_width)?, norm("k_norm", k_width)?)))
     }

@@ -126,6 +126,11 @@ impl RopeTables {
         self.select_set(self.reaches_long(positions), local)
     }
 
+    /// Whether the model has LongRoPE's two factor sets.
+    pub fn has_long(&self) -> bool {
+        self.long.is_some()
+    }
+
     /// Whether a forward pass over `positions` rotates with LongRoPE's long factor set.
     pub fn reaches_long(&self, positions: &[u32]) -> bool {
         let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);

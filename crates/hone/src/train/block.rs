@@ -21,6 +21,7 @@ use super::linear::{Projection, Saved, Tensor1};
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
 use crate::kernels::{glu, layernorm, rmsnorm, rope};
 use crate::model::config::BlockNorm;
+use crate::model::layout::mlp_activation;
 use crate::model::ModelConfig;
 
 /// What varies per batch: sizes, positions (restarting inside packed rows), segments, the rotary
@@ -220,15 +221,16 @@ pub(super) fn norm(x: &[f32], p: &NormParam, n: NormCtx) -> (Vec<f32>, Vec<f32>)
     let w = &p.weight;
     let mut y = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / w.value.len()];
+    let weights = n.weights(&w.value);
     match &p.bias {
-        Some(b) => layernorm::forward(x, &w.value, &b.value, n.eps, &mut y, &mut rstd),
-        None => rmsnorm::forward(x, &n.weights(&w.value), n.eps, &mut y, &mut rstd),
+        Some(b) => layernorm::forward(x, &weights, &b.value, n.eps, &mut y, &mut rstd),
+        None => rmsnorm::forward(x, &weights, n.eps, &mut y, &mut rstd),
     }
     (y, rstd)
 }
 
-/// `rmsnorm'(dy)`, the gradient of the norm's input, accumulating the weight gradient when the
-/// weight trains (an offset added to the weight leaves its gradient as it is).
+/// `norm'(dy)`, the gradient of the norm's input, accumulating the weight (and a LayerNorm's bias)
+/// gradient when it trains (an offset added to the weight leaves its gradient as it is).
 pub(super) fn norm_input_grad(
     dy: &[f32],
     x: &[f32],
@@ -238,15 +240,13 @@ pub(super) fn norm_input_grad(
 ) -> Vec<f32> {
     let mut dnorm = vec![0.0; x.len()];
     let w = &mut p.weight;
+    let weights = n.weights(&w.value);
     match &mut p.bias {
         Some(b) => {
             let grads = (w.grad.as_deref_mut(), b.grad.as_deref_mut());
-            layernorm::backward(dy, x, &w.value, rstd, &mut dnorm, grads);
+            layernorm::backward(dy, x, &weights, rstd, &mut dnorm, grads);
         }
-        None => {
-            let weights = n.weights(&w.value);
-            rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut());
-        }
+        None => rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut()),
     }
     dnorm
 }
@@ -322,19 +322,6 @@ impl QkNorm {
         *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q, n);
         *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k, n);
     }
-}
-
-/// The MLP's activation of its input product (`[tokens, 2·intermediate]` gate|up, or StarCoder2's
-/// ungated `[tokens, intermediate]`): `[tokens, intermediate]`.
-fn mlp_activation(cfg: &ModelConfig, gate_up: &[f32]) -> Vec<f32> {
-    let inter = cfg.intermediate_size;
-    let rows = gate_up.len() / inter / if cfg.architecture.gated_mlp() { 2 } else { 1 };
-    let mut act = vec![0.0; rows * inter];
-    match cfg.architecture.gated_mlp() {
-        true => glu::forward(cfg.hidden_act, gate_up, inter, &mut act),
-        false => glu::activate(cfg.hidden_act, gate_up, &mut act),
-    }
-    act
 }
 
 /// The gradient of the MLP's input product from `dact`, that of its activation.
