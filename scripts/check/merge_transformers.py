@@ -45,6 +45,7 @@ ADAPTERS = [
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
     ("qwen3-all-linear", "qwen3"),
+    ("qwen2-dora", "qwen2"),
 ]
 # LoRA on every linear layer of a multimodal checkpoint's language model.
 TEXT_ALL_LINEAR = (
@@ -95,6 +96,8 @@ def report(name, diffs):
 def base_dir(tmp, base, tokenizer):
     """tmp/BASE: the fixture model fixtures/models/BASE with `tokenizer` saved beside it."""
     path = tmp / base
+    if path.exists():
+        return path
     path.mkdir()
     for f in (FIXTURES / "models" / base).glob("*.json"):
         (path / f.name).write_bytes(f.read_bytes())
@@ -185,13 +188,19 @@ def real_model_case(hone, gguf, tmp):
     return report("SmolLM2 GGUF + LoRA", diffs)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def check_args(doc):
+    """The checks' command line (`--hone`, `--gguf`), and one quiet torch thread."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--hone", default=str(ROOT / "target" / "debug" / "hone"))
     parser.add_argument("--gguf", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.disable_progress_bar()
+    return args
+
+
+def main():
+    args = check_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ok = fixture_cases(args.hone, tmp)

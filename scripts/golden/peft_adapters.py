@@ -85,6 +85,13 @@ ADAPTERS = {
         204,
         False,
     ),
+    # DoRA on every linear layer of Qwen2 (q/k/v biases, which DoRA leaves outside its rescaling).
+    "qwen2-dora": (
+        "qwen2",
+        dict(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True),
+        205,
+        False,
+    ),
     # target_modules as a regex string, on the GQA model whose head_dim * heads != hidden_size.
     "llama-gqa-regex": (
         "llama-gqa",
@@ -114,6 +121,9 @@ def randomize_adapter(model, seed):
             value = 0.3 * torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5
         elif name.endswith(".bias"):
             value = param + 0.3 * torch.randn(param.shape, generator=gen)
+        elif "lora_magnitude_vector" in name:
+            # DoRA's magnitudes start as the weight's row norms; move them by up to ~30%.
+            value = param * (1 + 0.15 * torch.randn(param.shape, generator=gen))
         else:
             raise AssertionError(f"unexpected trainable parameter {name}")
         param.copy_(value)

@@ -25,7 +25,10 @@ leave the vision tower alone), glm and glm4 with interleaved partial rotary, q/k
 after the branches, starcoder2 with LayerNorms, biases and its ungated GELU MLP), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
 whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4, starcoder2, whose LayerNorm biases train); freezing (last layer's MLP + final norm);
-3 AdamW steps of LoRA with clipping; and a 2-layer slice of the default model (SmolLM2-135M,
+DoRA (all-linear on llama GQA and phi3, with bias="all" on qwen2, q,v on the default model's slice; its
+magnitudes moved off their initial weight norms);
+3 AdamW steps of LoRA with clipping, and of LoRA+'s groups (LLaMA-Factory's) on a DoRA adapter with biases;
+and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
 
 Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py [--only CASE...]
@@ -75,15 +78,20 @@ def hone_name(peft_name):
     # A multimodal class's language model is `model.language_model`; Hone names it `model`.
     name = peft_name.removeprefix("base_model.model.").replace("model.language_model.", "model.", 1)
     name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+    name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
     return name.replace(".base_layer.", ".")
 
 
 def randomize_b(model, seed):
+    """B random (else A's gradient is 0); DoRA's magnitudes moved off the weight norms they start
+    at (else the rescaling m / ||W + s B A|| stays close to 1)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.05)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
 
 
 def load(model_dir):
@@ -129,12 +137,12 @@ def float32_gap(model64, ids, labels):
     return gap
 
 
-def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias="none", seed=0):
+def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias="none", dora=False, seed=0):
     torch.manual_seed(seed)
     base = load(ROOT / "fixtures" / "models" / model_dir)
     cfg = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
-        bias=bias, task_type="CAUSAL_LM",
+        bias=bias, use_dora=dora, task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, cfg)
     randomize_b(model, seed + 1)
@@ -145,7 +153,7 @@ def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias
     gap = float32_gap(model, ids, labels)
     case = {
         "model": model_dir, "method": "lora", "r": r, "alpha": alpha, "use_rslora": rslora,
-        "bias": bias, "targets": targets, "masked": masked, "f32_gap": gap,
+        "bias": bias, "use_dora": dora, "targets": targets, "masked": masked, "f32_gap": gap,
     }
     save(name, case, ids, labels, out, model, init)
 
@@ -164,18 +172,37 @@ def base_case(name, model_dir, method, trainable, seed=0):
     save(name, case, ids, labels, out, model, {})
 
 
-def adamw_case(name, model_dir, seed=0):
-    """Three AdamW steps (clipping at 1.0) on one batch, in float32 as Hone trains."""
+def loraplus_groups(named, lr, weight_decay, ratio):
+    """LLaMA-Factory's `_create_loraplus_optimizer`: lora_B and every 1-D tensor at `lr * ratio`
+    (without weight decay for biases and norms, transformers' decay rule), the rest at `lr`."""
+    groups = {"lora_a": [], "lora_b": [], "lora_b_nodecay": []}
+    for name, p in named.items():
+        if "lora_B" in name or p.ndim == 1:
+            groups["lora_b" if "bias" not in name and "norm" not in name else "lora_b_nodecay"].append(p)
+        else:
+            groups["lora_a"].append(p)
+    return [
+        dict(params=groups["lora_a"], lr=lr, weight_decay=weight_decay),
+        dict(params=groups["lora_b"], lr=lr * ratio, weight_decay=weight_decay),
+        dict(params=groups["lora_b_nodecay"], lr=lr * ratio, weight_decay=0.0),
+    ]
+
+
+def adamw_case(name, model_dir, loraplus_ratio=None, seed=0):
+    """Three AdamW steps (clipping at 1.0) on one batch, in float32 as Hone trains. With
+    `loraplus_ratio`: LoRA+'s groups on a DoRA adapter with trained biases (1-D tensors both)."""
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "models" / model_dir, dtype=torch.float32)
+    extra = dict(use_dora=True, bias="all") if loraplus_ratio else {}
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-                     task_type="CAUSAL_LM")
+                     task_type="CAUSAL_LM", **extra)
     model = get_peft_model(base, cfg)
     randomize_b(model, seed + 1)
     params = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
     tensors = {f"init.{k}": p.detach().clone() for k, p in params.items()}
     ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
-    opt = torch.optim.AdamW(params.values(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    groups = loraplus_groups(params, 1e-3, 0.01, loraplus_ratio) if loraplus_ratio else params.values()
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     losses = []
     for step in range(1, 4):
         opt.zero_grad()
@@ -189,27 +216,30 @@ def adamw_case(name, model_dir, seed=0):
     tensors.update({"input_ids": ids, "labels": labels, "losses": torch.tensor(losses)})
     case = {"model": model_dir, "method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"],
             "lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0}
+    if loraplus_ratio:
+        case.update(use_dora=True, bias="all", loraplus_lr_ratio=loraplus_ratio)
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / f"{name}.safetensors",
               metadata={"case": json.dumps(case)})
     print(f"{name}: losses {losses}")
 
 
-def default_model_case(name, layers=2, seed=0):
-    """LoRA r=4 on q_proj,v_proj over the first `layers` layers of the real default model."""
+def default_model_case(name, layers=2, dora=False, seed=0):
+    """LoRA (or DoRA) r=4 on q_proj,v_proj over the first `layers` layers of the real default model."""
     if not DEFAULT_GGUF.exists():
         raise SystemExit(f"{DEFAULT_GGUF} is missing: run scripts/fetch-model.sh")
     torch.manual_seed(seed)
     full = AutoModelForCausalLM.from_pretrained(DEFAULT_GGUF.parent, gguf_file=DEFAULT_GGUF.name, dtype=torch.float64)
     full.model.layers = full.model.layers[:layers]
     full.config.num_hidden_layers = layers
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], use_dora=dora,
+                     task_type="CAUSAL_LM")
     model = get_peft_model(full, cfg)
     randomize_b(model, seed + 1)
     init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     ids, labels = batch(model.config.vocab_size, 2, 32, [10, 4], [0, 5], seed + 2)
     out = run(model, ids, labels)
     case = {"model": "default", "layers": layers, "method": "lora", "r": 4, "alpha": 8, "use_rslora": False,
-            "bias": "none", "targets": ["q_proj", "v_proj"], "masked": True, "logits_slice": 512}
+            "bias": "none", "use_dora": dora, "targets": ["q_proj", "v_proj"], "masked": True, "logits_slice": 512}
     save(name, case, ids, labels, out, model, init, logits_slice=512)
 
 
@@ -245,7 +275,13 @@ def cases():
         lambda n: n.startswith(last + "mlp.") or n.startswith(last + "post_attention_layernorm") or n == "model.norm.weight",
     )
     out["adamw_lora_llama-gqa"] = lambda: adamw_case("adamw_lora_llama-gqa", "llama-gqa")
+    out["adamw_loraplus_qwen2"] = lambda: adamw_case("adamw_loraplus_qwen2", "qwen2", loraplus_ratio=16.0)
     out["lora_default_2layers"] = lambda: default_model_case("lora_default_2layers")
+    # DoRA: every linear layer (Phi-3's fused ones too), trained biases, and the default model's q,v.
+    for model_dir in ["llama-gqa", "phi3"]:
+        out[f"dora_{model_dir}_masked"] = lambda d=model_dir: lora_case(f"dora_{d}_masked", d, "all-linear", True, dora=True)
+    out["dora_qwen2_bias_all"] = lambda: lora_case("dora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all", dora=True)
+    out["dora_default_2layers"] = lambda: default_model_case("dora_default_2layers", dora=True)
     return out
 
 

@@ -1,6 +1,6 @@
 //! `hone export`: a GGUF that generates what its source generates, the Modelfile beside it, and
-//! bad input (unknown quant type, adapter for another base, missing adapter files, existing output,
-//! a write that fails midway) as a one-line error that leaves nothing behind.
+//! bad input (unknown quant type, adapter for another base, missing adapter files, a DoRA adapter
+//! alone, existing output, a write that fails midway) as a one-line error that leaves nothing behind.
 
 mod common;
 
@@ -42,7 +42,8 @@ fn bad_input_is_a_one_line_error_leaving_nothing() {
     std::fs::write(&existing, "keep me").unwrap();
     let out = tmp.path().join("out.gguf");
     let qwen_adapter = fixture("adapters/qwen2-all-linear");
-    let cases: [(&[&str], &Path, &str); 5] = [
+    let dora_adapter = fixture("adapters/qwen2-dora");
+    let cases: [(&[&str], &Path, &str); 6] = [
         (&["--quant", "q3_k"], &out, "q3_k"),
         // Made for Qwen2 (vocabulary 160, biases): shapes differ from the tiny Llama's.
         (&["--adapter", arg(&qwen_adapter)], &out, "model.layers.0."),
@@ -53,6 +54,12 @@ fn bad_input_is_a_one_line_error_leaving_nothing() {
             "adapter_config.json",
         ),
         (&["--quant", "q8_0"], &existing, "already exists"),
+        // llama.cpp's LoRA adapters have no DoRA magnitudes.
+        (
+            &["--adapter", arg(&dora_adapter), "--adapter-only"],
+            &out,
+            "DoRA adapter (use_dora)",
+        ),
     ];
     let before = dir_entries(tmp.path());
     for (extra, out, expected) in cases {

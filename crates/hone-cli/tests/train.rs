@@ -159,6 +159,13 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
 
     let model_path = fixture("tokenizer/tiny-spm.gguf");
     let model = arg(&model_path);
+    let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
+    let base = answer_first_row(&["--model", model]);
+    assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
+}
+
+/// `hone generate` with `args`, answering the first training question (8 greedy tokens).
+fn answer_first_row(args: &[&str]) -> common::Run {
     let prompt = [
         "--prompt",
         TRAIN_ROWS[0].0,
@@ -166,15 +173,83 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
         "--max-new-tokens",
         "8",
     ];
-    let tuned = hone(
-        &[
-            &["generate", "--model", model, "--adapter", arg(&out)][..],
-            &prompt[..],
-        ]
-        .concat(),
+    hone(&[&["generate"][..], args, &prompt[..]].concat())
+}
+
+/// `use_dora: true`: the loss falls, the adapter carries PEFT's `lora_magnitude_vector` (moved by
+/// training), and it generates unmerged and merged alike (`hone merge` rescales the rows).
+#[test]
+fn dora_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let lora_out = format!("output_dir={}", dir.path().join("lora").display());
+    let lora = hone(&["train", arg(&config), "max_steps=1", &lora_out]);
+    let run = hone(&[
+        "train",
+        arg(&config),
+        "use_dora=true",
+        "max_steps=30",
+        "learning_rate=3e-2",
+    ]);
+    run.ok();
+    let trainable = |stderr: &str| -> usize {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("trainable params: "))
+            .unwrap();
+        let count = line.split("trainable params: ").nth(1).unwrap();
+        count
+            .split(' ')
+            .next()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap()
+    };
+    // One magnitude per output feature of the 7 linear layers of tiny-spm's one block (hidden 16,
+    // 2 heads of 8 with 1 key/value head, MLP 32): q 16, k 8, v 8, o 16, gate 32, up 32, down 16.
+    assert_eq!(trainable(&run.stderr), trainable(&lora.stderr) + 128);
+    let out = dir.path().join("out");
+    let losses = losses(&out);
+    assert!(
+        losses[29] < losses[0] - 0.1,
+        "the loss did not fall: {losses:?}"
     );
-    let base = hone(&[&["generate", "--model", model][..], &prompt[..]].concat());
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["use_dora"], true);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let m = st
+        .tensor("base_model.model.model.layers.0.mlp.gate_proj.lora_magnitude_vector")
+        .unwrap();
+    assert_eq!(m.shape(), [32]);
+
+    let model_path = fixture("tokenizer/tiny-spm.gguf");
+    let model = arg(&model_path);
+    let generate = answer_first_row;
+    let tuned = generate(&["--model", model, "--adapter", arg(&out)]);
+    let exact = generate(&["--model", model, "--adapter", arg(&out), "--exact"]);
+    let base = generate(&["--model", model]);
     assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
+    let merged = dir.path().join("merged");
+    let args = [
+        "merge",
+        "--model",
+        model,
+        "--adapter",
+        arg(&out),
+        "--out",
+        arg(&merged),
+    ];
+    hone(&args).ok();
+    let from_merged = generate(&["--model", arg(&merged)]);
+    assert_eq!(
+        from_merged.ok(),
+        exact.ok(),
+        "merged and unmerged DoRA differ"
+    );
 }
 
 #[test]
@@ -254,6 +329,25 @@ fn full_and_freeze_runs_write_hf_checkpoints_that_load() {
             "2",
         ]);
         info.ok();
+    }
+}
+
+/// Every example config resolves (the keys they set, as `hone train` reads them).
+#[test]
+fn the_example_configs_resolve() {
+    let examples = fixture("../examples/identity");
+    for (file, expected) in [
+        ("train_lora.yaml", "use_dora: false"),
+        ("train_dora.yaml", "use_dora: true"),
+    ] {
+        let config = examples.join(file);
+        let text = hone(&["train", "--print-config", arg(&config)])
+            .ok()
+            .to_string();
+        assert!(
+            text.contains(expected),
+            "{file}: {expected} missing from:\n{text}"
+        );
     }
 }
 

@@ -89,14 +89,24 @@ fn set_config_field(dir: &Path, field: &str, value: serde_json::Value) {
 fn unsupported_configs_name_file_line_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = scratch_copy(tmp.path(), "llama-tied-qv");
-    set_config_field(&dir, "use_dora", serde_json::json!(true));
+    set_config_field(&dir, "lora_bias", serde_json::json!(true));
     let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
     let line = 1 + text
         .lines()
-        .position(|l| l.contains("\"use_dora\""))
+        .position(|l| l.contains("\"lora_bias\""))
         .unwrap();
-    let expected = format!("adapter_config.json:{line}: use_dora: true is not supported");
-    assert_mentions(&read_error(&dir), &[&expected, "DoRA"]);
+    let expected = format!("adapter_config.json:{line}: lora_bias: true is not supported");
+    assert_mentions(&read_error(&dir), &[&expected, "lora_B"]);
+
+    set_config_field(&dir, "lora_bias", serde_json::json!(false));
+    set_config_field(&dir, "use_dora", serde_json::json!(true));
+    assert_mentions(
+        &read_error(&dir),
+        &[
+            "adapter_model.safetensors:",
+            "use_dora is set but the module has no lora_magnitude_vector",
+        ],
+    );
 
     set_config_field(&dir, "use_dora", serde_json::json!(false));
     set_config_field(&dir, "peft_type", serde_json::json!("IA3"));
@@ -139,12 +149,21 @@ fn unknown_tensors_and_unpaired_matrices() {
     write(&views, &dora);
     assert_mentions(
         &read_error(&dora),
-        &["adapter_model.safetensors", key, "not supported"],
+        &[
+            "adapter_model.safetensors",
+            "model.layers.0.self_attn.q_proj: has a lora_magnitude_vector (DoRA) but use_dora is not set",
+        ],
+    );
+    let loha = "base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a";
+    views.push((loha.to_string(), views.last().unwrap().1.clone()));
+    views.retain(|(k, _)| k != key);
+    write(&views, &dora);
+    assert_mentions(
+        &read_error(&dora),
+        &["adapter_model.safetensors", loha, "not supported"],
     );
 
-    views.retain(|(k, _)| {
-        !k.ends_with("layers.1.self_attn.v_proj.lora_A.weight") && !k.contains("magnitude")
-    });
+    views.retain(|(k, _)| !k.ends_with("layers.1.self_attn.v_proj.lora_A.weight") && k != loha);
     write(&views, &dir);
     assert_mentions(
         &read_error(&dir),

@@ -1,5 +1,6 @@
-//! LoRA adapters written by PEFT (fixtures from scripts/golden/peft_adapters.py), read by Hone and
-//! merged into their base models, give the logits of PEFT's adapted models.
+//! LoRA and DoRA adapters written by PEFT (fixtures from scripts/golden/peft_adapters.py), read by
+//! Hone and merged into their base models (or applied unmerged), give the logits of PEFT's adapted
+//! models.
 
 mod common;
 
@@ -8,14 +9,6 @@ use common::{fixture, load_tensors, max_abs_diff};
 use hone::adapters::{self, read_adapter, Bias};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
-
-/// (adapter, base model) under fixtures/adapters and fixtures/models.
-const ADAPTERS: [(&str, &str); 4] = [
-    ("llama-tied-qv", "llama-tied"),
-    ("qwen2-all-linear", "qwen2"),
-    ("llama-gqa-regex", "llama-gqa"),
-    ("qwen3-all-linear", "qwen3"),
-];
 
 fn adapted_model(adapter: &str, base: &str) -> Llama {
     let (cfg, mut w) = weights::load(
@@ -30,7 +23,7 @@ fn adapted_model(adapter: &str, base: &str) -> Llama {
 
 #[test]
 fn merged_adapters_give_peft_logits() {
-    for (name, base) in ADAPTERS {
+    for (name, base) in common::PEFT_ADAPTERS {
         let golden = load_tensors(&fixture(&format!("adapters/{name}.golden.safetensors")));
         let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
         let logits = adapted_model(name, base).forward(&ids, None).unwrap();
@@ -42,7 +35,7 @@ fn merged_adapters_give_peft_logits() {
 /// On the stored-type path adapters stay unmerged (`W·x + s·B(A·x)`): the same logits.
 #[test]
 fn unmerged_adapters_give_peft_logits() {
-    for (name, base) in ADAPTERS {
+    for (name, base) in common::PEFT_ADAPTERS {
         let golden = load_tensors(&fixture(&format!("adapters/{name}.golden.safetensors")));
         let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
         let source = ModelSource::HfDir(fixture(&format!("models/{base}")));

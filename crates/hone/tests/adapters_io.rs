@@ -86,6 +86,7 @@ fn small_adapter(base: &str) -> Adapter {
         in_features: 32,
         out_features: 32,
         scale: 2.0,
+        magnitude: None,
     };
     Adapter {
         config,

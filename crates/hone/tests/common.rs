@@ -26,6 +26,16 @@ pub const FAMILY_MODELS: [&str; 15] = [
     "starcoder2",
 ];
 
+/// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py) and their
+/// base models under fixtures/models.
+pub const PEFT_ADAPTERS: [(&str, &str); 5] = [
+    ("llama-tied-qv", "llama-tied"),
+    ("qwen2-all-linear", "qwen2"),
+    ("llama-gqa-regex", "llama-gqa"),
+    ("qwen3-all-linear", "qwen3"),
+    ("qwen2-dora", "qwen2"),
+];
+
 /// `<repo>/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,14 +10,6 @@ use hone::adapters::read_adapter;
 use hone::io::source::ModelSource;
 use hone::model::{weights, Cache, Llama, LoraSet};
 
-/// (adapter, base model) under fixtures/adapters and fixtures/models.
-const ADAPTERS: [(&str, &str); 4] = [
-    ("llama-tied-qv", "llama-tied"),
-    ("qwen2-all-linear", "qwen2"),
-    ("llama-gqa-regex", "llama-gqa"),
-    ("qwen3-all-linear", "qwen3"),
-];
-
 fn stored_model(base: &str) -> Llama {
     let source = ModelSource::HfDir(fixture(&format!("models/{base}")));
     let (cfg, w) = weights::load_stored(&source, &Device::Cpu).unwrap();
@@ -63,7 +55,7 @@ fn stepped(
 
 #[test]
 fn adapted_rows_in_a_shared_batch_give_peft_logits() {
-    for (name, base) in ADAPTERS {
+    for (name, base) in common::PEFT_ADAPTERS {
         let model = stored_model(base);
         let (ids, want) = golden(name);
         let set = model.lora_set(&read_adapter(&fixture(&format!("adapters/{name}"))).unwrap());
@@ -87,7 +79,7 @@ fn adapted_rows_in_a_shared_batch_give_peft_logits() {
 
 #[test]
 fn base_rows_beside_adapted_ones_give_the_base_logits() {
-    for (name, base) in ADAPTERS {
+    for (name, base) in common::PEFT_ADAPTERS {
         let model = stored_model(base);
         let (ids, _) = golden(name);
         let set = model.lora_set(&read_adapter(&fixture(&format!("adapters/{name}"))).unwrap());

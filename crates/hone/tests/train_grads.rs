@@ -1,7 +1,7 @@
 //! Whole-model gradient parity of the training engine against transformers + PEFT (fixtures from
 //! `scripts/golden/train_grads.py`, float64 references): loss, logits of the adapted model, and
 //! the gradient of every trainable tensor, for LoRA (every tiny architecture, with and without
-//! prompt masking, biases, rsLoRA), full fine-tuning, freezing, a slice of the real default
+//! prompt masking, biases, rsLoRA), DoRA, full fine-tuning, freezing, a slice of the real default
 //! model (its Q4_1 weights expanded to f32, and kept as stored: QLoRA), recomputed activations,
 //! and three AdamW steps. Errors are max|ours − ref| / max|ref| per tensor.
 
@@ -148,6 +148,7 @@ fn lora_settings(meta: &Value) -> LoraSettings {
     let r = meta["r"].as_u64().unwrap() as usize;
     let mut config = AdapterConfig::new(r, meta["alpha"].as_f64().unwrap(), targets);
     config.use_rslora = meta["use_rslora"].as_bool().unwrap_or(false);
+    config.use_dora = meta["use_dora"].as_bool().unwrap_or(false);
     config.bias = match meta["bias"].as_str().unwrap_or("none") {
         "none" => Bias::None,
         "all" => Bias::All,
@@ -157,7 +158,8 @@ fn lora_settings(meta: &Value) -> LoraSettings {
     LoraSettings::new(config, 0).unwrap()
 }
 
-/// The LoRA A/B pairs the case starts from (`init.<module>.lora_A.weight`), as an adapter.
+/// The LoRA A/B pairs (and DoRA magnitudes) the case starts from (`init.<module>.lora_A.weight`),
+/// as an adapter.
 fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
     let mut modules = BTreeMap::new();
     for (name, a) in &case.tensors {
@@ -176,6 +178,10 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
             in_features,
             out_features,
             scale: settings.matcher.scale(module).unwrap(),
+            magnitude: case
+                .tensors
+                .get(&format!("init.{module}.lora_magnitude_vector"))
+                .map(f32s),
         };
         modules.insert(module.to_string(), weights);
     }
@@ -350,6 +356,26 @@ fn lora_bias_modes_and_rslora_match_peft() {
     check_gradients("lora_qwen2_lora_only");
     check_gradients("lora_qwen2-window_masked");
     check_gradients("rslora_llama-gqa_qv");
+}
+
+/// DoRA: the magnitudes' gradients, and A's and B's through the rescaled direction, with the norm
+/// detached as PEFT does; on stored weights too (QLoRA), and with recomputed activations.
+#[test]
+fn dora_gradients_match_peft() {
+    check_gradients("dora_llama-gqa_masked");
+    check_gradients("dora_phi3_masked");
+    check_gradients("dora_qwen2_bias_all");
+    check_gradients("dora_default_2layers");
+    let stored = Variant {
+        stored: true,
+        ..Variant::default()
+    };
+    check_gradients_with("dora_default_2layers", stored);
+    let recompute = Variant {
+        recompute: true,
+        ..Variant::default()
+    };
+    check_gradients_with("dora_llama-gqa_masked", recompute);
 }
 
 #[test]

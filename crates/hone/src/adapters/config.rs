@@ -1,7 +1,7 @@
 //! PEFT's `adapter_config.json` for LoRA (`peft.LoraConfig`): field names and defaults as in PEFT,
 //! the fields Hone interprets typed, every other field kept as read so that writing the config
 //! back loses nothing. PEFT adds fields every release, so unknown fields are accepted; fields whose
-//! value changes what the adapter computes in ways Hone does not implement (DoRA, `lora_bias`,
+//! value changes what the adapter computes in ways Hone does not implement (`lora_bias`,
 //! `modules_to_save`, ...) are refused by [`AdapterConfig::validate`], naming the field.
 
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,9 @@ pub struct AdapterConfig {
     pub bias: Bias,
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA: each adapted layer also learns a magnitude per output row (`lora_magnitude_vector`).
+    #[serde(default)]
+    pub use_dora: bool,
     #[serde(default = "default_init")]
     pub init_lora_weights: InitLoraWeights,
     #[serde(default)]
@@ -125,8 +128,7 @@ fn peft_defaults() -> Map<String, Value> {
         "loftq_config": {}, "lora_bias": false, "lora_ga_config": null, "megatron_config": null,
         "megatron_core": "megatron.core", "modules_to_save": null, "monteclora_config": null,
         "peft_version": PEFT_VERSION, "qalora_group_size": 16, "target_parameters": null,
-        "trainable_token_indices": null, "use_bdlora": null, "use_dora": false,
-        "use_qalora": false, "velora_config": null,
+        "trainable_token_indices": null, "use_bdlora": null, "use_qalora": false, "velora_config": null,
     });
     match defaults {
         Value::Object(m) => m,
@@ -135,11 +137,7 @@ fn peft_defaults() -> Map<String, Value> {
 }
 
 /// Fields that, when set, make the adapter compute something Hone does not, and why.
-const UNSUPPORTED: [(&str, &str); 14] = [
-    (
-        "use_dora",
-        "DoRA adapters rescale each weight column by a learned magnitude",
-    ),
+const UNSUPPORTED: [(&str, &str); 13] = [
     (
         "fan_in_fan_out",
         "it is for GPT-2 style Conv1D layers; Llama layers store weights [out, in]",
@@ -197,6 +195,7 @@ impl AdapterConfig {
             exclude_modules: None,
             bias: Bias::None,
             use_rslora: false,
+            use_dora: false,
             init_lora_weights: default_init(),
             layers_to_transform: None,
             layers_pattern: None,
@@ -236,6 +235,7 @@ impl AdapterConfig {
             "exclude_modules": self.exclude_modules,
             "bias": self.bias,
             "use_rslora": self.use_rslora,
+            "use_dora": self.use_dora,
             "init_lora_weights": self.init_lora_weights,
             "layers_to_transform": self.layers_to_transform,
             "layers_pattern": self.layers_pattern,
@@ -370,7 +370,7 @@ mod tests {
                 r#"{"peft_type": "IA3"}"#,
                 "peft_type: \"IA3\" is not supported",
             ),
-            (r#"{"use_dora": true}"#, "use_dora: true is not supported"),
+            (r#"{"lora_bias": true}"#, "lora_bias: true is not supported"),
             (r#"{"fan_in_fan_out": true}"#, "fan_in_fan_out: true"),
             (
                 r#"{"modules_to_save": ["lm_head"]}"#,
@@ -391,7 +391,7 @@ mod tests {
             assert!(format!("{err:#}").contains(expected), "{json}: {err:#}");
         }
         for ok in [
-            r#"{"use_dora": false}"#,
+            r#"{"use_dora": true}"#,
             r#"{"modules_to_save": []}"#,
             r#"{"init_lora_weights": "gaussian"}"#,
         ] {

@@ -1,13 +1,14 @@
 //! Merging an adapter into a model's f32 weights (HF tensor names), as PEFT's
-//! `merge_and_unload(safe_merge=True)` does: `W += scale · B · A` for each target module, refusing a
-//! result that is not finite; biases saved with the adapter replace the model's.
+//! `merge_and_unload(safe_merge=True)` does: `W += scale · B · A` for each target module (DoRA then
+//! rescales each row to its magnitude), refusing a result that is not finite; biases saved with the
+//! adapter replace the model's.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::{Adapter, LoraWeights};
+use super::{dora, Adapter, LoraWeights};
 use crate::model::ModelConfig;
 
 /// Merge `adapter` into `weights`. Errors name the module when the adapter does not fit the model.
@@ -23,15 +24,14 @@ pub fn merge(
         let name = format!("{module}.weight");
         let w = &weights[&name];
         let merged = (w + delta(lora, w.device())?)?;
-        if !merged
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .all(|v| v.is_finite())
-        {
+        let mut values = merged.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(magnitude) = &lora.magnitude {
+            dora::rescale_rows(&mut values, lora.in_features, magnitude);
+        }
+        if !values.iter().all(|v| v.is_finite()) {
             bail!("{module}: merging the adapter gives non-finite weights (NaN or infinity); the adapter is broken");
         }
-        weights.insert(name, merged);
+        weights.insert(name, Tensor::from_vec(values, merged.dims(), w.device())?);
     }
     for (name, bias) in &adapter.biases {
         let replacement = Tensor::from_slice(bias, bias.len(), weights[name].device())?;

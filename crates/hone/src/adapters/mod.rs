@@ -4,8 +4,11 @@
 //!
 //! A LoRA adapter adds `scale · B · A` to a linear layer's weight `W [out, in]`, with
 //! `A [r, in]`, `B [out, r]` and `scale = alpha / r` (or `alpha / sqrt(r)` for rank-stabilised LoRA).
+//! A DoRA adapter (`use_dora`) also rescales each output row of the result to a learned magnitude
+//! ([`dora`]).
 
 pub mod config;
+pub mod dora;
 pub mod merge;
 pub mod peft;
 pub mod targets;
@@ -40,6 +43,20 @@ pub struct LoraWeights {
     pub out_features: usize,
     /// What `B · A` is multiplied by before it is added to the weight (see [`lora_scale`]).
     pub scale: f64,
+    /// DoRA's `lora_magnitude_vector`, `[out_features]` (None: plain LoRA).
+    pub magnitude: Option<Vec<f32>>,
+}
+
+impl LoraWeights {
+    /// The update `scale · B·A`, borrowed.
+    pub fn low_rank(&self) -> dora::LowRank<'_> {
+        dora::LowRank {
+            a: &self.a,
+            b: &self.b,
+            r: self.r,
+            scale: self.scale as f32,
+        }
+    }
 }
 
 /// A LoRA adapter: its config, the LoRA matrices of each target module, and the bias tensors PEFT
@@ -81,6 +98,16 @@ impl Adapter {
                     w.in_features,
                     w.out_features
                 );
+            }
+            match (&w.magnitude, self.config.use_dora) {
+                (None, true) => bail!("{module}: use_dora is set but the module has no lora_magnitude_vector"),
+                (Some(_), false) => bail!("{module}: has a lora_magnitude_vector (DoRA) but use_dora is not set"),
+                (Some(m), true) if m.len() != w.out_features => bail!(
+                    "{module}: lora_magnitude_vector has {} values, not one per output feature ({})",
+                    m.len(),
+                    w.out_features
+                ),
+                _ => {}
             }
             let scale = matcher.scale(module)?;
             if (w.scale - scale).abs() > 1e-9 * scale.abs().max(1.0) {

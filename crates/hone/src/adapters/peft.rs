@@ -1,5 +1,6 @@
 //! Reading a PEFT adapter directory, and the tensor names PEFT uses in `adapter_model.safetensors`:
-//! `base_model.model.<module>.lora_A.weight` `[r, in]`, `....lora_B.weight` `[out, r]`, and with
+//! `base_model.model.<module>.lora_A.weight` `[r, in]`, `....lora_B.weight` `[out, r]`, DoRA's
+//! `....lora_magnitude_vector` `[out]`, and with
 //! `bias` "all" / "lora_only" the trained biases, `base_model.model.<module>.base_layer.bias` for a
 //! LoRA-wrapped module and `base_model.model.<module>.bias` for any other.
 
@@ -22,6 +23,8 @@ const PICKLED_WEIGHTS_FILE: &str = "adapter_model.bin";
 pub(super) const KEY_PREFIX: &str = "base_model.model.";
 const LORA_A: &str = ".lora_A.weight";
 const LORA_B: &str = ".lora_B.weight";
+/// DoRA's magnitudes (PEFT drops the `.weight` of its `DoraLinearLayer` from the key).
+pub(super) const MAGNITUDE: &str = ".lora_magnitude_vector";
 /// A wrapped module's own bias, as PEFT names it.
 pub(super) const WRAPPED_BIAS: &str = ".base_layer.bias";
 
@@ -109,6 +112,7 @@ fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
 enum Part {
     A(String),
     B(String),
+    Magnitude(String),
     /// A bias, by HF tensor name.
     Bias(String),
 }
@@ -123,6 +127,9 @@ fn classify(key: &str) -> Result<Part> {
     if let Some(module) = rest.strip_suffix(LORA_B) {
         return Ok(Part::B(module.into()));
     }
+    if let Some(module) = rest.strip_suffix(MAGNITUDE) {
+        return Ok(Part::Magnitude(module.into()));
+    }
     if let Some(module) = rest.strip_suffix(WRAPPED_BIAS) {
         return Ok(Part::Bias(format!("{module}.bias")));
     }
@@ -130,8 +137,8 @@ fn classify(key: &str) -> Result<Part> {
         return Ok(Part::Bias(rest.into()));
     }
     bail!(
-        "tensor {key}: not supported (Hone reads LoRA adapters of linear layers: lora_A / lora_B weights and biases; \
-         this looks like another PEFT method or a LoRA variant)"
+        "tensor {key}: not supported (Hone reads LoRA and DoRA adapters of linear layers: lora_A / lora_B weights, \
+         lora_magnitude_vector and biases; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -152,9 +159,14 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
     let mut a_parts = BTreeMap::new();
     let mut b_parts = BTreeMap::new();
     let mut biases = BTreeMap::new();
+    let mut magnitudes = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
-        let expected_dims = if matches!(part, Part::Bias(_)) { 1 } else { 2 };
+        let expected_dims = if matches!(part, Part::Bias(_) | Part::Magnitude(_)) {
+            1
+        } else {
+            2
+        };
         if shape.len() != expected_dims {
             bail!("tensor {key}: expected {expected_dims} dimensions, found shape {shape:?}");
         }
@@ -164,6 +176,9 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
             }
             Part::B(module) => {
                 b_parts.insert(module, (shape, values));
+            }
+            Part::Magnitude(module) => {
+                magnitudes.insert(module, values);
             }
             Part::Bias(name) => {
                 biases.insert(text_module(&name)?, values);
@@ -182,6 +197,7 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
             bail!("{module}: lora_A is {a_shape:?} and lora_B {b_shape:?}: their ranks differ");
         }
         let scale = matcher.scale(&module)?;
+        let magnitude = magnitudes.remove(&module);
         let module = text_module(&module)?;
         let weights = LoraWeights {
             a,
@@ -190,11 +206,15 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
             in_features,
             out_features,
             scale,
+            magnitude,
         };
         modules.insert(module, weights);
     }
     if let Some(module) = b_parts.keys().next() {
         bail!("{module}: lora_B without lora_A");
+    }
+    if let Some(module) = magnitudes.keys().next() {
+        bail!("{module}: lora_magnitude_vector without lora_A and lora_B");
     }
     Ok(Adapter {
         config,

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::peft::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE, WRAPPED_BIAS};
+use super::peft::{CONFIG_FILE, KEY_PREFIX, MAGNITUDE, WEIGHTS_FILE, WRAPPED_BIAS};
 use super::Adapter;
 use crate::io::atomic;
 use crate::io::safetensors::{serialize_f32, F32Tensor};
@@ -91,6 +91,9 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
             vec![w.out_features, w.r],
             &w.b,
         ));
+        if let Some(m) = &w.magnitude {
+            tensors.push((format!("{key}{MAGNITUDE}"), vec![m.len()], m));
+        }
     }
     for (name, bias) in &adapter.biases {
         let module = name.strip_suffix(".bias").unwrap_or(name);
@@ -120,9 +123,10 @@ fn model_card(adapter: &Adapter) -> String {
     }
     card += "- lora\n- hone\n---\n\n";
     card += &format!(
-        "# LoRA adapter{}\n\nRank {}, alpha {}{}, on {} modules. Written by Hone in Hugging Face PEFT's format: load \
+        "# {} adapter{}\n\nRank {}, alpha {}{}, on {} modules. Written by Hone in Hugging Face PEFT's format: load \
          it with `PeftModel.from_pretrained(base_model, \"<this directory>\")` or `hone generate --model <base model> \
          --adapter <this directory>`.\n",
+        if cfg.use_dora { "DoRA" } else { "LoRA" },
         base.map(|b| format!(" for {b}")).unwrap_or_default(),
         cfg.r,
         cfg.lora_alpha,

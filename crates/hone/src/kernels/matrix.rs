@@ -166,6 +166,22 @@ impl Matrix {
     }
 }
 
+/// The indices of the stacked `parts` that make up exactly rows `rows`, if some do.
+fn whole_parts(parts: &[StoredMatrix], rows: &Range<usize>) -> Option<Range<usize>> {
+    let mut first_row = 0;
+    let (mut start, mut end) = (None, None);
+    for (i, p) in parts.iter().enumerate() {
+        if first_row == rows.start {
+            start = Some(i);
+        }
+        first_row += p.rows();
+        if first_row == rows.end {
+            end = Some(i + 1);
+        }
+    }
+    Some(start?..end?).filter(|r| r.start < r.end)
+}
+
 impl<'a> MatrixRef<'a> {
     pub fn rows(&self) -> usize {
         match self {
@@ -215,6 +231,35 @@ impl<'a> MatrixRef<'a> {
                     first += p.rows();
                 }
             }
+        }
+    }
+
+    /// Calls `f` on rows `rows` as a matrix of their own (one part of a stack): a view where the
+    /// stack allows one (f32 values, whole stored parts), else an f32 copy of the rows.
+    pub fn with_rows<R>(&self, rows: Range<usize>, f: impl FnOnce(MatrixRef) -> R) -> R {
+        let cols = self.cols();
+        match self {
+            MatrixRef::F32 { values, .. } => f(MatrixRef::F32 {
+                values: &values[rows.start * cols..rows.end * cols],
+                cols,
+            }),
+            MatrixRef::Stored(parts) => match whole_parts(parts, &rows) {
+                Some(range) => f(MatrixRef::Stored(&parts[range])),
+                None => f(MatrixRef::F32 {
+                    values: &self.rows_f32(rows),
+                    cols,
+                }),
+            },
+            MatrixRef::Bf16 { parts, .. } => match whole_parts(parts, &rows) {
+                Some(range) => f(MatrixRef::Bf16 {
+                    parts: &parts[range],
+                    packed: None,
+                }),
+                None => f(MatrixRef::F32 {
+                    values: &self.rows_f32(rows),
+                    cols,
+                }),
+            },
         }
     }
 

@@ -5,15 +5,19 @@
 //! A LoRA adapter on a quantized base is applied unmerged, `y = W_q·x + s·B(A·x)`: merging would
 //! either round the update into the base's 4-bit grid (losing most of it) or expand the weight to
 //! f32 (the memory the stored path exists to save). On the f32 path (`--exact`) adapters are merged
-//! into the weights instead, as PEFT's `merge_and_unload` does.
+//! into the weights instead, as PEFT's `merge_and_unload` does. A DoRA update unmerged is
+//! `y = g·(W·x + s·B(A·x)) + b`, with `g = m / ‖W + s·B·A‖` per output row computed once at load.
 //!
 //! A server holding several adapters over one base passes their updates per call instead
 //! ([`RowsLora`]): each group of rows gets its own adapter's `s·B(A·x)`, so requests for different
 //! adapters share one product with the base weights.
 
+use std::ops::Range;
+
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
+use crate::adapters::dora::{adapted_row_norms, factors};
 use crate::adapters::LoraWeights;
 use crate::kernels::few_rows;
 use crate::kernels::stored::{self, StoredMatrix};
@@ -62,6 +66,21 @@ impl Weight {
         }
     }
 
+    /// Rows `rows` of a matrix as f32 into `out` (`rows.len() × cols`).
+    pub fn rows_into(&self, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        match self {
+            Weight::F32(t) => with_f32_slice(t, |w| {
+                let cols = out.len() / rows.len().max(1);
+                out.copy_from_slice(&w[rows.start * cols..rows.end * cols]);
+                Ok(())
+            }),
+            Weight::Stored(m) => {
+                m.dequantize_rows(rows, out);
+                Ok(())
+            }
+        }
+    }
+
     /// Bytes the weight occupies in memory.
     pub fn n_bytes(&self) -> usize {
         match self {
@@ -71,26 +90,81 @@ impl Weight {
     }
 }
 
-/// An unmerged LoRA update `scale · B·A`, A `[r, in]`, B `[out, r]`.
+/// An unmerged LoRA update `scale · B·A`, A `[r, in]`, B `[out, r]`, with DoRA's factors.
 #[derive(Clone)]
 pub struct LoraDelta {
     a: Vec<f32>,
     b: Vec<f32>,
     r: usize,
     scale: f32,
+    /// DoRA's `m / ‖W + s·B·A‖` per output row (None: plain LoRA).
+    dora: Option<Vec<f32>>,
 }
 
 impl LoraDelta {
-    /// Adds `scale · B(A·x)` of token rows `x` `[rows, in]` to `y` (`rows` rows of width
-    /// `stride`, the update landing in columns `offset..offset + out`).
-    fn add_to(&self, x: &[f32], rows: usize, y: &mut [f32], stride: usize, offset: usize) {
+    /// The update `l` of a weight whose rows `weight_rows` writes as f32 (read only for DoRA).
+    pub fn new(
+        l: &LoraWeights,
+        weight_rows: &(dyn Fn(Range<usize>, &mut [f32]) + Sync),
+    ) -> LoraDelta {
+        let dora = l.magnitude.as_ref().map(|m| {
+            factors(
+                m,
+                &adapted_row_norms(l.low_rank(), l.in_features, weight_rows),
+            )
+        });
+        LoraDelta {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            r: l.r,
+            scale: l.scale as f32,
+            dora,
+        }
+    }
+
+    /// The update `l` of `weight`.
+    pub fn of_weight(l: &LoraWeights, weight: &Weight) -> Result<LoraDelta> {
+        if l.magnitude.is_some() {
+            // Checked here, so the rows below cannot fail.
+            weight.rows_into(0..0, &mut [])?;
+        }
+        Ok(LoraDelta::new(l, &|rows, out| {
+            weight
+                .rows_into(rows, out)
+                .expect("an f32 CPU tensor or a stored matrix")
+        }))
+    }
+
+    /// Applies the update of token rows `x` `[rows, in]` to `y` (`rows` rows of width `stride`,
+    /// holding `W·x + bias` in columns `offset..offset + out`): adds `scale · B(A·x)`, and for
+    /// DoRA rescales the product without the bias, `g·(W·x + scale · B(A·x)) + bias`.
+    fn add_to(
+        &self,
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        stride: usize,
+        offset: usize,
+        bias: Option<&[f32]>,
+    ) {
         let inner = x.len() / rows;
         let width = self.b.len() / self.r;
         let xa = few_rows::matmul_transposed(x, &self.a, rows, inner, self.r);
         let delta = few_rows::matmul_transposed(&xa, &self.b, rows, self.r, width);
         for (row, d) in y.chunks_exact_mut(stride).zip(delta.chunks_exact(width)) {
-            for (v, d) in row[offset..offset + width].iter_mut().zip(d) {
-                *v += self.scale * d;
+            let part = &mut row[offset..offset + width];
+            match &self.dora {
+                None => {
+                    for (v, d) in part.iter_mut().zip(d) {
+                        *v += self.scale * d;
+                    }
+                }
+                Some(factors) => {
+                    for (o, (v, d)) in part.iter_mut().zip(d).enumerate() {
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        *v = factors[o] * (*v - b + self.scale * d) + b;
+                    }
+                }
             }
         }
     }
@@ -110,17 +184,6 @@ pub struct RowsLora<'a> {
     /// Token rows, ascending.
     pub rows: &'a [usize],
     pub parts: &'a [PartUpdate],
-}
-
-impl From<&LoraWeights> for LoraDelta {
-    fn from(l: &LoraWeights) -> Self {
-        LoraDelta {
-            a: l.a.clone(),
-            b: l.b.clone(),
-            r: l.r,
-            scale: l.scale as f32,
-        }
-    }
 }
 
 /// One projection (an HF module such as `self_attn.q_proj`).
@@ -237,42 +300,58 @@ impl Linear {
                 }
             }
             if let Some(lora) = &p.lora {
-                lora.add_to(x, rows, &mut y, n, offset);
+                lora.add_to(x, rows, &mut y, n, offset, p.bias.as_deref());
             }
             offset += width;
         }
         Ok(y)
     }
 
-    /// Adds each group's updates to its rows of `y` (`x` `[rows, in]`, `y` `[rows, out]`).
+    /// Applies each group's updates to its rows of `y` (`x` `[rows, in]`, `y` `[rows, out]`, the
+    /// base layer's output).
     fn add_row_updates(&self, x: &[f32], rows: usize, y: &mut [f32], lora: &[RowsLora]) {
         let (inner, n) = (x.len() / rows.max(1), self.out_features());
         for group in lora {
-            let xs: Vec<f32> = group
-                .rows
-                .iter()
-                .flat_map(|&r| &x[r * inner..(r + 1) * inner])
-                .copied()
-                .collect();
-            let mut ys = vec![0f32; group.rows.len() * n];
+            let gather = |data: &[f32], width: usize| -> Vec<f32> {
+                group
+                    .rows
+                    .iter()
+                    .flat_map(|&r| &data[r * width..(r + 1) * width])
+                    .copied()
+                    .collect()
+            };
+            let xs = gather(x, inner);
+            let mut ys = gather(y, n);
             let mut offset = 0;
-            for (width, update) in self.widths.iter().zip(group.parts) {
+            for (p, (width, update)) in self.widths.iter().zip(group.parts).enumerate() {
+                if let Some(delta) = &update.lora {
+                    let bias = self.part_bias(p);
+                    delta.add_to(&xs, group.rows.len(), &mut ys, n, offset, bias);
+                }
                 if let Some(shift) = &update.bias_shift {
                     for row in ys.chunks_exact_mut(n) {
-                        row[offset..offset + width].copy_from_slice(shift);
+                        for (v, s) in row[offset..offset + width].iter_mut().zip(shift) {
+                            *v += s;
+                        }
                     }
-                }
-                if let Some(delta) = &update.lora {
-                    delta.add_to(&xs, group.rows.len(), &mut ys, n, offset);
                 }
                 offset += width;
             }
-            for (&r, d) in group.rows.iter().zip(ys.chunks_exact(n)) {
-                for (v, d) in y[r * n..(r + 1) * n].iter_mut().zip(d) {
-                    *v += d;
-                }
+            for (&r, updated) in group.rows.iter().zip(ys.chunks_exact(n)) {
+                y[r * n..(r + 1) * n].copy_from_slice(updated);
             }
         }
+    }
+
+    /// Rows `rows` of projection `p`'s weight as f32 into `out`.
+    pub fn part_weight_rows(&self, p: usize, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        if self.parts.len() == self.widths.len() {
+            return self.parts[p].weight.rows_into(rows, out);
+        }
+        let first: usize = self.widths[..p].iter().sum();
+        self.parts[0]
+            .weight
+            .rows_into(first + rows.start..first + rows.end, out)
     }
 
     /// `x·Wᵀ` of every part, side by side: stored matrices in one fused product.

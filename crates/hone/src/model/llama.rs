@@ -587,7 +587,16 @@ impl Llama {
         };
         for (module, weights) in &adapter.modules {
             let at = self.linear_of(module).context("checked to fit above")?;
-            set.part_mut(at).lora = Some(LoraDelta::from(weights));
+            let linear = self.linear(at);
+            if weights.magnitude.is_some() {
+                linear.part_weight_rows(at.2, 0..0, &mut [])?;
+            }
+            let delta = LoraDelta::new(weights, &|rows, out| {
+                linear
+                    .part_weight_rows(at.2, rows, out)
+                    .expect("checked to be readable above")
+            });
+            set.part_mut(at).lora = Some(delta);
         }
         for (name, bias) in &adapter.biases {
             let module = name.strip_suffix(".bias").context("checked to fit above")?;
@@ -893,10 +902,7 @@ impl Parts<'_> {
         if let Some(b) = self.adapter.and_then(|a| a.biases.get(&bias_name)) {
             bias = Some(b.clone());
         }
-        Ok(Projection {
-            weight,
-            bias,
-            lora: lora.map(LoraDelta::from),
-        })
+        let lora = lora.map(|l| LoraDelta::of_weight(l, &weight)).transpose()?;
+        Ok(Projection { weight, bias, lora })
     }
 }

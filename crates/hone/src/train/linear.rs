@@ -1,14 +1,18 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
-//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter. A frozen
-//! base may stay in its stored type (a quantized GGUF: QLoRA), see [`Matrix`].
+//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter (or DoRA,
+//! [`super::dora`]). A frozen base may stay in its stored type (a quantized GGUF: QLoRA), see
+//! [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
 //! `dx = dy W`, but a weight gradient only where a part is trainable: a frozen base weight costs
 //! neither the `dyᵀ x` product nor a gradient buffer, which is most of LoRA's saving.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
+use super::dora::{self, DoraSaved, PartWeights};
 use super::dropout;
 use super::lora::Lora;
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
@@ -70,12 +74,19 @@ pub struct Projection {
     pub parts: Vec<Part>,
 }
 
-/// What a projection's forward keeps for its backward: per LoRA part, `s · A(dropout(x))`
-/// (`[tokens, r]`) and the dropout seed that regenerates the mask.
+/// What a projection's forward keeps for its backward: per adapted part, what its adapter keeps,
+/// and the dropout seed that regenerates the masks.
 #[derive(Debug, Default)]
 pub struct Saved {
-    lora: Vec<Option<Vec<f32>>>,
+    adapters: Vec<Option<AdapterSaved>>,
     dropout_seed: u64,
+}
+
+/// One part's adapter: `s · A(dropout(x))` (`[tokens, r]`), and DoRA's own values.
+#[derive(Debug)]
+struct AdapterSaved {
+    xa: Vec<f32>,
+    dora: Option<DoraSaved>,
 }
 
 impl Projection {
@@ -93,6 +104,22 @@ impl Projection {
         self.bf16.as_ref().unwrap_or(&self.weight)
     }
 
+    /// Where the part whose rows start at `start` is, for DoRA.
+    fn part_weights(&self, start: usize, part: &Part) -> PartWeights<'_> {
+        PartWeights {
+            products: self.for_products().as_ref(),
+            stored: self.weight.as_ref(),
+            start,
+            rows: part.out_features,
+        }
+    }
+
+    /// Gives every DoRA adapter without a magnitude its initial one (see
+    /// [`dora::init_magnitudes`]).
+    pub fn init_dora_magnitudes(&mut self) {
+        dora::init_magnitudes(&mut self.parts, self.weight.as_ref());
+    }
+
     /// First output column of each part.
     fn offsets(&self) -> impl Iterator<Item = (usize, &Part)> {
         self.parts.iter().scan(0, |col, p| {
@@ -108,18 +135,30 @@ impl Projection {
         let out = self.out_features();
         self.for_products().forward(x, y);
         let mut saved = Saved {
-            lora: Vec::with_capacity(self.parts.len()),
+            adapters: Vec::with_capacity(self.parts.len()),
             dropout_seed: dropout_seed.unwrap_or(0),
         };
         for (index, (col, part)) in self.offsets().enumerate() {
+            let seed = dropout_seed.map(|s| dropout::stream(s, index as u64));
+            let adapter = part.lora.as_ref().map(|lora| match lora.magnitude {
+                Some(_) => {
+                    let w = self.part_weights(col, part);
+                    let (xa, dora) = dora::forward(lora, w, x, y, out, seed);
+                    AdapterSaved {
+                        xa,
+                        dora: Some(dora),
+                    }
+                }
+                None => AdapterSaved {
+                    xa: lora_forward(lora, x, y, out, col, seed),
+                    dora: None,
+                },
+            });
+            saved.adapters.push(adapter);
+            // After the adapter: DoRA rescales the product without the bias.
             if let Some(bias) = &part.bias {
                 add_bias(y, out, col, &bias.value);
             }
-            let xa = part.lora.as_ref().map(|lora| {
-                let seed = dropout_seed.map(|s| dropout::stream(s, index as u64));
-                lora_forward(lora, x, y, out, col, seed)
-            });
-            saved.lora.push(xa);
         }
         saved
     }
@@ -130,7 +169,14 @@ impl Projection {
         let (n, out) = (x.len() / self.in_features, self.out_features());
         // Field by field, so the parts can be borrowed mutably beside it.
         let products = self.bf16.as_ref().unwrap_or(&self.weight).as_ref();
-        products.backward_input(dy, dx, false);
+        let stored = self.weight.as_ref();
+        let dora_saved = saved
+            .adapters
+            .iter()
+            .map(|a| a.as_ref().and_then(|a| a.dora.as_ref()));
+        let starts = self.offsets().map(|(start, _)| start);
+        let scaled = dora::scale_base_gradient(starts.zip(dora_saved), dy, out);
+        products.backward_input(scaled.as_deref().unwrap_or(dy), dx, false);
         let mut col = 0;
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);
@@ -141,9 +187,20 @@ impl Projection {
             if let Some(grad) = part.bias.as_mut().and_then(|b| b.grad.as_mut()) {
                 add_column_sums(grad, dy, out, col);
             }
-            if let (Some(lora), Some(xa)) = (&mut part.lora, &saved.lora[index]) {
+            if let (Some(lora), Some(adapter)) = (&mut part.lora, &saved.adapters[index]) {
                 let seed = dropout::stream(saved.dropout_seed, index as u64);
-                lora_backward(lora, dy_part, x, xa, seed, dx);
+                match &adapter.dora {
+                    Some(dora) => {
+                        let w = PartWeights {
+                            products,
+                            stored,
+                            start: col,
+                            rows: part.out_features,
+                        };
+                        dora::backward(lora, w, dy, out, x, &adapter.xa, dora, seed, dx);
+                    }
+                    None => lora_backward(lora, dy_part, x, &adapter.xa, seed, dx),
+                }
             }
             col += part.out_features;
         }
@@ -159,34 +216,62 @@ fn lora_forward(
     col: usize,
     dropout_seed: Option<u64>,
 ) -> Vec<f32> {
-    let (n, r, inp) = (x.len() / lora.in_features, lora.r, lora.in_features);
-    let dropped = match dropout_seed {
-        Some(seed) if lora.dropout > 0.0 => Some(dropout::apply(x, lora.dropout, seed)),
-        _ => None,
-    };
-    let input = dropped.as_deref().unwrap_or(x);
+    let n = x.len() / lora.in_features;
+    let xa = lora_down(lora, &lora_input(lora, x, dropout_seed));
+    let y_part = MatMut::strided(&mut y[col..], n, lora.out_features, y_cols);
+    lora_up(lora, &xa, y_part, true);
+    xa
+}
+
+/// The adapter's input: `x`, or `dropout(x)` in training (`dropout_seed` given).
+pub(super) fn lora_input<'x>(
+    lora: &Lora,
+    x: &'x [f32],
+    dropout_seed: Option<u64>,
+) -> Cow<'x, [f32]> {
+    match dropout_seed {
+        Some(seed) if lora.dropout > 0.0 => Cow::Owned(dropout::apply(x, lora.dropout, seed)),
+        _ => Cow::Borrowed(x),
+    }
+}
+
+/// `s · u Aᵀ`, `[tokens, r]`.
+pub(super) fn lora_down(lora: &Lora, u: &[f32]) -> Vec<f32> {
+    let (n, r, inp) = (u.len() / lora.in_features, lora.r, lora.in_features);
     let mut xa = vec![0.0; n * r];
     matmul(
         MatMut::new(&mut xa, n, r),
-        MatRef::new(input, n, inp),
+        MatRef::new(u, n, inp),
         MatRef::new(&lora.a, r, inp).t(),
         false,
         Threads::Pool,
     );
     xa.par_iter_mut().for_each(|v| *v *= lora.scale);
+    xa
+}
+
+/// `y = xa Bᵀ`, or `y += xa Bᵀ` when `accumulate`.
+pub(super) fn lora_up(lora: &Lora, xa: &[f32], y: MatMut, accumulate: bool) {
+    let (n, r) = (xa.len() / lora.r, lora.r);
     matmul(
-        MatMut::strided(&mut y[col..], n, lora.out_features, y_cols),
-        MatRef::new(&xa, n, r),
+        y,
+        MatRef::new(xa, n, r),
         MatRef::new(&lora.b, lora.out_features, r).t(),
-        true,
+        accumulate,
         Threads::Pool,
     );
-    xa
 }
 
 /// With `g = dy[:, part]` and `xa = s · dropout(x) Aᵀ`: `dB += gᵀ xa`, `dxa = s · g B`,
 /// `dA += dxaᵀ dropout(x)`, `dx += dropout'(dxa A)`.
-fn lora_backward(lora: &mut Lora, g: MatRef, x: &[f32], xa: &[f32], seed: u64, dx: &mut [f32]) {
+pub(super) fn lora_backward(
+    lora: &mut Lora,
+    g: MatRef,
+    x: &[f32],
+    xa: &[f32],
+    seed: u64,
+    dx: &mut [f32],
+) {
     let (n, r, inp, out) = (
         x.len() / lora.in_features,
         lora.r,

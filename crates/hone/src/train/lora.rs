@@ -4,11 +4,14 @@
 //! rank and alpha, come from the PEFT adapter config (`crate::adapters`), so a run trains exactly
 //! the adapter PEFT would build from the same `adapter_config.json`.
 //!
-//! The adapter's forward and backward live in `train::linear`, beside the frozen base product.
+//! The adapter's forward and backward live in `train::linear`, beside the frozen base product;
+//! DoRA's (`use_dora`: a learned magnitude per output row) in `train::dora`.
 
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use super::linear::Tensor1;
+use crate::adapters::dora::LowRank;
 use crate::adapters::{AdapterConfig, Bias, LoraWeights, ModuleMatcher};
 use crate::model::layout::{block_linears, linear_module_names};
 use crate::model::ModelConfig;
@@ -74,7 +77,7 @@ pub fn check_targets_exist(
     )
 }
 
-/// One module's adapter: A `[r, in]`, B `[out, r]`, and their gradients.
+/// One module's adapter: A `[r, in]`, B `[out, r]`, DoRA's magnitude `[out]`, and their gradients.
 #[derive(Clone, Debug)]
 pub struct Lora {
     pub r: usize,
@@ -86,6 +89,9 @@ pub struct Lora {
     pub b: Vec<f32>,
     pub grad_a: Vec<f32>,
     pub grad_b: Vec<f32>,
+    /// DoRA's `lora_magnitude_vector` (None: plain LoRA). A new DoRA adapter gets it from its
+    /// base weight once the projection is built ([`super::dora::init_magnitudes`]).
+    pub magnitude: Option<Tensor1>,
 }
 
 impl Lora {
@@ -106,6 +112,7 @@ impl Lora {
             b: vec![0.0; shape.out_features * shape.r],
             grad_a: vec![0.0; shape.r * shape.in_features],
             grad_b: vec![0.0; shape.out_features * shape.r],
+            magnitude: None,
         }
     }
 
@@ -121,6 +128,17 @@ impl Lora {
             grad_b: vec![0.0; w.b.len()],
             a: w.a.clone(),
             b: w.b.clone(),
+            magnitude: w.magnitude.clone().map(|m| Tensor1::new(m, true)),
+        }
+    }
+
+    /// The update `scale · B·A`, borrowed.
+    pub fn low_rank(&self) -> LowRank<'_> {
+        LowRank {
+            a: &self.a,
+            b: &self.b,
+            r: self.r,
+            scale: self.scale,
         }
     }
 
@@ -133,6 +151,7 @@ impl Lora {
             in_features: self.in_features,
             out_features: self.out_features,
             scale: f64::from(self.scale),
+            magnitude: self.magnitude.as_ref().map(|m| m.value.clone()),
         }
     }
 }

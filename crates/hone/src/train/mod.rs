@@ -4,6 +4,7 @@
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod dora;
 pub mod dropout;
 pub mod freeze;
 pub mod linear;

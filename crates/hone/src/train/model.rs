@@ -129,12 +129,16 @@ impl TrainModel {
                         lora,
                     });
                 }
-                Ok(Projection {
+                let mut projection = Projection {
                     in_features: inp,
                     weight: stack(matrices, inp),
                     bf16: None,
                     parts: built,
-                })
+                };
+                if spec.lora.is_some_and(|s| s.config.use_dora) {
+                    projection.init_dora_magnitudes();
+                }
+                Ok(projection)
             };
             let qkv = projection(Slot::Qkv)?;
             let o_proj = projection(Slot::O)?;

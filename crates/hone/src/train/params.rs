@@ -3,15 +3,15 @@
 //! (optionally with the adapters merged in) for checkpoints and for inference after training.
 //!
 //! Names: HF names for base tensors (`model.layers.0.self_attn.q_proj.weight`), and
-//! `{module}.lora_A.weight` / `{module}.lora_B.weight` for adapters (PEFT's, minus its
-//! `base_model.model.` prefix).
+//! `{module}.lora_A.weight` / `{module}.lora_B.weight` (and DoRA's `{module}.lora_magnitude_vector`)
+//! for adapters (PEFT's, minus its `base_model.model.` prefix).
 
 use super::block::{NormParam, Norms};
 use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
-use crate::adapters::{Adapter, AdapterConfig};
+use crate::adapters::{dora, Adapter, AdapterConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::config::BlockNorm;
 
@@ -66,10 +66,14 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
                 b,
                 grad_a,
                 grad_b,
+                magnitude,
                 ..
             } = lora;
             f(format!("{}.lora_A.weight", part.path), a, Some(grad_a));
             f(format!("{}.lora_B.weight", part.path), b, Some(grad_b));
+            if let Some(m) = magnitude {
+                visit_tensor(format!("{}.lora_magnitude_vector", part.path), m, f);
+            }
         }
     }
 }
@@ -213,7 +217,7 @@ impl TrainModel {
     }
 
     /// Every base tensor under its HF name with its shape, adapters merged in when `merge_lora`
-    /// (`W + s · B A`, as PEFT's `merge_and_unload`).
+    /// (`W + s · B A`, DoRA's rows then rescaled, as PEFT's `merge_and_unload`).
     pub fn hf_tensors(&self, merge_lora: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let cfg = self.config();
         let h = cfg.hidden_size;
@@ -281,6 +285,9 @@ fn projection_tensors(
                 true,
                 Threads::Pool,
             );
+            if let Some(m) = &lora.magnitude {
+                dora::rescale_rows(&mut w, inp, &m.value);
+            }
         }
         out.push((
             format!("{}.weight", part.path),

@@ -40,6 +40,9 @@ pub struct RunShape<'a> {
     pub base_trains: &'a dyn Fn(&str) -> bool,
     /// The LoRA targets, for LoRA runs.
     pub lora: Option<&'a ModuleMatcher>,
+    /// DoRA: each adapter also has a magnitude per output row, and keeps its rescaled output
+    /// for the backward.
+    pub dora: bool,
     /// Full and freeze runs save the whole model, so frozen matrices keep their own values beside
     /// their bf16 copies.
     pub keeps_originals: bool,
@@ -197,7 +200,10 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
         Part {
             name: "adapters",
             bytes: 4 * lora,
-            detail: format!("{lora} LoRA parameters (f32)"),
+            detail: match run.dora {
+                true => format!("{lora} DoRA parameters (A, B and magnitudes, f32)"),
+                false => format!("{lora} LoRA parameters (f32)"),
+            },
         },
         Part {
             name: "gradients",
@@ -353,7 +359,7 @@ fn is_quantized_type(run: &RunShape, name: &str) -> bool {
         .is_some_and(|&(ty, _)| ty.is_quantized())
 }
 
-/// LoRA parameters: r · (in + out) for every targeted linear layer.
+/// LoRA parameters: r · (in + out) for every targeted linear layer, plus `out` with DoRA.
 fn lora_parameters(run: &RunShape) -> u64 {
     let Some(matcher) = run.lora else {
         return 0;
@@ -363,7 +369,8 @@ fn lora_parameters(run: &RunShape) -> u64 {
         .filter_map(|(name, dims)| {
             let module = name.strip_suffix(".weight")?;
             let rank = lora_rank(matcher, module)?;
-            (dims.len() == 2).then(|| rank * (dims[0] + dims[1]) as u64)
+            let magnitudes = if run.dora { dims[0] as u64 } else { 0 };
+            (dims.len() == 2).then(|| rank * (dims[0] + dims[1]) as u64 + magnitudes)
         })
         .sum()
 }
@@ -377,7 +384,8 @@ fn lora_rank(matcher: &ModuleMatcher, module: &str) -> Option<u64> {
 
 /// f32 values one block keeps per token for its backward (`train::block::Activations`): its
 /// input and mid-block residual, q, k, v, the attention output and its log-sum-exp, the two MLP
-/// halves, two RMSNorm scales, each LoRA's `A·x`, with a q/k norm the raw q and k and their
+/// halves, two RMSNorm scales, each LoRA's `A·x` (and DoRA's output before its rescaling), with a
+/// q/k norm the raw q and k and their
 /// norms' scales, and with norms after the branches the branch outputs they normalize.
 fn activation_floats_per_layer(run: &RunShape) -> u64 {
     let m = run.model;
@@ -405,7 +413,10 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
     let lora: u64 = run.lora.map_or(0, |matcher| {
         block_linears(m)
             .iter()
-            .filter_map(|l| lora_rank(matcher, &format!("model.layers.0.{}", l.name)))
+            .filter_map(|l| {
+                let rank = lora_rank(matcher, &format!("model.layers.0.{}", l.name))?;
+                Some(rank + if run.dora { l.out_features as u64 } else { 0 })
+            })
             .sum()
     });
     fixed as u64 + lora
@@ -482,6 +493,7 @@ mod tests {
             stored,
             base_trains: trains,
             lora,
+            dora: false,
             keeps_originals: lora.is_none(),
             keeps_quantized: false,
             storage: BaseStorage::F32,
@@ -529,6 +541,17 @@ mod tests {
         assert_eq!(part(&f32, "adapters"), 4 * lora);
         assert_eq!(part(&f32, "optimizer"), 8 * lora);
         assert_eq!(part(&f32, "weights"), 4 * (MATRICES + VECTORS));
+        // DoRA adds a magnitude per output row: q 64, v 32 per layer; and keeps as many floats
+        // per token for the backward.
+        run.dora = true;
+        let dora = plan(&run, None);
+        assert_eq!(part(&dora, "adapters"), 4 * (lora + 2 * 96));
+        let extra_activations = 4 * 2 * 100 * 96;
+        assert_eq!(
+            part(&dora, "activations"),
+            part(&f32, "activations") + extra_activations
+        );
+        run.dora = false;
 
         run.bf16 = true;
         let bf16 = plan(&run, None);

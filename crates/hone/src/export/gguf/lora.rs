@@ -44,6 +44,12 @@ pub fn export_lora_adapter(
             adapter.config.bias
         )));
     }
+    if adapter.config.use_dora {
+        return Err(located(anyhow::anyhow!(
+            "it is a DoRA adapter (use_dora), whose per-row magnitudes a llama.cpp LoRA adapter cannot carry; \
+             export the model with the adapter merged instead (`hone export --adapter DIR` without --adapter-only)"
+        )));
+    }
     let alpha = adapter.config.lora_alpha;
     let mut w = GgufWriter::new();
     w.set(

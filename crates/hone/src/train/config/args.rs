@@ -74,6 +74,8 @@ pub struct MethodArgs {
     pub lora_target: CommaList,
     /// Scale adapters by alpha / sqrt(r) instead of alpha / r (rank-stabilized LoRA).
     pub use_rslora: bool,
+    /// DoRA: each adapted layer also learns a magnitude per output row (PEFT's `use_dora`).
+    pub use_dora: bool,
     /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
     pub freeze_trainable_layers: i64,
     /// Freeze tuning: `all` or block sub-modules (`self_attn`, `mlp`, ...) that train in those layers.
@@ -202,6 +204,7 @@ impl Default for MethodArgs {
             lora_dropout: 0.0,
             lora_target: CommaList::from("all"),
             use_rslora: false,
+            use_dora: false,
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),
             freeze_extra_modules: None,

@@ -102,6 +102,11 @@ fn check_method(c: &SftConfig) -> Checked {
         "only valid with finetuning_type: lora",
     )?;
     require(
+        !m.use_dora || m.finetuning_type == FinetuningType::Lora,
+        "use_dora",
+        "only valid with finetuning_type: lora",
+    )?;
+    require(
         m.freeze_trainable_layers != 0,
         "freeze_trainable_layers",
         "must not be 0: N > 0 trains the last N layers, N < 0 the first N",

@@ -66,6 +66,7 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         stored,
         base_trains: &base_trains,
         lora: lora.as_ref(),
+        dora: m.use_dora,
         keeps_originals: m.finetuning_type != FinetuningType::Lora,
         keeps_quantized: config.model.quantization_bit.is_some(),
         storage: base_storage(config, stored, available),

@@ -303,6 +303,7 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Option<Adapter
     );
     adapter.lora_dropout = m.lora_dropout;
     adapter.use_rslora = m.use_rslora;
+    adapter.use_dora = m.use_dora;
     adapter.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
     Some(adapter)
 }
@@ -337,6 +338,13 @@ fn build_base_model(
                 .as_deref()
                 .map(|dir| read_adapter(Path::new(dir)))
                 .transpose()?;
+            if let Some(a) = start.as_ref().filter(|a| a.config.use_dora != m.use_dora) {
+                bail!(
+                    "use_dora: {} but adapter_name_or_path holds a {} adapter; a run continues the adapter it starts from",
+                    m.use_dora,
+                    if a.config.use_dora { "DoRA" } else { "plain LoRA" }
+                );
+            }
             let mut adapter_cfg = match &start {
                 Some(a) => a.config.clone(),
                 None => {

@@ -1,0 +1,119 @@
+"""Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
+Hone trains, and counts the same trainable parameters.
+
+For each method (LoRA, DoRA) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
+and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
+a small dataset with `lora_target: all`, then:
+  - Hone's trainable-parameter line is compared with PEFT's `get_nb_trainable_parameters()` for
+    the adapter config Hone wrote;
+  - `PeftModel.from_pretrained(base, adapter)` applies Hone's file (unmerged), and its logits are
+    compared with those of the checkpoint `hone merge` writes (loaded by transformers) and with
+    PEFT's own `merge_and_unload(safe_merge=True)`, all in float64.
+
+Prints one line per case and fails (exit 1) when a logit difference is above 1e-4 or the counts
+differ. Run from the repository root after building hone:
+
+    cargo build -p hone-cli
+    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/check/peft_roundtrip.py \\
+        [--hone target/debug/hone] [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf]
+"""
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer
+
+from transformers import AutoModelForCausalLM
+
+from merge_transformers import FIXTURES, TOL, check_args, hone_merge, logits
+
+
+def load(path, **kwargs):
+    """In float64, so the differences are Hone's and PEFT's, not float32 rounding over 30 layers."""
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float64, attn_implementation="eager", **kwargs
+    ).eval()
+
+# Method -> the train-config keys that select it.
+METHODS = {"lora": {}, "dora": {"use_dora": "true"}}
+ROWS = [
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("Name a prime number.", "Seven is a prime number."),
+    ("What colour is the sky?", "The sky is blue on a clear day."),
+    ("Say hello.", "Hello! How can I help you today?"),
+]
+
+
+def hone_train(hone, model, extra, out, tmp):
+    data = tmp / "rows.jsonl"
+    data.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in ROWS))
+    keys = {
+        "model_name_or_path": str(model), "stage": "sft", "finetuning_type": "lora", "lora_rank": 4,
+        "lora_target": "all", "dataset": str(data), "cutoff_len": 64, "output_dir": str(out),
+        "per_device_train_batch_size": 2, "learning_rate": "2.0e-2", "max_steps": 4, "logging_steps": 1,
+        "seed": 3, **extra,
+    }
+    config = tmp / f"{out.name}.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    run = subprocess.run([hone, "train", str(config)], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"hone train failed:\n{run.stderr}")
+    counts = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", run.stderr)
+    return tuple(int(c.replace(",", "")) for c in counts.groups())
+
+
+def check(hone, name, model, load_base, ids, extra, tmp):
+    out = tmp / f"{name}-adapter"
+    hone_counts = hone_train(hone, model, extra, out, tmp)
+    peft = PeftModel.from_pretrained(load_base(), out, is_trainable=True).eval()
+    peft_counts = peft.get_nb_trainable_parameters()
+    unmerged = logits(peft, ids)
+    merged_dir = tmp / f"{name}-merged"
+    hone_merge(hone, model, out, merged_dir)
+    ours = logits(load(merged_dir), ids)
+    peft_merged = logits(peft.merge_and_unload(safe_merge=True), ids)
+    moved = (unmerged - logits(load_base(), ids)).abs().max().item()
+    diffs = {
+        "Hone merge vs PEFT unmerged": (ours - unmerged).abs().max().item(),
+        "vs PEFT merge": (ours - peft_merged).abs().max().item(),
+    }
+    ok = all(v < TOL for v in diffs.values()) and hone_counts == peft_counts
+    line = "  ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    print(
+        f"{name:<22} params Hone {hone_counts[0]:,}/{hone_counts[1]:,} PEFT {peft_counts[0]:,}/{peft_counts[1]:,}"
+        f"  {line}  (adapter moves logits {moved:.2f})  {'ok' if ok else 'FAIL'}"
+    )
+    return ok
+
+
+def main():
+    args = check_args(__doc__)
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiny = FIXTURES / "tokenizer" / "tiny-spm.gguf"
+        tok = AutoTokenizer.from_pretrained(tiny.parent, gguf_file=tiny.name)
+        ids = tok("What is the capital of France? Say hello.", return_tensors="pt").input_ids
+        base = lambda: load(tiny.parent, gguf_file=tiny.name)  # noqa: E731
+        for method, extra in METHODS.items():
+            ok &= check(args.hone, f"tiny-spm-{method}", tiny, base, ids, extra, tmp)
+        gguf = Path(args.gguf)
+        if gguf.exists():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
+            base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
+            for method, extra in METHODS.items():
+                ok &= check(args.hone, f"SmolLM2-{method}", gguf, base, ids, extra, tmp)
+        else:
+            print(f"{gguf} is absent: real-model cases skipped")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
