@@ -190,10 +190,11 @@ def loraplus_groups(named, lr, weight_decay, ratio):
 
 def adamw_case(name, model_dir, loraplus_ratio=None, seed=0):
     """Three AdamW steps (clipping at 1.0) on one batch, in float32 as Hone trains. With
-    `loraplus_ratio`: LoRA+'s groups on a DoRA adapter with trained biases (1-D tensors both)."""
+    `loraplus_ratio`: LoRA+'s groups on a DoRA adapter with its modules' biases trained (1-D tensors
+    both; not every bias: a key bias has no gradient but rounding noise, which Adam would amplify)."""
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "models" / model_dir, dtype=torch.float32)
-    extra = dict(use_dora=True, bias="all") if loraplus_ratio else {}
+    extra = dict(use_dora=True, bias="lora_only") if loraplus_ratio else {}
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
                      task_type="CAUSAL_LM", **extra)
     model = get_peft_model(base, cfg)
@@ -217,7 +218,7 @@ def adamw_case(name, model_dir, loraplus_ratio=None, seed=0):
     case = {"model": model_dir, "method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"],
             "lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0}
     if loraplus_ratio:
-        case.update(use_dora=True, bias="all", loraplus_lr_ratio=loraplus_ratio)
+        case.update(use_dora=True, bias="lora_only", loraplus_lr_ratio=loraplus_ratio)
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / f"{name}.safetensors",
               metadata={"case": json.dumps(case)})
     print(f"{name}: losses {losses}")

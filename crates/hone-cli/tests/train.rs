@@ -177,7 +177,8 @@ fn answer_first_row(args: &[&str]) -> common::Run {
 }
 
 /// `use_dora: true`: the loss falls, the adapter carries PEFT's `lora_magnitude_vector` (moved by
-/// training), and it generates unmerged and merged alike (`hone merge` rescales the rows).
+/// training), and it generates unmerged and merged alike (`hone merge` rescales the rows); with
+/// LoRA+ (`loraplus_lr_ratio`) too.
 #[test]
 fn dora_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +250,22 @@ fn dora_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
         from_merged.ok(),
         exact.ok(),
         "merged and unmerged DoRA differ"
+    );
+
+    let loraplus_out = format!("output_dir={}", dir.path().join("loraplus").display());
+    let loraplus = [
+        "use_dora=true",
+        "loraplus_lr_ratio=4",
+        "max_steps=2",
+        &loraplus_out,
+    ];
+    let run = hone(&[&["train", arg(&config)][..], &loraplus[..]].concat());
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("LoRA+: lora_B matrices and 1-D tensors learn at 4 × learning_rate"),
+        "{}",
+        run.stderr
     );
 }
 

@@ -214,6 +214,7 @@ fn wrong_types_and_values_name_the_key_and_what_is_allowed() {
             "optimizer state",
         ),
         ("val_size: 1.5", ":3: val_size", "whole number"),
+        ("loraplus_lr_ratio: 0", ":3: loraplus_lr_ratio", "positive"),
     ];
     for (line, at, allowed) in cases {
         let (_dir, path) = config_file(&format!("{MINIMAL}{line}\n"));
@@ -236,6 +237,16 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         &load_error(&path, &["finetuning_type=full", "use_rslora=true"]),
         &["override `use_rslora=true`: use_rslora", "lora"],
     );
+    for key in ["use_dora=true", "loraplus_lr_ratio=16"] {
+        let name = key.split('=').next().unwrap();
+        assert_mentions(
+            &load_error(&path, &["finetuning_type=full", key]),
+            &[
+                &format!("override `{key}`: {name}"),
+                "finetuning_type: lora",
+            ],
+        );
+    }
     assert_mentions(
         &load_error(&path, &["bf16=true", "fp16=true"]),
         &["fp16", "cannot both"],

@@ -16,6 +16,7 @@ use hone::io::source::ModelSource;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::quant::bnb::FourBit;
+use hone::train::groups::param_groups;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -526,7 +527,18 @@ fn bf16_copies_follow_the_trained_weights() {
 
 #[test]
 fn three_adamw_steps_reproduce_torch() {
-    let case = read_case("adamw_lora_llama-gqa");
+    three_adamw_steps("adamw_lora_llama-gqa");
+}
+
+/// LoRA+ (LLaMA-Factory's groups) on a DoRA adapter with trained biases: B matrices and the 1-D
+/// magnitudes and biases at 16× the rate, biases without weight decay.
+#[test]
+fn three_loraplus_steps_reproduce_torch() {
+    three_adamw_steps("adamw_loraplus_qwen2");
+}
+
+fn three_adamw_steps(name: &str) {
+    let case = read_case(name);
     let (cfg, w) = base_model(&case, Variant::default()).unwrap();
     let mut model = build(&case, cfg, w);
     let batch = batch(&case);
@@ -539,8 +551,18 @@ fn three_adamw_steps_reproduce_torch() {
         weight_decay: meta["weight_decay"].as_f64().unwrap(),
     };
     let shapes = model.trainable_shapes();
-    let shapes: Vec<(&str, usize)> = shapes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-    opt.add_group(config, &shapes).unwrap();
+    match meta["loraplus_lr_ratio"].as_f64() {
+        Some(ratio) => {
+            for (group, params) in param_groups(&shapes, config, Some(ratio)) {
+                opt.add_group(group, &params).unwrap();
+            }
+        }
+        // One group: torch.optim.AdamW(params), weight decay on every tensor.
+        None => {
+            let shapes: Vec<(&str, usize)> = shapes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+            opt.add_group(config, &shapes).unwrap();
+        }
+    }
     let losses = f32s(&case.tensors["losses"]);
     let scale = 1.0 / count_labels_shifted(&batch) as f32;
     for step in 1..=3 {

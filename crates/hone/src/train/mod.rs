@@ -7,6 +7,7 @@ pub mod config;
 pub mod dora;
 pub mod dropout;
 pub mod freeze;
+pub mod groups;
 pub mod linear;
 pub mod lora;
 pub mod model;

@@ -76,6 +76,10 @@ pub struct MethodArgs {
     pub use_rslora: bool,
     /// DoRA: each adapted layer also learns a magnitude per output row (PEFT's `use_dora`).
     pub use_dora: bool,
+    /// LoRA+: B matrices (and 1-D tensors) learn this many times faster than A matrices.
+    pub loraplus_lr_ratio: Option<f64>,
+    /// LoRA+'s learning rate for LoRA on embedding layers, which Hone does not adapt (a note).
+    pub loraplus_lr_embedding: Option<f64>,
     /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
     pub freeze_trainable_layers: i64,
     /// Freeze tuning: `all` or block sub-modules (`self_attn`, `mlp`, ...) that train in those layers.
@@ -205,6 +209,8 @@ impl Default for MethodArgs {
             lora_target: CommaList::from("all"),
             use_rslora: false,
             use_dora: false,
+            loraplus_lr_ratio: None,
+            loraplus_lr_embedding: None,
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),
             freeze_extra_modules: None,

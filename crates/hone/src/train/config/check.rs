@@ -106,6 +106,18 @@ fn check_method(c: &SftConfig) -> Checked {
         "use_dora",
         "only valid with finetuning_type: lora",
     )?;
+    if let Some(ratio) = m.loraplus_lr_ratio {
+        require(
+            ratio.is_finite() && ratio > 0.0,
+            "loraplus_lr_ratio",
+            "must be a positive number (B's learning rate over A's, e.g. 16)",
+        )?;
+        require(
+            m.finetuning_type == FinetuningType::Lora,
+            "loraplus_lr_ratio",
+            "only valid with finetuning_type: lora",
+        )?;
+    }
     require(
         m.freeze_trainable_layers != 0,
         "freeze_trainable_layers",

@@ -194,6 +194,10 @@ impl SftConfig {
             "trust_remote_code: ignored: Hone runs no model code from the Hub",
         );
         note(
+            self.method.loraplus_lr_embedding.is_some(),
+            "loraplus_lr_embedding: ignored: it is LoRA+'s rate for adapters on embedding layers, which Hone does not adapt",
+        );
+        note(
             d.overwrite_cache,
             "overwrite_cache: ignored: Hone keeps no preprocessed-dataset cache",
         );

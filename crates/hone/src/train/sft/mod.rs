@@ -30,6 +30,7 @@ use crate::train::checkpoint::{
 };
 use crate::train::config::SftConfig;
 use crate::train::dropout;
+use crate::train::groups::param_groups;
 use crate::train::lora::trainable_parameters_line;
 use crate::train::model::{shifted_labels, TrainModel};
 use crate::train::optim::{clip_grad_norm, AdamW};
@@ -123,6 +124,11 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     let plan = config.step_plan(rows.train.len())?;
     let schedule = config.schedule(plan.total_steps);
     let mut optimizer = new_optimizer(config, &mut model)?;
+    if let Some(ratio) = config.method.loraplus_lr_ratio {
+        on(Event::Note(&format!(
+            "LoRA+: lora_B matrices and 1-D tensors learn at {ratio} × learning_rate"
+        )));
+    }
     let mut progress = Progress::default();
     let mut trainer_state = new_trainer_state(config, &plan);
     if let Some(dir) =
@@ -420,27 +426,13 @@ fn save(
     })
 }
 
-/// AdamW over the trainable tensors, in transformers' two groups: weight decay on matrices, none
-/// on biases and norm weights.
+/// AdamW over the trainable tensors, in transformers' groups (or LoRA+'s, see [`param_groups`]).
 fn new_optimizer(config: &SftConfig, model: &mut TrainModel) -> Result<AdamW> {
     let shapes = model.trainable_shapes();
-    let no_decay = |name: &str| name.ends_with(".bias") || name.contains("norm");
-    let decay: Vec<(&str, usize)> = shapes
-        .iter()
-        .filter(|(n, _)| !no_decay(n))
-        .map(|(n, s)| (n.as_str(), *s))
-        .collect();
-    let plain: Vec<(&str, usize)> = shapes
-        .iter()
-        .filter(|(n, _)| no_decay(n))
-        .map(|(n, s)| (n.as_str(), *s))
-        .collect();
+    let ratio = config.method.loraplus_lr_ratio;
     let mut opt = AdamW::new();
-    opt.add_group(config.adamw(), &decay)?;
-    if !plain.is_empty() {
-        let mut cfg = config.adamw();
-        cfg.weight_decay = 0.0;
-        opt.add_group(cfg, &plain)?;
+    for (group, params) in param_groups(&shapes, config.adamw(), ratio) {
+        opt.add_group(group, &params)?;
     }
     Ok(opt)
 }
