@@ -46,6 +46,7 @@ ADAPTERS = [
     ("llama-gqa-regex", "llama-gqa"),
     ("qwen3-all-linear", "qwen3"),
     ("qwen2-dora", "qwen2"),
+    ("qwen2-ia3", "qwen2"),
 ]
 # LoRA on every linear layer of a multimodal checkpoint's language model.
 TEXT_ALL_LINEAR = (

@@ -1,7 +1,7 @@
 """Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
 Hone trains, and counts the same trainable parameters.
 
-For each method (LoRA, DoRA) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
+For each method (LoRA, DoRA, IA3) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
 a small dataset with `lora_target: all`, then:
   - Hone's trainable-parameter line is compared with PEFT's `get_nb_trainable_parameters()` for
@@ -41,7 +41,7 @@ def load(path, **kwargs):
     ).eval()
 
 # Method -> the train-config keys that select it.
-METHODS = {"lora": {}, "dora": {"use_dora": "true"}}
+METHODS = {"lora": {}, "dora": {"use_dora": "true"}, "ia3": {"finetuning_type": "ia3", "learning_rate": "5.0e-2"}}
 ROWS = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Name a prime number.", "Seven is a prime number."),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import peft
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 
 from models import (
     FIXTURES,
@@ -92,6 +92,8 @@ ADAPTERS = {
         205,
         False,
     ),
+    # IA3 with PEFT's defaults for Qwen2 (q and v outputs, their biases included; down's input).
+    "qwen2-ia3": ("qwen2", dict(method="ia3"), 206, False),
     # target_modules as a regex string, on the GQA model whose head_dim * heads != hidden_size.
     "llama-gqa-regex": (
         "llama-gqa",
@@ -121,6 +123,8 @@ def randomize_adapter(model, seed):
             value = 0.3 * torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5
         elif name.endswith(".bias"):
             value = param + 0.3 * torch.randn(param.shape, generator=gen)
+        elif "ia3_l" in name:
+            value = 1 + 0.3 * torch.randn(param.shape, generator=gen)
         elif "lora_magnitude_vector" in name:
             # DoRA's magnitudes start as the weight's row norms; move them by up to ~30%.
             value = param * (1 + 0.15 * torch.randn(param.shape, generator=gen))
@@ -141,7 +145,9 @@ def build(name, base, lora_args, seed, greedy):
     # A path relative to the repository root, so base_model_name_or_path is the same everywhere.
     base_path = f"fixtures/models/{base}"
     torch.manual_seed(seed)
-    model = get_peft_model(load_fp32(base_path), LoraConfig(task_type="CAUSAL_LM", **lora_args))
+    args = dict(lora_args)
+    config = IA3Config if args.pop("method", "lora") == "ia3" else LoraConfig
+    model = get_peft_model(load_fp32(base_path), config(task_type="CAUSAL_LM", **args))
     randomize_adapter(model, seed)
     model.eval()
     golden = base_golden(base)

@@ -25,6 +25,7 @@ leave the vision tower alone), glm and glm4 with interleaved partial rotary, q/k
 after the branches, starcoder2 with LayerNorms, biases and its ungated GELU MLP), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
 whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4, starcoder2, whose LayerNorm biases train); freezing (last layer's MLP + final norm);
+IA3 (PEFT's default targets on llama GQA and qwen2, Phi-3's fused projections);
 DoRA (all-linear on llama GQA and phi3, with bias="all" on qwen2, q,v on the default model's slice; its
 magnitudes moved off their initial weight norms);
 3 AdamW steps of LoRA with clipping, and of LoRA+'s groups (LLaMA-Factory's) on a DoRA adapter with biases;
@@ -40,7 +41,7 @@ import pathlib
 
 import peft
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -79,6 +80,7 @@ def hone_name(peft_name):
     name = peft_name.removeprefix("base_model.model.").replace("model.language_model.", "model.", 1)
     name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
     name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
+    name = name.replace(".ia3_l.default", ".ia3_l")
     return name.replace(".base_layer.", ".")
 
 
@@ -92,6 +94,8 @@ def randomize_b(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.05)
             elif "lora_magnitude_vector" in name:
                 p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+            elif "ia3_l" in name:  # IA3's vectors start at 1, which scales nothing
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
 
 
 def load(model_dir):
@@ -154,6 +158,25 @@ def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias
     case = {
         "model": model_dir, "method": "lora", "r": r, "alpha": alpha, "use_rslora": rslora,
         "bias": bias, "use_dora": dora, "targets": targets, "masked": masked, "f32_gap": gap,
+    }
+    save(name, case, ids, labels, out, model, init)
+
+
+def ia3_case(name, model_dir, targets=None, feedforward=None, seed=0):
+    """IA3 (PEFT's defaults for the family unless `targets`/`feedforward` are given): output rows of
+    attention projections and the MLP's down projection's inputs scaled by trained vectors."""
+    torch.manual_seed(seed)
+    base = load(ROOT / "fixtures" / "models" / model_dir)
+    model = get_peft_model(base, IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward))
+    randomize_b(model, seed + 1)
+    init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "ia3_l" in n}
+    ids, labels = batch(text_vocab(model.config), 2, 12, [5, 3], [0, 3], seed + 2)
+    out = run(model, ids, labels)
+    gap = float32_gap(model, ids, labels)
+    config = model.peft_config["default"]
+    case = {
+        "model": model_dir, "method": "ia3", "targets": sorted(config.target_modules),
+        "feedforward": sorted(config.feedforward_modules), "masked": True, "f32_gap": gap,
     }
     save(name, case, ids, labels, out, model, init)
 
@@ -283,6 +306,13 @@ def cases():
         out[f"dora_{model_dir}_masked"] = lambda d=model_dir: lora_case(f"dora_{d}_masked", d, "all-linear", True, dora=True)
     out["dora_qwen2_bias_all"] = lambda: lora_case("dora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all", dora=True)
     out["dora_default_2layers"] = lambda: default_model_case("dora_default_2layers", dora=True)
+    # IA3 with PEFT's defaults (llama: k, v, down; qwen2, with q/v biases the scaling covers: q, v,
+    # down), and on Phi-3's fused projections.
+    out["ia3_llama-gqa_masked"] = lambda: ia3_case("ia3_llama-gqa_masked", "llama-gqa")
+    out["ia3_qwen2_masked"] = lambda: ia3_case("ia3_qwen2_masked", "qwen2")
+    out["ia3_phi3_masked"] = lambda: ia3_case(
+        "ia3_phi3_masked", "phi3", ["qkv_proj", "gate_up_proj", "down_proj"], ["down_proj"]
+    )
     return out
 
 

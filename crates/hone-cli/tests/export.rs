@@ -43,7 +43,8 @@ fn bad_input_is_a_one_line_error_leaving_nothing() {
     let out = tmp.path().join("out.gguf");
     let qwen_adapter = fixture("adapters/qwen2-all-linear");
     let dora_adapter = fixture("adapters/qwen2-dora");
-    let cases: [(&[&str], &Path, &str); 6] = [
+    let ia3_adapter = fixture("adapters/qwen2-ia3");
+    let cases: [(&[&str], &Path, &str); 7] = [
         (&["--quant", "q3_k"], &out, "q3_k"),
         // Made for Qwen2 (vocabulary 160, biases): shapes differ from the tiny Llama's.
         (&["--adapter", arg(&qwen_adapter)], &out, "model.layers.0."),
@@ -59,6 +60,11 @@ fn bad_input_is_a_one_line_error_leaving_nothing() {
             &["--adapter", arg(&dora_adapter), "--adapter-only"],
             &out,
             "DoRA adapter (use_dora)",
+        ),
+        (
+            &["--adapter", arg(&ia3_adapter), "--adapter-only"],
+            &out,
+            "it is an IA3 adapter",
         ),
     ];
     let before = dir_entries(tmp.path());

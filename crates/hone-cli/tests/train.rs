@@ -164,6 +164,15 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
     assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
 }
 
+/// `hone merge` of the adapter in `out` into tiny-spm, written under `dir`; the merged directory.
+fn merge_into_tiny_model(out: &Path, dir: &Path) -> std::path::PathBuf {
+    let model = fixture("tokenizer/tiny-spm.gguf");
+    let merged = dir.join("merged");
+    let args = ["merge", "--model", arg(&model), "--adapter", arg(out)];
+    hone(&[&args[..], &["--out", arg(&merged)]].concat()).ok();
+    merged
+}
+
 /// `hone generate` with `args`, answering the first training question (8 greedy tokens).
 fn answer_first_row(args: &[&str]) -> common::Run {
     let prompt = [
@@ -234,17 +243,7 @@ fn dora_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
     let exact = generate(&["--model", model, "--adapter", arg(&out), "--exact"]);
     let base = generate(&["--model", model]);
     assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
-    let merged = dir.path().join("merged");
-    let args = [
-        "merge",
-        "--model",
-        model,
-        "--adapter",
-        arg(&out),
-        "--out",
-        arg(&merged),
-    ];
-    hone(&args).ok();
+    let merged = merge_into_tiny_model(&out, dir.path());
     let from_merged = generate(&["--model", arg(&merged)]);
     assert_eq!(
         from_merged.ok(),
@@ -266,6 +265,63 @@ fn dora_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
             .contains("LoRA+: lora_B matrices and 1-D tensors learn at 4 × learning_rate"),
         "{}",
         run.stderr
+    );
+}
+
+/// `finetuning_type: ia3` with PEFT's defaults for Llama (k and v outputs, down's input): the
+/// vectors train (the tiny random model's nearly uniform outputs barely move under scaling alone,
+/// so the loss is not the test here; the gradient tests are), the adapter is PEFT's IA3
+/// directory, and it generates unmerged and merged alike.
+#[test]
+fn ia3_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let args = ["finetuning_type=ia3", "max_steps=30", "learning_rate=1e-1"];
+    let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
+    run.ok();
+    // tiny-spm's one block: k and v outputs (8 each), down's input (the MLP's 32).
+    assert!(
+        run.stderr.contains("trainable params: 48 ||"),
+        "{}",
+        run.stderr
+    );
+    let out = dir.path().join("out");
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["peft_type"], "IA3");
+    assert_eq!(
+        adapter["feedforward_modules"],
+        serde_json::json!(["down_proj"])
+    );
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |m: &str| {
+        let key = format!("base_model.model.model.layers.0.{m}.ia3_l");
+        st.tensor(&key).unwrap().shape().to_vec()
+    };
+    assert_eq!(shape("self_attn.k_proj"), [8, 1]);
+    assert_eq!(shape("mlp.down_proj"), [1, 32]);
+    let v = st
+        .tensor("base_model.model.model.layers.0.self_attn.v_proj.ia3_l")
+        .unwrap();
+    let moved = v.data().chunks_exact(4).any(|b| {
+        let x = f32::from_le_bytes(b.try_into().unwrap());
+        (x - 1.0).abs() > 0.5
+    });
+    assert!(moved, "the vectors did not train");
+
+    let model_path = fixture("tokenizer/tiny-spm.gguf");
+    let model = arg(&model_path);
+    let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
+    let exact = answer_first_row(&["--model", model, "--adapter", arg(&out), "--exact"]);
+    let base = answer_first_row(&["--model", model]);
+    assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
+    assert_eq!(tuned.ok(), exact.ok(), "unmerged and merged IA3 differ");
+    let merged = merge_into_tiny_model(&out, dir.path());
+    assert_eq!(
+        answer_first_row(&["--model", arg(&merged)]).ok(),
+        exact.ok()
     );
 }
 
@@ -356,6 +412,7 @@ fn the_example_configs_resolve() {
     for (file, expected) in [
         ("train_lora.yaml", "use_dora: false"),
         ("train_dora.yaml", "use_dora: true"),
+        ("train_ia3.yaml", "finetuning_type: ia3"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

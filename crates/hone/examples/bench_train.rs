@@ -53,6 +53,7 @@ fn main() -> Result<()> {
     let spec = TrainableSpec {
         base: &base,
         lora: settings.as_ref(),
+        ia3: None,
     };
     let mut model = match storage {
         "f32" | "bf16" => {

@@ -109,11 +109,25 @@ fn unsupported_configs_name_file_line_and_field() {
     );
 
     set_config_field(&dir, "use_dora", serde_json::json!(false));
-    set_config_field(&dir, "peft_type", serde_json::json!("IA3"));
+    set_config_field(&dir, "peft_type", serde_json::json!("LOHA"));
     assert_mentions(
         &read_error(&dir),
-        &["adapter_config.json:", "peft_type: \"IA3\""],
+        &[
+            "adapter_config.json:",
+            "peft_type: \"LOHA\" is not supported",
+        ],
     );
+    // An IA3 config (PEFT always writes its module lists) over LoRA tensors.
+    set_config_field(&dir, "peft_type", serde_json::json!("IA3"));
+    set_config_field(&dir, "feedforward_modules", serde_json::json!([]));
+    assert_mentions(
+        &read_error(&dir),
+        &[
+            "adapter_model.safetensors:",
+            "LoRA weights but the config's peft_type is \"IA3\"",
+        ],
+    );
+    set_config_field(&dir, "feedforward_modules", serde_json::Value::Null);
 
     set_config_field(&dir, "peft_type", serde_json::json!("LORA"));
     set_config_field(&dir, "r", serde_json::json!("four"));

@@ -76,8 +76,9 @@ fn list_targets_with_default_scaling() {
 fn all_linear_rslora_with_rank_and_alpha_patterns_and_biases() {
     let adapter = read_adapter(&fixture("adapters/qwen2-all-linear")).unwrap();
     assert_eq!(adapter.modules.len(), 14, "7 linear layers x 2 blocks");
-    assert!(adapter.config.use_rslora);
-    assert_eq!(adapter.config.bias, Bias::All);
+    let config = adapter.config.lora().unwrap();
+    assert!(config.use_rslora);
+    assert_eq!(config.bias, Bias::All);
     let down = &adapter.modules["model.layers.0.mlp.down_proj"];
     assert_eq!(down.r, 2, "rank_pattern down_proj: 2");
     assert_eq!(down.scale, 16.0 / 2f64.sqrt());

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{dir_entries, fixture};
 use hone::adapters::{
-    read_adapter, write_adapter, Adapter, AdapterConfig, LoraWeights, TargetModules,
+    read_adapter, write_adapter, Adapter, AdapterConfig, LoraWeights, PeftConfig, TargetModules,
 };
 use hone::io::gguf::GgufFile;
 use hone::tokenizer::Tokenizer;
@@ -89,8 +89,9 @@ fn small_adapter(base: &str) -> Adapter {
         magnitude: None,
     };
     Adapter {
-        config,
+        config: PeftConfig::Lora(config),
         modules: BTreeMap::from([(module, weights)]),
+        scales: BTreeMap::new(),
         biases: BTreeMap::new(),
     }
 }
@@ -152,8 +153,10 @@ fn an_inconsistent_adapter_is_not_written() {
             let w = a.modules.pop_first().unwrap().1;
             a.modules.insert("model.layers.0.mlp.up_proj".into(), w);
         }),
-        ("rank 3", |a| a.config.r = 3),
-        ("scale 2 differs", |a| a.config.lora_alpha = 8.0),
+        ("rank 3", |a| a.config.lora_mut().unwrap().r = 3),
+        ("scale 2 differs", |a| {
+            a.config.lora_mut().unwrap().lora_alpha = 8.0
+        }),
     ];
     for (expected, damage) in cases {
         let mut adapter = small_adapter("base");

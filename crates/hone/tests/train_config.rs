@@ -237,6 +237,24 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         &load_error(&path, &["finetuning_type=full", "use_rslora=true"]),
         &["override `use_rslora=true`: use_rslora", "lora"],
     );
+    assert_mentions(
+        &load_error(&path, &["target_modules=k_proj"]),
+        &[
+            "override `target_modules=k_proj`: target_modules",
+            "finetuning_type: ia3",
+        ],
+    );
+    assert_mentions(
+        &load_error(
+            &path,
+            &[
+                "finetuning_type=ia3",
+                "target_modules=k_proj",
+                "feedforward_modules=down_proj",
+            ],
+        ),
+        &["feedforward_modules", "subset of target_modules"],
+    );
     for key in ["use_dora=true", "loraplus_lr_ratio=16"] {
         let name = key.split('=').next().unwrap();
         assert_mentions(

@@ -10,13 +10,16 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
-use hone::adapters::{Adapter, AdapterConfig, Bias, LoraWeights, TargetModules};
+use hone::adapters::{
+    Adapter, AdapterConfig, Bias, Ia3Config, Ia3Vector, LoraWeights, PeftConfig, TargetModules,
+};
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::quant::bnb::FourBit;
 use hone::train::groups::param_groups;
+use hone::train::ia3::Ia3Settings;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -187,10 +190,40 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         modules.insert(module.to_string(), weights);
     }
     Adapter {
-        config: settings.config.clone(),
+        config: PeftConfig::Lora(settings.config.clone()),
         modules,
+        scales: BTreeMap::new(),
         biases: BTreeMap::new(),
     }
+}
+
+/// The IA3 settings of the case (`targets`, `feedforward`) and the vectors it starts from
+/// (`init.<module>.ia3_l`: `[1, in]` scales inputs, `[out, 1]` outputs), as an adapter.
+fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
+    let names = |key: &str| -> Vec<String> {
+        let list = case.meta[key].as_array().unwrap();
+        list.iter().map(|n| n.as_str().unwrap().into()).collect()
+    };
+    let config = Ia3Config::new(names("targets"), names("feedforward"));
+    let scales = case
+        .tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let module = name.strip_prefix("init.")?.strip_suffix(".ia3_l")?;
+            let vector = Ia3Vector {
+                values: f32s(t),
+                feedforward: t.dims()[0] == 1,
+            };
+            Some((module.to_string(), vector))
+        })
+        .collect();
+    let adapter = Adapter {
+        config: PeftConfig::Ia3(config.clone()),
+        modules: BTreeMap::new(),
+        scales,
+        biases: BTreeMap::new(),
+    };
+    (Ia3Settings::new(config).unwrap(), adapter)
 }
 
 fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainModel {
@@ -202,8 +235,18 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             let spec = TrainableSpec {
                 base: &base,
                 lora: Some(&settings),
+                ia3: None,
             };
             let adapter = initial_adapter(case, &settings);
+            TrainModel::from_stored(cfg, w, &spec, Some(&adapter)).unwrap()
+        }
+        "ia3" => {
+            let (settings, adapter) = initial_ia3(case);
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: Some(&settings),
+            };
             TrainModel::from_stored(cfg, w, &spec, Some(&adapter)).unwrap()
         }
         "full" => TrainModel::from_stored(
@@ -212,6 +255,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             &TrainableSpec {
                 base: &|_| true,
                 lora: None,
+                ia3: None,
             },
             None,
         )
@@ -230,6 +274,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
                 &TrainableSpec {
                     base: &base,
                     lora: None,
+                    ia3: None,
                 },
                 None,
             )
@@ -377,6 +422,20 @@ fn dora_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("dora_llama-gqa_masked", recompute);
+}
+
+/// IA3: vectors on attention outputs (their biases scaled too, on Qwen2) and on the MLP's down
+/// projection's input, and on Phi-3's fused projections.
+#[test]
+fn ia3_gradients_match_peft() {
+    check_gradients("ia3_llama-gqa_masked");
+    check_gradients("ia3_qwen2_masked");
+    check_gradients("ia3_phi3_masked");
+    let stored = Variant {
+        stored: true,
+        ..Variant::default()
+    };
+    check_gradients_with("ia3_qwen2_masked", stored);
 }
 
 #[test]

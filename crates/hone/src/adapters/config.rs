@@ -207,16 +207,7 @@ impl AdapterConfig {
 
     /// Parse `adapter_config.json` text. Errors are `field: problem` (or the JSON syntax error).
     pub fn from_json(text: &str) -> Result<Self> {
-        let fields: Map<String, Value> = serde_json::from_str(text)?;
-        // Parse each field alone (every field has a default) to name the one that is wrong.
-        for (key, value) in &fields {
-            let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
-            if let Err(e) = serde_json::from_value::<AdapterConfig>(single) {
-                bail!("{key}: {e}");
-            }
-        }
-        // The text, not the map, keeps rank_pattern / alpha_pattern keys in file order.
-        Ok(serde_json::from_str(text)?)
+        from_json_by_field(text)
     }
 
     /// The config as PEFT writes it: every field, integral alphas as integers.
@@ -252,7 +243,8 @@ impl AdapterConfig {
     pub fn validate(&self) -> Result<()> {
         if self.peft_type != "LORA" {
             bail!(
-                "peft_type: {:?} is not supported (Hone reads LoRA adapters, peft_type \"LORA\")",
+                "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", and IA3, \
+                 \"IA3\")",
                 self.peft_type
             );
         }
@@ -300,6 +292,21 @@ impl AdapterConfig {
     }
 }
 
+/// A config from JSON text whose every field has a default; errors are `field: problem` (or the
+/// JSON syntax error).
+pub(super) fn from_json_by_field<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let fields: Map<String, Value> = serde_json::from_str(text)?;
+    // Parse each field alone to name the one that is wrong.
+    for (key, value) in &fields {
+        let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
+        if let Err(e) = serde_json::from_value::<T>(single) {
+            bail!("{key}: {e}");
+        }
+    }
+    // The text, not the map, keeps rank_pattern / alpha_pattern keys in file order.
+    Ok(serde_json::from_str(text)?)
+}
+
 /// A JSON number, written as an integer when it is one (as Python writes `lora_alpha=16`).
 fn number(x: f64) -> Value {
     if x.fract() == 0.0 && x.abs() < 9.0e15 {
@@ -310,7 +317,7 @@ fn number(x: f64) -> Value {
 }
 
 /// Whether a field holds a value other than its "off" forms (null, false, 0, "", [] or {}).
-fn is_set(v: &Value) -> bool {
+pub(super) fn is_set(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -367,8 +374,8 @@ mod tests {
     fn what_hone_cannot_honour_is_refused_by_field() {
         let refused = [
             (
-                r#"{"peft_type": "IA3"}"#,
-                "peft_type: \"IA3\" is not supported",
+                r#"{"peft_type": "LOHA"}"#,
+                "peft_type: \"LOHA\" is not supported",
             ),
             (r#"{"lora_bias": true}"#, "lora_bias: true is not supported"),
             (r#"{"fan_in_fan_out": true}"#, "fan_in_fan_out: true"),

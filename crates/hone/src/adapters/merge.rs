@@ -1,7 +1,8 @@
 //! Merging an adapter into a model's f32 weights (HF tensor names), as PEFT's
 //! `merge_and_unload(safe_merge=True)` does: `W += scale · B · A` for each target module (DoRA then
-//! rescales each row to its magnitude), refusing a result that is not finite; biases saved with the
-//! adapter replace the model's.
+//! rescales each row to its magnitude), or IA3's vector multiplied into W's rows and bias (or
+//! columns), refusing a result that is not finite; biases saved with the adapter replace the
+//! model's.
 
 use std::collections::HashMap;
 
@@ -33,9 +34,43 @@ pub fn merge(
         }
         weights.insert(name, Tensor::from_vec(values, merged.dims(), w.device())?);
     }
+    for (module, vector) in &adapter.scales {
+        merge_ia3(weights, module, vector)?;
+    }
     for (name, bias) in &adapter.biases {
         let replacement = Tensor::from_slice(bias, bias.len(), weights[name].device())?;
         weights.insert(name.clone(), replacement);
+    }
+    Ok(())
+}
+
+/// Multiplies IA3's `vector` into `module`'s weight (and, scaling outputs, its bias).
+fn merge_ia3(
+    weights: &mut HashMap<String, Tensor>,
+    module: &str,
+    vector: &super::Ia3Vector,
+) -> Result<()> {
+    let name = format!("{module}.weight");
+    let w = &weights[&name];
+    let (dims, device) = (w.dims().to_vec(), w.device().clone());
+    let mut values = w.flatten_all()?.to_vec1::<f32>()?;
+    let bias_name = format!("{module}.bias");
+    let mut bias = match weights.get(&bias_name) {
+        Some(b) if !vector.feedforward => Some(b.to_vec1::<f32>()?),
+        _ => None,
+    };
+    vector.merge_into(&mut values, bias.as_deref_mut());
+    if !values
+        .iter()
+        .chain(bias.iter().flatten())
+        .all(|v| v.is_finite())
+    {
+        bail!("{module}: merging the adapter gives non-finite weights (NaN or infinity); the adapter is broken");
+    }
+    weights.insert(name, Tensor::from_vec(values, dims, &device)?);
+    if let Some(bias) = bias {
+        let len = bias.len();
+        weights.insert(bias_name, Tensor::from_vec(bias, len, &device)?);
     }
     Ok(())
 }
@@ -68,6 +103,26 @@ pub fn check_fits(
             );
         }
     }
+    for (module, vector) in &adapter.scales {
+        let name = format!("{module}.weight");
+        let Some(w) = dims(&name) else {
+            bail!(
+                "{module}: the model has no such module (no tensor {name}); {}",
+                other_base(adapter)
+            );
+        };
+        let (side, width) = match vector.feedforward {
+            true => ("input", w.get(1)),
+            false => ("output", w.first()),
+        };
+        if width != Some(&vector.values.len()) {
+            bail!(
+                "{module}: the adapter's IA3 vector scales {} {side} features but the model's weight is {w:?}; {}",
+                vector.values.len(),
+                other_base(adapter)
+            );
+        }
+    }
     for (name, bias) in &adapter.biases {
         let Some(old) = dims(name) else {
             bail!(
@@ -94,7 +149,7 @@ fn delta(lora: &LoraWeights, device: &candle_core::Device) -> Result<Tensor> {
 }
 
 fn other_base(adapter: &Adapter) -> String {
-    match &adapter.config.base_model_name_or_path {
+    match adapter.config.base_model_name_or_path() {
         Some(base) => format!("this adapter was made for a different base model ({base})"),
         None => "this adapter was made for a different base model".into(),
     }

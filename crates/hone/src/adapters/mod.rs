@@ -1,14 +1,15 @@
-//! LoRA adapters in Hugging Face PEFT's directory format: `adapter_config.json` plus
-//! `adapter_model.safetensors`, read, written and merged into a model's weights, so adapters move
-//! freely between Hone and PEFT (and the tools built on it).
+//! PEFT adapters (LoRA, DoRA, IA3) in Hugging Face PEFT's directory format:
+//! `adapter_config.json` plus `adapter_model.safetensors`, read, written and merged into a model's
+//! weights, so adapters move freely between Hone and PEFT (and the tools built on it).
 //!
 //! A LoRA adapter adds `scale · B · A` to a linear layer's weight `W [out, in]`, with
 //! `A [r, in]`, `B [out, r]` and `scale = alpha / r` (or `alpha / sqrt(r)` for rank-stabilised LoRA).
 //! A DoRA adapter (`use_dora`) also rescales each output row of the result to a learned magnitude
-//! ([`dora`]).
+//! ([`dora`]). An IA3 adapter scales a layer's outputs or inputs by a learned vector ([`ia3`]).
 
 pub mod config;
 pub mod dora;
+pub mod ia3;
 pub mod merge;
 pub mod peft;
 pub mod targets;
@@ -17,6 +18,7 @@ mod write;
 use std::collections::BTreeMap;
 
 pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
+pub use ia3::{Ia3Config, Ia3Vector};
 pub use merge::merge;
 pub use peft::read_adapter;
 pub use targets::{ModuleMatcher, Patterns};
@@ -59,28 +61,112 @@ impl LoraWeights {
     }
 }
 
-/// A LoRA adapter: its config, the LoRA matrices of each target module, and the bias tensors PEFT
-/// saves when the config's `bias` is `all` or `lora_only` (they replace the model's).
+/// An adapter's PEFT config: the method, with its own fields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeftConfig {
+    /// `peft_type: "LORA"` (DoRA with `use_dora`).
+    Lora(AdapterConfig),
+    /// `peft_type: "IA3"`.
+    Ia3(Ia3Config),
+}
+
+impl PeftConfig {
+    /// Parse `adapter_config.json` text by its `peft_type`. Errors are `field: problem`.
+    pub fn from_json(text: &str) -> anyhow::Result<PeftConfig> {
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
+        match fields.get("peft_type").and_then(|t| t.as_str()) {
+            Some("IA3") => Ok(PeftConfig::Ia3(config::from_json_by_field(text)?)),
+            _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
+        }
+    }
+
+    /// The config as PEFT writes it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            PeftConfig::Lora(c) => c.to_json(),
+            PeftConfig::Ia3(c) => c.to_json(),
+        }
+    }
+
+    /// Refuse what Hone cannot honour. Errors are `field: problem`.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self {
+            PeftConfig::Lora(c) => c.validate(),
+            PeftConfig::Ia3(c) => c.validate(),
+        }
+    }
+
+    /// The LoRA config, unless the adapter is of another method.
+    pub fn lora(&self) -> Option<&AdapterConfig> {
+        match self {
+            PeftConfig::Lora(c) => Some(c),
+            PeftConfig::Ia3(_) => None,
+        }
+    }
+
+    pub fn lora_mut(&mut self) -> Option<&mut AdapterConfig> {
+        match self {
+            PeftConfig::Lora(c) => Some(c),
+            PeftConfig::Ia3(_) => None,
+        }
+    }
+
+    /// The method, as people call it: `LoRA`, `DoRA` or `IA3`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            PeftConfig::Lora(c) if c.use_dora => "DoRA",
+            PeftConfig::Lora(_) => "LoRA",
+            PeftConfig::Ia3(_) => "IA3",
+        }
+    }
+
+    pub fn base_model_name_or_path(&self) -> Option<&str> {
+        match self {
+            PeftConfig::Lora(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
+        }
+    }
+
+    pub fn set_base_model_name_or_path(&mut self, base: Option<String>) {
+        match self {
+            PeftConfig::Lora(c) => c.base_model_name_or_path = base,
+            PeftConfig::Ia3(c) => c.base_model_name_or_path = base,
+        }
+    }
+}
+
+/// An adapter: its config, the LoRA matrices or IA3 vectors of each target module, and the bias
+/// tensors PEFT saves when a LoRA config's `bias` is `all` or `lora_only` (they replace the
+/// model's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Adapter {
-    pub config: AdapterConfig,
-    /// By HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub config: PeftConfig,
+    /// LoRA (and DoRA) updates by HF module path, e.g. `model.layers.0.self_attn.q_proj`.
     pub modules: BTreeMap<String, LoraWeights>,
+    /// IA3 vectors by HF module path.
+    pub scales: BTreeMap<String, Ia3Vector>,
     /// By HF tensor name, e.g. `model.layers.0.self_attn.q_proj.bias`.
     pub biases: BTreeMap<String, Vec<f32>>,
 }
 
 impl Adapter {
-    /// Checks the modules against the config: each is a target of it, with the rank and scale the
-    /// config gives it and matrices of the stated shapes. Errors name the module.
+    /// Checks the modules against the config: each is a target of it, with the rank and scale (or
+    /// the IA3 side) the config gives it and tensors of the stated shapes. Errors name the module.
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::bail;
-        let matcher = self.config.matcher()?;
+        let config = match &self.config {
+            PeftConfig::Lora(config) => config,
+            PeftConfig::Ia3(config) => return self.validate_ia3(config),
+        };
+        if let Some(module) = self.scales.keys().next() {
+            bail!("{module}: has an IA3 vector (ia3_l) but the config's peft_type is \"LORA\"");
+        }
+        let matcher = config.matcher()?;
         for (module, w) in &self.modules {
             if !matcher.is_target(module)? {
                 bail!(
                     "{module}: has LoRA weights but target_modules ({}) does not select it",
-                    self.config.target_modules_text()
+                    config.target_modules_text()
                 );
             }
             let r = matcher.rank(module)?;
@@ -99,7 +185,7 @@ impl Adapter {
                     w.out_features
                 );
             }
-            match (&w.magnitude, self.config.use_dora) {
+            match (&w.magnitude, config.use_dora) {
                 (None, true) => bail!("{module}: use_dora is set but the module has no lora_magnitude_vector"),
                 (Some(_), false) => bail!("{module}: has a lora_magnitude_vector (DoRA) but use_dora is not set"),
                 (Some(m), true) if m.len() != w.out_features => bail!(
@@ -117,8 +203,32 @@ impl Adapter {
                 );
             }
         }
-        if !self.biases.is_empty() && self.config.bias == Bias::None {
+        if !self.biases.is_empty() && config.bias == Bias::None {
             bail!("the adapter has bias tensors but its config says bias \"none\"");
+        }
+        Ok(())
+    }
+
+    fn validate_ia3(&self, config: &Ia3Config) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if let Some(module) = self.modules.keys().next() {
+            bail!("{module}: has LoRA weights but the config's peft_type is \"IA3\"");
+        }
+        if let Some(name) = self.biases.keys().next() {
+            bail!("{name}: IA3 adapters carry no biases");
+        }
+        let matcher = config.matcher()?;
+        for (module, v) in &self.scales {
+            if !matcher.is_target(module)? {
+                bail!("{module}: has an IA3 vector but target_modules does not select it");
+            }
+            if v.feedforward != matcher.is_feedforward(module)? {
+                bail!(
+                    "{module}: ia3_l is {:?}, which disagrees with feedforward_modules ([1, in] scales the input of a \
+                     feedforward module, [out, 1] the output of any other)",
+                    v.shape()
+                );
+            }
         }
         Ok(())
     }

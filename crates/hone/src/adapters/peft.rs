@@ -1,6 +1,7 @@
 //! Reading a PEFT adapter directory, and the tensor names PEFT uses in `adapter_model.safetensors`:
 //! `base_model.model.<module>.lora_A.weight` `[r, in]`, `....lora_B.weight` `[out, r]`, DoRA's
-//! `....lora_magnitude_vector` `[out]`, and with
+//! `....lora_magnitude_vector` `[out]`, IA3's `....ia3_l` (`[out, 1]`, or `[1, in]` for a
+//! feedforward module), and with
 //! `bias` "all" / "lora_only" the trained biases, `base_model.model.<module>.base_layer.bias` for a
 //! LoRA-wrapped module and `base_model.model.<module>.bias` for any other.
 
@@ -10,8 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
-use super::config::AdapterConfig;
-use super::{Adapter, LoraWeights};
+use super::{Adapter, Ia3Vector, LoraWeights, PeftConfig};
 use crate::io::safetensors;
 use crate::model::config::text_model_name;
 
@@ -25,10 +25,12 @@ const LORA_A: &str = ".lora_A.weight";
 const LORA_B: &str = ".lora_B.weight";
 /// DoRA's magnitudes (PEFT drops the `.weight` of its `DoraLinearLayer` from the key).
 pub(super) const MAGNITUDE: &str = ".lora_magnitude_vector";
+/// IA3's vector.
+pub(super) const IA3: &str = ".ia3_l";
 /// A wrapped module's own bias, as PEFT names it.
 pub(super) const WRAPPED_BIAS: &str = ".base_layer.bias";
 
-/// Read a PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+/// Read a PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
 pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     if !dir.is_dir() {
         bail!("{}: no such adapter directory", dir.display());
@@ -52,7 +54,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
 }
 
 /// Read and validate `adapter_config.json`; errors are `path:line: field: problem`.
-pub fn read_config(path: &Path) -> Result<AdapterConfig> {
+pub fn read_config(path: &Path) -> Result<PeftConfig> {
     if !path.is_file() {
         let dir = path.parent().unwrap_or(Path::new("."));
         bail!(
@@ -70,7 +72,7 @@ pub fn read_config(path: &Path) -> Result<AdapterConfig> {
             None => anyhow!("{}: {msg}", path.display()),
         }
     };
-    let config = AdapterConfig::from_json(&text).map_err(located)?;
+    let config = PeftConfig::from_json(&text).map_err(located)?;
     config.validate().map_err(located)?;
     Ok(config)
 }
@@ -113,6 +115,7 @@ enum Part {
     A(String),
     B(String),
     Magnitude(String),
+    Ia3(String),
     /// A bias, by HF tensor name.
     Bias(String),
 }
@@ -130,6 +133,9 @@ fn classify(key: &str) -> Result<Part> {
     if let Some(module) = rest.strip_suffix(MAGNITUDE) {
         return Ok(Part::Magnitude(module.into()));
     }
+    if let Some(module) = rest.strip_suffix(IA3) {
+        return Ok(Part::Ia3(module.into()));
+    }
     if let Some(module) = rest.strip_suffix(WRAPPED_BIAS) {
         return Ok(Part::Bias(format!("{module}.bias")));
     }
@@ -137,8 +143,8 @@ fn classify(key: &str) -> Result<Part> {
         return Ok(Part::Bias(rest.into()));
     }
     bail!(
-        "tensor {key}: not supported (Hone reads LoRA and DoRA adapters of linear layers: lora_A / lora_B weights, \
-         lora_magnitude_vector and biases; this looks like another PEFT method or a LoRA variant)"
+        "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
+         weights, lora_magnitude_vector, ia3_l and biases; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -154,12 +160,14 @@ fn text_module(module: &str) -> Result<String> {
 
 type Flat = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// Pair each module's lora_A and lora_B, check their shapes, and give them the config's scale.
-fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
+/// Pair each module's lora_A and lora_B, check their shapes, and give them the config's scale;
+/// take IA3's vectors with the side they scale.
+fn assemble(config: PeftConfig, tensors: Flat) -> Result<Adapter> {
     let mut a_parts = BTreeMap::new();
     let mut b_parts = BTreeMap::new();
     let mut biases = BTreeMap::new();
     let mut magnitudes = BTreeMap::new();
+    let mut scales = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
         let expected_dims = if matches!(part, Part::Bias(_) | Part::Magnitude(_)) {
@@ -180,14 +188,27 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
             Part::Magnitude(module) => {
                 magnitudes.insert(module, values);
             }
+            Part::Ia3(module) => {
+                let vector = Ia3Vector {
+                    values,
+                    feedforward: shape[0] == 1 && shape[1] != 1,
+                };
+                if !vector.shape().eq(&shape[..]) {
+                    bail!("tensor {key}: an IA3 vector is [out, 1] or [1, in], not {shape:?}");
+                }
+                scales.insert(text_module(&module)?, vector);
+            }
             Part::Bias(name) => {
                 biases.insert(text_module(&name)?, values);
             }
         }
     }
-    let matcher = config.matcher()?;
     let mut modules = BTreeMap::new();
+    let matcher = config.lora().map(|c| c.matcher()).transpose()?;
     for (module, (a_shape, a)) in a_parts {
+        let Some(matcher) = &matcher else {
+            bail!("{module}: has LoRA weights but the config's peft_type is \"IA3\"");
+        };
         let Some((b_shape, b)) = b_parts.remove(&module) else {
             bail!("{module}: lora_A without lora_B");
         };
@@ -219,6 +240,7 @@ fn assemble(config: AdapterConfig, tensors: Flat) -> Result<Adapter> {
     Ok(Adapter {
         config,
         modules,
+        scales,
         biases,
     })
 }

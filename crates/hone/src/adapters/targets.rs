@@ -70,17 +70,18 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patterns<T> {
     }
 }
 
-/// PEFT's default `target_modules` for Llama, Mistral and Qwen2 when the config names none.
+/// PEFT's default LoRA `target_modules` for Llama, Mistral and Qwen2 when the config names none.
 const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 
-enum Selector {
+/// `target_modules` or `exclude_modules` compiled.
+pub(super) enum Selector {
     Names(Vec<String>),
     Regex(Regex),
     AllLinear,
 }
 
 impl Selector {
-    fn new(t: Option<&TargetModules>, field: &str) -> Result<Selector> {
+    pub(super) fn new(t: Option<&TargetModules>, field: &str) -> Result<Selector> {
         Ok(match t {
             None => Selector::Names(DEFAULT_TARGETS.map(String::from).to_vec()),
             Some(TargetModules::Names(names)) => Selector::Names(names.clone()),
@@ -94,7 +95,7 @@ impl Selector {
     }
 
     /// PEFT: a regex must match the whole path; a name must equal it or end it after a `.`.
-    fn matches(&self, module: &str) -> Result<bool> {
+    pub(super) fn matches(&self, module: &str) -> Result<bool> {
         Ok(match self {
             Selector::Names(names) => names.iter().any(|n| ends_with_part(module, n)),
             Selector::Regex(re) => re.is_match(module)?,

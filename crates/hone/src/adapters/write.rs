@@ -12,8 +12,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::peft::{CONFIG_FILE, KEY_PREFIX, MAGNITUDE, WEIGHTS_FILE, WRAPPED_BIAS};
-use super::Adapter;
+use super::peft::{CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, WEIGHTS_FILE, WRAPPED_BIAS};
+use super::{Adapter, PeftConfig};
 use crate::io::atomic;
 use crate::io::safetensors::{serialize_f32, F32Tensor};
 use crate::tokenizer::Tokenizer;
@@ -95,6 +95,10 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
             tensors.push((format!("{key}{MAGNITUDE}"), vec![m.len()], m));
         }
     }
+    for (module, v) in &adapter.scales {
+        let key = format!("{KEY_PREFIX}{module}{IA3}");
+        tensors.push((key, v.shape().to_vec(), &v.values));
+    }
     for (name, bias) in &adapter.biases {
         let module = name.strip_suffix(".bias").unwrap_or(name);
         let key = if adapter.modules.contains_key(module) {
@@ -111,8 +115,7 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
 
 /// A short model card with the front matter PEFT writes (`base_model`, `library_name: peft`).
 fn model_card(adapter: &Adapter) -> String {
-    let cfg = &adapter.config;
-    let base = cfg.base_model_name_or_path.as_deref();
+    let base = adapter.config.base_model_name_or_path();
     let mut card = String::from("---\n");
     if let Some(base) = base {
         card += &format!("base_model: {base}\n");
@@ -121,17 +124,33 @@ fn model_card(adapter: &Adapter) -> String {
     if let Some(base) = base {
         card += &format!("- base_model:adapter:{base}\n");
     }
-    card += "- lora\n- hone\n---\n\n";
+    let (tag, shape) = match &adapter.config {
+        PeftConfig::Lora(cfg) => (
+            "lora",
+            format!(
+                "Rank {}, alpha {}{}, on {} modules",
+                cfg.r,
+                cfg.lora_alpha,
+                if cfg.use_rslora {
+                    " (rank-stabilised)"
+                } else {
+                    ""
+                },
+                adapter.modules.len()
+            ),
+        ),
+        PeftConfig::Ia3(_) => (
+            "ia3",
+            format!("Vectors on {} modules", adapter.scales.len()),
+        ),
+    };
+    card += &format!("- {tag}\n- hone\n---\n\n");
     card += &format!(
-        "# {} adapter{}\n\nRank {}, alpha {}{}, on {} modules. Written by Hone in Hugging Face PEFT's format: load \
-         it with `PeftModel.from_pretrained(base_model, \"<this directory>\")` or `hone generate --model <base model> \
+        "# {} adapter{}\n\n{shape}. Written by Hone in Hugging Face PEFT's format: load it with \
+         `PeftModel.from_pretrained(base_model, \"<this directory>\")` or `hone generate --model <base model> \
          --adapter <this directory>`.\n",
-        if cfg.use_dora { "DoRA" } else { "LoRA" },
+        adapter.config.method(),
         base.map(|b| format!(" for {b}")).unwrap_or_default(),
-        cfg.r,
-        cfg.lora_alpha,
-        if cfg.use_rslora { " (rank-stabilised)" } else { "" },
-        adapter.modules.len(),
     );
     card
 }

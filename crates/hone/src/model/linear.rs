@@ -7,6 +7,8 @@
 //! f32 (the memory the stored path exists to save). On the f32 path (`--exact`) adapters are merged
 //! into the weights instead, as PEFT's `merge_and_unload` does. A DoRA update unmerged is
 //! `y = g·(W·x + s·B(A·x)) + b`, with `g = m / ‖W + s·B·A‖` per output row computed once at load.
+//! An IA3 vector `l` scales the outputs, `y = l·(W·x + b)`, or, for a feedforward module, the
+//! inputs, `y = W·(l·x) + b`.
 //!
 //! A server holding several adapters over one base passes their updates per call instead
 //! ([`RowsLora`]): each group of rows gets its own adapter's `s·B(A·x)`, so requests for different
@@ -18,7 +20,7 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
 use crate::adapters::dora::{adapted_row_norms, factors};
-use crate::adapters::LoraWeights;
+use crate::adapters::{Ia3Vector, LoraWeights};
 use crate::kernels::few_rows;
 use crate::kernels::stored::{self, StoredMatrix};
 
@@ -175,6 +177,7 @@ impl LoraDelta {
 #[derive(Clone, Default)]
 pub struct PartUpdate {
     pub lora: Option<LoraDelta>,
+    pub ia3: Option<Ia3Vector>,
     pub bias_shift: Option<Vec<f32>>,
 }
 
@@ -191,6 +194,7 @@ pub struct Projection {
     pub weight: Weight,
     pub bias: Option<Vec<f32>>,
     pub lora: Option<LoraDelta>,
+    pub ia3: Option<Ia3Vector>,
 }
 
 impl Projection {
@@ -212,9 +216,16 @@ impl Linear {
     /// product keeps the matmul kernel busier than several narrow ones.
     pub fn new(parts: Vec<Projection>) -> Result<Linear> {
         let widths = parts.iter().map(Projection::out_features).collect();
+        let scales_input = |p: &Projection| p.ia3.as_ref().is_some_and(|v| v.feedforward);
+        if parts.len() > 1 && parts.iter().any(scales_input) {
+            bail!(
+                "IA3 input scaling (feedforward_modules) is not supported on a layer that shares its input \
+                 product with others"
+            );
+        }
         let all_plain_f32 = parts
             .iter()
-            .all(|p| matches!(p.weight, Weight::F32(_)) && p.lora.is_none());
+            .all(|p| matches!(p.weight, Weight::F32(_)) && p.lora.is_none() && p.ia3.is_none());
         if parts.len() < 2 || !all_plain_f32 {
             return Ok(Linear { parts, widths });
         }
@@ -232,6 +243,7 @@ impl Linear {
                 weight: Weight::F32(Tensor::cat(&weights, 0)?),
                 bias: biases,
                 lora: None,
+                ia3: None,
             }],
             widths,
         })
@@ -263,6 +275,7 @@ impl Linear {
                 weight: Weight::F32(w),
                 bias: None,
                 lora: None,
+                ia3: None,
             }] => Some(w),
             _ => None,
         }
@@ -281,14 +294,19 @@ impl Linear {
         *out_shape.last_mut().expect("x has a last dim") = self.out_features();
         let x = x.flatten_all()?.to_vec1::<f32>()?;
         let mut y = self.forward_rows(&x, rows)?;
-        self.add_row_updates(&x, rows, &mut y, lora);
+        self.add_row_updates(&x, rows, &mut y, lora)?;
         Ok(Tensor::from_vec(y, out_shape, &candle_core::Device::Cpu)?)
     }
 
     /// `x` `[rows, in]` (flattened) to `[rows, out]`.
     pub fn forward_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let n = self.out_features();
-        let mut y = self.products(x, rows)?;
+        let scaled = self.parts[0]
+            .ia3
+            .as_ref()
+            .filter(|v| v.feedforward)
+            .map(|v| times_rows(x, &v.values, 0.0));
+        let mut y = self.products(scaled.as_deref().unwrap_or(x), rows)?;
         let mut offset = 0;
         for p in &self.parts {
             let width = p.out_features();
@@ -302,6 +320,9 @@ impl Linear {
             if let Some(lora) = &p.lora {
                 lora.add_to(x, rows, &mut y, n, offset, p.bias.as_deref());
             }
+            if let Some(v) = p.ia3.as_ref().filter(|v| !v.feedforward) {
+                scale_columns(&mut y, n, offset, &v.values);
+            }
             offset += width;
         }
         Ok(y)
@@ -309,7 +330,13 @@ impl Linear {
 
     /// Applies each group's updates to its rows of `y` (`x` `[rows, in]`, `y` `[rows, out]`, the
     /// base layer's output).
-    fn add_row_updates(&self, x: &[f32], rows: usize, y: &mut [f32], lora: &[RowsLora]) {
+    fn add_row_updates(
+        &self,
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        lora: &[RowsLora],
+    ) -> Result<()> {
         let (inner, n) = (x.len() / rows.max(1), self.out_features());
         for group in lora {
             let gather = |data: &[f32], width: usize| -> Vec<f32> {
@@ -335,12 +362,23 @@ impl Linear {
                         }
                     }
                 }
+                match &update.ia3 {
+                    // W·(l·x) = W·x + W·((l − 1)·x): the base rows plus one product more.
+                    Some(v) if v.feedforward => {
+                        let shifted = times_rows(&xs, &v.values, -1.0);
+                        let extra = self.products(&shifted, group.rows.len())?;
+                        ys.iter_mut().zip(extra).for_each(|(y, e)| *y += e);
+                    }
+                    Some(v) => scale_columns(&mut ys, n, offset, &v.values),
+                    None => {}
+                }
                 offset += width;
             }
             for (&r, updated) in group.rows.iter().zip(ys.chunks_exact(n)) {
                 y[r * n..(r + 1) * n].copy_from_slice(updated);
             }
         }
+        Ok(())
     }
 
     /// Rows `rows` of projection `p`'s weight as f32 into `out`.
@@ -382,6 +420,23 @@ impl Linear {
             offset += width;
         }
         Ok(y)
+    }
+}
+
+/// Each row of `data` times `l + shift`, element by element.
+fn times_rows(data: &[f32], l: &[f32], shift: f32) -> Vec<f32> {
+    data.chunks_exact(l.len())
+        .flat_map(|row| row.iter().zip(l).map(move |(v, s)| v * (s + shift)))
+        .collect()
+}
+
+/// Multiplies columns `offset..offset + l.len()` of every row (`stride` wide) by `l`.
+fn scale_columns(y: &mut [f32], stride: usize, offset: usize, l: &[f32]) {
+    for row in y.chunks_exact_mut(stride) {
+        row[offset..offset + l.len()]
+            .iter_mut()
+            .zip(l)
+            .for_each(|(v, s)| *v *= s);
     }
 }
 

@@ -252,6 +252,7 @@ impl Llama {
                 weight: embed_tokens.clone(),
                 bias: None,
                 lora: None,
+                ia3: None,
             }
         } else {
             parts.projection("lm_head", cfg.vocab_size, h, false)?
@@ -598,6 +599,16 @@ impl Llama {
             });
             set.part_mut(at).lora = Some(delta);
         }
+        for (module, vector) in &adapter.scales {
+            let at = self.linear_of(module).context("checked to fit above")?;
+            if vector.feedforward && self.linear(at).widths().len() > 1 {
+                bail!(
+                    "{module}: IA3 input scaling (feedforward_modules) is not supported on a layer that shares its \
+                     input product with others"
+                );
+            }
+            set.part_mut(at).ia3 = Some(vector.clone());
+        }
         for (name, bias) in &adapter.biases {
             let module = name.strip_suffix(".bias").context("checked to fit above")?;
             let at = self.linear_of(module).context("checked to fit above")?;
@@ -903,6 +914,12 @@ impl Parts<'_> {
             bias = Some(b.clone());
         }
         let lora = lora.map(|l| LoraDelta::of_weight(l, &weight)).transpose()?;
-        Ok(Projection { weight, bias, lora })
+        let ia3 = self.adapter.and_then(|a| a.scales.get(module)).cloned();
+        Ok(Projection {
+            weight,
+            bias,
+            lora,
+            ia3,
+        })
     }
 }

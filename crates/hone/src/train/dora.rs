@@ -303,6 +303,7 @@ mod tests {
             weight_grad: None,
             bias: Some(Tensor1::new(bias.to_vec(), false)),
             lora,
+            ia3: None,
         };
         let mut projection = Projection {
             in_features: IN,

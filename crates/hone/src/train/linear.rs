@@ -1,7 +1,7 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
 //! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter (or DoRA,
-//! [`super::dora`]). A frozen base may stay in its stored type (a quantized GGUF: QLoRA), see
+//! [`super::dora`]; or an IA3 vector, [`super::ia3`]). A frozen base may stay in its stored type (a quantized GGUF: QLoRA), see
 //! [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::dora::{self, DoraSaved, PartWeights};
 use super::dropout;
+use super::ia3::{self, Ia3};
 use super::lora::Lora;
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
@@ -60,6 +61,7 @@ pub struct Part {
     pub weight_grad: Option<Vec<f32>>,
     pub bias: Option<Tensor1>,
     pub lora: Option<Lora>,
+    pub ia3: Option<Ia3>,
 }
 
 /// Linear layers sharing one input: `y = x [W_1; W_2; …]ᵀ + b`, plus each part's LoRA term.
@@ -80,6 +82,8 @@ pub struct Projection {
 pub struct Saved {
     adapters: Vec<Option<AdapterSaved>>,
     dropout_seed: u64,
+    /// Per part scaling its outputs by IA3, its outputs before the scaling.
+    ia3: Vec<Option<Vec<f32>>>,
 }
 
 /// One part's adapter: `s · A(dropout(x))` (`[tokens, r]`), and DoRA's own values.
@@ -133,10 +137,13 @@ impl Projection {
     /// outside training (no dropout, nothing saved).
     pub fn forward(&self, x: &[f32], y: &mut [f32], dropout_seed: Option<u64>) -> Saved {
         let out = self.out_features();
-        self.for_products().forward(x, y);
+        let scaled_input = ia3::scaled_input(&self.parts, x);
+        self.for_products()
+            .forward(scaled_input.as_deref().unwrap_or(x), y);
         let mut saved = Saved {
             adapters: Vec::with_capacity(self.parts.len()),
             dropout_seed: dropout_seed.unwrap_or(0),
+            ia3: Vec::new(),
         };
         for (index, (col, part)) in self.offsets().enumerate() {
             let seed = dropout_seed.map(|s| dropout::stream(s, index as u64));
@@ -160,6 +167,7 @@ impl Projection {
                 add_bias(y, out, col, &bias.value);
             }
         }
+        saved.ia3 = ia3::scale_outputs(&self.parts, y, out);
         saved
     }
 
@@ -167,6 +175,8 @@ impl Projection {
     /// accumulates the gradients of every trainable part.
     pub fn backward(&mut self, dy: &[f32], x: &[f32], saved: &Saved, dx: &mut [f32]) {
         let (n, out) = (x.len() / self.in_features, self.out_features());
+        let ia3_scaled = ia3::output_backward(&mut self.parts, dy, out, &saved.ia3);
+        let dy = ia3_scaled.as_deref().unwrap_or(dy);
         // Field by field, so the parts can be borrowed mutably beside it.
         let products = self.bf16.as_ref().unwrap_or(&self.weight).as_ref();
         let stored = self.weight.as_ref();
@@ -204,6 +214,7 @@ impl Projection {
             }
             col += part.out_features;
         }
+        ia3::input_backward(&mut self.parts, x, dx);
     }
 }
 

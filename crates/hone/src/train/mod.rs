@@ -8,6 +8,7 @@ pub mod dora;
 pub mod dropout;
 pub mod freeze;
 pub mod groups;
+pub mod ia3;
 pub mod linear;
 pub mod lora;
 pub mod model;

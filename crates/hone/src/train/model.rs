@@ -3,7 +3,7 @@
 //! forward keeping their activations, the LM head fused with the loss, and the blocks backward.
 //!
 //! Which tensors train is decided once, at construction, by parameter name (HF names such as
-//! `model.layers.3.mlp.down_proj.weight`): full fine-tuning, freezing, and LoRA are the same
+//! `model.layers.3.mlp.down_proj.weight`): full fine-tuning, freezing, LoRA and IA3 are the same
 //! engine with different choices. Frozen tensors never get a gradient buffer, and frozen matrices
 //! loaded in a stored type (a quantized GGUF) stay in it: LoRA on such a base is QLoRA.
 
@@ -15,6 +15,7 @@ use super::block::{
     norm, norm_input_grad, Activations, Block, NormCtx, NormParam, Norms, QkNorm, StepInputs,
 };
 use super::dropout;
+use super::ia3::{self, Ia3, Ia3Settings};
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use crate::adapters::Adapter;
@@ -26,10 +27,11 @@ use crate::model::layout::{slot_linears, Slot};
 use crate::model::rope::RopeTables;
 use crate::model::{ModelConfig, Weight};
 
-/// Which tensors train: base parameters chosen by HF name, plus LoRA adapters.
+/// Which tensors train: base parameters chosen by HF name, plus LoRA adapters or IA3 vectors.
 pub struct TrainableSpec<'a> {
     pub base: &'a dyn Fn(&str) -> bool,
     pub lora: Option<&'a LoraSettings>,
+    pub ia3: Option<&'a Ia3Settings>,
 }
 
 pub struct TrainModel {
@@ -121,14 +123,17 @@ impl TrainModel {
                         .transpose()?;
                     let lora = lora_for(&path, inp, out, spec.lora, adapter, lora_stream)?;
                     lora_stream += 1;
+                    let ia3 = ia3_for(&path, inp, out, spec.ia3, adapter)?;
                     built.push(Part {
                         path,
                         out_features: out,
                         weight_grad: w.grad,
                         bias,
                         lora,
+                        ia3,
                     });
                 }
+                ia3::check_input_scaling(&built)?;
                 let mut projection = Projection {
                     in_features: inp,
                     weight: stack(matrices, inp),
@@ -180,7 +185,7 @@ impl TrainModel {
             settings.check_targets_exist(&cfg)?;
         }
         if let Some(extra) = adapter.and_then(|a| {
-            a.modules.keys().find(|k| {
+            a.modules.keys().chain(a.scales.keys()).find(|k| {
                 !blocks
                     .iter()
                     .any(|b| b.projections().any(|p| &p.path == *k))
@@ -426,6 +431,38 @@ fn lora_for(
         w.r
     );
     Ok(Some(Lora::from_weights(w, dropout)))
+}
+
+/// The IA3 vector of module `path` (`[out, in]`) when `settings` target it: from `adapter`, else
+/// PEFT's init.
+fn ia3_for(
+    path: &str,
+    inp: usize,
+    out: usize,
+    settings: Option<&Ia3Settings>,
+    adapter: Option<&Adapter>,
+) -> Result<Option<Ia3>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    if !settings.matcher.is_target(path)? {
+        return Ok(None);
+    }
+    let feedforward = settings.matcher.is_feedforward(path)?;
+    let Some(v) = adapter.and_then(|a| a.scales.get(path)) else {
+        return Ok(Some(Ia3::ones(
+            if feedforward { inp } else { out },
+            feedforward,
+        )));
+    };
+    let width = if v.feedforward { inp } else { out };
+    ensure!(
+        v.feedforward == feedforward && v.values.len() == width,
+        "adapter for `{path}`: ia3_l is {:?}, but the layer is [{out}, {inp}]: is it an adapter for a different \
+         base model?",
+        v.shape()
+    );
+    Ok(Some(Ia3::from_vector(v)))
 }
 
 /// A norm weight or bias, with a gradient when it trains.

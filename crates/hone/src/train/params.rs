@@ -3,15 +3,15 @@
 //! (optionally with the adapters merged in) for checkpoints and for inference after training.
 //!
 //! Names: HF names for base tensors (`model.layers.0.self_attn.q_proj.weight`), and
-//! `{module}.lora_A.weight` / `{module}.lora_B.weight` (and DoRA's `{module}.lora_magnitude_vector`)
-//! for adapters (PEFT's, minus its `base_model.model.` prefix).
+//! `{module}.lora_A.weight` / `{module}.lora_B.weight` (and DoRA's `{module}.lora_magnitude_vector`,
+//! IA3's `{module}.ia3_l`) for adapters (PEFT's, minus its `base_model.model.` prefix).
 
 use super::block::{NormParam, Norms};
 use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
-use crate::adapters::{dora, Adapter, AdapterConfig};
+use crate::adapters::{dora, Adapter, PeftConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::config::BlockNorm;
 
@@ -74,6 +74,9 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
             if let Some(m) = magnitude {
                 visit_tensor(format!("{}.lora_magnitude_vector", part.path), m, f);
             }
+        }
+        if let Some(ia3) = &mut part.ia3 {
+            visit_tensor(format!("{}.ia3_l", part.path), &mut ia3.scale, f);
         }
     }
 }
@@ -188,17 +191,23 @@ impl TrainModel {
             .collect()
     }
 
-    /// The trained adapter as PEFT saves it: the LoRA matrices of every module and, when `config`
-    /// trains biases (`bias: all|lora_only`), those biases.
+    /// The trained adapter as PEFT saves it: the LoRA matrices (or IA3 vectors) of every module
+    /// and, when `config` trains biases (`bias: all|lora_only`), those biases.
     /// A multimodal base's adapter names its modules as the wrapper class does, so PEFT applies it
     /// to that class.
-    pub fn to_adapter(&self, config: AdapterConfig) -> Adapter {
+    pub fn to_adapter(&self, config: PeftConfig) -> Adapter {
         let wrapper = self.config().wrapper;
         let name = |path: &str| wrapper.map_or(path.to_string(), |w| w.module_path(path));
         let modules = self
             .lora_modules()
             .into_iter()
             .map(|(path, lora)| (name(path), lora.weights()))
+            .collect();
+        let scales = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.projections())
+            .filter_map(|part| Some((name(&part.path), part.ia3.as_ref()?.vector())))
             .collect();
         let biases = self
             .blocks
@@ -212,12 +221,14 @@ impl TrainModel {
         Adapter {
             config,
             modules,
+            scales,
             biases,
         }
     }
 
     /// Every base tensor under its HF name with its shape, adapters merged in when `merge_lora`
-    /// (`W + s · B A`, DoRA's rows then rescaled, as PEFT's `merge_and_unload`).
+    /// (`W + s · B A`, DoRA's rows then rescaled; IA3's vector multiplied in; as PEFT's
+    /// `merge_and_unload`).
     pub fn hf_tensors(&self, merge_lora: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let cfg = self.config();
         let h = cfg.hidden_size;
@@ -289,17 +300,17 @@ fn projection_tensors(
                 dora::rescale_rows(&mut w, inp, &m.value);
             }
         }
+        let mut bias = part.bias.as_ref().map(|b| b.value.clone());
+        if let (true, Some(ia3)) = (merge_lora, &part.ia3) {
+            ia3.vector().merge_into(&mut w, bias.as_deref_mut());
+        }
         out.push((
             format!("{}.weight", part.path),
             vec![part.out_features, inp],
             w,
         ));
-        if let Some(bias) = &part.bias {
-            out.push((
-                format!("{}.bias", part.path),
-                vec![part.out_features],
-                bias.value.clone(),
-            ));
+        if let Some(bias) = bias {
+            out.push((format!("{}.bias", part.path), vec![part.out_features], bias));
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use crate::adapters::ia3::Ia3Matcher;
 use crate::adapters::targets::ModuleMatcher;
 use crate::model::layout::block_linears;
 use crate::model::quantize::{is_decoder_linear, BaseQuantization};
@@ -38,8 +39,8 @@ pub struct RunShape<'a> {
     pub stored: &'a HashMap<String, (GgmlType, u64)>,
     /// Which base tensors train (full and freeze runs).
     pub base_trains: &'a dyn Fn(&str) -> bool,
-    /// The LoRA targets, for LoRA runs.
-    pub lora: Option<&'a ModuleMatcher>,
+    /// The adapter's targets, for LoRA and IA3 runs.
+    pub adapter: Option<&'a AdapterMatcher>,
     /// DoRA: each adapter also has a magnitude per output row, and keeps its rescaled output
     /// for the backward.
     pub dora: bool,
@@ -57,6 +58,34 @@ pub struct RunShape<'a> {
     pub eval_tokens: usize,
     /// The encoded training and evaluation rows, held for the whole run.
     pub dataset: DatasetSize,
+}
+
+/// Which modules an adapter run adapts, by method.
+pub enum AdapterMatcher {
+    Lora(ModuleMatcher),
+    Ia3(Ia3Matcher),
+}
+
+impl AdapterMatcher {
+    /// Floats the adapter of `module` (`[out, in]`) trains, and keeps per token for its backward;
+    /// None when it adapts nothing there.
+    fn floats(&self, module: &str, out: usize, inp: usize, dora: bool) -> Option<(u64, u64)> {
+        match self {
+            AdapterMatcher::Lora(matcher) => {
+                let rank = lora_rank(matcher, module)?;
+                let magnitudes = if dora { out as u64 } else { 0 };
+                let kept = rank + magnitudes;
+                Some((rank * (out + inp) as u64 + magnitudes, kept))
+            }
+            AdapterMatcher::Ia3(matcher) => {
+                matcher.is_target(module).ok()?.then_some(())?;
+                match matcher.is_feedforward(module).ok()? {
+                    true => Some((inp as u64, 0)),
+                    false => Some((out as u64, out as u64)),
+                }
+            }
+        }
+    }
 }
 
 /// What the encoded rows of a run hold.
@@ -200,9 +229,10 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
         Part {
             name: "adapters",
             bytes: 4 * lora,
-            detail: match run.dora {
-                true => format!("{lora} DoRA parameters (A, B and magnitudes, f32)"),
-                false => format!("{lora} LoRA parameters (f32)"),
+            detail: match (run.adapter, run.dora) {
+                (Some(AdapterMatcher::Ia3(_)), _) => format!("{lora} IA3 parameters (f32)"),
+                (_, true) => format!("{lora} DoRA parameters (A, B and magnitudes, f32)"),
+                _ => format!("{lora} LoRA parameters (f32)"),
             },
         },
         Part {
@@ -359,18 +389,18 @@ fn is_quantized_type(run: &RunShape, name: &str) -> bool {
         .is_some_and(|&(ty, _)| ty.is_quantized())
 }
 
-/// LoRA parameters: r · (in + out) for every targeted linear layer, plus `out` with DoRA.
+/// Adapter parameters: LoRA's r · (in + out) for every targeted linear layer, plus `out` with
+/// DoRA; IA3's `out` (or `in` for a feedforward module).
 fn lora_parameters(run: &RunShape) -> u64 {
-    let Some(matcher) = run.lora else {
+    let Some(matcher) = run.adapter else {
         return 0;
     };
     hf_tensor_shapes(run.model)
         .into_iter()
+        .filter(|(_, dims)| dims.len() == 2)
         .filter_map(|(name, dims)| {
             let module = name.strip_suffix(".weight")?;
-            let rank = lora_rank(matcher, module)?;
-            let magnitudes = if run.dora { dims[0] as u64 } else { 0 };
-            (dims.len() == 2).then(|| rank * (dims[0] + dims[1]) as u64 + magnitudes)
+            Some(matcher.floats(module, dims[0], dims[1], run.dora)?.0)
         })
         .sum()
 }
@@ -410,12 +440,13 @@ fn activation_floats_per_layer(run: &RunShape) -> u64 {
         + 2 * m.intermediate_size
         + qk_norm
         + post_norms;
-    let lora: u64 = run.lora.map_or(0, |matcher| {
+    let lora: u64 = run.adapter.map_or(0, |matcher| {
         block_linears(m)
             .iter()
             .filter_map(|l| {
-                let rank = lora_rank(matcher, &format!("model.layers.0.{}", l.name))?;
-                Some(rank + if run.dora { l.out_features as u64 } else { 0 })
+                let module = format!("model.layers.0.{}", l.name);
+                let floats = matcher.floats(&module, l.out_features, l.in_features, run.dora)?;
+                Some(floats.1)
             })
             .sum()
     });
@@ -486,15 +517,15 @@ mod tests {
         model: &'a ModelConfig,
         stored: &'a HashMap<String, (GgmlType, u64)>,
         trains: &'a dyn Fn(&str) -> bool,
-        lora: Option<&'a ModuleMatcher>,
+        adapter: Option<&'a AdapterMatcher>,
     ) -> RunShape<'a> {
         RunShape {
             model,
             stored,
             base_trains: trains,
-            lora,
+            adapter,
             dora: false,
-            keeps_originals: lora.is_none(),
+            keeps_originals: adapter.is_none(),
             keeps_quantized: false,
             storage: BaseStorage::F32,
             bf16: false,
@@ -534,6 +565,7 @@ mod tests {
         let (m, stored) = (model(), HashMap::new());
         let targets = TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]);
         let matcher = ModuleMatcher::new(&AdapterConfig::new(8, 16.0, targets)).unwrap();
+        let matcher = AdapterMatcher::Lora(matcher);
         let mut run = shape(&m, &stored, &|_| false, Some(&matcher));
         let f32 = plan(&run, None);
         // q: 8 · (64 + 64), v: 8 · (64 + 32), in each of 2 layers.

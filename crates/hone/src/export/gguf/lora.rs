@@ -38,19 +38,26 @@ pub fn export_lora_adapter(
             source.path().display()
         )
     };
+    let Some(config) = adapter.config.lora() else {
+        return Err(located(anyhow::anyhow!(
+            "it is an {} adapter, which llama.cpp cannot load as an adapter; export the model with the adapter \
+             merged instead (`hone export --adapter DIR` without --adapter-only)",
+            adapter.config.method()
+        )));
+    };
     if !adapter.biases.is_empty() {
         return Err(located(anyhow::anyhow!(
             "the adapter trains biases (bias: {:?}), which a llama.cpp LoRA adapter cannot carry; export the merged model instead",
-            adapter.config.bias
+            config.bias
         )));
     }
-    if adapter.config.use_dora {
+    if config.use_dora {
         return Err(located(anyhow::anyhow!(
             "it is a DoRA adapter (use_dora), whose per-row magnitudes a llama.cpp LoRA adapter cannot carry; \
              export the model with the adapter merged instead (`hone export --adapter DIR` without --adapter-only)"
         )));
     }
-    let alpha = adapter.config.lora_alpha;
+    let alpha = config.lora_alpha;
     let mut w = GgufWriter::new();
     w.set(
         "general.architecture",

@@ -80,6 +80,11 @@ pub struct MethodArgs {
     pub loraplus_lr_ratio: Option<f64>,
     /// LoRA+'s learning rate for LoRA on embedding layers, which Hone does not adapt (a note).
     pub loraplus_lr_embedding: Option<f64>,
+    /// IA3 (PEFT's field): the linear layers that get a vector; unset is PEFT's default for the
+    /// family (Llama, Mistral: `k_proj,v_proj,down_proj`; Qwen2/3, Gemma: `q_proj,v_proj,down_proj`).
+    pub target_modules: Option<CommaList>,
+    /// IA3 (PEFT's field): the targets whose input, not output, is scaled (default `down_proj`).
+    pub feedforward_modules: Option<CommaList>,
     /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
     pub freeze_trainable_layers: i64,
     /// Freeze tuning: `all` or block sub-modules (`self_attn`, `mlp`, ...) that train in those layers.
@@ -211,6 +216,8 @@ impl Default for MethodArgs {
             use_dora: false,
             loraplus_lr_ratio: None,
             loraplus_lr_embedding: None,
+            target_modules: None,
+            feedforward_modules: None,
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),
             freeze_extra_modules: None,

@@ -47,9 +47,9 @@ fn check_model(c: &SftConfig) -> Checked {
     if let Some(adapter) = &c.model.adapter_name_or_path {
         require(!adapter.is_empty(), "adapter_name_or_path", "empty path")?;
         require(
-            c.method.finetuning_type == FinetuningType::Lora,
+            c.method.finetuning_type.is_adapter(),
             "adapter_name_or_path",
-            "only valid with finetuning_type: lora",
+            "only valid with finetuning_type: lora or ia3",
         )?;
         require(
             !adapter.contains(','),
@@ -64,9 +64,9 @@ fn check_model(c: &SftConfig) -> Checked {
             "must be 4 or 8 (bits per weight of the quantized base)",
         )?;
         require(
-            c.method.finetuning_type == FinetuningType::Lora,
+            c.method.finetuning_type.is_adapter(),
             "quantization_bit",
-            "a quantized base is frozen: only valid with finetuning_type: lora",
+            "a quantized base is frozen: only valid with finetuning_type: lora or ia3",
         )?;
     }
     require(
@@ -106,6 +106,30 @@ fn check_method(c: &SftConfig) -> Checked {
         "use_dora",
         "only valid with finetuning_type: lora",
     )?;
+    for (key, list) in [
+        ("target_modules", &m.target_modules),
+        ("feedforward_modules", &m.feedforward_modules),
+    ] {
+        if let Some(list) = list {
+            require(
+                m.finetuning_type == FinetuningType::Ia3,
+                key,
+                "only valid with finetuning_type: ia3 (LoRA's targets are lora_target)",
+            )?;
+            modules(key, list, LINEAR_MODULES)?;
+        }
+    }
+    if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {
+        let outside = feedforward
+            .items()
+            .iter()
+            .find(|f| !targets.items().contains(f));
+        require(
+            outside.is_none(),
+            "feedforward_modules",
+            "must be a subset of target_modules (as PEFT requires)",
+        )?;
+    }
     if let Some(ratio) = m.loraplus_lr_ratio {
         require(
             ratio.is_finite() && ratio > 0.0,

@@ -218,6 +218,16 @@ pub enum FinetuningType {
     /// Only `freeze_trainable_modules` of the `freeze_trainable_layers` (plus
     /// `freeze_extra_modules`) train.
     Freeze,
+    /// (IA)³: a learned vector scales each targeted layer's outputs (or, for the
+    /// `feedforward_modules`, its inputs); the base weights stay frozen. Hone's own (PEFT's method).
+    Ia3,
+}
+
+impl FinetuningType {
+    /// Whether the run trains an adapter over a frozen base (and saves a PEFT adapter).
+    pub fn is_adapter(self) -> bool {
+        matches!(self, FinetuningType::Lora | FinetuningType::Ia3)
+    }
 }
 
 /// LLaMA-Factory's `quantization_method`: Hone quantizes a base at load as bitsandbytes does

@@ -406,7 +406,7 @@ fn save(
     optimizer: &AdamW,
     progress: &Progress,
     trainer_state: &TrainerState,
-    adapter: Option<&crate::adapters::AdapterConfig>,
+    adapter: Option<&crate::adapters::PeftConfig>,
 ) -> Result<PathBuf> {
     let retention = Retention {
         save_total_limit: config.output.save_total_limit,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::setup::Rows;
-use crate::adapters::{write_adapter, AdapterConfig};
+use crate::adapters::{write_adapter, PeftConfig};
 use crate::data::record;
 use crate::export::hf::{write_hf_checkpoint, HfWriteOptions, SaveDtype};
 use crate::io::atomic;
@@ -24,7 +24,7 @@ pub struct Final<'a> {
     pub output_dir: &'a Path,
     pub model: &'a mut TrainModel,
     pub tokenizer: &'a Tokenizer,
-    pub adapter: Option<&'a AdapterConfig>,
+    pub adapter: Option<&'a PeftConfig>,
     pub trainer_state: &'a TrainerState,
     pub train_loss: f64,
     pub seconds: f64,

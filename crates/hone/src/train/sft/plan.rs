@@ -8,15 +8,15 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::setup::{self, Rows};
-use crate::adapters::read_adapter;
 use crate::adapters::targets::ModuleMatcher;
+use crate::adapters::{read_adapter, PeftConfig};
 use crate::data::Row;
 use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
 use crate::quant::GgmlType;
 use crate::train::config::{CommaList, FinetuningType, SftConfig};
 use crate::train::lora::check_targets_exist;
-use crate::train::plan::{self, BaseStorage, DatasetSize, MemoryPlan, RunShape};
+use crate::train::plan::{self, AdapterMatcher, BaseStorage, DatasetSize, MemoryPlan, RunShape};
 
 /// What a plan reads before any weight: the model's config and tensor table, and the run's rows.
 pub(super) struct Inputs<'a> {
@@ -57,17 +57,17 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
     let base_trains = |name: &str| match m.finetuning_type {
         FinetuningType::Full => true,
         FinetuningType::Freeze => freeze.as_ref().is_some_and(|f| f.trains(name)),
-        FinetuningType::Lora => false,
+        FinetuningType::Lora | FinetuningType::Ia3 => false,
     };
-    let lora = lora_matcher(config, model)?;
+    let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
     let shape = RunShape {
         model,
         stored,
         base_trains: &base_trains,
-        lora: lora.as_ref(),
+        adapter: adapter.as_ref(),
         dora: m.use_dora,
-        keeps_originals: m.finetuning_type != FinetuningType::Lora,
+        keeps_originals: !m.finetuning_type.is_adapter(),
         keeps_quantized: config.model.quantization_bit.is_some(),
         storage: base_storage(config, stored, available),
         bf16: setup::mixed_precision(config),
@@ -134,7 +134,7 @@ type Change = (String, Box<dyn Fn(&mut SftConfig)>);
 /// something in `config`.
 fn changes(config: &SftConfig) -> Vec<Change> {
     let t = &config.train;
-    let lora = config.method.finetuning_type == FinetuningType::Lora;
+    let lora = config.method.finetuning_type.is_adapter();
     let mut out: Vec<Change> = Vec::new();
     if t.per_device_train_batch_size > 1 {
         let (batch, accumulation) = (
@@ -182,18 +182,21 @@ fn changes(config: &SftConfig) -> Vec<Change> {
     out
 }
 
-/// The LoRA targets: the starting adapter's, else the config's.
-fn lora_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<ModuleMatcher>> {
+/// The adapter's targets (LoRA's or IA3's): the starting adapter's, else the config's.
+fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<AdapterMatcher>> {
     let adapter = match &config.model.adapter_name_or_path {
         Some(dir) => Some(read_adapter(std::path::Path::new(dir))?.config),
-        None => setup::adapter_config(config, model),
+        None => setup::adapter_config(config, model)?,
     };
-    let Some(adapter) = adapter else {
-        return Ok(None);
-    };
-    let matcher = ModuleMatcher::new(&adapter)?;
-    check_targets_exist(&matcher, &adapter, model)?;
-    Ok(Some(matcher))
+    Ok(match adapter {
+        Some(PeftConfig::Lora(lora)) => {
+            let matcher = ModuleMatcher::new(&lora)?;
+            check_targets_exist(&matcher, &lora, model)?;
+            Some(AdapterMatcher::Lora(matcher))
+        }
+        Some(PeftConfig::Ia3(ia3)) => Some(AdapterMatcher::Ia3(ia3.matcher()?)),
+        None => None,
+    })
 }
 
 /// How `choose_base_storage` will hold the base, decided from the tensor table alone.

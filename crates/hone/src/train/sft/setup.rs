@@ -4,22 +4,25 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::adapters::{read_adapter, Adapter, AdapterConfig, TargetModules};
+use crate::adapters::ia3::{self, Ia3Config};
+use crate::adapters::{read_adapter, Adapter, AdapterConfig, PeftConfig, TargetModules};
 use crate::chat::ChatTemplate;
 use crate::data::record::{self, FileUse};
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::io::names;
 use crate::kernels::bf16::{self, Kernel};
+use crate::model::layout::linear_module_names;
 use crate::model::quantize::quantize_decoder_matrices;
 use crate::model::{load_stored_weights, memory, ModelConfig, StoredWeights, Weight};
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::templates::LLAMAFACTORY_TEMPLATES;
-use crate::train::config::{FinetuningType, SftConfig};
+use crate::train::config::{CommaList, FinetuningType, SftConfig};
 use crate::train::freeze::FreezeSelection;
+use crate::train::ia3::Ia3Settings;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
 
@@ -280,12 +283,61 @@ pub(super) fn freeze_selection(config: &SftConfig, layers: usize) -> Result<Free
     )
 }
 
-/// The PEFT config of the adapter a LoRA run trains (None for full and freeze runs).
-pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Option<AdapterConfig> {
+/// The PEFT config of the adapter a LoRA or IA3 run trains (None for full and freeze runs).
+pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<PeftConfig>> {
+    let base = Some(config.model.model_name_or_path.clone());
+    Ok(match config.method.finetuning_type {
+        FinetuningType::Lora => Some(PeftConfig::Lora(AdapterConfig {
+            base_model_name_or_path: base,
+            ..lora_config(config, model)
+        })),
+        FinetuningType::Ia3 => {
+            let mut ia3 = ia3_config(config, model)?;
+            ia3.base_model_name_or_path = base;
+            Some(PeftConfig::Ia3(ia3))
+        }
+        FinetuningType::Full | FinetuningType::Freeze => None,
+    })
+}
+
+/// An IA3 run's config: `target_modules` and `feedforward_modules`, or PEFT's defaults for the
+/// family (PEFT has none for some: then the targets must be given).
+fn ia3_config(config: &SftConfig, model: &ModelConfig) -> Result<Ia3Config> {
     let m = &config.method;
-    if m.finetuning_type != FinetuningType::Lora {
-        return None;
-    }
+    let defaults = ia3::default_modules(model);
+    let list = |given: &Option<CommaList>, default: Option<Vec<String>>, key: &str| {
+        match (given, default) {
+            (Some(list), _) => Ok(list.items().to_vec()),
+            (None, Some(default)) => Ok(default),
+            (None, None) => Err(anyhow!(
+                "{key}: required for {} models (PEFT has no IA3 default for them); name the model's linear layers, \
+                 e.g. {}",
+                model.architecture.model_type(),
+                linear_module_names(model).join(",")
+            )),
+        }
+    };
+    let targets = list(
+        &m.target_modules,
+        defaults.clone().map(|d| d.0),
+        "target_modules",
+    )?;
+    let feedforward = match &m.feedforward_modules {
+        None if m.target_modules.is_some() => {
+            let default = defaults.map(|d| d.1).unwrap_or_default();
+            default
+                .into_iter()
+                .filter(|f| targets.contains(f))
+                .collect()
+        }
+        given => list(given, defaults.map(|d| d.1), "feedforward_modules")?,
+    };
+    Ok(Ia3Config::new(targets, feedforward))
+}
+
+/// A LoRA run's config.
+fn lora_config(config: &SftConfig, model: &ModelConfig) -> AdapterConfig {
+    let m = &config.method;
     let targets = config.lora_target_modules(model);
     // A multimodal base's vision tower has layers of the same names (SigLIP's q_proj, …): the
     // targets exclude it, as LLaMA-Factory's do with the vision tower frozen.
@@ -304,67 +356,99 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Option<Adapter
     adapter.lora_dropout = m.lora_dropout;
     adapter.use_rslora = m.use_rslora;
     adapter.use_dora = m.use_dora;
-    adapter.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
-    Some(adapter)
+    adapter
 }
 
-/// The training model: which tensors train follows `finetuning_type`; a LoRA run starts from
-/// `adapter_name_or_path` when given (its own config then decides targets, rank and alpha). Under
-/// mixed precision the products switch to bf16; full and freeze runs, which save the whole model,
-/// keep the frozen weights' own values beside their bf16 copies.
+/// The training model: which tensors train follows `finetuning_type`; a LoRA or IA3 run starts
+/// from `adapter_name_or_path` when given (its own config then decides targets, rank and alpha).
+/// Under mixed precision the products switch to bf16; full and freeze runs, which save the whole
+/// model, keep the frozen weights' own values beside their bf16 copies.
 pub fn build_model(
     config: &SftConfig,
     base: StoredWeights,
-) -> Result<(TrainModel, Option<AdapterConfig>)> {
+) -> Result<(TrainModel, Option<PeftConfig>)> {
     let (mut model, adapter) = build_base_model(config, base)?;
     if mixed_precision(config) {
-        let lora = config.method.finetuning_type == FinetuningType::Lora;
-        model.use_bf16(config.model.quantization_bit.is_some(), !lora);
+        let adapter_run = config.method.finetuning_type.is_adapter();
+        model.use_bf16(config.model.quantization_bit.is_some(), !adapter_run);
     }
     Ok((model, adapter))
+}
+
+/// The adapter an adapter run continues (`adapter_name_or_path`), checked to be of the run's
+/// method.
+fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
+    let Some(dir) = config.model.adapter_name_or_path.as_deref() else {
+        return Ok(None);
+    };
+    let adapter = read_adapter(Path::new(dir))?;
+    let m = &config.method;
+    let wanted = match m.finetuning_type {
+        FinetuningType::Ia3 => "IA3",
+        _ if m.use_dora => "DoRA",
+        _ => "LoRA",
+    };
+    if adapter.config.method() != wanted {
+        bail!(
+            "adapter_name_or_path: it holds a {} adapter but this run trains {wanted} (finetuning_type, use_dora); a \
+             run continues the adapter it starts from",
+            adapter.config.method()
+        );
+    }
+    Ok(Some(adapter))
 }
 
 fn build_base_model(
     config: &SftConfig,
     base: StoredWeights,
-) -> Result<(TrainModel, Option<AdapterConfig>)> {
+) -> Result<(TrainModel, Option<PeftConfig>)> {
     let m = &config.method;
     let seed = config.train.seed;
     match m.finetuning_type {
         FinetuningType::Lora => {
-            let start: Option<Adapter> = config
-                .model
-                .adapter_name_or_path
-                .as_deref()
-                .map(|dir| read_adapter(Path::new(dir)))
-                .transpose()?;
-            if let Some(a) = start.as_ref().filter(|a| a.config.use_dora != m.use_dora) {
-                bail!(
-                    "use_dora: {} but adapter_name_or_path holds a {} adapter; a run continues the adapter it starts from",
-                    m.use_dora,
-                    if a.config.use_dora { "DoRA" } else { "plain LoRA" }
-                );
-            }
-            let mut adapter_cfg = match &start {
-                Some(a) => a.config.clone(),
-                None => {
-                    adapter_config(config, &base.config).expect("a LoRA run has an adapter config")
-                }
+            let start = starting_adapter(config)?;
+            let mut adapter_cfg = match start.as_ref().and_then(|a| a.config.lora()) {
+                Some(c) => c.clone(),
+                None => lora_config(config, &base.config),
             };
             adapter_cfg.lora_dropout = m.lora_dropout;
+            if start.is_none() {
+                adapter_cfg.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
+            }
             let settings = LoraSettings::new(adapter_cfg.clone(), seed)?;
             let base_trains = |name: &str| settings.trains_base(name);
             let spec = TrainableSpec {
                 base: &base_trains,
                 lora: Some(&settings),
+                ia3: None,
             };
             let model = TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
-            Ok((model, Some(adapter_cfg)))
+            Ok((model, Some(PeftConfig::Lora(adapter_cfg))))
+        }
+        FinetuningType::Ia3 => {
+            let start = starting_adapter(config)?;
+            let ia3_cfg = match start.as_ref().map(|a| &a.config) {
+                Some(PeftConfig::Ia3(c)) => c.clone(),
+                _ => {
+                    let mut c = ia3_config(config, &base.config)?;
+                    c.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
+                    c
+                }
+            };
+            let settings = Ia3Settings::new(ia3_cfg.clone())?;
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: Some(&settings),
+            };
+            let model = TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
+            Ok((model, Some(PeftConfig::Ia3(ia3_cfg))))
         }
         FinetuningType::Full => {
             let spec = TrainableSpec {
                 base: &|_| true,
                 lora: None,
+                ia3: None,
             };
             Ok((
                 TrainModel::from_stored(base.config, base.weights, &spec, None)?,
@@ -377,6 +461,7 @@ fn build_base_model(
             let spec = TrainableSpec {
                 base: &trains,
                 lora: None,
+                ia3: None,
             };
             Ok((
                 TrainModel::from_stored(base.config, base.weights, &spec, None)?,

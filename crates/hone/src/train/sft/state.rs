@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::{write_adapter, AdapterConfig};
+use crate::adapters::{write_adapter, PeftConfig};
 use crate::io::{atomic, safetensors as st};
 use crate::train::checkpoint::TrainerState;
 use crate::train::model::TrainModel;
@@ -50,7 +50,7 @@ pub struct Snapshot<'a> {
     pub optimizer: &'a AdamW,
     pub progress: &'a Progress,
     pub trainer_state: &'a TrainerState,
-    pub adapter: Option<&'a AdapterConfig>,
+    pub adapter: Option<&'a PeftConfig>,
 }
 
 /// Fills checkpoint directory `dir` (a fresh temporary that the caller renames into place).

@@ -1,0 +1,185 @@
+//! IA3's forward and backward for a projection's parts (the method, and PEFT's conventions, in
+//! [`crate::adapters::ia3`]), beside LoRA's in `train::linear`.
+//!
+//! A part that scales its outputs computes `y_p = l ⊙ (x·W_pᵀ + b_p)`: backward, `dl = Σ_tokens
+//! dy_p ⊙ (x·W_pᵀ + b_p)` and the rest of the projection's backward sees `l ⊙ dy_p`. A part that
+//! scales its input (a feedforward module, alone in its projection) computes `y = (l ⊙ x)·Wᵀ + b`:
+//! backward, with `g = dy·W` the gradient of the scaled input, `dl = Σ_tokens g ⊙ x` and
+//! `dx = l ⊙ g`.
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+use super::linear::{Part, Tensor1};
+use crate::adapters::ia3::{Ia3Config, Ia3Matcher};
+use crate::adapters::Ia3Vector;
+
+/// An IA3 run's adapter config with its module selection compiled.
+pub struct Ia3Settings {
+    pub config: Ia3Config,
+    pub matcher: Ia3Matcher,
+}
+
+impl Ia3Settings {
+    pub fn new(config: Ia3Config) -> Result<Ia3Settings> {
+        config.validate()?;
+        let matcher = config.matcher()?;
+        Ok(Ia3Settings { config, matcher })
+    }
+}
+
+/// One part's IA3 vector and its gradient.
+#[derive(Clone, Debug)]
+pub struct Ia3 {
+    pub scale: Tensor1,
+    /// Scales the part's input features, else its output features.
+    pub feedforward: bool,
+}
+
+impl Ia3 {
+    /// PEFT's init: ones (`init_ia3_weights`), which scale nothing.
+    pub fn ones(len: usize, feedforward: bool) -> Ia3 {
+        Ia3 {
+            scale: Tensor1::new(vec![1.0; len], true),
+            feedforward,
+        }
+    }
+
+    pub fn from_vector(v: &Ia3Vector) -> Ia3 {
+        Ia3 {
+            scale: Tensor1::new(v.values.clone(), true),
+            feedforward: v.feedforward,
+        }
+    }
+
+    /// The vector as PEFT saves it.
+    pub fn vector(&self) -> Ia3Vector {
+        Ia3Vector {
+            values: self.scale.value.clone(),
+            feedforward: self.feedforward,
+        }
+    }
+}
+
+/// PEFT scales a feedforward module's own input; Hone's projections share one input product
+/// between their parts, so only a part alone in its projection may scale its input.
+pub(super) fn check_input_scaling(parts: &[Part]) -> Result<()> {
+    let scales_input = |p: &Part| p.ia3.as_ref().is_some_and(|i| i.feedforward);
+    if parts.len() > 1 {
+        if let Some(p) = parts.iter().find(|p| scales_input(p)) {
+            let others: Vec<&str> = parts.iter().map(|p| p.path.as_str()).collect();
+            bail!(
+                "{}: IA3 input scaling (feedforward_modules) is not supported on a layer that shares its input \
+                 product ({}); make it a target without input scaling",
+                p.path,
+                others.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `l ⊙ x` when the projection's (one) part scales its input.
+pub(super) fn scaled_input(parts: &[Part], x: &[f32]) -> Option<Vec<f32>> {
+    let l = &parts[0].ia3.as_ref().filter(|i| i.feedforward)?.scale.value;
+    Some(times_rows(x, l))
+}
+
+/// Multiplies the output columns of every part that scales its outputs (after its bias); returns
+/// each such part's outputs before scaling, for the backward.
+pub(super) fn scale_outputs(parts: &[Part], y: &mut [f32], y_cols: usize) -> Vec<Option<Vec<f32>>> {
+    let mut start = 0;
+    let mut saved = Vec::with_capacity(parts.len());
+    for part in parts {
+        let width = part.out_features;
+        saved.push(output_scale(part).map(|l| {
+            let before = columns(y, y_cols, start, width);
+            y.par_chunks_mut(y_cols).for_each(|row| {
+                row[start..start + width]
+                    .iter_mut()
+                    .zip(l)
+                    .for_each(|(v, s)| *v *= s);
+            });
+            before
+        }));
+        start += width;
+    }
+    saved
+}
+
+/// The output scaling's backward: each scaled part's `dl`, and `dy` with its columns times `l`
+/// (None when no part scales its outputs).
+pub(super) fn output_backward(
+    parts: &mut [Part],
+    dy: &[f32],
+    dy_cols: usize,
+    saved: &[Option<Vec<f32>>],
+) -> Option<Vec<f32>> {
+    saved.iter().any(Option::is_some).then(|| {
+        let mut scaled = dy.to_vec();
+        let mut start = 0;
+        for (part, before) in parts.iter_mut().zip(saved) {
+            let width = part.out_features;
+            if let (Some(ia3), Some(before)) = (part.ia3.as_mut(), before) {
+                let grad = ia3.scale.grad.as_mut().expect("IA3 vectors train");
+                add_column_products(grad, &columns(dy, dy_cols, start, width), before);
+                let l = &ia3.scale.value;
+                scaled.par_chunks_mut(dy_cols).for_each(|row| {
+                    row[start..start + width]
+                        .iter_mut()
+                        .zip(l)
+                        .for_each(|(v, s)| *v *= s);
+                });
+            }
+            start += width;
+        }
+        scaled
+    })
+}
+
+/// The input scaling's backward: `dx` holds the gradient of the scaled input; adds `Σ dx ⊙ x` to
+/// `dl` and leaves `l ⊙ dx` in `dx`.
+pub(super) fn input_backward(parts: &mut [Part], x: &[f32], dx: &mut [f32]) {
+    let Some(ia3) = parts[0].ia3.as_mut().filter(|i| i.feedforward) else {
+        return;
+    };
+    let grad = ia3.scale.grad.as_mut().expect("IA3 vectors train");
+    add_column_products(grad, dx, x);
+    let l = &ia3.scale.value;
+    dx.par_chunks_mut(l.len())
+        .for_each(|row| row.iter_mut().zip(l).for_each(|(v, s)| *v *= s));
+}
+
+fn output_scale(part: &Part) -> Option<&[f32]> {
+    let ia3 = part.ia3.as_ref().filter(|i| !i.feedforward)?;
+    Some(&ia3.scale.value)
+}
+
+/// `rows ⊙ l` for every row of `data`.
+fn times_rows(data: &[f32], l: &[f32]) -> Vec<f32> {
+    data.par_chunks(l.len())
+        .flat_map_iter(|row| row.iter().zip(l).map(|(v, s)| v * s))
+        .collect()
+}
+
+/// Columns `start..start + width` of a row-major matrix with `cols` columns.
+fn columns(data: &[f32], cols: usize, start: usize, width: usize) -> Vec<f32> {
+    data.chunks_exact(cols)
+        .flat_map(|row| &row[start..start + width])
+        .copied()
+        .collect()
+}
+
+/// `grad[j] += Σ_rows a[row, j] · b[row, j]`, summed in f64 in row order (deterministic).
+fn add_column_products(grad: &mut [f32], a: &[f32], b: &[f32]) {
+    let width = grad.len();
+    let mut sums = vec![0f64; width];
+    for (a, b) in a.chunks_exact(width).zip(b.chunks_exact(width)) {
+        for ((s, &a), &b) in sums.iter_mut().zip(a).zip(b) {
+            *s += f64::from(a) * f64::from(b);
+        }
+    }
+    for (g, s) in grad.iter_mut().zip(sums) {
+        *g += s as f32;
+    }
+}
