@@ -25,7 +25,8 @@ leave the vision tower alone), glm and glm4 with interleaved partial rotary, q/k
 after the branches, starcoder2 with LayerNorms, biases and its ungated GELU MLP), full
 fine-tuning of a Mistral whose every layer has a sliding window, rsLoRA on q,v; full fine-tuning (llama GQA, tied llama, qwen3,
 whose q/k norm weights train, smollm3, granite, olmo2, gemma2, gemma3, phi3, glm4, starcoder2, whose LayerNorm biases train); freezing (last layer's MLP + final norm);
-IA3 (PEFT's default targets on llama GQA and qwen2, Phi-3's fused projections);
+IA3 (PEFT's default targets on llama GQA and qwen2, Phi-3's fused projections); LoRA started from
+the weight (OLoRA, PiSSA) on llama GQA;
 DoRA (all-linear on llama GQA and phi3, with bias="all" on qwen2, q,v on the default model's slice; its
 magnitudes moved off their initial weight norms);
 3 AdamW steps of LoRA with clipping, and of LoRA+'s groups (LLaMA-Factory's) on a DoRA adapter with biases;
@@ -181,6 +182,25 @@ def ia3_case(name, model_dir, targets=None, feedforward=None, seed=0):
     save(name, case, ids, labels, out, model, init)
 
 
+def start_case(name, model_dir, init, seed=0):
+    """LoRA started from the base weight (OLoRA's QR, PiSSA's exact SVD): PEFT initialises in
+    float32 (it refuses float64), moving s·B₀·A₀ out of each targeted weight; then the model runs in
+    float64. `init.*` holds PEFT's A₀ and B₀ (PiSSA's singular vectors have LAPACK's signs)."""
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "models" / model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=init,
+                     task_type="CAUSAL_LM")
+    model = get_peft_model(base, cfg).double()
+    init_values = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    ids, labels = batch(text_vocab(model.config), 2, 12, [5, 3], [0, 3], seed + 2)
+    out = run(model, ids, labels)
+    case = {
+        "model": model_dir, "method": "lora", "r": 4, "alpha": 8, "use_rslora": False, "bias": "none",
+        "targets": "all-linear", "init": init, "masked": True,
+    }
+    save(name, case, ids, labels, out, model, init_values)
+
+
 def base_case(name, model_dir, method, trainable, seed=0):
     """Full fine-tuning (every tensor) or freezing (only names for which `trainable` is true)."""
     model = load(ROOT / "fixtures" / "models" / model_dir)
@@ -306,6 +326,9 @@ def cases():
         out[f"dora_{model_dir}_masked"] = lambda d=model_dir: lora_case(f"dora_{d}_masked", d, "all-linear", True, dora=True)
     out["dora_qwen2_bias_all"] = lambda: lora_case("dora_qwen2_bias_all", "qwen2", "all-linear", True, bias="all", dora=True)
     out["dora_default_2layers"] = lambda: default_model_case("dora_default_2layers", dora=True)
+    # LoRA started from the weight: OLoRA (QR) and PiSSA (exact SVD).
+    out["olora_llama-gqa_masked"] = lambda: start_case("olora_llama-gqa_masked", "llama-gqa", "olora")
+    out["pissa_llama-gqa_masked"] = lambda: start_case("pissa_llama-gqa_masked", "llama-gqa", "pissa")
     # IA3 with PEFT's defaults (llama: k, v, down; qwen2, with q/v biases the scaling covers: q, v,
     # down), and on Phi-3's fused projections.
     out["ia3_llama-gqa_masked"] = lambda: ia3_case("ia3_llama-gqa_masked", "llama-gqa")

@@ -325,6 +325,46 @@ fn ia3_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
     );
 }
 
+/// PiSSA (`pissa_init`, LLaMA-Factory's keys) and OLoRA (`init_lora_weights: olora`): the adapter
+/// starts from the weight and is saved converted to plain LoRA on the original base (rank and
+/// alpha doubled), which generates as the run's own model did: unmerged and merged alike.
+#[test]
+fn pissa_and_olora_runs_save_converted_adapters() {
+    for start in ["pissa_init=true", "init_lora_weights=olora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let args = [start, "lora_rank=4", "lora_alpha=8", "max_steps=10"];
+        let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
+        run.ok();
+        let out = dir.path().join("out");
+        let adapter: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (adapter["r"].as_u64(), adapter["lora_alpha"].as_u64()),
+            (Some(8), Some(16)),
+            "{start}"
+        );
+        assert_eq!(adapter["init_lora_weights"], true, "{start}");
+        let model_path = fixture("tokenizer/tiny-spm.gguf");
+        let model = arg(&model_path);
+        let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
+        let base = answer_first_row(&["--model", model]);
+        assert_ne!(
+            tuned.ok(),
+            base.ok(),
+            "{start}: the adapter changed nothing"
+        );
+        let merged = merge_into_tiny_model(&out, dir.path());
+        assert_eq!(
+            answer_first_row(&["--model", arg(&merged)]).ok(),
+            tuned.ok(),
+            "{start}"
+        );
+    }
+}
+
 #[test]
 fn resuming_from_a_checkpoint_continues_bit_identically() {
     let whole = tempfile::tempdir().unwrap();

@@ -28,13 +28,14 @@ pub const FAMILY_MODELS: [&str; 15] = [
 
 /// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py) and their
 /// base models under fixtures/models.
-pub const PEFT_ADAPTERS: [(&str, &str); 6] = [
+pub const PEFT_ADAPTERS: [(&str, &str); 7] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
     ("qwen3-all-linear", "qwen3"),
     ("qwen2-dora", "qwen2"),
     ("qwen2-ia3", "qwen2"),
+    ("llama-gqa-olora", "llama-gqa"),
 ];
 
 /// `<repo>/fixtures/<rel>`.

@@ -255,6 +255,23 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         ),
         &["feedforward_modules", "subset of target_modules"],
     );
+    let starts: [(&[&str], &str, &str); 4] = [
+        (
+            &["init_lora_weights=loftq"],
+            "init_lora_weights",
+            "olora, pissa or pissa_niter_N",
+        ),
+        (
+            &["pissa_init=true", "init_lora_weights=olora"],
+            "init_lora_weights",
+            "keep one",
+        ),
+        (&["pissa_init=true", "use_dora=true"], "pissa_init", "DoRA"),
+        (&["pissa_iter=-2"], "pissa_iter", "-1 (exact)"),
+    ];
+    for (keys, key, problem) in starts {
+        assert_mentions(&load_error(&path, keys), &[key, problem]);
+    }
     for key in ["use_dora=true", "loraplus_lr_ratio=16"] {
         let name = key.split('=').next().unwrap();
         assert_mentions(

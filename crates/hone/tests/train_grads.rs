@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
-    Adapter, AdapterConfig, Bias, Ia3Config, Ia3Vector, LoraWeights, PeftConfig, TargetModules,
+    Adapter, AdapterConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights, LoraWeights, PeftConfig,
+    TargetModules,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -153,6 +154,9 @@ fn lora_settings(meta: &Value) -> LoraSettings {
     let mut config = AdapterConfig::new(r, meta["alpha"].as_f64().unwrap(), targets);
     config.use_rslora = meta["use_rslora"].as_bool().unwrap_or(false);
     config.use_dora = meta["use_dora"].as_bool().unwrap_or(false);
+    if let Some(init) = meta["init"].as_str() {
+        config.init_lora_weights = InitLoraWeights::Method(init.into());
+    }
     config.bias = match meta["bias"].as_str().unwrap_or("none") {
         "none" => Bias::None,
         "all" => Bias::All,
@@ -436,6 +440,133 @@ fn ia3_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("ia3_qwen2_masked", stored);
+}
+
+/// OLoRA and PiSSA: Hone's own A₀ and B₀ (QR; top singular triplets) equal PEFT's, the base
+/// becomes the residual (the model still computes W), and the loss and gradients equal PEFT's.
+/// PiSSA's singular vectors are compared up to their signs, which LAPACK does not fix: each
+/// component's sign is matched on B before A, B and their gradients are compared.
+#[test]
+fn lora_started_from_the_weight_matches_peft() {
+    for name in ["olora_llama-gqa_masked", "pissa_llama-gqa_masked"] {
+        let case = read_case(name);
+        let (cfg, w) = base_model(&case, Variant::default()).unwrap();
+        let settings = lora_settings(&case.meta);
+        let spec = TrainableSpec {
+            base: &|_| false,
+            lora: Some(&settings),
+            ia3: None,
+        };
+        let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+        let batch = batch(&case);
+        let scale = 1.0 / count_labels_shifted(&batch) as f32;
+        let (sum, count) = model.forward_backward(&batch, scale, 0).unwrap();
+        let want_loss = f64::from(f32s(&case.tensors["loss"])[0]);
+        assert!(
+            (sum / count as f64 - want_loss).abs() < 1e-5 * want_loss,
+            "{name}: loss"
+        );
+        let logits = f32s(&merged_logits(&model, &case.tensors["input_ids"]));
+        assert!(
+            rel_err(&logits, &f32s(&case.tensors["logits"])) < 1e-4,
+            "{name}: logits"
+        );
+        let mut worst = 0f64;
+        for (module, lora) in model.lora_modules() {
+            let tensor = |prefix: &str, part: &str| {
+                f32s(&case.tensors[&format!("{prefix}.{module}.lora_{part}.weight")])
+            };
+            let r = lora.r;
+            // Per component, +1 or −1: how B's column i compares with PEFT's.
+            let want_b = tensor("init", "B");
+            let signs: Vec<f32> = (0..r)
+                .map(|i| {
+                    let dot: f32 = (0..lora.out_features)
+                        .map(|o| lora.b[o * r + i] * want_b[o * r + i])
+                        .sum();
+                    if dot < 0.0 {
+                        -1.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let flip_a = |a: &[f32]| -> Vec<f32> {
+                a.chunks_exact(lora.in_features)
+                    .zip(&signs)
+                    .flat_map(|(row, s)| row.iter().map(move |v| v * s))
+                    .collect()
+            };
+            let flip_b = |b: &[f32]| -> Vec<f32> {
+                b.chunks_exact(r)
+                    .flat_map(|row| row.iter().zip(&signs).map(|(v, s)| v * s))
+                    .collect()
+            };
+            for (ours, want) in [
+                (flip_a(&lora.a), tensor("init", "A")),
+                (flip_b(&lora.b), want_b.clone()),
+                (flip_a(&lora.grad_a), tensor("grad", "A")),
+                (flip_b(&lora.grad_b), tensor("grad", "B")),
+            ] {
+                let err = rel_err(&ours, &want);
+                assert!(err < 1e-4, "{name}: {module}: relative error {err:e}");
+                worst = worst.max(err);
+            }
+        }
+        eprintln!("{name}: A₀, B₀ and their gradients within {worst:.1e} of PEFT's");
+    }
+}
+
+/// An adapter that started from the weight is saved converted to plain LoRA on the original base,
+/// as PEFT's `save_pretrained(..., path_initial_model_for_weight_conversion=...)`: PEFT trained an
+/// OLoRA adapter and saved it so (fixtures/adapters/llama-gqa-olora, rank 8 = 2 × 4); Hone starts
+/// the same OLoRA adapter, takes PEFT's trained A and B, and saves the same file.
+#[test]
+fn an_adapter_started_from_the_weight_is_saved_converted_as_peft_does() {
+    let peft = hone::adapters::read_adapter(&common::fixture("adapters/llama-gqa-olora")).unwrap();
+    let source = ModelSource::HfDir(common::fixture("models/llama-gqa"));
+    let (cfg, w) = weights::load(&source, &Device::Cpu).unwrap();
+    let targets = TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]);
+    let mut config = AdapterConfig::new(4, 8.0, targets);
+    config.init_lora_weights = InitLoraWeights::Method("olora".into());
+    let settings = LoraSettings::new(config.clone(), 0).unwrap();
+    let spec = TrainableSpec {
+        base: &|_| false,
+        lora: Some(&settings),
+        ia3: None,
+    };
+    let mut model = TrainModel::new(cfg, w, &spec, None).unwrap();
+    // PEFT's trained A is the first 4 rows of its A', its B the first 4 columns of its B'.
+    for p in model.params_mut() {
+        let (module, part) = p.name.rsplit_once(".lora_").unwrap();
+        let saved = &peft.modules[module];
+        let trained: Vec<f32> = match part {
+            "A.weight" => saved.a[..p.value.len()].to_vec(),
+            _ => saved
+                .b
+                .chunks_exact(8)
+                .flat_map(|row| row[..4].to_vec())
+                .collect(),
+        };
+        p.value.copy_from_slice(&trained);
+    }
+    let ours = model.to_adapter(PeftConfig::Lora(config));
+    let lora = ours.config.lora().unwrap();
+    assert_eq!(
+        (lora.r, lora.lora_alpha),
+        (8, 16.0),
+        "rank and alpha doubled"
+    );
+    assert_eq!(lora.init_lora_weights, InitLoraWeights::Default(true));
+    assert_eq!(ours.modules.len(), peft.modules.len());
+    for (module, w) in &ours.modules {
+        let want = &peft.modules[module];
+        assert_eq!((w.r, w.scale), (want.r, want.scale), "{module}");
+        for (ours, want) in [(&w.a, &want.a), (&w.b, &want.b)] {
+            let err = rel_err(ours, want);
+            assert!(err < 1e-5, "{module}: relative error {err:e}");
+        }
+    }
 }
 
 #[test]

@@ -283,6 +283,34 @@ impl AdapterConfig {
         ModuleMatcher::new(self)
     }
 
+    /// The config of an adapter that started from the base weight (OLoRA, PiSSA) once converted
+    /// to plain LoRA on the original base, as PEFT's `save_pretrained(...,
+    /// path_initial_model_for_weight_conversion=...)` writes it: rank doubled, alpha doubled (× √2
+    /// with rsLoRA, which keeps the scale), pattern values doubled, `init_lora_weights: true`.
+    pub fn converted_from_start(&self) -> AdapterConfig {
+        let doubled = |p: &Patterns<usize>| {
+            Patterns::from(
+                p.iter()
+                    .map(|(k, v)| (k.to_string(), 2 * v))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let alpha_factor = if self.use_rslora { 2f64.sqrt() } else { 2.0 };
+        AdapterConfig {
+            r: 2 * self.r,
+            lora_alpha: self.lora_alpha * alpha_factor,
+            rank_pattern: doubled(&self.rank_pattern),
+            alpha_pattern: Patterns::from(
+                self.alpha_pattern
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), 2.0 * v))
+                    .collect::<Vec<_>>(),
+            ),
+            init_lora_weights: InitLoraWeights::Default(true),
+            ..self.clone()
+        }
+    }
+
     /// `target_modules` as written in the config, for messages.
     pub fn target_modules_text(&self) -> String {
         match &self.target_modules {

@@ -296,6 +296,7 @@ mod tests {
             grad_a: vec![0.0; a.len()],
             grad_b: vec![0.0; b.len()],
             magnitude: Some(Tensor1::new(m.clone(), true)),
+            start: None,
         };
         let part = |out_features, bias: &[f32], lora| Part {
             path: String::new(),

@@ -11,27 +11,44 @@ use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::linear::Tensor1;
+use super::lora_init::LoraInit;
 use crate::adapters::dora::LowRank;
-use crate::adapters::{AdapterConfig, Bias, LoraWeights, ModuleMatcher};
+use crate::adapters::{AdapterConfig, Bias, InitLoraWeights, LoraWeights, ModuleMatcher};
 use crate::model::layout::{block_linears, linear_module_names};
 use crate::model::ModelConfig;
 
 /// A LoRA run's adapter config (PEFT's `LoraConfig`: rank, alpha, dropout, targets, bias, rsLoRA,
-/// rank/alpha patterns) with its module patterns compiled, and the seed of the A initialisation.
+/// rank/alpha patterns) with its module patterns compiled, how A and B start, and the seed of the
+/// initialisation.
 pub struct LoraSettings {
     pub config: AdapterConfig,
     pub matcher: ModuleMatcher,
-    /// Seeds the A initialisation (PEFT draws it from torch's global generator).
+    /// PEFT's default, or from the base weight (`init_lora_weights`: OLoRA, PiSSA).
+    pub init: LoraInit,
+    /// Seeds the A initialisation (PEFT draws it from torch's global generator) and PiSSA's
+    /// random start.
     pub seed: u64,
 }
 
 impl LoraSettings {
     pub fn new(config: AdapterConfig, seed: u64) -> Result<LoraSettings> {
-        config.validate()?;
+        let init = LoraInit::from_config(&config.init_lora_weights)?;
+        // An adapter *read* with OLoRA's or PiSSA's init only fits the changed base, so the
+        // config refuses those inits; a run starting one changes the base itself.
+        let mut checked = config.clone();
+        checked.init_lora_weights = InitLoraWeights::Default(true);
+        checked.validate()?;
+        if init.from_weight() && config.use_dora {
+            bail!(
+                "init_lora_weights: {:?} cannot start a DoRA adapter",
+                config.init_lora_weights
+            );
+        }
         let matcher = config.matcher()?;
         Ok(LoraSettings {
             config,
             matcher,
+            init,
             seed,
         })
     }
@@ -92,6 +109,9 @@ pub struct Lora {
     /// DoRA's `lora_magnitude_vector` (None: plain LoRA). A new DoRA adapter gets it from its
     /// base weight once the projection is built ([`super::dora::init_magnitudes`]).
     pub magnitude: Option<Tensor1>,
+    /// `(A₀, B₀)` of an adapter that started from the base weight (OLoRA, PiSSA), whose base is
+    /// the residual `W − s·B₀·A₀`: saved adapters are converted back onto W with them.
+    pub start: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Lora {
@@ -113,6 +133,7 @@ impl Lora {
             grad_a: vec![0.0; shape.r * shape.in_features],
             grad_b: vec![0.0; shape.out_features * shape.r],
             magnitude: None,
+            start: None,
         }
     }
 
@@ -129,6 +150,7 @@ impl Lora {
             a: w.a.clone(),
             b: w.b.clone(),
             magnitude: w.magnitude.clone().map(|m| Tensor1::new(m, true)),
+            start: None,
         }
     }
 
@@ -142,12 +164,27 @@ impl Lora {
         }
     }
 
-    /// The adapter as PEFT saves it.
+    /// The adapter as PEFT saves it: on the original base, so one that started from the base
+    /// weight is converted to `A' = [A; A₀]`, `B' = [B, −B₀]` (rank 2r; `s·B'·A' = s·(B·A − B₀·A₀)`,
+    /// the update from W), as PEFT's `path_initial_model_for_weight_conversion`.
     pub fn weights(&self) -> LoraWeights {
+        let (a, b, r) = match &self.start {
+            None => (self.a.clone(), self.b.clone(), self.r),
+            Some((a0, b0)) => {
+                let a = [self.a.as_slice(), a0].concat();
+                let b = self
+                    .b
+                    .chunks_exact(self.r)
+                    .zip(b0.chunks_exact(self.r))
+                    .flat_map(|(b, b0)| b.iter().copied().chain(b0.iter().map(|v| -v)))
+                    .collect();
+                (a, b, 2 * self.r)
+            }
+        };
         LoraWeights {
-            a: self.a.clone(),
-            b: self.b.clone(),
-            r: self.r,
+            a,
+            b,
+            r,
             in_features: self.in_features,
             out_features: self.out_features,
             scale: f64::from(self.scale),

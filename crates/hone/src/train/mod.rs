@@ -11,6 +11,7 @@ pub mod groups;
 pub mod ia3;
 pub mod linear;
 pub mod lora;
+pub mod lora_init;
 pub mod model;
 pub mod optim;
 pub mod params;

@@ -18,6 +18,7 @@ use super::dropout;
 use super::ia3::{self, Ia3, Ia3Settings};
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
+use super::lora_init;
 use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
@@ -140,6 +141,13 @@ impl TrainModel {
                     bf16: None,
                     parts: built,
                 };
+                if let Some(settings) = spec.lora.filter(|s| s.init.from_weight()) {
+                    ensure!(
+                        adapter.is_none(),
+                        "init_lora_weights: a run that continues an adapter starts from its weights"
+                    );
+                    lora_init::start_from_weight(&mut projection, settings)?;
+                }
                 if spec.lora.is_some_and(|s| s.config.use_dora) {
                     projection.init_dora_magnitudes();
                 }

@@ -196,6 +196,13 @@ impl TrainModel {
     /// A multimodal base's adapter names its modules as the wrapper class does, so PEFT applies it
     /// to that class.
     pub fn to_adapter(&self, config: PeftConfig) -> Adapter {
+        let started_from_weight = self.lora_modules().iter().any(|(_, l)| l.start.is_some());
+        let config = match config {
+            PeftConfig::Lora(c) if started_from_weight => {
+                PeftConfig::Lora(c.converted_from_start())
+            }
+            other => other,
+        };
         let wrapper = self.config().wrapper;
         let name = |path: &str| wrapper.map_or(path.to_string(), |w| w.module_path(path));
         let modules = self

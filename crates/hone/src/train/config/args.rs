@@ -76,6 +76,15 @@ pub struct MethodArgs {
     pub use_rslora: bool,
     /// DoRA: each adapted layer also learns a magnitude per output row (PEFT's `use_dora`).
     pub use_dora: bool,
+    /// PiSSA: start A and B from the weight's top singular triplets (the base becomes the residual).
+    pub pissa_init: bool,
+    /// PiSSA's fast-SVD iterations; -1 for the exact top triplets.
+    pub pissa_iter: i64,
+    /// Save the PiSSA adapter converted to plain LoRA on the original base (Hone always does).
+    pub pissa_convert: bool,
+    /// PEFT's `init_lora_weights` for the starts LLaMA-Factory has no key for: `olora`, `pissa`,
+    /// `pissa_niter_N`.
+    pub init_lora_weights: Option<String>,
     /// LoRA+: B matrices (and 1-D tensors) learn this many times faster than A matrices.
     pub loraplus_lr_ratio: Option<f64>,
     /// LoRA+'s learning rate for LoRA on embedding layers, which Hone does not adapt (a note).
@@ -214,6 +223,10 @@ impl Default for MethodArgs {
             lora_target: CommaList::from("all"),
             use_rslora: false,
             use_dora: false,
+            pissa_init: false,
+            pissa_iter: 16,
+            pissa_convert: false,
+            init_lora_weights: None,
             loraplus_lr_ratio: None,
             loraplus_lr_embedding: None,
             target_modules: None,

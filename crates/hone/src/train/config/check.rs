@@ -130,6 +130,43 @@ fn check_method(c: &SftConfig) -> Checked {
             "must be a subset of target_modules (as PEFT requires)",
         )?;
     }
+    let starts_from_weight = m.pissa_init || m.init_lora_weights.is_some();
+    if starts_from_weight {
+        let key = if m.pissa_init {
+            "pissa_init"
+        } else {
+            "init_lora_weights"
+        };
+        require(
+            m.finetuning_type == FinetuningType::Lora,
+            key,
+            "only valid with finetuning_type: lora",
+        )?;
+        require(
+            !(m.pissa_init && m.init_lora_weights.is_some()),
+            "init_lora_weights",
+            "conflicts with pissa_init: true; keep one",
+        )?;
+        require(!m.use_dora, key, "cannot start a DoRA adapter (use_dora)")?;
+        require(
+            c.model.adapter_name_or_path.is_none(),
+            key,
+            "a run that continues an adapter (adapter_name_or_path) starts from its weights",
+        )?;
+    }
+    require(
+        m.pissa_iter >= -1,
+        "pissa_iter",
+        "must be -1 (exact) or a number of iterations",
+    )?;
+    if let Some(init) = &m.init_lora_weights {
+        let method = crate::adapters::InitLoraWeights::Method(init.clone());
+        require(
+            crate::train::lora_init::LoraInit::from_config(&method).is_ok(),
+            "init_lora_weights",
+            "must be olora, pissa or pissa_niter_N (PEFT's names; the default start needs no key)",
+        )?;
+    }
     if let Some(ratio) = m.loraplus_lr_ratio {
         require(
             ratio.is_finite() && ratio > 0.0,

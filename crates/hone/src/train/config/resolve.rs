@@ -194,6 +194,11 @@ impl SftConfig {
             "trust_remote_code: ignored: Hone runs no model code from the Hub",
         );
         note(
+            self.method.pissa_init && !self.method.pissa_convert,
+            "pissa_convert: false: Hone saves the PiSSA adapter converted to plain LoRA on the original base anyway \
+             (unconverted, it fits only the residual base, which Hone does not save)",
+        );
+        note(
             self.method.loraplus_lr_embedding.is_some(),
             "loraplus_lr_embedding: ignored: it is LoRA+'s rate for adapters on embedding layers, which Hone does not adapt",
         );

@@ -8,7 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::adapters::ia3::{self, Ia3Config};
-use crate::adapters::{read_adapter, Adapter, AdapterConfig, PeftConfig, TargetModules};
+use crate::adapters::{
+    read_adapter, Adapter, AdapterConfig, InitLoraWeights, PeftConfig, TargetModules,
+};
 use crate::chat::ChatTemplate;
 use crate::data::record::{self, FileUse};
 use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
@@ -356,6 +358,15 @@ fn lora_config(config: &SftConfig, model: &ModelConfig) -> AdapterConfig {
     adapter.lora_dropout = m.lora_dropout;
     adapter.use_rslora = m.use_rslora;
     adapter.use_dora = m.use_dora;
+    if m.pissa_init {
+        let name = match m.pissa_iter {
+            -1 => "pissa".to_string(),
+            n => format!("pissa_niter_{n}"),
+        };
+        adapter.init_lora_weights = InitLoraWeights::Method(name);
+    } else if let Some(init) = &m.init_lora_weights {
+        adapter.init_lora_weights = InitLoraWeights::Method(init.clone());
+    }
     adapter
 }
 
