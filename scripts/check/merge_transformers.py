@@ -47,6 +47,7 @@ ADAPTERS = [
     ("qwen3-all-linear", "qwen3"),
     ("qwen2-dora", "qwen2"),
     ("qwen2-ia3", "qwen2"),
+    ("llama-gqa-olora", "llama-gqa"),
 ]
 # LoRA on every linear layer of a multimodal checkpoint's language model.
 TEXT_ALL_LINEAR = (

@@ -313,29 +313,43 @@ fn wt_times(w: &[f32], x: &[f64], (out, inp): (usize, usize), r: usize) -> Vec<f
     y.iter().map(|&v| f64::from(v)).collect()
 }
 
-/// [`w_times`] in f64.
-fn w_times_f64(w: &[f64], x: &[f64], (out, inp): (usize, usize), r: usize) -> Vec<f64> {
+/// [`w_times`] in f64: each output row accumulates rows of `X` (contiguous, so it vectorizes).
+fn w_times_f64(w: &[f64], x: &[f64], (_, inp): (usize, usize), r: usize) -> Vec<f64> {
     w.par_chunks(inp)
         .flat_map_iter(|row| {
-            (0..r).map(move |j| row.iter().enumerate().map(|(c, v)| v * x[c * r + j]).sum())
+            let mut y = vec![0f64; r];
+            for (wv, x_row) in row.iter().zip(x.chunks_exact(r)) {
+                y.iter_mut().zip(x_row).for_each(|(y, xv)| *y += wv * xv);
+            }
+            y
         })
-        .collect::<Vec<f64>>()
-        .into_iter()
-        .take(out * r)
         .collect()
 }
 
-/// [`wt_times`] in f64.
-fn wt_times_f64(w: &[f64], x: &[f64], (out, inp): (usize, usize), r: usize) -> Vec<f64> {
-    let columns: Vec<Vec<f64>> = (0..inp)
-        .into_par_iter()
-        .map(|c| {
-            (0..r)
-                .map(|j| (0..out).map(|o| w[o * inp + c] * x[o * r + j]).sum())
-                .collect()
+/// [`wt_times`] in f64: bands of W's rows each accumulate `W_bandᵀ·X_band`, then the bands sum.
+fn wt_times_f64(w: &[f64], x: &[f64], (_, inp): (usize, usize), r: usize) -> Vec<f64> {
+    const BAND: usize = 64;
+    w.par_chunks(BAND * inp)
+        .zip(x.par_chunks(BAND * r))
+        .map(|(rows, x_rows)| {
+            let mut y = vec![0f64; inp * r];
+            for (row, x_row) in rows.chunks_exact(inp).zip(x_rows.chunks_exact(r)) {
+                for (wv, y_row) in row.iter().zip(y.chunks_exact_mut(r)) {
+                    y_row
+                        .iter_mut()
+                        .zip(x_row)
+                        .for_each(|(y, xv)| *y += wv * xv);
+                }
+            }
+            y
         })
-        .collect();
-    columns.concat()
+        .reduce(
+            || vec![0f64; inp * r],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
 }
 
 /// `Aᵀ·B` for `A`, `B` with `r` columns: `[r, r]`.
@@ -352,21 +366,31 @@ fn transposed_times(a: &[f64], b: &[f64], r: usize) -> Vec<f64> {
 }
 
 /// The columns of `x` (`[rows, r]`) made orthonormal: modified Gram–Schmidt, twice (enough for
-/// full working precision).
-fn orthonormal_columns(mut x: Vec<f64>, rows: usize, r: usize) -> Vec<f64> {
+/// full working precision), on the columns laid out contiguously.
+fn orthonormal_columns(x: Vec<f64>, rows: usize, r: usize) -> Vec<f64> {
+    let mut columns: Vec<Vec<f64>> = (0..r)
+        .map(|i| (0..rows).map(|k| x[k * r + i]).collect())
+        .collect();
     for _ in 0..2 {
         for i in 0..r {
-            for j in 0..i {
-                let dot: f64 = (0..rows).map(|k| x[k * r + i] * x[k * r + j]).sum();
-                (0..rows).for_each(|k| x[k * r + i] -= dot * x[k * r + j]);
+            let (done, rest) = columns.split_at_mut(i);
+            let column = &mut rest[0];
+            for previous in done.iter() {
+                let dot: f64 = column.iter().zip(previous).map(|(a, b)| a * b).sum();
+                column
+                    .iter_mut()
+                    .zip(previous)
+                    .for_each(|(a, b)| *a -= dot * b);
             }
-            let norm = (0..rows).map(|k| x[k * r + i].powi(2)).sum::<f64>().sqrt();
+            let norm = column.iter().map(|v| v * v).sum::<f64>().sqrt();
             if norm > 0.0 {
-                (0..rows).for_each(|k| x[k * r + i] /= norm);
+                column.iter_mut().for_each(|v| *v /= norm);
             }
         }
     }
-    x
+    (0..rows)
+        .flat_map(|k| columns.iter().map(move |c| c[k]))
+        .collect()
 }
 
 /// `r − ‖Qᵀ·Q'‖²`: the sum of the squared sines of the angles between two r-dimensional
