@@ -165,9 +165,10 @@ def lora_case(name, model_dir, targets, masked, r=4, alpha=8, rslora=False, bias
 
 def ia3_case(name, model_dir, targets=None, feedforward=None, seed=0):
     """IA3 (PEFT's defaults for the family unless `targets`/`feedforward` are given): output rows of
-    attention projections and the MLP's down projection's inputs scaled by trained vectors."""
+    attention projections and the MLP's down projection's inputs scaled by trained vectors. The
+    model `default` is the first two layers of the real default model."""
     torch.manual_seed(seed)
-    base = load(ROOT / "fixtures" / "models" / model_dir)
+    base = default_slice(2) if model_dir == "default" else load(ROOT / "fixtures" / "models" / model_dir)
     model = get_peft_model(base, IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward))
     randomize_b(model, seed + 1)
     init = {hone_name(n): p.detach().clone() for n, p in model.named_parameters() if "ia3_l" in n}
@@ -179,6 +180,10 @@ def ia3_case(name, model_dir, targets=None, feedforward=None, seed=0):
         "model": model_dir, "method": "ia3", "targets": sorted(config.target_modules),
         "feedforward": sorted(config.feedforward_modules), "masked": True, "f32_gap": gap,
     }
+    if model_dir == "default":
+        case.update(layers=2, logits_slice=512)
+        save(name, case, ids, labels, out, model, init, logits_slice=512)
+        return
     save(name, case, ids, labels, out, model, init)
 
 
@@ -267,14 +272,20 @@ def adamw_case(name, model_dir, loraplus_ratio=None, seed=0):
     print(f"{name}: losses {losses}")
 
 
-def default_model_case(name, layers=2, dora=False, seed=0):
-    """LoRA (or DoRA) r=4 on q_proj,v_proj over the first `layers` layers of the real default model."""
+def default_slice(layers):
+    """The first `layers` layers of the real default model (SmolLM2-135M, its GGUF), in float64."""
     if not DEFAULT_GGUF.exists():
         raise SystemExit(f"{DEFAULT_GGUF} is missing: run scripts/fetch-model.sh")
-    torch.manual_seed(seed)
     full = AutoModelForCausalLM.from_pretrained(DEFAULT_GGUF.parent, gguf_file=DEFAULT_GGUF.name, dtype=torch.float64)
     full.model.layers = full.model.layers[:layers]
     full.config.num_hidden_layers = layers
+    return full
+
+
+def default_model_case(name, layers=2, dora=False, seed=0):
+    """LoRA (or DoRA) r=4 on q_proj,v_proj over the first `layers` layers of the real default model."""
+    torch.manual_seed(seed)
+    full = default_slice(layers)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], use_dora=dora,
                      task_type="CAUSAL_LM")
     model = get_peft_model(full, cfg)
@@ -333,6 +344,7 @@ def cases():
     # down), and on Phi-3's fused projections.
     out["ia3_llama-gqa_masked"] = lambda: ia3_case("ia3_llama-gqa_masked", "llama-gqa")
     out["ia3_qwen2_masked"] = lambda: ia3_case("ia3_qwen2_masked", "qwen2")
+    out["ia3_default_2layers"] = lambda: ia3_case("ia3_default_2layers", "default")
     out["ia3_phi3_masked"] = lambda: ia3_case(
         "ia3_phi3_masked", "phi3", ["qkv_proj", "gate_up_proj", "down_proj"], ["down_proj"]
     )

@@ -429,17 +429,20 @@ fn dora_gradients_match_peft() {
 }
 
 /// IA3: vectors on attention outputs (their biases scaled too, on Qwen2) and on the MLP's down
-/// projection's input, and on Phi-3's fused projections.
+/// projection's input, on Phi-3's fused projections, and on a slice of the default model (f32 and
+/// as stored: Q4_1).
 #[test]
 fn ia3_gradients_match_peft() {
     check_gradients("ia3_llama-gqa_masked");
     check_gradients("ia3_qwen2_masked");
     check_gradients("ia3_phi3_masked");
+    check_gradients("ia3_default_2layers");
     let stored = Variant {
         stored: true,
         ..Variant::default()
     };
     check_gradients_with("ia3_qwen2_masked", stored);
+    check_gradients_with("ia3_default_2layers", stored);
 }
 
 /// OLoRA and PiSSA: Hone's own A₀ and B₀ (QR; top singular triplets) equal PEFT's, the base
