@@ -305,7 +305,11 @@ pub(super) fn lora_backward(
         Threads::Pool,
     );
     dxa.par_iter_mut().for_each(|v| *v *= lora.scale);
-    let dropped = (lora.dropout > 0.0).then(|| dropout::apply(x, lora.dropout, seed));
+    // The forward's mask, drawn once more for both of its uses here.
+    let mask = (lora.dropout > 0.0).then(|| dropout::mask(x.len(), lora.dropout, seed));
+    let dropped: Option<Vec<f32>> = mask
+        .as_ref()
+        .map(|m| x.par_iter().zip(m).map(|(x, m)| x * m).collect());
     matmul(
         MatMut::new(&mut lora.grad_a, r, inp),
         MatRef::new(&dxa, n, r).t(),
@@ -313,7 +317,7 @@ pub(super) fn lora_backward(
         true,
         Threads::Pool,
     );
-    if lora.dropout > 0.0 {
+    if let Some(mask) = mask {
         let mut dx_lora = vec![0.0; n * inp];
         matmul(
             MatMut::new(&mut dx_lora, n, inp),
@@ -322,7 +326,10 @@ pub(super) fn lora_backward(
             false,
             Threads::Pool,
         );
-        dropout::backward_accumulate(&dx_lora, lora.dropout, seed, dx);
+        dx.par_iter_mut()
+            .zip(dx_lora)
+            .zip(mask)
+            .for_each(|((d, g), m)| *d += g * m);
     } else {
         matmul(
             MatMut::new(dx, n, inp),
