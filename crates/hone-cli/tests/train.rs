@@ -365,15 +365,31 @@ fn pissa_and_olora_runs_save_converted_adapters() {
     }
 }
 
+/// A run resumed from a checkpoint continues with the uninterrupted run's losses, for each kind of
+/// adapter (LoRA with dropout; DoRA; IA3; PiSSA, whose start is drawn again from the base).
 #[test]
 fn resuming_from_a_checkpoint_continues_bit_identically() {
+    let methods: [&[&str]; 4] = [
+        &[],
+        &["use_dora=true"],
+        &["finetuning_type=ia3"],
+        &["pissa_init=true", "lora_rank=4"],
+    ];
+    for method in methods {
+        resumes_bit_identically(&[&["lora_dropout=0.1"][..], method].concat());
+    }
+}
+
+fn resumes_bit_identically(overrides: &[&str]) {
     let whole = tempfile::tempdir().unwrap();
-    hone(&["train", arg(&setup(whole.path())), "lora_dropout=0.1"]).ok();
+    let whole_config = setup(whole.path());
+    hone(&[&["train", arg(&whole_config)][..], overrides].concat()).ok();
     let expected = losses(&whole.path().join("out"));
 
     let split = tempfile::tempdir().unwrap();
     let config = setup(split.path());
-    hone(&["train", arg(&config), "lora_dropout=0.1", "save_steps=5"]).ok();
+    let with_saves = [overrides, &["save_steps=5"]].concat();
+    hone(&[&["train", arg(&config)][..], &with_saves].concat()).ok();
     let out = split.path().join("out");
     let checkpoint = out.join("checkpoint-5");
     for file in [
@@ -385,19 +401,21 @@ fn resuming_from_a_checkpoint_continues_bit_identically() {
     ] {
         assert!(
             checkpoint.join(file).is_file(),
-            "checkpoint-5/{file} is missing"
+            "{overrides:?}: checkpoint-5/{file} is missing"
         );
     }
-    let run = hone(&[
-        "train",
-        arg(&config),
-        "lora_dropout=0.1",
-        "save_steps=5",
-        &format!("resume_from_checkpoint={}", checkpoint.display()),
-    ]);
+    let resume = format!("resume_from_checkpoint={}", checkpoint.display());
+    let run = hone(
+        &[
+            &["train", arg(&config)][..],
+            &with_saves,
+            &[resume.as_str()],
+        ]
+        .concat(),
+    );
     assert!(
         run.ok().is_empty() && run.stderr.contains("resumed from"),
-        "{}",
+        "{overrides:?}: {}",
         run.stderr
     );
     let all = losses(&out);
@@ -405,7 +423,7 @@ fn resuming_from_a_checkpoint_continues_bit_identically() {
     assert_eq!(
         &all[12..],
         &expected[5..],
-        "resumed losses differ from the uninterrupted run"
+        "{overrides:?}: resumed losses differ from the uninterrupted run"
     );
 }
 
