@@ -1,8 +1,8 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
-//! its own optional bias, weight gradient (full or partial fine-tuning) and LoRA adapter (or DoRA,
-//! [`super::dora`]; or an IA3 vector, [`super::ia3`]). A frozen base may stay in its stored type (a quantized GGUF: QLoRA), see
-//! [`Matrix`].
+//! its own optional bias, weight gradient (full or partial fine-tuning) and adapter: LoRA, DoRA
+//! ([`super::dora`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
+//! (a quantized GGUF: QLoRA), see [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
 //! `dx = dy W`, but a weight gradient only where a part is trainable: a frozen base weight costs
