@@ -1,4 +1,5 @@
-//! `hone info`: the text and JSON descriptions of a GGUF file, an HF directory and the default model.
+//! `hone info`: the text and JSON descriptions of a GGUF file, an HF directory, the default model
+//! and adapter directories.
 
 mod common;
 
@@ -127,4 +128,27 @@ fn default_model_matches_the_config_transformers_reads() {
                "parameters": gguf_weight_count(&path), "tokenizer": "gpt2-bpe",
                "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": true}),
     );
+}
+
+/// An adapter directory is described as an adapter: its method, modules and parameters (PEFT's
+/// `print_trainable_parameters` counts 224 for this IA3 adapter and 4,608 for this DoRA one).
+#[test]
+fn adapter_directories_are_described_as_adapters() {
+    let ia3 = fixture("adapters/qwen2-ia3");
+    let text = hone(&["info", arg(&ia3)]).ok().to_string();
+    for line in [
+        "method         IA3",
+        "modules        6 (mlp.down_proj, self_attn.q_proj, self_attn.v_proj)",
+        "input scaled   down_proj",
+        "parameters     224",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let dora = fixture("adapters/qwen2-dora");
+    let info = hone(&["info", arg(&dora), "--json"]).json();
+    assert_fields(
+        &info,
+        json!({"method": "DoRA", "modules": 14, "parameters": 4608, "base_model_name_or_path": "fixtures/models/qwen2"}),
+    );
+    assert_eq!(info["settings"]["r"], 4);
 }

@@ -1,6 +1,11 @@
-//! `hone info MODEL`: what a model is, without loading its weights.
+//! `hone info MODEL`: what a model is, without loading its weights; or, given a PEFT adapter
+//! directory, what the adapter is.
+
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::Result;
+use hone::adapters::{read_adapter, Adapter, PeftConfig};
 use hone::kernels::glu::Activation;
 use hone::model::{ModelConfig, NormPlacement, QkNorm, RopeScaling};
 use serde_json::json;
@@ -15,6 +20,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dir = Path::new(&args.model);
+    if dir.join("adapter_config.json").is_file() && !dir.join("config.json").is_file() {
+        return describe_adapter(&read_adapter(dir)?, dir, args.json);
+    }
     let (source, cfg, tok) = hone::model::inspect(&args.model)?;
     let special: Vec<_> = tok
         .special_tokens()
@@ -225,4 +234,82 @@ fn block_switches(cfg: &ModelConfig) -> String {
     } else {
         format!("Llama block (RMSNorm, SwiGLU, rotary) + {}", on.join(", "))
     }
+}
+
+/// An adapter directory: its method and settings, the modules it adapts and its parameters.
+fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> {
+    let module_paths = adapter.modules.keys().chain(adapter.scales.keys());
+    // `model.layers.3.mlp.down_proj` → `mlp.down_proj`: each layer adapts the same ones.
+    let kinds: BTreeSet<&str> = module_paths
+        .clone()
+        .map(|m| m.splitn(4, '.').nth(3).unwrap_or(m))
+        .collect();
+    let lora: usize = adapter
+        .modules
+        .values()
+        .map(|w| w.a.len() + w.b.len() + w.magnitude.as_ref().map_or(0, Vec::len))
+        .sum();
+    let vectors: usize = adapter.scales.values().map(|v| v.values.len()).sum();
+    let biases: usize = adapter.biases.values().map(Vec::len).sum();
+    let parameters = lora + vectors + biases;
+    let settings = match &adapter.config {
+        PeftConfig::Lora(c) => json!({
+            "r": c.r, "lora_alpha": c.lora_alpha, "use_rslora": c.use_rslora, "use_dora": c.use_dora,
+            "bias": c.bias, "target_modules": c.target_modules, "init_lora_weights": c.init_lora_weights,
+        }),
+        PeftConfig::Ia3(c) => json!({
+            "target_modules": c.target_modules, "feedforward_modules": c.feedforward_modules,
+        }),
+    };
+    let info = json!({
+        "path": dir.display().to_string(),
+        "method": adapter.config.method(),
+        "base_model_name_or_path": adapter.config.base_model_name_or_path(),
+        "modules": module_paths.count(),
+        "module_kinds": kinds,
+        "parameters": parameters,
+        "settings": settings,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("adapter        {}", dir.display());
+    let method = match &adapter.config {
+        PeftConfig::Lora(c) => format!(
+            "{}, rank {}, alpha {}{}",
+            adapter.config.method(),
+            c.r,
+            c.lora_alpha,
+            if c.use_rslora {
+                ", rank-stabilised"
+            } else {
+                ""
+            }
+        ),
+        PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
+    };
+    println!("method         {method}");
+    let base = adapter.config.base_model_name_or_path();
+    println!("base model     {}", base.unwrap_or("(not recorded)"));
+    let kinds: Vec<&str> = kinds.into_iter().collect();
+    println!("modules        {} ({})", info["modules"], kinds.join(", "));
+    if let PeftConfig::Ia3(_) = &adapter.config {
+        let inputs: BTreeSet<&str> = adapter
+            .scales
+            .iter()
+            .filter(|(_, v)| v.feedforward)
+            .map(|(m, _)| m.rsplit('.').next().unwrap_or(m))
+            .collect();
+        let inputs: Vec<&str> = inputs.into_iter().collect();
+        println!("input scaled   {}", inputs.join(", "));
+    }
+    println!("parameters     {parameters}");
+    if biases > 0 {
+        println!(
+            "biases         {} tensors ({biases} values)",
+            adapter.biases.len()
+        );
+    }
+    Ok(())
 }
