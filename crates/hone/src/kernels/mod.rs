@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod columns;
 pub mod cross_entropy;
 pub mod few_rows;
 pub mod glu;

@@ -18,6 +18,7 @@ use super::dropout;
 use super::linear::{lora_backward, lora_down, lora_input, lora_up, Part, Tensor1};
 use super::lora::Lora;
 use crate::adapters::dora::{adapted_row_norms, factors};
+use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{MatMut, MatRef};
 use crate::kernels::matrix::MatrixRef;
 
@@ -159,15 +160,17 @@ pub(super) fn backward(
     dx: &mut [f32],
 ) {
     let (n, out_p) = (x.len() / lora.in_features, lora.out_features);
-    let mut sums = vec![0f64; out_p];
-    for (row, c) in dy
-        .chunks_exact(dy_cols)
-        .zip(saved.directional.chunks_exact(out_p))
-    {
-        for ((s, &g), &c) in sums.iter_mut().zip(&row[w.start..]).zip(c) {
-            *s += f64::from(g) * f64::from(c);
-        }
-    }
+    let dy_part = Columns {
+        data: dy,
+        stride: dy_cols,
+        start: w.start,
+    };
+    let directional = Columns {
+        data: &saved.directional,
+        stride: out_p,
+        start: 0,
+    };
+    let sums = column_sums(out_p, dy_part, Some(directional));
     let magnitude = lora.magnitude.as_mut().expect("a DoRA adapter");
     let grad = magnitude.grad.as_mut().expect("the magnitude trains");
     for ((g, s), inv) in grad.iter_mut().zip(sums).zip(&saved.inv_norms) {

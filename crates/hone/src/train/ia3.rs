@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::linear::{Part, Tensor1};
 use crate::adapters::ia3::{Ia3Config, Ia3Matcher};
 use crate::adapters::Ia3Vector;
+use crate::kernels::columns::{column_sums, Columns};
 
 /// An IA3 run's adapter config with its module selection compiled.
 pub struct Ia3Settings {
@@ -170,15 +171,15 @@ fn columns(data: &[f32], cols: usize, start: usize, width: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `grad[j] += Σ_rows a[row, j] · b[row, j]`, summed in f64 in row order (deterministic).
+/// `grad[j] += Σ_rows a[row, j] · b[row, j]` for `a`, `b` as wide as `grad` (see
+/// [`column_sums`]).
 fn add_column_products(grad: &mut [f32], a: &[f32], b: &[f32]) {
-    let width = grad.len();
-    let mut sums = vec![0f64; width];
-    for (a, b) in a.chunks_exact(width).zip(b.chunks_exact(width)) {
-        for ((s, &a), &b) in sums.iter_mut().zip(a).zip(b) {
-            *s += f64::from(a) * f64::from(b);
-        }
-    }
+    let whole = |data| Columns {
+        data,
+        stride: grad.len(),
+        start: 0,
+    };
+    let sums = column_sums(grad.len(), whole(a), Some(whole(b)));
     for (g, s) in grad.iter_mut().zip(sums) {
         *g += s as f32;
     }

@@ -16,6 +16,7 @@ use super::dora::{self, DoraSaved, PartWeights};
 use super::dropout;
 use super::ia3::{self, Ia3};
 use super::lora::Lora;
+use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
 
@@ -350,14 +351,14 @@ fn add_bias(y: &mut [f32], y_cols: usize, col: usize, b: &[f32]) {
     });
 }
 
-/// `grad += Σ_rows dy[:, col..col+len(grad)]`, summed in f64 in row order (deterministic).
+/// `grad += Σ_rows dy[:, col..col+len(grad)]` (see [`column_sums`]).
 fn add_column_sums(grad: &mut [f32], dy: &[f32], dy_cols: usize, col: usize) {
-    let mut sums = vec![0f64; grad.len()];
-    for row in dy.chunks_exact(dy_cols) {
-        for (s, &g) in sums.iter_mut().zip(&row[col..col + grad.len()]) {
-            *s += f64::from(g);
-        }
-    }
+    let dy = Columns {
+        data: dy,
+        stride: dy_cols,
+        start: col,
+    };
+    let sums = column_sums(grad.len(), dy, None);
     for (g, s) in grad.iter_mut().zip(sums) {
         *g += s as f32;
     }
