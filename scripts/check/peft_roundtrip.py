@@ -1,11 +1,12 @@
 """Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
 Hone trains, and counts the same trainable parameters.
 
-For each method (LoRA, DoRA, IA3) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
+For each method (LoRA, DoRA, IA3, PiSSA saved converted) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
 a small dataset with `lora_target: all`, then:
   - Hone's trainable-parameter line is compared with PEFT's `get_nb_trainable_parameters()` for
-    the adapter config Hone wrote;
+    the adapter config Hone wrote (a PiSSA adapter is saved converted, of rank 2r: twice what
+    trained);
   - `PeftModel.from_pretrained(base, adapter)` applies Hone's file (unmerged), and its logits are
     compared with those of the checkpoint `hone merge` writes (loaded by transformers) and with
     PEFT's own `merge_and_unload(safe_merge=True)`, all in float64.
@@ -41,7 +42,13 @@ def load(path, **kwargs):
     ).eval()
 
 # Method -> the train-config keys that select it.
-METHODS = {"lora": {}, "dora": {"use_dora": "true"}, "ia3": {"finetuning_type": "ia3", "learning_rate": "5.0e-2"}}
+METHODS = {
+    "lora": {},
+    "dora": {"use_dora": "true"},
+    "ia3": {"finetuning_type": "ia3", "learning_rate": "5.0e-2"},
+    # Saved converted: plain LoRA of rank 2r on the original base.
+    "pissa": {"pissa_init": "true", "pissa_convert": "true"},
+}
 ROWS = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Name a prime number.", "Seven is a prime number."),
@@ -71,6 +78,9 @@ def hone_train(hone, model, extra, out, tmp):
 def check(hone, name, model, load_base, ids, extra, tmp):
     out = tmp / f"{name}-adapter"
     hone_counts = hone_train(hone, model, extra, out, tmp)
+    if "pissa_init" in extra:
+        # The file PEFT loads is the converted adapter, of rank 2r: twice the parameters trained.
+        hone_counts = (2 * hone_counts[0], hone_counts[1] + hone_counts[0])
     peft = PeftModel.from_pretrained(load_base(), out, is_trainable=True).eval()
     peft_counts = peft.get_nb_trainable_parameters()
     unmerged = logits(peft, ids)
