@@ -71,6 +71,13 @@ pub fn default_modules(cfg: &ModelConfig) -> Option<(Vec<String>, Vec<String>)> 
     Some((names(targets), names(feedforward)))
 }
 
+/// Why a feedforward module that shares its input product with other modules is refused: Hone
+/// computes the layers that read the same input (q|k|v, gate|up) as one product, so one of them
+/// cannot have its own scaled input.
+pub const SHARED_INPUT_SCALING: &str =
+    "IA3 input scaling (feedforward_modules) is not supported on a layer that \
+     shares its input product with others";
+
 /// Fields that make an adapter compute something Hone does not.
 const UNSUPPORTED: [(&str, &str); 2] = [
     (

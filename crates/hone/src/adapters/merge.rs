@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 
 use super::{dora, Adapter, LoraWeights};
@@ -82,18 +82,21 @@ pub fn check_fits(
     adapter: &Adapter,
     dims: impl Fn(&str) -> Option<Vec<usize>>,
 ) -> Result<()> {
+    let weight_dims = |module: &str| -> Result<Vec<usize>> {
+        let name = format!("{module}.weight");
+        dims(&name).with_context(|| {
+            format!(
+                "{module}: the model has no such module (no tensor {name}); {}",
+                other_base(adapter)
+            )
+        })
+    };
     for (module, lora) in &adapter.modules {
         // A tied head is the embedding matrix: a head-only update cannot be merged into it.
         if module == "lm_head" && cfg.tie_word_embeddings {
             bail!("{module}: the model ties its output head to the token embeddings, so a LoRA update of the head alone cannot be merged");
         }
-        let name = format!("{module}.weight");
-        let Some(w) = dims(&name) else {
-            bail!(
-                "{module}: the model has no such module (no tensor {name}); {}",
-                other_base(adapter)
-            );
-        };
+        let w = weight_dims(module)?;
         let (out, inp, r) = (lora.out_features, lora.in_features, lora.r);
         if w != [out, inp] {
             bail!(
@@ -104,13 +107,7 @@ pub fn check_fits(
         }
     }
     for (module, vector) in &adapter.scales {
-        let name = format!("{module}.weight");
-        let Some(w) = dims(&name) else {
-            bail!(
-                "{module}: the model has no such module (no tensor {name}); {}",
-                other_base(adapter)
-            );
-        };
+        let w = weight_dims(module)?;
         let (side, width) = match vector.feedforward {
             true => ("input", w.get(1)),
             false => ("output", w.first()),

@@ -126,13 +126,6 @@ impl PeftConfig {
             PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
         }
     }
-
-    pub fn set_base_model_name_or_path(&mut self, base: Option<String>) {
-        match self {
-            PeftConfig::Lora(c) => c.base_model_name_or_path = base,
-            PeftConfig::Ia3(c) => c.base_model_name_or_path = base,
-        }
-    }
 }
 
 /// An adapter: its config, the LoRA matrices or IA3 vectors of each target module, and the bias

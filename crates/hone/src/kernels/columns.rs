@@ -1,6 +1,8 @@
-//! Per-column reductions over the rows of row-major matrices (the gradients of biases and of
-//! per-feature scales: `Σ_rows dy`, `Σ_rows dy ⊙ v`), in f64, each column summed in row order so
-//! the result is the same on any number of threads, the columns split across threads.
+//! Column-wise operations on row-major matrices: copying a band of columns out, scaling columns or
+//! whole rows by a per-feature vector (IA3's and DoRA's scalings, forward and backward), and
+//! per-column reductions over the rows (the gradients of biases and of per-feature scales:
+//! `Σ_rows dy`, `Σ_rows dy ⊙ v`) in f64, each column summed in row order so the result is the
+//! same on any number of threads, the columns split across threads.
 
 use rayon::prelude::*;
 
@@ -14,6 +16,47 @@ pub struct Columns<'a> {
 
 /// Columns per task: enough rows of work per task, a few cache lines per row.
 const BLOCK: usize = 64;
+
+/// Below this many values the element-wise passes stay on the calling thread (a decoding step's
+/// few rows would cost more to hand out than to scale).
+const PARALLEL_MIN: usize = 1 << 14;
+
+/// Columns `start..start + width` of each `stride`-wide row, as a contiguous `[rows, width]` buffer.
+pub fn columns(data: &[f32], stride: usize, start: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len() / stride * width];
+    out.par_chunks_mut(width)
+        .zip(data.par_chunks(stride))
+        .for_each(|(o, r)| o.copy_from_slice(&r[start..start + width]));
+    out
+}
+
+/// Multiplies columns `start..start + l.len()` of every `stride`-wide row by `l`, in place.
+pub fn scale_columns(data: &mut [f32], stride: usize, start: usize, l: &[f32]) {
+    let scale = |row: &mut [f32]| {
+        row[start..start + l.len()]
+            .iter_mut()
+            .zip(l)
+            .for_each(|(v, s)| *v *= s)
+    };
+    if data.len() < PARALLEL_MIN {
+        data.chunks_exact_mut(stride).for_each(scale);
+    } else {
+        data.par_chunks_mut(stride).for_each(scale);
+    }
+}
+
+/// Every row of `data` (rows as wide as `l`) times `l + shift`, element by element.
+pub fn rows_times(data: &[f32], l: &[f32], shift: f32) -> Vec<f32> {
+    if data.len() < PARALLEL_MIN {
+        data.chunks_exact(l.len())
+            .flat_map(|row| row.iter().zip(l).map(|(v, s)| v * (s + shift)))
+            .collect()
+    } else {
+        data.par_chunks(l.len())
+            .flat_map_iter(|row| row.iter().zip(l).map(move |(v, s)| v * (s + shift)))
+            .collect()
+    }
+}
 
 /// `Σ_rows a[row][j]`, or `Σ_rows a[row][j] · b[row][j]`, for the first `width` columns of `a`
 /// (and `b`, which has as many rows).
@@ -52,6 +95,20 @@ pub fn column_sums<'a>(width: usize, a: Columns<'a>, b: Option<Columns<'a>>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bands_of_columns_are_copied_and_scaled_and_rows_multiplied() {
+        // 2 rows of 4.
+        let mut m = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(columns(&m, 4, 1, 2), [2.0, 3.0, 6.0, 7.0]);
+        scale_columns(&mut m, 4, 2, &[10.0, -1.0]);
+        assert_eq!(m, [1.0, 2.0, 30.0, -4.0, 5.0, 6.0, 70.0, -8.0]);
+        let l = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(
+            rows_times(&[1.0; 8], &l, -1.0),
+            [0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]
+        );
+    }
 
     #[test]
     fn sums_and_products_of_columns_of_a_wider_matrix() {

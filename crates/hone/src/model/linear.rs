@@ -20,7 +20,9 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
 use crate::adapters::dora::{adapted_row_norms, factors};
+use crate::adapters::ia3::SHARED_INPUT_SCALING;
 use crate::adapters::{Ia3Vector, LoraWeights};
+use crate::kernels::columns::{rows_times, scale_columns};
 use crate::kernels::few_rows;
 use crate::kernels::stored::{self, StoredMatrix};
 
@@ -104,37 +106,31 @@ pub struct LoraDelta {
 }
 
 impl LoraDelta {
-    /// The update `l` of a weight whose rows `weight_rows` writes as f32 (read only for DoRA).
+    /// The update `l` of a weight whose rows `weight_rows` writes as f32 into a buffer of
+    /// `[out, in]` (read only for DoRA, once).
     pub fn new(
         l: &LoraWeights,
-        weight_rows: &(dyn Fn(Range<usize>, &mut [f32]) + Sync),
-    ) -> LoraDelta {
-        let dora = l.magnitude.as_ref().map(|m| {
-            factors(
-                m,
-                &adapted_row_norms(l.low_rank(), l.in_features, weight_rows),
-            )
-        });
-        LoraDelta {
+        weight_rows: impl FnOnce(Range<usize>, &mut [f32]) -> Result<()>,
+    ) -> Result<LoraDelta> {
+        let dora = match &l.magnitude {
+            Some(m) => {
+                let cols = l.in_features;
+                let mut w = vec![0f32; l.out_features * cols];
+                weight_rows(0..l.out_features, &mut w)?;
+                let norms = adapted_row_norms(l.low_rank(), cols, &|rows, out| {
+                    out.copy_from_slice(&w[rows.start * cols..rows.end * cols])
+                });
+                Some(factors(m, &norms))
+            }
+            None => None,
+        };
+        Ok(LoraDelta {
             a: l.a.clone(),
             b: l.b.clone(),
             r: l.r,
             scale: l.scale as f32,
             dora,
-        }
-    }
-
-    /// The update `l` of `weight`.
-    pub fn of_weight(l: &LoraWeights, weight: &Weight) -> Result<LoraDelta> {
-        if l.magnitude.is_some() {
-            // Checked here, so the rows below cannot fail.
-            weight.rows_into(0..0, &mut [])?;
-        }
-        Ok(LoraDelta::new(l, &|rows, out| {
-            weight
-                .rows_into(rows, out)
-                .expect("an f32 CPU tensor or a stored matrix")
-        }))
+        })
     }
 
     /// Applies the update of token rows `x` `[rows, in]` to `y` (`rows` rows of width `stride`,
@@ -218,10 +214,7 @@ impl Linear {
         let widths = parts.iter().map(Projection::out_features).collect();
         let scales_input = |p: &Projection| p.ia3.as_ref().is_some_and(|v| v.feedforward);
         if parts.len() > 1 && parts.iter().any(scales_input) {
-            bail!(
-                "IA3 input scaling (feedforward_modules) is not supported on a layer that shares its input \
-                 product with others"
-            );
+            bail!(SHARED_INPUT_SCALING);
         }
         let all_plain_f32 = parts
             .iter()
@@ -305,7 +298,7 @@ impl Linear {
             .ia3
             .as_ref()
             .filter(|v| v.feedforward)
-            .map(|v| times_rows(x, &v.values, 0.0));
+            .map(|v| rows_times(x, &v.values, 0.0));
         let mut y = self.products(scaled.as_deref().unwrap_or(x), rows)?;
         let mut offset = 0;
         for p in &self.parts {
@@ -365,7 +358,7 @@ impl Linear {
                 match &update.ia3 {
                     // W·(l·x) = W·x + W·((l − 1)·x): the base rows plus one product more.
                     Some(v) if v.feedforward => {
-                        let shifted = times_rows(&xs, &v.values, -1.0);
+                        let shifted = rows_times(&xs, &v.values, -1.0);
                         let extra = self.products(&shifted, group.rows.len())?;
                         ys.iter_mut().zip(extra).for_each(|(y, e)| *y += e);
                     }
@@ -420,23 +413,6 @@ impl Linear {
             offset += width;
         }
         Ok(y)
-    }
-}
-
-/// Each row of `data` times `l + shift`, element by element.
-fn times_rows(data: &[f32], l: &[f32], shift: f32) -> Vec<f32> {
-    data.chunks_exact(l.len())
-        .flat_map(|row| row.iter().zip(l).map(move |(v, s)| v * (s + shift)))
-        .collect()
-}
-
-/// Multiplies columns `offset..offset + l.len()` of every row (`stride` wide) by `l`.
-fn scale_columns(y: &mut [f32], stride: usize, offset: usize, l: &[f32]) {
-    for row in y.chunks_exact_mut(stride) {
-        row[offset..offset + l.len()]
-            .iter_mut()
-            .zip(l)
-            .for_each(|(v, s)| *v *= s);
     }
 }
 

@@ -18,6 +18,7 @@ use super::layout::{self, block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::rope::RopeTables;
 use super::weights::norm_bias_name;
+use crate::adapters::ia3::SHARED_INPUT_SCALING;
 use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
 use crate::kernels::attention::{self, AttnInputs, AttnShape};
@@ -589,23 +590,15 @@ impl Llama {
         for (module, weights) in &adapter.modules {
             let at = self.linear_of(module).context("checked to fit above")?;
             let linear = self.linear(at);
-            if weights.magnitude.is_some() {
-                linear.part_weight_rows(at.2, 0..0, &mut [])?;
-            }
-            let delta = LoraDelta::new(weights, &|rows, out| {
-                linear
-                    .part_weight_rows(at.2, rows, out)
-                    .expect("checked to be readable above")
-            });
+            let delta = LoraDelta::new(weights, |rows, out| {
+                linear.part_weight_rows(at.2, rows, out)
+            })?;
             set.part_mut(at).lora = Some(delta);
         }
         for (module, vector) in &adapter.scales {
             let at = self.linear_of(module).context("checked to fit above")?;
             if vector.feedforward && self.linear(at).widths().len() > 1 {
-                bail!(
-                    "{module}: IA3 input scaling (feedforward_modules) is not supported on a layer that shares its \
-                     input product with others"
-                );
+                bail!("{module}: {SHARED_INPUT_SCALING}");
             }
             set.part_mut(at).ia3 = Some(vector.clone());
         }
@@ -913,7 +906,9 @@ impl Parts<'_> {
         if let Some(b) = self.adapter.and_then(|a| a.biases.get(&bias_name)) {
             bias = Some(b.clone());
         }
-        let lora = lora.map(|l| LoraDelta::of_weight(l, &weight)).transpose()?;
+        let lora = lora
+            .map(|l| LoraDelta::new(l, |rows, out| weight.rows_into(rows, out)))
+            .transpose()?;
         let ia3 = self.adapter.and_then(|a| a.scales.get(module)).cloned();
         Ok(Projection {
             weight,

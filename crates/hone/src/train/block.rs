@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::linear::{Projection, Saved, Tensor1};
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
+use crate::kernels::columns::columns;
 use crate::kernels::{glu, layernorm, rmsnorm, rope};
 use crate::model::config::BlockNorm;
 use crate::model::layout::mlp_activation;
@@ -369,16 +370,7 @@ fn branch_grad(dx: &[f32], factor: f32) -> Cow<'_, [f32]> {
     }
 }
 
-/// Columns `start..start + width` of each `row`-wide row, as a contiguous `[rows, width]` buffer.
-fn columns(data: &[f32], row: usize, start: usize, width: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len() / row * width];
-    out.par_chunks_mut(width)
-        .zip(data.par_chunks(row))
-        .for_each(|(o, r)| o.copy_from_slice(&r[start..start + width]));
-    out
-}
-
-/// `[a | b | …]` per token from `[tokens, width]` buffers (the inverse of [`columns`]).
+/// `[a | b | …]` per token from `[tokens, width]` buffers (the inverse of `columns`).
 fn interleave(parts: &[&[f32]], tokens: usize) -> Vec<f32> {
     let widths: Vec<usize> = parts.iter().map(|p| p.len() / tokens).collect();
     let row: usize = widths.iter().sum();

@@ -18,7 +18,7 @@ use super::dropout;
 use super::linear::{lora_backward, lora_down, lora_input, lora_up, Part, Tensor1};
 use super::lora::Lora;
 use crate::adapters::dora::{adapted_row_norms, factors};
-use crate::kernels::columns::{column_sums, Columns};
+use crate::kernels::columns::{column_sums, columns, scale_columns, Columns};
 use crate::kernels::matmul::{MatMut, MatRef};
 use crate::kernels::matrix::MatrixRef;
 
@@ -133,14 +133,9 @@ pub(super) fn scale_base_gradient<'a>(
         return None;
     }
     let mut out = dy.to_vec();
-    out.par_chunks_mut(dy_cols).for_each(|row| {
-        for &(start, saved) in &scaled {
-            let part = &mut row[start..start + saved.factors.len()];
-            part.iter_mut()
-                .zip(&saved.factors)
-                .for_each(|(v, g)| *v *= g);
-        }
-    });
+    for (start, saved) in scaled {
+        scale_columns(&mut out, dy_cols, start, &saved.factors);
+    }
     Some(out)
 }
 
@@ -176,7 +171,8 @@ pub(super) fn backward(
     for ((g, s), inv) in grad.iter_mut().zip(sums).zip(&saved.inv_norms) {
         *g += (s * f64::from(*inv)) as f32;
     }
-    let scaled_dy = part_columns_times(dy, dy_cols, w.start, &saved.factors, 0.0);
+    let mut scaled_dy = columns(dy, dy_cols, w.start, out_p);
+    scale_columns(&mut scaled_dy, out_p, 0, &saved.factors);
     lora_backward(
         lora,
         MatRef::new(&scaled_dy, n, out_p),
@@ -186,30 +182,14 @@ pub(super) fn backward(
         dx,
     );
     if saved.dropped {
-        let dz = part_columns_times(dy, dy_cols, w.start, &saved.factors, -1.0);
+        let mut dz = columns(dy, dy_cols, w.start, out_p);
+        let less_one: Vec<f32> = saved.factors.iter().map(|g| g - 1.0).collect();
+        scale_columns(&mut dz, out_p, 0, &less_one);
         let mut du = vec![0f32; x.len()];
         w.products
             .with_rows(w.range(), |m| m.backward_input(&dz, &mut du, false));
         dropout::backward_accumulate(&du, lora.dropout, dropout_seed, dx);
     }
-}
-
-/// `dy[:, start..start + factors.len()]` times `factors + shift`, column by column, `[tokens, len]`.
-fn part_columns_times(
-    dy: &[f32],
-    dy_cols: usize,
-    start: usize,
-    factors: &[f32],
-    shift: f32,
-) -> Vec<f32> {
-    dy.par_chunks(dy_cols)
-        .flat_map_iter(|row| {
-            row[start..start + factors.len()]
-                .iter()
-                .zip(factors)
-                .map(move |(v, g)| v * (g + shift))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,12 +8,11 @@
 //! `dx = l ⊙ g`.
 
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 
 use super::linear::{Part, Tensor1};
-use crate::adapters::ia3::{Ia3Config, Ia3Matcher};
+use crate::adapters::ia3::{Ia3Config, Ia3Matcher, SHARED_INPUT_SCALING};
 use crate::adapters::Ia3Vector;
-use crate::kernels::columns::{column_sums, Columns};
+use crate::kernels::columns::{column_sums, columns, rows_times, scale_columns, Columns};
 
 /// An IA3 run's adapter config with its module selection compiled.
 pub struct Ia3Settings {
@@ -70,8 +69,7 @@ pub(super) fn check_input_scaling(parts: &[Part]) -> Result<()> {
         if let Some(p) = parts.iter().find(|p| scales_input(p)) {
             let others: Vec<&str> = parts.iter().map(|p| p.path.as_str()).collect();
             bail!(
-                "{}: IA3 input scaling (feedforward_modules) is not supported on a layer that shares its input \
-                 product ({}); make it a target without input scaling",
+                "{}: {SHARED_INPUT_SCALING} ({}); make it a target without input scaling",
                 p.path,
                 others.join(", ")
             );
@@ -83,7 +81,7 @@ pub(super) fn check_input_scaling(parts: &[Part]) -> Result<()> {
 /// `l ⊙ x` when the projection's (one) part scales its input.
 pub(super) fn scaled_input(parts: &[Part], x: &[f32]) -> Option<Vec<f32>> {
     let l = &parts[0].ia3.as_ref().filter(|i| i.feedforward)?.scale.value;
-    Some(times_rows(x, l))
+    Some(rows_times(x, l, 0.0))
 }
 
 /// Multiplies the output columns of every part that scales its outputs (after its bias); returns
@@ -95,12 +93,7 @@ pub(super) fn scale_outputs(parts: &[Part], y: &mut [f32], y_cols: usize) -> Vec
         let width = part.out_features;
         saved.push(output_scale(part).map(|l| {
             let before = columns(y, y_cols, start, width);
-            y.par_chunks_mut(y_cols).for_each(|row| {
-                row[start..start + width]
-                    .iter_mut()
-                    .zip(l)
-                    .for_each(|(v, s)| *v *= s);
-            });
+            scale_columns(y, y_cols, start, l);
             before
         }));
         start += width;
@@ -124,13 +117,7 @@ pub(super) fn output_backward(
             if let (Some(ia3), Some(before)) = (part.ia3.as_mut(), before) {
                 let grad = ia3.scale.grad.as_mut().expect("IA3 vectors train");
                 add_column_products(grad, &columns(dy, dy_cols, start, width), before);
-                let l = &ia3.scale.value;
-                scaled.par_chunks_mut(dy_cols).for_each(|row| {
-                    row[start..start + width]
-                        .iter_mut()
-                        .zip(l)
-                        .for_each(|(v, s)| *v *= s);
-                });
+                scale_columns(&mut scaled, dy_cols, start, &ia3.scale.value);
             }
             start += width;
         }
@@ -147,28 +134,12 @@ pub(super) fn input_backward(parts: &mut [Part], x: &[f32], dx: &mut [f32]) {
     let grad = ia3.scale.grad.as_mut().expect("IA3 vectors train");
     add_column_products(grad, dx, x);
     let l = &ia3.scale.value;
-    dx.par_chunks_mut(l.len())
-        .for_each(|row| row.iter_mut().zip(l).for_each(|(v, s)| *v *= s));
+    scale_columns(dx, l.len(), 0, l);
 }
 
 fn output_scale(part: &Part) -> Option<&[f32]> {
     let ia3 = part.ia3.as_ref().filter(|i| !i.feedforward)?;
     Some(&ia3.scale.value)
-}
-
-/// `rows ⊙ l` for every row of `data`.
-fn times_rows(data: &[f32], l: &[f32]) -> Vec<f32> {
-    data.par_chunks(l.len())
-        .flat_map_iter(|row| row.iter().zip(l).map(|(v, s)| v * s))
-        .collect()
-}
-
-/// Columns `start..start + width` of a row-major matrix with `cols` columns.
-fn columns(data: &[f32], cols: usize, start: usize, width: usize) -> Vec<f32> {
-    data.chunks_exact(cols)
-        .flat_map(|row| &row[start..start + width])
-        .copied()
-        .collect()
 }
 
 /// `grad[j] += Σ_rows a[row, j] · b[row, j]` for `a`, `b` as wide as `grad` (see

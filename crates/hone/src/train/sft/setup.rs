@@ -416,44 +416,39 @@ fn build_base_model(
     let m = &config.method;
     let seed = config.train.seed;
     match m.finetuning_type {
-        FinetuningType::Lora => {
+        FinetuningType::Lora | FinetuningType::Ia3 => {
             let start = starting_adapter(config)?;
-            let mut adapter_cfg = match start.as_ref().and_then(|a| a.config.lora()) {
-                Some(c) => c.clone(),
-                None => lora_config(config, &base.config),
+            // The starting adapter's own config decides targets, rank and alpha.
+            let peft = match &start {
+                Some(a) => a.config.clone(),
+                None => adapter_config(config, &base.config)?.expect("an adapter run"),
             };
-            adapter_cfg.lora_dropout = m.lora_dropout;
-            if start.is_none() {
-                adapter_cfg.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
-            }
-            let settings = LoraSettings::new(adapter_cfg.clone(), seed)?;
-            let base_trains = |name: &str| settings.trains_base(name);
-            let spec = TrainableSpec {
-                base: &base_trains,
-                lora: Some(&settings),
-                ia3: None,
-            };
-            let model = TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
-            Ok((model, Some(PeftConfig::Lora(adapter_cfg))))
-        }
-        FinetuningType::Ia3 => {
-            let start = starting_adapter(config)?;
-            let ia3_cfg = match start.as_ref().map(|a| &a.config) {
-                Some(PeftConfig::Ia3(c)) => c.clone(),
-                _ => {
-                    let mut c = ia3_config(config, &base.config)?;
-                    c.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
-                    c
+            match peft {
+                PeftConfig::Lora(mut lora) => {
+                    lora.lora_dropout = m.lora_dropout;
+                    let settings = LoraSettings::new(lora.clone(), seed)?;
+                    let base_trains = |name: &str| settings.trains_base(name);
+                    let spec = TrainableSpec {
+                        base: &base_trains,
+                        lora: Some(&settings),
+                        ia3: None,
+                    };
+                    let model =
+                        TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
+                    Ok((model, Some(PeftConfig::Lora(lora))))
                 }
-            };
-            let settings = Ia3Settings::new(ia3_cfg.clone())?;
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: Some(&settings),
-            };
-            let model = TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
-            Ok((model, Some(PeftConfig::Ia3(ia3_cfg))))
+                PeftConfig::Ia3(ia3) => {
+                    let settings = Ia3Settings::new(ia3.clone())?;
+                    let spec = TrainableSpec {
+                        base: &|_| false,
+                        lora: None,
+                        ia3: Some(&settings),
+                    };
+                    let model =
+                        TrainModel::from_stored(base.config, base.weights, &spec, start.as_ref())?;
+                    Ok((model, Some(PeftConfig::Ia3(ia3))))
+                }
+            }
         }
         FinetuningType::Full => {
             let spec = TrainableSpec {
