@@ -193,7 +193,7 @@ fn wrong_types_and_values_name_the_key_and_what_is_allowed() {
             "constant_with_warmup",
         ),
         ("finetuning_type: qlora", ":3: finetuning_type", "`freeze`"),
-        ("stage: dpo", ":3: stage", "`sft`"),
+        ("stage: ppo", ":3: stage", "`dpo`"),
         ("logging_steps: 1.5", ":3: logging_steps", "ratio in (0, 1)"),
         (
             "resume_from_checkpoint: 3",

@@ -141,6 +141,64 @@ pub(super) fn convert(
     }
 }
 
+/// A preference row (`ranking: true`): the prompt's conversation, ending with the user's turn, and
+/// the chosen and rejected responses — strings in Alpaca rows, turns of the assistant's side in
+/// ShareGPT rows (LLaMA-Factory's layout).
+pub(super) fn convert_pair(
+    row: RawRow,
+    format: &Format,
+    file: &Path,
+) -> Result<(Conversation, String, String), RowError> {
+    let origin = RowOrigin {
+        file: file.to_owned(),
+        line: row.line,
+    };
+    let responses = match &row.value {
+        Ok(Value::Object(object)) => {
+            let response = |column: &str| response(object, column, format);
+            response(&format.columns.chosen)
+                .and_then(|c| Ok((c, response(&format.columns.rejected)?)))
+        }
+        _ => Ok((String::new(), String::new())),
+    };
+    let conversation = convert(row, format, file, Answer::Optional)?;
+    let (chosen, rejected) = responses.map_err(|p| p.at(origin.clone()))?;
+    match conversation.messages.last() {
+        Some(last) if last.role != "assistant" => Ok((conversation, chosen, rejected)),
+        _ => {
+            let field = match format.formatting {
+                Formatting::Alpaca => &format.columns.response,
+                Formatting::Sharegpt => &format.columns.messages,
+            };
+            let problem = format!(
+                "a preference row's conversation ends with the user's turn; the responses are {} \
+                 and {}",
+                format.columns.chosen, format.columns.rejected
+            );
+            Err(Problem::new(field, problem, SkipReason::RoleOrder).at(origin))
+        }
+    }
+}
+
+/// A preference row's response in `column`.
+fn response(row: &Map<String, Value>, column: &str, format: &Format) -> Result<String, Problem> {
+    let content = match format.formatting {
+        Formatting::Alpaca => required_str(row, column, column)?,
+        Formatting::Sharegpt => {
+            let item = row
+                .get(column)
+                .ok_or_else(|| Problem::new(column, "missing", SkipReason::MissingField))?;
+            let turn = read_turn(item, column, &format.tags)?;
+            if turn.side != Side::Assistant {
+                return Err(out_of_order(&turn, Side::Assistant, &format.tags));
+            }
+            turn.content
+        }
+    };
+    non_empty(content, column)?;
+    Ok(content.to_owned())
+}
+
 fn alpaca(
     row: &Map<String, Value>,
     format: &Format,
@@ -414,7 +472,7 @@ fn as_str<'a>(value: &'a Value, field: &str) -> Result<&'a str, Problem> {
 }
 
 /// A JSON value's kind, for messages.
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

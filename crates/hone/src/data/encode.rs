@@ -80,6 +80,30 @@ pub fn encode_measured(
     encode_messages(tok, template, &conv.messages, opts).with_context(|| conv.origin.to_string())
 }
 
+/// A conversation ending with the assistant's turn, labelled on that last response only (earlier
+/// answers are context, as in a preference pair's prompt) and not cut to any length.
+pub(super) fn encode_last_response(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    conv: &Conversation,
+) -> Result<Example> {
+    let whole = EncodeOptions {
+        cutoff_len: usize::MAX / 2,
+        train_on_prompt: false,
+    };
+    let (mut example, _) = encode_messages(tok, template, &conv.messages, &whole)
+        .with_context(|| conv.origin.to_string())?;
+    let last = example.labels.iter().rposition(|&l| l != IGNORE_INDEX);
+    let start = last.map_or(0, |last| {
+        example.labels[..last]
+            .iter()
+            .rposition(|&l| l == IGNORE_INDEX)
+            .map_or(0, |i| i + 1)
+    });
+    example.labels[..start].fill(IGNORE_INDEX);
+    Ok(example)
+}
+
 fn encode_messages(
     tok: &Tokenizer,
     template: &ChatTemplate,
@@ -255,7 +279,7 @@ fn kept_ranges(turns: &[Turn], cutoff_len: usize, pin_first: bool) -> Vec<Range<
 /// How many prompt and response tokens of one turn fit in `budget` (LLaMA-Factory's
 /// `infer_seqlen`, plus: a non-empty response keeps at least one token). `budget` >= 1, so the
 /// proportional share only divides when both parts are non-empty.
-fn infer_seqlen(source: usize, target: usize, budget: usize) -> (usize, usize) {
+pub(super) fn infer_seqlen(source: usize, target: usize, budget: usize) -> (usize, usize) {
     debug_assert!(budget >= 1);
     let max_target = if target * 2 < budget {
         budget

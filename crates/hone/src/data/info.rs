@@ -30,6 +30,9 @@ pub(super) struct Columns {
     pub history: String,
     pub system: String,
     pub messages: String,
+    /// Preference data (`ranking: true`): the preferred and the rejected response.
+    pub chosen: String,
+    pub rejected: String,
 }
 
 /// Field names and role values inside ShareGPT turns (LLaMA-Factory's `tags`).
@@ -63,6 +66,8 @@ impl Format {
                 history: "history".into(),
                 system: "system".into(),
                 messages: "conversations".into(),
+                chosen: "chosen".into(),
+                rejected: "rejected".into(),
             },
             tags: Tags {
                 role: "from".into(),
@@ -119,6 +124,23 @@ impl Format {
 pub(super) struct Source {
     pub path: PathBuf,
     pub format: Option<Format>,
+    /// `ranking: true` in `dataset_info.json`: rows pair a chosen and a rejected response.
+    pub ranking: bool,
+}
+
+impl Source {
+    /// An error when the source is preference data, which `use_` (what the caller does with
+    /// rows) cannot take.
+    pub fn refuse_ranking(&self, use_: &str) -> Result<()> {
+        if self.ranking {
+            bail!(
+                "{}: ranking: a preference dataset (chosen/rejected pairs) cannot be used here: \
+                 {use_}; preference data trains with stage: dpo",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The files a comma-separated `dataset` argument names: each name is looked up in
@@ -143,6 +165,7 @@ pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> 
             None if is_direct_file(name) => Ok(Source {
                 path: PathBuf::from(name),
                 format: None,
+                ranking: false,
             }),
             None => Err(unknown_name(name, &info_path, info.as_ref())),
         })
@@ -150,7 +173,10 @@ pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> 
 }
 
 fn is_direct_file(name: &str) -> bool {
-    name.ends_with(".json") || name.ends_with(".jsonl") || Path::new(name).is_file()
+    [".json", ".jsonl", ".txt"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        || Path::new(name).is_file()
 }
 
 fn unknown_name(name: &str, info_path: &Path, info: Option<&Map<String, Value>>) -> anyhow::Error {
@@ -205,11 +231,10 @@ fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
             bail!("{remote}: only local files (file_name) are supported");
         }
     }
-    if entry.get("ranking").and_then(Value::as_bool) == Some(true) {
-        bail!(
-            "ranking: preference (ranking) datasets are not supported for supervised fine-tuning"
-        );
-    }
+    let ranking = match entry.get("ranking") {
+        None => false,
+        Some(value) => value.as_bool().context("ranking: expected true or false")?,
+    };
     let file_name = entry
         .get("file_name")
         .context("file_name: missing")?
@@ -233,13 +258,12 @@ fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
     Ok(Source {
         path: dataset_dir.join(file_name),
         format: Some(format),
+        ranking,
     })
 }
 
 /// Column keys LLaMA-Factory knows that serve other training stages or modalities.
-const UNSUPPORTED_COLUMNS: &[&str] = &[
-    "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag",
-];
+const UNSUPPORTED_COLUMNS: &[&str] = &["tools", "images", "videos", "audios", "kto_tag"];
 
 fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
     let mut slots = [
@@ -249,6 +273,8 @@ fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
         ("history", &mut columns.history),
         ("system", &mut columns.system),
         ("messages", &mut columns.messages),
+        ("chosen", &mut columns.chosen),
+        ("rejected", &mut columns.rejected),
     ];
     rename(&mut slots, value, UNSUPPORTED_COLUMNS, "column")
 }

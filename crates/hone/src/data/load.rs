@@ -96,6 +96,7 @@ pub fn load_dataset(
         files: Vec::new(),
     };
     for source in info::resolve(dataset, dataset_dir)? {
+        source.refuse_ranking("supervised fine-tuning learns one response per prompt")?;
         let (conversations, skipped) = load_file(&source, skip_invalid_rows, Answer::Required)?;
         if conversations.is_empty() {
             bail!("{}: no usable rows ({skipped})", source.path.display());

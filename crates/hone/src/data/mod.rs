@@ -9,16 +9,22 @@
 //! 3. [`split`] holds out a validation set, [`pack`] optionally packs examples into rows of up to
 //!    `cutoff_len` tokens, and [`collate`] pads rows into a [`Batch`].
 //!
+//! Continued pre-training reads plain text instead: [`load_documents`] and
+//! [`pretraining_examples`] (see `documents.rs`); preference training reads chosen/rejected pairs:
+//! [`load_pairs`] and [`encode_pair`] (see `preference.rs`).
+//!
 //! [`record`] keeps what a run read: each file's SHA-256, size and rows used.
 //!
 //! [`load_prompts`] reads the same files (and plain text, a prompt a line) as prompts for a model to
 //! answer, where a row's response is an optional reference.
 
 mod convert;
+mod documents;
 mod encode;
 mod info;
 mod load;
 mod pack;
+mod preference;
 mod prompts;
 pub mod record;
 mod rows;
@@ -28,9 +34,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use convert::{RowError, SkipReason};
+pub use documents::{load_documents, pretraining_examples, Document, LoadedDocuments};
 pub use encode::{encode, encode_measured, EncodeOptions, Example};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
 pub use pack::{collate, flatten, pack, Batch, Row};
+pub use preference::{encode_pair, load_pairs, LoadedPairs, PreferencePair};
 pub use prompts::load_prompts;
 pub use split::split;
 

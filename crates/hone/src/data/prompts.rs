@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::convert::Answer;
 use super::info;
 use super::load::load_file;
+use super::rows::text_lines;
 use super::{Conversation, RowOrigin};
 use crate::chat::Message;
 
@@ -36,19 +37,13 @@ pub fn load_prompts(path: &Path, dataset_dir: &Path) -> Result<Vec<Conversation>
 
 /// One single-turn conversation (the user's prompt) per non-blank line of a text file.
 fn text_prompts(path: &Path) -> Result<Vec<Conversation>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text =
-        String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| Conversation {
-            messages: vec![Message::new("user", line)],
+    Ok(text_lines(path)?
+        .into_iter()
+        .map(|(line, text)| Conversation {
+            messages: vec![Message::new("user", text)],
             origin: RowOrigin {
                 file: path.to_owned(),
-                line: i + 1,
+                line,
             },
         })
         .collect())

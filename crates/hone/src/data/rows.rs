@@ -20,15 +20,30 @@ pub(super) struct RawRow {
 /// a JSON array file that does not parse is an error for the whole file, since nothing after the
 /// fault can be trusted.
 pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
-    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text =
-        String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
+    let text = read_text(path)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if text.trim_start().starts_with('[') {
         array_rows(text).with_context(|| path.display().to_string())
     } else {
         Ok(json_lines(text))
     }
+}
+
+/// The non-blank lines of a text file (a byte-order mark dropped), each with its 1-based number.
+pub(super) fn text_lines(path: &Path) -> Result<Vec<(usize, String)>> {
+    let text = read_text(path)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| (i + 1, line.to_owned()))
+        .collect())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 text: {e}", path.display()))
 }
 
 fn json_lines(text: &str) -> Vec<RawRow> {

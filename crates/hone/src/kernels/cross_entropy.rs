@@ -43,9 +43,42 @@ pub fn loss<L: Copy + Into<i64>>(
     labels: &[L],
     shape: CeShape,
 ) -> Result<(f64, usize)> {
+    let mut loss_sum = 0.0;
+    let count = chunk_losses(h, w, labels, shape, |_, losses| {
+        // Summed serially: a rayon reduction's order, hence its rounding, varies between runs.
+        loss_sum += losses.iter().sum::<f64>();
+    })?;
+    Ok((loss_sum, count))
+}
+
+/// Each position's loss (0 where it has no label), for objectives built on sequence
+/// log-probabilities (a sequence's is minus the sum of its positions' losses).
+pub fn position_losses<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: MatrixRef,
+    labels: &[L],
+    shape: CeShape,
+) -> Result<Vec<f64>> {
+    let mut out = vec![0.0; shape.n];
+    chunk_losses(h, w, labels, shape, |part, losses| {
+        for (&(row, _), &loss) in part.iter().zip(losses) {
+            out[row] = loss;
+        }
+    })?;
+    Ok(out)
+}
+
+/// Computes the labelled rows' losses a chunk at a time (no gradient), handing each chunk's
+/// `(row, target)` pairs and losses to `take`; returns the number of labelled rows.
+fn chunk_losses<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: MatrixRef,
+    labels: &[L],
+    shape: CeShape,
+    mut take: impl FnMut(&[(usize, usize)], &[f64]),
+) -> Result<usize> {
     let rows = labelled_rows(h, w, labels, shape)?;
     let mut scratch = Scratch::new(shape, rows.len());
-    let mut loss_sum = 0.0;
     for part in rows.chunks(shape.chunk) {
         let (_, logits, losses) = scratch.logits(h, w, part, shape);
         logits
@@ -53,10 +86,9 @@ pub fn loss<L: Copy + Into<i64>>(
             .zip(losses.par_iter_mut())
             .zip(part.par_iter())
             .for_each(|((row, loss), &(_, target))| *loss = row_loss(row, target));
-        // Summed serially: a rayon reduction's order, hence its rounding, varies between runs.
-        loss_sum += losses.iter().sum::<f64>();
+        take(part, losses);
     }
-    Ok((loss_sum, rows.len()))
+    Ok(rows.len())
 }
 
 /// Forward and backward in one call. Returns the summed loss over the labelled positions and their
@@ -69,6 +101,41 @@ pub fn forward_backward<L: Copy + Into<i64>>(
     labels: &[L],
     shape: CeShape,
     grad_scale: f32,
+    dh: &mut [f32],
+    dw: Option<&mut [f32]>,
+) -> Result<(f64, usize)> {
+    fused(h, w, labels, shape, |_| grad_scale, dh, dw)
+}
+
+/// [`forward_backward`] with a gradient factor per position: `dh` and `dw` get
+/// `∂(Σᵢ weights[i] · lossᵢ)/∂·` — the gradient of any objective that is a function of the
+/// positions' losses, given its derivative with respect to each (e.g. DPO's, through sequence
+/// log-probabilities). The returned loss is the unweighted sum.
+pub fn forward_backward_weighted<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: MatrixRef,
+    labels: &[L],
+    shape: CeShape,
+    weights: &[f32],
+    dh: &mut [f32],
+    dw: Option<&mut [f32]>,
+) -> Result<(f64, usize)> {
+    ensure!(
+        weights.len() == shape.n,
+        "cross-entropy: {} weights for {} positions",
+        weights.len(),
+        shape.n
+    );
+    fused(h, w, labels, shape, |row| weights[row], dh, dw)
+}
+
+/// The fused forward and backward, `scale(position)` the gradient factor of each position.
+fn fused<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: MatrixRef,
+    labels: &[L],
+    shape: CeShape,
+    scale: impl Fn(usize) -> f32 + Sync,
     dh: &mut [f32],
     mut dw: Option<&mut [f32]>,
 ) -> Result<(f64, usize)> {
@@ -98,8 +165,8 @@ pub fn forward_backward<L: Copy + Into<i64>>(
             .par_chunks_mut(vocab)
             .zip(losses.par_iter_mut())
             .zip(part.par_iter())
-            .for_each(|((row, loss), &(_, target))| {
-                *loss = row_loss_into_grad(row, target, grad_scale)
+            .for_each(|((row, loss), &(position, target))| {
+                *loss = row_loss_into_grad(row, target, scale(position))
             });
         loss_sum += losses.iter().sum::<f64>();
         if let Some(cap) = shape.softcap {

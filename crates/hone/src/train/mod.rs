@@ -5,6 +5,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod dora;
+pub mod dpo;
 pub mod dropout;
 pub mod freeze;
 pub mod groups;

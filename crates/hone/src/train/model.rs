@@ -22,7 +22,7 @@ use super::lora_init;
 use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
-use crate::kernels::matrix::Matrix;
+use crate::kernels::matrix::{Matrix, MatrixRef};
 use crate::kernels::stored::StoredMatrix;
 use crate::model::layout::{slot_linears, Slot};
 use crate::model::rope::RopeTables;
@@ -50,6 +50,18 @@ pub struct TrainModel {
     /// the block's forward again to get its activations (same dropout masks, same values), so
     /// activation memory is one hidden width per token and layer plus one block's worth.
     pub recompute: bool,
+}
+
+/// What an objective sees at the LM head in [`TrainModel::forward_backward_with`]: the head's
+/// input (final-norm output, `[n, hidden]`), its weight and gradient (when it trains), the labels
+/// already shifted, and `dh` to write the gradient with respect to the input into.
+pub struct Head<'a> {
+    pub input: &'a [f32],
+    pub weight: MatrixRef<'a>,
+    pub grad: Option<&'a mut [f32]>,
+    pub labels: &'a [i64],
+    pub shape: CeShape,
+    pub dh: &'a mut [f32],
 }
 
 /// What the forward keeps of a block for its backward.
@@ -228,6 +240,28 @@ impl TrainModel {
         grad_scale: f32,
         dropout_seed: u64,
     ) -> Result<(f64, usize)> {
+        self.forward_backward_with(batch, dropout_seed, |head| {
+            cross_entropy::forward_backward(
+                head.input,
+                head.weight,
+                head.labels,
+                head.shape,
+                grad_scale,
+                head.dh,
+                head.grad,
+            )
+        })
+    }
+
+    /// The forward keeping activations, `objective` at the LM head (it writes the gradient of its
+    /// loss with respect to the head's input into `head.dh`, and into the head's own gradient
+    /// when that trains), then the backward. Returns what `objective` returns.
+    pub fn forward_backward_with<R>(
+        &mut self,
+        batch: &Batch,
+        dropout_seed: u64,
+        objective: impl FnOnce(Head) -> Result<R>,
+    ) -> Result<R> {
         let step = step_inputs(&self.cfg, &self.rope, batch, Some(dropout_seed))?;
         let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
         if let Some(alpha) = self.neftune_alpha {
@@ -267,15 +301,14 @@ impl TrainModel {
             head.bf16.as_ref().unwrap_or(&head.matrix).as_ref(),
             head.grad.as_deref_mut(),
         );
-        let (loss, count) = cross_entropy::forward_backward(
-            &head_input,
-            head,
-            &labels,
+        let out = objective(Head {
+            input: &head_input,
+            weight: head,
+            grad: head_grad,
+            labels: &labels,
             shape,
-            grad_scale,
-            &mut dh,
-            head_grad,
-        )?;
+            dh: &mut dh,
+        })?;
         scale(&mut dh, logit_scale);
         let mut dx = norm_input_grad(&dh, &x, &mut self.norm, &rstd, NormCtx::of(&self.cfg));
         drop((dh, head_input, x));
@@ -297,18 +330,12 @@ impl TrainModel {
                 }
             }
         }
-        Ok((loss, count))
+        Ok(out)
     }
 
     /// Summed loss and label count without gradients or dropout (evaluation).
     pub fn loss(&self, batch: &Batch) -> Result<(f64, usize)> {
-        let step = step_inputs(&self.cfg, &self.rope, batch, None)?;
-        let mut x = self.embed(&batch.input_ids);
-        for block in &self.blocks {
-            block.forward(&self.cfg, &mut x, &step);
-        }
-        let (hidden, _) = self.final_norm(&x);
-        let head_input = scaled(hidden, self.logit_scale());
+        let head_input = self.head_input(batch)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         cross_entropy::loss(
             &head_input,
@@ -316,6 +343,30 @@ impl TrainModel {
             &shifted_labels(batch),
             self.ce_shape(batch),
         )
+    }
+
+    /// Each position's loss (0 where it has no label), without gradients or dropout: sequence
+    /// log-probabilities for preference objectives.
+    pub fn position_losses(&self, batch: &Batch) -> Result<Vec<f64>> {
+        let head_input = self.head_input(batch)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        cross_entropy::position_losses(
+            &head_input,
+            head.for_products().as_ref(),
+            &shifted_labels(batch),
+            self.ce_shape(batch),
+        )
+    }
+
+    /// The LM head's input for `batch`, without gradients or dropout.
+    fn head_input(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let step = step_inputs(&self.cfg, &self.rope, batch, None)?;
+        let mut x = self.embed(&batch.input_ids);
+        for block in &self.blocks {
+            block.forward(&self.cfg, &mut x, &step);
+        }
+        let (hidden, _) = self.final_norm(&x);
+        Ok(scaled(hidden, self.logit_scale()))
     }
 
     fn ce_shape(&self, batch: &Batch) -> CeShape {

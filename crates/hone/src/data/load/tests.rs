@@ -22,6 +22,7 @@ fn row_outcomes(file: &str) -> Vec<(usize, String)> {
     let source = Source {
         path: path.clone(),
         format: None,
+        ranking: false,
     };
     let rows = read_rows(&path).unwrap();
     let format = detect_format(&source.path, &rows).unwrap();

@@ -22,6 +22,9 @@ pub struct TrainerLogRecord {
     pub loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
+    /// Preference runs: `rewards/accuracies` (LLaMA-Factory's name for it here).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub grad_norm: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

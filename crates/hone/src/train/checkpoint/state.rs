@@ -2,6 +2,7 @@
 //! checkpoint and at the end of training, with transformers' field names and layout (keys
 //! sorted, two-space indent), so HF tooling reads Hone's and Hone resumes from HF's.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -105,6 +106,9 @@ pub struct LogHistoryEntry {
     pub train_samples_per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub train_steps_per_second: Option<f64>,
+    /// A stage's own metrics, under TRL's names (`rewards/chosen`, `eval_logps/rejected`, …).
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl TrainerState {

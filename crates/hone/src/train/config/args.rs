@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    CommaList, EvalStrategy, FinetuningType, QuantizationMethod, QuantizationType, ResumeFrom,
-    Stage, StepCount,
+    CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
+    ResumeFrom, Stage, StepCount,
 };
 use crate::train::schedule::ScheduleKind;
 
@@ -57,7 +57,8 @@ impl Default for ModelArgs {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MethodArgs {
-    /// Only `sft` (supervised fine-tuning).
+    /// `sft` (supervised fine-tuning), `pt` (continued pre-training on raw text) or `dpo`
+    /// (preference optimization on chosen/rejected pairs).
     pub stage: Stage,
     /// `hone train` always trains, so only `true` is accepted (Hone's default; transformers'
     /// is `false`, which LLaMA-Factory uses for evaluation-only runs).
@@ -101,6 +102,18 @@ pub struct MethodArgs {
     /// Freeze tuning: modules outside the decoder layers that also train (`embed_tokens`, `norm`,
     /// `lm_head`).
     pub freeze_extra_modules: Option<CommaList>,
+    /// `stage: dpo`: β, how strongly the policy is held to the reference (the temperature of
+    /// the implicit reward β·log π/π_ref).
+    pub pref_beta: f64,
+    /// `stage: dpo`: the preference loss.
+    pub pref_loss: PrefLoss,
+    /// `stage: dpo`: conservative DPO's label smoothing ε (`pref_loss: sigmoid` only).
+    pub dpo_label_smoothing: f64,
+    /// `stage: dpo`: weight of an SFT term, the chosen response's mean token negative
+    /// log-likelihood, added to each pair's loss.
+    pub pref_ftx: f64,
+    /// `stage: dpo`: SimPO's target reward margin γ.
+    pub simpo_gamma: f64,
 }
 
 /// `### dataset`: LLaMA-Factory's `DataArguments`.
@@ -128,8 +141,9 @@ pub struct DataArgs {
     pub skip_invalid_rows: bool,
     /// Compute the loss on prompt tokens too, not only on responses.
     pub train_on_prompt: bool,
-    /// Pack several examples into each `cutoff_len` sequence.
-    pub packing: bool,
+    /// Pack several examples into each `cutoff_len` sequence; unset is on for `stage: pt` and
+    /// off otherwise, as in LLaMA-Factory (see `SftConfig::packs`).
+    pub packing: Option<bool>,
     /// No-op: Hone keeps no preprocessed-dataset cache.
     pub overwrite_cache: bool,
     /// No-op: Hone tokenizes in-process on its own thread pool.
@@ -234,6 +248,11 @@ impl Default for MethodArgs {
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),
             freeze_extra_modules: None,
+            pref_beta: 0.1,
+            pref_loss: PrefLoss::Sigmoid,
+            dpo_label_smoothing: 0.0,
+            pref_ftx: 0.0,
+            simpo_gamma: 0.5,
         }
     }
 }
@@ -251,7 +270,7 @@ impl Default for DataArgs {
             val_size: 0.0,
             skip_invalid_rows: false,
             train_on_prompt: false,
-            packing: false,
+            packing: None,
             overwrite_cache: false,
             preprocessing_num_workers: None,
             dataloader_num_workers: None,

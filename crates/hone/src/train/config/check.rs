@@ -2,7 +2,7 @@
 //! transformers' argument parsers enforce, each failure naming the key to fix.
 
 use super::resolve::{LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
-use super::values::{CommaList, EvalStrategy, FinetuningType, StepCount};
+use super::values::{CommaList, EvalStrategy, FinetuningType, PrefLoss, Stage, StepCount};
 use super::SftConfig;
 
 /// A failed check: the key to blame and what is wrong with it.
@@ -32,6 +32,7 @@ fn require(ok: bool, key: &'static str, problem: impl Into<String>) -> Checked {
 pub(super) fn check(c: &SftConfig) -> Checked {
     check_model(c)?;
     check_method(c)?;
+    check_preference(c)?;
     check_data(c)?;
     check_output(c)?;
     check_train(c)?;
@@ -217,6 +218,45 @@ fn modules(key: &'static str, list: &CommaList, allowed: &[&str]) -> Checked {
         }
     }
     Ok(())
+}
+
+/// The `stage: dpo` keys, and what preference training cannot combine with.
+fn check_preference(c: &SftConfig) -> Checked {
+    let m = &c.method;
+    require(
+        m.pref_beta.is_finite() && m.pref_beta > 0.0,
+        "pref_beta",
+        "must be a positive number (0.1 is the usual β)",
+    )?;
+    require(
+        (0.0..0.5).contains(&m.dpo_label_smoothing),
+        "dpo_label_smoothing",
+        "must be in [0, 0.5)",
+    )?;
+    require(
+        m.dpo_label_smoothing == 0.0 || m.pref_loss == PrefLoss::Sigmoid,
+        "dpo_label_smoothing",
+        "only valid with pref_loss: sigmoid (as in LLaMA-Factory)",
+    )?;
+    require(
+        m.pref_ftx.is_finite() && m.pref_ftx >= 0.0,
+        "pref_ftx",
+        "must be a number >= 0",
+    )?;
+    require(m.simpo_gamma.is_finite(), "simpo_gamma", "must be a number")?;
+    if m.stage != Stage::Dpo {
+        return Ok(());
+    }
+    require(
+        c.data.packing != Some(true),
+        "packing",
+        "stage: dpo compares whole responses pair by pair; pairs are not packed",
+    )?;
+    require(
+        c.train.neftune_noise_alpha.is_none(),
+        "neftune_noise_alpha",
+        "not supported with stage: dpo",
+    )
 }
 
 fn check_data(c: &SftConfig) -> Checked {

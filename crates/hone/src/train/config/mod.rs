@@ -25,8 +25,8 @@ use crate::quant::bnb::FourBit;
 pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, TrainArgs};
 pub use resolve::{StepPlan, LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
 pub use values::{
-    CommaList, EvalStrategy, FinetuningType, QuantizationMethod, QuantizationType, ResumeFrom,
-    Stage, StepCount,
+    CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
+    ResumeFrom, Stage, StepCount,
 };
 
 /// A fully resolved supervised fine-tuning run: every key with its value or its default.

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use super::values::{EvalStrategy, StepCount};
+use super::values::{EvalStrategy, Stage, StepCount};
 use super::SftConfig;
 use crate::model::layout::linear_module_names;
 use crate::model::ModelConfig;
@@ -163,6 +163,12 @@ impl SftConfig {
 
     /// Rows of `rows` held out for evaluation by `val_size`, as `datasets`'
     /// `train_test_split(test_size=val_size)`: a ratio rounds up, a count above 1 is exact.
+    /// Whether examples are packed into `cutoff_len` rows: `packing` when set, else only for
+    /// continued pre-training (LLaMA-Factory's default).
+    pub fn packs(&self) -> bool {
+        self.data.packing.unwrap_or(self.method.stage == Stage::Pt)
+    }
+
     pub fn val_rows(&self, rows: usize) -> Result<usize> {
         let v = self.data.val_size;
         if v == 0.0 {
@@ -201,6 +207,15 @@ impl SftConfig {
         note(
             self.method.loraplus_lr_embedding.is_some(),
             "loraplus_lr_embedding: ignored: it is LoRA+'s rate for adapters on embedding layers, which Hone does not adapt",
+        );
+        let pretraining = self.method.stage == Stage::Pt;
+        note(
+            pretraining && d.train_on_prompt,
+            "train_on_prompt: ignored: continued pre-training learns every token anyway",
+        );
+        note(
+            pretraining && (d.template.is_some() || d.enable_thinking.is_some()),
+            "template: ignored: continued pre-training reads raw text, not conversations",
         );
         note(
             d.overwrite_cache,

@@ -198,12 +198,57 @@ impl<'de> Deserialize<'de> for ResumeFrom {
     }
 }
 
-/// LLaMA-Factory's `stage`: Hone trains supervised fine-tuning only.
+/// LLaMA-Factory's `stage`: what a run learns from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Supervised fine-tuning: conversations, the loss on the responses.
     #[default]
     Sft,
+    /// Continued pre-training: raw text, the loss on every token.
+    Pt,
+    /// Direct preference optimization and its relatives (`pref_loss`): chosen/rejected pairs.
+    Dpo,
+}
+
+impl Stage {
+    /// The config value, as LLaMA-Factory spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sft => "sft",
+            Stage::Pt => "pt",
+            Stage::Dpo => "dpo",
+        }
+    }
+}
+
+/// LLaMA-Factory's `pref_loss` for `stage: dpo` (the formulas are in `train::dpo::loss`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefLoss {
+    /// DPO: −log σ(β·h), h the policy's log-ratio margin over the reference's.
+    #[default]
+    Sigmoid,
+    /// SLiC: max(0, 1 − β·h).
+    Hinge,
+    /// IPO: (h − 1/(2β))², on mean token log-probabilities.
+    Ipo,
+    /// ORPO: reference-free, an SFT term plus β times an odds-ratio term.
+    Orpo,
+    /// SimPO: reference-free, −log σ(β·(mean log-prob margin) − γ).
+    Simpo,
+}
+
+impl PrefLoss {
+    /// Whether the loss compares the policy with a frozen reference model.
+    pub fn uses_reference(self) -> bool {
+        !matches!(self, PrefLoss::Orpo | PrefLoss::Simpo)
+    }
+
+    /// Whether a sequence's log-probability is the mean over its tokens (else the sum).
+    pub fn averages_tokens(self) -> bool {
+        matches!(self, PrefLoss::Ipo | PrefLoss::Orpo | PrefLoss::Simpo)
+    }
 }
 
 /// LLaMA-Factory's `finetuning_type`.

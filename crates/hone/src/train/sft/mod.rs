@@ -10,6 +10,7 @@
 mod output;
 pub mod plan;
 pub mod preview;
+mod rows;
 mod setup;
 mod state;
 
@@ -28,7 +29,8 @@ use crate::train::checkpoint::{
     self, append_trainer_log, prepare_output_dir, round2, LogHistoryEntry, Retention,
     TrainerLogRecord, TrainerState,
 };
-use crate::train::config::SftConfig;
+use crate::train::config::{SftConfig, Stage};
+use crate::train::dpo::{self, loss::PreferenceLoss, Reference};
 use crate::train::dropout;
 use crate::train::groups::param_groups;
 use crate::train::lora::trainable_parameters_line;
@@ -79,13 +81,15 @@ pub struct Summary {
 pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) -> Result<Summary> {
     // The data and the memory plan come before any weight: a run that cannot fit stops here.
     let (source, model_config, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
-    let (template, note) = setup::chat_template(config, &tokenizer)?;
-    if let Some(note) = note {
-        on(Event::Note(&note));
+    let rows = rows::load_rows(config, &tokenizer)?;
+    if let Some(note) = &rows.template_note {
+        on(Event::Note(note));
     }
-    let rows = setup::load_rows(config, &tokenizer, &template)?;
     if !rows.skipped.is_empty() {
         on(Event::Note(&format!("skipped rows: {}", rows.skipped)));
+    }
+    if config.method.stage == Stage::Pt {
+        on(Event::Note(&pretraining_note(config, &rows)));
     }
     let plan_inputs = plan::Inputs::new(&source, &model_config, &rows)?;
     let memory = plan::plan_with_rows(config, &plan_inputs)?;
@@ -121,7 +125,9 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     let (trainable, total) = model.parameter_counts();
     on(Event::Note(&trainable_parameters_line(trainable, total)));
 
-    let plan = config.step_plan(rows.train.len())?;
+    // Preference runs batch pairs: an item is two rows (chosen, rejected).
+    let group = if rows.paired { 2 } else { 1 };
+    let plan = config.step_plan(rows.train.len() / group)?;
     let schedule = config.schedule(plan.total_steps);
     let mut optimizer = new_optimizer(config, &mut model)?;
     if let Some(ratio) = config.method.loraplus_lr_ratio {
@@ -131,9 +137,31 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     }
     let mut progress = Progress::default();
     let mut trainer_state = new_trainer_state(config, &plan);
-    if let Some(dir) =
-        checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?
-    {
+    let resume = checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?;
+    // The reference is the model as the run first started: computed now, or kept by the checkpoint.
+    let preference = match (config.method.stage, &resume) {
+        (Stage::Dpo, Some(dir)) => Some(Preference {
+            settings: dpo::settings(config),
+            reference: Reference::load(dir, rows.train.len(), rows.val.len())?,
+        }),
+        (Stage::Dpo, None) => {
+            let settings = dpo::settings(config);
+            if settings.loss.uses_reference() {
+                on(Event::Note(&format!(
+                    "reference: the starting model's log-probabilities of {} responses, computed once",
+                    rows.train.len() + rows.val.len()
+                )));
+            }
+            let batch = config.eval.per_device_eval_batch_size as usize;
+            let reference = Reference::compute(&model, &settings, &rows.train, &rows.val, batch)?;
+            Some(Preference {
+                settings,
+                reference,
+            })
+        }
+        _ => None,
+    };
+    if let Some(dir) = resume {
         (progress, trainer_state) = state::restore_checkpoint(&dir, &mut model, &mut optimizer)?;
         model.refresh_bf16();
         on(Event::Note(&format!(
@@ -169,21 +197,36 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     });
 
     'epochs: while progress.global_step < plan.total_steps && progress.epoch < plan.epochs {
-        let order = epoch_order(rows.train.len(), config.train.seed, progress.epoch);
+        let order = epoch_order(rows.train.len() / group, config.train.seed, progress.epoch);
         let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
         let windows: Vec<&[&[usize]]> = batches.chunks(accumulation).collect();
         while (progress.window as usize) < windows.len() {
             if progress.global_step >= plan.total_steps {
                 break 'epochs;
             }
-            let window_rows: Vec<Vec<&Row>> = windows[progress.window as usize]
+            let window_items = windows[progress.window as usize];
+            let window_rows: Vec<Vec<&Row>> = window_items
                 .iter()
-                .map(|idx| idx.iter().map(|&i| &rows.train[i]).collect())
+                .map(|idx| {
+                    idx.iter()
+                        .flat_map(|&i| &rows.train[group * i..group * (i + 1)])
+                        .collect()
+                })
                 .collect();
-            let window: Vec<Batch> = window_rows.iter().map(|r| to_batch(r)).collect();
             let window_tokens: usize = window_rows.iter().flatten().map(|r| r.len()).sum();
             let step = progress.global_step;
-            let (loss, grad_norm) = train_step(&mut model, &window, config, step)?;
+            let (loss, grad_norm) = match &preference {
+                Some(p) => {
+                    let (loss, norm, metrics) =
+                        preference_step(&mut model, &window_rows, window_items, p, config, step)?;
+                    progress.pairs_since_log.merge(&metrics);
+                    (loss, norm)
+                }
+                None => {
+                    let window: Vec<Batch> = window_rows.iter().map(|r| to_batch(r)).collect();
+                    train_step(&mut model, &window, config, step)?
+                }
+            };
             let lr_multiplier = schedule.multiplier(step);
             optimizer.step(&mut model.params_mut(), lr_multiplier)?;
             model.refresh_bf16();
@@ -195,7 +238,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             let step = progress.global_step;
             let epoch = epoch_position(&progress, windows.len());
 
-            let log = (step % logging == 0 || step == plan.total_steps).then(|| {
+            let mut log = (step % logging == 0 || step == plan.total_steps).then(|| {
                 let mut record = TrainerLogRecord::progress(
                     step,
                     plan.total_steps,
@@ -208,7 +251,11 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                 record.epoch = Some(round2(epoch));
                 record
             });
-            if let Some(record) = &log {
+            if let Some(record) = &mut log {
+                let metrics = std::mem::take(&mut progress.pairs_since_log);
+                if preference.is_some() {
+                    record.accuracy = Some(metrics.accuracy());
+                }
                 append_trainer_log(&output_dir, record)?;
                 trainer_state.log_history.push(LogHistoryEntry {
                     epoch: round2(epoch),
@@ -216,6 +263,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                     learning_rate: record.lr,
                     loss: record.loss,
                     step,
+                    metrics: metrics.named("").into_iter().collect(),
                     ..Default::default()
                 });
                 progress.loss_since_log = 0.0;
@@ -227,7 +275,15 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             });
 
             if evaluating.is_some_and(|every| step % every == 0) {
-                let eval_loss = evaluate(&model, &rows.val, config)?;
+                let (eval_loss, metrics) = match &preference {
+                    Some(p) => {
+                        let batch = config.eval.per_device_eval_batch_size as usize;
+                        let m =
+                            dpo::evaluate(&model, &rows.val, &p.reference.val, &p.settings, batch)?;
+                        (m.mean_loss(), m.named("eval_"))
+                    }
+                    None => (evaluate(&model, &rows.val, config)?, Vec::new()),
+                };
                 on(Event::Evaluated { step, eval_loss });
                 let seconds = elapsed(&progress);
                 early_stopped = record_eval(
@@ -237,6 +293,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                     &output_dir,
                     (step, epoch, seconds),
                     eval_loss,
+                    metrics,
                 )?;
             }
             interrupted = options
@@ -251,11 +308,14 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                 let dir = save(
                     config,
                     &output_dir,
-                    &mut model,
-                    &optimizer,
-                    &progress,
-                    &trainer_state,
-                    adapter.as_ref(),
+                    Snapshot {
+                        model: &mut model,
+                        optimizer: &optimizer,
+                        progress: &progress,
+                        trainer_state: &trainer_state,
+                        adapter: adapter.as_ref(),
+                        reference: preference.as_ref().map(|p| &p.reference),
+                    },
                 )?;
                 progress.elapsed_before = 0.0;
                 on(Event::Saved(&dir));
@@ -333,6 +393,12 @@ fn train_step(
         loss_sum += sum;
     }
     let loss = loss_sum / labelled as f64;
+    let norm = finish_step(model, loss, config, step)?;
+    Ok((loss, norm))
+}
+
+/// Stops on a non-finite loss, then clips the gradients; returns their norm before clipping.
+fn finish_step(model: &mut TrainModel, loss: f64, config: &SftConfig, step: u64) -> Result<f32> {
     if !loss.is_finite() {
         bail!(
             "step {}: the loss is {loss}: training stopped; nothing was saved from this step",
@@ -348,7 +414,49 @@ fn train_step(
     if !norm.is_finite() {
         bail!("step {}: the gradient norm is {norm}: training stopped; nothing was saved from this step", step + 1);
     }
-    Ok((loss, norm))
+    Ok(norm)
+}
+
+/// A preference run's loss and its reference (`stage: dpo`).
+struct Preference {
+    settings: PreferenceLoss,
+    reference: Reference,
+}
+
+/// [`train_step`] for a window of preference pairs (`window_rows[k]` holds the chosen and rejected
+/// rows of the pairs `window_items[k]`): each pair's loss weighs 1 / (pairs in the window), so
+/// accumulation equals one big batch. Returns the mean loss, the gradient norm and the metrics.
+fn preference_step(
+    model: &mut TrainModel,
+    window_rows: &[Vec<&Row>],
+    window_items: &[&[usize]],
+    preference: &Preference,
+    config: &SftConfig,
+    step: u64,
+) -> Result<(f64, f32, dpo::Metrics)> {
+    let pairs: usize = window_items.iter().map(|items| items.len()).sum();
+    model.zero_grad();
+    let mut metrics = dpo::Metrics::default();
+    let reference = &preference.reference.train;
+    for (micro, (rows, items)) in window_rows.iter().zip(window_items).enumerate() {
+        let refs: Vec<f64> = match reference.is_empty() {
+            true => Vec::new(),
+            false => items
+                .iter()
+                .flat_map(|&i| [reference[2 * i], reference[2 * i + 1]])
+                .collect(),
+        };
+        let seed = dropout::stream(config.train.seed, step * 1024 + micro as u64);
+        let scale = 1.0 / pairs as f32;
+        for pair in
+            dpo::pairs_forward_backward(model, rows, &refs, &preference.settings, scale, seed)?
+        {
+            metrics.add(&pair);
+        }
+    }
+    let loss = metrics.mean_loss();
+    let norm = finish_step(model, loss, config, step)?;
+    Ok((loss, norm, metrics))
 }
 
 /// Token-weighted mean loss over the validation rows.
@@ -372,6 +480,7 @@ fn record_eval(
     output_dir: &Path,
     (step, epoch, elapsed): (u64, f64, f64),
     eval_loss: f64,
+    metrics: Vec<(String, f64)>,
 ) -> Result<bool> {
     let mut record =
         TrainerLogRecord::progress(step, trainer_state.max_steps, elapsed, progress.tokens_seen);
@@ -382,6 +491,7 @@ fn record_eval(
         epoch: round2(epoch),
         eval_loss: Some(eval_loss),
         step,
+        metrics: metrics.into_iter().collect(),
         ..Default::default()
     });
     if progress.best_eval_loss.is_none_or(|best| eval_loss < best) {
@@ -398,31 +508,16 @@ fn record_eval(
         .is_some_and(|patience| progress.evals_without_improvement >= patience))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save(
-    config: &SftConfig,
-    output_dir: &Path,
-    model: &mut TrainModel,
-    optimizer: &AdamW,
-    progress: &Progress,
-    trainer_state: &TrainerState,
-    adapter: Option<&crate::adapters::PeftConfig>,
-) -> Result<PathBuf> {
+fn save(config: &SftConfig, output_dir: &Path, snapshot: Snapshot) -> Result<PathBuf> {
     let retention = Retention {
         save_total_limit: config.output.save_total_limit,
         best_checkpoint: None,
     };
-    checkpoint::save_checkpoint(output_dir, progress.global_step, retention, |dir| {
-        state::write_checkpoint(
-            dir,
-            Snapshot {
-                model,
-                optimizer,
-                progress,
-                trainer_state,
-                adapter,
-            },
-        )
+    let step = snapshot.progress.global_step;
+    let mut snapshot = Some(snapshot);
+    checkpoint::save_checkpoint(output_dir, step, retention, |dir| {
+        let snapshot = snapshot.take().expect("a checkpoint is written once");
+        state::write_checkpoint(dir, snapshot)
     })
 }
 
@@ -449,6 +544,25 @@ fn new_trainer_state(config: &SftConfig, plan: &crate::train::config::StepPlan) 
         is_world_process_zero: true,
         ..Default::default()
     }
+}
+
+/// What continued pre-training made of the documents.
+fn pretraining_note(config: &SftConfig, rows: &rows::Rows) -> String {
+    let tokens: usize = rows.train.iter().map(Row::len).sum();
+    let shape = if config.packs() {
+        format!("blocks of {} tokens", config.data.cutoff_len)
+    } else {
+        format!(
+            "rows (a document each, cut to {} tokens)",
+            config.data.cutoff_len
+        )
+    };
+    format!(
+        "continued pre-training: {} documents, {tokens} tokens in {} {shape}; the loss is taken on \
+         every token",
+        rows.train_examples,
+        rows.train.len()
+    )
 }
 
 /// Whether batches are padded: they are padding-free (same loss and gradients, no work on

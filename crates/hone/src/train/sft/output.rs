@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::setup::Rows;
+use super::rows::Rows;
 use crate::adapters::{write_adapter, PeftConfig};
 use crate::data::record;
 use crate::export::hf::{write_hf_checkpoint, HfWriteOptions, SaveDtype};

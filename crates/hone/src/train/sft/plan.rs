@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::setup::{self, Rows};
+use super::rows::Rows;
+use super::setup;
 use crate::adapters::targets::ModuleMatcher;
 use crate::adapters::{read_adapter, PeftConfig};
 use crate::data::Row;
@@ -40,8 +41,7 @@ impl<'a> Inputs<'a> {
 /// dataset.
 pub fn memory_plan(config: &SftConfig) -> Result<MemoryPlan> {
     let (source, model, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
-    let (template, _) = setup::chat_template(config, &tokenizer)?;
-    let rows = setup::load_rows(config, &tokenizer, &template)?;
+    let rows = super::rows::load_rows(config, &tokenizer)?;
     plan_with_rows(config, &Inputs::new(&source, &model, &rows)?)
 }
 
@@ -234,7 +234,9 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
             batch.iter().map(|r| r.len()).sum()
         }
     };
-    let plan = config.step_plan(rows.train.len())?;
+    // Preference runs batch pairs: an item is its two rows.
+    let group = if rows.paired { 2 } else { 1 };
+    let plan = config.step_plan(rows.train.len() / group)?;
     let (batch_size, accumulation) = (
         t.per_device_train_batch_size as usize,
         t.gradient_accumulation_steps as usize,
@@ -242,13 +244,16 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     let mut largest = 0;
     let mut steps = 0;
     'epochs: for epoch in 0..plan.epochs {
-        let order = super::epoch_order(rows.train.len(), t.seed, epoch);
+        let order = super::epoch_order(rows.train.len() / group, t.seed, epoch);
         for window in order.chunks(batch_size * accumulation) {
             if steps == plan.total_steps {
                 break 'epochs;
             }
             for batch in window.chunks(batch_size) {
-                let batch: Vec<&Row> = batch.iter().map(|&i| &rows.train[i]).collect();
+                let batch: Vec<&Row> = batch
+                    .iter()
+                    .flat_map(|&i| &rows.train[group * i..group * (i + 1)])
+                    .collect();
                 largest = largest.max(tokens(&batch));
             }
             steps += 1;
@@ -258,7 +263,7 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     let evaluates = config.eval_interval(plan.total_steps).is_some();
     let eval = if evaluates {
         rows.val
-            .chunks(eval_batch.max(1))
+            .chunks(group * eval_batch.max(1))
             .map(|b| b.iter().map(Row::len).sum())
             .max()
             .unwrap_or(0)

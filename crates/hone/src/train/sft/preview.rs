@@ -7,14 +7,14 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::setup;
 use crate::data::{self, Conversation, EncodeOptions, Example, SkipSummary};
 use crate::kernels::cross_entropy::IGNORE_INDEX;
 use crate::model;
 use crate::tokenizer::Tokenizer;
-use crate::train::config::SftConfig;
+use crate::train::config::{SftConfig, Stage};
 
 /// One dataset name of the config, as training would read and encode it.
 #[derive(Debug, Clone)]
@@ -80,6 +80,12 @@ pub enum Marks {
 /// Reads and encodes every dataset of `config` as `hone train` would (the model's tokenizer and
 /// chat template, no weights), keeping the first `sample_rows` rows of the first dataset to show.
 pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
+    if config.method.stage != Stage::Sft {
+        bail!(
+            "stage: {}: hone data previews conversation datasets (stage: sft) only",
+            config.method.stage.name()
+        );
+    }
     let (_, _, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
     let (template, template_note) = setup::chat_template(config, &tokenizer)?;
     let d = &config.data;
@@ -127,7 +133,7 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
     Ok(Preview {
         template_note,
         cutoff_len,
-        packing: d.packing,
+        packing: config.packs(),
         skips_invalid_rows: d.skip_invalid_rows,
         datasets,
         samples,

@@ -1,6 +1,6 @@
-//! What a run needs before its first step: the base model and tokenizer, the chat template, the
-//! dataset turned into training and validation rows, and the model with its trainable tensors
-//! chosen by `finetuning_type`.
+//! What a run needs before its first step besides its rows (`rows.rs`): the base model and
+//! tokenizer, the chat template, and the model with its trainable tensors chosen by
+//! `finetuning_type`.
 
 use std::path::Path;
 
@@ -12,8 +12,6 @@ use crate::adapters::{
     read_adapter, Adapter, AdapterConfig, InitLoraWeights, PeftConfig, TargetModules,
 };
 use crate::chat::ChatTemplate;
-use crate::data::record::{self, FileUse};
-use crate::data::{self, Conversation, EncodeOptions, Row, SkipSummary};
 use crate::io::names;
 use crate::kernels::bf16::{self, Kernel};
 use crate::model::layout::linear_module_names;
@@ -22,7 +20,7 @@ use crate::model::{load_stored_weights, memory, ModelConfig, StoredWeights, Weig
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::templates::LLAMAFACTORY_TEMPLATES;
-use crate::train::config::{CommaList, FinetuningType, SftConfig};
+use crate::train::config::{CommaList, FinetuningType, SftConfig, Stage};
 use crate::train::freeze::FreezeSelection;
 use crate::train::ia3::Ia3Settings;
 use crate::train::lora::LoraSettings;
@@ -87,78 +85,6 @@ fn looks_like_a_path(value: &str) -> bool {
         || path
             .extension()
             .is_some_and(|e| ["jinja", "jinja2", "j2"].contains(&e.to_string_lossy().as_ref()))
-}
-
-/// Training and validation rows, and what was skipped.
-pub struct Rows {
-    pub train: Vec<Row>,
-    pub val: Vec<Row>,
-    pub skipped: SkipSummary,
-    pub train_examples: usize,
-    /// The files read, for the run's `dataset_record.json`.
-    pub files: Vec<FileUse>,
-}
-
-/// Loads `dataset` (and `eval_dataset`, else a `val_size` split), encodes every conversation
-/// through the template, and packs rows when `packing` is on.
-pub fn load_rows(
-    config: &SftConfig,
-    tokenizer: &Tokenizer,
-    template: &ChatTemplate,
-) -> Result<Rows> {
-    let d = &config.data;
-    let Some(dataset) = &d.dataset else {
-        bail!("dataset: no training data given (a name in dataset_dir/dataset_info.json or a file path)");
-    };
-    let dataset_dir = Path::new(&d.dataset_dir);
-    let mut loaded = data::load_dataset(&dataset.to_string(), dataset_dir, d.skip_invalid_rows)?;
-    if let Some(max) = d.max_samples {
-        loaded.conversations.truncate(max as usize);
-        record::keep_first(&mut loaded.files, max as usize);
-    }
-    let mut skipped = loaded.skipped;
-    let mut files = loaded.files;
-    let (train, val) = match &d.eval_dataset {
-        Some(eval) => {
-            let eval = data::load_dataset(&eval.to_string(), dataset_dir, d.skip_invalid_rows)?;
-            skipped.merge(eval.skipped);
-            files.extend(eval.files.into_iter().map(|f| FileUse {
-                role: "eval_dataset",
-                ..f
-            }));
-            (loaded.conversations, eval.conversations)
-        }
-        None => {
-            let held_out = config.val_rows(loaded.conversations.len())?;
-            data::split(loaded.conversations, held_out as f64, config.train.seed)?
-        }
-    };
-    let encode = |convs: Vec<Conversation>| -> Result<Vec<data::Example>> {
-        let opts = EncodeOptions {
-            cutoff_len: d.cutoff_len as usize,
-            train_on_prompt: d.train_on_prompt,
-        };
-        convs
-            .iter()
-            .map(|c| data::encode(tokenizer, template, c, &opts))
-            .collect()
-    };
-    let (train, val) = (encode(train)?, encode(val)?);
-    let train_examples = train.len();
-    let rows = |examples: Vec<data::Example>| -> Vec<Row> {
-        if d.packing {
-            data::pack(examples, d.cutoff_len as usize)
-        } else {
-            examples.into_iter().map(Row::from).collect()
-        }
-    };
-    Ok(Rows {
-        train: rows(train),
-        val: rows(val),
-        skipped,
-        train_examples,
-        files,
-    })
 }
 
 /// The base model's parts, read from `model_name_or_path` with matrices in their stored type:
@@ -426,7 +352,13 @@ fn build_base_model(
             match peft {
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
-                    let settings = LoraSettings::new(lora.clone(), seed)?;
+                    let mut trained = lora.clone();
+                    if m.stage == Stage::Dpo {
+                        // TRL and LLaMA-Factory disable dropout in preference runs (the saved
+                        // config keeps the value, as theirs do).
+                        trained.lora_dropout = 0.0;
+                    }
+                    let settings = LoraSettings::new(trained, seed)?;
                     let base_trains = |name: &str| settings.trains_base(name);
                     let spec = TrainableSpec {
                         base: &base_trains,

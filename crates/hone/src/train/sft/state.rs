@@ -3,7 +3,8 @@
 //! `checkpoint-N/` holds `trainable.safetensors` (every trainable tensor, f32, Hone's names),
 //! `optimizer.safetensors` + `optimizer.json` (AdamW's moments and step counts), `progress.json`
 //! (the data cursor and loop counters below), HF's `trainer_state.json`, and, for LoRA runs, the
-//! PEFT adapter files so a checkpoint is usable as an adapter. There is no random-generator state
+//! PEFT adapter files so a checkpoint is usable as an adapter; preference runs add the reference's
+//! log-probabilities (`reference_logps.json`). There is no random-generator state
 //! to save: the data order of an epoch and every dropout mask are pure functions of the seed and
 //! these counters, so a resumed run draws exactly what the uninterrupted run drew.
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapters::{write_adapter, PeftConfig};
 use crate::io::{atomic, safetensors as st};
 use crate::train::checkpoint::TrainerState;
+use crate::train::dpo::{self, Reference};
 use crate::train::model::TrainModel;
 use crate::train::optim::AdamW;
 
@@ -37,6 +39,9 @@ pub struct Progress {
     pub evals_without_improvement: u64,
     /// Seconds of training before this process started (for throughput and ETA).
     pub elapsed_before: f64,
+    /// Preference runs: the pairs' metrics since the last log line.
+    #[serde(default)]
+    pub pairs_since_log: dpo::Metrics,
 }
 
 const TRAINABLE_FILE: &str = "trainable.safetensors";
@@ -51,6 +56,8 @@ pub struct Snapshot<'a> {
     pub progress: &'a Progress,
     pub trainer_state: &'a TrainerState,
     pub adapter: Option<&'a PeftConfig>,
+    /// Preference runs: the reference's log-probabilities.
+    pub reference: Option<&'a Reference>,
 }
 
 /// Fills checkpoint directory `dir` (a fresh temporary that the caller renames into place).
@@ -68,6 +75,9 @@ pub fn write_checkpoint(dir: &Path, s: Snapshot) -> Result<()> {
     drop(params);
     write_optimizer(dir, s.optimizer)?;
     atomic::write_json(&dir.join(PROGRESS_FILE), s.progress)?;
+    if let Some(reference) = s.reference {
+        reference.save(dir)?;
+    }
     s.trainer_state.save(dir)
 }
 

@@ -1,0 +1,200 @@
+//! End-to-end tests of the training stages beyond SFT on the tiny GGUF model, driven by
+//! LLaMA-Factory's own example configs (fixtures/config/qwen3_lora_*.yaml) with only the paths
+//! changed, over slices of its demo datasets (fixtures/data/llamafactory).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{arg, fixture, hone, log_lines, losses, read_json, tiny_gguf};
+
+/// `hone train EXAMPLE` with the model, data and output paths changed, plus `overrides`.
+fn run_example(example: &str, out: &Path, overrides: &[&str]) -> common::Run {
+    let config = fixture(&format!("config/{example}"));
+    let paths = [
+        format!("model_name_or_path={}", arg(&tiny_gguf())),
+        format!("dataset_dir={}", arg(&fixture("data/llamafactory"))),
+        format!("output_dir={}", arg(out)),
+    ];
+    let mut args = vec!["train", arg(&config)];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(overrides);
+    hone(&args)
+}
+
+fn out_dir(dir: &Path) -> PathBuf {
+    dir.join("out")
+}
+
+/// LLaMA-Factory's pre-training example (c4_demo) runs: the documents become `cutoff_len` blocks
+/// learnt on every token, and a PEFT adapter is saved.
+#[test]
+fn the_pretraining_example_trains_on_blocks_of_raw_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = run_example(
+        "qwen3_lora_pretrain.yaml",
+        &out,
+        &["cutoff_len=64", "max_steps=3", "logging_steps=1"],
+    );
+    run.ok();
+    let stderr = &run.stderr;
+    let note = stderr
+        .lines()
+        .find(|l| l.starts_with("continued pre-training: 6 documents, "))
+        .unwrap_or_else(|| panic!("no pre-training note in:\n{stderr}"));
+    // "…, T tokens in B blocks of 64 tokens; …": every token in a block, the last one shorter.
+    let words: Vec<&str> = note.split(' ').collect();
+    let tokens: usize = words[4].parse().unwrap();
+    let blocks: usize = words[7].parse().unwrap();
+    assert_eq!(blocks, tokens.div_ceil(64), "{note}");
+    assert_eq!(losses(&out).len(), 3);
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let record = read_json(&out.join("dataset_record.json"));
+    assert_eq!(record["files"][0]["rows_used"], 6);
+    assert_eq!(record["train_rows"], blocks);
+}
+
+/// A `.txt` corpus is a document a line; without packing each document is a row of its own.
+#[test]
+fn a_text_corpus_trains_a_document_a_row_without_packing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = run_example(
+        "qwen3_lora_pretrain.yaml",
+        &out,
+        &[
+            "dataset=wiki_demo",
+            "packing=false",
+            "cutoff_len=32",
+            "max_steps=1",
+        ],
+    );
+    run.ok();
+    let stderr = &run.stderr;
+    assert!(
+        stderr.contains("continued pre-training: 2 documents, 64 tokens in 2 rows (a document each, cut to 32 tokens)"),
+        "{stderr}"
+    );
+    assert_eq!(log_lines(&out).last().unwrap()["current_steps"], 1);
+}
+
+/// Preference data cannot feed supervised or pre-training stages: one line naming the file.
+#[test]
+fn preference_data_is_refused_outside_preference_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = run_example(
+        "qwen3_lora_pretrain.yaml",
+        &out,
+        &["dataset=dpo_en_demo", "max_steps=1"],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    // The example's ignored keys are noted first; the error is the last line.
+    let error = run.stderr.lines().last().unwrap();
+    assert!(
+        error.starts_with("error: ")
+            && error.contains("dpo_en_demo.json: ranking: a preference dataset"),
+        "{error}"
+    );
+}
+
+const DPO_RUN: &[&str] = &[
+    "cutoff_len=64",
+    "max_steps=6",
+    "logging_steps=1",
+    "learning_rate=1e-2",
+    "per_device_train_batch_size=2",
+    "gradient_accumulation_steps=1",
+    "save_steps=3",
+    "val_size=2",
+    "eval_strategy=steps",
+    "eval_steps=3",
+];
+
+/// LLaMA-Factory's DPO example runs with only its paths changed: the first step's loss is ln 2
+/// (the policy starts as the reference), TRL's metrics are logged (LLaMA-Factory's `accuracy` in
+/// trainer_log.jsonl), evaluation reports the pairs' loss and metrics, and a run resumed from a
+/// checkpoint continues exactly (its reference comes from the checkpoint).
+#[test]
+fn the_dpo_example_starts_at_ln_2_logs_trl_metrics_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = run_example("qwen3_lora_dpo.yaml", &out, DPO_RUN);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("reference: the starting model's log-probabilities of 16 responses"),
+        "{}",
+        run.stderr
+    );
+    let expected = losses(&out);
+    assert_eq!(expected.len(), 6);
+    assert!(
+        (expected[0] - std::f64::consts::LN_2).abs() < 1e-12,
+        "step 1: {}",
+        expected[0]
+    );
+    let state = read_json(&out.join("trainer_state.json"));
+    let history = state["log_history"].as_array().unwrap();
+    let first = &history[0];
+    for key in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+    ] {
+        assert_eq!(first[key], 0.0, "{key} at step 1: {first}");
+    }
+    assert!(first["logps/chosen"].as_f64().unwrap() < 0.0, "{first}");
+    let evaluation = history
+        .iter()
+        .find(|e| e.get("eval_loss").is_some())
+        .expect("an evaluation");
+    assert!(
+        evaluation["eval_rewards/accuracies"].is_number(),
+        "{evaluation}"
+    );
+    assert!(log_lines(&out).iter().any(|l| l["accuracy"].is_number()));
+    assert!(out.join("checkpoint-3/reference_logps.json").is_file());
+    assert!(out.join("adapter_model.safetensors").is_file());
+
+    let checkpoint = format!("resume_from_checkpoint={}", arg(&out.join("checkpoint-3")));
+    let resumed = run_example(
+        "qwen3_lora_dpo.yaml",
+        &out,
+        &[DPO_RUN, &[checkpoint.as_str()]].concat(),
+    );
+    resumed.ok();
+    let all = losses(&out);
+    assert_eq!(&all[6..], &expected[3..], "resumed losses differ");
+}
+
+/// Every `pref_loss` trains: the reference-free ones (orpo, simpo) compute no reference.
+#[test]
+fn every_preference_loss_trains() {
+    for loss in ["sigmoid", "hinge", "ipo", "orpo", "simpo"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(dir.path());
+        let pref_loss = format!("pref_loss={loss}");
+        let run = run_example(
+            "qwen3_lora_dpo.yaml",
+            &out,
+            &[
+                "cutoff_len=64",
+                "max_steps=2",
+                "logging_steps=1",
+                &pref_loss,
+            ],
+        );
+        run.ok();
+        assert_eq!(
+            run.stderr.contains("reference: the starting model"),
+            ["sigmoid", "hinge", "ipo"].contains(&loss),
+            "{loss}: {}",
+            run.stderr
+        );
+        let losses = losses(&out);
+        assert!(losses.iter().all(|l| l.is_finite()), "{loss}: {losses:?}");
+    }
+}

@@ -1,0 +1,315 @@
+//! Preference optimization (`stage: dpo`): the policy learns to prefer each pair's chosen
+//! response over its rejected one, with LLaMA-Factory's `pref_loss` family (formulas in
+//! [`loss`]). It runs inside the SFT recipe's loop, which batches pairs instead of rows.
+//!
+//! **Batches.** A micro-batch of pairs is one padding-free batch of their responses, chosen and
+//! rejected in turn (each after its prompt, labelled on the response only), so each response's
+//! log-probability is minus the summed loss of its segment's positions. The gradient of a pair's
+//! loss through those log-probabilities is a per-position factor on the cross-entropy's gradient:
+//! one forward, the head's losses, the factors, the head's backward with them, the blocks'
+//! backward.
+//!
+//! **The reference** is the model as the run starts — the base for a new adapter, or the adapter
+//! being continued (`adapter_name_or_path`, TRL's behaviour; LLaMA-Factory disables that adapter
+//! too and so compares against the bare base). Since it never changes, its log-probabilities are
+//! computed once for every pair before the first step (TRL's `precompute_ref_log_probs`): no
+//! second model copy and no second forward per step, and the same values a per-batch reference
+//! forward gives. Checkpoints keep them, so a resumed run compares against the same reference.
+//! Dropout is off in preference runs, as TRL and LLaMA-Factory disable it, so the loss of a
+//! sigmoid run's first step is exactly ln 2.
+
+pub mod loss;
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{flatten, Batch, Row};
+use crate::io::atomic;
+use crate::kernels::cross_entropy::{self, IGNORE_INDEX};
+use crate::train::config::SftConfig;
+use crate::train::model::{shifted_labels, TrainModel};
+use loss::{PairLogps, PairLoss, PreferenceLoss, SequenceLogp};
+
+/// The file a checkpoint keeps the reference's log-probabilities in.
+const REFERENCE_FILE: &str = "reference_logps.json";
+
+/// The reference's log-probabilities of every response, in the loss's form, in row order
+/// (chosen, rejected, chosen, …), for the training and validation rows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub train: Vec<f64>,
+    pub val: Vec<f64>,
+}
+
+impl Reference {
+    /// Computes the reference with `model` as it is (the run's start), `batch` pairs at a time.
+    pub fn compute(
+        model: &TrainModel,
+        settings: &PreferenceLoss,
+        train: &[Row],
+        val: &[Row],
+        batch: usize,
+    ) -> Result<Reference> {
+        if !settings.loss.uses_reference() {
+            return Ok(Reference::default());
+        }
+        let logps = |rows: &[Row]| -> Result<Vec<f64>> {
+            let mut out = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(2 * batch.max(1)) {
+                let rows: Vec<&Row> = chunk.iter().collect();
+                let batch = flatten(&rows);
+                let losses = model.position_losses(&batch)?;
+                out.extend(
+                    sequence_logps(&losses, &batch)
+                        .into_iter()
+                        .map(|s| settings.logp(s)),
+                );
+            }
+            Ok(out)
+        };
+        Ok(Reference {
+            train: logps(train)?,
+            val: logps(val)?,
+        })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        atomic::write_json(&dir.join(REFERENCE_FILE), self)
+    }
+
+    /// The reference a checkpoint kept; it must cover `train` and `val` responses.
+    pub fn load(dir: &Path, train: usize, val: usize) -> Result<Reference> {
+        let path = dir.join(REFERENCE_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let reference: Reference = serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed", path.display()))?;
+        ensure!(
+            reference.train.len() == train && reference.val.len() == val
+                || reference.train.is_empty() && reference.val.is_empty(),
+            "{}: {} training and {} validation responses, the run has {train} and {val} (was \
+             the dataset changed?)",
+            path.display(),
+            reference.train.len(),
+            reference.val.len()
+        );
+        Ok(reference)
+    }
+
+    /// Pair `k`'s reference log-probabilities among `logps`, when the loss uses a reference.
+    fn pair(logps: &[f64], k: usize) -> Option<(f64, f64)> {
+        (!logps.is_empty()).then(|| (logps[2 * k], logps[2 * k + 1]))
+    }
+}
+
+/// Each response's log-probability in a flattened batch of responses: minus the summed losses of
+/// its segment's labelled positions, and their count.
+pub fn sequence_logps(position_losses: &[f64], batch: &Batch) -> Vec<SequenceLogp> {
+    let labels = shifted_labels(batch);
+    let segments = batch
+        .segment_ids
+        .as_ref()
+        .expect("a flattened batch has segment ids");
+    let count = segments.last().map_or(0, |&s| s as usize + 1);
+    let mut out = vec![
+        SequenceLogp {
+            sum: 0.0,
+            tokens: 0
+        };
+        count
+    ];
+    for ((&label, &segment), &loss) in labels.iter().zip(segments).zip(position_losses) {
+        if label != IGNORE_INDEX {
+            let s = &mut out[segment as usize];
+            s.sum -= loss;
+            s.tokens += 1;
+        }
+    }
+    out
+}
+
+/// Forward and backward of a micro-batch of pairs, `rows` chosen and rejected in turn:
+/// adds `grad_scale · ∂(Σ pair losses)/∂θ` to the trainable gradients. `reference` holds the
+/// pairs' reference log-probabilities in the same order (empty for reference-free losses).
+pub fn pairs_forward_backward(
+    model: &mut TrainModel,
+    rows: &[&Row],
+    reference: &[f64],
+    settings: &PreferenceLoss,
+    grad_scale: f32,
+    dropout_seed: u64,
+) -> Result<Vec<PairLoss>> {
+    let batch = flatten(rows);
+    let segments = batch.segment_ids.clone().expect("flattened");
+    model.forward_backward_with(&batch, dropout_seed, |head| {
+        let losses =
+            cross_entropy::position_losses(head.input, head.weight, head.labels, head.shape)?;
+        let pairs = pair_losses(&sequence_logps(&losses, &batch), reference, settings)?;
+        // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
+        let weights: Vec<f32> = segments
+            .iter()
+            .map(|&s| {
+                let pair = &pairs[s as usize / 2];
+                let d = if s % 2 == 0 {
+                    pair.d_chosen
+                } else {
+                    pair.d_rejected
+                };
+                -(d as f32) * grad_scale
+            })
+            .collect();
+        cross_entropy::forward_backward_weighted(
+            head.input,
+            head.weight,
+            head.labels,
+            head.shape,
+            &weights,
+            head.dh,
+            head.grad,
+        )?;
+        Ok(pairs)
+    })
+}
+
+/// The pairs' losses from their responses' log-probabilities (chosen, rejected, …).
+fn pair_losses(
+    sequences: &[SequenceLogp],
+    reference: &[f64],
+    settings: &PreferenceLoss,
+) -> Result<Vec<PairLoss>> {
+    ensure!(
+        sequences.len().is_multiple_of(2)
+            && (reference.is_empty() || reference.len() == sequences.len()),
+        "{} responses and {} reference log-probabilities do not make pairs",
+        sequences.len(),
+        reference.len()
+    );
+    Ok(sequences
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(k, pair)| {
+            settings.pair(PairLogps {
+                chosen: pair[0],
+                rejected: pair[1],
+                reference: Reference::pair(reference, k),
+            })
+        })
+        .collect())
+}
+
+/// The mean loss and metrics of `rows` (pairs) without gradients, `batch` pairs at a time.
+pub fn evaluate(
+    model: &TrainModel,
+    rows: &[Row],
+    reference: &[f64],
+    settings: &PreferenceLoss,
+    batch: usize,
+) -> Result<Metrics> {
+    let mut metrics = Metrics::default();
+    for (k, chunk) in rows.chunks(2 * batch.max(1)).enumerate() {
+        let refs: Vec<&Row> = chunk.iter().collect();
+        let flat = flatten(&refs);
+        let losses = model.position_losses(&flat)?;
+        let start = 2 * batch.max(1) * k;
+        let reference = match reference.is_empty() {
+            true => &[][..],
+            false => &reference[start..start + chunk.len()],
+        };
+        for pair in pair_losses(&sequence_logps(&losses, &flat), reference, settings)? {
+            metrics.add(&pair);
+        }
+    }
+    Ok(metrics)
+}
+
+/// Sums of the logged quantities over pairs, and their count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub pairs: u64,
+    pub loss: f64,
+    reward_chosen: f64,
+    reward_rejected: f64,
+    correct: f64,
+    logp_chosen: f64,
+    logp_rejected: f64,
+    sft_loss: f64,
+    odds_ratio_loss: f64,
+    orpo: bool,
+}
+
+impl Metrics {
+    pub fn add(&mut self, p: &PairLoss) {
+        self.pairs += 1;
+        self.loss += p.loss;
+        self.reward_chosen += p.reward_chosen;
+        self.reward_rejected += p.reward_rejected;
+        self.correct += f64::from(u8::from(p.reward_chosen > p.reward_rejected));
+        self.logp_chosen += p.logp_chosen;
+        self.logp_rejected += p.logp_rejected;
+        if let Some((sft, ratio)) = p.orpo_parts {
+            self.orpo = true;
+            self.sft_loss += sft;
+            self.odds_ratio_loss += ratio;
+        }
+    }
+
+    /// Adds another set of sums.
+    pub fn merge(&mut self, other: &Metrics) {
+        self.pairs += other.pairs;
+        self.loss += other.loss;
+        self.reward_chosen += other.reward_chosen;
+        self.reward_rejected += other.reward_rejected;
+        self.correct += other.correct;
+        self.logp_chosen += other.logp_chosen;
+        self.logp_rejected += other.logp_rejected;
+        self.sft_loss += other.sft_loss;
+        self.odds_ratio_loss += other.odds_ratio_loss;
+        self.orpo |= other.orpo;
+    }
+
+    /// The share of pairs whose chosen reward is above the rejected one.
+    pub fn accuracy(&self) -> f64 {
+        self.correct / self.pairs.max(1) as f64
+    }
+
+    pub fn mean_loss(&self) -> f64 {
+        self.loss / self.pairs.max(1) as f64
+    }
+
+    /// The means, under TRL's and LLaMA-Factory's names (`prefix` "eval_" for evaluations).
+    pub fn named(&self, prefix: &str) -> Vec<(String, f64)> {
+        let n = self.pairs.max(1) as f64;
+        let mut out = vec![
+            ("rewards/chosen", self.reward_chosen / n),
+            ("rewards/rejected", self.reward_rejected / n),
+            ("rewards/accuracies", self.correct / n),
+            (
+                "rewards/margins",
+                (self.reward_chosen - self.reward_rejected) / n,
+            ),
+            ("logps/chosen", self.logp_chosen / n),
+            ("logps/rejected", self.logp_rejected / n),
+        ];
+        if self.orpo {
+            out.push(("sft_loss", self.sft_loss / n));
+            out.push(("odds_ratio_loss", self.odds_ratio_loss / n));
+        }
+        out.into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect()
+    }
+}
+
+/// The loss settings of a config.
+pub fn settings(config: &SftConfig) -> PreferenceLoss {
+    let m = &config.method;
+    PreferenceLoss {
+        loss: m.pref_loss,
+        beta: m.pref_beta,
+        label_smoothing: m.dpo_label_smoothing,
+        ftx: m.pref_ftx,
+        simpo_gamma: m.simpo_gamma,
+    }
+}

@@ -1,0 +1,168 @@
+//! The training and validation rows of a run: the datasets read (`dataset`, and `eval_dataset`
+//! or a `val_size` split), then encoded for the stage — conversations through the chat template
+//! for `sft`, raw text into blocks for `pt`, each response of a preference pair after its prompt
+//! for `dpo` — and packed when `packing` is on.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::setup;
+use crate::data::record::{self, FileUse};
+use crate::data::{self, EncodeOptions, Example, Row, SkipSummary};
+use crate::tokenizer::Tokenizer;
+use crate::train::config::{SftConfig, Stage};
+
+/// Training and validation rows, and what was skipped.
+pub struct Rows {
+    pub train: Vec<Row>,
+    pub val: Vec<Row>,
+    pub skipped: SkipSummary,
+    /// Training items before encoding: conversations (sft), documents (pt) or pairs (dpo).
+    pub train_examples: usize,
+    /// The files read, for the run's `dataset_record.json`.
+    pub files: Vec<FileUse>,
+    /// What `template:` resolved to, when a name was given (see `setup::chat_template`).
+    pub template_note: Option<String>,
+    /// Preference pairs (`stage: dpo`): rows `2k` and `2k + 1` are pair k's chosen and rejected.
+    pub paired: bool,
+}
+
+/// A dataset's items (conversations or documents) as read, before the split.
+struct Loaded<T> {
+    items: Vec<T>,
+    skipped: SkipSummary,
+    files: Vec<FileUse>,
+}
+
+/// Loads the run's datasets and encodes them as its stage trains on them (raw text needs no chat
+/// template, so a base model without one can be pre-trained further).
+pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
+    let d = &config.data;
+    let dir = Path::new(&d.dataset_dir);
+    let cutoff_len = d.cutoff_len as usize;
+    match config.method.stage {
+        Stage::Sft => {
+            let (template, template_note) = setup::chat_template(config, tokenizer)?;
+            let options = EncodeOptions {
+                cutoff_len,
+                train_on_prompt: d.train_on_prompt,
+            };
+            let load = |name: &str| {
+                let loaded = data::load_dataset(name, dir, d.skip_invalid_rows)?;
+                Ok(Loaded {
+                    items: loaded.conversations,
+                    skipped: loaded.skipped,
+                    files: loaded.files,
+                })
+            };
+            let encode = |conversations: Vec<data::Conversation>| {
+                conversations
+                    .iter()
+                    .map(|c| data::encode(tokenizer, &template, c, &options))
+                    .collect()
+            };
+            let rows = build_rows(config, load, encode, config.packs())?;
+            Ok(Rows {
+                template_note,
+                ..rows
+            })
+        }
+        Stage::Pt => {
+            let load = |name: &str| {
+                let loaded = data::load_documents(name, dir, d.skip_invalid_rows)?;
+                Ok(Loaded {
+                    items: loaded.documents,
+                    skipped: loaded.skipped,
+                    files: loaded.files,
+                })
+            };
+            let packing = config.packs();
+            let encode = |documents: Vec<data::Document>| {
+                data::pretraining_examples(tokenizer, &documents, cutoff_len, packing)
+            };
+            // Packed blocks are full rows already.
+            build_rows(config, load, encode, false)
+        }
+        Stage::Dpo => {
+            let (template, template_note) = setup::chat_template(config, tokenizer)?;
+            let load = |name: &str| {
+                let loaded = data::load_pairs(name, dir, d.skip_invalid_rows)?;
+                Ok(Loaded {
+                    items: loaded.pairs,
+                    skipped: loaded.skipped,
+                    files: loaded.files,
+                })
+            };
+            let encode = |pairs: Vec<data::PreferencePair>| {
+                let mut examples = Vec::with_capacity(2 * pairs.len());
+                for pair in &pairs {
+                    let (chosen, rejected) =
+                        data::encode_pair(tokenizer, &template, pair, cutoff_len)?;
+                    examples.extend([chosen, rejected]);
+                }
+                Ok(examples)
+            };
+            let rows = build_rows(config, load, encode, false)?;
+            Ok(Rows {
+                template_note,
+                paired: true,
+                ..rows
+            })
+        }
+    }
+}
+
+/// Reads `dataset` (and `eval_dataset`, else a `val_size` split of it) with `load`, encodes each
+/// side with `encode` and, with `pack`, packs the examples into `cutoff_len` rows.
+fn build_rows<T>(
+    config: &SftConfig,
+    load: impl Fn(&str) -> Result<Loaded<T>>,
+    encode: impl Fn(Vec<T>) -> Result<Vec<Example>>,
+    pack: bool,
+) -> Result<Rows> {
+    let d = &config.data;
+    let Some(dataset) = &d.dataset else {
+        bail!("dataset: no training data given (a name in dataset_dir/dataset_info.json or a file path)");
+    };
+    let mut loaded = load(&dataset.to_string())?;
+    if let Some(max) = d.max_samples {
+        loaded.items.truncate(max as usize);
+        record::keep_first(&mut loaded.files, max as usize);
+    }
+    let mut skipped = loaded.skipped;
+    let mut files = loaded.files;
+    let (train, val) = match &d.eval_dataset {
+        Some(eval) => {
+            let eval = load(&eval.to_string())?;
+            skipped.merge(eval.skipped);
+            files.extend(eval.files.into_iter().map(|f| FileUse {
+                role: "eval_dataset",
+                ..f
+            }));
+            (loaded.items, eval.items)
+        }
+        None => {
+            let held_out = config.val_rows(loaded.items.len())?;
+            data::split(loaded.items, held_out as f64, config.train.seed)?
+        }
+    };
+    let train_examples = train.len();
+    let (train, val) = (encode(train)?, encode(val)?);
+    let rows = |examples: Vec<Example>| -> Vec<Row> {
+        if pack {
+            data::pack(examples, d.cutoff_len as usize)
+        } else {
+            examples.into_iter().map(Row::from).collect()
+        }
+    };
+    Ok(Rows {
+        train: rows(train),
+        val: rows(val),
+        skipped,
+        train_examples,
+        files,
+        template_note: None,
+        paired: false,
+    })
+}
