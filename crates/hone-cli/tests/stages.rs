@@ -198,3 +198,47 @@ fn every_preference_loss_trains() {
         assert!(losses.iter().all(|l| l.is_finite()), "{loss}: {losses:?}");
     }
 }
+
+/// Several datasets are mixed as `datasets.interleave_datasets` mixes them, `max_samples` cuts
+/// each dataset, and the run says what each gave.
+#[test]
+fn datasets_mix_and_the_run_says_what_each_gave() {
+    for (overrides, note) in [
+        (
+            &["mix_strategy=interleave_under"][..],
+            "datasets mixed (interleave_under): 4 rows taken (c4_demo 2 of 6, wiki_demo 2 of 2)",
+        ),
+        (
+            &["max_samples=1"][..],
+            "datasets mixed (concat): 2 rows taken (c4_demo 1 of 6, wiki_demo 1 of 2)",
+        ),
+        (
+            &["mix_strategy=interleave_over", "interleave_probs=0.5,0.5"][..],
+            "datasets mixed (interleave_over): ",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(dir.path());
+        let args = [
+            &["dataset=c4_demo,wiki_demo", "cutoff_len=64", "max_steps=1"][..],
+            overrides,
+        ]
+        .concat();
+        let run = run_example("qwen3_lora_pretrain.yaml", &out, &args);
+        run.ok();
+        assert!(run.stderr.contains(note), "{overrides:?}: {}", run.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_example(
+        "qwen3_lora_pretrain.yaml",
+        &out_dir(dir.path()),
+        &["dataset=c4_demo,wiki_demo", "interleave_probs=0.5,0.5"],
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr
+            .contains("interleave_probs: only valid with mix_strategy"),
+        "{}",
+        run.stderr
+    );
+}

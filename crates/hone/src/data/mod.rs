@@ -13,6 +13,8 @@
 //! [`pretraining_examples`] (see `documents.rs`); preference training reads chosen/rejected pairs:
 //! [`load_pairs`] and [`encode_pair`] (see `preference.rs`).
 //!
+//! Several datasets are mixed by [`mix`] (`mix_strategy`, `interleave_probs`).
+//!
 //! [`record`] keeps what a run read: each file's SHA-256, size and rows used.
 //!
 //! [`load_prompts`] reads the same files (and plain text, a prompt a line) as prompts for a model to
@@ -23,6 +25,7 @@ mod documents;
 mod encode;
 mod info;
 mod load;
+mod mix;
 mod pack;
 mod preference;
 mod prompts;
@@ -37,6 +40,7 @@ pub use convert::{RowError, SkipReason};
 pub use documents::{load_documents, pretraining_examples, Document, LoadedDocuments};
 pub use encode::{encode, encode_measured, EncodeOptions, Example};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
+pub use mix::{mix, MixStrategy, Mixed};
 pub use pack::{collate, flatten, pack, Batch, Row};
 pub use preference::{encode_pair, load_pairs, LoadedPairs, PreferencePair};
 pub use prompts::load_prompts;

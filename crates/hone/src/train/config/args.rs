@@ -10,6 +10,7 @@ use super::values::{
     CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
     ResumeFrom, Stage, StepCount,
 };
+use crate::data::MixStrategy;
 use crate::train::schedule::ScheduleKind;
 
 /// `### model`
@@ -133,8 +134,13 @@ pub struct DataArgs {
     pub enable_thinking: Option<bool>,
     /// Maximum tokens per example; longer ones are truncated.
     pub cutoff_len: u32,
-    /// Use at most this many rows of each dataset.
+    /// Use at most this many rows of each dataset (the first ones).
     pub max_samples: Option<u64>,
+    /// How several `dataset`s make one training set: `concat`, `interleave_under`,
+    /// `interleave_over` or `interleave_once` (see `data::mix`).
+    pub mix_strategy: MixStrategy,
+    /// The interleaving strategies' probability of each dataset, e.g. `0.8,0.2`.
+    pub interleave_probs: Option<CommaList>,
     /// Held-out share of the training rows for evaluation: a ratio in [0, 1) or a row count > 1.
     pub val_size: f64,
     /// Hone's own: skip malformed dataset rows with a warning instead of stopping.
@@ -267,6 +273,8 @@ impl Default for DataArgs {
             enable_thinking: None,
             cutoff_len: 2048,
             max_samples: None,
+            mix_strategy: MixStrategy::Concat,
+            interleave_probs: None,
             val_size: 0.0,
             skip_invalid_rows: false,
             train_on_prompt: false,

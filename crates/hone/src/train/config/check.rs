@@ -4,6 +4,7 @@
 use super::resolve::{LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
 use super::values::{CommaList, EvalStrategy, FinetuningType, PrefLoss, Stage, StepCount};
 use super::SftConfig;
+use crate::data::MixStrategy;
 
 /// A failed check: the key to blame and what is wrong with it.
 #[derive(Debug)]
@@ -283,7 +284,33 @@ fn check_data(c: &SftConfig) -> Checked {
         v == 0.0 || d.eval_dataset.is_none(),
         "val_size",
         "cannot be combined with eval_dataset: evaluate on one or the other",
-    )
+    )?;
+    if let Some(probs) = &d.interleave_probs {
+        require(
+            d.mix_strategy != MixStrategy::Concat,
+            "interleave_probs",
+            "only valid with mix_strategy: interleave_under, interleave_over or interleave_once",
+        )?;
+        let parsed = c.interleave_probs();
+        require(
+            parsed.is_ok(),
+            "interleave_probs",
+            "expected comma-separated probabilities such as 0.8,0.2",
+        )?;
+        let datasets = d.dataset.as_ref().map_or(0, |l| l.items().len());
+        require(
+            probs.items().len() == datasets,
+            "interleave_probs",
+            format!("one probability per dataset ({datasets} datasets)"),
+        )?;
+        let sum: f64 = parsed.ok().flatten().unwrap_or_default().iter().sum();
+        require(
+            (sum - 1.0).abs() < 1e-6,
+            "interleave_probs",
+            format!("the probabilities sum to {sum}, not 1"),
+        )?;
+    }
+    Ok(())
 }
 
 fn check_output(c: &SftConfig) -> Checked {

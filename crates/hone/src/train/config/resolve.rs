@@ -169,6 +169,21 @@ impl SftConfig {
         self.data.packing.unwrap_or(self.method.stage == Stage::Pt)
     }
 
+    /// `interleave_probs` as numbers, one per dataset.
+    pub fn interleave_probs(&self) -> Result<Option<Vec<f64>>> {
+        let Some(list) = &self.data.interleave_probs else {
+            return Ok(None);
+        };
+        list.items()
+            .iter()
+            .map(|p| match p.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+                _ => bail!("interleave_probs: {p:?} is not a probability"),
+            })
+            .collect::<Result<Vec<f64>>>()
+            .map(Some)
+    }
+
     pub fn val_rows(&self, rows: usize) -> Result<usize> {
         let v = self.data.val_size;
         if v == 0.0 {

@@ -44,35 +44,50 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Computes the reference with `model` as it is (the run's start), `batch` pairs at a time.
+    /// Computes the reference with `model` as it is (the run's start). The training pairs go in
+    /// the micro-batches the first epoch trains on (`first_epoch` chunked by `batch`), so a
+    /// sigmoid run's first loss is exactly ln 2 whatever the kernels' rounding; validation pairs
+    /// `eval_batch` at a time. `progress` hears the responses done and their total.
     pub fn compute(
         model: &TrainModel,
         settings: &PreferenceLoss,
-        train: &[Row],
-        val: &[Row],
-        batch: usize,
+        (train, val): (&[Row], &[Row]),
+        (first_epoch, batch, eval_batch): (&[usize], usize, usize),
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Reference> {
         if !settings.loss.uses_reference() {
             return Ok(Reference::default());
         }
-        let logps = |rows: &[Row]| -> Result<Vec<f64>> {
-            let mut out = Vec::with_capacity(rows.len());
-            for chunk in rows.chunks(2 * batch.max(1)) {
-                let rows: Vec<&Row> = chunk.iter().collect();
-                let batch = flatten(&rows);
-                let losses = model.position_losses(&batch)?;
-                out.extend(
-                    sequence_logps(&losses, &batch)
-                        .into_iter()
-                        .map(|s| settings.logp(s)),
-                );
+        let total = train.len() + val.len();
+        let mut done = 0;
+        let mut run = |rows: &[Row], pairs: &[usize], out: &mut [f64]| -> Result<()> {
+            let batch_rows: Vec<&Row> = pairs
+                .iter()
+                .flat_map(|&k| &rows[2 * k..2 * k + 2])
+                .collect();
+            let flat = flatten(&batch_rows);
+            let losses = model.position_losses(&flat)?;
+            let sequences = sequence_logps(&losses, &flat);
+            for (&k, pair) in pairs.iter().zip(sequences.chunks_exact(2)) {
+                out[2 * k] = settings.logp(pair[0]);
+                out[2 * k + 1] = settings.logp(pair[1]);
             }
-            Ok(out)
+            done += batch_rows.len();
+            progress(done, total);
+            Ok(())
         };
-        Ok(Reference {
-            train: logps(train)?,
-            val: logps(val)?,
-        })
+        let mut reference = Reference {
+            train: vec![0.0; train.len()],
+            val: vec![0.0; val.len()],
+        };
+        for pairs in first_epoch.chunks(batch.max(1)) {
+            run(train, pairs, &mut reference.train)?;
+        }
+        let val_pairs: Vec<usize> = (0..val.len() / 2).collect();
+        for pairs in val_pairs.chunks(eval_batch.max(1)) {
+            run(val, pairs, &mut reference.val)?;
+        }
+        Ok(reference)
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {

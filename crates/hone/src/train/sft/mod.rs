@@ -82,7 +82,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     // The data and the memory plan come before any weight: a run that cannot fit stops here.
     let (source, model_config, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
     let rows = rows::load_rows(config, &tokenizer)?;
-    if let Some(note) = &rows.template_note {
+    for note in &rows.notes {
         on(Event::Note(note));
     }
     if !rows.skipped.is_empty() {
@@ -152,8 +152,22 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                     rows.train.len() + rows.val.len()
                 )));
             }
-            let batch = config.eval.per_device_eval_batch_size as usize;
-            let reference = Reference::compute(&model, &settings, &rows.train, &rows.val, batch)?;
+            let first_epoch = epoch_order(rows.train.len() / 2, config.train.seed, 0);
+            let batches = (
+                &first_epoch[..],
+                config.train.per_device_train_batch_size as usize,
+                config.eval.per_device_eval_batch_size as usize,
+            );
+            let mut shown = 0;
+            let mut progress = |done: usize, total: usize| {
+                // A line at every tenth: a large dataset takes minutes.
+                if done * 10 / total > shown {
+                    shown = done * 10 / total;
+                    on(Event::Note(&format!("reference: {done}/{total} responses")));
+                }
+            };
+            let rows = (&rows.train[..], &rows.val[..]);
+            let reference = Reference::compute(&model, &settings, rows, batches, &mut progress)?;
             Some(Preference {
                 settings,
                 reference,

@@ -11,7 +11,7 @@ use super::setup;
 use crate::data::record::{self, FileUse};
 use crate::data::{self, EncodeOptions, Example, Row, SkipSummary};
 use crate::tokenizer::Tokenizer;
-use crate::train::config::{SftConfig, Stage};
+use crate::train::config::{CommaList, SftConfig, Stage};
 
 /// Training and validation rows, and what was skipped.
 pub struct Rows {
@@ -22,8 +22,9 @@ pub struct Rows {
     pub train_examples: usize,
     /// The files read, for the run's `dataset_record.json`.
     pub files: Vec<FileUse>,
-    /// What `template:` resolved to, when a name was given (see `setup::chat_template`).
-    pub template_note: Option<String>,
+    /// Lines worth showing once: what `template:` resolved to (see `setup::chat_template`), what
+    /// each dataset gave to a mix.
+    pub notes: Vec<String>,
     /// Preference pairs (`stage: dpo`): rows `2k` and `2k + 1` are pair k's chosen and rejected.
     pub paired: bool,
 }
@@ -64,7 +65,7 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
             };
             let rows = build_rows(config, load, encode, config.packs())?;
             Ok(Rows {
-                template_note,
+                notes: template_note.into_iter().chain(rows.notes).collect(),
                 ..rows
             })
         }
@@ -105,7 +106,7 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
             };
             let rows = build_rows(config, load, encode, false)?;
             Ok(Rows {
-                template_note,
+                notes: template_note.into_iter().chain(rows.notes).collect(),
                 paired: true,
                 ..rows
             })
@@ -113,9 +114,64 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
     }
 }
 
+/// Each dataset of `names` read with `load` and cut to `max_samples` (per dataset, as
+/// LLaMA-Factory), then mixed by `mix_strategy`; with more than one dataset, a note of what each
+/// gave.
+fn load_mixed<T: Clone>(
+    config: &SftConfig,
+    names: &CommaList,
+    load: &impl Fn(&str) -> Result<Loaded<T>>,
+) -> Result<(Loaded<T>, Option<String>)> {
+    let d = &config.data;
+    let mut parts = Vec::new();
+    let mut all = Loaded {
+        items: Vec::new(),
+        skipped: SkipSummary::default(),
+        files: Vec::new(),
+    };
+    let mut available = Vec::new();
+    for name in names.items() {
+        let mut loaded = load(name)?;
+        available.push(loaded.items.len());
+        if let Some(max) = d.max_samples {
+            loaded.items.truncate(max as usize);
+        }
+        all.skipped.merge(loaded.skipped);
+        parts.push((name, loaded.items, loaded.files));
+    }
+    let lengths: Vec<usize> = parts.iter().map(|(_, items, _)| items.len()).collect();
+    let probs = config.interleave_probs()?;
+    let mixed = data::mix(
+        parts.iter().map(|(_, items, _)| items.clone()).collect(),
+        d.mix_strategy,
+        probs.as_deref(),
+        config.train.seed,
+    )?;
+    let mut contributions = Vec::new();
+    for (((name, _, mut files), &taken), (&len, &rows)) in parts
+        .into_iter()
+        .zip(&mixed.taken)
+        .zip(lengths.iter().zip(&available))
+    {
+        record::keep_first(&mut files, taken.min(len));
+        all.files.extend(files);
+        contributions.push(format!("{name} {taken} of {rows}"));
+    }
+    all.items = mixed.items;
+    let note = (lengths.len() > 1).then(|| {
+        format!(
+            "datasets mixed ({}): {} rows taken ({})",
+            d.mix_strategy,
+            all.items.len(),
+            contributions.join(", ")
+        )
+    });
+    Ok((all, note))
+}
+
 /// Reads `dataset` (and `eval_dataset`, else a `val_size` split of it) with `load`, encodes each
 /// side with `encode` and, with `pack`, packs the examples into `cutoff_len` rows.
-fn build_rows<T>(
+fn build_rows<T: Clone>(
     config: &SftConfig,
     load: impl Fn(&str) -> Result<Loaded<T>>,
     encode: impl Fn(Vec<T>) -> Result<Vec<Example>>,
@@ -125,11 +181,7 @@ fn build_rows<T>(
     let Some(dataset) = &d.dataset else {
         bail!("dataset: no training data given (a name in dataset_dir/dataset_info.json or a file path)");
     };
-    let mut loaded = load(&dataset.to_string())?;
-    if let Some(max) = d.max_samples {
-        loaded.items.truncate(max as usize);
-        record::keep_first(&mut loaded.files, max as usize);
-    }
+    let (loaded, mix_note) = load_mixed(config, dataset, &load)?;
     let mut skipped = loaded.skipped;
     let mut files = loaded.files;
     let (train, val) = match &d.eval_dataset {
@@ -162,7 +214,7 @@ fn build_rows<T>(
         skipped,
         train_examples,
         files,
-        template_note: None,
+        notes: mix_note.into_iter().collect(),
         paired: false,
     })
 }
