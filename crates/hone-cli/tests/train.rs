@@ -855,3 +855,91 @@ fn a_run_that_cannot_fit_stops_before_loading_with_what_would_fit() {
     );
     assert!(!out.exists());
 }
+
+/// `do_predict` with `predict_with_generate` answers the held-out rows with the trained adapter
+/// and writes LLaMA-Factory's `generated_predictions.jsonl` and `predict_results.json`; greedy
+/// answers are those `hone eval generate --adapter` gives.
+#[test]
+fn do_predict_writes_llamafactorys_prediction_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let run = hone(&[
+        "train",
+        arg(&config),
+        "max_steps=2",
+        "val_size=2",
+        "do_predict=true",
+        "predict_with_generate=true",
+        "max_new_tokens=6",
+        "do_sample=false",
+    ]);
+    run.ok();
+    assert!(
+        run.stderr.contains("predicting 2 evaluation rows"),
+        "{}",
+        run.stderr
+    );
+    let out = dir.path().join("out");
+    let text = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let label = row["label"].as_str().unwrap();
+        assert!(TRAIN_ROWS.iter().any(|(_, a)| *a == label), "{row}");
+        assert!(row["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("<|im_start|>assistant"));
+        assert!(row["predict"].is_string());
+    }
+    let results = common::read_json(&out.join("predict_results.json"));
+    for key in [
+        "predict_bleu-4",
+        "predict_rouge-1",
+        "predict_rouge-2",
+        "predict_rouge-l",
+        "predict_runtime",
+        "predict_samples_per_second",
+        "predict_steps_per_second",
+    ] {
+        assert!(results[key].is_number(), "{key}: {results}");
+    }
+
+    // The same rows through `hone eval generate`, greedy, with the run's adapter.
+    let held_out: String = rows
+        .iter()
+        .map(|r| {
+            let label = r["label"].as_str().unwrap();
+            let (q, a) = TRAIN_ROWS.iter().find(|(_, a)| *a == label).unwrap();
+            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string() + "\n"
+        })
+        .collect();
+    let data = common::write(dir.path(), "held_out.jsonl", &held_out);
+    let eval_out = dir.path().join("eval.jsonl");
+    hone(&[
+        "eval",
+        "generate",
+        "--model",
+        arg(&fixture("tokenizer/tiny-spm.gguf")),
+        "--adapter",
+        arg(&out),
+        "--data",
+        arg(&data),
+        "--max-new-tokens",
+        "6",
+        "--out",
+        arg(&eval_out),
+    ])
+    .ok();
+    let eval_text = std::fs::read_to_string(eval_out).unwrap();
+    let eval_rows: Vec<Value> = eval_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (ours, theirs) in rows.iter().zip(&eval_rows) {
+        assert_eq!(ours["predict"], theirs["predict"]);
+    }
+}

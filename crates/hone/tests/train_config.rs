@@ -234,6 +234,22 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         &["override `eval_strategy=steps`: eval_strategy", "val_size"],
     );
     assert_mentions(
+        &load_error(&path, &["do_predict=true", "val_size=0.1"]),
+        &["do_predict", "predict_with_generate: true"],
+    );
+    assert_mentions(
+        &load_error(&path, &["stage=dpo", "packing=true"]),
+        &["override `packing=true`: packing", "pairs are not packed"],
+    );
+    assert_mentions(
+        &load_error(&path, &["dpo_label_smoothing=0.1", "pref_loss=ipo"]),
+        &["dpo_label_smoothing", "pref_loss: sigmoid"],
+    );
+    assert_mentions(
+        &load_error(&path, &["interleave_probs=0.5,0.5"]),
+        &["interleave_probs", "mix_strategy"],
+    );
+    assert_mentions(
         &load_error(&path, &["finetuning_type=full", "use_rslora=true"]),
         &["override `use_rslora=true`: use_rslora", "lora"],
     );

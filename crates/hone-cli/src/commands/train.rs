@@ -1,13 +1,18 @@
 //! `hone train CONFIG.yaml [key=value ...]`: supervised fine-tuning from a LLaMA-Factory-style
 //! config, with a progress bar, log lines every `logging_steps`, and Ctrl-C saving a checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 use clap::Args as ClapArgs;
+use hone::eval::generate;
+use hone::generate::{GenerateConfig, SamplingConfig};
+use hone::io::atomic;
+use hone::model::{load_with_adapter, Precision};
 use hone::train::checkpoint::TrainerLogRecord;
 use hone::train::config::SftConfig;
 use hone::train::sft::{self, Event, RunOptions};
@@ -88,6 +93,70 @@ pub fn run(args: Args) -> Result<()> {
         summary.seconds,
         summary.train_loss,
         summary.output_dir.display()
+    );
+    if config.predict.do_predict && !summary.interrupted {
+        predict(&config, &summary.output_dir)?;
+    }
+    Ok(())
+}
+
+/// `do_predict`: the trained model (the base with the run's adapter, or the run's checkpoint)
+/// answers the evaluation rows through the run's chat template; LLaMA-Factory's
+/// `generated_predictions.jsonl` and `predict_results.json` go to the output directory.
+fn predict(config: &SftConfig, output_dir: &Path) -> Result<()> {
+    let conversations = sft::evaluation_conversations(config)?;
+    let output = output_dir.to_string_lossy();
+    let (model, adapter) = match config.method.finetuning_type.is_adapter() {
+        true => (config.model.model_name_or_path.as_str(), Some(output_dir)),
+        false => (output.as_ref(), None),
+    };
+    let loaded = load_with_adapter(model, adapter, Precision::Stored, &Device::Cpu)?;
+    let (template, _) = sft::chat_template(config, &loaded.tokenizer)?;
+    let p = &config.predict;
+    let generation = GenerateConfig {
+        max_new_tokens: p.max_new_tokens as usize,
+        sampling: SamplingConfig {
+            temperature: if p.do_sample {
+                p.temperature as f32
+            } else {
+                0.0
+            },
+            top_k: p.top_k as usize,
+            top_p: p.top_p as f32,
+            repetition_penalty: p.repetition_penalty as f32,
+            seed: config.train.seed,
+            ..SamplingConfig::default()
+        },
+        ..GenerateConfig::default()
+    };
+    let batch = config.eval.per_device_eval_batch_size as usize;
+    let rows = conversations.len();
+    eprintln!(
+        "predicting {rows} evaluation rows ({} new tokens at most)",
+        p.max_new_tokens
+    );
+    let start = Instant::now();
+    let predictions = generate::predict(
+        &loaded.model,
+        &loaded.tokenizer,
+        &template,
+        &conversations,
+        &generation,
+        batch,
+        |done| eprintln!("predicted {done}/{rows}"),
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    generate::write_predictions(
+        &output_dir.join("generated_predictions.jsonl"),
+        &predictions,
+    )?;
+    let results = generate::predict_results(&predictions, seconds, rows.div_ceil(batch))?;
+    atomic::write_json(&output_dir.join("predict_results.json"), &results)?;
+    eprintln!(
+        "predict: bleu-4 {:.2}, rouge-1 {:.2}, rouge-l {:.2} in {seconds:.1} s",
+        results["predict_bleu-4"].as_f64().unwrap_or_default(),
+        results["predict_rouge-1"].as_f64().unwrap_or_default(),
+        results["predict_rouge-l"].as_f64().unwrap_or_default()
     );
     Ok(())
 }

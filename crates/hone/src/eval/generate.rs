@@ -19,7 +19,7 @@ use crate::io::atomic;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
-use super::metrics::Pair;
+use super::metrics::{self, Lang, Pair, ScoreOptions};
 
 /// One row of `generated_predictions.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,6 +93,32 @@ pub fn predict(
         on_rows(done);
     }
     Ok(predictions)
+}
+
+/// LLaMA-Factory's `predict_results.json` for `predictions` made in `seconds` over `batches`
+/// batches: the mean per-row `predict_bleu-4` and `predict_rouge-1/2/l` of its
+/// `ComputeSimilarity` (jieba words, ×100), and transformers' speed metrics.
+pub fn predict_results(
+    predictions: &[Prediction],
+    seconds: f64,
+    batches: usize,
+) -> Result<serde_json::Value> {
+    let pairs: Vec<Pair> = predictions.iter().map(Prediction::pair).collect();
+    let options = ScoreOptions {
+        lang: Lang::Zh,
+        ..ScoreOptions::default()
+    };
+    let scores = metrics::score(&pairs, options)?;
+    let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
+    Ok(serde_json::json!({
+        "predict_bleu-4": scores.bleu4_sentence_avg,
+        "predict_rouge-1": scores.rouge1,
+        "predict_rouge-2": scores.rouge2,
+        "predict_rouge-l": scores.rouge_l,
+        "predict_runtime": round(seconds, 4),
+        "predict_samples_per_second": round(predictions.len() as f64 / seconds, 3),
+        "predict_steps_per_second": round(batches as f64 / seconds, 3),
+    }))
 }
 
 /// Writes the predictions as JSON Lines at `path`, atomically (a failure leaves no partial file).

@@ -328,6 +328,39 @@ impl Default for TrainArgs {
     }
 }
 
+/// `### predict`: LLaMA-Factory's `do_predict` and its `GeneratingArguments`, with their defaults
+/// (sampling at temperature 0.95, top-p 0.7, top-k 50; `do_sample: false` for greedy answers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PredictArgs {
+    /// After training, answer the evaluation rows (`eval_dataset` or the `val_size` split) with
+    /// the trained model: `generated_predictions.jsonl` and `predict_results.json` in `output_dir`.
+    pub do_predict: bool,
+    /// Predict by generating (the only way Hone predicts; `do_predict` requires it).
+    pub predict_with_generate: bool,
+    pub max_new_tokens: u32,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: u32,
+    pub repetition_penalty: f64,
+}
+
+impl Default for PredictArgs {
+    fn default() -> Self {
+        PredictArgs {
+            do_predict: false,
+            predict_with_generate: false,
+            max_new_tokens: 1024,
+            do_sample: true,
+            temperature: 0.95,
+            top_p: 0.7,
+            top_k: 50,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
 impl Default for EvalArgs {
     fn default() -> Self {
         EvalArgs {

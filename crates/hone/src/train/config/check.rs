@@ -412,6 +412,44 @@ fn check_eval(c: &SftConfig) -> Checked {
     if let Some(steps) = e.eval_steps {
         interval("eval_steps", steps)?;
     }
+    let p = &c.predict;
+    if p.do_predict {
+        require(
+            p.predict_with_generate,
+            "do_predict",
+            "Hone predicts by generating: set predict_with_generate: true",
+        )?;
+        require(
+            c.method.stage == Stage::Sft,
+            "do_predict",
+            "only valid with stage: sft (as in LLaMA-Factory)",
+        )?;
+        require(
+            has_eval_data,
+            "do_predict",
+            "predicting needs data: set eval_dataset or val_size",
+        )?;
+    }
+    require(
+        p.max_new_tokens >= 1,
+        "max_new_tokens",
+        "must be at least 1",
+    )?;
+    require(
+        p.temperature.is_finite() && p.temperature > 0.0,
+        "temperature",
+        "must be above 0 (do_sample: false for greedy answers)",
+    )?;
+    require(
+        p.top_p > 0.0 && p.top_p <= 1.0,
+        "top_p",
+        "must be in (0, 1]",
+    )?;
+    require(
+        p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0,
+        "repetition_penalty",
+        "must be above 0",
+    )?;
     if let Some(patience) = e.early_stopping_steps {
         require(patience >= 1, "early_stopping_steps", "must be at least 1")?;
         require(

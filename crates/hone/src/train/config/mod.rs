@@ -22,7 +22,7 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::model::quantize::BaseQuantization;
 use crate::quant::bnb::FourBit;
 
-pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, TrainArgs};
+pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, PredictArgs, TrainArgs};
 pub use resolve::{StepPlan, LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
 pub use values::{
     CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
@@ -44,6 +44,8 @@ pub struct SftConfig {
     pub train: TrainArgs,
     #[serde(flatten)]
     pub eval: EvalArgs,
+    #[serde(flatten)]
+    pub predict: PredictArgs,
 }
 
 /// Where a key's value came from, for error messages.

@@ -1,7 +1,9 @@
-//! The supervised fine-tuning recipe behind `hone train`, readable top to bottom: set up (model,
-//! data, trainable tensors, optimizer, schedule), optionally resume, then loop over shuffled
-//! batches with gradient accumulation normalised by labelled tokens, clipping, the schedule,
-//! periodic validation with early stopping, checkpoints, and finally the output directory.
+//! The recipe behind `hone train`, readable top to bottom: set up (model, data, trainable
+//! tensors, optimizer, schedule), optionally resume, then loop over shuffled batches with gradient
+//! accumulation normalised by labelled tokens, clipping, the schedule, periodic validation with
+//! early stopping, checkpoints, and finally the output directory. Continued pre-training (`pt`)
+//! differs only in its rows (`rows.rs`); preference optimization (`dpo`) batches pairs and takes
+//! its loss from `train::dpo` (`preference.rs`).
 //!
 //! It reports through [`Event`]s so the CLI owns the terminal; the files it writes follow the
 //! field's conventions (PEFT adapter or HF checkpoint, HF `trainer_state.json`, LLaMA-Factory
@@ -9,6 +11,7 @@
 
 mod output;
 pub mod plan;
+mod preference;
 pub mod preview;
 mod rows;
 mod setup;
@@ -21,6 +24,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
+pub use rows::evaluation_conversations;
+pub use setup::chat_template;
 pub use state::Progress;
 
 use crate::data::{collate, flatten, Batch, Row};
@@ -30,7 +35,7 @@ use crate::train::checkpoint::{
     TrainerLogRecord, TrainerState,
 };
 use crate::train::config::{SftConfig, Stage};
-use crate::train::dpo::{self, loss::PreferenceLoss, Reference};
+use crate::train::dpo;
 use crate::train::dropout;
 use crate::train::groups::param_groups;
 use crate::train::lora::trainable_parameters_line;
@@ -138,41 +143,14 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     let mut progress = Progress::default();
     let mut trainer_state = new_trainer_state(config, &plan);
     let resume = checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?;
-    // The reference is the model as the run first started: computed now, or kept by the checkpoint.
-    let preference = match (config.method.stage, &resume) {
-        (Stage::Dpo, Some(dir)) => Some(Preference {
-            settings: dpo::settings(config),
-            reference: Reference::load(dir, rows.train.len(), rows.val.len())?,
-        }),
-        (Stage::Dpo, None) => {
-            let settings = dpo::settings(config);
-            if settings.loss.uses_reference() {
-                on(Event::Note(&format!(
-                    "reference: the starting model's log-probabilities of {} responses, computed once",
-                    rows.train.len() + rows.val.len()
-                )));
-            }
-            let first_epoch = epoch_order(rows.train.len() / 2, config.train.seed, 0);
-            let batches = (
-                &first_epoch[..],
-                config.train.per_device_train_batch_size as usize,
-                config.eval.per_device_eval_batch_size as usize,
-            );
-            let mut shown = 0;
-            let mut progress = |done: usize, total: usize| {
-                // A line at every tenth: a large dataset takes minutes.
-                if done * 10 / total > shown {
-                    shown = done * 10 / total;
-                    on(Event::Note(&format!("reference: {done}/{total} responses")));
-                }
-            };
-            let rows = (&rows.train[..], &rows.val[..]);
-            let reference = Reference::compute(&model, &settings, rows, batches, &mut progress)?;
-            Some(Preference {
-                settings,
-                reference,
-            })
-        }
+    let preference = match config.method.stage {
+        Stage::Dpo => Some(preference::start(
+            config,
+            &model,
+            &rows,
+            resume.as_deref(),
+            on,
+        )?),
         _ => None,
     };
     if let Some(dir) = resume {
@@ -232,7 +210,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             let (loss, grad_norm) = match &preference {
                 Some(p) => {
                     let (loss, norm, metrics) =
-                        preference_step(&mut model, &window_rows, window_items, p, config, step)?;
+                        preference::step(&mut model, &window_rows, window_items, p, config, step)?;
                     progress.pairs_since_log.merge(&metrics);
                     (loss, norm)
                 }
@@ -412,7 +390,12 @@ fn train_step(
 }
 
 /// Stops on a non-finite loss, then clips the gradients; returns their norm before clipping.
-fn finish_step(model: &mut TrainModel, loss: f64, config: &SftConfig, step: u64) -> Result<f32> {
+pub(super) fn finish_step(
+    model: &mut TrainModel,
+    loss: f64,
+    config: &SftConfig,
+    step: u64,
+) -> Result<f32> {
     if !loss.is_finite() {
         bail!(
             "step {}: the loss is {loss}: training stopped; nothing was saved from this step",
@@ -429,48 +412,6 @@ fn finish_step(model: &mut TrainModel, loss: f64, config: &SftConfig, step: u64)
         bail!("step {}: the gradient norm is {norm}: training stopped; nothing was saved from this step", step + 1);
     }
     Ok(norm)
-}
-
-/// A preference run's loss and its reference (`stage: dpo`).
-struct Preference {
-    settings: PreferenceLoss,
-    reference: Reference,
-}
-
-/// [`train_step`] for a window of preference pairs (`window_rows[k]` holds the chosen and rejected
-/// rows of the pairs `window_items[k]`): each pair's loss weighs 1 / (pairs in the window), so
-/// accumulation equals one big batch. Returns the mean loss, the gradient norm and the metrics.
-fn preference_step(
-    model: &mut TrainModel,
-    window_rows: &[Vec<&Row>],
-    window_items: &[&[usize]],
-    preference: &Preference,
-    config: &SftConfig,
-    step: u64,
-) -> Result<(f64, f32, dpo::Metrics)> {
-    let pairs: usize = window_items.iter().map(|items| items.len()).sum();
-    model.zero_grad();
-    let mut metrics = dpo::Metrics::default();
-    let reference = &preference.reference.train;
-    for (micro, (rows, items)) in window_rows.iter().zip(window_items).enumerate() {
-        let refs: Vec<f64> = match reference.is_empty() {
-            true => Vec::new(),
-            false => items
-                .iter()
-                .flat_map(|&i| [reference[2 * i], reference[2 * i + 1]])
-                .collect(),
-        };
-        let seed = dropout::stream(config.train.seed, step * 1024 + micro as u64);
-        let scale = 1.0 / pairs as f32;
-        for pair in
-            dpo::pairs_forward_backward(model, rows, &refs, &preference.settings, scale, seed)?
-        {
-            metrics.add(&pair);
-        }
-    }
-    let loss = metrics.mean_loss();
-    let norm = finish_step(model, loss, config, step)?;
-    Ok((loss, norm, metrics))
 }
 
 /// Token-weighted mean loss over the validation rows.

@@ -169,14 +169,21 @@ fn load_mixed<T: Clone>(
     Ok((all, note))
 }
 
-/// Reads `dataset` (and `eval_dataset`, else a `val_size` split of it) with `load`, encodes each
-/// side with `encode` and, with `pack`, packs the examples into `cutoff_len` rows.
-fn build_rows<T: Clone>(
+/// A run's items split into training and validation, with what reading them left.
+struct Split<T> {
+    train: Vec<T>,
+    val: Vec<T>,
+    skipped: SkipSummary,
+    files: Vec<FileUse>,
+    notes: Vec<String>,
+}
+
+/// Reads `dataset` (mixed, see [`load_mixed`]) and `eval_dataset` with `load`, or holds out a
+/// `val_size` split of `dataset` (seeded by `seed`).
+fn split_datasets<T: Clone>(
     config: &SftConfig,
     load: impl Fn(&str) -> Result<Loaded<T>>,
-    encode: impl Fn(Vec<T>) -> Result<Vec<Example>>,
-    pack: bool,
-) -> Result<Rows> {
+) -> Result<Split<T>> {
     let d = &config.data;
     let Some(dataset) = &d.dataset else {
         bail!("dataset: no training data given (a name in dataset_dir/dataset_info.json or a file path)");
@@ -199,11 +206,29 @@ fn build_rows<T: Clone>(
             data::split(loaded.items, held_out as f64, config.train.seed)?
         }
     };
-    let train_examples = train.len();
-    let (train, val) = (encode(train)?, encode(val)?);
+    Ok(Split {
+        train,
+        val,
+        skipped,
+        files,
+        notes: mix_note.into_iter().collect(),
+    })
+}
+
+/// Splits the datasets (see [`split_datasets`]), encodes each side with `encode` and, with
+/// `pack`, packs the examples into `cutoff_len` rows.
+fn build_rows<T: Clone>(
+    config: &SftConfig,
+    load: impl Fn(&str) -> Result<Loaded<T>>,
+    encode: impl Fn(Vec<T>) -> Result<Vec<Example>>,
+    pack: bool,
+) -> Result<Rows> {
+    let split = split_datasets(config, load)?;
+    let train_examples = split.train.len();
+    let (train, val) = (encode(split.train)?, encode(split.val)?);
     let rows = |examples: Vec<Example>| -> Vec<Row> {
         if pack {
-            data::pack(examples, d.cutoff_len as usize)
+            data::pack(examples, config.data.cutoff_len as usize)
         } else {
             examples.into_iter().map(Row::from).collect()
         }
@@ -211,10 +236,26 @@ fn build_rows<T: Clone>(
     Ok(Rows {
         train: rows(train),
         val: rows(val),
-        skipped,
+        skipped: split.skipped,
         train_examples,
-        files,
-        notes: mix_note.into_iter().collect(),
+        files: split.files,
+        notes: split.notes,
         paired: false,
     })
+}
+
+/// The conversations an SFT run evaluates on (`eval_dataset`, or its `val_size` split), as
+/// conversations to answer: what `do_predict` generates for.
+pub fn evaluation_conversations(config: &SftConfig) -> Result<Vec<data::Conversation>> {
+    let d = &config.data;
+    let dir = Path::new(&d.dataset_dir);
+    let load = |name: &str| {
+        let loaded = data::load_dataset(name, dir, d.skip_invalid_rows)?;
+        Ok(Loaded {
+            items: loaded.conversations,
+            skipped: loaded.skipped,
+            files: loaded.files,
+        })
+    };
+    Ok(split_datasets(config, load)?.val)
 }
