@@ -49,21 +49,13 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
                 cutoff_len,
                 train_on_prompt: d.train_on_prompt,
             };
-            let load = |name: &str| {
-                let loaded = data::load_dataset(name, dir, d.skip_invalid_rows)?;
-                Ok(Loaded {
-                    items: loaded.conversations,
-                    skipped: loaded.skipped,
-                    files: loaded.files,
-                })
-            };
             let encode = |conversations: Vec<data::Conversation>| {
                 conversations
                     .iter()
                     .map(|c| data::encode(tokenizer, &template, c, &options))
                     .collect()
             };
-            let rows = build_rows(config, load, encode, config.packs())?;
+            let rows = build_rows(config, |n| conversations(config, n), encode, config.packs())?;
             Ok(Rows {
                 notes: template_note.into_iter().chain(rows.notes).collect(),
                 ..rows
@@ -247,15 +239,16 @@ fn build_rows<T: Clone>(
 /// The conversations an SFT run evaluates on (`eval_dataset`, or its `val_size` split), as
 /// conversations to answer: what `do_predict` generates for.
 pub fn evaluation_conversations(config: &SftConfig) -> Result<Vec<data::Conversation>> {
+    Ok(split_datasets(config, |name| conversations(config, name))?.val)
+}
+
+/// The conversations of the datasets `name` names.
+fn conversations(config: &SftConfig, name: &str) -> Result<Loaded<data::Conversation>> {
     let d = &config.data;
-    let dir = Path::new(&d.dataset_dir);
-    let load = |name: &str| {
-        let loaded = data::load_dataset(name, dir, d.skip_invalid_rows)?;
-        Ok(Loaded {
-            items: loaded.conversations,
-            skipped: loaded.skipped,
-            files: loaded.files,
-        })
-    };
-    Ok(split_datasets(config, load)?.val)
+    let loaded = data::load_dataset(name, Path::new(&d.dataset_dir), d.skip_invalid_rows)?;
+    Ok(Loaded {
+        items: loaded.conversations,
+        skipped: loaded.skipped,
+        files: loaded.files,
+    })
 }
