@@ -242,3 +242,54 @@ fn datasets_mix_and_the_run_says_what_each_gave() {
         run.stderr
     );
 }
+
+/// `hone data` previews every stage: preference pairs as their chosen and rejected examples, the
+/// response alone trained after the shared prompt; raw text as blocks, every token trained.
+#[test]
+fn data_previews_pairs_and_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let preview = |example: &str| {
+        let config = fixture(&format!("config/{example}"));
+        let model = format!("model_name_or_path={}", arg(&tiny_gguf()));
+        let data = format!("dataset_dir={}", arg(&fixture("data/llamafactory")));
+        let output = format!("output_dir={}", arg(&out));
+        let args = [
+            "data",
+            arg(&config),
+            &model,
+            &data,
+            &output,
+            "cutoff_len=64",
+            "--rows",
+            "2",
+        ];
+        hone(&args).ok().to_string()
+    };
+    let pairs = preview("qwen3_lora_dpo.yaml");
+    assert!(
+        pairs.contains("rows          8 read, no rows skipped"),
+        "{pairs}"
+    );
+    assert!(pairs.contains("in 16 examples"), "{pairs}");
+    assert!(pairs.contains("dpo_en_demo.json:2, chosen;"), "{pairs}");
+    assert!(pairs.contains("dpo_en_demo.json:2, rejected;"), "{pairs}");
+    // Both rows end with the trained response after the same untrained prompt.
+    let rows: Vec<&str> = pairs.split("\nrow ").skip(1).collect();
+    let prompt = |row: &str| {
+        row.split_once('\n')
+            .unwrap()
+            .1
+            .split("[[")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(prompt(rows[0]), prompt(rows[1]));
+    assert!(rows.iter().all(|r| r.trim_end().ends_with("]]")), "{pairs}");
+    assert!(!pairs.contains("packing"), "{pairs}");
+
+    let blocks = preview("qwen3_lora_pretrain.yaml");
+    assert!(blocks.contains("100.0%) carry the loss"), "{blocks}");
+    assert!(blocks.contains("row 1 (block 1;"), "{blocks}");
+}

@@ -1,4 +1,5 @@
-//! `hone data`: what a run of a config will train on, seen before any weight is loaded. Per
+//! `hone data`: what a run of a config will train on, seen before any weight is loaded, for every
+//! stage (conversations, preference pairs as their chosen and rejected examples, raw-text blocks). Per
 //! dataset: rows read and skipped (by reason), tokens per example, examples cut by `cutoff_len`,
 //! the share of tokens that carry labels (those the loss is taken on) and how full `packing` would
 //! fill its rows; then the first rows as the model sees them, rendered through the chat template
@@ -7,10 +8,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::setup;
-use crate::data::{self, Conversation, EncodeOptions, Example, SkipSummary};
+use crate::chat::ChatTemplate;
+use crate::data::{self, EncodeOptions, Example, SkipSummary};
 use crate::kernels::cross_entropy::IGNORE_INDEX;
 use crate::model;
 use crate::tokenizer::Tokenizer;
@@ -23,15 +25,18 @@ pub struct DatasetStats {
     pub name: String,
     pub key: &'static str,
     pub rows: usize,
+    /// Rows used: conversations (sft), pairs (dpo), documents (pt).
+    pub used: usize,
     pub skipped: SkipSummary,
     /// Tokens of each example as trained (after `cutoff_len`), ascending.
     pub lengths: Vec<usize>,
-    /// Examples longer than `cutoff_len` before it cut them.
+    /// Rows longer than `cutoff_len` before it cut them (a pair when either response was cut).
     pub truncated: usize,
     /// Tokens with a label.
     pub labelled: usize,
-    /// Rows `packing` would make of the examples.
-    pub packed_rows: usize,
+    /// Rows `packing` would make of the examples (sft; pt blocks are packed already, dpo pairs
+    /// never are).
+    pub packed_rows: Option<usize>,
 }
 
 impl DatasetStats {
@@ -80,37 +85,30 @@ pub enum Marks {
 /// Reads and encodes every dataset of `config` as `hone train` would (the model's tokenizer and
 /// chat template, no weights), keeping the first `sample_rows` rows of the first dataset to show.
 pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
-    if config.method.stage != Stage::Sft {
-        bail!(
-            "stage: {}: hone data previews conversation datasets (stage: sft) only",
-            config.method.stage.name()
-        );
-    }
     let (_, _, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
-    let (template, template_note) = setup::chat_template(config, &tokenizer)?;
+    let (template, template_note) = match config.method.stage {
+        Stage::Pt => (None, None),
+        _ => {
+            let (template, note) = setup::chat_template(config, &tokenizer)?;
+            (Some(template), note)
+        }
+    };
     let d = &config.data;
     let cutoff_len = d.cutoff_len as usize;
-    let options = EncodeOptions {
-        cutoff_len,
-        train_on_prompt: d.train_on_prompt,
-    };
     let names = [("dataset", &d.dataset), ("eval_dataset", &d.eval_dataset)];
     let mut datasets = Vec::new();
     let mut samples = Vec::new();
     for (key, list) in names {
         for name in list.iter().flat_map(|l| l.items()) {
-            let loaded = data::load_dataset(name, Path::new(&d.dataset_dir), true)?;
-            let mut examples = Vec::with_capacity(loaded.conversations.len());
-            let mut truncated = 0;
-            for conversation in &loaded.conversations {
-                let (example, whole) =
-                    data::encode_measured(&tokenizer, &template, conversation, &options)?;
-                truncated += usize::from(whole > cutoff_len);
-                if samples.len() < sample_rows {
-                    samples.push(sample(&tokenizer, conversation, &example)?);
-                }
-                examples.push(example);
+            let read = match &template {
+                Some(template) => encoded(config, &tokenizer, template, name)?,
+                None => blocks(config, &tokenizer, name)?,
+            };
+            let room = sample_rows.saturating_sub(samples.len());
+            for (origin, example) in read.examples.iter().take(room) {
+                samples.push(sample(&tokenizer, origin, example)?);
             }
+            let examples: Vec<Example> = read.examples.into_iter().map(|(_, e)| e).collect();
             let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
             lengths.sort_unstable();
             let labelled = examples
@@ -118,15 +116,20 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
                 .flat_map(|e| &e.labels)
                 .filter(|&&l| l != IGNORE_INDEX)
                 .count();
+            let packed_rows = match config.method.stage {
+                Stage::Sft => Some(data::pack(examples, cutoff_len).len()),
+                _ => None,
+            };
             datasets.push(DatasetStats {
                 name: name.clone(),
                 key,
-                rows: loaded.files.iter().map(|f| f.rows).sum(),
-                skipped: loaded.skipped,
+                rows: read.rows,
+                used: read.used,
+                skipped: read.skipped,
                 lengths,
-                truncated,
+                truncated: read.truncated,
                 labelled,
-                packed_rows: data::pack(examples, cutoff_len).len(),
+                packed_rows,
             });
         }
     }
@@ -140,8 +143,103 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
     })
 }
 
+/// A dataset as a stage trains on it: its examples (each with where it came from), the rows
+/// read and skipped, and how many rows `cutoff_len` cut.
+struct Read {
+    examples: Vec<(String, Example)>,
+    rows: usize,
+    used: usize,
+    skipped: SkipSummary,
+    truncated: usize,
+}
+
+/// Conversations (sft) or preference pairs (dpo, a chosen and a rejected example each) encoded
+/// through the chat template.
+fn encoded(
+    config: &SftConfig,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    name: &str,
+) -> Result<Read> {
+    let d = &config.data;
+    let dir = Path::new(&d.dataset_dir);
+    let cutoff_len = d.cutoff_len as usize;
+    let mut examples = Vec::new();
+    let mut truncated = 0;
+    if config.method.stage == Stage::Dpo {
+        let loaded = data::load_pairs(name, dir, true)?;
+        for pair in &loaded.pairs {
+            let (chosen, rejected) = data::encode_pair(tokenizer, template, pair, cutoff_len)?;
+            let (whole_chosen, whole_rejected) =
+                data::encode_pair(tokenizer, template, pair, usize::MAX / 2)?;
+            let cut = chosen.input_ids.len() < whole_chosen.input_ids.len()
+                || rejected.input_ids.len() < whole_rejected.input_ids.len();
+            truncated += usize::from(cut);
+            let origin = pair.prompt.origin.to_string();
+            examples.push((format!("{origin}, chosen"), chosen));
+            examples.push((format!("{origin}, rejected"), rejected));
+        }
+        return Ok(Read {
+            examples,
+            rows: loaded.files.iter().map(|f| f.rows).sum(),
+            used: loaded.pairs.len(),
+            skipped: loaded.skipped,
+            truncated,
+        });
+    }
+    let options = EncodeOptions {
+        cutoff_len,
+        train_on_prompt: d.train_on_prompt,
+    };
+    let loaded = data::load_dataset(name, dir, true)?;
+    for conversation in &loaded.conversations {
+        let (example, whole) = data::encode_measured(tokenizer, template, conversation, &options)?;
+        truncated += usize::from(whole > cutoff_len);
+        examples.push((conversation.origin.to_string(), example));
+    }
+    Ok(Read {
+        examples,
+        rows: loaded.files.iter().map(|f| f.rows).sum(),
+        used: loaded.conversations.len(),
+        skipped: loaded.skipped,
+        truncated,
+    })
+}
+
+/// Raw text (pt) as training blocks (or, without packing, a row per document).
+fn blocks(config: &SftConfig, tokenizer: &Tokenizer, name: &str) -> Result<Read> {
+    let d = &config.data;
+    let loaded = data::load_documents(name, Path::new(&d.dataset_dir), true)?;
+    let cutoff_len = d.cutoff_len as usize;
+    let packing = config.packs();
+    let whole = data::pretraining_examples(tokenizer, &loaded.documents, usize::MAX / 2, false)?;
+    let truncated = match packing {
+        true => 0,
+        false => whole
+            .iter()
+            .filter(|e| e.input_ids.len() > cutoff_len)
+            .count(),
+    };
+    let examples = data::pretraining_examples(tokenizer, &loaded.documents, cutoff_len, packing)?;
+    let origin = |i: usize| match packing {
+        true => format!("block {}", i + 1),
+        false => loaded.documents[i].origin.to_string(),
+    };
+    Ok(Read {
+        examples: examples
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (origin(i), e))
+            .collect(),
+        rows: loaded.files.iter().map(|f| f.rows).sum(),
+        used: loaded.documents.len(),
+        skipped: loaded.skipped,
+        truncated,
+    })
+}
+
 /// The example's tokens decoded in runs of equal labelling, special tokens kept.
-fn sample(tokenizer: &Tokenizer, conversation: &Conversation, example: &Example) -> Result<Sample> {
+fn sample(tokenizer: &Tokenizer, origin: &str, example: &Example) -> Result<Sample> {
     let mut pieces: Vec<Piece> = Vec::new();
     let mut start = 0;
     let trained = |i: usize| example.labels[i] != IGNORE_INDEX;
@@ -155,7 +253,7 @@ fn sample(tokenizer: &Tokenizer, conversation: &Conversation, example: &Example)
         }
     }
     Ok(Sample {
-        origin: conversation.origin.to_string(),
+        origin: origin.to_string(),
         pieces,
     })
 }
@@ -211,9 +309,9 @@ fn render_dataset(out: &mut String, d: &DatasetStats, cutoff_len: usize, packing
     );
     let _ = writeln!(
         out,
-        "  cutoff_len    {cutoff_len}: {} examples cut ({:.1}%)",
+        "  cutoff_len    {cutoff_len}: {} rows cut ({:.1}%)",
         d.truncated,
-        percent(d.truncated, examples)
+        percent(d.truncated, d.used)
     );
     let _ = writeln!(
         out,
@@ -221,13 +319,14 @@ fn render_dataset(out: &mut String, d: &DatasetStats, cutoff_len: usize, packing
         d.labelled,
         percent(d.labelled, tokens)
     );
-    let _ = writeln!(
-        out,
-        "  packing       {}: {} rows of {cutoff_len} tokens, {:.1}% full",
-        if packing { "on" } else { "off (if on)" },
-        d.packed_rows,
-        percent(tokens, d.packed_rows * cutoff_len)
-    );
+    if let Some(packed) = d.packed_rows {
+        let _ = writeln!(
+            out,
+            "  packing       {}: {packed} rows of {cutoff_len} tokens, {:.1}% full",
+            if packing { "on" } else { "off (if on)" },
+            percent(tokens, packed * cutoff_len)
+        );
+    }
 }
 
 fn percent(part: usize, whole: usize) -> f64 {
