@@ -293,3 +293,31 @@ fn data_previews_pairs_and_blocks() {
     assert!(blocks.contains("100.0%) carry the loss"), "{blocks}");
     assert!(blocks.contains("row 1 (block 1;"), "{blocks}");
 }
+
+/// A checkpoint of a reference-free run (ORPO) cannot resume a run that needs a reference: one
+/// line naming the checkpoint, no panic.
+#[test]
+fn resuming_a_reference_free_checkpoint_with_a_reference_loss_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = ["cutoff_len=64", "max_steps=2", "save_steps=1"];
+    run_example(
+        "qwen3_lora_dpo.yaml",
+        &out,
+        &[&run[..], &["pref_loss=orpo"]].concat(),
+    )
+    .ok();
+    let resume = format!("resume_from_checkpoint={}", arg(&out.join("checkpoint-1")));
+    let again = run_example(
+        "qwen3_lora_dpo.yaml",
+        &out,
+        &[&run[..], &[resume.as_str()]].concat(),
+    );
+    assert_eq!(again.code, Some(1), "{}", again.stderr);
+    let error = again.stderr.lines().last().unwrap();
+    assert!(
+        error.starts_with("error: ")
+            && error.contains("checkpoint-1: the checkpoint keeps no reference"),
+        "{error}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::rows::Rows;
 use super::{epoch_order, finish_step, Event};
@@ -32,6 +32,13 @@ pub(super) fn start(
     let settings = dpo::settings(config);
     if let Some(dir) = resume {
         let reference = Reference::load(dir, rows.train.len(), rows.val.len())?;
+        if settings.loss.uses_reference() && reference.train.is_empty() {
+            bail!(
+                "{}: the checkpoint keeps no reference log-probabilities (its run used a \
+                 reference-free pref_loss, orpo or simpo); resume it with that pref_loss",
+                dir.display()
+            );
+        }
         return Ok(Preference {
             settings,
             reference,
