@@ -1,5 +1,6 @@
-//! `hone train CONFIG.yaml [key=value ...]`: supervised fine-tuning from a LLaMA-Factory-style
-//! config, with a progress bar, log lines every `logging_steps`, and Ctrl-C saving a checkpoint.
+//! `hone train CONFIG.yaml [key=value ...]`: a training run (`stage` sft, pt or dpo) from a
+//! LLaMA-Factory-style config, with a progress bar, log lines every `logging_steps`, Ctrl-C saving
+//! a checkpoint, and `do_predict`'s predictions after training.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
