@@ -8,7 +8,10 @@ LLaMA-Factory accepts) and LLaMA-Factory's own formulas.
    LLaMA-Factory compute them); orpo and simpo are LLaMA-Factory's `odds_ratio_loss` and
    `simpo_loss` (src/llamafactory/train/dpo/trainer.py), restated here in torch; `pref_ftx` adds
    LLaMA-Factory's `ftx · (−mean log-probability of the chosen response)`.
-2. fixtures/train/dpo_llama-gqa.safetensors — the whole-model gradient of a sigmoid DPO loss
+2. fixtures/train/kto_losses.json — TRL's `KTOTrainer.kto_loss` (`loss_type="kto"`) on fixed
+   summed log-probabilities of desirable and undesirable responses and of a mismatched (KL) set,
+   LLaMA-Factory's mean and `pref_ftx` term on top; gradients by autograd.
+3. fixtures/train/dpo_llama-gqa.safetensors — the whole-model gradient of a sigmoid DPO loss
    (β 0.1, label smoothing 0.1, pref_ftx 0.3) on the tiny GQA llama with LoRA on every linear
    layer (B random), two pairs whose responses follow a shared prompt, rows chosen and rejected in
    turn. Sequence log-probabilities are TRL's (`log_softmax` of the shifted logits gathered at the
@@ -131,6 +134,46 @@ def loss_cases():
     (OUT / "dpo_losses.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
+def kto_cases():
+    """TRL's `KTOTrainer.kto_loss` (loss_type "kto") on 7 responses, with LLaMA-Factory's mean and
+    `pref_ftx` term; gradients with respect to each response's summed log-probability."""
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    g = torch.Generator().manual_seed(1)
+    n = 7
+    tokens = torch.randint(3, 30, (n,), generator=g).double()
+    sums = -(1.2 + torch.rand(n, generator=g, dtype=torch.float64)) * tokens
+    refs = sums + torch.randn(n, generator=g, dtype=torch.float64) * 2
+    tags = torch.tensor([True, False, True, True, False, False, True])
+    kl_sums = -(1.5 + torch.rand(n, generator=g, dtype=torch.float64)) * tokens
+    kl_refs = kl_sums - torch.rand(n, generator=g, dtype=torch.float64) * 2
+    out = {"sums": sums.tolist(), "tokens": tokens.tolist(), "reference_sums": refs.tolist(),
+           "desirable": tags.tolist(), "kl_sums": kl_sums.tolist(), "kl_reference_sums": kl_refs.tolist(),
+           "cases": []}
+    for name, beta, wd, wu, ftx in [("kto", 0.1, 1.0, 1.0, 0.0), ("kto_weighted_ftx", 0.3, 1.0, 1.5, 0.4)]:
+        fake = types.SimpleNamespace(
+            beta=beta, desirable_weight=wd, undesirable_weight=wu, loss_type="kto", calculate_KL=True,
+            accelerator=types.SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x),
+        )
+        s = sums.clone().requires_grad_(True)
+        losses, chosen_rewards, rejected_rewards, kl = KTOTrainer.kto_loss(
+            fake, s[tags], s[~tags], kl_sums, refs[tags], refs[~tags], kl_refs
+        )
+        loss = losses.nanmean()
+        if ftx > 0:
+            chosen_avg = s[tags] / tokens[tags]
+            loss = loss + ftx * (-chosen_avg).nanmean() / int(tags.sum()) * n
+        loss.backward()
+        rewards = torch.empty(n, dtype=torch.float64)
+        rewards[tags] = chosen_rewards
+        rewards[~tags] = rejected_rewards
+        out["kl"] = kl.item()
+        out["cases"].append({"name": name, "beta": beta, "desirable_weight": wd, "undesirable_weight": wu,
+                             "ftx": ftx, "loss": loss.item(), "d_sums": s.grad.tolist(), "rewards": rewards.tolist()})
+        print(f"{name}: loss {loss.item():.6f}, kl {kl.item():.6f}")
+    (OUT / "kto_losses.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def sequence_logps(logits, labels):
     """TRL's: log-probabilities of the labels under the shifted logits, summed per row."""
     labels = labels[:, 1:].clone()
@@ -183,4 +226,5 @@ def model_case():
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, trl {trl.__version__}")
     loss_cases()
+    kto_cases()
     model_case()

@@ -321,3 +321,48 @@ fn resuming_a_reference_free_checkpoint_with_a_reference_loss_is_refused() {
         "{error}"
     );
 }
+
+/// LLaMA-Factory's KTO example runs with only its paths changed: the first loss is 1 − σ(0) = 0.5
+/// exactly (the policy starts as the reference, z0 = 0), TRL's KTO metrics are logged (`kl`,
+/// rewards of desirable and undesirable responses), the reference is kept in checkpoints and a
+/// resumed run continues exactly.
+#[test]
+fn the_kto_example_starts_at_one_half_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let settings = [
+        "cutoff_len=64",
+        "max_steps=4",
+        "logging_steps=1",
+        "learning_rate=1e-2",
+        "per_device_train_batch_size=2",
+        "gradient_accumulation_steps=2",
+        "save_steps=2",
+    ];
+    let run = run_example("qwen3_lora_kto.yaml", &out, &settings);
+    run.ok();
+    let expected = losses(&out);
+    assert_eq!(expected[0], 0.5, "step 1");
+    assert!(expected[3] < 0.5, "the loss did not fall: {expected:?}");
+    let state = read_json(&out.join("trainer_state.json"));
+    let first = &state["log_history"][0];
+    for key in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "kl",
+    ] {
+        assert_eq!(first[key], 0.0, "{key} at step 1: {first}");
+    }
+    assert!(first.get("rewards/accuracies").is_none(), "{first}");
+    assert!(out.join("checkpoint-2/reference_logps.json").is_file());
+
+    let checkpoint = format!("resume_from_checkpoint={}", arg(&out.join("checkpoint-2")));
+    let resumed = run_example(
+        "qwen3_lora_kto.yaml",
+        &out,
+        &[&settings[..], &[checkpoint.as_str()]].concat(),
+    );
+    resumed.ok();
+    assert_eq!(&losses(&out)[4..], &expected[2..], "resumed losses differ");
+}

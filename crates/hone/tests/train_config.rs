@@ -239,7 +239,7 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
     );
     assert_mentions(
         &load_error(&path, &["stage=dpo", "packing=true"]),
-        &["override `packing=true`: packing", "pairs are not packed"],
+        &["override `packing=true`: packing", "they are not packed"],
     );
     assert_mentions(
         &load_error(&path, &["dpo_label_smoothing=0.1", "pref_loss=ipo"]),

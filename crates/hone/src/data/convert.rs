@@ -180,6 +180,37 @@ pub(super) fn convert_pair(
     }
 }
 
+/// A KTO row: a conversation ending with the assistant's response, and whether that response is
+/// desirable (the boolean `kto_tag` column).
+pub(super) fn convert_feedback(
+    row: RawRow,
+    format: &Format,
+    file: &Path,
+) -> Result<(Conversation, bool), RowError> {
+    let origin = RowOrigin {
+        file: file.to_owned(),
+        line: row.line,
+    };
+    let column = &format.columns.kto_tag;
+    let tag = match &row.value {
+        Ok(Value::Object(object)) => match object.get(column) {
+            Some(Value::Bool(tag)) => Ok(*tag),
+            None | Some(Value::Null) => {
+                Err(Problem::new(column, "missing", SkipReason::MissingField))
+            }
+            Some(other) => Err(Problem::new(
+                column,
+                format!("expected true or false, found {}", kind(other)),
+                SkipReason::WrongType,
+            )),
+        },
+        _ => Ok(false),
+    };
+    let conversation = convert(row, format, file, Answer::Required)?;
+    let tag = tag.map_err(|p| p.at(origin))?;
+    Ok((conversation, tag))
+}
+
 /// A preference row's response in `column`.
 fn response(row: &Map<String, Value>, column: &str, format: &Format) -> Result<String, Problem> {
     let content = match format.formatting {

@@ -33,6 +33,8 @@ pub(super) struct Columns {
     /// Preference data (`ranking: true`): the preferred and the rejected response.
     pub chosen: String,
     pub rejected: String,
+    /// KTO data: whether the response is desirable (a boolean).
+    pub kto_tag: String,
 }
 
 /// Field names and role values inside ShareGPT turns (LLaMA-Factory's `tags`).
@@ -68,6 +70,7 @@ impl Format {
                 messages: "conversations".into(),
                 chosen: "chosen".into(),
                 rejected: "rejected".into(),
+                kto_tag: "kto_tag".into(),
             },
             tags: Tags {
                 role: "from".into(),
@@ -263,7 +266,7 @@ fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
 }
 
 /// Column keys LLaMA-Factory knows that serve other training stages or modalities.
-const UNSUPPORTED_COLUMNS: &[&str] = &["tools", "images", "videos", "audios", "kto_tag"];
+const UNSUPPORTED_COLUMNS: &[&str] = &["tools", "images", "videos", "audios"];
 
 fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
     let mut slots = [
@@ -275,6 +278,7 @@ fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
         ("messages", &mut columns.messages),
         ("chosen", &mut columns.chosen),
         ("rejected", &mut columns.rejected),
+        ("kto_tag", &mut columns.kto_tag),
     ];
     rename(&mut slots, value, UNSUPPORTED_COLUMNS, "column")
 }

@@ -138,7 +138,7 @@ pub(super) fn load_file(
 }
 
 /// The format of a file named directly, from the keys of its first row that is an object.
-fn detect_format(path: &Path, rows: &[RawRow]) -> Result<Format> {
+pub(super) fn detect_format(path: &Path, rows: &[RawRow]) -> Result<Format> {
     let first = rows.iter().find_map(|row| match &row.value {
         Ok(serde_json::Value::Object(object)) => Some((row.line, object)),
         _ => None,

@@ -11,7 +11,8 @@
 //!
 //! Continued pre-training reads plain text instead: [`load_documents`] and
 //! [`pretraining_examples`] (see `documents.rs`); preference training reads chosen/rejected pairs:
-//! [`load_pairs`] and [`encode_pair`] (see `preference.rs`).
+//! [`load_pairs`] and [`encode_pair`] (see `preference.rs`); KTO reads tagged responses:
+//! [`load_feedback`] and [`encode_feedback`] (see `feedback.rs`).
 //!
 //! Several datasets are mixed by [`mix`] (`mix_strategy`, `interleave_probs`).
 //!
@@ -23,6 +24,7 @@
 mod convert;
 mod documents;
 mod encode;
+mod feedback;
 mod info;
 mod load;
 mod mix;
@@ -39,6 +41,7 @@ use std::path::PathBuf;
 pub use convert::{RowError, SkipReason};
 pub use documents::{load_documents, pretraining_examples, Document, LoadedDocuments};
 pub use encode::{encode, encode_measured, EncodeOptions, Example};
+pub use feedback::{encode_feedback, load_feedback, FeedbackRow, LoadedFeedback};
 pub use load::{load_dataset, LoadedDataset, SkipSummary};
 pub use mix::{mix, MixStrategy, Mixed};
 pub use pack::{collate, flatten, pack, Batch, Row};

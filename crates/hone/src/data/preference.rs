@@ -147,6 +147,11 @@ pub fn encode_pair(
     Ok(cut_pair(chosen, rejected, cutoff_len, pin_first))
 }
 
+/// One example cut to `cutoff_len` on its own, as a pair of it with itself would be.
+pub(super) fn cut_one(example: Example, cutoff_len: usize, pin_first: bool) -> Example {
+    cut_pair(example.clone(), example, cutoff_len, pin_first).0
+}
+
 /// Cuts both examples with one budget: the longer prompt and the longer response share
 /// `cutoff_len`; each keeps its prompt's end (and token 0 when `pin_first`) and its response's
 /// start.

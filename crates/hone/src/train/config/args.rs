@@ -58,8 +58,8 @@ impl Default for ModelArgs {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MethodArgs {
-    /// `sft` (supervised fine-tuning), `pt` (continued pre-training on raw text) or `dpo`
-    /// (preference optimization on chosen/rejected pairs).
+    /// `sft` (supervised fine-tuning), `pt` (continued pre-training on raw text), `dpo`
+    /// (preference optimization on chosen/rejected pairs) or `kto` (on tagged responses).
     pub stage: Stage,
     /// `hone train` always trains, so only `true` is accepted (Hone's default; transformers'
     /// is `false`, which LLaMA-Factory uses for evaluation-only runs).
@@ -115,6 +115,10 @@ pub struct MethodArgs {
     pub pref_ftx: f64,
     /// `stage: dpo`: SimPO's target reward margin γ.
     pub simpo_gamma: f64,
+    /// `stage: kto`: the weight of desirable responses' losses (λ_D).
+    pub kto_chosen_weight: f64,
+    /// `stage: kto`: the weight of undesirable responses' losses (λ_U).
+    pub kto_rejected_weight: f64,
 }
 
 /// `### dataset`: LLaMA-Factory's `DataArguments`.
@@ -259,6 +263,8 @@ impl Default for MethodArgs {
             dpo_label_smoothing: 0.0,
             pref_ftx: 0.0,
             simpo_gamma: 0.5,
+            kto_chosen_weight: 1.0,
+            kto_rejected_weight: 1.0,
         }
     }
 }

@@ -245,18 +245,29 @@ fn check_preference(c: &SftConfig) -> Checked {
         "must be a number >= 0",
     )?;
     require(m.simpo_gamma.is_finite(), "simpo_gamma", "must be a number")?;
-    if m.stage != Stage::Dpo {
+    for (key, weight) in [
+        ("kto_chosen_weight", m.kto_chosen_weight),
+        ("kto_rejected_weight", m.kto_rejected_weight),
+    ] {
+        require(
+            weight.is_finite() && weight > 0.0,
+            key,
+            "must be a positive number",
+        )?;
+    }
+    if !matches!(m.stage, Stage::Dpo | Stage::Kto) {
         return Ok(());
     }
+    let stage = m.stage.name();
     require(
         c.data.packing != Some(true),
         "packing",
-        "stage: dpo compares whole responses pair by pair; pairs are not packed",
+        format!("stage: {stage} scores whole responses; they are not packed"),
     )?;
     require(
         c.train.neftune_noise_alpha.is_none(),
         "neftune_noise_alpha",
-        "not supported with stage: dpo",
+        format!("not supported with stage: {stage}"),
     )
 }
 

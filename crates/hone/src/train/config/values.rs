@@ -209,6 +209,8 @@ pub enum Stage {
     Pt,
     /// Direct preference optimization and its relatives (`pref_loss`): chosen/rejected pairs.
     Dpo,
+    /// Kahneman-Tversky optimization: single responses tagged desirable or not.
+    Kto,
 }
 
 impl Stage {
@@ -218,6 +220,7 @@ impl Stage {
             Stage::Sft => "sft",
             Stage::Pt => "pt",
             Stage::Dpo => "dpo",
+            Stage::Kto => "kto",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! Dropout is off in preference runs, as TRL and LLaMA-Factory disable it, so the loss of a
 //! sigmoid run's first step is exactly ln 2.
 
+pub mod kto;
 pub mod loss;
 
 use std::path::Path;
@@ -35,6 +36,16 @@ use loss::{PairLogps, PairLoss, PreferenceLoss, SequenceLogp};
 /// The file a checkpoint keeps the reference's log-probabilities in.
 const REFERENCE_FILE: &str = "reference_logps.json";
 
+/// How an item's two rows go through the model in a training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// In one batch, item by item (DPO's pairs).
+    Together,
+    /// The items' first rows in one batch, their second rows in another (KTO's responses, with
+    /// gradients, and their mismatched responses, without).
+    Apart,
+}
+
 /// The reference's log-probabilities of every response, in the loss's form, in row order
 /// (chosen, rejected, chosen, …), for the training and validation rows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,29 +61,32 @@ impl Reference {
     /// `eval_batch` at a time. `progress` hears the responses done and their total.
     pub fn compute(
         model: &TrainModel,
-        settings: &PreferenceLoss,
+        (form, layout): (&dyn Fn(SequenceLogp) -> f64, Layout),
         (train, val): (&[Row], &[Row]),
         (first_epoch, batch, eval_batch): (&[usize], usize, usize),
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Reference> {
-        if !settings.loss.uses_reference() {
-            return Ok(Reference::default());
-        }
         let total = train.len() + val.len();
         let mut done = 0;
-        let mut run = |rows: &[Row], pairs: &[usize], out: &mut [f64]| -> Result<()> {
-            let batch_rows: Vec<&Row> = pairs
-                .iter()
-                .flat_map(|&k| &rows[2 * k..2 * k + 2])
-                .collect();
-            let flat = flatten(&batch_rows);
-            let losses = model.position_losses(&flat)?;
-            let sequences = sequence_logps(&losses, &flat);
-            for (&k, pair) in pairs.iter().zip(sequences.chunks_exact(2)) {
-                out[2 * k] = settings.logp(pair[0]);
-                out[2 * k + 1] = settings.logp(pair[1]);
+        // The rows of `items` as the training step batches them: both rows of each item in one
+        // batch (DPO), or each item's first rows together and its second rows together (KTO).
+        let mut run = |rows: &[Row], items: &[usize], out: &mut [f64]| -> Result<()> {
+            let batches: Vec<Vec<usize>> = match layout {
+                Layout::Together => vec![items.iter().flat_map(|&k| [2 * k, 2 * k + 1]).collect()],
+                Layout::Apart => vec![
+                    items.iter().map(|&k| 2 * k).collect(),
+                    items.iter().map(|&k| 2 * k + 1).collect(),
+                ],
+            };
+            for indices in batches {
+                let batch_rows: Vec<&Row> = indices.iter().map(|&i| &rows[i]).collect();
+                let flat = flatten(&batch_rows);
+                let losses = model.position_losses(&flat)?;
+                for (&i, s) in indices.iter().zip(sequence_logps(&losses, &flat)) {
+                    out[i] = form(s);
+                }
+                done += batch_rows.len();
             }
-            done += batch_rows.len();
             progress(done, total);
             Ok(())
         };
@@ -239,81 +253,133 @@ pub fn evaluate(
     Ok(metrics)
 }
 
-/// Sums of the logged quantities over pairs, and their count.
+/// A running mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Mean {
+    sum: f64,
+    count: f64,
+}
+
+impl Mean {
+    fn add(&mut self, value: f64) {
+        self.sum += value;
+        self.count += 1.0;
+    }
+
+    fn merge(&mut self, other: Mean) {
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    fn value(self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+}
+
+/// The logged quantities of a preference run since the last log line: DPO's per pair, KTO's per
+/// response (chosen = desirable, rejected = undesirable).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    pub pairs: u64,
+    /// Pairs (DPO) or responses (KTO) and their summed loss.
+    pub items: u64,
     pub loss: f64,
-    reward_chosen: f64,
-    reward_rejected: f64,
-    correct: f64,
-    logp_chosen: f64,
-    logp_rejected: f64,
-    sft_loss: f64,
-    odds_ratio_loss: f64,
-    orpo: bool,
+    reward_chosen: Mean,
+    reward_rejected: Mean,
+    correct: Mean,
+    logp_chosen: Mean,
+    logp_rejected: Mean,
+    sft_loss: Mean,
+    odds_ratio_loss: Mean,
+    kl: Mean,
 }
 
 impl Metrics {
+    /// One DPO pair.
     pub fn add(&mut self, p: &PairLoss) {
-        self.pairs += 1;
+        self.items += 1;
         self.loss += p.loss;
-        self.reward_chosen += p.reward_chosen;
-        self.reward_rejected += p.reward_rejected;
-        self.correct += f64::from(u8::from(p.reward_chosen > p.reward_rejected));
-        self.logp_chosen += p.logp_chosen;
-        self.logp_rejected += p.logp_rejected;
+        self.reward_chosen.add(p.reward_chosen);
+        self.reward_rejected.add(p.reward_rejected);
+        self.correct
+            .add(f64::from(u8::from(p.reward_chosen > p.reward_rejected)));
+        self.logp_chosen.add(p.logp_chosen);
+        self.logp_rejected.add(p.logp_rejected);
         if let Some((sft, ratio)) = p.orpo_parts {
-            self.orpo = true;
-            self.sft_loss += sft;
-            self.odds_ratio_loss += ratio;
+            self.sft_loss.add(sft);
+            self.odds_ratio_loss.add(ratio);
         }
+    }
+
+    /// One KTO micro-batch: its mean loss, each response's reward, summed log-probability and
+    /// tag, and its reference point.
+    pub fn add_kto(&mut self, loss: f64, responses: &[(f64, f64, bool)], kl: f64) {
+        let n = responses.len();
+        self.items += n as u64;
+        self.loss += loss * n as f64;
+        for &(reward, logp, desirable) in responses {
+            match desirable {
+                true => {
+                    self.reward_chosen.add(reward);
+                    self.logp_chosen.add(logp);
+                }
+                false => {
+                    self.reward_rejected.add(reward);
+                    self.logp_rejected.add(logp);
+                }
+            }
+        }
+        self.kl.add(kl);
     }
 
     /// Adds another set of sums.
     pub fn merge(&mut self, other: &Metrics) {
-        self.pairs += other.pairs;
+        self.items += other.items;
         self.loss += other.loss;
-        self.reward_chosen += other.reward_chosen;
-        self.reward_rejected += other.reward_rejected;
-        self.correct += other.correct;
-        self.logp_chosen += other.logp_chosen;
-        self.logp_rejected += other.logp_rejected;
-        self.sft_loss += other.sft_loss;
-        self.odds_ratio_loss += other.odds_ratio_loss;
-        self.orpo |= other.orpo;
+        for (mine, theirs) in [
+            (&mut self.reward_chosen, other.reward_chosen),
+            (&mut self.reward_rejected, other.reward_rejected),
+            (&mut self.correct, other.correct),
+            (&mut self.logp_chosen, other.logp_chosen),
+            (&mut self.logp_rejected, other.logp_rejected),
+            (&mut self.sft_loss, other.sft_loss),
+            (&mut self.odds_ratio_loss, other.odds_ratio_loss),
+            (&mut self.kl, other.kl),
+        ] {
+            mine.merge(theirs);
+        }
     }
 
-    /// The share of pairs whose chosen reward is above the rejected one.
-    pub fn accuracy(&self) -> f64 {
-        self.correct / self.pairs.max(1) as f64
+    /// The share of pairs whose chosen reward is above the rejected one (DPO).
+    pub fn accuracy(&self) -> Option<f64> {
+        self.correct.value()
     }
 
     pub fn mean_loss(&self) -> f64 {
-        self.loss / self.pairs.max(1) as f64
+        self.loss / self.items.max(1) as f64
     }
 
-    /// The means, under TRL's and LLaMA-Factory's names (`prefix` "eval_" for evaluations).
+    /// The means, under TRL's and LLaMA-Factory's names (`prefix` "eval_" for evaluations);
+    /// `rewards/margins` is the chosen mean minus the rejected mean (the mean of the pairs'
+    /// margins for DPO), and a quantity with nothing to average is left out.
     pub fn named(&self, prefix: &str) -> Vec<(String, f64)> {
-        let n = self.pairs.max(1) as f64;
-        let mut out = vec![
-            ("rewards/chosen", self.reward_chosen / n),
-            ("rewards/rejected", self.reward_rejected / n),
-            ("rewards/accuracies", self.correct / n),
-            (
-                "rewards/margins",
-                (self.reward_chosen - self.reward_rejected) / n,
-            ),
-            ("logps/chosen", self.logp_chosen / n),
-            ("logps/rejected", self.logp_rejected / n),
-        ];
-        if self.orpo {
-            out.push(("sft_loss", self.sft_loss / n));
-            out.push(("odds_ratio_loss", self.odds_ratio_loss / n));
-        }
-        out.into_iter()
-            .map(|(k, v)| (format!("{prefix}{k}"), v))
-            .collect()
+        let margin = match (self.reward_chosen.value(), self.reward_rejected.value()) {
+            (Some(c), Some(r)) => Some(c - r),
+            _ => None,
+        };
+        [
+            ("rewards/chosen", self.reward_chosen.value()),
+            ("rewards/rejected", self.reward_rejected.value()),
+            ("rewards/accuracies", self.correct.value()),
+            ("rewards/margins", margin),
+            ("logps/chosen", self.logp_chosen.value()),
+            ("logps/rejected", self.logp_rejected.value()),
+            ("sft_loss", self.sft_loss.value()),
+            ("odds_ratio_loss", self.odds_ratio_loss.value()),
+            ("kl", self.kl.value()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (format!("{prefix}{k}"), v)))
+        .collect()
     }
 }
 

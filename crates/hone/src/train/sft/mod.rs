@@ -2,8 +2,8 @@
 //! tensors, optimizer, schedule), optionally resume, then loop over shuffled batches with gradient
 //! accumulation normalised by labelled tokens, clipping, the schedule, periodic validation with
 //! early stopping, checkpoints, and finally the output directory. Continued pre-training (`pt`)
-//! differs only in its rows (`rows.rs`); preference optimization (`dpo`) batches pairs and takes
-//! its loss from `train::dpo` (`preference.rs`).
+//! differs only in its rows (`rows.rs`); preference optimization (`dpo`, `kto`) batches items of
+//! two rows and takes its loss from `train::dpo` (`preference.rs`).
 //!
 //! It reports through [`Event`]s so the CLI owns the terminal; the files it writes follow the
 //! field's conventions (PEFT adapter or HF checkpoint, HF `trainer_state.json`, LLaMA-Factory
@@ -35,7 +35,6 @@ use crate::train::checkpoint::{
     TrainerLogRecord, TrainerState,
 };
 use crate::train::config::{SftConfig, Stage};
-use crate::train::dpo;
 use crate::train::dropout;
 use crate::train::groups::param_groups;
 use crate::train::lora::trainable_parameters_line;
@@ -143,16 +142,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     let mut progress = Progress::default();
     let mut trainer_state = new_trainer_state(config, &plan);
     let resume = checkpoint::find_checkpoint(&output_dir, &config.output.resume_from_checkpoint)?;
-    let preference = match config.method.stage {
-        Stage::Dpo => Some(preference::start(
-            config,
-            &model,
-            &rows,
-            resume.as_deref(),
-            on,
-        )?),
-        _ => None,
-    };
+    let preference = preference::start(config, &model, &rows, resume.as_deref(), on)?;
     if let Some(dir) = resume {
         (progress, trainer_state) = state::restore_checkpoint(&dir, &mut model, &mut optimizer)?;
         model.refresh_bf16();
@@ -209,8 +199,9 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             let step = progress.global_step;
             let (loss, grad_norm) = match &preference {
                 Some(p) => {
+                    let window = (&window_rows[..], window_items);
                     let (loss, norm, metrics) =
-                        preference::step(&mut model, &window_rows, window_items, p, config, step)?;
+                        preference::step(&mut model, window, (p, &rows.desirable), config, step)?;
                     progress.pairs_since_log.merge(&metrics);
                     (loss, norm)
                 }
@@ -245,9 +236,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             });
             if let Some(record) = &mut log {
                 let metrics = std::mem::take(&mut progress.pairs_since_log);
-                if preference.is_some() {
-                    record.accuracy = Some(metrics.accuracy());
-                }
+                record.accuracy = metrics.accuracy();
                 append_trainer_log(&output_dir, record)?;
                 trainer_state.log_history.push(LogHistoryEntry {
                     epoch: round2(epoch),
@@ -269,9 +258,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             if evaluating.is_some_and(|every| step % every == 0) {
                 let (eval_loss, metrics) = match &preference {
                     Some(p) => {
-                        let batch = config.eval.per_device_eval_batch_size as usize;
-                        let m =
-                            dpo::evaluate(&model, &rows.val, &p.reference.val, &p.settings, batch)?;
+                        let m = preference::evaluate(&mut model, &rows, p, config)?;
                         (m.mean_loss(), m.named("eval_"))
                     }
                     None => (evaluate(&model, &rows.val, config)?, Vec::new()),

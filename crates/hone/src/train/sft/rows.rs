@@ -1,7 +1,8 @@
 //! The training and validation rows of a run: the datasets read (`dataset`, and `eval_dataset`
 //! or a `val_size` split), then encoded for the stage — conversations through the chat template
 //! for `sft`, raw text into blocks for `pt`, each response of a preference pair after its prompt
-//! for `dpo` — and packed when `packing` is on.
+//! for `dpo`, each tagged response and a mismatched one for `kto` — and packed when `packing` is
+//! on.
 
 use std::path::Path;
 
@@ -25,8 +26,12 @@ pub struct Rows {
     /// Lines worth showing once: what `template:` resolved to (see `setup::chat_template`), what
     /// each dataset gave to a mix.
     pub notes: Vec<String>,
-    /// Preference pairs (`stage: dpo`): rows `2k` and `2k + 1` are pair k's chosen and rejected.
+    /// Items of two rows: for `stage: dpo` rows `2k` and `2k + 1` are pair k's chosen and
+    /// rejected; for `stage: kto` item k's response and its mismatched (KL) response.
     pub paired: bool,
+    /// `stage: kto`: whether each training (validation) item's response is desirable.
+    pub desirable: Vec<bool>,
+    pub val_desirable: Vec<bool>,
 }
 
 /// A dataset's items (conversations or documents) as read, before the split.
@@ -101,6 +106,35 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
                 notes: template_note.into_iter().chain(rows.notes).collect(),
                 paired: true,
                 ..rows
+            })
+        }
+        Stage::Kto => {
+            let (template, template_note) = setup::chat_template(config, tokenizer)?;
+            let load = |name: &str| {
+                let loaded = data::load_feedback(name, dir, d.skip_invalid_rows)?;
+                Ok(Loaded {
+                    items: loaded.rows,
+                    skipped: loaded.skipped,
+                    files: loaded.files,
+                })
+            };
+            let split = split_datasets(config, load)?;
+            let tags = |rows: &[data::FeedbackRow]| rows.iter().map(|r| r.desirable).collect();
+            let (desirable, val_desirable) = (tags(&split.train), tags(&split.val));
+            let encode = |rows: &[data::FeedbackRow]| -> Result<Vec<Row>> {
+                let examples = data::encode_feedback(tokenizer, &template, rows, cutoff_len)?;
+                Ok(examples.into_iter().map(Row::from).collect())
+            };
+            Ok(Rows {
+                train: encode(&split.train)?,
+                val: encode(&split.val)?,
+                skipped: split.skipped,
+                train_examples: split.train.len(),
+                files: split.files,
+                notes: template_note.into_iter().chain(split.notes).collect(),
+                paired: true,
+                desirable,
+                val_desirable,
             })
         }
     }
@@ -233,6 +267,8 @@ fn build_rows<T: Clone>(
         files: split.files,
         notes: split.notes,
         paired: false,
+        desirable: Vec::new(),
+        val_desirable: Vec::new(),
     })
 }
 
