@@ -10,9 +10,9 @@
 
 use anyhow::Result;
 
-use super::{sequence_logps, Metrics};
+use super::loss::sigmoid;
+use super::{backward_weighted, head_losses, sequence_logps, Metrics};
 use crate::data::{flatten, Row};
-use crate::kernels::cross_entropy;
 use crate::train::model::TrainModel;
 
 /// The settings of a KTO loss (LLaMA-Factory's keys).
@@ -133,8 +133,7 @@ pub fn micro_batch(
     }
     let segments = batch.segment_ids.clone().expect("flattened");
     model.forward_backward_with(&batch, dropout_seed, |head| {
-        let losses =
-            cross_entropy::position_losses(head.input, head.weight, head.labels, head.shape)?;
+        let losses = head_losses(&head)?;
         let responses = responses(&losses);
         let out = settings.batch(&responses, kl);
         // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
@@ -142,15 +141,7 @@ pub fn micro_batch(
             .iter()
             .map(|&s| -(out.d_sums[s as usize] as f32) * grad_scale)
             .collect();
-        cross_entropy::forward_backward_weighted(
-            head.input,
-            head.weight,
-            head.labels,
-            head.shape,
-            &weights,
-            head.dh,
-            head.grad,
-        )?;
+        backward_weighted(head, &weights)?;
         Ok(record(&responses, &out))
     })
 }
@@ -166,15 +157,6 @@ pub fn reference_point(policy: &[f64], reference: &[f64]) -> f64 {
         .sum::<f64>()
         / n;
     mean.max(0.0)
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use crate::data::{flatten, Batch, Row};
 use crate::io::atomic;
 use crate::kernels::cross_entropy::{self, IGNORE_INDEX};
 use crate::train::config::SftConfig;
-use crate::train::model::{shifted_labels, TrainModel};
+use crate::train::model::{shifted_labels, Head, TrainModel};
 use loss::{PairLogps, PairLoss, PreferenceLoss, SequenceLogp};
 
 /// The file a checkpoint keeps the reference's log-probabilities in.
@@ -173,8 +173,7 @@ pub fn pairs_forward_backward(
     let batch = flatten(rows);
     let segments = batch.segment_ids.clone().expect("flattened");
     model.forward_backward_with(&batch, dropout_seed, |head| {
-        let losses =
-            cross_entropy::position_losses(head.input, head.weight, head.labels, head.shape)?;
+        let losses = head_losses(&head)?;
         let pairs = pair_losses(&sequence_logps(&losses, &batch), reference, settings)?;
         // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
         let weights: Vec<f32> = segments
@@ -189,17 +188,28 @@ pub fn pairs_forward_backward(
                 -(d as f32) * grad_scale
             })
             .collect();
-        cross_entropy::forward_backward_weighted(
-            head.input,
-            head.weight,
-            head.labels,
-            head.shape,
-            &weights,
-            head.dh,
-            head.grad,
-        )?;
+        backward_weighted(head, &weights)?;
         Ok(pairs)
     })
+}
+
+/// The head's losses of a batch of responses, for an objective built on their log-probabilities.
+fn head_losses(head: &Head) -> Result<Vec<f64>> {
+    cross_entropy::position_losses(head.input, head.weight, head.labels, head.shape)
+}
+
+/// The head's backward with a factor per position (`−∂loss/∂logp` of the position's response).
+fn backward_weighted(head: Head, weights: &[f32]) -> Result<()> {
+    cross_entropy::forward_backward_weighted(
+        head.input,
+        head.weight,
+        head.labels,
+        head.shape,
+        weights,
+        head.dh,
+        head.grad,
+    )?;
+    Ok(())
 }
 
 /// The pairs' losses from their responses' log-probabilities (chosen, rejected, …).
