@@ -15,7 +15,7 @@ use crate::data::Row;
 use crate::io::source::ModelSource;
 use crate::model::{self, memory, quantize, ModelConfig};
 use crate::quant::GgmlType;
-use crate::train::config::{CommaList, FinetuningType, SftConfig};
+use crate::train::config::{CommaList, FinetuningType, SftConfig, Stage};
 use crate::train::lora::check_targets_exist;
 use crate::train::plan::{self, AdapterMatcher, BaseStorage, DatasetSize, MemoryPlan, RunShape};
 
@@ -234,8 +234,15 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
             batch.iter().map(|r| r.len()).sum()
         }
     };
-    // Preference runs batch pairs: an item is its two rows.
+    // Preference runs batch items of two rows; KTO's second rows (its mismatched responses) only
+    // go forward, as an evaluation batch does.
     let group = if rows.paired { 2 } else { 1 };
+    let trained = if config.method.stage == Stage::Kto {
+        1
+    } else {
+        group
+    };
+    let mut forward_only = 0;
     let plan = config.step_plan(rows.train.len() / group)?;
     let (batch_size, accumulation) = (
         t.per_device_train_batch_size as usize,
@@ -250,11 +257,14 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
                 break 'epochs;
             }
             for batch in window.chunks(batch_size) {
-                let batch: Vec<&Row> = batch
-                    .iter()
-                    .flat_map(|&i| &rows.train[group * i..group * (i + 1)])
-                    .collect();
-                largest = largest.max(tokens(&batch));
+                let rows_of = |part: std::ops::Range<usize>| -> Vec<&Row> {
+                    batch
+                        .iter()
+                        .flat_map(|&i| &rows.train[group * i + part.start..group * i + part.end])
+                        .collect()
+                };
+                largest = largest.max(tokens(&rows_of(0..trained)));
+                forward_only = forward_only.max(tokens(&rows_of(trained..group)));
             }
             steps += 1;
         }
@@ -270,5 +280,5 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     } else {
         0
     };
-    Ok((largest, eval))
+    Ok((largest, eval.max(forward_only)))
 }
