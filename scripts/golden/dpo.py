@@ -21,7 +21,6 @@ LLaMA-Factory accepts) and LLaMA-Factory's own formulas.
 Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/dpo.py
 """
 
-import importlib
 import json
 import pathlib
 import types
@@ -32,16 +31,10 @@ import trl
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
-# TRL 0.24 keeps transformers' `_is_package_available` result as is; under transformers 5 that is a
-# (found, version) tuple, always truthy, so TRL would import absent optional packages (mergekit).
-_imports = importlib.import_module("trl.import_utils")
-for _name, _value in vars(_imports).copy().items():
-    if _name.endswith("_available") and isinstance(_value, tuple):
-        setattr(_imports, _name, _value[0])
-
-from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
-
 import train_grads as tg
+
+tg.fix_trl_imports()
+from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "train"

@@ -37,6 +37,7 @@ Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py [-
 """
 
 import argparse
+import importlib
 import json
 import pathlib
 
@@ -49,6 +50,16 @@ from transformers import AutoModelForCausalLM
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "train"
 DEFAULT_GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def fix_trl_imports():
+    """TRL 0.24 keeps transformers' `_is_package_available` result as is; under transformers 5 that
+    is a (found, version) tuple, always truthy, so TRL would import absent optional packages
+    (mergekit). Call before importing TRL's trainers."""
+    imports = importlib.import_module("trl.import_utils")
+    for name, value in vars(imports).copy().items():
+        if name.endswith("_available") and isinstance(value, tuple):
+            setattr(imports, name, value[0])
 
 
 def batch(vocab, b, t, prompt_lens, pad, seed):

@@ -366,3 +366,98 @@ fn the_kto_example_starts_at_one_half_and_resumes_exactly() {
     resumed.ok();
     assert_eq!(&losses(&out)[4..], &expected[2..], "resumed losses differ");
 }
+
+const RM_RUN: &[&str] = &[
+    "cutoff_len=64",
+    "max_steps=4",
+    "logging_steps=1",
+    "learning_rate=1e-3",
+    "per_device_train_batch_size=2",
+    "gradient_accumulation_steps=1",
+    "save_steps=2",
+    "val_size=2",
+    "eval_strategy=steps",
+    "eval_steps=2",
+    "do_predict=true",
+];
+
+/// LLaMA-Factory's reward-model example runs with only its paths changed: a new value head
+/// trains with the adapter and is saved beside it (and in each checkpoint) as LLaMA-Factory's
+/// `value_head.safetensors`; evaluation reports `eval_accuracy`; `do_predict` writes the
+/// validation pairs' scores; a resumed run continues exactly, and a run continuing the adapter
+/// reads its value head back.
+#[test]
+fn the_reward_example_trains_a_value_head_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_dir(dir.path());
+    let run = run_example("qwen3_lora_reward.yaml", &out, RM_RUN);
+    run.ok();
+    assert!(
+        run.stderr.contains("value head: new, Linear(16, 1)"),
+        "{}",
+        run.stderr
+    );
+    let expected = losses(&out);
+    assert_eq!(expected.len(), 4);
+    assert!(expected.iter().all(|l| l.is_finite() && *l > 0.0));
+    let state = read_json(&out.join("trainer_state.json"));
+    let evaluation = state["log_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e.get("eval_loss").is_some())
+        .expect("an evaluation");
+    let accuracy = evaluation["eval_accuracy"].as_f64().unwrap();
+    assert!([0.0, 0.5, 1.0].contains(&accuracy), "{evaluation}");
+    for file in [
+        "value_head.safetensors",
+        "checkpoint-2/value_head.safetensors",
+    ] {
+        let tensors = common::safetensors_shapes(&out.join(file));
+        assert_eq!(
+            tensors,
+            [
+                ("v_head.summary.bias".to_string(), vec![1]),
+                ("v_head.summary.weight".to_string(), vec![1, 16]),
+            ],
+            "{file}"
+        );
+    }
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let predictions = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
+    let scores: Vec<serde_json::Value> = predictions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scores.len(), 2, "{predictions}");
+    assert!(scores
+        .iter()
+        .all(|s| s["chosen"].is_number() && s["rejected"].is_number()));
+    let results = read_json(&out.join("predict_results.json"));
+    assert!(results["predict_accuracy"].is_number(), "{results}");
+
+    let checkpoint = format!("resume_from_checkpoint={}", arg(&out.join("checkpoint-2")));
+    let resumed = run_example(
+        "qwen3_lora_reward.yaml",
+        &out,
+        &[RM_RUN, &[checkpoint.as_str()]].concat(),
+    );
+    resumed.ok();
+    assert_eq!(&losses(&out)[4..], &expected[2..], "resumed losses differ");
+
+    let more = dir.path().join("more");
+    let adapter = format!("adapter_name_or_path={}", arg(&out));
+    let continued = run_example(
+        "qwen3_lora_reward.yaml",
+        &more,
+        &["cutoff_len=64", "max_steps=1", adapter.as_str()],
+    );
+    continued.ok();
+    assert!(
+        continued
+            .stderr
+            .contains(&format!("value head: loaded from {}", out.display())),
+        "{}",
+        continued.stderr
+    );
+}

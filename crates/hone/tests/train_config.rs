@@ -238,6 +238,18 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         &["do_predict", "predict_with_generate: true"],
     );
     assert_mentions(
+        &load_error(
+            &path,
+            &[
+                "stage=rm",
+                "do_predict=true",
+                "predict_with_generate=true",
+                "val_size=0.1",
+            ],
+        ),
+        &["predict_with_generate", "scores, not text"],
+    );
+    assert_mentions(
         &load_error(&path, &["stage=dpo", "packing=true"]),
         &["override `packing=true`: packing", "they are not packed"],
     );

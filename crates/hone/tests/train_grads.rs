@@ -23,7 +23,9 @@ use hone::train::config::PrefLoss;
 use hone::train::dpo::{self, loss::PreferenceLoss};
 use hone::train::groups::param_groups;
 use hone::train::ia3::Ia3Settings;
+use hone::train::linear::Tensor1;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use hone::train::reward::{self, ValueHead};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
 
@@ -878,6 +880,18 @@ fn dpo_gradients_match_trl() {
         }
     }
     let loss = pairs.iter().map(|p| p.loss).sum::<f64>() / pairs.len() as f64;
+    assert_loss_and_gradients(&case, "dpo_llama-gqa", loss, &mut model, None);
+}
+
+/// A pairwise objective's mean `loss` and the model's gradients equal the fixture's, to 1e-5 and
+/// 1e-4 relative; `cancelled` names a tensor whose gradient is 0 up to rounding on both sides.
+fn assert_loss_and_gradients(
+    case: &Case,
+    name: &str,
+    loss: f64,
+    model: &mut TrainModel,
+    cancelled: Option<&str>,
+) {
     let want_loss = f64::from(f32s(&case.tensors["loss"])[0]);
     assert!(
         (loss - want_loss).abs() < 1e-5 * want_loss,
@@ -886,9 +900,66 @@ fn dpo_gradients_match_trl() {
     let mut worst = 0f64;
     for p in model.params_mut() {
         let want = f32s(&case.tensors[&format!("grad.{}", p.name)]);
+        if cancelled == Some(p.name.as_str()) {
+            let largest = p.grad.iter().chain(&want).fold(0f32, |m, g| m.max(g.abs()));
+            assert!(largest < 1e-6, "{}: gradient {largest} is not 0", p.name);
+            continue;
+        }
         let err = rel_err(p.grad, &want);
         assert!(err < 1e-4, "{}: gradient relative error {err:e}", p.name);
         worst = worst.max(err);
     }
-    eprintln!("dpo_llama-gqa: loss {loss:.6} (ref {want_loss:.6}), worst gradient {worst:.1e}");
+    eprintln!("{name}: loss {loss:.6} (ref {want_loss:.6}), worst gradient {worst:.1e}");
+}
+
+/// A reward model's pairwise loss on two pairs, LoRA on every linear layer of the GQA model under
+/// a value head: the scores, the loss and every gradient (the value head's included) equal
+/// LLaMA-Factory's `PairwiseTrainer` on TRL's `AutoModelForCausalLMWithValueHead` (fixture from
+/// `scripts/golden/reward.py`).
+#[test]
+fn reward_model_gradients_match_llamafactory() {
+    let case = read_case("rm_llama-gqa");
+    let ids: Vec<i64> = case.tensors["input_ids"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let t = case.tensors["input_ids"].dims2().unwrap().1;
+    let lengths: Vec<i64> = case.tensors["lengths"].to_vec1().unwrap();
+    let row = |r: usize| {
+        let input_ids: Vec<u32> = ids[r * t..r * t + lengths[r] as usize]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        let labels = input_ids.iter().map(|&i| i64::from(i)).collect();
+        Row::from(Example { input_ids, labels })
+    };
+    // LLaMA-Factory batches the chosen rows, then the rejected ones; Hone pairs them in turn.
+    let rows = [row(0), row(2), row(1), row(3)];
+    let refs: Vec<&Row> = rows.iter().collect();
+    let (cfg, w) = base_model(&case, Variant::default()).unwrap();
+    let mut model = build(&case, cfg, w);
+    let init = |name: &str| Tensor1::new(f32s(&case.tensors[&format!("init.{name}")]), true);
+    model.value_head = Some(ValueHead {
+        weight: init(reward::WEIGHT),
+        bias: init(reward::BIAS),
+        dropout: 0.0,
+    });
+    let pairs = reward::pairs_forward_backward(&mut model, &refs, 1.0, 0).unwrap();
+    let (chosen, rejected) = (
+        f32s(&case.tensors["chosen"]),
+        f32s(&case.tensors["rejected"]),
+    );
+    for (k, pair) in pairs.iter().enumerate() {
+        for (ours, want) in [(pair.chosen, chosen[k]), (pair.rejected, rejected[k])] {
+            assert!(
+                (ours - f64::from(want)).abs() < 1e-5,
+                "pair {k}: score {ours} vs {want}"
+            );
+        }
+    }
+    let loss = pairs.iter().map(|p| p.loss()).sum::<f64>() / pairs.len() as f64;
+    // A pair's two scores share the value head's bias: its gradient cancels.
+    let cancelled = Some(reward::BIAS);
+    assert_loss_and_gradients(&case, "rm_llama-gqa", loss, &mut model, cancelled);
 }

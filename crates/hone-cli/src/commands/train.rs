@@ -1,4 +1,4 @@
-//! `hone train CONFIG.yaml [key=value ...]`: a training run (`stage` sft, pt or dpo) from a
+//! `hone train CONFIG.yaml [key=value ...]`: a training run (`stage` sft, pt, dpo, kto or rm) from a
 //! LLaMA-Factory-style config, with a progress bar, log lines every `logging_steps`, Ctrl-C saving
 //! a checkpoint, and `do_predict`'s predictions after training.
 
@@ -95,7 +95,8 @@ pub fn run(args: Args) -> Result<()> {
         summary.train_loss,
         summary.output_dir.display()
     );
-    if config.predict.do_predict && !summary.interrupted {
+    // A reward model's scores are predicted by the recipe, which holds its value head.
+    if config.predict.predict_with_generate && config.predict.do_predict && !summary.interrupted {
         predict(&config, &summary.output_dir)?;
     }
     Ok(())

@@ -309,3 +309,16 @@ pub fn tiny_hf_model(dir: &Path, name: &str, chat_template: Option<&str>) -> Pat
     write(&model, "tokenizer_config.json", &config.to_string());
     model
 }
+
+/// A safetensors file's tensors as (name, shape), sorted by name.
+pub fn safetensors_shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<usize>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.shape().to_vec()))
+        .collect();
+    out.sort();
+    out
+}

@@ -19,6 +19,7 @@ use super::ia3::{self, Ia3, Ia3Settings};
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use super::lora_init;
+use super::reward::ValueHead;
 use crate::adapters::Adapter;
 use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
@@ -50,6 +51,8 @@ pub struct TrainModel {
     /// the block's forward again to get its activations (same dropout masks, same values), so
     /// activation memory is one hidden width per token and layer plus one block's worth.
     pub recompute: bool,
+    /// `stage: rm`: the value head that scores responses (trains with the model).
+    pub value_head: Option<ValueHead>,
 }
 
 /// What an objective sees at the LM head in [`TrainModel::forward_backward_with`]: the head's
@@ -62,6 +65,11 @@ pub struct Head<'a> {
     pub labels: &'a [i64],
     pub shape: CeShape,
     pub dh: &'a mut [f32],
+    /// What the final norm's output was multiplied by to make `input` (Granite's
+    /// `1 / logits_scaling`; 1 for other families).
+    pub input_scale: f64,
+    /// The reward model's value head (`stage: rm`), which reads the final norm's output.
+    pub value_head: Option<&'a mut ValueHead>,
 }
 
 /// What the forward keeps of a block for its backward.
@@ -223,6 +231,7 @@ impl TrainModel {
             rope,
             neftune_alpha: None,
             recompute: false,
+            value_head: None,
         })
     }
 
@@ -308,6 +317,8 @@ impl TrainModel {
             labels: &labels,
             shape,
             dh: &mut dh,
+            input_scale: logit_scale,
+            value_head: self.value_head.as_mut(),
         })?;
         scale(&mut dh, logit_scale);
         let mut dx = norm_input_grad(&dh, &x, &mut self.norm, &rstd, NormCtx::of(&self.cfg));
@@ -360,13 +371,18 @@ impl TrainModel {
 
     /// The LM head's input for `batch`, without gradients or dropout.
     fn head_input(&self, batch: &Batch) -> Result<Vec<f32>> {
+        Ok(scaled(self.final_hidden(batch)?, self.logit_scale()))
+    }
+
+    /// The final norm's output for `batch` (transformers' last hidden state), without
+    /// gradients or dropout.
+    pub fn final_hidden(&self, batch: &Batch) -> Result<Vec<f32>> {
         let step = step_inputs(&self.cfg, &self.rope, batch, None)?;
         let mut x = self.embed(&batch.input_ids);
         for block in &self.blocks {
             block.forward(&self.cfg, &mut x, &step);
         }
-        let (hidden, _) = self.final_norm(&x);
-        Ok(scaled(hidden, self.logit_scale()))
+        Ok(self.final_norm(&x).0)
     }
 
     fn ce_shape(&self, batch: &Batch) -> CeShape {

@@ -11,6 +11,7 @@ use super::linear::{MatrixParam, Projection, Tensor1};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
+use super::reward;
 use crate::adapters::{dora, Adapter, PeftConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::config::BlockNorm;
@@ -115,6 +116,10 @@ impl TrainModel {
         visit_norm("model.norm", &mut self.norm, f);
         if let Some(head) = &mut self.lm_head {
             visit_matrix("lm_head.weight".into(), head, f);
+        }
+        if let Some(v) = &mut self.value_head {
+            visit_tensor(reward::WEIGHT.into(), &mut v.weight, f);
+            visit_tensor(reward::BIAS.into(), &mut v.bias, f);
         }
     }
 

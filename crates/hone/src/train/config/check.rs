@@ -255,7 +255,7 @@ fn check_preference(c: &SftConfig) -> Checked {
             "must be a positive number",
         )?;
     }
-    if !matches!(m.stage, Stage::Dpo | Stage::Kto) {
+    if !matches!(m.stage, Stage::Dpo | Stage::Kto | Stage::Rm) {
         return Ok(());
     }
     let stage = m.stage.name();
@@ -425,15 +425,22 @@ fn check_eval(c: &SftConfig) -> Checked {
     }
     let p = &c.predict;
     if p.do_predict {
+        // A reward model predicts scores; every other stage predicts by generating.
+        let scores = c.method.stage == Stage::Rm;
         require(
-            p.predict_with_generate,
+            p.predict_with_generate || scores,
             "do_predict",
             "Hone predicts by generating: set predict_with_generate: true",
         )?;
         require(
-            c.method.stage == Stage::Sft,
+            !(p.predict_with_generate && scores),
+            "predict_with_generate",
+            "a reward model predicts scores, not text (as in LLaMA-Factory)",
+        )?;
+        require(
+            matches!(c.method.stage, Stage::Sft | Stage::Rm),
             "do_predict",
-            "only valid with stage: sft (as in LLaMA-Factory)",
+            "only valid with stage: sft or rm (as in LLaMA-Factory)",
         )?;
         require(
             has_eval_data,

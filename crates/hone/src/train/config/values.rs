@@ -211,6 +211,8 @@ pub enum Stage {
     Dpo,
     /// Kahneman-Tversky optimization: single responses tagged desirable or not.
     Kto,
+    /// Reward modelling: a value head learns to score chosen above rejected responses.
+    Rm,
 }
 
 impl Stage {
@@ -221,6 +223,7 @@ impl Stage {
             Stage::Pt => "pt",
             Stage::Dpo => "dpo",
             Stage::Kto => "kto",
+            Stage::Rm => "rm",
         }
     }
 }

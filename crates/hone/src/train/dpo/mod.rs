@@ -286,8 +286,8 @@ impl Mean {
     }
 }
 
-/// The logged quantities of a preference run since the last log line: DPO's per pair, KTO's per
-/// response (chosen = desirable, rejected = undesirable).
+/// The logged quantities of a preference run since the last log line: DPO's and a reward
+/// model's per pair, KTO's per response (chosen = desirable, rejected = undesirable).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Pairs (DPO) or responses (KTO) and their summed loss.
@@ -301,6 +301,9 @@ pub struct Metrics {
     sft_loss: Mean,
     odds_ratio_loss: Mean,
     kl: Mean,
+    /// Reward models: the share of pairs scored chosen above rejected.
+    #[serde(default)]
+    ranked: Mean,
 }
 
 impl Metrics {
@@ -341,6 +344,13 @@ impl Metrics {
         self.kl.add(kl);
     }
 
+    /// One reward-model pair: its loss and whether the chosen response scored higher.
+    pub fn add_ranked(&mut self, loss: f64, chosen_higher: bool) {
+        self.items += 1;
+        self.loss += loss;
+        self.ranked.add(f64::from(u8::from(chosen_higher)));
+    }
+
     /// Adds another set of sums.
     pub fn merge(&mut self, other: &Metrics) {
         self.items += other.items;
@@ -354,6 +364,7 @@ impl Metrics {
             (&mut self.sft_loss, other.sft_loss),
             (&mut self.odds_ratio_loss, other.odds_ratio_loss),
             (&mut self.kl, other.kl),
+            (&mut self.ranked, other.ranked),
         ] {
             mine.merge(theirs);
         }
@@ -386,6 +397,7 @@ impl Metrics {
             ("sft_loss", self.sft_loss.value()),
             ("odds_ratio_loss", self.odds_ratio_loss.value()),
             ("kl", self.kl.value()),
+            ("accuracy", self.ranked.value()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (format!("{prefix}{k}"), v)))

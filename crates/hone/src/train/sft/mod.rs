@@ -2,8 +2,9 @@
 //! tensors, optimizer, schedule), optionally resume, then loop over shuffled batches with gradient
 //! accumulation normalised by labelled tokens, clipping, the schedule, periodic validation with
 //! early stopping, checkpoints, and finally the output directory. Continued pre-training (`pt`)
-//! differs only in its rows (`rows.rs`); preference optimization (`dpo`, `kto`) batches items of
-//! two rows and takes its loss from `train::dpo` (`preference.rs`).
+//! differs only in its rows (`rows.rs`); preference optimization (`dpo`, `kto`) and reward
+//! modelling (`rm`) batch items of two rows and take their loss from `train::dpo` and
+//! `train::reward` (`preference.rs`).
 //!
 //! It reports through [`Event`]s so the CLI owns the terminal; the files it writes follow the
 //! field's conventions (PEFT adapter or HF checkpoint, HF `trainer_state.json`, LLaMA-Factory
@@ -40,6 +41,7 @@ use crate::train::groups::param_groups;
 use crate::train::lora::trainable_parameters_line;
 use crate::train::model::{shifted_labels, TrainModel};
 use crate::train::optim::{clip_grad_norm, AdamW};
+use crate::train::reward;
 use state::Snapshot;
 
 /// What the recipe tells its caller as it goes.
@@ -116,6 +118,9 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         on(Event::Note(&note));
     }
     let (mut model, adapter) = setup::build_model(config, base)?;
+    if let Some(note) = setup::attach_value_head(config, &mut model)? {
+        on(Event::Note(&note));
+    }
     on(Event::Note(&setup::precision_note(config)));
     let attention_dropout = model.config().attention_dropout;
     if attention_dropout > 0.0 {
@@ -333,6 +338,9 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             seconds,
             train_examples: rows.train_examples,
         })?;
+        if config.predict.do_predict && config.method.stage == Stage::Rm {
+            predict_scores(config, &model, &rows.val, &output_dir, on)?;
+        }
     }
     Ok(Summary {
         output_dir,
@@ -342,6 +350,32 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         early_stopped,
         seconds,
     })
+}
+
+/// A reward model's `do_predict`: the validation pairs' scores and their accuracy.
+fn predict_scores(
+    config: &SftConfig,
+    model: &TrainModel,
+    val: &[Row],
+    output_dir: &Path,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let started = Instant::now();
+    let batch = config.eval.per_device_eval_batch_size.max(1) as usize;
+    let scores = reward::scores(model, val, batch)?;
+    let batches = scores.len().div_ceil(batch);
+    output::write_reward_predictions(
+        output_dir,
+        &scores,
+        started.elapsed().as_secs_f64(),
+        batches,
+    )?;
+    let correct = scores.iter().filter(|s| s.chosen > s.rejected).count();
+    on(Event::Note(&format!(
+        "predict: {correct} of {} validation pairs scored chosen above rejected",
+        scores.len()
+    )));
+    Ok(())
 }
 
 /// One optimizer step's gradients: every micro-batch of the window forward and backward, the

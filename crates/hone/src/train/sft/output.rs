@@ -1,6 +1,6 @@
 //! The output directory of a finished run, laid out as LLaMA-Factory / the HF Trainer leave it:
-//! the PEFT adapter (LoRA) or a complete HF checkpoint (full and freeze), the tokenizer files, the
-//! resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`; and
+//! the PEFT adapter (LoRA) or a complete HF checkpoint (full and freeze), a reward model's
+//! `value_head.safetensors`, the tokenizer files, the resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`; and
 //! Hone's record of the data read (`dataset_record.json`, written when the run starts).
 
 use std::fs;
@@ -18,6 +18,7 @@ use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::TrainerState;
 use crate::train::config::SftConfig;
 use crate::train::model::TrainModel;
+use crate::train::reward::PairScores;
 
 pub struct Final<'a> {
     pub config: &'a SftConfig,
@@ -37,6 +38,9 @@ pub fn write_final(f: &Final) -> Result<()> {
         Some(config) => write_adapter(dir, &f.model.to_adapter(config.clone()), Some(f.tokenizer))?,
         None => write_model(dir, f.model, f.tokenizer)?,
     }
+    if let Some(head) = &f.model.value_head {
+        head.save(dir)?;
+    }
     let yaml = f.config.to_yaml();
     atomic::write_text(&dir.join("training_args.yaml"), &yaml)?;
     f.trainer_state.save(dir)?;
@@ -52,6 +56,38 @@ pub fn write_final(f: &Final) -> Result<()> {
     let text = serde_json::to_string_pretty(&results)? + "\n";
     atomic::write_text(&dir.join("train_results.json"), &text)?;
     atomic::write_text(&dir.join("all_results.json"), &text)
+}
+
+/// A reward model's `do_predict` files, as LLaMA-Factory writes them: the validation pairs'
+/// scores in `generated_predictions.jsonl` (`{"chosen": 1.23, "rejected": -0.45}`, two
+/// decimals) and their loss and accuracy in `predict_results.json`.
+pub fn write_reward_predictions(
+    dir: &Path,
+    scores: &[PairScores],
+    seconds: f64,
+    batches: usize,
+) -> Result<()> {
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let lines: Vec<String> = scores
+        .iter()
+        .map(|s| json!({"chosen": round2(s.chosen), "rejected": round2(s.rejected)}).to_string())
+        .collect();
+    atomic::write_text(
+        &dir.join("generated_predictions.jsonl"),
+        &(lines.join("\n") + "\n"),
+    )?;
+    let n = scores.len().max(1) as f64;
+    let loss = scores.iter().map(|s| s.loss()).sum::<f64>() / n;
+    let correct = scores.iter().filter(|s| s.chosen > s.rejected).count() as f64 / n;
+    let seconds = seconds.max(1e-9);
+    let results = json!({
+        "predict_accuracy": correct,
+        "predict_loss": loss,
+        "predict_runtime": round4(seconds),
+        "predict_samples_per_second": (scores.len() as f64 / seconds * 1000.0).round() / 1000.0,
+        "predict_steps_per_second": (batches as f64 / seconds * 1000.0).round() / 1000.0,
+    });
+    atomic::write_json(&dir.join("predict_results.json"), &results)
 }
 
 /// `dataset_record.json`: every dataset file's SHA-256, size and rows read and used, and the

@@ -1,7 +1,7 @@
-//! A preference run's part of the SFT loop (`stage: dpo` and `stage: kto`): the objective and
+//! A preference run's part of the SFT loop (`stage: dpo`, `kto` and `rm`): the objective and
 //! the reference set up before the first step, one optimizer step's gradients over a window of
-//! items (a DPO pair, or a KTO response with its mismatched KL response: two rows each), and the
-//! evaluation.
+//! items (a DPO or reward-model pair, or a KTO response with its mismatched KL response: two rows
+//! each), and the evaluation.
 
 use std::path::Path;
 
@@ -15,6 +15,7 @@ use crate::train::dpo::kto::{self, KtoLoss};
 use crate::train::dpo::{self, loss::PreferenceLoss, Layout, Metrics, Reference};
 use crate::train::dropout;
 use crate::train::model::TrainModel;
+use crate::train::reward;
 
 /// What a preference run optimizes.
 pub(super) enum Objective {
@@ -22,6 +23,8 @@ pub(super) enum Objective {
     Pairs(PreferenceLoss),
     /// `stage: kto`: tagged responses.
     Kto(KtoLoss),
+    /// `stage: rm`: pairs scored by the value head.
+    Reward,
 }
 
 impl Objective {
@@ -29,6 +32,7 @@ impl Objective {
         match self {
             Objective::Pairs(settings) => settings.loss.uses_reference(),
             Objective::Kto(_) => true,
+            Objective::Reward => false,
         }
     }
 }
@@ -52,6 +56,7 @@ pub(super) fn start(
     let objective = match config.method.stage {
         Stage::Dpo => Objective::Pairs(dpo::settings(config)),
         Stage::Kto => Objective::Kto(kto_settings(config)),
+        Stage::Rm => Objective::Reward,
         Stage::Sft | Stage::Pt => return Ok(None),
     };
     if let Some(dir) = resume {
@@ -94,10 +99,10 @@ pub(super) fn start(
     };
     let form = |s: dpo::loss::SequenceLogp| match &objective {
         Objective::Pairs(settings) => settings.logp(s),
-        Objective::Kto(_) => s.sum,
+        Objective::Kto(_) | Objective::Reward => s.sum,
     };
     let layout = match &objective {
-        Objective::Pairs(_) => Layout::Together,
+        Objective::Pairs(_) | Objective::Reward => Layout::Together,
         Objective::Kto(_) => Layout::Apart,
     };
     let items = (&rows.train[..], &rows.val[..]);
@@ -131,9 +136,10 @@ fn item_references(reference: &[f64], items: &[usize]) -> Vec<f64> {
 
 /// [`train_step`](super::train_step) for a window of preference items (`window_rows[k]` holds
 /// the rows of the items `window_items[k]`). DPO weighs each pair's loss 1 / (pairs in the
-/// window), so accumulation equals one big batch; KTO's loss is a mean per micro-batch (its
-/// reference point is one), each weighing 1 / (micro-batches in the window), as transformers'
-/// accumulation divides. Returns the mean loss, the gradient norm and the metrics.
+/// window), so accumulation equals one big batch; KTO's and a reward model's loss is a mean per
+/// micro-batch (KTO's reference point is one; LLaMA-Factory's `PairwiseTrainer` averages), each
+/// weighing 1 / (micro-batches in the window), as transformers' accumulation divides. Returns
+/// the loss, the gradient norm and the metrics.
 pub(super) fn step(
     model: &mut TrainModel,
     (window_rows, window_items): (&[Vec<&Row>], &[&[usize]]),
@@ -144,6 +150,7 @@ pub(super) fn step(
     let pairs: usize = window_items.iter().map(|items| items.len()).sum();
     model.zero_grad();
     let mut metrics = Metrics::default();
+    let mut reward_loss = 0.0;
     for (micro, (rows, items)) in window_rows.iter().zip(window_items).enumerate() {
         let refs = item_references(&preference.reference.train, items);
         let seed = dropout::stream(config.train.seed, step * 1024 + micro as u64);
@@ -161,9 +168,21 @@ pub(super) fn step(
                 let m = kto::micro_batch(model, rows, &tags, &refs, settings, scale)?;
                 metrics.merge(&m);
             }
+            Objective::Reward => {
+                let scale = 1.0 / window_rows.len() as f32;
+                let pairs = reward::pairs_forward_backward(model, rows, scale, seed)?;
+                for p in &pairs {
+                    metrics.add_ranked(p.loss(), p.chosen > p.rejected);
+                }
+                let mean = pairs.iter().map(|p| p.loss()).sum::<f64>() / pairs.len() as f64;
+                reward_loss += mean / window_rows.len() as f64;
+            }
         }
     }
-    let loss = metrics.mean_loss();
+    let loss = match preference.objective {
+        Objective::Reward => reward_loss,
+        _ => metrics.mean_loss(),
+    };
     let norm = finish_step(model, loss, config, step)?;
     Ok((loss, norm, metrics))
 }
@@ -179,6 +198,13 @@ pub(super) fn evaluate(
     let reference = &preference.reference.val;
     match &preference.objective {
         Objective::Pairs(settings) => dpo::evaluate(model, &rows.val, reference, settings, batch),
+        Objective::Reward => {
+            let mut metrics = Metrics::default();
+            for p in reward::scores(model, &rows.val, batch)? {
+                metrics.add_ranked(p.loss(), p.chosen > p.rejected);
+            }
+            Ok(metrics)
+        }
         Objective::Kto(settings) => {
             let mut metrics = Metrics::default();
             let items: Vec<usize> = (0..rows.val.len() / 2).collect();

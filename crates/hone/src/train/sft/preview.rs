@@ -153,7 +153,7 @@ struct Read {
     truncated: usize,
 }
 
-/// Conversations (sft) or preference pairs (dpo, a chosen and a rejected example each) encoded
+/// Conversations (sft) or preference pairs (dpo, rm: a chosen and a rejected example each) encoded
 /// through the chat template.
 fn encoded(
     config: &SftConfig,
@@ -166,7 +166,7 @@ fn encoded(
     let cutoff_len = d.cutoff_len as usize;
     let mut examples = Vec::new();
     let mut truncated = 0;
-    if config.method.stage == Stage::Dpo {
+    if matches!(config.method.stage, Stage::Dpo | Stage::Rm) {
         let loaded = data::load_pairs(name, dir, true)?;
         for pair in &loaded.pairs {
             let (chosen, rejected) = data::encode_pair(tokenizer, template, pair, cutoff_len)?;

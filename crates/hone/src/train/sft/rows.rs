@@ -19,14 +19,14 @@ pub struct Rows {
     pub train: Vec<Row>,
     pub val: Vec<Row>,
     pub skipped: SkipSummary,
-    /// Training items before encoding: conversations (sft), documents (pt) or pairs (dpo).
+    /// Training items before encoding: conversations (sft), documents (pt) or pairs (dpo, rm).
     pub train_examples: usize,
     /// The files read, for the run's `dataset_record.json`.
     pub files: Vec<FileUse>,
     /// Lines worth showing once: what `template:` resolved to (see `setup::chat_template`), what
     /// each dataset gave to a mix.
     pub notes: Vec<String>,
-    /// Items of two rows: for `stage: dpo` rows `2k` and `2k + 1` are pair k's chosen and
+    /// Items of two rows: for `stage: dpo` and `rm` rows `2k` and `2k + 1` are pair k's chosen and
     /// rejected; for `stage: kto` item k's response and its mismatched (KL) response.
     pub paired: bool,
     /// `stage: kto`: whether each training (validation) item's response is desirable.
@@ -82,7 +82,7 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
             // Packed blocks are full rows already.
             build_rows(config, load, encode, false)
         }
-        Stage::Dpo => {
+        Stage::Dpo | Stage::Rm => {
             let (template, template_note) = setup::chat_template(config, tokenizer)?;
             let load = |name: &str| {
                 let loaded = data::load_pairs(name, dir, d.skip_invalid_rows)?;

@@ -1,6 +1,6 @@
 //! What a run needs before its first step besides its rows (`rows.rs`): the base model and
 //! tokenizer, the chat template, and the model with its trainable tensors chosen by
-//! `finetuning_type`.
+//! `finetuning_type` (and a reward model's value head).
 
 use std::path::Path;
 
@@ -25,6 +25,7 @@ use crate::train::freeze::FreezeSelection;
 use crate::train::ia3::Ia3Settings;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
+use crate::train::reward::ValueHead;
 
 /// The chat template named by `template`: a Jinja file path, or (a LLaMA-Factory template name,
 /// or unset) the model's own template, with a note when a name was given, since Hone renders with
@@ -310,6 +311,32 @@ pub fn build_model(
         model.use_bf16(config.model.quantization_bit.is_some(), !adapter_run);
     }
     Ok((model, adapter))
+}
+
+/// Gives a reward model (`stage: rm`) its value head: the one saved beside the adapter the run
+/// continues (or else beside the model), as LLaMA-Factory reloads it, or a new one. Returns a
+/// line saying which.
+pub fn attach_value_head(config: &SftConfig, model: &mut TrainModel) -> Result<Option<String>> {
+    if config.method.stage != Stage::Rm {
+        return Ok(None);
+    }
+    let m = &config.model;
+    let dir = m
+        .adapter_name_or_path
+        .as_deref()
+        .unwrap_or(&m.model_name_or_path);
+    let hidden = model.config().hidden_size;
+    let (head, note) = match ValueHead::load(Path::new(dir), hidden)? {
+        Some(head) => (head, format!("value head: loaded from {dir}")),
+        None => (
+            ValueHead::new(hidden, config.train.seed),
+            format!(
+                "value head: new, Linear({hidden}, 1) (scores each response at its last token)"
+            ),
+        ),
+    };
+    model.value_head = Some(head);
+    Ok(Some(note))
 }
 
 /// The adapter an adapter run continues (`adapter_name_or_path`), checked to be of the run's

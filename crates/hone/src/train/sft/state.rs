@@ -4,7 +4,7 @@
 //! `optimizer.safetensors` + `optimizer.json` (AdamW's moments and step counts), `progress.json`
 //! (the data cursor and loop counters below), HF's `trainer_state.json`, and, for LoRA runs, the
 //! PEFT adapter files so a checkpoint is usable as an adapter; preference runs add the reference's
-//! log-probabilities (`reference_logps.json`). There is no random-generator state
+//! log-probabilities (`reference_logps.json`), reward models their `value_head.safetensors`. There is no random-generator state
 //! to save: the data order of an epoch and every dropout mask are pure functions of the seed and
 //! these counters, so a resumed run draws exactly what the uninterrupted run drew.
 
@@ -64,6 +64,9 @@ pub struct Snapshot<'a> {
 pub fn write_checkpoint(dir: &Path, s: Snapshot) -> Result<()> {
     if let Some(config) = s.adapter {
         write_adapter(dir, &s.model.to_adapter(config.clone()), None)?;
+    }
+    if let Some(head) = &s.model.value_head {
+        head.save(dir)?;
     }
     let params = s.model.params_mut();
     let shapes: Vec<st::F32Tensor> = params
