@@ -10,8 +10,9 @@ the rendered text, the token ids and the labels, computed here independently of 
 - assistant spans: for each assistant message, the characters between the render of the messages
   before it with add_generation_prompt=True and the render through it without; each render is
   asserted to be a prefix of the whole. When the render through it is not (Qwen3 drops the
-  <think> block of turns answered before the last user query), the span ends where the next
-  message's own render (alone) ends the render through that next message;
+  <think> block of turns answered before the last user query, and gives a tool call an empty one
+  only when it is last), the span ends where the next messages' own render (the messages up to
+  the next assistant turn, alone and without tools) ends the render through those messages;
 - ids: the `tokenizers` engine transformers builds from the GGUF, on the text, with
   add_special_tokens=False, and its character offsets;
 - labels: the id of every token whose offsets overlap a span (a zero-width token: whose start lies
@@ -20,7 +21,9 @@ the rendered text, the token ids and the labels, computed here independently of 
 Pairs: tiny-spm.gguf (SentencePiece BPE with byte fallback) and smollm2-tokenizer.gguf (byte-level
 BPE) with their own ChatML templates, and smollm2 with the Llama-2 chat template of
 fixtures/chat/llama2.json (BOS per user turn, content stripped, response after a space) and with
-Qwen3's template of fixtures/chat/qwen3.json (single-turn conversations).
+Qwen3's template of fixtures/chat/qwen3.json (single-turn conversations), and with Qwen2.5's of
+fixtures/chat/qwen2.5.json; the `tool_calls` conversation (assistant `tool_calls`, two tool results)
+is rendered with its tools (`tools=`) through Qwen2.5's and Qwen3's templates.
 """
 
 import json
@@ -63,17 +66,36 @@ CONVERSATIONS = {
         msg("tool", '{"temp_c": 21}'),
         msg("assistant", "It is 21 °C in Paris."),
     ],
+    # Real tool calls, rendered with the tools the conversation lists (TOOLS).
+    "tool_calls": [
+        msg("user", "Weather in Paris and Oslo?"),
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}},
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+        msg("tool", '{"temp_c": 21}'),
+        msg("tool", '{"temp_c": 12}'),
+        msg("assistant", "Paris 21 °C, Oslo 12 °C."),
+    ],
+}
+TOOLS = {
+    "tool_calls": [{"type": "function", "function": {
+        "name": "weather", "description": "Current weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
 }
 
 PAIRS = {
     # name: (tokenizer GGUF, template source or None for the tokenizer's own, conversations)
-    "tiny-spm": ("tiny-spm.gguf", None, list(CONVERSATIONS)),
-    "smollm2": ("smollm2-tokenizer.gguf", None, list(CONVERSATIONS)),
+    # Their own ChatML templates render no tools or tool calls (Hone refuses such rows).
+    "tiny-spm": ("tiny-spm.gguf", None, [c for c in CONVERSATIONS if c not in TOOLS]),
+    "smollm2": ("smollm2-tokenizer.gguf", None, [c for c in CONVERSATIONS if c not in TOOLS]),
     # Llama-2's template knows only system/user/assistant turns.
     "smollm2-llama2": ("smollm2-tokenizer.gguf", "llama2", ["single", "system_zh", "multi_turn"]),
     # Qwen3's template gives the final assistant turn a <think></think> block, which the labels
     # cover, and renders earlier assistant turns without it once a later user turn follows.
-    "smollm2-qwen3": ("smollm2-tokenizer.gguf", "qwen3", ["single", "system_zh", "multi_turn", "thinking", "tool"]),
+    "smollm2-qwen3": ("smollm2-tokenizer.gguf", "qwen3",
+                      ["single", "system_zh", "multi_turn", "thinking", "tool", "tool_calls"]),
+    # Qwen2.5's template lists the tools in the system turn and renders calls as <tool_call> blocks.
+    "smollm2-qwen2.5": ("smollm2-tokenizer.gguf", "qwen2.5", ["single", "tool_calls"]),
 }
 
 
@@ -84,9 +106,9 @@ def overlaps(offset, span):
     return start < span[1] and end > span[0]
 
 
-def encode(tok, template, messages):
-    render = lambda ms, gen: tok.apply_chat_template(  # noqa: E731
-        ms, chat_template=template, tokenize=False, add_generation_prompt=gen
+def encode(tok, template, messages, tools):
+    render = lambda ms, gen, tools=tools: tok.apply_chat_template(  # noqa: E731
+        ms, chat_template=template, tokenize=False, add_generation_prompt=gen, tools=tools
     )
     text = render(messages, False)
     spans = []
@@ -98,7 +120,10 @@ def encode(tok, template, messages):
         if text.startswith(through):
             end = len(through)
         else:
-            with_next, alone = render(messages[: i + 2], False), render(messages[i + 1 : i + 2], False)
+            # The messages up to the next assistant turn, rendered alone without the tools (which a
+            # template lists in a header of its own).
+            nxt = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] == "assistant"), len(messages))
+            with_next, alone = render(messages[:nxt], False), render(messages[i + 1 : nxt], False, None)
             assert text.startswith(with_next) and with_next.endswith(alone), (i, with_next, alone)
             end = len(with_next) - len(alone)
         spans.append((len(prompt), end))
@@ -121,7 +146,9 @@ def main():
         cases = []
         for conv_name in conv_names:
             case = {"name": conv_name, "messages": CONVERSATIONS[conv_name]}
-            case.update(encode(tok, template, CONVERSATIONS[conv_name]))
+            if conv_name in TOOLS:
+                case["tools"] = TOOLS[conv_name]
+            case.update(encode(tok, template, CONVERSATIONS[conv_name], TOOLS.get(conv_name)))
             n_labelled = sum(label != IGNORE_INDEX for label in case["labels"])
             assert 0 < n_labelled < len(case["labels"]), (name, conv_name)
             cases.append(case)

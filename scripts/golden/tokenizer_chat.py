@@ -430,6 +430,21 @@ CONVERSATIONS = {
     # Qwen3's template keeps <think> reasoning only in turns after the last user query.
     "thinking_multi": [msg("user", "What is 3*4?"), msg("assistant", "<think>\n3 fours.\n</think>\n\n12"),
                        msg("user", "And 5*6?"), msg("assistant", "<think>\nFive sixes.\n</think>\n\n30")],
+    # A tool call and its result, rendered with the tools given (keys in an order that sorting would change).
+    "tool_call": [msg("user", "Weather in Paris for 2 days?"),
+                  {"role": "assistant", "content": "", "tool_calls": [
+                      {"type": "function", "function": {"name": "get_forecast",
+                                                        "arguments": {"location": "Paris", "days": 2}}}]},
+                  msg("tool", '{"forecast": ["sun", "rain"]}'),
+                  msg("assistant", "Sun, then rain.")],
+}
+# The tools each conversation is rendered with (transformers' `tools=`).
+TOOLS = {
+    "tool_call": [{"type": "function", "function": {
+        "name": "get_forecast", "description": "Weather forecast for a city.",
+        "parameters": {"type": "object", "properties": {
+            "location": {"type": "string", "description": "City name"},
+            "days": {"type": "integer"}}, "required": ["location"]}}}],
 }
 
 
@@ -451,10 +466,13 @@ def write_chat_fixtures(smollm2_template):
         for conv_name, conv in CONVERSATIONS.items():
             for gen in (False, True):
                 case = {"name": conv_name, "messages": conv, "add_generation_prompt": gen}
+                tools = TOOLS.get(conv_name)
+                if tools:
+                    case["tools"] = tools
                 try:
                     case["output"] = tok.apply_chat_template(
                         conv, chat_template=source, tokenize=False, add_generation_prompt=gen,
-                        bos_token=as_text(bos), eos_token=as_text(eos),
+                        bos_token=as_text(bos), eos_token=as_text(eos), tools=tools,
                     )
                 except Exception as err:  # noqa: BLE001 -- a template's raise_exception is an expected outcome
                     case["error"] = str(err)

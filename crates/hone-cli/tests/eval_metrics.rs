@@ -265,7 +265,8 @@ fn generate_on_the_tiny_gguf_writes_predictions_and_scores_them() {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys, ["label", "predict", "prompt"]);
+        // LLaMA-Factory's order.
+        assert_eq!(keys, ["prompt", "predict", "label"]);
         assert_eq!(prediction["label"], output);
         let prompt = prediction["prompt"].as_str().unwrap();
         assert!(prompt.contains(instruction), "{prompt:?}");

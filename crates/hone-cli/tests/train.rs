@@ -52,6 +52,56 @@ fn data_shows_what_training_will_see() {
     assert!(!out.contains("\nrow 2 ("), "--rows 1 shows one row");
 }
 
+/// LLaMA-Factory's tool-calling demo data (glaive: a `tools` column, function_call and observation
+/// turns) trains through a template that renders tools: the calls are learnt as the template
+/// writes them, the tool results are not. The model's own ChatML template has no tool support:
+/// the run stops at the first row with tools, naming it.
+#[test]
+fn tool_calling_data_trains_through_a_template_with_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let data = [
+        "dataset=glaive_toolcall_en_demo".to_string(),
+        format!("dataset_dir={}", arg(&fixture("data/llamafactory"))),
+        "cutoff_len=2048".to_string(),
+    ];
+    let template = format!("template={}", arg(&fixture("chat/qwen2.5.jinja")));
+    let mut args = vec!["data", arg(&config), "--rows", "1"];
+    args.extend(data.iter().map(String::as_str));
+    let refused = hone(&[&args[..], &["max_steps=1"]].concat());
+    let file = fixture("data/llamafactory/glaive_toolcall_en_demo.json");
+    assert!(
+        refused.error().starts_with(&format!(
+            "error: {}:2: tools: the chat template leaves out the function `search_recipes`",
+            file.display()
+        )),
+        "{}",
+        refused.stderr
+    );
+    let shown = hone(&[&args[..], &[template.as_str()]].concat());
+    let out = shown.ok();
+    assert!(
+        out.contains(
+            "\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"search_recipes\""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("[[<tool_call>\n{\"name\": \"search_recipes\", \"arguments\": {\"ingredients\": [\"chicken\", \"bell peppers\", \"rice\"]}}\n</tool_call><|im_end|>\n]]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<|im_start|>user\n<tool_response>\n{\"recipes\""),
+        "{out}"
+    );
+    // The tiny model's context is 64 tokens: each row keeps its last turns.
+    let mut train = vec!["train", arg(&config), template.as_str(), "max_steps=2"];
+    train.extend(data.iter().map(String::as_str));
+    train.push("cutoff_len=64");
+    hone(&train).ok();
+    assert_eq!(losses(&dir.path().join("out")).len(), 2);
+}
+
 /// `template:` a LLaMA-Factory name is noted (the model's own template renders), a misspelt one
 /// gets the nearest names, and a path to no file is an error rather than a name.
 #[test]

@@ -70,7 +70,11 @@ fn a_new_config_has_the_fields_peft_writes() {
     )
     .unwrap();
     let ours = AdapterConfig::new(4, 8.0, TargetModules::Names(vec!["q_proj".into()])).to_json();
-    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
     assert_eq!(keys(&ours), keys(&peft));
 }
 

@@ -39,7 +39,12 @@ fn renders_match_transformers() {
             let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
             let generation = case["add_generation_prompt"].as_bool().unwrap();
             let label = format!("{name} {} (generation prompt {generation})", case["name"]);
-            let rendered = template.render(&messages, generation);
+            // A conversation with tool calls is rendered with its tools, as transformers' `tools=`.
+            let mut vars = serde_json::Map::new();
+            if let Some(tools) = case.get("tools") {
+                vars.insert("tools".into(), tools.clone());
+            }
+            let rendered = template.render_with(&messages, generation, &vars);
             match (case["output"].as_str(), case["error"].as_str()) {
                 (Some(expected), None) => assert_eq!(rendered.unwrap(), expected, "{label}"),
                 (None, Some(message)) => {

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 
 use super::peft::{CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, WEIGHTS_FILE, WRAPPED_BIAS};
 use super::{Adapter, PeftConfig};
-use crate::io::atomic;
 use crate::io::safetensors::{serialize_f32, F32Tensor};
+use crate::io::{atomic, json};
 use crate::tokenizer::Tokenizer;
 
 const CARD_FILE: &str = "README.md";
@@ -47,7 +47,7 @@ fn write_files(
 ) -> Result<()> {
     let weights = serialize_weights(adapter)?;
     fs::write(staging.join(WEIGHTS_FILE), weights)?;
-    let config = serde_json::to_string_pretty(&adapter.config.to_json())?;
+    let config = json::sorted_pretty(&adapter.config.to_json())?;
     fs::write(staging.join(CONFIG_FILE), config)?;
     if with_card {
         fs::write(staging.join(CARD_FILE), model_card(adapter))?;

@@ -5,7 +5,9 @@
 //! environment transformers sets up: `trim_blocks` and `lstrip_blocks`, a `tojson` filter that writes
 //! what Python's `json.dumps` writes, `raise_exception(msg)`, `strftime_now(fmt)`, and the variables
 //! `messages`, `add_generation_prompt`, `bos_token`/`eos_token` (when known), `tools` and `documents`
-//! (none: transformers passes `None`).
+//! (none unless a render is given them, as transformers' `tools=` and `documents=`). An assistant
+//! message may carry `tool_calls` (OpenAI's `{"type": "function", "function": {"name",
+//! "arguments"}}` objects) and a `tool` message a call's result, as transformers takes them.
 
 mod pyjson;
 mod strftime;
@@ -32,6 +34,9 @@ chat_template.jinja or chat_template in tokenizer_config.json); pass a Jinja tem
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// The functions an assistant turn calls (empty content then), in OpenAI's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 impl Message {
@@ -39,6 +44,15 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+        }
+    }
+
+    /// An assistant turn that calls `calls` and says nothing.
+    pub fn tool_calls(calls: Vec<serde_json::Value>) -> Message {
+        Message {
+            tool_calls: Some(calls),
+            ..Message::new("assistant", "")
         }
     }
 }
@@ -106,7 +120,8 @@ impl ChatTemplate {
     }
 
     /// [`Self::render`] with variables for this call besides the template's own kwargs (vLLM's
-    /// `chat_template_kwargs`); the standard variables keep their meaning.
+    /// `chat_template_kwargs`, a conversation's `tools`); `messages`, `add_generation_prompt` and
+    /// the special tokens keep their meaning.
     pub fn render_with(
         &self,
         messages: &[Message],
@@ -114,6 +129,8 @@ impl ChatTemplate {
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
         let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+        vars.insert("tools", Value::from(()));
+        vars.insert("documents", Value::from(()));
         for (name, value) in &self.kwargs {
             vars.insert(name, value.clone());
         }
@@ -122,8 +139,6 @@ impl ChatTemplate {
         }
         vars.insert("messages", Value::from_serialize(messages));
         vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
-        vars.insert("tools", Value::from(()));
-        vars.insert("documents", Value::from(()));
         if let Some(bos) = &self.bos_token {
             vars.insert("bos_token", Value::from(bos.as_str()));
         }

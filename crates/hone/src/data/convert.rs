@@ -8,7 +8,12 @@
 //!   else the `system` column, gives the system prompt. Then user-side turns (human, observation)
 //!   and assistant-side turns (gpt, function_call) alternate, ending with an assistant-side turn.
 //!   Roles map to chat roles: human → user, gpt and function_call → assistant, observation →
-//!   tool, system → system.
+//!   tool, system → system. A function_call turn holds JSON, `{"name": …, "arguments": …}` or a
+//!   list of them, and becomes an assistant turn with those `tool_calls`.
+//! - Tools: the `tools` column (a JSON list of function schemas, or a string holding one, as in
+//!   LLaMA-Factory's glaive data) gives the functions the chat template lists; a schema not
+//!   already in OpenAI's `{"type": "function", "function": …}` shape is wrapped in it, as
+//!   LLaMA-Factory's tool formatters wrap it.
 //!
 //! An empty or absent system prompt adds no system turn, so the chat template applies its own
 //! default, as it does at inference. No message may be empty.
@@ -20,7 +25,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::info::{Format, Formatting, Tags};
 use super::rows::RawRow;
@@ -124,21 +129,106 @@ pub(super) fn convert(
         problem,
         reason,
     };
-    let messages = match &row.value {
+    let parsed = match &row.value {
         Err(message) => Err(whole_row(message.clone(), SkipReason::InvalidJson)),
-        Ok(Value::Object(object)) => match format.formatting {
-            Formatting::Alpaca => alpaca(object, format, answer),
-            Formatting::Sharegpt => sharegpt(object, format, answer),
-        },
+        Ok(Value::Object(object)) => {
+            let messages = match format.formatting {
+                Formatting::Alpaca => alpaca(object, format, answer),
+                Formatting::Sharegpt => sharegpt(object, format, answer),
+            };
+            messages.and_then(|messages| Ok((messages, tools(object, &format.columns.tools)?)))
+        }
         Ok(other) => Err(whole_row(
             format!("expected a JSON object, found {}", kind(other)),
             SkipReason::NotAnObject,
         )),
     };
-    match messages {
-        Ok(messages) => Ok(Conversation { messages, origin }),
+    match parsed {
+        Ok((messages, tools)) => Ok(Conversation {
+            messages,
+            tools,
+            origin,
+        }),
         Err(problem) => Err(problem.at(origin)),
     }
+}
+
+/// The row's tools in `column`: none when absent, null, an empty string or an empty list; else
+/// each function schema in OpenAI's shape.
+fn tools(row: &Map<String, Value>, column: &str) -> Result<Vec<Value>, Problem> {
+    let list = match row.get(column) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(text)) if text.trim().is_empty() => return Ok(Vec::new()),
+        Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+            Problem::new(
+                column,
+                format!("not valid JSON: {e}"),
+                SkipReason::WrongType,
+            )
+        })?,
+        Some(other) => other.clone(),
+    };
+    let Value::Array(items) = list else {
+        let problem = format!("expected a list of function schemas, found {}", kind(&list));
+        return Err(Problem::new(column, problem, SkipReason::WrongType));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let field = format!("{column}[{i}]");
+            let wrapped = match &tool {
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                    tool
+                }
+                Value::Object(_) => json!({"type": "function", "function": tool}),
+                other => {
+                    let problem = format!(
+                        "expected a function schema (an object), found {}",
+                        kind(other)
+                    );
+                    return Err(Problem::new(&field, problem, SkipReason::WrongType));
+                }
+            };
+            match wrapped["function"]["name"].as_str() {
+                Some(name) if !name.is_empty() => Ok(wrapped),
+                _ => Err(Problem::new(
+                    &format!("{field}.name"),
+                    "missing",
+                    SkipReason::MissingField,
+                )),
+            }
+        })
+        .collect()
+}
+
+/// A function_call turn's calls: its content is JSON, `{"name": …, "arguments": …}` or a list of
+/// them (parallel calls); each becomes an OpenAI tool call.
+fn tool_calls(content: &str, field: &str) -> Result<Vec<Value>, Problem> {
+    const SHAPE: &str =
+        "a function call is JSON: {\"name\": …, \"arguments\": {…}} or a list of them";
+    let value: Value = serde_json::from_str(content)
+        .map_err(|e| Problem::new(field, format!("{SHAPE} ({e})"), SkipReason::WrongType))?;
+    let calls = match value {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    calls
+        .into_iter()
+        .map(|call| {
+            let name = call
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            match (name, call.get("arguments")) {
+                (Some(name), Some(arguments)) => Ok(json!({
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                })),
+                _ => Err(Problem::new(field, SHAPE, SkipReason::MissingField)),
+            }
+        })
+        .collect()
 }
 
 /// A preference row (`ranking: true`): the prompt's conversation, ending with the user's turn, and
@@ -373,7 +463,11 @@ fn sharegpt(
             return Err(out_of_order(turn, expected, tags));
         }
         non_empty(turn.content, &turn.content_field)?;
-        messages.push(Message::new(turn.role, turn.content));
+        messages.push(if turn.tag == tags.function {
+            Message::tool_calls(tool_calls(turn.content, &turn.content_field)?)
+        } else {
+            Message::new(turn.role, turn.content)
+        });
     }
     match dialogue.last() {
         None => Err(Problem::new(

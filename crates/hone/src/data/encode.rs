@@ -15,8 +15,10 @@
 //! like `\n ` before a response that starts with a space, counts as the response's). Each prompt
 //! render must be a prefix of the whole. A template may render an answered turn differently once
 //! later messages follow (Qwen3 drops the `<think>` block of every turn before the last user
-//! query): then the turn ends where the next message's own block begins in the whole render, so
-//! the labels cover the turn as the whole conversation shows it, as transformers renders it.
+//! query, and gives a tool call an empty one only when it is last): then the turn ends where the
+//! next messages' own block begins in the whole render, so the labels cover the turn as the whole
+//! conversation shows it, as transformers renders it. A conversation with tools is rendered with
+//! them (`tools`), and each function it lists or calls must show in the render.
 //! Templates that rewrite earlier turns in any other way cannot be labelled and are refused.
 //! With `train_on_prompt` every token is labelled.
 //!
@@ -77,7 +79,8 @@ pub fn encode_measured(
         "cutoff_len is {}; it must be at least 2 (a prompt token and a response token)",
         opts.cutoff_len
     );
-    encode_messages(tok, template, &conv.messages, opts).with_context(|| conv.origin.to_string())
+    let renderer = Renderer::of(template, conv);
+    encode_messages(tok, &renderer, &conv.messages, opts).with_context(|| conv.origin.to_string())
 }
 
 /// A conversation ending with the assistant's turn, labelled on that last response only (earlier
@@ -91,7 +94,8 @@ pub(super) fn encode_last_response(
         cutoff_len: usize::MAX / 2,
         train_on_prompt: false,
     };
-    let (mut example, _) = encode_messages(tok, template, &conv.messages, &whole)
+    let renderer = Renderer::of(template, conv);
+    let (mut example, _) = encode_messages(tok, &renderer, &conv.messages, &whole)
         .with_context(|| conv.origin.to_string())?;
     let last = example.labels.iter().rposition(|&l| l != IGNORE_INDEX);
     let start = last.map_or(0, |last| {
@@ -104,13 +108,60 @@ pub(super) fn encode_last_response(
     Ok(example)
 }
 
+/// A conversation's chat template with the variables it is rendered with (its tools).
+struct Renderer<'a> {
+    template: &'a ChatTemplate,
+    vars: serde_json::Map<String, serde_json::Value>,
+    /// The functions the conversation lists or calls: the render must show each.
+    functions: Vec<&'a str>,
+}
+
+impl<'a> Renderer<'a> {
+    fn of(template: &'a ChatTemplate, conv: &'a Conversation) -> Renderer<'a> {
+        let calls = conv
+            .messages
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().flatten());
+        let functions = conv
+            .tools
+            .iter()
+            .chain(calls)
+            .filter_map(|f| f["function"]["name"].as_str())
+            .collect();
+        Renderer {
+            template,
+            vars: conv.template_vars(),
+            functions,
+        }
+    }
+
+    fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.template
+            .render_with(messages, add_generation_prompt, &self.vars)
+    }
+
+    /// A template without tool support drops the tools and calls silently: training on that text
+    /// would teach the model answers to tools it never saw.
+    fn check_functions_shown(&self, text: &str) -> Result<()> {
+        if let Some(missing) = self.functions.iter().find(|f| !text.contains(*f)) {
+            bail!(
+                "tools: the chat template leaves out the function `{missing}` that the \
+                 conversation lists or calls (the template has no tool support?); set `template:` \
+                 to a Jinja file whose template renders `tools` and `tool_calls`"
+            );
+        }
+        Ok(())
+    }
+}
+
 fn encode_messages(
     tok: &Tokenizer,
-    template: &ChatTemplate,
+    template: &Renderer,
     messages: &[Message],
     opts: &EncodeOptions,
 ) -> Result<(Example, usize)> {
     let text = template.render(messages, false)?;
+    template.check_functions_shown(&text)?;
     let spans = assistant_spans(template, messages, &text)?;
     let encoding = tok
         .inner()
@@ -144,7 +195,7 @@ fn encode_messages(
 
 /// The byte range of each assistant message's text in the rendered conversation `text`.
 fn assistant_spans(
-    template: &ChatTemplate,
+    template: &Renderer,
     messages: &[Message],
     text: &str,
 ) -> Result<Vec<Range<usize>>> {
@@ -184,10 +235,12 @@ fn assistant_spans(
 
 /// Where assistant message `i`'s turn ends in the whole render `text`: where the render through
 /// it ends when that is a prefix of `text`; else, for a template that renders the turn differently
-/// once more messages follow, where the next message's block (its render alone) ends the render
-/// through that next message. None when neither holds.
+/// once more messages follow, where the next messages' block ends the render through them — the
+/// messages up to the next assistant turn (a user turn, or tool results a template closes
+/// together), rendered alone and without the tools (which a template lists in a header of its
+/// own). None when neither holds.
 fn turn_end(
-    template: &ChatTemplate,
+    template: &Renderer,
     messages: &[Message],
     i: usize,
     text: &str,
@@ -199,8 +252,14 @@ fn turn_end(
     if i + 1 == messages.len() {
         return Ok(None);
     }
-    let with_next = template.render(&messages[..=i + 1], false)?;
-    let next_alone = template.render(&messages[i + 1..=i + 1], false)?;
+    let next_end = messages[i + 1..]
+        .iter()
+        .position(|m| m.role == "assistant")
+        .map_or(messages.len(), |k| i + 1 + k);
+    let with_next = template.render(&messages[..next_end], false)?;
+    let next_alone = template
+        .template
+        .render(&messages[i + 1..next_end], false)?;
     Ok(
         (text.starts_with(&with_next) && with_next.ends_with(&next_alone))
             .then(|| with_next.len() - next_alone.len()),

@@ -120,15 +120,12 @@ pub fn encode_feedback(
 /// `row`'s prompt followed by `other`'s response.
 fn with_response(row: &FeedbackRow, other: &FeedbackRow) -> Conversation {
     let messages = &row.conversation.messages;
-    let response = other
-        .conversation
-        .messages
-        .last()
-        .map_or("", |m| m.content.as_str());
+    let response = other.conversation.messages.last().cloned();
     let mut prompt: Vec<Message> = messages[..messages.len() - 1].to_vec();
-    prompt.push(Message::new("assistant", response));
+    prompt.push(response.unwrap_or_else(|| Message::new("assistant", "")));
     Conversation {
         messages: prompt,
+        tools: row.conversation.tools.clone(),
         origin: row.conversation.origin.clone(),
     }
 }

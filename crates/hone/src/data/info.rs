@@ -35,6 +35,8 @@ pub(super) struct Columns {
     pub rejected: String,
     /// KTO data: whether the response is desirable (a boolean).
     pub kto_tag: String,
+    /// The functions the assistant may call: a JSON list (or a string holding one).
+    pub tools: String,
 }
 
 /// Field names and role values inside ShareGPT turns (LLaMA-Factory's `tags`).
@@ -71,6 +73,7 @@ impl Format {
                 chosen: "chosen".into(),
                 rejected: "rejected".into(),
                 kto_tag: "kto_tag".into(),
+                tools: "tools".into(),
             },
             tags: Tags {
                 role: "from".into(),
@@ -265,8 +268,8 @@ fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
     })
 }
 
-/// Column keys LLaMA-Factory knows that serve other training stages or modalities.
-const UNSUPPORTED_COLUMNS: &[&str] = &["tools", "images", "videos", "audios"];
+/// Column keys LLaMA-Factory knows that serve other modalities.
+const UNSUPPORTED_COLUMNS: &[&str] = &["images", "videos", "audios"];
 
 fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
     let mut slots = [
@@ -279,6 +282,7 @@ fn apply_columns(columns: &mut Columns, value: &Value) -> Result<()> {
         ("chosen", &mut columns.chosen),
         ("rejected", &mut columns.rejected),
         ("kto_tag", &mut columns.kto_tag),
+        ("tools", &mut columns.tools),
     ];
     rename(&mut slots, value, UNSUPPORTED_COLUMNS, "column")
 }
@@ -305,7 +309,7 @@ fn rename(
 ) -> Result<()> {
     for (key, name) in string_map(value)? {
         if unsupported.contains(&key.as_str()) {
-            bail!("{key}: this {what} is not supported (supervised text fine-tuning only)");
+            bail!("{key}: this {what} is not supported (Hone trains on text only)");
         }
         let Some((_, slot)) = slots.iter_mut().find(|(k, _)| *k == key) else {
             let known: Vec<&str> = slots.iter().map(|(k, _)| *k).collect();

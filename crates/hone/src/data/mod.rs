@@ -58,7 +58,22 @@ use crate::chat::Message;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     pub messages: Vec<Message>,
+    /// The functions the assistant may call (OpenAI's `{"type": "function", "function": …}`
+    /// objects), given to the chat template as `tools`; empty when the row has none.
+    pub tools: Vec<serde_json::Value>,
     pub origin: RowOrigin,
+}
+
+impl Conversation {
+    /// The template variables the conversation is rendered with besides its messages: `tools`
+    /// when it has any.
+    pub fn template_vars(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut vars = serde_json::Map::new();
+        if !self.tools.is_empty() {
+            vars.insert("tools".into(), serde_json::Value::from(self.tools.clone()));
+        }
+        vars
+    }
 }
 
 /// Where a row is: its file and the 1-based line it starts on (for a JSON array file, the line

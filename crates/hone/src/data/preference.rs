@@ -136,6 +136,7 @@ pub fn encode_pair(
         messages.push(Message::new("assistant", response));
         let conversation = Conversation {
             messages,
+            tools: pair.prompt.tools.clone(),
             origin: pair.prompt.origin.clone(),
         };
         encode_last_response(tok, template, &conversation)

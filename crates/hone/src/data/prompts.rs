@@ -41,6 +41,7 @@ fn text_prompts(path: &Path) -> Result<Vec<Conversation>> {
         .into_iter()
         .map(|(line, text)| Conversation {
             messages: vec![Message::new("user", text)],
+            tools: Vec::new(),
             origin: RowOrigin {
                 file: path.to_owned(),
                 line,

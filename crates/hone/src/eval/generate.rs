@@ -66,7 +66,9 @@ pub fn predict(
     for conversation in conversations {
         let (messages, label) = split_reference(conversation);
         let at = || conversation.origin.to_string();
-        let prompt = template.render(messages, true).with_context(at)?;
+        let prompt = template
+            .render_with(messages, true, &conversation.template_vars())
+            .with_context(at)?;
         prompt_ids.push(tokenizer.encode(&prompt, false).with_context(at)?);
         predictions.push(Prediction {
             prompt,

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 
 use self::shards::ShardWriter;
-use crate::io::atomic;
+use crate::io::{atomic, json};
 use crate::model::{hf_tensor_shapes, ModelConfig};
 use crate::quant::{quantize, GgmlType};
 use crate::tokenizer::Tokenizer;
@@ -140,7 +140,7 @@ pub fn write_hf_checkpoint(
                 ("generation_config.json", &generation),
             ] {
                 let path = staging.join(name);
-                fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
+                fs::write(&path, json::sorted_pretty(value)? + "\n")
                     .with_context(|| format!("{}: cannot write", path.display()))?;
             }
             tokenizer.save_hf(&staging)?;

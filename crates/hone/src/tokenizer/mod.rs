@@ -24,6 +24,7 @@ pub use stream::TokenStream;
 
 use crate::chat::token_text;
 use crate::io::gguf::GgufFile;
+use crate::io::json;
 
 /// Tokens that end a turn in the common chat formats. llama.cpp stops generation on these too,
 /// whatever the file names as eos, so a chat model that closes its turn is not run past it.
@@ -329,7 +330,7 @@ impl Tokenizer {
         config.insert("add_eos_token".into(), json!(self.add_eos_token()?));
         config.insert("clean_up_tokenization_spaces".into(), json!(false));
         let path = dir.join("tokenizer_config.json");
-        let text = serde_json::to_string_pretty(&Value::Object(config))? + "\n";
+        let text = json::sorted_pretty(&Value::Object(config))? + "\n";
         fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
         if let Some(template) = &self.chat_template {
             let path = dir.join("chat_template.jinja");

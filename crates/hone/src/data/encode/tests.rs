@@ -20,6 +20,7 @@ fn tokenizer(rel: &str) -> Tokenizer {
 fn conversation(messages: Vec<Message>) -> Conversation {
     Conversation {
         messages,
+        tools: Vec::new(),
         origin: RowOrigin {
             file: PathBuf::from("rows.jsonl"),
             line: 3,
@@ -55,9 +56,16 @@ fn masks_match_the_reference() {
         for case in spec["cases"].as_array().unwrap() {
             let label = format!("{pair} {}", case["name"]);
             let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
-            let rendered = template.render(&messages, false).unwrap();
+            let conversation = Conversation {
+                tools: serde_json::from_value(case["tools"].clone()).unwrap_or_default(),
+                ..conversation(messages)
+            };
+            let vars = conversation.template_vars();
+            let rendered = template
+                .render_with(&conversation.messages, false, &vars)
+                .unwrap();
             assert_eq!(rendered, case["text"].as_str().unwrap(), "{label}");
-            let example = encode(&tok, &template, &conversation(messages), &WIDE).unwrap();
+            let example = encode(&tok, &template, &conversation, &WIDE).unwrap();
             let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
             let labels: Vec<i64> = serde_json::from_value(case["labels"].clone()).unwrap();
             assert_eq!(example.input_ids, ids, "{label}");
@@ -65,7 +73,7 @@ fn masks_match_the_reference() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 21);
 }
 
 /// The SmolLM2 tokenizer with its ChatML template (a default system turn when none is given).
@@ -309,4 +317,22 @@ fn the_identity_example_encodes_whole_within_256_tokens() {
             conv.origin
         );
     }
+}
+
+#[test]
+fn a_template_that_drops_tools_is_refused() {
+    let (tok, template) = smollm2();
+    let call =
+        serde_json::json!({"type": "function", "function": {"name": "lookup", "arguments": {}}});
+    let conv = conversation(vec![
+        m("user", "Find it."),
+        Message::tool_calls(vec![call]),
+        m("tool", "found"),
+        m("assistant", "Here."),
+    ]);
+    let err = format!("{:#}", encode(&tok, &template, &conv, &WIDE).unwrap_err());
+    assert!(
+        err.starts_with("rows.jsonl:3: tools: the chat template leaves out the function `lookup`"),
+        "{err}"
+    );
 }

@@ -120,9 +120,21 @@ fn sharegpt_row_errors_name_line_field_and_problem() {
                 14,
                 "conversations[2].from: \"gpt\" is out of order: expected a human or observation turn here (turns alternate)",
             ),
+            (
+                15,
+                &format!("conversations[1].value: {CALL_SHAPE} (expected value at line 1 column 1)"),
+            ),
+            (16, &format!("conversations[1].value: {CALL_SHAPE}")),
+            (17, "tools: not valid JSON: expected ident at line 1 column 2"),
+            (18, "tools: expected a list of function schemas, found an object"),
+            (19, "tools[0].name: missing"),
+            (20, "ok"),
         ],
     );
 }
+
+const CALL_SHAPE: &str =
+    "a function call is JSON: {\"name\": …, \"arguments\": {…}} or a list of them";
 
 #[test]
 fn strict_loading_stops_at_the_first_bad_row() {
@@ -143,13 +155,13 @@ fn skipping_counts_rows_by_reason() {
     let sharegpt = fixture("bad_sharegpt.jsonl");
     let dataset = format!("{}, {}", alpaca.display(), sharegpt.display());
     let loaded = load_dataset(&dataset, &info_dir(), true).unwrap();
-    assert_eq!(loaded.conversations.len(), 5);
+    assert_eq!(loaded.conversations.len(), 6);
     let s = &loaded.skipped;
     let counts = [
         (SkipReason::InvalidJson, 1),
         (SkipReason::NotAnObject, 1),
-        (SkipReason::MissingField, 3),
-        (SkipReason::WrongType, 6),
+        (SkipReason::MissingField, 5),
+        (SkipReason::WrongType, 9),
         (SkipReason::EmptyMessage, 5),
         (SkipReason::UnknownRole, 1),
         (SkipReason::RoleOrder, 4),
@@ -157,18 +169,18 @@ fn skipping_counts_rows_by_reason() {
     for (reason, n) in counts {
         assert_eq!(s.count(reason), n, "{reason}");
     }
-    assert_eq!(s.total(), 21);
+    assert_eq!(s.total(), 26);
     let text = s.to_string();
     assert!(
         text.starts_with(&format!(
-            "21 rows skipped: 1 not valid JSON (first: {}:7: not valid JSON at column 39: ",
+            "26 rows skipped: 1 not valid JSON (first: {}:7: not valid JSON at column 39: ",
             alpaca.display()
         )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "; 3 missing field (first: {}:2: output: missing); ",
+            "; 5 missing field (first: {}:2: output: missing); ",
             alpaca.display()
         )),
         "{text}"
@@ -198,16 +210,49 @@ fn sharegpt_rows_map_roles_and_system() {
             m("assistant", "Hello")
         ]
     );
+    // A function call becomes the assistant's tool call; the tools column's schemas are wrapped
+    // in OpenAI's shape unless they already have it.
+    let call = |name: &str, arguments: serde_json::Value| serde_json::json!({"type": "function", "function": {"name": name, "arguments": arguments}});
+    let weather = serde_json::json!({"city": "Oslo", "days": 1});
     assert_eq!(
         by_line(12),
         vec![
             m("system", "Tools on."),
             m("user", "Weather?"),
-            m("assistant", "{\"name\": \"weather\"}"),
+            Message::tool_calls(vec![call("weather", weather)]),
             m("tool", "{\"sky\": \"clear\"}"),
             m("assistant", "Sunny."),
         ]
     );
+    let parallel = loaded
+        .conversations
+        .iter()
+        .find(|c| c.origin.line == 20)
+        .unwrap();
+    let calls = vec![
+        call("a", serde_json::json!({})),
+        call("b", serde_json::json!({"x": 1})),
+    ];
+    assert_eq!(parallel.messages[1], Message::tool_calls(calls));
+    assert_eq!(
+        parallel.tools,
+        vec![
+            serde_json::json!({"type": "function", "function": {"name": "a"}}),
+            serde_json::json!({"type": "function", "function": {"name": "b"}}),
+        ]
+    );
+    let schema = &loaded
+        .conversations
+        .iter()
+        .find(|c| c.origin.line == 12)
+        .unwrap()
+        .tools[0];
+    let keys: Vec<&String> = schema["function"]["parameters"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(keys, ["days", "city"], "the dataset's key order");
 }
 
 #[test]
@@ -319,8 +364,8 @@ fn dataset_info_errors() {
     assert_eq!(
         err("bad_column"),
         format!(
-            "{info}: bad_column: columns: images: this column is not supported (supervised text \
-             fine-tuning only)"
+            "{info}: bad_column: columns: images: this column is not supported (Hone trains on \
+             text only)"
         )
     );
     assert_eq!(
@@ -379,7 +424,7 @@ fn direct_files_need_a_recognisable_format() {
     assert_eq!(
         err,
         format!(
-            "{}:1: cannot tell the dataset format from the keys (completion, prompt): expected \
+            "{}:1: cannot tell the dataset format from the keys (prompt, completion): expected \
              instruction/input/output (alpaca), conversations (sharegpt) or messages (openai); or \
              describe the file in dataset_info.json",
             path.display()

@@ -21,6 +21,7 @@ fn tiny() -> (LoadedModel, ChatTemplate) {
 fn conversation(turns: &[(&str, &str)], line: usize) -> Conversation {
     Conversation {
         messages: turns.iter().map(|&(r, c)| Message::new(r, c)).collect(),
+        tools: Vec::new(),
         origin: RowOrigin {
             file: PathBuf::from("rows.jsonl"),
             line,

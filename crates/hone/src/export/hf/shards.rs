@@ -15,6 +15,7 @@ use safetensors::tensor::TensorView;
 use serde_json::json;
 
 use super::SaveDtype;
+use crate::io::json;
 
 pub(super) const SINGLE_FILE: &str = "model.safetensors";
 pub(super) const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -120,7 +121,7 @@ impl ShardWriter {
             "weight_map": weight_map,
         });
         let path = self.dir.join(INDEX_FILE);
-        fs::write(&path, serde_json::to_string_pretty(&index)? + "\n")
+        fs::write(&path, json::sorted_pretty(&index)? + "\n")
             .with_context(|| format!("{}: cannot write", path.display()))
     }
 
