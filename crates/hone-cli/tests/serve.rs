@@ -638,3 +638,87 @@ fn a_client_that_leaves_frees_its_slot_and_a_full_queue_answers_429() {
         "{total} tokens generated: the abandoned request kept its slot"
     );
 }
+
+/// A ChatML template that lists the tools and asks for Hermes `<tool_call>` blocks, as Qwen2.5's
+/// does at length.
+const HERMES: &str =
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }} \
+    {% endfor %}</tools> Call: <tool_call>{\"name\": …}</tool_call><|im_end|>\n{% endif %}\
+    {% for m in messages %}<|im_start|>{{ m.role }}\n{% for c in m.tool_calls or [] %}<tool_call>\
+    {{ c.function | tojson }}</tool_call>{% endfor %}{{ m.content }}<|im_end|>\n{% endfor %}\
+    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Function calling: the tools reach a template that offers them in the Hermes format (Qwen2.5's),
+/// a conversation with earlier calls (arguments as OpenAI's JSON strings) and tool results
+/// renders; a template that cannot offer tools, `tool_choice: required` and arguments that are
+/// not JSON are refused naming the parameter. (Reading calls back is `serve::tools`' unit tests:
+/// the tiny model writes no `<tool_call>` blocks.)
+#[test]
+fn tools_reach_a_template_that_offers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chatml, model, _) = tiny_server(dir.path(), &[]);
+    let tools = json!([{"type": "function", "function": {"name": "wx",
+        "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let question = json!({"role": "user", "content": "Oslo?"});
+    let ask = |messages: Value, extra: Value| {
+        let mut body = json!({"model": "tiny", "messages": messages, "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let with_tools = ask(json!([question]), json!({"tools": tools}));
+    let refused = post(&chatml, "/chat/completions", &with_tools).error(400);
+    assert_eq!(refused["param"], "tools", "{refused}");
+
+    // Qwen2.5's way of offering tools, short enough for the tiny model's 256-token context.
+    let hermes = write(dir.path(), "hermes.jinja", HERMES);
+    let qwen = Server::start(
+        &model,
+        &["--served-name", "tiny", "--chat-template", arg(&hermes)],
+    );
+    let prompt_tokens = |answer: Answer| {
+        let body = answer.json();
+        body["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{body}"))
+    };
+    let plain = prompt_tokens(post(
+        &qwen,
+        "/chat/completions",
+        &ask(json!([question]), json!({})),
+    ));
+    let offered = prompt_tokens(post(&qwen, "/chat/completions", &with_tools));
+    assert!(offered > plain + 20, "{plain} → {offered}");
+    let none = ask(
+        json!([question]),
+        json!({"tools": tools, "tool_choice": "none"}),
+    );
+    assert_eq!(
+        prompt_tokens(post(&qwen, "/chat/completions", &none)),
+        plain
+    );
+
+    let call = |arguments: &str| {
+        json!([question,
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "wx", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"t\": 12}"}])
+    };
+    let history = ask(call("{\"city\": \"Oslo\"}"), json!({}));
+    let answered = post(&qwen, "/chat/completions", &history);
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    let broken = ask(call("{city"), json!({}));
+    let error = post(&qwen, "/chat/completions", &broken).error(400);
+    assert_eq!(
+        error["param"],
+        "messages[1].tool_calls[0].function.arguments"
+    );
+    let required = ask(
+        json!([question]),
+        json!({"tools": tools, "tool_choice": "required"}),
+    );
+    let error = post(&qwen, "/chat/completions", &required).error(400);
+    assert_eq!(error["param"], "tool_choice");
+}

@@ -76,6 +76,9 @@ pub struct ContentPart {
 pub struct ChatMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant message's calls (`{"id", "type": "function", "function": {"name",
+    /// "arguments"}}`, arguments a JSON string).
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -91,6 +94,9 @@ pub struct ChatRequest {
     /// Extra chat-template variables (vLLM's extension), e.g. `{"enable_thinking": false}`.
     #[serde(default)]
     pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Functions the model may call, and whether it may (see `serve::tools`).
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -141,16 +147,28 @@ impl ChatRequest {
                 // OpenAI's newer name for the system role; templates know only `system`.
                 let role = match m.role.as_str() {
                     "developer" => "system",
-                    role @ ("system" | "user" | "assistant") => role,
+                    role @ ("system" | "user" | "assistant" | "tool") => role,
                     other => {
                         return Err(ApiError::invalid(
                             Some(&format!("{param}.role")),
                             format!(
-                            "role `{other}` is not supported (system, developer, user, assistant)"
+                            "role `{other}` is not supported (system, developer, user, assistant, tool)"
                         ),
                         ))
                     }
                 };
+                if let (Some(calls), "assistant") = (&m.tool_calls, role) {
+                    let content = match &m.content {
+                        Some(Content::Text(text)) => text.clone(),
+                        Some(Content::Parts(parts)) => text_parts(parts, &param)?,
+                        None => String::new(),
+                    };
+                    let calls = template_calls(calls, &param)?;
+                    return Ok(Message {
+                        content,
+                        ..Message::tool_calls(calls)
+                    });
+                }
                 let content = match &m.content {
                     Some(Content::Text(text)) => text.clone(),
                     Some(Content::Parts(parts)) => text_parts(parts, &param)?,
@@ -184,6 +202,42 @@ impl ChatRequest {
         };
         self.common.settings(max_tokens, top_logprobs, bounds)
     }
+}
+
+/// An assistant message's calls as chat templates take them: OpenAI sends each call's arguments
+/// as a JSON string, templates expect the object (vLLM parses them the same way).
+fn template_calls(
+    calls: &[serde_json::Value],
+    param: &str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let field = format!("{param}.tool_calls[{j}]");
+            let function = &call["function"];
+            let name = function["name"].as_str().filter(|n| !n.is_empty());
+            let arguments = match &function["arguments"] {
+                serde_json::Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                    ApiError::invalid(
+                        Some(&format!("{field}.function.arguments")),
+                        format!("not a JSON object: {e}"),
+                    )
+                })?,
+                other => other.clone(),
+            };
+            match name {
+                Some(name) => Ok(serde_json::json!({
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                })),
+                None => Err(ApiError::invalid(
+                    Some(&format!("{field}.function.name")),
+                    "missing",
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The text of a content-part list; other part types are refused.

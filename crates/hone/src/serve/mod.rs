@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod metrics;
 mod routes;
+mod tools;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -26,6 +26,7 @@ use super::api::{self, Bounds, ChatRequest, CompletionRequest, Settings};
 use super::engine::{Event, Job, TokenLogprob};
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::tools::{self, StreamSplitter, Tools};
 use super::unix_now;
 use crate::chat::ChatTemplate;
 use crate::generate::FinishReason;
@@ -214,6 +215,8 @@ struct Prepared {
     adapter: Option<Arc<ServedAdapter>>,
     prompt_ids: Vec<u32>,
     settings: Settings,
+    /// The answer is read for tool calls (chat with `tools`).
+    tools: bool,
 }
 
 async fn chat_completions(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -229,8 +232,13 @@ trait OpenAiRequest: serde::de::DeserializeOwned {
     const API: Api;
     fn model(&self) -> Option<&str>;
     fn settings(&self, bounds: Bounds) -> Result<Settings, ApiError>;
-    /// The prompt's token ids: the rendered conversation, or the raw prompt with BOS.
-    fn prompt_ids(&self, state: &AppState) -> Result<Vec<u32>, ApiError>;
+    /// The functions the model is offered (none for completions).
+    fn tools(&self) -> Result<Tools, ApiError> {
+        Ok(Tools::default())
+    }
+    /// The prompt's token ids: the rendered conversation (with `tools`), or the raw prompt with
+    /// BOS.
+    fn prompt_ids(&self, state: &AppState, tools: &Tools) -> Result<Vec<u32>, ApiError>;
 }
 
 impl OpenAiRequest for ChatRequest {
@@ -244,14 +252,23 @@ impl OpenAiRequest for ChatRequest {
         ChatRequest::settings(self, bounds)
     }
 
-    fn prompt_ids(&self, state: &AppState) -> Result<Vec<u32>, ApiError> {
+    fn tools(&self) -> Result<Tools, ApiError> {
+        Tools::from_request(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+
+    fn prompt_ids(&self, state: &AppState, tools: &Tools) -> Result<Vec<u32>, ApiError> {
         let template = state
             .template
             .as_ref()
             .map_err(|why| ApiError::invalid(None, why.clone()))?;
+        let mut vars = self.chat_template_kwargs.clone();
+        vars.extend(tools.template_vars());
         let text = template
-            .render_with(&self.conversation()?, true, &self.chat_template_kwargs)
+            .render_with(&self.conversation()?, true, &vars)
             .map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?;
+        if tools.active() {
+            tools.check_prompt(&text)?;
+        }
         encode(state, &text, false)
     }
 }
@@ -267,7 +284,7 @@ impl OpenAiRequest for CompletionRequest {
         CompletionRequest::settings(self, bounds)
     }
 
-    fn prompt_ids(&self, state: &AppState) -> Result<Vec<u32>, ApiError> {
+    fn prompt_ids(&self, state: &AppState, _: &Tools) -> Result<Vec<u32>, ApiError> {
         encode(state, self.prompt_text()?, true)
     }
 }
@@ -283,12 +300,14 @@ async fn answer<R: OpenAiRequest>(
         let request: R = api::parse(&body)?;
         let (label, adapter) = resolve_model(&state, request.model())?;
         let settings = request.settings(bounds(&state))?;
+        let tools = request.tools()?;
         Ok(Prepared {
             api: R::API,
             label,
             adapter,
-            prompt_ids: request.prompt_ids(&state)?,
+            prompt_ids: request.prompt_ids(&state, &tools)?,
             settings,
+            tools: tools.active(),
         })
     };
     respond(&state, prepared.await).await
@@ -405,6 +424,8 @@ struct Reply {
     n: usize,
     logprobs: bool,
     include_usage: bool,
+    /// Answers are read for tool calls.
+    tools: bool,
 }
 
 impl Reply {
@@ -423,6 +444,7 @@ impl Reply {
             n: p.settings.n,
             logprobs: p.settings.top_logprobs.is_some(),
             include_usage: p.settings.include_usage,
+            tools: p.tools,
         }
     }
 
@@ -489,6 +511,21 @@ impl Reply {
     fn final_choice(&self, index: usize, c: &Choice) -> Value {
         let logprobs = self.logprobs.then(|| self.logprobs_json(&c.logprobs, 0));
         match self.api {
+            Api::Chat if self.tools => {
+                let (content, calls) = tools::parse(&c.text);
+                let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+                let mut finish = c.finish.map(finish_reason);
+                if !calls.is_empty() {
+                    message["tool_calls"] = Value::from(calls);
+                    finish = Some("tool_calls");
+                }
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                })
+            }
             Api::Chat => json!({
                 "index": index,
                 "message": {"role": "assistant", "content": c.text, "refusal": null},
@@ -620,6 +657,10 @@ fn stream(reply: Reply, mut events: UnboundedReceiver<Event>) -> Response {
             }
         }
         let (mut left, mut completion_tokens) = (reply.n, 0);
+        // With tools, each choice's text passes a splitter that holds back its calls.
+        let mut splitters: Vec<Option<StreamSplitter>> = (0..reply.n)
+            .map(|_| reply.tools.then(StreamSplitter::default))
+            .collect();
         while left > 0 {
             let chunk = match events.recv().await {
                 Some(Event::Token {
@@ -627,6 +668,10 @@ fn stream(reply: Reply, mut events: UnboundedReceiver<Event>) -> Response {
                     text,
                     logprob,
                 }) => {
+                    let text = match &mut splitters[choice] {
+                        Some(splitter) => splitter.push(&text),
+                        None => text,
+                    };
                     let logprobs: Vec<TokenLogprob> = logprob.into_iter().collect();
                     if text.is_empty() && (logprobs.is_empty() || !reply.logprobs) {
                         continue;
@@ -641,13 +686,35 @@ fn stream(reply: Reply, mut events: UnboundedReceiver<Event>) -> Response {
                 }) => {
                     left -= 1;
                     completion_tokens += n;
+                    let (text, calls) = match splitters[choice].take() {
+                        Some(mut splitter) => {
+                            let sent = splitter.push(&text);
+                            let (rest, calls) = splitter.finish();
+                            (sent + &rest, calls)
+                        }
+                        None => (text, Vec::new()),
+                    };
                     if !text.is_empty() {
                         let rest = reply.chunk_choice(choice, Some(&text), &[], None);
                         if !send(reply.envelope(true, vec![rest])) {
                             return;
                         }
                     }
-                    reply.chunk_choice(choice, None, &[], Some(reason))
+                    if calls.is_empty() {
+                        reply.chunk_choice(choice, None, &[], Some(reason))
+                    } else {
+                        for (k, call) in calls.into_iter().enumerate() {
+                            let mut delta = call;
+                            delta["index"] = json!(k);
+                            let chunk = json!({"index": choice, "delta": {"tool_calls": [delta]},
+                                "logprobs": null, "finish_reason": null});
+                            if !send(reply.envelope(true, vec![chunk])) {
+                                return;
+                            }
+                        }
+                        json!({"index": choice, "delta": {}, "logprobs": null,
+                            "finish_reason": "tool_calls"})
+                    }
                 }
                 Some(Event::Failed(e)) => {
                     send(e.body());
