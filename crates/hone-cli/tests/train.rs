@@ -102,6 +102,66 @@ fn tool_calling_data_trains_through_a_template_with_tools() {
     assert_eq!(losses(&dir.path().join("out")).len(), 2);
 }
 
+/// `report_to: tensorboard` writes an event file where transformers puts it (`output_dir/runs/
+/// {time}_{host}/events.out.tfevents.…`), or in `logging_dir`; other services are noted as
+/// ignored. (TensorBoard's own reader checks the contents: scripts/check/tensorboard_events.py.)
+#[test]
+fn tensorboard_event_files_go_where_transformers_puts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let run = hone(&[
+        "train",
+        arg(&config),
+        "max_steps=2",
+        "report_to=tensorboard,wandb",
+    ]);
+    run.ok();
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("out/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let files: Vec<_> = std::fs::read_dir(&runs[0]).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let file = files[0].as_ref().unwrap().path();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    assert!(
+        run.stderr
+            .contains(&format!("TensorBoard: {}", file.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("report_to: wandb: ignored"),
+        "{}",
+        run.stderr
+    );
+    // The version record and two steps' scalars (loss, grad_norm, learning_rate, epoch).
+    let bytes = std::fs::read(&file).unwrap();
+    let mut records = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let length = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 16 + length;
+        records += 1;
+    }
+    assert_eq!((at, records), (bytes.len(), 1 + 2 * 4));
+
+    let elsewhere = dir.path().join("tb");
+    let logging_dir = format!("logging_dir={}", arg(&elsewhere));
+    let run = hone(&[
+        "train",
+        arg(&config),
+        "max_steps=1",
+        "report_to=all",
+        "overwrite_output_dir=true",
+        &logging_dir,
+    ]);
+    run.ok();
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+}
+
 /// `template:` a LLaMA-Factory name is noted (the model's own template renders), a misspelt one
 /// gets the nearest names, and a path to no file is an error rather than a name.
 #[test]

@@ -12,6 +12,8 @@
 mod pyjson;
 mod strftime;
 
+pub(crate) use strftime::format_utc;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -39,7 +39,7 @@ pub(super) fn strftime_now(format: String) -> String {
 }
 
 /// Formats a Unix time (seconds, UTC) with C `strftime` directives.
-fn format_utc(unix_secs: i64, format: &str) -> String {
+pub(crate) fn format_utc(unix_secs: i64, format: &str) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs = unix_secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);

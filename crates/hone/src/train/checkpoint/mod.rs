@@ -5,6 +5,7 @@
 mod log;
 mod output_dir;
 mod state;
+pub mod tensorboard;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -178,9 +178,11 @@ pub struct OutputArgs {
     /// No-op (reported as ignored): LLaMA-Factory draws loss curves; Hone leaves them in
     /// `trainer_log.jsonl`.
     pub plot_loss: bool,
-    /// No-op beyond `none`: Hone reports to no tracking service; it writes `trainer_log.jsonl`
-    /// and `trainer_state.json` in `output_dir`.
+    /// `tensorboard` (or `all`) also writes TensorBoard event files; other services are noted
+    /// and ignored (`trainer_log.jsonl` and `trainer_state.json` are always written).
     pub report_to: CommaList,
+    /// Where the TensorBoard event files go (default `output_dir/runs/{time}_{host}`).
+    pub logging_dir: Option<String>,
     pub resume_from_checkpoint: ResumeFrom,
 }
 
@@ -303,6 +305,7 @@ impl Default for OutputArgs {
             save_only_model: false,
             plot_loss: false,
             report_to: CommaList::from("none"),
+            logging_dir: None,
             resume_from_checkpoint: ResumeFrom::No,
         }
     }

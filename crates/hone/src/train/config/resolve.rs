@@ -202,6 +202,15 @@ impl SftConfig {
 
     /// One line per accepted key that is set but changes nothing in Hone, saying why; the CLI
     /// prints them so nobody believes such a setting took effect.
+    /// Whether the run writes TensorBoard event files (`report_to: tensorboard` or `all`).
+    pub fn reports_to_tensorboard(&self) -> bool {
+        self.output
+            .report_to
+            .items()
+            .iter()
+            .any(|r| r == "tensorboard" || r == "all")
+    }
+
     pub fn ignored_settings(&self) -> Vec<String> {
         let (m, d, t) = (&self.model, &self.data, &self.train);
         let mut notes = Vec::new();
@@ -256,11 +265,19 @@ impl SftConfig {
             t.ddp_timeout != 1800,
             "ddp_timeout: ignored: Hone trains in one process",
         );
-        let report_to = &self.output.report_to;
-        if !report_to.is("none") {
+        let others: Vec<&str> = self
+            .output
+            .report_to
+            .items()
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !matches!(*r, "none" | "tensorboard" | "all"))
+            .collect();
+        if !others.is_empty() {
             notes.push(format!(
-                "report_to: {report_to}: ignored: Hone reports to no tracking service; \
-                 see trainer_log.jsonl and trainer_state.json in output_dir"
+                "report_to: {}: ignored: Hone reports to TensorBoard files only (report_to: \
+                 tensorboard); see trainer_log.jsonl and trainer_state.json in output_dir",
+                others.join(",")
             ));
         }
         notes

@@ -14,6 +14,7 @@ mod output;
 pub mod plan;
 mod preference;
 pub mod preview;
+mod report;
 mod rows;
 mod setup;
 mod state;
@@ -32,8 +33,7 @@ pub use state::Progress;
 use crate::data::{collate, flatten, Batch, Row};
 use crate::model;
 use crate::train::checkpoint::{
-    self, append_trainer_log, prepare_output_dir, round2, LogHistoryEntry, Retention,
-    TrainerLogRecord, TrainerState,
+    self, prepare_output_dir, round2, LogHistoryEntry, Retention, TrainerLogRecord, TrainerState,
 };
 use crate::train::config::{SftConfig, Stage};
 use crate::train::dropout;
@@ -42,6 +42,7 @@ use crate::train::lora::trainable_parameters_line;
 use crate::train::model::{shifted_labels, TrainModel};
 use crate::train::optim::{clip_grad_norm, AdamW};
 use crate::train::reward;
+use report::RunLog;
 use state::Snapshot;
 
 /// What the recipe tells its caller as it goes.
@@ -113,6 +114,10 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
     }
     let output_dir = prepared.dir;
     output::write_dataset_record(&output_dir, &rows)?;
+    let mut run_log = RunLog::open(config, &output_dir)?;
+    if let Some(path) = run_log.event_file() {
+        on(Event::Note(&format!("TensorBoard: {}", path.display())));
+    }
     let mut base = setup::load_base(config)?;
     if let Some(note) = setup::choose_base_storage(config, &mut base)? {
         on(Event::Note(&note));
@@ -242,8 +247,8 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
             if let Some(record) = &mut log {
                 let metrics = std::mem::take(&mut progress.pairs_since_log);
                 record.accuracy = metrics.accuracy();
-                append_trainer_log(&output_dir, record)?;
-                trainer_state.log_history.push(LogHistoryEntry {
+                run_log.line(record)?;
+                let entry = LogHistoryEntry {
                     epoch: round2(epoch),
                     grad_norm: record.grad_norm,
                     learning_rate: record.lr,
@@ -251,7 +256,8 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                     step,
                     metrics: metrics.named("").into_iter().collect(),
                     ..Default::default()
-                });
+                };
+                run_log.entry(&mut trainer_state, entry)?;
                 progress.loss_since_log = 0.0;
                 progress.steps_since_log = 0;
             }
@@ -274,7 +280,7 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
                     config,
                     &mut progress,
                     &mut trainer_state,
-                    &output_dir,
+                    &mut run_log,
                     (step, epoch, seconds),
                     eval_loss,
                     metrics,
@@ -453,7 +459,7 @@ fn record_eval(
     config: &SftConfig,
     progress: &mut Progress,
     trainer_state: &mut TrainerState,
-    output_dir: &Path,
+    run_log: &mut RunLog,
     (step, epoch, elapsed): (u64, f64, f64),
     eval_loss: f64,
     metrics: Vec<(String, f64)>,
@@ -462,14 +468,15 @@ fn record_eval(
         TrainerLogRecord::progress(step, trainer_state.max_steps, elapsed, progress.tokens_seen);
     record.eval_loss = Some(eval_loss);
     record.epoch = Some(round2(epoch));
-    append_trainer_log(output_dir, &record)?;
-    trainer_state.log_history.push(LogHistoryEntry {
+    run_log.line(&record)?;
+    let entry = LogHistoryEntry {
         epoch: round2(epoch),
         eval_loss: Some(eval_loss),
         step,
         metrics: metrics.into_iter().collect(),
         ..Default::default()
-    });
+    };
+    run_log.entry(trainer_state, entry)?;
     if progress.best_eval_loss.is_none_or(|best| eval_loss < best) {
         progress.best_eval_loss = Some(eval_loss);
         progress.evals_without_improvement = 0;
