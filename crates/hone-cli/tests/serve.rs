@@ -722,3 +722,114 @@ fn tools_reach_a_template_that_offers_them() {
     let error = post(&qwen, "/chat/completions", &required).error(400);
     assert_eq!(error["param"], "tool_choice");
 }
+
+/// A reward model trained by `hone train` (`stage: rm`, LoRA) is served for LLaMA-Factory's
+/// `/v1/score/evaluation`: each text's score equals the run's own `do_predict` score of the same
+/// text (which it rounds to two decimals), a text scores alike alone or among others, and a model
+/// without a value head is refused naming `model`.
+#[test]
+fn a_reward_model_scores_texts_as_its_training_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_hf_dir(dir.path());
+    let pair = |prompt: &str, chosen: &str, rejected: &str| json!({"instruction": prompt, "chosen": chosen, "rejected": rejected});
+    let train = json!([
+        pair("Say yes", "Yes.", "No way"),
+        pair("Greet me", "Hello there", "Go away"),
+        pair("Count to two", "One, two", "Three"),
+        pair("Be kind", "Thank you", "Whatever"),
+    ]);
+    let eval = json!([
+        pair("Say hi", "Hi!", "Bye"),
+        pair("Add 1+1", "It is 2", "It is 5")
+    ]);
+    write(dir.path(), "train.json", &train.to_string());
+    write(dir.path(), "eval.json", &eval.to_string());
+    let entry = |file: &str| json!({"file_name": file, "ranking": true});
+    let info = json!({"train": entry("train.json"), "eval": entry("eval.json")});
+    write(dir.path(), "dataset_info.json", &info.to_string());
+    // Contents joined by spaces: the rendered text is known exactly.
+    let template = write(
+        dir.path(),
+        "plain.jinja",
+        "{% for m in messages %}{{ m.content }} {% endfor %}",
+    );
+    let out = dir.path().join("out");
+    let config = format!(
+        "model_name_or_path: {}\nstage: rm\nfinetuning_type: lora\nlora_target: all\n\
+         dataset: train\neval_dataset: eval\ndataset_dir: {}\ntemplate: {}\ncutoff_len: 64\n\
+         output_dir: {}\nmax_steps: 3\nlearning_rate: 1.0e-2\nper_device_train_batch_size: 2\n\
+         do_predict: true\n",
+        model.display(),
+        dir.path().display(),
+        template.display(),
+        out.display()
+    );
+    let config = write(dir.path(), "rm.yaml", &config);
+    hone(&["train", arg(&config)]).ok();
+    let predicted: Vec<Value> = std::fs::read_to_string(out.join("generated_predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let adapter = format!("rm={}", out.display());
+    let server = Server::start(
+        &model,
+        &[
+            "--served-name",
+            "tiny",
+            "--chat-template",
+            arg(&template),
+            "--adapter",
+            &adapter,
+        ],
+    );
+    let texts: Vec<String> = eval
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let prompt = p["instruction"].as_str().unwrap();
+            ["chosen", "rejected"].map(|k| format!("{prompt} {} ", p[k].as_str().unwrap()))
+        })
+        .collect();
+    let score = |texts: &[String]| {
+        let answer = post(
+            &server,
+            "/score/evaluation",
+            &json!({"model": "rm", "messages": texts}),
+        );
+        let body = answer.json();
+        assert_eq!(body["object"], "score.evaluation", "{body}");
+        assert!(body["id"].as_str().unwrap().starts_with("scoreval-"));
+        body["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let scores = score(&texts);
+    assert_eq!((predicted.len(), scores.len()), (2, 4));
+    assert!(
+        scores.iter().all(|s| s.is_finite()) && scores[0] != scores[1],
+        "{scores:?}"
+    );
+    for (k, p) in predicted.iter().enumerate() {
+        for (j, key) in ["chosen", "rejected"].iter().enumerate() {
+            let want = p[key].as_f64().unwrap();
+            let got = scores[2 * k + j];
+            assert!(
+                (got - want).abs() <= 0.005 + 1e-9,
+                "pair {k} {key}: {got} vs {want}"
+            );
+        }
+    }
+    assert_eq!(score(&texts[1..2]), [scores[1]]);
+    let base = post(
+        &server,
+        "/score/evaluation",
+        &json!({"model": "tiny", "messages": ["a"]}),
+    );
+    assert_eq!(base.error(400)["param"], "model");
+}

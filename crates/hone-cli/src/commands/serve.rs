@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
+use hone::model::value_head::ValueHead;
 use hone::serve::{Limits, ServeOptions, Served};
 
 use super::{chat_template, PrecisionArgs};
@@ -114,11 +115,17 @@ pub fn run(args: Args) -> Result<()> {
         limits.context(loaded.model.config().max_position_embeddings),
         hone::serve::kv_cache_bound_bytes(&loaded.model, limits) as f64 / (1 << 20) as f64
     );
+    // A reward model saved whole (`stage: rm`, full) has its value head beside its weights.
+    let value_head = ValueHead::load(
+        std::path::Path::new(&args.model),
+        loaded.model.config().hidden_size,
+    )?;
     let served = Served {
         model: loaded.model,
         tokenizer: loaded.tokenizer,
         template,
         adapters,
+        value_head,
     };
     let base = options.served_name.clone();
     hone::serve::serve(options, served, |addr| {

@@ -390,6 +390,25 @@ impl Llama {
         self.run_blocks(&ids, (b, t), &mut context, &[])
     }
 
+    /// The final norm's output at the last of `ids` (transformers' last hidden state, before any
+    /// logit scaling), with `adapter`'s updates when given: what a reward model's value head
+    /// scores.
+    pub fn last_hidden(&self, ids: &[u32], adapter: Option<&LoraSet>) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("nothing to score: no tokens");
+        }
+        let t = ids.len();
+        let groups: Vec<(Vec<usize>, &LoraSet)> =
+            adapter.map(|set| (vec![0], set)).into_iter().collect();
+        let hidden = self.run_blocks(ids, (1, t), &mut Attend::Whole, &groups)?;
+        let last = hidden
+            .narrow(1, t - 1, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let scaling = self.cfg.scales.logits as f32;
+        Ok(last.into_iter().map(|x| x * scaling).collect())
+    }
+
     /// Feeds one sequence's tokens `ids` through the model, continuing its `cache`, with
     /// `adapter`'s updates when given; the last position's logits.
     pub fn prefill(

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod quantize;
 pub mod rope;
 pub mod tensors;
+pub mod value_head;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, NormPlacement, QkNorm, RopeScaling, SlidingWindow};

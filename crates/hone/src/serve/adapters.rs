@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{bail, Context, Result};
 
 use crate::adapters::read_adapter;
+use crate::model::value_head::ValueHead;
 use crate::model::{Llama, LoraSet};
 
 /// An adapter ready to apply to rows of a batch.
@@ -18,6 +19,8 @@ pub struct ServedAdapter {
     pub name: String,
     pub path: PathBuf,
     pub set: LoraSet,
+    /// A reward model's value head (`value_head.safetensors` beside the adapter).
+    pub value_head: Option<ValueHead>,
     /// Unix seconds when it was loaded (`created` in `/v1/models`).
     pub created: u64,
 }
@@ -33,6 +36,7 @@ pub fn load(model: &Llama, name: &str, dir: &Path) -> Result<ServedAdapter> {
         name: name.to_string(),
         path: dir.to_path_buf(),
         set,
+        value_head: ValueHead::load(dir, model.config().hidden_size)?,
         created: super::unix_now(),
     })
 }

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod metrics;
 mod routes;
+mod score;
 mod tools;
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,7 @@ pub use adapters::{load_named as load_adapters, ServedAdapter};
 pub use routes::Limits;
 
 use crate::chat::ChatTemplate;
+use crate::model::value_head::ValueHead;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
@@ -73,6 +75,8 @@ pub struct Served {
     /// The chat template, or why there is none.
     pub template: Result<ChatTemplate, String>,
     pub adapters: Vec<ServedAdapter>,
+    /// The base model's value head when it is a reward model (`value_head.safetensors` beside it).
+    pub value_head: Option<ValueHead>,
 }
 
 /// The most memory the key/value caches can take: every slot's sequence at the full context.
@@ -113,6 +117,7 @@ pub fn serve(
         tokenizer,
         template: served.template,
         adapters: registry,
+        value_head: served.value_head,
         metrics,
         jobs,
         limits: options.limits.clone(),

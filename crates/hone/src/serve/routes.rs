@@ -26,10 +26,12 @@ use super::api::{self, Bounds, ChatRequest, CompletionRequest, Settings};
 use super::engine::{Event, Job, TokenLogprob};
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::score;
 use super::tools::{self, StreamSplitter, Tools};
 use super::unix_now;
 use crate::chat::ChatTemplate;
 use crate::generate::FinishReason;
+use crate::model::value_head::ValueHead;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
@@ -83,6 +85,8 @@ pub struct AppState {
     /// The chat template, or why there is none (chat requests are refused with it).
     pub template: Result<ChatTemplate, String>,
     pub adapters: Registry,
+    /// The base model's value head, when it is a reward model (`/v1/score/evaluation`).
+    pub value_head: Option<ValueHead>,
     pub metrics: Arc<Metrics>,
     pub jobs: UnboundedSender<Job>,
     pub limits: Limits,
@@ -93,6 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/score/evaluation", post(score::score_evaluation))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/adapters", post(load_adapter))
@@ -163,7 +168,11 @@ async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
 }
 
 /// The body, at most the server's limit (413 beyond it).
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -178,7 +187,7 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 }
 
 /// The adapter `model` names (None: the base), or 404.
-fn resolve_model(
+pub(super) fn resolve_model(
     state: &AppState,
     model: Option<&str>,
 ) -> Result<(String, Option<Arc<ServedAdapter>>), ApiError> {

@@ -18,14 +18,12 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::data::{flatten, Batch, Row};
 use crate::io::safetensors as st;
+use crate::model::value_head as stored;
 use crate::train::dropout;
 use crate::train::linear::Tensor1;
 use crate::train::model::TrainModel;
 
-/// LLaMA-Factory's name for the value head's file.
-pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
-pub const WEIGHT: &str = "v_head.summary.weight";
-pub const BIAS: &str = "v_head.summary.bias";
+pub use crate::model::value_head::{BIAS, VALUE_HEAD_FILE, WEIGHT};
 
 /// TRL's `summary_dropout_prob` default: the value head's input is dropped out in training.
 const SUMMARY_DROPOUT: f32 = 0.1;
@@ -55,26 +53,9 @@ impl ValueHead {
 
     /// The head saved in `dir`, when `dir` has one (a reward model's output or checkpoint).
     pub fn load(dir: &Path, hidden: usize) -> Result<Option<ValueHead>> {
-        let path = dir.join(VALUE_HEAD_FILE);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let mut tensors = st::read_f32_values(&path)?;
-        let mut take = |name: &str, len: usize| -> Result<Tensor1> {
-            let values = tensors
-                .remove(name)
-                .with_context(|| format!("{}: no tensor {name}", path.display()))?;
-            ensure!(
-                values.len() == len,
-                "{}: {name} has {} values, the model's hidden size is {hidden}",
-                path.display(),
-                values.len()
-            );
-            Ok(Tensor1::new(values, true))
-        };
-        Ok(Some(ValueHead {
-            weight: take(WEIGHT, hidden)?,
-            bias: take(BIAS, 1)?,
+        Ok(stored::ValueHead::load(dir, hidden)?.map(|head| ValueHead {
+            weight: Tensor1::new(head.weight, true),
+            bias: Tensor1::new(vec![head.bias], true),
             dropout: SUMMARY_DROPOUT,
         }))
     }
