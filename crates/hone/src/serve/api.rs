@@ -511,8 +511,11 @@ mod tests {
         );
         let tool =
             parse::<ChatRequest>(br#"{"messages":[{"role":"tool","content":"x"}]}"#).unwrap();
+        assert_eq!(tool.conversation().unwrap(), vec![Message::new("tool", "x")]);
+        let function =
+            parse::<ChatRequest>(br#"{"messages":[{"role":"function","content":"x"}]}"#).unwrap();
         assert_eq!(
-            tool.conversation().unwrap_err().param.as_deref(),
+            function.conversation().unwrap_err().param.as_deref(),
             Some("messages[0].role")
         );
     }
