@@ -32,6 +32,8 @@ enum Command {
     Train(commands::train::Args),
     /// Predict the peak memory of a `hone train` run from its config, before loading anything.
     Plan(commands::plan::Args),
+    /// Find a learning rate: a range test of a config's run (fastai's lr_find), with a plot.
+    LrFind(commands::lr_find::Args),
     /// Show what a `hone train` run of a config will train on: per dataset the rows, tokens,
     /// truncation, labelled share and packing, then the first rows with the trained tokens marked.
     Data(commands::data::Args),
@@ -118,6 +120,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Chat(a) => commands::chat::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Plan(a) => commands::plan::run(a),
+        Command::LrFind(a) => commands::lr_find::run(a),
         Command::Data(a) => commands::data::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Eval(c) => commands::eval::run(c),

@@ -162,6 +162,52 @@ fn tensorboard_event_files_go_where_transformers_puts_them() {
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
 }
 
+/// `hone lr-find` ramps the learning rate exponentially over the config's own batches (fastai's
+/// schedule: step i at start·(end/start)^(i/steps)), records raw and smoothed losses, prints the
+/// suggestions and writes lr_find.json and a PNG plot; preference stages are refused.
+#[test]
+fn lr_find_ramps_the_rate_and_plots_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let out = dir.path().join("lr");
+    let run = hone(&[
+        "lr-find",
+        arg(&config),
+        "--steps",
+        "12",
+        "--start-lr",
+        "1e-5",
+        "--end-lr",
+        "1",
+        "--out",
+        arg(&out),
+    ]);
+    let stdout = run.ok();
+    assert!(
+        stdout.contains("suggested learning rates: valley "),
+        "{stdout}"
+    );
+    let found: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lr_find.json")).unwrap()).unwrap();
+    let lrs: Vec<f64> = serde_json::from_value(found["lrs"].clone()).unwrap();
+    assert!(!lrs.is_empty() && lrs.len() <= 12, "{lrs:?}");
+    for (i, lr) in lrs.iter().enumerate() {
+        let want = 1e-5 * 1e5f64.powf(i as f64 / 12.0);
+        assert!(
+            (lr - want).abs() <= 1e-12 * want,
+            "step {i}: {lr} vs {want}"
+        );
+    }
+    let raw: Vec<f64> = serde_json::from_value(found["raw_losses"].clone()).unwrap();
+    let smoothed: Vec<f64> = serde_json::from_value(found["smoothed_losses"].clone()).unwrap();
+    // The first smoothed loss is the first loss (debiased average of one value).
+    assert!((smoothed[0] - raw[0]).abs() < 1e-9 * raw[0]);
+    let png = std::fs::read(out.join("lr_find.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let refused = hone(&["lr-find", arg(&config), "stage=dpo", "--out", arg(&out)]);
+    assert!(refused.error().contains("stage: dpo"), "{}", refused.stderr);
+}
+
 /// `template:` a LLaMA-Factory name is noted (the model's own template renders), a misspelt one
 /// gets the nearest names, and a path to no file is an error rather than a name.
 #[test]

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod info;
+pub mod lr_find;
 pub mod merge;
 pub mod plan;
 pub mod serve;

@@ -511,7 +511,10 @@ mod tests {
         );
         let tool =
             parse::<ChatRequest>(br#"{"messages":[{"role":"tool","content":"x"}]}"#).unwrap();
-        assert_eq!(tool.conversation().unwrap(), vec![Message::new("tool", "x")]);
+        assert_eq!(
+            tool.conversation().unwrap(),
+            vec![Message::new("tool", "x")]
+        );
         let function =
             parse::<ChatRequest>(br#"{"messages":[{"role":"function","content":"x"}]}"#).unwrap();
         assert_eq!(

@@ -10,6 +10,7 @@
 //! field's conventions (PEFT adapter or HF checkpoint, HF `trainer_state.json`, LLaMA-Factory
 //! `trainer_log.jsonl`).
 
+pub mod lr_find;
 mod output;
 pub mod plan;
 mod preference;
@@ -394,6 +395,19 @@ fn train_step(
     config: &SftConfig,
     step: u64,
 ) -> Result<(f64, f32)> {
+    let loss = window_gradients(model, window, config, step)?;
+    let norm = finish_step(model, loss, config, step)?;
+    Ok((loss, norm))
+}
+
+/// The gradients of a window's mean loss per labelled token (accumulated over its micro-batches,
+/// the gradients zeroed first), and that loss.
+pub(super) fn window_gradients(
+    model: &mut TrainModel,
+    window: &[Batch],
+    config: &SftConfig,
+    step: u64,
+) -> Result<f64> {
     let labelled: usize = window
         .iter()
         .map(|b| shifted_labels(b).iter().filter(|&&l| l >= 0).count())
@@ -411,9 +425,7 @@ fn train_step(
         let (sum, _) = model.forward_backward(batch, 1.0 / labelled as f32, seed)?;
         loss_sum += sum;
     }
-    let loss = loss_sum / labelled as f64;
-    let norm = finish_step(model, loss, config, step)?;
-    Ok((loss, norm))
+    Ok(loss_sum / labelled as f64)
 }
 
 /// Stops on a non-finite loss, then clips the gradients; returns their norm before clipping.
