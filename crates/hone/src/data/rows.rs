@@ -1,11 +1,15 @@
 //! Reading a dataset file into JSON rows, each with the line it starts on. A file is a JSON array
 //! of rows when its first non-blank character is `[`, else JSON Lines (one row a line, blank
 //! lines ignored), whatever its extension: Hugging Face `datasets` reads both forms from either.
+//! A `.parquet` file (how datasets are stored on the Hub) gives each row as the JSON object
+//! `datasets` would (columns by name, lists and structs nested), its `line` the row's 1-based
+//! number.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
@@ -20,6 +24,12 @@ pub(super) struct RawRow {
 /// a JSON array file that does not parse is an error for the whole file, since nothing after the
 /// fault can be trusted.
 pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
+        return parquet_rows(path);
+    }
     let text = read_text(path)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if text.trim_start().starts_with('[') {
@@ -27,6 +37,25 @@ pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
     } else {
         Ok(json_lines(text))
     }
+}
+
+/// The rows of a parquet file, read with the `parquet` crate's record reader.
+fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let file = fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
+    let rows = reader
+        .get_row_iter(None)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    rows.enumerate()
+        .map(|(i, row)| {
+            let row = row.map_err(|e| anyhow!("{}: row {}: {e}", path.display(), i + 1))?;
+            Ok(RawRow {
+                line: i + 1,
+                value: Ok(row.to_json_value()),
+            })
+        })
+        .collect()
 }
 
 /// The non-blank lines of a text file (a byte-order mark dropped), each with its 1-based number.
