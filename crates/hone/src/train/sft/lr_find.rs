@@ -17,12 +17,11 @@ use serde::Serialize;
 
 pub use plot::write_png;
 
-use super::{epoch_order, new_optimizer, rows, setup, window_gradients, Event};
+use super::{clip, epoch_order, new_optimizer, rows, setup, window_gradients, Event};
 use crate::data::{flatten, Batch, Row};
 use crate::model;
 use crate::train::config::{SftConfig, Stage};
 use crate::train::model::TrainModel;
-use crate::train::optim::clip_grad_norm;
 
 /// The range and length of a test.
 #[derive(Clone, Copy, Debug)]
@@ -187,11 +186,7 @@ fn step(
     if !loss.is_finite() {
         return Ok(None);
     }
-    let max_norm = match config.train.max_grad_norm {
-        m if m > 0.0 => m as f32,
-        _ => f32::INFINITY,
-    };
-    let norm = clip_grad_norm(&mut model.grads_mut(), max_norm);
+    let norm = clip(model, config);
     Ok(norm.is_finite().then_some(loss))
 }
 

@@ -441,16 +441,21 @@ pub(super) fn finish_step(
             step + 1
         );
     }
-    // transformers clips only when max_grad_norm > 0; the norm is reported either way.
-    let max_norm = match config.train.max_grad_norm {
-        m if m > 0.0 => m as f32,
-        _ => f32::INFINITY,
-    };
-    let norm = clip_grad_norm(&mut model.grads_mut(), max_norm);
+    let norm = clip(model, config);
     if !norm.is_finite() {
         bail!("step {}: the gradient norm is {norm}: training stopped; nothing was saved from this step", step + 1);
     }
     Ok(norm)
+}
+
+/// Clips the gradients to `max_grad_norm` (transformers clips only when it is > 0); returns their
+/// norm before clipping, which is reported either way.
+pub(super) fn clip(model: &mut TrainModel, config: &SftConfig) -> f32 {
+    let max_norm = match config.train.max_grad_norm {
+        m if m > 0.0 => m as f32,
+        _ => f32::INFINITY,
+    };
+    clip_grad_norm(&mut model.grads_mut(), max_norm)
 }
 
 /// Token-weighted mean loss over the validation rows.
