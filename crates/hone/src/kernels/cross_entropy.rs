@@ -104,7 +104,36 @@ pub fn forward_backward<L: Copy + Into<i64>>(
     dh: &mut [f32],
     dw: Option<&mut [f32]>,
 ) -> Result<(f64, usize)> {
-    fused(h, w, labels, shape, |_| grad_scale, dh, dw)
+    fused(h, w, labels, shape, |_| grad_scale, dh, dw, |_, _| {})
+}
+
+/// Each position's loss (0 where it has no label) and, in `dh`, the gradient of each position's
+/// own loss with respect to its input row (factor 1): one pass where an objective built on the
+/// losses then scales each row of `dh` by its factor — valid when the head itself does not train
+/// (a frozen head's weight gradient would need the factors before the pass).
+pub fn position_losses_and_input_grads<L: Copy + Into<i64>>(
+    h: &[f32],
+    w: MatrixRef,
+    labels: &[L],
+    shape: CeShape,
+    dh: &mut [f32],
+) -> Result<Vec<f64>> {
+    let mut out = vec![0.0; shape.n];
+    fused(
+        h,
+        w,
+        labels,
+        shape,
+        |_| 1.0,
+        dh,
+        None,
+        |part, losses| {
+            for (&(row, _), &loss) in part.iter().zip(losses) {
+                out[row] = loss;
+            }
+        },
+    )?;
+    Ok(out)
 }
 
 /// [`forward_backward`] with a gradient factor per position: `dh` and `dw` get
@@ -126,10 +155,12 @@ pub fn forward_backward_weighted<L: Copy + Into<i64>>(
         weights.len(),
         shape.n
     );
-    fused(h, w, labels, shape, |row| weights[row], dh, dw)
+    fused(h, w, labels, shape, |row| weights[row], dh, dw, |_, _| {})
 }
 
-/// The fused forward and backward, `scale(position)` the gradient factor of each position.
+/// The fused forward and backward, `scale(position)` the gradient factor of each position;
+/// `take` hears each chunk's `(row, target)` pairs and losses.
+#[allow(clippy::too_many_arguments)]
 fn fused<L: Copy + Into<i64>>(
     h: &[f32],
     w: MatrixRef,
@@ -138,6 +169,7 @@ fn fused<L: Copy + Into<i64>>(
     scale: impl Fn(usize) -> f32 + Sync,
     dh: &mut [f32],
     mut dw: Option<&mut [f32]>,
+    mut take: impl FnMut(&[(usize, usize)], &[f64]),
 ) -> Result<(f64, usize)> {
     let CeShape { hidden, vocab, .. } = shape;
     let rows = labelled_rows(h, w, labels, shape)?;
@@ -169,6 +201,7 @@ fn fused<L: Copy + Into<i64>>(
                 *loss = row_loss_into_grad(row, target, scale(position))
             });
         loss_sum += losses.iter().sum::<f64>();
+        take(part, losses);
         if let Some(cap) = shape.softcap {
             // Back through the cap: d z = d capped · (1 − (capped / cap)²), from the capped
             // logits kept before the softmax took their place.

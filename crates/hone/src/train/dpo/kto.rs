@@ -11,7 +11,7 @@
 use anyhow::Result;
 
 use super::loss::sigmoid;
-use super::{backward_weighted, head_losses, sequence_logps, Metrics};
+use super::{sequence_logps, weighted_head, Metrics};
 use crate::data::{flatten, Row};
 use crate::train::model::TrainModel;
 
@@ -133,16 +133,16 @@ pub fn micro_batch(
     }
     let segments = batch.segment_ids.clone().expect("flattened");
     model.forward_backward_with(&batch, dropout_seed, |head| {
-        let losses = head_losses(&head)?;
-        let responses = responses(&losses);
-        let out = settings.batch(&responses, kl);
-        // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
-        let weights: Vec<f32> = segments
-            .iter()
-            .map(|&s| -(out.d_sums[s as usize] as f32) * grad_scale)
-            .collect();
-        backward_weighted(head, &weights)?;
-        Ok(record(&responses, &out))
+        weighted_head(head, |losses| {
+            let responses = responses(losses);
+            let out = settings.batch(&responses, kl);
+            // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
+            let weights: Vec<f32> = segments
+                .iter()
+                .map(|&s| -(out.d_sums[s as usize] as f32) * grad_scale)
+                .collect();
+            Ok((record(&responses, &out), weights))
+        })
     })
 }
 

@@ -173,43 +173,58 @@ pub fn pairs_forward_backward(
     let batch = flatten(rows);
     let segments = batch.segment_ids.clone().expect("flattened");
     model.forward_backward_with(&batch, dropout_seed, |head| {
-        let losses = head_losses(&head)?;
-        let pairs = pair_losses(&sequence_logps(&losses, &batch), reference, settings)?;
-        // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
-        let weights: Vec<f32> = segments
-            .iter()
-            .map(|&s| {
-                let pair = &pairs[s as usize / 2];
-                let d = if s % 2 == 0 {
-                    pair.d_chosen
-                } else {
-                    pair.d_rejected
-                };
-                -(d as f32) * grad_scale
-            })
-            .collect();
-        backward_weighted(head, &weights)?;
-        Ok(pairs)
+        weighted_head(head, |losses| {
+            let pairs = pair_losses(&sequence_logps(losses, &batch), reference, settings)?;
+            // ∂loss/∂(position's cross-entropy) = −∂loss/∂(its response's summed log-probability).
+            let weights: Vec<f32> = segments
+                .iter()
+                .map(|&s| {
+                    let pair = &pairs[s as usize / 2];
+                    let d = if s % 2 == 0 {
+                        pair.d_chosen
+                    } else {
+                        pair.d_rejected
+                    };
+                    -(d as f32) * grad_scale
+                })
+                .collect();
+            Ok((pairs, weights))
+        })
     })
 }
 
-/// The head's losses of a batch of responses, for an objective built on their log-probabilities.
-fn head_losses(head: &Head) -> Result<Vec<f64>> {
-    cross_entropy::position_losses(head.input, head.weight, head.labels, head.shape)
-}
-
-/// The head's backward with a factor per position (`−∂loss/∂logp` of the position's response).
-fn backward_weighted(head: Head, weights: &[f32]) -> Result<()> {
-    cross_entropy::forward_backward_weighted(
-        head.input,
-        head.weight,
-        head.labels,
-        head.shape,
-        weights,
-        head.dh,
-        head.grad,
-    )?;
-    Ok(())
+/// The head's part of an objective built on the positions' losses (responses' log-probabilities):
+/// `factors` turns the losses into the objective's result and each position's gradient factor
+/// (`−∂loss/∂logp` of its response). A frozen head takes one pass — the losses with each
+/// position's own input gradient, whose rows are then scaled by their factors — since the input
+/// gradient is linear in them; a head that trains needs the factors inside its weight gradient,
+/// so it takes a second, weighted pass.
+fn weighted_head<R>(
+    head: Head,
+    factors: impl FnOnce(&[f64]) -> Result<(R, Vec<f32>)>,
+) -> Result<R> {
+    let Head {
+        input,
+        weight,
+        grad,
+        labels,
+        shape,
+        dh,
+        ..
+    } = head;
+    if grad.is_none() {
+        let losses =
+            cross_entropy::position_losses_and_input_grads(input, weight, labels, shape, dh)?;
+        let (out, weights) = factors(&losses)?;
+        for (row, &factor) in dh.chunks_exact_mut(shape.hidden).zip(&weights) {
+            row.iter_mut().for_each(|g| *g *= factor);
+        }
+        return Ok(out);
+    }
+    let losses = cross_entropy::position_losses(input, weight, labels, shape)?;
+    let (out, weights) = factors(&losses)?;
+    cross_entropy::forward_backward_weighted(input, weight, labels, shape, &weights, dh, grad)?;
+    Ok(out)
 }
 
 /// The pairs' losses from their responses' log-probabilities (chosen, rejected, …).
