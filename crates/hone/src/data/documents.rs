@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::convert::{kind, RowError, SkipReason};
 use super::info::{self, Source};
-use super::load::SkipSummary;
+use super::load::{convert_rows, SkipSummary};
 use super::record::FileUse;
 use super::rows::{read_rows, text_lines};
 use super::{Example, RowOrigin};
@@ -115,29 +115,21 @@ fn json_documents(
         .map_or(DIRECT_TEXT_COLUMN, |f| f.columns.prompt.as_str());
     let rows = read_rows(&source.path)?;
     let total = rows.len();
-    let mut documents = Vec::with_capacity(total);
-    let mut skipped = SkipSummary::default();
-    for row in rows {
+    let (documents, skipped) = convert_rows(rows, skip_invalid_rows, |row| {
         let origin = RowOrigin {
             file: source.path.clone(),
             line: row.line,
         };
         match document(row.value, column) {
-            Ok(text) => documents.push(Document { text, origin }),
-            Err((field, problem, reason)) => {
-                let error = RowError {
-                    origin,
-                    field,
-                    problem,
-                    reason,
-                };
-                if !skip_invalid_rows {
-                    return Err(error.into());
-                }
-                skipped.add(error);
-            }
+            Ok(text) => Ok(Document { text, origin }),
+            Err((field, problem, reason)) => Err(RowError {
+                origin,
+                field,
+                problem,
+                reason,
+            }),
         }
-    }
+    })?;
     Ok((documents, skipped, total))
 }
 

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use super::convert::convert_feedback;
 use super::encode::encode_last_response;
 use super::info;
-use super::load::SkipSummary;
+use super::load::{convert_rows, SkipSummary};
 use super::preference::cut_one;
 use super::record::FileUse;
 use super::rows::read_rows;
@@ -64,18 +64,13 @@ pub fn load_feedback(
             None => super::load::detect_format(&source.path, &raw)?,
         };
         let total = raw.len();
-        let mut skipped = SkipSummary::default();
-        let mut rows = Vec::with_capacity(total);
-        for row in raw {
-            match convert_feedback(row, &format, &source.path) {
-                Ok((conversation, desirable)) => rows.push(FeedbackRow {
-                    conversation,
-                    desirable,
-                }),
-                Err(error) if skip_invalid_rows => skipped.add(error),
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let (rows, skipped) = convert_rows(raw, skip_invalid_rows, |row| {
+            let (conversation, desirable) = convert_feedback(row, &format, &source.path)?;
+            Ok(FeedbackRow {
+                conversation,
+                desirable,
+            })
+        })?;
         if rows.is_empty() {
             bail!("{}: no usable KTO rows ({skipped})", source.path.display());
         }

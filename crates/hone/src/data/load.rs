@@ -125,16 +125,28 @@ pub(super) fn load_file(
         Some(format) => format.clone(),
         None => detect_format(path, &rows)?,
     };
-    let mut conversations = Vec::with_capacity(rows.len());
+    convert_rows(rows, skip_invalid_rows, |row| {
+        convert(row, &format, path, answer)
+    })
+}
+
+/// Each of a file's rows through `convert`, in order: the items, and the rows skipped by reason —
+/// when `skip_invalid_rows`; otherwise the first bad row is the error.
+pub(super) fn convert_rows<T>(
+    rows: Vec<RawRow>,
+    skip_invalid_rows: bool,
+    mut convert: impl FnMut(RawRow) -> Result<T, RowError>,
+) -> Result<(Vec<T>, SkipSummary)> {
+    let mut items = Vec::with_capacity(rows.len());
     let mut skipped = SkipSummary::default();
     for row in rows {
-        match convert(row, &format, path, answer) {
-            Ok(conversation) => conversations.push(conversation),
+        match convert(row) {
+            Ok(item) => items.push(item),
             Err(error) if skip_invalid_rows => skipped.add(error),
             Err(error) => return Err(error.into()),
         }
     }
-    Ok((conversations, skipped))
+    Ok((items, skipped))
 }
 
 /// The format of a file named directly, from the keys of its first row that is an object.

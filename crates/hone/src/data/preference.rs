@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::convert::convert_pair;
 use super::encode::{encode_last_response, infer_seqlen};
 use super::info::{self, Format, Source};
-use super::load::SkipSummary;
+use super::load::{convert_rows, SkipSummary};
 use super::record::FileUse;
 use super::rows::{read_rows, RawRow};
 use super::{Conversation, Example};
@@ -61,19 +61,14 @@ pub fn load_pairs(
         let rows = read_rows(&source.path)?;
         let format = pair_format(&source, &rows)?;
         let total = rows.len();
-        let mut skipped = SkipSummary::default();
-        let mut pairs = Vec::with_capacity(total);
-        for row in rows {
-            match convert_pair(row, &format, &source.path) {
-                Ok((prompt, chosen, rejected)) => pairs.push(PreferencePair {
-                    prompt,
-                    chosen,
-                    rejected,
-                }),
-                Err(error) if skip_invalid_rows => skipped.add(error),
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let (pairs, skipped) = convert_rows(rows, skip_invalid_rows, |row| {
+            let (prompt, chosen, rejected) = convert_pair(row, &format, &source.path)?;
+            Ok(PreferencePair {
+                prompt,
+                chosen,
+                rejected,
+            })
+        })?;
         if pairs.is_empty() {
             bail!(
                 "{}: no usable preference rows ({skipped})",
