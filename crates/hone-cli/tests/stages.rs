@@ -244,7 +244,8 @@ fn datasets_mix_and_the_run_says_what_each_gave() {
 }
 
 /// `hone data` previews every stage: preference pairs as their chosen and rejected examples, the
-/// response alone trained after the shared prompt; raw text as blocks, every token trained.
+/// response alone trained after the shared prompt; raw text as blocks, every token trained; KTO
+/// rows as their tagged responses and KL examples.
 #[test]
 fn data_previews_pairs_and_blocks() {
     let dir = tempfile::tempdir().unwrap();

@@ -153,8 +153,8 @@ struct Read {
     truncated: usize,
 }
 
-/// Conversations (sft) or preference pairs (dpo, rm: a chosen and a rejected example each) encoded
-/// through the chat template.
+/// Conversations (sft), preference pairs (dpo, rm: a chosen and a rejected example each) or KTO
+/// rows (a response and its KL example each) encoded through the chat template.
 fn encoded(
     config: &SftConfig,
     tokenizer: &Tokenizer,
@@ -187,6 +187,9 @@ fn encoded(
             truncated,
         });
     }
+    if config.method.stage == Stage::Kto {
+        return feedback(tokenizer, template, name, dir, cutoff_len);
+    }
     let options = EncodeOptions {
         cutoff_len,
         train_on_prompt: d.train_on_prompt,
@@ -201,6 +204,55 @@ fn encoded(
         examples,
         rows: loaded.files.iter().map(|f| f.rows).sum(),
         used: loaded.conversations.len(),
+        skipped: loaded.skipped,
+        truncated,
+    })
+}
+
+/// KTO rows as the run trains on them: each response, tagged desirable or not, then its KL
+/// example (the row's prompt with the previous row's response, forward only).
+fn feedback(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    name: &str,
+    dir: &Path,
+    cutoff_len: usize,
+) -> Result<Read> {
+    let loaded = data::load_feedback(name, dir, true)?;
+    let examples = data::encode_feedback(tokenizer, template, &loaded.rows, cutoff_len)?;
+    let whole = data::encode_feedback(tokenizer, template, &loaded.rows, usize::MAX / 2)?;
+    let truncated = examples
+        .chunks(2)
+        .zip(whole.chunks(2))
+        .filter(|(cut, whole)| {
+            cut.iter()
+                .zip(*whole)
+                .any(|(c, w)| c.input_ids.len() < w.input_ids.len())
+        })
+        .count();
+    let labelled = loaded
+        .rows
+        .iter()
+        .zip(examples.chunks(2))
+        .flat_map(|(row, pair)| {
+            let origin = row.conversation.origin.to_string();
+            let tag = if row.desirable {
+                "desirable"
+            } else {
+                "undesirable"
+            };
+            [
+                (format!("{origin}, {tag}"), pair[0].clone()),
+                (
+                    format!("{origin}, KL: the previous row's response"),
+                    pair[1].clone(),
+                ),
+            ]
+        });
+    Ok(Read {
+        examples: labelled.collect(),
+        rows: loaded.files.iter().map(|f| f.rows).sum(),
+        used: loaded.rows.len(),
         skipped: loaded.skipped,
         truncated,
     })
