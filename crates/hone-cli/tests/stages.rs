@@ -216,6 +216,15 @@ fn datasets_mix_and_the_run_says_what_each_gave() {
             &["mix_strategy=interleave_over", "interleave_probs=0.5,0.5"][..],
             "datasets mixed (interleave_over): ",
         ),
+        // eval_dataset is mixed and cut by max_samples too, as LLaMA-Factory does.
+        (
+            &[
+                "mix_strategy=interleave_under",
+                "eval_dataset=wiki_demo,c4_demo",
+                "max_samples=3",
+            ][..],
+            "eval_dataset: datasets mixed (interleave_under): 4 rows taken (wiki_demo 2 of 2, c4_demo 2 of 6)",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = out_dir(dir.path());

@@ -241,6 +241,21 @@ fn rules_between_keys_blame_the_key_where_it_was_set() {
         &load_error(
             &path,
             &[
+                "dataset=a,b",
+                "eval_dataset=c",
+                "mix_strategy=interleave_under",
+                "interleave_probs=0.5,0.5",
+            ],
+        ),
+        &[
+            "interleave_probs",
+            "eval_dataset has 1 datasets and dataset 2",
+        ],
+    );
+    assert_mentions(
+        &load_error(
+            &path,
+            &[
                 "stage=rm",
                 "do_predict=true",
                 "predict_with_generate=true",

@@ -314,6 +314,18 @@ fn check_data(c: &SftConfig) -> Checked {
             "interleave_probs",
             format!("one probability per dataset ({datasets} datasets)"),
         )?;
+        let eval = d
+            .eval_dataset
+            .as_ref()
+            .map_or(datasets, |l| l.items().len());
+        require(
+            eval == datasets,
+            "interleave_probs",
+            format!(
+                "eval_dataset has {eval} datasets and dataset {datasets}: LLaMA-Factory mixes \
+                 both with these probabilities, one per dataset"
+            ),
+        )?;
         let sum: f64 = parsed.ok().flatten().unwrap_or_default().iter().sum();
         require(
             (sum - 1.0).abs() < 1e-6,

@@ -204,8 +204,8 @@ struct Split<T> {
     notes: Vec<String>,
 }
 
-/// Reads `dataset` (mixed, see [`load_mixed`]) and `eval_dataset` with `load`, or holds out a
-/// `val_size` split of `dataset` (seeded by `seed`).
+/// Reads `dataset` and `eval_dataset` with `load`, each mixed (see [`load_mixed`]), or holds out
+/// a `val_size` split of `dataset` (seeded by `seed`).
 fn split_datasets<T: Clone>(
     config: &SftConfig,
     load: impl Fn(&str) -> Result<Loaded<T>>,
@@ -217,9 +217,12 @@ fn split_datasets<T: Clone>(
     let (loaded, mix_note) = load_mixed(config, dataset, &load)?;
     let mut skipped = loaded.skipped;
     let mut files = loaded.files;
+    let mut notes: Vec<String> = mix_note.into_iter().collect();
     let (train, val) = match &d.eval_dataset {
         Some(eval) => {
-            let eval = load(&eval.to_string())?;
+            // As LLaMA-Factory: max_samples and the mix strategy apply to eval_dataset too.
+            let (eval, eval_note) = load_mixed(config, eval, &load)?;
+            notes.extend(eval_note.map(|n| format!("eval_dataset: {n}")));
             skipped.merge(eval.skipped);
             files.extend(eval.files.into_iter().map(|f| FileUse {
                 role: "eval_dataset",
@@ -237,7 +240,7 @@ fn split_datasets<T: Clone>(
         val,
         skipped,
         files,
-        notes: mix_note.into_iter().collect(),
+        notes,
     })
 }
 
