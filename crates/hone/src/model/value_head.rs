@@ -49,12 +49,17 @@ impl ValueHead {
 
     /// The value of final hidden state `h`.
     pub fn value(&self, h: &[f32]) -> f64 {
-        let dot: f64 = self
-            .weight
-            .iter()
-            .zip(h)
-            .map(|(&w, &x)| f64::from(w) * f64::from(x))
-            .sum();
-        dot + f64::from(self.bias)
+        value(&self.weight, self.bias, h)
     }
+}
+
+/// `weight · h + bias`, accumulated in f64: the head's product, for serving and for training's
+/// copy of the head alike.
+pub fn value(weight: &[f32], bias: f32, h: &[f32]) -> f64 {
+    let dot: f64 = weight
+        .iter()
+        .zip(h)
+        .map(|(&w, &x)| f64::from(w) * f64::from(x))
+        .sum();
+    dot + f64::from(bias)
 }

@@ -73,7 +73,7 @@ impl ValueHead {
 
     /// The value of hidden state `h` without dropout (evaluation).
     pub fn value(&self, h: &[f32]) -> f64 {
-        dot(&self.weight.value, h) + f64::from(self.bias.value[0])
+        stored::value(&self.weight.value, self.bias.value[0], h)
     }
 
     /// The value of `h` in training, through a dropout mask drawn from `seed`, and the input
@@ -82,13 +82,6 @@ impl ValueHead {
         let seen = dropout::apply(h, self.dropout, seed);
         (self.value(&seen), seen)
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum()
 }
 
 /// The last position of each row of a flattened batch, in row order.
