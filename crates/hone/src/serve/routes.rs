@@ -520,11 +520,16 @@ impl Reply {
     fn final_choice(&self, index: usize, c: &Choice) -> Value {
         let logprobs = self.logprobs.then(|| self.logprobs_json(&c.logprobs, 0));
         match self.api {
-            Api::Chat if self.tools => {
-                let (content, calls) = tools::parse(&c.text);
-                let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+            Api::Chat => {
+                let mut message = json!({"role": "assistant", "content": c.text, "refusal": null});
                 let mut finish = c.finish.map(finish_reason);
+                // With tools, an answer made of calls gives them and its text before them.
+                let (content, calls) = match self.tools {
+                    true => tools::parse(&c.text),
+                    false => (None, Vec::new()),
+                };
                 if !calls.is_empty() {
+                    message["content"] = json!(content);
                     message["tool_calls"] = Value::from(calls);
                     finish = Some("tool_calls");
                 }
@@ -535,12 +540,6 @@ impl Reply {
                     "finish_reason": finish,
                 })
             }
-            Api::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": c.text, "refusal": null},
-                "logprobs": logprobs,
-                "finish_reason": c.finish.map(finish_reason),
-            }),
             Api::Completion => json!({
                 "index": index,
                 "text": c.text,
