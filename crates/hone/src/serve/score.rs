@@ -16,9 +16,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::adapters::ServedAdapter;
 use super::api;
 use super::error::ApiError;
 use super::routes::{read_body, resolve_model, AppState};
+use crate::model::value_head::ValueHead;
+use crate::model::Llama;
 
 #[derive(Deserialize, Debug)]
 struct ScoreRequest {
@@ -32,10 +35,18 @@ pub(super) async fn score_evaluation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (label, result) = match request(&state, headers, body).await {
-        Ok((label, scored)) => (label, scored.await),
-        Err(e) => ("-".to_string(), Err(e)),
+    let scoring = match request(&state, headers, body).await {
+        Ok(scoring) => scoring,
+        Err(e) => {
+            state.metrics.request("-", e.status.as_u16());
+            return e.into_response();
+        }
     };
+    let label = scoring.label.clone();
+    let result = tokio::task::spawn_blocking(move || scoring.run())
+        .await
+        .map_err(|e| ApiError::internal(format!("scoring stopped: {e}")))
+        .and_then(|scores| scores.map_err(|e| ApiError::internal(format!("{e:#}"))));
     match result {
         Ok(scores) => {
             state.metrics.request(&label, 200);
@@ -51,18 +62,32 @@ pub(super) async fn score_evaluation(
     }
 }
 
-/// Checks the request; returns the model's name and the scoring to await.
+/// A checked request: the texts' token ids and the model that scores them.
+struct Scoring {
+    label: String,
+    model: Arc<Llama>,
+    adapter: Option<Arc<ServedAdapter>>,
+    head: ValueHead,
+    inputs: Vec<Vec<u32>>,
+}
+
+impl Scoring {
+    /// Each text's value at its last token (blocking: the model runs on this thread).
+    fn run(self) -> anyhow::Result<Vec<f64>> {
+        let set = self.adapter.as_ref().map(|a| &a.set);
+        self.inputs
+            .iter()
+            .map(|ids| Ok(self.head.value(&self.model.last_hidden(ids, set)?)))
+            .collect()
+    }
+}
+
+/// Checks the request and tokenizes its texts.
 async fn request(
     state: &Arc<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<
-    (
-        String,
-        impl std::future::Future<Output = Result<Vec<f64>, ApiError>>,
-    ),
-    ApiError,
-> {
+) -> Result<Scoring, ApiError> {
     let body = read_body(state, &headers, body).await?;
     let request: ScoreRequest = api::parse(&body)?;
     let (label, adapter) = resolve_model(state, request.model.as_deref())?;
@@ -111,18 +136,11 @@ async fn request(
         ids.truncate(max_length);
         inputs.push(ids);
     }
-    let model = state.model.clone();
-    let scoring = async move {
-        tokio::task::spawn_blocking(move || {
-            let set = adapter.as_ref().map(|a| &a.set);
-            inputs
-                .iter()
-                .map(|ids| Ok(head.value(&model.last_hidden(ids, set)?)))
-                .collect::<anyhow::Result<Vec<f64>>>()
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("scoring stopped: {e}")))?
-        .map_err(|e| ApiError::internal(format!("{e:#}")))
-    };
-    Ok((label, scoring))
+    Ok(Scoring {
+        label,
+        model: state.model.clone(),
+        adapter,
+        head,
+        inputs,
+    })
 }
