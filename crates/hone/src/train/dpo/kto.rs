@@ -184,17 +184,8 @@ mod tests {
     /// (fixtures/train/kto_losses.json, `scripts/golden/dpo.py`).
     #[test]
     fn losses_match_trl() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/train/kto_losses.json");
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let column = |v: &serde_json::Value| -> Vec<f64> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        };
+        let golden = super::super::golden("kto_losses.json");
+        let column = super::super::numbers;
         let (sums, tokens, refs) = (
             column(&golden["sums"]),
             column(&golden["tokens"]),

@@ -208,17 +208,8 @@ mod tests {
     /// on fixed inputs (fixtures/train/dpo_losses.json, `scripts/golden/dpo.py`).
     #[test]
     fn losses_match_trl_and_llamafactory() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/train/dpo_losses.json");
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let column = |v: &serde_json::Value| -> Vec<f64> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        };
+        let golden = super::super::golden("dpo_losses.json");
+        let column = super::super::numbers;
         let (tc, tr) = (
             column(&golden["tokens_chosen"]),
             column(&golden["tokens_rejected"]),

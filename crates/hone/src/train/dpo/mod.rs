@@ -431,3 +431,22 @@ pub fn settings(config: &SftConfig) -> PreferenceLoss {
         simpo_gamma: m.simpo_gamma,
     }
 }
+
+/// A golden fixture of `scripts/golden/dpo.py` (fixtures/train/NAME) as JSON.
+#[cfg(test)]
+fn golden(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/train")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A list of numbers in a golden fixture.
+#[cfg(test)]
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
