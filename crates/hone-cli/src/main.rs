@@ -49,6 +49,8 @@ enum Command {
     Export(commands::export::Args),
     /// Serve a model and its LoRA adapters over OpenAI's HTTP API (chat, completions, streaming).
     Serve(commands::serve::Args),
+    /// A local web page to watch and compare training runs: live curves, alerts, config diffs.
+    Board(commands::board::Args),
     /// Print a shell completion script: `hone completions bash > ~/.local/share/bash-completion/completions/hone`.
     Completions(commands::completions::Args),
 }
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
     // only waits on the network.
     let result = match cli.command {
         Command::Serve(a) => commands::serve::run(a),
+        Command::Board(a) => commands::board::run(a),
         command => hone::kernels::pool::run_in_pool(|| run(command)),
     };
     match result {
@@ -127,6 +130,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Merge(a) => commands::merge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Board(a) => commands::board::run(a),
         Command::Completions(a) => commands::completions::run::<Cli>(a),
     }
 }

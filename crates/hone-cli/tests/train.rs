@@ -295,6 +295,7 @@ fn lora_overfits_writes_a_peft_adapter_and_the_adapter_generates() {
     ] {
         assert!(out.join(file).is_file(), "{file} is missing");
     }
+    assert_eq!(run_status(&out)["status"], "finished");
     let adapter: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
             .unwrap();
@@ -706,6 +707,21 @@ fn a_non_finite_loss_stops_training_with_the_step() {
         "{err}"
     );
     assert!(!dir.path().join("out/adapter_model.safetensors").exists());
+    let status = run_status(&dir.path().join("out"));
+    assert_eq!(status["status"], "failed");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("step 2: the loss is NaN"),
+        "{status}"
+    );
+}
+
+/// The run's `run_status.json`.
+fn run_status(out: &Path) -> Value {
+    let text = std::fs::read_to_string(out.join("run_status.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
 
 #[test]
@@ -738,6 +754,7 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("interrupted; resume with"), "{stderr}");
+    assert_eq!(run_status(&out)["status"], "interrupted");
     let checkpoints: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

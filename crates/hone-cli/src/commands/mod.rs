@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument groups live here.
 
+pub mod board;
 pub mod chat;
 pub mod compare;
 pub mod completions;

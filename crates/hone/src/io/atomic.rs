@@ -176,7 +176,7 @@ fn recover_where(dir: &Path, chosen: impl Fn(&Temporary) -> bool) -> Result<Vec<
 
 /// Whether process `pid` is running (this one included). Where that cannot be asked, it is taken
 /// to run, so nothing of a live writer is ever touched.
-fn process_runs(pid: u32) -> bool {
+pub fn process_runs(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

@@ -8,14 +8,16 @@
 
 mod adapters;
 mod api;
+pub mod board;
 mod engine;
 mod error;
+mod listen;
 mod metrics;
 mod routes;
 mod score;
 mod tools;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,26 +47,20 @@ pub struct ServeOptions {
 impl ServeOptions {
     /// Refuses a non-loopback address without an API key: anyone on the network could use it.
     pub fn check(&self) -> Result<SocketAddr> {
-        let ip: IpAddr = match self.host.as_str() {
-            "localhost" => IpAddr::from([127, 0, 0, 1]),
-            host => host
-                .parse()
-                .with_context(|| format!("--host {host}: not an IP address"))?,
-        };
-        if !ip.is_loopback() && self.limits.api_key.is_none() {
-            bail!(
-                "--host {}: listening beyond this machine needs an API key (--api-key KEY or \
-                 HONE_API_KEY); without one anyone on the network could use the server",
-                self.host
-            );
-        }
+        let addr = listen::bind_address(
+            &self.host,
+            self.port,
+            self.limits.api_key.is_some(),
+            "an API key (--api-key KEY or HONE_API_KEY); without one anyone on the network could \
+             use the server",
+        )?;
         if self.limits.max_batch == 0 {
             bail!("--max-concurrency must be at least 1");
         }
         if self.limits.max_context.is_some_and(|n| n < 2) {
             bail!("--max-context must leave room for a prompt and a token: at least 2");
         }
-        Ok(SocketAddr::new(ip, self.port))
+        Ok(addr)
     }
 }
 
@@ -127,45 +123,11 @@ pub fn serve(
         .name("hone-engine".into())
         .spawn(move || crate::kernels::pool::run_in_pool(|| engine.run()))
         .context("cannot start the decoding thread")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the HTTP runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        on_listening(listener.local_addr()?);
-        axum::serve(listener, routes::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed")
-    })?;
-    drop(runtime);
+    listen::run_http(addr, routes::router(state), on_listening)?;
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))?;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -130,7 +130,7 @@ async fn api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 }
 
 /// Compares without an early exit, so the time taken does not tell how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -4,6 +4,7 @@
 
 mod log;
 mod output_dir;
+mod run_status;
 mod state;
 pub mod tensorboard;
 
@@ -18,6 +19,7 @@ use crate::train::config::ResumeFrom;
 pub(crate) use log::round2;
 pub use log::{append_trainer_log, hms, TrainerLogRecord, TRAINER_LOG_NAME};
 pub use output_dir::{prepare_output_dir, PreparedOutput};
+pub use run_status::{unix_now, RunState, RunStatus, RUN_STATUS_NAME};
 pub use state::{LogHistoryEntry, TrainerState, TRAINER_STATE_NAME};
 
 /// transformers' `PREFIX_CHECKPOINT_DIR`.

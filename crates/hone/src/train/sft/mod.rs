@@ -34,7 +34,8 @@ pub use state::Progress;
 use crate::data::{collate, flatten, Batch, Row};
 use crate::model;
 use crate::train::checkpoint::{
-    self, prepare_output_dir, round2, LogHistoryEntry, Retention, TrainerLogRecord, TrainerState,
+    self, prepare_output_dir, round2, LogHistoryEntry, Retention, RunState, RunStatus,
+    TrainerLogRecord, TrainerState,
 };
 use crate::train::config::{SftConfig, Stage};
 use crate::train::dropout;
@@ -85,8 +86,31 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Runs the whole recipe for `config`.
+/// Runs the whole recipe for `config`. Once `output_dir` is ready, `run_status.json` there says
+/// the run is going, then how it ended (failed, with the error, included).
 pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+    let mut begun = None;
+    let result = run_recipe(config, options, on, &mut begun);
+    if let Some((dir, status)) = begun {
+        let (state, message) = match &result {
+            Ok(summary) if summary.interrupted => (RunState::Interrupted, None),
+            Ok(summary) => (
+                RunState::Finished,
+                summary.early_stopped.then(|| "stopped early".to_string()),
+            ),
+            Err(e) => (RunState::Failed, Some(format!("{e:#}"))),
+        };
+        status.end(&dir, state, message)?;
+    }
+    result
+}
+
+fn run_recipe(
+    config: &SftConfig,
+    options: &RunOptions,
+    on: &mut dyn FnMut(Event),
+    begun: &mut Option<(PathBuf, RunStatus)>,
+) -> Result<Summary> {
     // The data and the memory plan come before any weight: a run that cannot fit stops here.
     let (source, model_config, tokenizer) = model::inspect(&config.model.model_name_or_path)?;
     let rows = rows::load_rows(config, &tokenizer)?;
@@ -114,6 +138,8 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         on(Event::Note(&note));
     }
     let output_dir = prepared.dir;
+    *begun = Some((output_dir.clone(), RunStatus::begin(&output_dir)?));
+    output::write_run_config(&output_dir, config)?;
     output::write_dataset_record(&output_dir, &rows)?;
     let mut run_log = RunLog::open(config, &output_dir)?;
     if let Some(path) = run_log.event_file() {
@@ -335,7 +361,6 @@ pub fn run(config: &SftConfig, options: &RunOptions, on: &mut dyn FnMut(Event)) 
         trainer_state.global_step = progress.global_step;
         trainer_state.epoch = round2(epoch_position(&progress, plan.steps_per_epoch as usize));
         output::write_final(&output::Final {
-            config,
             output_dir: &output_dir,
             model: &mut model,
             tokenizer: &tokenizer,

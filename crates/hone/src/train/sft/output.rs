@@ -1,7 +1,8 @@
 //! The output directory of a finished run, laid out as LLaMA-Factory / the HF Trainer leave it:
 //! the PEFT adapter (LoRA) or a complete HF checkpoint (full and freeze), a reward model's
-//! `value_head.safetensors`, the tokenizer files, the resolved config (`training_args.yaml`), `trainer_state.json` and `train_results.json`; and
-//! Hone's record of the data read (`dataset_record.json`, written when the run starts).
+//! `value_head.safetensors`, the tokenizer files, `trainer_state.json` and `train_results.json`;
+//! and, written when the run starts, the resolved config (`training_args.yaml`) and Hone's
+//! record of the data read (`dataset_record.json`).
 
 use std::fs;
 use std::path::Path;
@@ -21,7 +22,6 @@ use crate::train::model::TrainModel;
 use crate::train::reward::PairScores;
 
 pub struct Final<'a> {
-    pub config: &'a SftConfig,
     pub output_dir: &'a Path,
     pub model: &'a mut TrainModel,
     pub tokenizer: &'a Tokenizer,
@@ -30,6 +30,12 @@ pub struct Final<'a> {
     pub train_loss: f64,
     pub seconds: f64,
     pub train_examples: usize,
+}
+
+/// The resolved config (`training_args.yaml`), written when the run starts so that a run in
+/// progress shows what it runs.
+pub fn write_run_config(dir: &Path, config: &SftConfig) -> Result<()> {
+    atomic::write_text(&dir.join("training_args.yaml"), &config.to_yaml())
 }
 
 pub fn write_final(f: &Final) -> Result<()> {
@@ -41,8 +47,6 @@ pub fn write_final(f: &Final) -> Result<()> {
     if let Some(head) = &f.model.value_head {
         head.save(dir)?;
     }
-    let yaml = f.config.to_yaml();
-    atomic::write_text(&dir.join("training_args.yaml"), &yaml)?;
     f.trainer_state.save(dir)?;
     let steps = f.trainer_state.global_step as f64;
     let epochs = f.trainer_state.epoch;

@@ -1,0 +1,361 @@
+// Hone board: the runs table, one run's live curves, and runs compared. Plain DOM and inline SVG,
+// no libraries: the page must work offline from the binary alone. Text from runs is only ever
+// set as textContent, never parsed as HTML.
+"use strict";
+
+const view = document.getElementById("view");
+const connection = document.getElementById("connection");
+const COLORS = ["#2f5bd3", "#d9480f", "#2b8a3e", "#9c36b5", "#e8590c", "#0b7285", "#c2255c", "#5c940d"];
+const AXES = { step: "step", epoch: "epoch", tokens: "tokens seen", wall: "wall time (s)" };
+let cleanup = [];  // what the current view must stop when another one opens
+let axis = "step";
+
+// el("td", {class: "num"}, "1.25", child…): an element with attributes and children.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    // Through the CSSOM: the page's policy forbids style attributes.
+    else if (k === "style") Object.assign(node.style, v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+async function getJson(url) {
+  const response = await fetch(url, { credentials: "same-origin" });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+const fmt = {
+  num(x, digits = 4) {
+    if (x === undefined || x === null) return "–";
+    if (typeof x === "string") return x;  // NaN / Infinity, as the log wrote them
+    if (Math.abs(x) >= 1e5 || (x !== 0 && Math.abs(x) < 1e-3)) return x.toExponential(2);
+    return Number(x.toFixed(digits)).toString();
+  },
+  seconds(s) {
+    if (s === undefined || s === null) return "–";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    return h ? `${h}h ${String(m).padStart(2, "0")}m` : m ? `${m}m ${String(r).padStart(2, "0")}s` : `${r}s`;
+  },
+  when(unix) { return unix ? new Date(unix * 1000).toLocaleString() : "–"; },
+  value(v) { return v === null || v === undefined ? "–" : typeof v === "number" ? fmt.num(v) : String(v); },
+};
+
+const baseName = path => (path ? path.split(/[\\/]/).filter(Boolean).pop() : "–");
+
+function badge(status) { return el("span", { class: `badge ${status}` }, status); }
+function runLink(id) { return `#/run/${encodeURIComponent(id)}`; }
+
+// "H:MM:SS" or "N days, H:MM:SS" → seconds.
+function hms(text) {
+  if (typeof text !== "string") return undefined;
+  let days = 0, clock = text;
+  const comma = text.indexOf(", ");
+  if (comma >= 0) { days = parseInt(text, 10); clock = text.slice(comma + 2); }
+  const [h, m, s] = clock.split(":").map(Number);
+  return days * 86400 + h * 3600 + m * 60 + s;
+}
+
+// ---- charts ---------------------------------------------------------------------------------
+
+function niceTicks(lo, hi, count) {
+  if (!(hi > lo)) { hi = lo + 1; }
+  const raw = (hi - lo) / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map(f => f * mag).find(s => s >= raw);
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(Number(t.toPrecision(12)));
+  return ticks;
+}
+
+function tickLabel(t) {
+  if (axis === "wall") return fmt.seconds(t);
+  if (Math.abs(t) >= 1e4 || (t !== 0 && Math.abs(t) < 1e-2)) return t.toExponential(1);
+  return String(t);
+}
+
+// A line chart of `series` ([{name, color, dashed, points: [[x, y]…]}]) drawn into `box`.
+function drawChart(box, title, series) {
+  // Drawn at the box's own size, so that text is never stretched.
+  const W = Math.max(320, box.clientWidth - 16) || 520, H = box.classList.contains("wide") ? 300 : 220;
+  const L = 54, R = 12, T = 10, B = 30;
+  const all = series.flatMap(s => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, "data-points": all.length });
+  if (!all.length) {
+    chart.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no points yet"));
+  } else {
+    let [x0, x1] = [Math.min(...all.map(p => p[0])), Math.max(...all.map(p => p[0]))];
+    let [y0, y1] = [Math.min(...all.map(p => p[1])), Math.max(...all.map(p => p[1]))];
+    if (x1 === x0) x1 = x0 + 1;
+    const pad = (y1 - y0) * 0.06 || Math.abs(y0) * 0.05 || 1;
+    y0 -= pad; y1 += pad;
+    const sx = x => L + (x - x0) / (x1 - x0) * (W - L - R);
+    const sy = y => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+    for (const t of niceTicks(y0, y1, 4)) {
+      chart.append(svg("line", { x1: L, x2: W - R, y1: sy(t), y2: sy(t), class: "grid" }));
+      chart.append(svg("text", { x: L - 6, y: sy(t) + 3, "text-anchor": "end", class: "tick" }, tickLabel(t)));
+    }
+    for (const t of niceTicks(x0, x1, 6)) {
+      chart.append(svg("text", { x: sx(t), y: H - B + 14, "text-anchor": "middle", class: "tick" }, tickLabel(t)));
+    }
+    chart.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
+    chart.append(svg("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
+    chart.append(svg("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle", class: "tick" }, AXES[axis]));
+    for (const s of series) {
+      const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+      if (!pts.length) continue;
+      const d = pts.map(([x, y], i) => `${i ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join("");
+      chart.append(svg("path", {
+        d, fill: "none", stroke: s.color, "stroke-width": 1.8, "vector-effect": "non-scaling-stroke",
+        "stroke-dasharray": s.dashed ? "5 4" : "none", "data-series": s.name,
+      }));
+      if (pts.length < 40 || s.dashed) {
+        for (const [x, y] of pts) chart.append(svg("circle", { cx: sx(x), cy: sy(y), r: 2.2, fill: s.color }));
+      }
+    }
+  }
+  const legend = el("div", { class: "legend" },
+    series.map(s => el("span", {}, el("i", { style: { background: s.color } }), s.name)));
+  box.replaceChildren(el("div", { class: "title" }, title), chart, legend);
+}
+
+// ---- one run's log, live ---------------------------------------------------------------------
+
+// Follows /api/log for `id`: every record, in order, with its x positions; `onChange` after each
+// batch of events. The browser's EventSource reconnects by itself and sends Last-Event-ID, so
+// the server replays only what was missed.
+function followLog(id, onChange, onStatus) {
+  const state = { records: [], alerts: [] };
+  let last = { epoch: 0, tokens: 0, wall: 0 };
+  let pending = false;
+  const changed = () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; onChange(state); });
+  };
+  const source = new EventSource(`/api/log?id=${encodeURIComponent(id)}`);
+  source.addEventListener("log", event => {
+    const data = JSON.parse(event.data);
+    const r = data.record || {};
+    const wall = hms(r.elapsed_time);
+    last = {
+      epoch: typeof r.epoch === "number" ? r.epoch : last.epoch,
+      tokens: typeof r.total_tokens === "number" ? r.total_tokens : last.tokens,
+      wall: wall !== undefined && !Number.isNaN(wall) ? wall : last.wall,
+    };
+    state.records.push({ step: data.step, x: { step: data.step, ...last }, r, received: performance.now() });
+    state.alerts.push(...data.alerts);
+    changed();
+  });
+  source.addEventListener("reset", () => { state.records = []; state.alerts = []; last = { epoch: 0, tokens: 0, wall: 0 }; changed(); });
+  source.addEventListener("status", event => onStatus && onStatus(JSON.parse(event.data)));
+  source.onopen = () => { connection.textContent = "live"; };
+  source.onerror = () => { connection.textContent = "reconnecting…"; };
+  cleanup.push(() => source.close());
+  return state;
+}
+
+// A value of the record as a plotted number: strings (NaN, Infinity) are left out.
+const num = v => (typeof v === "number" ? v : undefined);
+// Evaluation lines repeat the step's progress fields (throughput…): only eval_loss is theirs.
+const pointsOf = (records, key) => records
+  .filter(rec => num(rec.r[key]) !== undefined && (key === "eval_loss" || rec.r.eval_loss === undefined))
+  .map(rec => [rec.x[axis], rec.r[key]]);
+
+function axisPicker(onPick) {
+  return el("label", {}, "x axis ",
+    el("select", { id: "axis", onchange: e => { axis = e.target.value; onPick(); } },
+      Object.entries(AXES).map(([k, label]) => el("option", { value: k, selected: k === axis }, label))));
+}
+
+// ---- views ----------------------------------------------------------------------------------
+
+const selected = new Set();
+
+function runsView() {
+  const table = el("table", { id: "runs" });
+  const compare = el("button", { id: "compare", disabled: true, onclick: () => {
+    location.hash = `#/compare/${[...selected].map(encodeURIComponent).join(",")}`;
+  } }, "Compare selected");
+  view.replaceChildren(
+    el("div", { class: "toolbar" }, el("h1", {}, "Runs"), compare, el("span", { class: "muted", id: "count" })),
+    table);
+  const head = el("tr", {}, ["", "run", "status", "method", "model", "dataset", "steps", "loss", "best eval", "wall", "started", "alerts"]
+    .map(h => el("th", {}, h)));
+  const render = runs => {
+    document.getElementById("count").textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}`;
+    for (const id of [...selected]) if (!runs.some(r => r.id === id)) selected.delete(id);
+    compare.disabled = selected.size < 2;
+    const rows = runs.map(run => {
+      const pct = run.total_steps ? Math.min(100, 100 * run.step / run.total_steps) : 0;
+      const box = el("input", { type: "checkbox", checked: selected.has(run.id), "data-id": run.id, onchange: e => {
+        e.target.checked ? selected.add(run.id) : selected.delete(run.id);
+        compare.disabled = selected.size < 2;
+      } });
+      return el("tr", { "data-id": run.id },
+        el("td", {}, box),
+        el("td", {}, el("a", { href: runLink(run.id) }, run.id)),
+        el("td", { title: run.message || "" }, badge(run.status)),
+        el("td", {}, run.method),
+        el("td", { title: run.model || "" }, baseName(run.model)),
+        el("td", {}, run.dataset || "–"),
+        el("td", { class: "num" }, el("span", { class: "progress" }, el("span", { style: { width: `${pct}%` } })), `${run.step}/${run.total_steps}`),
+        el("td", { class: "num" }, fmt.num(run.last_loss)),
+        el("td", { class: "num" }, fmt.num(run.best_eval_loss)),
+        el("td", { class: "num" }, fmt.seconds(run.wall_seconds)),
+        el("td", {}, fmt.when(run.started)),
+        el("td", { class: "num" }, run.alerts ? el("b", { class: "bad" }, run.alerts) : "0"));
+    });
+    table.replaceChildren(head, ...rows);
+    if (!runs.length) table.append(el("tr", {}, el("td", { colspan: 12, class: "muted" }, "No runs yet under the board's folders.")));
+  };
+  const refresh = () => getJson("/api/runs").then(b => render(b.runs)).catch(e => { connection.textContent = e.message; });
+  refresh();
+  // New runs and their progress appear without a reload; the server reads only new log bytes.
+  const timer = setInterval(refresh, 2000);
+  cleanup.push(() => clearInterval(timer));
+}
+
+function factsOf(run) {
+  return el("div", { class: "facts" },
+    [["status", badge(run.status)], ["method", run.method], ["model", baseName(run.model)], ["dataset", run.dataset || "–"],
+     ["steps", `${run.step}/${run.total_steps}`], ["last loss", fmt.num(run.last_loss)],
+     ["best eval loss", fmt.num(run.best_eval_loss)], ["wall time", fmt.seconds(run.wall_seconds)],
+     ["checkpoints", run.checkpoints.length ? run.checkpoints.join(", ") : "–"]]
+      .map(([k, v]) => el("div", {}, el("span", {}, k), el("b", {}, v))));
+}
+
+// The summary's log-derived fields from the lines received so far.
+function progressOf(records) {
+  const last = records[records.length - 1];
+  if (!last) return {};
+  const losses = records.filter(rec => rec.r.loss !== undefined && rec.r.eval_loss === undefined);
+  const evals = records.map(rec => rec.r.eval_loss).filter(v => typeof v === "number");
+  return {
+    step: last.step, total_steps: last.r.total_steps ?? 0,
+    last_loss: losses.length ? losses[losses.length - 1].r.loss : null,
+    best_eval_loss: evals.length ? Math.min(...evals) : null,
+    wall_seconds: last.x.wall,
+  };
+}
+
+function keyValueTable(entries) {
+  return el("table", { class: "kv" }, entries.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt.value(v)))));
+}
+
+async function runView(id) {
+  view.replaceChildren(el("p", { class: "muted" }, "loading…"));
+  let detail;
+  try { detail = await getJson(`/api/run?id=${encodeURIComponent(id)}`); }
+  catch (e) { view.replaceChildren(el("p", {}, `${id}: ${e.message}`)); return; }
+  const facts = el("div", {}, factsOf(detail.run));
+  const alerts = el("ul", { class: "alerts", id: "alerts" });
+  const boxes = { loss: el("div", { class: "chart", id: "chart-loss" }), lr: el("div", { class: "chart", id: "chart-lr" }),
+    grad: el("div", { class: "chart", id: "chart-grad" }), speed: el("div", { class: "chart", id: "chart-speed" }) };
+  let log = { records: [], alerts: [] };
+  const draw = () => {
+    drawChart(boxes.loss, "Loss", [
+      { name: "train loss", color: COLORS[0], points: pointsOf(log.records, "loss") },
+      { name: "eval loss", color: COLORS[1], dashed: true, points: pointsOf(log.records, "eval_loss") }]);
+    drawChart(boxes.lr, "Learning rate", [{ name: "lr", color: COLORS[2], points: pointsOf(log.records, "lr") }]);
+    drawChart(boxes.grad, "Gradient norm", [{ name: "grad_norm", color: COLORS[3], points: pointsOf(log.records, "grad_norm") }]);
+    drawChart(boxes.speed, "Throughput (tokens/s)", [{ name: "throughput", color: COLORS[5], points: pointsOf(log.records, "throughput") }]);
+    alerts.replaceChildren(...log.alerts.map(a => el("li", { class: a.kind }, a.message)));
+  };
+  const configRows = Object.entries(detail.config);
+  const filter = el("input", { type: "search", placeholder: "filter keys", oninput: e => {
+    const q = e.target.value.toLowerCase();
+    configBox.replaceChildren(keyValueTable(configRows.filter(([k, v]) => (k + " " + v).toLowerCase().includes(q))));
+  } });
+  const configBox = el("div", {}, keyValueTable(configRows));
+  const results = Object.entries(detail.results);
+  const message = el("p", { class: "muted" }, detail.run.message || "");
+  view.replaceChildren(
+    el("h1", {}, id), facts, message, alerts,
+    el("div", { class: "toolbar" }, axisPicker(draw), el("span", { class: "muted", id: "points" })),
+    el("div", { class: "charts" }, Object.values(boxes)),
+    el("div", { class: "split" },
+      el("div", {}, el("h2", {}, "Config (training_args.yaml)"), filter, el("div", { class: "scroll" }, configBox)),
+      el("div", {}, el("h2", {}, "Results"), results.length ? keyValueTable(results) : el("p", { class: "muted" }, "none yet"))));
+  const run = detail.run;
+  log = followLog(id, state => {
+    log = state;
+    draw();
+    Object.assign(run, progressOf(state.records));
+    facts.replaceChildren(factsOf(run));
+    document.getElementById("points").textContent = `${state.records.length} log lines`;
+  }, async status => {
+    run.status = status.status;
+    message.textContent = status.message || "";
+    facts.replaceChildren(factsOf(run));
+    // Checkpoints and results come with the end of a run: read the summary again.
+    try { Object.assign(run, (await getJson(`/api/run?id=${encodeURIComponent(id)}`)).run); }
+    catch (_) { return; /* the run went away; the page keeps what it has */ }
+    facts.replaceChildren(factsOf(run));
+  });
+  draw();
+}
+
+async function compareView(ids) {
+  view.replaceChildren(el("p", { class: "muted" }, "loading…"));
+  let cmp;
+  try { cmp = await getJson(`/api/compare?${ids.map(id => `id=${encodeURIComponent(id)}`).join("&")}`); }
+  catch (e) { view.replaceChildren(el("p", {}, e.message)); return; }
+  const color = i => COLORS[i % COLORS.length];
+  const header = () => el("tr", {}, el("th", {}, "key"), cmp.runs.map((r, i) => el("th", { class: "run", style: { color: color(i) } }, r.id)));
+  const diff = el("table", { id: "diff" }, header(), cmp.diff.map(d => {
+    // Highlight the values that differ from the first run's.
+    return el("tr", {}, el("td", {}, d.key), d.values.map(v => el("td", { class: v !== d.values[0] ? "differs" : "" }, v === null ? "(unset)" : v)));
+  }));
+  const metrics = el("table", { id: "metrics" }, header(),
+    [["best eval loss", cmp.runs.map(r => r.best_eval_loss)], ["last loss", cmp.runs.map(r => r.last_loss)],
+     ["steps", cmp.runs.map(r => r.step)], ["wall time (s)", cmp.runs.map(r => r.wall_seconds)], ...Object.entries(cmp.results)]
+      .map(([k, values]) => el("tr", {}, el("td", {}, k), values.map(v => el("td", { class: "num" }, fmt.value(v))))));
+  const reports = cmp.reports.length
+    ? el("ul", {}, cmp.reports.map(r => el("li", {}, el("a", { href: `/api/report?id=${encodeURIComponent(r.id)}`, target: "_blank" }, r.id),
+        ` — covers ${r.runs.map(i => cmp.runs[i].id).join(", ")}`)))
+    : el("p", { class: "muted" }, "No hone compare report under the board's folders covers these runs.");
+  const lossBox = el("div", { class: "chart wide", id: "chart-compare" });
+  const logs = cmp.runs.map(() => ({ records: [] }));
+  const draw = () => drawChart(lossBox, "Loss (solid: train, dashed: eval)", cmp.runs.flatMap((r, i) => [
+    { name: `${r.id} train`, color: color(i), points: pointsOf(logs[i].records, "loss") },
+    { name: `${r.id} eval`, color: color(i), dashed: true, points: pointsOf(logs[i].records, "eval_loss") }]));
+  view.replaceChildren(
+    el("h1", {}, `Comparing ${cmp.runs.length} runs`),
+    el("div", { class: "toolbar" }, axisPicker(draw)),
+    el("div", { class: "charts" }, lossBox),
+    el("h2", {}, `Config: ${cmp.diff.length} keys differ, ${cmp.same} the same`), diff,
+    el("h2", {}, "Final numbers"), metrics,
+    el("h2", {}, "hone compare reports"), reports);
+  cmp.runs.forEach((r, i) => followLog(r.id, state => { logs[i] = state; draw(); }));
+  draw();
+}
+
+function route() {
+  for (const stop of cleanup) stop();
+  cleanup = [];
+  connection.textContent = "";
+  const hash = location.hash || "#/";
+  if (hash.startsWith("#/run/")) return runView(decodeURIComponent(hash.slice(6)));
+  if (hash.startsWith("#/compare/")) return compareView(hash.slice(10).split(",").map(decodeURIComponent));
+  return runsView();
+}
+
+window.addEventListener("hashchange", route);
+route();

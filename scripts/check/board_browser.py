@@ -1,0 +1,177 @@
+"""`hone board` driven in headless Chromium (Debian's `chromium`, through Playwright):
+
+    /opt/ref/venv/bin/python scripts/check/board_browser.py --hone target/debug/hone \
+        --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/board-check
+
+Trains a short LoRA run of the quickstart's data (`examples/identity`), opens the board on a
+fresh folder of runs, and checks, with a screenshot of each view in --out:
+  1. the runs table lists the finished run; a second run started while the page is open appears
+     without a reload;
+  2. the second run's loss curve grows while it trains (points counted in the SVG);
+  3. the time from a log line being appended to its point being drawn (10 lines, best, median,
+     worst);
+  4. a log with a NaN loss and evaluation loss rising three times shows both alerts;
+  5. the compare view of the two runs highlights the config keys that differ.
+Exits non-zero on the first failed check; prints each figure.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from playwright.sync_api import sync_playwright
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "examples/identity/train_lora.yaml"
+
+
+def train(hone, model, out, *overrides, wait=True):
+    args = [hone, "train", str(CONFIG), f"model_name_or_path={model}", f"output_dir={out}",
+            "dataset_dir=" + str(ROOT / "examples/identity"), "logging_steps=1", "eval_steps=5",
+            *overrides]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if wait:
+        _, err = child.communicate()
+        if child.returncode != 0:
+            sys.exit(f"training failed:\n{err}")
+    return child
+
+
+def start_board(hone, runs):
+    board = subprocess.Popen([hone, "board", "--runs", str(runs), "--port", "0"],
+                             stderr=subprocess.PIPE, text=True)
+    for line in board.stderr:
+        if "listening on http://" in line:
+            return board, line.split("listening on ")[1].split()[0]
+    sys.exit("hone board exited before listening")
+
+
+def log_line(step, **values):
+    record = {"current_steps": step, "total_steps": 40, **values, "percentage": step * 2.5,
+              "elapsed_time": f"0:00:{step:02d}", "remaining_time": "0:00:00"}
+    return json.dumps(record).replace('"NaN"', "NaN") + "\n"
+
+
+def fake_run(runs, name, lines):
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "training_args.yaml").write_text("stage: sft\nfinetuning_type: lora\nlora_rank: 8\n")
+    (run / "trainer_log.jsonl").write_text("".join(lines))
+    return run
+
+
+def check(ok, what):
+    print(("ok    " if ok else "FAIL  ") + what)
+    if not ok:
+        sys.exit(1)
+
+
+def points(page, chart="#chart-loss"):
+    return page.evaluate(f"() => Number(document.querySelector('{chart} svg')?.dataset.points || 0)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hone", default=str(ROOT / "target/debug/hone"))
+    parser.add_argument("--model", default=str(ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--out", default="/tmp/board-check")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    shots = pathlib.Path(args.out)
+    shots.mkdir(parents=True, exist_ok=True)
+    runs = pathlib.Path(tempfile.mkdtemp(prefix="hone-board-")) / "runs"
+    runs.mkdir()
+
+    print(f"training runs/identity-r16 (20 steps) in {runs}")
+    train(args.hone, args.model, runs / "identity-r16", "max_steps=20")
+    latency_run = fake_run(runs, "latency", [log_line(1, loss=2.0)])
+    fake_run(runs, "alerts", [log_line(1, loss=2.0), log_line(2, eval_loss=1.5),
+                              log_line(3, eval_loss=1.6), log_line(4, eval_loss=1.7),
+                              log_line(5, eval_loss=1.8), log_line(6, loss="NaN")])
+    board, base = start_board(args.hone, runs)
+    live = None
+    errors = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(base)
+            page.wait_for_selector('#runs tr[data-id="identity-r16"]')
+            row = page.inner_text('#runs tr[data-id="identity-r16"]')
+            check("finished" in row and "20/20" in row, f"runs table: identity-r16 finished 20/20 ({row.split()[1:4]})")
+            page.evaluate("() => { window.__notReloaded = true; }")
+            page.screenshot(path=shots / "1-runs.png", full_page=True)
+
+            live = train(args.hone, args.model, runs / "identity-r4", "max_steps=40", "lora_rank=4",
+                         "lora_alpha=8", "learning_rate=1e-3", wait=False)
+            started = time.time()
+            page.wait_for_selector('#runs tr[data-id="identity-r4"]', timeout=120_000)
+            check(page.evaluate("() => window.__notReloaded === true"),
+                  f"a run started while the page is open appeared without a reload ({time.time() - started:.1f} s after its start)")
+            page.wait_for_function("() => document.querySelector('#runs tr[data-id=\"identity-r4\"]').innerText.includes('running')",
+                                   timeout=120_000)
+            page.screenshot(path=shots / "2-runs-live.png", full_page=True)
+
+            page.click('#runs tr[data-id="identity-r4"] a')
+            page.wait_for_function("() => Number(document.querySelector('#chart-loss svg')?.dataset.points) >= 2",
+                                   timeout=120_000)
+            counts = [points(page)]
+            for _ in range(4):
+                time.sleep(3)
+                counts.append(points(page))
+            check(counts[-1] > counts[0], f"the live loss curve grew while training: points {counts}")
+            page.screenshot(path=shots / "3-run-live.png", full_page=True)
+
+            page.goto(f"{base}#/run/latency")
+            page.wait_for_function("() => Number(document.querySelector('#chart-loss svg')?.dataset.points) >= 1")
+            delays = []
+            for step in range(2, 12):
+                with open(latency_run / "trainer_log.jsonl", "a") as log:
+                    written = time.perf_counter()
+                    log.write(log_line(step, loss=2.0 - step / 20))
+                page.wait_for_function(f"() => Number(document.querySelector('#chart-loss svg').dataset.points) >= {step}",
+                                       polling=5)
+                delays.append((time.perf_counter() - written) * 1000)
+            print(f"      log line → curve point: best {min(delays):.0f} ms, median "
+                  f"{statistics.median(delays):.0f} ms, worst {max(delays):.0f} ms (board polls every 200 ms)")
+            check(max(delays) < 2000, "every appended line was drawn within 2 s")
+
+            page.goto(f"{base}#/run/alerts")
+            page.wait_for_function("() => document.querySelectorAll('#alerts li').length >= 2")
+            kinds = page.eval_on_selector_all("#alerts li", "lis => lis.map(li => li.className)")
+            check(sorted(kinds) == ["eval_rising", "non_finite"], f"alerts shown: {kinds}")
+            page.screenshot(path=shots / "4-alerts.png", full_page=True)
+
+            live.wait(timeout=600)
+            page.goto(base)
+            page.wait_for_function("() => document.querySelector('#runs tr[data-id=\"identity-r4\"]')?.innerText.includes('finished')",
+                                   timeout=30_000)
+            page.check('#runs input[data-id="identity-r16"]')
+            page.check('#runs input[data-id="identity-r4"]')
+            page.click("#compare")
+            page.wait_for_selector("#diff td.differs")
+            differing = page.eval_on_selector_all(
+                "#diff tr", "rows => rows.filter(r => r.querySelector('td.differs')).map(r => r.cells[0].innerText)")
+            check({"lora_rank", "lora_alpha", "learning_rate", "max_steps"} <= set(differing),
+                  f"compare highlights the keys that differ: {differing}")
+            page.wait_for_function("() => Number(document.querySelector('#chart-compare svg')?.dataset.points) >= 60")
+            page.screenshot(path=shots / "5-compare.png", full_page=True)
+            browser.close()
+    finally:
+        if live and live.poll() is None:
+            live.kill()
+        board.kill()
+    check(not errors, f"no script errors in the page ({errors[:3]})")
+    print(f"screenshots in {shots}")
+
+
+if __name__ == "__main__":
+    main()
