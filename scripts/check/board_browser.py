@@ -5,19 +5,23 @@
 
 Trains a short LoRA run of the quickstart's data (`examples/identity`), opens the board on a
 fresh folder of runs, and checks, with a screenshot of each view in --out:
-  1. the runs table lists the finished run; a second run started while the page is open appears
-     without a reload;
-  2. the second run's loss curve grows while it trains (points counted in the SVG);
-  3. the time from a log line being appended to its point being drawn (10 lines, best, median,
+  1. the runs table lists the finished run;
+  2. in a second tab, the New run form starts from that run's config; its fields edit the YAML;
+     Check shows the memory plan and the first rows with trained tokens highlighted; Start runs
+     it, and the first tab's table shows it without a reload;
+  3. the second run's loss curve grows while it trains (points counted in the SVG);
+  4. the time from a log line being appended to its point being drawn (10 lines, best, median,
      worst);
-  4. a log with a NaN loss and evaluation loss rising three times shows both alerts;
-  5. the compare view of the two runs highlights the config keys that differ.
+  5. a log with a NaN loss and evaluation loss rising three times shows both alerts;
+  6. Stop on the second run saves a checkpoint and ends it as interrupted;
+  7. the compare view of the two runs highlights the config keys that differ.
 Exits non-zero on the first failed check; prints each figure.
 """
 
 import argparse
 import json
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -30,16 +34,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples/identity/train_lora.yaml"
 
 
-def train(hone, model, out, *overrides, wait=True):
+def train(hone, model, out, *overrides):
     args = [hone, "train", str(CONFIG), f"model_name_or_path={model}", f"output_dir={out}",
             "dataset_dir=" + str(ROOT / "examples/identity"), "logging_steps=1", "eval_steps=5",
             *overrides]
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if wait:
-        _, err = child.communicate()
-        if child.returncode != 0:
-            sys.exit(f"training failed:\n{err}")
-    return child
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"training failed:\n{done.stderr}")
 
 
 def start_board(hone, runs):
@@ -94,7 +95,6 @@ def main():
                               log_line(3, eval_loss=1.6), log_line(4, eval_loss=1.7),
                               log_line(5, eval_loss=1.8), log_line(6, loss="NaN")])
     board, base = start_board(args.hone, runs)
-    live = None
     errors = []
     try:
         with sync_playwright() as p:
@@ -110,15 +110,37 @@ def main():
             page.evaluate("() => { window.__notReloaded = true; }")
             page.screenshot(path=shots / "1-runs.png", full_page=True)
 
-            live = train(args.hone, args.model, runs / "identity-r4", "max_steps=40", "lora_rank=4",
-                         "lora_alpha=8", "learning_rate=1e-3", wait=False)
+            form = browser.new_page(viewport={"width": 1400, "height": 900})
+            form.on("pageerror", lambda e: errors.append(str(e)))
+            form.goto(f"{base}#/launch/identity-r16")
+            form.wait_for_selector("#yaml")
+            check(form.input_value('input[data-key="lora_rank"]') == "16",
+                  "the New run form starts from identity-r16's config (lora_rank 16)")
+            form.fill("#name", "identity-r4")
+            form.fill('input[data-key="lora_rank"]', "4")
+            form.fill('input[data-key="lora_alpha"]', "8")
+            form.fill('input[data-key="learning_rate"]', "1.0e-3")
+            yaml = re.sub(r"^max_steps:.*$", "max_steps: 40", form.input_value("#yaml"), flags=re.M)
+            form.fill("#yaml", yaml)
+            yaml = form.input_value("#yaml")
+            check("lora_rank: 4" in yaml and "learning_rate: 1.0e-3" in yaml and "max_steps: 40" in yaml,
+                  "the form's fields edit the YAML")
+            form.click("#check")
+            form.wait_for_selector("#plan", timeout=120_000)
+            plan = form.inner_text("#plan")
+            trained = form.eval_on_selector_all(".sample .trained", "s => s.length")
+            check("peak" in plan and trained > 0,
+                  f"Check shows the memory plan ({plan.splitlines()[-1].strip()}) and {trained} trained spans")
+            form.screenshot(path=shots / "2-launch.png", full_page=True)
+            form.click("#start")
             started = time.time()
+            form.wait_for_selector("#chart-loss", timeout=60_000)
             page.wait_for_selector('#runs tr[data-id="identity-r4"]', timeout=120_000)
             check(page.evaluate("() => window.__notReloaded === true"),
-                  f"a run started while the page is open appeared without a reload ({time.time() - started:.1f} s after its start)")
+                  f"the started run appeared in the other tab without a reload ({time.time() - started:.1f} s after Start)")
             page.wait_for_function("() => document.querySelector('#runs tr[data-id=\"identity-r4\"]').innerText.includes('running')",
                                    timeout=120_000)
-            page.screenshot(path=shots / "2-runs-live.png", full_page=True)
+            page.screenshot(path=shots / "3-runs-live.png", full_page=True)
 
             page.click('#runs tr[data-id="identity-r4"] a')
             page.wait_for_function("() => Number(document.querySelector('#chart-loss svg')?.dataset.points) >= 2",
@@ -128,7 +150,7 @@ def main():
                 time.sleep(3)
                 counts.append(points(page))
             check(counts[-1] > counts[0], f"the live loss curve grew while training: points {counts}")
-            page.screenshot(path=shots / "3-run-live.png", full_page=True)
+            page.screenshot(path=shots / "4-run-live.png", full_page=True)
 
             page.goto(f"{base}#/run/latency")
             page.wait_for_function("() => Number(document.querySelector('#chart-loss svg')?.dataset.points) >= 1")
@@ -148,27 +170,36 @@ def main():
             page.wait_for_function("() => document.querySelectorAll('#alerts li').length >= 2")
             kinds = page.eval_on_selector_all("#alerts li", "lis => lis.map(li => li.className)")
             check(sorted(kinds) == ["eval_rising", "non_finite"], f"alerts shown: {kinds}")
-            page.screenshot(path=shots / "4-alerts.png", full_page=True)
+            page.screenshot(path=shots / "5-alerts.png", full_page=True)
 
-            live.wait(timeout=600)
+            form.wait_for_function("() => Number(document.querySelector('#chart-loss svg')?.dataset.points) >= 25",
+                                   timeout=300_000)
+            form.click("#stop")
+            form.wait_for_function("() => document.querySelector('.facts .badge')?.innerText === 'interrupted'",
+                                   timeout=120_000)
+            form.wait_for_function("() => !document.querySelector('.facts b:last-of-type')?.innerText.includes('–')")
+            facts = form.inner_text(".facts")
+            check("interrupted" in facts, "Stop ended the run as interrupted: " + " | ".join(facts.split("\n")[-2:]))
+            check(any(p.name.startswith("checkpoint-") for p in (runs / "identity-r4").iterdir()),
+                  "Stop saved a checkpoint")
+            form.screenshot(path=shots / "6-stopped.png", full_page=True)
+
             page.goto(base)
-            page.wait_for_function("() => document.querySelector('#runs tr[data-id=\"identity-r4\"]')?.innerText.includes('finished')",
-                                   timeout=30_000)
             page.check('#runs input[data-id="identity-r16"]')
             page.check('#runs input[data-id="identity-r4"]')
             page.click("#compare")
             page.wait_for_selector("#diff td.differs")
             differing = page.eval_on_selector_all(
                 "#diff tr", "rows => rows.filter(r => r.querySelector('td.differs')).map(r => r.cells[0].innerText)")
-            check({"lora_rank", "lora_alpha", "learning_rate", "max_steps"} <= set(differing),
+            check({"lora_rank", "lora_alpha", "learning_rate"} <= set(differing),
                   f"compare highlights the keys that differ: {differing}")
-            page.wait_for_function("() => Number(document.querySelector('#chart-compare svg')?.dataset.points) >= 60")
-            page.screenshot(path=shots / "5-compare.png", full_page=True)
+            page.wait_for_function("() => Number(document.querySelector('#chart-compare svg')?.dataset.points) >= 40")
+            page.screenshot(path=shots / "7-compare.png", full_page=True)
             browser.close()
     finally:
-        if live and live.poll() is None:
-            live.kill()
-        board.kill()
+        board.terminate()
+        # A run the board started and a failed check left going.
+        subprocess.run(["pkill", "-INT", "-f", str(runs)], check=False)
     check(not errors, f"no script errors in the page ({errors[:3]})")
     print(f"screenshots in {shots}")
 

@@ -44,7 +44,17 @@ impl Board {
 
     /// A GET with `headers` (Host is the board's address unless given).
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut stream = self.send(path, headers);
+        self.request("GET", path, headers, "")
+    }
+
+    /// A POST of `body` as JSON.
+    fn post(&self, path: &str, body: &Value) -> Answer {
+        let json = [("Content-Type", "application/json")];
+        self.request("POST", path, &json, &body.to_string())
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut stream = self.send_request(method, path, headers, body);
         let mut raw = String::new();
         stream.read_to_string(&mut raw).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -75,18 +85,33 @@ impl Board {
     }
 
     fn send(&self, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+        self.send_request("GET", path, headers, "")
+    }
+
+    fn send_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> TcpStream {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             request += &format!("Host: {}\r\n", self.addr);
         }
         for (k, v) in headers {
             request += &format!("{k}: {v}\r\n");
         }
-        stream.write_all((request + "\r\n").as_bytes()).unwrap();
+        stream
+            .write_all((request + "\r\n" + body).as_bytes())
+            .unwrap();
         stream
     }
 }
@@ -330,4 +355,95 @@ fn a_training_run_is_seen_finished_with_its_steps() {
     assert!(run["last_loss"].as_f64().unwrap().is_finite());
     let detail = board.json("/api/run?id=tiny");
     assert_eq!(detail["config"]["max_steps"], "3");
+}
+
+/// Polls `/api/runs` until `run` satisfies `done`; returns that summary.
+fn wait_for_run(board: &Board, run: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let runs = board.json("/api/runs");
+        let found = runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == run)
+            .cloned();
+        if let Some(summary) = found.filter(|s| done(s)) {
+            return summary;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{run}: {runs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_run_is_checked_started_and_stopped_from_the_board() {
+    let root = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(train_config(root.path())).unwrap();
+    let yaml = config
+        .replace("max_steps: 12", "max_steps: 100000")
+        .replace("save_steps: 1000", "save_steps: 1000000");
+    std::fs::create_dir(root.path().join("runs")).unwrap();
+    let board = Board::start(&root.path().join("runs"), &[]);
+
+    let request = serde_json::json!({"name": "live", "yaml": yaml});
+    let review = board.post("/api/launch/check", &request);
+    assert_eq!(review.status, 200, "{}", review.body);
+    let review: Value = serde_json::from_str(&review.body).unwrap();
+    assert!(review["plan"]["table"].as_str().unwrap().contains("peak"));
+    assert_eq!(review["plan"]["fits"], true);
+    let sample = &review["data"]["samples"][0]["pieces"];
+    assert!(sample
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["trained"] == true));
+    let bad = serde_json::json!({"name": "live", "yaml": "learning_rate: fast\n"});
+    let refused = board.post("/api/launch/check", &bad);
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.body.contains("live.yaml:1: learning_rate"),
+        "{}",
+        refused.body
+    );
+
+    // A form on another site cannot start anything.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    assert_eq!(
+        board.request("POST", "/api/launch", &form, "name=x").status,
+        403
+    );
+
+    let started = board.post("/api/launch", &request);
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert!(
+        started.body.contains("\"run\":\"live\""),
+        "{}",
+        started.body
+    );
+    wait_for_run(&board, "live", |r| {
+        r["status"] == "running" && r["step"].as_u64() > Some(2)
+    });
+    assert_eq!(board.json("/api/run?id=live")["stoppable"], true);
+    assert_eq!(
+        board.post("/api/launch", &request).status,
+        400,
+        "the name is taken"
+    );
+
+    let stop = board.post("/api/stop?id=live", &Value::Null);
+    assert_eq!(stop.status, 200, "{}", stop.body);
+    let stopped = wait_for_run(&board, "live", |r| r["status"] != "running");
+    assert_eq!(stopped["status"], "interrupted");
+    assert_eq!(
+        stopped["checkpoints"].as_array().unwrap().len(),
+        1,
+        "{stopped}"
+    );
+    let launches = board.json("/api/launches");
+    assert_eq!(launches["launches"][0]["exit_code"], 0, "{launches}");
+    assert_eq!(board.post("/api/stop?id=live", &Value::Null).status, 409);
 }

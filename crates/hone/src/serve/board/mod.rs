@@ -10,6 +10,7 @@
 mod alerts;
 mod compare;
 mod follow;
+mod launch;
 mod routes;
 mod runs;
 
@@ -65,6 +66,7 @@ pub(crate) struct Board {
     token: Option<String>,
     loopback: bool,
     logs: Mutex<HashMap<PathBuf, Arc<Mutex<LogFollower>>>>,
+    launches: launch::Launches,
 }
 
 impl Board {
@@ -84,6 +86,12 @@ impl Board {
         runs::summarize(run, &log)
     }
 
+    /// The id a run started from the board gets: it goes into the first folder.
+    fn launched_id(&self, output_dir: &Path) -> String {
+        let prefix = (self.roots.len() > 1).then_some("0");
+        runs::id_under(&self.roots[0], prefix, output_dir)
+    }
+
     fn runs(&self) -> Vec<RunSummary> {
         runs::discover(&self.roots)
             .iter()
@@ -100,6 +108,7 @@ pub fn board(options: BoardOptions, on_listening: impl FnOnce(SocketAddr)) -> Re
         token: options.token,
         loopback: addr.ip().is_loopback(),
         logs: Mutex::default(),
+        launches: launch::Launches::default(),
     });
     super::listen::run_http(addr, routes::router(board), on_listening)
 }

@@ -7,12 +7,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,7 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::compare::{config_diff, find_reports};
 use super::runs::{self, display_value, RunDir};
-use super::Board;
+use super::{launch, Board};
+use crate::train::config::TRAINING_ARGS;
 
 const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/board.js");
@@ -31,6 +32,8 @@ const STYLE: &str = include_str!("assets/board.css");
 const POLL: Duration = Duration::from_millis(200);
 /// The cookie that carries the token once `?token=` was given.
 const TOKEN_COOKIE: &str = "hone_board_token";
+/// A launch request is a config: a few KiB.
+const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub(super) fn router(board: Arc<Board>) -> Router {
     Router::new()
@@ -51,6 +54,11 @@ pub(super) fn router(board: Arc<Board>) -> Router {
         .route("/api/log", get(log_events))
         .route("/api/compare", get(compare_runs))
         .route("/api/report", get(report))
+        .route("/api/launches", get(list_launches))
+        .route("/api/launch/check", post(check_launch))
+        .route("/api/launch", post(start_launch))
+        .route("/api/stop", post(stop_run))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async { not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(board.clone(), guard))
         .with_state(board)
@@ -88,6 +96,12 @@ async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) -> Res
         return error(
             StatusCode::FORBIDDEN,
             "this board answers only to localhost",
+        );
+    }
+    if req.method() != Method::GET && !same_origin_json(req.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changes need a JSON request from the board's own page",
         );
     }
     let Some(token) = &board.token else {
@@ -130,6 +144,24 @@ fn loopback_host(headers: &HeaderMap) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A request that changes something (starts or stops a run) must come from the board's own
+/// page: JSON (which a form on another site cannot send without the browser asking first) and,
+/// when the browser says where it comes from, from the board's own origin.
+fn same_origin_json(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => host.is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        }),
+    };
+    json && origin_ok
 }
 
 /// The bearer token, else the board's cookie.
@@ -187,6 +219,7 @@ async fn run_detail(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) 
         let run = RunDir { id: q.id, path };
         let summary = board.summary(&run);
         let config = runs::read_config(&run.path).map_err(|e| format!("{e:#}"))?;
+        let config_yaml = std::fs::read_to_string(run.path.join(TRAINING_ARGS)).ok();
         let config: BTreeMap<String, String> = config
             .iter()
             .map(|(k, v)| (k.clone(), display_value(v)))
@@ -196,7 +229,9 @@ async fn run_detail(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) 
         let alerts: Vec<_> = log.points().iter().flat_map(|p| &p.alerts).collect();
         Ok(json!({
             "run": summary,
+            "stoppable": board.launches.running(&run.id),
             "config": config,
+            "config_yaml": config_yaml,
             "alerts": alerts,
             "results": runs::read_results(&run.path),
         }))
@@ -388,6 +423,62 @@ async fn report(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) -> R
     }
 }
 
+async fn list_launches(State(board): State<Arc<Board>>) -> Response {
+    match blocking(move || board.launches.list()).await {
+        Ok(list) => Json(json!({ "launches": list })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// A run to start: its folder name and its config.
+#[derive(Deserialize)]
+struct LaunchRequest {
+    name: String,
+    yaml: String,
+}
+
+/// The config checked, with its memory plan and data preview; 400 naming the problem.
+async fn check_launch(
+    State(board): State<Arc<Board>>,
+    Json(request): Json<LaunchRequest>,
+) -> Response {
+    let work = move || {
+        let checked = launch::check(&board.roots[0], &request.name, &request.yaml)?;
+        launch::review(&checked)
+    };
+    match blocking(work).await {
+        Ok(Ok(review)) => Json(review).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(response) => response,
+    }
+}
+
+/// Starts `hone train` on the config; answers the run's id.
+async fn start_launch(
+    State(board): State<Arc<Board>>,
+    Json(request): Json<LaunchRequest>,
+) -> Response {
+    let work = move || {
+        let checked = launch::check(&board.roots[0], &request.name, &request.yaml)?;
+        let run_id = board.launched_id(&checked.output_dir);
+        board.launches.start(&checked, run_id.clone())?;
+        anyhow::Ok(run_id)
+    };
+    match blocking(work).await {
+        Ok(Ok(run)) => Json(json!({ "run": run })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(response) => response,
+    }
+}
+
+/// Stops a run this board started, as Ctrl-C stops it (409 for any other run).
+async fn stop_run(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) -> Response {
+    match board.launches.stop(&q.id) {
+        Ok(()) => Json(json!({ "stopping": q.id })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +508,19 @@ mod tests {
             assert!(!loopback_host(&headers(&[("host", host)])), "{host}");
         }
         assert!(!loopback_host(&headers(&[])));
+    }
+
+    #[test]
+    fn changes_need_json_from_the_boards_own_origin() {
+        let json = ("content-type", "application/json");
+        let host = ("host", "127.0.0.1:7860");
+        assert!(same_origin_json(&headers(&[json, host])));
+        let own = ("origin", "http://127.0.0.1:7860");
+        assert!(same_origin_json(&headers(&[json, host, own])));
+        let other = ("origin", "http://evil.example");
+        assert!(!same_origin_json(&headers(&[json, host, other])));
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        assert!(!same_origin_json(&headers(&[form, host])));
     }
 
     #[test]

@@ -313,16 +313,7 @@ fn sample(tokenizer: &Tokenizer, origin: &str, example: &Example) -> Result<Samp
 impl Preview {
     /// The report as text: a block per dataset, then the samples with `marks` on trained tokens.
     pub fn render(&self, marks: Marks) -> String {
-        let mut out = String::new();
-        if let Some(note) = &self.template_note {
-            let _ = writeln!(out, "note: {note}");
-        }
-        for d in &self.datasets {
-            render_dataset(&mut out, d, self.cutoff_len, self.packing);
-        }
-        if !self.skips_invalid_rows && self.datasets.iter().any(|d| !d.skipped.is_empty()) {
-            out += "note: skip_invalid_rows is false, so training stops at the first skipped row\n";
-        }
+        let mut out = self.stats_text();
         let legend = match marks {
             Marks::Colour => "trained tokens in green",
             Marks::Brackets => "trained tokens in [[ ]]",
@@ -337,6 +328,21 @@ impl Preview {
                 };
             }
             out.push('\n');
+        }
+        out
+    }
+
+    /// The report's text before the samples: the template note and a block per dataset.
+    pub fn stats_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(note) = &self.template_note {
+            let _ = writeln!(out, "note: {note}");
+        }
+        for d in &self.datasets {
+            render_dataset(&mut out, d, self.cutoff_len, self.packing);
+        }
+        if !self.skips_invalid_rows && self.datasets.iter().any(|d| !d.skipped.is_empty()) {
+            out += "note: skip_invalid_rows is false, so training stops at the first skipped row\n";
         }
         out
     }
