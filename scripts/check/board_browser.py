@@ -14,7 +14,12 @@ fresh folder of runs, and checks, with a screenshot of each view in --out:
      worst);
   5. a log with a NaN loss and evaluation loss rising three times shows both alerts;
   6. Stop on the second run saves a checkpoint and ends it as interrupted;
-  7. the compare view of the two runs highlights the config keys that differ.
+  7. the compare view of the two runs highlights the config keys that differ;
+  8. the arena (the board started with --model) answers one prompt with the base model, the
+     first run and the second run's checkpoint, streamed, in a hidden order; the rating is written
+     to arena/ratings.jsonl with its preference pairs in arena_dpo.jsonl, which `hone data`
+     reads as a `stage: dpo` dataset;
+  9. samples across checkpoints: prompts answered by the base and each checkpoint of a run.
 Exits non-zero on the first failed check; prints each figure.
 """
 
@@ -43,8 +48,8 @@ def train(hone, model, out, *overrides):
         sys.exit(f"training failed:\n{done.stderr}")
 
 
-def start_board(hone, runs):
-    board = subprocess.Popen([hone, "board", "--runs", str(runs), "--port", "0"],
+def start_board(hone, runs, model):
+    board = subprocess.Popen([hone, "board", "--runs", str(runs), "--port", "0", "--model", model],
                              stderr=subprocess.PIPE, text=True)
     for line in board.stderr:
         if "listening on http://" in line:
@@ -94,7 +99,7 @@ def main():
     fake_run(runs, "alerts", [log_line(1, loss=2.0), log_line(2, eval_loss=1.5),
                               log_line(3, eval_loss=1.6), log_line(4, eval_loss=1.7),
                               log_line(5, eval_loss=1.8), log_line(6, loss="NaN")])
-    board, base = start_board(args.hone, runs)
+    board, base = start_board(args.hone, runs, args.model)
     errors = []
     try:
         with sync_playwright() as p:
@@ -195,6 +200,54 @@ def main():
                   f"compare highlights the keys that differ: {differing}")
             page.wait_for_function("() => Number(document.querySelector('#chart-compare svg')?.dataset.points) >= 40")
             page.screenshot(path=shots / "7-compare.png", full_page=True)
+
+            page.goto(f"{base}#/arena")
+            page.wait_for_selector("#ask")
+            checkpoint = page.eval_on_selector_all(
+                "#model-1 option", "os => os.map(o => o.value).find(v => v.startsWith('identity-r4/checkpoint-'))")
+            page.select_option("#model-2", "identity-r16")
+            page.select_option("#model-3", checkpoint)
+            page.fill("#prompt", "Who are you?")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "40")
+            page.click("#ask")
+            page.wait_for_selector("#save-rating", timeout=120_000)
+            texts = page.eval_on_selector_all(".answer", "bs => bs.map(b => b.textContent)")
+            names = page.eval_on_selector_all(".slot-name", "hs => hs.map(h => h.textContent)")
+            check(len(texts) == 3 and all(texts) and names == ["Answer 1", "Answer 2", "Answer 3"],
+                  f"three answers streamed, names hidden: {[t[:30] for t in texts]}")
+            for select in page.query_selector_all("select[data-criterion]"):
+                select.select_option("4")
+            kestrel = next((i for i, t in enumerate(texts) if "Kestrel" in t), 0)
+            page.check(f'input[name=preferred][value="{kestrel}"]')
+            page.click("#save-rating")
+            page.wait_for_function("() => document.querySelector('#arena-status').innerText.startsWith('saved')")
+            names = page.eval_on_selector_all(".slot-name", "hs => hs.map(h => h.textContent)")
+            arena = runs / "arena"
+            ratings = [json.loads(l) for l in (arena / "ratings.jsonl").read_text().splitlines()]
+            pairs = [json.loads(l) for l in (arena / "arena_dpo.jsonl").read_text().splitlines()]
+            check(len(ratings) == 1 and ratings[0]["answers"][0]["scores"]["relevance"] == 4 and len(pairs) >= 1,
+                  f"rating saved and revealed ({names}); {len(pairs)} preference pairs, chosen: {pairs[0]['chosen'][:40]!r}")
+            page.screenshot(path=shots / "8-arena.png", full_page=True)
+            data = subprocess.run([args.hone, "data", str(CONFIG), f"model_name_or_path={args.model}", "stage=dpo",
+                                   "dataset=arena_dpo", f"dataset_dir={arena}", "val_size=0", "eval_strategy=no"],
+                                  capture_output=True, text=True)
+            check(data.returncode == 0 and "arena_dpo (dataset)" in data.stdout,
+                  "hone data reads the arena's pairs as a stage: dpo dataset: "
+                  + next((l.strip() for l in data.stdout.splitlines() if "pairs" in l or "rows" in l), data.stderr.strip()))
+
+            page.goto(f"{base}#/samples/identity-r4")
+            page.wait_for_selector("#answer-all")
+            page.fill("#sample-prompts", "Who are you?\nWho made you?")
+            page.fill("#sample-max-tokens", "24")
+            page.click("#answer-all")
+            page.wait_for_function("() => /answered$/.test(document.querySelector('#samples').previousElementSibling.innerText)",
+                                   timeout=180_000)
+            cells = page.eval_on_selector_all("#samples td.sample", "cs => cs.map(c => c.textContent)")
+            heads = page.eval_on_selector_all("#samples th", "hs => hs.map(h => h.textContent)")
+            check(len(cells) == 4 and all(c and c != "…" for c in cells),
+                  f"samples across checkpoints: {heads[1:]} × 2 prompts answered")
+            page.screenshot(path=shots / "9-samples.png", full_page=True)
             browser.close()
     finally:
         board.terminate()

@@ -1,7 +1,9 @@
 //! `hone board` over real HTTP on an ephemeral loopback port: the runs list and a run's detail,
 //! paths confined to `--runs`, the log as server-sent events replayed from `Last-Event-ID` and
 //! followed as it grows, the compare view's config diff and linked report, the host-name and
-//! token guards, and a real `hone train` run seen going and finished.
+//! token guards, a real `hone train` run seen going and finished, runs started and stopped
+//! from the board, and the arena: adapters and checkpoints answering through the board's OpenAI
+//! route, a rating written as preference pairs that `stage: dpo` trains on.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, hone, train_config};
+use common::{arg, fixture, hone, train_config, CHATML};
 use serde_json::Value;
 
 /// A running `hone board`, stopped when dropped.
@@ -446,4 +448,89 @@ fn a_run_is_checked_started_and_stopped_from_the_board() {
     let launches = board.json("/api/launches");
     assert_eq!(launches["launches"][0]["exit_code"], 0, "{launches}");
     assert_eq!(board.post("/api/stop?id=live", &Value::Null).status, 409);
+}
+
+#[test]
+fn the_arena_serves_runs_adapters_and_its_ratings_train_dpo() {
+    let root = tempfile::tempdir().unwrap();
+    let config = train_config(root.path());
+    let runs = root.path().join("runs");
+    let out = format!("output_dir={}", runs.join("lora").display());
+    hone(&["train", arg(&config), &out, "max_steps=4", "save_steps=2"]).ok();
+    std::fs::write(root.path().join("chatml.jinja"), CHATML).unwrap();
+    let model = fixture("tokenizer/tiny-spm.gguf");
+    let template = root.path().join("chatml.jinja");
+    let extra = ["--model", arg(&model), "--chat-template", arg(&template)];
+    let board = Board::start(&runs, &extra);
+
+    let info = board.json("/api/arena");
+    assert_eq!(info["available"], true, "{info}");
+    let names: Vec<&str> = info["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let base = model.display().to_string();
+    assert_eq!(
+        names,
+        [
+            base.as_str(),
+            "lora",
+            "lora/checkpoint-2",
+            "lora/checkpoint-4"
+        ]
+    );
+    let models = serde_json::json!({"models": ["lora", "lora/checkpoint-2", base]});
+    assert_eq!(board.post("/api/arena/load", &models).status, 200);
+    let outside = serde_json::json!({"models": ["../lora"]});
+    assert_eq!(board.post("/api/arena/load", &outside).status, 400);
+
+    let mut answers = Vec::new();
+    for name in ["lora", "lora/checkpoint-2"] {
+        let request = serde_json::json!({"model": name, "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": "Who are you?"}]});
+        let answer = board.post("/v1/chat/completions", &request);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let body: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(body["model"], name);
+        answers.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Distinct texts, so that the rating makes a pair whatever the tiny model says.
+    let rating = serde_json::json!({
+        "prompt": "Who are you?",
+        "answers": [
+            {"model": "lora", "text": format!("A: {}", answers[0]), "scores": {"relevance": 5}},
+            {"model": "lora/checkpoint-2", "text": format!("B: {}", answers[1]),
+             "scores": {"relevance": 2, "creativity": 3}},
+        ],
+        "preferred": 0,
+    });
+    let saved = board.post("/api/arena/rate", &rating);
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(saved.body.contains("\"pairs\":1"), "{}", saved.body);
+    let bad = serde_json::json!({"prompt": "q", "answers": [], "preferred": null});
+    assert_eq!(board.post("/api/arena/rate", &bad).status, 400);
+
+    let arena = runs.join("arena");
+    let dpo_out = format!("output_dir={}", root.path().join("dpo").display());
+    let dataset_dir = format!("dataset_dir={}", arena.display());
+    let dpo = hone(&[
+        "train",
+        arg(&config),
+        &dpo_out,
+        "stage=dpo",
+        "dataset=arena_dpo",
+        &dataset_dir,
+        "max_steps=1",
+        "per_device_train_batch_size=1",
+        "gradient_accumulation_steps=1",
+    ]);
+    dpo.ok();
+    assert!(dpo.stderr.contains("step 1/1"), "{}", dpo.stderr);
 }

@@ -64,6 +64,34 @@ impl ServeOptions {
     }
 }
 
+/// A served model seen from other routes (`hone board`'s arena).
+#[derive(Clone)]
+pub struct ServerHandle(Arc<routes::AppState>);
+
+impl ServerHandle {
+    /// The base model's name in requests.
+    pub fn base_name(&self) -> &str {
+        &self.0.base_name
+    }
+
+    /// Whether the model has a chat template (chat completions are refused without one).
+    pub fn chat_template_error(&self) -> Option<&str> {
+        self.0.template.as_ref().err().map(String::as_str)
+    }
+
+    /// Serves the adapter in `dir` as `name` from now on, unless that name is served already
+    /// (then nothing changes); loading checks the whole adapter against the model first.
+    pub fn ensure_adapter(&self, name: &str, dir: &std::path::Path) -> Result<()> {
+        if self.0.adapters.get(name).is_some() {
+            return Ok(());
+        }
+        let adapter = adapters::load(&self.0.model, name, dir)?;
+        // Another request may have loaded it meanwhile: either copy serves.
+        self.0.adapters.insert(adapter);
+        Ok(())
+    }
+}
+
 /// The model and what goes with it.
 pub struct Served {
     pub model: Llama,
@@ -89,45 +117,82 @@ pub fn serve(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let addr = options.check()?;
-    let model = Arc::new(served.model);
-    let tokenizer = Arc::new(served.tokenizer);
-    let metrics = Arc::new(metrics::Metrics::default());
-    let (jobs, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let engine = engine::Engine {
-        model: model.clone(),
-        tokenizer: tokenizer.clone(),
-        metrics: metrics.clone(),
-        max_batch: options.limits.max_batch,
-        jobs: receiver,
-    };
-    let registry = adapters::Registry::default();
-    for adapter in served.adapters {
-        let name = adapter.name.clone();
-        if name == options.served_name || !registry.insert(adapter) {
-            bail!("--adapter {name}: the name is already taken");
+    let server = Server::start(&options, served)?;
+    listen::run_http(addr, server.router(), on_listening)?;
+    server.join()
+}
+
+/// A model being served: the state its routes share, and the decoding thread behind them.
+/// `hone serve` listens with its routes alone; `hone board` adds them to its own.
+pub struct Server {
+    state: Arc<routes::AppState>,
+    engine_thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Registers the adapters and starts the decoding thread.
+    pub fn start(options: &ServeOptions, served: Served) -> Result<Server> {
+        let model = Arc::new(served.model);
+        let tokenizer = Arc::new(served.tokenizer);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (jobs, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let engine = engine::Engine {
+            model: model.clone(),
+            tokenizer: tokenizer.clone(),
+            metrics: metrics.clone(),
+            max_batch: options.limits.max_batch,
+            jobs: receiver,
+        };
+        let registry = adapters::Registry::default();
+        for adapter in served.adapters {
+            let name = adapter.name.clone();
+            if name == options.served_name || !registry.insert(adapter) {
+                bail!("--adapter {name}: the name is already taken");
+            }
         }
+        let state = Arc::new(routes::AppState {
+            base_name: options.served_name.clone(),
+            model,
+            tokenizer,
+            template: served.template,
+            adapters: registry,
+            value_head: served.value_head,
+            metrics,
+            jobs,
+            limits: options.limits.clone(),
+            created: unix_now(),
+        });
+        let engine_thread = std::thread::Builder::new()
+            .name("hone-engine".into())
+            .spawn(move || crate::kernels::pool::run_in_pool(|| engine.run()))
+            .context("cannot start the decoding thread")?;
+        Ok(Server {
+            state,
+            engine_thread,
+        })
     }
-    let state = Arc::new(routes::AppState {
-        base_name: options.served_name.clone(),
-        model,
-        tokenizer,
-        template: served.template,
-        adapters: registry,
-        value_head: served.value_head,
-        metrics,
-        jobs,
-        limits: options.limits.clone(),
-        created: unix_now(),
-    });
-    let engine_thread = std::thread::Builder::new()
-        .name("hone-engine".into())
-        .spawn(move || crate::kernels::pool::run_in_pool(|| engine.run()))
-        .context("cannot start the decoding thread")?;
-    listen::run_http(addr, routes::router(state), on_listening)?;
-    engine_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))?;
-    Ok(())
+
+    /// OpenAI's routes (`/v1/…`, `/health`, `/metrics`) over this server's state.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// What other routes need of this server: its base name and its adapters.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle(self.state.clone())
+    }
+
+    /// Waits for the decoding thread, which ends once every route holding the state is gone.
+    pub fn join(self) -> Result<()> {
+        let Server {
+            state,
+            engine_thread,
+        } = self;
+        drop(state);
+        engine_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))
+    }
 }
 
 pub(crate) fn unix_now() -> u64 {

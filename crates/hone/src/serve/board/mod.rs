@@ -7,7 +7,9 @@
 //! (a web page cannot reach the board through DNS rebinding), and every path confined to the
 //! `--runs` folders.
 
+mod actions;
 mod alerts;
+mod arena;
 mod compare;
 mod follow;
 mod launch;
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 
+use super::{Server, ServerHandle};
 use crate::train::checkpoint::TRAINER_LOG_NAME;
 use follow::LogFollower;
 use runs::{RunDir, RunSummary};
@@ -67,6 +70,10 @@ pub(crate) struct Board {
     loopback: bool,
     logs: Mutex<HashMap<PathBuf, Arc<Mutex<LogFollower>>>>,
     launches: launch::Launches,
+    /// The model the arena asks, when the board was given one.
+    server: Option<ServerHandle>,
+    /// Ratings are appended one at a time.
+    arena_files: Mutex<()>,
 }
 
 impl Board {
@@ -100,8 +107,13 @@ impl Board {
     }
 }
 
-/// Serves until Ctrl-C (or SIGTERM); `on_listening` is told the bound address first.
-pub fn board(options: BoardOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Serves until Ctrl-C (or SIGTERM); `on_listening` is told the bound address first. With a
+/// `server` (a model), its OpenAI routes are served too, for the arena.
+pub fn board(
+    options: BoardOptions,
+    server: Option<Server>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<()> {
     let addr = options.check()?;
     let board = Arc::new(Board {
         roots: options.roots,
@@ -109,8 +121,12 @@ pub fn board(options: BoardOptions, on_listening: impl FnOnce(SocketAddr)) -> Re
         loopback: addr.ip().is_loopback(),
         logs: Mutex::default(),
         launches: launch::Launches::default(),
+        server: server.as_ref().map(Server::handle),
+        arena_files: Mutex::default(),
     });
-    super::listen::run_http(addr, routes::router(board), on_listening)
+    let openai = server.as_ref().map(Server::router);
+    super::listen::run_http(addr, routes::router(board, openai), on_listening)?;
+    server.map_or(Ok(()), Server::join)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::compare::{config_diff, find_reports};
 use super::runs::{self, display_value, RunDir};
-use super::{launch, Board};
+use super::{actions, Board};
 use crate::train::config::TRAINING_ARGS;
 
 const PAGE: &str = include_str!("assets/index.html");
@@ -35,8 +35,10 @@ const TOKEN_COOKIE: &str = "hone_board_token";
 /// A launch request is a config: a few KiB.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub(super) fn router(board: Arc<Board>) -> Router {
-    Router::new()
+/// The board's routes; with a model, `hone serve`'s OpenAI routes beside them (the arena's
+/// answers), all behind the guard.
+pub(super) fn router(board: Arc<Board>, openai: Option<Router>) -> Router {
+    let routes = Router::new()
         .route(
             "/",
             get(|| async { page(PAGE, "text/html; charset=utf-8") }),
@@ -54,14 +56,21 @@ pub(super) fn router(board: Arc<Board>) -> Router {
         .route("/api/log", get(log_events))
         .route("/api/compare", get(compare_runs))
         .route("/api/report", get(report))
-        .route("/api/launches", get(list_launches))
-        .route("/api/launch/check", post(check_launch))
-        .route("/api/launch", post(start_launch))
-        .route("/api/stop", post(stop_run))
+        .route("/api/launches", get(actions::list_launches))
+        .route("/api/launch/check", post(actions::check_launch))
+        .route("/api/launch", post(actions::start_launch))
+        .route("/api/stop", post(actions::stop_run))
+        .route("/api/arena", get(actions::arena_info))
+        .route("/api/arena/load", post(actions::arena_load))
+        .route("/api/arena/rate", post(actions::arena_rate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .fallback(|| async { not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(board.clone(), guard))
-        .with_state(board)
+        .with_state(board.clone());
+    // The OpenAI routes answer unknown paths in OpenAI's error shape; two fallbacks cannot merge.
+    let routes = match openai {
+        Some(openai) => routes.merge(openai),
+        None => routes.fallback(|| async { not_found("no such route") }),
+    };
+    routes.layer(axum::middleware::from_fn_with_state(board, guard))
 }
 
 /// An embedded asset; the page may load only its own script and style.
@@ -80,7 +89,7 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
@@ -188,8 +197,20 @@ fn same(a: &str, b: &str) -> bool {
     crate::serve::routes::constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
+/// A job run off the async workers, answered as JSON, or as its error with `status`.
+pub(super) async fn json_answer(
+    status: StatusCode,
+    work: impl FnOnce() -> anyhow::Result<Value> + Send + 'static,
+) -> Response {
+    match blocking(work).await {
+        Ok(Ok(body)) => Json(body).into_response(),
+        Ok(Err(e)) => error(status, format!("{e:#}")),
+        Err(response) => response,
+    }
+}
+
 /// Directory scans and file reads run off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
     tokio::task::spawn_blocking(work).await.map_err(|_| {
@@ -208,17 +229,17 @@ async fn list_runs(State(board): State<Arc<Board>>) -> Response {
 }
 
 #[derive(Deserialize)]
-struct RunQuery {
-    id: String,
+pub(super) struct RunQuery {
+    pub id: String,
 }
 
 /// One run: its summary, config, every alert and its final numbers.
 async fn run_detail(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) -> Response {
-    let work = move || -> Result<Value, String> {
-        let path = runs::resolve(&board.roots, &q.id).map_err(|e| e.to_string())?;
+    let work = move || {
+        let path = runs::resolve(&board.roots, &q.id)?;
         let run = RunDir { id: q.id, path };
         let summary = board.summary(&run);
-        let config = runs::read_config(&run.path).map_err(|e| format!("{e:#}"))?;
+        let config = runs::read_config(&run.path)?;
         let config_yaml = std::fs::read_to_string(run.path.join(TRAINING_ARGS)).ok();
         let config: BTreeMap<String, String> = config
             .iter()
@@ -227,7 +248,7 @@ async fn run_detail(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) 
         let follower = board.follower(&run.path);
         let log = follower.lock().unwrap_or_else(|e| e.into_inner());
         let alerts: Vec<_> = log.points().iter().flat_map(|p| &p.alerts).collect();
-        Ok(json!({
+        anyhow::Ok(json!({
             "run": summary,
             "stoppable": board.launches.running(&run.id),
             "config": config,
@@ -236,11 +257,7 @@ async fn run_detail(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) 
             "results": runs::read_results(&run.path),
         }))
     };
-    match blocking(work).await {
-        Ok(Ok(body)) => Json(body).into_response(),
-        Ok(Err(message)) => not_found(message),
-        Err(response) => response,
-    }
+    json_answer(StatusCode::NOT_FOUND, work).await
 }
 
 /// The run's log as server-sent events: every line after `Last-Event-ID` (or `?after=`), then
@@ -341,10 +358,10 @@ async fn compare_runs(State(board): State<Arc<Board>>, RawQuery(query): RawQuery
     if ids.len() < 2 {
         return error(StatusCode::BAD_REQUEST, "id: give two runs or more");
     }
-    let work = move || -> Result<Value, String> {
+    let work = move || {
         let mut runs_found = Vec::new();
         for id in ids {
-            let path = runs::resolve(&board.roots, &id).map_err(|e| e.to_string())?;
+            let path = runs::resolve(&board.roots, &id)?;
             runs_found.push(RunDir { id, path });
         }
         let summaries: Vec<_> = runs_found.iter().map(|r| board.summary(r)).collect();
@@ -376,7 +393,7 @@ async fn compare_runs(State(board): State<Arc<Board>>, RawQuery(query): RawQuery
                 Some(json!({"id": id, "runs": report.runs}))
             })
             .collect();
-        Ok(json!({
+        anyhow::Ok(json!({
             "runs": summaries,
             "diff": diff,
             "same": same,
@@ -384,11 +401,7 @@ async fn compare_runs(State(board): State<Arc<Board>>, RawQuery(query): RawQuery
             "reports": reports,
         }))
     };
-    match blocking(work).await {
-        Ok(Ok(body)) => Json(body).into_response(),
-        Ok(Err(message)) => not_found(message),
-        Err(response) => response,
-    }
+    json_answer(StatusCode::NOT_FOUND, work).await
 }
 
 /// A report's id under the folders (as a run's id is), for `/api/report?id=`.
@@ -420,62 +433,6 @@ async fn report(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) -> R
             .into_response(),
         Ok(Err(message)) => not_found(message),
         Err(response) => response,
-    }
-}
-
-async fn list_launches(State(board): State<Arc<Board>>) -> Response {
-    match blocking(move || board.launches.list()).await {
-        Ok(list) => Json(json!({ "launches": list })).into_response(),
-        Err(response) => response,
-    }
-}
-
-/// A run to start: its folder name and its config.
-#[derive(Deserialize)]
-struct LaunchRequest {
-    name: String,
-    yaml: String,
-}
-
-/// The config checked, with its memory plan and data preview; 400 naming the problem.
-async fn check_launch(
-    State(board): State<Arc<Board>>,
-    Json(request): Json<LaunchRequest>,
-) -> Response {
-    let work = move || {
-        let checked = launch::check(&board.roots[0], &request.name, &request.yaml)?;
-        launch::review(&checked)
-    };
-    match blocking(work).await {
-        Ok(Ok(review)) => Json(review).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-        Err(response) => response,
-    }
-}
-
-/// Starts `hone train` on the config; answers the run's id.
-async fn start_launch(
-    State(board): State<Arc<Board>>,
-    Json(request): Json<LaunchRequest>,
-) -> Response {
-    let work = move || {
-        let checked = launch::check(&board.roots[0], &request.name, &request.yaml)?;
-        let run_id = board.launched_id(&checked.output_dir);
-        board.launches.start(&checked, run_id.clone())?;
-        anyhow::Ok(run_id)
-    };
-    match blocking(work).await {
-        Ok(Ok(run)) => Json(json!({ "run": run })).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-        Err(response) => response,
-    }
-}
-
-/// Stops a run this board started, as Ctrl-C stops it (409 for any other run).
-async fn stop_run(State(board): State<Arc<Board>>, Query(q): Query<RunQuery>) -> Response {
-    match board.launches.stop(&q.id) {
-        Ok(()) => Json(json!({ "stopping": q.id })).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
     }
 }
 
