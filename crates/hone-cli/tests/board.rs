@@ -205,7 +205,16 @@ fn runs_and_a_run_are_listed_and_paths_stay_inside_the_folder() {
     }
     let page = board.get("/", &[]);
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("<script src=\"/board.js\">"));
+    assert!(page
+        .body
+        .contains("<script type=\"module\" src=\"/board.js\">"));
+    let module = board.get("/charts.js", &[]);
+    assert_eq!(module.status, 200);
+    assert!(module
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert_eq!(board.get("/nothing.js", &[]).status, 404);
     assert!(page
         .header("content-security-policy")
         .unwrap()

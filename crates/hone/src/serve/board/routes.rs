@@ -25,8 +25,16 @@ use super::{actions, Board};
 use crate::train::config::TRAINING_ARGS;
 
 const PAGE: &str = include_str!("assets/index.html");
-const SCRIPT: &str = include_str!("assets/board.js");
 const STYLE: &str = include_str!("assets/board.css");
+/// The page's script modules, by name.
+const SCRIPTS: [(&str, &str); 6] = [
+    ("board.js", include_str!("assets/board.js")),
+    ("dom.js", include_str!("assets/dom.js")),
+    ("charts.js", include_str!("assets/charts.js")),
+    ("runs.js", include_str!("assets/runs.js")),
+    ("launch.js", include_str!("assets/launch.js")),
+    ("arena.js", include_str!("assets/arena.js")),
+];
 
 /// How often a watched log is looked at for new lines: the most a new point waits.
 const POLL: Duration = Duration::from_millis(200);
@@ -43,10 +51,7 @@ pub(super) fn router(board: Arc<Board>, openai: Option<Router>) -> Router {
             "/",
             get(|| async { page(PAGE, "text/html; charset=utf-8") }),
         )
-        .route(
-            "/board.js",
-            get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
-        )
+        .route("/{script}", get(script))
         .route(
             "/board.css",
             get(|| async { page(STYLE, "text/css; charset=utf-8") }),
@@ -71,6 +76,14 @@ pub(super) fn router(board: Arc<Board>, openai: Option<Router>) -> Router {
         None => routes.fallback(|| async { not_found("no such route") }),
     };
     routes.layer(axum::middleware::from_fn_with_state(board, guard))
+}
+
+/// One of the page's script modules.
+async fn script(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match SCRIPTS.iter().find(|(n, _)| *n == name) {
+        Some((_, body)) => page(body, "text/javascript; charset=utf-8"),
+        None => not_found("no such route"),
+    }
 }
 
 /// An embedded asset; the page may load only its own script and style.
@@ -449,6 +462,22 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn every_module_the_page_imports_is_served() {
+        let served: Vec<&str> = SCRIPTS.iter().map(|(name, _)| *name).collect();
+        assert!(PAGE.contains("src=\"/board.js\""));
+        for (name, body) in SCRIPTS {
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let module = line
+                    .split("from \"./")
+                    .nth(1)
+                    .unwrap()
+                    .trim_end_matches("\";");
+                assert!(served.contains(&module), "{name} imports {module}");
+            }
+        }
     }
 
     #[test]
