@@ -1116,3 +1116,104 @@ fn do_predict_writes_llamafactorys_prediction_files() {
         assert_eq!(ours["predict"], theirs["predict"]);
     }
 }
+
+/// Puts `files` (name in the repository, fixture) into `cache` as the Hugging Face client lays a
+/// dataset repository out: `datasets--ORG--NAME/refs/main` naming a snapshot that holds them.
+fn cache_dataset(cache: &Path, id: &str, files: &[(&str, &str)]) {
+    let repo = cache.join(format!("datasets--{}", id.replace('/', "--")));
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for (name, source) in files {
+        let path = snapshot.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::copy(fixture(source), path).unwrap();
+    }
+}
+
+#[test]
+fn hub_datasets_come_from_the_cache_and_folders_give_all_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cache = dir.path().join("hf-cache");
+    cache_dataset(
+        &cache,
+        "org/mini",
+        &[
+            ("README.md", "data/parquet/alpaca.jsonl"),
+            (
+                "data/train-00000-of-00001.parquet",
+                "data/parquet/alpaca.parquet",
+            ),
+            (
+                "data/test-00000-of-00001.arrow",
+                "data/parquet/alpaca.arrow",
+            ),
+        ],
+    );
+    let folder = dir.path().join("shards");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["a.csv", "b.csv"] {
+        std::fs::copy(fixture("data/parquet/alpaca.csv"), folder.join(name)).unwrap();
+    }
+    let info = serde_json::json!({
+        "mini": {"hf_hub_url": "org/mini"},
+        "mini_test": {"hf_hub_url": "org/mini", "split": "test"},
+        "absent": {"hf_hub_url": "org/absent"},
+        "shards": {"file_name": "shards"},
+    });
+    std::fs::write(dir.path().join("dataset_info.json"), info.to_string()).unwrap();
+    let dataset_dir = format!("dataset_dir={}", dir.path().display());
+    let data = |dataset: &str| {
+        let mut command = common::hone_command(&[
+            "data",
+            arg(&config),
+            &format!("dataset={dataset}"),
+            &dataset_dir,
+            "skip_invalid_rows=true",
+            "--rows",
+            "0",
+        ]);
+        command.env("HF_HUB_CACHE", &cache);
+        common::Run::from(command.output().unwrap())
+    };
+    // The fixture's fourth row has no output: the skip names the file it came from.
+    let snapshot = cache.join("datasets--org--mini/snapshots/0123abcd/data");
+    let hub = data("mini");
+    let out = hub.ok();
+    let train = snapshot.join("train-00000-of-00001.parquet");
+    assert!(
+        out.starts_with("mini (dataset):\n  rows          4 read, 1 row skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}:4: output", train.display())),
+        "{out}"
+    );
+    let test = data("mini_test");
+    let arrow = snapshot.join("test-00000-of-00001.arrow");
+    assert!(
+        test.ok()
+            .contains(&format!("{}:4: output", arrow.display())),
+        "{}",
+        test.stdout
+    );
+    let absent = data("absent");
+    let err = absent.error();
+    assert!(
+        err.contains(
+            "hf_hub_url: org/absent: org/absent: dataset not in the Hugging Face cache at"
+        ) && err.contains(&cache.display().to_string()),
+        "{err}"
+    );
+    let shards = data("shards");
+    let out = shards.ok();
+    assert!(
+        out.starts_with("shards (dataset):\n  rows          8 read, 2 rows skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}:5: output", folder.join("a.csv").display())),
+        "{out}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Which files a `dataset` argument names and how their rows are laid out: LLaMA-Factory's
-//! `dataset_info.json` (`file_name`, `formatting`, `columns`, `tags`), or direct `.json`/`.jsonl`
-//! paths whose format is told from the keys of their rows.
+//! `dataset_info.json` (`file_name` — a file or a folder of files — or `hf_hub_url` with
+//! `subset`, `split` and `folder`; `formatting`, `columns`, `tags`), or direct paths (a data file
+//! or a folder of them) whose format is told from the keys of their rows.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
+
+use crate::io::hub;
+use crate::io::hub_dataset::{SplitQuery, DATA_EXTENSIONS};
 
 const INFO_FILE: &str = "dataset_info.json";
 
@@ -163,26 +167,75 @@ pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> 
     }
     let info_path = dataset_dir.join(INFO_FILE);
     let info = read_info(&info_path)?;
-    names
-        .into_iter()
-        .map(|name| match info.as_ref().and_then(|i| i.get(name)) {
-            Some(entry) => entry_source(entry, dataset_dir)
-                .with_context(|| format!("{}: {name}", info_path.display())),
-            None if is_direct_file(name) => Ok(Source {
-                path: PathBuf::from(name),
-                format: None,
-                ranking: false,
-            }),
-            None => Err(unknown_name(name, &info_path, info.as_ref())),
-        })
-        .collect()
+    let mut sources = Vec::new();
+    for name in names {
+        match info.as_ref().and_then(|i| i.get(name)) {
+            Some(entry) => sources.extend(
+                entry_sources(entry, dataset_dir)
+                    .with_context(|| format!("{}: {name}", info_path.display()))?,
+            ),
+            None if is_direct_path(name) => sources.extend(
+                local_files(Path::new(name))?
+                    .into_iter()
+                    .map(|path| Source {
+                        path,
+                        format: None,
+                        ranking: false,
+                    }),
+            ),
+            None => return Err(unknown_name(name, &info_path, info.as_ref())),
+        }
+    }
+    Ok(sources)
 }
 
-fn is_direct_file(name: &str) -> bool {
-    [".json", ".jsonl", ".txt"]
-        .iter()
-        .any(|ext| name.ends_with(ext))
-        || Path::new(name).is_file()
+fn is_direct_path(name: &str) -> bool {
+    let path = Path::new(name);
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    extension.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) || path.exists()
+}
+
+/// `path` itself, or the data files directly in it when it is a folder (one type of file, as
+/// LLaMA-Factory requires), sorted.
+fn local_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = fs::read_dir(path)
+        .with_context(|| format!("{}: cannot read the folder", path.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .filter(|p| {
+            p.extension().is_some_and(|e| {
+                DATA_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())
+            })
+        })
+        .collect();
+    files.sort();
+    let kinds: std::collections::BTreeSet<_> = files.iter().filter_map(|p| p.extension()).collect();
+    if files.is_empty() {
+        bail!(
+            "{}: a folder without data files ({})",
+            path.display(),
+            DATA_EXTENSIONS.join(", ")
+        );
+    }
+    if kinds.len() > 1 {
+        bail!(
+            "{}: a folder of data files of one type only (found several)",
+            path.display()
+        );
+    }
+    Ok(files)
 }
 
 fn unknown_name(name: &str, info_path: &Path, info: Option<&Map<String, Value>>) -> anyhow::Error {
@@ -224,28 +277,76 @@ fn read_info(path: &Path) -> Result<Option<Map<String, Value>>> {
     }
 }
 
-fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
+/// The files of one `dataset_info.json` entry: `hf_hub_url` (LLaMA-Factory's default hub) when
+/// present, else `file_name`.
+fn entry_sources(entry: &Value, dataset_dir: &Path) -> Result<Vec<Source>> {
     let entry = entry.as_object().context("expected an object")?;
-    for remote in [
-        "hf_hub_url",
-        "ms_hub_url",
-        "om_hub_url",
-        "script_url",
-        "cloud_file_name",
-    ] {
-        if entry.contains_key(remote) {
-            bail!("{remote}: only local files (file_name) are supported");
+    let files = match entry.get("hf_hub_url") {
+        Some(id) => hub_files(entry, id.as_str().context("hf_hub_url: expected a string")?)?,
+        None => {
+            for (remote, what) in [
+                ("ms_hub_url", "ModelScope"),
+                ("om_hub_url", "Modelers"),
+                ("script_url", "a loading script"),
+                ("cloud_file_name", "cloud storage"),
+            ] {
+                if entry.contains_key(remote) {
+                    bail!(
+                        "{remote}: datasets from {what} are not supported: download the files \
+                         and name them with file_name"
+                    );
+                }
+            }
+            let file_name = entry
+                .get("file_name")
+                .context("file_name: missing")?
+                .as_str()
+                .context("file_name: expected a string")?;
+            local_files(&dataset_dir.join(file_name))?
         }
-    }
+    };
+    let (format, ranking) = entry_format(entry)?;
+    Ok(files
+        .into_iter()
+        .map(|path| Source {
+            path,
+            format: Some(format.clone()),
+            ranking,
+        })
+        .collect())
+}
+
+/// A Hub dataset's files for the entry's `split` (default `train`), `subset` and `folder`.
+fn hub_files(entry: &Map<String, Value>, id: &str) -> Result<Vec<PathBuf>> {
+    let text = |key: &str| -> Result<Option<&str>> {
+        entry
+            .get(key)
+            .map(|v| {
+                v.as_str()
+                    .with_context(|| format!("{key}: expected a string"))
+            })
+            .transpose()
+    };
+    let query = SplitQuery {
+        subset: text("subset")?,
+        folder: text("folder")?,
+        split: text("split")?.unwrap_or("train"),
+    };
+    crate::io::hub_dataset::dataset_files(
+        id,
+        query,
+        &hub::cache_from_env(),
+        hub::offline_from_env(),
+    )
+    .with_context(|| format!("hf_hub_url: {id}"))
+}
+
+/// The entry's layout (`formatting`, `columns`, `tags`) and whether it is preference data.
+fn entry_format(entry: &Map<String, Value>) -> Result<(Format, bool)> {
     let ranking = match entry.get("ranking") {
         None => false,
         Some(value) => value.as_bool().context("ranking: expected true or false")?,
     };
-    let file_name = entry
-        .get("file_name")
-        .context("file_name: missing")?
-        .as_str()
-        .context("file_name: expected a string")?;
     let mut format = match entry.get("formatting").map(|v| v.as_str()) {
         None | Some(Some("alpaca")) => Format::alpaca(),
         Some(Some("sharegpt")) => Format::sharegpt(),
@@ -261,11 +362,7 @@ fn entry_source(entry: &Value, dataset_dir: &Path) -> Result<Source> {
     if let Some(tags) = entry.get("tags") {
         apply_tags(&mut format.tags, tags).context("tags")?;
     }
-    Ok(Source {
-        path: dataset_dir.join(file_name),
-        format: Some(format),
-        ranking,
-    })
+    Ok((format, ranking))
 }
 
 /// Column keys LLaMA-Factory knows that serve other modalities.

@@ -1,9 +1,11 @@
 //! Reading a dataset file into JSON rows, each with the line it starts on. A file is a JSON array
 //! of rows when its first non-blank character is `[`, else JSON Lines (one row a line, blank
 //! lines ignored), whatever its extension: Hugging Face `datasets` reads both forms from either.
-//! A `.parquet` file (how datasets are stored on the Hub) gives each row as the JSON object
-//! `datasets` would (columns by name, lists and structs nested), its `line` the row's 1-based
-//! number.
+//! A `.parquet` file (how datasets are stored on the Hub) or an `.arrow` file (what `datasets`
+//! saves: an Arrow IPC stream, or the IPC file form) gives each row as the JSON object `datasets`
+//! would (columns by name, lists and structs nested), its `line` the row's 1-based number. A
+//! `.csv` file (a header line, then a row a record) gives each cell as text, an empty one as null
+//! (as `datasets` reads CSV through pandas); its `line` is where the record starts.
 
 use std::fs;
 use std::path::Path;
@@ -24,11 +26,14 @@ pub(super) struct RawRow {
 /// a JSON array file that does not parse is an error for the whole file, since nothing after the
 /// fault can be trusted.
 pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
-    if path
+    let extension = path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-    {
-        return parquet_rows(path);
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("parquet") => return parquet_rows(path),
+        Some("arrow") => return arrow_rows(path),
+        Some("csv") => return csv_rows(path),
+        _ => {}
     }
     let text = read_text(path)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -56,6 +61,83 @@ fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
             })
         })
         .collect()
+}
+
+/// The rows of an Arrow IPC file or stream, through `arrow-json` (nulls kept as nulls).
+fn arrow_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let unreadable =
+        |e: &dyn std::fmt::Display| anyhow!("{}: not a readable Arrow file: {e}", path.display());
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::JsonArray>(Vec::new());
+    // The IPC file form starts with its magic; `datasets` writes the stream form.
+    if bytes.starts_with(b"ARROW1") {
+        let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(&bytes), None)
+            .map_err(|e| unreadable(&e))?;
+        for batch in reader {
+            writer
+                .write(&batch.map_err(|e| unreadable(&e))?)
+                .map_err(|e| unreadable(&e))?;
+        }
+    } else {
+        let reader = arrow_ipc::reader::StreamReader::try_new(&bytes[..], None)
+            .map_err(|e| unreadable(&e))?;
+        for batch in reader {
+            writer
+                .write(&batch.map_err(|e| unreadable(&e))?)
+                .map_err(|e| unreadable(&e))?;
+        }
+    }
+    writer.finish().map_err(|e| unreadable(&e))?;
+    let json = writer.into_inner();
+    let rows: Vec<Value> = match json.is_empty() {
+        true => Vec::new(),
+        false => serde_json::from_slice(&json).map_err(|e| unreadable(&e))?,
+    };
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| RawRow {
+            line: i + 1,
+            value: Ok(value),
+        })
+        .collect())
+}
+
+/// The records of a CSV file with a header line, each as an object of its cells.
+fn csv_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: no header line", path.display()))?
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').to_string())
+        .collect();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let object: serde_json::Map<String, Value> = header
+            .iter()
+            .zip(record.iter())
+            .map(|(name, cell)| {
+                let value = match cell {
+                    "" => Value::Null,
+                    text => Value::String(text.to_string()),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        rows.push(RawRow {
+            line,
+            value: Ok(Value::Object(object)),
+        });
+    }
+    Ok(rows)
 }
 
 /// The non-blank lines of a text file (a byte-order mark dropped), each with its 1-based number.

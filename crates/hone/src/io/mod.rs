@@ -5,6 +5,7 @@ pub mod gguf;
 mod gguf_value;
 pub mod gguf_write;
 pub mod hub;
+pub mod hub_dataset;
 pub mod json;
 pub mod names;
 pub mod safetensors;

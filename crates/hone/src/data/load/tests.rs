@@ -377,7 +377,10 @@ fn dataset_info_errors() {
     );
     assert_eq!(
         err("remote"),
-        format!("{info}: remote: hf_hub_url: only local files (file_name) are supported")
+        format!(
+            "{info}: remote: ms_hub_url: datasets from ModelScope are not supported: download \
+             the files and name them with file_name"
+        )
     );
     assert_eq!(
         err(" , "),
@@ -499,29 +502,39 @@ fn the_identity_example_loads_cleanly_and_holds_its_test_questions_out() {
     }
 }
 
+/// The conversations of a loaded dataset with their tools and row numbers, to compare two
+/// readings of the same rows.
+fn conversations_of(loaded: &LoadedDataset) -> Vec<(Vec<Message>, Vec<serde_json::Value>, usize)> {
+    loaded
+        .conversations
+        .iter()
+        .map(|c| (c.messages.clone(), c.tools.clone(), c.origin.line))
+        .collect()
+}
+
+/// `file` and `same_as` (fixtures) load to the same conversations and skip as many rows; `file`'s
+/// rows start `line_shift` lines further down (a CSV header line).
+fn assert_reads_alike(file: &str, same_as: &str, line_shift: usize) {
+    let (a, b) = (fixture(file), fixture(same_as));
+    let from_a = load_dataset(a.to_str().unwrap(), &info_dir(), true).unwrap();
+    let from_b = load_dataset(b.to_str().unwrap(), &info_dir(), true).unwrap();
+    let mut expected = conversations_of(&from_b);
+    expected.iter_mut().for_each(|c| c.2 += line_shift);
+    assert_eq!(conversations_of(&from_a), expected, "{file}");
+    assert!(!from_a.conversations.is_empty());
+    assert_eq!(from_a.skipped.total(), from_b.skipped.total(), "{file}");
+}
+
 /// A dataset stored as parquet (the Hub's format, written by pyarrow as `datasets` writes it)
 /// reads to the same conversations as the same rows in JSON Lines, nested ShareGPT turns and
 /// tools included; a bad row is named by its row number.
 #[test]
 fn parquet_files_read_like_their_json_lines() {
     for name in ["alpaca", "sharegpt"] {
-        let parquet = fixture(&format!("parquet/{name}.parquet"));
-        let jsonl = fixture(&format!("parquet/{name}.jsonl"));
-        let from_parquet = load_dataset(parquet.to_str().unwrap(), &info_dir(), true).unwrap();
-        let from_json = load_dataset(jsonl.to_str().unwrap(), &info_dir(), true).unwrap();
-        let strip = |loaded: &LoadedDataset| -> Vec<(Vec<Message>, Vec<serde_json::Value>, usize)> {
-            loaded
-                .conversations
-                .iter()
-                .map(|c| (c.messages.clone(), c.tools.clone(), c.origin.line))
-                .collect()
-        };
-        assert_eq!(strip(&from_parquet), strip(&from_json), "{name}");
-        assert!(!from_parquet.conversations.is_empty());
-        assert_eq!(
-            from_parquet.skipped.total(),
-            from_json.skipped.total(),
-            "{name}"
+        assert_reads_alike(
+            &format!("parquet/{name}.parquet"),
+            &format!("parquet/{name}.jsonl"),
+            0,
         );
     }
     let alpaca = fixture("parquet/alpaca.parquet");
@@ -531,6 +544,25 @@ fn parquet_files_read_like_their_json_lines() {
     );
     assert!(
         err.starts_with(&format!("{}:4: output: ", alpaca.display())),
+        "{err}"
+    );
+}
+
+/// `datasets`' Arrow files (the IPC stream form it writes, and the IPC file form) read like the
+/// same rows in JSON Lines; a CSV file reads as `datasets.load_dataset("csv")` reads it back (an
+/// empty cell is null), and a bad record is named by its line.
+#[test]
+fn arrow_and_csv_files_read_as_datasets_reads_them() {
+    assert_reads_alike("parquet/alpaca.arrow", "parquet/alpaca.jsonl", 0);
+    assert_reads_alike("parquet/alpaca_file.arrow", "parquet/alpaca.jsonl", 0);
+    assert_reads_alike("parquet/alpaca.csv", "parquet/alpaca_csv.jsonl", 1);
+    let csv = fixture("parquet/alpaca.csv");
+    let err = format!(
+        "{:#}",
+        load_dataset(csv.to_str().unwrap(), &info_dir(), false).unwrap_err()
+    );
+    assert!(
+        err.starts_with(&format!("{}:5: output: ", csv.display())),
         "{err}"
     );
 }

@@ -1,0 +1,265 @@
+//! Hugging Face Hub dataset repositories (`hf_hub_url` in LLaMA-Factory's `dataset_info.json`):
+//! which of a repository's files make a split, found in the standard HF cache (shared with the
+//! Python tools: `HF_HOME`, `HF_HUB_CACHE`; `HF_HUB_OFFLINE=1` never goes online) or downloaded
+//! into it.
+//!
+//! The files of a split are chosen as `datasets` chooses them when a repository declares no
+//! configs: data files (parquet, JSON, JSON Lines, CSV, Arrow, text) under `folder` (LLaMA-
+//! Factory's `folder`, `datasets`' `data_dir`) and under `subset/` when the repository has such a
+//! folder (the Hub's own parquet conversion lays configs out so); among them, those whose path
+//! names the split (`train`/`training`, `validation`/`valid`/`val`/`dev`, `test`/`testing`/
+//! `eval`/`evaluation`, as a word of the path: `data/train-00000-of-00001.parquet`); when no file
+//! names any split, every file is `train`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+/// File types `datasets` reads by extension (LLaMA-Factory's `FILEEXT2TYPE`).
+pub const DATA_EXTENSIONS: [&str; 6] = ["parquet", "json", "jsonl", "csv", "arrow", "txt"];
+
+/// The words that name each split in file paths.
+const SPLIT_WORDS: [(&str, &[&str]); 3] = [
+    ("train", &["train", "training"]),
+    ("validation", &["validation", "valid", "val", "dev"]),
+    ("test", &["test", "testing", "eval", "evaluation"]),
+];
+
+/// Where a split's files are.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitQuery<'a> {
+    pub subset: Option<&'a str>,
+    pub folder: Option<&'a str>,
+    pub split: &'a str,
+}
+
+/// The local paths of dataset repository `id`'s files for `query`, from the cache when offline,
+/// else downloaded (into the cache) as needed.
+pub fn dataset_files(
+    id: &str,
+    query: SplitQuery,
+    cache: &Cache,
+    offline: bool,
+) -> Result<Vec<PathBuf>> {
+    if offline {
+        let snapshot = cached_snapshot(id, cache)?;
+        let files = files_under(&snapshot);
+        let chosen = choose(&files, query).with_context(|| format!("{id} (cached)"))?;
+        return Ok(chosen.iter().map(|f| snapshot.join(f)).collect());
+    }
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .context("cannot start the Hugging Face Hub client")?;
+    let repo = api.dataset(id.to_string());
+    let info = repo
+        .info()
+        .with_context(|| format!("{id}: cannot list the dataset on the Hugging Face Hub"))?;
+    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    choose(&files, query)
+        .with_context(|| id.to_string())?
+        .iter()
+        .map(|f| {
+            repo.get(f)
+                .with_context(|| format!("{id}: cannot fetch {f} from the Hugging Face Hub"))
+        })
+        .collect()
+}
+
+/// The snapshot directory of the cached `main` revision of dataset `id`.
+fn cached_snapshot(id: &str, cache: &Cache) -> Result<PathBuf> {
+    let repo = cache
+        .path()
+        .join(Repo::new(id.to_string(), RepoType::Dataset).folder_name());
+    let commit = std::fs::read_to_string(repo.join("refs").join("main")).ok();
+    match commit.map(|c| repo.join("snapshots").join(c.trim())) {
+        Some(snapshot) if snapshot.is_dir() => Ok(snapshot),
+        _ => bail!(
+            "{id}: dataset not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set; \
+             download it while online (or with `huggingface-cli download --repo-type dataset \
+             {id}`), or use local files (file_name)",
+            cache.path().display()
+        ),
+    }
+}
+
+/// Every file under `dir`, as `/`-separated paths relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                let parts: Vec<String> = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                files.push(parts.join("/"));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The files of `query`'s split among a repository's `files` (see the module's comment).
+pub fn choose(files: &[String], query: SplitQuery) -> Result<Vec<String>> {
+    let mut data: Vec<&String> = files
+        .iter()
+        .filter(|f| is_data_file(f))
+        .filter(|f| query.folder.is_none_or(|dir| under(f, dir)))
+        .collect();
+    if let Some(subset) = query.subset {
+        if data.iter().any(|f| under(f, subset)) {
+            data.retain(|f| under(f, subset));
+        }
+    }
+    if data.is_empty() {
+        bail!(
+            "no data files ({}){}",
+            DATA_EXTENSIONS.join(", "),
+            query
+                .folder
+                .map_or(String::new(), |d| format!(" under {d}/"))
+        );
+    }
+    let named_split = |f: &str| SPLIT_WORDS.iter().find(|(_, words)| has_word(f, words));
+    let chosen: Vec<String> = match data.iter().any(|f| named_split(f).is_some()) {
+        true => data
+            .iter()
+            .filter(|f| named_split(f).is_some_and(|(split, _)| *split == query.split))
+            .map(|f| f.to_string())
+            .collect(),
+        false if query.split == "train" => data.iter().map(|f| f.to_string()).collect(),
+        false => Vec::new(),
+    };
+    if chosen.is_empty() {
+        let listed: Vec<&str> = data.iter().take(8).map(|f| f.as_str()).collect();
+        bail!(
+            "split: no files for split {:?} among {}",
+            query.split,
+            listed.join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
+fn is_data_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    !path.split('/').any(|part| part.starts_with('.'))
+        && name
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| DATA_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_matches('/');
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether one of the path's words (split at anything not a letter) is in `words`.
+fn has_word(path: &str, words: &[&str]) -> bool {
+    let without_extension = path.rsplit_once('.').map_or(path, |(stem, _)| stem);
+    without_extension
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|word| words.contains(&word.to_ascii_lowercase().as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(files: &[&str]) -> Vec<String> {
+        files.iter().map(|f| f.to_string()).collect()
+    }
+
+    fn split<'a>(split: &'a str) -> SplitQuery<'a> {
+        SplitQuery {
+            subset: None,
+            folder: None,
+            split,
+        }
+    }
+
+    #[test]
+    fn files_are_chosen_by_the_split_their_path_names() {
+        let files = names(&[
+            ".gitattributes",
+            "README.md",
+            "data/train-00000-of-00002.parquet",
+            "data/train-00001-of-00002.parquet",
+            "data/validation-00000-of-00001.parquet",
+            "data/test.jsonl",
+        ]);
+        assert_eq!(
+            choose(&files, split("train")).unwrap(),
+            [
+                "data/train-00000-of-00002.parquet",
+                "data/train-00001-of-00002.parquet"
+            ]
+        );
+        assert_eq!(
+            choose(&files, split("validation")).unwrap(),
+            ["data/validation-00000-of-00001.parquet"]
+        );
+        assert_eq!(choose(&files, split("test")).unwrap(), ["data/test.jsonl"]);
+        let err = choose(&files, split("dev")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("split: no files for split \"dev\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_split_names_every_file_is_train_and_subsets_and_folders_narrow() {
+        let files = names(&["alpaca_data_en.json", "zh/alpaca_zh.json", "notes.md"]);
+        assert_eq!(
+            choose(&files, split("train")).unwrap(),
+            ["alpaca_data_en.json", "zh/alpaca_zh.json"]
+        );
+        let zh = SplitQuery {
+            subset: Some("zh"),
+            ..split("train")
+        };
+        assert_eq!(choose(&files, zh).unwrap(), ["zh/alpaca_zh.json"]);
+        let folder = SplitQuery {
+            folder: Some("zh"),
+            ..split("train")
+        };
+        assert_eq!(choose(&files, folder).unwrap(), ["zh/alpaca_zh.json"]);
+        assert!(choose(&files, split("test")).is_err());
+        // A subset the repository has no folder for is a config `datasets` defines elsewhere:
+        // every file is kept.
+        let other = SplitQuery {
+            subset: Some("default"),
+            ..split("train")
+        };
+        assert_eq!(choose(&files, other).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn offline_files_come_from_the_cache_snapshot_or_an_error_names_the_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("datasets--org--data");
+        let snapshot = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(snapshot.join("data")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        std::fs::write(snapshot.join("data/train-00000-of-00001.parquet"), "").unwrap();
+        let cache = Cache::new(root.path().to_path_buf());
+        let files = dataset_files("org/data", split("train"), &cache, true).unwrap();
+        assert_eq!(files, [snapshot.join("data/train-00000-of-00001.parquet")]);
+        let err = dataset_files("org/absent", split("train"), &cache, true).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("org/absent") && text.contains(&root.path().display().to_string()));
+    }
+}
