@@ -3,13 +3,15 @@
 //! Python tools: `HF_HOME`, `HF_HUB_CACHE`; `HF_HUB_OFFLINE=1` never goes online) or downloaded
 //! into it.
 //!
-//! The files of a split are chosen as `datasets` chooses them when a repository declares no
-//! configs: data files (parquet, JSON, JSON Lines, CSV, Arrow, text) under `folder` (LLaMA-
-//! Factory's `folder`, `datasets`' `data_dir`) and under `subset/` when the repository has such a
-//! folder (the Hub's own parquet conversion lays configs out so); among them, those whose path
-//! names the split (`train`/`training`, `validation`/`valid`/`val`/`dev`, `test`/`testing`/
-//! `eval`/`evaluation`, as a word of the path: `data/train-00000-of-00001.parquet`); when no file
-//! names any split, every file is `train`.
+//! The files of a split are chosen as `datasets` chooses them. A dataset card (`README.md`)
+//! whose YAML front matter declares `configs` gives each config's `data_files` per split as path
+//! patterns (`data/train-*`); the config is `subset`, else the one marked `default`, else the
+//! only one. Without configs: data files (parquet, JSON, JSON Lines, CSV, Arrow, text) under
+//! `folder` (LLaMA-Factory's `folder`, `datasets`' `data_dir`) and under `subset/` when the
+//! repository has such a folder (the Hub's own parquet conversion lays configs out so); among
+//! them, those whose path names the split (`train`/`training`, `validation`/`valid`/`val`/`dev`,
+//! `test`/`testing`/`eval`/`evaluation`, as a word of the path:
+//! `data/train-00000-of-00001.parquet`); when no file names any split, every file is `train`.
 
 use std::path::{Path, PathBuf};
 
@@ -46,7 +48,9 @@ pub fn dataset_files(
     if offline {
         let snapshot = cached_snapshot(id, cache)?;
         let files = files_under(&snapshot);
-        let chosen = choose(&files, query).with_context(|| format!("{id} (cached)"))?;
+        let card = std::fs::read_to_string(snapshot.join(CARD)).ok();
+        let chosen =
+            choose(&files, card.as_deref(), query).with_context(|| format!("{id} (cached)"))?;
         return Ok(chosen.iter().map(|f| snapshot.join(f)).collect());
     }
     let api = ApiBuilder::from_cache(cache.clone())
@@ -58,7 +62,13 @@ pub fn dataset_files(
         .info()
         .with_context(|| format!("{id}: cannot list the dataset on the Hugging Face Hub"))?;
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-    choose(&files, query)
+    let card = files
+        .iter()
+        .any(|f| f == CARD)
+        .then(|| repo.get(CARD).ok())
+        .flatten()
+        .and_then(|path| std::fs::read_to_string(path).ok());
+    choose(&files, card.as_deref(), query)
         .with_context(|| id.to_string())?
         .iter()
         .map(|f| {
@@ -110,8 +120,161 @@ fn files_under(dir: &Path) -> Vec<String> {
     files
 }
 
-/// The files of `query`'s split among a repository's `files` (see the module's comment).
-pub fn choose(files: &[String], query: SplitQuery) -> Result<Vec<String>> {
+/// The dataset card, whose front matter may declare the configs.
+const CARD: &str = "README.md";
+
+/// The files of `query`'s split among a repository's `files`, by its card's `configs` when it
+/// declares them, else by the files' paths (see the module's comment).
+pub fn choose(files: &[String], card: Option<&str>, query: SplitQuery) -> Result<Vec<String>> {
+    match card.map(card_configs).transpose()?.flatten() {
+        Some(configs) => choose_by_config(files, &configs, query),
+        None => choose_by_path(files, query),
+    }
+}
+
+/// One entry of a card's `configs`: its name, whether it is the default, and per split the path
+/// patterns of its files.
+#[derive(Debug, PartialEq)]
+struct CardConfig {
+    name: String,
+    default: bool,
+    data_dir: Option<String>,
+    splits: Vec<(String, Vec<String>)>,
+}
+
+/// The `configs` of a dataset card's YAML front matter; None when it declares none.
+fn card_configs(card: &str) -> Result<Option<Vec<CardConfig>>> {
+    let Some(rest) = card.strip_prefix("---") else {
+        return Ok(None);
+    };
+    let Some((front, _)) = rest.split_once("\n---") else {
+        return Ok(None);
+    };
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(front).context("README.md: front matter is not YAML")?;
+    let Some(configs) = yaml.get("configs").and_then(|c| c.as_sequence()) else {
+        return Ok(None);
+    };
+    let text = |v: &serde_yaml_ng::Value| v.as_str().map(str::to_string);
+    let patterns = |v: &serde_yaml_ng::Value| -> Vec<String> {
+        match v.as_sequence() {
+            Some(list) => list.iter().filter_map(text).collect(),
+            None => text(v).into_iter().collect(),
+        }
+    };
+    let parsed = configs
+        .iter()
+        .map(|config| {
+            let name = config
+                .get("config_name")
+                .and_then(text)
+                .unwrap_or_else(|| "default".into());
+            let files = config.get("data_files");
+            let splits = match files {
+                // `data_files: [{split, path}, …]`
+                Some(serde_yaml_ng::Value::Sequence(list))
+                    if list.iter().all(|e| e.is_mapping()) =>
+                {
+                    list.iter()
+                        .filter_map(|e| Some((text(e.get("split")?)?, patterns(e.get("path")?))))
+                        .collect()
+                }
+                // `data_files: {train: …, test: …}`
+                Some(serde_yaml_ng::Value::Mapping(map)) => map
+                    .iter()
+                    .filter_map(|(split, path)| Some((text(split)?, patterns(path))))
+                    .collect(),
+                // `data_files: pattern` or a list of them: all train.
+                Some(other) => vec![("train".to_string(), patterns(other))],
+                None => Vec::new(),
+            };
+            CardConfig {
+                name,
+                default: config
+                    .get("default")
+                    .and_then(|d| d.as_bool())
+                    .unwrap_or(false),
+                data_dir: config.get("data_dir").and_then(text),
+                splits,
+            }
+        })
+        .collect();
+    Ok(Some(parsed))
+}
+
+/// The files of `query`'s split in the card's config that `query.subset` names (or the default).
+fn choose_by_config(
+    files: &[String],
+    configs: &[CardConfig],
+    query: SplitQuery,
+) -> Result<Vec<String>> {
+    let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+    let config = match query.subset {
+        Some(subset) => configs.iter().find(|c| c.name == subset).with_context(|| {
+            format!(
+                "subset: {subset:?} is not one of the card's configs ({})",
+                names.join(", ")
+            )
+        })?,
+        None => configs
+            .iter()
+            .find(|c| c.default)
+            .or_else(|| configs.iter().find(|c| c.name == "default"))
+            .or(match configs {
+                [only] => Some(only),
+                _ => None,
+            })
+            .with_context(|| {
+                format!(
+                    "subset: name one of the card's configs ({})",
+                    names.join(", ")
+                )
+            })?,
+    };
+    let Some((_, patterns)) = config.splits.iter().find(|(split, _)| split == query.split) else {
+        let splits: Vec<&str> = config.splits.iter().map(|(s, _)| s.as_str()).collect();
+        bail!(
+            "split: {:?} is not one of config {}'s splits ({})",
+            query.split,
+            config.name,
+            splits.join(", ")
+        );
+    };
+    let base = query
+        .folder
+        .or(config.data_dir.as_deref())
+        .map(|d| d.trim_matches('/'));
+    let mut globs = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        let full = match base {
+            Some(base) if !base.is_empty() => format!("{base}/{pattern}"),
+            _ => pattern.clone(),
+        };
+        let glob = globset::GlobBuilder::new(&full)
+            .literal_separator(true)
+            .build()
+            .with_context(|| format!("data_files: {full}: not a path pattern"))?;
+        globs.add(glob);
+    }
+    let globs = globs.build().context("data_files")?;
+    let chosen: Vec<String> = files
+        .iter()
+        .filter(|f| globs.is_match(f))
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "config {} split {}: no file matches {}",
+            config.name,
+            query.split,
+            patterns.join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
+/// The files of `query`'s split by the words of their paths (a repository without configs).
+fn choose_by_path(files: &[String], query: SplitQuery) -> Result<Vec<String>> {
     let mut data: Vec<&String> = files
         .iter()
         .filter(|f| is_data_file(f))
@@ -201,18 +364,21 @@ mod tests {
             "data/test.jsonl",
         ]);
         assert_eq!(
-            choose(&files, split("train")).unwrap(),
+            choose(&files, None, split("train")).unwrap(),
             [
                 "data/train-00000-of-00002.parquet",
                 "data/train-00001-of-00002.parquet"
             ]
         );
         assert_eq!(
-            choose(&files, split("validation")).unwrap(),
+            choose(&files, None, split("validation")).unwrap(),
             ["data/validation-00000-of-00001.parquet"]
         );
-        assert_eq!(choose(&files, split("test")).unwrap(), ["data/test.jsonl"]);
-        let err = choose(&files, split("dev")).unwrap_err().to_string();
+        assert_eq!(
+            choose(&files, None, split("test")).unwrap(),
+            ["data/test.jsonl"]
+        );
+        let err = choose(&files, None, split("dev")).unwrap_err().to_string();
         assert!(
             err.starts_with("split: no files for split \"dev\""),
             "{err}"
@@ -223,27 +389,79 @@ mod tests {
     fn without_split_names_every_file_is_train_and_subsets_and_folders_narrow() {
         let files = names(&["alpaca_data_en.json", "zh/alpaca_zh.json", "notes.md"]);
         assert_eq!(
-            choose(&files, split("train")).unwrap(),
+            choose(&files, None, split("train")).unwrap(),
             ["alpaca_data_en.json", "zh/alpaca_zh.json"]
         );
         let zh = SplitQuery {
             subset: Some("zh"),
             ..split("train")
         };
-        assert_eq!(choose(&files, zh).unwrap(), ["zh/alpaca_zh.json"]);
+        assert_eq!(choose(&files, None, zh).unwrap(), ["zh/alpaca_zh.json"]);
         let folder = SplitQuery {
             folder: Some("zh"),
             ..split("train")
         };
-        assert_eq!(choose(&files, folder).unwrap(), ["zh/alpaca_zh.json"]);
-        assert!(choose(&files, split("test")).is_err());
+        assert_eq!(choose(&files, None, folder).unwrap(), ["zh/alpaca_zh.json"]);
+        assert!(choose(&files, None, split("test")).is_err());
         // A subset the repository has no folder for is a config `datasets` defines elsewhere:
         // every file is kept.
         let other = SplitQuery {
             subset: Some("default"),
             ..split("train")
         };
-        assert_eq!(choose(&files, other).unwrap().len(), 2);
+        assert_eq!(choose(&files, None, other).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_cards_configs_name_each_splits_files() {
+        let card = "---\nlicense: mit\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  \
+                    - split: train\n    path: en/part-*.parquet\n  - split: test\n    path: [en/eval.jsonl]\n\
+                    - config_name: zh\n  data_files: zh/*.json\n---\n# Card\n";
+        let files = names(&[
+            "README.md",
+            "en/part-0.parquet",
+            "en/part-1.parquet",
+            "en/sub/part-2.parquet",
+            "en/eval.jsonl",
+            "zh/a.json",
+        ]);
+        let en = choose(&files, Some(card), split("train")).unwrap();
+        assert_eq!(en, ["en/part-0.parquet", "en/part-1.parquet"]);
+        assert_eq!(
+            choose(&files, Some(card), split("test")).unwrap(),
+            ["en/eval.jsonl"]
+        );
+        let zh = SplitQuery {
+            subset: Some("zh"),
+            ..split("train")
+        };
+        assert_eq!(choose(&files, Some(card), zh).unwrap(), ["zh/a.json"]);
+        let fr = SplitQuery {
+            subset: Some("fr"),
+            ..split("train")
+        };
+        let err = choose(&files, Some(card), fr).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "subset: \"fr\" is not one of the card's configs (en, zh)"
+        );
+        let err = choose(&files, Some(card), zh_test())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "split: \"test\" is not one of config zh's splits (train)"
+        );
+        // A card without configs leaves the choice to the paths.
+        let plain = choose(&files, Some("# Card\n"), split("test")).unwrap();
+        assert_eq!(plain, ["en/eval.jsonl"]);
+    }
+
+    fn zh_test() -> SplitQuery<'static> {
+        SplitQuery {
+            subset: Some("zh"),
+            ..split("test")
+        }
     }
 
     #[test]
