@@ -163,7 +163,7 @@ pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> 
         .filter(|n| !n.is_empty())
         .collect();
     if names.is_empty() {
-        bail!("no dataset named (expected comma-separated names from {INFO_FILE} or .json/.jsonl paths)");
+        bail!("no dataset named (expected comma-separated names from {INFO_FILE} or paths of data files)");
     }
     let info_path = dataset_dir.join(INFO_FILE);
     let info = read_info(&info_path)?;
@@ -187,6 +187,13 @@ pub(super) fn resolve(dataset: &str, dataset_dir: &Path) -> Result<Vec<Source>> 
         }
     }
     Ok(sources)
+}
+
+/// `.parquet, .json, …, or .txt`.
+fn data_extensions() -> String {
+    let dotted: Vec<String> = DATA_EXTENSIONS.iter().map(|e| format!(".{e}")).collect();
+    let (last, rest) = dotted.split_last().expect("data extensions");
+    format!("{} or {last}", rest.join(", "))
 }
 
 fn is_direct_path(name: &str) -> bool {
@@ -246,19 +253,22 @@ fn unknown_name(name: &str, info_path: &Path, info: Option<&Map<String, Value>>)
             let nearest = crate::io::names::nearest(name, &known, crate::io::names::SUGGESTIONS);
             anyhow!(
                 "unknown dataset {name:?}: not one of the {} names in {}{}; a direct path must \
-                 end in .json or .jsonl",
+                 be an existing folder or end in {}",
                 known.len(),
                 info_path.display(),
                 if nearest.is_empty() {
                     String::new()
                 } else {
                     format!(" (nearest: {})", nearest.join(", "))
-                }
+                },
+                data_extensions()
             )
         }
         None => anyhow!(
-            "unknown dataset {name:?}: there is no {} to look it up in, and it is not a .json or .jsonl file",
-            info_path.display()
+            "unknown dataset {name:?}: there is no {} to look it up in, and it is not a folder or \
+             a file ending in {}",
+            info_path.display(),
+            data_extensions()
         ),
     }
 }

@@ -347,7 +347,8 @@ fn dataset_info_errors() {
         err("identity"),
         format!(
             "unknown dataset \"identity\": not one of the 9 names in {info} (nearest: openai_chat, \
-             remote, bad_formatting); a direct path must end in .json or .jsonl"
+             remote, bad_formatting); a direct path must be an existing folder or end in .parquet, \
+             .json, .jsonl, .csv, .arrow or .txt"
         )
     );
     assert!(
@@ -384,7 +385,7 @@ fn dataset_info_errors() {
     );
     assert_eq!(
         err(" , "),
-        "no dataset named (expected comma-separated names from dataset_info.json or .json/.jsonl paths)"
+        "no dataset named (expected comma-separated names from dataset_info.json or paths of data files)"
     );
     let no_info = fixture("no-such-dir");
     let missing = format!(
@@ -394,7 +395,8 @@ fn dataset_info_errors() {
     assert_eq!(
         missing,
         format!(
-            "unknown dataset \"identity\": there is no {} to look it up in, and it is not a .json or .jsonl file",
+            "unknown dataset \"identity\": there is no {} to look it up in, and it is not a folder \
+             or a file ending in .parquet, .json, .jsonl, .csv, .arrow or .txt",
             no_info.join("dataset_info.json").display()
         )
     );
