@@ -8,12 +8,12 @@ chat (plain and streamed, equal at temperature 0), n=2, a stop string, log-proba
 completions API, and that each error arrives as the client's own exception class (bad key ->
 AuthenticationError, unknown model -> NotFoundError with code model_not_found, over-long prompt
 -> BadRequestError). Then a bounded load test: --clients concurrent streaming chat requests on
-varied prompts, nothing dropped, every answer non-empty; and the same on a second server started
-with --exact, where each answer must equal the same prompt's answer asked alone. (Greedy decoding
-on the exact f32 path gives the same text whether or not other requests share the batch. On the
-default quantized path it need not: a lone sequence's step uses the single-row kernel and a
-batch's the multi-row one, which sum each row in another order, so answers may part after some
-tokens, as llama.cpp's and vLLM's batched answers may.) Exits non-zero on the first mismatch.
+varied prompts, nothing dropped, every answer non-empty; and the same on servers started with
+--batch-invariant and with --exact, where each answer must equal the same prompt's answer asked
+alone. (On the default quantized path it need not: a lone sequence's step uses the single-row
+kernel and a batch's the multi-row one, which sum each row in another order, so greedy answers
+may part after some tokens, as llama.cpp's and vLLM's batched answers may.) Exits non-zero on
+the first mismatch.
 """
 
 import argparse
@@ -156,13 +156,14 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
-    print("-- again with --exact (f32), where a batch must not change an answer")
-    proc, base_url = start(args.hone, args.model, "smol", "--exact")
-    try:
-        asyncio.run(load_test(base_url, "smol", args.clients, same_as_alone=True))
-    finally:
-        proc.terminate()
-        proc.wait()
+    for flag in ["--batch-invariant", "--exact"]:
+        print(f"-- again with {flag}, where a batch must not change an answer")
+        proc, base_url = start(args.hone, args.model, "smol", flag)
+        try:
+            asyncio.run(load_test(base_url, "smol", args.clients, same_as_alone=True))
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 if __name__ == "__main__":

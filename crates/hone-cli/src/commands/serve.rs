@@ -56,6 +56,11 @@ pub struct Args {
     /// Jinja chat template file, for models that have none or to override theirs.
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
+    /// Decode every sequence to the same tokens alone or in any batch (quantized GGUF weights:
+    /// the multi-row kernel takes lone steps too, ~12% slower for a single client; --exact is
+    /// always so).
+    #[arg(long)]
+    pub batch_invariant: bool,
     #[command(flatten)]
     pub precision: PrecisionArgs,
 }
@@ -97,6 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Refuse an unsafe address before spending time on loading.
     options.check()?;
+    hone::kernels::stored::set_batch_invariant(args.batch_invariant);
     let loaded = hone::model::load(&args.model, args.precision.precision(), &Device::Cpu)?;
     let mut adapters = Vec::new();
     for (name, dir) in named {

@@ -29,6 +29,8 @@ use rayon::prelude::*;
 
 mod dots;
 
+pub use dots::set_batch_invariant;
+
 use super::bf16;
 use super::matmul::{matmul as gemm, MatMut, MatRef, Threads};
 use super::qdot::{float16, fourbit, kquants, legacy};
@@ -439,6 +441,31 @@ pub(crate) mod tests {
             .into_iter()
             .filter(|k| k.supported())
             .collect()
+    }
+
+    /// With batch invariance on, each row of a few-row product is bit-for-bit that row's product
+    /// alone (the default model's Q4_1 and the other legacy types, whatever kernel this CPU has).
+    #[test]
+    fn batch_invariant_rows_equal_each_row_alone() {
+        use GgmlType::*;
+        let k = 576;
+        set_batch_invariant(true);
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+            let w = stored(ty, 40, k, 3);
+            for m in [2, 3, 5, 9] {
+                let x = values(m * k, 11);
+                let together = matmul(&[&w], &x, m);
+                for (r, row) in x.chunks_exact(k).enumerate() {
+                    let alone = matmul(&[&w], row, 1);
+                    assert_eq!(
+                        alone,
+                        together[r * 40..(r + 1) * 40],
+                        "{ty:?}, row {r} of {m}"
+                    );
+                }
+            }
+        }
+        set_batch_invariant(false);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{row_dot, RowDot, StoredMatrix};
 use crate::kernels::pool;
@@ -19,6 +20,18 @@ use crate::kernels::qdot::{self, Q8Block, Q8KBlock};
 const TASKS_PER_THREAD: usize = 4;
 /// From this many activation rows, a multi-row kernel (where there is one) takes them together.
 const MULTI_ROW: usize = 2;
+/// Whether the multi-row kernel takes single rows too ([`set_batch_invariant`]).
+static BATCH_INVARIANT: AtomicBool = AtomicBool::new(false);
+
+/// From now on (`on`), a row's product no longer depends on how many rows share its step: the
+/// multi-row kernel, whose arithmetic per row is the same for any number of rows, takes single
+/// rows too, so a sequence decodes to the same tokens alone or in any batch. The single-row
+/// kernel sums in another order and is faster alone (about 12% of a lone sequence's decoding on
+/// the default Q4_1 model), hence off by default.
+pub fn set_batch_invariant(on: bool) {
+    BATCH_INVARIANT.store(on, Ordering::Relaxed);
+}
+
 /// How many rows ahead of the one being multiplied its successors are fetched into the cache.
 const PREFETCH_ROWS: usize = 4;
 
@@ -59,7 +72,11 @@ impl<'a> Activations<'a> {
         if kinds.iter().any(|d| matches!(d, RowDot::Q8(_))) {
             q8 = vec![Q8Block::default(); x.len() / 32];
             qdot::quantize_q8(x, &mut q8);
-            if m >= MULTI_ROW && parts.iter().any(|p| legacy::dot_q8_rows(p.ty).is_some()) {
+            let multi_row = match BATCH_INVARIANT.load(Ordering::Relaxed) {
+                true => 1,
+                false => MULTI_ROW,
+            };
+            if m >= multi_row && parts.iter().any(|p| legacy::dot_q8_rows(p.ty).is_some()) {
                 q8_rows = Some(Q8Rows::new(&q8, m));
             }
         }
