@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 
 use crate::io::hub;
-use crate::io::hub_dataset::{SplitQuery, DATA_EXTENSIONS};
+use crate::io::hub_dataset::{has_data_extension, SplitQuery, DATA_EXTENSIONS};
 
 const INFO_FILE: &str = "dataset_info.json";
 
@@ -198,10 +198,7 @@ fn data_extensions() -> String {
 
 fn is_direct_path(name: &str) -> bool {
     let path = Path::new(name);
-    let extension = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    extension.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) || path.exists()
+    has_data_extension(path) || path.exists()
 }
 
 /// `path` itself, or the data files directly in it when it is a folder (one type of file, as
@@ -221,11 +218,7 @@ fn local_files(path: &Path) -> Result<Vec<PathBuf>> {
                     .file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         })
-        .filter(|p| {
-            p.extension().is_some_and(|e| {
-                DATA_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())
-            })
-        })
+        .filter(|p| has_data_extension(p))
         .collect();
     files.sort();
     let kinds: std::collections::BTreeSet<_> = files.iter().filter_map(|p| p.extension()).collect();

@@ -1,6 +1,7 @@
 //! Atomic file and directory writes: content goes to a uniquely named temporary beside the target,
 //! is flushed to disk, then renamed into place, so a crash or a failed write never leaves a
-//! partial file under the target's name and never clobbers the previous version half-way.
+//! partial file under the target's name and never clobbers the previous version half-way. Lines
+//! appended to a log go in one write each, so a reader never sees half of one.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -43,6 +44,27 @@ pub fn refuse_existing(out: &Path, force: bool) -> Result<()> {
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     write_file(path, |out| Ok(out.write_all(text.as_bytes())?))
         .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Appends one JSON line per value to `path` (created when missing) in one write, flushed, so a
+/// reader following the file never sees half a line.
+pub fn append_json_lines<T: serde::Serialize>(path: &Path, values: &[T]) -> Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::new();
+    for value in values {
+        serde_json::to_writer(&mut text, value)?;
+        text.push(b'\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    file.write_all(&text)
+        .and_then(|()| file.flush())
+        .with_context(|| format!("{}: cannot append", path.display()))
 }
 
 /// Writes `value` to `path` atomically as indented JSON with a final newline (as transformers

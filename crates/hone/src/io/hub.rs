@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo};
 
 /// Files a model directory may have beside its weights; absent ones are skipped.
@@ -97,17 +97,24 @@ fn cached(id: &str, cache: &Cache, file: &str) -> Result<PathBuf> {
     }
 }
 
-fn download(id: &str, cache: &Cache, file: &str) -> Result<PathBuf> {
-    let api = ApiBuilder::from_cache(cache.clone())
+/// The Hub client, downloading into `cache` with a progress bar.
+pub(crate) fn client(cache: &Cache) -> Result<Api> {
+    ApiBuilder::from_cache(cache.clone())
         .with_progress(true)
         .build()
-        .context("cannot start the Hugging Face Hub client")?;
-    api.model(id.to_string()).get(file).with_context(|| {
-        format!(
-            "{id}: cannot fetch {file} from the Hugging Face Hub (cache: {})",
-            cache.path().display()
-        )
-    })
+        .context("cannot start the Hugging Face Hub client")
+}
+
+fn download(id: &str, cache: &Cache, file: &str) -> Result<PathBuf> {
+    client(cache)?
+        .model(id.to_string())
+        .get(file)
+        .with_context(|| {
+            format!(
+                "{id}: cannot fetch {file} from the Hugging Face Hub (cache: {})",
+                cache.path().display()
+            )
+        })
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 /// File types `datasets` reads by extension (LLaMA-Factory's `FILEEXT2TYPE`).
@@ -53,11 +52,7 @@ pub fn dataset_files(
             choose(&files, card.as_deref(), query).with_context(|| format!("{id} (cached)"))?;
         return Ok(chosen.iter().map(|f| snapshot.join(f)).collect());
     }
-    let api = ApiBuilder::from_cache(cache.clone())
-        .with_progress(true)
-        .build()
-        .context("cannot start the Hugging Face Hub client")?;
-    let repo = api.dataset(id.to_string());
+    let repo = super::hub::client(cache)?.dataset(id.to_string());
     let info = repo
         .info()
         .with_context(|| format!("{id}: cannot list the dataset on the Hugging Face Hub"))?;
@@ -315,12 +310,15 @@ fn choose_by_path(files: &[String], query: SplitQuery) -> Result<Vec<String>> {
     Ok(chosen)
 }
 
+/// Whether `path`'s extension is one of [`DATA_EXTENSIONS`], in any case.
+pub fn has_data_extension(path: &Path) -> bool {
+    path.extension().is_some_and(|e| {
+        DATA_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())
+    })
+}
+
 fn is_data_file(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !path.split('/').any(|part| part.starts_with('.'))
-        && name
-            .rsplit_once('.')
-            .is_some_and(|(_, ext)| DATA_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+    !path.split('/').any(|part| part.starts_with('.')) && has_data_extension(Path::new(path))
 }
 
 fn under(path: &str, dir: &str) -> bool {

@@ -539,15 +539,19 @@ fn parquet_files_read_like_their_json_lines() {
             0,
         );
     }
-    let alpaca = fixture("parquet/alpaca.parquet");
+    assert_stops_at_output("parquet/alpaca.parquet", 4);
+}
+
+/// Without `skip_invalid_rows`, fixture `file` stops loading at its row on `line`, whose
+/// `output` is bad.
+fn assert_stops_at_output(file: &str, line: usize) {
+    let path = fixture(file);
     let err = format!(
         "{:#}",
-        load_dataset(alpaca.to_str().unwrap(), &info_dir(), false).unwrap_err()
+        load_dataset(path.to_str().unwrap(), &info_dir(), false).unwrap_err()
     );
-    assert!(
-        err.starts_with(&format!("{}:4: output: ", alpaca.display())),
-        "{err}"
-    );
+    let want = format!("{}:{line}: output: ", path.display());
+    assert!(err.starts_with(&want), "{err}");
 }
 
 /// `datasets`' Arrow files (the IPC stream form it writes, and the IPC file form) read like the
@@ -558,13 +562,5 @@ fn arrow_and_csv_files_read_as_datasets_reads_them() {
     assert_reads_alike("parquet/alpaca.arrow", "parquet/alpaca.jsonl", 0);
     assert_reads_alike("parquet/alpaca_file.arrow", "parquet/alpaca.jsonl", 0);
     assert_reads_alike("parquet/alpaca.csv", "parquet/alpaca_csv.jsonl", 1);
-    let csv = fixture("parquet/alpaca.csv");
-    let err = format!(
-        "{:#}",
-        load_dataset(csv.to_str().unwrap(), &info_dir(), false).unwrap_err()
-    );
-    assert!(
-        err.starts_with(&format!("{}:5: output: ", csv.display())),
-        "{err}"
-    );
+    assert_stops_at_output("parquet/alpaca.csv", 5);
 }

@@ -6,8 +6,6 @@
 //! `dataset_info.json` naming it `arena_dpo`), so `stage: dpo` trains on them as they are.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -174,26 +172,10 @@ pub fn record(root: &Path, rating: &Rating) -> Result<usize> {
         "answers": rating.answers,
         "preferred": preferred,
     });
-    append_lines(&dir.join(RATINGS_FILE), &[line])?;
+    atomic::append_json_lines(&dir.join(RATINGS_FILE), &[line])?;
     let pairs = rating.pairs();
-    append_lines(&dir.join(PAIRS_FILE), &pairs)?;
+    atomic::append_json_lines(&dir.join(PAIRS_FILE), &pairs)?;
     Ok(pairs.len())
-}
-
-/// Appends one JSON value per line in one write, so a reader never sees half a line.
-fn append_lines(path: &Path, values: &[Value]) -> Result<()> {
-    if values.is_empty() {
-        return Ok(());
-    }
-    let text: String = values.iter().map(|v| v.to_string() + "\n").collect();
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.flush())
-        .with_context(|| format!("{}: cannot append", path.display()))
 }
 
 #[cfg(test)]

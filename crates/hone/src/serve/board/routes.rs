@@ -332,7 +332,7 @@ async fn log_events(
                 }
                 next = Some(log.points().len());
             }
-            let now = runs::run_state(&path, &runs::read_results(&path));
+            let now = runs::run_state(&path);
             if status.as_ref() != Some(&now) {
                 let data = json!({"status": now.0, "message": now.1}).to_string();
                 batch.push(SseEvent::default().event("status").data(data));

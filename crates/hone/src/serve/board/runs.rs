@@ -166,7 +166,8 @@ pub fn summarize(run: &RunDir, log: &LogFollower) -> RunSummary {
         .min_by(f64::total_cmp);
     let last = records.clone().next_back();
     let results = read_results(&run.path);
-    let (state, message) = run_state(&run.path, &results);
+    let status = RunStatus::load(&run.path).ok().flatten();
+    let (state, message) = state_of(&run.path, status.as_ref(), || !results.is_empty());
     let wall_seconds = results
         .get("train_runtime")
         .and_then(Value::as_f64)
@@ -190,7 +191,7 @@ pub fn summarize(run: &RunDir, log: &LogFollower) -> RunSummary {
         last_loss: last_train.and_then(|r| r["loss"].as_f64()),
         best_eval_loss,
         wall_seconds,
-        started: started(&run.path),
+        started: started(&run.path, status.as_ref()),
         checkpoints: list_checkpoints(&run.path)
             .unwrap_or_default()
             .iter()
@@ -201,10 +202,21 @@ pub fn summarize(run: &RunDir, log: &LogFollower) -> RunSummary {
 }
 
 /// The run's status name and message: from `run_status.json`, else from its files.
-pub fn run_state(dir: &Path, results: &Map<String, Value>) -> (&'static str, Option<String>) {
-    match RunStatus::load(dir).ok().flatten() {
-        Some(status) => (state_name(status.current()), status.message),
-        None => (state_name(state_from_files(dir, results)), None),
+pub fn run_state(dir: &Path) -> (&'static str, Option<String>) {
+    let status = RunStatus::load(dir).ok().flatten();
+    state_of(dir, status.as_ref(), || !read_results(dir).is_empty())
+}
+
+/// [`run_state`] from the run's `status` when it has one; `finished` (whether it has results) is
+/// asked only when it has none.
+fn state_of(
+    dir: &Path,
+    status: Option<&RunStatus>,
+    finished: impl FnOnce() -> bool,
+) -> (&'static str, Option<String>) {
+    match status {
+        Some(status) => (state_name(status.current()), status.message.clone()),
+        None => (state_name(state_from_files(dir, finished())), None),
     }
 }
 
@@ -219,8 +231,8 @@ fn state_name(state: RunState) -> &'static str {
 
 /// A run without `run_status.json`: finished once it has results, running while its log is
 /// fresh, interrupted otherwise.
-fn state_from_files(dir: &Path, results: &Map<String, Value>) -> RunState {
-    if !results.is_empty() {
+fn state_from_files(dir: &Path, finished: bool) -> RunState {
+    if finished {
         return RunState::Finished;
     }
     let age = fs::metadata(dir.join(TRAINER_LOG_NAME))
@@ -233,8 +245,9 @@ fn state_from_files(dir: &Path, results: &Map<String, Value>) -> RunState {
     }
 }
 
-fn started(dir: &Path) -> Option<f64> {
-    if let Ok(Some(status)) = RunStatus::load(dir) {
+/// When the run started: its `status`, else its log's first write.
+fn started(dir: &Path, status: Option<&RunStatus>) -> Option<f64> {
+    if let Some(status) = status {
         return Some(status.started);
     }
     let meta = fs::metadata(dir.join(TRAINER_LOG_NAME)).ok()?;
@@ -407,14 +420,20 @@ mod tests {
     fn a_run_without_a_status_file_is_judged_by_its_files() {
         let dir = tempfile::tempdir().unwrap();
         touch(&dir.path().join(TRAINER_LOG_NAME), "");
-        assert_eq!(state_from_files(dir.path(), &Map::new()), RunState::Running);
+        assert_eq!(
+            state_from_files(dir.path(), !read_results(dir.path()).is_empty()),
+            RunState::Running
+        );
         touch(
             &dir.path().join("all_results.json"),
             "{\"train_loss\": 1.25}",
         );
         let results = read_results(dir.path());
         assert_eq!(results["train_loss"], 1.25);
-        assert_eq!(state_from_files(dir.path(), &results), RunState::Finished);
+        assert_eq!(
+            state_from_files(dir.path(), !results.is_empty()),
+            RunState::Finished
+        );
     }
 
     #[test]

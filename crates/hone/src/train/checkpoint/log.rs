@@ -2,12 +2,12 @@
 //! as `LogCallback.on_log` writes it, so LLaMA-Board and scripts that follow that file read
 //! Hone's runs. Hone adds `grad_norm` to the record.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::io::atomic;
 
 /// LLaMA-Factory's `TRAINER_LOG`.
 pub const TRAINER_LOG_NAME: &str = "trainer_log.jsonl";
@@ -95,15 +95,8 @@ pub fn hms(seconds: f64) -> String {
 /// Appends `record` to `output_dir/trainer_log.jsonl` as one line, written in one call and
 /// flushed, so a reader following the file never sees half a record from a live run.
 pub fn append_trainer_log(output_dir: &Path, record: &TrainerLogRecord) -> Result<()> {
-    let path = output_dir.join(TRAINER_LOG_NAME);
-    let mut line = serde_json::to_vec(record)?;
-    line.push(b'\n');
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    file.write_all(&line)
-        .and_then(|()| file.flush())
-        .with_context(|| format!("{}: cannot append", path.display()))
+    atomic::append_json_lines(
+        &output_dir.join(TRAINER_LOG_NAME),
+        std::slice::from_ref(record),
+    )
 }
