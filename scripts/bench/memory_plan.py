@@ -1,6 +1,9 @@
 """Checks `hone plan` against the peak RSS `hone train` reaches, on the runs issue #11 names:
 the quickstart, LoRA r8 q,v in bf16, full fine-tuning, freeze tuning (the default model) and
-QLoRA r16 q,v on a Llama-2-7B-shaped Q4_0 GGUF with random weights (cutoff 512, batch 1).
+QLoRA r16 q,v on a Llama-2-7B-shaped Q4_0 GGUF with random weights (cutoff 512, batch 1), the
+latter also on full rows (`stage: pt` on c4_demo: every row exactly cutoff_len tokens, with
+gradient checkpointing and bf16 products) at cutoff 512 (10 steps), 2048 and 4096 (2 steps each),
+where tokens/s is printed too (steps/s × cutoff, the first step included).
 
 Each run is planned (`hone plan CONFIG ... --json`), then trained for a few steps under
 `/usr/bin/time -v` (peak RSS = "Maximum resident set size"); the table prints both and the error.
@@ -36,6 +39,14 @@ RUNS = {
                  "gradient_accumulation_steps=1", "eval_strategy=no", "val_size=0", "quantization_bit=4",
                  "lora_rank=16", "lora_alpha=32", "lora_target=q_proj,v_proj"],
 }
+QLORA_7B_PT = [f"model_name_or_path={ROOT / 'models' / 'random-7b.Q4_0.gguf'}", f"dataset_dir={DEMO}", "stage=pt",
+               "dataset=c4_demo", "per_device_train_batch_size=1", "gradient_accumulation_steps=1",
+               "eval_strategy=no", "val_size=0", "quantization_bit=4", "lora_rank=16", "lora_alpha=32",
+               "lora_target=q_proj,v_proj", "gradient_checkpointing=true", "bf16=true"]
+for cutoff in (512, 2048, 4096):
+    RUNS[f"qlora_7b_pt{cutoff}"] = QLORA_7B_PT + [f"cutoff_len={cutoff}"]
+# Steps per run where not --steps: the 7B runs are slow.
+STEPS = {"qlora_7b": 2, "qlora_7b_pt512": 10, "qlora_7b_pt2048": 2, "qlora_7b_pt4096": 2}
 
 
 def cpu_model():
@@ -67,15 +78,22 @@ def main():
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(RUNS)
     print(f"CPU: {cpu_model()}")
-    print(f"{'run':<14} {'planned MiB':>12} {'measured MiB':>13} {'error':>7}")
+    print(f"{'run':<16} {'planned MiB':>12} {'measured MiB':>13} {'error':>7} {'tok/s':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            steps = 2 if name == "qlora_7b" else args.steps
+            steps = STEPS.get(name, args.steps)
             overrides = RUNS[name] + [f"max_steps={steps}", "save_steps=100000"]
             planned = plan(overrides)["peak_memory_bytes"]
-            measured = peak_rss(overrides, pathlib.Path(tmp) / name)
+            out_dir = pathlib.Path(tmp) / name
+            measured = peak_rss(overrides, out_dir)
             err = (planned - measured) / measured
-            print(f"{name:<14} {planned / 2**20:>12.0f} {measured / 2**20:>13.0f} {err:>+7.1%}", flush=True)
+            speed = ""
+            cutoff = next((o.split("=")[1] for o in overrides if o.startswith("cutoff_len=")), None)
+            if "stage=pt" in overrides and cutoff:
+                results = json.loads((out_dir / "train_results.json").read_text())
+                speed = f"{results['train_steps_per_second'] * int(cutoff):.1f}"
+            print(f"{name:<16} {planned / 2**20:>12.0f} {measured / 2**20:>13.0f} {err:>+7.1%} {speed:>7}",
+                  flush=True)
 
 
 if __name__ == "__main__":

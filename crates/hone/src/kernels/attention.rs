@@ -547,7 +547,13 @@ fn add(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
-fn exp_shifted(x: &mut [f32], shift: f32) {
+avx512_or_portable! {
+    /// `x ← e^(x − shift)`.
+    fn exp_shifted(x: &mut [f32], shift: f32) = exp_shifted_portable;
+}
+
+#[inline(always)]
+fn exp_shifted_portable(x: &mut [f32], shift: f32) {
     x.iter_mut().for_each(|v| *v = exp(*v - shift));
 }
 

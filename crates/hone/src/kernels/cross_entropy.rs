@@ -346,8 +346,13 @@ pub fn row_loss(row: &[f32], target: usize) -> f64 {
     f64::from(max) + sum.total().ln() - f64::from(row[target])
 }
 
-/// [`row_loss`], turning the logits in place into `(softmax − onehot(target)) · grad_scale`.
-fn row_loss_into_grad(row: &mut [f32], target: usize, grad_scale: f32) -> f64 {
+avx512_or_portable! {
+    /// [`row_loss`], turning the logits in place into `(softmax − onehot(target)) · grad_scale`.
+    fn row_loss_into_grad(row: &mut [f32], target: usize, grad_scale: f32) -> f64 = row_loss_into_grad_portable;
+}
+
+#[inline(always)]
+fn row_loss_into_grad_portable(row: &mut [f32], target: usize, grad_scale: f32) -> f64 {
     let max = row_max(row);
     let target_logit = row[target];
     let mut sum = Lanes::default();

@@ -50,20 +50,31 @@ pub fn forward(act: Activation, gate_up: &[f32], width: usize, out: &mut [f32]) 
         .with_min_len(CHUNK.div_ceil(width))
         .for_each(|(out, row)| {
             let (gate, up) = row.split_at(width);
-            match act {
-                // Written out so the silu loop stays the vectorized one it always was.
-                Activation::Silu => {
-                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                        *o = g * sigmoid(g) * u;
-                    }
-                }
-                Activation::GeluTanh => {
-                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                        *o = act.value_and_slope(g).0 * u;
-                    }
-                }
-            }
+            forward_row(act, gate, up, out)
         });
+}
+
+avx512_or_portable! {
+    /// One row of [`forward`]: 8% of a bf16 full fine-tuning step, with the backward's rows, when
+    /// these ran 4 lanes wide.
+    fn forward_row(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) = forward_row_portable;
+}
+
+#[inline(always)]
+fn forward_row_portable(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    match act {
+        // Written out so the silu loop stays the vectorized one it always was.
+        Activation::Silu => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * sigmoid(g) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = act.value_and_slope(g).0 * u;
+            }
+        }
+    }
 }
 
 /// From `dout` (`[rows, width]`), the gradient of the stacked product, `[dgate | dup]` per row
@@ -81,16 +92,24 @@ pub fn backward(
         .zip(gate_up.par_chunks(2 * width))
         .zip(dout.par_chunks(width))
         .with_min_len(CHUNK.div_ceil(width))
-        .for_each(|((grad, row), dout)| {
-            let (gate, up) = row.split_at(width);
-            let (dgate, dup) = grad.split_at_mut(width);
-            let items = dgate.iter_mut().zip(dup).zip(dout).zip(gate).zip(up);
-            for ((((dg, du), &d), &g), &u) in items {
-                let (value, slope) = act.value_and_slope(g);
-                *du = d * value;
-                *dg = d * u * slope;
-            }
-        });
+        .for_each(|((grad, row), dout)| backward_row(act, dout, row, grad));
+}
+
+avx512_or_portable! {
+    fn backward_row(act: Activation, dout: &[f32], row: &[f32], grad: &mut [f32]) = backward_row_portable;
+}
+
+/// One row of [`backward`]: `row` is `[gate | up]`, `grad` receives `[dgate | dup]`.
+#[inline(always)]
+fn backward_row_portable(act: Activation, dout: &[f32], row: &[f32], grad: &mut [f32]) {
+    let (gate, up) = row.split_at(dout.len());
+    let (dgate, dup) = grad.split_at_mut(dout.len());
+    let items = dgate.iter_mut().zip(dup).zip(dout).zip(gate).zip(up);
+    for ((((dg, du), &d), &g), &u) in items {
+        let (value, slope) = act.value_and_slope(g);
+        *du = d * value;
+        *dg = d * u * slope;
+    }
 }
 
 /// `out = act(x)` elementwise: the activation of an MLP without a gate (StarCoder2's GELU).

@@ -221,14 +221,38 @@ fn activation_panels(
 ) {
     let k = x.len() / n;
     let cols = (n_panels * PANEL).min(n.saturating_sub(col0));
-    out.fill(0);
-    for p in 0..pairs.min(k.div_ceil(2)) {
+    let filled = pairs.min(k.div_ceil(2));
+    for q in 0..n_panels {
+        out[(q * pairs + filled) * PANEL..(q + 1) * pairs * PANEL].fill(0);
+    }
+    for p in 0..filled {
         let lo = &x[2 * p * n + col0..][..cols];
         let hi = (2 * p + 1 < k).then(|| &x[(2 * p + 1) * n + col0..][..cols]);
-        for (q, lo) in lo.chunks(PANEL).enumerate() {
+        for q in 0..n_panels {
             let out = &mut out[(q * pairs + p) * PANEL..][..PANEL];
-            for (j, (o, &lo)) in out.iter_mut().zip(lo).enumerate() {
-                *o = pair(lo, hi.map_or(0.0, |hi| hi[q * PANEL + j]));
+            let span = q * PANEL..(q + 1) * PANEL;
+            match (lo.get(span.clone()), hi.and_then(|hi| hi.get(span))) {
+                (Some(lo), Some(hi)) => {
+                    // Fixed-size arrays, so the loop becomes vector operations (with the
+                    // bounds and the missing last row checked inside, it stayed scalar).
+                    let lo: &[f32; PANEL] = lo.try_into().expect("a panel's columns");
+                    let hi: &[f32; PANEL] = hi.try_into().expect("a panel's columns");
+                    for j in 0..PANEL {
+                        out[j] = pair(lo[j], hi[j]);
+                    }
+                }
+                _ => {
+                    // The last columns, or the last row of an odd count.
+                    let at = |row: Option<&[f32]>, j: usize| {
+                        row.and_then(|r| r.get(q * PANEL + j)).copied()
+                    };
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = match at(Some(lo), j) {
+                            Some(lo) => pair(lo, at(hi, j).unwrap_or(0.0)),
+                            None => 0,
+                        };
+                    }
+                }
             }
         }
     }
