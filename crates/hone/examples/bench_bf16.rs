@@ -1,5 +1,6 @@
 //! GFLOP/s of the training products on the default model's shapes: f32 (`gemm`) against the bf16
-//! kernels this CPU runs, forward (`x·Wᵀ`) and input gradient (`dy·W`), 2 threads by default.
+//! kernels this CPU runs, forward (`x·Wᵀ`) and input gradient (`dy·W`), 2 threads by default;
+//! first the CPU model and one core's peaks of the instructions they run on (f32 FMA, bf16 dot).
 //!
 //! Usage: cargo run --release --example bench_bf16 [REPEATS]
 
@@ -14,6 +15,7 @@ use hone::quant::GgmlType;
 
 fn main() -> Result<()> {
     let repeats: usize = std::env::args().nth(1).map_or(Ok(5), |s| s.parse())?;
+    print_peaks();
     let shapes = [
         ("q|k|v", 1024, 960, 576),
         ("gate|up", 1024, 3072, 576),
@@ -86,4 +88,69 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CPU model and one core's peak GFLOP/s of AVX-512 f32 FMA and, where present, `vdpbf16ps`:
+/// register-only loops over 24 independent accumulators (more than the instructions' latency
+/// times their issue rate), so nothing but the execution units limits them.
+fn print_peaks() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("unknown", |l| l.trim_start_matches([' ', '\t', ':']));
+    println!("cpu: {model}");
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        let fma = unsafe { peaks::f32_fma() };
+        print!("one core's peaks: f32 FMA {fma:.0} GFLOP/s");
+        if is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the CPU has AVX-512 BF16 (checked above).
+            print!(", bf16 dot {:.0} GFLOP/s", unsafe { peaks::bf16_dot() });
+        }
+        println!();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peaks {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    /// Passes over the 24 accumulators: ~0.1 s at these rates.
+    const PASSES: usize = 10_000_000;
+
+    /// GFLOP/s of `run(PASSES)`, which does `flops_per_pass` each pass.
+    fn gflops(flops_per_pass: usize, run: impl FnOnce(usize)) -> f64 {
+        let t = Instant::now();
+        run(PASSES);
+        (PASSES * flops_per_pass) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+
+    /// 24 FMAs a pass, each 16 lanes × (multiply + add).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn f32_fma() -> f64 {
+        let (a, b) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-4));
+        gflops(24 * 32, |passes| {
+            let mut acc = [_mm512_setzero_ps(); 24];
+            for _ in 0..passes {
+                acc = acc.map(|acc| _mm512_fmadd_ps(acc, a, b));
+            }
+            std::hint::black_box(acc);
+        })
+    }
+
+    /// 24 `vdpbf16ps` a pass, each 16 lanes × two products and their two additions.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_dot() -> f64 {
+        let ones = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1.0), _mm512_set1_ps(1.0));
+        gflops(24 * 64, |passes| {
+            let mut acc = [_mm512_setzero_ps(); 24];
+            for _ in 0..passes {
+                acc = acc.map(|acc| _mm512_dpbf16_ps(acc, ones, ones));
+            }
+            std::hint::black_box(acc);
+        })
+    }
 }
