@@ -2,18 +2,19 @@
 //! products on each weight storage type, attention, norms (RMSNorm, LayerNorm), rotary embeddings,
 //! MLP activations (SwiGLU, GeGLU, plain GELU) and the fused LM-head cross-entropy. Differentiable kernels keep each forward beside its backward.
 
-/// Defines `fn NAME(ARGS) -> RET` that runs `PORTABLE(ARGS)` compiled for AVX-512 where the CPU
-/// has it, and as it is elsewhere. The crate targets baseline x86-64, where the element-wise loops
-/// (polynomial exponentials, conversions) run 4 lanes wide; `PORTABLE` must be `#[inline(always)]`
-/// so the AVX-512 copy gets its body. The same operations in the same order either way, so the same
+/// Defines `fn NAME(ARGS) -> RET` that runs `PORTABLE(ARGS)` compiled for AVX-512 (F and BW, the
+/// byte and word operations the bf16 conversions use) where the CPU has it, and as it is
+/// elsewhere. The crate targets baseline x86-64, where the element-wise loops (polynomial
+/// exponentials, conversions, packing) run 4 lanes wide; `PORTABLE` must be `#[inline(always)]` so
+/// the AVX-512 copy gets its body. The same operations in the same order either way, so the same
 /// values: no contraction into FMAs happens without fast-math.
 macro_rules! avx512_or_portable {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $portable:path;) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                #[target_feature(enable = "avx512f,avx512bw")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $portable($($arg),*)
                 }

@@ -473,35 +473,16 @@ fn transposed_pairs(
     out
 }
 
-/// Columns `cols` of `a` into rows of `out` (`pairs` apart) as [`transposed_pairs`] lays them.
-fn transpose_band(
-    a: &[f32],
-    width: usize,
-    cols: Range<usize>,
-    m: usize,
-    pairs: usize,
-    out: &mut [u32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { transpose_band_avx512(a, width, cols, m, pairs, out) };
-    }
-    transpose_band_portable(a, width, cols, m, pairs, out)
-}
-
-/// [`transpose_band_portable`] compiled for AVX-512 (see `pack::panels_avx512`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose_band_avx512(
-    a: &[f32],
-    width: usize,
-    cols: Range<usize>,
-    m: usize,
-    pairs: usize,
-    out: &mut [u32],
-) {
-    transpose_band_portable(a, width, cols, m, pairs, out)
+avx512_or_portable! {
+    /// Columns `cols` of `a` into rows of `out` (`pairs` apart) as [`transposed_pairs`] lays them.
+    fn transpose_band(
+        a: &[f32],
+        width: usize,
+        cols: Range<usize>,
+        m: usize,
+        pairs: usize,
+        out: &mut [u32],
+    ) = transpose_band_portable;
 }
 
 /// In 16 × 16 tiles: a tile's pairs are rounded along `a`'s rows (contiguous, so vectorized) into
@@ -548,21 +529,9 @@ fn transpose_band_portable(
     }
 }
 
-/// One row of values as bf16 pairs, its padding zero.
-fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { convert_row_avx512(src, dst) };
-    }
-    convert_row_portable(src, dst)
-}
-
-/// [`convert_row_portable`] compiled for AVX-512 (see `pack::panels_avx512`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn convert_row_avx512(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
-    convert_row_portable(src, dst)
+avx512_or_portable! {
+    /// One row of values as bf16 pairs, its padding zero.
+    fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) = convert_row_portable;
 }
 
 #[inline(always)]

@@ -82,37 +82,18 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Packs `n_panels` panels of B, from column `col0` on, `pairs` pairs deep, into `out`
-/// (`n_panels · pairs · PANEL` values); columns and pairs beyond B are zero.
-pub(super) fn panels(
-    b: Source,
-    n: usize,
-    col0: usize,
-    n_panels: usize,
-    pairs: usize,
-    out: &mut [u32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { panels_avx512(b, n, col0, n_panels, pairs, out) };
-    }
-    panels_portable(b, n, col0, n_panels, pairs, out)
-}
-
-/// [`panels_portable`] compiled for AVX-512: the crate is built for baseline x86-64 (SSE2), and
-/// packing at that width took as long as the AMX products it feeds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn panels_avx512(
-    b: Source,
-    n: usize,
-    col0: usize,
-    n_panels: usize,
-    pairs: usize,
-    out: &mut [u32],
-) {
-    panels_portable(b, n, col0, n_panels, pairs, out)
+avx512_or_portable! {
+    /// Packs `n_panels` panels of B, from column `col0` on, `pairs` pairs deep, into `out`
+    /// (`n_panels · pairs · PANEL` values); columns and pairs beyond B are zero. At baseline
+    /// x86-64 width, packing took as long as the AMX products it feeds.
+    pub(super) fn panels(
+        b: Source,
+        n: usize,
+        col0: usize,
+        n_panels: usize,
+        pairs: usize,
+        out: &mut [u32],
+    ) = panels_portable;
 }
 
 #[inline(always)]
