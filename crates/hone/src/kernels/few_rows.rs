@@ -66,7 +66,7 @@ fn columns_generic<const FUSED: bool>(yt: &mut [f32], x: &[f32], w: &[f32], m: u
     for (out, w_row) in yt.chunks_exact_mut(m).zip(w.chunks_exact(k)) {
         for q in 0..quads {
             let rows = &x[4 * q * k..4 * (q + 1) * k];
-            out[4 * q..4 * q + 4].copy_from_slice(&dot4::<FUSED>(rows, w_row, k));
+            out[4 * q..4 * q + 4].copy_from_slice(&dot4_with::<FUSED>(rows, w_row, k));
         }
         for r in 4 * quads..m {
             out[r] = dot_with::<FUSED>(&x[r * k..(r + 1) * k], w_row);
@@ -74,14 +74,22 @@ fn columns_generic<const FUSED: bool>(yt: &mut [f32], x: &[f32], w: &[f32], m: u
     }
 }
 
-/// The dot products of four consecutive rows of `x4` (`[4, k]`) with `w`: each 16-wide piece of
-/// `w` is loaded once for the four.
+/// The dot products of four consecutive rows of `x4` (`[4, k]`) with `w`, each equal to [`dot`]
+/// of that row: each 16-wide piece of `w` is loaded once for the four, and their in-order sums
+/// of lanes, long chains of dependent adds, overlap.
 #[inline(always)]
-fn dot4<const FUSED: bool>(x4: &[f32], w: &[f32], k: usize) -> [f32; 4] {
+pub fn dot4(x4: &[f32], w: &[f32], k: usize) -> [f32; 4] {
+    dot4_with::<false>(x4, w, k)
+}
+
+#[inline(always)]
+fn dot4_with<const FUSED: bool>(x4: &[f32], w: &[f32], k: usize) -> [f32; 4] {
     let (x0, rest) = x4.split_at(k);
     let (x1, rest) = rest.split_at(k);
     let (x2, x3) = rest.split_at(k);
-    let mut acc = [[0f32; 16]; 4];
+    // Four named accumulators: as one `[[f32; 16]; 4]` they were kept in memory, each
+    // multiply-add waiting on a store and a load.
+    let (mut acc0, mut acc1, mut acc2, mut acc3) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
     let chunks = w
         .chunks_exact(16)
         .zip(x0.chunks_exact(16))
@@ -90,18 +98,29 @@ fn dot4<const FUSED: bool>(x4: &[f32], w: &[f32], k: usize) -> [f32; 4] {
         .zip(x3.chunks_exact(16));
     for ((((w, a0), a1), a2), a3) in chunks {
         for l in 0..16 {
-            acc[0][l] = madd::<FUSED>(a0[l], w[l], acc[0][l]);
-            acc[1][l] = madd::<FUSED>(a1[l], w[l], acc[1][l]);
-            acc[2][l] = madd::<FUSED>(a2[l], w[l], acc[2][l]);
-            acc[3][l] = madd::<FUSED>(a3[l], w[l], acc[3][l]);
+            acc0[l] = madd::<FUSED>(a0[l], w[l], acc0[l]);
+            acc1[l] = madd::<FUSED>(a1[l], w[l], acc1[l]);
+            acc2[l] = madd::<FUSED>(a2[l], w[l], acc2[l]);
+            acc3[l] = madd::<FUSED>(a3[l], w[l], acc3[l]);
         }
     }
     let full = k / 16 * 16;
-    let rows = [x0, x1, x2, x3];
-    std::array::from_fn(|i| {
-        let tail: f32 = (full..k).map(|j| rows[i][j] * w[j]).sum();
-        acc[i].iter().sum::<f32>() + tail
-    })
+    let tail = |x: &[f32]| (full..k).map(|j| x[j] * w[j]).sum::<f32>();
+    [
+        sum_lanes(acc0) + tail(x0),
+        sum_lanes(acc1) + tail(x1),
+        sum_lanes(acc2) + tail(x2),
+        sum_lanes(acc3) + tail(x3),
+    ]
+}
+
+/// The sum of 16 lanes as a tree of halves: four dependent vector adds, where adding them in
+/// order is a chain of fifteen scalar ones (in attention over a long cache, ~a third of the time).
+#[inline(always)]
+fn sum_lanes(lanes: [f32; 16]) -> f32 {
+    let eight: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
+    let four: [f32; 4] = std::array::from_fn(|l| eight[l] + eight[l + 4]);
+    (four[0] + four[2]) + (four[1] + four[3])
 }
 
 /// Dot product in 16 independent lanes, so the compiler vectorizes it (a single running sum
@@ -126,7 +145,7 @@ fn dot_with<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
             lanes[l] = madd::<FUSED>(x[l], y[l], lanes[l]);
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    sum_lanes(lanes) + tail
 }
 
 /// `a · b + c`, rounded once when `FUSED`.

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::kernels::few_rows::dot;
+use crate::kernels::few_rows::{dot, dot4};
 use crate::kernels::math::exp;
 use crate::kernels::pool;
 
@@ -215,30 +215,80 @@ impl LayerCache {
     /// One query head's softmax-weighted sum of the values of the keys it sees.
     #[inline(always)]
     fn attend_one(&self, query: &Query, out: &mut [f32]) {
-        // Filled by a loop rather than collected: `collect` is a function of its own, compiled
+        // Filled by loops rather than collected: `collect` is a function of its own, compiled
         // without the caller's AVX-512, which ran these dot products 4 lanes wide.
         let mut weights = vec![0f32; query.keys.len()];
-        for (w, j) in weights.iter_mut().zip(query.keys.clone()) {
-            *w = dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale;
-        }
+        self.scores(query, &mut weights);
         if let Some(cap) = query.softcap {
             weights
                 .iter_mut()
                 .for_each(|w| *w = cap * (*w / cap).tanh());
         }
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
+        // The exponentials apart from their sum, so they vectorize (the sum, in order, cannot).
         for w in &mut weights {
             *w = exp(*w - max);
-            sum += *w;
         }
-        for (j, w) in query.keys.clone().zip(&weights) {
-            let v = self.head(&self.v, query.row, query.kv_head, j);
-            let w = w / sum;
-            for (o, v) in out.iter_mut().zip(v) {
-                *o += w * v;
+        let sum: f32 = weights.iter().sum();
+        for w in &mut weights {
+            *w /= sum;
+        }
+        match self.head_dim {
+            64 => self.add_weighted_values::<64>(query, &weights, out),
+            128 => self.add_weighted_values::<128>(query, &weights, out),
+            _ => {
+                for (j, w) in query.keys.clone().zip(&weights) {
+                    let v = self.head(&self.v, query.row, query.kv_head, j);
+                    for (o, v) in out.iter_mut().zip(v) {
+                        *o += w * v;
+                    }
+                }
             }
         }
+    }
+
+    /// The query's scaled dot products with the keys it sees, four keys at a time.
+    #[inline(always)]
+    fn scores(&self, query: &Query, weights: &mut [f32]) {
+        let (hd, first) = (self.head_dim, query.keys.start);
+        let mut fours = weights.chunks_exact_mut(4);
+        for (i, w) in (&mut fours).enumerate() {
+            // A head's keys are consecutive rows of the cache.
+            let at = self.offset(query.row, query.kv_head, first + 4 * i);
+            let dots = dot4(&self.k[at..at + 4 * hd], query.q, hd);
+            for (w, d) in w.iter_mut().zip(dots) {
+                *w = d * query.scale;
+            }
+        }
+        let rest = fours.into_remainder();
+        let keys = query.keys.end - rest.len()..query.keys.end;
+        for (w, j) in rest.iter_mut().zip(keys) {
+            *w = dot(query.q, self.head(&self.k, query.row, query.kv_head, j)) * query.scale;
+        }
+    }
+
+    /// `out += Σ_j weights_j · v_j` over the keys the query sees, for heads of `HD` values: `out`
+    /// stays in registers across the keys rather than being loaded and stored for each (each
+    /// element is still summed in key order).
+    #[inline(always)]
+    fn add_weighted_values<const HD: usize>(
+        &self,
+        query: &Query,
+        weights: &[f32],
+        out: &mut [f32],
+    ) {
+        let out: &mut [f32; HD] = out.try_into().expect("one head");
+        let mut acc = *out;
+        for (j, &w) in query.keys.clone().zip(weights) {
+            let v: &[f32; HD] = self
+                .head(&self.v, query.row, query.kv_head, j)
+                .try_into()
+                .expect("one head");
+            for (a, v) in acc.iter_mut().zip(v) {
+                *a += w * v;
+            }
+        }
+        *out = acc;
     }
 
     #[inline(always)]

@@ -37,10 +37,29 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_quads;
+#[cfg(target_arch = "x86_64")]
 mod avx512_rows;
+mod quads;
 mod rows;
 
+pub use quads::Q8Quads;
 pub use rows::{dot_q8_rows, DotQ8Rows, Q8Rows};
+
+/// Σ_i w_i·x_i over one Q4_0 or Q4_1 weight row, four blocks a register ([`Q8Quads`]).
+pub type DotQ8Quads = fn(w: &[u8], x: &Q8Quads) -> f32;
+
+/// The four-blocks-a-register kernel this CPU runs for `ty`, if any (Q4_0 and Q4_1 where the
+/// CPU has AVX-512 VNNI and VBMI); elsewhere the general kernel ([`dot_q8`]) takes those rows.
+pub fn dot_q8_quads(ty: GgmlType) -> Option<DotQ8Quads> {
+    #[cfg(target_arch = "x86_64")]
+    return avx512_quads::dot_q8_quads(ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        None
+    }
+}
 
 /// Σ_i w_i·x_i over one weight row: `w` is the row's bytes, `x.len()` ggml blocks of the type.
 pub type DotQ8 = fn(w: &[u8], x: &[Q8Block]) -> f32;
@@ -237,6 +256,15 @@ mod tests {
         q
     }
 
+    /// The dot product of the dequantized values in f64, and Σ |w_j·x_j| (the scale of the
+    /// rounding errors of any summation order).
+    fn reference(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> (f64, f64) {
+        let xf = dequantize_q8(x);
+        let wf = dequantize(ty, w, xf.len()).unwrap();
+        let products = || wf.iter().zip(&xf).map(|(&a, &b)| a as f64 * b as f64);
+        (products().sum(), products().map(f64::abs).sum())
+    }
+
     #[test]
     fn every_implementation_matches_the_dequantized_dot_product() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -252,13 +280,7 @@ mod tests {
                     }
                 }
                 let x = activations(&mut rng, n);
-                let (wf, xf) = (dequantize(ty, &w, n).unwrap(), dequantize_q8(&x));
-                let exact: f64 = wf.iter().zip(&xf).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let magnitude: f64 = wf
-                    .iter()
-                    .zip(&xf)
-                    .map(|(&a, &b)| (a * b).abs() as f64)
-                    .sum();
+                let (exact, magnitude) = reference(ty, &w, &x);
                 for (name, dot) in implementations(ty) {
                     let got = dot(&w, &x) as f64;
                     assert!(
@@ -266,6 +288,28 @@ mod tests {
                         "{ty:?} {name}, {blocks} blocks: {got} vs {exact}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_four_block_kernel_matches_the_dequantized_dot_product() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let Some(dot) = dot_q8_quads(ty) else {
+                continue;
+            };
+            // Every tail of a group of 8, within and past a first quad, and whole groups.
+            for blocks in [0, 1, 3, 4, 5, 7, 8, 9, 12, 15, 18, 48, 137] {
+                let n = 32 * blocks;
+                let w = quantize(ty, &weights(&mut rng, n)).unwrap();
+                let x = activations(&mut rng, n);
+                let (exact, magnitude) = reference(ty, &w, &x);
+                let got = dot(&w, &Q8Quads::new(&x)) as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * magnitude + 1e-6,
+                    "{ty:?}, {blocks} blocks: {got} vs {exact}"
+                );
             }
         }
     }

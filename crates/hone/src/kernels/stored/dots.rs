@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{row_dot, RowDot, StoredMatrix};
 use crate::kernels::pool;
-use crate::kernels::qdot::legacy::{self, Q8Rows};
+use crate::kernels::qdot::legacy::{self, Q8Quads, Q8Rows};
 use crate::kernels::qdot::{self, Q8Block, Q8KBlock};
 
 /// Parallel tasks per thread: a few, so threads that start late or run slow even out, but not so
@@ -34,6 +34,11 @@ pub fn set_batch_invariant(on: bool) {
 
 /// How many rows ahead of the one being multiplied its successors are fetched into the cache.
 const PREFETCH_ROWS: usize = 4;
+/// The same for the four-blocks-a-register kernel, which leaves it to the hardware prefetcher:
+/// its rows go by fast enough for that to keep up, and the prefetch instructions, each holding a
+/// miss buffer until its line arrives, only slowed it (a decoding step's products on the default
+/// model ~4% slower on two threads, ~9% on one).
+const NO_PREFETCH: usize = 0;
 
 /// `y[m, Σ rows] = x[m, k] · [W₀; W₁; …]ᵀ` for `m ≤` [`super::FEW_ROWS`].
 pub(super) fn products(parts: &[&StoredMatrix], x: &[f32], m: usize) -> Vec<f32> {
@@ -60,6 +65,9 @@ struct Activations<'a> {
     q8: Vec<Q8Block>,
     /// `q8` laid out for the multi-row kernel, when there are several rows and a kernel for them.
     q8_rows: Option<Q8Rows>,
+    /// `q8` laid out for the four-blocks-a-register kernel, when there is one row and a matrix
+    /// it takes (Q4_0, Q4_1).
+    q8_quads: Option<Q8Quads>,
     q8k: Vec<Q8KBlock>,
     m: usize,
 }
@@ -69,6 +77,7 @@ impl<'a> Activations<'a> {
         let kinds: Vec<RowDot> = parts.iter().filter_map(|p| row_dot(p.ty)).collect();
         let mut q8 = Vec::new();
         let mut q8_rows = None;
+        let mut q8_quads = None;
         if kinds.iter().any(|d| matches!(d, RowDot::Q8(_))) {
             q8 = vec![Q8Block::default(); x.len() / 32];
             qdot::quantize_q8(x, &mut q8);
@@ -78,6 +87,8 @@ impl<'a> Activations<'a> {
             };
             if m >= multi_row && parts.iter().any(|p| legacy::dot_q8_rows(p.ty).is_some()) {
                 q8_rows = Some(Q8Rows::new(&q8, m));
+            } else if m == 1 && parts.iter().any(|p| legacy::dot_q8_quads(p.ty).is_some()) {
+                q8_quads = Some(Q8Quads::new(&q8));
             }
         }
         let mut q8k = Vec::new();
@@ -89,6 +100,7 @@ impl<'a> Activations<'a> {
             f32: x,
             q8,
             q8_rows,
+            q8_quads,
             q8k,
             m,
         }
@@ -98,15 +110,25 @@ impl<'a> Activations<'a> {
     fn run(&self, matrix: &StoredMatrix, rows: Range<usize>, out: ColumnRange) {
         let m = self.m;
         let dot = row_dot(matrix.ty).expect("checked when the matrix was made");
-        let rows_kernel = legacy::dot_q8_rows(matrix.ty);
-        match (dot, &self.q8_rows, rows_kernel) {
-            (RowDot::Q8(_), Some(xs), Some(f)) => {
-                each_row(matrix, rows, out, m, |w, o| f(w, xs, o))
+        let kernels = (
+            dot,
+            legacy::dot_q8_rows(matrix.ty),
+            legacy::dot_q8_quads(matrix.ty),
+        );
+        // Boxed: one dynamic call per weight row, nothing beside its dot products.
+        type RowFn<'a> = Box<dyn Fn(&[u8], &mut [f32]) + 'a>;
+        let (ahead, dot): (usize, RowFn) = match (kernels, &self.q8_rows, &self.q8_quads) {
+            ((RowDot::Q8(_), Some(f), _), Some(xs), _) => {
+                (PREFETCH_ROWS, Box::new(move |w, o| f(w, xs, o)))
             }
-            (RowDot::Q8(f), ..) => each_row(matrix, rows, out, m, one_by_one(&self.q8, m, f)),
-            (RowDot::Q8K(f), ..) => each_row(matrix, rows, out, m, one_by_one(&self.q8k, m, f)),
-            (RowDot::F32(f), ..) => each_row(matrix, rows, out, m, one_by_one(self.f32, m, f)),
-        }
+            ((RowDot::Q8(_), _, Some(f)), _, Some(x)) => {
+                (NO_PREFETCH, Box::new(move |w, o| o[0] = f(w, x)))
+            }
+            ((RowDot::Q8(f), ..), ..) => (PREFETCH_ROWS, Box::new(one_by_one(&self.q8, m, f))),
+            ((RowDot::Q8K(f), ..), ..) => (PREFETCH_ROWS, Box::new(one_by_one(&self.q8k, m, f))),
+            ((RowDot::F32(f), ..), ..) => (PREFETCH_ROWS, Box::new(one_by_one(self.f32, m, f))),
+        };
+        each_row(matrix, rows, out, m, ahead, dot);
     }
 }
 
@@ -124,20 +146,21 @@ fn one_by_one<'a, T>(
     }
 }
 
-/// `dot(W[r], outputs of r)` for the rows `r` of `matrix`, written to `out`'s columns, the rows
-/// ahead prefetched.
+/// `dot(W[r], outputs of r)` for the rows `r` of `matrix`, written to `out`'s columns, the row
+/// `ahead` rows on prefetched (none for 0).
 fn each_row(
     matrix: &StoredMatrix,
     rows: Range<usize>,
     mut out: ColumnRange,
     m: usize,
+    ahead: usize,
     dot: impl Fn(&[u8], &mut [f32]),
 ) {
     let mut values = [0f32; super::FEW_ROWS];
     let end = rows.end;
     for (c, r) in rows.enumerate() {
-        if r + PREFETCH_ROWS < end {
-            prefetch(matrix.row(r + PREFETCH_ROWS));
+        if ahead > 0 && r + ahead < end {
+            prefetch(matrix.row(r + ahead));
         }
         dot(matrix.row(r), &mut values[..m]);
         out.set(c, &values[..m]);

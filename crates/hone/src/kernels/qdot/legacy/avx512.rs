@@ -112,6 +112,14 @@ pub(super) unsafe fn finish<B: Block>(sum: __m512, corr: __m512) -> f32 {
         let unscale: [f32; 16] = std::array::from_fn(|l| if l % 8 < 4 { 1.0 } else { 1.0 / 16.0 });
         _mm512_mul_ps(sum, _mm512_loadu_ps(unscale.as_ptr()))
     };
+    with_second_terms::<B>(sum, corr)
+}
+
+/// The sum of the lanes of `sum`, the block products at their true scale, and of the second
+/// terms whose factors `corr` holds (in the lanes [`scales`] puts them).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[inline]
+pub(super) unsafe fn with_second_terms<B: Block>(sum: __m512, corr: __m512) -> f32 {
     let (terms, factor) = if B::HAS_MIN {
         (0xaaaa, 1.0)
     } else if B::BYTE_QUANTS {
@@ -156,12 +164,11 @@ unsafe fn scales<B: Block>(
 pub(super) unsafe fn weight_heads<B: Block>(p: *const u8) -> __m256i {
     let at = |j: usize| B::BYTES * j;
     let load = |j: usize| _mm512_loadu_si512(p.add(at(j)) as *const _);
+    if B::BYTES <= 20 {
+        return quad_heads::<B>(load(0), load(4));
+    }
     // Permutes take lane l (< 8) from dword `index(l)` of their two sources.
-    let heads = if B::BYTES <= 20 {
-        // Two 64-byte loads of 4 blocks each.
-        let index = lanes(|l| l % 8 / 4 * 16 + at(l % 4) / 4);
-        _mm512_permutex2var_epi32(load(0), index, load(4))
-    } else if B::BYTES < 32 {
+    let heads = if B::BYTES < 32 {
         // Four 32-byte loads of 2 blocks each, paired into two registers.
         let half = |j| _mm256_loadu_si256(p.add(at(j)) as *const _);
         let pair = |j| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(j)), half(j + 2));
@@ -174,7 +181,26 @@ pub(super) unsafe fn weight_heads<B: Block>(p: *const u8) -> __m256i {
         let hi = _mm512_permutex2var_epi32(load(4), index, load(6));
         _mm512_mask_blend_epi32(0xf0, lo, hi)
     };
-    let heads = _mm512_castsi512_si256(heads);
+    heads_in_place::<B>(_mm512_castsi512_si256(heads))
+}
+
+/// [`weight_heads`] of 8 blocks of at most 20 bytes, from the 64 bytes at block 0 (`first`) and
+/// at block 4 (`second`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[inline]
+pub(super) unsafe fn quad_heads<B: Block>(first: __m512i, second: __m512i) -> __m256i {
+    // Lane l (< 8) from dword `index(l)` of the two sources.
+    let index = lanes(|l| l % 8 / 4 * 16 + B::BYTES * (l % 4) / 4);
+    let heads = _mm512_permutex2var_epi32(first, index, second);
+    heads_in_place::<B>(_mm512_castsi512_si256(heads))
+}
+
+/// The dwords at each of 8 blocks' first byte rounded down to 4 (`heads`), as
+/// [`weight_heads`] returns them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[inline]
+unsafe fn heads_in_place<B: Block>(heads: __m256i) -> __m256i {
+    let at = |j: usize| B::BYTES * j;
     // Heads at odd 16-bit offsets arrive in the high half.
     let heads = if B::BYTES % 4 == 0 {
         heads
