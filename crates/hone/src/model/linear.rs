@@ -195,7 +195,11 @@ pub struct Projection {
 
 impl Projection {
     fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        // Not `dims()`, which allocates: this runs for every product of a decoding step.
+        match &self.weight {
+            Weight::F32(t) => t.dims()[0],
+            Weight::Stored(m) => m.rows(),
+        }
     }
 }
 
