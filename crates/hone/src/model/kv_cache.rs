@@ -183,24 +183,31 @@ impl LayerCache {
         let scale = s.scale;
         let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
         let attend_one = attend_one_for_this_cpu();
-        let outputs: Vec<(usize, &mut [f32])> = out.chunks_mut(hd).enumerate().collect();
+        // One task per (row, token, key/value head): the query heads that share a key/value head
+        // run one after the other, so its keys and values come from memory once per token and
+        // from the core's cache for the others (a layer's cache is read from L3 or memory
+        // otherwise, once per query head).
+        let outputs: Vec<(usize, &mut [f32])> = out.chunks_mut(group * hd).enumerate().collect();
         pool::for_each(outputs, &|(n, out)| {
-            let (r, i, h) = (n / (s.t * s.heads), n / s.heads % s.t, n % s.heads);
+            let (r, i, kv_head) = (n / (s.t * s.kv_heads), n / s.kv_heads % s.t, n % s.kv_heads);
             let position = start + i;
             let pad = left_pad.get(r).copied().unwrap_or(0);
             // A padding query sees itself only (see the module comment); a windowed one the
             // `window` positions ending at its own.
             let first = if position < pad { position } else { pad };
             let window_start = s.window.map_or(0, |w| (position + 1).saturating_sub(w));
-            let query = Query {
-                q: &q[n * hd..(n + 1) * hd],
-                row: r,
-                kv_head: h / group,
-                keys: first.max(window_start)..position + 1,
-                scale,
-                softcap: s.softcap,
-            };
-            attend_one(self, &query, out);
+            let queries = &q[n * group * hd..(n + 1) * group * hd];
+            for (q, out) in queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+                let query = Query {
+                    q,
+                    row: r,
+                    kv_head,
+                    keys: first.max(window_start)..position + 1,
+                    scale,
+                    softcap: s.softcap,
+                };
+                attend_one(self, &query, out);
+            }
         });
         out
     }
