@@ -2,9 +2,10 @@
 //!
 //! Keys and values are kept per layer as `[rows, kv_heads, capacity, head_dim]` f32 (one row per
 //! sequence of a batch), so one head's keys are contiguous for the dot products. Attention runs one
-//! (row, query, head) at a time in parallel: during decoding each is a single query over at most a
-//! few hundred keys, where a general matmul's setup costs more than the arithmetic — with a batch of
-//! 8 and 9 heads, candle's batched matmuls made 72 tiny GEMM calls per layer and step.
+//! (row, query, key/value head) at a time in parallel, the query heads sharing that key/value head
+//! one after another: during decoding each is a single query over at most a few hundred keys,
+//! where a general matmul's setup costs more than the arithmetic — with a batch of 8 and 9 heads,
+//! candle's batched matmuls made 72 tiny GEMM calls per layer and step.
 //!
 //! In a left-padded batch, row r's first `left_pad[r]` positions are padding: no query attends to
 //! them, except that a padding query attends to itself (it must attend to something; its output

@@ -8,7 +8,7 @@
 //! accumulator: the activations are stored as those halves, four blocks to a line.
 
 use super::super::Q8Block;
-use super::rows::Line;
+use super::rows::{put_heads, Line};
 
 /// Quantized activations, padded with zero blocks to whole groups of 8 (they add nothing). Per
 /// group: four lines of quants — the first halves of blocks 0..4, their second halves, then the
@@ -37,9 +37,7 @@ impl Q8Quads {
             let lines = &mut out.qs[4 * group + 2 * quad..];
             lines[0].0[16 * slot..][..16].copy_from_slice(first);
             lines[1].0[16 * slot..][..16].copy_from_slice(second);
-            let lane = 2 * (j % 8);
-            out.scales[group].0[lane] = block.d;
-            out.sums[group].0[lane..lane + 2].fill(block.d * block.sum as f32);
+            put_heads(&mut out.scales[group], &mut out.sums[group], j % 8, block);
         }
         out
     }

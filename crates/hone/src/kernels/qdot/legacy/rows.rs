@@ -65,9 +65,8 @@ impl Q8Rows {
             for (j, block) in row.iter().enumerate() {
                 let (pair, half) = (i * padded / 2 + j / 2, j % 2);
                 out.qs[pair].0[32 * half..][..32].copy_from_slice(&block.qs);
-                let (group, lane) = (i * padded / 8 + j / 8, 2 * (j % 8));
-                out.scales[group].0[lane] = block.d;
-                out.sums[group].0[lane..lane + 2].fill(block.d * block.sum as f32);
+                let group = i * padded / 8 + j / 8;
+                put_heads(&mut out.scales[group], &mut out.sums[group], j % 8, block);
             }
         }
         out
@@ -105,6 +104,19 @@ impl Q8Rows {
         let n = self.groups();
         &self.sums[i * n..][..n]
     }
+}
+
+/// Block `slot` (of 8) of a group into its group's lines of scales and sums: `d` in lane
+/// 2·slot, `d·Σ qs` in lanes 2·slot and 2·slot + 1, against the weight's heads (`d_w` and `m_w`).
+pub(super) fn put_heads(
+    scales: &mut Line<[f32; 16]>,
+    sums: &mut Line<[f32; 16]>,
+    slot: usize,
+    block: &Q8Block,
+) {
+    let lane = 2 * slot;
+    scales.0[lane] = block.d;
+    sums.0[lane..lane + 2].fill(block.d * block.sum as f32);
 }
 
 #[cfg(test)]
