@@ -12,7 +12,13 @@ logits of PEFT's own merge.
    adapter on every linear layer (of the language model, for Gemma 3's multimodal checkpoint) is
    made with PEFT, `hone merge` merges it, and transformers'
    logits of the directory are compared with PEFT's merge.
-3. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
+3. The remote-code families' tiny models (ChatGLM3, Baichuan 2 7B and 13B, Qwen v1): a random
+   LoRA on every block linear layer (PEFT's names for them: query_key_value, W_pack, c_attn, …),
+   `hone merge`, then the merged directory (its config.json and weights, with the base's modeling
+   files Hone copied beside them) is loaded through its own `auto_map` classes, as
+   `trust_remote_code` loads it, and compared with PEFT's merge. The modeling files come from
+   REMOTE_CODE (see scripts/golden/remote_models.py); without them this part is skipped.
+4. The real default model (SmolLM2-135M-Instruct Q4_1 GGUF): a random LoRA adapter on q/k/v/o is
    made with PEFT on transformers' dequantized GGUF model, `hone merge` merges it into the GGUF,
    and the directory's logits are compared with PEFT's merge the same way.
 
@@ -25,6 +31,7 @@ root after building hone:
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -161,6 +168,64 @@ def family_cases(hone, tmp):
     return ok
 
 
+def remote_cases(hone, tmp):
+    sys.path.insert(0, str(ROOT / "scripts" / "golden"))
+    import remote_models
+    from train_grads import REMOTE_LINEAR, remote_family
+
+    tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizer", gguf_file="tiny-spm.gguf")
+    ok = True
+    for name, targets in REMOTE_LINEAR.items():
+        family = remote_family(name)
+        model_dir = base_dir(tmp, name, tok)
+        for code in family.code_dir.glob("*.py"):
+            (model_dir / code.name).write_bytes(code.read_bytes())
+        peft = random_lora(remote_models.reload(family, model_dir), targets)
+        adapter = tmp / f"{name}-lora"
+        peft.save_pretrained(adapter)
+        out = tmp / f"{name}-merged"
+        hone_merge(hone, model_dir, adapter, out)
+        copied = sorted(p.name for p in out.glob("*.py"))
+        assert copied == sorted(p.name for p in family.code_dir.glob("*.py")), copied
+        ids = load_file(FIXTURES / "models" / name / "golden.safetensors")["input_ids"]
+        merged = remote_models.full_logits(family, peft.merge_and_unload(safe_merge=True).eval(), ids)
+        ours = remote_models.full_logits(family, load_remote(out), ids)
+        ok &= report(name, {"vs PEFT merged": (ours - merged).abs().max().item()})
+    return ok
+
+
+def load_remote(path):
+    """A merged remote-code checkpoint through its own config.json and `auto_map` classes, from the
+    modeling files beside it (loaded as a package, as scripts/golden/remote_models.py does:
+    transformers' dynamic-module loader insists on importing Qwen's optional
+    transformers_stream_generator, which transformers 5 breaks), with transformers 5's generation
+    settings put back on the config."""
+    import json
+
+    import remote_models
+    from safetensors.torch import load_file as load_weights
+
+    auto_map = json.loads((path / "config.json").read_text())["auto_map"]
+    package = f"merged_{path.name.replace('-', '_')}"
+    remote_models.load_package(package, path)
+
+    def auto_class(reference):
+        module_name, class_name = reference.split(".")
+        return getattr(remote_models.module(package, module_name), class_name)
+
+    config_class = auto_class(auto_map["AutoConfig"])
+    model_class = auto_class(auto_map["AutoModelForCausalLM"])
+    if (path / "modeling_qwen.py").exists():
+        remote_models.shim_qwen(remote_models.module(package, "modeling_qwen"))
+    config = config_class.from_pretrained(path)
+    config.max_length = getattr(config, "seq_length", 2048)
+    config.use_cache = True
+    model = model_class(config)
+    missing, unexpected = model.load_state_dict(load_weights(path / "model.safetensors"), strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    return model.eval()
+
+
 def real_model_case(hone, gguf, tmp):
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     base = load_fp32(gguf.parent, gguf_file=gguf.name)
@@ -207,6 +272,10 @@ def main():
         tmp = Path(tmp)
         ok = fixture_cases(args.hone, tmp)
         ok &= family_cases(args.hone, tmp)
+        if Path(os.environ.get("REMOTE_CODE", "/work/refcode")).exists():
+            ok &= remote_cases(args.hone, tmp)
+        else:
+            print("REMOTE_CODE is absent: remote-code families skipped")
         gguf = Path(args.gguf)
         if gguf.exists():
             ok &= real_model_case(args.hone, gguf, tmp)

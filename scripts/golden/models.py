@@ -425,7 +425,7 @@ TINY_MODELS = {
 }
 
 
-def randomize(model, seed):
+def randomize(model, seed, is_norm=lambda name: name.endswith("norm.weight")):
     """Replace transformers' init (std 0.02, unit norms, zero biases) with values that
     make every weight matter: norm weights away from 1, non-zero biases, and matrices
     (embeddings included, since tied ones double as the LM head) scaled by
@@ -434,7 +434,7 @@ def randomize(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if is_norm(name):
                 value = 0.5 + torch.rand(param.shape, generator=gen)
             elif name.endswith(".bias") or param.dim() < 2:
                 # Biases and the vision tower's other vectors (its projector's norm included).
@@ -542,6 +542,20 @@ def dir_size(path):
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
+def write_greedy(out_dir, prompt, greedy, margins):
+    """greedy.json: the prompt, the greedy ids after it, and each step's top-2 logit margin."""
+    greedy_doc = {
+        "prompt_ids": prompt[0].tolist(),
+        "new_ids": greedy,
+        "max_new_tokens": GREEDY_NEW_TOKENS,
+        "eos_stop": False,
+        "min_top2_logit_margin": min(margins),
+        "top2_logit_margins": margins,
+        **VERSIONS,
+    }
+    (out_dir / "greedy.json").write_text(json.dumps(greedy_doc, indent=2) + "\n")
+
+
 def build_tiny(name, cls, config, seed, opts):
     out_dir = FIXTURES / "models" / name
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -614,16 +628,7 @@ def build_tiny(name, cls, config, seed, opts):
     assert len(greedy) == GREEDY_NEW_TOKENS
     assert greedy == manual, f"{name}: generate != argmax loop"
     assert margin > GREEDY_MIN_MARGIN, f"{name}: greedy near-tie ({margin}), pick another seed"
-    greedy_doc = {
-        "prompt_ids": prompt[0].tolist(),
-        "new_ids": greedy,
-        "max_new_tokens": GREEDY_NEW_TOKENS,
-        "eos_stop": False,
-        "min_top2_logit_margin": margin,
-        "top2_logit_margins": margins,
-        **VERSIONS,
-    }
-    (out_dir / "greedy.json").write_text(json.dumps(greedy_doc, indent=2) + "\n")
+    write_greedy(out_dir, prompt, greedy, margins)
     return {
         "name": name,
         "vocab": text.vocab_size,

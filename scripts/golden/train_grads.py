@@ -30,6 +30,8 @@ the weight (OLoRA, PiSSA) on llama GQA;
 DoRA (all-linear on llama GQA and phi3, with bias="all" on qwen2, q,v on the default model's slice; its
 magnitudes moved off their initial weight norms);
 3 AdamW steps of LoRA with clipping, and of LoRA+'s groups (LLaMA-Factory's) on a DoRA adapter with biases;
+the remote-code families (ChatGLM3, Baichuan 2 7B and 13B, Qwen v1; their modeling files as
+scripts/golden/remote_models.py finds them): LoRA on every block linear layer and full fine-tuning;
 and a 2-layer slice of the default model (SmolLM2-135M,
 GGUF through transformers) with LoRA r=4 on q_proj,v_proj.
 
@@ -37,6 +39,8 @@ Run: OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/train_grads.py [-
 """
 
 import argparse
+import os
+import re
 import importlib
 import json
 import pathlib
@@ -46,6 +50,8 @@ import torch
 from peft import IA3Config, LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
+
+import remote_models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "train"
@@ -87,9 +93,35 @@ def text_vocab(config):
     return getattr(config, "boi_token_index", None) or config.get_text_config().vocab_size
 
 
+# The remote-code families' checkpoint prefixes and module names under Hone's (Llama's) names.
+REMOTE_RENAMES = [
+    ("transformer.embedding.word_embeddings.", "model.embed_tokens."),
+    ("transformer.encoder.layers.", "model.layers."),
+    ("transformer.encoder.final_layernorm.", "model.norm."),
+    ("transformer.output_layer.", "lm_head."),
+    ("transformer.wte.", "model.embed_tokens."),
+    ("transformer.h.", "model.layers."),
+    ("transformer.ln_f.", "model.norm."),
+]
+
+# PEFT targets of every block linear layer of the remote-code families (PEFT's all-linear would
+# also take ChatGLM's output_layer, which its class does not report as the output embeddings).
+REMOTE_LINEAR = {
+    "chatglm3": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "baichuan2": ["W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "baichuan2-alibi": ["W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen": ["c_attn", "c_proj", "w1", "w2"],
+}
+
+
 def hone_name(peft_name):
     # A multimodal class's language model is `model.language_model`; Hone names it `model`.
     name = peft_name.removeprefix("base_model.model.").replace("model.language_model.", "model.", 1)
+    for checkpoint, hone in REMOTE_RENAMES:
+        if name.startswith(checkpoint):
+            name = hone + name[len(checkpoint):]
+    name = re.sub(r"^(model\.layers\.\d+\.)ln_1\.", r"\1input_layernorm.", name)
+    name = re.sub(r"^(model\.layers\.\d+\.)ln_2\.", r"\1post_attention_layernorm.", name)
     name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
     name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
     name = name.replace(".ia3_l.default", ".ia3_l")
@@ -111,7 +143,26 @@ def randomize_b(model, seed):
 
 
 def load(model_dir):
+    """A fixture model in float64: transformers' own classes, or a remote-code family's built by
+    its published modeling file (scripts/golden/remote_models.py) and put in training mode, where
+    Qwen applies neither logn scaling nor dynamic NTK and Baichuan normalizes its head each call."""
+    if model_dir.name in REMOTE_LINEAR:
+        model = remote_models.reload(remote_family(model_dir.name), model_dir).train()
+        # Baichuan 13B's training-mode ALiBi mask is float32 whatever the model's dtype, which its
+        # attention cannot mix with float64: that reference runs in float32.
+        return model if model_dir.name == "baichuan2-alibi" else model.double()
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+
+
+def remote_family(name):
+    code = pathlib.Path(os.environ.get("REMOTE_CODE", "/work/refcode"))
+    builders = {
+        "chatglm3": lambda: remote_models.chatglm3(code),
+        "baichuan2": lambda: remote_models.baichuan(code, "7b"),
+        "baichuan2-alibi": lambda: remote_models.baichuan(code, "13b"),
+        "qwen": lambda: remote_models.qwen_v1(code),
+    }
+    return builders[name]()
 
 
 def run(model, ids, labels):
@@ -144,7 +195,10 @@ def save(name, case, ids, labels, out, model, init, logits_slice=None):
 
 
 def float32_gap(model64, ids, labels):
-    """Max relative gap between float32 and float64 gradients: what f32 rounding alone costs."""
+    """Max relative gap between float32 and float64 gradients: what f32 rounding alone costs (0 for
+    a reference that runs in float32)."""
+    if next(model64.parameters()).dtype == torch.float32:
+        return 0.0
     grads64 = {n: p.grad.clone() for n, p in model64.named_parameters() if p.requires_grad}
     model32 = model64.float()
     run(model32, ids, labels)
@@ -359,6 +413,14 @@ def cases():
     out["ia3_phi3_masked"] = lambda: ia3_case(
         "ia3_phi3_masked", "phi3", ["qkv_proj", "gate_up_proj", "down_proj"], ["down_proj"]
     )
+    # The remote-code families, run by their published modeling files: LoRA on every block linear
+    # layer (masked and not), full fine-tuning (Baichuan's normalized head trains through the
+    # normalization), freezing all but the last layer's MLP and the final norm.
+    for model_dir, targets in REMOTE_LINEAR.items():
+        for masked in [True, False]:
+            name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
+            out[name] = lambda n=name, d=model_dir, t=targets, m=masked: lora_case(n, d, t, m)
+        out[f"full_{model_dir}"] = lambda d=model_dir: base_case(f"full_{d}", d, "full", lambda n: True)
     return out
 
 

@@ -32,6 +32,7 @@ fn main() -> Result<()> {
         scale: 0.125,
         window: None,
         softcap: None,
+        alibi: false,
     };
     let q_len = s.batch * s.seq * s.heads * s.head_dim;
     let kv_len = q_len / (s.heads / s.kv_heads);

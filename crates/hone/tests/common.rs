@@ -26,6 +26,11 @@ pub const FAMILY_MODELS: [&str; 15] = [
     "starcoder2",
 ];
 
+/// The tiny random models of the remote-code families (fixtures/models/, from
+/// scripts/golden/remote_models.py, run by each family's published modeling file): ChatGLM3,
+/// Baichuan 2 7B (rotary) and 13B (ALiBi), Qwen v1.
+pub const REMOTE_MODELS: [&str; 4] = ["chatglm3", "baichuan2", "baichuan2-alibi", "qwen"];
+
 /// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py) and their
 /// base models under fixtures/models.
 pub const PEFT_ADAPTERS: [(&str, &str); 7] = [

@@ -326,6 +326,18 @@ fn every_quant_round_trips_within_its_error_with_llama_cpp_types() {
     }
 }
 
+/// `src` exported as `tmp/NAME.gguf` in f32, kept in `$HONE_KEEP_EXPORTS` when set (for
+/// scripts/check/gguf_logits_llama_cpp.py, which runs them in llama.cpp).
+fn export_f32(tmp: &Path, src: &Path, name: &str) -> (PathBuf, hone::export::gguf::ExportReport) {
+    let out = tmp.join(format!("{name}.gguf"));
+    let report = export_model(src.to_str().unwrap(), None, &out, GgufQuant::F32, false).unwrap();
+    if let Some(keep) = std::env::var_os("HONE_KEEP_EXPORTS") {
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&out, Path::new(&keep).join(format!("{name}.gguf"))).unwrap();
+    }
+    (out, report)
+}
+
 #[test]
 fn hf_sources_of_every_family_round_trip() {
     let tmp = TempDir::new().unwrap();
@@ -334,14 +346,7 @@ fn hf_sources_of_every_family_round_trip() {
     let names = FAMILY_MODELS.into_iter().filter(|&n| n != "gemma3");
     for name in names.chain(["gemma3-gguf", "llama-bf16"]) {
         let src = tiny_hf_model(tmp.path(), name);
-        let out = tmp.path().join(format!("{name}.gguf"));
-        let report =
-            export_model(src.to_str().unwrap(), None, &out, GgufQuant::F32, false).unwrap();
-        // For scripts/check/gguf_logits_llama_cpp.py, which runs them in llama.cpp.
-        if let Some(keep) = std::env::var_os("HONE_KEEP_EXPORTS") {
-            std::fs::create_dir_all(&keep).unwrap();
-            std::fs::copy(&out, Path::new(&keep).join(format!("{name}.gguf"))).unwrap();
-        }
+        let (out, report) = export_f32(tmp.path(), &src, name);
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(string(&f, "tokenizer.ggml.model"), "gpt2");
         assert_eq!(string(&f, "tokenizer.ggml.pre"), "gpt-2");
@@ -435,6 +440,101 @@ fn hf_sources_of_every_family_round_trip() {
             );
         }
     }
+}
+
+/// The remote-code families through llama.cpp's archs: ChatGLM3 as `chatglm` with a fused
+/// `attn_qkv`, Qwen v1 as `qwen` (w2 the gate, w1 up), Baichuan 2 7B as `baichuan` with `W_pack`
+/// split into permuted q and k and plain v, its head normalized (llama.cpp's multiplies by the
+/// rows as stored). Read back (Baichuan's q, k and v packed again), each computes the logits of
+/// the checkpoint. llama.cpp knows Baichuan's 7B (rotary) and 13B (ALiBi) by their 32 and 40
+/// layers: the 2-layer fixtures are refused as they are, and exported as 32-layer ones (layers
+/// repeated).
+#[test]
+fn remote_code_families_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    for (name, arch) in [
+        ("chatglm3", "chatglm"),
+        ("qwen", "qwen"),
+        ("baichuan2", "baichuan"),
+    ] {
+        let src = tiny_remote_model(tmp.path(), name);
+        if name == "baichuan2" {
+            let refused = tmp.path().join("refused.gguf");
+            let err = export_model(src.to_str().unwrap(), None, &refused, GgufQuant::F32, false)
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("32 layers (Baichuan 7B)"),
+                "{err:#}"
+            );
+            deepen(&src, 32);
+        }
+        let (out, report) = export_f32(tmp.path(), &src, name);
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(string(&f, "general.architecture"), arch);
+        let has = |t: &str| report.tensors.iter().any(|(n, _, _)| n == t);
+        assert_eq!(has("blk.1.attn_qkv.weight"), name != "baichuan2", "{name}");
+        assert_eq!(has("blk.1.attn_qkv.bias"), name != "baichuan2", "{name}");
+        assert_eq!(has("blk.1.attn_q.weight"), name == "baichuan2", "{name}");
+        assert_eq!(has("blk.1.ffn_gate.weight"), name != "chatglm3", "{name}");
+        let load_logits = |path: &Path| {
+            logits(
+                &load(path.to_str().unwrap(), Precision::Exact, &Device::Cpu)
+                    .unwrap()
+                    .model,
+            )
+        };
+        let diff = max_abs_diff(&load_logits(&src), &load_logits(&out));
+        assert!(diff < 1e-5, "{name}: f32 logits differ by {diff}");
+    }
+    let src = tiny_remote_model(tmp.path(), "baichuan2-alibi");
+    let out = tmp.path().join("alibi.gguf");
+    let err = export_model(src.to_str().unwrap(), None, &out, GgufQuant::F32, false).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("ALiBi for 40 layers"),
+        "{err:#}"
+    );
+    assert!(!out.exists());
+}
+
+/// Rewrites the 2-layer checkpoint in `dir` as a `layers`-layer one, layer `l` a copy of layer
+/// `l % 2`.
+fn deepen(dir: &Path, layers: usize) {
+    let path = dir.join("model.safetensors");
+    let mut out = HashMap::new();
+    for (name, t) in common::load_tensors(&path) {
+        let Some((l, module)) = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split_once('.'))
+        else {
+            out.insert(name, t);
+            continue;
+        };
+        let l: usize = l.parse().unwrap();
+        for to in (l..layers).step_by(2) {
+            out.insert(format!("model.layers.{to}.{module}"), t.clone());
+        }
+    }
+    candle_core::safetensors::save(&out, &path).unwrap();
+    let config_path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = json!(layers);
+    std::fs::write(&config_path, cfg.to_string()).unwrap();
+}
+
+/// A remote-code fixture model (its own config keys, no generation config) with the byte-level
+/// test tokenizer.
+fn tiny_remote_model(tmp: &Path, name: &str) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(&format!("models/{name}/{f}")), dir.join(f)).unwrap();
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vocab = cfg.get("padded_vocab_size").unwrap_or(&cfg["vocab_size"]);
+    write_byte_level_tokenizer(&dir, vocab.as_u64().unwrap() as usize);
+    dir
 }
 
 /// llama.cpp's qwen3 graph loads q/k/v biases but has no o_proj bias: a Qwen3 with

@@ -132,7 +132,7 @@ fn an_existing_directory_is_kept_unless_overwriting_and_then_replaced_whole() {
         overwrite: true,
         ..Default::default()
     };
-    write_error(&out, &cfg, broken, overwrite, &["out"]);
+    write_error(&out, &cfg, broken, overwrite.clone(), &["out"]);
     assert_eq!(dir_entries(&out), ["notes.txt"], "untouched");
 
     write_hf_checkpoint(

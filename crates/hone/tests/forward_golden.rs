@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{Device, IndexOp, Tensor};
-use common::{fixture, load_tensors, max_abs_diff, FAMILY_MODELS};
+use common::{fixture, load_tensors, max_abs_diff, FAMILY_MODELS, REMOTE_MODELS};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
@@ -15,6 +15,7 @@ use hone::model::{weights, Llama};
 fn models() -> impl Iterator<Item = &'static str> {
     FAMILY_MODELS
         .into_iter()
+        .chain(REMOTE_MODELS)
         .chain(["mistral-window", "qwen2-window", "gemma3-mm"])
         .chain(["llama-sharded", "llama-f16", "llama-bf16"])
 }
@@ -41,6 +42,7 @@ fn logits_match_transformers() {
         let (golden, ids) = golden(name);
         let logits = model.forward(&ids, None).unwrap();
         let diff = max_abs_diff(&logits, &golden["logits"]);
+        println!("{name}: max abs logit difference {diff}");
         assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
     }
 }

@@ -287,28 +287,3 @@ fn alignment_not_a_power_of_two() {
     );
     assert_mentions(&err, &path, "general.alignment is not a power of two");
 }
-
-/// llama.cpp's `chatglm` arch also holds ChatGLM2/3 files (a fused `attn_qkv`), which Hone does not
-/// run; they are refused by name rather than failing later on a missing `attn_q`.
-#[test]
-fn chatglm3_files_are_refused_by_name() {
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("chatglm3.gguf");
-    let mut w = GgufWriter::new();
-    w.set(FIRST_KEY, GgufValue::String("chatglm".into()))
-        .set("chatglm.block_count", GgufValue::U32(1));
-    let qkv: Vec<f32> = vec![0.0; 3 * 64];
-    w.add_tensor("blk.0.attn_qkv.weight", &[3, 64], GgmlType::F32, &qkv)
-        .unwrap();
-    w.write(&path).unwrap();
-    let gguf = GgufFile::open(&path).unwrap();
-    let err = format!(
-        "{:#}",
-        hone::model::ModelConfig::from_gguf(&gguf).unwrap_err()
-    );
-    assert_mentions(
-        &err,
-        &path,
-        "ChatGLM2/ChatGLM3 GGUF (fused attn_qkv) is not supported",
-    );
-}

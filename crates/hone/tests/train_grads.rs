@@ -300,7 +300,14 @@ fn merged_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
         .into_iter()
         .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
         .collect();
-    let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
+    // The references run in training mode, where Qwen v1 applies neither logn scaling nor dynamic
+    // NTK (its inference does, past `seq_length`, which these 12-token rows pass).
+    let cfg = ModelConfig {
+        logn_attention: None,
+        dynamic_ntk: None,
+        ..model.config().clone()
+    };
+    let llama = Llama::from_weights(cfg, weights, &Device::Cpu).unwrap();
     llama
         .forward(&ids.to_dtype(DType::U32).unwrap(), None)
         .unwrap()
@@ -402,6 +409,19 @@ fn lora_gradients_match_peft_on_every_architecture() {
     }
     // Gemma 3's language model inside its multimodal checkpoint, PEFT on the whole class.
     check_gradients("lora_gemma3-mm_masked");
+}
+
+/// The remote-code families against their published modeling files: LoRA on every block linear
+/// layer (ChatGLM's `query_key_value`, Baichuan's `W_pack`, Qwen's `c_attn`, …) and full
+/// fine-tuning (Baichuan's head trains through its row normalization).
+#[test]
+fn remote_code_families_gradients_match_their_modeling_files() {
+    for model in common::REMOTE_MODELS {
+        for masking in ["masked", "full"] {
+            check_gradients(&format!("lora_{model}_{masking}"));
+        }
+        check_gradients(&format!("full_{model}"));
+    }
 }
 
 #[test]

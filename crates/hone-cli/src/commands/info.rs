@@ -66,6 +66,10 @@ pub fn run(args: Args) -> Result<()> {
             "gated_mlp": cfg.architecture.gated_mlp(),
             "rotary_dim": cfg.rotary_dim,
             "rope_scaling": cfg.rope_scaling,
+            "norm_head": cfg.norm_head,
+            "alibi": cfg.alibi,
+            "logn_attention": cfg.logn_attention,
+            "dynamic_ntk": cfg.dynamic_ntk,
         },
         "parameters": cfg.parameter_count(),
         "dtype": cfg.source_dtype,
@@ -180,11 +184,27 @@ fn block_switches(cfg: &ModelConfig) -> String {
             on.push(format!("{what} soft-capped at {cap}"));
         }
     }
+    let names = cfg.architecture.linear_names();
+    let short = |path: &str| path.rsplit('.').next().unwrap_or(path).to_string();
     if cfg.architecture.fused_qkv() {
-        on.push("fused qkv_proj".into());
+        on.push(format!("fused q|k|v {}", short(names.qkv)));
     }
     if cfg.architecture.fused_gate_up() {
-        on.push("fused gate_up_proj".into());
+        on.push(format!("fused gate|up {}", short(names.gate_up)));
+    }
+    if cfg.norm_head {
+        on.push("LM head rows normalized (NormHead)".into());
+    }
+    if cfg.alibi {
+        on.push("ALiBi attention biases".into());
+    }
+    for (past, what) in [
+        (cfg.logn_attention, "logn query scaling"),
+        (cfg.dynamic_ntk, "dynamic NTK rotary base"),
+    ] {
+        if let Some(n) = past {
+            on.push(format!("{what} past {n} tokens (inference)"));
+        }
     }
     if cfg.architecture.layer_norm() {
         on.push("LayerNorms with bias".into());

@@ -55,6 +55,7 @@ pub fn run(args: Args) -> Result<()> {
     let tensors = tensors_in_hf_order(&loaded.config, loaded.weights)?;
     let opts = HfWriteOptions {
         overwrite: args.force,
+        modeling_code: modeling_code(&args.model, &loaded.config),
         ..Default::default()
     };
     let written = write_hf_checkpoint(
@@ -71,6 +72,25 @@ pub fn run(args: Args) -> Result<()> {
         written.total_size as f64 / 1e6
     );
     Ok(())
+}
+
+/// A remote-code family's base directory, whose modeling files the merged checkpoint needs
+/// beside it; None for other families, and (with a note) for a base that is not a local
+/// directory.
+fn modeling_code(model: &str, cfg: &hone::model::ModelConfig) -> Option<PathBuf> {
+    if !cfg.architecture.remote_code() {
+        return None;
+    }
+    let dir = Path::new(model);
+    if dir.join("config.json").is_file() {
+        return Some(dir.to_path_buf());
+    }
+    eprintln!(
+        "note: {} checkpoints load with their own modeling code (trust_remote_code); copy the \
+         base repository's *.py files beside the merged weights",
+        cfg.architecture.hf_class()
+    );
+    None
 }
 
 /// The base as the adapter's QLoRA run saw it (quantized to `to` at load, or a quantized GGUF),

@@ -13,7 +13,7 @@ use candle_core::Device;
 
 use super::{Adapter, Ia3Vector, LoraWeights, PeftConfig};
 use crate::io::safetensors;
-use crate::model::config::text_model_name;
+use crate::model::config::hone_name;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -148,10 +148,11 @@ fn classify(key: &str) -> Result<Part> {
     )
 }
 
-/// A module of an adapter trained on a multimodal checkpoint under the text model's name (Hone
-/// runs only its language model); an adapted vision module is refused.
+/// A module of an adapter under Hone's name: a multimodal checkpoint's under the text model's
+/// name (Hone runs only its language model; an adapted vision module is refused), a remote-code
+/// family's under transformers' Llama names.
 fn text_module(module: &str) -> Result<String> {
-    text_model_name(module).with_context(|| {
+    hone_name(module).with_context(|| {
         format!(
             "{module}: the adapter adapts the vision tower or projector, which Hone does not run"
         )

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::config::{AdapterConfig, TargetModules};
 use super::lora_scale;
-use crate::model::layout::ALL_BLOCK_LINEARS;
+use crate::model::layout::all_block_linears;
 
 /// PEFT's `rank_pattern` / `alpha_pattern`: pattern keys and values in file order, because the
 /// first key that matches a module wins.
@@ -100,7 +100,9 @@ impl Selector {
             Selector::Names(names) => names.iter().any(|n| ends_with_part(module, n)),
             Selector::Regex(re) => re.is_match(module)?,
             // PEFT excludes the output head; every family's block linear layers.
-            Selector::AllLinear => ALL_BLOCK_LINEARS.iter().any(|n| ends_with_part(module, n)),
+            Selector::AllLinear => all_block_linears()
+                .iter()
+                .any(|n| ends_with_part(module, n)),
         })
     }
 }

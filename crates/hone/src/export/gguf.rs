@@ -9,6 +9,7 @@ mod modelfile;
 mod tensor_types;
 mod vocab;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +27,9 @@ use crate::model::config::{
     gemma_global_every, gemma_query_scalar, smollm3_nope_pattern, Architecture, ModelConfig,
     RopeScaling, SMOLLM3_NOPE_INTERVAL,
 };
-use crate::model::weights::{gguf_name, is_norm, layer_modules, permute_rows, permuted_heads};
+use crate::model::weights::{
+    self, gguf_name, is_norm, layer_modules, permute_rows, permuted_heads,
+};
 use crate::model::{load_weights, rope, LoadedWeights};
 use crate::quant::GgmlType;
 
@@ -126,6 +129,20 @@ fn model_metadata(
             cfg.hidden_size
         );
     }
+    // llama.cpp's baichuan knows its 7B (rotary) and 13B (ALiBi) by their layer counts alone.
+    let baichuan_layers = if cfg.alibi { 40 } else { 32 };
+    if cfg.architecture == Architecture::Baichuan && cfg.num_hidden_layers != baichuan_layers {
+        let position = if cfg.alibi {
+            "ALiBi"
+        } else {
+            "rotary embeddings"
+        };
+        bail!(
+            "the model has {} layers and {position}; llama.cpp's baichuan architecture runs rotary \
+             embeddings for 32 layers (Baichuan 7B) and ALiBi for 40 layers (13B), nothing else",
+            cfg.num_hidden_layers,
+        );
+    }
     if cfg.no_rope_layers != smollm3_nope_pattern(cfg.num_hidden_layers)
         && cfg.architecture == Architecture::SmolLM3
     {
@@ -147,7 +164,16 @@ fn model_metadata(
     set("context_length", u32_of(cfg.max_position_embeddings));
     set("embedding_length", u32_of(cfg.hidden_size));
     set("block_count", u32_of(cfg.num_hidden_layers));
-    set("feed_forward_length", u32_of(cfg.intermediate_size));
+    // llama.cpp's qwen takes Qwen's `intermediate_size`, both MLP branches together.
+    let ffn_branches = if cfg.architecture == Architecture::QwenV1 {
+        2
+    } else {
+        1
+    };
+    set(
+        "feed_forward_length",
+        u32_of(ffn_branches * cfg.intermediate_size),
+    );
     set("attention.head_count", u32_of(cfg.num_attention_heads));
     set("attention.head_count_kv", u32_of(cfg.num_key_value_heads));
     set("attention.key_length", u32_of(cfg.head_dim));
@@ -265,7 +291,7 @@ fn model_name(source: &ModelSource) -> Result<String> {
 /// Every tensor in llama.cpp's order: embedding, rope factors, blocks, final norm, head.
 fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> Result<()> {
     let cfg = &parts.config;
-    let weights = &parts.weights;
+    let weights = &llama_cpp_tensors(cfg, &parts.weights)?;
     let has_output = !cfg.tie_word_embeddings;
     let mut names = vec!["model.embed_tokens.weight".to_string()];
     for l in 0..cfg.num_hidden_layers {
@@ -306,6 +332,27 @@ fn add_tensors(w: &mut GgufWriter, parts: &LoadedWeights, quant: GgufQuant) -> R
         w.add_tensor(name.as_str(), &shape, tensor_type(quant, &place), &data)?;
     }
     Ok(())
+}
+
+/// The weights under the modules llama.cpp's arch has: Baichuan's `W_pack` split into q, k and v,
+/// and its head normalized (llama.cpp's baichuan multiplies by the rows as stored).
+fn llama_cpp_tensors(
+    cfg: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    let mut weights = weights.clone();
+    if cfg.architecture.gguf_splits_qkv() {
+        weights::unpack_qkv(cfg, &mut weights)?;
+    }
+    if cfg.norm_head {
+        if let Some(head) = weights.get_mut("lm_head.weight") {
+            let (rows, cols) = head.dims2()?;
+            let mut values = head.flatten_all()?.to_vec1::<f32>()?;
+            weights::normalize_rows(&mut values, cols);
+            *head = Tensor::from_vec(values, (rows, cols), head.device())?;
+        }
+    }
+    Ok(weights)
 }
 
 /// A weight's values as llama.cpp stores them: q/k projections (and their biases) permuted for

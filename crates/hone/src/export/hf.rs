@@ -9,12 +9,13 @@
 //! whole, never mixed with the previous one.
 
 mod config;
+mod remote;
 mod shards;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,7 @@ use candle_core::{DType, Tensor};
 
 use self::shards::ShardWriter;
 use crate::io::{atomic, json};
-use crate::model::{hf_tensor_shapes, ModelConfig};
+use crate::model::{hf_tensor_shapes, Architecture, ModelConfig};
 use crate::quant::{quantize, GgmlType};
 use crate::tokenizer::Tokenizer;
 
@@ -90,12 +91,15 @@ impl FromStr for SaveDtype {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HfWriteOptions {
     /// Tensor bytes per safetensors file before a new shard starts (transformers' `max_shard_size`).
     pub max_shard_bytes: u64,
     /// Replace an existing directory (atomically) instead of refusing.
     pub overwrite: bool,
+    /// A directory whose modeling code (`*.py`) is copied beside the weights: a remote-code
+    /// family's base checkpoint, whose `auto_map` classes transformers loads from there.
+    pub modeling_code: Option<PathBuf>,
 }
 
 impl Default for HfWriteOptions {
@@ -103,6 +107,7 @@ impl Default for HfWriteOptions {
         HfWriteOptions {
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
             overwrite: false,
+            modeling_code: None,
         }
     }
 }
@@ -144,6 +149,9 @@ pub fn write_hf_checkpoint(
                     .with_context(|| format!("{}: cannot write", path.display()))?;
             }
             tokenizer.save_hf(&staging)?;
+            if let Some(code) = &opts.modeling_code {
+                copy_modeling_code(code, &staging)?;
+            }
             let files = file_names(&staging)?;
             atomic::sync_tree(&staging)?;
             // Checked again: the directory may have appeared while the weights were written.
@@ -218,8 +226,22 @@ fn file_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Checks and encodes each tensor and writes the weight files into `staging`; returns the bytes
-/// of tensor data written.
+/// Copies the `*.py` files of `from` into `to`.
+fn copy_modeling_code(from: &Path, to: &Path) -> Result<()> {
+    let entries = fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "py") && path.is_file() {
+            let name = path.file_name().expect("a file has a name");
+            fs::copy(&path, to.join(name))
+                .with_context(|| format!("cannot copy {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks and encodes each tensor and writes the weight files into `staging` under the family's
+/// checkpoint names; returns the bytes of tensor data written.
 fn write_weights(
     staging: &Path,
     cfg: &ModelConfig,
@@ -240,7 +262,13 @@ fn write_weights(
             bail!("tensor {name}: given twice");
         }
         let bytes = encode(&name, &values, dtype)?;
-        shards.push(name, shape, bytes)?;
+        shards.push(checkpoint_name(cfg, &name), shape, bytes)?;
+    }
+    if cfg.architecture == Architecture::ChatGlm {
+        // A buffer ChatGLM's checkpoints carry (its forward recomputes the frequencies).
+        let inv_freq = chatglm_inv_freq(cfg);
+        let bytes = encode(CHATGLM_INV_FREQ, &inv_freq, dtype)?;
+        shards.push(CHATGLM_INV_FREQ.to_string(), vec![inv_freq.len()], bytes)?;
     }
     if let Some((missing, _)) = order.iter().find(|(name, _)| !seen.contains(name)) {
         bail!(
@@ -252,6 +280,24 @@ fn write_weights(
     let total_size = shards.total_size();
     shards.finish()?;
     Ok(total_size)
+}
+
+/// The checkpoint's name of Hone's tensor `name` (a remote-code family's own names).
+fn checkpoint_name(cfg: &ModelConfig, name: &str) -> String {
+    match cfg.architecture.checkpoint_names() {
+        Some(names) => names.to_checkpoint(name),
+        None => name.to_string(),
+    }
+}
+
+const CHATGLM_INV_FREQ: &str = "transformer.rotary_pos_emb.inv_freq";
+
+/// ChatGLM's `RotaryEmbedding(kv_channels // 2)` buffer: `1 / θ^(2i/d)` over `d = head_dim / 2`.
+fn chatglm_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let dim = cfg.head_dim / 2;
+    (0..dim / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / dim as f32))
+        .collect()
 }
 
 fn check_tensor(

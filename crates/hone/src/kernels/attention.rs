@@ -35,6 +35,31 @@ pub struct AttnShape {
     /// Scaled scores are soft-capped to `cap · tanh(s / cap)` before the mask (Gemma 2's
     /// `attn_logit_softcapping`).
     pub softcap: Option<f32>,
+    /// ALiBi: head `h`'s scaled scores are biased by `alibi_slope(h, heads) · (j − i)` for key `j`
+    /// and query `i` (Baichuan 2 13B).
+    pub alibi: bool,
+}
+
+/// ALiBi's slope of head `h` of `heads` (Baichuan's `_get_interleave`, Press et al.): for a power
+/// of two `n`, `2^(−8(h+1)/n)`; otherwise the slopes of the power of two below, then every other
+/// slope of the power of two above.
+pub fn alibi_slope(h: usize, heads: usize) -> f32 {
+    fn power_of_two(n: usize) -> Vec<f64> {
+        let start = 2f64.powf(-(2f64.powf(-((n as f64).log2() - 3.0))));
+        (0..n).map(|i| start * start.powi(i as i32)).collect()
+    }
+    fn slopes(n: usize) -> Vec<f64> {
+        if n.is_power_of_two() {
+            return power_of_two(n);
+        }
+        let below = 1 << n.ilog2();
+        let above: Vec<f64> = slopes(2 * below).into_iter().step_by(2).collect();
+        power_of_two(below)
+            .into_iter()
+            .chain(above.into_iter().take(n - below))
+            .collect()
+    }
+    slopes(heads)[h] as f32
 }
 
 impl AttnShape {
@@ -262,6 +287,8 @@ struct Head<'a> {
     scale: f32,
     window: Option<usize>,
     softcap: Option<f32>,
+    /// This head's ALiBi slope.
+    alibi: Option<f32>,
 }
 
 impl<'a> Head<'a> {
@@ -285,15 +312,21 @@ impl<'a> Head<'a> {
             scale: shape.scale,
             window: shape.window,
             softcap: shape.softcap,
+            alibi: shape.alibi.then(|| alibi_slope(h, shape.heads)),
         }
     }
 
-    /// A raw score `q·k` scaled, and soft-capped when the model caps.
+    /// The raw score `q·k` of query `i` and key `j` scaled, soft-capped when the model caps and
+    /// biased by the distance under ALiBi.
     #[inline(always)]
-    fn score(&self, raw: f32) -> f32 {
+    fn score(&self, raw: f32, i: usize, j: usize) -> f32 {
         let s = raw * self.scale;
-        match self.softcap {
+        let s = match self.softcap {
             Some(cap) => cap * (s / cap).tanh(),
+            None => s,
+        };
+        match self.alibi {
+            Some(slope) => s + slope * (j as f32 - i as f32),
             None => s,
         }
     }
@@ -332,14 +365,18 @@ impl<'a> Head<'a> {
                 .map_or(0, |w| (i + 1).saturating_sub(w).saturating_sub(j0));
             let (outside, visible) = visible.split_at_mut(before_window.min(visible.len()));
             outside.fill(f32::NEG_INFINITY);
+            let first = j0 + outside.len();
             match self.seg {
-                None => visible.iter_mut().for_each(|x| *x = self.score(*x)),
+                None => {
+                    for (j, x) in (first..).zip(visible.iter_mut()) {
+                        *x = self.score(*x, i, j);
+                    }
+                }
                 Some(seg) => {
                     let own = seg[i];
-                    let keys = &seg[j0 + outside.len()..];
-                    for (x, &other) in visible.iter_mut().zip(keys) {
+                    for ((j, x), &other) in (first..).zip(visible.iter_mut()).zip(&seg[first..]) {
                         *x = if other == own {
-                            self.score(*x)
+                            self.score(*x, i, j)
                         } else {
                             f32::NEG_INFINITY
                         };

@@ -23,7 +23,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
@@ -182,6 +182,37 @@ impl StoredMatrix {
             quant::dequantize_into(self.ty, &self.row(r)[bytes.clone()], out)
                 .expect("the row's size was checked when the matrix was made");
         }
+    }
+
+    /// `parts` stacked by rows into one owned matrix (each part's rows in its own row order):
+    /// they must share a type and a width.
+    pub fn stack_rows(parts: &[&StoredMatrix]) -> Result<StoredMatrix> {
+        let first = parts.first().context("nothing to stack")?;
+        if let Some(other) = parts
+            .iter()
+            .find(|p| p.ty != first.ty || p.cols != first.cols)
+        {
+            bail!(
+                "cannot stack a {} [{}, {}] matrix under a {} [{}, {}] one",
+                other.ty.name(),
+                other.rows,
+                other.cols,
+                first.ty.name(),
+                first.rows,
+                first.cols
+            );
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let mut bytes = Vec::with_capacity(rows * first.row_bytes);
+        for part in parts {
+            (0..part.rows).for_each(|r| bytes.extend_from_slice(part.row(r)));
+        }
+        StoredMatrix::new(
+            first.ty,
+            rows,
+            first.cols,
+            WeightBytes::Owned(Arc::new(bytes)),
+        )
     }
 
     /// The whole matrix as f32, row-major.
@@ -433,6 +464,20 @@ pub(crate) mod tests {
             }
         }
         y
+    }
+
+    /// Stacked rows read as the parts' rows, each in its own row order (a permuted part's as
+    /// permuted); parts of another type or width are refused.
+    #[test]
+    fn stacked_rows_are_the_parts_rows_in_order() {
+        let q = stored(GgmlType::Q4_0, 4, 64, 1).with_row_order(vec![2, 0, 3, 1]);
+        let v = stored(GgmlType::Q4_0, 2, 64, 2);
+        let stacked = StoredMatrix::stack_rows(&[&q, &v]).unwrap();
+        let want: Vec<f32> = q.to_f32().into_iter().chain(v.to_f32()).collect();
+        assert_eq!(stacked.to_f32(), want);
+        let other = stored(GgmlType::Q8_0, 2, 64, 3);
+        let err = StoredMatrix::stack_rows(&[&q, &other]).unwrap_err();
+        assert!(err.to_string().contains("cannot stack"), "{err}");
     }
 
     /// The bf16 kernels this CPU runs (each is tested wherever it exists, whichever `kernel` picks).

@@ -19,10 +19,12 @@ use crate::io::gguf::GgufFile;
 use crate::kernels::glu::Activation;
 
 mod families;
+mod remote;
 
 pub use families::{
-    gemma_global_every, gemma_query_scalar, smollm3_nope_pattern, text_model_name, Architecture,
-    BlockNorm, NormPlacement, QkNorm, Scales, SlidingWindow, Wrapper, SMOLLM3_NOPE_INTERVAL,
+    gemma_global_every, gemma_query_scalar, hone_name, smollm3_nope_pattern, text_model_name,
+    Architecture, BlockNorm, CheckpointNames, LinearNames, NormPlacement, QkNorm, Scales,
+    SlidingWindow, Wrapper, ALL_LINEAR_NAMES, SMOLLM3_NOPE_INTERVAL,
 };
 use families::{
     gemma_softcap, hf_activation, hf_architecture, hf_no_rope_layers, hf_sliding_window,
@@ -110,6 +112,17 @@ pub struct ModelConfig {
     pub source_dtype: String,
     /// The multimodal class the checkpoint is, when Hone runs only its language model.
     pub wrapper: Option<Wrapper>,
+    /// The LM head's rows are normalized to unit length before use (Baichuan 2's `NormHead`).
+    pub norm_head: bool,
+    /// Attention scores are biased by ALiBi, `slope_h · (key position − query position)`, and no
+    /// layer rotates (Baichuan 2 13B).
+    pub alibi: bool,
+    /// Qwen v1's `seq_length` when inference scales queries past it by log_seq_length(position
+    /// + 1) (`use_logn_attn`); training never does.
+    pub logn_attention: Option<usize>,
+    /// Qwen v1's `seq_length` when inference stretches the rotary base for prompts longer than
+    /// it (`use_dynamic_ntk`); training never does.
+    pub dynamic_ntk: Option<usize>,
 }
 
 impl ModelConfig {
@@ -131,6 +144,9 @@ impl ModelConfig {
             return Self::from_wrapper_json(json, wrapper, text);
         }
         let architecture = hf_architecture(json)?;
+        if architecture.remote_code() {
+            return remote::remote_config(json, architecture);
+        }
         let fields = Fields(json);
         let usize_field = |k: &str| -> Result<usize> {
             fields
@@ -264,6 +280,10 @@ impl ModelConfig {
             }
             .to_string(),
             wrapper: None,
+            norm_head: false,
+            alibi: false,
+            logn_attention: None,
+            dynamic_ntk: None,
         };
         cfg.validate()?;
         if let Some(top) = top_theta.filter(|&t| t != cfg.rope_theta) {
@@ -320,20 +340,13 @@ impl ModelConfig {
             .get("general.architecture")
             .and_then(|v| v.as_str())
             .with_context(|| format!("{file}: metadata `general.architecture` is missing"))?;
-        let architecture = Architecture::from_gguf_arch(arch).with_context(|| {
+        let fused_qkv = gguf.tensor_info("blk.0.attn_qkv.weight").is_some();
+        let architecture = Architecture::from_gguf_arch(arch, fused_qkv).with_context(|| {
             format!(
                 "{file}: GGUF architecture {arch:?} is not supported (Hone reads {})",
                 Architecture::gguf_archs().join(", ")
             )
         })?;
-        // llama.cpp's chatglm arch also holds ChatGLM2/3 (remote-code models, a fused q|k|v
-        // `attn_qkv`); Hone reads its GLM-4 form, with q, k and v apart.
-        if arch == "chatglm" && gguf.tensor_info("blk.0.attn_qkv.weight").is_some() {
-            bail!(
-                "{file}: a ChatGLM2/ChatGLM3 GGUF (fused attn_qkv) is not supported; Hone reads \
-                 GLM-4's chatglm files (separate attn_q/attn_k/attn_v)"
-            );
-        }
         let num = |key: &str| -> Result<u64> {
             gguf.get(&format!("{arch}.{key}"))
                 .and_then(|v| v.as_u64())
@@ -390,8 +403,11 @@ impl ModelConfig {
         };
         let has = |tensor: &str| gguf.tensor_info(tensor).is_some();
         let num_hidden_layers = num("block_count")? as usize;
+        // llama.cpp runs its baichuan arch with ALiBi (no rotary) for the 13B's 40 layers.
+        let alibi = architecture == Architecture::Baichuan && num_hidden_layers == 40;
         let no_rope_layers = match architecture {
             Architecture::SmolLM3 => smollm3_nope_pattern(num_hidden_layers),
+            _ if alibi => (0..num_hidden_layers).collect(),
             _ => Vec::new(),
         };
         let scales = match architecture {
@@ -449,7 +465,11 @@ impl ModelConfig {
             architecture,
             vocab_size,
             hidden_size,
-            intermediate_size: num("feed_forward_length")? as usize,
+            // llama.cpp's qwen keeps Qwen's `intermediate_size`, both MLP branches together.
+            intermediate_size: match architecture {
+                Architecture::QwenV1 => num("feed_forward_length")? as usize / 2,
+                _ => num("feed_forward_length")? as usize,
+            },
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
@@ -462,7 +482,7 @@ impl ModelConfig {
             rope_scaling,
             max_position_embeddings: num("context_length").unwrap_or(2048) as usize,
             tie_word_embeddings: !has("output.weight"),
-            attention_bias: has("blk.0.attn_q.bias"),
+            attention_bias: has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
             o_proj_bias: has("blk.0.attn_output.bias"),
             qk_norm: architecture
                 .qk_norm()
@@ -488,6 +508,10 @@ impl ModelConfig {
             eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
             source_dtype: dominant_gguf_type(gguf),
             wrapper: None,
+            norm_head: false,
+            alibi,
+            logn_attention: None,
+            dynamic_ntk: None,
         };
         cfg.validate().with_context(|| format!("{file}"))?;
         Ok(cfg)

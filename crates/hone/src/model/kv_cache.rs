@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 
+use crate::kernels::attention::alibi_slope;
 use crate::kernels::few_rows::{dot, dot4};
 use crate::kernels::math::exp;
 use crate::kernels::pool;
@@ -25,6 +26,8 @@ struct Query<'a> {
     keys: Range<usize>,
     scale: f32,
     softcap: Option<f32>,
+    /// The query head's ALiBi slope.
+    alibi: Option<f32>,
 }
 
 /// [`LayerCache::attend_one`] built for the widest vectors this CPU has.
@@ -49,6 +52,9 @@ pub struct Cache {
     ids: Vec<Vec<u32>>,
     /// Whether the cached keys were rotated with LongRoPE's long factor set.
     pub(super) keys_long: bool,
+    /// Per row, Qwen's dynamic NTK factor, fixed by the first pass (empty before it and for
+    /// other models).
+    ntk_alphas: Vec<u32>,
 }
 
 impl Cache {
@@ -58,6 +64,7 @@ impl Cache {
             left_pad,
             ids: Vec::new(),
             keys_long: false,
+            ntk_alphas: Vec::new(),
         }
     }
 
@@ -81,6 +88,27 @@ impl Cache {
         (ids.concat(), rows)
     }
 
+    /// Each row's dynamic NTK factor: as the first pass over the cache decides it (`first` of the
+    /// row's `t` tokens in that pass less its padding), then kept, as Qwen's modeling file keeps
+    /// the prefill's factor for the whole generation.
+    pub(super) fn ntk_alphas(
+        &mut self,
+        rows: usize,
+        t: usize,
+        first: impl Fn(usize) -> u32,
+    ) -> Vec<u32> {
+        if self.ntk_alphas.is_empty() {
+            let alphas = (0..rows).map(|r| first(t - self.left_pad(r).min(t)));
+            self.ntk_alphas = alphas.collect();
+        }
+        self.ntk_alphas.clone()
+    }
+
+    /// How many leading positions of row `r` are padding.
+    pub(super) fn left_pad(&self, r: usize) -> usize {
+        self.left_pad.get(r).copied().unwrap_or(0)
+    }
+
     /// Tokens already in the cache: the position of the next token fed.
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, |c| c.len)
@@ -93,6 +121,9 @@ impl Cache {
     /// Keep only the given rows (ascending indices), dropping the others' keys and values: a
     /// batch whose finished sequences leave it.
     pub fn retain_rows(&mut self, rows: &[usize]) {
+        if !self.ntk_alphas.is_empty() {
+            self.ntk_alphas = rows.iter().map(|&r| self.ntk_alphas[r]).collect();
+        }
         if !self.left_pad.is_empty() {
             self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
         }
@@ -149,6 +180,8 @@ pub(super) struct CachedAttnShape {
     pub window: Option<usize>,
     /// Soft-cap of the scaled scores (Gemma 2).
     pub softcap: Option<f32>,
+    /// ALiBi distance biases (Baichuan 2 13B).
+    pub alibi: bool,
 }
 
 impl LayerCache {
@@ -198,7 +231,8 @@ impl LayerCache {
             let first = if position < pad { position } else { pad };
             let window_start = s.window.map_or(0, |w| (position + 1).saturating_sub(w));
             let queries = &q[n * group * hd..(n + 1) * group * hd];
-            for (q, out) in queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+            let heads = queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd));
+            for (g, (q, out)) in heads.enumerate() {
                 let query = Query {
                     q,
                     row: r,
@@ -206,6 +240,7 @@ impl LayerCache {
                     keys: first.max(window_start)..position + 1,
                     scale,
                     softcap: s.softcap,
+                    alibi: s.alibi.then(|| alibi_slope(kv_head * group + g, s.heads)),
                 };
                 attend_one(self, &query, out);
             }
@@ -231,6 +266,13 @@ impl LayerCache {
             weights
                 .iter_mut()
                 .for_each(|w| *w = cap * (*w / cap).tanh());
+        }
+        if let Some(slope) = query.alibi {
+            // The query is the last key it sees.
+            let position = query.keys.end - 1;
+            for (w, j) in weights.iter_mut().zip(query.keys.clone()) {
+                *w += slope * (j as f32 - position as f32);
+            }
         }
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // The exponentials apart from their sum, so they vectorize (the sum, in order, cannot).

@@ -5,7 +5,7 @@
 //! q|k|v (Phi-3) or gate|up (Phi-3, GLM-4), or whose MLP has no gate (StarCoder2), is one switch
 //! here, not one in each of them.
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, ALL_LINEAR_NAMES};
 use crate::kernels::glu;
 
 /// The products of a block, in the order they run. Layers of one slot read the same input and run
@@ -31,25 +31,25 @@ pub struct BlockLinear {
     pub bias: bool,
 }
 
-/// Every block linear layer that `all-linear` can select, in any family.
-pub const ALL_BLOCK_LINEARS: [&str; 11] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.qkv_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.gate_up_proj",
-    "mlp.down_proj",
-    "mlp.c_fc",
-    "mlp.c_proj",
-];
+/// Every block linear layer that `all-linear` can select, in any family (module paths within a
+/// layer), each once.
+pub fn all_block_linears() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for n in ALL_LINEAR_NAMES {
+        for name in [n.q, n.k, n.v, n.qkv, n.o, n.gate, n.up, n.gate_up, n.down] {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
 
 /// The block's linear layers in slot order (within a slot, in the order their rows stack).
 pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = cfg.attention_widths();
+    let names = cfg.architecture.linear_names();
     let linear = |name, slot, out_features, in_features, bias| BlockLinear {
         name,
         slot,
@@ -60,33 +60,27 @@ pub fn block_linears(cfg: &ModelConfig) -> Vec<BlockLinear> {
     let qkv_bias = cfg.attention_bias;
     let mut out = Vec::with_capacity(7);
     if cfg.architecture.fused_qkv() {
-        out.push(linear(
-            "self_attn.qkv_proj",
-            Slot::Qkv,
-            q + 2 * kv,
-            h,
-            qkv_bias,
-        ));
+        out.push(linear(names.qkv, Slot::Qkv, q + 2 * kv, h, qkv_bias));
     } else {
-        out.push(linear("self_attn.q_proj", Slot::Qkv, q, h, qkv_bias));
-        out.push(linear("self_attn.k_proj", Slot::Qkv, kv, h, qkv_bias));
-        out.push(linear("self_attn.v_proj", Slot::Qkv, kv, h, qkv_bias));
+        out.push(linear(names.q, Slot::Qkv, q, h, qkv_bias));
+        out.push(linear(names.k, Slot::Qkv, kv, h, qkv_bias));
+        out.push(linear(names.v, Slot::Qkv, kv, h, qkv_bias));
     }
-    out.push(linear("self_attn.o_proj", Slot::O, h, q, cfg.o_proj_bias));
+    out.push(linear(names.o, Slot::O, h, q, cfg.o_proj_bias));
     let bias = cfg.mlp_bias;
     if !cfg.architecture.gated_mlp() {
         // StarCoder2's `c_proj(act(c_fc(x)))`: the GateUp slot holds the one input projection.
-        out.push(linear("mlp.c_fc", Slot::GateUp, i, h, bias));
-        out.push(linear("mlp.c_proj", Slot::Down, h, i, bias));
+        out.push(linear(names.up, Slot::GateUp, i, h, bias));
+        out.push(linear(names.down, Slot::Down, h, i, bias));
         return out;
     }
     if cfg.architecture.fused_gate_up() {
-        out.push(linear("mlp.gate_up_proj", Slot::GateUp, 2 * i, h, bias));
+        out.push(linear(names.gate_up, Slot::GateUp, 2 * i, h, bias));
     } else {
-        out.push(linear("mlp.gate_proj", Slot::GateUp, i, h, bias));
-        out.push(linear("mlp.up_proj", Slot::GateUp, i, h, bias));
+        out.push(linear(names.gate, Slot::GateUp, i, h, bias));
+        out.push(linear(names.up, Slot::GateUp, i, h, bias));
     }
-    out.push(linear("mlp.down_proj", Slot::Down, h, i, bias));
+    out.push(linear(names.down, Slot::Down, h, i, bias));
     out
 }
 

@@ -16,7 +16,7 @@ use super::config::{BlockNorm, ModelConfig};
 use super::kv_cache::{Cache, CachedAttnShape};
 use super::layout::{self, block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
-use super::rope::RopeTables;
+use super::rope::{ntk_alpha, RopeSet, RopeTables};
 use super::weights::norm_bias_name;
 use crate::adapters::ia3::SHARED_INPUT_SCALING;
 use crate::adapters::merge::check_fits;
@@ -144,6 +144,15 @@ impl Attend<'_, '_> {
             .flat_map(|r| (start(r)..start(r) + t).map(|p| p as u32))
             .collect()
     }
+
+    /// How many leading positions of row `r` are padding.
+    fn left_pad(&self, r: usize) -> usize {
+        match self {
+            Attend::Whole => 0,
+            Attend::Batch(cache) => cache.left_pad(r),
+            Attend::PerRow(caches) => caches[r].left_pad(0),
+        }
+    }
 }
 
 /// The batch rows of each adapter in `adapters` (one entry per row; None: the base alone).
@@ -217,6 +226,10 @@ impl Llama {
         adapter: Option<&Adapter>,
         device: &Device,
     ) -> Result<Self> {
+        let mut weights = weights;
+        if cfg.norm_head {
+            super::weights::normalize_head(&mut weights)?;
+        }
         let mut parts = Parts { weights, adapter };
         let h = cfg.hidden_size;
         let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
@@ -487,7 +500,7 @@ impl Llama {
         if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
+        let rope_sets = self.rope_sets(ids, (b, t), &positions, context, groups)?;
         let mut embedded = self.embed_tokens.gather_rows(ids)?;
         scale_in_place(&mut embedded, self.cfg.scales.embedding);
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
@@ -506,7 +519,7 @@ impl Llama {
                 |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
             let input = norm(&x, &block.norms.attn_in)?;
             let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
-            let attn = self.attention(&qkv, (b, t), (&positions, &long_rope), l, context)?;
+            let attn = self.attention(&qkv, (b, t), (&positions, &rope_sets), l, context)?;
             let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
             x = (x + scaled(norm(&o, &block.norms.attn_out)?, residual)?)?;
             let input = norm(&x, &block.norms.mlp_in)?;
@@ -532,7 +545,7 @@ impl Llama {
         &self,
         qkv: &Tensor,
         (b, t): (usize, usize),
-        positions: (&[u32], &[bool]),
+        positions: (&[u32], &[RopeSet]),
         layer: usize,
         context: &mut Attend,
     ) -> Result<Tensor> {
@@ -542,7 +555,17 @@ impl Llama {
             self.cfg.head_dim,
         );
         let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let (q, k, v) = self.split_and_rotate(&qkv, positions, layer);
+        let (mut q, k, v) = self.split_and_rotate(&qkv, positions, layer);
+        if let Some(seq_length) = self.cfg.logn_attention {
+            // Positions among a row's real tokens, so a left-padded row scales as it would alone.
+            let real: Vec<u32> = (positions.0.chunks(t).enumerate())
+                .flat_map(|(r, row)| {
+                    let pad = context.left_pad(r) as u32;
+                    row.iter().map(move |&p| p.saturating_sub(pad))
+                })
+                .collect();
+            scale_queries_by_logn(&mut q, &real, seq_length);
+        }
         let cached = |rows| CachedAttnShape {
             rows,
             t,
@@ -552,6 +575,7 @@ impl Llama {
             scale: self.cfg.attention_scale(),
             window: self.cfg.window(layer),
             softcap: self.cfg.attn_softcap,
+            alibi: self.cfg.alibi,
         };
         let out = match context {
             Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
@@ -575,6 +599,7 @@ impl Llama {
                     scale: self.cfg.attention_scale(),
                     window: self.cfg.window(layer),
                     softcap: self.cfg.attn_softcap,
+                    alibi: self.cfg.alibi,
                 };
                 let mut out = vec![0f32; b * t * nh * hd];
                 let mut lse = vec![0f32; b * nh * t];
@@ -681,6 +706,39 @@ impl Llama {
         Some((layer, Some(linear.slot), part))
     }
 
+    /// Which rotary tables each row of a pass rotates with: LongRoPE's factor set
+    /// ([`Self::prepare_caches`]) and Qwen's dynamic NTK factor, which the first pass over a cache
+    /// fixes from each row's length (a pass without a cache: from its own).
+    fn rope_sets(
+        &self,
+        ids: &[u32],
+        (b, t): (usize, usize),
+        positions: &[u32],
+        context: &mut Attend,
+        groups: &[(Vec<usize>, &LoraSet)],
+    ) -> Result<Vec<RopeSet>> {
+        let long = self.prepare_caches(ids, (b, t), positions, context, groups)?;
+        let alphas = match self.cfg.dynamic_ntk {
+            None => vec![1; b],
+            Some(seq_length) => {
+                let alpha = |len: usize| ntk_alpha(len, seq_length);
+                match context {
+                    Attend::Whole => vec![alpha(t); b],
+                    Attend::Batch(cache) => cache.ntk_alphas(b, t, alpha),
+                    Attend::PerRow(caches) => caches
+                        .iter_mut()
+                        .flat_map(|c| c.ntk_alphas(1, t, alpha))
+                        .collect(),
+                }
+            }
+        };
+        Ok(long
+            .into_iter()
+            .zip(alphas)
+            .map(|(long, ntk_alpha)| RopeSet { long, ntk_alpha })
+            .collect())
+    }
+
     /// Records this pass's tokens in its caches and returns, per row of the batch, whether the
     /// row rotates with LongRoPE's long factor set. transformers picks the set per forward pass by
     /// the furthest position (the whole batch's: a batch cache's rows share positions; sequences
@@ -754,7 +812,7 @@ impl Llama {
     fn split_and_rotate(
         &self,
         qkv: &[f32],
-        (positions, long_rope): (&[u32], &[bool]),
+        (positions, rope_sets): (&[u32], &[RopeSet]),
         layer: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (nh, nkv, hd) = (
@@ -785,12 +843,12 @@ impl Llama {
             rotary_dim: self.cfg.rotary_dim,
             interleaved: self.cfg.architecture.rotary_interleaved(),
         };
-        // Rows that share a factor set rotate together (all of them, but for LongRoPE sequences
-        // on both sides of the original context in one decoding step).
-        let t = positions.len() / long_rope.len();
+        // Rows that share tables rotate together (all of them, but for LongRoPE sequences on both
+        // sides of the original context, or Qwen's of different NTK factors, in one step).
+        let t = positions.len() / rope_sets.len();
         let local = self.cfg.window(layer).is_some();
         let mut start = 0;
-        for run in long_rope.chunk_by(|a, b| a == b) {
+        for run in rope_sets.chunk_by(|a, b| a == b) {
             let (cos, sin) = self.rope.select_set(run[0], local);
             let rows = start..start + run.len();
             let at = &positions[rows.start * t..rows.end * t];
@@ -814,6 +872,20 @@ fn scale_in_place(values: &mut [f32], factor: f64) {
     if factor != 1.0 {
         let factor = factor as f32;
         values.iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
+/// Qwen's logn attention scaling: the rotated queries `[tokens, heads·hd]` of a token at
+/// position `p` past `seq_length` multiplied by log_seq_length(p + 1), so attention stays as
+/// sharp over a longer context as over the trained one.
+fn scale_queries_by_logn(q: &mut [f32], positions: &[u32], seq_length: usize) {
+    let row = q.len() / positions.len().max(1);
+    for (token, &p) in q.chunks_exact_mut(row).zip(positions) {
+        let n = p as usize + 1;
+        if n > seq_length {
+            let factor = ((n as f64).ln() / (seq_length as f64).ln()) as f32;
+            token.iter_mut().for_each(|x| *x *= factor);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
-use super::config::{text_model_name, Architecture};
+use super::config::{text_model_name, Architecture, ModelConfig};
 use super::load::Precision;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors;
@@ -83,7 +83,10 @@ pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType,
             let gguf = GgufFile::open(path)?;
             let arch = gguf.get("general.architecture").and_then(|v| v.as_str());
             let arch = arch
-                .and_then(Architecture::from_gguf_arch)
+                .and_then(|a| {
+                    let fused_qkv = gguf.tensor_info("blk.0.attn_qkv.weight").is_some();
+                    Architecture::from_gguf_arch(a, fused_qkv)
+                })
                 .unwrap_or(Architecture::Llama);
             for t in gguf.tensors {
                 if let Some(name) = super::weights::hf_name(&t.name, arch) {
@@ -92,10 +95,11 @@ pub fn stored_tensors(source: &ModelSource) -> Result<HashMap<String, (GgmlType,
             }
         }
         ModelSource::HfDir(dir) => {
+            let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
             for path in safetensors::checkpoint_files(dir)? {
                 for t in safetensors::map_file(&path)?.1 {
                     // A multimodal checkpoint's vision parts are not loaded.
-                    let Some(name) = text_model_name(&t.name) else {
+                    let Some(name) = super::weights::checkpoint_name(&cfg, &t.name) else {
                         continue;
                     };
                     let ty = held_type(t.dtype);

@@ -61,6 +61,22 @@ fn extended_frequencies(cfg: &ModelConfig, ext: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// Which of a model's rotary tables one row of a forward pass rotates with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RopeSet {
+    /// LongRoPE's long factor set.
+    pub long: bool,
+    /// Qwen's dynamic NTK factor (1: the base as configured).
+    pub ntk_alpha: u32,
+}
+
+/// Qwen's dynamic NTK factor for a sequence of `len` tokens: 1 within `seq_length`, then
+/// `2^⌈log2(len / seq_length) + 1⌉ − 1` (3, 7, 15, … as the length doubles).
+pub fn ntk_alpha(len: usize, seq_length: usize) -> u32 {
+    let context = (len as f64 / seq_length as f64).log2() + 1.0;
+    (2f64.powf(context.ceil()) - 1.0).max(1.0) as u32
+}
+
 /// A model's rotary tables, row-major `[positions, rotary_dim / 2]` cos and sin, built once for
 /// every position it can reach.
 #[derive(Clone, Debug)]
@@ -72,6 +88,9 @@ pub struct RopeTables {
     local: Option<(Vec<f32>, Vec<f32>)>,
     /// LongRoPE's long-factor tables and the number of positions the short ones serve.
     long: Option<(Vec<f32>, Vec<f32>, usize)>,
+    /// Qwen's dynamic NTK tables, one per factor a sequence within the tables can need: the base
+    /// stretched to `θ · α^(d/(d−2))`.
+    ntk: Vec<(u32, Vec<f32>, Vec<f32>)>,
     n_positions: usize,
 }
 
@@ -105,11 +124,16 @@ impl RopeTables {
             _ => None,
         };
         let (cos, sin) = tables(&inverse_frequencies(cfg), n_positions, pos_scale, magnitude);
+        let ntk = match cfg.dynamic_ntk {
+            Some(seq_length) => ntk_tables(cfg, seq_length, n_positions),
+            None => Vec::new(),
+        };
         RopeTables {
             cos,
             sin,
             local,
             long,
+            ntk,
             n_positions,
         }
     }
@@ -123,7 +147,11 @@ impl RopeTables {
     /// when the model has them; LongRoPE's long ones when any position reaches past the original
     /// context, as transformers picks them for the whole call.
     pub fn select(&self, positions: &[u32], local: bool) -> (&[f32], &[f32]) {
-        self.select_set(self.reaches_long(positions), local)
+        let set = RopeSet {
+            long: self.reaches_long(positions),
+            ntk_alpha: 1,
+        };
+        self.select_set(set, local)
     }
 
     /// Whether the model has LongRoPE's two factor sets.
@@ -138,16 +166,40 @@ impl RopeTables {
     }
 
     /// The local tables for a sliding-window layer when the model has them, else the global
-    /// ones, LongRoPE's long set when `long`.
-    pub fn select_set(&self, long: bool, local: bool) -> (&[f32], &[f32]) {
+    /// ones: LongRoPE's long set or a stretched NTK base when `set` says.
+    pub fn select_set(&self, set: RopeSet, local: bool) -> (&[f32], &[f32]) {
         if let Some((cos, sin)) = self.local.as_ref().filter(|_| local) {
             return (cos, sin);
         }
+        if let Some((_, cos, sin)) = self.ntk.iter().find(|(a, ..)| *a == set.ntk_alpha) {
+            return (cos, sin);
+        }
         match &self.long {
-            Some((cos, sin, _)) if long => (cos, sin),
+            Some((cos, sin, _)) if set.long => (cos, sin),
             _ => (&self.cos, &self.sin),
         }
     }
+}
+
+/// The NTK tables of every factor above 1 that a sequence of up to `n_positions` tokens needs.
+fn ntk_tables(
+    cfg: &ModelConfig,
+    seq_length: usize,
+    n_positions: usize,
+) -> Vec<(u32, Vec<f32>, Vec<f32>)> {
+    let dim = cfg.rotary_dim as f64;
+    let mut out = Vec::new();
+    let mut alpha = 3;
+    while alpha <= ntk_alpha(n_positions, seq_length) {
+        let stretched = ModelConfig {
+            rope_theta: cfg.rope_theta * f64::from(alpha).powf(dim / (dim - 2.0)),
+            ..cfg.clone()
+        };
+        let (cos, sin) = tables(&inverse_frequencies(&stretched), n_positions, 1.0, 1.0);
+        out.push((alpha, cos, sin));
+        alpha = 2 * alpha + 1;
+    }
+    out
 }
 
 /// cos and sin of `position · pos_scale · freq` for every position, times `magnitude`.

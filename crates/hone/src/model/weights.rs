@@ -81,7 +81,57 @@ fn load_gguf_filtered(
             .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?;
         weights.insert(hf_name, t);
     }
+    if cfg.architecture.gguf_splits_qkv() {
+        pack_qkv(&cfg, &mut weights, |parts| Ok(Tensor::cat(parts, 0)?))
+            .with_context(|| format!("{}", gguf.path.display()))?;
+    }
     Ok((cfg, weights))
+}
+
+/// The q, k and v projections of layer `l` (Llama's names, as llama.cpp's GGUF keeps them) and
+/// the module a family that fuses them stores them in.
+fn qkv_names(cfg: &ModelConfig, l: usize) -> ([String; 3], String) {
+    let n = cfg.architecture.linear_names();
+    let name = |module: &str| format!("model.layers.{l}.{module}.weight");
+    ([name(n.q), name(n.k), name(n.v)], name(n.qkv))
+}
+
+/// Each layer's q, k and v (read apart from a GGUF) stacked into the module the family's
+/// checkpoints fuse them in (Baichuan's `W_pack`), by `stack`.
+pub fn pack_qkv<W: Clone>(
+    cfg: &ModelConfig,
+    weights: &mut HashMap<String, W>,
+    stack: impl Fn(&[W]) -> Result<W>,
+) -> Result<()> {
+    for l in 0..cfg.num_hidden_layers {
+        let (parts, packed) = qkv_names(cfg, l);
+        let parts: Vec<W> = parts
+            .iter()
+            .map(|p| {
+                weights
+                    .remove(p)
+                    .with_context(|| format!("tensor {p} is missing"))
+            })
+            .collect::<Result<_>>()?;
+        weights.insert(packed, stack(&parts)?);
+    }
+    Ok(())
+}
+
+/// Each layer's fused q|k|v split into q, k and v (for llama.cpp's GGUF), the inverse of
+/// [`pack_qkv`].
+pub fn unpack_qkv(cfg: &ModelConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+    let (q, kv) = cfg.attention_widths();
+    for l in 0..cfg.num_hidden_layers {
+        let (parts, packed) = qkv_names(cfg, l);
+        let w = weights
+            .remove(&packed)
+            .with_context(|| format!("tensor {packed} is missing"))?;
+        for (name, (start, len)) in parts.into_iter().zip([(0, q), (q, kv), (q + kv, kv)]) {
+            weights.insert(name, w.narrow(0, start, len)?);
+        }
+    }
+    Ok(())
 }
 
 /// Config and weights keyed by HF tensor name: 2-D f16/bf16/quantized tensors stay in their
@@ -164,16 +214,106 @@ pub fn load_gguf_stored(
         }
         weights.insert(hf_name, Weight::Stored(m));
     }
+    if cfg.architecture.gguf_splits_qkv() {
+        pack_qkv(&cfg, &mut weights, stack_weights)
+            .with_context(|| format!("{}", gguf.path.display()))?;
+    }
     Ok((cfg, weights))
 }
 
+/// Weights stacked by rows: stored matrices of one type as they are, any other mix in f32.
+fn stack_weights(parts: &[Weight]) -> Result<Weight> {
+    let stored: Option<Vec<&StoredMatrix>> = parts
+        .iter()
+        .map(|w| match w {
+            Weight::Stored(m) => Some(m),
+            Weight::F32(_) => None,
+        })
+        .collect();
+    if let Some(stored) = stored.filter(|s| s.iter().all(|m| m.ggml_type() == s[0].ggml_type())) {
+        return Ok(Weight::Stored(StoredMatrix::stack_rows(&stored)?));
+    }
+    let tensors: Vec<Tensor> = parts
+        .iter()
+        .map(|w| match w {
+            Weight::Stored(m) => Ok(Tensor::from_vec(
+                m.to_f32(),
+                (m.rows(), m.cols()),
+                &Device::Cpu,
+            )?),
+            Weight::F32(t) => Ok(t.clone()),
+        })
+        .collect::<Result<_>>()?;
+    Ok(Weight::F32(Tensor::cat(&tensors, 0)?))
+}
+
 /// The name Hone uses for checkpoint tensor `name`: a multimodal checkpoint's language-model
-/// tensors under the text model's names, its vision parts left out (None).
-fn checkpoint_name(cfg: &ModelConfig, name: &str) -> Option<String> {
+/// tensors under the text model's names, its vision parts left out (None); a remote-code
+/// family's under transformers' Llama names, its recomputed buffers left out.
+pub fn checkpoint_name(cfg: &ModelConfig, name: &str) -> Option<String> {
+    if let Some(names) = cfg.architecture.checkpoint_names() {
+        return names.to_hone(name);
+    }
     match cfg.wrapper {
         Some(_) => text_model_name(name),
         None => Some(name.to_string()),
     }
+}
+
+/// Baichuan 2's `NormHead`: the LM head `lm_head.weight` with each row divided by its length,
+/// f32 or rounded back to its 16-bit stored type, as the modeling file normalizes the weight in
+/// the model's dtype. Checkpoints hold the raw rows; models that run (not train) the head
+/// normalize them once.
+pub fn normalize_head(weights: &mut HashMap<String, Weight>) -> Result<()> {
+    let Some(head) = weights.get_mut("lm_head.weight") else {
+        return Ok(());
+    };
+    *head = match head {
+        Weight::Stored(m) => Weight::Stored(normalized_stored(m)?),
+        Weight::F32(t) => {
+            let (rows, cols) = t.dims2()?;
+            let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+            normalize_rows(&mut values, cols);
+            Weight::F32(Tensor::from_vec(values, (rows, cols), t.device())?)
+        }
+    };
+    Ok(())
+}
+
+/// Each row of a `[rows, cols]` matrix divided by its length, as `F.normalize(w, dim=1)` does
+/// (a zero row stays zero).
+pub fn normalize_rows(values: &mut [f32], cols: usize) {
+    for row in values.chunks_exact_mut(cols) {
+        let norm = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// A 16-bit head with its rows normalized and rounded back to the stored type, as the modeling
+/// file normalizes the weight in the model's dtype.
+fn normalized_stored(m: &StoredMatrix) -> Result<StoredMatrix> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut values = m.to_f32();
+    normalize_rows(&mut values, cols);
+    let bytes: Vec<u8> = match m.ggml_type() {
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        other => {
+            anyhow::bail!("lm_head.weight: a normalized head stored as {other:?} is not supported")
+        }
+    };
+    StoredMatrix::new(
+        m.ggml_type(),
+        rows,
+        cols,
+        WeightBytes::Owned(std::sync::Arc::new(bytes)),
+    )
 }
 
 /// The bias beside a LayerNorm weight `….weight` (StarCoder2's norms).
@@ -248,36 +388,27 @@ pub fn gguf_name(hf_name: &str, arch: Architecture) -> Option<String> {
 pub fn layer_names(arch: Architecture) -> impl Iterator<Item = (&'static str, &'static str)> {
     let norms = arch.norm_placement().norms().iter();
     let norms = norms.map(|&(_, hf, gguf)| (gguf, hf));
-    let attention: &[(&str, &str)] = if arch.fused_qkv() {
-        &[("attn_qkv", "self_attn.qkv_proj")]
+    let n = arch.linear_names();
+    let mut linears = if arch.fused_qkv() && !arch.gguf_splits_qkv() {
+        vec![("attn_qkv", n.qkv)]
     } else {
-        &[
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
+        vec![
+            ("attn_q", n.q),
+            ("attn_k", n.k),
+            ("attn_v", n.v),
             ("attn_q_norm", "self_attn.q_norm"),
             ("attn_k_norm", "self_attn.k_norm"),
         ]
     };
-    let mlp: &[(&str, &str)] = if !arch.gated_mlp() {
-        &[("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj")]
+    if !arch.gated_mlp() {
+        linears.extend([("ffn_up", n.up), ("ffn_down", n.down)]);
     } else if arch.fused_gate_up() {
-        &[
-            ("ffn_up", "mlp.gate_up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-        ]
+        linears.extend([("ffn_up", n.gate_up), ("ffn_down", n.down)]);
     } else {
-        &[
-            ("ffn_gate", "mlp.gate_proj"),
-            ("ffn_up", "mlp.up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-        ]
-    };
-    let rest = [("attn_output", "self_attn.o_proj")];
-    norms
-        .chain(attention.iter().copied())
-        .chain(mlp.iter().copied())
-        .chain(rest)
+        linears.extend([("ffn_gate", n.gate), ("ffn_up", n.up), ("ffn_down", n.down)]);
+    }
+    linears.push(("attn_output", n.o));
+    norms.chain(linears)
 }
 
 /// The block modules of [`layer_names`] a model of `cfg` has (the q/k norms only when it

@@ -200,6 +200,7 @@ fn attn_shape(cfg: &ModelConfig, s: &StepInputs, window: Option<usize>) -> AttnS
         scale: cfg.attention_scale(),
         window,
         softcap: cfg.attn_softcap,
+        alibi: cfg.alibi,
     }
 }
 

@@ -107,8 +107,8 @@ mod tests {
     fn bad_choices_are_named() {
         let e = FreezeSelection::new(4, 5, &strings(&["all"]), &[]).unwrap_err();
         assert!(e.to_string().contains("freeze_trainable_layers: 5"), "{e}");
-        let e = FreezeSelection::new(4, 1, &strings(&["attn"]), &[]).unwrap_err();
-        assert!(e.to_string().contains("\"attn\""), "{e}");
+        let e = FreezeSelection::new(4, 1, &strings(&["attention"]), &[]).unwrap_err();
+        assert!(e.to_string().contains("\"attention\""), "{e}");
         let e = FreezeSelection::new(4, 1, &strings(&["all"]), &strings(&["head"])).unwrap_err();
         assert!(e.to_string().contains("freeze_extra_modules"), "{e}");
     }

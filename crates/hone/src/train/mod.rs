@@ -14,6 +14,7 @@ pub mod linear;
 pub mod lora;
 pub mod lora_init;
 pub mod model;
+pub mod norm_head;
 pub mod optim;
 pub mod params;
 pub mod plan;

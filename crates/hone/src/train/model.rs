@@ -19,6 +19,7 @@ use super::ia3::{self, Ia3, Ia3Settings};
 use super::linear::{MatrixParam, Part, Projection, Tensor1};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use super::lora_init;
+use super::norm_head;
 use super::reward::ValueHead;
 use crate::adapters::Adapter;
 use crate::data::Batch;
@@ -109,6 +110,9 @@ impl TrainModel {
     ) -> Result<TrainModel> {
         if let Some(adapter) = adapter {
             replace_biases(&mut weights, &adapter.biases)?;
+        }
+        if cfg.norm_head && !(spec.base)("lm_head.weight") {
+            crate::model::weights::normalize_head(&mut weights)?;
         }
         // Each tensor once, by HF name, with whether it trains.
         let mut take = |name: &str, shape: &[usize]| -> Result<(Weight, bool)> {
@@ -305,14 +309,25 @@ impl TrainModel {
         let labels = shifted_labels(batch);
         let mut dh = vec![0.0; head_input.len()];
         let shape = self.ce_shape(batch);
+        let normalized = self.trained_norm_head();
+        let mut normalized_grad = normalized.as_ref().map(|(n, _)| vec![0.0; n.len()]);
         let head = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens);
-        let (head, head_grad) = (
-            head.bf16.as_ref().unwrap_or(&head.matrix).as_ref(),
-            head.grad.as_deref_mut(),
-        );
+        let (weight, head_grad) = match (&normalized, normalized_grad.as_mut()) {
+            (Some((n, _)), Some(grad)) => (
+                MatrixRef::F32 {
+                    values: n,
+                    cols: shape.hidden,
+                },
+                Some(grad.as_mut_slice()),
+            ),
+            _ => (
+                head.bf16.as_ref().unwrap_or(&head.matrix).as_ref(),
+                head.grad.as_deref_mut(),
+            ),
+        };
         let out = objective(Head {
             input: &head_input,
-            weight: head,
+            weight,
             grad: head_grad,
             labels: &labels,
             shape,
@@ -320,6 +335,11 @@ impl TrainModel {
             input_scale: logit_scale,
             value_head: self.value_head.as_mut(),
         })?;
+        if let (Some((n, lengths)), Some(dn), Some(dw)) =
+            (normalized, normalized_grad, head.grad.as_mut())
+        {
+            norm_head::backward(&n, &lengths, &dn, dw);
+        }
         scale(&mut dh, logit_scale);
         let mut dx = norm_input_grad(&dh, &x, &mut self.norm, &rstd, NormCtx::of(&self.cfg));
         drop((dh, head_input, x));
@@ -347,26 +367,46 @@ impl TrainModel {
     /// Summed loss and label count without gradients or dropout (evaluation).
     pub fn loss(&self, batch: &Batch) -> Result<(f64, usize)> {
         let head_input = self.head_input(batch)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        cross_entropy::loss(
-            &head_input,
-            head.for_products().as_ref(),
-            &shifted_labels(batch),
-            self.ce_shape(batch),
-        )
+        let (labels, shape) = (shifted_labels(batch), self.ce_shape(batch));
+        self.with_head(|head| cross_entropy::loss(&head_input, head, &labels, shape))
     }
 
     /// Each position's loss (0 where it has no label), without gradients or dropout: sequence
     /// log-probabilities for preference objectives.
     pub fn position_losses(&self, batch: &Batch) -> Result<Vec<f64>> {
         let head_input = self.head_input(batch)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        cross_entropy::position_losses(
-            &head_input,
-            head.for_products().as_ref(),
-            &shifted_labels(batch),
-            self.ce_shape(batch),
-        )
+        let (labels, shape) = (shifted_labels(batch), self.ce_shape(batch));
+        self.with_head(|head| cross_entropy::position_losses(&head_input, head, &labels, shape))
+    }
+
+    /// `f` of the matrix the LM head multiplies by: Baichuan's trained head normalized for this
+    /// pass, else the head (the embeddings when tied) as held.
+    fn with_head<R>(&self, f: impl FnOnce(MatrixRef) -> R) -> R {
+        match self.trained_norm_head() {
+            Some((n, _)) => f(MatrixRef::F32 {
+                values: &n,
+                cols: self.cfg.hidden_size,
+            }),
+            None => f(self.head().as_ref()),
+        }
+    }
+
+    /// The matrix the LM head's products read (the embeddings when tied).
+    fn head(&self) -> &Matrix {
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .for_products()
+    }
+
+    /// Baichuan 2's head when it trains: its raw rows normalized for this pass, with their lengths
+    /// ([`norm_head`]); None for other heads (a frozen normalized head was normalized at load).
+    fn trained_norm_head(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let head = self.lm_head.as_ref().filter(|h| h.grad.is_some())?;
+        match (&head.matrix, self.cfg.norm_head) {
+            (Matrix::F32 { values, cols }, true) => Some(norm_head::forward(values, *cols)),
+            _ => None,
+        }
     }
 
     /// The LM head's input for `batch`, without gradients or dropout.

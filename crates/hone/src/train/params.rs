@@ -198,8 +198,8 @@ impl TrainModel {
 
     /// The trained adapter as PEFT saves it: the LoRA matrices (or IA3 vectors) of every module
     /// and, when `config` trains biases (`bias: all|lora_only`), those biases.
-    /// A multimodal base's adapter names its modules as the wrapper class does, so PEFT applies it
-    /// to that class.
+    /// A multimodal base's adapter names its modules as the wrapper class does, a remote-code
+    /// family's as its checkpoints do, so PEFT applies it to that class.
     pub fn to_adapter(&self, config: PeftConfig) -> Adapter {
         let started_from_weight = self.lora_modules().iter().any(|(_, l)| l.start.is_some());
         let config = match config {
@@ -208,8 +208,12 @@ impl TrainModel {
             }
             other => other,
         };
-        let wrapper = self.config().wrapper;
-        let name = |path: &str| wrapper.map_or(path.to_string(), |w| w.module_path(path));
+        let (wrapper, checkpoint) = (self.config().wrapper, self.config().architecture);
+        let name = |path: &str| match (wrapper, checkpoint.checkpoint_names()) {
+            (Some(w), _) => w.module_path(path),
+            (None, Some(names)) => names.to_checkpoint(path),
+            (None, None) => path.to_string(),
+        };
         let modules = self
             .lora_modules()
             .into_iter()

@@ -17,6 +17,9 @@ use crate::tokenizer::Tokenizer;
 /// The `config.json` object for `cfg`, with weights stored as `dtype`.
 pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> {
     let arch = cfg.architecture;
+    if arch.remote_code() {
+        return super::remote::config_json(cfg, dtype);
+    }
     check_layout(cfg)?;
     let (rope_parameters, rope_scaling) = rope(cfg)?;
     let mut m = Map::new();
@@ -141,6 +144,9 @@ pub(super) fn config_json(cfg: &ModelConfig, dtype: SaveDtype) -> Result<Value> 
             set("embedding_dropout", json!(0.0));
             set("residual_dropout", json!(0.0));
         }
+        Architecture::ChatGlm | Architecture::Baichuan | Architecture::QwenV1 => {
+            unreachable!("remote-code families are written by remote::config_json")
+        }
         Architecture::Gemma2 | Architecture::Gemma3 => {
             set("attention_bias", json!(cfg.attention_bias));
             set("head_dim", json!(cfg.head_dim));
@@ -188,7 +194,7 @@ pub(super) fn generation_config_json(cfg: &ModelConfig, tokenizer: &Tokenizer) -
 }
 
 /// transformers writes one token id as a number and several as a list.
-fn one_or_many(ids: &[u32]) -> Value {
+pub(super) fn one_or_many(ids: &[u32]) -> Value {
     match ids {
         [] => Value::Null,
         [one] => json!(one),
@@ -274,6 +280,7 @@ fn check_layout(cfg: &ModelConfig) -> Result<()> {
             cfg.attention_bias == cfg.o_proj_bias && cfg.attention_bias == cfg.mlp_bias
         }
         Architecture::Qwen2 => layout == (true, false, false),
+        Architecture::ChatGlm | Architecture::Baichuan | Architecture::QwenV1 => false,
         Architecture::Qwen3 | Architecture::Olmo2 | Architecture::Gemma2 | Architecture::Gemma3 => {
             cfg.attention_bias == cfg.o_proj_bias && !cfg.mlp_bias
         }

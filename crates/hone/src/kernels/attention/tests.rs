@@ -76,6 +76,7 @@ fn load(name: &str) -> Case {
         scale: 1.0 / (q.shape()[3] as f32).sqrt(),
         window: metadata(&bytes, "window"),
         softcap: metadata(&bytes, "softcap"),
+        alibi: false,
     };
     Case {
         shape,
@@ -164,6 +165,7 @@ fn finite_differences() {
         scale: 0.5,
         window: None,
         softcap: None,
+        alibi: false,
     };
     let mut rng = StdRng::seed_from_u64(3);
     let mut random = |n: usize| {
@@ -245,6 +247,7 @@ fn rejects_heads_not_a_multiple_of_kv_heads() {
         scale: 1.0,
         window: None,
         softcap: None,
+        alibi: false,
     };
     let x = AttnInputs {
         q: &[0.0; 3],

@@ -25,12 +25,20 @@ pub enum Architecture {
     Glm,
     Glm4,
     Starcoder2,
+    /// ChatGLM2/ChatGLM3 (and GLM-4's first, remote-code release): GLM-4's block under its
+    /// remote-code checkpoint names, q|k|v fused.
+    ChatGlm,
+    /// Baichuan 2 (remote code): Llama with q|k|v fused as `W_pack` and a normalized LM head.
+    Baichuan,
+    /// Qwen (v1, remote code): Llama under GPT-2-style names, q|k|v fused as `c_attn` with a
+    /// bias, and in inference logn attention scaling and dynamic NTK rotary past `seq_length`.
+    QwenV1,
 }
 
 /// Each family's names: transformers class (`architectures`), `model_type`, and the
 /// `general.architecture` llama.cpp's converter writes (Mistral is converted as `llama`, GLM-4's
 /// `GlmForCausalLM` as `chatglm`).
-const NAMES: [(Architecture, &str, &str, &str); 13] = [
+const NAMES: [(Architecture, &str, &str, &str); 16] = [
     (Architecture::Llama, "LlamaForCausalLM", "llama", "llama"),
     (
         Architecture::Mistral,
@@ -76,6 +84,77 @@ const NAMES: [(Architecture, &str, &str, &str); 13] = [
         "starcoder2",
         "starcoder2",
     ),
+    // Remote-code families (`trust_remote_code`): their checkpoints' own class names.
+    (Architecture::ChatGlm, "ChatGLMModel", "chatglm", "chatglm"),
+    (
+        Architecture::Baichuan,
+        "BaichuanForCausalLM",
+        "baichuan",
+        "baichuan",
+    ),
+    (Architecture::QwenV1, "QWenLMHeadModel", "qwen", "qwen"),
+];
+
+/// Other class names checkpoints of a family carry in `architectures`.
+const CLASS_ALIASES: [(&str, Architecture); 1] =
+    [("ChatGLMForConditionalGeneration", Architecture::ChatGlm)];
+
+/// The block's linear layers as a family's checkpoints name them (module paths within a layer).
+/// A family uses the fused names where it fuses ([`Architecture::fused_qkv`],
+/// [`Architecture::fused_gate_up`]) and StarCoder2's ungated MLP uses `up` and `down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearNames {
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub qkv: &'static str,
+    pub o: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub gate_up: &'static str,
+    pub down: &'static str,
+}
+
+const LLAMA_LINEARS: LinearNames = LinearNames {
+    q: "self_attn.q_proj",
+    k: "self_attn.k_proj",
+    v: "self_attn.v_proj",
+    qkv: "self_attn.qkv_proj",
+    o: "self_attn.o_proj",
+    gate: "mlp.gate_proj",
+    up: "mlp.up_proj",
+    gate_up: "mlp.gate_up_proj",
+    down: "mlp.down_proj",
+};
+
+/// Every family's names, for what may be named before a model is loaded (`lora_target`).
+pub const ALL_LINEAR_NAMES: [LinearNames; 5] = [
+    LLAMA_LINEARS,
+    LinearNames {
+        up: "mlp.c_fc",
+        down: "mlp.c_proj",
+        ..LLAMA_LINEARS
+    },
+    LinearNames {
+        qkv: "self_attention.query_key_value",
+        o: "self_attention.dense",
+        gate_up: "mlp.dense_h_to_4h",
+        down: "mlp.dense_4h_to_h",
+        ..LLAMA_LINEARS
+    },
+    LinearNames {
+        qkv: "self_attn.W_pack",
+        ..LLAMA_LINEARS
+    },
+    // Qwen's MLP is `c_proj(w1(x) · silu(w2(x)))`: w2 is the gate.
+    LinearNames {
+        qkv: "attn.c_attn",
+        o: "attn.c_proj",
+        gate: "mlp.w2",
+        up: "mlp.w1",
+        down: "mlp.c_proj",
+        ..LLAMA_LINEARS
+    },
 ];
 
 impl Architecture {
@@ -102,15 +181,52 @@ impl Architecture {
     }
 
     /// The family of a GGUF's `general.architecture` (`llama` is Llama); None for those Hone does
-    /// not run.
-    pub fn from_gguf_arch(arch: &str) -> Option<Self> {
+    /// not run. llama.cpp's `chatglm` holds GLM-4 (q, k, v apart) and ChatGLM2/3 (`attn_qkv`).
+    pub fn from_gguf_arch(arch: &str, fused_qkv: bool) -> Option<Self> {
+        if arch == "chatglm" && fused_qkv {
+            return Some(Architecture::ChatGlm);
+        }
         NAMES.iter().find(|n| n.3 == arch).map(|n| n.0)
+    }
+
+    /// Whether the family's checkpoints ship their own modeling code (`trust_remote_code`), with
+    /// config keys of their own.
+    pub fn remote_code(self) -> bool {
+        matches!(
+            self,
+            Architecture::ChatGlm | Architecture::Baichuan | Architecture::QwenV1
+        )
+    }
+
+    /// The block's linear layers as this family's checkpoints name them.
+    pub fn linear_names(self) -> LinearNames {
+        match self {
+            Architecture::Starcoder2 => ALL_LINEAR_NAMES[1],
+            Architecture::ChatGlm => ALL_LINEAR_NAMES[2],
+            Architecture::Baichuan => ALL_LINEAR_NAMES[3],
+            Architecture::QwenV1 => ALL_LINEAR_NAMES[4],
+            _ => LLAMA_LINEARS,
+        }
+    }
+
+    /// How the family's checkpoints name the tensors outside a layer's linear layers, when not
+    /// as transformers' Llama does (the remote-code families).
+    pub fn checkpoint_names(self) -> Option<&'static CheckpointNames> {
+        match self {
+            Architecture::ChatGlm => Some(&CHATGLM_NAMES),
+            Architecture::QwenV1 => Some(&QWEN_V1_NAMES),
+            _ => None,
+        }
     }
 
     /// Every llama.cpp arch Hone reads, each once.
     pub fn gguf_archs() -> Vec<&'static str> {
-        let mut archs: Vec<&str> = NAMES.iter().map(|n| n.3).collect();
-        archs.dedup();
+        let mut archs: Vec<&str> = Vec::new();
+        for &(_, _, _, arch) in &NAMES {
+            if !archs.contains(&arch) {
+                archs.push(arch);
+            }
+        }
         archs
     }
 
@@ -141,26 +257,41 @@ impl Architecture {
         }
     }
 
-    /// Whether the family stores q|k|v as one `self_attn.qkv_proj` (Phi-3), which is then also
-    /// the module LoRA targets.
+    /// Whether the family stores q|k|v as one module (Phi-3's `qkv_proj`, ChatGLM's
+    /// `query_key_value`, Baichuan's `W_pack`, Qwen's `c_attn`), which is then also the module
+    /// LoRA targets.
     pub fn fused_qkv(self) -> bool {
-        self == Architecture::Phi3
+        matches!(
+            self,
+            Architecture::Phi3
+                | Architecture::ChatGlm
+                | Architecture::Baichuan
+                | Architecture::QwenV1
+        )
     }
 
-    /// Whether the family stores gate|up as one `mlp.gate_up_proj` (Phi-3, GLM-4).
+    /// Whether llama.cpp's GGUF keeps apart (`attn_q`, `attn_k`, `attn_v`) the q|k|v the family's
+    /// checkpoints fuse: Baichuan's `W_pack`, which its converter splits.
+    pub fn gguf_splits_qkv(self) -> bool {
+        self == Architecture::Baichuan
+    }
+
+    /// Whether the family stores gate|up as one module (Phi-3's and GLM-4's `gate_up_proj`,
+    /// ChatGLM's `dense_h_to_4h`).
     pub fn fused_gate_up(self) -> bool {
         matches!(
             self,
-            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4
+            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 | Architecture::ChatGlm
         )
     }
 
     /// The `partial_rotary_factor` of a family that rotates only the leading part of each head,
-    /// when its config does not say (GLM-4's classes default to half).
+    /// when its config does not say (GLM-4's classes default to half, ChatGLM always rotates
+    /// half).
     pub fn partial_rotary_default(self) -> Option<f64> {
         match self {
             Architecture::Phi3 => Some(1.0),
-            Architecture::Glm | Architecture::Glm4 => Some(0.5),
+            Architecture::Glm | Architecture::Glm4 | Architecture::ChatGlm => Some(0.5),
             _ => None,
         }
     }
@@ -178,12 +309,16 @@ impl Architecture {
     /// Whether the family rotates dimensions `(2i, 2i + 1)` together (GLM-4, as llama.cpp's NORM
     /// rope) instead of `(i, i + d/2)`.
     pub fn rotary_interleaved(self) -> bool {
-        matches!(self, Architecture::Glm | Architecture::Glm4)
+        matches!(
+            self,
+            Architecture::Glm | Architecture::Glm4 | Architecture::ChatGlm
+        )
     }
 
     /// Whether llama.cpp's converter permutes this family's q/k rows: only for archs whose
     /// llama.cpp rotary is the interleaved (NORM) kind while HF rotates halves (Llama and the
-    /// families converted as its subclasses); Qwen's archs use NEOX rotary, HF's own layout.
+    /// families converted as its subclasses, Baichuan); Qwen's archs use NEOX rotary, HF's own
+    /// layout.
     pub fn gguf_permutes_qk(self) -> bool {
         matches!(
             self,
@@ -191,7 +326,91 @@ impl Architecture {
                 | Architecture::Mistral
                 | Architecture::SmolLM3
                 | Architecture::Granite
+                | Architecture::Baichuan
         )
+    }
+}
+
+/// A remote-code family's checkpoint names, mapped onto the names Hone uses (transformers'
+/// Llama names): whole prefixes outside the layers, and module names within a layer.
+#[derive(Debug)]
+pub struct CheckpointNames {
+    /// (checkpoint prefix, Hone's prefix): the embeddings, the layers' common prefix, the final
+    /// norm and the head.
+    outer: &'static [(&'static str, &'static str)],
+    /// (checkpoint module, Hone's module) within a layer.
+    layer: &'static [(&'static str, &'static str)],
+    /// Checkpoint tensors that hold nothing Hone uses (buffers the modeling code recomputes).
+    unused: &'static [&'static str],
+}
+
+const CHATGLM_NAMES: CheckpointNames = CheckpointNames {
+    outer: &[
+        (
+            "transformer.embedding.word_embeddings.",
+            "model.embed_tokens.",
+        ),
+        ("transformer.encoder.layers.", "model.layers."),
+        ("transformer.encoder.final_layernorm.", "model.norm."),
+        ("transformer.output_layer.", "lm_head."),
+    ],
+    layer: &[],
+    unused: &["transformer.rotary_pos_emb.inv_freq"],
+};
+
+const QWEN_V1_NAMES: CheckpointNames = CheckpointNames {
+    outer: &[
+        ("transformer.wte.", "model.embed_tokens."),
+        ("transformer.h.", "model.layers."),
+        ("transformer.ln_f.", "model.norm."),
+    ],
+    layer: &[
+        ("ln_1.", "input_layernorm."),
+        ("ln_2.", "post_attention_layernorm."),
+    ],
+    unused: &[],
+};
+
+impl CheckpointNames {
+    /// Hone's name of checkpoint tensor or module `name`; None for the unused buffers. Names
+    /// the map does not know pass unchanged.
+    pub fn to_hone(&self, name: &str) -> Option<String> {
+        if self.unused.contains(&name) {
+            return None;
+        }
+        Some(Self::rename(name, self.outer, self.layer, |(c, h)| (c, h)))
+    }
+
+    /// The checkpoint's name of Hone's tensor or module `name`.
+    pub fn to_checkpoint(&self, name: &str) -> String {
+        Self::rename(name, self.outer, self.layer, |(c, h)| (h, c))
+    }
+
+    /// Renames `name` by the first outer prefix that matches (`from` → `to` as `dir` orders each
+    /// pair) and, under the layers' prefix, the module after the layer index.
+    fn rename(
+        name: &str,
+        outer: &[(&'static str, &'static str)],
+        layer: &[(&'static str, &'static str)],
+        dir: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+    ) -> String {
+        let Some((from, to)) = outer
+            .iter()
+            .map(|&pair| dir(pair))
+            .find(|(from, _)| name.starts_with(from))
+        else {
+            return name.to_string();
+        };
+        let rest = &name[from.len()..];
+        let renamed_in_layer = rest.split_once('.').and_then(|(index, module)| {
+            index.parse::<usize>().ok()?;
+            let (m_from, m_to) = layer
+                .iter()
+                .map(|&pair| dir(pair))
+                .find(|(m_from, _)| module.starts_with(m_from))?;
+            Some(format!("{index}.{m_to}{}", &module[m_from.len()..]))
+        });
+        format!("{to}{}", renamed_in_layer.as_deref().unwrap_or(rest))
     }
 }
 
@@ -253,6 +472,16 @@ pub fn text_model_name(name: &str) -> Option<String> {
         true => None,
         false => Some(name.to_string()),
     }
+}
+
+/// Hone's name of a module or tensor however a checkpoint or an adapter for one names it: a
+/// multimodal checkpoint's language model ([`text_model_name`]) or a remote-code family's own
+/// names (their prefixes are the families' alone); None for the parts Hone does not run.
+pub fn hone_name(name: &str) -> Option<String> {
+    let name = text_model_name(name)?;
+    [&CHATGLM_NAMES, &QWEN_V1_NAMES]
+        .iter()
+        .try_fold(name, |name, names| names.to_hone(&name))
 }
 
 /// Sliding-window attention: each query of the windowed layers sees itself and the `size - 1`
@@ -424,6 +653,10 @@ pub(super) fn hf_architecture(json: &Value) -> Result<Architecture> {
     })?;
     let class = classes.as_ref().and_then(|c| c.first().copied());
     let model_type = fields.str("model_type")?;
+    let alias = class.and_then(|c| CLASS_ALIASES.iter().find(|a| a.0 == c));
+    if let Some(&(_, architecture)) = alias {
+        return Ok(architecture);
+    }
     let known = match (class, model_type) {
         (Some(class), _) => NAMES.iter().find(|n| n.1 == class),
         (None, Some(model_type)) => NAMES.iter().find(|n| n.2 == model_type),

@@ -1,7 +1,7 @@
 //! Whole-config checks: value ranges and the rules between keys that LLaMA-Factory's and
 //! transformers' argument parsers enforce, each failure naming the key to fix.
 
-use super::resolve::{LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
+use super::resolve::{linear_modules, LAYER_MODULES, NON_LAYER_MODULES};
 use super::values::{CommaList, EvalStrategy, FinetuningType, PrefLoss, Stage, StepCount};
 use super::SftConfig;
 use crate::data::MixStrategy;
@@ -97,7 +97,7 @@ fn check_method(c: &SftConfig) -> Checked {
         "lora_dropout",
         "must be in [0, 1)",
     )?;
-    modules_or_all("lora_target", &m.lora_target, LINEAR_MODULES)?;
+    modules_or_all("lora_target", &m.lora_target, &linear_modules())?;
     require(
         !m.use_rslora || m.finetuning_type == FinetuningType::Lora,
         "use_rslora",
@@ -118,7 +118,7 @@ fn check_method(c: &SftConfig) -> Checked {
                 key,
                 "only valid with finetuning_type: ia3 (LoRA's targets are lora_target)",
             )?;
-            modules(key, list, LINEAR_MODULES)?;
+            modules(key, list, &linear_modules())?;
         }
     }
     if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {

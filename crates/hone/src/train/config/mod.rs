@@ -23,7 +23,7 @@ use crate::model::quantize::BaseQuantization;
 use crate::quant::bnb::FourBit;
 
 pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, PredictArgs, TrainArgs};
-pub use resolve::{StepPlan, LAYER_MODULES, LINEAR_MODULES, NON_LAYER_MODULES};
+pub use resolve::{linear_modules, StepPlan, LAYER_MODULES, NON_LAYER_MODULES};
 pub use values::{
     CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
     ResumeFrom, Stage, StepCount,

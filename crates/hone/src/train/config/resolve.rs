@@ -6,31 +6,32 @@ use anyhow::{bail, Result};
 
 use super::values::{EvalStrategy, Stage, StepCount};
 use super::SftConfig;
-use crate::model::layout::linear_module_names;
+use crate::model::layout::{all_block_linears, linear_module_names};
 use crate::model::ModelConfig;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::Schedule;
 
-/// The linear layers a decoder block of any family has, PEFT names (Phi-3's fused `qkv_proj` and
-/// `gate_up_proj` among them): what `lora_target` may name. `all` expands to those the model has.
-pub const LINEAR_MODULES: &[&str] = &[
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "qkv_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "gate_up_proj",
-    "down_proj",
-    "c_fc",
-    "c_proj",
-];
+/// The linear layers a decoder block of any family has, PEFT names (Phi-3's fused `qkv_proj`,
+/// ChatGLM's `query_key_value`, Baichuan's `W_pack`, Qwen's `c_attn` among them): what
+/// `lora_target` may name. `all` expands to those the model has.
+pub fn linear_modules() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for path in all_block_linears() {
+        let short = path.rsplit('.').next().unwrap_or(path);
+        if !names.contains(&short) {
+            names.push(short);
+        }
+    }
+    names
+}
 
 /// The direct children of a decoder block, which `freeze_trainable_modules` names (OLMo 2 has
-/// `post_feedforward_layernorm` and no `input_layernorm`).
+/// `post_feedforward_layernorm` and no `input_layernorm`; ChatGLM's attention is
+/// `self_attention`, Qwen v1's `attn`).
 pub const LAYER_MODULES: &[&str] = &[
     "self_attn",
+    "self_attention",
+    "attn",
     "mlp",
     "input_layernorm",
     "post_attention_layernorm",
