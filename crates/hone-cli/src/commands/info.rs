@@ -131,7 +131,14 @@ pub fn run(args: Args) -> Result<()> {
         .into_iter()
         .map(|(t, id)| format!("{t}={id}"))
         .collect();
-    println!("special tokens {}", names.join(" "));
+    // Qwen's 208 (205 of them `<|extra_N|>`) would fill the screen: the first few and a count.
+    const SHOWN: usize = 12;
+    let more = names.len().saturating_sub(SHOWN);
+    let shown = names[..names.len().min(SHOWN)].join(" ");
+    match more {
+        0 => println!("special tokens {shown}"),
+        n => println!("special tokens {shown} … and {n} more (--json lists them all)"),
+    }
     println!(
         "chat template  {}",
         if tok.chat_template().is_some() {

@@ -64,7 +64,7 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
                     merges_from_scores(&tokens, &scores.context("no tokenizer.ggml.merges nor scores")?)?
                 }
             };
-            (sentencepiece_bpe(&tokens, merges)?, "llama-spm", true)
+            (sentencepiece_bpe(&tokens, merges, true)?, "llama-spm", true)
         }
         other => bail!(
             "{path}: tokenizer.ggml.model is {other:?}; Hone builds \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE) tokenizers"
@@ -173,7 +173,7 @@ impl Meta<'_> {
 }
 
 /// GPT-2's reversible byte → printable character table (`bytes_to_unicode`).
-fn byte_alphabet() -> [char; 256] {
+pub(super) fn byte_alphabet() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for (byte, slot) in table.iter_mut().enumerate() {
@@ -189,7 +189,7 @@ fn byte_alphabet() -> [char; 256] {
     table
 }
 
-fn byte_level_bpe(
+pub(super) fn byte_level_bpe(
     tokens: &[String],
     merges: &[String],
     pre: Option<&str>,
@@ -238,9 +238,13 @@ fn byte_level_bpe(
     Ok(inner)
 }
 
-fn sentencepiece_bpe(
+/// The SentencePiece BPE of `tokens` and `merges` with byte fallback, text split at spaces kept as
+/// `▁`; `dummy_prefix` adds one before the text (SentencePiece's `add_dummy_prefix`) and its
+/// decoder strips it again.
+pub(super) fn sentencepiece_bpe(
     tokens: &[String],
     merges: Vec<(String, String)>,
+    dummy_prefix: bool,
 ) -> Result<tokenizers::Tokenizer> {
     let vocab: Vocab = tokens
         .iter()
@@ -254,14 +258,20 @@ fn sentencepiece_bpe(
         .build()
         .map_err(|e| anyhow!("invalid SentencePiece BPE vocabulary: {e}"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    inner.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+    let prepend = match dummy_prefix {
+        true => PrependScheme::First,
+        false => PrependScheme::Never,
+    };
+    inner.with_pre_tokenizer(Some(Metaspace::new('▁', prepend, false)));
     let replace = Replace::new("▁", " ").map_err(|e| anyhow!("decoder: {e}"))?;
-    let decoders: Vec<DecoderWrapper> = vec![
+    let mut decoders: Vec<DecoderWrapper> = vec![
         replace.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
-        Strip::new(' ', 1, 0).into(),
     ];
+    if dummy_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
     inner.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(inner)
 }
@@ -280,7 +290,10 @@ fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>> {
 
 /// Merges implied by a SentencePiece vocabulary (transformers' `generate_merges` with scores): every
 /// split of a token into two tokens, best-scored first; ties keep vocabulary order.
-fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Result<Vec<(String, String)>> {
+pub(super) fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f64],
+) -> Result<Vec<(String, String)>> {
     if scores.len() != tokens.len() {
         bail!(
             "tokenizer.ggml.scores has {} entries for {} tokens",
@@ -326,7 +339,7 @@ fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Result<Vec<(String, 
 /// Control tokens become special added tokens and user-defined ones plain added tokens, so both
 /// match whole in text. In a byte-level vocabulary a "control" token outside the byte alphabet is a
 /// llama.cpp mislabel and is skipped, as transformers does.
-fn add_typed_tokens(
+pub(super) fn add_typed_tokens(
     inner: &mut tokenizers::Tokenizer,
     tokens: &[String],
     types: &[i64],

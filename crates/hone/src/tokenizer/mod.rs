@@ -6,8 +6,10 @@
 //! rebuilt from `tokenizer.ggml.*` metadata the way transformers' GGUF converter does (see `gguf.rs`).
 
 mod gguf;
+mod sentencepiece;
 pub(crate) mod split_regex;
 mod stream;
+mod tiktoken;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -55,6 +57,14 @@ impl SpecialTokens {
     }
 }
 
+/// A remote-code tokenizer class's engine, named special tokens and, when the class decides it,
+/// whether encoding adds BOS and EOS.
+struct Built {
+    inner: tokenizers::Tokenizer,
+    specials: SpecialTokens,
+    post: Option<(bool, bool)>,
+}
+
 /// A tokenizer with its special tokens, chat template and stop ids.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -74,10 +84,18 @@ impl Tokenizer {
     /// `tokenizer.json` exists: its post-processor alone decides what `encode(.., true)` adds.
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
         let config_path = dir.join("tokenizer_config.json");
         let config = read_json(&config_path)?.unwrap_or(Value::Null);
+        if !path.exists() && dir.join("tokenizer.model").exists() {
+            let built = sentencepiece::build(dir, &config)?;
+            return Self::from_remote_code_dir(dir, &config, built, "spm-bpe");
+        }
+        if !path.exists() && dir.join("qwen.tiktoken").exists() {
+            let built = tiktoken::build(dir)?;
+            return Self::from_remote_code_dir(dir, &config, built, "tiktoken-bpe");
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
         let special = |key: &str| -> Result<Option<String>> {
             match config.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -95,22 +113,8 @@ impl Tokenizer {
             unk: special("unk_token")?,
             pad: special("pad_token")?,
         };
-        let jinja = dir.join("chat_template.jinja");
-        let chat_template = if jinja.is_file() {
-            Some(
-                fs::read_to_string(&jinja)
-                    .with_context(|| format!("{}: cannot read", jinja.display()))?,
-            )
-        } else {
-            config_chat_template(&config)
-                .with_context(|| format!("{}: chat_template", config_path.display()))?
-        };
-        let generation_path = dir.join("generation_config.json");
-        let extra_stop_ids = match read_json(&generation_path)? {
-            Some(generation) => eos_ids(generation.get("eos_token_id"))
-                .with_context(|| format!("{}: eos_token_id", generation_path.display()))?,
-            None => Vec::new(),
-        };
+        let chat_template = hf_chat_template(dir, &config)?;
+        let extra_stop_ids = generation_eos_ids(dir)?;
         let kind = match inner.get_model() {
             ModelWrapper::BPE(_) => "BPE",
             ModelWrapper::WordPiece(_) => "WordPiece",
@@ -118,6 +122,27 @@ impl Tokenizer {
             ModelWrapper::Unigram(_) => "Unigram",
         };
         Tokenizer::assemble(inner, kind, specials, chat_template, extra_stop_ids, None)
+    }
+
+    /// A remote-code checkpoint's tokenizer (no tokenizer.json) as its class builds it from its
+    /// own files: ChatGLM3's and Baichuan 2's `tokenizer.model` ([`sentencepiece`]), Qwen v1's
+    /// `qwen.tiktoken` ([`tiktoken`]); the chat template and stop ids as for any directory.
+    fn from_remote_code_dir(
+        dir: &Path,
+        config: &Value,
+        built: Built,
+        kind: &str,
+    ) -> Result<Tokenizer> {
+        let chat_template = hf_chat_template(dir, config)?;
+        let extra_stop_ids = generation_eos_ids(dir)?;
+        Tokenizer::assemble(
+            built.inner,
+            kind,
+            built.specials,
+            chat_template,
+            extra_stop_ids,
+            built.post,
+        )
     }
 
     /// Builds the tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata.
@@ -342,6 +367,29 @@ impl Tokenizer {
 }
 
 /// A JSON file's contents, or None when the file does not exist.
+/// An HF directory's chat template: `chat_template.jinja`, else `tokenizer_config.json`'s.
+fn hf_chat_template(dir: &Path, config: &Value) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        let text = fs::read_to_string(&jinja)
+            .with_context(|| format!("{}: cannot read", jinja.display()))?;
+        return Ok(Some(text));
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    config_chat_template(config)
+        .with_context(|| format!("{}: chat_template", config_path.display()))
+}
+
+/// The eos ids of an HF directory's `generation_config.json` (none without one).
+fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    match read_json(&path)? {
+        Some(generation) => eos_ids(generation.get("eos_token_id"))
+            .with_context(|| format!("{}: eos_token_id", path.display())),
+        None => Ok(Vec::new()),
+    }
+}
+
 fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
