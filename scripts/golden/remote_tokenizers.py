@@ -8,6 +8,12 @@ the corpus and a few texts that exercise them: byte fallback, split digits, the 
 (`\\n`, `\\t`, `<reserved_106>`), ChatGLM's special tokens past the SentencePiece vocabulary,
 Qwen's split regex and byte-level merges.
 
+Also the chat format each family's own code builds (ChatGLM3's `build_chat_input`, Baichuan 2's
+`generation_utils.build_chat_input`, Qwen's `make_context` in ChatML) for a few prompts, ids that
+Hone's templates in examples/templates/ must give rendered and encoded (with an earlier answer for
+Qwen only: Hone's ChatGLM3 and Baichuan 2 templates close each answer with EOS, which those
+families' own code leaves out of the history).
+
 Writes fixtures/tokenizer/{chatglm3,baichuan2}-spm/ (tokenizer.model), fixtures/tokenizer/qwen-tiktoken/
 (qwen.tiktoken), each with the tokenizer_config.json its real repository ships, and
 fixtures/tokenizer/remote-spm.golden.json. Run from the repository
@@ -73,6 +79,7 @@ def chatglm_tokenizer(model_path):
     # transformers 5 passes `padding_side` to `_pad` and dropped `batch_encode_plus`.
     original_pad = cls._pad
     cls._pad = lambda self, *a, padding_side=None, **k: original_pad(self, *a, **k)
+    cls.batch_encode_plus = lambda self, *a, **k: self(*a, **k)
     return cls(vocab_file=str(model_path))
 
 
@@ -140,6 +147,48 @@ def qwen_tokenizer(path):
     return tokenization.QWenTokenizer(vocab_file=str(path))
 
 
+CONVERSATIONS = [
+    [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me 2 jokes"},
+    ],
+    [{"role": "user", "content": "你好，今天天气怎么样？"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "  Why is the sky blue?  "}],
+]
+
+
+def chatglm_chat(tokenizer, messages):
+    history, query = messages[:-1], messages[-1]["content"]
+    return tokenizer.build_chat_input(query, history=history, role="user")["input_ids"][0].tolist()
+
+
+def baichuan_chat(tokenizer, messages):
+    from types import SimpleNamespace
+
+    load_package("ref_baichuan2", CODE / "baichuan2-13b")
+    build = module("ref_baichuan2", "generation_utils").build_chat_input
+    ids = tokenizer.convert_tokens_to_ids
+    generation = SimpleNamespace(
+        user_token_id=ids("<reserved_106>"), assistant_token_id=ids("<reserved_107>"), max_new_tokens=0
+    )
+    model = SimpleNamespace(
+        generation_config=generation, config=SimpleNamespace(model_max_length=4096), device="cpu"
+    )
+    return build(model, tokenizer, messages).tolist()[0]
+
+
+def qwen_chat(tokenizer, messages):
+    load_package("ref_qwen1", CODE / "qwen1")
+    make_context = module("ref_qwen1", "qwen_generation_utils").make_context
+    system = next((m["content"] for m in messages if m["role"] == "system"), "You are a helpful assistant.")
+    turns = [m for m in messages if m["role"] != "system"]
+    history = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    _, ids = make_context(tokenizer, turns[-1]["content"], history=history, system=system, chat_format="chatml")
+    return ids
+
+
 def main():
     glm = train("chatglm3-spm", add_dummy_prefix=True)
     baichuan = train(
@@ -166,13 +215,21 @@ def main():
         ("baichuan2-spm", baichuan_tokenizer(baichuan)),
         ("qwen-tiktoken", qwen_tokenizer(qwen)),
     ]
+    chat = {"chatglm3-spm": chatglm_chat, "baichuan2-spm": baichuan_chat, "qwen-tiktoken": qwen_chat}
     for name, tokenizer in tokenizers:
         cases = []
         for text in corpus():
             ids = tokenizer.encode(text, add_special_tokens=True)
             plain = tokenizer.encode(text, add_special_tokens=False)
             cases.append({"text": text, "ids": ids, "ids_plain": plain, "decoded": tokenizer.decode(plain)})
-        golden[name] = {"vocab": tokenizer.vocab_size, "cases": cases}
+        # Hone's ChatGLM3 and Baichuan 2 templates close every answer with EOS, so a model fine-tuned
+        # on them learns to stop; the families' own code puts none after an answer in the history:
+        # prompts with history are compared for Qwen's ChatML only.
+        conversations = [
+            m for m in CONVERSATIONS if name == "qwen-tiktoken" or all(t["role"] != "assistant" for t in m)
+        ]
+        chats = [{"messages": m, "ids": chat[name](tokenizer, m)} for m in conversations]
+        golden[name] = {"vocab": tokenizer.vocab_size, "cases": cases, "chats": chats}
         print(f"{name}: {tokenizer.vocab_size} tokens, {len(cases)} texts")
     (OUT / "remote-spm.golden.json").write_text(json.dumps(golden, ensure_ascii=False, indent=1) + "\n")
 

@@ -280,7 +280,7 @@ def base_case(name, model_dir, method, trainable, seed=0):
     ids, labels = batch(vocab, 2, 12, [4, 2], [0, 2], seed + 2)
     out = run(model, ids, labels)
     gap = float32_gap(model, ids, labels)
-    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    trained = [hone_name(n) for n, p in model.named_parameters() if p.requires_grad]
     case = {"model": model_dir, "method": method, "trainable": trained, "masked": True, "f32_gap": gap}
     save(name, case, ids, labels, out, model, {})
 
@@ -421,6 +421,10 @@ def cases():
             name = f"lora_{model_dir}_{'masked' if masked else 'full'}"
             out[name] = lambda n=name, d=model_dir, t=targets, m=masked: lora_case(n, d, t, m)
         out[f"full_{model_dir}"] = lambda d=model_dir: base_case(f"full_{d}", d, "full", lambda n: True)
+    # Freezing under Qwen's own names: the last layer's MLP and the final norm train.
+    out["freeze_qwen"] = lambda: base_case(
+        "freeze_qwen", "qwen", "freeze", lambda n: n.startswith("transformer.h.1.mlp.") or n == "transformer.ln_f.weight"
+    )
     return out
 
 

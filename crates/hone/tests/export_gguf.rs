@@ -447,8 +447,8 @@ fn hf_sources_of_every_family_round_trip() {
 /// split into permuted q and k and plain v, its head normalized (llama.cpp's multiplies by the
 /// rows as stored). Read back (Baichuan's q, k and v packed again), each computes the logits of
 /// the checkpoint. llama.cpp knows Baichuan's 7B (rotary) and 13B (ALiBi) by their 32 and 40
-/// layers: the 2-layer fixtures are refused as they are, and exported as 32-layer ones (layers
-/// repeated).
+/// layers: the 2-layer fixtures are refused as they are, and exported as 32- and 40-layer ones
+/// (layers repeated).
 #[test]
 fn remote_code_families_round_trip() {
     let tmp = TempDir::new().unwrap();
@@ -494,6 +494,14 @@ fn remote_code_families_round_trip() {
         "{err:#}"
     );
     assert!(!out.exists());
+    // At 40 layers llama.cpp runs it with ALiBi, and Hone reads it back so.
+    deepen(&src, 40);
+    let (out, _) = export_f32(tmp.path(), &src, "baichuan2-alibi");
+    let loaded = load(out.to_str().unwrap(), Precision::Exact, &Device::Cpu).unwrap();
+    assert!(loaded.model.config().alibi);
+    let want = load(src.to_str().unwrap(), Precision::Exact, &Device::Cpu).unwrap();
+    let diff = max_abs_diff(&logits(&want.model), &logits(&loaded.model));
+    assert!(diff < 1e-5, "baichuan2-alibi: f32 logits differ by {diff}");
 }
 
 /// Rewrites the 2-layer checkpoint in `dir` as a `layers`-layer one, layer `l` a copy of layer

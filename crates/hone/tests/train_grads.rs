@@ -412,8 +412,9 @@ fn lora_gradients_match_peft_on_every_architecture() {
 }
 
 /// The remote-code families against their published modeling files: LoRA on every block linear
-/// layer (ChatGLM's `query_key_value`, Baichuan's `W_pack`, Qwen's `c_attn`, …) and full
-/// fine-tuning (Baichuan's head trains through its row normalization).
+/// layer (ChatGLM's `query_key_value`, Baichuan's `W_pack`, Qwen's `c_attn`, …), full
+/// fine-tuning (Baichuan's head trains through its row normalization), and freezing all but
+/// Qwen's last MLP and final norm.
 #[test]
 fn remote_code_families_gradients_match_their_modeling_files() {
     for model in common::REMOTE_MODELS {
@@ -422,6 +423,7 @@ fn remote_code_families_gradients_match_their_modeling_files() {
         }
         check_gradients(&format!("full_{model}"));
     }
+    check_gradients("freeze_qwen");
 }
 
 #[test]

@@ -336,3 +336,51 @@ fn a_template_that_drops_tools_is_refused() {
         "{err}"
     );
 }
+
+/// The remote-code families' templates (examples/templates/) label each answer with what closes
+/// it (EOS; Qwen's `<|im_end|>`) and nothing of the questions.
+#[test]
+fn remote_code_family_templates_label_the_answers() {
+    for (dir, template_name) in [
+        ("tokenizer/chatglm3-spm", "chatglm3"),
+        ("tokenizer/baichuan2-spm", "baichuan2"),
+        ("tokenizer/qwen-tiktoken", "qwen"),
+    ] {
+        let tok = Tokenizer::from_hf_dir(&fixtures().join(dir)).unwrap();
+        let path = fixtures().join(format!("../examples/templates/{template_name}.jinja"));
+        let source = std::fs::read_to_string(path).unwrap();
+        let template = ChatTemplate::new(&source, tok.bos_token(), tok.eos_token()).unwrap();
+        let conv = conversation(vec![
+            Message::new("user", "Hi there"),
+            Message::new("assistant", "Hello friend"),
+            Message::new("user", "And 2 more?"),
+            Message::new("assistant", "Sure thing"),
+        ]);
+        let example = encode(&tok, &template, &conv, &WIDE).unwrap();
+        let labelled: Vec<u32> = example
+            .labels
+            .iter()
+            .filter(|&&l| l != IGNORE_INDEX)
+            .map(|&l| l as u32)
+            .collect();
+        let text = tok.decode(&labelled, false).unwrap();
+        assert!(text.contains("Hello friend"), "{dir}: {text:?}");
+        assert!(
+            !text.contains("Hi there") && !text.contains("2 more"),
+            "{dir}: {text:?}"
+        );
+        // Qwen's ChatML closes every answer with `<|im_end|>\n`; the others with EOS.
+        let closer = match template_name {
+            "qwen" => "<|im_end|>\n".to_string(),
+            _ => tok.eos_token().unwrap().to_string(),
+        };
+        assert!(
+            text.ends_with(&format!("Sure thing{closer}")),
+            "{dir}: {text:?}"
+        );
+        assert!(
+            text.contains(&format!("Hello friend{closer}")),
+            "{dir}: {text:?}"
+        );
+    }
+}
