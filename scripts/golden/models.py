@@ -404,6 +404,24 @@ TINY_MODELS = {
         122,
         {},
     ),
+    # Llama 3.2 (1B/3B): llama3 rope scaling with factor 32, tied embeddings.
+    "llama32": (
+        LlamaForCausalLM,
+        LlamaConfig(
+            **dict(GQA, tie_word_embeddings=True),
+            rope_theta=500000.0,
+            rope_scaling=dict(LLAMA3_ROPE, factor=32.0),
+        ),
+        130,
+        {},
+    ),
+    # CodeLlama: rope_theta 1e6 over a 16k context.
+    "codellama": (
+        LlamaForCausalLM,
+        LlamaConfig(**dict(GQA, max_position_embeddings=16384), rope_theta=1000000.0),
+        131,
+        {},
+    ),
     "llama-sharded": (
         LlamaForCausalLM,
         LlamaConfig(**GQA, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE)),

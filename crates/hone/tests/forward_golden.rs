@@ -10,13 +10,16 @@ use common::{fixture, load_tensors, max_abs_diff, FAMILY_MODELS, REMOTE_MODELS};
 use hone::io::source::ModelSource;
 use hone::model::{weights, Llama};
 
-/// Every family, sliding windows (Mistral's on every layer, Qwen2's on one), Gemma 3's language
-/// model inside its multimodal checkpoint, and Llama stored sharded, in f16 and in bf16.
+/// Every family (the remote-code ones too), sliding windows (Mistral's on every layer, Qwen2's on
+/// one), Gemma 3's language model inside its multimodal checkpoint, Llama 3.2's rope scaling
+/// (factor 32, tied) and CodeLlama's rope_theta 1e6 (Llama 3.1's scaling is `llama-gqa`'s), and
+/// Llama stored sharded, in f16 and in bf16.
 fn models() -> impl Iterator<Item = &'static str> {
     FAMILY_MODELS
         .into_iter()
         .chain(REMOTE_MODELS)
         .chain(["mistral-window", "qwen2-window", "gemma3-mm"])
+        .chain(["llama32", "codellama"])
         .chain(["llama-sharded", "llama-f16", "llama-bf16"])
 }
 
