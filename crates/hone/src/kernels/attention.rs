@@ -316,17 +316,12 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// The raw score `q·k` of query `i` and key `j` scaled, soft-capped when the model caps and
-    /// biased by the distance under ALiBi.
+    /// A raw score `q·k` scaled, and soft-capped when the model caps.
     #[inline(always)]
-    fn score(&self, raw: f32, i: usize, j: usize) -> f32 {
+    fn score(&self, raw: f32) -> f32 {
         let s = raw * self.scale;
-        let s = match self.softcap {
+        match self.softcap {
             Some(cap) => cap * (s / cap).tanh(),
-            None => s,
-        };
-        match self.alibi {
-            Some(slope) => s + slope * (j as f32 - i as f32),
             None => s,
         }
     }
@@ -367,20 +362,23 @@ impl<'a> Head<'a> {
             outside.fill(f32::NEG_INFINITY);
             let first = j0 + outside.len();
             match self.seg {
-                None => {
-                    for (j, x) in (first..).zip(visible.iter_mut()) {
-                        *x = self.score(*x, i, j);
-                    }
-                }
+                None => visible.iter_mut().for_each(|x| *x = self.score(*x)),
                 Some(seg) => {
                     let own = seg[i];
-                    for ((j, x), &other) in (first..).zip(visible.iter_mut()).zip(&seg[first..]) {
+                    for (x, &other) in visible.iter_mut().zip(&seg[first..]) {
                         *x = if other == own {
-                            self.score(*x, i, j)
+                            self.score(*x)
                         } else {
                             f32::NEG_INFINITY
                         };
                     }
+                }
+            }
+            // ALiBi biases each score by its distance (a masked -inf stays -inf), in a pass of its
+            // own so the other families' loop above stays as it was.
+            if let Some(slope) = self.alibi {
+                for (j, x) in (first..).zip(visible.iter_mut()) {
+                    *x += slope * (j as f32 - i as f32);
                 }
             }
         }

@@ -4,10 +4,11 @@
 //! differences (Qwen2 has q/k/v biases, Qwen3 a per-head q/k RMSNorm, SmolLM3 layers without
 //! rotary embedding, Granite four scalar multipliers, OLMo 2 norms after each branch, Gemma norms
 //! on both sides, Phi-3 partial rotary and LongRoPE, GLM-4 interleaved partial rotary, StarCoder2
-//! LayerNorms and an ungated MLP), captured
-//! by switches such as `attention_bias`, `qk_norm`, `norm_placement`, `rotary_dim`,
-//! `no_rope_layers` and [`Scales`] rather than separate types; the switches that follow from the
-//! family alone are methods of [`Architecture`] (`families.rs`).
+//! LayerNorms and an ungated MLP; the remote-code ChatGLM2/3, Baichuan 2 (normalized head, ALiBi)
+//! and Qwen v1 (logn scaling, dynamic NTK), whose configs `remote.rs` reads under their own keys),
+//! captured by switches such as `attention_bias`, `qk_norm`, `norm_placement`, `rotary_dim`,
+//! `no_rope_layers`, `alibi` and [`Scales`] rather than separate types; the switches that follow
+//! from the family alone are methods of [`Architecture`] (`families.rs`).
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3,
-//! Phi-3, GLM-4, StarCoder2 as `ModelConfig`'s switches, their linear layers from `layout`):
+//! Phi-3, GLM-4, StarCoder2, ChatGLM2/3, Baichuan 2, Qwen v1 as `ModelConfig`'s switches, their
+//! linear layers from `layout`):
 //! embeddings, N blocks of grouped-query attention and an MLP with their norms, final norm, LM
 //! head. Inference forward pass with a KV cache.
 //!

@@ -257,3 +257,23 @@ fn rejects_heads_not_a_multiple_of_kv_heads() {
     };
     forward(s, x, &mut [0.0; 3], &mut [0.0; 3]);
 }
+
+/// ALiBi's slopes as Baichuan's `_get_interleave` gives them (printed by its modeling file):
+/// powers of two for 8 heads, the 4-head set then every other 8-head slope for 6, and the 8-head
+/// set then the odd powers of 2^-0.5 for 12.
+#[test]
+fn alibi_slopes_match_baichuan() {
+    let slopes = |heads: usize| -> Vec<f32> { (0..heads).map(|h| alibi_slope(h, heads)).collect() };
+    let powers =
+        |exponents: &[f32]| -> Vec<f32> { exponents.iter().map(|&e| 2f32.powf(e)).collect() };
+    assert_eq!(slopes(8), powers(&[-1., -2., -3., -4., -5., -6., -7., -8.]));
+    assert_eq!(slopes(6), [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]);
+    let twelve = slopes(12);
+    assert_eq!(
+        twelve[..8],
+        powers(&[-1., -2., -3., -4., -5., -6., -7., -8.])[..]
+    );
+    for (got, want) in twelve[8..].iter().zip(powers(&[-0.5, -1.5, -2.5, -3.5])) {
+        assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+    }
+}

@@ -360,6 +360,7 @@ fn run_recipe(
     if !interrupted {
         trainer_state.global_step = progress.global_step;
         trainer_state.epoch = round2(epoch_position(&progress, plan.steps_per_epoch as usize));
+        let remote_code = model.config().architecture.remote_code();
         output::write_final(&output::Final {
             output_dir: &output_dir,
             model: &mut model,
@@ -369,6 +370,8 @@ fn run_recipe(
             train_loss,
             seconds,
             train_examples: rows.train_examples,
+            modeling_code: Some(Path::new(&config.model.model_name_or_path))
+                .filter(|dir| remote_code && dir.is_dir()),
         })?;
         if config.predict.do_predict && config.method.stage == Stage::Rm {
             predict_scores(config, &model, &rows.val, &output_dir, on)?;

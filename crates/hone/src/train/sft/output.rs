@@ -30,6 +30,9 @@ pub struct Final<'a> {
     pub train_loss: f64,
     pub seconds: f64,
     pub train_examples: usize,
+    /// The base model's directory when its checkpoint ships modeling code (a remote-code family),
+    /// whose `*.py` a full or freeze run's model needs beside it.
+    pub modeling_code: Option<&'a Path>,
 }
 
 /// The resolved config (`training_args.yaml`), written when the run starts so that a run in
@@ -42,7 +45,7 @@ pub fn write_final(f: &Final) -> Result<()> {
     let dir = f.output_dir;
     match f.adapter {
         Some(config) => write_adapter(dir, &f.model.to_adapter(config.clone()), Some(f.tokenizer))?,
-        None => write_model(dir, f.model, f.tokenizer)?,
+        None => write_model(dir, f.model, f.tokenizer, f.modeling_code)?,
     }
     if let Some(head) = &f.model.value_head {
         head.save(dir)?;
@@ -105,15 +108,24 @@ pub fn write_dataset_record(dir: &Path, rows: &Rows) -> Result<()> {
 /// A full or freeze run's weights as an HF checkpoint in `dir`, which already holds the run's
 /// logs and checkpoints: written complete into a staging directory inside it, then moved in file
 /// by file.
-fn write_model(dir: &Path, model: &TrainModel, tokenizer: &Tokenizer) -> Result<()> {
+fn write_model(
+    dir: &Path,
+    model: &TrainModel,
+    tokenizer: &Tokenizer,
+    modeling_code: Option<&Path>,
+) -> Result<()> {
     let staging = atomic::temp_path(&dir.join("model"), "tmp");
+    let options = HfWriteOptions {
+        modeling_code: modeling_code.map(Path::to_path_buf),
+        ..HfWriteOptions::default()
+    };
     write_hf_checkpoint(
         &staging,
         model.config(),
         model.hf_tensors(false),
         tokenizer,
         SaveDtype::F32,
-        &HfWriteOptions::default(),
+        &options,
     )?;
     for entry in
         fs::read_dir(&staging).with_context(|| format!("cannot list {}", staging.display()))?
