@@ -10,7 +10,7 @@ Qwen's split regex and byte-level merges.
 
 Also the chat format each family's own code builds (ChatGLM3's `build_chat_input`, Baichuan 2's
 `generation_utils.build_chat_input`, Qwen's `make_context` in ChatML) for a few prompts, ids that
-Hone's templates in examples/templates/ must give rendered and encoded (with an earlier answer for
+Hone's templates in crates/hone/src/tokenizer/templates/ must give rendered and encoded (with an earlier answer for
 Qwen only: Hone's ChatGLM3 and Baichuan 2 templates close each answer with EOS, which those
 families' own code leaves out of the history).
 

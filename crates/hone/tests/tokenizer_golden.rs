@@ -263,23 +263,18 @@ fn remote_code_sentencepiece_tokenizers_match_their_classes() {
     );
 }
 
-/// The chat templates in examples/templates/ for the families that ship none, rendered and encoded
-/// as training and serving do, give the ids each family's own chat code builds (ChatGLM3's
+/// The chat templates Hone gives the families that ship none (crates/hone/src/tokenizer/templates/,
+/// the tokenizer's own when its directory has none), rendered and encoded as training and serving
+/// do, give the ids each family's own chat code builds (ChatGLM3's
 /// `build_chat_input`, Baichuan 2's `generation_utils.build_chat_input`, Qwen's ChatML
 /// `make_context`) on the tiny tokenizers: with and without a system turn, and (Qwen) with an
 /// earlier answer.
 #[test]
 fn remote_code_chat_templates_match_the_families_chat_formats() {
     let golden = golden("remote-spm.golden.json");
-    for (name, template) in [
-        ("chatglm3-spm", "chatglm3"),
-        ("baichuan2-spm", "baichuan2"),
-        ("qwen-tiktoken", "qwen"),
-    ] {
+    for name in ["chatglm3-spm", "baichuan2-spm", "qwen-tiktoken"] {
         let tok = Tokenizer::from_hf_dir(&fixture(name)).unwrap();
-        let path = common::fixture(&format!("../examples/templates/{template}.jinja"));
-        let source = std::fs::read_to_string(path).unwrap();
-        let template = ChatTemplate::new(&source, tok.bos_token(), tok.eos_token()).unwrap();
+        let template = ChatTemplate::for_tokenizer(&tok).unwrap();
         for chat in golden[name]["chats"].as_array().unwrap() {
             let messages: Vec<Message> = chat["messages"]
                 .as_array()

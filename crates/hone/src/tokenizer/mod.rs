@@ -57,12 +57,13 @@ impl SpecialTokens {
     }
 }
 
-/// A remote-code tokenizer class's engine, named special tokens and, when the class decides it,
-/// whether encoding adds BOS and EOS.
+/// A remote-code tokenizer class's engine, named special tokens, when the class decides it
+/// whether encoding adds BOS and EOS, and the family's chat format as a template (`templates/`).
 struct Built {
     inner: tokenizers::Tokenizer,
     specials: SpecialTokens,
     post: Option<(bool, bool)>,
+    chat_format: &'static str,
 }
 
 /// A tokenizer with its special tokens, chat template and stop ids.
@@ -126,14 +127,16 @@ impl Tokenizer {
 
     /// A remote-code checkpoint's tokenizer (no tokenizer.json) as its class builds it from its
     /// own files: ChatGLM3's and Baichuan 2's `tokenizer.model` ([`sentencepiece`]), Qwen v1's
-    /// `qwen.tiktoken` ([`tiktoken`]); the chat template and stop ids as for any directory.
+    /// `qwen.tiktoken` ([`tiktoken`]); stop ids as for any directory, and the chat template the
+    /// directory gives, else the family's own chat format (these checkpoints ship none: their
+    /// code builds chat prompts itself, which the `templates/` files render id for id).
     fn from_remote_code_dir(
         dir: &Path,
         config: &Value,
         built: Built,
         kind: &str,
     ) -> Result<Tokenizer> {
-        let chat_template = hf_chat_template(dir, config)?;
+        let chat_template = hf_chat_template(dir, config)?.or(Some(built.chat_format.to_owned()));
         let extra_stop_ids = generation_eos_ids(dir)?;
         Tokenizer::assemble(
             built.inner,

@@ -89,6 +89,7 @@ pub(super) fn build(dir: &Path, config: &Value) -> Result<Built> {
             inner,
             specials,
             post: None,
+            chat_format: include_str!("templates/chatglm3.jinja"),
         });
     }
     let named = |key: &str, default: Option<String>| {
@@ -112,6 +113,7 @@ pub(super) fn build(dir: &Path, config: &Value) -> Result<Built> {
         inner,
         specials,
         post: Some(post),
+        chat_format: include_str!("templates/baichuan2.jinja"),
     })
 }
 

@@ -56,6 +56,7 @@ pub(super) fn build(dir: &Path) -> Result<Built> {
         inner,
         specials,
         post: None,
+        chat_format: include_str!("templates/qwen.jinja"),
     })
 }
 

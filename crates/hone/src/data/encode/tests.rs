@@ -337,8 +337,8 @@ fn a_template_that_drops_tools_is_refused() {
     );
 }
 
-/// The remote-code families' templates (examples/templates/) label each answer with what closes
-/// it (EOS; Qwen's `<|im_end|>`) and nothing of the questions.
+/// The remote-code families' chat formats (their tokenizers' templates, `tokenizer/templates/`)
+/// label each answer with what closes it (EOS; Qwen's `<|im_end|>`) and nothing of the questions.
 #[test]
 fn remote_code_family_templates_label_the_answers() {
     for (dir, template_name) in [
@@ -347,9 +347,7 @@ fn remote_code_family_templates_label_the_answers() {
         ("tokenizer/qwen-tiktoken", "qwen"),
     ] {
         let tok = Tokenizer::from_hf_dir(&fixtures().join(dir)).unwrap();
-        let path = fixtures().join(format!("../examples/templates/{template_name}.jinja"));
-        let source = std::fs::read_to_string(path).unwrap();
-        let template = ChatTemplate::new(&source, tok.bos_token(), tok.eos_token()).unwrap();
+        let template = ChatTemplate::for_tokenizer(&tok).unwrap();
         let conv = conversation(vec![
             Message::new("user", "Hi there"),
             Message::new("assistant", "Hello friend"),
