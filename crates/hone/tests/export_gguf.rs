@@ -794,3 +794,79 @@ fn existing_output_is_refused_without_force_and_failed_writes_leave_nothing() {
     assert_eq!(dir_entries(tmp.path()), ["blocked.gguf", "tiny.gguf"]);
     assert!(blocked.is_dir());
 }
+
+/// A LoRA on Baichuan's `W_pack` as a llama.cpp adapter: split by `lora_b`'s rows into the
+/// `attn_q`, `attn_k`, `attn_v` updates llama.cpp's baichuan has (q and k rows permuted like its
+/// weights), each with the whole `lora_a`; llama.cpp's merge of each equals the merged export's.
+#[test]
+fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
+    use hone::adapters::TargetModules;
+    use hone::adapters::{write_adapter, Adapter, AdapterConfig, LoraWeights, PeftConfig};
+    let tmp = TempDir::new().unwrap();
+    let src = tiny_remote_model(tmp.path(), "baichuan2");
+    deepen(&src, 32);
+    let (r, hidden, packed) = (4, 32, 96);
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 2000.0)
+            .collect()
+    };
+    let config = AdapterConfig::new(r, 8.0, TargetModules::Names(vec!["W_pack".into()]));
+    let module = LoraWeights {
+        a: values(r * hidden, 1),
+        b: values(packed * r, 2),
+        r,
+        in_features: hidden,
+        out_features: packed,
+        scale: 2.0,
+        magnitude: None,
+    };
+    let adapter = Adapter {
+        config: PeftConfig::Lora(config),
+        modules: [("model.layers.0.self_attn.W_pack".to_string(), module)].into(),
+        scales: Default::default(),
+        biases: Default::default(),
+    };
+    let adapter_dir = tmp.path().join("w-pack-lora");
+    write_adapter(&adapter_dir, &adapter, None).unwrap();
+    let src = src.to_str().unwrap();
+    let lora = tmp.path().join("lora.gguf");
+    export_lora_adapter(src, &adapter_dir, &lora, false).unwrap();
+    let f = GgufFile::open(&lora).unwrap();
+    let mut names: Vec<String> = f.tensors.iter().map(|t| t.name.clone()).collect();
+    names.sort();
+    let parts = ["attn_k", "attn_q", "attn_v"];
+    let want: Vec<String> = parts
+        .iter()
+        .flat_map(|p| ["lora_a", "lora_b"].map(|s| format!("blk.0.{p}.weight.{s}")))
+        .collect();
+    assert_eq!(names, want);
+
+    let base = tmp.path().join("base.gguf");
+    let merged = tmp.path().join("merged.gguf");
+    export_model(src, None, &base, GgufQuant::F32, false).unwrap();
+    export_model(src, Some(&adapter_dir), &merged, GgufQuant::F32, false).unwrap();
+    let (base, merged) = (
+        GgufFile::open(&base).unwrap(),
+        GgufFile::open(&merged).unwrap(),
+    );
+    for part in parts {
+        let module = format!("blk.0.{part}.weight");
+        let (w, shape) = base.tensor_f32(&module).unwrap();
+        let (a, _) = f.tensor_f32(&format!("{module}.lora_a")).unwrap();
+        let (b, _) = f.tensor_f32(&format!("{module}.lora_b")).unwrap();
+        let (out, inp) = (shape[0], shape[1]);
+        let dev = Device::Cpu;
+        let delta = Tensor::from_vec(b, (out, r), &dev)
+            .unwrap()
+            .matmul(&Tensor::from_vec(a, (r, inp), &dev).unwrap())
+            .unwrap();
+        let applied = (Tensor::from_vec(w, (out, inp), &dev).unwrap()
+            + delta.affine(8.0 / r as f64, 0.0).unwrap())
+        .unwrap();
+        let want =
+            Tensor::from_vec(merged.tensor_f32(&module).unwrap().0, (out, inp), &dev).unwrap();
+        let diff = max_abs_diff(&applied, &want);
+        assert!(diff < 1e-6, "{module}: llama.cpp's merge differs by {diff}");
+    }
+}

@@ -5,7 +5,9 @@
 //! llama.cpp applies `alpha / r` to every module, with r read from `lora_a`; a module whose PEFT
 //! scale differs (rank-stabilised LoRA, `alpha_pattern`, `rank_pattern`) has the difference folded
 //! into its `lora_b`. q/k updates get the same row permutation as the q/k weights (for the archs
-//! whose weights llama.cpp permutes): it acts on the output rows, which are `lora_b`'s.
+//! whose weights llama.cpp permutes): it acts on the output rows, which are `lora_b`'s. An update
+//! of a q|k|v llama.cpp keeps apart (Baichuan's `W_pack`) is split the same way, by `lora_b`'s rows,
+//! each part with the whole `lora_a`.
 
 use std::path::Path;
 
@@ -72,7 +74,9 @@ pub fn export_lora_adapter(
     w.set("adapter.type", GgufValue::String("lora".into()));
     w.set("adapter.lora.alpha", GgufValue::F32(alpha as f32));
     for (module, lora) in &adapter.modules {
-        add_module(&mut w, &cfg, module, lora, alpha).map_err(located)?;
+        for (module, lora) in llama_cpp_modules(&cfg, module, lora) {
+            add_module(&mut w, &cfg, &module, &lora, alpha).map_err(located)?;
+        }
     }
     w.write(out)?;
     written_report(out)
@@ -121,6 +125,33 @@ fn add_module(
     Ok(())
 }
 
+/// The modules llama.cpp has for one adapted module: itself, or for a q|k|v llama.cpp keeps apart
+/// (Baichuan's `W_pack`) q, k and v, each with its rows of `lora_b` and the whole `lora_a`.
+fn llama_cpp_modules(
+    cfg: &ModelConfig,
+    module: &str,
+    lora: &LoraWeights,
+) -> Vec<(String, LoraWeights)> {
+    let names = cfg.architecture.linear_names();
+    let layer = module.strip_suffix(names.qkv);
+    let (Some(layer), true) = (layer, cfg.architecture.gguf_splits_qkv()) else {
+        return vec![(module.to_string(), lora.clone())];
+    };
+    let (q, kv) = cfg.attention_widths();
+    let parts = [(names.q, 0, q), (names.k, q, kv), (names.v, q + kv, kv)];
+    parts
+        .into_iter()
+        .map(|(name, start, rows)| {
+            let part = LoraWeights {
+                b: lora.b[start * lora.r..(start + rows) * lora.r].to_vec(),
+                out_features: rows,
+                ..lora.clone()
+            };
+            (format!("{layer}{name}"), part)
+        })
+        .collect()
+}
+
 /// `[out, in]` of a linear weight, by its llama.cpp name.
 fn module_shape(cfg: &ModelConfig, name: &str) -> Option<[usize; 2]> {
     if name == "output.weight" {
@@ -128,6 +159,14 @@ fn module_shape(cfg: &ModelConfig, name: &str) -> Option<[usize; 2]> {
     }
     let hf = hf_name(name, cfg.architecture)?;
     let module = hf.strip_suffix(".weight")?;
+    if cfg.architecture.gguf_splits_qkv() {
+        let (q, kv) = cfg.attention_widths();
+        let names = cfg.architecture.linear_names();
+        let split = [(names.q, q), (names.k, kv), (names.v, kv)];
+        if let Some(&(_, rows)) = split.iter().find(|(n, _)| module.ends_with(n)) {
+            return Some([rows, cfg.hidden_size]);
+        }
+    }
     let linear = block_linears(cfg)
         .into_iter()
         .find(|l| module.ends_with(&format!(".{}", l.name)))?;
