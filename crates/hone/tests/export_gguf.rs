@@ -674,27 +674,12 @@ fn lora_adapter_gguf_has_llama_cpp_layout_and_merges_to_the_merged_export() {
         GgufFile::open(&base).unwrap(),
         GgufFile::open(&merged).unwrap(),
     );
-    let scale = 16.0 / 4.0;
     for module in [
         "blk.1.attn_k.weight",
         "blk.1.attn_output.weight",
         "blk.1.ffn_up.weight",
     ] {
-        let (w, shape) = base.tensor_f32(module).unwrap();
-        let (a, _) = f.tensor_f32(&format!("{module}.lora_a")).unwrap();
-        let (b, _) = f.tensor_f32(&format!("{module}.lora_b")).unwrap();
-        let (out, inp, r) = (shape[0], shape[1], 4);
-        let dev = Device::Cpu;
-        let delta = Tensor::from_vec(b, (out, r), &dev)
-            .unwrap()
-            .matmul(&Tensor::from_vec(a, (r, inp), &dev).unwrap())
-            .unwrap();
-        let applied = (Tensor::from_vec(w, (out, inp), &dev).unwrap()
-            + delta.affine(scale, 0.0).unwrap())
-        .unwrap();
-        let want =
-            Tensor::from_vec(merged.tensor_f32(module).unwrap().0, (out, inp), &dev).unwrap();
-        let diff = max_abs_diff(&applied, &want);
+        let diff = llama_cpp_merge_diff(&base, &f, &merged, module, (4, 16.0 / 4.0));
         assert!(diff < 1e-6, "{module}: llama.cpp's merge differs by {diff}");
         let (unmerged, _) = base.tensor_f32(module).unwrap();
         assert_ne!(
@@ -852,21 +837,32 @@ fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
     );
     for part in parts {
         let module = format!("blk.0.{part}.weight");
-        let (w, shape) = base.tensor_f32(&module).unwrap();
-        let (a, _) = f.tensor_f32(&format!("{module}.lora_a")).unwrap();
-        let (b, _) = f.tensor_f32(&format!("{module}.lora_b")).unwrap();
-        let (out, inp) = (shape[0], shape[1]);
-        let dev = Device::Cpu;
-        let delta = Tensor::from_vec(b, (out, r), &dev)
-            .unwrap()
-            .matmul(&Tensor::from_vec(a, (r, inp), &dev).unwrap())
-            .unwrap();
-        let applied = (Tensor::from_vec(w, (out, inp), &dev).unwrap()
-            + delta.affine(8.0 / r as f64, 0.0).unwrap())
-        .unwrap();
-        let want =
-            Tensor::from_vec(merged.tensor_f32(&module).unwrap().0, (out, inp), &dev).unwrap();
-        let diff = max_abs_diff(&applied, &want);
+        let diff = llama_cpp_merge_diff(&base, &f, &merged, &module, (r, 8.0 / r as f64));
         assert!(diff < 1e-6, "{module}: llama.cpp's merge differs by {diff}");
     }
+}
+
+/// How far llama.cpp's merge of `module`, `W + scale · B · A` from the `base` export and the
+/// `lora` adapter GGUF (rank `r`), is from the `merged` export's weight.
+fn llama_cpp_merge_diff(
+    base: &GgufFile,
+    lora: &GgufFile,
+    merged: &GgufFile,
+    module: &str,
+    (r, scale): (usize, f64),
+) -> f32 {
+    let (w, shape) = base.tensor_f32(module).unwrap();
+    let (a, _) = lora.tensor_f32(&format!("{module}.lora_a")).unwrap();
+    let (b, _) = lora.tensor_f32(&format!("{module}.lora_b")).unwrap();
+    let (out, inp) = (shape[0], shape[1]);
+    let dev = Device::Cpu;
+    let delta = Tensor::from_vec(b, (out, r), &dev)
+        .unwrap()
+        .matmul(&Tensor::from_vec(a, (r, inp), &dev).unwrap())
+        .unwrap();
+    let applied = (Tensor::from_vec(w, (out, inp), &dev).unwrap()
+        + delta.affine(scale, 0.0).unwrap())
+    .unwrap();
+    let want = Tensor::from_vec(merged.tensor_f32(module).unwrap().0, (out, inp), &dev).unwrap();
+    max_abs_diff(&applied, &want)
 }
