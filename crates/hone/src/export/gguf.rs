@@ -346,10 +346,7 @@ fn llama_cpp_tensors(
     }
     if cfg.norm_head {
         if let Some(head) = weights.get_mut("lm_head.weight") {
-            let (rows, cols) = head.dims2()?;
-            let mut values = head.flatten_all()?.to_vec1::<f32>()?;
-            weights::normalize_rows(&mut values, cols);
-            *head = Tensor::from_vec(values, (rows, cols), head.device())?;
+            *head = weights::normalized_tensor(head)?;
         }
     }
     Ok(weights)

@@ -35,15 +35,15 @@ pub struct AttnShape {
     /// Scaled scores are soft-capped to `cap · tanh(s / cap)` before the mask (Gemma 2's
     /// `attn_logit_softcapping`).
     pub softcap: Option<f32>,
-    /// ALiBi: head `h`'s scaled scores are biased by `alibi_slope(h, heads) · (j − i)` for key `j`
-    /// and query `i` (Baichuan 2 13B).
+    /// ALiBi: head `h`'s scaled scores are biased by `alibi_slopes(heads)[h] · (j − i)` for key
+    /// `j` and query `i` (Baichuan 2 13B).
     pub alibi: bool,
 }
 
-/// ALiBi's slope of head `h` of `heads` (Baichuan's `_get_interleave`, Press et al.): for a power
-/// of two `n`, `2^(−8(h+1)/n)`; otherwise the slopes of the power of two below, then every other
-/// slope of the power of two above.
-pub fn alibi_slope(h: usize, heads: usize) -> f32 {
+/// ALiBi's slope of each of `heads` heads (Baichuan's `_get_interleave`, Press et al.): for a power
+/// of two `n`, head `h`'s is `2^(−8(h+1)/n)`; otherwise the slopes of the power of two below, then
+/// every other slope of the power of two above.
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     fn power_of_two(n: usize) -> Vec<f64> {
         let start = 2f64.powf(-(2f64.powf(-((n as f64).log2() - 3.0))));
         (0..n).map(|i| start * start.powi(i as i32)).collect()
@@ -59,7 +59,7 @@ pub fn alibi_slope(h: usize, heads: usize) -> f32 {
             .chain(above.into_iter().take(n - below))
             .collect()
     }
-    slopes(heads)[h] as f32
+    slopes(heads).into_iter().map(|s| s as f32).collect()
 }
 
 impl AttnShape {
@@ -77,6 +77,15 @@ impl AttnShape {
 
     fn group(&self) -> usize {
         self.heads / self.kv_heads
+    }
+
+    /// Each query head's ALiBi slope; none without ALiBi.
+    fn alibi_slopes(&self) -> Vec<f32> {
+        if self.alibi {
+            alibi_slopes(self.heads)
+        } else {
+            Vec::new()
+        }
     }
 
     fn check(&self, x: &AttnInputs) {
@@ -165,13 +174,14 @@ fn forward_tiled(shape: AttnShape, x: AttnInputs, out: &mut [f32], lse: &mut [f3
         return;
     }
     let starts = key_starts(shape, x.segment_ids);
+    let slopes = shape.alibi_slopes();
     let mut out_heads = vec![0f32; shape.q_len()];
     out_heads
         .par_chunks_mut(t * hd)
         .zip(lse.par_chunks_mut(t))
         .enumerate()
         .for_each(|(bh, (o, l))| {
-            Head::new(shape, &x, &starts, bh).forward(o, l, tiles);
+            Head::new(shape, &x, &starts, &slopes, bh).forward(o, l, tiles);
         });
     heads_to_tokens(&out_heads, out, shape, shape.heads);
 }
@@ -197,6 +207,7 @@ fn backward_tiled(
         return;
     }
     let starts = key_starts(shape, x.segment_ids);
+    let slopes = shape.alibi_slopes();
     // Per query head, head-major: dk and dv are summed over each group afterwards.
     let mut dq = vec![0f32; shape.q_len()];
     let mut dk = vec![0f32; shape.q_len()];
@@ -207,7 +218,7 @@ fn backward_tiled(
         .zip(lse.par_chunks(t))
         .enumerate()
         .for_each(|(bh, (((dq, dk), dv), lse))| {
-            let head = Head::new(shape, &x, &starts, bh);
+            let head = Head::new(shape, &x, &starts, &slopes, bh);
             let saved = Saved {
                 out: &out[head.q_offset..],
                 dout: &dout[head.q_offset..],
@@ -292,8 +303,14 @@ struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    /// Task `bh = b * nh + h`.
-    fn new(shape: AttnShape, x: &AttnInputs<'a>, starts: &'a [usize], bh: usize) -> Self {
+    /// Task `bh = b * nh + h`; `slopes` the heads' ALiBi slopes (empty without ALiBi).
+    fn new(
+        shape: AttnShape,
+        x: &AttnInputs<'a>,
+        starts: &'a [usize],
+        slopes: &[f32],
+        bh: usize,
+    ) -> Self {
         let (b, h) = (bh / shape.heads, bh % shape.heads);
         let (t, hd) = (shape.seq, shape.head_dim);
         let q_offset = (b * t * shape.heads + h) * hd;
@@ -312,7 +329,7 @@ impl<'a> Head<'a> {
             scale: shape.scale,
             window: shape.window,
             softcap: shape.softcap,
-            alibi: shape.alibi.then(|| alibi_slope(h, shape.heads)),
+            alibi: slopes.get(h).copied(),
         }
     }
 

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use crate::kernels::attention::alibi_slope;
+use crate::kernels::attention::alibi_slopes;
 use crate::kernels::few_rows::{dot, dot4};
 use crate::kernels::math::exp;
 use crate::kernels::pool;
@@ -217,6 +217,11 @@ impl LayerCache {
         let scale = s.scale;
         let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
         let attend_one = attend_one_for_this_cpu();
+        let slopes = if s.alibi {
+            alibi_slopes(s.heads)
+        } else {
+            Vec::new()
+        };
         // One task per (row, token, key/value head): the query heads that share a key/value head
         // run one after the other, so its keys and values come from memory once per token and
         // from the core's cache for the others (a layer's cache is read from L3 or memory
@@ -240,7 +245,7 @@ impl LayerCache {
                     keys: first.max(window_start)..position + 1,
                     scale,
                     softcap: s.softcap,
-                    alibi: s.alibi.then(|| alibi_slope(kv_head * group + g, s.heads)),
+                    alibi: slopes.get(kv_head * group + g).copied(),
                 };
                 attend_one(self, &query, out);
             }

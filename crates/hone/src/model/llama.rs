@@ -501,7 +501,9 @@ impl Llama {
         if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let rope_sets = self.rope_sets(ids, (b, t), &positions, context, groups)?;
+        let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
+        let rope_sets = self.rope_sets(long_rope, t, context);
+        let logn = self.logn_factors(&positions, t, context);
         let mut embedded = self.embed_tokens.gather_rows(ids)?;
         scale_in_place(&mut embedded, self.cfg.scales.embedding);
         let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
@@ -520,7 +522,8 @@ impl Llama {
                 |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
             let input = norm(&x, &block.norms.attn_in)?;
             let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
-            let attn = self.attention(&qkv, (b, t), (&positions, &rope_sets), l, context)?;
+            let rotation = (positions.as_slice(), rope_sets.as_slice(), logn.as_deref());
+            let attn = self.attention(&qkv, (b, t), rotation, l, context)?;
             let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
             x = (x + scaled(norm(&o, &block.norms.attn_out)?, residual)?)?;
             let input = norm(&x, &block.norms.mlp_in)?;
@@ -541,12 +544,13 @@ impl Llama {
 
     /// Self-attention of a block on its q|k|v product `[b, t, (nh + 2·nkv)·hd]`: over whole
     /// sequences from position 0 through the training engine's fused causal kernel, or over the
-    /// cache(s) for tokens at `positions`. Output `[b, t, nh·hd]`, before `o_proj`.
+    /// cache(s) for tokens at `positions`, rotated with each row's tables and the queries scaled
+    /// by `logn` when given. Output `[b, t, nh·hd]`, before `o_proj`.
     fn attention(
         &self,
         qkv: &Tensor,
         (b, t): (usize, usize),
-        positions: (&[u32], &[RopeSet]),
+        (positions, rope_sets, logn): (&[u32], &[RopeSet], Option<&[f32]>),
         layer: usize,
         context: &mut Attend,
     ) -> Result<Tensor> {
@@ -556,16 +560,12 @@ impl Llama {
             self.cfg.head_dim,
         );
         let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let (mut q, k, v) = self.split_and_rotate(&qkv, positions, layer);
-        if let Some(seq_length) = self.cfg.logn_attention {
-            // Positions among a row's real tokens, so a left-padded row scales as it would alone.
-            let real: Vec<u32> = (positions.0.chunks(t).enumerate())
-                .flat_map(|(r, row)| {
-                    let pad = context.left_pad(r) as u32;
-                    row.iter().map(move |&p| p.saturating_sub(pad))
-                })
-                .collect();
-            scale_queries_by_logn(&mut q, &real, seq_length);
+        let (mut q, k, v) = self.split_and_rotate(&qkv, (positions, rope_sets), layer);
+        if let Some(factors) = logn {
+            let row = q.len() / factors.len().max(1);
+            for (token, &factor) in q.chunks_exact_mut(row).zip(factors) {
+                token.iter_mut().for_each(|x| *x *= factor);
+            }
         }
         let cached = |rows| CachedAttnShape {
             rows,
@@ -707,18 +707,11 @@ impl Llama {
         Some((layer, Some(linear.slot), part))
     }
 
-    /// Which rotary tables each row of a pass rotates with: LongRoPE's factor set
-    /// ([`Self::prepare_caches`]) and Qwen's dynamic NTK factor, which the first pass over a cache
-    /// fixes from each row's length (a pass without a cache: from its own).
-    fn rope_sets(
-        &self,
-        ids: &[u32],
-        (b, t): (usize, usize),
-        positions: &[u32],
-        context: &mut Attend,
-        groups: &[(Vec<usize>, &LoraSet)],
-    ) -> Result<Vec<RopeSet>> {
-        let long = self.prepare_caches(ids, (b, t), positions, context, groups)?;
+    /// Which rotary tables each row of a pass of `t` tokens rotates with: LongRoPE's factor set
+    /// (`long`, from [`Self::prepare_caches`]) and Qwen's dynamic NTK factor, which the first pass
+    /// over a cache fixes from each row's length (a pass without a cache: from its own).
+    fn rope_sets(&self, long: Vec<bool>, t: usize, context: &mut Attend) -> Vec<RopeSet> {
+        let b = long.len();
         let alphas = match self.cfg.dynamic_ntk {
             None => vec![1; b],
             Some(seq_length) => {
@@ -733,11 +726,28 @@ impl Llama {
                 }
             }
         };
-        Ok(long
-            .into_iter()
+        long.into_iter()
             .zip(alphas)
             .map(|(long, ntk_alpha)| RopeSet { long, ntk_alpha })
-            .collect())
+            .collect()
+    }
+
+    /// Qwen's logn attention scaling, once per pass: each token's factor on its rotated queries,
+    /// log_seq_length(p + 1) at position `p` past `seq_length` (else 1), so attention stays as
+    /// sharp over a longer context as over the trained one; positions are counted among a row's
+    /// real tokens, so a left-padded row scales as it would alone. None for other models.
+    fn logn_factors(&self, positions: &[u32], t: usize, context: &Attend) -> Option<Vec<f32>> {
+        let seq_length = self.cfg.logn_attention?;
+        let factor = |p: u32| match p as usize + 1 {
+            n if n > seq_length => ((n as f64).ln() / (seq_length as f64).ln()) as f32,
+            _ => 1.0,
+        };
+        let rows = positions.chunks(t).enumerate();
+        let factors = rows.flat_map(|(r, row)| {
+            let pad = context.left_pad(r) as u32;
+            row.iter().map(move |&p| factor(p.saturating_sub(pad)))
+        });
+        Some(factors.collect())
     }
 
     /// Records this pass's tokens in its caches and returns, per row of the batch, whether the
@@ -873,20 +883,6 @@ fn scale_in_place(values: &mut [f32], factor: f64) {
     if factor != 1.0 {
         let factor = factor as f32;
         values.iter_mut().for_each(|v| *v *= factor);
-    }
-}
-
-/// Qwen's logn attention scaling: the rotated queries `[tokens, heads·hd]` of a token at
-/// position `p` past `seq_length` multiplied by log_seq_length(p + 1), so attention stays as
-/// sharp over a longer context as over the trained one.
-fn scale_queries_by_logn(q: &mut [f32], positions: &[u32], seq_length: usize) {
-    let row = q.len() / positions.len().max(1);
-    for (token, &p) in q.chunks_exact_mut(row).zip(positions) {
-        let n = p as usize + 1;
-        if n > seq_length {
-            let factor = ((n as f64).ln() / (seq_length as f64).ln()) as f32;
-            token.iter_mut().for_each(|x| *x *= factor);
-        }
     }
 }
 

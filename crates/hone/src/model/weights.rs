@@ -270,23 +270,30 @@ pub fn normalize_head(weights: &mut HashMap<String, Weight>) -> Result<()> {
     };
     *head = match head {
         Weight::Stored(m) => Weight::Stored(normalized_stored(m)?),
-        Weight::F32(t) => {
-            let (rows, cols) = t.dims2()?;
-            let mut values = t.flatten_all()?.to_vec1::<f32>()?;
-            normalize_rows(&mut values, cols);
-            Weight::F32(Tensor::from_vec(values, (rows, cols), t.device())?)
-        }
+        Weight::F32(t) => Weight::F32(normalized_tensor(t)?),
     };
     Ok(())
 }
 
+/// A `[rows, cols]` f32 matrix with its rows normalized ([`normalize_rows`]).
+pub fn normalized_tensor(t: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+    normalize_rows(&mut values, cols);
+    Ok(Tensor::from_vec(values, (rows, cols), t.device())?)
+}
+
 /// Each row of a `[rows, cols]` matrix divided by its length, as `F.normalize(w, dim=1)` does
-/// (a zero row stays zero).
-pub fn normalize_rows(values: &mut [f32], cols: usize) {
-    for row in values.chunks_exact_mut(cols) {
-        let norm = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= norm);
-    }
+/// (at least 1e-12, so a zero row stays zero); the lengths.
+pub fn normalize_rows(values: &mut [f32], cols: usize) -> Vec<f32> {
+    values
+        .chunks_exact_mut(cols)
+        .map(|row| {
+            let length = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= length);
+            length
+        })
+        .collect()
 }
 
 /// A 16-bit head with its rows normalized and rounded back to the stored type, as the modeling

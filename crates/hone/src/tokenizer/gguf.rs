@@ -17,12 +17,16 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
 
 use super::split_regex::split_regex;
 use super::{SpecialTokens, Tokenizer};
@@ -64,7 +68,7 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
                     merges_from_scores(&tokens, &scores.context("no tokenizer.ggml.merges nor scores")?)?
                 }
             };
-            (sentencepiece_bpe(&tokens, merges, true)?, "llama-spm", true)
+            (sentencepiece_bpe(&tokens, merges, Spaces::Metaspace)?, "llama-spm", true)
         }
         other => bail!(
             "{path}: tokenizer.ggml.model is {other:?}; Hone builds \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE) tokenizers"
@@ -238,13 +242,24 @@ pub(super) fn byte_level_bpe(
     Ok(inner)
 }
 
-/// The SentencePiece BPE of `tokens` and `merges` with byte fallback, text split at spaces kept as
-/// `▁`; `dummy_prefix` adds one before the text (SentencePiece's `add_dummy_prefix`) and its
-/// decoder strips it again.
+/// How a SentencePiece-style tokenizer turns spaces into `▁` and adds the dummy prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Spaces {
+    /// transformers' converter for GGUF llama vocabularies: a Metaspace pre-tokenizer, which
+    /// prepends `▁` unless the text already starts with a space.
+    Metaspace,
+    /// SentencePiece itself (the remote-code classes run it): `▁` prepended to every text when
+    /// `dummy_prefix` (`add_dummy_prefix`), even one starting with a space, as transformers'
+    /// legacy Llama normalizer does; spaces replaced.
+    SentencePiece { dummy_prefix: bool },
+}
+
+/// The SentencePiece BPE of `tokens` and `merges` with byte fallback, spaces kept as `▁` the way
+/// `spaces` says; its decoder strips the dummy prefix again when one is added.
 pub(super) fn sentencepiece_bpe(
     tokens: &[String],
     merges: Vec<(String, String)>,
-    dummy_prefix: bool,
+    spaces: Spaces,
 ) -> Result<tokenizers::Tokenizer> {
     let vocab: Vocab = tokens
         .iter()
@@ -258,11 +273,24 @@ pub(super) fn sentencepiece_bpe(
         .build()
         .map_err(|e| anyhow!("invalid SentencePiece BPE vocabulary: {e}"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    let prepend = match dummy_prefix {
-        true => PrependScheme::First,
-        false => PrependScheme::Never,
+    let dummy_prefix = match spaces {
+        Spaces::Metaspace => {
+            inner.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+            true
+        }
+        Spaces::SentencePiece { dummy_prefix } => {
+            let mut steps: Vec<NormalizerWrapper> = Vec::new();
+            if dummy_prefix {
+                steps.push(Prepend::new("▁".into()).into());
+            }
+            let replace = Replace::new(" ", "▁").map_err(|e| anyhow!("normalizer: {e}"))?;
+            steps.push(replace.into());
+            inner
+                .with_normalizer(Some(NormalizerSequence::new(steps)))
+                .map_err(|e| anyhow!("normalizer: {e}"))?;
+            dummy_prefix
+        }
     };
-    inner.with_pre_tokenizer(Some(Metaspace::new('▁', prepend, false)));
     let replace = Replace::new("▁", " ").map_err(|e| anyhow!("decoder: {e}"))?;
     let mut decoders: Vec<DecoderWrapper> = vec![
         replace.into(),

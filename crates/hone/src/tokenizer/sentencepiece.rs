@@ -10,12 +10,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use tokenizers::normalizers::prepend::Prepend;
-use tokenizers::normalizers::replace::Replace;
-use tokenizers::normalizers::Sequence as NormalizerSequence;
-use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper};
+use tokenizers::AddedToken;
 
-use super::gguf::{add_typed_tokens, merges_from_scores, sentencepiece_bpe};
+use super::gguf::{add_typed_tokens, merges_from_scores, sentencepiece_bpe, Spaces};
 use super::{Built, SpecialTokens};
 
 /// What Hone reads of a SentencePiece model.
@@ -159,20 +156,10 @@ impl SpmModel {
             );
         }
         let merges = merges_from_scores(&self.pieces, &self.scores)?;
-        let mut inner = sentencepiece_bpe(&self.pieces, merges, self.add_dummy_prefix)?;
-        // SentencePiece itself, which these classes run, adds the dummy prefix to every text,
-        // even one that starts with a space (transformers' Metaspace pre-tokenizer does not): as
-        // transformers' legacy Llama normalizer, `▁` prepended and spaces replaced.
-        let mut steps: Vec<NormalizerWrapper> = Vec::new();
-        if self.add_dummy_prefix {
-            steps.push(Prepend::new("▁".into()).into());
-        }
-        let spaces = Replace::new(" ", "▁").map_err(|e| anyhow::anyhow!("normalizer: {e}"))?;
-        steps.push(spaces.into());
-        inner
-            .with_normalizer(Some(NormalizerSequence::new(steps)))
-            .map_err(|e| anyhow::anyhow!("normalizer: {e}"))?;
-        inner.with_pre_tokenizer(None::<PreTokenizerWrapper>);
+        let spaces = Spaces::SentencePiece {
+            dummy_prefix: self.add_dummy_prefix,
+        };
+        let mut inner = sentencepiece_bpe(&self.pieces, merges, spaces)?;
         add_typed_tokens(&mut inner, &self.pieces, &self.types, false)?;
         Ok(inner)
     }

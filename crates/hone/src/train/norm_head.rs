@@ -3,18 +3,13 @@
 //! pass normalizes them, and the gradient goes back through the normalization, as the modeling
 //! file's training mode does. A frozen head is normalized once, when the model is built.
 
+use crate::model::weights::normalize_rows;
+
 /// The rows of `w` `[rows, cols]` divided by their lengths (at least 1e-12, as `F.normalize`),
 /// and the lengths.
 pub fn forward(w: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
     let mut normalized = w.to_vec();
-    let lengths = normalized
-        .chunks_exact_mut(cols)
-        .map(|row| {
-            let length = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|x| *x /= length);
-            length
-        })
-        .collect();
+    let lengths = normalize_rows(&mut normalized, cols);
     (normalized, lengths)
 }
 
