@@ -16,6 +16,7 @@ use hone::adapters::{
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
+use hone::model::norm::Tensor1;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::quant::bnb::FourBit;
@@ -23,7 +24,6 @@ use hone::train::config::PrefLoss;
 use hone::train::dpo::{self, loss::PreferenceLoss};
 use hone::train::groups::param_groups;
 use hone::train::ia3::Ia3Settings;
-use hone::train::linear::Tensor1;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::reward::{self, ValueHead};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};

@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_MIN;
+
 /// Columns `start..` of a row-major matrix `stride` values wide.
 #[derive(Clone, Copy)]
 pub struct Columns<'a> {
@@ -17,16 +19,19 @@ pub struct Columns<'a> {
 /// Columns per task: enough rows of work per task, a few cache lines per row.
 const BLOCK: usize = 64;
 
-/// Below this many values the element-wise passes stay on the calling thread (a decoding step's
-/// few rows would cost more to hand out than to scale).
-const PARALLEL_MIN: usize = 1 << 14;
-
 /// Columns `start..start + width` of each `stride`-wide row, as a contiguous `[rows, width]` buffer.
 pub fn columns(data: &[f32], stride: usize, start: usize, width: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len() / stride * width];
-    out.par_chunks_mut(width)
-        .zip(data.par_chunks(stride))
-        .for_each(|(o, r)| o.copy_from_slice(&r[start..start + width]));
+    let copy = |(o, r): (&mut [f32], &[f32])| o.copy_from_slice(&r[start..start + width]);
+    if data.len() < PARALLEL_MIN {
+        out.chunks_mut(width)
+            .zip(data.chunks(stride))
+            .for_each(copy);
+    } else {
+        out.par_chunks_mut(width)
+            .zip(data.par_chunks(stride))
+            .for_each(copy);
+    }
     out
 }
 

@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::for_each_row;
+
 /// Rows per work item in the backward: weight and bias gradients are summed in f32 within a
 /// block, then block partials in f64 in a fixed order, as in the RMSNorm kernel.
 const BLOCK_ROWS: usize = 32;
@@ -18,17 +20,15 @@ fn mean(x: &[f32]) -> f32 {
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
     let d = w.len();
     assert!(d > 0 && b.len() == d && x.len() == rstd.len() * d && y.len() == x.len());
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(rstd.par_iter_mut())
-        .for_each(|((y, x), r)| {
-            let mu = mean(x);
-            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
-            *r = 1.0 / (var + eps).sqrt();
-            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *y = (x - mu) * *r * w + b;
-            }
-        });
+    let row = |((y, x), r): ((&mut [f32], &[f32]), &mut f32)| {
+        let mu = mean(x);
+        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
+        *r = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mu) * *r * w + b;
+        }
+    };
+    for_each_row(y, x, rstd, d, row);
 }
 
 /// Writes `dx` (`[n, d]`) and, when given, adds the weight and bias gradients into `dw` and `db`

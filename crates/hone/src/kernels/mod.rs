@@ -26,6 +26,27 @@ macro_rules! avx512_or_portable {
     };
 }
 
+/// Below this many values element-wise passes stay on the calling thread: a decoding step's few
+/// rows would cost more to hand to the pool than to compute.
+pub(crate) const PARALLEL_MIN: usize = 1 << 14;
+
+/// `f` on each `d`-wide row of `y` and `x` with the row's slot in `stats` (a norm's forward), on
+/// the pool when there are enough values.
+pub(crate) fn for_each_row<F>(y: &mut [f32], x: &[f32], stats: &mut [f32], d: usize, f: F)
+where
+    F: Fn(((&mut [f32], &[f32]), &mut f32)) + Send + Sync,
+{
+    use rayon::prelude::*;
+    if x.len() < PARALLEL_MIN {
+        y.chunks_mut(d).zip(x.chunks(d)).zip(stats).for_each(f);
+    } else {
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .zip(stats.par_iter_mut())
+            .for_each(f);
+    }
+}
+
 pub mod attention;
 pub mod bf16;
 pub mod columns;

@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::for_each_row;
+
 /// Rows per work item in the backward: the weight gradient is summed in f32 within a block, then
 /// block partials are added in f64 in a fixed order, so it is accurate for long batches and
 /// identical whatever the thread count.
@@ -13,17 +15,15 @@ const BLOCK_ROWS: usize = 32;
 pub fn forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
     let d = w.len();
     assert!(d > 0 && x.len() == rstd.len() * d && y.len() == x.len());
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(rstd.par_iter_mut())
-        .for_each(|((y, x), r)| {
-            *r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
-            let r = *r;
-            // (x · rstd) · w, in transformers' order, so y rounds as it does there.
-            for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                *y = x * r * w;
-            }
-        });
+    let row = |((y, x), r): ((&mut [f32], &[f32]), &mut f32)| {
+        *r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
+        let r = *r;
+        // (x · rstd) · w, in transformers' order, so y rounds as it does there.
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = x * r * w;
+        }
+    };
+    for_each_row(y, x, rstd, d, row);
 }
 
 /// Writes `dx` (`[n, d]`) and, when given, adds the weight gradient into `dw` (`[d]`).

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use crate::kernels::attention::alibi_slopes;
+use crate::kernels::attention::{alibi_slopes, AttnShape};
 use crate::kernels::few_rows::{dot, dot4};
 use crate::kernels::math::exp;
 use crate::kernels::pool;
@@ -139,14 +139,15 @@ impl Cache {
     }
 
     /// Appends layer `l`'s new keys and values, then returns the attention of the new queries
-    /// over the cache (all token-major, see [`LayerCache::append`] and [`LayerCache::attend`]).
+    /// over the cache (all token-major, see [`LayerCache::append`] and [`LayerCache::attend`]):
+    /// `s.batch` rows of `s.seq` new tokens each.
     pub(super) fn attend(
         &mut self,
         l: usize,
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        s: CachedAttnShape,
+        s: AttnShape,
     ) -> Vec<f32> {
         self.layers[l].append(k, v, s);
         self.layers[l].attend(q, s, &self.left_pad)
@@ -165,57 +166,38 @@ pub(super) struct LayerCache {
     capacity: usize,
 }
 
-/// The sizes of one attention call over the cache.
-#[derive(Clone, Copy)]
-pub(super) struct CachedAttnShape {
-    pub rows: usize,
-    /// New tokens per row (the queries).
-    pub t: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    /// The factor scores are scaled by (`ModelConfig::attention_scale`).
-    pub scale: f32,
-    /// Keys a query sees under sliding-window attention, itself included (None: all earlier).
-    pub window: Option<usize>,
-    /// Soft-cap of the scaled scores (Gemma 2).
-    pub softcap: Option<f32>,
-    /// ALiBi distance biases (Baichuan 2 13B).
-    pub alibi: bool,
-}
-
 impl LayerCache {
     /// Appends `t` new tokens per row; `k` and `v` are token-major `[rows, t, kv_heads, head_dim]`.
-    fn append(&mut self, k: &[f32], v: &[f32], s: CachedAttnShape) {
+    fn append(&mut self, k: &[f32], v: &[f32], s: AttnShape) {
         if self.len == 0 {
-            (self.rows, self.kv_heads, self.head_dim) = (s.rows, s.kv_heads, s.head_dim);
+            (self.rows, self.kv_heads, self.head_dim) = (s.batch, s.kv_heads, s.head_dim);
         }
-        if self.len + s.t > self.capacity {
-            self.grow((self.len + s.t).max(2 * self.capacity).max(64));
+        if self.len + s.seq > self.capacity {
+            self.grow((self.len + s.seq).max(2 * self.capacity).max(64));
         }
         let hd = s.head_dim;
-        for r in 0..s.rows {
-            for i in 0..s.t {
+        for r in 0..s.batch {
+            for i in 0..s.seq {
                 for h in 0..s.kv_heads {
-                    let from = ((r * s.t + i) * s.kv_heads + h) * hd;
+                    let from = ((r * s.seq + i) * s.kv_heads + h) * hd;
                     let to = self.offset(r, h, self.len + i);
                     self.k[to..to + hd].copy_from_slice(&k[from..from + hd]);
                     self.v[to..to + hd].copy_from_slice(&v[from..from + hd]);
                 }
             }
         }
-        self.len += s.t;
+        self.len += s.seq;
     }
 
     /// Attention of the `t` newest tokens (queries `q`, token-major `[rows, t, heads, head_dim]`,
     /// already appended to the cache) over every cached key they may see; token-major output.
     /// `left_pad` is per row (empty: no padding).
-    fn attend(&self, q: &[f32], s: CachedAttnShape, left_pad: &[usize]) -> Vec<f32> {
+    fn attend(&self, q: &[f32], s: AttnShape, left_pad: &[usize]) -> Vec<f32> {
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
-        let start = self.len - s.t;
+        let start = self.len - s.seq;
         let scale = s.scale;
-        let mut out = vec![0f32; s.rows * s.t * s.heads * hd];
+        let mut out = vec![0f32; s.batch * s.seq * s.heads * hd];
         let attend_one = attend_one_for_this_cpu();
         let slopes = if s.alibi {
             alibi_slopes(s.heads)
@@ -228,7 +210,11 @@ impl LayerCache {
         // otherwise, once per query head).
         let outputs: Vec<(usize, &mut [f32])> = out.chunks_mut(group * hd).enumerate().collect();
         pool::for_each(outputs, &|(n, out)| {
-            let (r, i, kv_head) = (n / (s.t * s.kv_heads), n / s.kv_heads % s.t, n % s.kv_heads);
+            let (r, i, kv_head) = (
+                n / (s.seq * s.kv_heads),
+                n / s.kv_heads % s.seq,
+                n % s.kv_heads,
+            );
             let position = start + i;
             let pad = left_pad.get(r).copied().unwrap_or(0);
             // A padding query sees itself only (see the module comment); a windowed one the

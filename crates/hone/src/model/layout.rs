@@ -1,6 +1,6 @@
 //! The linear layers of a decoder block, per family: each layer's HF module name, the product it
 //! belongs to, its shape and bias; and the MLP's activation between its two products (gated or
-//! not). Inference (`model::llama`), training (`train::model`, `train::block`), the tensor list of
+//! not). Inference (`model::llama`), training (`train::model`, the one `model::block`), the tensor list of
 //! a checkpoint and LoRA's `all-linear` all read this one place, so a family whose checkpoints fuse
 //! q|k|v (Phi-3) or gate|up (Phi-3, GLM-4), or whose MLP has no gate (StarCoder2), is one switch
 //! here, not one in each of them.

@@ -290,9 +290,15 @@ impl Linear {
         let mut out_shape = x.dims().to_vec();
         *out_shape.last_mut().expect("x has a last dim") = self.out_features();
         let x = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut y = self.forward_rows(&x, rows)?;
-        self.add_row_updates(&x, rows, &mut y, lora)?;
+        let y = self.forward_rows_with(&x, rows, lora)?;
         Ok(Tensor::from_vec(y, out_shape, &candle_core::Device::Cpu)?)
+    }
+
+    /// [`Self::forward_rows`], plus each group's LoRA updates on its rows.
+    pub fn forward_rows_with(&self, x: &[f32], rows: usize, lora: &[RowsLora]) -> Result<Vec<f32>> {
+        let mut y = self.forward_rows(x, rows)?;
+        self.add_row_updates(x, rows, &mut y, lora)?;
+        Ok(y)
     }
 
     /// `x` `[rows, in]` (flattened) to `[rows, out]`.

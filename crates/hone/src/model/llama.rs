@@ -1,8 +1,9 @@
 //! The Llama decoder and its families (Mistral, Qwen2/3, SmolLM3, Granite, OLMo 2, Gemma 2/3,
 //! Phi-3, GLM-4, StarCoder2, ChatGLM2/3, Baichuan 2, Qwen v1 as `ModelConfig`'s switches, their
 //! linear layers from `layout`):
-//! embeddings, N blocks of grouped-query attention and an MLP with their norms, final norm, LM
-//! head. Inference forward pass with a KV cache.
+//! embeddings, N of the one decoder block (`block`, the same the training engine runs) over these
+//! linear layers, final norm, LM head. Inference forward pass with a KV cache, adapters per
+//! request.
 //!
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
 //! either f32 or in its stored type (`linear::Weight`); norms are f32.
@@ -11,100 +12,24 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
-use candle_nn::ops::rms_norm;
 
-use super::config::{BlockNorm, ModelConfig};
-use super::kv_cache::{Cache, CachedAttnShape};
-use super::layout::{self, block_linears, slot_linears, Slot, SLOTS};
+use super::attend::{Attend, Pass};
+use super::block::{self, Norms, Project, QkNorm};
+use super::config::ModelConfig;
+use super::kv_cache::Cache;
+use super::layout::{block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
+use super::norm::{NormCtx, NormParam, Tensor1};
 use super::rope::{ntk_alpha, RopeSet, RopeTables};
 use super::weights::norm_bias_name;
 use crate::adapters::ia3::SHARED_INPUT_SCALING;
 use crate::adapters::merge::check_fits;
 use crate::adapters::Adapter;
-use crate::kernels::attention::{self, AttnInputs, AttnShape};
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
-use crate::kernels::layernorm;
 use crate::kernels::matrix::MatrixRef;
-use crate::kernels::rmsnorm as rmsnorm_kernel;
-use crate::kernels::rope::{self as rope_kernel, RopeShape};
 
-/// q, k and v projections run as one product, as do gate and up: one larger product keeps the
-/// matmul kernels busier than several narrow ones.
-struct Attention {
-    qkv_proj: Linear,
-    o_proj: Linear,
-    /// RMSNorm weights of q and k (per head, `[head_dim]`: Qwen3, Gemma 3; or as wide as the
-    /// projection: OLMo 2) with the family's norm offset, applied before the rotary embedding.
-    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
-}
-
-struct Mlp {
-    gate_up_proj: Linear,
-    down_proj: Linear,
-}
-
-/// A block or final norm: an RMSNorm's weight, with the family's offset added (Gemma scales by
-/// `1 + w`), or a LayerNorm's weight and bias (StarCoder2).
-enum Norm {
-    Rms(Tensor),
-    /// Weight and bias as the LayerNorm kernel reads them.
-    Layer {
-        w: Vec<f32>,
-        b: Vec<f32>,
-    },
-}
-
-impl Norm {
-    fn apply(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        let (w, b) = match self {
-            Norm::Rms(w) => return Ok(rms_norm(x, w, eps)?),
-            Norm::Layer { w, b } => (w, b),
-        };
-        let values = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut y = vec![0f32; values.len()];
-        let mut rstd = vec![0f32; values.len() / w.len()];
-        layernorm::forward(&values, w, b, eps, &mut y, &mut rstd);
-        Ok(Tensor::from_vec(y, x.shape(), x.device())?)
-    }
-}
-
-/// A block's norms by position (those its family has, `norm_placement`).
-#[derive(Default)]
-struct Norms {
-    attn_in: Option<Norm>,
-    attn_out: Option<Norm>,
-    mlp_in: Option<Norm>,
-    mlp_out: Option<Norm>,
-}
-
-impl Norms {
-    fn slot(&mut self, position: BlockNorm) -> &mut Option<Norm> {
-        match position {
-            BlockNorm::AttnIn => &mut self.attn_in,
-            BlockNorm::AttnOut => &mut self.attn_out,
-            BlockNorm::MlpIn => &mut self.mlp_in,
-            BlockNorm::MlpOut => &mut self.mlp_out,
-        }
-    }
-}
-
-struct Block {
-    norms: Norms,
-    attn: Attention,
-    mlp: Mlp,
-}
-
-impl Block {
-    fn linear(&self, slot: Slot) -> &Linear {
-        match slot {
-            Slot::Qkv => &self.attn.qkv_proj,
-            Slot::O => &self.attn.o_proj,
-            Slot::GateUp => &self.mlp.gate_up_proj,
-            Slot::Down => &self.mlp.down_proj,
-        }
-    }
-}
+/// The one block (`model::block`) with the inference model's products.
+type Block = block::Block<Linear>;
 
 /// One adapter's updates laid out as a model's layers ([`Llama::lora_set`]): per block and
 /// linear layer, one update per projection. Built once when a server loads an adapter, then
@@ -119,39 +44,6 @@ impl LoraSet {
         match slot {
             Some(slot) => &mut self.blocks[layer][slot as usize][part],
             None => &mut self.lm_head[part],
-        }
-    }
-}
-
-/// Where the rows of a forward pass are and how their attention reads keys and values.
-enum Attend<'c, 'd> {
-    /// Whole sequences from position 0, no cache.
-    Whole,
-    /// One cache for all rows, which sit at the same position.
-    Batch(&'c mut Cache),
-    /// Each row one token, continuing its own cache.
-    PerRow(&'c mut [&'d mut Cache]),
-}
-
-impl Attend<'_, '_> {
-    /// The position of every token of `[b, t]`.
-    fn positions(&self, b: usize, t: usize) -> Vec<u32> {
-        let start = |r: usize| match self {
-            Attend::Whole => 0,
-            Attend::Batch(cache) => cache.len(),
-            Attend::PerRow(caches) => caches[r].len(),
-        };
-        (0..b)
-            .flat_map(|r| (start(r)..start(r) + t).map(|p| p as u32))
-            .collect()
-    }
-
-    /// How many leading positions of row `r` are padding.
-    fn left_pad(&self, r: usize) -> usize {
-        match self {
-            Attend::Whole => 0,
-            Attend::Batch(cache) => cache.left_pad(r),
-            Attend::PerRow(caches) => caches[r].left_pad(0),
         }
     }
 }
@@ -193,11 +85,43 @@ fn row_updates<'a>(
         .collect()
 }
 
+/// Each adapter's token rows in a pass, from which a product of layer `layer` takes its own
+/// updates.
+pub struct AdapterRows<'a> {
+    layer: usize,
+    rows: &'a [Vec<usize>],
+    groups: &'a [(Vec<usize>, &'a LoraSet)],
+}
+
+/// The inference model's products: the base weights for every row, each adapter's updates on its
+/// own rows; nothing is kept for a backward.
+impl Project for Linear {
+    type Context<'a> = AdapterRows<'a>;
+    type Saved = ();
+
+    fn out_features(&self) -> usize {
+        Linear::out_features(self)
+    }
+
+    fn project(
+        &self,
+        x: &[f32],
+        rows: usize,
+        slot: Slot,
+        adapters: &AdapterRows,
+    ) -> Result<(Vec<f32>, ())> {
+        let lora = row_updates(adapters.rows, adapters.groups, |set| {
+            &set.blocks[adapters.layer][slot as usize]
+        });
+        Ok((self.forward_rows_with(x, rows, &lora)?, ()))
+    }
+}
+
 pub struct Llama {
     cfg: ModelConfig,
     embed_tokens: Weight,
     blocks: Vec<Block>,
-    norm: Norm,
+    norm: NormParam,
     lm_head: Linear,
     rope: RopeTables,
     device: Device,
@@ -245,21 +169,14 @@ impl Llama {
                 });
                 Linear::new(projections.collect::<Result<_>>()?)
             };
-            let attn = Attention {
-                qkv_proj: linear(Slot::Qkv)?,
-                o_proj: linear(Slot::O)?,
-                qk_norm,
-            };
-            let mlp = Mlp {
-                gate_up_proj: linear(Slot::GateUp)?,
-                down_proj: linear(Slot::Down)?,
-            };
+            let [qkv, o, gate_up, down] = SLOTS.map(&mut linear);
+            let linears = [qkv?, o?, gate_up?, down?];
             let mut norms = Norms::default();
             for &(position, name, _) in cfg.norm_placement.norms() {
                 let w = parts.take_norm(&format!("{p}.{name}.weight"), &[h], &cfg)?;
-                *norms.slot(position) = Some(w);
+                *norms.slot_mut(position) = Some(w);
             }
-            blocks.push(Block { norms, attn, mlp });
+            blocks.push(Block::new(&cfg, l, norms, qk_norm, linears));
         }
         let norm = parts.take_norm("model.norm.weight", &[h], &cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -399,7 +316,7 @@ impl Llama {
         let ids = ids.flatten_all()?.to_vec1::<u32>()?;
         let mut context = match cache {
             Some(cache) => Attend::Batch(cache),
-            None => Attend::Whole,
+            None => Attend::Whole { segment_ids: None },
         };
         self.run_blocks(&ids, (b, t), &mut context, &[])
     }
@@ -414,7 +331,12 @@ impl Llama {
         let t = ids.len();
         let groups: Vec<(Vec<usize>, &LoraSet)> =
             adapter.map(|set| (vec![0], set)).into_iter().collect();
-        let hidden = self.run_blocks(ids, (1, t), &mut Attend::Whole, &groups)?;
+        let hidden = self.run_blocks(
+            ids,
+            (1, t),
+            &mut Attend::Whole { segment_ids: None },
+            &groups,
+        )?;
         let last = hidden
             .narrow(1, t - 1, 1)?
             .flatten_all()?
@@ -504,117 +426,30 @@ impl Llama {
         let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
         let rope_sets = self.rope_sets(long_rope, t, context);
         let logn = self.logn_factors(&positions, t, context);
-        let mut embedded = self.embed_tokens.gather_rows(ids)?;
-        scale_in_place(&mut embedded, self.cfg.scales.embedding);
-        let mut x = Tensor::from_vec(embedded, (b, t, self.cfg.hidden_size), &self.device)?;
-        let residual = self.cfg.scales.residual;
-        let eps = self.cfg.rms_norm_eps as f32;
-        // A branch's input or output, normalized where the family has a norm.
-        let norm = |x: &Tensor, w: &Option<Norm>| -> Result<Tensor> {
-            Ok(match w {
-                Some(w) => w.apply(x, eps)?,
-                None => x.clone(),
-            })
+        let mut x = self.embed_tokens.gather_rows(ids)?;
+        scale_in_place(&mut x, self.cfg.scales.embedding);
+        let pass = Pass {
+            batch: b,
+            seq: t,
+            positions: &positions,
+            rope: &self.rope,
+            rope_sets: &rope_sets,
+            logn: logn.as_deref(),
         };
         let rows = token_rows(groups, t);
-        for (l, block) in self.blocks.iter().enumerate() {
-            let lora =
-                |slot: Slot| row_updates(&rows, groups, move |set| &set.blocks[l][slot as usize]);
-            let input = norm(&x, &block.norms.attn_in)?;
-            let qkv = block.attn.qkv_proj.forward_with(&input, &lora(Slot::Qkv))?;
-            let rotation = (positions.as_slice(), rope_sets.as_slice(), logn.as_deref());
-            let attn = self.attention(&qkv, (b, t), rotation, l, context)?;
-            let o = block.attn.o_proj.forward_with(&attn, &lora(Slot::O))?;
-            x = (x + scaled(norm(&o, &block.norms.attn_out)?, residual)?)?;
-            let input = norm(&x, &block.norms.mlp_in)?;
-            let gate_up = block
-                .mlp
-                .gate_up_proj
-                .forward_with(&input, &lora(Slot::GateUp))?;
-            let gated = mlp_activation(&self.cfg, &gate_up)?;
-            let down = block
-                .mlp
-                .down_proj
-                .forward_with(&gated, &lora(Slot::Down))?;
-            x = (x + scaled(norm(&down, &block.norms.mlp_out)?, residual)?)?;
+        for block in &self.blocks {
+            let adapters = AdapterRows {
+                layer: block.index,
+                rows: &rows,
+                groups,
+            };
+            block.forward(&self.cfg, &mut x, &pass, &adapters, context)?;
         }
+        let (mut hidden, _) = self.norm.forward(&x, NormCtx::of(&self.cfg));
         // Dividing the head's input divides the logits (Granite's `logits_scaling`).
-        scaled(self.norm.apply(&x, eps)?, 1.0 / self.cfg.scales.logits)
-    }
-
-    /// Self-attention of a block on its q|k|v product `[b, t, (nh + 2·nkv)·hd]`: over whole
-    /// sequences from position 0 through the training engine's fused causal kernel, or over the
-    /// cache(s) for tokens at `positions`, rotated with each row's tables and the queries scaled
-    /// by `logn` when given. Output `[b, t, nh·hd]`, before `o_proj`.
-    fn attention(
-        &self,
-        qkv: &Tensor,
-        (b, t): (usize, usize),
-        (positions, rope_sets, logn): (&[u32], &[RopeSet], Option<&[f32]>),
-        layer: usize,
-        context: &mut Attend,
-    ) -> Result<Tensor> {
-        let (nh, nkv, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.num_key_value_heads,
-            self.cfg.head_dim,
-        );
-        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let (mut q, k, v) = self.split_and_rotate(&qkv, (positions, rope_sets), layer);
-        if let Some(factors) = logn {
-            let row = q.len() / factors.len().max(1);
-            for (token, &factor) in q.chunks_exact_mut(row).zip(factors) {
-                token.iter_mut().for_each(|x| *x *= factor);
-            }
-        }
-        let cached = |rows| CachedAttnShape {
-            rows,
-            t,
-            heads: nh,
-            kv_heads: nkv,
-            head_dim: hd,
-            scale: self.cfg.attention_scale(),
-            window: self.cfg.window(layer),
-            softcap: self.cfg.attn_softcap,
-            alibi: self.cfg.alibi,
-        };
-        let out = match context {
-            Attend::Batch(cache) => cache.attend(layer, &q, &k, &v, cached(b)),
-            Attend::PerRow(caches) => {
-                let (q_row, kv_row) = (t * nh * hd, t * nkv * hd);
-                let mut out = Vec::with_capacity(q.len());
-                for (r, cache) in caches.iter_mut().enumerate() {
-                    let kv = r * kv_row..(r + 1) * kv_row;
-                    let q = &q[r * q_row..(r + 1) * q_row];
-                    out.extend(cache.attend(layer, q, &k[kv.clone()], &v[kv], cached(1)));
-                }
-                out
-            }
-            Attend::Whole => {
-                let shape = AttnShape {
-                    batch: b,
-                    seq: t,
-                    heads: nh,
-                    kv_heads: nkv,
-                    head_dim: hd,
-                    scale: self.cfg.attention_scale(),
-                    window: self.cfg.window(layer),
-                    softcap: self.cfg.attn_softcap,
-                    alibi: self.cfg.alibi,
-                };
-                let mut out = vec![0f32; b * t * nh * hd];
-                let mut lse = vec![0f32; b * nh * t];
-                let inputs = AttnInputs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    segment_ids: None,
-                };
-                attention::forward(shape, inputs, &mut out, &mut lse);
-                out
-            }
-        };
-        Ok(Tensor::from_vec(out, (b, t, nh * hd), &self.device)?)
+        scale_in_place(&mut hidden, 1.0 / self.cfg.scales.logits);
+        let h = self.cfg.hidden_size;
+        Ok(Tensor::from_vec(hidden, (b, t, h), &self.device)?)
     }
 
     /// One adapter's updates laid out as this model's layers, for [`Self::prefill`] and
@@ -717,7 +552,7 @@ impl Llama {
             Some(seq_length) => {
                 let alpha = |len: usize| ntk_alpha(len, seq_length);
                 match context {
-                    Attend::Whole => vec![alpha(t); b],
+                    Attend::Whole { .. } => vec![alpha(t); b],
                     Attend::Batch(cache) => cache.ntk_alphas(b, t, alpha),
                     Attend::PerRow(caches) => caches
                         .iter_mut()
@@ -770,7 +605,7 @@ impl Llama {
             return Ok(vec![false; b]);
         }
         let caches: Vec<&mut Cache> = match context {
-            Attend::Whole => return Ok(vec![self.rope.reaches_long(positions); b]),
+            Attend::Whole { .. } => return Ok(vec![self.rope.reaches_long(positions); b]),
             Attend::Batch(cache) => {
                 let long = cache.keys_long || self.rope.reaches_long(positions);
                 self.rebuild_if_short(cache, long, groups)?;
@@ -816,66 +651,6 @@ impl Llama {
         self.run_blocks(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
         Ok(())
     }
-
-    /// The stacked projection's `[q | k | v]` columns of layer `layer` as separate token-major
-    /// arrays, q and k of token `i` normalized per head when the layer has a q/k norm, then
-    /// rotated for `positions[i]` unless the layer has no rotary embedding.
-    fn split_and_rotate(
-        &self,
-        qkv: &[f32],
-        (positions, rope_sets): (&[u32], &[RopeSet]),
-        layer: usize,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (nh, nkv, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.num_key_value_heads,
-            self.cfg.head_dim,
-        );
-        let row = (nh + 2 * nkv) * hd;
-        let column = |from: usize, width: usize| -> Vec<f32> {
-            qkv.chunks_exact(row)
-                .flat_map(|r| &r[from..from + width])
-                .copied()
-                .collect()
-        };
-        let (mut q, mut k) = (column(0, nh * hd), column(nh * hd, nkv * hd));
-        let v = column((nh + nkv) * hd, nkv * hd);
-        if let Some((q_norm, k_norm)) = &self.blocks[layer].attn.qk_norm {
-            let eps = self.cfg.rms_norm_eps as f32;
-            q = head_norm(&q, q_norm, eps);
-            k = head_norm(&k, k_norm, eps);
-        }
-        if !self.cfg.uses_rope(layer) {
-            return (q, k, v);
-        }
-        let shape = |heads| RopeShape {
-            heads,
-            head_dim: hd,
-            rotary_dim: self.cfg.rotary_dim,
-            interleaved: self.cfg.architecture.rotary_interleaved(),
-        };
-        // Rows that share tables rotate together (all of them, but for LongRoPE sequences on both
-        // sides of the original context, or Qwen's of different NTK factors, in one step).
-        let t = positions.len() / rope_sets.len();
-        let local = self.cfg.window(layer).is_some();
-        let mut start = 0;
-        for run in rope_sets.chunk_by(|a, b| a == b) {
-            let (cos, sin) = self.rope.select_set(run[0], local);
-            let rows = start..start + run.len();
-            let at = &positions[rows.start * t..rows.end * t];
-            let q_rows = &mut q[rows.start * t * nh * hd..rows.end * t * nh * hd];
-            rope_kernel::forward(q_rows, at, shape(nh), cos, sin);
-            let k_rows = &mut k[rows.start * t * nkv * hd..rows.end * t * nkv * hd];
-            rope_kernel::forward(k_rows, at, shape(nkv), cos, sin);
-            start = rows.end;
-        }
-        (q, k, v)
-    }
-}
-
-/// `x · factor`, or `x` itself when the factor is 1 (every family but Granite).
-fn scaled(x: Tensor, factor: f64) -> Result<Tensor> {
-    Ok(if factor == 1.0 { x } else { (x * factor)? })
 }
 
 /// Multiplies `values` by `factor` unless it is 1.
@@ -884,24 +659,6 @@ fn scale_in_place(values: &mut [f32], factor: f64) {
         let factor = factor as f32;
         values.iter_mut().for_each(|v| *v *= factor);
     }
-}
-
-/// Each `w.len()`-wide head of `x` RMS-normalized and scaled by `w`: the q/k norms (a weight as
-/// wide as the projection makes one head per token, OLMo 2's).
-fn head_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    let mut rstd = vec![0f32; x.len() / w.len()];
-    rmsnorm_kernel::forward(x, w, eps, &mut y, &mut rstd);
-    y
-}
-
-/// The MLP's activation of the GateUp product (`layout::mlp_activation`), `[..., intermediate]`.
-fn mlp_activation(cfg: &ModelConfig, gate_up: &Tensor) -> Result<Tensor> {
-    let mut shape = gate_up.dims().to_vec();
-    *shape.last_mut().context("a scalar is not a product")? = cfg.intermediate_size;
-    let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
-    let out = layout::mlp_activation(cfg, &values);
-    Ok(Tensor::from_vec(out, shape, gate_up.device())?)
 }
 
 /// The model's weights while a [`Llama`] is built from them, and the adapter's updates.
@@ -925,53 +682,41 @@ impl Parts<'_> {
         Ok(w)
     }
 
-    /// An RMSNorm weight with the family's offset added (`1 + w` for Gemma), as the norm scales by.
-    /// The norm whose weight is `name` (`….weight`), its bias beside it in a LayerNorm family.
-    fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<Norm> {
-        let w = self.take_norm_weight(name, shape, cfg)?;
-        if !cfg.architecture.layer_norm() {
-            return Ok(Norm::Rms(w));
-        }
-        let b = self.take_f32(&norm_bias_name(name), shape)?;
-        Ok(Norm::Layer {
-            w: w.to_vec1::<f32>()?,
-            b: b.to_vec1::<f32>()?,
-        })
+    /// The norm whose weight is `name` (`….weight`), its bias beside it in a LayerNorm family (the
+    /// family's offset, Gemma's `1 + w`, is added where the norm computes).
+    fn take_norm(&mut self, name: &str, shape: &[usize], cfg: &ModelConfig) -> Result<NormParam> {
+        let weight = Tensor1::new(self.take_f32(name, shape)?, false);
+        let bias = match cfg.architecture.layer_norm() {
+            true => Some(Tensor1::new(
+                self.take_f32(&norm_bias_name(name), shape)?,
+                false,
+            )),
+            false => None,
+        };
+        Ok(NormParam { weight, bias })
     }
 
-    /// A norm weight with the family's offset added (Gemma scales by `1 + w`).
-    fn take_norm_weight(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        cfg: &ModelConfig,
-    ) -> Result<Tensor> {
-        let w = self.take_f32(name, shape)?;
-        Ok(match cfg.norm_offset {
-            0.0 => w,
-            offset => (w + f64::from(offset))?,
-        })
-    }
-
-    fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// An f32 vector's values.
+    fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let w = self.take(name, shape)?;
-        w.f32_tensor()
-            .with_context(|| format!("tensor `{name}`"))
-            .cloned()
+        let w = w.f32_tensor().with_context(|| format!("tensor `{name}`"))?;
+        Ok(w.to_vec1::<f32>()?)
     }
 
-    /// Layer `layer`'s (`model.layers.N`) q and k norm weights when the family has them.
-    fn qk_norm(&mut self, layer: &str, cfg: &ModelConfig) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    /// Layer `layer`'s (`model.layers.N`) q and k norms when the family has them.
+    fn qk_norm(&mut self, layer: &str, cfg: &ModelConfig) -> Result<Option<QkNorm>> {
         let Some((q_width, k_width)) = cfg.qk_norm_widths() else {
             return Ok(None);
         };
-        let mut norm = |name: &str, width: usize| -> Result<Vec<f32>> {
+        let mut norm = |name: &str, width: usize| -> Result<NormParam> {
             let name = format!("{layer}.self_attn.{name}.weight");
-            Ok(self
-                .take_norm_weight(&name, &[width], cfg)?
-                .to_vec1::<f32>()?)
+            let weight = Tensor1::new(self.take_f32(&name, &[width])?, false);
+            Ok(NormParam { weight, bias: None })
         };
-        Ok(Some((norm("q_norm", q_width)?, norm("k_norm", k_width)?)))
+        Ok(Some(QkNorm {
+            q: norm("q_norm", q_width)?,
+            k: norm("k_norm", k_width)?,
+        }))
     }
 
     /// Module `module`'s weight, bias when it has one, and the adapter's update of it (whose bias,
@@ -986,7 +731,7 @@ impl Parts<'_> {
         let weight = self.take(&format!("{module}.weight"), &[out, inp])?;
         let bias_name = format!("{module}.bias");
         let mut bias = if bias {
-            Some(self.take_f32(&bias_name, &[out])?.to_vec1::<f32>()?)
+            Some(self.take_f32(&bias_name, &[out])?)
         } else {
             None
         };

@@ -1,6 +1,8 @@
 //! Llama-block models (every family Hone runs, as switches on the one block): configuration,
 //! weights, and the forward pass.
 
+pub mod attend;
+pub mod block;
 pub mod config;
 mod kv_cache;
 pub mod layout;
@@ -8,6 +10,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod memory;
+pub mod norm;
 pub mod quantize;
 pub mod rope;
 pub mod tensors;

@@ -15,12 +15,13 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::dropout;
-use super::linear::{lora_backward, lora_down, lora_input, lora_up, Part, Tensor1};
+use super::linear::{lora_backward, lora_down, lora_input, lora_up, Part};
 use super::lora::Lora;
 use crate::adapters::dora::{adapted_row_norms, factors};
 use crate::kernels::columns::{column_sums, columns, scale_columns, Columns};
 use crate::kernels::matmul::{MatMut, MatRef};
 use crate::kernels::matrix::MatrixRef;
+use crate::model::norm::Tensor1;
 
 /// Where a part's weight rows are: `products` is what the products read (a bf16 copy under mixed
 /// precision), `stored` the weight itself, which the norms read.

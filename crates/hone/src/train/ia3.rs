@@ -9,10 +9,11 @@
 
 use anyhow::{bail, Result};
 
-use super::linear::{Part, Tensor1};
+use super::linear::Part;
 use crate::adapters::ia3::{Ia3Config, Ia3Matcher, SHARED_INPUT_SCALING};
 use crate::adapters::Ia3Vector;
 use crate::kernels::columns::{column_sums, columns, rows_times, scale_columns, Columns};
+use crate::model::norm::Tensor1;
 
 /// An IA3 run's adapter config with its module selection compiled.
 pub struct Ia3Settings {

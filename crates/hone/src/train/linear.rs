@@ -19,20 +19,9 @@ use super::lora::Lora;
 use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
-
-/// A trainable tensor's values and, when it trains, its gradient (same length).
-#[derive(Clone, Debug)]
-pub struct Tensor1 {
-    pub value: Vec<f32>,
-    pub grad: Option<Vec<f32>>,
-}
-
-impl Tensor1 {
-    pub fn new(value: Vec<f32>, trainable: bool) -> Tensor1 {
-        let grad = trainable.then(|| vec![0.0; value.len()]);
-        Tensor1 { value, grad }
-    }
-}
+use crate::model::block::{Backprop, Project};
+use crate::model::layout::Slot;
+use crate::model::norm::Tensor1;
 
 /// A matrix outside the blocks (the embedding, the LM head) and its gradient when it trains; a
 /// matrix that trains is always f32.
@@ -216,6 +205,46 @@ impl Projection {
             col += part.out_features;
         }
         ia3::input_backward(&mut self.parts, x, dx);
+    }
+}
+
+/// A block's products in training: `Context` is the block's dropout seed (None outside training),
+/// from which each slot draws its own stream.
+impl Project for Projection {
+    type Context<'a> = Option<u64>;
+    type Saved = Saved;
+
+    fn out_features(&self) -> usize {
+        Projection::out_features(self)
+    }
+
+    fn project(
+        &self,
+        x: &[f32],
+        rows: usize,
+        slot: Slot,
+        block_seed: &Option<u64>,
+    ) -> anyhow::Result<(Vec<f32>, Saved)> {
+        let mut y = vec![0.0; rows * self.out_features()];
+        let seed = block_seed.map(|seed| dropout::stream(seed, slot_stream(slot)));
+        let saved = self.forward(x, &mut y, seed);
+        Ok((y, saved))
+    }
+}
+
+impl Backprop for Projection {
+    fn backward(&mut self, dy: &[f32], x: &[f32], saved: &Saved, dx: &mut [f32]) {
+        Projection::backward(self, dy, x, saved, dx)
+    }
+}
+
+/// The sub-stream of a block's dropout seed that a slot's masks come from.
+fn slot_stream(slot: Slot) -> u64 {
+    match slot {
+        Slot::Qkv => 0,
+        Slot::O => 1,
+        Slot::GateUp => 2,
+        Slot::Down => 4,
     }
 }
 

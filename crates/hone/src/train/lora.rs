@@ -10,11 +10,11 @@
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::linear::Tensor1;
 use super::lora_init::LoraInit;
 use crate::adapters::dora::LowRank;
 use crate::adapters::{AdapterConfig, Bias, InitLoraWeights, LoraWeights, ModuleMatcher};
 use crate::model::layout::{block_linears, linear_module_names};
+use crate::model::norm::Tensor1;
 use crate::model::ModelConfig;
 
 /// A LoRA run's adapter config (PEFT's `LoraConfig`: rank, alpha, dropout, targets, bias, rsLoRA,

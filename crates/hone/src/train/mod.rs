@@ -1,7 +1,6 @@
 //! Training: the model and LoRA layers built on the differentiable kernels (`crate::kernels`),
 //! AdamW and learning-rate schedules, the run config and checkpoint directories.
 
-pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod dora;

@@ -11,12 +11,9 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::block::{
-    norm, norm_input_grad, Activations, Block, NormCtx, NormParam, Norms, QkNorm, StepInputs,
-};
 use super::dropout;
 use super::ia3::{self, Ia3, Ia3Settings};
-use super::linear::{MatrixParam, Part, Projection, Tensor1};
+use super::linear::{MatrixParam, Part, Projection};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use super::lora_init;
 use super::norm_head;
@@ -26,9 +23,15 @@ use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::matrix::{Matrix, MatrixRef};
 use crate::kernels::stored::StoredMatrix;
+use crate::model::attend::{Attend, Pass};
+use crate::model::block::{Activations, Norms, QkNorm};
 use crate::model::layout::{slot_linears, Slot};
-use crate::model::rope::RopeTables;
+use crate::model::norm::{NormCtx, NormParam, Tensor1};
+use crate::model::rope::{RopeSet, RopeTables};
 use crate::model::{ModelConfig, Weight};
+
+/// The one block (`model::block`) with the training engine's products.
+pub type Block = crate::model::block::Block<Projection>;
 
 /// Which tensors train: base parameters chosen by HF name, plus LoRA adapters or IA3 vectors.
 pub struct TrainableSpec<'a> {
@@ -75,7 +78,7 @@ pub struct Head<'a> {
 
 /// What the forward keeps of a block for its backward.
 enum Saved {
-    Activations(Box<Activations>),
+    Activations(Box<Activations<super::linear::Saved>>),
     /// The block's input only, when its activations are recomputed.
     Input(Vec<f32>),
 }
@@ -195,17 +198,8 @@ impl TrainModel {
             for &(position, name, _) in cfg.norm_placement.norms() {
                 *norms.slot_mut(position) = Some(norm(name, h, layer_norm)?);
             }
-            blocks.push(Block {
-                norms,
-                qkv,
-                o_proj,
-                gate_up,
-                down_proj,
-                qk_norm,
-                rotary: cfg.uses_rope(l),
-                window: cfg.window(l),
-                local_rope: cfg.window(l).is_some(),
-            });
+            let linears = [qkv, o_proj, gate_up, down_proj];
+            blocks.push(Block::new(&cfg, l, norms, qk_norm, linears));
         }
         let norm = norm_param(&mut take, "model.norm", h, layer_norm)?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -275,7 +269,9 @@ impl TrainModel {
         dropout_seed: u64,
         objective: impl FnOnce(Head) -> Result<R>,
     ) -> Result<R> {
-        let step = step_inputs(&self.cfg, &self.rope, batch, Some(dropout_seed))?;
+        let sets = rope_sets(&self.rope, batch);
+        let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
+        let segment_ids = batch.segment_ids.as_deref();
         let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
         if let Some(alpha) = self.neftune_alpha {
             let magnitude = alpha / ((batch.seq * self.cfg.hidden_size) as f32).sqrt();
@@ -286,21 +282,17 @@ impl TrainModel {
         }
         // After NEFTune's noise, which transformers adds to the embedding layer's output.
         scale(&mut x, self.cfg.scales.embedding);
-        let block_inputs = |l: usize| StepInputs {
-            dropout_seed: step.dropout_seed.map(|s| dropout::stream(s, l as u64)),
-            ..step
-        };
+        let block_seed = |l: usize| Some(dropout::stream(dropout_seed, l as u64));
         let mut saved = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
             if self.recompute {
                 saved.push(Saved::Input(x.clone()));
-                block.forward(&self.cfg, &mut x, &block_inputs(l));
+                let mut attend = Attend::Whole { segment_ids };
+                block.forward(&self.cfg, &mut x, &pass, &block_seed(l), &mut attend)?;
             } else {
-                saved.push(Saved::Activations(Box::new(block.forward(
-                    &self.cfg,
-                    &mut x,
-                    &block_inputs(l),
-                ))));
+                let acts =
+                    block.forward_keeping(&self.cfg, &mut x, &pass, &block_seed(l), segment_ids)?;
+                saved.push(Saved::Activations(Box::new(acts)));
             }
         }
         let (hidden, rstd) = self.final_norm(&x);
@@ -341,15 +333,16 @@ impl TrainModel {
             norm_head::backward(&n, &lengths, &dn, dw);
         }
         scale(&mut dh, logit_scale);
-        let mut dx = norm_input_grad(&dh, &x, &mut self.norm, &rstd, NormCtx::of(&self.cfg));
+        let mut dx = self.norm.backward(&dh, &x, &rstd, NormCtx::of(&self.cfg));
         drop((dh, head_input, x));
         for (l, block) in self.blocks.iter_mut().enumerate().rev() {
-            let s = block_inputs(l);
             let acts = match saved.pop().expect("one saved entry per block") {
                 Saved::Activations(acts) => *acts,
-                Saved::Input(mut x) => block.forward(&self.cfg, &mut x, &s),
+                Saved::Input(mut x) => {
+                    block.forward_keeping(&self.cfg, &mut x, &pass, &block_seed(l), segment_ids)?
+                }
             };
-            block.backward(&self.cfg, &mut dx, acts, &s);
+            block.backward(&self.cfg, &mut dx, acts, &pass, segment_ids);
         }
         if let Some(grad) = &mut self.embed_tokens.grad {
             scale(&mut dx, self.cfg.scales.embedding);
@@ -417,10 +410,13 @@ impl TrainModel {
     /// The final norm's output for `batch` (transformers' last hidden state), without
     /// gradients or dropout.
     pub fn final_hidden(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let step = step_inputs(&self.cfg, &self.rope, batch, None)?;
+        let sets = rope_sets(&self.rope, batch);
+        let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
         let mut x = self.embed(&batch.input_ids);
+        let segment_ids = batch.segment_ids.as_deref();
         for block in &self.blocks {
-            block.forward(&self.cfg, &mut x, &step);
+            let mut attend = Attend::Whole { segment_ids };
+            block.forward(&self.cfg, &mut x, &pass, &None, &mut attend)?;
         }
         Ok(self.final_norm(&x).0)
     }
@@ -450,7 +446,7 @@ impl TrainModel {
 
     /// The final norm's output and scales, as the blocks' norms compute (Gemma's `1 + w` too).
     fn final_norm(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        norm(x, &self.norm, NormCtx::of(&self.cfg))
+        self.norm.forward(x, NormCtx::of(&self.cfg))
     }
 }
 
@@ -468,13 +464,23 @@ fn scaled(mut values: Vec<f32>, factor: f64) -> Vec<f32> {
     values
 }
 
+/// The rotary tables every row of `batch` rotates with: LongRoPE's long ones when any position
+/// reaches past the original context, as transformers picks them for the whole call.
+fn rope_sets(rope: &RopeTables, batch: &Batch) -> Vec<RopeSet> {
+    let set = RopeSet {
+        long: rope.reaches_long(&batch.position_ids),
+        ntk_alpha: 1,
+    };
+    vec![set; batch.batch]
+}
+
 /// What the blocks need to know about `batch`, after checking it fits the model.
-fn step_inputs<'a>(
+fn pass<'a>(
     cfg: &ModelConfig,
     rope: &'a RopeTables,
     batch: &'a Batch,
-    dropout_seed: Option<u64>,
-) -> Result<StepInputs<'a>> {
+    rope_sets: &'a [RopeSet],
+) -> Result<Pass<'a>> {
     let n = batch.batch * batch.seq;
     ensure!(
         batch.input_ids.len() == n && batch.labels.len() == n && batch.position_ids.len() == n,
@@ -493,14 +499,13 @@ fn step_inputs<'a>(
     if let Some(bad) = batch.position_ids.iter().find(|&&p| p as usize >= max_pos) {
         bail!("position {bad} exceeds the model's context of {max_pos} (max_position_embeddings)");
     }
-    Ok(StepInputs {
+    Ok(Pass {
         batch: batch.batch,
         seq: batch.seq,
         positions: &batch.position_ids,
-        segment_ids: batch.segment_ids.as_deref(),
-        rope: rope.select(&batch.position_ids, false),
-        local_rope: rope.select(&batch.position_ids, true),
-        dropout_seed,
+        rope,
+        rope_sets,
+        logn: None,
     })
 }
 
@@ -686,19 +691,10 @@ pub fn shifted_labels(batch: &Batch) -> Vec<i64> {
 }
 
 impl Block {
+    /// Every part of the block's products, in slot order.
     pub fn projections(&self) -> impl Iterator<Item = &Part> {
         [&self.qkv, &self.o_proj, &self.gate_up, &self.down_proj]
             .into_iter()
             .flat_map(|p| &p.parts)
-    }
-
-    /// The four projections, mutably.
-    pub fn projections_mut(&mut self) -> [&mut Projection; 4] {
-        [
-            &mut self.qkv,
-            &mut self.o_proj,
-            &mut self.gate_up,
-            &mut self.down_proj,
-        ]
     }
 }

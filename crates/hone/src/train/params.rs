@@ -6,15 +6,16 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` (and DoRA's `{module}.lora_magnitude_vector`,
 //! IA3's `{module}.ia3_l`) for adapters (PEFT's, minus its `base_model.model.` prefix).
 
-use super::block::{NormParam, Norms};
-use super::linear::{MatrixParam, Projection, Tensor1};
+use super::linear::{MatrixParam, Projection};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
 use super::reward;
 use crate::adapters::{dora, Adapter, PeftConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
+use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
+use crate::model::norm::{NormParam, Tensor1};
 
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
 type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);

@@ -7,7 +7,7 @@
 //! quantized at load, bf16 copies), the trainable tensors' gradients and AdamW's two moments, the
 //! activations every block keeps for its backward (or only its input, with recomputation), one
 //! block's scratch during the backward, the loss's logits chunk, and the process itself. The
-//! byte counts mirror the code that allocates them (`train/block.rs`, `train/precision.rs`,
+//! byte counts mirror the code that allocates them (`model/block.rs`, `train/precision.rs`,
 //! `sft/setup.rs::choose_base_storage`); scripts/bench/memory_plan.py checks them against the
 //! peak RSS of real runs.
 
@@ -412,7 +412,7 @@ fn lora_rank(matcher: &ModuleMatcher, module: &str) -> Option<u64> {
         .then(|| matcher.rank(module).ok().map(|r| r as u64))?
 }
 
-/// f32 values one block keeps per token for its backward (`train::block::Activations`): its
+/// f32 values one block keeps per token for its backward (`model::block::Activations`): its
 /// input and mid-block residual, q, k, v, the attention output and its log-sum-exp, the two MLP
 /// halves, two RMSNorm scales, each LoRA's `A·x` (and DoRA's output before its rescaling), with a
 /// q/k norm the raw q and k and their

@@ -24,7 +24,7 @@ impl TrainModel {
             keep_originals,
         };
         for block in &mut self.blocks {
-            for p in block.projections_mut() {
+            for p in block.linears_mut() {
                 let trains = p.weight_trains();
                 keep(trains).place(&mut p.weight, &mut p.bf16, Matrix::to_bf16);
                 if !trains && p.bf16.is_none() {
@@ -57,7 +57,7 @@ impl TrainModel {
     /// Makes the bf16 copies of the matrices that train again from their updated f32 values.
     pub fn refresh_bf16(&mut self) {
         for block in &mut self.blocks {
-            for p in block.projections_mut() {
+            for p in block.linears_mut() {
                 if p.bf16.is_some() && p.weight_trains() {
                     p.bf16 = Some(p.weight.to_bf16());
                 }

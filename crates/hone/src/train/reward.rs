@@ -18,9 +18,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::data::{flatten, Batch, Row};
 use crate::io::safetensors as st;
+use crate::model::norm::Tensor1;
 use crate::model::value_head as stored;
 use crate::train::dropout;
-use crate::train::linear::Tensor1;
 use crate::train::model::TrainModel;
 
 pub use crate::model::value_head::{BIAS, VALUE_HEAD_FILE, WEIGHT};

@@ -1,65 +1,64 @@
-//! One Llama decoder block for training, forward and backward side by side, written by hand over
-//! the fused kernels rather than through an autograd tape: the backward knows exactly which
-//! activations it needs, so the forward keeps only those (about 3.3 hidden-widths plus the two
-//! MLP halves per token) and recomputes the cheap rest (both RMSNorm outputs, the SwiGLU output).
+//! The one decoder block of every family, forward and backward side by side, for inference and
+//! training alike: generation runs its forward over a KV cache, training keeps its activations
+//! for the backward. Written by hand over the fused kernels rather than through an autograd tape:
+//! the backward knows exactly which activations it needs, so the forward keeps only those (about
+//! 3.3 hidden-widths plus the two MLP halves per token) and recomputes the cheap rest (the norms'
+//! outputs, the MLP's activation).
 //!
-//! `x ← x + o(attn(rope(q), rope(k), v))` on `rmsnorm₁(x)`, then `x ← x + down(silu(gate) · up)` on
-//! `rmsnorm₂(x)`; all activations are token-major `[tokens, width]` f32. The family's switches
-//! (`ModelConfig`) vary it: norms on each branch's output (OLMo 2) or on both sides (Gemma), Gemma's
-//! `1 + w` norm weights, a q/k norm before the rotary embedding (per head: Qwen3, Gemma 3; whole
-//! projection: OLMo 2), layers without rotary embedding (SmolLM3) or with their own tables (Gemma 3's
-//! sliding layers), partial and interleaved rotary (Phi-3, GLM-4), sliding windows and soft-capped
-//! scores (the attention kernel's), GeGLU, LayerNorms and an ungated GELU MLP (StarCoder2), and
-//! Granite's residual multiplier on each branch. The
-//! projections' parts follow `model::layout` (Phi-3's fused `qkv_proj`, GLM-4's `gate_up_proj`).
+//! `x ← x + o(attn(rope(q), rope(k), v))` on `norm₁(x)`, then `x ← x + down(act(gate) · up)` on
+//! `norm₂(x)`; all activations are token-major `[tokens, width]` f32. The family's switches
+//! (`ModelConfig`) vary it: norms on each branch's output (OLMo 2) or on both sides (Gemma),
+//! Gemma's `1 + w` norm weights, a q/k norm before the rotary embedding (per head: Qwen3,
+//! Gemma 3; whole projection: OLMo 2), layers without rotary embedding (SmolLM3) or with their own
+//! tables (Gemma 3's sliding layers), partial and interleaved rotary (Phi-3, GLM-4), sliding
+//! windows, soft-capped scores and ALiBi (the attention kernels'), Qwen's logn scaling
+//! (inference), GeGLU, LayerNorms and an ungated GELU MLP (StarCoder2), and Granite's residual
+//! multiplier on each branch. The projections' parts follow `model::layout` (Phi-3's fused
+//! `qkv_proj`, GLM-4's `gate_up_proj`); what a projection is — the inference model's `Linear`
+//! (stored-type weights, adapters per request) or the training engine's (gradients, dropout) —
+//! is the [`Project`] seam.
 
 use std::borrow::Cow;
 
+use anyhow::Result;
 use rayon::prelude::*;
 
-use super::linear::{Projection, Saved, Tensor1};
+use super::attend::{Attend, Pass, Turn};
+use super::config::BlockNorm;
+use super::layout::{mlp_activation, Slot};
+use super::norm::{NormCtx, NormParam};
+use super::ModelConfig;
 use crate::kernels::attention::{self, AttnGrads, AttnInputs, AttnShape};
 use crate::kernels::columns::columns;
-use crate::kernels::{glu, layernorm, rmsnorm, rope};
-use crate::model::config::BlockNorm;
-use crate::model::layout::mlp_activation;
-use crate::model::ModelConfig;
+use crate::kernels::rope::RopeShape;
+use crate::kernels::{glu, PARALLEL_MIN};
 
-/// What varies per batch: sizes, positions (restarting inside packed rows), segments, the rotary
-/// tables this batch rotates with (cos, sin), and the dropout seed of this block (None outside
-/// training).
-#[derive(Clone, Copy, Debug)]
-pub struct StepInputs<'a> {
-    pub batch: usize,
-    pub seq: usize,
-    pub positions: &'a [u32],
-    pub segment_ids: Option<&'a [u32]>,
-    pub rope: (&'a [f32], &'a [f32]),
-    /// The sliding-window layers' tables: their own when they rotate differently (Gemma 3), else
-    /// `rope`.
-    pub local_rope: (&'a [f32], &'a [f32]),
-    pub dropout_seed: Option<u64>,
+/// One slot's product of a block (`[q|k|v]`, `o`, `[gate|up]`, `down`).
+pub trait Project {
+    /// What a pass gives each product besides its input: the block's dropout seed in training,
+    /// each adapter's rows when a server mixes adapters in one batch.
+    type Context<'a>;
+    /// What the forward keeps for the backward.
+    type Saved;
+    fn out_features(&self) -> usize;
+    /// `y` `[rows, out]` for `x` `[rows, in]`, and what the backward will need.
+    fn project(
+        &self,
+        x: &[f32],
+        rows: usize,
+        slot: Slot,
+        context: &Self::Context<'_>,
+    ) -> Result<(Vec<f32>, Self::Saved)>;
 }
 
-impl<'a> StepInputs<'a> {
-    /// The rotary tables of a layer.
-    fn rope_tables(&self, local: bool) -> (&'a [f32], &'a [f32]) {
-        if local {
-            self.local_rope
-        } else {
-            self.rope
-        }
-    }
+/// A product that trains.
+pub trait Backprop: Project {
+    /// From `dy` and the forward's input `x`, writes `dx` and accumulates the gradients of every
+    /// trainable part.
+    fn backward(&mut self, dy: &[f32], x: &[f32], saved: &Self::Saved, dx: &mut [f32]);
 }
 
-/// A norm's weight and, for a LayerNorm (StarCoder2), its bias; an RMSNorm has none.
-#[derive(Clone, Debug)]
-pub struct NormParam {
-    pub weight: Tensor1,
-    pub bias: Option<Tensor1>,
-}
-
-/// A block's RMSNorm weights by position: those its family has (`norm_placement`).
+/// A block's norms by position: those its family has (`norm_placement`).
 #[derive(Clone, Debug, Default)]
 pub struct Norms {
     pub attn_in: Option<NormParam>,
@@ -88,17 +87,27 @@ impl Norms {
     }
 }
 
+/// `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head (Qwen3, Gemma 3), or
+/// as wide as the projection (OLMo 2); the norm's rows follow from the weight's width.
 #[derive(Clone, Debug)]
-pub struct Block {
+pub struct QkNorm {
+    pub q: NormParam,
+    pub k: NormParam,
+}
+
+#[derive(Clone, Debug)]
+pub struct Block<L> {
+    /// The layer's index: which of a cache's layers it reads.
+    pub index: usize,
     /// The norms on the branches' inputs and outputs.
     pub norms: Norms,
     /// q, k and v projections as the parts of one projection (one part when the family fuses
     /// them, Phi-3's `qkv_proj`), likewise gate and up.
-    pub qkv: Projection,
-    pub o_proj: Projection,
-    pub gate_up: Projection,
-    pub down_proj: Projection,
-    /// Per-head RMSNorm of q and k before the rotary embedding, when the family has it.
+    pub qkv: L,
+    pub o_proj: L,
+    pub gate_up: L,
+    pub down_proj: L,
+    /// Per-head norm of q and k before the rotary embedding, when the family has it.
     pub qk_norm: Option<QkNorm>,
     /// Whether q and k are rotated (false in SmolLM3's NoPE layers).
     pub rotary: bool,
@@ -106,14 +115,6 @@ pub struct Block {
     pub window: Option<usize>,
     /// Whether q and k rotate with the local tables (Gemma 3's sliding-window layers).
     pub local_rope: bool,
-}
-
-/// `q_norm` and `k_norm`: RMSNorm weights `[head_dim]` shared by every head (Qwen3, Gemma 3), or
-/// as wide as the projection (OLMo 2); the norm's rows follow from the weight's width.
-#[derive(Clone, Debug)]
-pub struct QkNorm {
-    pub q: NormParam,
-    pub k: NormParam,
 }
 
 /// q and k as the projection made them, before their norm, with the norms' `rstd`.
@@ -131,7 +132,7 @@ struct OutputNorm {
 }
 
 /// What the forward keeps for the backward.
-pub struct Activations {
+pub struct Activations<S> {
     x_in: Vec<f32>,
     /// The input norms' scales (empty without the norm).
     attn_in_rstd: Vec<f32>,
@@ -147,39 +148,8 @@ pub struct Activations {
     qk_raw: Option<QkRaw>,
     attn_out: Option<OutputNorm>,
     mlp_out: Option<OutputNorm>,
-    saved: [Saved; 4],
+    saved: [S; 4],
 }
-
-/// How the model's RMSNorms compute: eps, and what is added to each weight (Gemma's `1 + w`).
-#[derive(Clone, Copy)]
-pub(super) struct NormCtx {
-    eps: f32,
-    offset: f32,
-}
-
-impl NormCtx {
-    pub(super) fn of(cfg: &ModelConfig) -> Self {
-        NormCtx {
-            eps: cfg.rms_norm_eps as f32,
-            offset: cfg.norm_offset,
-        }
-    }
-
-    /// The weights a norm scales by.
-    fn weights<'a>(&self, w: &'a [f32]) -> Cow<'a, [f32]> {
-        if self.offset == 0.0 {
-            Cow::Borrowed(w)
-        } else {
-            Cow::Owned(w.iter().map(|&w| w + self.offset).collect())
-        }
-    }
-}
-
-/// Sub-stream of a block's dropout seed for each projection.
-const QKV: u64 = 0;
-const O: u64 = 1;
-const GATE_UP: u64 = 2;
-const DOWN: u64 = 4;
 
 /// Query heads, key/value heads, head dimension.
 fn heads(cfg: &ModelConfig) -> (usize, usize, usize) {
@@ -190,10 +160,10 @@ fn heads(cfg: &ModelConfig) -> (usize, usize, usize) {
     )
 }
 
-fn attn_shape(cfg: &ModelConfig, s: &StepInputs, window: Option<usize>) -> AttnShape {
+fn attn_shape(cfg: &ModelConfig, pass: &Pass, window: Option<usize>) -> AttnShape {
     AttnShape {
-        batch: s.batch,
-        seq: s.seq,
+        batch: pass.batch,
+        seq: pass.seq,
         heads: cfg.num_attention_heads,
         kv_heads: cfg.num_key_value_heads,
         head_dim: cfg.head_dim,
@@ -204,8 +174,8 @@ fn attn_shape(cfg: &ModelConfig, s: &StepInputs, window: Option<usize>) -> AttnS
     }
 }
 
-fn rope_shape(heads: usize, cfg: &ModelConfig) -> rope::RopeShape {
-    rope::RopeShape {
+fn rope_shape(heads: usize, cfg: &ModelConfig) -> RopeShape {
+    RopeShape {
         heads,
         head_dim: cfg.head_dim,
         rotary_dim: cfg.rotary_dim,
@@ -213,52 +183,21 @@ fn rope_shape(heads: usize, cfg: &ModelConfig) -> rope::RopeShape {
     }
 }
 
-fn seed(s: &StepInputs, projection: u64) -> Option<u64> {
-    s.dropout_seed
-        .map(|seed| super::dropout::stream(seed, projection))
-}
-
-/// The norm's output for `x` (RMSNorm, or LayerNorm with a bias), computing its `rstd` too.
-pub(super) fn norm(x: &[f32], p: &NormParam, n: NormCtx) -> (Vec<f32>, Vec<f32>) {
-    let w = &p.weight;
-    let mut y = vec![0.0; x.len()];
-    let mut rstd = vec![0.0; x.len() / w.value.len()];
-    let weights = n.weights(&w.value);
-    match &p.bias {
-        Some(b) => layernorm::forward(x, &weights, &b.value, n.eps, &mut y, &mut rstd),
-        None => rmsnorm::forward(x, &weights, n.eps, &mut y, &mut rstd),
+/// `v` when the forward keeps activations; else nothing, freeing it now.
+fn kept(keep: bool, v: Vec<f32>) -> Vec<f32> {
+    if keep {
+        v
+    } else {
+        Vec::new()
     }
-    (y, rstd)
 }
 
-/// `norm'(dy)`, the gradient of the norm's input, accumulating the weight (and a LayerNorm's bias)
-/// gradient when it trains (an offset added to the weight leaves its gradient as it is).
-pub(super) fn norm_input_grad(
-    dy: &[f32],
-    x: &[f32],
-    p: &mut NormParam,
-    rstd: &[f32],
-    n: NormCtx,
-) -> Vec<f32> {
-    let mut dnorm = vec![0.0; x.len()];
-    let w = &mut p.weight;
-    let weights = n.weights(&w.value);
-    match &mut p.bias {
-        Some(b) => {
-            let grads = (w.grad.as_deref_mut(), b.grad.as_deref_mut());
-            layernorm::backward(dy, x, &weights, rstd, &mut dnorm, grads);
-        }
-        None => rmsnorm::backward(dy, x, &weights, rstd, &mut dnorm, w.grad.as_deref_mut()),
-    }
-    dnorm
-}
-
-/// A branch's input as its projections see it: `x` normalized by `w` when the branch has an input
-/// norm, with the norm's scales; `x` itself otherwise.
+/// A branch's input as its projections see it: `x` normalized when the branch has an input norm,
+/// with the norm's scales; `x` itself otherwise.
 fn branch_input<'a>(x: &'a [f32], w: Option<&NormParam>, n: NormCtx) -> (Cow<'a, [f32]>, Vec<f32>) {
     match w {
         Some(w) => {
-            let (y, rstd) = norm(x, w, n);
+            let (y, rstd) = w.forward(x, n);
             (Cow::Owned(y), rstd)
         }
         None => (Cow::Borrowed(x), Vec::new()),
@@ -268,7 +207,7 @@ fn branch_input<'a>(x: &'a [f32], w: Option<&NormParam>, n: NormCtx) -> (Cow<'a,
 /// With an output norm `w`, replaces the branch output `out` by its norm and returns the output
 /// as it was, for the backward, with the norm's scales.
 fn norm_branch_output(out: &mut Vec<f32>, w: Option<&NormParam>, n: NormCtx) -> Option<OutputNorm> {
-    let (y, rstd) = norm(out, w?, n);
+    let (y, rstd) = w?.forward(out, n);
     Some(OutputNorm {
         raw: std::mem::replace(out, y),
         rstd,
@@ -286,7 +225,7 @@ fn branch_output_grad<'a>(
 ) -> Cow<'a, [f32]> {
     let dy = branch_grad(dx, residual);
     match out {
-        Some((saved, w)) => Cow::Owned(norm_input_grad(&dy, &saved.raw, w, &saved.rstd, n)),
+        Some((saved, w)) => Cow::Owned(w.backward(&dy, &saved.raw, &saved.rstd, n)),
         None => dy,
     }
 }
@@ -301,7 +240,7 @@ fn branch_input_grad_into(
     n: NormCtx,
 ) {
     match input_norm {
-        Some((w, rstd)) => add_into(dx, &norm_input_grad(dinput, x, w, rstd, n)),
+        Some((w, rstd)) => add_into(dx, &w.backward(dinput, x, rstd, n)),
         None => add_into(dx, dinput),
     }
 }
@@ -309,8 +248,8 @@ fn branch_input_grad_into(
 impl QkNorm {
     /// Normalizes every head of `q` and `k` in place; returns what the backward needs.
     fn forward(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, n: NormCtx) -> QkRaw {
-        let (q_normed, rstd_q) = norm(q, &self.q, n);
-        let (k_normed, rstd_k) = norm(k, &self.k, n);
+        let (q_normed, rstd_q) = self.q.forward(q, n);
+        let (k_normed, rstd_k) = self.k.forward(k, n);
         QkRaw {
             q: std::mem::replace(q, q_normed),
             k: std::mem::replace(k, k_normed),
@@ -321,8 +260,8 @@ impl QkNorm {
 
     /// Turns `dq` and `dk`, gradients of the normalized heads, into those of the raw ones.
     fn backward(&mut self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, raw: &QkRaw, n: NormCtx) {
-        *dq = norm_input_grad(dq, &raw.q, &mut self.q, &raw.rstd_q, n);
-        *dk = norm_input_grad(dk, &raw.k, &mut self.k, &raw.rstd_k, n);
+        *dq = self.q.backward(dq, &raw.q, &raw.rstd_q, n);
+        *dk = self.k.backward(dk, &raw.k, &raw.rstd_k, n);
     }
 }
 
@@ -342,23 +281,24 @@ fn mlp_activation_grad(cfg: &ModelConfig, dact: &[f32], gate_up: &[f32]) -> Vec<
     dgate_up
 }
 
-/// Elements per rayon task in the element-wise loops below.
-const CHUNK: usize = 1 << 14;
-
-fn add_into(dst: &mut [f32], src: &[f32]) {
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
+/// `dst += factor · src`, the residual add of a branch (factor 1 but in Granite), in tasks of
+/// `PARALLEL_MIN` values.
+fn add_branch(dst: &mut [f32], src: &[f32], factor: f32) {
+    let add = |(d, s): (&mut [f32], &[f32])| match factor {
+        1.0 => d.iter_mut().zip(s).for_each(|(d, &s)| *d += s),
+        _ => d.iter_mut().zip(s).for_each(|(d, &s)| *d += s * factor),
+    };
+    if dst.len() < PARALLEL_MIN {
+        add((dst, src));
+    } else {
+        dst.par_chunks_mut(PARALLEL_MIN)
+            .zip(src.par_chunks(PARALLEL_MIN))
+            .for_each(add);
+    }
 }
 
-/// `dst += factor · src`, the residual add of a branch (factor 1 but in Granite).
-fn add_branch(dst: &mut [f32], src: &[f32], factor: f32) {
-    if factor == 1.0 {
-        return add_into(dst, src);
-    }
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s * factor));
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    add_branch(dst, src, 1.0)
 }
 
 /// The gradient of a branch's output from `dx`, the gradient of the residual sum it was added to
@@ -386,17 +326,95 @@ fn interleave(parts: &[&[f32]], tokens: usize) -> Vec<f32> {
     out
 }
 
-impl Block {
-    /// Runs the block on `x` (`[tokens, hidden]`) in place and returns what its backward needs.
-    pub fn forward(&self, cfg: &ModelConfig, x: &mut [f32], s: &StepInputs) -> Activations {
+impl<L> Block<L> {
+    /// Layer `index` of a `cfg` model from its norms and products (`[qkv, o, gate_up, down]`):
+    /// the layer's own switches (rotary, sliding window) come from the config.
+    pub fn new(
+        cfg: &ModelConfig,
+        index: usize,
+        norms: Norms,
+        qk_norm: Option<QkNorm>,
+        [qkv, o_proj, gate_up, down_proj]: [L; 4],
+    ) -> Block<L> {
+        Block {
+            index,
+            norms,
+            qkv,
+            o_proj,
+            gate_up,
+            down_proj,
+            qk_norm,
+            rotary: cfg.uses_rope(index),
+            window: cfg.window(index),
+            local_rope: cfg.window(index).is_some(),
+        }
+    }
+
+    /// The product of `slot`.
+    pub fn linear(&self, slot: Slot) -> &L {
+        match slot {
+            Slot::Qkv => &self.qkv,
+            Slot::O => &self.o_proj,
+            Slot::GateUp => &self.gate_up,
+            Slot::Down => &self.down_proj,
+        }
+    }
+
+    /// The products, in slot order.
+    pub fn linears_mut(&mut self) -> [&mut L; 4] {
+        [
+            &mut self.qkv,
+            &mut self.o_proj,
+            &mut self.gate_up,
+            &mut self.down_proj,
+        ]
+    }
+}
+
+impl<L: Project> Block<L> {
+    /// Runs the block on `x` (`[tokens, hidden]`) in place, attending as `attend` says; keeps
+    /// nothing for a backward.
+    pub fn forward(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        pass: &Pass,
+        context: &L::Context<'_>,
+        attend: &mut Attend,
+    ) -> Result<()> {
+        self.run(cfg, x, (pass, context), attend, false)?;
+        Ok(())
+    }
+
+    /// Runs the block on whole sequences in `x` in place and returns what its backward needs.
+    pub fn forward_keeping(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        pass: &Pass,
+        context: &L::Context<'_>,
+        segment_ids: Option<&[u32]>,
+    ) -> Result<Activations<L::Saved>> {
+        let mut attend = Attend::Whole { segment_ids };
+        self.run(cfg, x, (pass, context), &mut attend, true)
+    }
+
+    /// The forward, keeping its activations when `keep` (else they are freed as it goes).
+    fn run(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        (pass, context): (&Pass, &L::Context<'_>),
+        attend: &mut Attend,
+        keep: bool,
+    ) -> Result<Activations<L::Saved>> {
         let norm_ctx = NormCtx::of(cfg);
         let (nh, nkv, hd) = heads(cfg);
-        let n = s.batch * s.seq;
-        let x_in = x.to_vec();
+        let n = pass.batch * pass.seq;
+        let x_in = if keep { x.to_vec() } else { Vec::new() };
         let (input, attn_in_rstd) = branch_input(x, self.norms.attn_in.as_ref(), norm_ctx);
         let width = self.qkv.out_features();
-        let mut qkv = vec![0.0; n * width];
-        let qkv_saved = self.qkv.forward(&input, &mut qkv, seed(s, QKV));
+        let (qkv, qkv_saved) = self.qkv.project(&input, n, Slot::Qkv, context)?;
         drop(input);
         let mut q = columns(&qkv, width, 0, nh * hd);
         let mut k = columns(&qkv, width, nh * hd, nkv * hd);
@@ -405,38 +423,34 @@ impl Block {
         let qk_raw = self
             .qk_norm
             .as_ref()
-            .map(|norm| norm.forward(&mut q, &mut k, norm_ctx));
+            .map(|norm| norm.forward(&mut q, &mut k, norm_ctx))
+            .filter(|_| keep);
         if self.rotary {
-            let (cos, sin) = s.rope_tables(self.local_rope);
-            rope::forward(&mut q, s.positions, rope_shape(nh, cfg), cos, sin);
-            rope::forward(&mut k, s.positions, rope_shape(nkv, cfg), cos, sin);
+            pass.rotate(&mut q, rope_shape(nh, cfg), self.local_rope, Turn::Forward);
+            pass.rotate(&mut k, rope_shape(nkv, cfg), self.local_rope, Turn::Forward);
         }
-        let shape = attn_shape(cfg, s, self.window);
-        let mut attn = vec![0.0; n * nh * hd];
-        let mut lse = vec![0.0; s.batch * nh * s.seq];
-        let inputs = AttnInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            segment_ids: s.segment_ids,
-        };
-        attention::forward(shape, inputs, &mut attn, &mut lse);
-        let mut o = vec![0.0; x.len()];
-        let o_saved = self.o_proj.forward(&attn, &mut o, seed(s, O));
+        pass.scale_queries(&mut q);
+        let shape = attn_shape(cfg, pass, self.window);
+        let (attn, lse) = attend.attend(self.index, (&q, &k, &v), shape);
+        let (q, k, v) = (kept(keep, q), kept(keep, k), kept(keep, v));
+        let (mut o, o_saved) = self.o_proj.project(&attn, n, Slot::O, context)?;
+        let attn = kept(keep, attn);
         let attn_out = norm_branch_output(&mut o, self.norms.attn_out.as_ref(), norm_ctx);
         let residual = cfg.scales.residual as f32;
         add_branch(x, &o, residual);
+        drop(o);
 
-        let x_mid = x.to_vec();
+        let x_mid = if keep { x.to_vec() } else { Vec::new() };
         let (input, mlp_in_rstd) = branch_input(x, self.norms.mlp_in.as_ref(), norm_ctx);
-        let mut gate_up = vec![0.0; n * self.gate_up.out_features()];
-        let gate_up_saved = self.gate_up.forward(&input, &mut gate_up, seed(s, GATE_UP));
+        let (gate_up, gate_up_saved) = self.gate_up.project(&input, n, Slot::GateUp, context)?;
         drop(input);
         let act = mlp_activation(cfg, &gate_up);
-        let down_saved = self.down_proj.forward(&act, &mut o, seed(s, DOWN));
-        let mlp_out = norm_branch_output(&mut o, self.norms.mlp_out.as_ref(), norm_ctx);
-        add_branch(x, &o, residual);
-        Activations {
+        let gate_up = kept(keep, gate_up);
+        let (mut down, down_saved) = self.down_proj.project(&act, n, Slot::Down, context)?;
+        drop(act);
+        let mlp_out = norm_branch_output(&mut down, self.norms.mlp_out.as_ref(), norm_ctx);
+        add_branch(x, &down, residual);
+        Ok(Activations {
             x_in,
             attn_in_rstd,
             q,
@@ -448,18 +462,29 @@ impl Block {
             mlp_in_rstd,
             gate_up,
             qk_raw,
-            attn_out,
-            mlp_out,
+            attn_out: attn_out.filter(|_| keep),
+            mlp_out: mlp_out.filter(|_| keep),
             saved: [qkv_saved, o_saved, gate_up_saved, down_saved],
-        }
+        })
     }
+}
 
+impl<L: Backprop> Block<L> {
     /// From `dx`, the gradient of the block's output, computes the gradient of its input in place
-    /// and accumulates the gradients of every trainable tensor.
-    pub fn backward(&mut self, cfg: &ModelConfig, dx: &mut [f32], a: Activations, s: &StepInputs) {
+    /// and accumulates the gradients of every trainable tensor. `pass` and `segment_ids` are the
+    /// forward's.
+    pub fn backward(
+        &mut self,
+        cfg: &ModelConfig,
+        dx: &mut [f32],
+        a: Activations<L::Saved>,
+        pass: &Pass,
+        segment_ids: Option<&[u32]>,
+    ) {
+        debug_assert!(pass.logn.is_none(), "logn scaling is inference-only");
         let norm_ctx = NormCtx::of(cfg);
         let (nh, nkv, hd) = heads(cfg);
-        let n = s.batch * s.seq;
+        let n = pass.batch * pass.seq;
         let [qkv_saved, o_saved, gate_up_saved, down_saved] = a.saved;
         let residual = cfg.scales.residual as f32;
         let Norms {
@@ -503,19 +528,28 @@ impl Block {
             q: &a.q,
             k: &a.k,
             v: &a.v,
-            segment_ids: s.segment_ids,
+            segment_ids,
         };
         let grads = AttnGrads {
             dq: &mut dq,
             dk: &mut dk,
             dv: &mut dv,
         };
-        let shape = attn_shape(cfg, s, self.window);
+        let shape = attn_shape(cfg, pass, self.window);
         attention::backward(shape, inputs, &a.attn, &a.lse, &dattn, grads);
         if self.rotary {
-            let (cos, sin) = s.rope_tables(self.local_rope);
-            rope::backward(&mut dq, s.positions, rope_shape(nh, cfg), cos, sin);
-            rope::backward(&mut dk, s.positions, rope_shape(nkv, cfg), cos, sin);
+            pass.rotate(
+                &mut dq,
+                rope_shape(nh, cfg),
+                self.local_rope,
+                Turn::Backward,
+            );
+            pass.rotate(
+                &mut dk,
+                rope_shape(nkv, cfg),
+                self.local_rope,
+                Turn::Backward,
+            );
         }
         if let (Some(norm), Some(raw)) = (&mut self.qk_norm, &a.qk_raw) {
             norm.backward(&mut dq, &mut dk, raw, norm_ctx);
