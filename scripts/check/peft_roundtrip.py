@@ -1,5 +1,7 @@
 """Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
-Hone trains, and counts the same trainable parameters.
+Hone trains, and counts the same trainable parameters. Prompt tuning and P-tuning, which no one
+merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
+vs `hone eval perplexity --adapter --exact`).
 
 For each method (LoRA, DoRA, IA3, PiSSA saved converted) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
@@ -48,7 +50,11 @@ METHODS = {
     "ia3": {"finetuning_type": "ia3", "learning_rate": "5.0e-2"},
     # Saved converted: plain LoRA of rank 2r on the original base.
     "pissa": {"pissa_init": "true", "pissa_convert": "true"},
+    # Not mergeable: compared through the perplexity of a text instead.
+    "prompt_tuning": {"finetuning_type": "prompt_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-2"},
+    "p_tuning": {"finetuning_type": "p_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-3"},
 }
+TEXT = "The capital of France is Paris, and the sky is blue on a clear day."
 ROWS = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Name a prime number.", "Seven is a prime number."),
@@ -73,6 +79,37 @@ def hone_train(hone, model, extra, out, tmp):
         sys.exit(f"hone train failed:\n{run.stderr}")
     counts = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", run.stderr)
     return tuple(int(c.replace(",", "")) for c in counts.groups())
+
+
+def check_prompt(hone, name, model, load_base, tok, extra, tmp):
+    """A prompt-learning adapter: PEFT loads Hone's file (its trainable count built for training,
+    P-tuning's encoder included), and the mean NLL of TEXT with the virtual tokens before it equals
+    `hone eval perplexity --adapter --exact`."""
+    out = tmp / f"{name}-adapter"
+    hone_counts = hone_train(hone, model, extra, out, tmp)
+    peft_counts = PeftModel.from_pretrained(load_base(), out, is_trainable=True).get_nb_trainable_parameters()
+    peft = PeftModel.from_pretrained(load_base(), out).eval()
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        peft_nll = peft(input_ids=ids, labels=ids).loss.item()
+        base_nll = load_base()(input_ids=ids, labels=ids).loss.item()
+    text = tmp / "text.jsonl"
+    text.write_text(json.dumps({"text": TEXT}) + "\n")
+    run = subprocess.run(
+        [hone, "eval", "perplexity", "--model", str(model), "--adapter", str(out), "--data", str(text), "--exact"],
+        capture_output=True, text=True,
+    )
+    if run.returncode != 0:
+        sys.exit(f"hone eval perplexity failed:\n{run.stderr}")
+    found = re.search(r"mean NLL ([\d.]+) over (\d+) predicted tokens", run.stdout + run.stderr)
+    hone_nll, predicted = float(found.group(1)), int(found.group(2))
+    diff = abs(hone_nll - peft_nll)
+    ok = diff < TOL and predicted == ids.shape[1] - 1 and hone_counts == peft_counts
+    print(
+        f"{name:<22} params Hone {hone_counts[0]:,}/{hone_counts[1]:,} PEFT {peft_counts[0]:,}/{peft_counts[1]:,}"
+        f"  mean NLL Hone {hone_nll:.6f} PEFT {peft_nll:.6f} (Δ {diff:.1e}; base {base_nll:.4f})  {'ok' if ok else 'FAIL'}"
+    )
+    return ok
 
 
 def check(hone, name, model, load_base, ids, extra, tmp):
@@ -112,6 +149,9 @@ def main():
         ids = tok("What is the capital of France? Say hello.", return_tensors="pt").input_ids
         base = lambda: load(tiny.parent, gguf_file=tiny.name)  # noqa: E731
         for method, extra in METHODS.items():
+            if "num_virtual_tokens" in extra:
+                ok &= check_prompt(args.hone, f"tiny-spm-{method}", tiny, base, tok, extra, tmp)
+                continue
             ok &= check(args.hone, f"tiny-spm-{method}", tiny, base, ids, extra, tmp)
         gguf = Path(args.gguf)
         if gguf.exists():
@@ -119,6 +159,9 @@ def main():
             ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
             base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
             for method, extra in METHODS.items():
+                if "num_virtual_tokens" in extra:
+                    ok &= check_prompt(args.hone, f"SmolLM2-{method}", gguf, base, tok, extra, tmp)
+                    continue
                 ok &= check(args.hone, f"SmolLM2-{method}", gguf, base, ids, extra, tmp)
         else:
             print(f"{gguf} is absent: real-model cases skipped")

@@ -482,6 +482,91 @@ fn ia3_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
     );
 }
 
+/// `finetuning_type: prompt_tuning` and `p_tuning`: only the virtual tokens (and P-tuning's
+/// encoder) train, the trainable-parameter line counts them as PEFT does, the adapter is PEFT's
+/// (`prompt_embeddings` `[num_virtual_tokens, token_dim]`), it changes what the model answers,
+/// unmerged on both paths alike, a checkpoint resumes, and merging it is refused.
+#[test]
+fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
+    for (method, peft_type) in [("prompt_tuning", "PROMPT_TUNING"), ("p_tuning", "P_TUNING")] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let finetuning = format!("finetuning_type={method}");
+        let args = [
+            finetuning.as_str(),
+            "num_virtual_tokens=5",
+            "max_steps=12",
+            "save_steps=6",
+            "learning_rate=1e-1",
+        ];
+        let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
+        run.ok();
+        let out = dir.path().join("out");
+        let adapter: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(adapter["peft_type"], peft_type);
+        assert_eq!(adapter["num_virtual_tokens"], 5);
+        let hidden = adapter["token_dim"].as_u64().unwrap() as usize;
+        let encoder = match method {
+            // Linear(d, d), Linear(d, d), Linear(d, d), each with a bias.
+            "p_tuning" => 3 * (hidden * hidden + hidden),
+            _ => 0,
+        };
+        let line = format!("trainable params: {} ||", 5 * hidden + encoder);
+        assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
+        let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.names(), ["prompt_embeddings"]);
+        assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), [5, hidden]);
+
+        let model_path = fixture("tokenizer/tiny-spm.gguf");
+        let model = arg(&model_path);
+        let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
+        let exact = answer_first_row(&["--model", model, "--adapter", arg(&out), "--exact"]);
+        let base = answer_first_row(&["--model", model]);
+        assert_ne!(
+            tuned.ok(),
+            base.ok(),
+            "{method}: the adapter changed nothing"
+        );
+        assert_eq!(tuned.ok(), exact.ok(), "{method}: stored and exact differ");
+
+        let resumed = hone(
+            &[
+                &["train", arg(&config)][..],
+                &args[..],
+                &["resume_from_checkpoint=true", "max_steps=14"][..],
+            ]
+            .concat(),
+        );
+        resumed.ok();
+        assert!(resumed.stderr.contains("resum"), "{}", resumed.stderr);
+
+        let merged = dir.path().join("merged");
+        let refused = hone(&[
+            "merge",
+            "--model",
+            model,
+            "--adapter",
+            arg(&out),
+            "--out",
+            arg(&merged),
+        ]);
+        assert!(
+            refused.error().contains("cannot be merged"),
+            "{}",
+            refused.stderr
+        );
+        assert!(
+            !merged.exists(),
+            "a refused merge left {}",
+            merged.display()
+        );
+    }
+}
+
 /// PiSSA (`pissa_init`, LLaMA-Factory's keys) and OLoRA (`init_lora_weights: olora`): the adapter
 /// starts from the weight and is saved converted to plain LoRA on the original base (rank and
 /// alpha doubled), which generates as the run's own model did: unmerged and merged alike.
@@ -628,6 +713,7 @@ fn the_example_configs_resolve() {
         ("train_lora.yaml", "use_dora: false"),
         ("train_dora.yaml", "use_dora: true"),
         ("train_ia3.yaml", "finetuning_type: ia3"),
+        ("train_prompt_tuning.yaml", "finetuning_type: prompt_tuning"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

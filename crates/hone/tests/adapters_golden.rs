@@ -116,3 +116,98 @@ fn regex_targets_select_one_layer() {
         2.0 / 4.0
     );
 }
+
+/// Prompt tuning and P-tuning adapters written by PEFT (scripts/golden/prompt_learning.py): their
+/// virtual tokens before the golden ids give PEFT's logits at the real tokens, on the stored and
+/// the exact path, over whole sequences and over a KV cache (the cache starts with the virtual
+/// tokens, then the prompt, then one token at a time). Written back by Hone, the directory holds
+/// PEFT's config and tensor; merging one is refused.
+#[test]
+fn prompt_learning_adapters_give_peft_logits() {
+    for name in ["llama-tied-prompt", "llama-tied-p-tuning"] {
+        let dir = fixture(&format!("adapters/{name}"));
+        let golden = load_tensors(&fixture(&format!("adapters/{name}.golden.safetensors")));
+        let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
+        let adapter = read_adapter(&dir).unwrap();
+        let base = ModelSource::HfDir(fixture("models/llama-tied"));
+        let (cfg, w) = weights::load_stored(&base, &Device::Cpu).unwrap();
+        let stored = Llama::from_stored(cfg, w, Some(&adapter), &Device::Cpu).unwrap();
+        let (cfg, w) = weights::load(&base, &Device::Cpu).unwrap();
+        let exact = Llama::from_weights(cfg, w, &Device::Cpu).unwrap();
+        let exact = exact.with_prompt(&adapter).unwrap();
+        for (precision, model) in [("stored", stored), ("exact", exact)] {
+            assert_eq!(model.virtual_tokens(), 4, "{name}");
+            let logits = model.forward(&ids, None).unwrap();
+            let diff = max_abs_diff(&logits, &golden["logits"]);
+            assert!(
+                diff < 1e-4,
+                "{name} {precision}: max abs logit difference {diff}"
+            );
+
+            let mut cache = model.new_cache();
+            let prefill = model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache));
+            let mut stepped = vec![prefill.unwrap()];
+            for i in 6..ids.dim(1).unwrap() {
+                let token = ids.narrow(1, i, 1).unwrap();
+                stepped.push(model.forward(&token, Some(&mut cache)).unwrap());
+            }
+            assert_eq!(
+                cache.len(),
+                4 + ids.dim(1).unwrap(),
+                "the cache holds the virtual tokens"
+            );
+            let stepped = candle_core::Tensor::cat(&stepped, 1).unwrap();
+            let diff = max_abs_diff(&stepped, &golden["logits"]);
+            assert!(diff < 1e-4, "{name} {precision}: KV steps differ by {diff}");
+        }
+
+        // As a server holds it: one of several adapters over the plain base, per request.
+        let (cfg, w) = weights::load_stored(&base, &Device::Cpu).unwrap();
+        let plain = Llama::from_stored(cfg, w, None, &Device::Cpu).unwrap();
+        let set = plain.lora_set(&adapter).unwrap();
+        let (rows, seq) = ids.dims2().unwrap();
+        for row in 0..rows {
+            let row_ids: Vec<u32> = ids.get(row).unwrap().to_vec1().unwrap();
+            let mut cache = plain.new_cache();
+            let last = plain.prefill(&row_ids, &mut cache, Some(&set)).unwrap();
+            let want: Vec<f32> = golden["logits"]
+                .get(row)
+                .unwrap()
+                .get(seq - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let diff = last
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{name}: served prefill differs by {diff}");
+        }
+
+        let out = tempfile::tempdir().unwrap();
+        adapters::write_adapter(out.path(), &adapter, None).unwrap();
+        let keys = |dir: &std::path::Path| -> Vec<String> {
+            let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            json.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(
+            keys(out.path()),
+            keys(&dir),
+            "{name}: adapter_config.json keys"
+        );
+        assert_eq!(
+            read_adapter(out.path()).unwrap(),
+            adapter,
+            "{name}: round trip"
+        );
+
+        let (cfg, mut w) = weights::load(&base, &Device::Cpu).unwrap();
+        let refused = adapters::merge(&mut w, &cfg, &adapter).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("cannot be merged"),
+            "{refused:#}"
+        );
+    }
+}

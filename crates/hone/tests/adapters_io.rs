@@ -97,6 +97,7 @@ fn small_adapter(base: &str) -> Adapter {
         modules: BTreeMap::from([(module, weights)]),
         scales: BTreeMap::new(),
         biases: BTreeMap::new(),
+        prompt: None,
     }
 }
 

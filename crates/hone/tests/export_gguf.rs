@@ -811,6 +811,7 @@ fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
         modules: [("model.layers.0.self_attn.W_pack".to_string(), module)].into(),
         scales: Default::default(),
         biases: Default::default(),
+        prompt: None,
     };
     let adapter_dir = tmp.path().join("w-pack-lora");
     write_adapter(&adapter_dir, &adapter, None).unwrap();

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
     Adapter, AdapterConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights, LoraWeights, PeftConfig,
-    TargetModules,
+    PromptConfig, PromptMethod, TargetModules,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -25,6 +25,7 @@ use hone::train::dpo::{self, loss::PreferenceLoss};
 use hone::train::groups::param_groups;
 use hone::train::ia3::Ia3Settings;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use hone::train::prompt::VirtualPrompt;
 use hone::train::reward::{self, ValueHead};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -202,6 +203,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         modules,
         scales: BTreeMap::new(),
         biases: BTreeMap::new(),
+        prompt: None,
     }
 }
 
@@ -230,6 +232,7 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         modules: BTreeMap::new(),
         scales,
         biases: BTreeMap::new(),
+        prompt: None,
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -288,8 +291,71 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             )
             .unwrap()
         }
+        method @ ("prompt_tuning" | "p_tuning") => {
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            model.prompt = Some(initial_prompt(case, method, model.config().hidden_size));
+            model
+        }
         other => panic!("method {other}"),
     }
+}
+
+/// The case's virtual tokens (and P-tuning's encoder) as PEFT started them.
+fn initial_prompt(case: &Case, method: &str, hidden: usize) -> VirtualPrompt {
+    let init = |name: &str| f32s(&case.tensors[&format!("init.prompt_encoder.{name}")]);
+    let n = case.meta["num_virtual_tokens"].as_u64().unwrap() as usize;
+    let (method, encoder) = match method {
+        "p_tuning" => (
+            PromptMethod::PTuning,
+            case.meta["encoder_hidden_size"].as_u64().unwrap(),
+        ),
+        _ => (PromptMethod::PromptTuning, 0),
+    };
+    let start = init("embedding.weight");
+    let mut prompt = VirtualPrompt::new(method, start, (n, hidden), encoder as usize, 0);
+    for (layer, dense) in [0, 2, 4]
+        .into_iter()
+        .zip(prompt.encoder.iter_mut().flatten())
+    {
+        dense.weight.value = init(&format!("mlp_head.{layer}.weight"));
+        dense.bias.value = init(&format!("mlp_head.{layer}.bias"));
+    }
+    prompt
+}
+
+/// The reference logits at the positions Hone's inference returns: a prompt-learning model's
+/// (whose reference logits include the virtual tokens') at the real tokens only.
+fn reference_logits(case: &Case, virtual_tokens: usize) -> Vec<f32> {
+    let logits = &case.tensors["logits"];
+    let (_, seq, _) = logits.dims3().unwrap();
+    f32s(
+        &logits
+            .narrow(1, virtual_tokens, seq - virtual_tokens)
+            .unwrap(),
+    )
+}
+
+/// Logits of a prompt-learning model through the inference forward, its virtual tokens passed as
+/// the adapter Hone saves.
+fn prompted_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
+    let weights: HashMap<String, Tensor> = model
+        .hf_tensors(false)
+        .into_iter()
+        .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let p = model.prompt.as_ref().unwrap();
+    let config = PromptConfig::new(p.method, p.n, model.config(), Default::default());
+    let adapter = model.to_adapter(PeftConfig::Prompt(config));
+    let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
+    let llama = llama.with_prompt(&adapter).unwrap();
+    llama
+        .forward(&ids.to_dtype(DType::U32).unwrap(), None)
+        .unwrap()
 }
 
 /// Logits of the adapted model: the training model's weights with LoRA merged, run through the
@@ -338,8 +404,12 @@ fn check_gradients_with(name: &str, variant: Variant) {
         "{name}: loss {loss} vs {want_loss}"
     );
 
-    let logits = f32s(&merged_logits(&model, &case.tensors["input_ids"]));
-    let want_logits = f32s(&case.tensors["logits"]);
+    let ids = &case.tensors["input_ids"];
+    let (logits, want_logits) = match &model.prompt {
+        Some(p) => (prompted_logits(&model, ids), reference_logits(&case, p.n)),
+        None => (merged_logits(&model, ids), f32s(&case.tensors["logits"])),
+    };
+    let logits = f32s(&logits);
     let logits = match case.meta["logits_slice"].as_u64() {
         Some(k) => {
             let vocab = model.config().vocab_size;
@@ -469,6 +539,21 @@ fn ia3_gradients_match_peft() {
     };
     check_gradients_with("ia3_qwen2_masked", stored);
     check_gradients_with("ia3_default_2layers", stored);
+}
+
+/// Prompt tuning (Llama with GQA, and Gemma 2, whose embedding scale multiplies the virtual
+/// tokens too) and P-tuning's MLP encoder: PEFT prepends the virtual tokens at positions 0..N and
+/// the real tokens follow; the inference model given the saved adapter computes the same logits.
+#[test]
+fn prompt_learning_gradients_match_peft() {
+    check_gradients("prompt_llama-gqa");
+    check_gradients("prompt_gemma2");
+    check_gradients("p_tuning_llama-gqa");
+    let recompute = Variant {
+        recompute: true,
+        ..Variant::default()
+    };
+    check_gradients_with("p_tuning_llama-gqa", recompute);
 }
 
 /// OLoRA and PiSSA: Hone's own A₀ and B₀ (QR; top singular triplets) equal PEFT's, the base

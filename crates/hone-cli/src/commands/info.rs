@@ -278,7 +278,8 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         .sum();
     let vectors: usize = adapter.scales.values().map(|v| v.values.len()).sum();
     let biases: usize = adapter.biases.values().map(Vec::len).sum();
-    let parameters = lora + vectors + biases;
+    let prompt = adapter.prompt.as_ref().map_or(0, Vec::len);
+    let parameters = lora + vectors + biases + prompt;
     let settings = match &adapter.config {
         PeftConfig::Lora(c) => json!({
             "r": c.r, "lora_alpha": c.lora_alpha, "use_rslora": c.use_rslora, "use_dora": c.use_dora,
@@ -286,6 +287,9 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         }),
         PeftConfig::Ia3(c) => json!({
             "target_modules": c.target_modules, "feedforward_modules": c.feedforward_modules,
+        }),
+        PeftConfig::Prompt(c) => json!({
+            "num_virtual_tokens": c.num_virtual_tokens, "token_dim": c.token_dim,
         }),
     };
     let info = json!({
@@ -315,6 +319,11 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
             }
         ),
         PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
+        PeftConfig::Prompt(c) => format!(
+            "{}, {} virtual tokens",
+            adapter.config.method(),
+            c.num_virtual_tokens()
+        ),
     };
     println!("method         {method}");
     let base = adapter.config.base_model_name_or_path();

@@ -243,8 +243,8 @@ impl AdapterConfig {
     pub fn validate(&self) -> Result<()> {
         if self.peft_type != "LORA" {
             bail!(
-                "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", and IA3, \
-                 \"IA3\")",
+                "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", IA3, \
+                 \"IA3\", and prompt tuning and P-tuning, \"PROMPT_TUNING\" and \"P_TUNING\")",
                 self.peft_type
             );
         }

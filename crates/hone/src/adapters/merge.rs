@@ -9,8 +9,20 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 
-use super::{dora, Adapter, LoraWeights};
+use super::{dora, Adapter, LoraWeights, PeftConfig};
 use crate::model::ModelConfig;
+
+/// Refuses an adapter of a method that cannot be merged into the weights.
+pub fn check_mergeable(config: &PeftConfig) -> Result<()> {
+    if let PeftConfig::Prompt(_) = config {
+        bail!(
+            "a {} adapter cannot be merged into the weights (PEFT cannot either): its virtual tokens are put \
+             before every sequence at run time; use it with --adapter (generate, chat, serve, eval)",
+            config.method()
+        );
+    }
+    Ok(())
+}
 
 /// Merge `adapter` into `weights`. Errors name the module when the adapter does not fit the model.
 pub fn merge(
@@ -18,6 +30,7 @@ pub fn merge(
     cfg: &ModelConfig,
     adapter: &Adapter,
 ) -> Result<()> {
+    check_mergeable(&adapter.config)?;
     check_fits(cfg, adapter, |name| {
         weights.get(name).map(|w| w.dims().to_vec())
     })?;

@@ -6,12 +6,15 @@
 //! `A [r, in]`, `B [out, r]` and `scale = alpha / r` (or `alpha / sqrt(r)` for rank-stabilised LoRA).
 //! A DoRA adapter (`use_dora`) also rescales each output row of the result to a learned magnitude
 //! ([`dora`]). An IA3 adapter scales a layer's outputs or inputs by a learned vector ([`ia3`]).
+//! A prompt-tuning or P-tuning adapter puts learned virtual tokens before every sequence
+//! ([`prompt`]).
 
 pub mod config;
 pub mod dora;
 pub mod ia3;
 pub mod merge;
 pub mod peft;
+pub mod prompt;
 pub mod targets;
 mod write;
 
@@ -21,6 +24,7 @@ pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules}
 pub use ia3::{Ia3Config, Ia3Vector};
 pub use merge::merge;
 pub use peft::read_adapter;
+pub use prompt::{PromptConfig, PromptMethod};
 pub use targets::{ModuleMatcher, Patterns};
 pub use write::write_adapter;
 
@@ -68,6 +72,8 @@ pub enum PeftConfig {
     Lora(AdapterConfig),
     /// `peft_type: "IA3"`.
     Ia3(Ia3Config),
+    /// `peft_type: "PROMPT_TUNING"` or `"P_TUNING"`.
+    Prompt(PromptConfig),
 }
 
 impl PeftConfig {
@@ -76,6 +82,9 @@ impl PeftConfig {
         let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
         match fields.get("peft_type").and_then(|t| t.as_str()) {
             Some("IA3") => Ok(PeftConfig::Ia3(config::from_json_by_field(text)?)),
+            Some("PROMPT_TUNING" | "P_TUNING") => {
+                Ok(PeftConfig::Prompt(config::from_json_by_field(text)?))
+            }
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -85,6 +94,7 @@ impl PeftConfig {
         match self {
             PeftConfig::Lora(c) => c.to_json(),
             PeftConfig::Ia3(c) => c.to_json(),
+            PeftConfig::Prompt(c) => c.to_json(),
         }
     }
 
@@ -93,6 +103,7 @@ impl PeftConfig {
         match self {
             PeftConfig::Lora(c) => c.validate(),
             PeftConfig::Ia3(c) => c.validate(),
+            PeftConfig::Prompt(c) => c.validate(),
         }
     }
 
@@ -100,23 +111,25 @@ impl PeftConfig {
     pub fn lora(&self) -> Option<&AdapterConfig> {
         match self {
             PeftConfig::Lora(c) => Some(c),
-            PeftConfig::Ia3(_) => None,
+            PeftConfig::Ia3(_) | PeftConfig::Prompt(_) => None,
         }
     }
 
     pub fn lora_mut(&mut self) -> Option<&mut AdapterConfig> {
         match self {
             PeftConfig::Lora(c) => Some(c),
-            PeftConfig::Ia3(_) => None,
+            PeftConfig::Ia3(_) | PeftConfig::Prompt(_) => None,
         }
     }
 
-    /// The method, as people call it: `LoRA`, `DoRA` or `IA3`.
+    /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning` or `P-tuning`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
             PeftConfig::Lora(_) => "LoRA",
             PeftConfig::Ia3(_) => "IA3",
+            PeftConfig::Prompt(c) if c.peft_type == PromptMethod::PTuning => "P-tuning",
+            PeftConfig::Prompt(_) => "prompt tuning",
         }
     }
 
@@ -124,6 +137,7 @@ impl PeftConfig {
         match self {
             PeftConfig::Lora(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Prompt(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -140,6 +154,8 @@ pub struct Adapter {
     pub scales: BTreeMap<String, Ia3Vector>,
     /// By HF tensor name, e.g. `model.layers.0.self_attn.q_proj.bias`.
     pub biases: BTreeMap<String, Vec<f32>>,
+    /// A prompt-learning adapter's virtual tokens, `[num_virtual_tokens, token_dim]` row-major.
+    pub prompt: Option<Vec<f32>>,
 }
 
 impl Adapter {
@@ -150,7 +166,11 @@ impl Adapter {
         let config = match &self.config {
             PeftConfig::Lora(config) => config,
             PeftConfig::Ia3(config) => return self.validate_ia3(config),
+            PeftConfig::Prompt(config) => return self.validate_prompt(config),
         };
+        if self.prompt.is_some() {
+            bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
+        }
         if let Some(module) = self.scales.keys().next() {
             bail!("{module}: has an IA3 vector (ia3_l) but the config's peft_type is \"LORA\"");
         }
@@ -200,6 +220,52 @@ impl Adapter {
             bail!("the adapter has bias tensors but its config says bias \"none\"");
         }
         Ok(())
+    }
+
+    fn validate_prompt(&self, config: &PromptConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if let Some(name) = self
+            .modules
+            .keys()
+            .chain(self.scales.keys())
+            .chain(self.biases.keys())
+            .next()
+        {
+            bail!(
+                "{name}: a {} adapter holds only prompt_embeddings",
+                config.peft_type.peft_type()
+            );
+        }
+        let Some(prompt) = &self.prompt else {
+            bail!(
+                "prompt_embeddings: missing (a {} adapter's one tensor)",
+                config.peft_type.peft_type()
+            );
+        };
+        let n = config.num_virtual_tokens();
+        if let Some(dim) = config.token_dim {
+            if prompt.len() != n * dim {
+                bail!(
+                    "prompt_embeddings: {} values, not [num_virtual_tokens {n}, token_dim {dim}]",
+                    prompt.len()
+                );
+            }
+        } else if n == 0 || prompt.len() % n != 0 {
+            bail!(
+                "prompt_embeddings: {} values do not split into num_virtual_tokens {n} rows",
+                prompt.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The virtual tokens' width: `token_dim`, or what the prompt's values imply.
+    pub fn prompt_width(&self) -> Option<usize> {
+        let (PeftConfig::Prompt(config), Some(prompt)) = (&self.config, &self.prompt) else {
+            return None;
+        };
+        let n = config.num_virtual_tokens().max(1);
+        Some(config.token_dim.unwrap_or(prompt.len() / n))
     }
 
     fn validate_ia3(&self, config: &Ia3Config) -> anyhow::Result<()> {

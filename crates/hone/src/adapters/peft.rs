@@ -27,6 +27,8 @@ const LORA_B: &str = ".lora_B.weight";
 pub(super) const MAGNITUDE: &str = ".lora_magnitude_vector";
 /// IA3's vector.
 pub(super) const IA3: &str = ".ia3_l";
+/// A prompt-learning adapter's one tensor (saved without the key prefix).
+pub(super) const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
 /// A wrapped module's own bias, as PEFT names it.
 pub(super) const WRAPPED_BIAS: &str = ".base_layer.bias";
 
@@ -163,7 +165,14 @@ type Flat = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Pair each module's lora_A and lora_B, check their shapes, and give them the config's scale;
 /// take IA3's vectors with the side they scale.
-fn assemble(config: PeftConfig, tensors: Flat) -> Result<Adapter> {
+fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
+    let prompt = match tensors.remove(PROMPT_EMBEDDINGS) {
+        Some((shape, _)) if shape.len() != 2 => {
+            bail!("tensor {PROMPT_EMBEDDINGS}: [num_virtual_tokens, token_dim], not {shape:?}")
+        }
+        Some((_, values)) => Some(values),
+        None => None,
+    };
     let mut a_parts = BTreeMap::new();
     let mut b_parts = BTreeMap::new();
     let mut biases = BTreeMap::new();
@@ -243,5 +252,6 @@ fn assemble(config: PeftConfig, tensors: Flat) -> Result<Adapter> {
         modules,
         scales,
         biases,
+        prompt,
     })
 }

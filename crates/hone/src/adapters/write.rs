@@ -12,7 +12,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::peft::{CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, WEIGHTS_FILE, WRAPPED_BIAS};
+use super::peft::{
+    CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
+};
 use super::{Adapter, PeftConfig};
 use crate::io::safetensors::{serialize_f32, F32Tensor};
 use crate::io::{atomic, json};
@@ -108,6 +110,10 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
+    if let (Some(prompt), Some(width)) = (&adapter.prompt, adapter.prompt_width()) {
+        let shape = vec![prompt.len() / width, width];
+        tensors.push((PROMPT_EMBEDDINGS.to_string(), shape, prompt));
+    }
     // PEFT (through safetensors.torch) records the framework the tensors came from.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     serialize_f32(&tensors, metadata).with_context(|| WEIGHTS_FILE.to_string())
@@ -142,6 +148,10 @@ fn model_card(adapter: &Adapter) -> String {
         PeftConfig::Ia3(_) => (
             "ia3",
             format!("Vectors on {} modules", adapter.scales.len()),
+        ),
+        PeftConfig::Prompt(cfg) => (
+            "prompt-tuning",
+            format!("{} virtual tokens", cfg.num_virtual_tokens()),
         ),
     };
     card += &format!("- {tag}\n- hone\n---\n\n");

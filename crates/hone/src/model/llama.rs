@@ -37,6 +37,9 @@ type Block = block::Block<Linear>;
 pub struct LoraSet {
     blocks: Vec<[Vec<PartUpdate>; 4]>,
     lm_head: Vec<PartUpdate>,
+    /// A prompt-learning adapter's virtual tokens, `[n, hidden]`, put before the sequences it
+    /// serves instead of the model's own.
+    prompt: Option<Vec<f32>>,
 }
 
 impl LoraSet {
@@ -124,6 +127,10 @@ pub struct Llama {
     norm: NormParam,
     lm_head: Linear,
     rope: RopeTables,
+    /// A prompt-learning adapter's virtual tokens, `[n, hidden]`: every sequence starts with them.
+    /// In a pass, ids from the vocabulary's size up name them (`vocab + i` the i-th), so a cache
+    /// that records its ids can be rebuilt from them.
+    prompt: Option<Vec<f32>>,
     device: Device,
 }
 
@@ -190,15 +197,60 @@ impl Llama {
             parts.projection("lm_head", cfg.vocab_size, h, false)?
         };
         let rope = RopeTables::new(&cfg, cfg.max_position_embeddings.max(1));
-        Ok(Llama {
+        let model = Llama {
             cfg,
             embed_tokens,
             blocks,
             norm,
             lm_head: Linear::new(vec![lm_head])?,
             rope,
+            prompt: None,
             device: device.clone(),
-        })
+        };
+        match adapter {
+            Some(adapter) => model.with_prompt(adapter),
+            None => Ok(model),
+        }
+    }
+
+    /// The model with a prompt-learning adapter's virtual tokens before every sequence (any other
+    /// adapter: as it is).
+    pub fn with_prompt(mut self, adapter: &Adapter) -> Result<Self> {
+        self.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
+        Ok(self)
+    }
+
+    /// A prompt-learning adapter's virtual tokens, checked to be as wide as the model's hidden
+    /// states (None for other adapters).
+    fn checked_prompt<'a>(&self, adapter: &'a Adapter) -> Result<Option<&'a [f32]>> {
+        let Some(prompt) = &adapter.prompt else {
+            return Ok(None);
+        };
+        let hidden = self.cfg.hidden_size;
+        if adapter.prompt_width() != Some(hidden) {
+            bail!(
+                "the {} adapter's virtual tokens are {} wide (token_dim) but the model's hidden size is {hidden}",
+                adapter.config.method(),
+                adapter.prompt_width().unwrap_or(0)
+            );
+        }
+        Ok(Some(prompt))
+    }
+
+    /// How many virtual tokens start every sequence (0 without a prompt-learning adapter).
+    pub fn virtual_tokens(&self) -> usize {
+        self.prompt
+            .as_ref()
+            .map_or(0, |p| p.len() / self.cfg.hidden_size)
+    }
+
+    /// The virtual tokens of a pass: those of its adapter when it has one adapter with them (a
+    /// server's request), else the model's own.
+    fn pass_prompt<'a>(&'a self, groups: &[(Vec<usize>, &'a LoraSet)]) -> Option<&'a [f32]> {
+        match groups {
+            [(_, set)] if set.prompt.is_some() => set.prompt.as_deref(),
+            _ => self.prompt.as_deref(),
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -409,6 +461,49 @@ impl Llama {
         context: &mut Attend,
         groups: &[(Vec<usize>, &LoraSet)],
     ) -> Result<Tensor> {
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let n = self
+            .pass_prompt(groups)
+            .map_or(0, |p| p.len() / self.cfg.hidden_size);
+        let starts = match context {
+            Attend::Whole { .. } => true,
+            Attend::Batch(cache) => cache.is_empty(),
+            Attend::PerRow(_) => false,
+        };
+        if n == 0 || !starts {
+            return self.run_layers(ids, (b, t), context, groups);
+        }
+        // Each row's virtual tokens go right after its left padding, as its first real tokens.
+        let pads: Vec<usize> = (0..b).map(|r| context.left_pad(r).min(t)).collect();
+        let mut with_prompt = Vec::with_capacity(b * (n + t));
+        for (row, &pad) in ids.chunks(t.max(1)).zip(&pads) {
+            with_prompt.extend_from_slice(&row[..pad]);
+            with_prompt.extend(vocab..vocab + n as u32);
+            with_prompt.extend_from_slice(&row[pad..]);
+        }
+        let hidden = self.run_layers(&with_prompt, (b, n + t), context, groups)?;
+        // The caller's positions only: the virtual tokens' outputs are never read.
+        let h = self.cfg.hidden_size;
+        let values = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(b * t * h);
+        for (row, &pad) in values.chunks((n + t) * h).zip(&pads) {
+            out.extend_from_slice(&row[..pad * h]);
+            out.extend_from_slice(&row[(pad + n) * h..]);
+        }
+        Ok(Tensor::from_vec(out, (b, t, h), &self.device)?)
+    }
+
+    /// [`Self::run_blocks`] over ids that already hold any virtual tokens.
+    fn run_layers(
+        &self,
+        ids: &[u32],
+        (b, t): (usize, usize),
+        context: &mut Attend,
+        groups: &[(Vec<usize>, &LoraSet)],
+    ) -> Result<Tensor> {
         let positions = context.positions(b, t);
         if let Some(&last) = positions.iter().max() {
             if last as usize >= self.cfg.max_position_embeddings {
@@ -419,15 +514,10 @@ impl Llama {
                 );
             }
         }
-        let vocab = self.cfg.vocab_size as u32;
-        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
-            bail!("token id {bad} is outside the vocabulary of {vocab}");
-        }
         let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
         let rope_sets = self.rope_sets(long_rope, t, context);
         let logn = self.logn_factors(&positions, t, context);
-        let mut x = self.embed_tokens.gather_rows(ids)?;
-        scale_in_place(&mut x, self.cfg.scales.embedding);
+        let mut x = self.embed(ids, self.pass_prompt(groups))?;
         let pass = Pass {
             batch: b,
             seq: t,
@@ -452,6 +542,36 @@ impl Llama {
         Ok(Tensor::from_vec(hidden, (b, t, h), &self.device)?)
     }
 
+    /// The blocks' input for `ids`: token embeddings times the family's embedding multiplier,
+    /// and the virtual tokens for ids past the vocabulary (multiplied too unless the family's
+    /// embedding layer multiplies, as Gemma's does, before PEFT appends them).
+    fn embed(&self, ids: &[u32], prompt: Option<&[f32]>) -> Result<Vec<f32>> {
+        let vocab = self.cfg.vocab_size as u32;
+        let factor = self.cfg.scales.embedding;
+        let (Some(prompt), true) = (prompt, ids.iter().any(|&i| i >= vocab)) else {
+            let mut x = self.embed_tokens.gather_rows(ids)?;
+            scale_in_place(&mut x, factor);
+            return Ok(x);
+        };
+        let real: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
+        let mut x = self.embed_tokens.gather_rows(&real)?;
+        scale_in_place(&mut x, factor);
+        let h = self.cfg.hidden_size;
+        let prompt_factor = match self.cfg.architecture.scales_in_embedding_layer() {
+            true => 1.0,
+            false => factor as f32,
+        };
+        for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
+            if let Some(k) = id.checked_sub(vocab).map(|k| k as usize) {
+                let token = &prompt[k * h..(k + 1) * h];
+                row.iter_mut()
+                    .zip(token)
+                    .for_each(|(x, &p)| *x = p * prompt_factor);
+            }
+        }
+        Ok(x)
+    }
+
     /// One adapter's updates laid out as this model's layers, for [`Self::prefill`] and
     /// [`Self::decode_step`]. The adapter must fit the model (checked here, errors name the
     /// module); biases it trains become shifts added to its own rows only.
@@ -466,7 +586,11 @@ impl Llama {
                 })
                 .collect(),
             lm_head: vec![PartUpdate::default()],
+            prompt: None,
         };
+        if adapter.prompt.is_some() {
+            set.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
+        }
         for (module, weights) in &adapter.modules {
             let at = self.linear_of(module).context("checked to fit above")?;
             let linear = self.linear(at);
@@ -648,7 +772,7 @@ impl Llama {
             return Ok(());
         }
         let len = seen.len() / rows;
-        self.run_blocks(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
+        self.run_layers(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
         Ok(())
     }
 }

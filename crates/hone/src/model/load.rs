@@ -10,7 +10,8 @@ use super::config::ModelConfig;
 use super::quantize::{self, BaseQuantization};
 use super::{memory, weights, Llama, Weight};
 use crate::adapters::merge::check_fits;
-use crate::adapters::{merge, read_adapter};
+use crate::adapters::peft::{read_config, CONFIG_FILE};
+use crate::adapters::{merge, read_adapter, PeftConfig};
 use crate::io::gguf::GgufFile;
 use crate::io::source::{self, ModelSource};
 use crate::tokenizer::Tokenizer;
@@ -47,9 +48,20 @@ pub fn load_with_adapter(
     device: &Device,
 ) -> Result<LoadedModel> {
     if precision == Precision::Exact {
-        let w = load_weights(spec, adapter, device)?;
-        let model = Llama::from_weights(w.config, w.weights, device)
+        // A prompt-learning adapter is not merged: its virtual tokens join the model as they are.
+        let prompt = match adapter {
+            Some(dir) if is_prompt_learning(dir)? => Some((dir, read_adapter(dir)?)),
+            _ => None,
+        };
+        let merged = if prompt.is_some() { None } else { adapter };
+        let w = load_weights(spec, merged, device)?;
+        let mut model = Llama::from_weights(w.config, w.weights, device)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", w.source.path().display()))?;
+        if let Some((dir, adapter)) = prompt {
+            model = model
+                .with_prompt(&adapter)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", dir.display()))?;
+        }
         return Ok(LoadedModel {
             model,
             tokenizer: w.tokenizer,
@@ -82,6 +94,12 @@ pub fn load_with_adapter(
         tokenizer,
         source,
     })
+}
+
+/// Whether the adapter directory `dir` holds a prompt-learning adapter (by its config alone).
+fn is_prompt_learning(dir: &Path) -> Result<bool> {
+    let config = read_config(&dir.join(CONFIG_FILE))?;
+    Ok(matches!(config, PeftConfig::Prompt(_)))
 }
 
 /// A model's config, weights under HF names as [`weights::load_stored`] keeps them (matrices in

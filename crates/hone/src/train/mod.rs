@@ -18,6 +18,7 @@ pub mod optim;
 pub mod params;
 pub mod plan;
 pub mod precision;
+pub mod prompt;
 pub mod reward;
 pub mod schedule;
 pub mod sft;

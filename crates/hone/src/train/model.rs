@@ -17,6 +17,7 @@ use super::linear::{MatrixParam, Part, Projection};
 use super::lora::{Lora, LoraSettings, LoraShape};
 use super::lora_init;
 use super::norm_head;
+use super::prompt::{self, Prompted, VirtualPrompt};
 use super::reward::ValueHead;
 use crate::adapters::Adapter;
 use crate::data::Batch;
@@ -57,6 +58,8 @@ pub struct TrainModel {
     pub recompute: bool,
     /// `stage: rm`: the value head that scores responses (trains with the model).
     pub value_head: Option<ValueHead>,
+    /// Prompt tuning and P-tuning: the virtual tokens every sequence starts with.
+    pub prompt: Option<VirtualPrompt>,
 }
 
 /// What an objective sees at the LM head in [`TrainModel::forward_backward_with`]: the head's
@@ -230,6 +233,7 @@ impl TrainModel {
             neftune_alpha: None,
             recompute: false,
             value_head: None,
+            prompt: None,
         })
     }
 
@@ -269,19 +273,38 @@ impl TrainModel {
         dropout_seed: u64,
         objective: impl FnOnce(Head) -> Result<R>,
     ) -> Result<R> {
+        let real_seq = batch.seq;
+        let prompted = self.prompted(batch)?;
+        let (batch, starts) = match &prompted {
+            Some(p) => (&p.batch, p.starts.as_slice()),
+            None => (batch, &[][..]),
+        };
         let sets = rope_sets(&self.rope, batch);
         let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
         let segment_ids = batch.segment_ids.as_deref();
         let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
+        // Gemma's embedding layer multiplies its output; NEFTune's noise and the virtual tokens
+        // come after it. Other families multiply after both (Granite) or not at all.
+        let in_layer = self.cfg.architecture.scales_in_embedding_layer();
+        if in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
         if let Some(alpha) = self.neftune_alpha {
-            let magnitude = alpha / ((batch.seq * self.cfg.hidden_size) as f32).sqrt();
+            let magnitude = alpha / ((real_seq * self.cfg.hidden_size) as f32).sqrt();
             let seed = dropout::stream(dropout_seed, u64::MAX);
             for (i, v) in x.iter_mut().enumerate() {
                 *v += magnitude * dropout::uniform(seed, i);
             }
         }
-        // After NEFTune's noise, which transformers adds to the embedding layer's output.
-        scale(&mut x, self.cfg.scales.embedding);
+        // The virtual tokens join the sequence after the embedding layer (and its noise), as
+        // PEFT concatenates them to the input embeddings.
+        let (virtual_tokens, encoder_saved) = self.prompt.as_ref().map(|p| p.forward()).unzip();
+        if let Some(tokens) = &virtual_tokens {
+            prompt::insert(&mut x, tokens, starts, self.cfg.hidden_size);
+        }
+        if !in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
         let block_seed = |l: usize| Some(dropout::stream(dropout_seed, l as u64));
         let mut saved = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
@@ -344,10 +367,27 @@ impl TrainModel {
             };
             block.backward(&self.cfg, &mut dx, acts, &pass, segment_ids);
         }
+        let h = self.cfg.hidden_size;
+        if let Some(p) = &mut self.prompt {
+            let mut dtokens = prompt::gather_grad(&dx, starts, p.n, h);
+            if !in_layer {
+                scale(&mut dtokens, self.cfg.scales.embedding);
+            }
+            p.backward(&dtokens, encoder_saved.flatten().as_ref());
+        }
+        scale(&mut dx, self.cfg.scales.embedding);
         if let Some(grad) = &mut self.embed_tokens.grad {
-            scale(&mut dx, self.cfg.scales.embedding);
-            let h = self.cfg.hidden_size;
-            for (&id, row) in batch.input_ids.iter().zip(dx.chunks_exact(h)) {
+            // The virtual tokens' places hold a placeholder id, not a token.
+            let mut placeholder = vec![false; batch.input_ids.len()];
+            let n = self.prompt.as_ref().map_or(0, |p| p.n);
+            for &start in starts {
+                placeholder[start..start + n].fill(true);
+            }
+            let rows = batch.input_ids.iter().zip(dx.chunks_exact(h)).enumerate();
+            for (i, (&id, row)) in rows {
+                if placeholder[i] {
+                    continue;
+                }
                 let dst = &mut grad[id as usize * h..(id as usize + 1) * h];
                 for (d, &g) in dst.iter_mut().zip(row) {
                     *d += g;
@@ -359,7 +399,9 @@ impl TrainModel {
 
     /// Summed loss and label count without gradients or dropout (evaluation).
     pub fn loss(&self, batch: &Batch) -> Result<(f64, usize)> {
-        let head_input = self.head_input(batch)?;
+        let prompted = self.prompted(batch)?;
+        let batch = prompted.as_ref().map_or(batch, |p| &p.batch);
+        let head_input = self.head_input(batch, prompted.as_ref())?;
         let (labels, shape) = (shifted_labels(batch), self.ce_shape(batch));
         self.with_head(|head| cross_entropy::loss(&head_input, head, &labels, shape))
     }
@@ -367,7 +409,9 @@ impl TrainModel {
     /// Each position's loss (0 where it has no label), without gradients or dropout: sequence
     /// log-probabilities for preference objectives.
     pub fn position_losses(&self, batch: &Batch) -> Result<Vec<f64>> {
-        let head_input = self.head_input(batch)?;
+        let prompted = self.prompted(batch)?;
+        let batch = prompted.as_ref().map_or(batch, |p| &p.batch);
+        let head_input = self.head_input(batch, prompted.as_ref())?;
         let (labels, shape) = (shifted_labels(batch), self.ce_shape(batch));
         self.with_head(|head| cross_entropy::position_losses(&head_input, head, &labels, shape))
     }
@@ -402,17 +446,49 @@ impl TrainModel {
         }
     }
 
-    /// The LM head's input for `batch`, without gradients or dropout.
-    fn head_input(&self, batch: &Batch) -> Result<Vec<f32>> {
-        Ok(scaled(self.final_hidden(batch)?, self.logit_scale()))
+    /// The LM head's input for `batch` (virtual tokens included), without gradients or dropout.
+    fn head_input(&self, batch: &Batch, prompted: Option<&Prompted>) -> Result<Vec<f32>> {
+        let starts = prompted.map_or(&[][..], |p| p.starts.as_slice());
+        Ok(scaled(
+            self.blocks_output(batch, starts)?,
+            self.logit_scale(),
+        ))
     }
 
     /// The final norm's output for `batch` (transformers' last hidden state), without
-    /// gradients or dropout.
+    /// gradients or dropout; under prompt learning, each row starts with the virtual tokens'.
     pub fn final_hidden(&self, batch: &Batch) -> Result<Vec<f32>> {
+        match self.prompted(batch)? {
+            Some(p) => self.blocks_output(&p.batch, &p.starts),
+            None => self.blocks_output(batch, &[]),
+        }
+    }
+
+    /// `batch` as the blocks see it: each row preceded by the virtual tokens under prompt
+    /// learning (None: as it is).
+    fn prompted(&self, batch: &Batch) -> Result<Option<Prompted>> {
+        self.prompt
+            .as_ref()
+            .map(|p| prompt::prompted_batch(batch, p.n))
+            .transpose()
+    }
+
+    /// The final norm's output for a batch that already holds any virtual tokens' places, at
+    /// `starts`.
+    fn blocks_output(&self, batch: &Batch, starts: &[usize]) -> Result<Vec<f32>> {
         let sets = rope_sets(&self.rope, batch);
         let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
-        let mut x = self.embed(&batch.input_ids);
+        let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
+        let in_layer = self.cfg.architecture.scales_in_embedding_layer();
+        if in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
+        if let Some(p) = &self.prompt {
+            prompt::insert(&mut x, &p.forward().0, starts, self.cfg.hidden_size);
+        }
+        if !in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
         let segment_ids = batch.segment_ids.as_deref();
         for block in &self.blocks {
             let mut attend = Attend::Whole { segment_ids };
@@ -431,11 +507,9 @@ impl TrainModel {
         }
     }
 
-    /// The blocks' input: token embeddings times the family's embedding multiplier.
-    fn embed(&self, ids: &[u32]) -> Vec<f32> {
-        let mut x = self.embed_tokens.matrix.gather_rows(ids);
-        scale(&mut x, self.cfg.scales.embedding);
-        x
+    /// Rows `ids` of the embedding matrix, as f32 (a prompt's start from token embeddings).
+    pub fn token_embeddings(&self, ids: &[u32]) -> Vec<f32> {
+        self.embed_tokens.matrix.gather_rows(ids)
     }
 
     /// What the LM head's input is multiplied by: dividing it divides the logits (Granite's

@@ -17,6 +17,11 @@ use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
 use crate::model::norm::{NormParam, Tensor1};
 
+/// Prompt learning's virtual tokens (P-tuning's encoder input), under PEFT's name less the
+/// adapter's (`prompt_encoder.default.embedding.weight`); its encoder's layers are
+/// `prompt_encoder.mlp_head.{0,2,4}`.
+const PROMPT_EMBEDDING: &str = "prompt_encoder.embedding.weight";
+
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
 type Visitor<'a, 'f> = &'f mut dyn FnMut(String, &'a mut [f32], Option<&'a mut [f32]>);
 
@@ -121,6 +126,14 @@ impl TrainModel {
         if let Some(v) = &mut self.value_head {
             visit_tensor(reward::WEIGHT.into(), &mut v.weight, f);
             visit_tensor(reward::BIAS.into(), &mut v.bias, f);
+        }
+        if let Some(p) = &mut self.prompt {
+            visit_tensor(PROMPT_EMBEDDING.into(), &mut p.embedding, f);
+            for (layer, dense) in [0, 2, 4].into_iter().zip(p.encoder.iter_mut().flatten()) {
+                let name = format!("prompt_encoder.mlp_head.{layer}");
+                visit_tensor(format!("{name}.weight"), &mut dense.weight, f);
+                visit_tensor(format!("{name}.bias"), &mut dense.bias, f);
+            }
         }
     }
 
@@ -240,6 +253,7 @@ impl TrainModel {
             modules,
             scales,
             biases,
+            prompt: self.prompt.as_ref().map(|p| p.forward().0),
         }
     }
 

@@ -40,6 +40,13 @@ pub fn export_lora_adapter(
             source.path().display()
         )
     };
+    if adapter.prompt.is_some() {
+        return Err(located(anyhow::anyhow!(
+            "it is a {} adapter: llama.cpp's adapter files hold LoRA matrices only, and virtual tokens cannot be \
+             merged into the weights either; use it with hone (--adapter)",
+            adapter.config.method()
+        )));
+    }
     let Some(config) = adapter.config.lora() else {
         return Err(located(anyhow::anyhow!(
             "it is an {} adapter, which llama.cpp cannot load as an adapter; export the model with the adapter \

@@ -296,6 +296,13 @@ impl Architecture {
         }
     }
 
+    /// Whether transformers' embedding layer itself multiplies by the embedding scale (Gemma's
+    /// `ScaledWordEmbedding`), so what is added to its output (NEFTune's noise, prompt learning's
+    /// virtual tokens) is not multiplied; Granite multiplies in the model's forward, after them.
+    pub fn scales_in_embedding_layer(self) -> bool {
+        matches!(self, Architecture::Gemma2 | Architecture::Gemma3)
+    }
+
     /// Whether the family's norms are LayerNorms with a bias (StarCoder2) rather than RMSNorms.
     pub fn layer_norm(self) -> bool {
         self == Architecture::Starcoder2

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
-    ResumeFrom, Stage, StepCount,
+    CommaList, EvalStrategy, FinetuningType, PrefLoss, PromptTuningInit, QuantizationMethod,
+    QuantizationType, ResumeFrom, Stage, StepCount,
 };
 use crate::data::MixStrategy;
 use crate::train::schedule::ScheduleKind;
@@ -96,6 +96,17 @@ pub struct MethodArgs {
     pub target_modules: Option<CommaList>,
     /// IA3 (PEFT's field): the targets whose input, not output, is scaled (default `down_proj`).
     pub feedforward_modules: Option<CommaList>,
+    /// Prompt tuning and P-tuning (PEFT's field): how many virtual tokens precede every sequence.
+    pub num_virtual_tokens: u32,
+    /// Prompt tuning (PEFT's field): `random`, `text` (from `prompt_tuning_init_text`) or
+    /// `sample_vocab`.
+    pub prompt_tuning_init: PromptTuningInit,
+    /// Prompt tuning (PEFT's field): the text whose token embeddings start the virtual tokens.
+    pub prompt_tuning_init_text: Option<String>,
+    /// P-tuning (PEFT's field): the MLP encoder's hidden width; unset is the model's hidden size.
+    pub encoder_hidden_size: Option<u32>,
+    /// P-tuning (PEFT's field): the encoder, `MLP` (PEFT's default; its `LSTM` is not supported).
+    pub encoder_reparameterization_type: String,
     /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
     pub freeze_trainable_layers: i64,
     /// Freeze tuning: `all` or block sub-modules (`self_attn`, `mlp`, ...) that train in those layers.
@@ -257,6 +268,11 @@ impl Default for MethodArgs {
             loraplus_lr_embedding: None,
             target_modules: None,
             feedforward_modules: None,
+            num_virtual_tokens: 20,
+            prompt_tuning_init: PromptTuningInit::Random,
+            prompt_tuning_init_text: None,
+            encoder_hidden_size: None,
+            encoder_reparameterization_type: "MLP".into(),
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),
             freeze_extra_modules: None,

@@ -2,7 +2,9 @@
 //! transformers' argument parsers enforce, each failure naming the key to fix.
 
 use super::resolve::{linear_modules, LAYER_MODULES, NON_LAYER_MODULES};
-use super::values::{CommaList, EvalStrategy, FinetuningType, PrefLoss, Stage, StepCount};
+use super::values::{
+    CommaList, EvalStrategy, FinetuningType, PrefLoss, PromptTuningInit, Stage, StepCount,
+};
 use super::SftConfig;
 use crate::data::MixStrategy;
 
@@ -181,6 +183,7 @@ fn check_method(c: &SftConfig) -> Checked {
             "only valid with finetuning_type: lora",
         )?;
     }
+    check_prompt_learning(c)?;
     require(
         m.freeze_trainable_layers != 0,
         "freeze_trainable_layers",
@@ -195,6 +198,55 @@ fn check_method(c: &SftConfig) -> Checked {
         Some(extra) => modules("freeze_extra_modules", extra, NON_LAYER_MODULES),
         None => Ok(()),
     }
+}
+
+/// Prompt tuning and P-tuning: their keys, and what they cannot combine with.
+fn check_prompt_learning(c: &SftConfig) -> Checked {
+    let m = &c.method;
+    let prompt = m.finetuning_type.is_prompt_learning();
+    require(
+        m.num_virtual_tokens >= 1,
+        "num_virtual_tokens",
+        "must be at least 1",
+    )?;
+    if m.prompt_tuning_init_text.is_some() || m.prompt_tuning_init != PromptTuningInit::Random {
+        require(
+            m.finetuning_type == FinetuningType::PromptTuning,
+            "prompt_tuning_init",
+            "only valid with finetuning_type: prompt_tuning",
+        )?;
+    }
+    require(
+        (m.prompt_tuning_init == PromptTuningInit::Text) == m.prompt_tuning_init_text.is_some(),
+        "prompt_tuning_init_text",
+        "goes with prompt_tuning_init: text, and only with it",
+    )?;
+    require(
+        m.encoder_reparameterization_type
+            .eq_ignore_ascii_case("mlp"),
+        "encoder_reparameterization_type",
+        "must be MLP (PEFT's default; its LSTM encoder is not supported)",
+    )?;
+    if m.encoder_hidden_size.is_some() {
+        require(
+            m.finetuning_type == FinetuningType::PTuning,
+            "encoder_hidden_size",
+            "only valid with finetuning_type: p_tuning",
+        )?;
+    }
+    if !prompt {
+        return Ok(());
+    }
+    require(
+        matches!(m.stage, Stage::Sft | Stage::Pt),
+        "stage",
+        "prompt tuning and P-tuning train with stage: sft or pt",
+    )?;
+    require(
+        !c.packs(),
+        "packing",
+        "cannot pack examples with prompt tuning or P-tuning: every sequence starts with the virtual tokens",
+    )
 }
 
 /// `all`, or a list of names from `allowed`.

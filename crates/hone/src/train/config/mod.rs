@@ -25,8 +25,8 @@ use crate::quant::bnb::FourBit;
 pub use args::{DataArgs, EvalArgs, MethodArgs, ModelArgs, OutputArgs, PredictArgs, TrainArgs};
 pub use resolve::{linear_modules, StepPlan, LAYER_MODULES, NON_LAYER_MODULES};
 pub use values::{
-    CommaList, EvalStrategy, FinetuningType, PrefLoss, QuantizationMethod, QuantizationType,
-    ResumeFrom, Stage, StepCount,
+    CommaList, EvalStrategy, FinetuningType, PrefLoss, PromptTuningInit, QuantizationMethod,
+    QuantizationType, ResumeFrom, Stage, StepCount,
 };
 
 /// A fully resolved supervised fine-tuning run: every key with its value or its default.

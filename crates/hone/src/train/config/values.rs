@@ -272,12 +272,53 @@ pub enum FinetuningType {
     /// (IA)³: a learned vector scales each targeted layer's outputs (or, for the
     /// `feedforward_modules`, its inputs); the base weights stay frozen. Hone's own (PEFT's method).
     Ia3,
+    /// Prompt tuning: `num_virtual_tokens` learned embeddings before every sequence; the base
+    /// stays frozen. Hone's own (PEFT's `PROMPT_TUNING`).
+    #[serde(rename = "prompt_tuning")]
+    PromptTuning,
+    /// P-tuning: prompt tuning whose virtual tokens come out of a small MLP encoder (PEFT's
+    /// `P_TUNING`; the saved adapter holds the encoder's output).
+    #[serde(rename = "p_tuning")]
+    PTuning,
 }
 
 impl FinetuningType {
     /// Whether the run trains an adapter over a frozen base (and saves a PEFT adapter).
     pub fn is_adapter(self) -> bool {
-        matches!(self, FinetuningType::Lora | FinetuningType::Ia3)
+        !matches!(self, FinetuningType::Full | FinetuningType::Freeze)
+    }
+
+    /// Whether the run learns virtual tokens (prompt tuning, P-tuning).
+    pub fn is_prompt_learning(self) -> bool {
+        matches!(self, FinetuningType::PromptTuning | FinetuningType::PTuning)
+    }
+}
+
+/// PEFT's `prompt_tuning_init`: how prompt tuning's virtual tokens start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTuningInit {
+    /// Drawn from N(0, 1), as PEFT's `nn.Embedding` starts.
+    #[default]
+    #[serde(alias = "RANDOM")]
+    Random,
+    /// The embeddings of `prompt_tuning_init_text`'s tokens, repeated or cut to the number of
+    /// virtual tokens.
+    #[serde(alias = "TEXT")]
+    Text,
+    /// The embeddings of tokens drawn uniformly from the vocabulary.
+    #[serde(alias = "SAMPLE_VOCAB")]
+    SampleVocab,
+}
+
+impl PromptTuningInit {
+    /// PEFT's name for it, as `adapter_config.json` stores it.
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            PromptTuningInit::Random => "RANDOM",
+            PromptTuningInit::Text => "TEXT",
+            PromptTuningInit::SampleVocab => "SAMPLE_VOCAB",
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod output;
 pub mod plan;
 mod preference;
 pub mod preview;
+mod prompt;
 mod report;
 mod rows;
 mod setup;

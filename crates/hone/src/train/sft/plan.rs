@@ -57,7 +57,10 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
     let base_trains = |name: &str| match m.finetuning_type {
         FinetuningType::Full => true,
         FinetuningType::Freeze => freeze.as_ref().is_some_and(|f| f.trains(name)),
-        FinetuningType::Lora | FinetuningType::Ia3 => false,
+        FinetuningType::Lora
+        | FinetuningType::Ia3
+        | FinetuningType::PromptTuning
+        | FinetuningType::PTuning => false,
     };
     let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
@@ -195,7 +198,7 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             Some(AdapterMatcher::Lora(matcher))
         }
         Some(PeftConfig::Ia3(ia3)) => Some(AdapterMatcher::Ia3(ia3.matcher()?)),
-        None => None,
+        Some(PeftConfig::Prompt(_)) | None => None,
     })
 }
 

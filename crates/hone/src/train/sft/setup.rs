@@ -27,6 +27,8 @@ use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
 use crate::train::reward::ValueHead;
 
+use super::prompt;
+
 /// The chat template named by `template`: a Jinja file path, or (a LLaMA-Factory template name,
 /// or unset) the model's own template, with a note when a name was given, since Hone renders with
 /// the tokenizer's template rather than LLaMA-Factory's. A value that looks like a path but names
@@ -225,6 +227,12 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             ia3.base_model_name_or_path = base;
             Some(PeftConfig::Ia3(ia3))
         }
+        FinetuningType::PromptTuning | FinetuningType::PTuning => {
+            let method = prompt::method(config.method.finetuning_type).expect("a prompt method");
+            Some(PeftConfig::Prompt(prompt::prompt_config(
+                config, model, method,
+            )))
+        }
         FinetuningType::Full | FinetuningType::Freeze => None,
     })
 }
@@ -349,6 +357,8 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
     let m = &config.method;
     let wanted = match m.finetuning_type {
         FinetuningType::Ia3 => "IA3",
+        FinetuningType::PromptTuning => "prompt tuning",
+        FinetuningType::PTuning => "P-tuning",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -377,6 +387,7 @@ fn build_base_model(
                 None => adapter_config(config, &base.config)?.expect("an adapter run"),
             };
             match peft {
+                PeftConfig::Prompt(_) => unreachable!("a LoRA or IA3 run's adapter"),
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
                     let mut trained = lora.clone();
@@ -408,6 +419,19 @@ fn build_base_model(
                     Ok((model, Some(PeftConfig::Ia3(ia3))))
                 }
             }
+        }
+        FinetuningType::PromptTuning | FinetuningType::PTuning => {
+            let start = starting_adapter(config)?;
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let peft = adapter_config(config, &base.config)?.expect("a prompt-learning run");
+            let tokenizer = base.tokenizer;
+            let mut model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
+            prompt::attach(config, &mut model, &tokenizer, start.as_ref())?;
+            Ok((model, Some(peft)))
         }
         FinetuningType::Full => {
             let spec = TrainableSpec {

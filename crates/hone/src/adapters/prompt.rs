@@ -1,0 +1,146 @@
+//! Prompt-learning adapters in PEFT's format: prompt tuning (`peft_type: "PROMPT_TUNING"`,
+//! `peft.PromptTuningConfig`) and P-tuning (`"P_TUNING"`, `peft.PromptEncoderConfig`). Both put
+//! `num_virtual_tokens` trained embeddings before every sequence's own tokens; the file holds them
+//! as one tensor, `prompt_embeddings` `[num_virtual_tokens, token_dim]` (P-tuning's encoder is run
+//! once when PEFT saves, so its file holds the encoder's output and no encoder). Nothing is merged
+//! into the weights: the virtual tokens are prepended whenever a sequence starts.
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::config::PEFT_VERSION;
+use crate::model::ModelConfig;
+
+/// Which prompt-learning method, by PEFT's `peft_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PromptMethod {
+    #[serde(rename = "PROMPT_TUNING")]
+    PromptTuning,
+    #[serde(rename = "P_TUNING")]
+    PTuning,
+}
+
+impl PromptMethod {
+    pub fn peft_type(self) -> &'static str {
+        match self {
+            PromptMethod::PromptTuning => "PROMPT_TUNING",
+            PromptMethod::PTuning => "P_TUNING",
+        }
+    }
+}
+
+/// A prompt-learning config: the fields Hone interprets typed, every other field kept as read (or
+/// PEFT's defaults for a new config).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PromptConfig {
+    /// Always in the file (`PeftConfig::from_json` chose this type by it); the default only lets
+    /// each field be checked alone.
+    #[serde(default = "prompt_tuning")]
+    pub peft_type: PromptMethod,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub inference_mode: bool,
+    /// None only in a config that PEFT would refuse (it is required).
+    #[serde(default)]
+    pub num_virtual_tokens: Option<usize>,
+    /// The width of each virtual token: the model's hidden size.
+    #[serde(default)]
+    pub token_dim: Option<usize>,
+    #[serde(default)]
+    pub num_transformer_submodules: Option<usize>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+fn prompt_tuning() -> PromptMethod {
+    PromptMethod::PromptTuning
+}
+
+/// Fields that, when set, make the adapter compute something Hone does not, and why.
+const UNSUPPORTED: [(&str, &str); 2] = [
+    (
+        "modules_to_save",
+        "Hone trains and saves the virtual tokens only",
+    ),
+    ("auto_mapping", "custom model classes are not supported"),
+];
+
+impl PromptConfig {
+    /// A new config as PEFT writes it for `model` (its `token_dim`, `num_layers`,
+    /// `num_attention_heads`), with the method's own fields from `fields`.
+    pub fn new(
+        method: PromptMethod,
+        num_virtual_tokens: usize,
+        model: &ModelConfig,
+        fields: Map<String, Value>,
+    ) -> PromptConfig {
+        let mut other = match json!({
+            "auto_mapping": null, "modules_to_save": null, "peft_version": PEFT_VERSION,
+            "num_layers": model.num_hidden_layers, "num_attention_heads": model.num_attention_heads,
+        }) {
+            Value::Object(m) => m,
+            _ => unreachable!("a JSON object literal"),
+        };
+        other.extend(fields);
+        PromptConfig {
+            peft_type: method,
+            task_type: Some("CAUSAL_LM".into()),
+            base_model_name_or_path: None,
+            revision: None,
+            inference_mode: true,
+            num_virtual_tokens: Some(num_virtual_tokens),
+            token_dim: Some(model.hidden_size),
+            num_transformer_submodules: Some(1),
+            other,
+        }
+    }
+
+    /// The config as PEFT writes it.
+    pub fn to_json(&self) -> Value {
+        let mut map = self.other.clone();
+        let typed = json!({
+            "peft_type": self.peft_type.peft_type(),
+            "task_type": self.task_type,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "revision": self.revision,
+            "inference_mode": self.inference_mode,
+            "num_virtual_tokens": self.num_virtual_tokens,
+            "token_dim": self.token_dim,
+            "num_transformer_submodules": self.num_transformer_submodules,
+        });
+        if let Value::Object(typed) = typed {
+            map.extend(typed);
+        }
+        Value::Object(map)
+    }
+
+    /// Refuse what Hone cannot honour. Errors are `field: problem`.
+    pub fn validate(&self) -> Result<()> {
+        for (field, why) in UNSUPPORTED {
+            if let Some(value) = self.other.get(field).filter(|v| super::config::is_set(v)) {
+                bail!("{field}: {value} is not supported ({why})");
+            }
+        }
+        match self.num_virtual_tokens {
+            None | Some(0) => bail!("num_virtual_tokens: required, at least 1"),
+            Some(_) => {}
+        }
+        if self.num_transformer_submodules.is_some_and(|n| n != 1) {
+            bail!("num_transformer_submodules: a decoder-only model has 1 (2 is for encoder-decoder models)");
+        }
+        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
+            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
+        }
+        Ok(())
+    }
+
+    pub fn num_virtual_tokens(&self) -> usize {
+        self.num_virtual_tokens.unwrap_or(0)
+    }
+}

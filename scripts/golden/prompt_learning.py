@@ -1,0 +1,103 @@
+"""Golden fixtures for prompt tuning and P-tuning (PEFT's PROMPT_TUNING and P_TUNING).
+
+Training (fixtures/train/<case>.safetensors, as scripts/golden/train_grads.py writes its cases):
+input_ids / labels [2, 12] (HF convention, -100 = no loss; row 1 right-padded), loss, logits
+[2, N + 12, vocab] (PEFT prepends the N virtual tokens, positions 0..N+11), init.<name> and
+grad.<name> for every trainable tensor under Hone's names (PEFT's minus the adapter name):
+`prompt_encoder.embedding.weight` [N, hidden] and, for P-tuning's MLP encoder,
+`prompt_encoder.mlp_head.{0,2,4}.{weight,bias}`.
+The references run in float64 (the prompt encoder too).
+
+Adapters (fixtures/adapters/<name>/, PEFT's save_pretrained, plus <name>.golden.safetensors with
+the base model's golden input_ids and the PEFT model's logits at the real tokens' positions,
+[2, 11, vocab]): a prompt-tuning adapter (random N(0,1) prompts, PEFT's default init) and a
+P-tuning one (PEFT saves the encoder's output as `prompt_embeddings`).
+
+Run from the repository root:
+
+    OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/prompt_learning.py
+"""
+
+import json
+import shutil
+
+import peft
+import torch
+from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from models import FIXTURES, VERSIONS, load_fp32, save_golden
+from train_grads import batch
+
+TRAIN = FIXTURES / "train"
+ADAPTERS = FIXTURES / "adapters"
+N_VIRTUAL = 4
+
+
+def config(method, **extra):
+    if method == "prompt_tuning":
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N_VIRTUAL, **extra)
+    return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=24, **extra)
+
+
+def hone_name(name):
+    return name.replace("prompt_encoder.default.", "prompt_encoder.")
+
+
+def train_case(name, model_dir, method, seed):
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / model_dir, dtype=torch.float64)
+    model = get_peft_model(base, config(method)).double()
+    trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+    init = {k: p.detach().clone() for k, p in trainable.items()}
+    ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    assert out.logits.shape[1] == N_VIRTUAL + 12
+    tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1), "logits": out.logits.detach()}
+    for k, v in init.items():
+        tensors[f"init.{k}"] = v
+    for k, p in trainable.items():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
+        tensors[f"grad.{k}"] = p.grad
+    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    case = {"model": model_dir, "method": method, "num_virtual_tokens": N_VIRTUAL}
+    if method == "p_tuning":
+        case["encoder_hidden_size"] = 24
+    save_file(tensors, TRAIN / f"{name}.safetensors", metadata={"case": json.dumps(case)})
+    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+
+
+def adapter_case(name, base, method, seed):
+    out_dir = ADAPTERS / name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    base_path = f"fixtures/models/{base}"
+    torch.manual_seed(seed)
+    model = get_peft_model(load_fp32(base_path), config(method)).eval()
+    model.save_pretrained(out_dir)
+    ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, N_VIRTUAL:]
+    reloaded = PeftModel.from_pretrained(load_fp32(base_path), out_dir).eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=ids).logits[:, N_VIRTUAL:]
+    diff = (again - logits).abs().max().item()
+    assert diff < 1e-5, f"{name}: reload computes differently ({diff})"
+    metadata = dict(VERSIONS, peft_version=peft.__version__, adapter=name, base=base, seed=str(seed),
+                    note="logits of the PEFT model at the real tokens' positions for the base model's golden input_ids")
+    save_golden({"input_ids": ids, "logits": logits.contiguous()}, ADAPTERS / f"{name}.golden.safetensors", metadata)
+    print(f"{name}: saved, reload Δ {diff:.1e}")
+
+
+def main():
+    train_case("prompt_llama-gqa", "llama-gqa", "prompt_tuning", 0)
+    train_case("p_tuning_llama-gqa", "llama-gqa", "p_tuning", 1)
+    train_case("prompt_gemma2", "gemma2", "prompt_tuning", 2)
+    adapter_case("llama-tied-prompt", "llama-tied", "prompt_tuning", 301)
+    adapter_case("llama-tied-p-tuning", "llama-tied", "p_tuning", 302)
+
+
+if __name__ == "__main__":
+    main()
