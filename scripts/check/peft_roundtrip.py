@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoTokenizer
 
 from transformers import AutoModelForCausalLM
@@ -83,11 +83,15 @@ def hone_train(hone, model, extra, out, tmp):
 
 def check_prompt(hone, name, model, load_base, tok, extra, tmp):
     """A prompt-learning adapter: PEFT loads Hone's file (its trainable count built for training,
-    P-tuning's encoder included), and the mean NLL of TEXT with the virtual tokens before it equals
+    P-tuning's encoder included: counted on a new model of its config, as PEFT will not make a loaded one
+    trainable), and the mean NLL of TEXT with the virtual tokens before it equals
     `hone eval perplexity --adapter --exact`."""
     out = tmp / f"{name}-adapter"
     hone_counts = hone_train(hone, model, extra, out, tmp)
-    peft_counts = PeftModel.from_pretrained(load_base(), out, is_trainable=True).get_nb_trainable_parameters()
+    # PEFT will not make a loaded prompt-learning adapter trainable: count a new one of its config.
+    config = PeftConfig.from_pretrained(out)
+    config.inference_mode = False
+    peft_counts = get_peft_model(load_base(), config).get_nb_trainable_parameters()
     peft = PeftModel.from_pretrained(load_base(), out).eval()
     ids = tok(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -104,7 +108,8 @@ def check_prompt(hone, name, model, load_base, tok, extra, tmp):
     found = re.search(r"mean NLL ([\d.]+) over (\d+) predicted tokens", run.stdout + run.stderr)
     hone_nll, predicted = float(found.group(1)), int(found.group(2))
     diff = abs(hone_nll - peft_nll)
-    ok = diff < TOL and predicted == ids.shape[1] - 1 and hone_counts == peft_counts
+    # The last virtual token predicts the first real one, as PEFT's labels have it.
+    ok = diff < TOL and predicted == ids.shape[1] and hone_counts == peft_counts
     print(
         f"{name:<22} params Hone {hone_counts[0]:,}/{hone_counts[1]:,} PEFT {peft_counts[0]:,}/{peft_counts[1]:,}"
         f"  mean NLL Hone {hone_nll:.6f} PEFT {peft_nll:.6f} (Δ {diff:.1e}; base {base_nll:.4f})  {'ok' if ok else 'FAIL'}"

@@ -137,6 +137,9 @@ fn prompt_learning_adapters_give_peft_logits() {
         let exact = exact.with_prompt(&adapter).unwrap();
         for (precision, model) in [("stored", stored), ("exact", exact)] {
             assert_eq!(model.virtual_tokens(), 4, "{name}");
+            // The last virtual token predicts each row's first token, as PEFT's loss counts it.
+            let (_, predicted) = model.next_token_nll(&ids).unwrap();
+            assert_eq!(predicted, ids.elem_count(), "{name}");
             let logits = model.forward(&ids, None).unwrap();
             let diff = max_abs_diff(&logits, &golden["logits"]);
             assert!(

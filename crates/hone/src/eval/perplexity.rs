@@ -108,8 +108,9 @@ pub fn perplexity(
             too_short += 1;
             continue;
         }
-        total_nll += sequence_nll(model, &ids)?;
-        n_tokens += ids.len() - 1;
+        let (nll, predicted) = sequence_nll(model, &ids)?;
+        total_nll += nll;
+        n_tokens += predicted;
     }
     if n_tokens == 0 {
         bail!("no document has two or more tokens: nothing to predict");
@@ -154,8 +155,8 @@ pub fn text_perplexities(
             "document {}: no tokens (evaluate requires at least one per text)",
             i + 1
         );
-        let nll = sequence_nll(model, &ids)?;
-        perplexities.push((nll / (ids.len() - 1) as f64).exp());
+        let (nll, predicted) = sequence_nll(model, &ids)?;
+        perplexities.push((nll / predicted as f64).exp());
     }
     let mean_perplexity = perplexities.iter().sum::<f64>() / perplexities.len().max(1) as f64;
     Ok(TextPerplexities {
@@ -252,10 +253,12 @@ pub fn answer_tokens(
     Ok((ids, labels))
 }
 
-/// Σ −log p(ids[t+1] | ids[..=t]) over the sequence.
-pub fn sequence_nll(model: &Llama, ids: &[u32]) -> Result<f64> {
+/// Σ −log p(ids[t+1] | ids[..=t]) over the sequence, and the number of predictions: one per
+/// token but the first, or one per token when a prompt-learning adapter's virtual tokens come
+/// before it (the last of them predicts the first, as PEFT's loss counts it).
+pub fn sequence_nll(model: &Llama, ids: &[u32]) -> Result<(f64, usize)> {
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    Ok(model.next_token_nll(&input)?.0)
+    model.next_token_nll(&input)
 }
 
 #[cfg(test)]

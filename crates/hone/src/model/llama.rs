@@ -9,6 +9,7 @@
 //! either f32 or in its stored type (`linear::Weight`); norms are f32.
 
 use std::collections::HashMap;
+use std::iter::repeat_n;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
@@ -305,10 +306,26 @@ impl Llama {
         if labels.len() != b * t {
             bail!("{} labels for {b}×{t} token ids", labels.len());
         }
-        let hidden = self
-            .hidden_states(ids, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (hidden, labels, t) = match self.virtual_tokens() {
+            0 => {
+                let hidden = self.hidden_states(ids, None)?;
+                (hidden.flatten_all()?.to_vec1::<f32>()?, labels.to_vec(), t)
+            }
+            // As PEFT's forward: the virtual tokens carry no label, and the last of them
+            // predicts each row's first token.
+            n => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let vocab = self.checked_vocab(&ids)?;
+                let with_prompt = insert_virtual(&ids, t, &vec![0; b], (vocab, n));
+                let whole = &mut Attend::Whole { segment_ids: None };
+                let hidden = self.run_layers(&with_prompt, (b, n + t), whole, &[])?;
+                let labels = labels
+                    .chunks(t)
+                    .flat_map(|row| repeat_n(IGNORE_INDEX, n).chain(row.iter().copied()))
+                    .collect();
+                (hidden.flatten_all()?.to_vec1::<f32>()?, labels, n + t)
+            }
+        };
         // Position i predicts label i + 1; a row's last position predicts nothing.
         let labels: Vec<i64> = labels
             .chunks(t)
@@ -461,10 +478,7 @@ impl Llama {
         context: &mut Attend,
         groups: &[(Vec<usize>, &LoraSet)],
     ) -> Result<Tensor> {
-        let vocab = self.cfg.vocab_size as u32;
-        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
-            bail!("token id {bad} is outside the vocabulary of {vocab}");
-        }
+        let vocab = self.checked_vocab(ids)?;
         let n = self
             .pass_prompt(groups)
             .map_or(0, |p| p.len() / self.cfg.hidden_size);
@@ -478,12 +492,7 @@ impl Llama {
         }
         // Each row's virtual tokens go right after its left padding, as its first real tokens.
         let pads: Vec<usize> = (0..b).map(|r| context.left_pad(r).min(t)).collect();
-        let mut with_prompt = Vec::with_capacity(b * (n + t));
-        for (row, &pad) in ids.chunks(t.max(1)).zip(&pads) {
-            with_prompt.extend_from_slice(&row[..pad]);
-            with_prompt.extend(vocab..vocab + n as u32);
-            with_prompt.extend_from_slice(&row[pad..]);
-        }
+        let with_prompt = insert_virtual(ids, t, &pads, (vocab, n));
         let hidden = self.run_layers(&with_prompt, (b, n + t), context, groups)?;
         // The caller's positions only: the virtual tokens' outputs are never read.
         let h = self.cfg.hidden_size;
@@ -494,6 +503,15 @@ impl Llama {
             out.extend_from_slice(&row[(pad + n) * h..]);
         }
         Ok(Tensor::from_vec(out, (b, t, h), &self.device)?)
+    }
+
+    /// The vocabulary's size, after checking every id of `ids` is in it.
+    fn checked_vocab(&self, ids: &[u32]) -> Result<u32> {
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        Ok(vocab)
     }
 
     /// [`Self::run_blocks`] over ids that already hold any virtual tokens.
@@ -775,6 +793,18 @@ impl Llama {
         self.run_layers(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
         Ok(())
     }
+}
+
+/// `ids` (`[rows, t]`) with the ids of `n` virtual tokens (`vocab..vocab + n`) in each row right
+/// after its `pads[r]` padding positions.
+fn insert_virtual(ids: &[u32], t: usize, pads: &[usize], (vocab, n): (u32, usize)) -> Vec<u32> {
+    let mut out = Vec::with_capacity(ids.len() + pads.len() * n);
+    for (row, &pad) in ids.chunks(t.max(1)).zip(pads) {
+        out.extend_from_slice(&row[..pad]);
+        out.extend(vocab..vocab + n as u32);
+        out.extend_from_slice(&row[pad..]);
+    }
+    out
 }
 
 /// Multiplies `values` by `factor` unless it is 1.

@@ -113,8 +113,8 @@ fn answer_perplexity_is_the_answer_tokens_nll() {
             .encode(&template.render(messages, true).unwrap(), false)
             .unwrap();
         assert_eq!(ids[..prompt_ids.len()], prompt_ids);
-        let difference = sequence_nll(&loaded.model, &ids).unwrap()
-            - sequence_nll(&loaded.model, &prompt_ids).unwrap();
+        let difference = sequence_nll(&loaded.model, &ids).unwrap().0
+            - sequence_nll(&loaded.model, &prompt_ids).unwrap().0;
         assert!(
             (difference - row_nll).abs() < 1e-3 * row_nll,
             "{difference} vs {row_nll}"
