@@ -329,7 +329,9 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
     let base = adapter.config.base_model_name_or_path();
     println!("base model     {}", base.unwrap_or("(not recorded)"));
     let kinds: Vec<&str> = kinds.into_iter().collect();
-    println!("modules        {} ({})", info["modules"], kinds.join(", "));
+    if adapter.prompt.is_none() {
+        println!("modules        {} ({})", info["modules"], kinds.join(", "));
+    }
     if let PeftConfig::Ia3(_) = &adapter.config {
         let inputs: BTreeSet<&str> = adapter
             .scales

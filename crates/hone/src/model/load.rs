@@ -98,7 +98,12 @@ pub fn load_with_adapter(
 
 /// Whether the adapter directory `dir` holds a prompt-learning adapter (by its config alone).
 fn is_prompt_learning(dir: &Path) -> Result<bool> {
-    let config = read_config(&dir.join(CONFIG_FILE))?;
+    let path = dir.join(CONFIG_FILE);
+    if !path.is_file() {
+        // Not an adapter directory: the merge's own read says so.
+        return Ok(false);
+    }
+    let config = read_config(&path)?;
     Ok(matches!(config, PeftConfig::Prompt(_)))
 }
 
