@@ -230,11 +230,18 @@ fn base_storage(
 /// evaluation batch (0 when the run does not evaluate).
 fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     let t = &config.train;
+    // Prompt learning puts its virtual tokens before every row (one example each: no packing).
+    let m = &config.method;
+    let virtual_tokens = match m.finetuning_type.is_prompt_learning() {
+        true => m.num_virtual_tokens as usize,
+        false => 0,
+    };
+    let len = |r: &&Row| r.len() + virtual_tokens;
     let tokens = |batch: &[&Row]| {
         if super::pads_batches(config) {
-            batch.len() * batch.iter().map(|r| r.len()).max().unwrap_or(0)
+            batch.len() * batch.iter().map(len).max().unwrap_or(0)
         } else {
-            batch.iter().map(|r| r.len()).sum()
+            batch.iter().map(len).sum()
         }
     };
     // Preference runs batch items of two rows; KTO's second rows (its mismatched responses) only
@@ -277,7 +284,7 @@ fn largest_batches(config: &SftConfig, rows: &Rows) -> Result<(usize, usize)> {
     let eval = if evaluates {
         rows.val
             .chunks(group * eval_batch.max(1))
-            .map(|b| b.iter().map(Row::len).sum())
+            .map(|b| b.iter().map(|r| len(&r)).sum())
             .max()
             .unwrap_or(0)
     } else {
