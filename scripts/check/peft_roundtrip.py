@@ -1,7 +1,7 @@
 """Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
 Hone trains, and counts the same trainable parameters. Prompt tuning and P-tuning, which no one
 merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
-vs `hone eval perplexity --adapter --exact`).
+vs `hone eval perplexity --adapter --exact`), and `prompt_tuning_init: text` starts where PEFT's does.
 
 For each method (LoRA, DoRA, IA3, PiSSA saved converted) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoTokenizer
 
 from transformers import AutoModelForCausalLM
@@ -117,6 +117,32 @@ def check_prompt(hone, name, model, load_base, tok, extra, tmp):
     return ok
 
 
+def check_text_init(hone, model, tokenizer_kwargs, load_base, tmp):
+    """`prompt_tuning_init: text`: Hone's starting virtual tokens (one step at a negligible learning
+    rate, saved) equal PEFT's for the same text, tokenized as PEFT does (special tokens added,
+    repeated to fill the virtual tokens)."""
+    text = "You are Kestrel, an assistant."
+    extra = {
+        "finetuning_type": "prompt_tuning", "num_virtual_tokens": 12, "prompt_tuning_init": "text",
+        "prompt_tuning_init_text": json.dumps(text), "learning_rate": "1.0e-12", "max_steps": 1,
+    }
+    out = tmp / "text-init-adapter"
+    hone_train(hone, model, extra, out, tmp)
+    from safetensors.torch import load_file
+
+    ours = load_file(out / "adapter_model.safetensors")["prompt_embeddings"].double()
+    config = PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=12, prompt_tuning_init="TEXT",
+        prompt_tuning_init_text=text, tokenizer_name_or_path=str(model.parent), tokenizer_kwargs=tokenizer_kwargs,
+    )
+    peft = get_peft_model(load_base(), config)
+    theirs = peft.prompt_encoder["default"].embedding.weight.detach().double()
+    diff = (ours - theirs).abs().max().item()
+    ok = diff < TOL
+    print(f"{'text init ' + model.name:<22} max |Hone − PEFT| {diff:.1e}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
 def check(hone, name, model, load_base, ids, extra, tmp):
     out = tmp / f"{name}-adapter"
     hone_counts = hone_train(hone, model, extra, out, tmp)
@@ -163,6 +189,7 @@ def main():
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
             base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
+            ok &= check_text_init(args.hone, gguf, {"gguf_file": gguf.name}, base, tmp)
             for method, extra in METHODS.items():
                 if "num_virtual_tokens" in extra:
                     ok &= check_prompt(args.hone, f"SmolLM2-{method}", gguf, base, tok, extra, tmp)
