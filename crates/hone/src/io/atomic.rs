@@ -286,7 +286,13 @@ pub fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
     }
     sync_parent(target)?;
     if let Some(old) = old {
-        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+        // Renamed to a plain temporary before it is deleted: a deletion cut short (a kill) must
+        // not leave a moved-aside version that a later write would restore, half-deleted, once
+        // the target is gone.
+        let doomed = temp_path(target, "tmp");
+        fs::rename(&old, &doomed).with_context(|| format!("cannot remove {}", old.display()))?;
+        fs::remove_dir_all(&doomed)
+            .with_context(|| format!("cannot remove {}", doomed.display()))?;
     }
     Ok(())
 }
