@@ -468,18 +468,23 @@ fn ia3_trains_and_its_adapter_generates_unmerged_and_merged_alike() {
     });
     assert!(moved, "the vectors did not train");
 
+    let exact = adapter_answer(&out, "IA3");
+    let merged = merge_into_tiny_model(&out, dir.path());
+    assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), exact);
+}
+
+/// The first training question answered on tiny-spm with the adapter in `out`, checked to differ
+/// from the base model's answer and to equal the `--exact` path's (`what` names the case); the
+/// answer.
+fn adapter_answer(out: &Path, what: &str) -> String {
     let model_path = fixture("tokenizer/tiny-spm.gguf");
     let model = arg(&model_path);
-    let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
-    let exact = answer_first_row(&["--model", model, "--adapter", arg(&out), "--exact"]);
+    let tuned = answer_first_row(&["--model", model, "--adapter", arg(out)]);
+    let exact = answer_first_row(&["--model", model, "--adapter", arg(out), "--exact"]);
     let base = answer_first_row(&["--model", model]);
-    assert_ne!(tuned.ok(), base.ok(), "the adapter changed nothing");
-    assert_eq!(tuned.ok(), exact.ok(), "unmerged and merged IA3 differ");
-    let merged = merge_into_tiny_model(&out, dir.path());
-    assert_eq!(
-        answer_first_row(&["--model", arg(&merged)]).ok(),
-        exact.ok()
-    );
+    assert_ne!(tuned.ok(), base.ok(), "{what}: the adapter changed nothing");
+    assert_eq!(tuned.ok(), exact.ok(), "{what}: stored and exact differ");
+    exact.ok().to_string()
 }
 
 /// `finetuning_type: prompt_tuning` and `p_tuning`: only the virtual tokens (and P-tuning's
@@ -521,17 +526,7 @@ fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
         assert_eq!(st.names(), ["prompt_embeddings"]);
         assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), [5, hidden]);
 
-        let model_path = fixture("tokenizer/tiny-spm.gguf");
-        let model = arg(&model_path);
-        let tuned = answer_first_row(&["--model", model, "--adapter", arg(&out)]);
-        let exact = answer_first_row(&["--model", model, "--adapter", arg(&out), "--exact"]);
-        let base = answer_first_row(&["--model", model]);
-        assert_ne!(
-            tuned.ok(),
-            base.ok(),
-            "{method}: the adapter changed nothing"
-        );
-        assert_eq!(tuned.ok(), exact.ok(), "{method}: stored and exact differ");
+        adapter_answer(&out, method);
 
         let resumed = hone(
             &[
@@ -545,10 +540,11 @@ fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
         assert!(resumed.stderr.contains("resum"), "{}", resumed.stderr);
 
         let merged = dir.path().join("merged");
+        let model = fixture("tokenizer/tiny-spm.gguf");
         let refused = hone(&[
             "merge",
             "--model",
-            model,
+            arg(&model),
             "--adapter",
             arg(&out),
             "--out",

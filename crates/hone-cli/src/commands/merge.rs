@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use hone::adapters::merge::check_mergeable;
-use hone::adapters::read_adapter;
+use hone::adapters::peft::read_config_if_present;
 use hone::export::{
     check_output_dir, tensors_in_hf_order, write_hf_checkpoint, HfWriteOptions, SaveDtype,
 };
@@ -38,8 +38,9 @@ pub fn run(args: Args) -> Result<()> {
     let out = args.out.display();
     // Fail before the slow load; the writer checks again before it renames into place.
     check_output_dir(&args.out, args.force).with_context(|| format!("{out}"))?;
-    let adapter = read_adapter(&args.adapter)?;
-    check_mergeable(&adapter.config).with_context(|| args.adapter.display().to_string())?;
+    if let Some(config) = read_config_if_present(&args.adapter)? {
+        check_mergeable(&config).with_context(|| args.adapter.display().to_string())?;
+    }
     eprintln!(
         "loading {} and merging {}",
         args.model,

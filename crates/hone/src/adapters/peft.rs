@@ -55,6 +55,16 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     Ok(adapter)
 }
 
+/// The config of adapter directory `dir` alone (its tensors left unread), or None when it has no
+/// `adapter_config.json`: a caller that goes on to read the adapter reports that itself.
+pub fn read_config_if_present(dir: &Path) -> Result<Option<PeftConfig>> {
+    let path = dir.join(CONFIG_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    read_config(&path).map(Some)
+}
+
 /// Read and validate `adapter_config.json`; errors are `path:line: field: problem`.
 pub fn read_config(path: &Path) -> Result<PeftConfig> {
     if !path.is_file() {

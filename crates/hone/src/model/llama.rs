@@ -606,9 +606,7 @@ impl Llama {
             lm_head: vec![PartUpdate::default()],
             prompt: None,
         };
-        if adapter.prompt.is_some() {
-            set.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
-        }
+        set.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
         for (module, weights) in &adapter.modules {
             let at = self.linear_of(module).context("checked to fit above")?;
             let linear = self.linear(at);

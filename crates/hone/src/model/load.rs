@@ -10,7 +10,7 @@ use super::config::ModelConfig;
 use super::quantize::{self, BaseQuantization};
 use super::{memory, weights, Llama, Weight};
 use crate::adapters::merge::check_fits;
-use crate::adapters::peft::{read_config, CONFIG_FILE};
+use crate::adapters::peft::read_config_if_present;
 use crate::adapters::{merge, read_adapter, PeftConfig};
 use crate::io::gguf::GgufFile;
 use crate::io::source::{self, ModelSource};
@@ -50,7 +50,9 @@ pub fn load_with_adapter(
     if precision == Precision::Exact {
         // A prompt-learning adapter is not merged: its virtual tokens join the model as they are.
         let prompt = match adapter {
-            Some(dir) if is_prompt_learning(dir)? => Some((dir, read_adapter(dir)?)),
+            Some(dir) if matches!(read_config_if_present(dir)?, Some(PeftConfig::Prompt(_))) => {
+                Some((dir, read_adapter(dir)?))
+            }
             _ => None,
         };
         let merged = if prompt.is_some() { None } else { adapter };
@@ -94,17 +96,6 @@ pub fn load_with_adapter(
         tokenizer,
         source,
     })
-}
-
-/// Whether the adapter directory `dir` holds a prompt-learning adapter (by its config alone).
-fn is_prompt_learning(dir: &Path) -> Result<bool> {
-    let path = dir.join(CONFIG_FILE);
-    if !path.is_file() {
-        // Not an adapter directory: the merge's own read says so.
-        return Ok(false);
-    }
-    let config = read_config(&path)?;
-    Ok(matches!(config, PeftConfig::Prompt(_)))
 }
 
 /// A model's config, weights under HF names as [`weights::load_stored`] keeps them (matrices in

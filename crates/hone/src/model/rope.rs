@@ -143,15 +143,14 @@ impl RopeTables {
         self.n_positions
     }
 
-    /// The tables of a forward pass over `positions`: the local ones for a sliding-window layer
-    /// when the model has them; LongRoPE's long ones when any position reaches past the original
-    /// context, as transformers picks them for the whole call.
-    pub fn select(&self, positions: &[u32], local: bool) -> (&[f32], &[f32]) {
-        let set = RopeSet {
+    /// The tables a call over `positions` rotates with, as transformers picks them for the whole
+    /// call: LongRoPE's long ones when any position reaches past the original context; the base
+    /// as configured otherwise (Qwen's dynamic NTK is inference-only, see `Llama::rope_sets`).
+    pub fn call_set(&self, positions: &[u32]) -> RopeSet {
+        RopeSet {
             long: self.reaches_long(positions),
             ntk_alpha: 1,
-        };
-        self.select_set(set, local)
+        }
     }
 
     /// Whether the model has LongRoPE's two factor sets.

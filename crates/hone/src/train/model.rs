@@ -282,29 +282,19 @@ impl TrainModel {
         let sets = rope_sets(&self.rope, batch);
         let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
         let segment_ids = batch.segment_ids.as_deref();
-        let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
-        // Gemma's embedding layer multiplies its output; NEFTune's noise and the virtual tokens
-        // come after it. Other families multiply after both (Granite) or not at all.
-        let in_layer = self.cfg.architecture.scales_in_embedding_layer();
-        if in_layer {
-            scale(&mut x, self.cfg.scales.embedding);
-        }
-        if let Some(alpha) = self.neftune_alpha {
+        let neftune = |x: &mut [f32]| {
+            let Some(alpha) = self.neftune_alpha else {
+                return;
+            };
             let magnitude = alpha / ((real_seq * self.cfg.hidden_size) as f32).sqrt();
             let seed = dropout::stream(dropout_seed, u64::MAX);
             for (i, v) in x.iter_mut().enumerate() {
                 *v += magnitude * dropout::uniform(seed, i);
             }
-        }
-        // The virtual tokens join the sequence after the embedding layer (and its noise), as
-        // PEFT concatenates them to the input embeddings.
+        };
         let (virtual_tokens, encoder_saved) = self.prompt.as_ref().map(|p| p.forward()).unzip();
-        if let Some(tokens) = &virtual_tokens {
-            prompt::insert(&mut x, tokens, starts, self.cfg.hidden_size);
-        }
-        if !in_layer {
-            scale(&mut x, self.cfg.scales.embedding);
-        }
+        let tokens = virtual_tokens.as_deref().map(|t| (t, starts));
+        let mut x = self.block_input(&batch.input_ids, tokens, neftune);
         let block_seed = |l: usize| Some(dropout::stream(dropout_seed, l as u64));
         let mut saved = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
@@ -370,7 +360,7 @@ impl TrainModel {
         let h = self.cfg.hidden_size;
         if let Some(p) = &mut self.prompt {
             let mut dtokens = prompt::gather_grad(&dx, starts, p.n, h);
-            if !in_layer {
+            if !self.cfg.architecture.scales_in_embedding_layer() {
                 scale(&mut dtokens, self.cfg.scales.embedding);
             }
             p.backward(&dtokens, encoder_saved.flatten().as_ref());
@@ -478,23 +468,40 @@ impl TrainModel {
     fn blocks_output(&self, batch: &Batch, starts: &[usize]) -> Result<Vec<f32>> {
         let sets = rope_sets(&self.rope, batch);
         let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
-        let mut x = self.embed_tokens.matrix.gather_rows(&batch.input_ids);
-        let in_layer = self.cfg.architecture.scales_in_embedding_layer();
-        if in_layer {
-            scale(&mut x, self.cfg.scales.embedding);
-        }
-        if let Some(p) = &self.prompt {
-            prompt::insert(&mut x, &p.forward().0, starts, self.cfg.hidden_size);
-        }
-        if !in_layer {
-            scale(&mut x, self.cfg.scales.embedding);
-        }
+        let virtual_tokens = self.prompt.as_ref().map(|p| p.forward().0);
+        let tokens = virtual_tokens.as_deref().map(|t| (t, starts));
+        let mut x = self.block_input(&batch.input_ids, tokens, |_| ());
         let segment_ids = batch.segment_ids.as_deref();
         for block in &self.blocks {
             let mut attend = Attend::Whole { segment_ids };
             block.forward(&self.cfg, &mut x, &pass, &None, &mut attend)?;
         }
         Ok(self.final_norm(&x).0)
+    }
+
+    /// The blocks' input for `ids`: their embeddings with `noise` (NEFTune's) added to the
+    /// embedding layer's output and the virtual tokens written at their places after it, times the
+    /// family's embedding multiplier where transformers applies it (Gemma's embedding layer
+    /// multiplies its own output only; Granite multiplies after everything).
+    fn block_input(
+        &self,
+        ids: &[u32],
+        virtual_tokens: Option<(&[f32], &[usize])>,
+        noise: impl FnOnce(&mut [f32]),
+    ) -> Vec<f32> {
+        let mut x = self.embed_tokens.matrix.gather_rows(ids);
+        let in_layer = self.cfg.architecture.scales_in_embedding_layer();
+        if in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
+        noise(&mut x);
+        if let Some((tokens, starts)) = virtual_tokens {
+            prompt::insert(&mut x, tokens, starts, self.cfg.hidden_size);
+        }
+        if !in_layer {
+            scale(&mut x, self.cfg.scales.embedding);
+        }
+        x
     }
 
     fn ce_shape(&self, batch: &Batch) -> CeShape {
@@ -541,11 +548,7 @@ fn scaled(mut values: Vec<f32>, factor: f64) -> Vec<f32> {
 /// The rotary tables every row of `batch` rotates with: LongRoPE's long ones when any position
 /// reaches past the original context, as transformers picks them for the whole call.
 fn rope_sets(rope: &RopeTables, batch: &Batch) -> Vec<RopeSet> {
-    let set = RopeSet {
-        long: rope.reaches_long(&batch.position_ids),
-        ntk_alpha: 1,
-    };
-    vec![set; batch.batch]
+    vec![rope.call_set(&batch.position_ids); batch.batch]
 }
 
 /// What the blocks need to know about `batch`, after checking it fits the model.
