@@ -8,6 +8,12 @@
 //! (none unless a render is given them, as transformers' `tools=` and `documents=`). An assistant
 //! message may carry `tool_calls` (OpenAI's `{"type": "function", "function": {"name",
 //! "arguments"}}` objects) and a `tool` message a call's result, as transformers takes them.
+//!
+//! A template comes with the model, from anyone: a render is bounded in steps (minijinja's fuel),
+//! nesting (its recursion limit of 500) and output size, so a runaway template ends in an error.
+//! What minijinja cannot bound is a string a template doubles in a variable without writing it
+//! (`{% set ns.s = ns.s ~ ns.s %}` in a loop): its own limit stops `'a' * n` at 100 MB, and the
+//! step budget stops long loops, but 30 doublings fit in neither.
 
 mod pyjson;
 mod strftime;
@@ -16,6 +22,7 @@ pub(crate) use strftime::format_utc;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io;
 
 use anyhow::{Context, Result};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
@@ -24,6 +31,15 @@ use serde::{Deserialize, Serialize};
 use crate::tokenizer::Tokenizer;
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Jinja instructions one render may run. Real templates take a few hundred per message (Qwen2.5's
+/// with tools, the longest seen here: ~400), so this is ample for tens of thousands of turns and
+/// stops an endless loop within about a second.
+const MAX_STEPS: u64 = 50_000_000;
+
+/// Bytes a render may write beyond four times its input's text: real templates add a bounded
+/// frame per message around the text they are given.
+const OUTPUT_ALLOWANCE: usize = 16 << 20;
 
 /// Said when a model has no chat template: where one can come from.
 const NO_TEMPLATE: &str =
@@ -87,6 +103,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(MAX_STEPS));
         env.add_filter("tojson", pyjson::tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime::strftime_now);
@@ -151,16 +168,69 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .expect("added in new()");
-        template.render(&vars).map_err(|err| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-            while let Some(e) = source {
-                if let Some(raised) = e.downcast_ref::<TemplateException>() {
-                    return anyhow::Error::new(raised.clone());
-                }
-                source = e.source();
-            }
-            anyhow::Error::new(err).context("rendering the chat template failed")
-        })
+        let input_bytes: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len() + m.tool_calls.as_ref().map_or(0, json_len))
+            .sum::<usize>()
+            + extra.values().map(json_len).sum::<usize>();
+        let mut out = CappedOutput {
+            text: Vec::new(),
+            cap: input_bytes
+                .saturating_mul(4)
+                .saturating_add(OUTPUT_ALLOWANCE),
+        };
+        match template.render_captured_to(&vars, &mut out) {
+            Ok(_) => String::from_utf8(out.text).context("the chat template wrote invalid UTF-8"),
+            Err(err) => Err(render_error(err, out.cap)),
+        }
+    }
+}
+
+/// A render's error as Hone reports it: a template's `raise_exception` as its message, the limits
+/// as what they are, anything else with minijinja's description and position.
+fn render_error(err: Error, cap: usize) -> anyhow::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(raised) = e.downcast_ref::<TemplateException>() {
+            return anyhow::Error::new(raised.clone());
+        }
+        source = e.source();
+    }
+    match err.kind() {
+        // The output is the one writer, and it fails only at its cap.
+        ErrorKind::WriteFailure => anyhow::anyhow!(
+            "rendering the chat template failed: it wrote more than {cap} bytes, far more than \
+             the conversation holds (a runaway loop?)"
+        ),
+        ErrorKind::OutOfFuel => anyhow::anyhow!(
+            "rendering the chat template failed: it ran past {MAX_STEPS} steps (a loop that \
+             does not end?)"
+        ),
+        _ => anyhow::Error::new(err).context("rendering the chat template failed"),
+    }
+}
+
+fn json_len(value: &impl Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
+/// A render's output, refusing to grow past `cap` bytes.
+struct CappedOutput {
+    text: Vec<u8>,
+    cap: usize,
+}
+
+impl io::Write for CappedOutput {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.text.len() + bytes.len() > self.cap {
+            return Err(io::Error::other("the output size limit was reached"));
+        }
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -184,7 +254,10 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else { break };
+        // The closing `%}` comes after the opening `{%`: in `{%}` they would overlap.
+        let Some(end) = tag[2..].find("%}").map(|at| at + 2) else {
+            break;
+        };
         let inner = &tag[2..end];
         let (open, body) = split_marker(inner, true);
         let (body, close) = split_marker(body.trim(), false);
@@ -238,6 +311,43 @@ mod tests {
             err.downcast_ref::<TemplateException>().unwrap().0,
             "no x: y"
         );
+    }
+
+    /// Found by fuzzing: `{%}` opens a tag that its own `%` does not close.
+    #[test]
+    fn a_tag_is_closed_after_its_opening() {
+        assert_eq!(without_generation_tags("{%}"), "{%}");
+        assert_eq!(
+            without_generation_tags("{%}x%}{% generation %}"),
+            "{%}x%}{% if true %}"
+        );
+        assert!(render("{%}", &[]).is_err());
+    }
+
+    /// A hostile template ends in a one-line error: an endless loop at the step budget, a flood
+    /// of output at the size cap, runaway recursion at minijinja's depth limit.
+    #[test]
+    fn runaway_templates_stop_at_their_limits() {
+        let hi = [Message::new("user", "hi")];
+        let cases = [
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                "steps",
+            ),
+            (
+                "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+                "bytes",
+            ),
+            (
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                "recursion",
+            ),
+        ];
+        for (source, said) in cases {
+            let err = format!("{:#}", render(source, &hi).unwrap_err());
+            assert!(err.contains(said), "{source}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     /// Template kwargs (the template's own, then a call's) are variables (booleans print as Python

@@ -10,3 +10,4 @@ pub mod json;
 pub mod names;
 pub mod safetensors;
 pub mod source;
+pub mod untrusted;

@@ -27,6 +27,7 @@ pub use stream::TokenStream;
 use crate::chat::token_text;
 use crate::io::gguf::GgufFile;
 use crate::io::json;
+use crate::io::untrusted::catching_panics;
 
 /// Tokens that end a turn in the common chat formats. llama.cpp stops generation on these too,
 /// whatever the file names as eos, so a chat model that closes its turn is not run past it.
@@ -95,8 +96,12 @@ impl Tokenizer {
             let built = tiktoken::build(dir)?;
             return Self::from_remote_code_dir(dir, &config, built, "tiktoken-bpe");
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
+        // The tokenizers crate panics on some malformed files (a decoder that is not JSON the
+        // crate expects, found by fuzzing): see `io::untrusted`.
+        let unreadable = format!("{}: cannot load the tokenizer", path.display());
+        let inner = catching_panics(&unreadable, || {
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{unreadable}: {e}"))
+        })?;
         let special = |key: &str| -> Result<Option<String>> {
             match config.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -450,6 +455,16 @@ mod tests {
         let named = json!({"chat_template": [{"name": "tool_use", "template": "t"}, {"name": "default", "template": "d"}]});
         assert_eq!(config_chat_template(&named).unwrap().as_deref(), Some("d"));
         assert!(config_chat_template(&json!({"chat_template": 3})).is_err());
+    }
+
+    /// Found by fuzzing: a decoder the tokenizers crate cannot read made it panic.
+    #[test]
+    fn a_malformed_tokenizer_json_is_an_error() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tokenizer/malformed-decoder");
+        let err = format!("{:#}", Tokenizer::from_hf_dir(&dir).unwrap_err());
+        assert!(err.contains("cannot load the tokenizer: "), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub(super) fn build(dir: &Path) -> Result<Built> {
 /// The tokens in rank order; the ranks must be 0, 1, … without gaps.
 fn read_ranks(text: &str) -> Result<Vec<Vec<u8>>> {
     let mut ranked: Vec<Option<Vec<u8>>> = Vec::new();
+    // Ranks are 0..count, each once: a rank past the count is an error before any allocation
+    // for it (a single line claiming rank 10¹⁸ asked for exabytes, found by fuzzing).
+    let count = text.lines().filter(|l| !l.is_empty()).count();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
         let row = || format!("line {}", n + 1);
         let (token, rank) = line
@@ -75,6 +78,9 @@ fn read_ranks(text: &str) -> Result<Vec<Vec<u8>>> {
             .trim()
             .parse()
             .with_context(|| format!("{}: the rank is not a number", row()))?;
+        if rank >= count {
+            bail!("{}: rank {rank}, but the file ranks {count} tokens", row());
+        }
         if rank >= ranked.len() {
             ranked.resize(rank + 1, None);
         }
@@ -142,7 +148,12 @@ mod tests {
         assert!(read_ranks("YQ== 0\nYg== 2\n")
             .unwrap_err()
             .to_string()
-            .contains("rank 1 is missing"));
+            .contains("line 2: rank 2, but the file ranks 2 tokens"));
+        // Found by fuzzing: a huge rank was an allocation of that many slots.
+        assert!(read_ranks("YQ== 1000000000000000000\n")
+            .unwrap_err()
+            .to_string()
+            .contains("the file ranks 1 tokens"));
         assert!(read_ranks("YQ==0\n")
             .unwrap_err()
             .to_string()

@@ -554,6 +554,19 @@ fn assert_stops_at_output(file: &str, line: usize) {
     assert!(err.starts_with(&want), "{err}");
 }
 
+/// Found by fuzzing: an Arrow stream declaring a buffer past the end of its message made
+/// arrow-ipc panic; it is a one-line error naming the file.
+#[test]
+fn a_malformed_arrow_file_is_an_error() {
+    let path = fixture("malformed/buffer-past-its-end.arrow");
+    let err = format!(
+        "{:#}",
+        load_dataset(path.to_str().unwrap(), &info_dir(), false).unwrap_err()
+    );
+    let want = format!("{}: not a readable Arrow file: ", path.display());
+    assert!(err.starts_with(&want) && !err.contains('\n'), "{err}");
+}
+
 /// `datasets`' Arrow files (the IPC stream form it writes, and the IPC file form) read like the
 /// same rows in JSON Lines; a CSV file reads as `datasets.load_dataset("csv")` reads it back (an
 /// empty cell is null), and a bad record is named by its line.
