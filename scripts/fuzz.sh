@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-20}"
+# A fixed seed makes CI's short runs repeat the same mutations (FUZZ_SEED=0: a random one).
+seed="${FUZZ_SEED:-1}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -39,7 +41,7 @@ for target in "${targets[@]}"; do
     regressions=()
     [ -d "fuzz/regressions/$target" ] && regressions=("fuzz/regressions/$target")
     "$bin/$target" "$corpus" "fuzz/seeds/$target" "${regressions[@]}" \
-        -dict=fuzz/hone.dict -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -dict=fuzz/hone.dict -seed="$seed" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -max_len=262144 -artifact_prefix="fuzz/artifacts/$target/" -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: seed corpus)' \

@@ -140,6 +140,8 @@ fn server() -> (&'static tokio::runtime::Runtime, &'static Router) {
             served_name: "tiny".into(),
             limits: Limits {
                 request_timeout: Duration::from_secs(30),
+                // Short sequences: an answer that runs to the context costs 40 steps, not 256.
+                max_context: Some(40),
                 adapter_root: Some(adapters),
                 ..Limits::default()
             },

@@ -203,6 +203,12 @@ fn bad_tensor_dimensions() {
         &patch(&bytes, at + 4, &16u64.to_le_bytes()),
     );
     assert_mentions(&err, &path, "rows of 16 values are not whole Q4_0 blocks");
+    // Found by fuzzing: 2⁶³ f32 values (dimensions 2³² and 2³¹) overflowed their byte count.
+    let huge = patch(&bytes, at + 4, &(1u64 << 32).to_le_bytes());
+    let huge = patch(&huge, at + 12, &(1u64 << 31).to_le_bytes());
+    let huge = patch(&huge, tensor_field(&bytes, "type"), &0u32.to_le_bytes());
+    let (path, err) = open_err(&dir, "huge.gguf", &huge);
+    assert_mentions(&err, &path, "values overflow a byte count");
 }
 
 #[test]

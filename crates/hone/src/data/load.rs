@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use super::convert::{convert, Answer, RowError, SkipReason};
 use super::info::{self, Format, Source};
 use super::record::FileUse;
-use super::rows::{read_rows, RawRow};
+use super::rows::{for_each_row, RawRow};
 use super::Conversation;
 
 /// The conversations of a dataset, in file and row order, and the rows left out.
@@ -90,27 +90,52 @@ pub fn load_dataset(
     dataset_dir: &Path,
     skip_invalid_rows: bool,
 ) -> Result<LoadedDataset> {
-    let mut loaded = LoadedDataset {
-        conversations: Vec::new(),
-        skipped: SkipSummary::default(),
-        files: Vec::new(),
-    };
+    let mut conversations = Vec::new();
+    let (skipped, files) = for_each_conversation(dataset, dataset_dir, skip_invalid_rows, |c| {
+        conversations.push(c);
+        Ok(())
+    })?;
+    Ok(LoadedDataset {
+        conversations,
+        skipped,
+        files,
+    })
+}
+
+/// [`load_dataset`], each conversation handed to `take` as its row is read (training encodes it
+/// there and then, so a large dataset is never held as text); the rows skipped and the files read.
+pub fn for_each_conversation(
+    dataset: &str,
+    dataset_dir: &Path,
+    skip_invalid_rows: bool,
+    mut take: impl FnMut(Conversation) -> Result<()>,
+) -> Result<(SkipSummary, Vec<FileUse>)> {
+    let mut skipped = SkipSummary::default();
+    let mut files = Vec::new();
     for source in info::resolve(dataset, dataset_dir)? {
         source.refuse_ranking("supervised fine-tuning learns one response per prompt")?;
-        let (conversations, skipped) = load_file(&source, skip_invalid_rows, Answer::Required)?;
-        if conversations.is_empty() {
-            bail!("{}: no usable rows ({skipped})", source.path.display());
+        let mut used = 0;
+        let file_skipped = each_conversation(
+            &source,
+            skip_invalid_rows,
+            Answer::Required,
+            |conversation| {
+                used += 1;
+                take(conversation)
+            },
+        )?;
+        if used == 0 {
+            bail!("{}: no usable rows ({file_skipped})", source.path.display());
         }
-        loaded.files.push(FileUse {
+        files.push(FileUse {
             path: source.path.clone(),
             role: "dataset",
-            rows: conversations.len() + skipped.total(),
-            used: conversations.len(),
+            rows: used + file_skipped.total(),
+            used,
         });
-        loaded.conversations.extend(conversations);
-        loaded.skipped.merge(skipped);
+        skipped.merge(file_skipped);
     }
-    Ok(loaded)
+    Ok((skipped, files))
 }
 
 /// The conversations of one file and the rows skipped (only when `skip_invalid_rows`).
@@ -119,15 +144,52 @@ pub(super) fn load_file(
     skip_invalid_rows: bool,
     answer: Answer,
 ) -> Result<(Vec<Conversation>, SkipSummary)> {
+    let mut conversations = Vec::new();
+    let skipped = each_conversation(source, skip_invalid_rows, answer, |c| {
+        conversations.push(c);
+        Ok(())
+    })?;
+    Ok((conversations, skipped))
+}
+
+/// [`load_file`], each conversation handed to `take` as its row is read. A file named directly
+/// has its format told from its first row that is a JSON object (rows before it wait for it).
+fn each_conversation(
+    source: &Source,
+    skip_invalid_rows: bool,
+    answer: Answer,
+    mut take: impl FnMut(Conversation) -> Result<()>,
+) -> Result<SkipSummary> {
     let path = &source.path;
-    let rows = read_rows(path)?;
-    let format = match &source.format {
-        Some(format) => format.clone(),
-        None => detect_format(path, &rows)?,
+    let mut skipped = SkipSummary::default();
+    let mut format = source.format.clone();
+    let mut waiting = Vec::new();
+    let mut convert_row = |row: RawRow, format: &Format| match convert(row, format, path, answer) {
+        Ok(conversation) => take(conversation),
+        Err(error) if skip_invalid_rows => {
+            skipped.add(error);
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
     };
-    convert_rows(rows, skip_invalid_rows, |row| {
-        convert(row, &format, path, answer)
-    })
+    for_each_row(path, |row| {
+        if format.is_none() {
+            if !matches!(row.value, Ok(serde_json::Value::Object(_))) {
+                waiting.push(row);
+                return Ok(());
+            }
+            let told = detect_format(path, std::slice::from_ref(&row))?;
+            for earlier in waiting.drain(..) {
+                convert_row(earlier, &told)?;
+            }
+            format = Some(told);
+        }
+        convert_row(row, format.as_ref().expect("told above"))
+    })?;
+    if format.is_none() {
+        detect_format(path, &waiting)?;
+    }
+    Ok(skipped)
 }
 
 /// Each of a file's rows through `convert`, in order: the items, and the rows skipped by reason —

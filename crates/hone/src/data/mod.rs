@@ -42,7 +42,7 @@ pub use convert::{RowError, SkipReason};
 pub use documents::{load_documents, pretraining_examples, Document, LoadedDocuments};
 pub use encode::{encode, encode_measured, EncodeOptions, Example};
 pub use feedback::{encode_feedback, load_feedback, FeedbackRow, LoadedFeedback};
-pub use load::{load_dataset, LoadedDataset, SkipSummary};
+pub use load::{for_each_conversation, load_dataset, LoadedDataset, SkipSummary};
 pub use mix::{mix, MixStrategy, Mixed};
 pub use pack::{collate, flatten, pack, Batch, Row};
 pub use preference::{encode_pair, load_pairs, LoadedPairs, PreferencePair};

@@ -15,13 +15,17 @@ use crate::kernels::cross_entropy::IGNORE_INDEX;
 
 /// One training row: a single example, or several packed.
 ///
-/// Positions and segment ids follow from the examples' lengths and are only spelled out per token
-/// when a batch is made: kept per token they took 8 of a row's 20 bytes per token, over a GB for a
+/// A run holds every row for its whole length, so a row keeps only what it cannot rebuild: the
+/// token ids, one bit a token for whether it is learnt (its label is then its id, else
+/// [`IGNORE_INDEX`] — an [`Example`]'s labels are always one or the other), and each example's
+/// length; labels, positions and segment ids are spelled out when a batch is made. Kept per token
+/// as i64 labels and u32 positions and segments, they took 16 of 20 bytes a token: over a GB for a
 /// dataset of 10⁶ rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Row {
     pub input_ids: Vec<u32>,
-    pub labels: Vec<i64>,
+    /// Bit `i % 64` of word `i / 64`: whether token `i` is learnt.
+    learned: Vec<u64>,
     /// The length of each example in the row, in order (one for a single example).
     lengths: Vec<u32>,
 }
@@ -37,12 +41,20 @@ impl Row {
 
     /// Bytes the row's vectors hold on the heap (as allocated, not just as filled).
     pub fn heap_bytes(&self) -> usize {
-        4 * self.input_ids.capacity() + 8 * self.labels.capacity() + 4 * self.lengths.capacity()
+        4 * self.input_ids.capacity() + 8 * self.learned.capacity() + 4 * self.lengths.capacity()
     }
 
     /// Whether the row holds more than one example.
     pub fn is_packed(&self) -> bool {
         self.lengths.len() > 1
+    }
+
+    /// Each token's label: its id where it is learnt, else [`IGNORE_INDEX`].
+    pub fn labels(&self) -> impl Iterator<Item = i64> + '_ {
+        (0..self.len()).map(|i| match self.is_learned(i) {
+            true => i64::from(self.input_ids[i]),
+            false => IGNORE_INDEX,
+        })
     }
 
     /// Each token's position: from 0 in each example.
@@ -62,21 +74,47 @@ impl Row {
         self.lengths.len() as u32
     }
 
+    fn is_learned(&self, i: usize) -> bool {
+        self.learned[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// Appends `len` tokens, learnt where `learned(k)` says.
+    fn extend(&mut self, ids: &[u32], learned: impl Fn(usize) -> bool) {
+        let start = self.len();
+        self.input_ids.extend_from_slice(ids);
+        self.learned.resize(self.len().div_ceil(64), 0);
+        for k in (0..ids.len()).filter(|&k| learned(k)) {
+            let i = start + k;
+            self.learned[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// Appends an example; its first label is not learnt (see the module comment).
     fn push(&mut self, example: Example) {
-        let start = self.labels.len();
         let len = example.input_ids.len();
         if len == 0 {
             return;
         }
-        if self.input_ids.is_empty() {
-            self.input_ids = example.input_ids;
-            self.labels = example.labels;
-        } else {
-            self.input_ids.extend(example.input_ids);
-            self.labels.extend(example.labels);
+        for (&id, &label) in example.input_ids.iter().zip(&example.labels) {
+            assert!(
+                label == IGNORE_INDEX || label == i64::from(id),
+                "a label is its token's id or IGNORE_INDEX, not {label} for token {id}"
+            );
         }
-        self.labels[start] = IGNORE_INDEX;
+        self.extend(&example.input_ids, |k| {
+            k > 0 && example.labels[k] != IGNORE_INDEX
+        });
         self.lengths.push(len as u32);
+    }
+
+    /// Appends the examples of another row, in order.
+    fn append(&mut self, other: Row) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        self.extend(&other.input_ids, |k| other.is_learned(k));
+        self.lengths.extend(other.lengths);
     }
 }
 
@@ -88,18 +126,18 @@ impl From<Example> for Row {
     }
 }
 
-/// Packs examples into rows of at most `cutoff_len` tokens: longest first, each into the row it
-/// fills best (the one with the least room that still fits it, the earliest on ties), else a new
-/// row. Deterministic for a given input order. An example longer than `cutoff_len` gets a row of
-/// its own.
-pub fn pack(examples: Vec<Example>, cutoff_len: usize) -> Vec<Row> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| Reverse(examples[i].input_ids.len()));
+/// Packs rows (of an example each, as a rule) into rows of at most `cutoff_len` tokens: longest
+/// first, each into the row it fills best (the one with the least room that still fits it, the
+/// earliest on ties), else a new row. Deterministic for a given input order. A row longer than
+/// `cutoff_len` stays on its own.
+pub fn pack(rows: Vec<Row>, cutoff_len: usize) -> Vec<Row> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| Reverse(rows[i].len()));
     let mut bins: Vec<Vec<usize>> = Vec::new();
     // (room left, bin): the bin with the least room that fits is the first entry >= (len, 0).
     let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
     for i in order {
-        let len = examples[i].input_ids.len();
+        let len = rows[i].len();
         match room.range((len, 0)..).next().copied() {
             Some((free, bin)) => {
                 room.remove(&(free, bin));
@@ -112,14 +150,14 @@ pub fn pack(examples: Vec<Example>, cutoff_len: usize) -> Vec<Row> {
             }
         }
     }
-    let mut examples: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
+    let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
     bins.into_iter()
         .map(|bin| {
-            let mut row = Row::default();
+            let mut packed = Row::default();
             for i in bin {
-                row.push(examples[i].take().expect("each example is in one bin"));
+                packed.append(rows[i].take().expect("each row is in one bin"));
             }
-            row
+            packed
         })
         .collect()
 }
@@ -154,7 +192,7 @@ pub fn collate(rows: &[&Row], pad_id: u32) -> Batch {
         let pad = seq - row.len();
         batch.input_ids.extend(&row.input_ids);
         batch.input_ids.extend(std::iter::repeat_n(pad_id, pad));
-        batch.labels.extend(&row.labels);
+        batch.labels.extend(row.labels());
         batch.labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         let next_position = row.lengths.last().copied().unwrap_or(0);
         batch.position_ids.extend(row.position_ids());
@@ -187,7 +225,7 @@ pub fn flatten(rows: &[&Row]) -> Batch {
     let mut first_segment = 0;
     for row in rows {
         batch.input_ids.extend(&row.input_ids);
-        batch.labels.extend(&row.labels);
+        batch.labels.extend(row.labels());
         batch.position_ids.extend(row.position_ids());
         if let Some(segments) = &mut batch.segment_ids {
             segments.extend(row.segment_ids().map(|s| first_segment + s));
@@ -214,14 +252,31 @@ mod tests {
         Example { input_ids, labels }
     }
 
+    fn single(examples: Vec<Example>) -> Vec<Row> {
+        examples.into_iter().map(Row::from).collect()
+    }
+
     #[test]
     fn a_single_example_row() {
         let row = Row::from(example(10, 4, 0));
         assert_eq!(row.input_ids, vec![10, 11, 12, 13]);
-        assert_eq!(row.labels, vec![X, 11, 12, 13]);
+        assert_eq!(row.labels().collect::<Vec<_>>(), vec![X, 11, 12, 13]);
         assert_eq!(row.position_ids().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         assert_eq!(row.segment_ids().collect::<Vec<_>>(), vec![0, 0, 0, 0]);
         assert!(!row.is_packed());
+    }
+
+    /// Learnt bits cross their 64-token words where rows are appended.
+    #[test]
+    fn labels_survive_packing_across_words() {
+        let examples = vec![example(0, 70, 3), example(1000, 61, 60)];
+        let packed = pack(single(examples.clone()), 200).remove(0);
+        let mut want: Vec<i64> = Vec::new();
+        for e in [&examples[0], &examples[1]] {
+            want.push(X);
+            want.extend(&e.labels[1..]);
+        }
+        assert_eq!(packed.labels().collect::<Vec<_>>(), want);
     }
 
     #[test]
@@ -232,7 +287,7 @@ mod tests {
             .enumerate()
             .map(|(i, &len)| example(100 * i as u32, len, 1))
             .collect();
-        let rows = pack(examples.clone(), 8);
+        let rows = pack(single(examples.clone()), 8);
         // 6 opens row 0 (room 2), 5 row 1 (room 3), 4 row 2 (room 4); 3 fits row 1 exactly,
         // 2 fits row 0 exactly.
         let ids_of = |row: &Row| row.input_ids.clone();
@@ -256,15 +311,18 @@ mod tests {
             rows[1].segment_ids().collect::<Vec<_>>(),
             vec![0, 0, 0, 0, 0, 1, 1, 1]
         );
-        assert_eq!(rows[1].labels, vec![X, 1, 2, 3, 4, X, 101, 102]);
+        assert_eq!(
+            rows[1].labels().collect::<Vec<_>>(),
+            vec![X, 1, 2, 3, 4, X, 101, 102]
+        );
         assert!(rows[1].is_packed() && !rows[2].is_packed());
-        assert_eq!(pack(examples, 8), rows, "deterministic");
+        assert_eq!(pack(single(examples), 8), rows, "deterministic");
     }
 
     #[test]
     fn packing_gives_an_overlong_example_its_own_row() {
         let rows = pack(
-            vec![example(0, 3, 0), example(50, 9, 0), example(90, 2, 0)],
+            single(vec![example(0, 3, 0), example(50, 9, 0), example(90, 2, 0)]),
             5,
         );
         let lens: Vec<usize> = rows.iter().map(Row::len).collect();
@@ -277,7 +335,7 @@ mod tests {
 
     #[test]
     fn collate_pads_and_continues_positions_and_segments() {
-        let packed = pack(vec![example(10, 3, 1), example(20, 2, 1)], 5).remove(0);
+        let packed = pack(single(vec![example(10, 3, 1), example(20, 2, 1)]), 5).remove(0);
         let single = Row::from(example(30, 2, 1));
         let batch = collate(&[&packed, &single], 0);
         assert_eq!((batch.batch, batch.seq), (2, 5));
@@ -295,7 +353,7 @@ mod tests {
 
     #[test]
     fn flattening_lays_rows_end_to_end_with_their_own_segments() {
-        let packed = pack(vec![example(0, 2, 0), example(10, 3, 1)], 8).remove(0);
+        let packed = pack(single(vec![example(0, 2, 0), example(10, 3, 1)]), 8).remove(0);
         let single = Row::from(example(20, 2, 0));
         let batch = flatten(&[&packed, &single]);
         assert_eq!((batch.batch, batch.seq), (1, 7));

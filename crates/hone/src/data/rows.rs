@@ -8,6 +8,7 @@
 //! (as `datasets` reads CSV through pandas); its `line` is where the record starts.
 
 use std::fs;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -28,23 +29,83 @@ pub(super) struct RawRow {
 /// a JSON array file that does not parse is an error for the whole file, since nothing after the
 /// fault can be trusted.
 pub(super) fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let mut rows = Vec::new();
+    for_each_row(path, |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// [`read_rows`], each row handed to `take` as it is read and dropped after: JSON Lines are read a
+/// line at a time, and a JSON array's rows parsed one at a time, so a large dataset is never held
+/// whole as JSON values. `take`'s error stops the reading and is returned.
+pub(super) fn for_each_row(path: &Path, take: impl FnMut(RawRow) -> Result<()>) -> Result<()> {
     let extension = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     // The parquet and Arrow readers panic on some malformed files (see `io::untrusted`).
     let unreadable = |format: &str| format!("{}: not a readable {format} file", path.display());
-    match extension.as_deref() {
-        Some("parquet") => return catching_panics(unreadable("parquet"), || parquet_rows(path)),
-        Some("arrow") => return catching_panics(unreadable("Arrow"), || arrow_rows(path)),
-        Some("csv") => return csv_rows(path),
-        _ => {}
+    let rows = match extension.as_deref() {
+        Some("parquet") => catching_panics(unreadable("parquet"), || parquet_rows(path))?,
+        Some("arrow") => catching_panics(unreadable("Arrow"), || arrow_rows(path))?,
+        Some("csv") => csv_rows(path)?,
+        _ => return json_rows(path, take),
+    };
+    rows.into_iter().try_for_each(take)
+}
+
+/// The rows of a JSON array file or a JSON Lines file, told apart by the first character that is
+/// not blank (after a byte-order mark).
+fn json_rows(path: &Path, mut take: impl FnMut(RawRow) -> Result<()>) -> Result<()> {
+    let cannot_read = || format!("{}: cannot read", path.display());
+    let mut reader = BufReader::new(fs::File::open(path).with_context(cannot_read)?);
+    if starts_with_array(&mut reader).with_context(cannot_read)? {
+        let text = read_text(path)?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        return array_rows(text, take).with_context(|| path.display().to_string());
     }
-    let text = read_text(path)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    if text.trim_start().starts_with('[') {
-        array_rows(text).with_context(|| path.display().to_string())
-    } else {
-        Ok(json_lines(text))
+    let mut line = String::new();
+    for number in 1.. {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => anyhow!("{}:{number}: not UTF-8 text", path.display()),
+            _ => anyhow!("{}: cannot read: {e}", path.display()),
+        })?;
+        if read == 0 {
+            break;
+        }
+        let text = line.strip_suffix('\n').unwrap_or(&line);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        let text = match number {
+            1 => text.strip_prefix('\u{feff}').unwrap_or(text),
+            _ => text,
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        take(RawRow {
+            line: number,
+            value: serde_json::from_str(text)
+                .map_err(|e| format!("not valid JSON at column {}: {}", e.column(), message(&e))),
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether the first character after a byte-order mark and blanks is `[`; reads no further.
+fn starts_with_array(reader: &mut impl BufRead) -> io::Result<bool> {
+    let mut marks = 0;
+    loop {
+        let Some(&first) = reader.fill_buf()?.first() else {
+            return Ok(false);
+        };
+        match first {
+            0xEF | 0xBB | 0xBF if marks < 3 => marks += 1,
+            b if b.is_ascii_whitespace() => {}
+            b => return Ok(b == b'['),
+        }
+        reader.consume(1);
     }
 }
 
@@ -178,66 +239,52 @@ fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 text: {e}", path.display()))
 }
 
-fn json_lines(text: &str) -> Vec<RawRow> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| RawRow {
-            line: i + 1,
-            value: serde_json::from_str(line)
-                .map_err(|e| format!("not valid JSON at column {}: {}", e.column(), message(&e))),
-        })
-        .collect()
-}
-
-fn array_rows(text: &str) -> Result<Vec<RawRow>> {
-    let values: Vec<Value> = serde_json::from_str(text).map_err(|e| {
-        let (line, column) = (e.line(), e.column());
-        anyhow!(
-            "{line}: not a valid JSON array of rows (column {column}): {}",
-            message(&e)
-        )
-    })?;
-    let lines = element_lines(text);
-    debug_assert_eq!(lines.len(), values.len());
-    Ok(lines
-        .into_iter()
-        .zip(values)
-        .map(|(line, value)| RawRow {
-            line,
-            value: Ok(value),
-        })
-        .collect())
-}
-
-/// The line each element of a top-level JSON array starts on. `text` must already be known to
-/// parse as an array: serde_json's stream reader measures each element, this only counts lines.
-fn element_lines(text: &str) -> Vec<usize> {
+/// The rows of a JSON array, each parsed and handed to `take` in turn with the line it starts on.
+/// An array that does not parse is an error at serde_json's position in the whole text.
+fn array_rows(text: &str, mut take: impl FnMut(RawRow) -> Result<()>) -> Result<()> {
+    let not_an_array = || -> anyhow::Error {
+        match serde_json::from_str::<Vec<IgnoredAny>>(text) {
+            Err(e) => anyhow!(
+                "{}: not a valid JSON array of rows (column {}): {}",
+                e.line(),
+                e.column(),
+                message(&e)
+            ),
+            Ok(_) => anyhow!("not a valid JSON array of rows"),
+        }
+    };
     let bytes = text.as_bytes();
+    let at_end = |pos: usize| skip_whitespace(bytes, pos) == bytes.len();
     let mut pos = text.find('[').expect("a JSON array") + 1;
     let mut line = 1 + newlines(&bytes[..pos]);
-    let mut lines = Vec::new();
+    let (mut elements, mut expect_element) = (0, true);
     loop {
         let start = skip_whitespace(bytes, pos);
         line += newlines(&bytes[pos..start]);
         pos = start;
         match bytes.get(pos) {
-            Some(b']') | None => return lines,
-            Some(b',') => {
+            Some(b']') if (elements == 0 || !expect_element) && at_end(pos + 1) => return Ok(()),
+            Some(b',') if !expect_element => {
                 pos += 1;
+                expect_element = true;
                 continue;
             }
+            Some(b']') | Some(b',') | None => return Err(not_an_array()),
+            Some(_) if !expect_element => return Err(not_an_array()),
             Some(_) => {}
         }
-        lines.push(line);
-        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<IgnoredAny>();
-        stream
-            .next()
-            .expect("an element of a parsed array")
-            .expect("an element of a parsed array");
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
+        let Some(Ok(value)) = stream.next() else {
+            return Err(not_an_array());
+        };
+        take(RawRow {
+            line,
+            value: Ok(value),
+        })?;
         let end = pos + stream.byte_offset();
         line += newlines(&bytes[pos..end]);
         pos = end;
+        (elements, expect_element) = (elements + 1, false);
     }
 }
 
@@ -267,9 +314,22 @@ mod tests {
         rows.into_iter().map(|r| (r.line, r.value)).collect()
     }
 
+    /// The rows of `text` as a JSON array.
+    fn array(text: &str) -> Result<Vec<RawRow>> {
+        let mut rows = Vec::new();
+        array_rows(text, |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
     #[test]
     fn json_lines_keep_their_line_numbers_and_bad_rows() {
-        let rows = json_lines("{\"a\": 1}\n\n  \n{\"a\": \n[2]\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        std::fs::write(&path, "\u{feff}{\"a\": 1}\n\n  \n{\"a\": \n[2]\n").unwrap();
+        let rows = read_rows(&path).unwrap();
         let rows = lines_and_values(rows);
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0], (1, Ok(serde_json::json!({"a": 1}))));
@@ -284,17 +344,18 @@ mod tests {
     #[test]
     fn array_elements_get_the_line_they_start_on() {
         let text = "\n[\n  {\"a\": \"x\\n]\",\n   \"b\": [1, 2]},\n\n  {\"a\": 2}, 3\n  ,\"s\"]\n";
-        let rows = lines_and_values(array_rows(text).unwrap());
+        let rows = lines_and_values(array(text).unwrap());
         let lines: Vec<usize> = rows.iter().map(|r| r.0).collect();
         assert_eq!(lines, vec![3, 6, 6, 7]);
         assert_eq!(rows[0].1, Ok(serde_json::json!({"a": "x\n]", "b": [1, 2]})));
         assert_eq!(rows[3].1, Ok(serde_json::json!("s")));
-        assert!(array_rows("[]").unwrap().is_empty());
+        assert!(array("[]").unwrap().is_empty());
+        assert!(array("[1] x").is_err() && array("[1,]").is_err() && array("[1 2]").is_err());
     }
 
     #[test]
     fn a_broken_array_names_the_line() {
-        let err = array_rows("[\n{\"a\": 1},\n{\"a\": }\n]").unwrap_err();
+        let err = array("[\n{\"a\": 1},\n{\"a\": }\n]").unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             "3: not a valid JSON array of rows (column 7): expected value"

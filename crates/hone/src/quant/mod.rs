@@ -13,7 +13,7 @@ mod kquantize;
 mod kquants;
 mod legacy;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 /// A tensor storage type: ggml's, with the numeric ids of ggml.h / gguf-py's
@@ -181,7 +181,10 @@ impl GgmlType {
                 self.name()
             );
         }
-        Ok(n_elements / bs * self.type_size() as u64)
+        // A file may claim any count: found by fuzzing, 2⁶² f32 values overflowed the product.
+        (n_elements / bs)
+            .checked_mul(self.type_size() as u64)
+            .with_context(|| format!("{n_elements} {} values overflow a byte count", self.name()))
     }
 }
 

@@ -117,7 +117,10 @@ pub fn preview(config: &SftConfig, sample_rows: usize) -> Result<Preview> {
                 .filter(|&&l| l != IGNORE_INDEX)
                 .count();
             let packed_rows = match config.method.stage {
-                Stage::Sft => Some(data::pack(examples, cutoff_len).len()),
+                Stage::Sft => {
+                    let rows = examples.into_iter().map(data::Row::from).collect();
+                    Some(data::pack(rows, cutoff_len).len())
+                }
                 _ => None,
             };
             datasets.push(DatasetStats {

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 
 use super::setup;
 use crate::data::record::{self, FileUse};
-use crate::data::{self, EncodeOptions, Example, Row, SkipSummary};
+use crate::data::{self, EncodeOptions, Row, SkipSummary};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::{CommaList, SftConfig, Stage};
 
@@ -54,13 +54,22 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
                 cutoff_len,
                 train_on_prompt: d.train_on_prompt,
             };
-            let encode = |conversations: Vec<data::Conversation>| {
-                conversations
-                    .iter()
-                    .map(|c| data::encode(tokenizer, &template, c, &options))
-                    .collect()
+            // Each conversation is encoded as its row is read: the dataset is never held as text.
+            let load = |name: &str| {
+                let mut rows = Vec::new();
+                let (skipped, files) =
+                    data::for_each_conversation(name, dir, d.skip_invalid_rows, |conversation| {
+                        let example = data::encode(tokenizer, &template, &conversation, &options)?;
+                        rows.push(Row::from(example));
+                        Ok(())
+                    })?;
+                Ok(Loaded {
+                    items: rows,
+                    skipped,
+                    files,
+                })
             };
-            let rows = build_rows(config, |n| conversations(config, n), encode, config.packs())?;
+            let rows = build_rows(config, load, Ok, config.packs())?;
             Ok(Rows {
                 notes: template_note.into_iter().chain(rows.notes).collect(),
                 ..rows
@@ -77,7 +86,9 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
             };
             let packing = config.packs();
             let encode = |documents: Vec<data::Document>| {
-                data::pretraining_examples(tokenizer, &documents, cutoff_len, packing)
+                let examples =
+                    data::pretraining_examples(tokenizer, &documents, cutoff_len, packing)?;
+                Ok(examples.into_iter().map(Row::from).collect())
             };
             // Packed blocks are full rows already.
             build_rows(config, load, encode, false)
@@ -93,13 +104,13 @@ pub fn load_rows(config: &SftConfig, tokenizer: &Tokenizer) -> Result<Rows> {
                 })
             };
             let encode = |pairs: Vec<data::PreferencePair>| {
-                let mut examples = Vec::with_capacity(2 * pairs.len());
+                let mut rows = Vec::with_capacity(2 * pairs.len());
                 for pair in &pairs {
                     let (chosen, rejected) =
                         data::encode_pair(tokenizer, &template, pair, cutoff_len)?;
-                    examples.extend([chosen, rejected]);
+                    rows.extend([Row::from(chosen), Row::from(rejected)]);
                 }
-                Ok(examples)
+                Ok(rows)
             };
             let rows = build_rows(config, load, encode, false)?;
             Ok(Rows {
@@ -168,7 +179,10 @@ fn load_mixed<T: Clone>(
     let lengths: Vec<usize> = parts.iter().map(|(_, items, _)| items.len()).collect();
     let probs = config.interleave_probs()?;
     let mixed = data::mix(
-        parts.iter().map(|(_, items, _)| items.clone()).collect(),
+        parts
+            .iter_mut()
+            .map(|(_, items, _)| std::mem::take(items))
+            .collect(),
         d.mix_strategy,
         probs.as_deref(),
         config.train.seed,
@@ -245,21 +259,20 @@ fn split_datasets<T: Clone>(
 }
 
 /// Splits the datasets (see [`split_datasets`]), encodes each side with `encode` and, with
-/// `pack`, packs the examples into `cutoff_len` rows.
+/// `pack`, packs the rows into `cutoff_len` rows.
 fn build_rows<T: Clone>(
     config: &SftConfig,
     load: impl Fn(&str) -> Result<Loaded<T>>,
-    encode: impl Fn(Vec<T>) -> Result<Vec<Example>>,
+    encode: impl Fn(Vec<T>) -> Result<Vec<Row>>,
     pack: bool,
 ) -> Result<Rows> {
     let split = split_datasets(config, load)?;
     let train_examples = split.train.len();
     let (train, val) = (encode(split.train)?, encode(split.val)?);
-    let rows = |examples: Vec<Example>| -> Vec<Row> {
-        if pack {
-            data::pack(examples, config.data.cutoff_len as usize)
-        } else {
-            examples.into_iter().map(Row::from).collect()
+    let rows = |rows: Vec<Row>| -> Vec<Row> {
+        match pack {
+            true => data::pack(rows, config.data.cutoff_len as usize),
+            false => rows,
         }
     };
     Ok(Rows {
