@@ -32,6 +32,13 @@ use families::{
     refuse_gemma_switches,
 };
 
+/// Most bytes the rotary tables may take (see `validate`).
+const MAX_ROPE_TABLE_BYTES: u128 = 2 << 30;
+
+/// Most decoder layers a config may claim: the largest real models have ~130; a claim of 2⁶⁰ made
+/// the model's layer list an allocation of that size (found by fuzzing).
+const MAX_LAYERS: usize = 4096;
+
 /// How rotary frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum RopeScaling {
@@ -569,6 +576,25 @@ impl ModelConfig {
         if self.max_position_embeddings == 0 {
             bail!("field `max_position_embeddings` must be positive");
         }
+        // The rotary tables cover every position up front (cos and sin, f32): 512 MiB at the
+        // largest contexts Hone's families ship (Qwen2.5-1M, head_dim 128). A config claiming far
+        // more is refused here rather than by the allocator (found by fuzzing).
+        let table_bytes = (self.max_position_embeddings as u128) * (self.head_dim as u128) * 4;
+        if table_bytes > MAX_ROPE_TABLE_BYTES {
+            bail!(
+                "field `max_position_embeddings`: {} positions would need {} GiB of rotary tables; \
+                 Hone supports up to {} GiB (about 4M positions at head_dim 128)",
+                self.max_position_embeddings,
+                table_bytes >> 30,
+                MAX_ROPE_TABLE_BYTES >> 30
+            );
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            bail!(
+                "field `num_hidden_layers`: {} layers; real models have at most a few hundred",
+                self.num_hidden_layers
+            );
+        }
         if !(self.rotary_dim > 0
             && self.rotary_dim <= self.head_dim
             && self.rotary_dim.is_multiple_of(2))
@@ -1021,6 +1047,17 @@ mod tests {
         refused("max_position_embeddings", json!(0.5), positions);
         refused("max_position_embeddings", json!([]), positions);
         refused("max_position_embeddings", json!(0), "must be positive");
+        // Found by fuzzing: sizes that parse but were allocated before anything checked them.
+        refused(
+            "max_position_embeddings",
+            json!(1u64 << 40),
+            "1099511627776 positions would need 65536 GiB of rotary tables",
+        );
+        refused(
+            "num_hidden_layers",
+            json!(1u64 << 60),
+            "field `num_hidden_layers`: 1152921504606846976 layers",
+        );
         refused(
             "architectures",
             json!(12),

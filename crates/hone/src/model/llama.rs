@@ -166,7 +166,7 @@ impl Llama {
         let mut parts = Parts { weights, adapter };
         let h = cfg.hidden_size;
         let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut blocks = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let qk_norm = parts.qk_norm(&p, &cfg)?;

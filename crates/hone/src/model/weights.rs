@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{text_model_name, Architecture, ModelConfig, RopeScaling};
@@ -70,7 +70,9 @@ fn load_gguf_filtered(
         };
         let (mut data, shape) = gguf.tensor_f32(&info.name)?;
         let row_len: usize = shape[1..].iter().product();
-        if let Some(heads) = permuted_heads(&hf_name, &cfg) {
+        if let Some(heads) = checked_permuted_heads(&hf_name, &cfg, shape[0])
+            .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?
+        {
             data = unpermute_rows(&data, heads, row_len);
         }
         if is_norm(&hf_name) && cfg.norm_offset != 0.0 {
@@ -209,7 +211,9 @@ pub fn load_gguf_stored(
         };
         let mut m = StoredMatrix::new(info.ggml_type, rows, cols, bytes)
             .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?;
-        if let Some(heads) = permuted_heads(&hf_name, &cfg) {
+        if let Some(heads) = checked_permuted_heads(&hf_name, &cfg, rows)
+            .with_context(|| format!("{}: tensor {}", gguf.path.display(), info.name))?
+        {
             m = m.with_row_order(unpermuted_order(rows, heads));
         }
         weights.insert(hf_name, Weight::Stored(m));
@@ -345,6 +349,23 @@ pub fn permuted_heads(hf_name: &str, cfg: &ModelConfig) -> Option<usize> {
     } else {
         None
     }
+}
+
+/// [`permuted_heads`] for a stored tensor of `rows` rows, which must be the config's heads of
+/// `head_dim` each before they can be unpermuted (a GGUF whose tensors disagree with its metadata
+/// divided by a zero head size, found by fuzzing).
+fn checked_permuted_heads(hf_name: &str, cfg: &ModelConfig, rows: usize) -> Result<Option<usize>> {
+    let Some(heads) = permuted_heads(hf_name, cfg) else {
+        return Ok(None);
+    };
+    let want = heads * cfg.head_dim;
+    if rows != want {
+        bail!(
+            "{rows} rows, but the metadata's {heads} heads of {} make {want}",
+            cfg.head_dim
+        );
+    }
+    Ok(Some(heads))
 }
 
 /// The HF name of a llama.cpp tensor name in a model of family `arch`; None for tensors Hone does

@@ -334,6 +334,11 @@ pub(super) fn merges_from_scores(
     let mut score: HashMap<&str, f64> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
     for (i, (token, &s)) in tokens.iter().zip(scores).enumerate() {
+        // Merges are ranked by score: a NaN ranks nowhere (and broke the sort's total order,
+        // found by fuzzing).
+        if s.is_nan() {
+            bail!("tokenizer.ggml.scores[{i}] is NaN: a merge cannot be ranked by it");
+        }
         if id.insert(token, i).is_none() {
             order.push(token);
         }
@@ -426,6 +431,18 @@ mod tests {
         assert_eq!(
             pairs,
             [("a", "b"), ("b", "b"), ("b", "a"), ("ab", "b"), ("a", "bb")]
+        );
+    }
+
+    /// Found by fuzzing: NaN scores broke the ranking sort's total order (a panic).
+    #[test]
+    fn a_nan_score_is_refused() {
+        let tokens: Vec<String> = ["a", "b", "ab", "ba"].map(String::from).into();
+        let scores = [0.0, 0.0, f64::NAN, -2.0];
+        let err = merges_from_scores(&tokens, &scores).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tokenizer.ggml.scores[2] is NaN: a merge cannot be ranked by it"
         );
     }
 
