@@ -35,9 +35,18 @@ use families::{
 /// Most bytes the rotary tables may take (see `validate`).
 const MAX_ROPE_TABLE_BYTES: u128 = 2 << 30;
 
-/// Most decoder layers a config may claim: the largest real models have ~130; a claim of 2⁶⁰ made
-/// the model's layer list an allocation of that size (found by fuzzing).
+/// Most decoder layers a config may claim: the largest real models have ~130; claims of 2⁶⁰ (GGUF)
+/// and 10¹⁶ (config.json, Gemma 3's layer pattern) were allocations of that size (found by fuzzing).
 const MAX_LAYERS: usize = 4096;
+
+/// A layer count as read, before anything is laid out per layer (sliding-window and NoPE patterns,
+/// the layer list): at most [`MAX_LAYERS`].
+fn checked_layers(layers: usize, field: &str) -> Result<usize> {
+    if layers > MAX_LAYERS {
+        bail!("field `{field}`: {layers} layers; real models have at most a few hundred");
+    }
+    Ok(layers)
+}
 
 /// How rotary frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -225,7 +234,8 @@ impl ModelConfig {
             Architecture::Starcoder2 => "norm_epsilon",
             _ => "rms_norm_eps",
         };
-        let num_hidden_layers = usize_field("num_hidden_layers")?;
+        let num_hidden_layers =
+            checked_layers(usize_field("num_hidden_layers")?, "num_hidden_layers")?;
         let no_rope_layers = match architecture {
             Architecture::SmolLM3 => hf_no_rope_layers(&fields, num_hidden_layers)?,
             _ => Vec::new(),
@@ -410,7 +420,7 @@ impl ModelConfig {
                 .map(|v| v as u32)
         };
         let has = |tensor: &str| gguf.tensor_info(tensor).is_some();
-        let num_hidden_layers = num("block_count")? as usize;
+        let num_hidden_layers = checked_layers(num("block_count")? as usize, "block_count")?;
         // llama.cpp runs its baichuan arch with ALiBi (no rotary) for the 13B's 40 layers.
         let alibi = architecture == Architecture::Baichuan && num_hidden_layers == 40;
         let no_rope_layers = match architecture {
@@ -587,12 +597,6 @@ impl ModelConfig {
                 self.max_position_embeddings,
                 table_bytes >> 30,
                 MAX_ROPE_TABLE_BYTES >> 30
-            );
-        }
-        if self.num_hidden_layers > MAX_LAYERS {
-            bail!(
-                "field `num_hidden_layers`: {} layers; real models have at most a few hundred",
-                self.num_hidden_layers
             );
         }
         if !(self.rotary_dim > 0
