@@ -39,8 +39,9 @@ const MAX_ROPE_TABLE_BYTES: u128 = 2 << 30;
 /// and 10¹⁶ (config.json, Gemma 3's layer pattern) were allocations of that size (found by fuzzing).
 const MAX_LAYERS: usize = 4096;
 
-/// A layer count as read, before anything is laid out per layer (sliding-window and NoPE patterns,
-/// the layer list): at most [`MAX_LAYERS`].
+/// A layer count as read, before anything is laid out per layer (sliding-window, NoPE and ALiBi
+/// patterns, the layer list): at most [`MAX_LAYERS`]. Every reader of a count calls it (config.json,
+/// the remote-code families' configs, GGUF).
 fn checked_layers(layers: usize, field: &str) -> Result<usize> {
     if layers > MAX_LAYERS {
         bail!("field `{field}`: {layers} layers; real models have at most a few hundred");
@@ -1023,6 +1024,29 @@ mod tests {
     fn a_valid_config_loads() {
         let cfg = ModelConfig::from_hf_json(&llama()).unwrap();
         assert_eq!((cfg.head_dim, cfg.eos_token_ids.clone()), (16, vec![2, 3]));
+    }
+
+    /// The remote-code families read their own layer counts, bounded as every other reader's
+    /// (Baichuan 13B's ALiBi pattern has an entry per layer; ChatGLM calls the count num_layers).
+    #[test]
+    fn remote_families_bound_their_layer_counts() {
+        for (model, key) in [
+            ("baichuan2-alibi", "num_hidden_layers"),
+            ("chatglm3", "num_layers"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/models")
+                .join(model)
+                .join("config.json");
+            let mut config: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            config[key] = json!(1u64 << 50);
+            let err = format!("{:#}", ModelConfig::from_hf_json(&config).unwrap_err());
+            assert!(
+                err.contains(&format!("field `{key}`: 1125899906842624 layers")),
+                "{model}: {err}"
+            );
+        }
     }
 
     /// The values a new user tried (#17): each was accepted and generated nonsense.

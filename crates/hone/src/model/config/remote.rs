@@ -6,7 +6,7 @@
 use anyhow::{bail, Result};
 use serde_json::Value;
 
-use super::{Architecture, Fields, ModelConfig, NormPlacement, QkNorm, Scales};
+use super::{checked_layers, Architecture, Fields, ModelConfig, NormPlacement, QkNorm, Scales};
 use crate::kernels::glu::Activation;
 
 /// The config of a remote-code family's checkpoint.
@@ -67,7 +67,7 @@ fn chatglm(fields: &Fields) -> Result<ModelConfig> {
         vocab_size: required(fields, "padded_vocab_size")?,
         hidden_size,
         intermediate_size: required(fields, "ffn_hidden_size")?,
-        num_hidden_layers: required(fields, "num_layers")?,
+        num_hidden_layers: checked_layers(required(fields, "num_layers")?, "num_layers")?,
         num_attention_heads: heads,
         num_key_value_heads: groups,
         head_dim,
@@ -105,7 +105,7 @@ fn baichuan(fields: &Fields) -> Result<ModelConfig> {
         None => required(fields, "model_max_length")?,
     };
     let head_dim = hidden_size / heads.max(1);
-    let layers = required(fields, "num_hidden_layers")?;
+    let layers = checked_layers(required(fields, "num_hidden_layers")?, "num_hidden_layers")?;
     let alibi = rotary_context.is_none();
     Ok(ModelConfig {
         vocab_size,
@@ -172,7 +172,10 @@ fn qwen_v1(fields: &Fields) -> Result<ModelConfig> {
         vocab_size: required(fields, "vocab_size")?,
         hidden_size,
         intermediate_size: intermediate / 2,
-        num_hidden_layers: required(fields, "num_hidden_layers")?,
+        num_hidden_layers: checked_layers(
+            required(fields, "num_hidden_layers")?,
+            "num_hidden_layers",
+        )?,
         num_attention_heads: heads,
         num_key_value_heads: heads,
         head_dim,
