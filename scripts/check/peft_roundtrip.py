@@ -1,6 +1,6 @@
 """Manual check (not a test): PEFT loads the adapters `hone train` writes, for each PEFT method
-Hone trains, and counts the same trainable parameters. Prompt tuning and P-tuning, which no one
-merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
+Hone trains, and counts the same trainable parameters. Prompt tuning, P-tuning, prefix tuning and
+LLaMA-Adapter, which no one merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
 vs `hone eval perplexity --adapter --exact`), and `prompt_tuning_init: text` starts where PEFT's does.
 
 For each method (LoRA, DoRA, IA3, PiSSA saved converted) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
@@ -53,7 +53,16 @@ METHODS = {
     # Not mergeable: compared through the perplexity of a text instead.
     "prompt_tuning": {"finetuning_type": "prompt_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-2"},
     "p_tuning": {"finetuning_type": "p_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-3"},
+    "prefix": {"finetuning_type": "prefix", "num_virtual_tokens": 6, "learning_rate": "1.0e-2"},
+    "prefix_projection": {
+        "finetuning_type": "prefix", "prefix_projection": "true", "num_virtual_tokens": 6, "learning_rate": "1.0e-3",
+    },
+    "adaption_prompt": {
+        "finetuning_type": "adaption_prompt", "adapter_len": 6, "learning_rate": "1.0e-2",
+    },
 }
+# The methods that are not merged: compared by perplexity.
+UNMERGED = {"prompt_tuning", "p_tuning", "prefix", "adaption_prompt"}
 TEXT = "The capital of France is Paris, and the sky is blue on a clear day."
 ROWS = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -108,8 +117,10 @@ def check_prompt(hone, name, model, load_base, tok, extra, tmp):
     found = re.search(r"mean NLL ([\d.]+) over (\d+) predicted tokens", run.stdout + run.stderr)
     hone_nll, predicted = float(found.group(1)), int(found.group(2))
     diff = abs(hone_nll - peft_nll)
-    # The last virtual token predicts the first real one, as PEFT's labels have it.
-    ok = diff < TOL and predicted == ids.shape[1] and hone_counts == peft_counts
+    # The last virtual token predicts the first real one, as PEFT's labels have it (not a prefix,
+    # which is only keys and values).
+    want_predicted = ids.shape[1] - (1 if extra["finetuning_type"] in ("prefix", "adaption_prompt") else 0)
+    ok = diff < TOL and predicted == want_predicted and hone_counts == peft_counts
     print(
         f"{name:<22} params Hone {hone_counts[0]:,}/{hone_counts[1]:,} PEFT {peft_counts[0]:,}/{peft_counts[1]:,}"
         f"  mean NLL Hone {hone_nll:.6f} PEFT {peft_nll:.6f} (Δ {diff:.1e}; base {base_nll:.4f})  {'ok' if ok else 'FAIL'}"
@@ -180,7 +191,7 @@ def main():
         ids = tok("What is the capital of France? Say hello.", return_tensors="pt").input_ids
         base = lambda: load(tiny.parent, gguf_file=tiny.name)  # noqa: E731
         for method, extra in METHODS.items():
-            if "num_virtual_tokens" in extra:
+            if extra.get("finetuning_type") in UNMERGED:
                 ok &= check_prompt(args.hone, f"tiny-spm-{method}", tiny, base, tok, extra, tmp)
                 continue
             ok &= check(args.hone, f"tiny-spm-{method}", tiny, base, ids, extra, tmp)
@@ -191,7 +202,7 @@ def main():
             base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
             ok &= check_text_init(args.hone, gguf, {"gguf_file": gguf.name}, base, tmp)
             for method, extra in METHODS.items():
-                if "num_virtual_tokens" in extra:
+                if extra.get("finetuning_type") in UNMERGED:
                     ok &= check_prompt(args.hone, f"SmolLM2-{method}", gguf, base, tok, extra, tmp)
                     continue
                 ok &= check(args.hone, f"SmolLM2-{method}", gguf, base, ids, extra, tmp)

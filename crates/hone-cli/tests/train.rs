@@ -487,18 +487,28 @@ fn adapter_answer(out: &Path, what: &str) -> String {
     exact.ok().to_string()
 }
 
-/// `finetuning_type: prompt_tuning` and `p_tuning`: only the virtual tokens (and P-tuning's
-/// encoder) train, the trainable-parameter line counts them as PEFT does, the adapter is PEFT's
-/// (`prompt_embeddings` `[num_virtual_tokens, token_dim]`), it changes what the model answers,
-/// unmerged on both paths alike, a checkpoint resumes, and merging it is refused.
+/// `finetuning_type: prompt_tuning`, `p_tuning`, `prefix` (with and without its projection) and
+/// `adaption_prompt` (LLaMA-Adapter):
+/// only the virtual tokens (and any encoder) train, the trainable-parameter line counts them as
+/// PEFT does, the adapter is PEFT's (`prompt_embeddings` `[num_virtual_tokens, token_dim]`, for
+/// prefix tuning `[num_virtual_tokens, num_layers · 2 · token_dim]`), it changes what the model
+/// answers, unmerged on both paths alike, a checkpoint resumes, and merging it is refused.
 #[test]
 fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
-    for (method, peft_type) in [("prompt_tuning", "PROMPT_TUNING"), ("p_tuning", "P_TUNING")] {
+    let methods = [
+        ("prompt_tuning", "PROMPT_TUNING", "prefix_projection=false"),
+        ("p_tuning", "P_TUNING", "prefix_projection=false"),
+        ("prefix", "PREFIX_TUNING", "prefix_projection=false"),
+        ("prefix", "PREFIX_TUNING", "prefix_projection=true"),
+        ("adaption_prompt", "ADAPTION_PROMPT", "adapter_len=5"),
+    ];
+    for (method, peft_type, projection) in methods {
         let dir = tempfile::tempdir().unwrap();
         let config = setup(dir.path());
         let finetuning = format!("finetuning_type={method}");
         let args = [
             finetuning.as_str(),
+            projection,
             "num_virtual_tokens=5",
             "max_steps=12",
             "save_steps=6",
@@ -512,19 +522,11 @@ fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
         )
         .unwrap();
         assert_eq!(adapter["peft_type"], peft_type);
-        assert_eq!(adapter["num_virtual_tokens"], 5);
-        let hidden = adapter["token_dim"].as_u64().unwrap() as usize;
-        let encoder = match method {
-            // Linear(d, d), Linear(d, d), Linear(d, d), each with a bias.
-            "p_tuning" => 3 * (hidden * hidden + hidden),
-            _ => 0,
-        };
-        let line = format!("trainable params: {} ||", 5 * hidden + encoder);
-        assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
-        let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.names(), ["prompt_embeddings"]);
-        assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), [5, hidden]);
+        if method == "adaption_prompt" {
+            check_llama_adapter(&adapter, &run.stderr, &out);
+        } else {
+            check_virtual_tokens(&adapter, (method, projection), &run.stderr, &out);
+        }
 
         adapter_answer(&out, method);
 
@@ -561,6 +563,49 @@ fn prompt_learning_trains_a_peft_adapter_that_generates_and_is_not_merged() {
             merged.display()
         );
     }
+}
+
+/// A prompt-learning run's trainable-parameter line (5 virtual tokens) and PEFT's one tensor.
+fn check_virtual_tokens(
+    adapter: &Value,
+    (method, projection): (&str, &str),
+    log: &str,
+    out: &Path,
+) {
+    assert_eq!(adapter["num_virtual_tokens"], 5);
+    let d = adapter["token_dim"].as_u64().unwrap() as usize;
+    let table = 2 * d * adapter["num_layers"].as_u64().unwrap() as usize;
+    let (width, trained) = match (method, projection) {
+        // Linear(d, d), Linear(d, d), Linear(d, d), each with a bias.
+        ("p_tuning", _) => (d, 5 * d + 3 * (d * d + d)),
+        // Linear(d, d), Tanh, Linear(d, layers · 2 · d), each with a bias.
+        ("prefix", "prefix_projection=true") => (table, 5 * d + d * d + d + d * table + table),
+        ("prefix", _) => (table, 5 * table),
+        _ => (d, 5 * d),
+    };
+    let line = format!("trainable params: {trained} ||");
+    assert!(log.contains(&line), "{line}: {log}");
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.names(), ["prompt_embeddings"]);
+    assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), [5, width]);
+}
+
+/// A LLaMA-Adapter run (`adapter_len` 5, every layer): its trainable-parameter line and PEFT's
+/// tensors, a prompt and a gate per layer.
+fn check_llama_adapter(adapter: &Value, log: &str, out: &Path) {
+    assert_eq!(adapter["adapter_len"], 5);
+    let layers = adapter["adapter_layers"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let prompt = st
+        .tensor("base_model.model.model.layers.0.self_attn.adaption_prompt")
+        .unwrap();
+    let hidden = prompt.shape()[2];
+    assert_eq!(prompt.shape(), [1, 5, hidden]);
+    assert_eq!(st.names().len(), 2 * layers);
+    let line = format!("trainable params: {} ||", layers * (5 * hidden + 1));
+    assert!(log.contains(&line), "{line}: {log}");
 }
 
 /// PiSSA (`pissa_init`, LLaMA-Factory's keys) and OLoRA (`init_lora_weights: olora`): the adapter
@@ -710,6 +755,11 @@ fn the_example_configs_resolve() {
         ("train_dora.yaml", "use_dora: true"),
         ("train_ia3.yaml", "finetuning_type: ia3"),
         ("train_prompt_tuning.yaml", "finetuning_type: prompt_tuning"),
+        ("train_prefix.yaml", "finetuning_type: prefix"),
+        (
+            "train_llama_adapter.yaml",
+            "finetuning_type: adaption_prompt",
+        ),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

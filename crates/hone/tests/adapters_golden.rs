@@ -117,29 +117,44 @@ fn regex_targets_select_one_layer() {
     );
 }
 
-/// Prompt tuning and P-tuning adapters written by PEFT (scripts/golden/prompt_learning.py): their
-/// virtual tokens before the golden ids give PEFT's logits at the real tokens, on the stored and
-/// the exact path, over whole sequences and over a KV cache (the cache starts with the virtual
-/// tokens, then the prompt, then one token at a time). Written back by Hone, the directory holds
-/// PEFT's config and tensor; merging one is refused.
+/// Prompt tuning, P-tuning, prefix tuning and LLaMA-Adapter adapters written by PEFT
+/// (scripts/golden/prompt_learning.py): their virtual tokens before the golden ids (or
+/// LLaMA-Adapter's gated prompts in the top layers) give PEFT's logits at the real tokens, on the
+/// stored and the exact path, over whole sequences and over a KV cache (the cache starts with the
+/// virtual tokens — for prefix tuning, their keys and values — then the prompt, then one token at
+/// a time). Written back by Hone, the directory holds PEFT's config and tensors; merging one is
+/// refused.
 #[test]
 fn prompt_learning_adapters_give_peft_logits() {
-    for name in ["llama-tied-prompt", "llama-tied-p-tuning"] {
+    let cases = [
+        ("llama-tied-prompt", "llama-tied"),
+        ("llama-tied-p-tuning", "llama-tied"),
+        ("llama-gqa-prefix", "llama-gqa"),
+        ("llama-tied-adaption", "llama-tied"),
+    ];
+    for (name, base) in cases {
         let dir = fixture(&format!("adapters/{name}"));
         let golden = load_tensors(&fixture(&format!("adapters/{name}.golden.safetensors")));
         let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
         let adapter = read_adapter(&dir).unwrap();
-        let base = ModelSource::HfDir(fixture("models/llama-tied"));
+        let prefix = adapter.prompt_method() == Some(adapters::PromptMethod::PrefixTuning);
+        // LLaMA-Adapter puts nothing before the sequence.
+        let virtual_tokens = if adapter.prompt.is_some() { 4 } else { 0 };
+        let base = ModelSource::HfDir(fixture(&format!("models/{base}")));
         let (cfg, w) = weights::load_stored(&base, &Device::Cpu).unwrap();
         let stored = Llama::from_stored(cfg, w, Some(&adapter), &Device::Cpu).unwrap();
         let (cfg, w) = weights::load(&base, &Device::Cpu).unwrap();
         let exact = Llama::from_weights(cfg, w, &Device::Cpu).unwrap();
         let exact = exact.with_prompt(&adapter).unwrap();
         for (precision, model) in [("stored", stored), ("exact", exact)] {
-            assert_eq!(model.virtual_tokens(), 4, "{name}");
-            // The last virtual token predicts each row's first token, as PEFT's loss counts it.
+            assert_eq!(model.virtual_tokens(), virtual_tokens, "{name}");
+            // The last virtual token predicts each row's first token, as PEFT's loss counts it —
+            // but a prefix, which holds only keys and values.
             let (_, predicted) = model.next_token_nll(&ids).unwrap();
-            assert_eq!(predicted, ids.elem_count(), "{name}");
+            let rows = ids.dim(0).unwrap();
+            let predicts_first = virtual_tokens > 0 && !prefix;
+            let want = ids.elem_count() - if predicts_first { 0 } else { rows };
+            assert_eq!(predicted, want, "{name}");
             let logits = model.forward(&ids, None).unwrap();
             let diff = max_abs_diff(&logits, &golden["logits"]);
             assert!(
@@ -156,7 +171,7 @@ fn prompt_learning_adapters_give_peft_logits() {
             }
             assert_eq!(
                 cache.len(),
-                4 + ids.dim(1).unwrap(),
+                virtual_tokens + ids.dim(1).unwrap(),
                 "the cache holds the virtual tokens"
             );
             let stepped = candle_core::Tensor::cat(&stepped, 1).unwrap();

@@ -98,6 +98,7 @@ fn small_adapter(base: &str) -> Adapter {
         scales: BTreeMap::new(),
         biases: BTreeMap::new(),
         prompt: None,
+        adaption: BTreeMap::new(),
     }
 }
 

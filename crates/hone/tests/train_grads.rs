@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
-    Adapter, AdapterConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights, LoraWeights, PeftConfig,
-    PromptConfig, PromptMethod, TargetModules,
+    Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights,
+    LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -20,6 +20,7 @@ use hone::model::norm::Tensor1;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::quant::bnb::FourBit;
+use hone::train::adaption::Adaption;
 use hone::train::config::PrefLoss;
 use hone::train::dpo::{self, loss::PreferenceLoss};
 use hone::train::groups::param_groups;
@@ -204,6 +205,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         scales: BTreeMap::new(),
         biases: BTreeMap::new(),
         prompt: None,
+        adaption: BTreeMap::new(),
     }
 }
 
@@ -233,6 +235,7 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         scales,
         biases: BTreeMap::new(),
         prompt: None,
+        adaption: BTreeMap::new(),
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -291,39 +294,67 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             )
             .unwrap()
         }
-        method @ ("prompt_tuning" | "p_tuning") => {
+        method @ ("prompt_tuning" | "p_tuning" | "prefix" | "prefix_projection") => {
             let spec = TrainableSpec {
                 base: &|_| false,
                 lora: None,
                 ia3: None,
             };
             let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
-            model.prompt = Some(initial_prompt(case, method, model.config().hidden_size));
+            model.prompt = Some(initial_prompt(case, method, model.config()));
+            model
+        }
+        "adaption_prompt" => {
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let cfg = model.config();
+            let shape = (
+                meta_usize(case, "adapter_len"),
+                meta_usize(case, "adapter_layers"),
+            );
+            let first = cfg.num_hidden_layers - shape.1;
+            let start = (first..cfg.num_hidden_layers)
+                .map(|l| {
+                    let init = |name: &str| {
+                        f32s(&case.tensors[&format!("init.model.layers.{l}.self_attn.{name}")])
+                    };
+                    (init("adaption_prompt"), init("adaption_gate")[0])
+                })
+                .collect();
+            model.adaption = Some(Adaption::new(cfg, shape, Some(start), 0));
             model
         }
         other => panic!("method {other}"),
     }
 }
 
-/// The case's virtual tokens (and P-tuning's encoder) as PEFT started them.
-fn initial_prompt(case: &Case, method: &str, hidden: usize) -> VirtualPrompt {
+fn meta_usize(case: &Case, key: &str) -> usize {
+    case.meta[key].as_u64().unwrap() as usize
+}
+
+/// The case's virtual tokens (and encoder) as PEFT started them.
+fn initial_prompt(case: &Case, method: &str, cfg: &ModelConfig) -> VirtualPrompt {
     let init = |name: &str| f32s(&case.tensors[&format!("init.prompt_encoder.{name}")]);
     let n = case.meta["num_virtual_tokens"].as_u64().unwrap() as usize;
-    let (method, encoder) = match method {
-        "p_tuning" => (
-            PromptMethod::PTuning,
-            case.meta["encoder_hidden_size"].as_u64().unwrap(),
-        ),
-        _ => (PromptMethod::PromptTuning, 0),
+    let encoder = case.meta["encoder_hidden_size"].as_u64().unwrap_or(0) as usize;
+    let (d, kv) = (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim);
+    let table = cfg.num_hidden_layers * 2 * kv;
+    let (method, width, widths) = match method {
+        "p_tuning" => (PromptMethod::PTuning, d, vec![d, encoder, encoder, d]),
+        "prefix" => (PromptMethod::PrefixTuning, table, vec![]),
+        "prefix_projection" => (PromptMethod::PrefixTuning, kv, vec![kv, encoder, table]),
+        _ => (PromptMethod::PromptTuning, d, vec![]),
     };
     let start = init("embedding.weight");
-    let mut prompt = VirtualPrompt::new(method, start, (n, hidden), encoder as usize, 0);
-    for (layer, dense) in [0, 2, 4]
-        .into_iter()
-        .zip(prompt.encoder.iter_mut().flatten())
-    {
-        dense.weight.value = init(&format!("mlp_head.{layer}.weight"));
-        dense.bias.value = init(&format!("mlp_head.{layer}.bias"));
+    let mut prompt = VirtualPrompt::new(method, start, (n, width), &widths, 0);
+    let module = prompt.encoder_name();
+    for (i, dense) in prompt.encoder.iter_mut().enumerate() {
+        dense.weight.value = init(&format!("{module}.{}.weight", 2 * i));
+        dense.bias.value = init(&format!("{module}.{}.bias", 2 * i));
     }
     prompt
 }
@@ -351,6 +382,24 @@ fn prompted_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
     let p = model.prompt.as_ref().unwrap();
     let config = PromptConfig::new(p.method, p.n, model.config(), Default::default());
     let adapter = model.to_adapter(PeftConfig::Prompt(config));
+    let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
+    let llama = llama.with_prompt(&adapter).unwrap();
+    llama
+        .forward(&ids.to_dtype(DType::U32).unwrap(), None)
+        .unwrap()
+}
+
+/// Logits of a LLaMA-Adapter model through the inference forward, its prompts passed as the
+/// adapter Hone saves.
+fn adapted_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
+    let weights: HashMap<String, Tensor> = model
+        .hf_tensors(false)
+        .into_iter()
+        .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let a = model.adaption.as_ref().unwrap();
+    let config = AdaptionConfig::new(a.len, a.layers.len());
+    let adapter = model.to_adapter(PeftConfig::Adaption(config));
     let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
     let llama = llama.with_prompt(&adapter).unwrap();
     llama
@@ -406,6 +455,8 @@ fn check_gradients_with(name: &str, variant: Variant) {
 
     let ids = &case.tensors["input_ids"];
     let (logits, want_logits) = match &model.prompt {
+        _ if model.adaption.is_some() => (adapted_logits(&model, ids), reference_logits(&case, 0)),
+        Some(p) if p.is_prefix() => (prompted_logits(&model, ids), reference_logits(&case, 0)),
         Some(p) => (prompted_logits(&model, ids), reference_logits(&case, p.n)),
         None => (merged_logits(&model, ids), f32s(&case.tensors["logits"])),
     };
@@ -554,6 +605,37 @@ fn prompt_learning_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("p_tuning_llama-gqa", recompute);
+}
+
+/// Prefix tuning: every layer's keys and values for N virtual tokens that every token attends
+/// first (unrotated; the tokens at positions N..), as PEFT's cache; with its projection (a tanh
+/// MLP), through sliding windows (Mistral) and Gemma 2's soft-capped attention. Row 0 labels its
+/// first token, which no logit predicts.
+#[test]
+fn prefix_tuning_gradients_match_peft() {
+    check_gradients("prefix_llama-gqa");
+    check_gradients("prefix_projection_llama-gqa");
+    check_gradients("prefix_mistral-window");
+    check_gradients("prefix_gemma2");
+    let recompute = Variant {
+        recompute: true,
+        ..Variant::default()
+    };
+    check_gradients_with("prefix_projection_llama-gqa", recompute);
+}
+
+/// LLaMA-Adapter: each adapted layer's queries also attend its prompt's keys and values (the
+/// layer's own k_proj and v_proj of the prompt, unrotated) with a softmax of their own, scaled by
+/// the gate; on Mistral with GQA (both layers adapted) and a wider Llama (the top layer).
+#[test]
+fn llama_adapter_gradients_match_peft() {
+    check_gradients("adaption_mistral");
+    check_gradients("adaption_llama-64");
+    let recompute = Variant {
+        recompute: true,
+        ..Variant::default()
+    };
+    check_gradients_with("adaption_mistral", recompute);
 }
 
 /// OLoRA and PiSSA: Hone's own A₀ and B₀ (QR; top singular triplets) equal PEFT's, the base

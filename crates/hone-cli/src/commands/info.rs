@@ -278,7 +278,12 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         .sum();
     let vectors: usize = adapter.scales.values().map(|v| v.values.len()).sum();
     let biases: usize = adapter.biases.values().map(Vec::len).sum();
-    let prompt = adapter.prompt.as_ref().map_or(0, Vec::len);
+    let prompt = adapter.prompt.as_ref().map_or(0, Vec::len)
+        + adapter
+            .adaption
+            .values()
+            .map(|p| p.prompt.len() + 1)
+            .sum::<usize>();
     let parameters = lora + vectors + biases + prompt;
     let settings = match &adapter.config {
         PeftConfig::Lora(c) => json!({
@@ -290,6 +295,9 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         }),
         PeftConfig::Prompt(c) => json!({
             "num_virtual_tokens": c.num_virtual_tokens, "token_dim": c.token_dim,
+        }),
+        PeftConfig::Adaption(c) => json!({
+            "adapter_len": c.adapter_len, "adapter_layers": c.adapter_layers,
         }),
     };
     let info = json!({
@@ -319,6 +327,11 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
             }
         ),
         PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
+        PeftConfig::Adaption(c) => format!(
+            "LLaMA-Adapter, a gated prompt of {} in each of the top {} layers",
+            c.adapter_len(),
+            c.adapter_layers()
+        ),
         PeftConfig::Prompt(c) => format!(
             "{}, {} virtual tokens",
             adapter.config.method(),
@@ -329,7 +342,7 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
     let base = adapter.config.base_model_name_or_path();
     println!("base model     {}", base.unwrap_or("(not recorded)"));
     let kinds: Vec<&str> = kinds.into_iter().collect();
-    if adapter.prompt.is_none() {
+    if adapter.config.is_mergeable() {
         println!("modules        {} ({})", info["modules"], kinds.join(", "));
     }
     if let PeftConfig::Ia3(_) = &adapter.config {

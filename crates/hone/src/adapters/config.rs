@@ -244,7 +244,8 @@ impl AdapterConfig {
         if self.peft_type != "LORA" {
             bail!(
                 "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", IA3, \
-                 \"IA3\", and prompt tuning and P-tuning, \"PROMPT_TUNING\" and \"P_TUNING\")",
+                 \"IA3\", and prompt tuning, P-tuning and prefix tuning, \"PROMPT_TUNING\", \"P_TUNING\" and \
+                 \"PREFIX_TUNING\")",
                 self.peft_type
             );
         }

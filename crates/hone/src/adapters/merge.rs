@@ -14,10 +14,10 @@ use crate::model::ModelConfig;
 
 /// Refuses an adapter of a method that cannot be merged into the weights.
 pub fn check_mergeable(config: &PeftConfig) -> Result<()> {
-    if let PeftConfig::Prompt(_) = config {
+    if !config.is_mergeable() {
         bail!(
-            "a {} adapter cannot be merged into the weights (PEFT cannot either): its virtual tokens are put \
-             before every sequence at run time; use it with --adapter (generate, chat, serve, eval)",
+            "a {} adapter cannot be merged into the weights (PEFT cannot either): what it adds is attended at run \
+             time; use it with --adapter (generate, chat, serve, eval)",
             config.method()
         );
     }

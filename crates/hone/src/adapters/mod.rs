@@ -6,9 +6,11 @@
 //! `A [r, in]`, `B [out, r]` and `scale = alpha / r` (or `alpha / sqrt(r)` for rank-stabilised LoRA).
 //! A DoRA adapter (`use_dora`) also rescales each output row of the result to a learned magnitude
 //! ([`dora`]). An IA3 adapter scales a layer's outputs or inputs by a learned vector ([`ia3`]).
-//! A prompt-tuning or P-tuning adapter puts learned virtual tokens before every sequence
-//! ([`prompt`]).
+//! A prompt-tuning or P-tuning adapter puts learned virtual tokens before every sequence, a
+//! prefix-tuning one learned keys and values ([`prompt`]); a LLaMA-Adapter one gives the top
+//! layers' attention a gated learned prompt ([`adaption`]).
 
+pub mod adaption;
 pub mod config;
 pub mod dora;
 pub mod ia3;
@@ -20,6 +22,7 @@ mod write;
 
 use std::collections::BTreeMap;
 
+pub use adaption::{AdaptionConfig, AdaptionPrompt};
 pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
 pub use ia3::{Ia3Config, Ia3Vector};
 pub use merge::merge;
@@ -72,8 +75,10 @@ pub enum PeftConfig {
     Lora(AdapterConfig),
     /// `peft_type: "IA3"`.
     Ia3(Ia3Config),
-    /// `peft_type: "PROMPT_TUNING"` or `"P_TUNING"`.
+    /// `peft_type: "PROMPT_TUNING"`, `"P_TUNING"` or `"PREFIX_TUNING"`.
     Prompt(PromptConfig),
+    /// `peft_type: "ADAPTION_PROMPT"` (LLaMA-Adapter).
+    Adaption(AdaptionConfig),
 }
 
 impl PeftConfig {
@@ -82,9 +87,10 @@ impl PeftConfig {
         let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
         match fields.get("peft_type").and_then(|t| t.as_str()) {
             Some("IA3") => Ok(PeftConfig::Ia3(config::from_json_by_field(text)?)),
-            Some("PROMPT_TUNING" | "P_TUNING") => {
+            Some("PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING") => {
                 Ok(PeftConfig::Prompt(config::from_json_by_field(text)?))
             }
+            Some("ADAPTION_PROMPT") => Ok(PeftConfig::Adaption(config::from_json_by_field(text)?)),
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -95,6 +101,7 @@ impl PeftConfig {
             PeftConfig::Lora(c) => c.to_json(),
             PeftConfig::Ia3(c) => c.to_json(),
             PeftConfig::Prompt(c) => c.to_json(),
+            PeftConfig::Adaption(c) => c.to_json(),
         }
     }
 
@@ -104,6 +111,7 @@ impl PeftConfig {
             PeftConfig::Lora(c) => c.validate(),
             PeftConfig::Ia3(c) => c.validate(),
             PeftConfig::Prompt(c) => c.validate(),
+            PeftConfig::Adaption(c) => c.validate(),
         }
     }
 
@@ -111,25 +119,32 @@ impl PeftConfig {
     pub fn lora(&self) -> Option<&AdapterConfig> {
         match self {
             PeftConfig::Lora(c) => Some(c),
-            PeftConfig::Ia3(_) | PeftConfig::Prompt(_) => None,
+            _ => None,
         }
     }
 
     pub fn lora_mut(&mut self) -> Option<&mut AdapterConfig> {
         match self {
             PeftConfig::Lora(c) => Some(c),
-            PeftConfig::Ia3(_) | PeftConfig::Prompt(_) => None,
+            _ => None,
         }
     }
 
-    /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning` or `P-tuning`.
+    /// Whether the method's update can be merged into the weights (prompt learning and
+    /// LLaMA-Adapter add to what the model attends instead; PEFT cannot merge them either).
+    pub fn is_mergeable(&self) -> bool {
+        matches!(self, PeftConfig::Lora(_) | PeftConfig::Ia3(_))
+    }
+
+    /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning`, `P-tuning`,
+    /// `prefix tuning` or `LLaMA-Adapter`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
             PeftConfig::Lora(_) => "LoRA",
             PeftConfig::Ia3(_) => "IA3",
-            PeftConfig::Prompt(c) if c.peft_type == PromptMethod::PTuning => "P-tuning",
-            PeftConfig::Prompt(_) => "prompt tuning",
+            PeftConfig::Prompt(c) => c.peft_type.name(),
+            PeftConfig::Adaption(_) => "LLaMA-Adapter",
         }
     }
 
@@ -138,6 +153,7 @@ impl PeftConfig {
             PeftConfig::Lora(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Prompt(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Adaption(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -154,8 +170,11 @@ pub struct Adapter {
     pub scales: BTreeMap<String, Ia3Vector>,
     /// By HF tensor name, e.g. `model.layers.0.self_attn.q_proj.bias`.
     pub biases: BTreeMap<String, Vec<f32>>,
-    /// A prompt-learning adapter's virtual tokens, `[num_virtual_tokens, token_dim]` row-major.
+    /// A prompt-learning adapter's virtual tokens, `[num_virtual_tokens, token_dim]` row-major
+    /// (prefix tuning: their keys and values, `[num_virtual_tokens, num_layers · 2 · token_dim]`).
     pub prompt: Option<Vec<f32>>,
+    /// LLaMA-Adapter's prompts and gates by attention module, e.g. `model.layers.7.self_attn`.
+    pub adaption: BTreeMap<String, AdaptionPrompt>,
 }
 
 impl Adapter {
@@ -167,9 +186,13 @@ impl Adapter {
             PeftConfig::Lora(config) => config,
             PeftConfig::Ia3(config) => return self.validate_ia3(config),
             PeftConfig::Prompt(config) => return self.validate_prompt(config),
+            PeftConfig::Adaption(config) => return self.validate_adaption(config),
         };
         if self.prompt.is_some() {
             bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
+        }
+        if let Some(module) = self.adaption.keys().next() {
+            bail!("{module}.adaption_prompt: a LLaMA-Adapter tensor, but the config's peft_type is not \"ADAPTION_PROMPT\"");
         }
         if let Some(module) = self.scales.keys().next() {
             bail!("{module}: has an IA3 vector (ia3_l) but the config's peft_type is \"LORA\"");
@@ -222,6 +245,39 @@ impl Adapter {
         Ok(())
     }
 
+    fn validate_adaption(&self, config: &AdaptionConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if let Some(name) = self
+            .modules
+            .keys()
+            .chain(self.scales.keys())
+            .chain(self.biases.keys())
+            .next()
+        {
+            bail!("{name}: an ADAPTION_PROMPT adapter holds only adaption_prompt and adaption_gate tensors");
+        }
+        if self.prompt.is_some() {
+            bail!("prompt_embeddings: not part of an ADAPTION_PROMPT adapter");
+        }
+        if self.adaption.len() != config.adapter_layers() {
+            bail!(
+                "adapter_layers: {} but the file has prompts for {} layers",
+                config.adapter_layers(),
+                self.adaption.len()
+            );
+        }
+        let len = config.adapter_len();
+        for (module, p) in &self.adaption {
+            if p.prompt.len() % len.max(1) != 0 || p.prompt.is_empty() {
+                bail!(
+                    "{module}.adaption_prompt: {} values are not adapter_len {len} rows",
+                    p.prompt.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn validate_prompt(&self, config: &PromptConfig) -> anyhow::Result<()> {
         use anyhow::bail;
         if let Some(name) = self
@@ -229,6 +285,7 @@ impl Adapter {
             .keys()
             .chain(self.scales.keys())
             .chain(self.biases.keys())
+            .chain(self.adaption.keys())
             .next()
         {
             bail!(
@@ -243,13 +300,19 @@ impl Adapter {
             );
         };
         let n = config.num_virtual_tokens();
-        if let Some(dim) = config.token_dim {
+        if let Some(dim) = config.row_width() {
             if prompt.len() != n * dim {
+                let width = match config.peft_type {
+                    PromptMethod::PrefixTuning => "num_layers · 2 · token_dim",
+                    _ => "token_dim",
+                };
                 bail!(
-                    "prompt_embeddings: {} values, not [num_virtual_tokens {n}, token_dim {dim}]",
+                    "prompt_embeddings: {} values, not [num_virtual_tokens {n}, {width} {dim}]",
                     prompt.len()
                 );
             }
+        } else if config.peft_type == PromptMethod::PrefixTuning {
+            bail!("token_dim, num_layers: a PREFIX_TUNING config needs both");
         } else if n == 0 || prompt.len() % n != 0 {
             bail!(
                 "prompt_embeddings: {} values do not split into num_virtual_tokens {n} rows",
@@ -259,13 +322,22 @@ impl Adapter {
         Ok(())
     }
 
-    /// The virtual tokens' width: `token_dim`, or what the prompt's values imply.
+    /// The width of a row of `prompt_embeddings`: `token_dim` for virtual tokens, every layer's
+    /// keys and values for prefix tuning, or what the values imply.
     pub fn prompt_width(&self) -> Option<usize> {
         let (PeftConfig::Prompt(config), Some(prompt)) = (&self.config, &self.prompt) else {
             return None;
         };
         let n = config.num_virtual_tokens().max(1);
-        Some(config.token_dim.unwrap_or(prompt.len() / n))
+        Some(config.row_width().unwrap_or(prompt.len() / n))
+    }
+
+    /// The prompt-learning method, for a prompt-learning adapter.
+    pub fn prompt_method(&self) -> Option<PromptMethod> {
+        match &self.config {
+            PeftConfig::Prompt(c) => Some(c.peft_type),
+            _ => None,
+        }
     }
 
     fn validate_ia3(&self, config: &Ia3Config) -> anyhow::Result<()> {

@@ -11,7 +11,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
-use super::{Adapter, Ia3Vector, LoraWeights, PeftConfig};
+use super::adaption::{GATE_KEY, PROMPT_KEY};
+use super::{Adapter, AdaptionPrompt, Ia3Vector, LoraWeights, PeftConfig};
 use crate::io::safetensors;
 use crate::model::config::hone_name;
 
@@ -130,6 +131,9 @@ enum Part {
     Ia3(String),
     /// A bias, by HF tensor name.
     Bias(String),
+    /// LLaMA-Adapter's prompt or gate, by attention module.
+    AdaptionPrompt(String),
+    AdaptionGate(String),
 }
 
 fn classify(key: &str) -> Result<Part> {
@@ -148,6 +152,12 @@ fn classify(key: &str) -> Result<Part> {
     if let Some(module) = rest.strip_suffix(IA3) {
         return Ok(Part::Ia3(module.into()));
     }
+    if let Some(module) = rest.strip_suffix(PROMPT_KEY) {
+        return Ok(Part::AdaptionPrompt(module.into()));
+    }
+    if let Some(module) = rest.strip_suffix(GATE_KEY) {
+        return Ok(Part::AdaptionGate(module.into()));
+    }
     if let Some(module) = rest.strip_suffix(WRAPPED_BIAS) {
         return Ok(Part::Bias(format!("{module}.bias")));
     }
@@ -156,7 +166,8 @@ fn classify(key: &str) -> Result<Part> {
     }
     bail!(
         "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
-         weights, lora_magnitude_vector, ia3_l and biases; this looks like another PEFT method or a LoRA variant)"
+         weights, lora_magnitude_vector, ia3_l and biases; LLaMA-Adapter's adaption_prompt and adaption_gate; \
+         this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -178,7 +189,7 @@ type Flat = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let prompt = match tensors.remove(PROMPT_EMBEDDINGS) {
         Some((shape, _)) if shape.len() != 2 => {
-            bail!("tensor {PROMPT_EMBEDDINGS}: [num_virtual_tokens, token_dim], not {shape:?}")
+            bail!("tensor {PROMPT_EMBEDDINGS}: [num_virtual_tokens, width], not {shape:?}")
         }
         Some((_, values)) => Some(values),
         None => None,
@@ -188,12 +199,14 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let mut biases = BTreeMap::new();
     let mut magnitudes = BTreeMap::new();
     let mut scales = BTreeMap::new();
+    let mut adaption_prompts = BTreeMap::new();
+    let mut gates = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
-        let expected_dims = if matches!(part, Part::Bias(_) | Part::Magnitude(_)) {
-            1
-        } else {
-            2
+        let expected_dims = match part {
+            Part::Bias(_) | Part::Magnitude(_) | Part::AdaptionGate(_) => 1,
+            Part::AdaptionPrompt(_) => 3,
+            _ => 2,
         };
         if shape.len() != expected_dims {
             bail!("tensor {key}: expected {expected_dims} dimensions, found shape {shape:?}");
@@ -221,7 +234,27 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
             Part::Bias(name) => {
                 biases.insert(text_module(&name)?, values);
             }
+            Part::AdaptionPrompt(module) if shape[0] == 1 => {
+                adaption_prompts.insert(module, values);
+            }
+            Part::AdaptionGate(module) if shape[0] == 1 => {
+                gates.insert(module, values[0]);
+            }
+            Part::AdaptionPrompt(_) => {
+                bail!("tensor {key}: [1, adapter_len, hidden], not {shape:?}")
+            }
+            Part::AdaptionGate(_) => bail!("tensor {key}: [1], not {shape:?}"),
         }
+    }
+    let mut adaption = BTreeMap::new();
+    for (module, prompt) in adaption_prompts {
+        let Some(gate) = gates.remove(&module) else {
+            bail!("{module}: adaption_prompt without adaption_gate");
+        };
+        adaption.insert(module, AdaptionPrompt { prompt, gate });
+    }
+    if let Some(module) = gates.keys().next() {
+        bail!("{module}: adaption_gate without adaption_prompt");
     }
     let mut modules = BTreeMap::new();
     let matcher = config.lora().map(|c| c.matcher()).transpose()?;
@@ -263,5 +296,6 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         scales,
         biases,
         prompt,
+        adaption,
     })
 }

@@ -1,9 +1,12 @@
 //! Prompt-learning adapters in PEFT's format: prompt tuning (`peft_type: "PROMPT_TUNING"`,
-//! `peft.PromptTuningConfig`) and P-tuning (`"P_TUNING"`, `peft.PromptEncoderConfig`). Both put
-//! `num_virtual_tokens` trained embeddings before every sequence's own tokens; the file holds them
-//! as one tensor, `prompt_embeddings` `[num_virtual_tokens, token_dim]` (P-tuning's encoder is run
-//! once when PEFT saves, so its file holds the encoder's output and no encoder). Nothing is merged
-//! into the weights: the virtual tokens are prepended whenever a sequence starts.
+//! `peft.PromptTuningConfig`), P-tuning (`"P_TUNING"`, `peft.PromptEncoderConfig`) and prefix
+//! tuning (`"PREFIX_TUNING"`, `peft.PrefixTuningConfig`). The first two put `num_virtual_tokens`
+//! trained embeddings before every sequence's own tokens; prefix tuning puts trained keys and
+//! values before every layer's own, as a KV cache that starts filled. The file holds one tensor,
+//! `prompt_embeddings`: `[num_virtual_tokens, token_dim]` embeddings, or for prefix tuning
+//! `[num_virtual_tokens, num_layers · 2 · token_dim]` keys and values (any encoder is run once when
+//! PEFT saves, so the file holds its output and no encoder). Nothing is merged into the weights:
+//! the virtual tokens are prepended whenever a sequence starts.
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
@@ -19,6 +22,8 @@ pub enum PromptMethod {
     PromptTuning,
     #[serde(rename = "P_TUNING")]
     PTuning,
+    #[serde(rename = "PREFIX_TUNING")]
+    PrefixTuning,
 }
 
 impl PromptMethod {
@@ -26,6 +31,16 @@ impl PromptMethod {
         match self {
             PromptMethod::PromptTuning => "PROMPT_TUNING",
             PromptMethod::PTuning => "P_TUNING",
+            PromptMethod::PrefixTuning => "PREFIX_TUNING",
+        }
+    }
+
+    /// The method as people call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptMethod::PromptTuning => "prompt tuning",
+            PromptMethod::PTuning => "P-tuning",
+            PromptMethod::PrefixTuning => "prefix tuning",
         }
     }
 }
@@ -49,9 +64,13 @@ pub struct PromptConfig {
     /// None only in a config that PEFT would refuse (it is required).
     #[serde(default)]
     pub num_virtual_tokens: Option<usize>,
-    /// The width of each virtual token: the model's hidden size.
+    /// The width of each virtual token: the model's hidden size; for prefix tuning, one layer's
+    /// keys (key/value heads × head_dim, PEFT's choice for grouped-query models).
     #[serde(default)]
     pub token_dim: Option<usize>,
+    /// Prefix tuning: how many layers the keys and values are for.
+    #[serde(default)]
+    pub num_layers: Option<usize>,
     #[serde(default)]
     pub num_transformer_submodules: Option<usize>,
     #[serde(flatten)]
@@ -73,16 +92,25 @@ const UNSUPPORTED: [(&str, &str); 2] = [
 
 impl PromptConfig {
     /// A new config as PEFT writes it for `model` (its `token_dim`, `num_layers`,
-    /// `num_attention_heads`), with the method's own fields from `fields`.
+    /// `num_attention_heads`: for prefix tuning the key/value heads' — PEFT's
+    /// `_prepare_prompt_learning_config` for grouped-query models, which every model with
+    /// `num_key_value_heads` in its config is), with the method's own fields from `fields`.
     pub fn new(
         method: PromptMethod,
         num_virtual_tokens: usize,
         model: &ModelConfig,
         fields: Map<String, Value>,
     ) -> PromptConfig {
+        let (token_dim, heads) = match method {
+            PromptMethod::PrefixTuning => (
+                model.num_key_value_heads * model.head_dim,
+                model.num_key_value_heads,
+            ),
+            _ => (model.hidden_size, model.num_attention_heads),
+        };
         let mut other = match json!({
             "auto_mapping": null, "modules_to_save": null, "peft_version": PEFT_VERSION,
-            "num_layers": model.num_hidden_layers, "num_attention_heads": model.num_attention_heads,
+            "num_attention_heads": heads,
         }) {
             Value::Object(m) => m,
             _ => unreachable!("a JSON object literal"),
@@ -95,7 +123,8 @@ impl PromptConfig {
             revision: None,
             inference_mode: true,
             num_virtual_tokens: Some(num_virtual_tokens),
-            token_dim: Some(model.hidden_size),
+            token_dim: Some(token_dim),
+            num_layers: Some(model.num_hidden_layers),
             num_transformer_submodules: Some(1),
             other,
         }
@@ -112,6 +141,7 @@ impl PromptConfig {
             "inference_mode": self.inference_mode,
             "num_virtual_tokens": self.num_virtual_tokens,
             "token_dim": self.token_dim,
+            "num_layers": self.num_layers,
             "num_transformer_submodules": self.num_transformer_submodules,
         });
         if let Value::Object(typed) = typed {
@@ -142,5 +172,15 @@ impl PromptConfig {
 
     pub fn num_virtual_tokens(&self) -> usize {
         self.num_virtual_tokens.unwrap_or(0)
+    }
+
+    /// The width of a row of `prompt_embeddings` as the config declares it: `token_dim`, or for
+    /// prefix tuning every layer's key and value, `num_layers · 2 · token_dim` (None when a field
+    /// it needs is missing).
+    pub fn row_width(&self) -> Option<usize> {
+        match self.peft_type {
+            PromptMethod::PrefixTuning => Some(self.num_layers? * 2 * self.token_dim?),
+            _ => self.token_dim,
+        }
     }
 }

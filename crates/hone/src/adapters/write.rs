@@ -12,10 +12,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::peft::{
     CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
 };
-use super::{Adapter, PeftConfig};
+use super::{Adapter, PeftConfig, PromptMethod};
 use crate::io::safetensors::{serialize_f32, F32Tensor};
 use crate::io::{atomic, json};
 use crate::tokenizer::Tokenizer;
@@ -110,6 +111,16 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
+    if let PeftConfig::Adaption(config) = &adapter.config {
+        let len = config.adapter_len().max(1);
+        for (module, p) in &adapter.adaption {
+            let key = format!("{KEY_PREFIX}{module}");
+            let shape = vec![1, len, p.prompt.len() / len];
+            tensors.push((format!("{key}{PROMPT_KEY}"), shape, &p.prompt));
+            let gate = std::slice::from_ref(&p.gate);
+            tensors.push((format!("{key}{GATE_KEY}"), vec![1], gate));
+        }
+    }
     if let (Some(prompt), Some(width)) = (&adapter.prompt, adapter.prompt_width()) {
         let shape = vec![prompt.len() / width, width];
         tensors.push((PROMPT_EMBEDDINGS.to_string(), shape, prompt));
@@ -149,8 +160,19 @@ fn model_card(adapter: &Adapter) -> String {
             "ia3",
             format!("Vectors on {} modules", adapter.scales.len()),
         ),
+        PeftConfig::Adaption(cfg) => (
+            "llama-adapter",
+            format!(
+                "A gated prompt of {} embeddings in each of the top {} layers",
+                cfg.adapter_len(),
+                cfg.adapter_layers()
+            ),
+        ),
         PeftConfig::Prompt(cfg) => (
-            "prompt-tuning",
+            match cfg.peft_type {
+                PromptMethod::PrefixTuning => "prefix-tuning",
+                _ => "prompt-tuning",
+            },
             format!("{} virtual tokens", cfg.num_virtual_tokens()),
         ),
     };

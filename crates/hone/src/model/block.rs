@@ -23,7 +23,8 @@ use std::borrow::Cow;
 use anyhow::Result;
 use rayon::prelude::*;
 
-use super::attend::{Attend, Pass, Turn};
+use super::adaption;
+use super::attend::{Attend, Pass, PassGrads, Turn};
 use super::config::BlockNorm;
 use super::layout::{mlp_activation, Slot};
 use super::norm::{NormCtx, NormParam};
@@ -158,6 +159,21 @@ fn heads(cfg: &ModelConfig) -> (usize, usize, usize) {
         cfg.num_key_value_heads,
         cfg.head_dim,
     )
+}
+
+/// Layer `layer`'s attention output with LLaMA-Adapter's term added, when the layer has an
+/// adaption prompt in the pass (None: the output as it is).
+fn with_adaption(
+    layer: usize,
+    pass: &Pass,
+    q: &[f32],
+    attn: &[f32],
+    shape: AttnShape,
+) -> Option<Vec<f32>> {
+    let prompts = pass.adaption_layer(layer)?;
+    let mut out = attn.to_vec();
+    adaption::forward(q, &mut out, &prompts, shape);
+    Some(out)
 }
 
 fn attn_shape(cfg: &ModelConfig, pass: &Pass, window: Option<usize>) -> AttnShape {
@@ -418,7 +434,7 @@ impl<L: Project> Block<L> {
         drop(input);
         let mut q = columns(&qkv, width, 0, nh * hd);
         let mut k = columns(&qkv, width, nh * hd, nkv * hd);
-        let v = columns(&qkv, width, (nh + nkv) * hd, nkv * hd);
+        let mut v = columns(&qkv, width, (nh + nkv) * hd, nkv * hd);
         drop(qkv);
         let qk_raw = self
             .qk_norm
@@ -430,10 +446,16 @@ impl<L: Project> Block<L> {
             pass.rotate(&mut k, rope_shape(nkv, cfg), self.local_rope, Turn::Forward);
         }
         pass.scale_queries(&mut q);
+        if let Some(prefix) = &pass.prefix {
+            prefix.write(self.index, &mut k, &mut v);
+        }
         let shape = attn_shape(cfg, pass, self.window);
         let (attn, lse) = attend.attend(self.index, (&q, &k, &v), shape);
+        let adapted = with_adaption(self.index, pass, &q, &attn, shape);
         let (q, k, v) = (kept(keep, q), kept(keep, k), kept(keep, v));
-        let (mut o, o_saved) = self.o_proj.project(&attn, n, Slot::O, context)?;
+        let o_input = adapted.as_deref().unwrap_or(&attn);
+        let (mut o, o_saved) = self.o_proj.project(o_input, n, Slot::O, context)?;
+        drop(adapted);
         let attn = kept(keep, attn);
         let attn_out = norm_branch_output(&mut o, self.norms.attn_out.as_ref(), norm_ctx);
         let residual = cfg.scales.residual as f32;
@@ -471,15 +493,16 @@ impl<L: Project> Block<L> {
 
 impl<L: Backprop> Block<L> {
     /// From `dx`, the gradient of the block's output, computes the gradient of its input in place
-    /// and accumulates the gradients of every trainable tensor. `pass` and `segment_ids` are the
-    /// forward's.
+    /// and accumulates the gradients of every trainable tensor, and into `grads` those of what the
+    /// pass carried (prefix tuning's keys and values, LLaMA-Adapter's prompt). `pass` and
+    /// `segment_ids` are the forward's.
     pub fn backward(
         &mut self,
         cfg: &ModelConfig,
         dx: &mut [f32],
         a: Activations<L::Saved>,
-        pass: &Pass,
-        segment_ids: Option<&[u32]>,
+        (pass, segment_ids): (&Pass, Option<&[u32]>),
+        grads: &mut PassGrads,
     ) {
         debug_assert!(pass.logn.is_none(), "logn scaling is inference-only");
         let norm_ctx = NormCtx::of(cfg);
@@ -517,8 +540,11 @@ impl<L: Backprop> Block<L> {
         let mut dattn = vec![0.0; n * nh * hd];
         let out_norm = a.attn_out.as_ref().zip(attn_out.as_mut());
         let dout = branch_output_grad(dx, residual, out_norm, norm_ctx);
-        self.o_proj.backward(&dout, &a.attn, &o_saved, &mut dattn);
-        drop(dout);
+        let shape = attn_shape(cfg, pass, self.window);
+        let adapted = with_adaption(self.index, pass, &a.q, &a.attn, shape);
+        let o_input = adapted.as_deref().unwrap_or(&a.attn);
+        self.o_proj.backward(&dout, o_input, &o_saved, &mut dattn);
+        drop((dout, adapted));
         let (mut dq, mut dk, mut dv) = (
             vec![0.0; a.q.len()],
             vec![0.0; a.k.len()],
@@ -530,13 +556,19 @@ impl<L: Backprop> Block<L> {
             v: &a.v,
             segment_ids,
         };
-        let grads = AttnGrads {
+        let attn_grads = AttnGrads {
             dq: &mut dq,
             dk: &mut dk,
             dv: &mut dv,
         };
-        let shape = attn_shape(cfg, pass, self.window);
-        attention::backward(shape, inputs, &a.attn, &a.lse, &dattn, grads);
+        attention::backward(shape, inputs, &a.attn, &a.lse, &dattn, attn_grads);
+        if let (Some(prefix), Some(dprefix)) = (&pass.prefix, grads.prefix.as_mut()) {
+            prefix.take_grads(self.index, &mut dk, &mut dv, dprefix);
+        }
+        if let Some(prompt) = pass.adaption_layer(self.index).and_then(|p| p[0]) {
+            let layer = adaption::backward(&a.q, &dattn, &mut dq, &prompt, shape);
+            grads.adaption.insert(self.index, layer);
+        }
         if self.rotary {
             pass.rotate(
                 &mut dq,

@@ -14,6 +14,7 @@ use std::iter::repeat_n;
 use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor};
 
+use super::adaption::AdaptionKv;
 use super::attend::{Attend, Pass};
 use super::block::{self, Norms, Project, QkNorm};
 use super::config::ModelConfig;
@@ -22,6 +23,7 @@ use super::layout::{block_linears, slot_linears, Slot, SLOTS};
 use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
 use super::norm::{NormCtx, NormParam, Tensor1};
 use super::rope::{ntk_alpha, RopeSet, RopeTables};
+use super::virtual_tokens::{self, Virtual};
 use super::weights::norm_bias_name;
 use crate::adapters::ia3::SHARED_INPUT_SCALING;
 use crate::adapters::merge::check_fits;
@@ -38,9 +40,11 @@ type Block = block::Block<Linear>;
 pub struct LoraSet {
     blocks: Vec<[Vec<PartUpdate>; 4]>,
     lm_head: Vec<PartUpdate>,
-    /// A prompt-learning adapter's virtual tokens, `[n, hidden]`, put before the sequences it
-    /// serves instead of the model's own.
-    prompt: Option<Vec<f32>>,
+    /// A prompt-learning adapter's virtual tokens, put before the sequences it serves instead of
+    /// the model's own.
+    prompt: Option<Virtual>,
+    /// A LLaMA-Adapter adapter's prompts, attended by the rows it serves instead of the model's.
+    adaption: Option<AdaptionKv>,
 }
 
 impl LoraSet {
@@ -128,10 +132,10 @@ pub struct Llama {
     norm: NormParam,
     lm_head: Linear,
     rope: RopeTables,
-    /// A prompt-learning adapter's virtual tokens, `[n, hidden]`: every sequence starts with them.
-    /// In a pass, ids from the vocabulary's size up name them (`vocab + i` the i-th), so a cache
-    /// that records its ids can be rebuilt from them.
-    prompt: Option<Vec<f32>>,
+    /// A prompt-learning adapter's virtual tokens: every sequence starts with them.
+    prompt: Option<Virtual>,
+    /// A LLaMA-Adapter adapter's prompts: the top layers' attention attends them.
+    adaption: Option<AdaptionKv>,
     device: Device,
 }
 
@@ -206,6 +210,7 @@ impl Llama {
             lm_head: Linear::new(vec![lm_head])?,
             rope,
             prompt: None,
+            adaption: None,
             device: device.clone(),
         };
         match adapter {
@@ -217,40 +222,50 @@ impl Llama {
     /// The model with a prompt-learning adapter's virtual tokens before every sequence (any other
     /// adapter: as it is).
     pub fn with_prompt(mut self, adapter: &Adapter) -> Result<Self> {
-        self.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
+        self.prompt = Virtual::of(adapter, &self.cfg)?;
+        self.adaption = self.adaption_of(adapter)?;
         Ok(self)
     }
 
-    /// A prompt-learning adapter's virtual tokens, checked to be as wide as the model's hidden
-    /// states (None for other adapters).
-    fn checked_prompt<'a>(&self, adapter: &'a Adapter) -> Result<Option<&'a [f32]>> {
-        let Some(prompt) = &adapter.prompt else {
-            return Ok(None);
+    /// A LLaMA-Adapter adapter's prompts through this model's layers (None for other adapters).
+    fn adaption_of(&self, adapter: &Adapter) -> Result<Option<AdaptionKv>> {
+        AdaptionKv::of(adapter, &self.cfg, |layer, prompt, rows| {
+            self.blocks[layer]
+                .linear(Slot::Qkv)
+                .forward_rows(prompt, rows)
+        })
+    }
+
+    /// Each of `b` rows' LLaMA-Adapter prompts: its adapter's, else the model's (empty when no
+    /// row has any).
+    fn adaption_rows<'a>(
+        &'a self,
+        b: usize,
+        groups: &[(Vec<usize>, &'a LoraSet)],
+    ) -> Vec<Option<&'a AdaptionKv>> {
+        let row = |r: usize| {
+            let set = groups.iter().find(|(rows, _)| rows.contains(&r));
+            set.and_then(|(_, s)| s.adaption.as_ref())
+                .or(self.adaption.as_ref())
         };
-        let hidden = self.cfg.hidden_size;
-        if adapter.prompt_width() != Some(hidden) {
-            bail!(
-                "the {} adapter's virtual tokens are {} wide (token_dim) but the model's hidden size is {hidden}",
-                adapter.config.method(),
-                adapter.prompt_width().unwrap_or(0)
-            );
+        let rows: Vec<_> = (0..b).map(row).collect();
+        match rows.iter().any(Option::is_some) {
+            true => rows,
+            false => Vec::new(),
         }
-        Ok(Some(prompt))
     }
 
     /// How many virtual tokens start every sequence (0 without a prompt-learning adapter).
     pub fn virtual_tokens(&self) -> usize {
-        self.prompt
-            .as_ref()
-            .map_or(0, |p| p.len() / self.cfg.hidden_size)
+        self.prompt.as_ref().map_or(0, |p| p.len(&self.cfg))
     }
 
     /// The virtual tokens of a pass: those of its adapter when it has one adapter with them (a
     /// server's request), else the model's own.
-    fn pass_prompt<'a>(&'a self, groups: &[(Vec<usize>, &'a LoraSet)]) -> Option<&'a [f32]> {
+    fn pass_prompt<'a>(&'a self, groups: &[(Vec<usize>, &'a LoraSet)]) -> Option<&'a Virtual> {
         match groups {
-            [(_, set)] if set.prompt.is_some() => set.prompt.as_deref(),
-            _ => self.prompt.as_deref(),
+            [(_, set)] if set.prompt.is_some() => set.prompt.as_ref(),
+            _ => self.prompt.as_ref(),
         }
     }
 
@@ -312,16 +327,22 @@ impl Llama {
                 (hidden.flatten_all()?.to_vec1::<f32>()?, labels.to_vec(), t)
             }
             // As PEFT's forward: the virtual tokens carry no label, and the last of them
-            // predicts each row's first token.
+            // predicts each row's first token — but for prefix tuning, whose places here only
+            // hold the cached prefix.
             n => {
                 let ids = ids.flatten_all()?.to_vec1::<u32>()?;
                 let vocab = self.checked_vocab(&ids)?;
-                let with_prompt = insert_virtual(&ids, t, &vec![0; b], (vocab, n));
+                let with_prompt = virtual_tokens::insert(&ids, t, &vec![0; b], (vocab, n));
                 let whole = &mut Attend::Whole { segment_ids: None };
                 let hidden = self.run_layers(&with_prompt, (b, n + t), whole, &[])?;
+                let prefix = matches!(self.prompt, Some(Virtual::Prefix(_)));
                 let labels = labels
                     .chunks(t)
-                    .flat_map(|row| repeat_n(IGNORE_INDEX, n).chain(row.iter().copied()))
+                    .flat_map(|row| {
+                        let first = if prefix { IGNORE_INDEX } else { row[0] };
+                        let rest = row[1..].iter().copied();
+                        repeat_n(IGNORE_INDEX, n).chain([first]).chain(rest)
+                    })
                     .collect();
                 (hidden.flatten_all()?.to_vec1::<f32>()?, labels, n + t)
             }
@@ -479,9 +500,7 @@ impl Llama {
         groups: &[(Vec<usize>, &LoraSet)],
     ) -> Result<Tensor> {
         let vocab = self.checked_vocab(ids)?;
-        let n = self
-            .pass_prompt(groups)
-            .map_or(0, |p| p.len() / self.cfg.hidden_size);
+        let n = self.pass_prompt(groups).map_or(0, |p| p.len(&self.cfg));
         let starts = match context {
             Attend::Whole { .. } => true,
             Attend::Batch(cache) => cache.is_empty(),
@@ -492,7 +511,7 @@ impl Llama {
         }
         // Each row's virtual tokens go right after its left padding, as its first real tokens.
         let pads: Vec<usize> = (0..b).map(|r| context.left_pad(r).min(t)).collect();
-        let with_prompt = insert_virtual(ids, t, &pads, (vocab, n));
+        let with_prompt = virtual_tokens::insert(ids, t, &pads, (vocab, n));
         let hidden = self.run_layers(&with_prompt, (b, n + t), context, groups)?;
         // The caller's positions only: the virtual tokens' outputs are never read.
         let h = self.cfg.hidden_size;
@@ -535,7 +554,10 @@ impl Llama {
         let long_rope = self.prepare_caches(ids, (b, t), &positions, context, groups)?;
         let rope_sets = self.rope_sets(long_rope, t, context);
         let logn = self.logn_factors(&positions, t, context);
-        let mut x = self.embed(ids, self.pass_prompt(groups))?;
+        let prompt = self.pass_prompt(groups);
+        let mut x = self.embed(ids, prompt.and_then(Virtual::tokens))?;
+        let places = virtual_tokens::places(ids, self.cfg.vocab_size as u32);
+        let adaption = self.adaption_rows(b, groups);
         let pass = Pass {
             batch: b,
             seq: t,
@@ -543,6 +565,8 @@ impl Llama {
             rope: &self.rope,
             rope_sets: &rope_sets,
             logn: logn.as_deref(),
+            prefix: prompt.and_then(|p| p.prefix(&self.cfg, &places)),
+            adaption: &adaption,
         };
         let rows = token_rows(groups, t);
         for block in &self.blocks {
@@ -562,18 +586,17 @@ impl Llama {
 
     /// The blocks' input for `ids`: token embeddings times the family's embedding multiplier,
     /// and the virtual tokens for ids past the vocabulary (multiplied too unless the family's
-    /// embedding layer multiplies, as Gemma's does, before PEFT appends them).
+    /// embedding layer multiplies, as Gemma's does, before PEFT appends them); without virtual
+    /// tokens' embeddings (prefix tuning's places), token 0's.
     fn embed(&self, ids: &[u32], prompt: Option<&[f32]>) -> Result<Vec<f32>> {
         let vocab = self.cfg.vocab_size as u32;
         let factor = self.cfg.scales.embedding;
-        let (Some(prompt), true) = (prompt, ids.iter().any(|&i| i >= vocab)) else {
-            let mut x = self.embed_tokens.gather_rows(ids)?;
-            scale_in_place(&mut x, factor);
-            return Ok(x);
-        };
         let real: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
         let mut x = self.embed_tokens.gather_rows(&real)?;
         scale_in_place(&mut x, factor);
+        let Some(prompt) = prompt else {
+            return Ok(x);
+        };
         let h = self.cfg.hidden_size;
         let prompt_factor = match self.cfg.architecture.scales_in_embedding_layer() {
             true => 1.0,
@@ -605,8 +628,10 @@ impl Llama {
                 .collect(),
             lm_head: vec![PartUpdate::default()],
             prompt: None,
+            adaption: None,
         };
-        set.prompt = self.checked_prompt(adapter)?.map(<[f32]>::to_vec);
+        set.prompt = Virtual::of(adapter, &self.cfg)?;
+        set.adaption = self.adaption_of(adapter)?;
         for (module, weights) in &adapter.modules {
             let at = self.linear_of(module).context("checked to fit above")?;
             let linear = self.linear(at);
@@ -791,18 +816,6 @@ impl Llama {
         self.run_layers(&seen, (rows, len), &mut Attend::Batch(cache), groups)?;
         Ok(())
     }
-}
-
-/// `ids` (`[rows, t]`) with the ids of `n` virtual tokens (`vocab..vocab + n`) in each row right
-/// after its `pads[r]` padding positions.
-fn insert_virtual(ids: &[u32], t: usize, pads: &[usize], (vocab, n): (u32, usize)) -> Vec<u32> {
-    let mut out = Vec::with_capacity(ids.len() + pads.len() * n);
-    for (row, &pad) in ids.chunks(t.max(1)).zip(pads) {
-        out.extend_from_slice(&row[..pad]);
-        out.extend(vocab..vocab + n as u32);
-        out.extend_from_slice(&row[pad..]);
-    }
-    out
 }
 
 /// Multiplies `values` by `factor` unless it is 1.

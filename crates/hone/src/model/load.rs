@@ -11,7 +11,7 @@ use super::quantize::{self, BaseQuantization};
 use super::{memory, weights, Llama, Weight};
 use crate::adapters::merge::check_fits;
 use crate::adapters::peft::read_config_if_present;
-use crate::adapters::{merge, read_adapter, PeftConfig};
+use crate::adapters::{merge, read_adapter};
 use crate::io::gguf::GgufFile;
 use crate::io::source::{self, ModelSource};
 use crate::tokenizer::Tokenizer;
@@ -48,9 +48,9 @@ pub fn load_with_adapter(
     device: &Device,
 ) -> Result<LoadedModel> {
     if precision == Precision::Exact {
-        // A prompt-learning adapter is not merged: its virtual tokens join the model as they are.
+        // A prompt-learning or LLaMA-Adapter adapter is not merged: it joins the model as it is.
         let prompt = match adapter {
-            Some(dir) if matches!(read_config_if_present(dir)?, Some(PeftConfig::Prompt(_))) => {
+            Some(dir) if read_config_if_present(dir)?.is_some_and(|c| !c.is_mergeable()) => {
                 Some((dir, read_adapter(dir)?))
             }
             _ => None,

@@ -1,6 +1,7 @@
 //! Llama-block models (every family Hone runs, as switches on the one block): configuration,
 //! weights, and the forward pass.
 
+pub mod adaption;
 pub mod attend;
 pub mod block;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod quantize;
 pub mod rope;
 pub mod tensors;
 pub mod value_head;
+pub mod virtual_tokens;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, NormPlacement, QkNorm, RopeScaling, SlidingWindow};

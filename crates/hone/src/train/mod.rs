@@ -1,6 +1,7 @@
 //! Training: the model and LoRA layers built on the differentiable kernels (`crate::kernels`),
 //! AdamW and learning-rate schedules, the run config and checkpoint directories.
 
+pub mod adaption;
 pub mod checkpoint;
 pub mod config;
 pub mod dora;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::adaption::{Adaption, AdaptionSaved};
 use super::dropout;
 use super::ia3::{self, Ia3, Ia3Settings};
 use super::linear::{MatrixParam, Part, Projection};
@@ -24,11 +25,13 @@ use crate::data::Batch;
 use crate::kernels::cross_entropy::{self, CeShape, IGNORE_INDEX};
 use crate::kernels::matrix::{Matrix, MatrixRef};
 use crate::kernels::stored::StoredMatrix;
-use crate::model::attend::{Attend, Pass};
+use crate::model::adaption::AdaptionKv;
+use crate::model::attend::{Attend, Pass, PassGrads, PrefixKv};
 use crate::model::block::{Activations, Norms, QkNorm};
 use crate::model::layout::{slot_linears, Slot};
 use crate::model::norm::{NormCtx, NormParam, Tensor1};
 use crate::model::rope::{RopeSet, RopeTables};
+use crate::model::virtual_tokens::prefix_width;
 use crate::model::{ModelConfig, Weight};
 
 /// The one block (`model::block`) with the training engine's products.
@@ -58,8 +61,10 @@ pub struct TrainModel {
     pub recompute: bool,
     /// `stage: rm`: the value head that scores responses (trains with the model).
     pub value_head: Option<ValueHead>,
-    /// Prompt tuning and P-tuning: the virtual tokens every sequence starts with.
+    /// Prompt tuning, P-tuning and prefix tuning: the virtual tokens every sequence starts with.
     pub prompt: Option<VirtualPrompt>,
+    /// LLaMA-Adapter: the top layers' gated prompts.
+    pub adaption: Option<Adaption>,
 }
 
 /// What an objective sees at the LM head in [`TrainModel::forward_backward_with`]: the head's
@@ -234,6 +239,7 @@ impl TrainModel {
             recompute: false,
             value_head: None,
             prompt: None,
+            adaption: None,
         })
     }
 
@@ -280,7 +286,7 @@ impl TrainModel {
             None => (batch, &[][..]),
         };
         let sets = rope_sets(&self.rope, batch);
-        let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
+        let mut pass = pass(&self.cfg, &self.rope, batch, &sets)?;
         let segment_ids = batch.segment_ids.as_deref();
         let neftune = |x: &mut [f32]| {
             let Some(alpha) = self.neftune_alpha else {
@@ -293,7 +299,11 @@ impl TrainModel {
             }
         };
         let (virtual_tokens, encoder_saved) = self.prompt.as_ref().map(|p| p.forward()).unzip();
-        let tokens = virtual_tokens.as_deref().map(|t| (t, starts));
+        let places = self.prefix_places(starts);
+        let tokens = self.carry(&mut pass, virtual_tokens.as_deref(), &places, starts);
+        let adaption = self.adaption_kv();
+        let rows = adaption_rows(adaption.as_ref().map(|a| &a.0), batch.batch);
+        pass.adaption = &rows;
         let mut x = self.block_input(&batch.input_ids, tokens, neftune);
         let block_seed = |l: usize| Some(dropout::stream(dropout_seed, l as u64));
         let mut saved = Vec::with_capacity(self.blocks.len());
@@ -348,6 +358,10 @@ impl TrainModel {
         scale(&mut dh, logit_scale);
         let mut dx = self.norm.backward(&dh, &x, &rstd, NormCtx::of(&self.cfg));
         drop((dh, head_input, x));
+        let mut grads = PassGrads {
+            prefix: pass.prefix.map(|p| vec![0.0; p.table.len()]),
+            ..PassGrads::default()
+        };
         for (l, block) in self.blocks.iter_mut().enumerate().rev() {
             let acts = match saved.pop().expect("one saved entry per block") {
                 Saved::Activations(acts) => *acts,
@@ -355,10 +369,20 @@ impl TrainModel {
                     block.forward_keeping(&self.cfg, &mut x, &pass, &block_seed(l), segment_ids)?
                 }
             };
-            block.backward(&self.cfg, &mut dx, acts, &pass, segment_ids);
+            let context = (&pass, segment_ids);
+            block.backward(&self.cfg, &mut dx, acts, context, &mut grads);
+        }
+        if let (Some(a), Some((_, saved))) = (&mut self.adaption, &adaption) {
+            let mut qkv: Vec<_> = self.blocks[a.first_layer..]
+                .iter_mut()
+                .map(|b| &mut b.qkv)
+                .collect();
+            a.backward(&self.cfg, &mut qkv, &grads.adaption, saved);
         }
         let h = self.cfg.hidden_size;
-        if let Some(p) = &mut self.prompt {
+        if let (Some(p), Some(dprefix)) = (&mut self.prompt, &grads.prefix) {
+            p.backward(dprefix, encoder_saved.flatten().as_ref());
+        } else if let Some(p) = &mut self.prompt {
             let mut dtokens = prompt::gather_grad(&dx, starts, p.n, h);
             if !self.cfg.architecture.scales_in_embedding_layer() {
                 scale(&mut dtokens, self.cfg.scales.embedding);
@@ -459,17 +483,62 @@ impl TrainModel {
     fn prompted(&self, batch: &Batch) -> Result<Option<Prompted>> {
         self.prompt
             .as_ref()
-            .map(|p| prompt::prompted_batch(batch, p.n))
+            .map(|p| prompt::prompted_batch(batch, p.n, p.is_prefix()))
             .transpose()
+    }
+
+    /// LLaMA-Adapter's keys and values for this step (None for other runs).
+    fn adaption_kv(&self) -> Option<(AdaptionKv, AdaptionSaved)> {
+        let a = self.adaption.as_ref()?;
+        let qkv: Vec<_> = self.blocks[a.first_layer..]
+            .iter()
+            .map(|b| &b.qkv)
+            .collect();
+        Some(a.forward(&self.cfg, &qkv))
+    }
+
+    /// Prefix tuning's places in a prompted batch whose copies of the virtual tokens start at
+    /// `starts` (empty for other runs).
+    fn prefix_places(&self, starts: &[usize]) -> Vec<(usize, usize)> {
+        match &self.prompt {
+            Some(p) if p.is_prefix() => prompt::places(starts, p.n),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Puts prefix tuning's keys and values (`virtual_tokens`, the prompt's forward) at `places`
+    /// into `pass`; for other prompt learning, returns the virtual tokens to write at `starts`.
+    fn carry<'a>(
+        &self,
+        pass: &mut Pass<'a>,
+        virtual_tokens: Option<&'a [f32]>,
+        places: &'a [(usize, usize)],
+        starts: &'a [usize],
+    ) -> Option<(&'a [f32], &'a [usize])> {
+        let virtual_tokens = virtual_tokens?;
+        let Some(p) = self.prompt.as_ref().filter(|p| p.is_prefix()) else {
+            return Some((virtual_tokens, starts));
+        };
+        pass.prefix = Some(PrefixKv {
+            table: virtual_tokens,
+            n: p.n,
+            width: prefix_width(&self.cfg),
+            places,
+        });
+        None
     }
 
     /// The final norm's output for a batch that already holds any virtual tokens' places, at
     /// `starts`.
     fn blocks_output(&self, batch: &Batch, starts: &[usize]) -> Result<Vec<f32>> {
         let sets = rope_sets(&self.rope, batch);
-        let pass = pass(&self.cfg, &self.rope, batch, &sets)?;
+        let mut pass = pass(&self.cfg, &self.rope, batch, &sets)?;
         let virtual_tokens = self.prompt.as_ref().map(|p| p.forward().0);
-        let tokens = virtual_tokens.as_deref().map(|t| (t, starts));
+        let places = self.prefix_places(starts);
+        let tokens = self.carry(&mut pass, virtual_tokens.as_deref(), &places, starts);
+        let adaption = self.adaption_kv();
+        let rows = adaption_rows(adaption.as_ref().map(|a| &a.0), batch.batch);
+        pass.adaption = &rows;
         let mut x = self.block_input(&batch.input_ids, tokens, |_| ());
         let segment_ids = batch.segment_ids.as_deref();
         for block in &self.blocks {
@@ -531,6 +600,14 @@ impl TrainModel {
     }
 }
 
+/// Each of `rows` batch rows' LLaMA-Adapter prompts: all `kv` (empty without).
+fn adaption_rows(kv: Option<&AdaptionKv>, rows: usize) -> Vec<Option<&AdaptionKv>> {
+    match kv {
+        Some(kv) => vec![Some(kv); rows],
+        None => Vec::new(),
+    }
+}
+
 /// Multiplies `values` by `factor` unless it is 1.
 fn scale(values: &mut [f32], factor: f64) {
     if factor != 1.0 {
@@ -583,6 +660,8 @@ fn pass<'a>(
         rope,
         rope_sets,
         logn: None,
+        prefix: None,
+        adaption: &[],
     })
 }
 

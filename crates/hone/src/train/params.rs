@@ -11,7 +11,8 @@ use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
 use super::reward;
-use crate::adapters::{dora, Adapter, PeftConfig};
+use crate::adapters::adaption::{self, GATE_KEY, PROMPT_KEY};
+use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
@@ -19,7 +20,8 @@ use crate::model::norm::{NormParam, Tensor1};
 
 /// Prompt learning's virtual tokens (P-tuning's encoder input), under PEFT's name less the
 /// adapter's (`prompt_encoder.default.embedding.weight`); its encoder's layers are
-/// `prompt_encoder.mlp_head.{0,2,4}`.
+/// `prompt_encoder.mlp_head.{0,2,4}` (P-tuning) or `prompt_encoder.transform.{0,2}` (prefix
+/// tuning).
 const PROMPT_EMBEDDING: &str = "prompt_encoder.embedding.weight";
 
 /// One tensor handed out by [`TrainModel::visit_mut`]: name, value, and gradient when it trains.
@@ -127,10 +129,19 @@ impl TrainModel {
             visit_tensor(reward::WEIGHT.into(), &mut v.weight, f);
             visit_tensor(reward::BIAS.into(), &mut v.bias, f);
         }
+        if let Some(a) = &mut self.adaption {
+            for (i, layer) in a.layers.iter_mut().enumerate() {
+                let module = adaption::module(a.first_layer + i);
+                visit_tensor(format!("{module}{PROMPT_KEY}"), &mut layer.prompt, f);
+                visit_tensor(format!("{module}{GATE_KEY}"), &mut layer.gate, f);
+            }
+        }
         if let Some(p) = &mut self.prompt {
+            let module = p.encoder_name();
             visit_tensor(PROMPT_EMBEDDING.into(), &mut p.embedding, f);
-            for (layer, dense) in [0, 2, 4].into_iter().zip(p.encoder.iter_mut().flatten()) {
-                let name = format!("prompt_encoder.mlp_head.{layer}");
+            // nn.Sequential numbers the activations between the layers too.
+            for (i, dense) in p.encoder.iter_mut().enumerate() {
+                let name = format!("prompt_encoder.{module}.{}", 2 * i);
                 visit_tensor(format!("{name}.weight"), &mut dense.weight, f);
                 visit_tensor(format!("{name}.bias"), &mut dense.bias, f);
             }
@@ -254,6 +265,18 @@ impl TrainModel {
             scales,
             biases,
             prompt: self.prompt.as_ref().map(|p| p.forward().0),
+            adaption: self.adaption.as_ref().map_or_else(Default::default, |a| {
+                let layers = a.layers.iter().enumerate();
+                layers
+                    .map(|(i, l)| {
+                        let prompt = AdaptionPrompt {
+                            prompt: l.prompt.value.clone(),
+                            gate: l.gate.value[0],
+                        };
+                        (adaption::module(a.first_layer + i), prompt)
+                    })
+                    .collect()
+            }),
         }
     }
 

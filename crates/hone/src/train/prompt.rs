@@ -1,11 +1,12 @@
-//! Prompt tuning and P-tuning in training: the virtual tokens every sequence of a batch starts
-//! with (PEFT's `PromptEmbedding`), or, for P-tuning, the output of a small MLP encoder over them
-//! (PEFT's `PromptEncoder` with `encoder_reparameterization_type: MLP`), forward and backward side
-//! by side. The model's own weights stay frozen; only these tensors train.
+//! Prompt tuning, P-tuning and prefix tuning in training: the virtual tokens every sequence of a
+//! batch starts with (PEFT's `PromptEmbedding`), or, for P-tuning, the output of a small MLP
+//! encoder over them (PEFT's `PromptEncoder` with `encoder_reparameterization_type: MLP`), or for
+//! prefix tuning every layer's keys and values for them (PEFT's `PrefixEncoder`: a table, or with
+//! `prefix_projection` the output of a two-layer tanh MLP over smaller embeddings), forward and
+//! backward side by side. The model's own weights stay frozen; only these tensors train.
 //!
-//! What is saved is what PEFT saves: the virtual tokens as the model sees them (the encoder's
-//! output for P-tuning), as `prompt_embeddings`. Hone's checkpoints keep the encoder too, so a
-//! resumed P-tuning run continues it.
+//! What is saved is what PEFT saves: the encoder's output, as `prompt_embeddings`. Hone's
+//! checkpoints keep the encoder too, so a resumed run continues it.
 
 use std::iter::repeat_n;
 
@@ -31,17 +32,21 @@ pub struct Dense {
 #[derive(Clone, Debug)]
 pub struct VirtualPrompt {
     pub method: PromptMethod,
-    /// `[n, hidden]`: the virtual tokens (prompt tuning) or the encoder's input (P-tuning).
+    /// `[n, width]`: the virtual tokens (prompt tuning), the prefix's keys and values (prefix
+    /// tuning), or the encoder's input.
     pub embedding: Tensor1,
-    /// P-tuning's `mlp_head`: Linear(d, h), ReLU, Linear(h, h), ReLU, Linear(h, d).
-    pub encoder: Option<[Dense; 3]>,
+    /// The encoder, its layers in order, an activation between each two: P-tuning's `mlp_head`
+    /// (Linear(d, h), ReLU, Linear(h, h), ReLU, Linear(h, d)) or prefix tuning's `transform`
+    /// (Linear(d, h), Tanh, Linear(h, layers · 2 · d)); empty without one.
+    pub encoder: Vec<Dense>,
     pub n: usize,
-    pub hidden: usize,
+    /// The width of `embedding`'s rows.
+    pub width: usize,
 }
 
 /// What the encoder's forward keeps: each layer's input (the first is the embedding itself).
 pub struct EncoderSaved {
-    inputs: [Vec<f32>; 3],
+    inputs: Vec<Vec<f32>>,
 }
 
 /// N(0, 1) draws (Box–Muller), the start of PEFT's `nn.Embedding`.
@@ -113,74 +118,102 @@ impl Dense {
 }
 
 impl VirtualPrompt {
-    /// A new prompt of `n` virtual tokens `hidden` wide starting from `start` (`[n, hidden]`);
-    /// P-tuning adds its encoder (`encoder_hidden` wide), drawn from `seed`.
+    /// A new prompt of `n` virtual tokens `width` wide starting from `start` (`[n, width]`), with
+    /// an encoder through `encoder_widths` (its layers' input and output widths in turn: empty,
+    /// or at least two) drawn from `seed` as `nn.Linear` layers start.
     pub fn new(
         method: PromptMethod,
         start: Vec<f32>,
-        (n, hidden): (usize, usize),
-        encoder_hidden: usize,
+        (n, width): (usize, usize),
+        encoder_widths: &[usize],
         seed: u64,
     ) -> VirtualPrompt {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5052_4f4d_5054);
-        let encoder = (method == PromptMethod::PTuning).then(|| {
-            [
-                Dense::init(hidden, encoder_hidden, &mut rng),
-                Dense::init(encoder_hidden, encoder_hidden, &mut rng),
-                Dense::init(encoder_hidden, hidden, &mut rng),
-            ]
-        });
+        let encoder = encoder_widths
+            .windows(2)
+            .map(|w| Dense::init(w[0], w[1], &mut rng))
+            .collect();
         VirtualPrompt {
             method,
             embedding: Tensor1::new(start, true),
             encoder,
             n,
-            hidden,
+            width,
         }
     }
 
-    /// The virtual tokens as the model reads them, `[n, hidden]`, and what the backward needs.
+    /// PEFT's name of the encoder's module, under `prompt_encoder.`.
+    pub fn encoder_name(&self) -> &'static str {
+        match self.method {
+            PromptMethod::PrefixTuning => "transform",
+            _ => "mlp_head",
+        }
+    }
+
+    /// Whether the prompt is prefix tuning's keys and values rather than tokens.
+    pub fn is_prefix(&self) -> bool {
+        self.method == PromptMethod::PrefixTuning
+    }
+
+    /// The activation between two encoder layers: prefix tuning's tanh, P-tuning's ReLU.
+    fn activate(&self, mut x: Vec<f32>) -> Vec<f32> {
+        match self.method {
+            PromptMethod::PrefixTuning => x.iter_mut().for_each(|v| *v = v.tanh()),
+            _ => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+        x
+    }
+
+    /// The gradient through [`Self::activate`] from its output `y`: tanh' = 1 − y², and ReLU
+    /// passes it on exactly where its output is positive.
+    fn activate_backward(&self, mut dy: Vec<f32>, y: &[f32]) -> Vec<f32> {
+        let tanh = self.method == PromptMethod::PrefixTuning;
+        for (d, &y) in dy.iter_mut().zip(y) {
+            *d = match tanh {
+                true => *d * (1.0 - y * y),
+                false if y > 0.0 => *d,
+                false => 0.0,
+            };
+        }
+        dy
+    }
+
+    /// The virtual tokens as the model reads them (`[n, hidden]` embeddings, or prefix tuning's
+    /// `[n, layers · 2 · kv width]` table), and what the backward needs.
     pub fn forward(&self) -> (Vec<f32>, Option<EncoderSaved>) {
-        let Some([l0, l1, l2]) = &self.encoder else {
+        let Some((last, hidden)) = self.encoder.split_last() else {
             return (self.embedding.value.clone(), None);
         };
-        let x0 = self.embedding.value.clone();
-        let x1 = relu(l0.forward(&x0, self.n));
-        let x2 = relu(l1.forward(&x1, self.n));
-        let out = l2.forward(&x2, self.n);
-        let saved = EncoderSaved {
-            inputs: [x0, x1, x2],
-        };
-        (out, Some(saved))
+        let mut inputs = vec![self.embedding.value.clone()];
+        for layer in hidden {
+            let x = inputs.last().expect("the embedding at least");
+            let y = self.activate(layer.forward(x, self.n));
+            inputs.push(y);
+        }
+        let out = last.forward(inputs.last().expect("the embedding at least"), self.n);
+        (out, Some(EncoderSaved { inputs }))
     }
 
     /// Accumulates the gradients of the trained tensors from `dprompt`, that of the forward's
     /// output.
     pub fn backward(&mut self, dprompt: &[f32], saved: Option<&EncoderSaved>) {
-        let (Some([l0, l1, l2]), Some(saved)) = (&mut self.encoder, saved) else {
+        let Some(saved) = saved.filter(|_| !self.encoder.is_empty()) else {
             add_to(self.embedding.grad.as_mut(), dprompt);
             return;
         };
-        let [x0, x1, x2] = &saved.inputs;
         let n = self.n;
-        // ReLU's output is positive exactly where it passed its input on.
-        let dx2 = relu_backward(l2.backward(dprompt, x2, n), x2);
-        let dx1 = relu_backward(l1.backward(&dx2, x1, n), x1);
-        let dx0 = l0.backward(&dx1, x0, n);
-        add_to(self.embedding.grad.as_mut(), &dx0);
+        let mut layers = std::mem::take(&mut self.encoder);
+        let mut d = dprompt.to_vec();
+        for (l, layer) in layers.iter_mut().enumerate().rev() {
+            let x = &saved.inputs[l];
+            d = layer.backward(&d, x, n);
+            if l > 0 {
+                d = self.activate_backward(d, x);
+            }
+        }
+        self.encoder = layers;
+        add_to(self.embedding.grad.as_mut(), &d);
     }
-}
-
-fn relu(mut x: Vec<f32>) -> Vec<f32> {
-    x.iter_mut().for_each(|v| *v = v.max(0.0));
-    x
-}
-
-fn relu_backward(mut dy: Vec<f32>, y: &[f32]) -> Vec<f32> {
-    dy.iter_mut()
-        .zip(y)
-        .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
-    dy
 }
 
 fn add_to(grad: Option<&mut Vec<f32>>, values: &[f32]) {
@@ -199,12 +232,15 @@ pub struct Prompted {
 /// `batch` with every example preceded by `n` virtual tokens, as PEFT's forward prepends them to
 /// each sequence: a placeholder id (their embeddings are written over, [`insert`]), no label,
 /// positions 0..n, the example's own positions moved up by n. An example is a row, or each
-/// segment of a padding-free row (one row of several examples).
-pub fn prompted_batch(batch: &Batch, n: usize) -> Result<Prompted> {
+/// segment of a padding-free row (one row of several examples). Under prefix tuning (`prefix`)
+/// the placeholders only hold the prefix's keys and values ([`crate::model::attend::PrefixKv`]),
+/// so the last of them predicts nothing: each example's first token gets no label, as in PEFT,
+/// where the logits start at it.
+pub fn prompted_batch(batch: &Batch, n: usize, prefix: bool) -> Result<Prompted> {
     let (b, t) = (batch.batch, batch.seq);
     ensure!(
         batch.segment_ids.is_none() || b == 1,
-        "prompt tuning and P-tuning cannot train on packed rows (packing: false)"
+        "prompt learning (prompt tuning, P-tuning, prefix tuning) cannot train on packed rows (packing: false)"
     );
     let segment = |i: usize| {
         batch
@@ -230,9 +266,14 @@ pub fn prompted_batch(batch: &Batch, n: usize) -> Result<Prompted> {
             if let Some(ids) = &mut out.segment_ids {
                 ids.extend(repeat_n(segment(i) as u32, n));
             }
+            out.labels.push(match prefix {
+                true => IGNORE_INDEX,
+                false => batch.labels[i],
+            });
+        } else {
+            out.labels.push(batch.labels[i]);
         }
         out.input_ids.push(batch.input_ids[i]);
-        out.labels.push(batch.labels[i]);
         out.position_ids.push(batch.position_ids[i] + n as u32);
         if let Some(ids) = &mut out.segment_ids {
             ids.push(segment(i) as u32);
@@ -240,6 +281,15 @@ pub fn prompted_batch(batch: &Batch, n: usize) -> Result<Prompted> {
     }
     out.seq = out.input_ids.len() / b.max(1);
     Ok(Prompted { batch: out, starts })
+}
+
+/// Prefix tuning's places in a prompted batch: each placeholder's token index and which virtual
+/// token it is, from where each copy of the `n` starts.
+pub fn places(starts: &[usize], n: usize) -> Vec<(usize, usize)> {
+    starts
+        .iter()
+        .flat_map(|&start| (0..n).map(move |j| (start + j, j)))
+        .collect()
 }
 
 /// Writes the virtual tokens `prompt` (`[n, hidden]`) at each of `starts` (flat token indices)

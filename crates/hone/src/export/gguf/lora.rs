@@ -40,10 +40,10 @@ pub fn export_lora_adapter(
             source.path().display()
         )
     };
-    if adapter.prompt.is_some() {
+    if !adapter.config.is_mergeable() {
         return Err(located(anyhow::anyhow!(
-            "it is a {} adapter: llama.cpp's adapter files hold LoRA matrices only, and virtual tokens cannot be \
-             merged into the weights either; use it with hone (--adapter)",
+            "it is a {} adapter: llama.cpp's adapter files hold LoRA matrices only, and what it adds to attention \
+             cannot be merged into the weights either; use it with hone (--adapter)",
             adapter.config.method()
         )));
     }

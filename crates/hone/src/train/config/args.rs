@@ -96,15 +96,29 @@ pub struct MethodArgs {
     pub target_modules: Option<CommaList>,
     /// IA3 (PEFT's field): the targets whose input, not output, is scaled (default `down_proj`).
     pub feedforward_modules: Option<CommaList>,
-    /// Prompt tuning and P-tuning (PEFT's field): how many virtual tokens precede every sequence.
+    /// Prompt tuning, P-tuning and prefix tuning (PEFT's field): how many virtual tokens precede
+    /// every sequence.
     pub num_virtual_tokens: u32,
     /// Prompt tuning (PEFT's field): `random`, `text` (from `prompt_tuning_init_text`) or
     /// `sample_vocab`.
     pub prompt_tuning_init: PromptTuningInit,
     /// Prompt tuning (PEFT's field): the text whose token embeddings start the virtual tokens.
     pub prompt_tuning_init_text: Option<String>,
-    /// P-tuning (PEFT's field): the MLP encoder's hidden width; unset is the model's hidden size.
+    /// P-tuning, and prefix tuning with `prefix_projection` (PEFT's field): the encoder's hidden
+    /// width; unset is the virtual tokens' width (P-tuning: the hidden size; prefix tuning: the
+    /// key/value heads × head_dim).
     pub encoder_hidden_size: Option<u32>,
+    /// Prefix tuning (PEFT's field): the keys and values come out of a two-layer tanh MLP over
+    /// smaller embeddings (trained; the adapter saves only its output).
+    pub prefix_projection: bool,
+    /// Prefix tuning (PEFT's field): `zero` starts the prefix (or the projection's last layer)
+    /// at zero; unset draws it from N(0, 1) as `nn.Embedding` does.
+    pub init_weights: Option<String>,
+    /// LLaMA-Adapter (PEFT's field): the length of each adapted layer's prompt.
+    pub adapter_len: u32,
+    /// LLaMA-Adapter (PEFT's field): how many of the top layers get a prompt; unset is every
+    /// layer.
+    pub adapter_layers: Option<u32>,
     /// P-tuning (PEFT's field): the encoder, `MLP` (PEFT's default; its `LSTM` is not supported).
     pub encoder_reparameterization_type: String,
     /// Freeze tuning: the last N decoder layers train when positive, the first N when negative.
@@ -272,6 +286,10 @@ impl Default for MethodArgs {
             prompt_tuning_init: PromptTuningInit::Random,
             prompt_tuning_init_text: None,
             encoder_hidden_size: None,
+            prefix_projection: false,
+            init_weights: None,
+            adapter_len: 10,
+            adapter_layers: None,
             encoder_reparameterization_type: "MLP".into(),
             freeze_trainable_layers: 2,
             freeze_trainable_modules: CommaList::from("all"),

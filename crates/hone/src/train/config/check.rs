@@ -200,7 +200,7 @@ fn check_method(c: &SftConfig) -> Checked {
     }
 }
 
-/// Prompt tuning and P-tuning: their keys, and what they cannot combine with.
+/// Prompt tuning, P-tuning and prefix tuning: their keys, and what they cannot combine with.
 fn check_prompt_learning(c: &SftConfig) -> Checked {
     let m = &c.method;
     let prompt = m.finetuning_type.is_prompt_learning();
@@ -227,11 +227,47 @@ fn check_prompt_learning(c: &SftConfig) -> Checked {
         "encoder_reparameterization_type",
         "must be MLP (PEFT's default; its LSTM encoder is not supported)",
     )?;
+    let prefix = m.finetuning_type == FinetuningType::Prefix;
     if m.encoder_hidden_size.is_some() {
         require(
-            m.finetuning_type == FinetuningType::PTuning,
+            m.finetuning_type == FinetuningType::PTuning || (prefix && m.prefix_projection),
             "encoder_hidden_size",
-            "only valid with finetuning_type: p_tuning",
+            "only valid with finetuning_type: p_tuning, or prefix with prefix_projection: true",
+        )?;
+    }
+    if m.prefix_projection {
+        require(
+            prefix,
+            "prefix_projection",
+            "only valid with finetuning_type: prefix",
+        )?;
+    }
+    let adaption = m.finetuning_type == FinetuningType::AdaptionPrompt;
+    if m.adapter_layers.is_some() {
+        require(
+            adaption,
+            "adapter_layers",
+            "only valid with finetuning_type: adaption_prompt",
+        )?;
+    }
+    require(m.adapter_len >= 1, "adapter_len", "must be at least 1")?;
+    if adaption {
+        require(
+            matches!(m.stage, Stage::Sft | Stage::Pt),
+            "stage",
+            "LLaMA-Adapter trains with stage: sft or pt",
+        )?;
+    }
+    if let Some(init) = &m.init_weights {
+        require(
+            prefix,
+            "init_weights",
+            "only valid with finetuning_type: prefix",
+        )?;
+        require(
+            init == "zero",
+            "init_weights",
+            "PEFT's prefix tuning has one: zero (unset draws the prefix from N(0, 1))",
         )?;
     }
     if !prompt {
@@ -240,12 +276,13 @@ fn check_prompt_learning(c: &SftConfig) -> Checked {
     require(
         matches!(m.stage, Stage::Sft | Stage::Pt),
         "stage",
-        "prompt tuning and P-tuning train with stage: sft or pt",
+        "prompt tuning, P-tuning and prefix tuning train with stage: sft or pt",
     )?;
     require(
         !c.packs(),
         "packing",
-        "cannot pack examples with prompt tuning or P-tuning: every sequence starts with the virtual tokens",
+        "cannot pack examples with prompt learning (prompt tuning, P-tuning, prefix tuning): every sequence starts \
+         with the virtual tokens",
     )
 }
 

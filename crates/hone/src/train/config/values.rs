@@ -280,6 +280,15 @@ pub enum FinetuningType {
     /// `P_TUNING`; the saved adapter holds the encoder's output).
     #[serde(rename = "p_tuning")]
     PTuning,
+    /// Prefix tuning: learned keys and values before every layer's own, for
+    /// `num_virtual_tokens` positions every token attends first; the base stays frozen. Hone's
+    /// own (PEFT's `PREFIX_TUNING`).
+    Prefix,
+    /// LLaMA-Adapter: a learned prompt in each of the top `adapter_layers` layers that their
+    /// attention also attends, through a gate that starts at zero; the base stays frozen. Hone's
+    /// own (PEFT's `ADAPTION_PROMPT`).
+    #[serde(rename = "adaption_prompt")]
+    AdaptionPrompt,
 }
 
 impl FinetuningType {
@@ -288,9 +297,12 @@ impl FinetuningType {
         !matches!(self, FinetuningType::Full | FinetuningType::Freeze)
     }
 
-    /// Whether the run learns virtual tokens (prompt tuning, P-tuning).
+    /// Whether the run learns virtual tokens (prompt tuning, P-tuning, prefix tuning).
     pub fn is_prompt_learning(self) -> bool {
-        matches!(self, FinetuningType::PromptTuning | FinetuningType::PTuning)
+        matches!(
+            self,
+            FinetuningType::PromptTuning | FinetuningType::PTuning | FinetuningType::Prefix
+        )
     }
 }
 

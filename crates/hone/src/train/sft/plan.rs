@@ -60,7 +60,9 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         FinetuningType::Lora
         | FinetuningType::Ia3
         | FinetuningType::PromptTuning
-        | FinetuningType::PTuning => false,
+        | FinetuningType::PTuning
+        | FinetuningType::Prefix
+        | FinetuningType::AdaptionPrompt => false,
     };
     let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
@@ -198,7 +200,7 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             Some(AdapterMatcher::Lora(matcher))
         }
         Some(PeftConfig::Ia3(ia3)) => Some(AdapterMatcher::Ia3(ia3.matcher()?)),
-        Some(PeftConfig::Prompt(_)) | None => None,
+        Some(PeftConfig::Prompt(_) | PeftConfig::Adaption(_)) | None => None,
     })
 }
 

@@ -9,16 +9,18 @@ use candle_core::{Device, Tensor};
 
 use crate::adapters::ia3::{self, Ia3Config};
 use crate::adapters::{
-    read_adapter, Adapter, AdapterConfig, InitLoraWeights, PeftConfig, TargetModules,
+    adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, PeftConfig,
+    TargetModules,
 };
 use crate::chat::ChatTemplate;
 use crate::io::names;
 use crate::kernels::bf16::{self, Kernel};
 use crate::model::layout::linear_module_names;
 use crate::model::quantize::quantize_decoder_matrices;
-use crate::model::{load_stored_weights, memory, ModelConfig, StoredWeights, Weight};
+use crate::model::{load_stored_weights, memory, Architecture, ModelConfig, StoredWeights, Weight};
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
+use crate::train::adaption::Adaption;
 use crate::train::config::templates::LLAMAFACTORY_TEMPLATES;
 use crate::train::config::{CommaList, FinetuningType, SftConfig, Stage};
 use crate::train::freeze::FreezeSelection;
@@ -227,14 +229,86 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             ia3.base_model_name_or_path = base;
             Some(PeftConfig::Ia3(ia3))
         }
-        FinetuningType::PromptTuning | FinetuningType::PTuning => {
+        FinetuningType::PromptTuning | FinetuningType::PTuning | FinetuningType::Prefix => {
             let method = prompt::method(config.method.finetuning_type).expect("a prompt method");
             Some(PeftConfig::Prompt(prompt::prompt_config(
                 config, model, method,
             )))
         }
+        FinetuningType::AdaptionPrompt => {
+            let layers = adaption_layers(config, model)?;
+            let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
+            peft.base_model_name_or_path = base;
+            Some(PeftConfig::Adaption(peft))
+        }
         FinetuningType::Full | FinetuningType::Freeze => None,
     })
+}
+
+/// The prompts and gates of a LLaMA-Adapter adapter a run continues, bottom layer first, checked
+/// to fit `cfg` (its top `layers` layers, `len` tokens of the hidden width each).
+fn continued_adaption(
+    adapter: &Adapter,
+    cfg: &ModelConfig,
+    (len, layers): (usize, usize),
+) -> Result<Vec<(Vec<f32>, f32)>> {
+    let first = cfg.num_hidden_layers.checked_sub(layers).ok_or_else(|| {
+        anyhow!(
+            "adapter_name_or_path: adapter_layers {layers}, but the model has {} layers",
+            cfg.num_hidden_layers
+        )
+    })?;
+    (first..cfg.num_hidden_layers)
+        .map(|l| {
+            let module = adaption::module(l);
+            let p = adapter.adaption.get(&module).with_context(|| {
+                format!("adapter_name_or_path: no prompt for {module} (PEFT adapts the top adapter_layers layers)")
+            })?;
+            if p.prompt.len() != len * cfg.hidden_size {
+                bail!(
+                    "adapter_name_or_path: {module}'s prompt is not [{len}, {}] (adapter_len, the hidden size)",
+                    cfg.hidden_size
+                );
+            }
+            Ok((p.prompt.clone(), p.gate))
+        })
+        .collect()
+}
+
+/// How many of the top layers a LLaMA-Adapter run adapts (`adapter_layers`, else all), after
+/// checking the model is one PEFT's LLaMA-Adapter runs: Llama or Mistral, whose heads fill the
+/// hidden width (PEFT counts the key/value heads as `k_proj`'s in over out features).
+fn adaption_layers(config: &SftConfig, model: &ModelConfig) -> Result<usize> {
+    let layers = config
+        .method
+        .adapter_layers
+        .map_or(model.num_hidden_layers, |n| n as usize);
+    if !matches!(
+        model.architecture,
+        Architecture::Llama | Architecture::Mistral
+    ) {
+        bail!(
+            "finetuning_type: adaption_prompt runs on Llama and Mistral models, as PEFT's LLaMA-Adapter does (this \
+             model is {:?})",
+            model.architecture
+        );
+    }
+    if model.num_attention_heads * model.head_dim != model.hidden_size {
+        bail!(
+            "finetuning_type: adaption_prompt needs heads × head_dim = hidden size, as PEFT's LLaMA-Adapter assumes \
+             ({} × {} ≠ {})",
+            model.num_attention_heads,
+            model.head_dim,
+            model.hidden_size
+        );
+    }
+    if layers == 0 || layers > model.num_hidden_layers {
+        bail!(
+            "adapter_layers: {layers}, but the model has {} layers",
+            model.num_hidden_layers
+        );
+    }
+    Ok(layers)
 }
 
 /// An IA3 run's config: `target_modules` and `feedforward_modules`, or PEFT's defaults for the
@@ -359,6 +433,8 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
         FinetuningType::Ia3 => "IA3",
         FinetuningType::PromptTuning => "prompt tuning",
         FinetuningType::PTuning => "P-tuning",
+        FinetuningType::Prefix => "prefix tuning",
+        FinetuningType::AdaptionPrompt => "LLaMA-Adapter",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -387,7 +463,9 @@ fn build_base_model(
                 None => adapter_config(config, &base.config)?.expect("an adapter run"),
             };
             match peft {
-                PeftConfig::Prompt(_) => unreachable!("a LoRA or IA3 run's adapter"),
+                PeftConfig::Prompt(_) | PeftConfig::Adaption(_) => {
+                    unreachable!("a LoRA or IA3 run's adapter")
+                }
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
                     let mut trained = lora.clone();
@@ -420,7 +498,7 @@ fn build_base_model(
                 }
             }
         }
-        FinetuningType::PromptTuning | FinetuningType::PTuning => {
+        FinetuningType::PromptTuning | FinetuningType::PTuning | FinetuningType::Prefix => {
             let start = starting_adapter(config)?;
             let spec = TrainableSpec {
                 base: &|_| false,
@@ -431,6 +509,29 @@ fn build_base_model(
             let tokenizer = base.tokenizer;
             let mut model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
             prompt::attach(config, &mut model, &tokenizer, start.as_ref())?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::AdaptionPrompt => {
+            let start = starting_adapter(config)?;
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let peft = match &start {
+                Some(a) => a.config.clone(),
+                None => adapter_config(config, &base.config)?.expect("an adapter run"),
+            };
+            let PeftConfig::Adaption(ap) = &peft else {
+                unreachable!("a LLaMA-Adapter run's adapter");
+            };
+            let shape = (ap.adapter_len(), ap.adapter_layers());
+            let mut model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
+            let cfg = model.config();
+            let prompts = start
+                .map(|a| continued_adaption(&a, cfg, shape))
+                .transpose()?;
+            model.adaption = Some(Adaption::new(cfg, shape, prompts, seed));
             Ok((model, Some(peft)))
         }
         FinetuningType::Full => {
