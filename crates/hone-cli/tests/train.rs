@@ -487,6 +487,59 @@ fn adapter_answer(out: &Path, what: &str) -> String {
     exact.ok().to_string()
 }
 
+/// `finetuning_type: vera`: only the two vectors of each targeted layer train (the
+/// trainable-parameter line counts them, as PEFT), the adapter is PEFT's (the shared
+/// `base_model.vera_A` / `vera_B` once, each module's `vera_lambda_d` / `vera_lambda_b`), it
+/// changes what the model answers, unmerged on both paths and merged alike, and a checkpoint
+/// resumes.
+#[test]
+fn vera_trains_a_peft_adapter_that_generates_unmerged_and_merged_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let args = [
+        "finetuning_type=vera",
+        "lora_rank=16",
+        "target_modules=q_proj,v_proj",
+        "max_steps=12",
+        "save_steps=6",
+        "learning_rate=1e-1",
+    ];
+    let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
+    run.ok();
+    let out = dir.path().join("out");
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["peft_type"], "VERA");
+    assert_eq!(adapter["r"], 16);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("base_model.vera_A").unwrap().shape()[0], 16);
+    let vectors: usize = st
+        .tensors()
+        .iter()
+        .filter(|(name, _)| name.contains("vera_lambda"))
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    let line = format!("trainable params: {vectors} ||");
+    assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
+
+    let unmerged = adapter_answer(&out, "vera");
+    let merged = merge_into_tiny_model(&out, dir.path());
+    assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
+
+    let resumed = hone(
+        &[
+            &["train", arg(&config)][..],
+            &args[..],
+            &["resume_from_checkpoint=true", "max_steps=14"][..],
+        ]
+        .concat(),
+    );
+    resumed.ok();
+    assert!(resumed.stderr.contains("resum"), "{}", resumed.stderr);
+}
+
 /// `finetuning_type: prompt_tuning`, `p_tuning`, `prefix` (with and without its projection) and
 /// `adaption_prompt` (LLaMA-Adapter):
 /// only the virtual tokens (and any encoder) train, the trainable-parameter line counts them as
@@ -760,6 +813,7 @@ fn the_example_configs_resolve() {
             "train_llama_adapter.yaml",
             "finetuning_type: adaption_prompt",
         ),
+        ("train_vera.yaml", "finetuning_type: vera"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

@@ -229,3 +229,29 @@ fn prompt_learning_adapters_give_peft_logits() {
         );
     }
 }
+
+/// A VeRA adapter PEFT wrote: Hone writes it back with PEFT's config keys and tensor names (the
+/// shared projections once, each module's two vectors) and reads the same adapter again.
+#[test]
+fn vera_adapters_round_trip() {
+    let dir = fixture("adapters/llama-gqa-vera");
+    let adapter = read_adapter(&dir).unwrap();
+    assert_eq!(adapter.config.method(), "VeRA");
+    let out = tempfile::tempdir().unwrap();
+    adapters::write_adapter(out.path(), &adapter, None).unwrap();
+    let keys = |dir: &std::path::Path| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(keys(out.path()), keys(&dir));
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(out.path()), names(&dir));
+    assert_eq!(read_adapter(out.path()).unwrap(), adapter);
+}

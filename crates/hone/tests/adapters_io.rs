@@ -99,6 +99,7 @@ fn small_adapter(base: &str) -> Adapter {
         biases: BTreeMap::new(),
         prompt: None,
         adaption: BTreeMap::new(),
+        vera: None,
     }
 }
 

@@ -31,9 +31,9 @@ pub const FAMILY_MODELS: [&str; 15] = [
 /// Baichuan 2 7B (rotary) and 13B (ALiBi), Qwen v1.
 pub const REMOTE_MODELS: [&str; 4] = ["chatglm3", "baichuan2", "baichuan2-alibi", "qwen"];
 
-/// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py) and their
-/// base models under fixtures/models.
-pub const PEFT_ADAPTERS: [(&str, &str); 7] = [
+/// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py and, for
+/// VeRA, vera.py) and their base models under fixtures/models.
+pub const PEFT_ADAPTERS: [(&str, &str); 8] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
@@ -41,6 +41,7 @@ pub const PEFT_ADAPTERS: [(&str, &str); 7] = [
     ("qwen2-dora", "qwen2"),
     ("qwen2-ia3", "qwen2"),
     ("llama-gqa-olora", "llama-gqa"),
+    ("llama-gqa-vera", "llama-gqa"),
 ];
 
 /// `<repo>/fixtures/<rel>`.

@@ -813,6 +813,7 @@ fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
         biases: Default::default(),
         prompt: None,
         adaption: Default::default(),
+        vera: None,
     };
     let adapter_dir = tmp.path().join("w-pack-lora");
     write_adapter(&adapter_dir, &adapter, None).unwrap();

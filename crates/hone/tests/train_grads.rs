@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
     Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights,
-    LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules,
+    LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules, VeraConfig, VeraWeights,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -206,6 +206,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         biases: BTreeMap::new(),
         prompt: None,
         adaption: BTreeMap::new(),
+        vera: None,
     }
 }
 
@@ -236,6 +237,7 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         biases: BTreeMap::new(),
         prompt: None,
         adaption: BTreeMap::new(),
+        vera: None,
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -304,6 +306,19 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             model.prompt = Some(initial_prompt(case, method, model.config()));
             model
         }
+        "vera" => {
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let (r, targets) = (meta_usize(case, "r"), string_list(&case.meta["targets"]));
+            let config = VeraConfig::new(r, targets, 0.0);
+            let start = vera_weights(case, r);
+            hone::train::vera::attach(&mut model, &config, Some(&start), 0).unwrap();
+            model
+        }
         "adaption_prompt" => {
             let spec = TrainableSpec {
                 base: &|_| false,
@@ -329,6 +344,36 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             model
         }
         other => panic!("method {other}"),
+    }
+}
+
+fn string_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The case's VeRA projections and starting vectors.
+fn vera_weights(case: &Case, r: usize) -> VeraWeights {
+    let (a, b) = (&case.tensors["vera_A"], &case.tensors["vera_B"]);
+    let lambdas = case
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("init.")?.strip_suffix(".vera_lambda_d"))
+        .map(|module| {
+            let init = |v: &str| f32s(&case.tensors[&format!("init.{module}.vera_lambda_{v}")]);
+            (module.to_string(), (init("d"), init("b")))
+        })
+        .collect();
+    VeraWeights {
+        a: f32s(a),
+        b: f32s(b),
+        r,
+        max_in: a.dims()[1],
+        max_out: b.dims()[0],
+        lambdas,
     }
 }
 
@@ -384,6 +429,27 @@ fn prompted_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
     let adapter = model.to_adapter(PeftConfig::Prompt(config));
     let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
     let llama = llama.with_prompt(&adapter).unwrap();
+    llama
+        .forward(&ids.to_dtype(DType::U32).unwrap(), None)
+        .unwrap()
+}
+
+/// Logits of a VeRA model through the inference forward, its adapter (as Hone saves it) merged
+/// into the weights.
+fn vera_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
+    let mut weights: HashMap<String, Tensor> = model
+        .hf_tensors(false)
+        .into_iter()
+        .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let config = VeraConfig::new(
+        4,
+        vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        0.0,
+    );
+    let adapter = model.to_adapter(PeftConfig::Vera(config));
+    hone::adapters::merge(&mut weights, model.config(), &adapter).unwrap();
+    let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
     llama
         .forward(&ids.to_dtype(DType::U32).unwrap(), None)
         .unwrap()
@@ -455,6 +521,9 @@ fn check_gradients_with(name: &str, variant: Variant) {
 
     let ids = &case.tensors["input_ids"];
     let (logits, want_logits) = match &model.prompt {
+        _ if case.meta["method"] == "vera" => {
+            (vera_logits(&model, ids), reference_logits(&case, 0))
+        }
         _ if model.adaption.is_some() => (adapted_logits(&model, ids), reference_logits(&case, 0)),
         Some(p) if p.is_prefix() => (prompted_logits(&model, ids), reference_logits(&case, 0)),
         Some(p) => (prompted_logits(&model, ids), reference_logits(&case, p.n)),
@@ -622,6 +691,15 @@ fn prefix_tuning_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("prefix_projection_llama-gqa", recompute);
+}
+
+/// VeRA: shared frozen projections (sliced per layer: q_proj, v_proj and down_proj read
+/// different parts of them) scaled by each layer's two vectors; the saved adapter merged gives
+/// the same logits.
+#[test]
+fn vera_gradients_match_peft() {
+    check_gradients("vera_llama-gqa");
+    check_gradients("vera_qwen2");
 }
 
 /// LLaMA-Adapter: each adapted layer's queries also attend its prompt's keys and values (the

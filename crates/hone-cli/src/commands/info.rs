@@ -265,7 +265,8 @@ fn block_switches(cfg: &ModelConfig) -> String {
 
 /// An adapter directory: its method and settings, the modules it adapts and its parameters.
 fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> {
-    let module_paths = adapter.modules.keys().chain(adapter.scales.keys());
+    let vera_paths = adapter.vera.iter().flat_map(|v| v.lambdas.keys());
+    let module_paths = (adapter.modules.keys().chain(adapter.scales.keys())).chain(vera_paths);
     // `model.layers.3.mlp.down_proj` → `mlp.down_proj`: each layer adapts the same ones.
     let kinds: BTreeSet<&str> = module_paths
         .clone()
@@ -278,7 +279,12 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         .sum();
     let vectors: usize = adapter.scales.values().map(|v| v.values.len()).sum();
     let biases: usize = adapter.biases.values().map(Vec::len).sum();
-    let prompt = adapter.prompt.as_ref().map_or(0, Vec::len)
+    let vera = adapter.vera.as_ref().map_or(0, |v| {
+        let vectors: usize = v.lambdas.values().map(|(d, b)| d.len() + b.len()).sum();
+        v.a.len() + v.b.len() + vectors
+    });
+    let prompt = vera
+        + adapter.prompt.as_ref().map_or(0, Vec::len)
         + adapter
             .adaption
             .values()
@@ -299,6 +305,7 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         PeftConfig::Adaption(c) => json!({
             "adapter_len": c.adapter_len, "adapter_layers": c.adapter_layers,
         }),
+        PeftConfig::Vera(c) => json!({"r": c.r, "target_modules": c.target_modules}),
     };
     let info = json!({
         "path": dir.display().to_string(),
@@ -327,6 +334,7 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
             }
         ),
         PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
+        PeftConfig::Vera(c) => format!("VeRA, shared projections of rank {}", c.r),
         PeftConfig::Adaption(c) => format!(
             "LLaMA-Adapter, a gated prompt of {} in each of the top {} layers",
             c.adapter_len(),

@@ -31,9 +31,9 @@ pub fn merge(
     adapter: &Adapter,
 ) -> Result<()> {
     check_mergeable(&adapter.config)?;
-    check_fits(cfg, adapter, |name| {
-        weights.get(name).map(|w| w.dims().to_vec())
-    })?;
+    let dims = |name: &str| weights.get(name).map(|w| w.dims().to_vec());
+    let adapter = &*adapter.resolved(dims)?;
+    check_fits(cfg, adapter, dims)?;
     for (module, lora) in &adapter.modules {
         let name = format!("{module}.weight");
         let w = &weights[&name];
@@ -95,6 +95,7 @@ pub fn check_fits(
     adapter: &Adapter,
     dims: impl Fn(&str) -> Option<Vec<usize>>,
 ) -> Result<()> {
+    let adapter = &*adapter.resolved(&dims)?;
     let weight_dims = |module: &str| -> Result<Vec<usize>> {
         let name = format!("{module}.weight");
         dims(&name).with_context(|| {

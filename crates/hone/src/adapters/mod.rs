@@ -8,7 +8,9 @@
 //! ([`dora`]). An IA3 adapter scales a layer's outputs or inputs by a learned vector ([`ia3`]).
 //! A prompt-tuning or P-tuning adapter puts learned virtual tokens before every sequence, a
 //! prefix-tuning one learned keys and values ([`prompt`]); a LLaMA-Adapter one gives the top
-//! layers' attention a gated learned prompt ([`adaption`]).
+//! layers' attention a gated learned prompt ([`adaption`]). A VeRA adapter scales a pair of frozen
+//! random matrices shared by every layer with two learned vectors per layer, a LoRA update once
+//! its layer's width is known ([`vera`]).
 
 pub mod adaption;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod merge;
 pub mod peft;
 pub mod prompt;
 pub mod targets;
+pub mod vera;
 mod write;
 
 use std::collections::BTreeMap;
@@ -29,6 +32,7 @@ pub use merge::merge;
 pub use peft::read_adapter;
 pub use prompt::{PromptConfig, PromptMethod};
 pub use targets::{ModuleMatcher, Patterns};
+pub use vera::{VeraConfig, VeraWeights};
 pub use write::write_adapter;
 
 /// The factor PEFT multiplies `B · A` by: `alpha / r`, or `alpha / sqrt(r)` with `use_rslora`.
@@ -79,6 +83,8 @@ pub enum PeftConfig {
     Prompt(PromptConfig),
     /// `peft_type: "ADAPTION_PROMPT"` (LLaMA-Adapter).
     Adaption(AdaptionConfig),
+    /// `peft_type: "VERA"`.
+    Vera(VeraConfig),
 }
 
 impl PeftConfig {
@@ -91,6 +97,7 @@ impl PeftConfig {
                 Ok(PeftConfig::Prompt(config::from_json_by_field(text)?))
             }
             Some("ADAPTION_PROMPT") => Ok(PeftConfig::Adaption(config::from_json_by_field(text)?)),
+            Some("VERA") => Ok(PeftConfig::Vera(config::from_json_by_field(text)?)),
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -102,6 +109,7 @@ impl PeftConfig {
             PeftConfig::Ia3(c) => c.to_json(),
             PeftConfig::Prompt(c) => c.to_json(),
             PeftConfig::Adaption(c) => c.to_json(),
+            PeftConfig::Vera(c) => c.to_json(),
         }
     }
 
@@ -112,6 +120,7 @@ impl PeftConfig {
             PeftConfig::Ia3(c) => c.validate(),
             PeftConfig::Prompt(c) => c.validate(),
             PeftConfig::Adaption(c) => c.validate(),
+            PeftConfig::Vera(c) => c.validate(),
         }
     }
 
@@ -133,11 +142,14 @@ impl PeftConfig {
     /// Whether the method's update can be merged into the weights (prompt learning and
     /// LLaMA-Adapter add to what the model attends instead; PEFT cannot merge them either).
     pub fn is_mergeable(&self) -> bool {
-        matches!(self, PeftConfig::Lora(_) | PeftConfig::Ia3(_))
+        matches!(
+            self,
+            PeftConfig::Lora(_) | PeftConfig::Ia3(_) | PeftConfig::Vera(_)
+        )
     }
 
     /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning`, `P-tuning`,
-    /// `prefix tuning` or `LLaMA-Adapter`.
+    /// `prefix tuning`, `LLaMA-Adapter` or `VeRA`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
@@ -145,6 +157,7 @@ impl PeftConfig {
             PeftConfig::Ia3(_) => "IA3",
             PeftConfig::Prompt(c) => c.peft_type.name(),
             PeftConfig::Adaption(_) => "LLaMA-Adapter",
+            PeftConfig::Vera(_) => "VeRA",
         }
     }
 
@@ -154,6 +167,7 @@ impl PeftConfig {
             PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Prompt(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Adaption(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Vera(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -175,6 +189,9 @@ pub struct Adapter {
     pub prompt: Option<Vec<f32>>,
     /// LLaMA-Adapter's prompts and gates by attention module, e.g. `model.layers.7.self_attn`.
     pub adaption: BTreeMap<String, AdaptionPrompt>,
+    /// VeRA's shared projections and per-module vectors (its `modules` are empty until
+    /// [`Adapter::resolved`] fills them with the equivalent LoRA).
+    pub vera: Option<VeraWeights>,
 }
 
 impl Adapter {
@@ -187,6 +204,7 @@ impl Adapter {
             PeftConfig::Ia3(config) => return self.validate_ia3(config),
             PeftConfig::Prompt(config) => return self.validate_prompt(config),
             PeftConfig::Adaption(config) => return self.validate_adaption(config),
+            PeftConfig::Vera(config) => return self.validate_vera(config),
         };
         if self.prompt.is_some() {
             bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
@@ -243,6 +261,51 @@ impl Adapter {
             bail!("the adapter has bias tensors but its config says bias \"none\"");
         }
         Ok(())
+    }
+
+    fn validate_vera(&self, config: &VeraConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if let Some(name) = (self.modules.keys().chain(self.scales.keys()))
+            .chain(self.biases.keys())
+            .chain(self.adaption.keys())
+            .next()
+        {
+            bail!("{name}: a VERA adapter holds only vera_A, vera_B and each module's vera_lambda_d and vera_lambda_b");
+        }
+        let Some(vera) = &self.vera else {
+            bail!("base_model.vera_A: missing (the shared projections, saved with save_projection: true)");
+        };
+        if vera.r != config.r {
+            bail!("r: {} but vera_A has {} rows", config.r, vera.r);
+        }
+        for (module, (d, _)) in &vera.lambdas {
+            if !config.selects(module)? {
+                bail!("{module}: has VeRA vectors but target_modules does not select it");
+            }
+            if d.len() != vera.r {
+                bail!("{module}.vera_lambda_d: [{}], not [r {}]", d.len(), vera.r);
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter with its VeRA update spelt out as LoRA modules, for a model whose tensors'
+    /// shapes `dims` gives by HF name (itself, borrowed, for other adapters).
+    pub fn resolved(
+        &self,
+        dims: impl Fn(&str) -> Option<Vec<usize>>,
+    ) -> anyhow::Result<std::borrow::Cow<'_, Adapter>> {
+        let Some(vera) = &self.vera else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let mut resolved = self.clone();
+        for module in vera.lambdas.keys() {
+            let shape = dims(&format!("{module}.weight"))
+                .ok_or_else(|| anyhow::anyhow!("{module}: the model has no such layer"))?;
+            let lora = vera.as_lora(module, shape[shape.len() - 1])?;
+            resolved.modules.insert(module.clone(), lora);
+        }
+        Ok(std::borrow::Cow::Owned(resolved))
     }
 
     fn validate_adaption(&self, config: &AdaptionConfig) -> anyhow::Result<()> {

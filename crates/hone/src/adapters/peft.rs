@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
 use super::adaption::{GATE_KEY, PROMPT_KEY};
-use super::{Adapter, AdaptionPrompt, Ia3Vector, LoraWeights, PeftConfig};
+use super::vera::{LAMBDA_B, LAMBDA_D, SHARED_A, SHARED_B};
+use super::{Adapter, AdaptionPrompt, Ia3Vector, LoraWeights, PeftConfig, VeraWeights};
 use crate::io::safetensors;
 use crate::model::config::hone_name;
 
@@ -134,6 +135,9 @@ enum Part {
     /// LLaMA-Adapter's prompt or gate, by attention module.
     AdaptionPrompt(String),
     AdaptionGate(String),
+    /// VeRA's vectors, by module.
+    VeraD(String),
+    VeraB(String),
 }
 
 fn classify(key: &str) -> Result<Part> {
@@ -158,6 +162,12 @@ fn classify(key: &str) -> Result<Part> {
     if let Some(module) = rest.strip_suffix(GATE_KEY) {
         return Ok(Part::AdaptionGate(module.into()));
     }
+    if let Some(module) = rest.strip_suffix(LAMBDA_D) {
+        return Ok(Part::VeraD(module.into()));
+    }
+    if let Some(module) = rest.strip_suffix(LAMBDA_B) {
+        return Ok(Part::VeraB(module.into()));
+    }
     if let Some(module) = rest.strip_suffix(WRAPPED_BIAS) {
         return Ok(Part::Bias(format!("{module}.bias")));
     }
@@ -167,7 +177,7 @@ fn classify(key: &str) -> Result<Part> {
     bail!(
         "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
          weights, lora_magnitude_vector, ia3_l and biases; LLaMA-Adapter's adaption_prompt and adaption_gate; \
-         this looks like another PEFT method or a LoRA variant)"
+         VeRA's vera_A, vera_B and vectors; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -194,6 +204,7 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         Some((_, values)) => Some(values),
         None => None,
     };
+    let shared = (tensors.remove(SHARED_A), tensors.remove(SHARED_B));
     let mut a_parts = BTreeMap::new();
     let mut b_parts = BTreeMap::new();
     let mut biases = BTreeMap::new();
@@ -201,10 +212,12 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let mut scales = BTreeMap::new();
     let mut adaption_prompts = BTreeMap::new();
     let mut gates = BTreeMap::new();
+    let (mut lambdas_d, mut lambdas_b) = (BTreeMap::new(), BTreeMap::new());
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
         let expected_dims = match part {
             Part::Bias(_) | Part::Magnitude(_) | Part::AdaptionGate(_) => 1,
+            Part::VeraD(_) | Part::VeraB(_) => 1,
             Part::AdaptionPrompt(_) => 3,
             _ => 2,
         };
@@ -244,6 +257,12 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
                 bail!("tensor {key}: [1, adapter_len, hidden], not {shape:?}")
             }
             Part::AdaptionGate(_) => bail!("tensor {key}: [1], not {shape:?}"),
+            Part::VeraD(module) => {
+                lambdas_d.insert(text_module(&module)?, values);
+            }
+            Part::VeraB(module) => {
+                lambdas_b.insert(text_module(&module)?, values);
+            }
         }
     }
     let mut adaption = BTreeMap::new();
@@ -256,6 +275,7 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     if let Some(module) = gates.keys().next() {
         bail!("{module}: adaption_gate without adaption_prompt");
     }
+    let vera = vera_weights(shared, lambdas_d, lambdas_b)?;
     let mut modules = BTreeMap::new();
     let matcher = config.lora().map(|c| c.matcher()).transpose()?;
     for (module, (a_shape, a)) in a_parts {
@@ -297,5 +317,44 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         biases,
         prompt,
         adaption,
+        vera,
     })
+}
+
+type Tensor = (Vec<usize>, Vec<f32>);
+
+/// VeRA's tensors: the shared projections and each module's pair of vectors (None when the file
+/// has none of them).
+fn vera_weights(
+    (a, b): (Option<Tensor>, Option<Tensor>),
+    d: BTreeMap<String, Vec<f32>>,
+    mut scales: BTreeMap<String, Vec<f32>>,
+) -> Result<Option<VeraWeights>> {
+    let (Some((a_shape, a)), Some((b_shape, b))) = (a, b) else {
+        if let Some(module) = d.keys().chain(scales.keys()).next() {
+            bail!("{module}: VeRA vectors without {SHARED_A} and {SHARED_B} (save_projection: false is not supported)");
+        }
+        return Ok(None);
+    };
+    if a_shape.len() != 2 || b_shape.len() != 2 || a_shape[0] != b_shape[1] {
+        bail!("tensor {SHARED_A} {a_shape:?} and {SHARED_B} {b_shape:?}: not [r, in] and [out, r]");
+    }
+    let mut lambdas = BTreeMap::new();
+    for (module, d) in d {
+        let Some(b) = scales.remove(&module) else {
+            bail!("{module}: vera_lambda_d without vera_lambda_b");
+        };
+        lambdas.insert(module, (d, b));
+    }
+    if let Some(module) = scales.keys().next() {
+        bail!("{module}: vera_lambda_b without vera_lambda_d");
+    }
+    Ok(Some(VeraWeights {
+        a,
+        b,
+        r: a_shape[0],
+        max_in: a_shape[1],
+        max_out: b_shape[0],
+        lambdas,
+    }))
 }

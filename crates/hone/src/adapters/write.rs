@@ -16,6 +16,7 @@ use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::peft::{
     CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
 };
+use super::vera::{LAMBDA_B, LAMBDA_D, SHARED_A, SHARED_B};
 use super::{Adapter, PeftConfig, PromptMethod};
 use crate::io::safetensors::{serialize_f32, F32Tensor};
 use crate::io::{atomic, json};
@@ -111,6 +112,15 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
+    if let Some(vera) = &adapter.vera {
+        tensors.push((SHARED_A.into(), vec![vera.r, vera.max_in], &vera.a));
+        tensors.push((SHARED_B.into(), vec![vera.max_out, vera.r], &vera.b));
+        for (module, (d, b)) in &vera.lambdas {
+            let key = format!("{KEY_PREFIX}{module}");
+            tensors.push((format!("{key}{LAMBDA_D}"), vec![d.len()], d));
+            tensors.push((format!("{key}{LAMBDA_B}"), vec![b.len()], b));
+        }
+    }
     if let PeftConfig::Adaption(config) = &adapter.config {
         let len = config.adapter_len().max(1);
         for (module, p) in &adapter.adaption {
@@ -159,6 +169,14 @@ fn model_card(adapter: &Adapter) -> String {
         PeftConfig::Ia3(_) => (
             "ia3",
             format!("Vectors on {} modules", adapter.scales.len()),
+        ),
+        PeftConfig::Vera(cfg) => (
+            "vera",
+            format!(
+                "Shared rank-{} projections, vectors on {} modules",
+                cfg.r,
+                adapter.vera.as_ref().map_or(0, |v| v.lambdas.len())
+            ),
         ),
         PeftConfig::Adaption(cfg) => (
             "llama-adapter",

@@ -167,6 +167,9 @@ impl Llama {
         if cfg.norm_head {
             super::weights::normalize_head(&mut weights)?;
         }
+        let dims = |name: &str| weights.get(name).map(|w| w.dims().to_vec());
+        let resolved = adapter.map(|a| a.resolved(dims)).transpose()?;
+        let adapter = resolved.as_deref();
         let mut parts = Parts { weights, adapter };
         let h = cfg.hidden_size;
         let embed_tokens = parts.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
@@ -617,6 +620,7 @@ impl Llama {
     /// [`Self::decode_step`]. The adapter must fit the model (checked here, errors name the
     /// module); biases it trains become shifts added to its own rows only.
     pub fn lora_set(&self, adapter: &Adapter) -> Result<LoraSet> {
+        let adapter = &*adapter.resolved(|name| self.tensor_dims(name))?;
         check_fits(&self.cfg, adapter, |name| self.tensor_dims(name))?;
         let mut set = LoraSet {
             blocks: self

@@ -1,7 +1,7 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
 //! its own optional bias, weight gradient (full or partial fine-tuning) and adapter: LoRA, DoRA
-//! ([`super::dora`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
+//! ([`super::dora`]), VeRA ([`super::vera`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
 //! (a quantized GGUF: QLoRA), see [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
@@ -16,6 +16,7 @@ use super::dora::{self, DoraSaved, PartWeights};
 use super::dropout;
 use super::ia3::{self, Ia3};
 use super::lora::Lora;
+use super::vera::Vera;
 use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
@@ -52,6 +53,7 @@ pub struct Part {
     pub bias: Option<Tensor1>,
     pub lora: Option<Lora>,
     pub ia3: Option<Ia3>,
+    pub vera: Option<Vera>,
 }
 
 /// Linear layers sharing one input: `y = x [W_1; W_2; …]ᵀ + b`, plus each part's LoRA term.
@@ -76,7 +78,8 @@ pub struct Saved {
     ia3: Vec<Option<Vec<f32>>>,
 }
 
-/// One part's adapter: `s · A(dropout(x))` (`[tokens, r]`), and DoRA's own values.
+/// One part's adapter: `s · A(dropout(x))` (`[tokens, r]`; VeRA's `A(dropout(x))`), and DoRA's
+/// own values.
 #[derive(Debug)]
 struct AdapterSaved {
     xa: Vec<f32>,
@@ -151,7 +154,11 @@ impl Projection {
                     dora: None,
                 },
             });
-            saved.adapters.push(adapter);
+            let vera = part.vera.as_ref().map(|vera| AdapterSaved {
+                xa: vera.forward(x, (&mut *y, out, col), seed),
+                dora: None,
+            });
+            saved.adapters.push(adapter.or(vera));
             // After the adapter: DoRA rescales the product without the bias.
             if let Some(bias) = &part.bias {
                 add_bias(y, out, col, &bias.value);
@@ -201,6 +208,10 @@ impl Projection {
                     }
                     None => lora_backward(lora, dy_part, x, &adapter.xa, seed, dx),
                 }
+            }
+            if let (Some(vera), Some(adapter)) = (&mut part.vera, &saved.adapters[index]) {
+                let seed = dropout::stream(saved.dropout_seed, index as u64);
+                vera.backward((dy, out, col), x, &adapter.xa, seed, dx);
             }
             col += part.out_features;
         }
@@ -270,8 +281,17 @@ pub(super) fn lora_input<'x>(
     x: &'x [f32],
     dropout_seed: Option<u64>,
 ) -> Cow<'x, [f32]> {
+    lora_input_with(lora.dropout, x, dropout_seed)
+}
+
+/// An adapter's input at dropout rate `p`: `x`, or `dropout(x)` in training.
+pub(super) fn lora_input_with<'x>(
+    p: f32,
+    x: &'x [f32],
+    dropout_seed: Option<u64>,
+) -> Cow<'x, [f32]> {
     match dropout_seed {
-        Some(seed) if lora.dropout > 0.0 => Cow::Owned(dropout::apply(x, lora.dropout, seed)),
+        Some(seed) if p > 0.0 => Cow::Owned(dropout::apply(x, p, seed)),
         _ => Cow::Borrowed(x),
     }
 }

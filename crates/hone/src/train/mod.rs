@@ -23,6 +23,7 @@ pub mod prompt;
 pub mod reward;
 pub mod schedule;
 pub mod sft;
+pub mod vera;
 
 pub use lora::LoraSettings;
 pub use model::{TrainModel, TrainableSpec};

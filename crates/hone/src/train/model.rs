@@ -167,6 +167,7 @@ impl TrainModel {
                         bias,
                         lora,
                         ia3,
+                        vera: None,
                     });
                 }
                 ia3::check_input_scaling(&built)?;

@@ -12,7 +12,8 @@ use super::model::TrainModel;
 use super::optim::Param;
 use super::reward;
 use crate::adapters::adaption::{self, GATE_KEY, PROMPT_KEY};
-use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig};
+use crate::adapters::vera::{LAMBDA_B, LAMBDA_D};
+use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig, VeraWeights};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
@@ -86,6 +87,10 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
         }
         if let Some(ia3) = &mut part.ia3 {
             visit_tensor(format!("{}.ia3_l", part.path), &mut ia3.scale, f);
+        }
+        if let Some(vera) = &mut part.vera {
+            visit_tensor(format!("{}{LAMBDA_D}", part.path), &mut vera.lambda_d, f);
+            visit_tensor(format!("{}{LAMBDA_B}", part.path), &mut vera.lambda_b, f);
         }
     }
 }
@@ -221,6 +226,26 @@ impl TrainModel {
             .collect()
     }
 
+    /// A VeRA run's shared projections and every module's vectors (None for other runs).
+    fn vera_weights(&self) -> Option<VeraWeights> {
+        let parts = self.blocks.iter().flat_map(|b| b.projections());
+        let veras: Vec<_> = parts
+            .filter_map(|p| Some((p.path.clone(), p.vera.as_ref()?)))
+            .collect();
+        let shared = &veras.first()?.1.shared;
+        Some(VeraWeights {
+            a: shared.a.clone(),
+            b: shared.b.clone(),
+            r: shared.r,
+            max_in: shared.max_in,
+            max_out: shared.max_out,
+            lambdas: veras
+                .iter()
+                .map(|(p, v)| (p.clone(), v.lambdas()))
+                .collect(),
+        })
+    }
+
     /// The trained adapter as PEFT saves it: the LoRA matrices (or IA3 vectors) of every module
     /// and, when `config` trains biases (`bias: all|lora_only`), those biases.
     /// A multimodal base's adapter names its modules as the wrapper class does, a remote-code
@@ -265,6 +290,7 @@ impl TrainModel {
             scales,
             biases,
             prompt: self.prompt.as_ref().map(|p| p.forward().0),
+            vera: self.vera_weights(),
             adaption: self.adaption.as_ref().map_or_else(Default::default, |a| {
                 let layers = a.layers.iter().enumerate();
                 layers

@@ -91,8 +91,9 @@ pub struct MethodArgs {
     pub loraplus_lr_ratio: Option<f64>,
     /// LoRA+'s learning rate for LoRA on embedding layers, which Hone does not adapt (a note).
     pub loraplus_lr_embedding: Option<f64>,
-    /// IA3 (PEFT's field): the linear layers that get a vector; unset is PEFT's default for the
-    /// family (Llama, Mistral: `k_proj,v_proj,down_proj`; Qwen2/3, Gemma: `q_proj,v_proj,down_proj`).
+    /// IA3 and VeRA (PEFT's field): the linear layers that get a vector; unset is PEFT's default
+    /// for the family (IA3 on Llama, Mistral: `k_proj,v_proj,down_proj`; Qwen2/3, Gemma:
+    /// `q_proj,v_proj,down_proj`; VeRA: `q_proj,v_proj`).
     pub target_modules: Option<CommaList>,
     /// IA3 (PEFT's field): the targets whose input, not output, is scaled (default `down_proj`).
     pub feedforward_modules: Option<CommaList>,
@@ -114,6 +115,13 @@ pub struct MethodArgs {
     /// Prefix tuning (PEFT's field): `zero` starts the prefix (or the projection's last layer)
     /// at zero; unset draws it from N(0, 1) as `nn.Embedding` does.
     pub init_weights: Option<String>,
+    /// VeRA (PEFT's field): dropout on the adapter's input.
+    pub vera_dropout: f64,
+    /// VeRA (PEFT's field): where every λ_d starts.
+    pub d_initial: f64,
+    /// VeRA (PEFT's field): seeds the shared projections (Hone draws its own, not torch's, and
+    /// saves them, as PEFT's default `save_projection`).
+    pub projection_prng_key: u64,
     /// LLaMA-Adapter (PEFT's field): the length of each adapted layer's prompt.
     pub adapter_len: u32,
     /// LLaMA-Adapter (PEFT's field): how many of the top layers get a prompt; unset is every
@@ -288,6 +296,9 @@ impl Default for MethodArgs {
             encoder_hidden_size: None,
             prefix_projection: false,
             init_weights: None,
+            vera_dropout: 0.0,
+            d_initial: 0.1,
+            projection_prng_key: 0,
             adapter_len: 10,
             adapter_layers: None,
             encoder_reparameterization_type: "MLP".into(),

@@ -115,13 +115,34 @@ fn check_method(c: &SftConfig) -> Checked {
         ("feedforward_modules", &m.feedforward_modules),
     ] {
         if let Some(list) = list {
+            let vera = m.finetuning_type == FinetuningType::Vera && key == "target_modules";
             require(
-                m.finetuning_type == FinetuningType::Ia3,
+                m.finetuning_type == FinetuningType::Ia3 || vera,
                 key,
-                "only valid with finetuning_type: ia3 (LoRA's targets are lora_target)",
+                "only valid with finetuning_type: ia3 (target_modules also with vera; LoRA's targets are lora_target)",
             )?;
             modules(key, list, &linear_modules())?;
         }
+    }
+    let vera = m.finetuning_type == FinetuningType::Vera;
+    require(
+        (0.0..1.0).contains(&m.vera_dropout),
+        "vera_dropout",
+        "must be in [0, 1)",
+    )?;
+    if m.vera_dropout != 0.0 || m.d_initial != 0.1 || m.projection_prng_key != 0 {
+        require(
+            vera,
+            "vera_dropout, d_initial, projection_prng_key",
+            "only valid with finetuning_type: vera",
+        )?;
+    }
+    if vera {
+        require(
+            matches!(m.stage, Stage::Sft | Stage::Pt),
+            "stage",
+            "VeRA trains with stage: sft or pt",
+        )?;
     }
     if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {
         let outside = feedforward

@@ -289,6 +289,9 @@ pub enum FinetuningType {
     /// own (PEFT's `ADAPTION_PROMPT`).
     #[serde(rename = "adaption_prompt")]
     AdaptionPrompt,
+    /// VeRA: frozen random projections shared by every targeted layer, scaled per layer by two
+    /// learned vectors; the base stays frozen. Hone's own (PEFT's `VERA`).
+    Vera,
 }
 
 impl FinetuningType {

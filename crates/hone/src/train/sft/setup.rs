@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::adapters::ia3::{self, Ia3Config};
 use crate::adapters::{
     adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, PeftConfig,
-    TargetModules,
+    TargetModules, VeraConfig,
 };
 use crate::chat::ChatTemplate;
 use crate::io::names;
@@ -235,6 +235,18 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
                 config, model, method,
             )))
         }
+        FinetuningType::Vera => {
+            let m = &config.method;
+            let targets = match &m.target_modules {
+                Some(list) => list.items().to_vec(),
+                None => vec!["q_proj".into(), "v_proj".into()],
+            };
+            let mut vera = VeraConfig::new(m.lora_rank as usize, targets, m.vera_dropout);
+            vera.d_initial = m.d_initial;
+            vera.projection_prng_key = m.projection_prng_key;
+            vera.base_model_name_or_path = base;
+            Some(PeftConfig::Vera(vera))
+        }
         FinetuningType::AdaptionPrompt => {
             let layers = adaption_layers(config, model)?;
             let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
@@ -242,6 +254,30 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             Some(PeftConfig::Adaption(peft))
         }
         FinetuningType::Full | FinetuningType::Freeze => None,
+    })
+}
+
+/// The base model with nothing of it trained, for the methods attached after it is built (prompt
+/// learning, VeRA, LLaMA-Adapter), and its tokenizer.
+fn frozen_model(base: StoredWeights) -> Result<(TrainModel, Tokenizer)> {
+    let spec = TrainableSpec {
+        base: &|_| false,
+        lora: None,
+        ia3: None,
+    };
+    let model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
+    Ok((model, base.tokenizer))
+}
+
+/// The config an adapter run saves: that of the adapter it continues, else its own.
+fn saved_config(
+    config: &SftConfig,
+    model: &ModelConfig,
+    start: Option<&Adapter>,
+) -> Result<PeftConfig> {
+    Ok(match start {
+        Some(a) => a.config.clone(),
+        None => adapter_config(config, model)?.expect("an adapter run"),
     })
 }
 
@@ -435,6 +471,7 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
         FinetuningType::PTuning => "P-tuning",
         FinetuningType::Prefix => "prefix tuning",
         FinetuningType::AdaptionPrompt => "LLaMA-Adapter",
+        FinetuningType::Vera => "VeRA",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -458,12 +495,9 @@ fn build_base_model(
         FinetuningType::Lora | FinetuningType::Ia3 => {
             let start = starting_adapter(config)?;
             // The starting adapter's own config decides targets, rank and alpha.
-            let peft = match &start {
-                Some(a) => a.config.clone(),
-                None => adapter_config(config, &base.config)?.expect("an adapter run"),
-            };
+            let peft = saved_config(config, &base.config, start.as_ref())?;
             match peft {
-                PeftConfig::Prompt(_) | PeftConfig::Adaption(_) => {
+                PeftConfig::Prompt(_) | PeftConfig::Adaption(_) | PeftConfig::Vera(_) => {
                     unreachable!("a LoRA or IA3 run's adapter")
                 }
                 PeftConfig::Lora(mut lora) => {
@@ -500,33 +534,31 @@ fn build_base_model(
         }
         FinetuningType::PromptTuning | FinetuningType::PTuning | FinetuningType::Prefix => {
             let start = starting_adapter(config)?;
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
             let peft = adapter_config(config, &base.config)?.expect("a prompt-learning run");
-            let tokenizer = base.tokenizer;
-            let mut model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
+            let (mut model, tokenizer) = frozen_model(base)?;
             prompt::attach(config, &mut model, &tokenizer, start.as_ref())?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::Vera => {
+            let start = starting_adapter(config)?;
+            let peft = saved_config(config, &base.config, start.as_ref())?;
+            let PeftConfig::Vera(vera) = &peft else {
+                unreachable!("a VeRA run's adapter");
+            };
+            let (mut model, _) = frozen_model(base)?;
+            let shared = start.as_ref().and_then(|a| a.vera.as_ref());
+            let seed = vera.projection_prng_key ^ seed;
+            crate::train::vera::attach(&mut model, vera, shared, seed)?;
             Ok((model, Some(peft)))
         }
         FinetuningType::AdaptionPrompt => {
             let start = starting_adapter(config)?;
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let peft = match &start {
-                Some(a) => a.config.clone(),
-                None => adapter_config(config, &base.config)?.expect("an adapter run"),
-            };
+            let peft = saved_config(config, &base.config, start.as_ref())?;
             let PeftConfig::Adaption(ap) = &peft else {
                 unreachable!("a LLaMA-Adapter run's adapter");
             };
             let shape = (ap.adapter_len(), ap.adapter_layers());
-            let mut model = TrainModel::from_stored(base.config, base.weights, &spec, None)?;
+            let (mut model, _) = frozen_model(base)?;
             let cfg = model.config();
             let prompts = start
                 .map(|a| continued_adaption(&a, cfg, shape))

@@ -1,0 +1,111 @@
+"""Golden fixtures for VeRA (PEFT's VERA): shared frozen projections vera_A [r, max in] and vera_B
+[max out, r], and per targeted layer vera_lambda_d [r] and vera_lambda_b [out].
+
+Training (fixtures/train/vera_<model>.safetensors, as scripts/golden/train_grads.py writes its
+cases): input_ids / labels [2, 12] (row 1 right-padded), loss, logits [2, 12, vocab], vera_A and
+vera_B, init.<name> and grad.<name> for every vector under Hone's names
+(`model.layers.N.self_attn.q_proj.vera_lambda_d`, ...). The vectors are set to random values first
+(PEFT starts λ_b at 0, where λ_d gets no gradient). References in float64.
+
+Adapter (fixtures/adapters/llama-gqa-vera/, PEFT's save_pretrained with its projections, random
+vectors; plus llama-gqa-vera.golden.safetensors: the base model's golden input_ids and the PEFT
+model's logits).
+
+Run from the repository root:
+
+    OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/vera.py
+"""
+
+import json
+import shutil
+
+import peft
+import torch
+from peft import PeftModel, VeraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from models import FIXTURES, VERSIONS, load_fp32, save_golden
+from train_grads import batch
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def config():
+    return VeraConfig(task_type="CAUSAL_LM", r=4, target_modules=TARGETS, projection_prng_key=7)
+
+
+def randomize_vectors(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "vera_lambda" in name:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+
+
+def hone_name(name):
+    return name.removeprefix("base_model.model.").replace(".default", "")
+
+
+def train_case(name, model_dir, seed):
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / model_dir, dtype=torch.float64)
+    model = get_peft_model(base, config()).double()
+    randomize_vectors(model, seed)
+    trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+    init = {k: p.detach().clone() for k, p in trainable.items()}
+    ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    vera = model.base_model.model.model.layers[0].self_attn.q_proj
+    tensors = {
+        "input_ids": ids,
+        "labels": labels,
+        "loss": out.loss.detach().reshape(1),
+        "logits": out.logits.detach(),
+        "vera_A": vera.vera_A["default"],
+        "vera_B": vera.vera_B["default"],
+    }
+    for k, v in init.items():
+        tensors[f"init.{k}"] = v
+    for k, p in trainable.items():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
+        tensors[f"grad.{k}"] = p.grad
+    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    case = {"model": model_dir, "method": "vera", "r": 4, "targets": TARGETS}
+    save_file(tensors, FIXTURES / "train" / f"{name}.safetensors", metadata={"case": json.dumps(case)})
+    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+
+
+def adapter_case(name, base, seed):
+    out_dir = FIXTURES / "adapters" / name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    base_path = f"fixtures/models/{base}"
+    torch.manual_seed(seed)
+    model = get_peft_model(load_fp32(base_path), config()).eval()
+    randomize_vectors(model, seed)
+    model.save_pretrained(out_dir)
+    ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    reloaded = PeftModel.from_pretrained(load_fp32(base_path), out_dir).eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=ids).logits
+    diff = (again - logits).abs().max().item()
+    assert diff < 1e-5, f"{name}: reload computes differently ({diff})"
+    metadata = dict(VERSIONS, peft_version=peft.__version__, adapter=name, base=base, seed=str(seed),
+                    note="logits of the PEFT model for the base model's golden input_ids")
+    save_golden({"input_ids": ids, "logits": logits.contiguous()}, FIXTURES / "adapters" / f"{name}.golden.safetensors",
+                metadata)
+    print(f"{name}: saved, reload Δ {diff:.1e}")
+
+
+def main():
+    train_case("vera_llama-gqa", "llama-gqa", 11)
+    train_case("vera_qwen2", "qwen2", 12)
+    adapter_case("llama-gqa-vera", "llama-gqa", 305)
+
+
+if __name__ == "__main__":
+    main()
