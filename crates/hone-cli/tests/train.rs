@@ -487,18 +487,27 @@ fn adapter_answer(out: &Path, what: &str) -> String {
     exact.ok().to_string()
 }
 
-/// `finetuning_type: vera`: only the two vectors of each targeted layer train (the
-/// trainable-parameter line counts them, as PEFT), the adapter is PEFT's (the shared
-/// `base_model.vera_A` / `vera_B` once, each module's `vera_lambda_d` / `vera_lambda_b`), it
-/// changes what the model answers, unmerged on both paths and merged alike, and a checkpoint
-/// resumes.
+/// `finetuning_type: vera` and `loha`: only the adapter's own tensors train (the
+/// trainable-parameter line counts them, as PEFT), the adapter is PEFT's (VeRA's shared
+/// `base_model.vera_A` / `vera_B` once and each module's `vera_lambda_d` / `vera_lambda_b`;
+/// LoHa's `hada_w1_a` … `hada_w2_b`), it changes what the model answers, unmerged on both paths
+/// and merged alike, and a checkpoint resumes.
 #[test]
-fn vera_trains_a_peft_adapter_that_generates_unmerged_and_merged_alike() {
+fn factored_adapters_train_and_generate_unmerged_and_merged_alike() {
+    for (method, peft_type, trained) in
+        [("vera", "VERA", "vera_lambda"), ("loha", "LOHA", "hada_w")]
+    {
+        factored_adapter_trains(method, peft_type, trained);
+    }
+}
+
+fn factored_adapter_trains(method: &str, peft_type: &str, trained: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
+    let finetuning = format!("finetuning_type={method}");
     let args = [
-        "finetuning_type=vera",
-        "lora_rank=16",
+        finetuning.as_str(),
+        "lora_rank=4",
         "target_modules=q_proj,v_proj",
         "max_steps=12",
         "save_steps=6",
@@ -510,21 +519,24 @@ fn vera_trains_a_peft_adapter_that_generates_unmerged_and_merged_alike() {
     let adapter: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
             .unwrap();
-    assert_eq!(adapter["peft_type"], "VERA");
-    assert_eq!(adapter["r"], 16);
+    assert_eq!(adapter["peft_type"], peft_type);
+    assert_eq!(adapter["r"], 4);
     let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.tensor("base_model.vera_A").unwrap().shape()[0], 16);
-    let vectors: usize = st
+    let count: usize = st
         .tensors()
         .iter()
-        .filter(|(name, _)| name.contains("vera_lambda"))
+        .filter(|(name, _)| name.contains(trained))
         .map(|(_, t)| t.shape().iter().product::<usize>())
         .sum();
-    let line = format!("trainable params: {vectors} ||");
-    assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
+    let line = format!("trainable params: {count} ||");
+    assert!(
+        run.stderr.contains(&line),
+        "{method}: {line}: {}",
+        run.stderr
+    );
 
-    let unmerged = adapter_answer(&out, "vera");
+    let unmerged = adapter_answer(&out, method);
     let merged = merge_into_tiny_model(&out, dir.path());
     assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
 
@@ -814,6 +826,7 @@ fn the_example_configs_resolve() {
             "finetuning_type: adaption_prompt",
         ),
         ("train_vera.yaml", "finetuning_type: vera"),
+        ("train_loha.yaml", "finetuning_type: loha"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

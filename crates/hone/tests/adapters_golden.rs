@@ -230,13 +230,20 @@ fn prompt_learning_adapters_give_peft_logits() {
     }
 }
 
-/// A VeRA adapter PEFT wrote: Hone writes it back with PEFT's config keys and tensor names (the
-/// shared projections once, each module's two vectors) and reads the same adapter again.
+/// VeRA and LoHa adapters PEFT wrote: Hone writes them back with PEFT's config keys and tensor
+/// names (VeRA's shared projections once and each module's two vectors; LoHa's four factors) and
+/// reads the same adapters again.
 #[test]
-fn vera_adapters_round_trip() {
-    let dir = fixture("adapters/llama-gqa-vera");
+fn factored_adapters_round_trip() {
+    for (name, method) in [("llama-gqa-vera", "VeRA"), ("llama-gqa-loha", "LoHa")] {
+        factored_adapter_round_trips(name, method);
+    }
+}
+
+fn factored_adapter_round_trips(name: &str, method: &str) {
+    let dir = fixture(&format!("adapters/{name}"));
     let adapter = read_adapter(&dir).unwrap();
-    assert_eq!(adapter.config.method(), "VeRA");
+    assert_eq!(adapter.config.method(), method);
     let out = tempfile::tempdir().unwrap();
     adapters::write_adapter(out.path(), &adapter, None).unwrap();
     let keys = |dir: &std::path::Path| -> Vec<String> {

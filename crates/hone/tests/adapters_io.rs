@@ -100,6 +100,7 @@ fn small_adapter(base: &str) -> Adapter {
         prompt: None,
         adaption: BTreeMap::new(),
         vera: None,
+        loha: Default::default(),
     }
 }
 

@@ -32,8 +32,8 @@ pub const FAMILY_MODELS: [&str; 15] = [
 pub const REMOTE_MODELS: [&str; 4] = ["chatglm3", "baichuan2", "baichuan2-alibi", "qwen"];
 
 /// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py and, for
-/// VeRA, vera.py) and their base models under fixtures/models.
-pub const PEFT_ADAPTERS: [(&str, &str); 8] = [
+/// VeRA and LoHa, factored.py) and their base models under fixtures/models.
+pub const PEFT_ADAPTERS: [(&str, &str); 9] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
@@ -42,6 +42,7 @@ pub const PEFT_ADAPTERS: [(&str, &str); 8] = [
     ("qwen2-ia3", "qwen2"),
     ("llama-gqa-olora", "llama-gqa"),
     ("llama-gqa-vera", "llama-gqa"),
+    ("llama-gqa-loha", "llama-gqa"),
 ];
 
 /// `<repo>/fixtures/<rel>`.

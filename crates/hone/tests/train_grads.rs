@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
     Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights,
-    LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules, VeraConfig, VeraWeights,
+    LohaConfig, LohaWeights, LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules,
+    VeraConfig, VeraWeights,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -207,6 +208,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         prompt: None,
         adaption: BTreeMap::new(),
         vera: None,
+        loha: Default::default(),
     }
 }
 
@@ -238,6 +240,7 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         prompt: None,
         adaption: BTreeMap::new(),
         vera: None,
+        loha: Default::default(),
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -319,6 +322,20 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             hone::train::vera::attach(&mut model, &config, Some(&start), 0).unwrap();
             model
         }
+        "loha" => {
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let start = Adapter {
+                loha: loha_weights(case),
+                ..initial_adapter_of(PeftConfig::Loha(loha_config(case)))
+            };
+            hone::train::loha::attach(&mut model, &loha_config(case), Some(&start), 0).unwrap();
+            model
+        }
         "adaption_prompt" => {
             let spec = TrainableSpec {
                 base: &|_| false,
@@ -374,6 +391,51 @@ fn vera_weights(case: &Case, r: usize) -> VeraWeights {
         max_in: a.dims()[1],
         max_out: b.dims()[0],
         lambdas,
+    }
+}
+
+/// The case's LoHa config (r, alpha, targets).
+fn loha_config(case: &Case) -> LohaConfig {
+    let alpha = case.meta["alpha"].as_f64().unwrap();
+    let targets = string_list(&case.meta["targets"]);
+    LohaConfig::new(meta_usize(case, "r"), alpha, targets)
+}
+
+/// The case's starting LoHa factors, by module.
+fn loha_weights(case: &Case) -> BTreeMap<String, LohaWeights> {
+    let config = loha_config(case);
+    case.tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("init.")?.strip_suffix(".hada_w1_a"))
+        .map(|module| {
+            let init = |v: &str| &case.tensors[&format!("init.{module}.hada_{v}")];
+            let (out, r) = init("w1_a").dims2().unwrap();
+            let weights = LohaWeights {
+                w1a: f32s(init("w1_a")),
+                w1b: f32s(init("w1_b")),
+                w2a: f32s(init("w2_a")),
+                w2b: f32s(init("w2_b")),
+                r,
+                in_features: init("w1_b").dims2().unwrap().1,
+                out_features: out,
+                scale: config.scale(),
+            };
+            (module.to_string(), weights)
+        })
+        .collect()
+}
+
+/// An empty adapter of `config`.
+fn initial_adapter_of(config: PeftConfig) -> Adapter {
+    Adapter {
+        config,
+        modules: BTreeMap::new(),
+        scales: BTreeMap::new(),
+        biases: BTreeMap::new(),
+        prompt: None,
+        adaption: BTreeMap::new(),
+        vera: None,
+        loha: BTreeMap::new(),
     }
 }
 
@@ -434,20 +496,15 @@ fn prompted_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
         .unwrap()
 }
 
-/// Logits of a VeRA model through the inference forward, its adapter (as Hone saves it) merged
-/// into the weights.
-fn vera_logits(model: &TrainModel, ids: &Tensor) -> Tensor {
+/// Logits of a VeRA or LoHa model through the inference forward, its adapter (as Hone saves it
+/// with `config`) merged into the weights.
+fn merged_adapter_logits(model: &TrainModel, ids: &Tensor, config: PeftConfig) -> Tensor {
     let mut weights: HashMap<String, Tensor> = model
         .hf_tensors(false)
         .into_iter()
         .map(|(name, shape, data)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
         .collect();
-    let config = VeraConfig::new(
-        4,
-        vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-        0.0,
-    );
-    let adapter = model.to_adapter(PeftConfig::Vera(config));
+    let adapter = model.to_adapter(config);
     hone::adapters::merge(&mut weights, model.config(), &adapter).unwrap();
     let llama = Llama::from_weights(model.config().clone(), weights, &Device::Cpu).unwrap();
     llama
@@ -522,7 +579,19 @@ fn check_gradients_with(name: &str, variant: Variant) {
     let ids = &case.tensors["input_ids"];
     let (logits, want_logits) = match &model.prompt {
         _ if case.meta["method"] == "vera" => {
-            (vera_logits(&model, ids), reference_logits(&case, 0))
+            let targets = string_list(&case.meta["targets"]);
+            let config = PeftConfig::Vera(VeraConfig::new(4, targets, 0.0));
+            (
+                merged_adapter_logits(&model, ids, config),
+                reference_logits(&case, 0),
+            )
+        }
+        _ if case.meta["method"] == "loha" => {
+            let config = PeftConfig::Loha(loha_config(&case));
+            (
+                merged_adapter_logits(&model, ids, config),
+                reference_logits(&case, 0),
+            )
         }
         _ if model.adaption.is_some() => (adapted_logits(&model, ids), reference_logits(&case, 0)),
         Some(p) if p.is_prefix() => (prompted_logits(&model, ids), reference_logits(&case, 0)),
@@ -700,6 +769,14 @@ fn prefix_tuning_gradients_match_peft() {
 fn vera_gradients_match_peft() {
     check_gradients("vera_llama-gqa");
     check_gradients("vera_qwen2");
+}
+
+/// LoHa: each targeted layer's update is `((W1a W1b) ⊙ (W2a W2b)) · alpha / r` (trained through
+/// its rank-r² LoRA form); the saved adapter merged gives the same logits.
+#[test]
+fn loha_gradients_match_peft() {
+    check_gradients("loha_llama-gqa");
+    check_gradients("loha_qwen2");
 }
 
 /// LLaMA-Adapter: each adapted layer's queries also attend its prompt's keys and values (the

@@ -265,7 +265,8 @@ fn block_switches(cfg: &ModelConfig) -> String {
 
 /// An adapter directory: its method and settings, the modules it adapts and its parameters.
 fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> {
-    let vera_paths = adapter.vera.iter().flat_map(|v| v.lambdas.keys());
+    let vera_paths =
+        (adapter.vera.iter().flat_map(|v| v.lambdas.keys())).chain(adapter.loha.keys());
     let module_paths = (adapter.modules.keys().chain(adapter.scales.keys())).chain(vera_paths);
     // `model.layers.3.mlp.down_proj` → `mlp.down_proj`: each layer adapts the same ones.
     let kinds: BTreeSet<&str> = module_paths
@@ -283,7 +284,11 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         let vectors: usize = v.lambdas.values().map(|(d, b)| d.len() + b.len()).sum();
         v.a.len() + v.b.len() + vectors
     });
+    let loha: usize = (adapter.loha.values())
+        .map(|w| w.w1a.len() + w.w1b.len() + w.w2a.len() + w.w2b.len())
+        .sum();
     let prompt = vera
+        + loha
         + adapter.prompt.as_ref().map_or(0, Vec::len)
         + adapter
             .adaption
@@ -306,6 +311,9 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
             "adapter_len": c.adapter_len, "adapter_layers": c.adapter_layers,
         }),
         PeftConfig::Vera(c) => json!({"r": c.r, "target_modules": c.target_modules}),
+        PeftConfig::Loha(c) => {
+            json!({"r": c.r, "alpha": c.alpha, "target_modules": c.target_modules})
+        }
     };
     let info = json!({
         "path": dir.display().to_string(),
@@ -335,6 +343,7 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         ),
         PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
         PeftConfig::Vera(c) => format!("VeRA, shared projections of rank {}", c.r),
+        PeftConfig::Loha(c) => format!("LoHa, rank {}, alpha {}", c.r, c.alpha),
         PeftConfig::Adaption(c) => format!(
             "LLaMA-Adapter, a gated prompt of {} in each of the top {} layers",
             c.adapter_len(),

@@ -10,12 +10,14 @@
 //! prefix-tuning one learned keys and values ([`prompt`]); a LLaMA-Adapter one gives the top
 //! layers' attention a gated learned prompt ([`adaption`]). A VeRA adapter scales a pair of frozen
 //! random matrices shared by every layer with two learned vectors per layer, a LoRA update once
-//! its layer's width is known ([`vera`]).
+//! its layer's width is known ([`vera`]); a LoHa one is the Hadamard product of two low-rank
+//! products, a LoRA update of rank r² ([`loha`]).
 
 pub mod adaption;
 pub mod config;
 pub mod dora;
 pub mod ia3;
+pub mod loha;
 pub mod merge;
 pub mod peft;
 pub mod prompt;
@@ -28,6 +30,7 @@ use std::collections::BTreeMap;
 pub use adaption::{AdaptionConfig, AdaptionPrompt};
 pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
 pub use ia3::{Ia3Config, Ia3Vector};
+pub use loha::{LohaConfig, LohaWeights};
 pub use merge::merge;
 pub use peft::read_adapter;
 pub use prompt::{PromptConfig, PromptMethod};
@@ -85,6 +88,8 @@ pub enum PeftConfig {
     Adaption(AdaptionConfig),
     /// `peft_type: "VERA"`.
     Vera(VeraConfig),
+    /// `peft_type: "LOHA"`.
+    Loha(LohaConfig),
 }
 
 impl PeftConfig {
@@ -98,6 +103,7 @@ impl PeftConfig {
             }
             Some("ADAPTION_PROMPT") => Ok(PeftConfig::Adaption(config::from_json_by_field(text)?)),
             Some("VERA") => Ok(PeftConfig::Vera(config::from_json_by_field(text)?)),
+            Some("LOHA") => Ok(PeftConfig::Loha(config::from_json_by_field(text)?)),
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -110,6 +116,7 @@ impl PeftConfig {
             PeftConfig::Prompt(c) => c.to_json(),
             PeftConfig::Adaption(c) => c.to_json(),
             PeftConfig::Vera(c) => c.to_json(),
+            PeftConfig::Loha(c) => c.to_json(),
         }
     }
 
@@ -121,6 +128,7 @@ impl PeftConfig {
             PeftConfig::Prompt(c) => c.validate(),
             PeftConfig::Adaption(c) => c.validate(),
             PeftConfig::Vera(c) => c.validate(),
+            PeftConfig::Loha(c) => c.validate(),
         }
     }
 
@@ -144,12 +152,12 @@ impl PeftConfig {
     pub fn is_mergeable(&self) -> bool {
         matches!(
             self,
-            PeftConfig::Lora(_) | PeftConfig::Ia3(_) | PeftConfig::Vera(_)
+            PeftConfig::Lora(_) | PeftConfig::Ia3(_) | PeftConfig::Vera(_) | PeftConfig::Loha(_)
         )
     }
 
     /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning`, `P-tuning`,
-    /// `prefix tuning`, `LLaMA-Adapter` or `VeRA`.
+    /// `prefix tuning`, `LLaMA-Adapter`, `VeRA` or `LoHa`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
@@ -158,6 +166,7 @@ impl PeftConfig {
             PeftConfig::Prompt(c) => c.peft_type.name(),
             PeftConfig::Adaption(_) => "LLaMA-Adapter",
             PeftConfig::Vera(_) => "VeRA",
+            PeftConfig::Loha(_) => "LoHa",
         }
     }
 
@@ -168,6 +177,7 @@ impl PeftConfig {
             PeftConfig::Prompt(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Adaption(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Vera(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Loha(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -192,6 +202,9 @@ pub struct Adapter {
     /// VeRA's shared projections and per-module vectors (its `modules` are empty until
     /// [`Adapter::resolved`] fills them with the equivalent LoRA).
     pub vera: Option<VeraWeights>,
+    /// LoHa's factors by HF module path (its `modules` are empty until [`Adapter::resolved`]
+    /// fills them with the equivalent LoRA).
+    pub loha: BTreeMap<String, LohaWeights>,
 }
 
 impl Adapter {
@@ -205,12 +218,23 @@ impl Adapter {
             PeftConfig::Prompt(config) => return self.validate_prompt(config),
             PeftConfig::Adaption(config) => return self.validate_adaption(config),
             PeftConfig::Vera(config) => return self.validate_vera(config),
+            PeftConfig::Loha(config) => return self.validate_loha(config),
         };
         if self.prompt.is_some() {
             bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
         }
         if let Some(module) = self.adaption.keys().next() {
             bail!("{module}.adaption_prompt: a LLaMA-Adapter tensor, but the config's peft_type is not \"ADAPTION_PROMPT\"");
+        }
+        if let Some(module) = self.loha.keys().next() {
+            bail!(
+                "{module}: has LoHa factors (hada_w*), but the config's peft_type is not \"LOHA\""
+            );
+        }
+        if self.vera.is_some() {
+            bail!(
+                "base_model.vera_A: VeRA's projections, but the config's peft_type is not \"VERA\""
+            );
         }
         if let Some(module) = self.scales.keys().next() {
             bail!("{module}: has an IA3 vector (ia3_l) but the config's peft_type is \"LORA\"");
@@ -268,6 +292,7 @@ impl Adapter {
         if let Some(name) = (self.modules.keys().chain(self.scales.keys()))
             .chain(self.biases.keys())
             .chain(self.adaption.keys())
+            .chain(self.loha.keys())
             .next()
         {
             bail!("{name}: a VERA adapter holds only vera_A, vera_B and each module's vera_lambda_d and vera_lambda_b");
@@ -289,12 +314,46 @@ impl Adapter {
         Ok(())
     }
 
-    /// The adapter with its VeRA update spelt out as LoRA modules, for a model whose tensors'
-    /// shapes `dims` gives by HF name (itself, borrowed, for other adapters).
+    fn validate_loha(&self, config: &LohaConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if let Some(name) = (self.modules.keys().chain(self.scales.keys()))
+            .chain(self.biases.keys())
+            .chain(self.adaption.keys())
+            .next()
+        {
+            bail!("{name}: a LOHA adapter holds only each module's hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b");
+        }
+        if self.vera.is_some() {
+            bail!("base_model.vera_A: VeRA's projections, but the config's peft_type is \"LOHA\"");
+        }
+        for (module, w) in &self.loha {
+            if !config.selects(module)? {
+                bail!("{module}: has LoHa factors but target_modules does not select it");
+            }
+            if w.r != config.r {
+                bail!(
+                    "{module}: hada factors of rank {} but the config's r is {}",
+                    w.r,
+                    config.r
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter with its VeRA or LoHa update spelt out as LoRA modules, for a model whose
+    /// tensors' shapes `dims` gives by HF name (itself, borrowed, for other adapters).
     pub fn resolved(
         &self,
         dims: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> anyhow::Result<std::borrow::Cow<'_, Adapter>> {
+        if !self.loha.is_empty() {
+            let mut resolved = self.clone();
+            for (module, w) in &self.loha {
+                resolved.modules.insert(module.clone(), w.as_lora());
+            }
+            return Ok(std::borrow::Cow::Owned(resolved));
+        }
         let Some(vera) = &self.vera else {
             return Ok(std::borrow::Cow::Borrowed(self));
         };
@@ -315,6 +374,8 @@ impl Adapter {
             .keys()
             .chain(self.scales.keys())
             .chain(self.biases.keys())
+            .chain(self.loha.keys())
+            .chain(self.vera.iter().flat_map(|v| v.lambdas.keys()))
             .next()
         {
             bail!("{name}: an ADAPTION_PROMPT adapter holds only adaption_prompt and adaption_gate tensors");
@@ -349,6 +410,8 @@ impl Adapter {
             .chain(self.scales.keys())
             .chain(self.biases.keys())
             .chain(self.adaption.keys())
+            .chain(self.loha.keys())
+            .chain(self.vera.iter().flat_map(|v| v.lambdas.keys()))
             .next()
         {
             bail!(

@@ -12,8 +12,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
 use super::adaption::{GATE_KEY, PROMPT_KEY};
+use super::loha;
 use super::vera::{LAMBDA_B, LAMBDA_D, SHARED_A, SHARED_B};
-use super::{Adapter, AdaptionPrompt, Ia3Vector, LoraWeights, PeftConfig, VeraWeights};
+use super::{
+    Adapter, AdaptionPrompt, Ia3Vector, LohaWeights, LoraWeights, PeftConfig, VeraWeights,
+};
 use crate::io::safetensors;
 use crate::model::config::hone_name;
 
@@ -138,6 +141,8 @@ enum Part {
     /// VeRA's vectors, by module.
     VeraD(String),
     VeraB(String),
+    /// One of LoHa's four factors (its index in `loha::KEYS`), by module.
+    Hada(String, usize),
 }
 
 fn classify(key: &str) -> Result<Part> {
@@ -162,6 +167,11 @@ fn classify(key: &str) -> Result<Part> {
     if let Some(module) = rest.strip_suffix(GATE_KEY) {
         return Ok(Part::AdaptionGate(module.into()));
     }
+    for (index, suffix) in loha::KEYS.iter().enumerate() {
+        if let Some(module) = rest.strip_suffix(suffix) {
+            return Ok(Part::Hada(module.into(), index));
+        }
+    }
     if let Some(module) = rest.strip_suffix(LAMBDA_D) {
         return Ok(Part::VeraD(module.into()));
     }
@@ -177,7 +187,7 @@ fn classify(key: &str) -> Result<Part> {
     bail!(
         "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
          weights, lora_magnitude_vector, ia3_l and biases; LLaMA-Adapter's adaption_prompt and adaption_gate; \
-         VeRA's vera_A, vera_B and vectors; this looks like another PEFT method or a LoRA variant)"
+         VeRA's vera_A, vera_B and vectors; LoHa's hada factors; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -213,6 +223,7 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let mut adaption_prompts = BTreeMap::new();
     let mut gates = BTreeMap::new();
     let (mut lambdas_d, mut lambdas_b) = (BTreeMap::new(), BTreeMap::new());
+    let mut hada = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
         let expected_dims = match part {
@@ -263,6 +274,12 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
             Part::VeraB(module) => {
                 lambdas_b.insert(text_module(&module)?, values);
             }
+            Part::Hada(module, index) => {
+                let factors = hada
+                    .entry(text_module(&module)?)
+                    .or_insert_with(|| [None, None, None, None]);
+                factors[index] = Some((shape, values));
+            }
         }
     }
     let mut adaption = BTreeMap::new();
@@ -276,6 +293,14 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         bail!("{module}: adaption_gate without adaption_prompt");
     }
     let vera = vera_weights(shared, lambdas_d, lambdas_b)?;
+    let scale = match &config {
+        PeftConfig::Loha(c) => c.scale(),
+        _ => 1.0,
+    };
+    let loha = hada
+        .into_iter()
+        .map(|(module, factors)| Ok((module.clone(), loha_weights(&module, factors, scale)?)))
+        .collect::<Result<_>>()?;
     let mut modules = BTreeMap::new();
     let matcher = config.lora().map(|c| c.matcher()).transpose()?;
     for (module, (a_shape, a)) in a_parts {
@@ -318,6 +343,36 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         prompt,
         adaption,
         vera,
+        loha,
+    })
+}
+
+/// One module's four LoHa factors, checked to be `[out, r]`, `[r, in]`, `[out, r]`, `[r, in]`.
+fn loha_weights(module: &str, factors: [Option<Tensor>; 4], scale: f64) -> Result<LohaWeights> {
+    let [Some(w1a), Some(w1b), Some(w2a), Some(w2b)] = factors else {
+        bail!("{module}: needs all of hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b");
+    };
+    let (out, r, inp) = (w1a.0[0], w1a.0[1], w1b.0[1]);
+    let fits = w1b.0 == [r, inp] && w2a.0 == [out, r] && w2b.0 == [r, inp];
+    if !fits {
+        bail!(
+            "{module}: hada_w1_a {:?}, hada_w1_b {:?}, hada_w2_a {:?}, hada_w2_b {:?} are not [out, r], [r, in], \
+             [out, r], [r, in]",
+            w1a.0,
+            w1b.0,
+            w2a.0,
+            w2b.0
+        );
+    }
+    Ok(LohaWeights {
+        w1a: w1a.1,
+        w1b: w1b.1,
+        w2a: w2a.1,
+        w2b: w2b.1,
+        r,
+        in_features: inp,
+        out_features: out,
+        scale,
     })
 }
 

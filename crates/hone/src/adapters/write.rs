@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::adaption::{GATE_KEY, PROMPT_KEY};
+use super::loha;
 use super::peft::{
     CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
 };
@@ -112,6 +113,19 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
+    for (module, w) in &adapter.loha {
+        let key = format!("{KEY_PREFIX}{module}");
+        let (out, r, inp) = (w.out_features, w.r, w.in_features);
+        let factors = [
+            (&w.w1a, [out, r]),
+            (&w.w1b, [r, inp]),
+            (&w.w2a, [out, r]),
+            (&w.w2b, [r, inp]),
+        ];
+        for (suffix, (values, shape)) in loha::KEYS.iter().zip(factors) {
+            tensors.push((format!("{key}{suffix}"), shape.to_vec(), values));
+        }
+    }
     if let Some(vera) = &adapter.vera {
         tensors.push((SHARED_A.into(), vec![vera.r, vera.max_in], &vera.a));
         tensors.push((SHARED_B.into(), vec![vera.max_out, vera.r], &vera.b));
@@ -169,6 +183,15 @@ fn model_card(adapter: &Adapter) -> String {
         PeftConfig::Ia3(_) => (
             "ia3",
             format!("Vectors on {} modules", adapter.scales.len()),
+        ),
+        PeftConfig::Loha(cfg) => (
+            "loha",
+            format!(
+                "Rank {}, alpha {}, on {} modules",
+                cfg.r,
+                cfg.alpha,
+                adapter.loha.len()
+            ),
         ),
         PeftConfig::Vera(cfg) => (
             "vera",

@@ -289,7 +289,7 @@ mod tests {
             bias: Some(Tensor1::new(bias.to_vec(), false)),
             lora,
             ia3: None,
-            vera: None,
+            factored: None,
         };
         let mut projection = Projection {
             in_features: IN,

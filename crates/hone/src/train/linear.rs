@@ -1,7 +1,7 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
 //! its own optional bias, weight gradient (full or partial fine-tuning) and adapter: LoRA, DoRA
-//! ([`super::dora`]), VeRA ([`super::vera`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
+//! ([`super::dora`]), VeRA or LoHa ([`super::factored`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
 //! (a quantized GGUF: QLoRA), see [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
@@ -14,9 +14,9 @@ use rayon::prelude::*;
 
 use super::dora::{self, DoraSaved, PartWeights};
 use super::dropout;
+use super::factored::Factored;
 use super::ia3::{self, Ia3};
 use super::lora::Lora;
-use super::vera::Vera;
 use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::kernels::matrix::Matrix;
@@ -53,7 +53,7 @@ pub struct Part {
     pub bias: Option<Tensor1>,
     pub lora: Option<Lora>,
     pub ia3: Option<Ia3>,
-    pub vera: Option<Vera>,
+    pub factored: Option<Factored>,
 }
 
 /// Linear layers sharing one input: `y = x [W_1; W_2; …]ᵀ + b`, plus each part's LoRA term.
@@ -154,11 +154,11 @@ impl Projection {
                     dora: None,
                 },
             });
-            let vera = part.vera.as_ref().map(|vera| AdapterSaved {
-                xa: vera.forward(x, (&mut *y, out, col), seed),
+            let factored = part.factored.as_ref().map(|f| AdapterSaved {
+                xa: f.forward(x, (&mut *y, out, col), seed),
                 dora: None,
             });
-            saved.adapters.push(adapter.or(vera));
+            saved.adapters.push(adapter.or(factored));
             // After the adapter: DoRA rescales the product without the bias.
             if let Some(bias) = &part.bias {
                 add_bias(y, out, col, &bias.value);
@@ -209,9 +209,9 @@ impl Projection {
                     None => lora_backward(lora, dy_part, x, &adapter.xa, seed, dx),
                 }
             }
-            if let (Some(vera), Some(adapter)) = (&mut part.vera, &saved.adapters[index]) {
+            if let (Some(f), Some(adapter)) = (&mut part.factored, &saved.adapters[index]) {
                 let seed = dropout::stream(saved.dropout_seed, index as u64);
-                vera.backward((dy, out, col), x, &adapter.xa, seed, dx);
+                f.backward((dy, out, col), x, &adapter.xa, seed, dx);
             }
             col += part.out_features;
         }
@@ -260,7 +260,7 @@ fn slot_stream(slot: Slot) -> u64 {
 }
 
 /// `y[:, col..col+out_p] += s · (dropout(x) Aᵀ) Bᵀ`; returns `s · dropout(x) Aᵀ` for the backward.
-fn lora_forward(
+pub(super) fn lora_forward(
     lora: &Lora,
     x: &[f32],
     y: &mut [f32],

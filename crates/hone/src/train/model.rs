@@ -167,7 +167,7 @@ impl TrainModel {
                         bias,
                         lora,
                         ia3,
-                        vera: None,
+                        factored: None,
                     });
                 }
                 ia3::check_input_scaling(&built)?;

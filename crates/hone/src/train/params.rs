@@ -6,12 +6,14 @@
 //! `{module}.lora_A.weight` / `{module}.lora_B.weight` (and DoRA's `{module}.lora_magnitude_vector`,
 //! IA3's `{module}.ia3_l`) for adapters (PEFT's, minus its `base_model.model.` prefix).
 
+use super::factored::Factored;
 use super::linear::{MatrixParam, Projection};
 use super::lora::Lora;
 use super::model::TrainModel;
 use super::optim::Param;
 use super::reward;
 use crate::adapters::adaption::{self, GATE_KEY, PROMPT_KEY};
+use crate::adapters::loha;
 use crate::adapters::vera::{LAMBDA_B, LAMBDA_D};
 use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig, VeraWeights};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
@@ -88,9 +90,18 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
         if let Some(ia3) = &mut part.ia3 {
             visit_tensor(format!("{}.ia3_l", part.path), &mut ia3.scale, f);
         }
-        if let Some(vera) = &mut part.vera {
-            visit_tensor(format!("{}{LAMBDA_D}", part.path), &mut vera.lambda_d, f);
-            visit_tensor(format!("{}{LAMBDA_B}", part.path), &mut vera.lambda_b, f);
+        match &mut part.factored {
+            Some(Factored::Vera(vera)) => {
+                visit_tensor(format!("{}{LAMBDA_D}", part.path), &mut vera.lambda_d, f);
+                visit_tensor(format!("{}{LAMBDA_B}", part.path), &mut vera.lambda_b, f);
+            }
+            Some(Factored::Loha(l)) => {
+                let factors = [&mut l.w1a, &mut l.w1b, &mut l.w2a, &mut l.w2b];
+                for (suffix, t) in loha::KEYS.iter().zip(factors) {
+                    visit_tensor(format!("{}{suffix}", part.path), t, f);
+                }
+            }
+            None => {}
         }
     }
 }
@@ -230,7 +241,10 @@ impl TrainModel {
     fn vera_weights(&self) -> Option<VeraWeights> {
         let parts = self.blocks.iter().flat_map(|b| b.projections());
         let veras: Vec<_> = parts
-            .filter_map(|p| Some((p.path.clone(), p.vera.as_ref()?)))
+            .filter_map(|p| match &p.factored {
+                Some(Factored::Vera(v)) => Some((p.path.clone(), v)),
+                _ => None,
+            })
             .collect();
         let shared = &veras.first()?.1.shared;
         Some(VeraWeights {
@@ -291,6 +305,15 @@ impl TrainModel {
             biases,
             prompt: self.prompt.as_ref().map(|p| p.forward().0),
             vera: self.vera_weights(),
+            loha: self
+                .blocks
+                .iter()
+                .flat_map(|b| b.projections())
+                .filter_map(|p| match &p.factored {
+                    Some(Factored::Loha(l)) => Some((p.path.clone(), l.weights())),
+                    _ => None,
+                })
+                .collect(),
             adaption: self.adaption.as_ref().map_or_else(Default::default, |a| {
                 let layers = a.layers.iter().enumerate();
                 layers

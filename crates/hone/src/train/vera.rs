@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 
+use super::factored::Factored;
 use super::linear::lora_input_with;
 use super::model::TrainModel;
 use crate::adapters::{VeraConfig, VeraWeights};
@@ -283,14 +284,14 @@ pub fn attach(
                 vec![0.0; out_features],
             ),
         };
-        part.vera = Some(Vera {
+        part.factored = Some(Factored::Vera(Vera {
             shared: Arc::clone(&shared),
             in_features,
             out_features,
             dropout: config.vera_dropout as f32,
             lambda_d: Tensor1::new(d, true),
             lambda_b: Tensor1::new(b, true),
-        });
+        }));
     }
     Ok(())
 }

@@ -115,11 +115,15 @@ fn check_method(c: &SftConfig) -> Checked {
         ("feedforward_modules", &m.feedforward_modules),
     ] {
         if let Some(list) = list {
-            let vera = m.finetuning_type == FinetuningType::Vera && key == "target_modules";
+            let factored = matches!(
+                m.finetuning_type,
+                FinetuningType::Vera | FinetuningType::Loha
+            );
             require(
-                m.finetuning_type == FinetuningType::Ia3 || vera,
+                m.finetuning_type == FinetuningType::Ia3 || (factored && key == "target_modules"),
                 key,
-                "only valid with finetuning_type: ia3 (target_modules also with vera; LoRA's targets are lora_target)",
+                "only valid with finetuning_type: ia3 (target_modules also with vera and loha; LoRA's targets are \
+                 lora_target)",
             )?;
             modules(key, list, &linear_modules())?;
         }
@@ -137,11 +141,11 @@ fn check_method(c: &SftConfig) -> Checked {
             "only valid with finetuning_type: vera",
         )?;
     }
-    if vera {
+    if vera || m.finetuning_type == FinetuningType::Loha {
         require(
             matches!(m.stage, Stage::Sft | Stage::Pt),
             "stage",
-            "VeRA trains with stage: sft or pt",
+            "VeRA and LoHa train with stage: sft or pt",
         )?;
     }
     if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {

@@ -292,6 +292,10 @@ pub enum FinetuningType {
     /// VeRA: frozen random projections shared by every targeted layer, scaled per layer by two
     /// learned vectors; the base stays frozen. Hone's own (PEFT's `VERA`).
     Vera,
+    /// LoHa: each targeted layer's update is the Hadamard product of two rank-`lora_rank`
+    /// products, scaled by `lora_alpha / lora_rank`; the base stays frozen. Hone's own (PEFT's
+    /// `LOHA`).
+    Loha,
 }
 
 impl FinetuningType {

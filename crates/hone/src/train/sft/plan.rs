@@ -63,7 +63,8 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         | FinetuningType::PTuning
         | FinetuningType::Prefix
         | FinetuningType::AdaptionPrompt
-        | FinetuningType::Vera => false,
+        | FinetuningType::Vera
+        | FinetuningType::Loha => false,
     };
     let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
@@ -201,7 +202,13 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             Some(AdapterMatcher::Lora(matcher))
         }
         Some(PeftConfig::Ia3(ia3)) => Some(AdapterMatcher::Ia3(ia3.matcher()?)),
-        Some(PeftConfig::Prompt(_) | PeftConfig::Adaption(_) | PeftConfig::Vera(_)) | None => None,
+        Some(
+            PeftConfig::Prompt(_)
+            | PeftConfig::Adaption(_)
+            | PeftConfig::Vera(_)
+            | PeftConfig::Loha(_),
+        )
+        | None => None,
     })
 }
 

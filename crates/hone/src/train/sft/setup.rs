@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 
 use crate::adapters::ia3::{self, Ia3Config};
 use crate::adapters::{
-    adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, PeftConfig,
-    TargetModules, VeraConfig,
+    adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, LohaConfig,
+    PeftConfig, TargetModules, VeraConfig,
 };
 use crate::chat::ChatTemplate;
 use crate::io::names;
@@ -247,6 +247,17 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             vera.base_model_name_or_path = base;
             Some(PeftConfig::Vera(vera))
         }
+        FinetuningType::Loha => {
+            let m = &config.method;
+            let targets = match &m.target_modules {
+                Some(list) => list.items().to_vec(),
+                None => vec!["q_proj".into(), "v_proj".into()],
+            };
+            let alpha = f64::from(config.lora_alpha());
+            let mut loha = LohaConfig::new(m.lora_rank as usize, alpha, targets);
+            loha.base_model_name_or_path = base;
+            Some(PeftConfig::Loha(loha))
+        }
         FinetuningType::AdaptionPrompt => {
             let layers = adaption_layers(config, model)?;
             let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
@@ -472,6 +483,7 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
         FinetuningType::Prefix => "prefix tuning",
         FinetuningType::AdaptionPrompt => "LLaMA-Adapter",
         FinetuningType::Vera => "VeRA",
+        FinetuningType::Loha => "LoHa",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -497,9 +509,10 @@ fn build_base_model(
             // The starting adapter's own config decides targets, rank and alpha.
             let peft = saved_config(config, &base.config, start.as_ref())?;
             match peft {
-                PeftConfig::Prompt(_) | PeftConfig::Adaption(_) | PeftConfig::Vera(_) => {
-                    unreachable!("a LoRA or IA3 run's adapter")
-                }
+                PeftConfig::Prompt(_)
+                | PeftConfig::Adaption(_)
+                | PeftConfig::Vera(_)
+                | PeftConfig::Loha(_) => unreachable!("a LoRA or IA3 run's adapter"),
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
                     let mut trained = lora.clone();
@@ -549,6 +562,16 @@ fn build_base_model(
             let shared = start.as_ref().and_then(|a| a.vera.as_ref());
             let seed = vera.projection_prng_key ^ seed;
             crate::train::vera::attach(&mut model, vera, shared, seed)?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::Loha => {
+            let start = starting_adapter(config)?;
+            let peft = saved_config(config, &base.config, start.as_ref())?;
+            let PeftConfig::Loha(loha) = &peft else {
+                unreachable!("a LoHa run's adapter");
+            };
+            let (mut model, _) = frozen_model(base)?;
+            crate::train::loha::attach(&mut model, loha, start.as_ref(), seed)?;
             Ok((model, Some(peft)))
         }
         FinetuningType::AdaptionPrompt => {

@@ -1,19 +1,22 @@
-"""Golden fixtures for VeRA (PEFT's VERA): shared frozen projections vera_A [r, max in] and vera_B
-[max out, r], and per targeted layer vera_lambda_d [r] and vera_lambda_b [out].
+"""Golden fixtures for the adapters whose update is built from other factors: VeRA (PEFT's VERA:
+shared frozen projections vera_A [r, max in] and vera_B [max out, r], and per targeted layer
+vera_lambda_d [r] and vera_lambda_b [out]) and LoHa (PEFT's LOHA: per targeted layer hada_w1_a,
+hada_w2_a [out, r], hada_w1_b, hada_w2_b [r, in]; r 2, alpha 6).
 
 Training (fixtures/train/vera_<model>.safetensors, as scripts/golden/train_grads.py writes its
 cases): input_ids / labels [2, 12] (row 1 right-padded), loss, logits [2, 12, vocab], vera_A and
 vera_B, init.<name> and grad.<name> for every vector under Hone's names
-(`model.layers.N.self_attn.q_proj.vera_lambda_d`, ...). The vectors are set to random values first
-(PEFT starts λ_b at 0, where λ_d gets no gradient). References in float64.
+(`model.layers.N.self_attn.q_proj.vera_lambda_d`, `....hada_w1_a`, ...). The trained tensors are set
+to random values first (PEFT starts VeRA's λ_b and LoHa's hada_w2_b at 0, where the others get no
+gradient). References in float64. LoHa cases: loha_llama-gqa, loha_qwen2.
 
-Adapter (fixtures/adapters/llama-gqa-vera/, PEFT's save_pretrained with its projections, random
-vectors; plus llama-gqa-vera.golden.safetensors: the base model's golden input_ids and the PEFT
+Adapters (fixtures/adapters/llama-gqa-vera/ and llama-gqa-loha/, PEFT's save_pretrained, random
+trained tensors; plus <name>.golden.safetensors: the base model's golden input_ids and the PEFT
 model's logits).
 
 Run from the repository root:
 
-    OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/vera.py
+    OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/factored.py
 """
 
 import json
@@ -21,7 +24,7 @@ import shutil
 
 import peft
 import torch
-from peft import PeftModel, VeraConfig, get_peft_model
+from peft import LoHaConfig, PeftModel, VeraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -31,7 +34,9 @@ from train_grads import batch
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
-def config():
+def config(method):
+    if method == "loha":
+        return LoHaConfig(task_type="CAUSAL_LM", r=2, alpha=6, target_modules=TARGETS)
     return VeraConfig(task_type="CAUSAL_LM", r=4, target_modules=TARGETS, projection_prng_key=7)
 
 
@@ -39,7 +44,7 @@ def randomize_vectors(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "vera_lambda" in name:
+            if "vera_lambda" in name or "hada_w" in name:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
 
 
@@ -47,10 +52,10 @@ def hone_name(name):
     return name.removeprefix("base_model.model.").replace(".default", "")
 
 
-def train_case(name, model_dir, seed):
+def train_case(name, model_dir, method, seed):
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / model_dir, dtype=torch.float64)
-    model = get_peft_model(base, config()).double()
+    model = get_peft_model(base, config(method)).double()
     randomize_vectors(model, seed)
     trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
     init = {k: p.detach().clone() for k, p in trainable.items()}
@@ -58,32 +63,34 @@ def train_case(name, model_dir, seed):
     model.zero_grad()
     out = model(input_ids=ids, labels=labels)
     out.loss.backward()
-    vera = model.base_model.model.model.layers[0].self_attn.q_proj
     tensors = {
         "input_ids": ids,
         "labels": labels,
         "loss": out.loss.detach().reshape(1),
         "logits": out.logits.detach(),
-        "vera_A": vera.vera_A["default"],
-        "vera_B": vera.vera_B["default"],
     }
+    if method == "vera":
+        vera = model.base_model.model.model.layers[0].self_attn.q_proj
+        tensors.update(vera_A=vera.vera_A["default"], vera_B=vera.vera_B["default"])
     for k, v in init.items():
         tensors[f"init.{k}"] = v
     for k, p in trainable.items():
         assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
         tensors[f"grad.{k}"] = p.grad
     tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    case = {"model": model_dir, "method": "vera", "r": 4, "targets": TARGETS}
+    case = {"model": model_dir, "method": method, "r": 4, "targets": TARGETS}
+    if method == "loha":
+        case.update(r=2, alpha=6)
     save_file(tensors, FIXTURES / "train" / f"{name}.safetensors", metadata={"case": json.dumps(case)})
     print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
 
 
-def adapter_case(name, base, seed):
+def adapter_case(name, base, method, seed):
     out_dir = FIXTURES / "adapters" / name
     shutil.rmtree(out_dir, ignore_errors=True)
     base_path = f"fixtures/models/{base}"
     torch.manual_seed(seed)
-    model = get_peft_model(load_fp32(base_path), config()).eval()
+    model = get_peft_model(load_fp32(base_path), config(method)).eval()
     randomize_vectors(model, seed)
     model.save_pretrained(out_dir)
     ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
@@ -102,9 +109,12 @@ def adapter_case(name, base, seed):
 
 
 def main():
-    train_case("vera_llama-gqa", "llama-gqa", 11)
-    train_case("vera_qwen2", "qwen2", 12)
-    adapter_case("llama-gqa-vera", "llama-gqa", 305)
+    train_case("vera_llama-gqa", "llama-gqa", "vera", 11)
+    train_case("vera_qwen2", "qwen2", "vera", 12)
+    adapter_case("llama-gqa-vera", "llama-gqa", "vera", 305)
+    train_case("loha_llama-gqa", "llama-gqa", "loha", 13)
+    train_case("loha_qwen2", "qwen2", "loha", 14)
+    adapter_case("llama-gqa-loha", "llama-gqa", "loha", 306)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+//! The adapters whose update a layer builds each step from other factors, beside LoRA in a
+//! projection's part: VeRA (vectors over shared frozen projections) and LoHa (two low-rank
+//! products multiplied elementwise).
+
+use super::loha::Loha;
+use super::vera::Vera;
+
+/// A part's VeRA or LoHa adapter.
+#[derive(Clone, Debug)]
+pub enum Factored {
+    Vera(Vera),
+    Loha(Loha),
+}
+
+impl Factored {
+    /// Adds the update's output to `y`'s columns `col..col + out` (of `y_cols`); returns what
+    /// the backward needs.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        y: (&mut [f32], usize, usize),
+        dropout_seed: Option<u64>,
+    ) -> Vec<f32> {
+        match self {
+            Factored::Vera(v) => v.forward(x, y, dropout_seed),
+            Factored::Loha(l) => l.forward(x, y),
+        }
+    }
+
+    /// Accumulates the factors' gradients from `dy`'s columns and adds the input's to `dx`.
+    pub fn backward(
+        &mut self,
+        dy: (&[f32], usize, usize),
+        x: &[f32],
+        saved: &[f32],
+        seed: u64,
+        dx: &mut [f32],
+    ) {
+        match self {
+            Factored::Vera(v) => v.backward(dy, x, saved, seed, dx),
+            Factored::Loha(l) => l.backward(dy, x, saved, dx),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! LoHa as PEFT defines it (`peft.LoHaConfig`): `y = W x + s · ((W1a W1b) ⊙ (W2a W2b)) x` with
+//! `s = alpha / r`, W1a, W1b, W2a kaiming-uniform(a=√5) and W2b zero at init, so training starts
+//! from the base model exactly. The Hadamard product is a LoRA update of rank r²
+//! ([`crate::adapters::loha::face_split`]): each step builds that LoRA from the factors, runs
+//! LoRA's forward and backward, and takes the factors' gradients from LoRA's.
+
+use anyhow::{bail, ensure, Result};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use super::factored::Factored;
+use super::linear::{lora_backward, lora_forward};
+use super::lora::Lora;
+use super::model::TrainModel;
+use crate::adapters::loha::face_split;
+use crate::adapters::{Adapter, LohaConfig, LohaWeights};
+use crate::kernels::matmul::MatRef;
+use crate::model::norm::Tensor1;
+
+/// One layer's LoHa factors: `w1a`, `w2a` `[out, r]`, `w1b`, `w2b` `[r, in]`.
+#[derive(Clone, Debug)]
+pub struct Loha {
+    pub w1a: Tensor1,
+    pub w1b: Tensor1,
+    pub w2a: Tensor1,
+    pub w2b: Tensor1,
+    pub r: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub scale: f32,
+}
+
+impl Loha {
+    /// PEFT's start (`init_weights: true`), drawn from `seed` and `stream` (the module).
+    pub fn init(
+        r: usize,
+        (in_features, out_features): (usize, usize),
+        scale: f32,
+        (seed, stream): (u64, u64),
+    ) -> Loha {
+        let mut rng = StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut kaiming = |n: usize, fan_in: usize| -> Tensor1 {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            Tensor1::new(
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect(),
+                true,
+            )
+        };
+        Loha {
+            w1a: kaiming(out_features * r, r),
+            w1b: kaiming(r * in_features, in_features),
+            w2a: kaiming(out_features * r, r),
+            w2b: Tensor1::new(vec![0.0; r * in_features], true),
+            r,
+            in_features,
+            out_features,
+            scale,
+        }
+    }
+
+    /// The factors of a saved adapter.
+    pub fn from_weights(w: &LohaWeights) -> Loha {
+        let t = |v: &Vec<f32>| Tensor1::new(v.clone(), true);
+        Loha {
+            w1a: t(&w.w1a),
+            w1b: t(&w.w1b),
+            w2a: t(&w.w2a),
+            w2b: t(&w.w2b),
+            r: w.r,
+            in_features: w.in_features,
+            out_features: w.out_features,
+            scale: w.scale as f32,
+        }
+    }
+
+    /// The factors as PEFT saves them.
+    pub fn weights(&self) -> LohaWeights {
+        LohaWeights {
+            w1a: self.w1a.value.clone(),
+            w1b: self.w1b.value.clone(),
+            w2a: self.w2a.value.clone(),
+            w2b: self.w2b.value.clone(),
+            r: self.r,
+            in_features: self.in_features,
+            out_features: self.out_features,
+            scale: f64::from(self.scale),
+        }
+    }
+
+    /// The update as a LoRA of rank r², with zeroed gradients.
+    fn as_lora(&self) -> Lora {
+        let (a, b) = face_split(
+            (
+                &self.w1a.value,
+                &self.w2a.value,
+                &self.w1b.value,
+                &self.w2b.value,
+            ),
+            self.r,
+            (self.out_features, self.in_features),
+        );
+        Lora {
+            r: self.r * self.r,
+            in_features: self.in_features,
+            out_features: self.out_features,
+            scale: self.scale,
+            dropout: 0.0,
+            grad_a: vec![0.0; a.len()],
+            grad_b: vec![0.0; b.len()],
+            a,
+            b,
+            magnitude: None,
+            start: None,
+        }
+    }
+
+    /// `y[:, col..col + out] += s · x ΔWᵀ`; returns what the backward needs.
+    pub fn forward(&self, x: &[f32], (y, y_cols, col): (&mut [f32], usize, usize)) -> Vec<f32> {
+        lora_forward(&self.as_lora(), x, y, y_cols, col, None)
+    }
+
+    /// Accumulates the factors' gradients from `dy`'s columns `col..col + out` and adds the
+    /// input's gradient to `dx`.
+    pub fn backward(
+        &mut self,
+        (dy, dy_cols, col): (&[f32], usize, usize),
+        x: &[f32],
+        xa: &[f32],
+        dx: &mut [f32],
+    ) {
+        let n = x.len() / self.in_features;
+        let g = MatRef::strided(&dy[col..], n, self.out_features, dy_cols);
+        let mut lora = self.as_lora();
+        lora_backward(&mut lora, g, x, xa, 0, dx);
+        self.chain(&lora.grad_a, &lora.grad_b);
+    }
+
+    /// From the rank-r² LoRA's gradients to the factors': `B'[o, (i, j)] = w1a[o, i] w2a[o, j]`
+    /// and `A'[(i, j), k] = w1b[i, k] w2b[j, k]`.
+    fn chain(&mut self, grad_a: &[f32], grad_b: &[f32]) {
+        let (r, inp, out) = (self.r, self.in_features, self.out_features);
+        let (w1a, w2a) = (&self.w1a.value, &self.w2a.value);
+        if let (Some(g1), Some(g2)) = (&mut self.w1a.grad, &mut self.w2a.grad) {
+            for o in 0..out {
+                for i in 0..r {
+                    for j in 0..r {
+                        let d = grad_b[o * r * r + i * r + j];
+                        g1[o * r + i] += d * w2a[o * r + j];
+                        g2[o * r + j] += d * w1a[o * r + i];
+                    }
+                }
+            }
+        }
+        let (w1b, w2b) = (&self.w1b.value, &self.w2b.value);
+        if let (Some(g1), Some(g2)) = (&mut self.w1b.grad, &mut self.w2b.grad) {
+            for i in 0..r {
+                for j in 0..r {
+                    let d = &grad_a[(i * r + j) * inp..(i * r + j + 1) * inp];
+                    for k in 0..inp {
+                        g1[i * inp + k] += d[k] * w2b[j * inp + k];
+                        g2[j * inp + k] += d[k] * w1b[i * inp + k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gives every module of `model` that `config` targets its LoHa factors: those of `start` (an
+/// adapter the run continues) or PEFT's start drawn from `seed`.
+pub fn attach(
+    model: &mut TrainModel,
+    config: &LohaConfig,
+    start: Option<&Adapter>,
+    seed: u64,
+) -> Result<()> {
+    let mut stream = 0u64;
+    let mut any = false;
+    for block in &mut model.blocks {
+        for projection in block.linears_mut() {
+            let in_features = projection.in_features;
+            for part in &mut projection.parts {
+                stream += 1;
+                if !config.selects(&part.path)? {
+                    continue;
+                }
+                any = true;
+                let out = part.out_features;
+                let loha = match start.and_then(|a| a.loha.get(&part.path)) {
+                    Some(w) => {
+                        ensure!(
+                            w.in_features == in_features && w.out_features == out,
+                            "adapter_name_or_path: {}'s factors are for a [{}, {}] layer, not [{out}, {in_features}]",
+                            part.path,
+                            w.out_features,
+                            w.in_features
+                        );
+                        Loha::from_weights(w)
+                    }
+                    None if start.is_some() => {
+                        bail!("adapter_name_or_path: no LoHa factors for {}", part.path)
+                    }
+                    None => {
+                        let scale = config.scale() as f32;
+                        Loha::init(config.r, (in_features, out), scale, (seed, stream))
+                    }
+                };
+                part.factored = Some(Factored::Loha(loha));
+            }
+        }
+    }
+    ensure!(
+        any,
+        "target_modules: selects none of the model's linear layers"
+    );
+    Ok(())
+}
