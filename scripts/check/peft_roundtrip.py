@@ -3,7 +3,7 @@ Hone trains, and counts the same trainable parameters. Prompt tuning, P-tuning, 
 LLaMA-Adapter, which no one merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
 vs `hone eval perplexity --adapter --exact`), and `prompt_tuning_init: text` starts where PEFT's does.
 
-For each method (LoRA, DoRA, IA3, PiSSA saved converted, VeRA, LoHa) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
+For each method (LoRA, DoRA, IA3, PiSSA saved converted, VeRA, LoHa, LoKr) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
 a small dataset with `lora_target: all`, then:
   - Hone's trainable-parameter line is compared with PEFT's `get_nb_trainable_parameters()` for
@@ -53,6 +53,7 @@ METHODS = {
     # Its shared projections saved once, its vectors per layer.
     "vera": {"finetuning_type": "vera", "lora_rank": 16, "learning_rate": "5.0e-2"},
     "loha": {"finetuning_type": "loha", "lora_rank": 4, "learning_rate": "2.0e-2"},
+    "lokr": {"finetuning_type": "lokr", "lora_rank": 4, "learning_rate": "2.0e-2"},
     # Not mergeable: compared through the perplexity of a text instead.
     "prompt_tuning": {"finetuning_type": "prompt_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-2"},
     "p_tuning": {"finetuning_type": "p_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-3"},

@@ -487,16 +487,19 @@ fn adapter_answer(out: &Path, what: &str) -> String {
     exact.ok().to_string()
 }
 
-/// `finetuning_type: vera` and `loha`: only the adapter's own tensors train (the
+/// `finetuning_type: vera`, `loha` and `lokr`: only the adapter's own tensors train (the
 /// trainable-parameter line counts them, as PEFT), the adapter is PEFT's (VeRA's shared
 /// `base_model.vera_A` / `vera_B` once and each module's `vera_lambda_d` / `vera_lambda_b`;
-/// LoHa's `hada_w1_a` … `hada_w2_b`), it changes what the model answers, unmerged on both paths
+/// LoHa's `hada_w1_a` … `hada_w2_b`; LoKr's `lokr_w1` … `lokr_w2_b`), it changes what the model answers, unmerged on both paths
 /// and merged alike, and a checkpoint resumes.
 #[test]
 fn factored_adapters_train_and_generate_unmerged_and_merged_alike() {
-    for (method, peft_type, trained) in
-        [("vera", "VERA", "vera_lambda"), ("loha", "LOHA", "hada_w")]
-    {
+    let methods = [
+        ("vera", "VERA", "vera_lambda"),
+        ("loha", "LOHA", "hada_w"),
+        ("lokr", "LOKR", "lokr_w"),
+    ];
+    for (method, peft_type, trained) in methods {
         factored_adapter_trains(method, peft_type, trained);
     }
 }
@@ -827,6 +830,7 @@ fn the_example_configs_resolve() {
         ),
         ("train_vera.yaml", "finetuning_type: vera"),
         ("train_loha.yaml", "finetuning_type: loha"),
+        ("train_lokr.yaml", "finetuning_type: lokr"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

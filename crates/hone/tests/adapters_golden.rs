@@ -230,12 +230,18 @@ fn prompt_learning_adapters_give_peft_logits() {
     }
 }
 
-/// VeRA and LoHa adapters PEFT wrote: Hone writes them back with PEFT's config keys and tensor
-/// names (VeRA's shared projections once and each module's two vectors; LoHa's four factors) and
-/// reads the same adapters again.
+/// VeRA, LoHa and LoKr adapters PEFT wrote: Hone writes them back with PEFT's config keys and
+/// tensor names (VeRA's shared projections once and each module's two vectors; LoHa's four
+/// factors; LoKr's whole or product factors as PEFT laid them out) and reads the same adapters
+/// again.
 #[test]
 fn factored_adapters_round_trip() {
-    for (name, method) in [("llama-gqa-vera", "VeRA"), ("llama-gqa-loha", "LoHa")] {
+    let cases = [
+        ("llama-gqa-vera", "VeRA"),
+        ("llama-gqa-loha", "LoHa"),
+        ("llama-gqa-lokr", "LoKr"),
+    ];
+    for (name, method) in cases {
         factored_adapter_round_trips(name, method);
     }
 }

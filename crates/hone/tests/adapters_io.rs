@@ -101,6 +101,7 @@ fn small_adapter(base: &str) -> Adapter {
         adaption: BTreeMap::new(),
         vera: None,
         loha: Default::default(),
+        lokr: Default::default(),
     }
 }
 

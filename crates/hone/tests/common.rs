@@ -32,8 +32,8 @@ pub const FAMILY_MODELS: [&str; 15] = [
 pub const REMOTE_MODELS: [&str; 4] = ["chatglm3", "baichuan2", "baichuan2-alibi", "qwen"];
 
 /// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py and, for
-/// VeRA and LoHa, factored.py) and their base models under fixtures/models.
-pub const PEFT_ADAPTERS: [(&str, &str); 9] = [
+/// VeRA, LoHa and LoKr, factored.py) and their base models under fixtures/models.
+pub const PEFT_ADAPTERS: [(&str, &str); 10] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
@@ -43,6 +43,7 @@ pub const PEFT_ADAPTERS: [(&str, &str); 9] = [
     ("llama-gqa-olora", "llama-gqa"),
     ("llama-gqa-vera", "llama-gqa"),
     ("llama-gqa-loha", "llama-gqa"),
+    ("llama-gqa-lokr", "llama-gqa"),
 ];
 
 /// `<repo>/fixtures/<rel>`.

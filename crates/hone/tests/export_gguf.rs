@@ -815,6 +815,7 @@ fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
         adaption: Default::default(),
         vera: None,
         loha: Default::default(),
+        lokr: Default::default(),
     };
     let adapter_dir = tmp.path().join("w-pack-lora");
     write_adapter(&adapter_dir, &adapter, None).unwrap();

@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
-    Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector, InitLoraWeights,
-    LohaConfig, LohaWeights, LoraWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules,
-    VeraConfig, VeraWeights,
+    lokr::Factor, Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector,
+    InitLoraWeights, LohaConfig, LohaWeights, LokrConfig, LokrWeights, LoraWeights, PeftConfig,
+    PromptConfig, PromptMethod, TargetModules, VeraConfig, VeraWeights,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -209,6 +209,7 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         adaption: BTreeMap::new(),
         vera: None,
         loha: Default::default(),
+        lokr: Default::default(),
     }
 }
 
@@ -241,6 +242,7 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         adaption: BTreeMap::new(),
         vera: None,
         loha: Default::default(),
+        lokr: Default::default(),
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -336,6 +338,20 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             hone::train::loha::attach(&mut model, &loha_config(case), Some(&start), 0).unwrap();
             model
         }
+        "lokr" => {
+            let spec = TrainableSpec {
+                base: &|_| false,
+                lora: None,
+                ia3: None,
+            };
+            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let start = Adapter {
+                lokr: lokr_weights(case),
+                ..initial_adapter_of(PeftConfig::Lokr(lokr_config(case)))
+            };
+            hone::train::lokr::attach(&mut model, &lokr_config(case), Some(&start), 0).unwrap();
+            model
+        }
         "adaption_prompt" => {
             let spec = TrainableSpec {
                 base: &|_| false,
@@ -394,6 +410,70 @@ fn vera_weights(case: &Case, r: usize) -> VeraWeights {
     }
 }
 
+/// The case's LoKr config (r, alpha, decompose_both, targets).
+fn lokr_config(case: &Case) -> LokrConfig {
+    let alpha = case.meta["alpha"].as_f64().unwrap();
+    let targets = string_list(&case.meta["targets"]);
+    let mut config = LokrConfig::new(meta_usize(case, "r"), alpha, targets);
+    config.decompose_both = case.meta["decompose_both"].as_bool().unwrap();
+    config
+}
+
+/// The case's starting LoKr factors, by module, after checking PEFT laid each out as
+/// `LokrConfig::layout` says.
+fn lokr_weights(case: &Case) -> BTreeMap<String, LokrWeights> {
+    let config = lokr_config(case);
+    let modules: BTreeSet<&str> = case
+        .tensors
+        .keys()
+        .filter_map(|k| Some(k.strip_prefix("init.")?.rsplit_once(".lokr_")?.0))
+        .collect();
+    modules
+        .into_iter()
+        .map(|module| {
+            let get = |name: &str| case.tensors.get(&format!("init.{module}.lokr_{name}"));
+            let factor = |name: &str| -> (Factor, (usize, usize)) {
+                match (
+                    get(name),
+                    get(&format!("{name}_a")),
+                    get(&format!("{name}_b")),
+                ) {
+                    (Some(w), None, None) => (Factor::Whole(f32s(w)), w.dims2().unwrap()),
+                    (None, Some(a), Some(b)) => {
+                        let (rows, r) = a.dims2().unwrap();
+                        let cols = b.dims2().unwrap().1;
+                        let product = Factor::Product {
+                            a: f32s(a),
+                            b: f32s(b),
+                            r,
+                        };
+                        (product, (rows, cols))
+                    }
+                    other => panic!("{module}: lokr_{name}: {other:?}"),
+                }
+            };
+            let ((w1, (a, c)), (w2, (b, d))) = (factor("w1"), factor("w2"));
+            let (dims, w1_whole, w2_whole) = config.layout(a * b, c * d);
+            assert_eq!(dims, (a, b, c, d), "{module}: PEFT's factorization");
+            assert_eq!(
+                (w1_whole, w2_whole),
+                (
+                    matches!(w1, Factor::Whole(_)),
+                    matches!(w2, Factor::Whole(_))
+                ),
+                "{module}: which factors PEFT keeps whole"
+            );
+            let weights = LokrWeights {
+                w1,
+                w2,
+                dims,
+                scale: config.scale(),
+            };
+            (module.to_string(), weights)
+        })
+        .collect()
+}
+
 /// The case's LoHa config (r, alpha, targets).
 fn loha_config(case: &Case) -> LohaConfig {
     let alpha = case.meta["alpha"].as_f64().unwrap();
@@ -436,6 +516,7 @@ fn initial_adapter_of(config: PeftConfig) -> Adapter {
         adaption: BTreeMap::new(),
         vera: None,
         loha: BTreeMap::new(),
+        lokr: BTreeMap::new(),
     }
 }
 
@@ -581,6 +662,13 @@ fn check_gradients_with(name: &str, variant: Variant) {
         _ if case.meta["method"] == "vera" => {
             let targets = string_list(&case.meta["targets"]);
             let config = PeftConfig::Vera(VeraConfig::new(4, targets, 0.0));
+            (
+                merged_adapter_logits(&model, ids, config),
+                reference_logits(&case, 0),
+            )
+        }
+        _ if case.meta["method"] == "lokr" => {
+            let config = PeftConfig::Lokr(lokr_config(&case));
             (
                 merged_adapter_logits(&model, ids, config),
                 reference_logits(&case, 0),
@@ -773,6 +861,16 @@ fn vera_gradients_match_peft() {
 
 /// LoHa: each targeted layer's update is `((W1a W1b) ⊙ (W2a W2b)) · alpha / r` (trained through
 /// its rank-r² LoRA form); the saved adapter merged gives the same logits.
+/// LoKr: `kron(W1, W2) · alpha / r` with PEFT's factorization and its choice of whole or
+/// product factors (W2 a product at r 2, whole on some layers at r 4; W1 a product with
+/// `decompose_both`), trained through the LoRA the Kronecker product is.
+#[test]
+fn lokr_gradients_match_peft() {
+    check_gradients("lokr_llama-gqa");
+    check_gradients("lokr_both_qwen2");
+    check_gradients("lokr_r4_llama-gqa");
+}
+
 #[test]
 fn loha_gradients_match_peft() {
     check_gradients("loha_llama-gqa");

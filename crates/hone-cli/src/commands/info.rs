@@ -267,6 +267,7 @@ fn block_switches(cfg: &ModelConfig) -> String {
 fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> {
     let vera_paths =
         (adapter.vera.iter().flat_map(|v| v.lambdas.keys())).chain(adapter.loha.keys());
+    let vera_paths = vera_paths.chain(adapter.lokr.keys());
     let module_paths = (adapter.modules.keys().chain(adapter.scales.keys())).chain(vera_paths);
     // `model.layers.3.mlp.down_proj` → `mlp.down_proj`: each layer adapts the same ones.
     let kinds: BTreeSet<&str> = module_paths
@@ -287,8 +288,10 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
     let loha: usize = (adapter.loha.values())
         .map(|w| w.w1a.len() + w.w1b.len() + w.w2a.len() + w.w2b.len())
         .sum();
+    let lokr: usize = adapter.lokr.values().map(|w| w.parameters()).sum();
     let prompt = vera
         + loha
+        + lokr
         + adapter.prompt.as_ref().map_or(0, Vec::len)
         + adapter
             .adaption
@@ -312,6 +315,9 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         }),
         PeftConfig::Vera(c) => json!({"r": c.r, "target_modules": c.target_modules}),
         PeftConfig::Loha(c) => {
+            json!({"r": c.r, "alpha": c.alpha, "target_modules": c.target_modules})
+        }
+        PeftConfig::Lokr(c) => {
             json!({"r": c.r, "alpha": c.alpha, "target_modules": c.target_modules})
         }
     };
@@ -344,6 +350,7 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         PeftConfig::Ia3(_) => "IA3 (learned scaling vectors)".to_string(),
         PeftConfig::Vera(c) => format!("VeRA, shared projections of rank {}", c.r),
         PeftConfig::Loha(c) => format!("LoHa, rank {}, alpha {}", c.r, c.alpha),
+        PeftConfig::Lokr(c) => format!("LoKr, rank {}, alpha {}", c.r, c.alpha),
         PeftConfig::Adaption(c) => format!(
             "LLaMA-Adapter, a gated prompt of {} in each of the top {} layers",
             c.adapter_len(),

@@ -244,8 +244,9 @@ impl AdapterConfig {
         if self.peft_type != "LORA" {
             bail!(
                 "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", IA3, \
-                 \"IA3\", and prompt tuning, P-tuning and prefix tuning, \"PROMPT_TUNING\", \"P_TUNING\" and \
-                 \"PREFIX_TUNING\")",
+                 \"IA3\", prompt tuning, P-tuning and prefix tuning, \"PROMPT_TUNING\", \"P_TUNING\" and \
+                 \"PREFIX_TUNING\", LLaMA-Adapter, \"ADAPTION_PROMPT\", VeRA, \"VERA\", LoHa, \"LOHA\", and LoKr, \
+                 \"LOKR\")",
                 self.peft_type
             );
         }

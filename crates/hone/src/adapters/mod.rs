@@ -11,13 +11,15 @@
 //! layers' attention a gated learned prompt ([`adaption`]). A VeRA adapter scales a pair of frozen
 //! random matrices shared by every layer with two learned vectors per layer, a LoRA update once
 //! its layer's width is known ([`vera`]); a LoHa one is the Hadamard product of two low-rank
-//! products, a LoRA update of rank r² ([`loha`]).
+//! products, a LoRA update of rank r² ([`loha`]); a LoKr one a Kronecker product, a LoRA update
+//! too ([`lokr`]).
 
 pub mod adaption;
 pub mod config;
 pub mod dora;
 pub mod ia3;
 pub mod loha;
+pub mod lokr;
 pub mod merge;
 pub mod peft;
 pub mod prompt;
@@ -31,6 +33,7 @@ pub use adaption::{AdaptionConfig, AdaptionPrompt};
 pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
 pub use ia3::{Ia3Config, Ia3Vector};
 pub use loha::{LohaConfig, LohaWeights};
+pub use lokr::{LokrConfig, LokrWeights};
 pub use merge::merge;
 pub use peft::read_adapter;
 pub use prompt::{PromptConfig, PromptMethod};
@@ -90,6 +93,8 @@ pub enum PeftConfig {
     Vera(VeraConfig),
     /// `peft_type: "LOHA"`.
     Loha(LohaConfig),
+    /// `peft_type: "LOKR"`.
+    Lokr(LokrConfig),
 }
 
 impl PeftConfig {
@@ -104,6 +109,7 @@ impl PeftConfig {
             Some("ADAPTION_PROMPT") => Ok(PeftConfig::Adaption(config::from_json_by_field(text)?)),
             Some("VERA") => Ok(PeftConfig::Vera(config::from_json_by_field(text)?)),
             Some("LOHA") => Ok(PeftConfig::Loha(config::from_json_by_field(text)?)),
+            Some("LOKR") => Ok(PeftConfig::Lokr(config::from_json_by_field(text)?)),
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -117,6 +123,7 @@ impl PeftConfig {
             PeftConfig::Adaption(c) => c.to_json(),
             PeftConfig::Vera(c) => c.to_json(),
             PeftConfig::Loha(c) => c.to_json(),
+            PeftConfig::Lokr(c) => c.to_json(),
         }
     }
 
@@ -129,6 +136,7 @@ impl PeftConfig {
             PeftConfig::Adaption(c) => c.validate(),
             PeftConfig::Vera(c) => c.validate(),
             PeftConfig::Loha(c) => c.validate(),
+            PeftConfig::Lokr(c) => c.validate(),
         }
     }
 
@@ -152,12 +160,16 @@ impl PeftConfig {
     pub fn is_mergeable(&self) -> bool {
         matches!(
             self,
-            PeftConfig::Lora(_) | PeftConfig::Ia3(_) | PeftConfig::Vera(_) | PeftConfig::Loha(_)
+            PeftConfig::Lora(_)
+                | PeftConfig::Ia3(_)
+                | PeftConfig::Vera(_)
+                | PeftConfig::Loha(_)
+                | PeftConfig::Lokr(_)
         )
     }
 
     /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning`, `P-tuning`,
-    /// `prefix tuning`, `LLaMA-Adapter`, `VeRA` or `LoHa`.
+    /// `prefix tuning`, `LLaMA-Adapter`, `VeRA`, `LoHa` or `LoKr`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
@@ -167,6 +179,7 @@ impl PeftConfig {
             PeftConfig::Adaption(_) => "LLaMA-Adapter",
             PeftConfig::Vera(_) => "VeRA",
             PeftConfig::Loha(_) => "LoHa",
+            PeftConfig::Lokr(_) => "LoKr",
         }
     }
 
@@ -178,6 +191,7 @@ impl PeftConfig {
             PeftConfig::Adaption(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Vera(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Loha(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Lokr(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -205,6 +219,8 @@ pub struct Adapter {
     /// LoHa's factors by HF module path (its `modules` are empty until [`Adapter::resolved`]
     /// fills them with the equivalent LoRA).
     pub loha: BTreeMap<String, LohaWeights>,
+    /// LoKr's factors by HF module path (likewise resolved to LoRA).
+    pub lokr: BTreeMap<String, LokrWeights>,
 }
 
 impl Adapter {
@@ -219,6 +235,7 @@ impl Adapter {
             PeftConfig::Adaption(config) => return self.validate_adaption(config),
             PeftConfig::Vera(config) => return self.validate_vera(config),
             PeftConfig::Loha(config) => return self.validate_loha(config),
+            PeftConfig::Lokr(config) => return self.validate_lokr(config),
         };
         if self.prompt.is_some() {
             bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
@@ -229,6 +246,11 @@ impl Adapter {
         if let Some(module) = self.loha.keys().next() {
             bail!(
                 "{module}: has LoHa factors (hada_w*), but the config's peft_type is not \"LOHA\""
+            );
+        }
+        if let Some(module) = self.lokr.keys().next() {
+            bail!(
+                "{module}: has LoKr factors (lokr_w*), but the config's peft_type is not \"LOKR\""
             );
         }
         if self.vera.is_some() {
@@ -341,15 +363,39 @@ impl Adapter {
         Ok(())
     }
 
-    /// The adapter with its VeRA or LoHa update spelt out as LoRA modules, for a model whose
-    /// tensors' shapes `dims` gives by HF name (itself, borrowed, for other adapters).
+    fn validate_lokr(&self, config: &LokrConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        let others = (self.modules.keys().chain(self.scales.keys()))
+            .chain(self.biases.keys())
+            .chain(self.adaption.keys())
+            .chain(self.loha.keys())
+            .next();
+        if let Some(name) = others {
+            bail!("{name}: a LOKR adapter holds only each module's lokr_w1* and lokr_w2* factors");
+        }
+        if self.vera.is_some() || self.prompt.is_some() {
+            bail!("a LOKR adapter holds only each module's lokr_w1* and lokr_w2* factors");
+        }
+        for module in self.lokr.keys() {
+            if !config.selects(module)? {
+                bail!("{module}: has LoKr factors but target_modules does not select it");
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter with its VeRA, LoHa or LoKr update spelt out as LoRA modules, for a model
+    /// whose tensors' shapes `dims` gives by HF name (itself, borrowed, for other adapters).
     pub fn resolved(
         &self,
         dims: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> anyhow::Result<std::borrow::Cow<'_, Adapter>> {
-        if !self.loha.is_empty() {
+        if !self.loha.is_empty() || !self.lokr.is_empty() {
             let mut resolved = self.clone();
             for (module, w) in &self.loha {
+                resolved.modules.insert(module.clone(), w.as_lora());
+            }
+            for (module, w) in &self.lokr {
                 resolved.modules.insert(module.clone(), w.as_lora());
             }
             return Ok(std::borrow::Cow::Owned(resolved));

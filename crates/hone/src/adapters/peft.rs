@@ -13,9 +13,11 @@ use candle_core::Device;
 
 use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::loha;
+use super::lokr::{self, Factor};
 use super::vera::{LAMBDA_B, LAMBDA_D, SHARED_A, SHARED_B};
 use super::{
-    Adapter, AdaptionPrompt, Ia3Vector, LohaWeights, LoraWeights, PeftConfig, VeraWeights,
+    Adapter, AdaptionPrompt, Ia3Vector, LohaWeights, LokrWeights, LoraWeights, PeftConfig,
+    VeraWeights,
 };
 use crate::io::safetensors;
 use crate::model::config::hone_name;
@@ -143,6 +145,8 @@ enum Part {
     VeraB(String),
     /// One of LoHa's four factors (its index in `loha::KEYS`), by module.
     Hada(String, usize),
+    /// One of LoKr's factors (its index in `lokr::KEYS`), by module.
+    Kron(String, usize),
 }
 
 fn classify(key: &str) -> Result<Part> {
@@ -172,6 +176,11 @@ fn classify(key: &str) -> Result<Part> {
             return Ok(Part::Hada(module.into(), index));
         }
     }
+    for (index, suffix) in lokr::KEYS.iter().enumerate() {
+        if let Some(module) = rest.strip_suffix(suffix) {
+            return Ok(Part::Kron(module.into(), index));
+        }
+    }
     if let Some(module) = rest.strip_suffix(LAMBDA_D) {
         return Ok(Part::VeraD(module.into()));
     }
@@ -187,7 +196,7 @@ fn classify(key: &str) -> Result<Part> {
     bail!(
         "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
          weights, lora_magnitude_vector, ia3_l and biases; LLaMA-Adapter's adaption_prompt and adaption_gate; \
-         VeRA's vera_A, vera_B and vectors; LoHa's hada factors; this looks like another PEFT method or a LoRA variant)"
+         VeRA's vera_A, vera_B and vectors; LoHa's hada factors; LoKr's lokr factors; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -224,6 +233,7 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let mut gates = BTreeMap::new();
     let (mut lambdas_d, mut lambdas_b) = (BTreeMap::new(), BTreeMap::new());
     let mut hada = BTreeMap::new();
+    let mut kron = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
         let expected_dims = match part {
@@ -274,6 +284,12 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
             Part::VeraB(module) => {
                 lambdas_b.insert(text_module(&module)?, values);
             }
+            Part::Kron(module, index) => {
+                let factors = kron
+                    .entry(text_module(&module)?)
+                    .or_insert_with(|| [None, None, None, None, None, None]);
+                factors[index] = Some((shape, values));
+            }
             Part::Hada(module, index) => {
                 let factors = hada
                     .entry(text_module(&module)?)
@@ -295,8 +311,13 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let vera = vera_weights(shared, lambdas_d, lambdas_b)?;
     let scale = match &config {
         PeftConfig::Loha(c) => c.scale(),
+        PeftConfig::Lokr(c) => c.scale(),
         _ => 1.0,
     };
+    let lokr = kron
+        .into_iter()
+        .map(|(module, factors)| Ok((module.clone(), lokr_weights(&module, factors, scale)?)))
+        .collect::<Result<_>>()?;
     let loha = hada
         .into_iter()
         .map(|(module, factors)| Ok((module.clone(), loha_weights(&module, factors, scale)?)))
@@ -344,6 +365,33 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         adaption,
         vera,
         loha,
+        lokr,
+    })
+}
+
+/// One module's LoKr factors: W1 whole or `w1_a [a, r] · w1_b [r, c]`, W2 whole or
+/// `w2_a [b, r] · w2_b [r, d]`, each given one way only.
+fn lokr_weights(module: &str, factors: [Option<Tensor>; 6], scale: f64) -> Result<LokrWeights> {
+    let [w1, w1a, w1b, w2, w2a, w2b] = factors;
+    let factor = |whole: Option<Tensor>, a: Option<Tensor>, b: Option<Tensor>, name: &str| {
+        match (whole, a, b) {
+            (Some((shape, w)), None, None) => Ok((Factor::Whole(w), (shape[0], shape[1]))),
+            (None, Some((sa, a)), Some((sb, b))) if sa[1] == sb[0] => {
+                let r = sa[1];
+                Ok((Factor::Product { a, b, r }, (sa[0], sb[1])))
+            }
+            _ => Err(anyhow!(
+                "{module}: lokr_{name} needs lokr_{name} alone or lokr_{name}_a [rows, r] with lokr_{name}_b [r, cols]"
+            )),
+        }
+    };
+    let (w1, (a, c)) = factor(w1, w1a, w1b, "w1")?;
+    let (w2, (b, d)) = factor(w2, w2a, w2b, "w2")?;
+    Ok(LokrWeights {
+        w1,
+        w2,
+        dims: (a, b, c, d),
+        scale,
     })
 }
 

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 
 use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::loha;
+use super::lokr::{self, Factor};
 use super::peft::{
     CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
 };
@@ -113,6 +114,25 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
         };
         tensors.push((key, vec![bias.len()], bias));
     }
+    for (module, w) in &adapter.lokr {
+        let key = format!("{KEY_PREFIX}{module}");
+        let (a, b, c, d) = w.dims;
+        for (factor, names, (rows, cols)) in
+            [(&w.w1, [0, 1, 2], (a, c)), (&w.w2, [3, 4, 5], (b, d))]
+        {
+            match factor {
+                Factor::Whole(m) => tensors.push((
+                    format!("{key}{}", lokr::KEYS[names[0]]),
+                    vec![rows, cols],
+                    m,
+                )),
+                Factor::Product { a: fa, b: fb, r } => {
+                    tensors.push((format!("{key}{}", lokr::KEYS[names[1]]), vec![rows, *r], fa));
+                    tensors.push((format!("{key}{}", lokr::KEYS[names[2]]), vec![*r, cols], fb));
+                }
+            }
+        }
+    }
     for (module, w) in &adapter.loha {
         let key = format!("{KEY_PREFIX}{module}");
         let (out, r, inp) = (w.out_features, w.r, w.in_features);
@@ -183,6 +203,15 @@ fn model_card(adapter: &Adapter) -> String {
         PeftConfig::Ia3(_) => (
             "ia3",
             format!("Vectors on {} modules", adapter.scales.len()),
+        ),
+        PeftConfig::Lokr(cfg) => (
+            "lokr",
+            format!(
+                "Rank {}, alpha {}, on {} modules",
+                cfg.r,
+                cfg.alpha,
+                adapter.lokr.len()
+            ),
         ),
         PeftConfig::Loha(cfg) => (
             "loha",

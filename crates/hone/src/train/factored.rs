@@ -1,8 +1,9 @@
 //! The adapters whose update a layer builds each step from other factors, beside LoRA in a
-//! projection's part: VeRA (vectors over shared frozen projections) and LoHa (two low-rank
-//! products multiplied elementwise).
+//! projection's part: VeRA (vectors over shared frozen projections), LoHa (two low-rank products
+//! multiplied elementwise) and LoKr (a Kronecker product).
 
 use super::loha::Loha;
+use super::lokr::Lokr;
 use super::vera::Vera;
 
 /// A part's VeRA or LoHa adapter.
@@ -10,6 +11,7 @@ use super::vera::Vera;
 pub enum Factored {
     Vera(Vera),
     Loha(Loha),
+    Lokr(Lokr),
 }
 
 impl Factored {
@@ -24,6 +26,7 @@ impl Factored {
         match self {
             Factored::Vera(v) => v.forward(x, y, dropout_seed),
             Factored::Loha(l) => l.forward(x, y),
+            Factored::Lokr(l) => l.forward(x, y),
         }
     }
 
@@ -39,6 +42,7 @@ impl Factored {
         match self {
             Factored::Vera(v) => v.backward(dy, x, saved, seed, dx),
             Factored::Loha(l) => l.backward(dy, x, saved, dx),
+            Factored::Lokr(l) => l.backward(dy, x, saved, dx),
         }
     }
 }

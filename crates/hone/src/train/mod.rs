@@ -13,6 +13,7 @@ pub mod groups;
 pub mod ia3;
 pub mod linear;
 pub mod loha;
+pub mod lokr;
 pub mod lora;
 pub mod lora_init;
 pub mod model;

@@ -13,9 +13,9 @@ use super::model::TrainModel;
 use super::optim::Param;
 use super::reward;
 use crate::adapters::adaption::{self, GATE_KEY, PROMPT_KEY};
-use crate::adapters::loha;
 use crate::adapters::vera::{LAMBDA_B, LAMBDA_D};
 use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig, VeraWeights};
+use crate::adapters::{loha, lokr};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
@@ -94,6 +94,15 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
             Some(Factored::Vera(vera)) => {
                 visit_tensor(format!("{}{LAMBDA_D}", part.path), &mut vera.lambda_d, f);
                 visit_tensor(format!("{}{LAMBDA_B}", part.path), &mut vera.lambda_b, f);
+            }
+            Some(Factored::Lokr(l)) => {
+                let factors = [(0, &mut l.w1), (3, &mut l.w2)];
+                for (first, factor) in factors {
+                    for (offset, t) in factor.tensors_mut() {
+                        let suffix = lokr::KEYS[first + offset];
+                        visit_tensor(format!("{}{suffix}", part.path), t, f);
+                    }
+                }
             }
             Some(Factored::Loha(l)) => {
                 let factors = [&mut l.w1a, &mut l.w1b, &mut l.w2a, &mut l.w2b];
@@ -311,6 +320,15 @@ impl TrainModel {
                 .flat_map(|b| b.projections())
                 .filter_map(|p| match &p.factored {
                     Some(Factored::Loha(l)) => Some((p.path.clone(), l.weights())),
+                    _ => None,
+                })
+                .collect(),
+            lokr: self
+                .blocks
+                .iter()
+                .flat_map(|b| b.projections())
+                .filter_map(|p| match &p.factored {
+                    Some(Factored::Lokr(l)) => Some((p.path.clone(), l.weights())),
                     _ => None,
                 })
                 .collect(),

@@ -115,6 +115,10 @@ pub struct MethodArgs {
     /// Prefix tuning (PEFT's field): `zero` starts the prefix (or the projection's last layer)
     /// at zero; unset draws it from N(0, 1) as `nn.Embedding` does.
     pub init_weights: Option<String>,
+    /// LoKr (PEFT's field): also split W1 into a rank-r product when r is small.
+    pub decompose_both: bool,
+    /// LoKr (PEFT's field): the factor each dimension is split by (-1: nearest its square root).
+    pub decompose_factor: i64,
     /// VeRA (PEFT's field): dropout on the adapter's input.
     pub vera_dropout: f64,
     /// VeRA (PEFT's field): where every λ_d starts.
@@ -296,6 +300,8 @@ impl Default for MethodArgs {
             encoder_hidden_size: None,
             prefix_projection: false,
             init_weights: None,
+            decompose_both: false,
+            decompose_factor: -1,
             vera_dropout: 0.0,
             d_initial: 0.1,
             projection_prng_key: 0,

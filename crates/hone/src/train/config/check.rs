@@ -117,12 +117,12 @@ fn check_method(c: &SftConfig) -> Checked {
         if let Some(list) = list {
             let factored = matches!(
                 m.finetuning_type,
-                FinetuningType::Vera | FinetuningType::Loha
+                FinetuningType::Vera | FinetuningType::Loha | FinetuningType::Lokr
             );
             require(
                 m.finetuning_type == FinetuningType::Ia3 || (factored && key == "target_modules"),
                 key,
-                "only valid with finetuning_type: ia3 (target_modules also with vera and loha; LoRA's targets are \
+                "only valid with finetuning_type: ia3 (target_modules also with vera, loha and lokr; LoRA's targets are \
                  lora_target)",
             )?;
             modules(key, list, &linear_modules())?;
@@ -141,11 +141,19 @@ fn check_method(c: &SftConfig) -> Checked {
             "only valid with finetuning_type: vera",
         )?;
     }
-    if vera || m.finetuning_type == FinetuningType::Loha {
+    let lokr = m.finetuning_type == FinetuningType::Lokr;
+    if m.decompose_both || m.decompose_factor != -1 {
+        require(
+            lokr,
+            "decompose_both, decompose_factor",
+            "only valid with finetuning_type: lokr",
+        )?;
+    }
+    if vera || lokr || m.finetuning_type == FinetuningType::Loha {
         require(
             matches!(m.stage, Stage::Sft | Stage::Pt),
             "stage",
-            "VeRA and LoHa train with stage: sft or pt",
+            "VeRA, LoHa and LoKr train with stage: sft or pt",
         )?;
     }
     if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {

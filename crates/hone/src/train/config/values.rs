@@ -296,6 +296,10 @@ pub enum FinetuningType {
     /// products, scaled by `lora_alpha / lora_rank`; the base stays frozen. Hone's own (PEFT's
     /// `LOHA`).
     Loha,
+    /// LoKr: each targeted layer's update is a Kronecker product of two factors (the second of
+    /// rank `lora_rank` when small), scaled by `lora_alpha / lora_rank`; the base stays frozen.
+    /// Hone's own (PEFT's `LOKR`).
+    Lokr,
 }
 
 impl FinetuningType {

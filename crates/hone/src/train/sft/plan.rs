@@ -64,7 +64,8 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         | FinetuningType::Prefix
         | FinetuningType::AdaptionPrompt
         | FinetuningType::Vera
-        | FinetuningType::Loha => false,
+        | FinetuningType::Loha
+        | FinetuningType::Lokr => false,
     };
     let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
@@ -206,7 +207,8 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             PeftConfig::Prompt(_)
             | PeftConfig::Adaption(_)
             | PeftConfig::Vera(_)
-            | PeftConfig::Loha(_),
+            | PeftConfig::Loha(_)
+            | PeftConfig::Lokr(_),
         )
         | None => None,
     })

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::adapters::ia3::{self, Ia3Config};
 use crate::adapters::{
     adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, LohaConfig,
-    PeftConfig, TargetModules, VeraConfig,
+    LokrConfig, PeftConfig, TargetModules, VeraConfig,
 };
 use crate::chat::ChatTemplate;
 use crate::io::names;
@@ -258,6 +258,19 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             loha.base_model_name_or_path = base;
             Some(PeftConfig::Loha(loha))
         }
+        FinetuningType::Lokr => {
+            let m = &config.method;
+            let targets = match &m.target_modules {
+                Some(list) => list.items().to_vec(),
+                None => vec!["q_proj".into(), "v_proj".into()],
+            };
+            let alpha = f64::from(config.lora_alpha());
+            let mut lokr = LokrConfig::new(m.lora_rank as usize, alpha, targets);
+            lokr.decompose_both = m.decompose_both;
+            lokr.decompose_factor = m.decompose_factor;
+            lokr.base_model_name_or_path = base;
+            Some(PeftConfig::Lokr(lokr))
+        }
         FinetuningType::AdaptionPrompt => {
             let layers = adaption_layers(config, model)?;
             let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
@@ -484,6 +497,7 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
         FinetuningType::AdaptionPrompt => "LLaMA-Adapter",
         FinetuningType::Vera => "VeRA",
         FinetuningType::Loha => "LoHa",
+        FinetuningType::Lokr => "LoKr",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -512,7 +526,8 @@ fn build_base_model(
                 PeftConfig::Prompt(_)
                 | PeftConfig::Adaption(_)
                 | PeftConfig::Vera(_)
-                | PeftConfig::Loha(_) => unreachable!("a LoRA or IA3 run's adapter"),
+                | PeftConfig::Loha(_)
+                | PeftConfig::Lokr(_) => unreachable!("a LoRA or IA3 run's adapter"),
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
                     let mut trained = lora.clone();
@@ -572,6 +587,16 @@ fn build_base_model(
             };
             let (mut model, _) = frozen_model(base)?;
             crate::train::loha::attach(&mut model, loha, start.as_ref(), seed)?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::Lokr => {
+            let start = starting_adapter(config)?;
+            let peft = saved_config(config, &base.config, start.as_ref())?;
+            let PeftConfig::Lokr(lokr) = &peft else {
+                unreachable!("a LoKr run's adapter");
+            };
+            let (mut model, _) = frozen_model(base)?;
+            crate::train::lokr::attach(&mut model, lokr, start.as_ref(), seed)?;
             Ok((model, Some(peft)))
         }
         FinetuningType::AdaptionPrompt => {
