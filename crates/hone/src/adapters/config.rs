@@ -324,6 +324,18 @@ impl AdapterConfig {
 
 /// A config from JSON text whose every field has a default; errors are `field: problem` (or the
 /// JSON syntax error).
+/// Refuses the first of `fields` that `other` sets ([`is_set`]: not null, false, 0 or empty),
+/// with why Hone does not honour it. Errors are `field: problem`.
+pub(super) fn refuse_set(other: &Map<String, Value>, fields: &[(&str, &str)]) -> Result<()> {
+    for (field, why) in fields {
+        let value = other.get(*field).filter(|v| is_set(v));
+        if let Some(value) = value {
+            bail!("{field}: {value} is not supported ({why})");
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn from_json_by_field<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     let fields: Map<String, Value> = serde_json::from_str(text)?;
     // Parse each field alone to name the one that is wrong.

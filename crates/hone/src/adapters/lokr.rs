@@ -11,8 +11,8 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::PEFT_VERSION;
-use super::targets::Selector;
+use super::config::{refuse_set, PEFT_VERSION};
+use super::targets::selects;
 use super::{LoraWeights, TargetModules};
 
 /// Each module's tensors' suffixes: `w1`, `w1_a`, `w1_b`, `w2`, `w2_a`, `w2_b`.
@@ -148,12 +148,8 @@ impl LokrConfig {
 
     /// Whether the config targets module `module` (PEFT's rules; unset: q_proj, v_proj).
     pub fn selects(&self, module: &str) -> Result<bool> {
-        let excluded = match &self.exclude_modules {
-            Some(e) => Selector::new(Some(e), "exclude_modules")?.matches(module)?,
-            None => false,
-        };
-        Ok(!excluded
-            && Selector::new(self.target_modules.as_ref(), "target_modules")?.matches(module)?)
+        let (targets, exclude) = (self.target_modules.as_ref(), self.exclude_modules.as_ref());
+        selects(targets, exclude, module)
     }
 
     /// The update's scale, `alpha / r`.
@@ -173,16 +169,7 @@ impl LokrConfig {
 
     /// Refuse what Hone cannot honour. Errors are `field: problem`.
     pub fn validate(&self) -> Result<()> {
-        for (field, why) in UNSUPPORTED {
-            let value = self.other.get(field).filter(|v| {
-                super::config::is_set(v)
-                    && v.as_f64() != Some(0.0)
-                    && v.as_object().is_none_or(|o| !o.is_empty())
-            });
-            if let Some(value) = value {
-                bail!("{field}: {value} is not supported ({why})");
-            }
-        }
+        refuse_set(&self.other, &UNSUPPORTED)?;
         if self.r == 0 {
             bail!("r: must be positive");
         }

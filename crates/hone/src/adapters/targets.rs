@@ -107,6 +107,20 @@ impl Selector {
     }
 }
 
+/// Whether `target_modules` selects `module` and `exclude_modules` does not (PEFT's rules; unset
+/// targets: q_proj, v_proj), for the methods without rank patterns (VeRA, LoHa, LoKr).
+pub fn selects(
+    targets: Option<&TargetModules>,
+    exclude: Option<&TargetModules>,
+    module: &str,
+) -> Result<bool> {
+    let excluded = match exclude {
+        Some(e) => Selector::new(Some(e), "exclude_modules")?.matches(module)?,
+        None => false,
+    };
+    Ok(!excluded && Selector::new(targets, "target_modules")?.matches(module)?)
+}
+
 /// `module == name` or `module` ends with `.name`.
 fn ends_with_part(module: &str, name: &str) -> bool {
     module == name

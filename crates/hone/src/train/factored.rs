@@ -2,8 +2,11 @@
 //! projection's part: VeRA (vectors over shared frozen projections), LoHa (two low-rank products
 //! multiplied elementwise) and LoKr (a Kronecker product).
 
+use anyhow::{ensure, Result};
+
 use super::loha::Loha;
 use super::lokr::Lokr;
+use super::model::TrainModel;
 use super::vera::Vera;
 
 /// A part's VeRA or LoHa adapter.
@@ -45,4 +48,33 @@ impl Factored {
             Factored::Lokr(l) => l.backward(dy, x, saved, dx),
         }
     }
+}
+
+/// Gives every part of `model` that `selects` picks the adapter `make` builds for it from its
+/// path, its `(in, out)` and its index among the model's parts (which tells modules' random
+/// starts apart).
+pub fn attach(
+    model: &mut TrainModel,
+    selects: impl Fn(&str) -> Result<bool>,
+    mut make: impl FnMut(&str, (usize, usize), u64) -> Result<Factored>,
+) -> Result<()> {
+    let mut stream = 0u64;
+    let mut any = false;
+    for block in &mut model.blocks {
+        for projection in block.linears_mut() {
+            let inp = projection.in_features;
+            for part in &mut projection.parts {
+                stream += 1;
+                if selects(&part.path)? {
+                    part.factored = Some(make(&part.path, (inp, part.out_features), stream)?);
+                    any = true;
+                }
+            }
+        }
+    }
+    ensure!(
+        any,
+        "target_modules: selects none of the model's linear layers"
+    );
+    Ok(())
 }

@@ -8,7 +8,7 @@
 use anyhow::{bail, ensure, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::factored::Factored;
+use super::factored::{self, Factored};
 use super::linear::{lora_backward, lora_forward};
 use super::lora::Lora;
 use super::model::TrainModel;
@@ -257,41 +257,21 @@ pub fn attach(
     start: Option<&Adapter>,
     seed: u64,
 ) -> Result<()> {
-    let mut stream = 0u64;
-    let mut any = false;
-    for block in &mut model.blocks {
-        for projection in block.linears_mut() {
-            let inp = projection.in_features;
-            for part in &mut projection.parts {
-                stream += 1;
-                if !config.selects(&part.path)? {
-                    continue;
-                }
-                any = true;
-                let out = part.out_features;
-                let lokr = match start.and_then(|a| a.lokr.get(&part.path)) {
-                    Some(w) => {
-                        ensure!(
-                            w.in_features() == inp && w.out_features() == out,
-                            "adapter_name_or_path: {}'s factors are for a [{}, {}] layer, not [{out}, {inp}]",
-                            part.path,
-                            w.out_features(),
-                            w.in_features()
-                        );
-                        Lokr::from_weights(w)
-                    }
-                    None if start.is_some() => {
-                        bail!("adapter_name_or_path: no LoKr factors for {}", part.path)
-                    }
-                    None => Lokr::init(config, (out, inp), (seed, stream)),
-                };
-                part.factored = Some(Factored::Lokr(lokr));
+    let make = |path: &str, (inp, out): (usize, usize), stream: u64| {
+        let lokr = match start.and_then(|a| a.lokr.get(path)) {
+            Some(w) => {
+                ensure!(
+                    w.in_features() == inp && w.out_features() == out,
+                    "adapter_name_or_path: {path}'s factors are for a [{}, {}] layer, not [{out}, {inp}]",
+                    w.out_features(),
+                    w.in_features()
+                );
+                Lokr::from_weights(w)
             }
-        }
-    }
-    ensure!(
-        any,
-        "target_modules: selects none of the model's linear layers"
-    );
-    Ok(())
+            None if start.is_some() => bail!("adapter_name_or_path: no LoKr factors for {path}"),
+            None => Lokr::init(config, (out, inp), (seed, stream)),
+        };
+        Ok(Factored::Lokr(lokr))
+    };
+    factored::attach(model, |path| config.selects(path), make)
 }
