@@ -302,22 +302,12 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             .unwrap()
         }
         method @ ("prompt_tuning" | "p_tuning" | "prefix" | "prefix_projection") => {
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let mut model = frozen_model(cfg, w);
             model.prompt = Some(initial_prompt(case, method, model.config()));
             model
         }
         "vera" => {
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let mut model = frozen_model(cfg, w);
             let (r, targets) = (meta_usize(case, "r"), string_list(&case.meta["targets"]));
             let config = VeraConfig::new(r, targets, 0.0);
             let start = vera_weights(case, r);
@@ -325,12 +315,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             model
         }
         "loha" => {
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let mut model = frozen_model(cfg, w);
             let start = Adapter {
                 loha: loha_weights(case),
                 ..initial_adapter_of(PeftConfig::Loha(loha_config(case)))
@@ -339,12 +324,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             model
         }
         "lokr" => {
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let mut model = frozen_model(cfg, w);
             let start = Adapter {
                 lokr: lokr_weights(case),
                 ..initial_adapter_of(PeftConfig::Lokr(lokr_config(case)))
@@ -353,12 +333,7 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
             model
         }
         "adaption_prompt" => {
-            let spec = TrainableSpec {
-                base: &|_| false,
-                lora: None,
-                ia3: None,
-            };
-            let mut model = TrainModel::from_stored(cfg, w, &spec, None).unwrap();
+            let mut model = frozen_model(cfg, w);
             let cfg = model.config();
             let shape = (
                 meta_usize(case, "adapter_len"),
@@ -522,6 +497,16 @@ fn initial_adapter_of(config: PeftConfig) -> Adapter {
 
 fn meta_usize(case: &Case, key: &str) -> usize {
     case.meta[key].as_u64().unwrap() as usize
+}
+
+/// The case's base model with nothing of it trained, for the methods attached after it is built.
+fn frozen_model(cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainModel {
+    let spec = TrainableSpec {
+        base: &|_| false,
+        lora: None,
+        ia3: None,
+    };
+    TrainModel::from_stored(cfg, w, &spec, None).unwrap()
 }
 
 /// The case's virtual tokens (and encoder) as PEFT started them.

@@ -225,31 +225,31 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// The adapter with its VeRA, LoHa or LoKr update spelt out as LoRA modules, for a model
-    /// whose tensors' shapes `dims` gives by HF name (itself, borrowed, for other adapters).
+    /// The adapter with its VeRA, LoHa or LoKr update spelt out as LoRA modules (and their own
+    /// tensors taken out), for a model whose tensors' shapes `dims` gives by HF name (itself,
+    /// borrowed, for other adapters).
     pub fn resolved(
         &self,
         dims: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> anyhow::Result<std::borrow::Cow<'_, Adapter>> {
-        if !self.loha.is_empty() || !self.lokr.is_empty() {
-            let mut resolved = self.clone();
-            for (module, w) in &self.loha {
-                resolved.modules.insert(module.clone(), w.as_lora());
-            }
-            for (module, w) in &self.lokr {
-                resolved.modules.insert(module.clone(), w.as_lora());
-            }
-            return Ok(std::borrow::Cow::Owned(resolved));
-        }
-        let Some(vera) = &self.vera else {
+        if self.vera.is_none() && self.loha.is_empty() && self.lokr.is_empty() {
             return Ok(std::borrow::Cow::Borrowed(self));
-        };
+        }
+        // The copy keeps the update as LoRA only, so resolving it again borrows it.
         let mut resolved = self.clone();
-        for module in vera.lambdas.keys() {
-            let shape = dims(&format!("{module}.weight"))
-                .ok_or_else(|| anyhow::anyhow!("{module}: the model has no such layer"))?;
-            let lora = vera.as_lora(module, shape[shape.len() - 1])?;
-            resolved.modules.insert(module.clone(), lora);
+        for (module, w) in std::mem::take(&mut resolved.loha) {
+            resolved.modules.insert(module, w.as_lora());
+        }
+        for (module, w) in std::mem::take(&mut resolved.lokr) {
+            resolved.modules.insert(module, w.as_lora());
+        }
+        if let Some(vera) = resolved.vera.take() {
+            for module in vera.lambdas.keys() {
+                let shape = dims(&format!("{module}.weight"))
+                    .ok_or_else(|| anyhow::anyhow!("{module}: the model has no such layer"))?;
+                let lora = vera.as_lora(module, shape[shape.len() - 1])?;
+                resolved.modules.insert(module.clone(), lora);
+            }
         }
         Ok(std::borrow::Cow::Owned(resolved))
     }

@@ -8,6 +8,7 @@
 //! Weights come named as in HF checkpoints (`weights` maps other formats to these names), each
 //! either f32 or in its stored type (`linear::Weight`); norms are f32.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::iter::repeat_n;
 
@@ -594,7 +595,11 @@ impl Llama {
     fn embed(&self, ids: &[u32], prompt: Option<&[f32]>) -> Result<Vec<f32>> {
         let vocab = self.cfg.vocab_size as u32;
         let factor = self.cfg.scales.embedding;
-        let real: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
+        // Virtual tokens' places read token 0 (then written over), the rest their own rows.
+        let real: Cow<[u32]> = match ids.iter().any(|&i| i >= vocab) {
+            true => Cow::Owned(ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect()),
+            false => Cow::Borrowed(ids),
+        };
         let mut x = self.embed_tokens.gather_rows(&real)?;
         scale_in_place(&mut x, factor);
         let Some(prompt) = prompt else {

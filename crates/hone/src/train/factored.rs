@@ -4,10 +4,13 @@
 
 use anyhow::{ensure, Result};
 
+use super::linear::{lora_backward, lora_forward};
 use super::loha::Loha;
 use super::lokr::Lokr;
+use super::lora::Lora;
 use super::model::TrainModel;
 use super::vera::Vera;
+use crate::kernels::matmul::MatRef;
 
 /// A part's VeRA or LoHa adapter.
 #[derive(Clone, Debug)]
@@ -28,8 +31,8 @@ impl Factored {
     ) -> Vec<f32> {
         match self {
             Factored::Vera(v) => v.forward(x, y, dropout_seed),
-            Factored::Loha(l) => l.forward(x, y),
-            Factored::Lokr(l) => l.forward(x, y),
+            Factored::Loha(l) => through_lora(&l.as_lora(), x, y),
+            Factored::Lokr(l) => through_lora(&l.as_lora(), x, y),
         }
     }
 
@@ -44,10 +47,37 @@ impl Factored {
     ) {
         match self {
             Factored::Vera(v) => v.backward(dy, x, saved, seed, dx),
-            Factored::Loha(l) => l.backward(dy, x, saved, dx),
-            Factored::Lokr(l) => l.backward(dy, x, saved, dx),
+            Factored::Loha(l) => {
+                let lora = back_through_lora(l.as_lora(), dy, x, saved, dx);
+                l.chain(&lora.grad_a, &lora.grad_b);
+            }
+            Factored::Lokr(l) => {
+                let lora = back_through_lora(l.as_lora(), dy, x, saved, dx);
+                l.chain(&lora.grad_a, &lora.grad_b);
+            }
         }
     }
+}
+
+/// LoHa's and LoKr's forward: their update is `lora` (built from the factors each step), added to
+/// `y`'s columns `col..col + out`; returns what the backward needs.
+fn through_lora(lora: &Lora, x: &[f32], (y, y_cols, col): (&mut [f32], usize, usize)) -> Vec<f32> {
+    lora_forward(lora, x, y, y_cols, col, None)
+}
+
+/// LoHa's and LoKr's backward through `lora`, the forward's update: adds the input's gradient to
+/// `dx` and returns `lora` with its A and B gradients, which the method chains to its factors.
+fn back_through_lora(
+    mut lora: Lora,
+    (dy, dy_cols, col): (&[f32], usize, usize),
+    x: &[f32],
+    xa: &[f32],
+    dx: &mut [f32],
+) -> Lora {
+    let n = x.len() / lora.in_features;
+    let g = MatRef::strided(&dy[col..], n, lora.out_features, dy_cols);
+    lora_backward(&mut lora, g, x, xa, 0, dx);
+    lora
 }
 
 /// Gives every part of `model` that `selects` picks the adapter `make` builds for it from its

@@ -8,12 +8,9 @@ use anyhow::{bail, ensure, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::factored::{self, Factored};
-use super::linear::{lora_backward, lora_forward};
 use super::lora::Lora;
 use super::model::TrainModel;
-use crate::adapters::loha::face_split;
 use crate::adapters::{Adapter, LohaConfig, LohaWeights};
-use crate::kernels::matmul::MatRef;
 use crate::model::norm::Tensor1;
 
 /// One layer's LoHa factors: `w1a`, `w2a` `[out, r]`, `w1b`, `w2b` `[r, in]`.
@@ -87,56 +84,13 @@ impl Loha {
     }
 
     /// The update as a LoRA of rank r², with zeroed gradients.
-    fn as_lora(&self) -> Lora {
-        let (a, b) = face_split(
-            (
-                &self.w1a.value,
-                &self.w2a.value,
-                &self.w1b.value,
-                &self.w2b.value,
-            ),
-            self.r,
-            (self.out_features, self.in_features),
-        );
-        Lora {
-            r: self.r * self.r,
-            in_features: self.in_features,
-            out_features: self.out_features,
-            scale: self.scale,
-            dropout: 0.0,
-            grad_a: vec![0.0; a.len()],
-            grad_b: vec![0.0; b.len()],
-            a,
-            b,
-            magnitude: None,
-            start: None,
-        }
-    }
-
-    /// `y[:, col..col + out] += s · x ΔWᵀ`; returns what the backward needs.
-    pub fn forward(&self, x: &[f32], (y, y_cols, col): (&mut [f32], usize, usize)) -> Vec<f32> {
-        lora_forward(&self.as_lora(), x, y, y_cols, col, None)
-    }
-
-    /// Accumulates the factors' gradients from `dy`'s columns `col..col + out` and adds the
-    /// input's gradient to `dx`.
-    pub fn backward(
-        &mut self,
-        (dy, dy_cols, col): (&[f32], usize, usize),
-        x: &[f32],
-        xa: &[f32],
-        dx: &mut [f32],
-    ) {
-        let n = x.len() / self.in_features;
-        let g = MatRef::strided(&dy[col..], n, self.out_features, dy_cols);
-        let mut lora = self.as_lora();
-        lora_backward(&mut lora, g, x, xa, 0, dx);
-        self.chain(&lora.grad_a, &lora.grad_b);
+    pub(super) fn as_lora(&self) -> Lora {
+        Lora::from_weights(&self.weights().as_lora(), 0.0)
     }
 
     /// From the rank-r² LoRA's gradients to the factors': `B'[o, (i, j)] = w1a[o, i] w2a[o, j]`
     /// and `A'[(i, j), k] = w1b[i, k] w2b[j, k]`.
-    fn chain(&mut self, grad_a: &[f32], grad_b: &[f32]) {
+    pub(super) fn chain(&mut self, grad_a: &[f32], grad_b: &[f32]) {
         let (r, inp, out) = (self.r, self.in_features, self.out_features);
         let (w1a, w2a) = (&self.w1a.value, &self.w2a.value);
         if let (Some(g1), Some(g2)) = (&mut self.w1a.grad, &mut self.w2a.grad) {

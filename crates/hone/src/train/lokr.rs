@@ -9,12 +9,10 @@ use anyhow::{bail, ensure, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::factored::{self, Factored};
-use super::linear::{lora_backward, lora_forward};
 use super::lora::Lora;
 use super::model::TrainModel;
-use crate::adapters::lokr::{kron_lora, split_w2, Factor};
+use crate::adapters::lokr::{split_w2, Factor};
 use crate::adapters::{Adapter, LokrConfig, LokrWeights};
-use crate::kernels::matmul::MatRef;
 use crate::model::norm::Tensor1;
 
 /// One of the two Kronecker factors as trained: whole, or `a [rows, r] · b [r, cols]`.
@@ -161,10 +159,6 @@ impl Lokr {
         }
     }
 
-    fn in_features(&self) -> usize {
-        self.dims.2 * self.dims.3
-    }
-
     /// W1 `[a, c]`, and W2 split as `X [b, q] · Y [q, d]`.
     fn matrices(&self) -> (Vec<f32>, (Vec<f32>, Vec<f32>, usize)) {
         let (a, b, c, _) = self.dims;
@@ -173,50 +167,19 @@ impl Lokr {
     }
 
     /// The update as a LoRA of rank `c·q`, with zeroed gradients.
-    fn as_lora(&self) -> Lora {
-        let (a, b, c, d) = self.dims;
-        let (w1, (x, y, q)) = self.matrices();
-        let (lora_a, lora_b) = kron_lora(&w1, (&x, &y), (a, b, c, d), q);
-        Lora {
-            r: c * q,
-            in_features: c * d,
-            out_features: a * b,
-            scale: self.scale,
-            dropout: 0.0,
-            grad_a: vec![0.0; lora_a.len()],
-            grad_b: vec![0.0; lora_b.len()],
-            a: lora_a,
-            b: lora_b,
-            magnitude: None,
-            start: None,
-        }
+    pub(super) fn as_lora(&self) -> Lora {
+        Lora::from_weights(&self.weights().as_lora(), 0.0)
     }
 
-    /// `y[:, col..col + out] += s · x ΔWᵀ`; returns what the backward needs.
-    pub fn forward(&self, x: &[f32], (y, y_cols, col): (&mut [f32], usize, usize)) -> Vec<f32> {
-        lora_forward(&self.as_lora(), x, y, y_cols, col, None)
-    }
-
-    /// Accumulates the factors' gradients from `dy`'s columns `col..col + out` and adds the
-    /// input's gradient to `dx`.
-    pub fn backward(
-        &mut self,
-        (dy, dy_cols, col): (&[f32], usize, usize),
-        x: &[f32],
-        xa: &[f32],
-        dx: &mut [f32],
-    ) {
+    /// From the LoRA's gradients to the factors': `B' = kron(W1, X)`, `A' = kron(I_c, Y)`.
+    pub(super) fn chain(&mut self, grad_a: &[f32], grad_b: &[f32]) {
         let (a, b, c, d) = self.dims;
-        let n = x.len() / self.in_features();
-        let g = MatRef::strided(&dy[col..], n, a * b, dy_cols);
-        let mut lora = self.as_lora();
-        lora_backward(&mut lora, g, x, xa, 0, dx);
         let (w1, (x_m, _, q)) = self.matrices();
         // B'[(i·b + k), (j·q + m)] = W1[i, j] · X[k, m].
         let (mut dw1, mut dx_m) = (vec![0.0; a * c], vec![0.0; b * q]);
         for i in 0..a {
             for k in 0..b {
-                let row = &lora.grad_b[(i * b + k) * c * q..(i * b + k + 1) * c * q];
+                let row = &grad_b[(i * b + k) * c * q..(i * b + k + 1) * c * q];
                 for j in 0..c {
                     for m in 0..q {
                         let g = row[j * q + m];
@@ -230,7 +193,7 @@ impl Lokr {
         let mut dy_m = vec![0.0; q * d];
         for j in 0..c {
             for m in 0..q {
-                let row = &lora.grad_a[(j * q + m) * c * d + j * d..][..d];
+                let row = &grad_a[(j * q + m) * c * d + j * d..][..d];
                 dy_m[m * d..(m + 1) * d]
                     .iter_mut()
                     .zip(row)
