@@ -3,7 +3,7 @@ Hone trains, and counts the same trainable parameters. Prompt tuning, P-tuning, 
 LLaMA-Adapter, which no one merges, are compared by the mean NLL of a text with the virtual tokens before it (PEFT's forward
 vs `hone eval perplexity --adapter --exact`), and `prompt_tuning_init: text` starts where PEFT's does.
 
-For each method (LoRA, DoRA, IA3, PiSSA saved converted, VeRA, LoHa, LoKr) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
+For each method (LoRA, DoRA, IA3, PiSSA saved converted, VeRA, LoHa, LoKr, OFT, AdaLoRA) on a base model (the tiny complete GGUF fixtures/tokenizer/tiny-spm.gguf,
 and the real default model SmolLM2-135M-Instruct Q4_1 when present), `hone train` runs a few steps on
 a small dataset with `lora_target: all`, then:
   - Hone's trainable-parameter line is compared with PEFT's `get_nb_trainable_parameters()` for
@@ -19,9 +19,12 @@ differ. Run from the repository root after building hone:
     cargo build -p hone-cli
     OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/check/peft_roundtrip.py \\
         [--hone target/debug/hone] [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf]
+
+`ONLY=oft,lokr` in the environment runs those methods alone.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +57,13 @@ METHODS = {
     "vera": {"finetuning_type": "vera", "lora_rank": 16, "learning_rate": "5.0e-2"},
     "loha": {"finetuning_type": "loha", "lora_rank": 4, "learning_rate": "2.0e-2"},
     "lokr": {"finetuning_type": "lokr", "lora_rank": 4, "learning_rate": "2.0e-2"},
+    # LLaMA-Factory's defaults: blocks of 32 on every linear layer.
+    "oft": {"finetuning_type": "oft", "learning_rate": "5.0e-3"},
+    # Ranks allocated over the 4 steps (tinit 1, total_step 4): the file holds the kept rows.
+    "adalora": {
+        "finetuning_type": "adalora", "init_r": 4, "target_r": 2, "tinit": 1, "lora_alpha": 8,
+        "learning_rate": "5.0e-2",
+    },
     # Not mergeable: compared through the perplexity of a text instead.
     "prompt_tuning": {"finetuning_type": "prompt_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-2"},
     "p_tuning": {"finetuning_type": "p_tuning", "num_virtual_tokens": 6, "learning_rate": "5.0e-3"},
@@ -65,6 +75,8 @@ METHODS = {
         "finetuning_type": "adaption_prompt", "adapter_len": 6, "learning_rate": "1.0e-2",
     },
 }
+if os.environ.get("ONLY"):
+    METHODS = {m: METHODS[m] for m in os.environ["ONLY"].split(",")}
 # The methods that are not merged: compared by perplexity.
 UNMERGED = {"prompt_tuning", "p_tuning", "prefix", "adaption_prompt"}
 TEXT = "The capital of France is Paris, and the sky is blue on a clear day."
@@ -166,6 +178,11 @@ def check(hone, name, model, load_base, ids, extra, tmp):
         hone_counts = (2 * hone_counts[0], hone_counts[1] + hone_counts[0])
     peft = PeftModel.from_pretrained(load_base(), out, is_trainable=True).eval()
     peft_counts = peft.get_nb_trainable_parameters()
+    if "init_r" in extra:
+        # AdaLoRA trains every triplet at init_r; the file keeps the allocated rows only.
+        fresh = PeftConfig.from_pretrained(out)
+        fresh.rank_pattern, fresh.inference_mode = None, False
+        peft_counts = get_peft_model(load_base(), fresh).get_nb_trainable_parameters()
     unmerged = logits(peft, ids)
     merged_dir = tmp / f"{name}-merged"
     hone_merge(hone, model, out, merged_dir)
@@ -204,7 +221,8 @@ def main():
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
             base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
-            ok &= check_text_init(args.hone, gguf, {"gguf_file": gguf.name}, base, tmp)
+            if not os.environ.get("ONLY"):
+                ok &= check_text_init(args.hone, gguf, {"gguf_file": gguf.name}, base, tmp)
             for method, extra in METHODS.items():
                 if extra.get("finetuning_type") in UNMERGED:
                     ok &= check_prompt(args.hone, f"SmolLM2-{method}", gguf, base, tok, extra, tmp)

@@ -487,35 +487,44 @@ fn adapter_answer(out: &Path, what: &str) -> String {
     exact.ok().to_string()
 }
 
-/// `finetuning_type: vera`, `loha` and `lokr`: only the adapter's own tensors train (the
+/// `finetuning_type: vera`, `loha`, `lokr` and `oft`: only the adapter's own tensors train (the
 /// trainable-parameter line counts them, as PEFT), the adapter is PEFT's (VeRA's shared
 /// `base_model.vera_A` / `vera_B` once and each module's `vera_lambda_d` / `vera_lambda_b`;
-/// LoHa's `hada_w1_a` … `hada_w2_b`; LoKr's `lokr_w1` … `lokr_w2_b`), it changes what the model answers, unmerged on both paths
-/// and merged alike, and a checkpoint resumes.
+/// LoHa's `hada_w1_a` … `hada_w2_b`; LoKr's `lokr_w1` … `lokr_w2_b`; OFT's `oft_R.weight`), it
+/// changes what the model answers, unmerged on both paths and merged alike, and a checkpoint
+/// resumes.
 #[test]
 fn factored_adapters_train_and_generate_unmerged_and_merged_alike() {
+    let rank = ["lora_rank=4", "target_modules=q_proj,v_proj"];
     let methods = [
-        ("vera", "VERA", "vera_lambda"),
-        ("loha", "LOHA", "hada_w"),
-        ("lokr", "LOKR", "lokr_w"),
+        ("vera", "VERA", "vera_lambda", &rank[..], ("r", 4)),
+        ("loha", "LOHA", "hada_w", &rank[..], ("r", 4)),
+        ("lokr", "LOKR", "lokr_w", &rank[..], ("r", 4)),
+        (
+            "oft",
+            "OFT",
+            "oft_R",
+            &["oft_block_size=4", "lora_target=q_proj,v_proj,down_proj"][..],
+            ("oft_block_size", 4),
+        ),
     ];
-    for (method, peft_type, trained) in methods {
-        factored_adapter_trains(method, peft_type, trained);
+    for (method, peft_type, trained, keys, shape) in methods {
+        factored_adapter_trains(method, peft_type, trained, keys, shape);
     }
 }
 
-fn factored_adapter_trains(method: &str, peft_type: &str, trained: &str) {
+fn factored_adapter_trains(
+    method: &str,
+    peft_type: &str,
+    trained: &str,
+    keys: &[&str],
+    (shape_key, shape): (&str, u64),
+) {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let finetuning = format!("finetuning_type={method}");
-    let args = [
-        finetuning.as_str(),
-        "lora_rank=4",
-        "target_modules=q_proj,v_proj",
-        "max_steps=12",
-        "save_steps=6",
-        "learning_rate=1e-1",
-    ];
+    let common = ["max_steps=12", "save_steps=6", "learning_rate=1e-1"];
+    let args = [&[finetuning.as_str()][..], keys, &common[..]].concat();
     let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
     run.ok();
     let out = dir.path().join("out");
@@ -523,7 +532,7 @@ fn factored_adapter_trains(method: &str, peft_type: &str, trained: &str) {
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
             .unwrap();
     assert_eq!(adapter["peft_type"], peft_type);
-    assert_eq!(adapter["r"], 4);
+    assert_eq!(adapter[shape_key], shape);
     let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let count: usize = st
@@ -540,6 +549,79 @@ fn factored_adapter_trains(method: &str, peft_type: &str, trained: &str) {
     );
 
     let unmerged = adapter_answer(&out, method);
+    let merged = merge_into_tiny_model(&out, dir.path());
+    assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
+
+    let resumed = hone(
+        &[
+            &["train", arg(&config)][..],
+            &args[..],
+            &["resume_from_checkpoint=true", "max_steps=14"][..],
+        ]
+        .concat(),
+    );
+    resumed.ok();
+    assert!(resumed.stderr.contains("resum"), "{}", resumed.stderr);
+}
+
+/// `finetuning_type: adalora`: the triplets train with PEFT's orthogonality penalty and the
+/// allocator shrinks the ranks to `target_r` on average: the saved adapter is PEFT's (the kept rows
+/// of `lora_A`, `lora_E`, `lora_B`, the config's `rank_pattern` and `total_step`), the
+/// trainable-parameter line counts every triplet at `init_r` (as PEFT's), it changes what the
+/// model answers, unmerged on both paths and merged alike, and a checkpoint resumes with the
+/// allocator's state.
+#[test]
+fn adalora_trains_a_peft_adapter_whose_ranks_are_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let args = [
+        "finetuning_type=adalora",
+        "init_r=4",
+        "target_r=2",
+        "target_modules=q_proj,v_proj",
+        "max_steps=12",
+        "save_steps=6",
+        "learning_rate=1e-1",
+    ];
+    let run = hone(&[&["train", arg(&config)][..], &args[..]].concat());
+    run.ok();
+    let out = dir.path().join("out");
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["peft_type"], "ADALORA");
+    assert_eq!(adapter["total_step"], 12);
+    let pattern = adapter["rank_pattern"].as_object().expect("a rank_pattern");
+    let kept = |key: &str| -> usize {
+        let rows = pattern[&format!("{key}.lora_E")].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{key}: init_r entries");
+        rows.iter().filter(|b| b.as_bool().unwrap()).count()
+    };
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (mut total_kept, mut full) = (0, 0);
+    for (name, t) in st.tensors() {
+        let Some(module) = name.strip_suffix(".lora_A") else {
+            continue;
+        };
+        let module = module.strip_prefix("base_model.model.").unwrap();
+        let b = st
+            .tensor(&format!("base_model.model.{module}.lora_B"))
+            .unwrap();
+        let (rows, inp, out) = (t.shape()[0], t.shape()[1], b.shape()[0]);
+        assert_eq!(rows, kept(module), "{module}: the kept rows only");
+        total_kept += rows;
+        full += 4 * (inp + out + 1);
+    }
+    assert_eq!(
+        total_kept,
+        2 * pattern.len(),
+        "the budget ends at target_r per layer"
+    );
+    let line = format!("trainable params: {full} ||");
+    assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
+
+    let unmerged = adapter_answer(&out, "adalora");
     let merged = merge_into_tiny_model(&out, dir.path());
     assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
 
@@ -831,6 +913,8 @@ fn the_example_configs_resolve() {
         ("train_vera.yaml", "finetuning_type: vera"),
         ("train_loha.yaml", "finetuning_type: loha"),
         ("train_lokr.yaml", "finetuning_type: lokr"),
+        ("train_oft.yaml", "finetuning_type: oft"),
+        ("train_adalora.yaml", "finetuning_type: adalora"),
     ] {
         let config = examples.join(file);
         let text = hone(&["train", "--print-config", arg(&config)])

@@ -109,12 +109,12 @@ fn unsupported_configs_name_file_line_and_field() {
     );
 
     set_config_field(&dir, "use_dora", serde_json::json!(false));
-    set_config_field(&dir, "peft_type", serde_json::json!("OFT"));
+    set_config_field(&dir, "peft_type", serde_json::json!("BOFT"));
     assert_mentions(
         &read_error(&dir),
         &[
             "adapter_config.json:",
-            "peft_type: \"OFT\" is not supported",
+            "peft_type: \"BOFT\" is not supported",
         ],
     );
     // An IA3 config (PEFT always writes its module lists) over LoRA tensors.
@@ -168,7 +168,7 @@ fn unknown_tensors_and_unpaired_matrices() {
             "model.layers.0.self_attn.q_proj: has a lora_magnitude_vector (DoRA) but use_dora is not set",
         ],
     );
-    let loha = "base_model.model.model.layers.0.self_attn.q_proj.oft_R.weight";
+    let loha = "base_model.model.model.layers.0.self_attn.q_proj.boft_R";
     views.push((loha.to_string(), views.last().unwrap().1.clone()));
     views.retain(|(k, _)| k != key);
     write(&views, &dora);

@@ -230,9 +230,10 @@ fn prompt_learning_adapters_give_peft_logits() {
     }
 }
 
-/// VeRA, LoHa and LoKr adapters PEFT wrote: Hone writes them back with PEFT's config keys and
-/// tensor names (VeRA's shared projections once and each module's two vectors; LoHa's four
-/// factors; LoKr's whole or product factors as PEFT laid them out) and reads the same adapters
+/// VeRA, LoHa, LoKr, OFT and AdaLoRA adapters PEFT wrote: Hone writes them back with PEFT's
+/// config keys and tensor names (VeRA's shared projections once and each module's two vectors;
+/// LoHa's four factors; LoKr's whole or product factors as PEFT laid them out; OFT's triangles,
+/// per block or shared; AdaLoRA's kept rows with their rank_pattern) and reads the same adapters
 /// again.
 #[test]
 fn factored_adapters_round_trip() {
@@ -240,6 +241,9 @@ fn factored_adapters_round_trip() {
         ("llama-gqa-vera", "VeRA"),
         ("llama-gqa-loha", "LoHa"),
         ("llama-gqa-lokr", "LoKr"),
+        ("llama-gqa-oft", "OFT"),
+        ("llama-gqa-oft-coft", "OFT"),
+        ("llama-gqa-adalora", "AdaLoRA"),
     ];
     for (name, method) in cases {
         factored_adapter_round_trips(name, method);

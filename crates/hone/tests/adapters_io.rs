@@ -102,6 +102,8 @@ fn small_adapter(base: &str) -> Adapter {
         vera: None,
         loha: Default::default(),
         lokr: Default::default(),
+        oft: Default::default(),
+        adalora: Default::default(),
     }
 }
 

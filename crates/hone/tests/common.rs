@@ -32,8 +32,9 @@ pub const FAMILY_MODELS: [&str; 15] = [
 pub const REMOTE_MODELS: [&str; 4] = ["chatglm3", "baichuan2", "baichuan2-alibi", "qwen"];
 
 /// The adapters PEFT wrote (fixtures/adapters/, from scripts/golden/peft_adapters.py and, for
-/// VeRA, LoHa and LoKr, factored.py) and their base models under fixtures/models.
-pub const PEFT_ADAPTERS: [(&str, &str); 10] = [
+/// VeRA, LoHa and LoKr, factored.py; for OFT, oft.py; for AdaLoRA, adalora.py) and their base models under
+/// fixtures/models.
+pub const PEFT_ADAPTERS: [(&str, &str); 13] = [
     ("llama-tied-qv", "llama-tied"),
     ("qwen2-all-linear", "qwen2"),
     ("llama-gqa-regex", "llama-gqa"),
@@ -44,6 +45,9 @@ pub const PEFT_ADAPTERS: [(&str, &str); 10] = [
     ("llama-gqa-vera", "llama-gqa"),
     ("llama-gqa-loha", "llama-gqa"),
     ("llama-gqa-lokr", "llama-gqa"),
+    ("llama-gqa-oft", "llama-gqa"),
+    ("llama-gqa-oft-coft", "llama-gqa"),
+    ("llama-gqa-adalora", "llama-gqa"),
 ];
 
 /// `<repo>/fixtures/<rel>`.

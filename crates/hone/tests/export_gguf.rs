@@ -816,6 +816,8 @@ fn a_w_pack_lora_splits_into_llama_cpp_q_k_v_updates() {
         vera: None,
         loha: Default::default(),
         lokr: Default::default(),
+        oft: Default::default(),
+        adalora: Default::default(),
     };
     let adapter_dir = tmp.path().join("w-pack-lora");
     write_adapter(&adapter_dir, &adapter, None).unwrap();

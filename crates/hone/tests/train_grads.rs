@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use hone::adapters::{
-    lokr::Factor, Adapter, AdapterConfig, AdaptionConfig, Bias, Ia3Config, Ia3Vector,
-    InitLoraWeights, LohaConfig, LohaWeights, LokrConfig, LokrWeights, LoraWeights, PeftConfig,
-    PromptConfig, PromptMethod, TargetModules, VeraConfig, VeraWeights,
+    lokr::Factor, AdaloraConfig, AdaloraWeights, Adapter, AdapterConfig, AdaptionConfig, Bias,
+    Ia3Config, Ia3Vector, InitLoraWeights, LohaConfig, LohaWeights, LokrConfig, LokrWeights,
+    LoraWeights, OftConfig, OftWeights, PeftConfig, PromptConfig, PromptMethod, TargetModules,
+    VeraConfig, VeraWeights,
 };
 use hone::data::{collate, flatten, Batch, Example, Row};
 use hone::io::source::ModelSource;
@@ -21,6 +22,7 @@ use hone::model::norm::Tensor1;
 use hone::model::quantize::{quantize_decoder_matrices, BaseQuantization};
 use hone::model::{weights, Llama, ModelConfig, Weight};
 use hone::quant::bnb::FourBit;
+use hone::train::adalora::Adalora;
 use hone::train::adaption::Adaption;
 use hone::train::config::PrefLoss;
 use hone::train::dpo::{self, loss::PreferenceLoss};
@@ -28,6 +30,7 @@ use hone::train::groups::param_groups;
 use hone::train::ia3::Ia3Settings;
 use hone::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use hone::train::prompt::VirtualPrompt;
+use hone::train::rank_allocator::RankAllocator;
 use hone::train::reward::{self, ValueHead};
 use hone::train::{LoraSettings, TrainModel, TrainableSpec};
 use serde_json::Value;
@@ -210,6 +213,8 @@ fn initial_adapter(case: &Case, settings: &LoraSettings) -> Adapter {
         vera: None,
         loha: Default::default(),
         lokr: Default::default(),
+        oft: Default::default(),
+        adalora: Default::default(),
     }
 }
 
@@ -243,6 +248,8 @@ fn initial_ia3(case: &Case) -> (Ia3Settings, Adapter) {
         vera: None,
         loha: Default::default(),
         lokr: Default::default(),
+        oft: Default::default(),
+        adalora: Default::default(),
     };
     (Ia3Settings::new(config).unwrap(), adapter)
 }
@@ -330,6 +337,28 @@ fn build(case: &Case, cfg: ModelConfig, w: HashMap<String, Weight>) -> TrainMode
                 ..initial_adapter_of(PeftConfig::Lokr(lokr_config(case)))
             };
             hone::train::lokr::attach(&mut model, &lokr_config(case), Some(&start), 0).unwrap();
+            model
+        }
+        "adalora" => {
+            let mut model = frozen_model(cfg, w);
+            let config = adalora_config(case);
+            let start = Adapter {
+                adalora: adalora_weights(case, &config),
+                ..initial_adapter_of(PeftConfig::Adalora(config.clone()))
+            };
+            hone::train::adalora::attach(&mut model, &config, Some(&start), 0).unwrap();
+            let total = config.total_step.unwrap();
+            let parts = model.adalora_parts();
+            model.rank_allocator = Some(RankAllocator::new(&config, total, &parts));
+            model
+        }
+        "oft" => {
+            let mut model = frozen_model(cfg, w);
+            let start = Adapter {
+                oft: oft_weights(case),
+                ..initial_adapter_of(PeftConfig::Oft(oft_config(case)))
+            };
+            hone::train::oft::attach(&mut model, &oft_config(case), Some(&start)).unwrap();
             model
         }
         "adaption_prompt" => {
@@ -481,6 +510,71 @@ fn loha_weights(case: &Case) -> BTreeMap<String, LohaWeights> {
 }
 
 /// An empty adapter of `config`.
+fn adalora_config(case: &Case) -> AdaloraConfig {
+    let targets = string_list(&case.meta["targets"]);
+    let alpha = case.meta["lora_alpha"].as_f64().unwrap();
+    let (init_r, target_r) = (meta_usize(case, "init_r"), meta_usize(case, "target_r"));
+    let mut config = AdaloraConfig::new(init_r, target_r, alpha, targets);
+    config.orth_reg_weight = case.meta["orth_reg_weight"].as_f64().unwrap();
+    config.total_step = case.meta["total_step"].as_u64();
+    config
+}
+
+/// The case's starting AdaLoRA triplets, by module.
+fn adalora_weights(case: &Case, config: &AdaloraConfig) -> BTreeMap<String, AdaloraWeights> {
+    let modules: BTreeSet<&str> = case
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("init.")?.strip_suffix(".lora_A"))
+        .collect();
+    modules
+        .into_iter()
+        .map(|module| {
+            let get = |suffix: &str| &case.tensors[&format!("init.{module}.{suffix}")];
+            let (r, in_features) = get("lora_A").dims2().unwrap();
+            let weights = AdaloraWeights {
+                a: f32s(get("lora_A")),
+                e: f32s(get("lora_E")),
+                b: f32s(get("lora_B")),
+                r,
+                in_features,
+                out_features: get("lora_B").dims2().unwrap().0,
+                scale: config.scale(),
+            };
+            (module.to_string(), weights)
+        })
+        .collect()
+}
+
+fn oft_config(case: &Case) -> OftConfig {
+    let targets = string_list(&case.meta["targets"]);
+    let b = meta_usize(case, "oft_block_size");
+    let mut config = OftConfig::new(meta_usize(case, "r"), b, targets);
+    config.use_cayley_neumann = case.meta["use_cayley_neumann"].as_bool().unwrap();
+    config.num_cayley_neumann_terms = meta_usize(case, "num_cayley_neumann_terms");
+    config.block_share = case.meta["block_share"].as_bool().unwrap();
+    config
+}
+
+/// The case's starting OFT rotations, by module.
+fn oft_weights(case: &Case) -> BTreeMap<String, OftWeights> {
+    let config = oft_config(case);
+    case.tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            let module = k.strip_prefix("init.")?.strip_suffix(".oft_R.weight")?;
+            let (_, width) = t.dims2().unwrap();
+            let weights = OftWeights {
+                triangles: f32s(t),
+                block_size: hone::adapters::oft::block_size_of(width).unwrap(),
+                cayley: config.cayley(),
+                coft: config.coft_eps(),
+            };
+            Some((module.to_string(), weights))
+        })
+        .collect()
+}
+
 fn initial_adapter_of(config: PeftConfig) -> Adapter {
     Adapter {
         config,
@@ -492,6 +586,8 @@ fn initial_adapter_of(config: PeftConfig) -> Adapter {
         vera: None,
         loha: BTreeMap::new(),
         lokr: BTreeMap::new(),
+        oft: BTreeMap::new(),
+        adalora: BTreeMap::new(),
     }
 }
 
@@ -635,7 +731,8 @@ fn check_gradients_with(name: &str, variant: Variant) {
     let batch = batch(&case);
     let scale = 1.0 / count_labels_shifted(&batch) as f32;
     let (loss_sum, count) = model.forward_backward(&batch, scale, 0).unwrap();
-    let loss = loss_sum / count as f64;
+    // AdaLoRA's orthogonality penalty, which PEFT adds to the loss (0 for other methods).
+    let loss = loss_sum / count as f64 + model.step_penalty();
     let want_loss = f32s(&case.tensors["loss"])[0];
     assert!(
         (loss - f64::from(want_loss)).abs() / f64::from(want_loss) < loss_tolerance,
@@ -654,6 +751,20 @@ fn check_gradients_with(name: &str, variant: Variant) {
         }
         _ if case.meta["method"] == "lokr" => {
             let config = PeftConfig::Lokr(lokr_config(&case));
+            (
+                merged_adapter_logits(&model, ids, config),
+                reference_logits(&case, 0),
+            )
+        }
+        _ if case.meta["method"] == "adalora" => {
+            let config = PeftConfig::Adalora(adalora_config(&case));
+            (
+                merged_adapter_logits(&model, ids, config),
+                reference_logits(&case, 0),
+            )
+        }
+        _ if case.meta["method"] == "oft" => {
+            let config = PeftConfig::Oft(oft_config(&case));
             (
                 merged_adapter_logits(&model, ids, config),
                 reference_logits(&case, 0),
@@ -833,6 +944,116 @@ fn prefix_tuning_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("prefix_projection_llama-gqa", recompute);
+}
+
+/// OFT: the series on q, v (sharing their input with k) and down; the exact Cayley transform
+/// with r given and q/v biases; one rotation shared by every block, 3 terms; the default model's
+/// q and v in blocks of 32 (f32, and as stored: Q4_1, QOFT), recomputed too. The saved adapter
+/// merged gives the same logits.
+#[test]
+fn oft_gradients_match_peft() {
+    check_gradients("oft_llama-gqa");
+    check_gradients("oft_exact_qwen2");
+    check_gradients("oft_share_llama-gqa");
+    check_gradients("oft_default_2layers");
+    let stored = Variant {
+        stored: true,
+        ..Variant::default()
+    };
+    check_gradients_with("oft_default_2layers", stored);
+    let recompute = Variant {
+        recompute: true,
+        ..Variant::default()
+    };
+    check_gradients_with("oft_llama-gqa", recompute);
+}
+
+/// AdaLoRA: the update `B diag(E) A · alpha / (init_r + 1e-5)` on q, v and down (and with
+/// lora_alpha 0, init_r / (init_r + 1e-5)), the loss with PEFT's orthogonality penalty; the saved
+/// adapter merged gives the same logits.
+#[test]
+fn adalora_gradients_match_peft() {
+    check_gradients("adalora_llama-gqa");
+    check_gradients("adalora_qwen2");
+}
+
+/// AdaLoRA's rank allocator against PEFT's `update_and_allocate` after each of ten steps of
+/// random triplets and gradients (init_r 4, target_r 2, tinit 1, tfinal 2, deltaT 2, total_step
+/// 10, on q, v and down of both layers): the same E after each step (masked where PEFT masked) and
+/// the same rank_pattern.
+#[test]
+fn adalora_rank_allocation_matches_peft() {
+    let case = read_case("adalora_allocator");
+    let meta = &case.meta;
+    let get = |key: &str| meta[key].as_u64().unwrap();
+    let mut config = AdaloraConfig::new(
+        get("init_r") as usize,
+        get("target_r") as usize,
+        8.0,
+        vec![],
+    );
+    (config.tinit, config.tfinal, config.delta_t) = (get("tinit"), get("tfinal"), get("deltaT"));
+    config.beta1 = meta["beta1"].as_f64().unwrap();
+    config.beta2 = meta["beta2"].as_f64().unwrap();
+    let modules = string_list(&meta["modules"]);
+    let tensor = |step: u64, kind: &str, module: &str, suffix: &str| {
+        f32s(&case.tensors[&format!("step{step}.{kind}.{module}.{suffix}")])
+    };
+    let mut parts: Vec<Adalora> = modules
+        .iter()
+        .map(|m| {
+            let (a, b) = (
+                &case.tensors[&format!("step0.value.{m}.lora_A")],
+                &case.tensors[&format!("step0.value.{m}.lora_B")],
+            );
+            let ((r, in_features), out_features) = (a.dims2().unwrap(), b.dims2().unwrap().0);
+            let weights = AdaloraWeights {
+                a: f32s(a),
+                e: vec![0.0; r],
+                b: f32s(b),
+                r,
+                in_features,
+                out_features,
+                scale: 1.0,
+            };
+            Adalora::from_weights(&weights, 0.0)
+        })
+        .collect();
+    let allocator = {
+        let refs: Vec<&mut Adalora> = parts.iter_mut().collect();
+        RankAllocator::new(&config, get("total_step"), &refs)
+    };
+    for step in 0..get("total_step") {
+        for (m, part) in modules.iter().zip(&mut parts) {
+            for (suffix, t) in ["lora_A", "lora_E", "lora_B"].into_iter().zip([
+                &mut part.a,
+                &mut part.e,
+                &mut part.b,
+            ]) {
+                t.value = tensor(step, "value", m, suffix);
+                t.grad = Some(tensor(step, "grad", m, suffix));
+            }
+        }
+        let mut refs: Vec<&mut Adalora> = parts.iter_mut().collect();
+        allocator.after_step(&mut refs, step);
+        let pattern = &meta["patterns"][step as usize];
+        for (m, part) in modules.iter().zip(&parts) {
+            let want = tensor(step, "e", m, "lora_E");
+            assert!(
+                rel_err(&part.e.value, &want) < 1e-6,
+                "step {step}, {m}: E {:?} vs PEFT's {want:?}",
+                part.e.value
+            );
+            let kept: Option<Vec<bool>> = pattern.get(format!("{m}.lora_E")).map(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_bool().unwrap())
+                    .collect()
+            });
+            assert_eq!(part.kept, kept, "step {step}, {m}: rank_pattern");
+        }
+    }
 }
 
 /// VeRA: shared frozen projections (sliced per layer: q_proj, v_proj and down_proj read

@@ -267,7 +267,10 @@ fn block_switches(cfg: &ModelConfig) -> String {
 fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> {
     let vera_paths =
         (adapter.vera.iter().flat_map(|v| v.lambdas.keys())).chain(adapter.loha.keys());
-    let vera_paths = vera_paths.chain(adapter.lokr.keys());
+    let vera_paths = vera_paths
+        .chain(adapter.lokr.keys())
+        .chain(adapter.oft.keys());
+    let vera_paths = vera_paths.chain(adapter.adalora.keys());
     let module_paths = (adapter.modules.keys().chain(adapter.scales.keys())).chain(vera_paths);
     // `model.layers.3.mlp.down_proj` → `mlp.down_proj`: each layer adapts the same ones.
     let kinds: BTreeSet<&str> = module_paths
@@ -289,9 +292,13 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         .map(|w| w.w1a.len() + w.w1b.len() + w.w2a.len() + w.w2b.len())
         .sum();
     let lokr: usize = adapter.lokr.values().map(|w| w.parameters()).sum();
+    let oft: usize = adapter.oft.values().map(|w| w.parameters()).sum();
+    let adalora: usize = adapter.adalora.values().map(|w| w.parameters()).sum();
     let prompt = vera
         + loha
         + lokr
+        + oft
+        + adalora
         + adapter.prompt.as_ref().map_or(0, Vec::len)
         + adapter
             .adaption
@@ -320,6 +327,14 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         PeftConfig::Lokr(c) => {
             json!({"r": c.r, "alpha": c.alpha, "target_modules": c.target_modules})
         }
+        PeftConfig::Adalora(c) => json!({
+            "init_r": c.init_r, "target_r": c.target_r, "lora_alpha": c.lora_alpha,
+            "target_modules": c.target_modules, "rank_pattern": c.rank_pattern,
+        }),
+        PeftConfig::Oft(c) => json!({
+            "r": c.r, "oft_block_size": c.oft_block_size, "use_cayley_neumann": c.use_cayley_neumann,
+            "block_share": c.block_share, "coft": c.coft, "target_modules": c.target_modules,
+        }),
     };
     let info = json!({
         "path": dir.display().to_string(),
@@ -351,6 +366,14 @@ fn describe_adapter(adapter: &Adapter, dir: &Path, as_json: bool) -> Result<()> 
         PeftConfig::Vera(c) => format!("VeRA, shared projections of rank {}", c.r),
         PeftConfig::Loha(c) => format!("LoHa, rank {}, alpha {}", c.r, c.alpha),
         PeftConfig::Lokr(c) => format!("LoKr, rank {}, alpha {}", c.r, c.alpha),
+        PeftConfig::Adalora(c) => format!(
+            "AdaLoRA, ranks from {} to an average of {}, alpha {}",
+            c.init_r, c.target_r, c.lora_alpha
+        ),
+        PeftConfig::Oft(c) => match c.r {
+            0 => format!("OFT, rotations in blocks of {}", c.oft_block_size),
+            r => format!("OFT, rotations of {r} blocks"),
+        },
         PeftConfig::Adaption(c) => format!(
             "LLaMA-Adapter, a gated prompt of {} in each of the top {} layers",
             c.adapter_len(),

@@ -245,8 +245,8 @@ impl AdapterConfig {
             bail!(
                 "peft_type: {:?} is not supported (Hone reads LoRA and DoRA adapters, peft_type \"LORA\", IA3, \
                  \"IA3\", prompt tuning, P-tuning and prefix tuning, \"PROMPT_TUNING\", \"P_TUNING\" and \
-                 \"PREFIX_TUNING\", LLaMA-Adapter, \"ADAPTION_PROMPT\", VeRA, \"VERA\", LoHa, \"LOHA\", and LoKr, \
-                 \"LOKR\")",
+                 \"PREFIX_TUNING\", LLaMA-Adapter, \"ADAPTION_PROMPT\", VeRA, \"VERA\", LoHa, \"LOHA\", LoKr, \"LOKR\", \
+                 and OFT, \"OFT\")",
                 self.peft_type
             );
         }

@@ -1,8 +1,8 @@
 //! Merging an adapter into a model's f32 weights (HF tensor names), as PEFT's
 //! `merge_and_unload(safe_merge=True)` does: `W += scale · B · A` for each target module (DoRA then
 //! rescales each row to its magnitude), or IA3's vector multiplied into W's rows and bias (or
-//! columns), refusing a result that is not finite; biases saved with the adapter replace the
-//! model's.
+//! columns), or OFT's rotations, `W · blockdiag(R)ᵀ`; refusing a result that is not finite;
+//! biases saved with the adapter replace the model's.
 
 use std::collections::HashMap;
 
@@ -49,6 +49,17 @@ pub fn merge(
     }
     for (module, vector) in &adapter.scales {
         merge_ia3(weights, module, vector)?;
+    }
+    for (module, rotation) in &adapter.oft {
+        let name = format!("{module}.weight");
+        let w = &weights[&name];
+        let (dims, device) = (w.dims().to_vec(), w.device().clone());
+        let mut values = w.flatten_all()?.to_vec1::<f32>()?;
+        rotation.merge_into(&mut values, dims[1]);
+        if !values.iter().all(|v| v.is_finite()) {
+            bail!("{module}: merging the adapter gives non-finite weights (NaN or infinity); the adapter is broken");
+        }
+        weights.insert(name, Tensor::from_vec(values, dims, &device)?);
     }
     for (name, bias) in &adapter.biases {
         let replacement = Tensor::from_slice(bias, bias.len(), weights[name].device())?;
@@ -130,6 +141,15 @@ pub fn check_fits(
             bail!(
                 "{module}: the adapter's IA3 vector scales {} {side} features but the model's weight is {w:?}; {}",
                 vector.values.len(),
+                other_base(adapter)
+            );
+        }
+    }
+    for (module, rotation) in &adapter.oft {
+        let w = weight_dims(module)?;
+        if let Err(problem) = rotation.fits(w[w.len() - 1]) {
+            bail!(
+                "{module}: the adapter's OFT rotation does not fit: {problem}; {}",
                 other_base(adapter)
             );
         }

@@ -12,8 +12,11 @@
 //! random matrices shared by every layer with two learned vectors per layer, a LoRA update once
 //! its layer's width is known ([`vera`]); a LoHa one is the Hadamard product of two low-rank
 //! products, a LoRA update of rank r² ([`loha`]); a LoKr one a Kronecker product, a LoRA update
-//! too ([`lokr`]).
+//! too ([`lokr`]); an AdaLoRA one an SVD-shaped update `B·diag(E)·A` whose ranks training
+//! allocated, a LoRA update as well ([`adalora`]). An OFT one rotates each targeted layer's input by learned block-diagonal
+//! orthogonal matrices ([`oft`]).
 
+pub mod adalora;
 pub mod adaption;
 pub mod config;
 pub mod dora;
@@ -21,6 +24,7 @@ pub mod ia3;
 pub mod loha;
 pub mod lokr;
 pub mod merge;
+pub mod oft;
 pub mod peft;
 pub mod prompt;
 pub mod targets;
@@ -30,12 +34,14 @@ mod write;
 
 use std::collections::BTreeMap;
 
+pub use adalora::{AdaloraConfig, AdaloraWeights};
 pub use adaption::{AdaptionConfig, AdaptionPrompt};
 pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
 pub use ia3::{Ia3Config, Ia3Vector};
 pub use loha::{LohaConfig, LohaWeights};
 pub use lokr::{LokrConfig, LokrWeights};
 pub use merge::merge;
+pub use oft::{OftConfig, OftWeights};
 pub use peft::read_adapter;
 pub use prompt::{PromptConfig, PromptMethod};
 pub use targets::{ModuleMatcher, Patterns};
@@ -96,6 +102,10 @@ pub enum PeftConfig {
     Loha(LohaConfig),
     /// `peft_type: "LOKR"`.
     Lokr(LokrConfig),
+    /// `peft_type: "OFT"`.
+    Oft(OftConfig),
+    /// `peft_type: "ADALORA"`.
+    Adalora(AdaloraConfig),
 }
 
 impl PeftConfig {
@@ -111,6 +121,8 @@ impl PeftConfig {
             Some("VERA") => Ok(PeftConfig::Vera(config::from_json_by_field(text)?)),
             Some("LOHA") => Ok(PeftConfig::Loha(config::from_json_by_field(text)?)),
             Some("LOKR") => Ok(PeftConfig::Lokr(config::from_json_by_field(text)?)),
+            Some("OFT") => Ok(PeftConfig::Oft(config::from_json_by_field(text)?)),
+            Some("ADALORA") => Ok(PeftConfig::Adalora(config::from_json_by_field(text)?)),
             _ => Ok(PeftConfig::Lora(AdapterConfig::from_json(text)?)),
         }
     }
@@ -125,6 +137,8 @@ impl PeftConfig {
             PeftConfig::Vera(c) => c.to_json(),
             PeftConfig::Loha(c) => c.to_json(),
             PeftConfig::Lokr(c) => c.to_json(),
+            PeftConfig::Oft(c) => c.to_json(),
+            PeftConfig::Adalora(c) => c.to_json(),
         }
     }
 
@@ -138,6 +152,8 @@ impl PeftConfig {
             PeftConfig::Vera(c) => c.validate(),
             PeftConfig::Loha(c) => c.validate(),
             PeftConfig::Lokr(c) => c.validate(),
+            PeftConfig::Oft(c) => c.validate(),
+            PeftConfig::Adalora(c) => c.validate(),
         }
     }
 
@@ -166,11 +182,13 @@ impl PeftConfig {
                 | PeftConfig::Vera(_)
                 | PeftConfig::Loha(_)
                 | PeftConfig::Lokr(_)
+                | PeftConfig::Oft(_)
+                | PeftConfig::Adalora(_)
         )
     }
 
     /// The method, as people call it: `LoRA`, `DoRA`, `IA3`, `prompt tuning`, `P-tuning`,
-    /// `prefix tuning`, `LLaMA-Adapter`, `VeRA`, `LoHa` or `LoKr`.
+    /// `prefix tuning`, `LLaMA-Adapter`, `VeRA`, `LoHa`, `LoKr`, `OFT` or `AdaLoRA`.
     pub fn method(&self) -> &'static str {
         match self {
             PeftConfig::Lora(c) if c.use_dora => "DoRA",
@@ -181,6 +199,8 @@ impl PeftConfig {
             PeftConfig::Vera(_) => "VeRA",
             PeftConfig::Loha(_) => "LoHa",
             PeftConfig::Lokr(_) => "LoKr",
+            PeftConfig::Oft(_) => "OFT",
+            PeftConfig::Adalora(_) => "AdaLoRA",
         }
     }
 
@@ -193,6 +213,8 @@ impl PeftConfig {
             PeftConfig::Vera(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Loha(c) => c.base_model_name_or_path.as_deref(),
             PeftConfig::Lokr(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Oft(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Adalora(c) => c.base_model_name_or_path.as_deref(),
         }
     }
 }
@@ -222,17 +244,22 @@ pub struct Adapter {
     pub loha: BTreeMap<String, LohaWeights>,
     /// LoKr's factors by HF module path (likewise resolved to LoRA).
     pub lokr: BTreeMap<String, LokrWeights>,
+    /// OFT's rotations by HF module path (applied to the layer's input, never as LoRA).
+    pub oft: BTreeMap<String, OftWeights>,
+    /// AdaLoRA's kept triplets by HF module path (likewise resolved to LoRA).
+    pub adalora: BTreeMap<String, AdaloraWeights>,
 }
 
 impl Adapter {
-    /// The adapter with its VeRA, LoHa or LoKr update spelt out as LoRA modules (and their own
+    /// The adapter with its VeRA, LoHa, LoKr or AdaLoRA update spelt out as LoRA modules (and their own
     /// tensors taken out), for a model whose tensors' shapes `dims` gives by HF name (itself,
     /// borrowed, for other adapters).
     pub fn resolved(
         &self,
         dims: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> anyhow::Result<std::borrow::Cow<'_, Adapter>> {
-        if self.vera.is_none() && self.loha.is_empty() && self.lokr.is_empty() {
+        let factored = !(self.loha.is_empty() && self.lokr.is_empty() && self.adalora.is_empty());
+        if self.vera.is_none() && !factored {
             return Ok(std::borrow::Cow::Borrowed(self));
         }
         // The copy keeps the update as LoRA only, so resolving it again borrows it.
@@ -242,6 +269,12 @@ impl Adapter {
         }
         for (module, w) in std::mem::take(&mut resolved.lokr) {
             resolved.modules.insert(module, w.as_lora());
+        }
+        // A layer the budget left no triplet adds nothing.
+        for (module, w) in std::mem::take(&mut resolved.adalora) {
+            if w.r > 0 {
+                resolved.modules.insert(module, w.as_lora());
+            }
         }
         if let Some(vera) = resolved.vera.take() {
             for module in vera.lambdas.keys() {

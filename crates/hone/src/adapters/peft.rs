@@ -11,13 +11,15 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
+use super::adalora;
 use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::loha;
 use super::lokr::{self, Factor};
+use super::oft;
 use super::vera::{LAMBDA_B, LAMBDA_D, SHARED_A, SHARED_B};
 use super::{
-    Adapter, AdaptionPrompt, Ia3Vector, LohaWeights, LokrWeights, LoraWeights, PeftConfig,
-    VeraWeights,
+    AdaloraWeights, Adapter, AdaptionPrompt, Ia3Vector, LohaWeights, LokrWeights, LoraWeights,
+    OftWeights, PeftConfig, VeraWeights,
 };
 use crate::io::safetensors;
 use crate::model::config::hone_name;
@@ -147,6 +149,10 @@ enum Part {
     Hada(String, usize),
     /// One of LoKr's factors (its index in `lokr::KEYS`), by module.
     Kron(String, usize),
+    /// OFT's rotation, by module.
+    Oft(String),
+    /// One of AdaLoRA's A, E, B (its index in `adalora::KEYS`), by module.
+    Svd(String, usize),
 }
 
 fn classify(key: &str) -> Result<Part> {
@@ -181,6 +187,14 @@ fn classify(key: &str) -> Result<Part> {
             return Ok(Part::Kron(module.into(), index));
         }
     }
+    for (index, suffix) in adalora::KEYS.iter().enumerate() {
+        if let Some(module) = rest.strip_suffix(suffix) {
+            return Ok(Part::Svd(module.into(), index));
+        }
+    }
+    if let Some(module) = rest.strip_suffix(oft::KEY) {
+        return Ok(Part::Oft(module.into()));
+    }
     if let Some(module) = rest.strip_suffix(LAMBDA_D) {
         return Ok(Part::VeraD(module.into()));
     }
@@ -196,7 +210,7 @@ fn classify(key: &str) -> Result<Part> {
     bail!(
         "tensor {key}: not supported (Hone reads LoRA, DoRA and IA3 adapters of linear layers: lora_A / lora_B \
          weights, lora_magnitude_vector, ia3_l and biases; LLaMA-Adapter's adaption_prompt and adaption_gate; \
-         VeRA's vera_A, vera_B and vectors; LoHa's hada factors; LoKr's lokr factors; this looks like another PEFT method or a LoRA variant)"
+         VeRA's vera_A, vera_B and vectors; LoHa's hada factors; LoKr's lokr factors; OFT's oft_R; AdaLoRA's lora_A, lora_E, lora_B; this looks like another PEFT method or a LoRA variant)"
     )
 }
 
@@ -234,6 +248,8 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let (mut lambdas_d, mut lambdas_b) = (BTreeMap::new(), BTreeMap::new());
     let mut hada = BTreeMap::new();
     let mut kron = BTreeMap::new();
+    let mut rotations = BTreeMap::new();
+    let mut svd = BTreeMap::new();
     for (key, (shape, values)) in tensors {
         let part = classify(&key)?;
         let expected_dims = match part {
@@ -290,6 +306,28 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
                     .or_insert_with(|| [None, None, None, None, None, None]);
                 factors[index] = Some((shape, values));
             }
+            Part::Svd(module, index) => {
+                let triplet = svd
+                    .entry(text_module(&module)?)
+                    .or_insert_with(|| [None, None, None]);
+                triplet[index] = Some((shape, values));
+            }
+            Part::Oft(module) => {
+                let Some(block_size) = oft::block_size_of(shape[1]) else {
+                    bail!("tensor {key}: [blocks, b(b-1)/2] for some block size b, not {shape:?}");
+                };
+                let (cayley, coft) = match &config {
+                    PeftConfig::Oft(c) => (c.cayley(), c.coft_eps()),
+                    _ => (crate::kernels::rotation::Cayley::Neumann(5), None),
+                };
+                let weights = OftWeights {
+                    triangles: values,
+                    block_size,
+                    cayley,
+                    coft,
+                };
+                rotations.insert(text_module(&module)?, weights);
+            }
             Part::Hada(module, index) => {
                 let factors = hada
                     .entry(text_module(&module)?)
@@ -317,6 +355,14 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
     let lokr = kron
         .into_iter()
         .map(|(module, factors)| Ok((module.clone(), lokr_weights(&module, factors, scale)?)))
+        .collect::<Result<_>>()?;
+    let adalora_scale = match &config {
+        PeftConfig::Adalora(c) => c.scale(),
+        _ => 1.0,
+    };
+    let adalora = svd
+        .into_iter()
+        .map(|(module, t)| Ok((module.clone(), adalora_weights(&module, t, adalora_scale)?)))
         .collect::<Result<_>>()?;
     let loha = hada
         .into_iter()
@@ -366,6 +412,29 @@ fn assemble(config: PeftConfig, mut tensors: Flat) -> Result<Adapter> {
         vera,
         loha,
         lokr,
+        oft: rotations,
+        adalora,
+    })
+}
+
+/// One module's AdaLoRA triplets, checked to be `lora_A [k, in]`, `lora_E [k, 1]`,
+/// `lora_B [out, k]`.
+fn adalora_weights(module: &str, t: [Option<Tensor>; 3], scale: f64) -> Result<AdaloraWeights> {
+    let [Some((sa, a)), Some((se, e)), Some((sb, b))] = t else {
+        bail!("{module}: AdaLoRA needs lora_A, lora_E and lora_B together");
+    };
+    let k = sa[0];
+    if se != [k, 1] || sb[1] != k {
+        bail!("{module}: lora_A {sa:?}, lora_E {se:?} and lora_B {sb:?} are not [k, in], [k, 1] and [out, k]");
+    }
+    Ok(AdaloraWeights {
+        a,
+        e,
+        b,
+        r: k,
+        in_features: sa[1],
+        out_features: sb[0],
+        scale,
     })
 }
 

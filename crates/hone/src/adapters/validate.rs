@@ -2,8 +2,8 @@
 //! file of one method under another's config is refused by name), and that they fit the config.
 
 use super::{
-    Adapter, AdaptionConfig, Bias, Ia3Config, LohaConfig, LokrConfig, PeftConfig, PromptConfig,
-    PromptMethod, VeraConfig,
+    AdaloraConfig, Adapter, AdaptionConfig, Bias, Ia3Config, LohaConfig, LokrConfig, OftConfig,
+    PeftConfig, PromptConfig, PromptMethod, VeraConfig,
 };
 
 impl Adapter {
@@ -11,6 +11,20 @@ impl Adapter {
     /// the IA3 side) the config gives it and tensors of the stated shapes. Errors name the module.
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::bail;
+        if let PeftConfig::Oft(config) = &self.config {
+            return self.validate_oft(config);
+        }
+        if let PeftConfig::Adalora(config) = &self.config {
+            return self.validate_adalora(config);
+        }
+        if let Some(module) = self.adalora.keys().next() {
+            bail!("{module}: has AdaLoRA triplets (lora_A, lora_E, lora_B) but the config's peft_type is not \"ADALORA\"");
+        }
+        if let Some(module) = self.oft.keys().next() {
+            bail!(
+                "{module}: has an OFT rotation (oft_R) but the config's peft_type is not \"OFT\""
+            );
+        }
         let config = match &self.config {
             PeftConfig::Lora(config) => config,
             PeftConfig::Ia3(config) => return self.validate_ia3(config),
@@ -19,6 +33,7 @@ impl Adapter {
             PeftConfig::Vera(config) => return self.validate_vera(config),
             PeftConfig::Loha(config) => return self.validate_loha(config),
             PeftConfig::Lokr(config) => return self.validate_lokr(config),
+            PeftConfig::Oft(_) | PeftConfig::Adalora(_) => unreachable!("checked above"),
         };
         if self.prompt.is_some() {
             bail!("prompt_embeddings: a prompt-learning tensor, but the config's peft_type is \"LORA\"");
@@ -162,6 +177,68 @@ impl Adapter {
         for module in self.lokr.keys() {
             if !config.selects(module)? {
                 bail!("{module}: has LoKr factors but target_modules does not select it");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_adalora(&self, config: &AdaloraConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        let others = (self.modules.keys().chain(self.scales.keys()))
+            .chain(self.biases.keys())
+            .chain(self.adaption.keys())
+            .chain(self.loha.keys())
+            .chain(self.lokr.keys())
+            .chain(self.oft.keys())
+            .next();
+        if let Some(name) = others {
+            bail!("{name}: an ADALORA adapter holds only each module's lora_A, lora_E and lora_B");
+        }
+        if self.vera.is_some() || self.prompt.is_some() {
+            bail!("an ADALORA adapter holds only each module's lora_A, lora_E and lora_B");
+        }
+        for (module, w) in &self.adalora {
+            if !config.selects(module)? {
+                bail!("{module}: has AdaLoRA triplets but target_modules does not select it");
+            }
+            let kept = match config.kept(module) {
+                Some(kept) => kept.iter().filter(|&&k| k).count(),
+                None => config.init_r,
+            };
+            if w.r != kept {
+                bail!(
+                    "{module}: lora_A has {} rows but the config keeps {kept} (init_r / rank_pattern)",
+                    w.r
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_oft(&self, config: &OftConfig) -> anyhow::Result<()> {
+        use anyhow::bail;
+        let others = (self.modules.keys().chain(self.scales.keys()))
+            .chain(self.biases.keys())
+            .chain(self.adaption.keys())
+            .chain(self.loha.keys())
+            .chain(self.lokr.keys())
+            .chain(self.adalora.keys())
+            .next();
+        if let Some(name) = others {
+            bail!("{name}: an OFT adapter holds only each module's oft_R rotation");
+        }
+        if self.vera.is_some() || self.prompt.is_some() {
+            bail!("an OFT adapter holds only each module's oft_R rotation");
+        }
+        for (module, w) in &self.oft {
+            if !config.selects(module)? {
+                bail!("{module}: has an OFT rotation but target_modules does not select it");
+            }
+            if config.block_share && w.rows() != 1 {
+                bail!(
+                    "{module}: block_share is set but oft_R holds {} blocks, not one shared",
+                    w.rows()
+                );
             }
         }
         Ok(())

@@ -12,9 +12,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::adalora;
 use super::adaption::{GATE_KEY, PROMPT_KEY};
 use super::loha;
 use super::lokr::{self, Factor};
+use super::oft;
 use super::peft::{
     CONFIG_FILE, IA3, KEY_PREFIX, MAGNITUDE, PROMPT_EMBEDDINGS, WEIGHTS_FILE, WRAPPED_BIAS,
 };
@@ -155,6 +157,25 @@ fn serialize_weights(adapter: &Adapter) -> Result<Vec<u8>> {
             tensors.push((format!("{key}{LAMBDA_B}"), vec![b.len()], b));
         }
     }
+    for (module, w) in &adapter.adalora {
+        let key = format!("{KEY_PREFIX}{module}");
+        let shapes = [
+            vec![w.r, w.in_features],
+            vec![w.r, 1],
+            vec![w.out_features, w.r],
+        ];
+        for ((suffix, shape), values) in adalora::KEYS.iter().zip(shapes).zip([&w.a, &w.e, &w.b]) {
+            tensors.push((format!("{key}{suffix}"), shape, values));
+        }
+    }
+    for (module, w) in &adapter.oft {
+        let shape = vec![w.rows(), w.triangles.len() / w.rows()];
+        tensors.push((
+            format!("{KEY_PREFIX}{module}{}", oft::KEY),
+            shape,
+            &w.triangles,
+        ));
+    }
     if let PeftConfig::Adaption(config) = &adapter.config {
         let len = config.adapter_len().max(1);
         for (module, p) in &adapter.adaption {
@@ -211,6 +232,27 @@ fn model_card(adapter: &Adapter) -> String {
                 cfg.r,
                 cfg.alpha,
                 adapter.lokr.len()
+            ),
+        ),
+        PeftConfig::Adalora(cfg) => (
+            "adalora",
+            format!(
+                "Ranks from {} down to an average of {}, alpha {}, on {} modules",
+                cfg.init_r,
+                cfg.target_r,
+                cfg.lora_alpha,
+                adapter.adalora.len()
+            ),
+        ),
+        PeftConfig::Oft(cfg) => (
+            "oft",
+            format!(
+                "Block-diagonal rotations ({}) of the inputs of {} modules",
+                match cfg.r {
+                    0 => format!("blocks of {}", cfg.oft_block_size),
+                    r => format!("{r} blocks"),
+                },
+                adapter.oft.len()
             ),
         ),
         PeftConfig::Loha(cfg) => (

@@ -61,6 +61,7 @@ pub mod pool;
 pub mod qdot;
 pub mod rmsnorm;
 pub mod rope;
+pub mod rotation;
 pub mod stored;
 
 /// The derivative of `f` in `v[i]` by central differences in f64 (step 1e-6): what the kernels'

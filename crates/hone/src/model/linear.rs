@@ -8,22 +8,25 @@
 //! into the weights instead, as PEFT's `merge_and_unload` does. A DoRA update unmerged is
 //! `y = g·(W·x + s·B(A·x)) + b`, with `g = m / ‖W + s·B·A‖` per output row computed once at load.
 //! An IA3 vector `l` scales the outputs, `y = l·(W·x + b)`, or, for a feedforward module, the
-//! inputs, `y = W·(l·x) + b`.
+//! inputs, `y = W·(l·x) + b`. An OFT rotation turns the input first, `y = W·(x·blockdiag(R)) + b`
+//! (its `R` built once at load), so a projection with one gets a product of its own.
 //!
 //! A server holding several adapters over one base passes their updates per call instead
 //! ([`RowsLora`]): each group of rows gets its own adapter's `s·B(A·x)`, so requests for different
 //! adapters share one product with the base weights.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
 use crate::adapters::dora::{adapted_row_norms, factors};
 use crate::adapters::ia3::SHARED_INPUT_SCALING;
-use crate::adapters::{Ia3Vector, LoraWeights};
+use crate::adapters::{Ia3Vector, LoraWeights, OftWeights};
 use crate::kernels::columns::{rows_times, scale_columns};
 use crate::kernels::few_rows;
+use crate::kernels::rotation;
 use crate::kernels::stored::{self, StoredMatrix};
 
 /// A weight matrix `[out, in]`: f32, or kept in its stored type.
@@ -168,12 +171,36 @@ impl LoraDelta {
     }
 }
 
-/// What one adapter changes in one projection: its LoRA update and, for adapters that train
-/// biases, the shift from the base's bias to the adapter's.
+/// OFT's rotation of a projection's input, `x · blockdiag(R_1, …)`, its blocks built once.
+#[derive(Clone)]
+pub struct InputRotation {
+    /// `[stored blocks, b, b]` (one block when all share it).
+    r: Arc<Vec<f32>>,
+    b: usize,
+}
+
+impl InputRotation {
+    pub fn new(w: &OftWeights) -> InputRotation {
+        InputRotation {
+            r: Arc::new(w.rotations()),
+            b: w.block_size,
+        }
+    }
+
+    /// `x` (`[rows, in]`) rotated.
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let blocks = x.len() / rows.max(1) / self.b;
+        rotation::rotate(x, &self.r, self.b, blocks)
+    }
+}
+
+/// What one adapter changes in one projection: its LoRA update, IA3 vector or OFT rotation and,
+/// for adapters that train biases, the shift from the base's bias to the adapter's.
 #[derive(Clone, Default)]
 pub struct PartUpdate {
     pub lora: Option<LoraDelta>,
     pub ia3: Option<Ia3Vector>,
+    pub oft: Option<InputRotation>,
     pub bias_shift: Option<Vec<f32>>,
 }
 
@@ -191,6 +218,7 @@ pub struct Projection {
     pub bias: Option<Vec<f32>>,
     pub lora: Option<LoraDelta>,
     pub ia3: Option<Ia3Vector>,
+    pub oft: Option<InputRotation>,
 }
 
 impl Projection {
@@ -220,9 +248,12 @@ impl Linear {
         if parts.len() > 1 && parts.iter().any(scales_input) {
             bail!(SHARED_INPUT_SCALING);
         }
-        let all_plain_f32 = parts
-            .iter()
-            .all(|p| matches!(p.weight, Weight::F32(_)) && p.lora.is_none() && p.ia3.is_none());
+        let all_plain_f32 = parts.iter().all(|p| {
+            matches!(p.weight, Weight::F32(_))
+                && p.lora.is_none()
+                && p.ia3.is_none()
+                && p.oft.is_none()
+        });
         if parts.len() < 2 || !all_plain_f32 {
             return Ok(Linear { parts, widths });
         }
@@ -241,6 +272,7 @@ impl Linear {
                 bias: biases,
                 lora: None,
                 ia3: None,
+                oft: None,
             }],
             widths,
         })
@@ -273,6 +305,7 @@ impl Linear {
                 bias: None,
                 lora: None,
                 ia3: None,
+                oft: None,
             }] => Some(w),
             _ => None,
         }
@@ -309,7 +342,10 @@ impl Linear {
             .as_ref()
             .filter(|v| v.feedforward)
             .map(|v| rows_times(x, &v.values, 0.0));
-        let mut y = self.products(scaled.as_deref().unwrap_or(x), rows)?;
+        let mut y = match self.parts.iter().any(|p| p.oft.is_some()) {
+            true => self.rotated_products(x, rows)?,
+            false => self.products(scaled.as_deref().unwrap_or(x), rows)?,
+        };
         let mut offset = 0;
         for p in &self.parts {
             let width = p.out_features();
@@ -375,6 +411,18 @@ impl Linear {
                     Some(v) => scale_columns(&mut ys, n, offset, &v.values),
                     None => {}
                 }
+                // W·(x·R) = W·x + W·(x·R − x): the base rows plus this projection's product more.
+                if let Some(r) = &update.oft {
+                    let mut shifted = r.apply(&xs, group.rows.len());
+                    shifted.iter_mut().zip(&xs).for_each(|(s, x)| *s -= x);
+                    let extra = self.part_product(p, &shifted, group.rows.len())?;
+                    for (row, e) in ys.chunks_exact_mut(n).zip(extra.chunks_exact(*width)) {
+                        row[offset..offset + width]
+                            .iter_mut()
+                            .zip(e)
+                            .for_each(|(y, e)| *y += e);
+                    }
+                }
                 offset += width;
             }
             for (&r, updated) in group.rows.iter().zip(ys.chunks_exact(n)) {
@@ -395,6 +443,35 @@ impl Linear {
             .rows_into(first + rows.start..first + rows.end, out)
     }
 
+    /// `x·Wᵀ` of projection `p` alone, `[rows, width]`.
+    fn part_product(&self, p: usize, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        if self.parts.len() == self.widths.len() {
+            return weight_product(&self.parts[p].weight, x, rows);
+        }
+        let inner = x.len() / rows.max(1);
+        let mut w = vec![0f32; self.widths[p] * inner];
+        self.part_weight_rows(p, 0..self.widths[p], &mut w)?;
+        let w = Tensor::from_vec(w, (self.widths[p], inner), &candle_core::Device::Cpu)?;
+        f32_product(&w, x, rows)
+    }
+
+    /// `x·Wᵀ` part by part, each part with an OFT rotation on its own rotated input.
+    fn rotated_products(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let n = self.out_features();
+        let mut y = vec![0f32; rows * n];
+        let mut offset = 0;
+        for p in &self.parts {
+            let width = p.out_features();
+            let rotated = p.oft.as_ref().map(|r| r.apply(x, rows));
+            let part = weight_product(&p.weight, rotated.as_deref().unwrap_or(x), rows)?;
+            for (row, part) in y.chunks_exact_mut(n).zip(part.chunks_exact(width)) {
+                row[offset..offset + width].copy_from_slice(part);
+            }
+            offset += width;
+        }
+        Ok(y)
+    }
+
     /// `x·Wᵀ` of every part, side by side: stored matrices in one fused product.
     fn products(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let stored: Option<Vec<&StoredMatrix>> = self
@@ -413,16 +490,21 @@ impl Linear {
         let mut offset = 0;
         for p in &self.parts {
             let width = p.out_features();
-            let part = match &p.weight {
-                Weight::F32(w) => f32_product(w, x, rows)?,
-                Weight::Stored(m) => stored::matmul(&[m], x, rows),
-            };
+            let part = weight_product(&p.weight, x, rows)?;
             for (row, part) in y.chunks_exact_mut(n).zip(part.chunks_exact(width)) {
                 row[offset..offset + width].copy_from_slice(part);
             }
             offset += width;
         }
         Ok(y)
+    }
+}
+
+/// `x·Wᵀ` for one weight.
+fn weight_product(w: &Weight, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    match w {
+        Weight::F32(w) => f32_product(w, x, rows),
+        Weight::Stored(m) => Ok(stored::matmul(&[m], x, rows)),
     }
 }
 

@@ -21,7 +21,9 @@ use super::block::{self, Norms, Project, QkNorm};
 use super::config::ModelConfig;
 use super::kv_cache::Cache;
 use super::layout::{block_linears, slot_linears, Slot, SLOTS};
-use super::linear::{with_f32_slice, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight};
+use super::linear::{
+    with_f32_slice, InputRotation, Linear, LoraDelta, PartUpdate, Projection, RowsLora, Weight,
+};
 use super::norm::{NormCtx, NormParam, Tensor1};
 use super::rope::{ntk_alpha, RopeSet, RopeTables};
 use super::virtual_tokens::{self, Virtual};
@@ -201,6 +203,7 @@ impl Llama {
                 bias: None,
                 lora: None,
                 ia3: None,
+                oft: None,
             }
         } else {
             parts.projection("lm_head", cfg.vocab_size, h, false)?
@@ -656,6 +659,10 @@ impl Llama {
             }
             set.part_mut(at).ia3 = Some(vector.clone());
         }
+        for (module, rotation) in &adapter.oft {
+            let at = self.linear_of(module).context("checked to fit above")?;
+            set.part_mut(at).oft = Some(InputRotation::new(rotation));
+        }
         for (name, bias) in &adapter.biases {
             let module = name.strip_suffix(".bias").context("checked to fit above")?;
             let at = self.linear_of(module).context("checked to fit above")?;
@@ -917,11 +924,13 @@ impl Parts<'_> {
             .map(|l| LoraDelta::new(l, |rows, out| weight.rows_into(rows, out)))
             .transpose()?;
         let ia3 = self.adapter.and_then(|a| a.scales.get(module)).cloned();
+        let oft = self.adapter.and_then(|a| a.oft.get(module));
         Ok(Projection {
             weight,
             bias,
             lora,
             ia3,
+            oft: oft.map(InputRotation::new),
         })
     }
 }

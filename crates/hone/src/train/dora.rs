@@ -290,6 +290,7 @@ mod tests {
             lora,
             ia3: None,
             factored: None,
+            oft: None,
         };
         let mut projection = Projection {
             in_features: IN,

@@ -1,9 +1,11 @@
 //! The adapters whose update a layer builds each step from other factors, beside LoRA in a
 //! projection's part: VeRA (vectors over shared frozen projections), LoHa (two low-rank products
-//! multiplied elementwise) and LoKr (a Kronecker product).
+//! multiplied elementwise), LoKr (a Kronecker product) and AdaLoRA (an SVD-shaped product whose
+//! ranks are allocated as it trains).
 
 use anyhow::{ensure, Result};
 
+use super::adalora::Adalora;
 use super::linear::{lora_backward, lora_forward};
 use super::loha::Loha;
 use super::lokr::Lokr;
@@ -12,12 +14,13 @@ use super::model::TrainModel;
 use super::vera::Vera;
 use crate::kernels::matmul::MatRef;
 
-/// A part's VeRA or LoHa adapter.
+/// A part's VeRA, LoHa, LoKr or AdaLoRA adapter.
 #[derive(Clone, Debug)]
 pub enum Factored {
     Vera(Vera),
     Loha(Loha),
     Lokr(Lokr),
+    Adalora(Adalora),
 }
 
 impl Factored {
@@ -31,8 +34,9 @@ impl Factored {
     ) -> Vec<f32> {
         match self {
             Factored::Vera(v) => v.forward(x, y, dropout_seed),
-            Factored::Loha(l) => through_lora(&l.as_lora(), x, y),
-            Factored::Lokr(l) => through_lora(&l.as_lora(), x, y),
+            Factored::Loha(l) => through_lora(&l.as_lora(), x, y, None),
+            Factored::Lokr(l) => through_lora(&l.as_lora(), x, y, None),
+            Factored::Adalora(a) => through_lora(&a.as_lora(), x, y, dropout_seed),
         }
     }
 
@@ -48,35 +52,46 @@ impl Factored {
         match self {
             Factored::Vera(v) => v.backward(dy, x, saved, seed, dx),
             Factored::Loha(l) => {
-                let lora = back_through_lora(l.as_lora(), dy, x, saved, dx);
+                let lora = back_through_lora(l.as_lora(), dy, x, saved, (seed, dx));
                 l.chain(&lora.grad_a, &lora.grad_b);
             }
             Factored::Lokr(l) => {
-                let lora = back_through_lora(l.as_lora(), dy, x, saved, dx);
+                let lora = back_through_lora(l.as_lora(), dy, x, saved, (seed, dx));
                 l.chain(&lora.grad_a, &lora.grad_b);
+            }
+            Factored::Adalora(a) => {
+                let lora = back_through_lora(a.as_lora(), dy, x, saved, (seed, dx));
+                a.chain(&lora.grad_a, &lora.grad_b);
             }
         }
     }
 }
 
-/// LoHa's and LoKr's forward: their update is `lora` (built from the factors each step), added to
-/// `y`'s columns `col..col + out`; returns what the backward needs.
-fn through_lora(lora: &Lora, x: &[f32], (y, y_cols, col): (&mut [f32], usize, usize)) -> Vec<f32> {
-    lora_forward(lora, x, y, y_cols, col, None)
+/// The forward of an update built as `lora` from its factors each step (LoHa, LoKr, AdaLoRA),
+/// added to `y`'s columns `col..col + out` (dropout, when `lora` has it, drawn from
+/// `dropout_seed`); returns what the backward needs.
+fn through_lora(
+    lora: &Lora,
+    x: &[f32],
+    (y, y_cols, col): (&mut [f32], usize, usize),
+    dropout_seed: Option<u64>,
+) -> Vec<f32> {
+    lora_forward(lora, x, y, y_cols, col, dropout_seed)
 }
 
-/// LoHa's and LoKr's backward through `lora`, the forward's update: adds the input's gradient to
-/// `dx` and returns `lora` with its A and B gradients, which the method chains to its factors.
+/// The backward through `lora`, the forward's update (its dropout masks drawn again from
+/// `seed`): adds the input's gradient to `dx` and returns `lora` with its A and B gradients,
+/// which the method chains to its factors.
 fn back_through_lora(
     mut lora: Lora,
     (dy, dy_cols, col): (&[f32], usize, usize),
     x: &[f32],
     xa: &[f32],
-    dx: &mut [f32],
+    (seed, dx): (u64, &mut [f32]),
 ) -> Lora {
     let n = x.len() / lora.in_features;
     let g = MatRef::strided(&dy[col..], n, lora.out_features, dy_cols);
-    lora_backward(&mut lora, g, x, xa, 0, dx);
+    lora_backward(&mut lora, g, x, xa, seed, dx);
     lora
 }
 

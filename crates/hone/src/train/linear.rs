@@ -1,8 +1,10 @@
 //! A trainable projection: one or more Linear layers that read the same input, their base weights
 //! stacked by rows so the forward is one matrix product (q, k and v run as one), each part with
 //! its own optional bias, weight gradient (full or partial fine-tuning) and adapter: LoRA, DoRA
-//! ([`super::dora`]), VeRA or LoHa ([`super::factored`]) or an IA3 vector ([`super::ia3`]). A frozen base may stay in its stored type
-//! (a quantized GGUF: QLoRA), see [`Matrix`].
+//! ([`super::dora`]), VeRA, LoHa or LoKr ([`super::factored`]), an IA3 vector ([`super::ia3`])
+//! or an OFT rotation of its input ([`super::oft`]: the parts then multiply one by one, each on
+//! its own input). A frozen base may stay in its stored type (a quantized GGUF: QLoRA), see
+//! [`Matrix`].
 //!
 //! Forward and backward sit side by side. The backward always produces the input gradient
 //! `dx = dy W`, but a weight gradient only where a part is trainable: a frozen base weight costs
@@ -17,9 +19,10 @@ use super::dropout;
 use super::factored::Factored;
 use super::ia3::{self, Ia3};
 use super::lora::Lora;
+use super::oft::{Oft, OftSaved};
 use crate::kernels::columns::{column_sums, Columns};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
-use crate::kernels::matrix::Matrix;
+use crate::kernels::matrix::{Matrix, MatrixRef};
 use crate::model::block::{Backprop, Project};
 use crate::model::layout::Slot;
 use crate::model::norm::Tensor1;
@@ -54,6 +57,7 @@ pub struct Part {
     pub lora: Option<Lora>,
     pub ia3: Option<Ia3>,
     pub factored: Option<Factored>,
+    pub oft: Option<Oft>,
 }
 
 /// Linear layers sharing one input: `y = x [W_1; W_2; …]ᵀ + b`, plus each part's LoRA term.
@@ -76,6 +80,8 @@ pub struct Saved {
     dropout_seed: u64,
     /// Per part scaling its outputs by IA3, its outputs before the scaling.
     ia3: Vec<Option<Vec<f32>>>,
+    /// Per part rotating its input by OFT, the rotations (empty: no part does).
+    oft: Vec<Option<OftSaved>>,
 }
 
 /// One part's adapter: `s · A(dropout(x))` (`[tokens, r]`; VeRA's `A(dropout(x))`), and DoRA's
@@ -130,13 +136,20 @@ impl Projection {
     /// outside training (no dropout, nothing saved).
     pub fn forward(&self, x: &[f32], y: &mut [f32], dropout_seed: Option<u64>) -> Saved {
         let out = self.out_features();
-        let scaled_input = ia3::scaled_input(&self.parts, x);
-        self.for_products()
-            .forward(scaled_input.as_deref().unwrap_or(x), y);
+        let oft = match self.parts.iter().any(|p| p.oft.is_some()) {
+            true => self.rotated_forward(x, y),
+            false => {
+                let scaled_input = ia3::scaled_input(&self.parts, x);
+                self.for_products()
+                    .forward(scaled_input.as_deref().unwrap_or(x), y);
+                Vec::new()
+            }
+        };
         let mut saved = Saved {
             adapters: Vec::with_capacity(self.parts.len()),
             dropout_seed: dropout_seed.unwrap_or(0),
             ia3: Vec::new(),
+            oft,
         };
         for (index, (col, part)) in self.offsets().enumerate() {
             let seed = dropout_seed.map(|s| dropout::stream(s, index as u64));
@@ -183,7 +196,10 @@ impl Projection {
             .map(|a| a.as_ref().and_then(|a| a.dora.as_ref()));
         let starts = self.offsets().map(|(start, _)| start);
         let scaled = dora::scale_base_gradient(starts.zip(dora_saved), dy, out);
-        products.backward_input(scaled.as_deref().unwrap_or(dy), dx, false);
+        match saved.oft.is_empty() {
+            true => products.backward_input(scaled.as_deref().unwrap_or(dy), dx, false),
+            false => rotated_backward(products, &mut self.parts, (dy, out), x, &saved.oft, dx),
+        }
         let mut col = 0;
         for (index, part) in self.parts.iter_mut().enumerate() {
             let dy_part = MatRef::strided(&dy[col..], n, part.out_features, out);
@@ -216,6 +232,65 @@ impl Projection {
             col += part.out_features;
         }
         ia3::input_backward(&mut self.parts, x, dx);
+    }
+}
+
+impl Projection {
+    /// The base product part by part, each part with an OFT rotation on its own rotated input
+    /// (`y` `[tokens, out]` overwritten); returns the rotations per part.
+    fn rotated_forward(&self, x: &[f32], y: &mut [f32]) -> Vec<Option<OftSaved>> {
+        let (n, out) = (x.len() / self.in_features, self.out_features());
+        let products = self.for_products().as_ref();
+        let mut saved = Vec::with_capacity(self.parts.len());
+        for (col, part) in self.offsets() {
+            let rotated = part.oft.as_ref().map(|oft| oft.forward(x));
+            let input = rotated.as_ref().map_or(x, |(r, _)| r.as_slice());
+            let mut y_part = vec![0.0; n * part.out_features];
+            products.with_rows(col..col + part.out_features, |w| {
+                w.forward(input, &mut y_part)
+            });
+            for (row, p) in y
+                .chunks_exact_mut(out)
+                .zip(y_part.chunks_exact(part.out_features))
+            {
+                row[col..col + part.out_features].copy_from_slice(p);
+            }
+            saved.push(rotated.map(|(_, s)| s));
+        }
+        saved
+    }
+}
+
+/// The backward of [`Projection::rotated_forward`]: `dx = Σ_parts (dy_p W_p)` with each rotated
+/// part's term turned back (`· blockdiag(R)ᵀ`) and its rotation's gradient accumulated.
+fn rotated_backward(
+    products: MatrixRef,
+    parts: &mut [Part],
+    (dy, out): (&[f32], usize),
+    x: &[f32],
+    saved: &[Option<OftSaved>],
+    dx: &mut [f32],
+) {
+    dx.fill(0.0);
+    let mut col = 0;
+    for (part, saved) in parts.iter_mut().zip(saved) {
+        let rows = part.out_features;
+        let dy_part: Vec<f32> = dy
+            .chunks_exact(out)
+            .flat_map(|row| &row[col..col + rows])
+            .copied()
+            .collect();
+        match (&mut part.oft, saved) {
+            (Some(oft), Some(saved)) => {
+                let mut dx_rotated = vec![0.0; dx.len()];
+                products.with_rows(col..col + rows, |w| {
+                    w.backward_input(&dy_part, &mut dx_rotated, false)
+                });
+                oft.backward(x, &dx_rotated, saved, dx);
+            }
+            _ => products.with_rows(col..col + rows, |w| w.backward_input(&dy_part, dx, true)),
+        }
+        col += rows;
     }
 }
 

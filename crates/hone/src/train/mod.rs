@@ -1,6 +1,7 @@
 //! Training: the model and LoRA layers built on the differentiable kernels (`crate::kernels`),
 //! AdamW and learning-rate schedules, the run config and checkpoint directories.
 
+pub mod adalora;
 pub mod adaption;
 pub mod checkpoint;
 pub mod config;
@@ -18,11 +19,13 @@ pub mod lora;
 pub mod lora_init;
 pub mod model;
 pub mod norm_head;
+pub mod oft;
 pub mod optim;
 pub mod params;
 pub mod plan;
 pub mod precision;
 pub mod prompt;
+pub mod rank_allocator;
 pub mod reward;
 pub mod schedule;
 pub mod sft;

@@ -65,6 +65,8 @@ pub struct TrainModel {
     pub prompt: Option<VirtualPrompt>,
     /// LLaMA-Adapter: the top layers' gated prompts.
     pub adaption: Option<Adaption>,
+    /// AdaLoRA: the rank allocator run after each optimizer step, and its penalty.
+    pub rank_allocator: Option<super::rank_allocator::RankAllocator>,
 }
 
 /// What an objective sees at the LM head in [`TrainModel::forward_backward_with`]: the head's
@@ -168,6 +170,7 @@ impl TrainModel {
                         lora,
                         ia3,
                         factored: None,
+                        oft: None,
                     });
                 }
                 ia3::check_input_scaling(&built)?;
@@ -241,6 +244,7 @@ impl TrainModel {
             value_head: None,
             prompt: None,
             adaption: None,
+            rank_allocator: None,
         })
     }
 

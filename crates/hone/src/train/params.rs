@@ -14,8 +14,8 @@ use super::optim::Param;
 use super::reward;
 use crate::adapters::adaption::{self, GATE_KEY, PROMPT_KEY};
 use crate::adapters::vera::{LAMBDA_B, LAMBDA_D};
+use crate::adapters::{adalora, loha, lokr, oft};
 use crate::adapters::{dora, Adapter, AdaptionPrompt, PeftConfig, VeraWeights};
-use crate::adapters::{loha, lokr};
 use crate::kernels::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::model::block::Norms;
 use crate::model::config::BlockNorm;
@@ -90,6 +90,9 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
         if let Some(ia3) = &mut part.ia3 {
             visit_tensor(format!("{}.ia3_l", part.path), &mut ia3.scale, f);
         }
+        if let Some(oft) = &mut part.oft {
+            visit_tensor(format!("{}{}", part.path, oft::KEY), &mut oft.triangles, f);
+        }
         match &mut part.factored {
             Some(Factored::Vera(vera)) => {
                 visit_tensor(format!("{}{LAMBDA_D}", part.path), &mut vera.lambda_d, f);
@@ -102,6 +105,12 @@ fn visit_projection<'a>(p: &'a mut Projection, f: Visitor<'a, '_>) {
                         let suffix = lokr::KEYS[first + offset];
                         visit_tensor(format!("{}{suffix}", part.path), t, f);
                     }
+                }
+            }
+            Some(Factored::Adalora(a)) => {
+                let tensors = [&mut a.a, &mut a.e, &mut a.b];
+                for (suffix, t) in adalora::KEYS.iter().zip(tensors) {
+                    visit_tensor(format!("{}{suffix}", part.path), t, f);
                 }
             }
             Some(Factored::Loha(l)) => {
@@ -275,17 +284,21 @@ impl TrainModel {
     /// family's as its checkpoints do, so PEFT applies it to that class.
     pub fn to_adapter(&self, config: PeftConfig) -> Adapter {
         let started_from_weight = self.lora_modules().iter().any(|(_, l)| l.start.is_some());
-        let config = match config {
-            PeftConfig::Lora(c) if started_from_weight => {
-                PeftConfig::Lora(c.converted_from_start())
-            }
-            other => other,
-        };
         let (wrapper, checkpoint) = (self.config().wrapper, self.config().architecture);
         let name = |path: &str| match (wrapper, checkpoint.checkpoint_names()) {
             (Some(w), _) => w.module_path(path),
             (None, Some(names)) => names.to_checkpoint(path),
             (None, None) => path.to_string(),
+        };
+        let config = match config {
+            PeftConfig::Lora(c) if started_from_weight => {
+                PeftConfig::Lora(c.converted_from_start())
+            }
+            PeftConfig::Adalora(mut c) => {
+                c.rank_pattern = self.rank_pattern(&name).or(c.rank_pattern);
+                PeftConfig::Adalora(c)
+            }
+            other => other,
         };
         let modules = self
             .lora_modules()
@@ -331,6 +344,21 @@ impl TrainModel {
                     Some(Factored::Lokr(l)) => Some((p.path.clone(), l.weights())),
                     _ => None,
                 })
+                .collect(),
+            adalora: self
+                .blocks
+                .iter()
+                .flat_map(|b| b.projections())
+                .filter_map(|p| match &p.factored {
+                    Some(Factored::Adalora(a)) => Some((name(&p.path), a.saved_weights())),
+                    _ => None,
+                })
+                .collect(),
+            oft: self
+                .blocks
+                .iter()
+                .flat_map(|b| b.projections())
+                .filter_map(|p| Some((name(&p.path), p.oft.as_ref()?.weights())))
                 .collect(),
             adaption: self.adaption.as_ref().map_or_else(Default::default, |a| {
                 let layers = a.layers.iter().enumerate();

@@ -115,6 +115,35 @@ pub struct MethodArgs {
     /// Prefix tuning (PEFT's field): `zero` starts the prefix (or the projection's last layer)
     /// at zero; unset draws it from N(0, 1) as `nn.Embedding` does.
     pub init_weights: Option<String>,
+    /// OFT: how many blocks each layer's rotation has (0: from `oft_block_size`).
+    pub oft_rank: u32,
+    /// OFT: the size of each rotation block; unset is 32 without `oft_rank` (give one of the two).
+    pub oft_block_size: Option<u32>,
+    /// OFT: LLaMA-Factory passes it to PEFT, whose OFT 0.21 never applies it (nor does Hone).
+    pub module_dropout: f64,
+    /// OFT (PEFT's field): R as the Cayley–Neumann series (`num_cayley_neumann_terms` terms), or
+    /// the exact Cayley transform.
+    pub use_cayley_neumann: bool,
+    pub num_cayley_neumann_terms: u32,
+    /// OFT (PEFT's field): one rotation shared by all blocks of a layer.
+    pub block_share: bool,
+    /// OFT (PEFT's field): constrained OFT, each block kept within `eps` of the identity.
+    pub coft: bool,
+    pub eps: f64,
+    /// AdaLoRA (PEFT's fields): each layer's starting rank and the average rank the budget ends
+    /// at, the steps before it shrinks and after it stops, the steps between reallocations, the
+    /// importance EMAs' factors, the orthogonality penalty's weight, and the run's length the
+    /// schedule spans (unset: the run's own total steps).
+    pub init_r: u32,
+    pub target_r: u32,
+    pub tinit: u64,
+    pub tfinal: u64,
+    #[serde(rename = "deltaT")]
+    pub delta_t: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub orth_reg_weight: f64,
+    pub total_step: Option<u64>,
     /// LoKr (PEFT's field): also split W1 into a rank-r product when r is small.
     pub decompose_both: bool,
     /// LoKr (PEFT's field): the factor each dimension is split by (-1: nearest its square root).
@@ -302,6 +331,23 @@ impl Default for MethodArgs {
             init_weights: None,
             decompose_both: false,
             decompose_factor: -1,
+            init_r: 12,
+            target_r: 8,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            beta1: 0.85,
+            beta2: 0.85,
+            orth_reg_weight: 0.5,
+            total_step: None,
+            oft_rank: 0,
+            oft_block_size: None,
+            module_dropout: 0.0,
+            use_cayley_neumann: true,
+            num_cayley_neumann_terms: 5,
+            block_share: false,
+            coft: false,
+            eps: 6e-5,
             vera_dropout: 0.0,
             d_initial: 0.1,
             projection_prng_key: 0,

@@ -5,7 +5,7 @@ use super::resolve::{linear_modules, LAYER_MODULES, NON_LAYER_MODULES};
 use super::values::{
     CommaList, EvalStrategy, FinetuningType, PrefLoss, PromptTuningInit, Stage, StepCount,
 };
-use super::SftConfig;
+use super::{MethodArgs, SftConfig};
 use crate::data::MixStrategy;
 
 /// A failed check: the key to blame and what is wrong with it.
@@ -81,6 +81,82 @@ fn check_model(c: &SftConfig) -> Checked {
     Ok(())
 }
 
+/// OFT's keys: only with `finetuning_type: oft`, one of `oft_rank` and `oft_block_size`.
+fn check_oft(m: &MethodArgs) -> Checked {
+    let oft = m.finetuning_type == FinetuningType::Oft;
+    let set = m.oft_rank != 0
+        || m.oft_block_size.is_some()
+        || m.module_dropout != 0.0
+        || !m.use_cayley_neumann
+        || m.num_cayley_neumann_terms != 5
+        || m.block_share
+        || m.coft
+        || m.eps != 6e-5;
+    if set {
+        require(
+            oft,
+            "oft_rank, oft_block_size, module_dropout, use_cayley_neumann, num_cayley_neumann_terms, block_share, coft, eps",
+            "only valid with finetuning_type: oft",
+        )?;
+    }
+    require(
+        !(m.oft_rank != 0 && m.oft_block_size.is_some_and(|b| b != 0)),
+        "oft_block_size",
+        "give either oft_rank or oft_block_size, not both (oft_rank × oft_block_size = the layer's inputs)",
+    )?;
+    require(
+        m.oft_rank != 0 || m.oft_block_size != Some(0),
+        "oft_block_size",
+        "must be positive (or give oft_rank)",
+    )?;
+    require(
+        (0.0..1.0).contains(&m.module_dropout),
+        "module_dropout",
+        "must be in [0, 1)",
+    )?;
+    require(
+        m.num_cayley_neumann_terms >= 1,
+        "num_cayley_neumann_terms",
+        "must be at least 1",
+    )?;
+    require(m.eps > 0.0, "eps", "must be positive")
+}
+
+/// AdaLoRA's keys: only with `finetuning_type: adalora`, in PEFT's ranges.
+fn check_adalora(m: &MethodArgs) -> Checked {
+    let set = m.init_r != 12
+        || m.target_r != 8
+        || m.tinit != 0
+        || m.tfinal != 0
+        || m.delta_t != 1
+        || m.beta1 != 0.85
+        || m.beta2 != 0.85
+        || m.orth_reg_weight != 0.5
+        || m.total_step.is_some();
+    if set {
+        require(
+            m.finetuning_type == FinetuningType::Adalora,
+            "init_r, target_r, tinit, tfinal, deltaT, beta1, beta2, orth_reg_weight, total_step",
+            "only valid with finetuning_type: adalora",
+        )?;
+    }
+    require(m.init_r >= 1, "init_r", "must be at least 1")?;
+    require(m.delta_t >= 1, "deltaT", "must be at least 1")?;
+    for (key, beta) in [("beta1", m.beta1), ("beta2", m.beta2)] {
+        require(beta > 0.0 && beta < 1.0, key, "must be in (0, 1)")?;
+    }
+    require(
+        m.orth_reg_weight >= 0.0,
+        "orth_reg_weight",
+        "must be at least 0",
+    )?;
+    require(
+        m.total_step != Some(0),
+        "total_step",
+        "must be positive (leave it out for the run's own)",
+    )
+}
+
 fn check_method(c: &SftConfig) -> Checked {
     let m = &c.method;
     require(
@@ -117,12 +193,15 @@ fn check_method(c: &SftConfig) -> Checked {
         if let Some(list) = list {
             let factored = matches!(
                 m.finetuning_type,
-                FinetuningType::Vera | FinetuningType::Loha | FinetuningType::Lokr
+                FinetuningType::Vera
+                    | FinetuningType::Loha
+                    | FinetuningType::Lokr
+                    | FinetuningType::Adalora
             );
             require(
                 m.finetuning_type == FinetuningType::Ia3 || (factored && key == "target_modules"),
                 key,
-                "only valid with finetuning_type: ia3 (target_modules also with vera, loha and lokr; LoRA's targets are \
+                "only valid with finetuning_type: ia3 (target_modules also with vera, loha, lokr and adalora; LoRA's targets are \
                  lora_target)",
             )?;
             modules(key, list, &linear_modules())?;
@@ -149,11 +228,17 @@ fn check_method(c: &SftConfig) -> Checked {
             "only valid with finetuning_type: lokr",
         )?;
     }
-    if vera || lokr || m.finetuning_type == FinetuningType::Loha {
+    check_oft(m)?;
+    check_adalora(m)?;
+    let own = matches!(
+        m.finetuning_type,
+        FinetuningType::Oft | FinetuningType::Adalora | FinetuningType::Loha
+    );
+    if vera || lokr || own {
         require(
             matches!(m.stage, Stage::Sft | Stage::Pt),
             "stage",
-            "VeRA, LoHa and LoKr train with stage: sft or pt",
+            "VeRA, LoHa, LoKr, OFT and AdaLoRA train with stage: sft or pt",
         )?;
     }
     if let (Some(targets), Some(feedforward)) = (&m.target_modules, &m.feedforward_modules) {

@@ -233,6 +233,11 @@ impl SftConfig {
             self.method.loraplus_lr_embedding.is_some(),
             "loraplus_lr_embedding: ignored: it is LoRA+'s rate for adapters on embedding layers, which Hone does not adapt",
         );
+        note(
+            self.method.module_dropout != 0.0,
+            "module_dropout: no effect: PEFT 0.21's OFT builds this dropout but never applies it, so Hone trains as PEFT \
+             does (the saved config keeps the value)",
+        );
         let pretraining = self.method.stage == Stage::Pt;
         note(
             pretraining && d.train_on_prompt,

@@ -300,6 +300,13 @@ pub enum FinetuningType {
     /// rank `lora_rank` when small), scaled by `lora_alpha / lora_rank`; the base stays frozen.
     /// Hone's own (PEFT's `LOKR`).
     Lokr,
+    /// OFT: each `lora_target` layer's input is turned by a learned block-diagonal orthogonal
+    /// matrix (blocks of `oft_block_size`, or `oft_rank` blocks); the base stays frozen.
+    Oft,
+    /// AdaLoRA: an SVD-shaped update `B·diag(E)·A` on each `target_modules` layer whose ranks
+    /// (from `init_r` down to an average `target_r`) go where they matter most, with an
+    /// orthogonality penalty; the base stays frozen. Hone's own (PEFT's `ADALORA`).
+    Adalora,
 }
 
 impl FinetuningType {

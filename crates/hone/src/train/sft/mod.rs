@@ -170,6 +170,7 @@ fn run_recipe(
     // Preference runs batch pairs: an item is two rows (chosen, rejected).
     let group = if rows.paired { 2 } else { 1 };
     let plan = config.step_plan(rows.train.len() / group)?;
+    let adapter = setup::start_rank_allocator(&mut model, adapter, plan.total_steps)?;
     let schedule = config.schedule(plan.total_steps);
     let mut optimizer = new_optimizer(config, &mut model)?;
     if let Some(ratio) = config.method.loraplus_lr_ratio {
@@ -250,6 +251,7 @@ fn run_recipe(
             };
             let lr_multiplier = schedule.multiplier(step);
             optimizer.step(&mut model.params_mut(), lr_multiplier)?;
+            model.after_optimizer_step(step);
             model.refresh_bf16();
             progress.global_step += 1;
             progress.window += 1;
@@ -454,7 +456,7 @@ pub(super) fn window_gradients(
         let (sum, _) = model.forward_backward(batch, 1.0 / labelled as f32, seed)?;
         loss_sum += sum;
     }
-    Ok(loss_sum / labelled as f64)
+    Ok(loss_sum / labelled as f64 + model.step_penalty())
 }
 
 /// Stops on a non-finite loss, then clips the gradients; returns their norm before clipping.

@@ -65,7 +65,9 @@ pub(super) fn plan_with_rows(config: &SftConfig, inputs: &Inputs) -> Result<Memo
         | FinetuningType::AdaptionPrompt
         | FinetuningType::Vera
         | FinetuningType::Loha
-        | FinetuningType::Lokr => false,
+        | FinetuningType::Lokr
+        | FinetuningType::Oft
+        | FinetuningType::Adalora => false,
     };
     let adapter = adapter_matcher(config, model)?;
     let (batch_tokens, eval_tokens) = largest_batches(config, rows)?;
@@ -208,7 +210,9 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             | PeftConfig::Adaption(_)
             | PeftConfig::Vera(_)
             | PeftConfig::Loha(_)
-            | PeftConfig::Lokr(_),
+            | PeftConfig::Lokr(_)
+            | PeftConfig::Oft(_)
+            | PeftConfig::Adalora(_),
         )
         | None => None,
     })

@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 
 use crate::adapters::ia3::{self, Ia3Config};
 use crate::adapters::{
-    adaption, read_adapter, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights, LohaConfig,
-    LokrConfig, PeftConfig, TargetModules, VeraConfig,
+    adaption, read_adapter, AdaloraConfig, Adapter, AdapterConfig, AdaptionConfig, InitLoraWeights,
+    LohaConfig, LokrConfig, OftConfig, PeftConfig, TargetModules, VeraConfig,
 };
 use crate::chat::ChatTemplate;
 use crate::io::names;
@@ -27,6 +27,7 @@ use crate::train::freeze::FreezeSelection;
 use crate::train::ia3::Ia3Settings;
 use crate::train::lora::LoraSettings;
 use crate::train::model::{TrainModel, TrainableSpec};
+use crate::train::rank_allocator::RankAllocator;
 use crate::train::reward::ValueHead;
 
 use super::prompt;
@@ -271,6 +272,28 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             lokr.base_model_name_or_path = base;
             Some(PeftConfig::Lokr(lokr))
         }
+        FinetuningType::Adalora => {
+            let m = &config.method;
+            let targets = match &m.target_modules {
+                Some(list) => list.items().to_vec(),
+                None => vec!["q_proj".into(), "v_proj".into()],
+            };
+            let alpha = f64::from(config.lora_alpha());
+            let mut ada =
+                AdaloraConfig::new(m.init_r as usize, m.target_r as usize, alpha, targets);
+            ada.lora_dropout = m.lora_dropout;
+            (ada.tinit, ada.tfinal, ada.delta_t) = (m.tinit, m.tfinal, m.delta_t);
+            (ada.beta1, ada.beta2) = (m.beta1, m.beta2);
+            ada.orth_reg_weight = m.orth_reg_weight;
+            ada.total_step = m.total_step;
+            ada.base_model_name_or_path = base;
+            Some(PeftConfig::Adalora(ada))
+        }
+        FinetuningType::Oft => {
+            let mut oft = oft_config(config, model);
+            oft.base_model_name_or_path = base;
+            Some(PeftConfig::Oft(oft))
+        }
         FinetuningType::AdaptionPrompt => {
             let layers = adaption_layers(config, model)?;
             let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
@@ -407,6 +430,30 @@ fn ia3_config(config: &SftConfig, model: &ModelConfig) -> Result<Ia3Config> {
 }
 
 /// A LoRA run's config.
+/// OFT's PEFT config from LLaMA-Factory's keys (targets: `lora_target`, as LLaMA-Factory builds
+/// it) and PEFT's.
+fn oft_config(config: &SftConfig, model: &ModelConfig) -> OftConfig {
+    let m = &config.method;
+    let targets = config.lora_target_modules(model);
+    let block_size = match (m.oft_rank, m.oft_block_size) {
+        (_, Some(b)) => b as usize,
+        (0, None) => 32,
+        (_, None) => 0,
+    };
+    let mut oft = OftConfig::new(
+        m.oft_rank as usize,
+        block_size,
+        targets.into_iter().map(String::from).collect(),
+    );
+    oft.module_dropout = m.module_dropout;
+    oft.use_cayley_neumann = m.use_cayley_neumann;
+    oft.num_cayley_neumann_terms = m.num_cayley_neumann_terms as usize;
+    oft.block_share = m.block_share;
+    oft.coft = m.coft;
+    oft.eps = m.eps;
+    oft
+}
+
 fn lora_config(config: &SftConfig, model: &ModelConfig) -> AdapterConfig {
     let m = &config.method;
     let targets = config.lora_target_modules(model);
@@ -455,6 +502,24 @@ pub fn build_model(
     Ok((model, adapter))
 }
 
+/// An AdaLoRA run's rank allocator over the `total_steps` the run takes (or the config's
+/// `total_step`, which the saved config records either way, as PEFT requires); other runs pass
+/// through.
+pub fn start_rank_allocator(
+    model: &mut TrainModel,
+    adapter: Option<PeftConfig>,
+    total_steps: u64,
+) -> Result<Option<PeftConfig>> {
+    let Some(PeftConfig::Adalora(mut config)) = adapter else {
+        return Ok(adapter);
+    };
+    let total = *config.total_step.get_or_insert(total_steps);
+    config.check_schedule(total)?;
+    let allocator = RankAllocator::new(&config, total, &model.adalora_parts());
+    model.rank_allocator = Some(allocator);
+    Ok(Some(PeftConfig::Adalora(config)))
+}
+
 /// Gives a reward model (`stage: rm`) its value head: the one saved beside the adapter the run
 /// continues (or else beside the model), as LLaMA-Factory reloads it, or a new one. Returns a
 /// line saying which.
@@ -498,6 +563,8 @@ fn starting_adapter(config: &SftConfig) -> Result<Option<Adapter>> {
         FinetuningType::Vera => "VeRA",
         FinetuningType::Loha => "LoHa",
         FinetuningType::Lokr => "LoKr",
+        FinetuningType::Oft => "OFT",
+        FinetuningType::Adalora => "AdaLoRA",
         _ if m.use_dora => "DoRA",
         _ => "LoRA",
     };
@@ -527,7 +594,9 @@ fn build_base_model(
                 | PeftConfig::Adaption(_)
                 | PeftConfig::Vera(_)
                 | PeftConfig::Loha(_)
-                | PeftConfig::Lokr(_) => unreachable!("a LoRA or IA3 run's adapter"),
+                | PeftConfig::Lokr(_)
+                | PeftConfig::Oft(_)
+                | PeftConfig::Adalora(_) => unreachable!("a LoRA or IA3 run's adapter"),
                 PeftConfig::Lora(mut lora) => {
                     lora.lora_dropout = m.lora_dropout;
                     let mut trained = lora.clone();
@@ -597,6 +666,26 @@ fn build_base_model(
             };
             let (mut model, _) = frozen_model(base)?;
             crate::train::lokr::attach(&mut model, lokr, start.as_ref(), seed)?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::Adalora => {
+            let start = starting_adapter(config)?;
+            let peft = saved_config(config, &base.config, start.as_ref())?;
+            let PeftConfig::Adalora(ada) = &peft else {
+                unreachable!("an AdaLoRA run's adapter");
+            };
+            let (mut model, _) = frozen_model(base)?;
+            crate::train::adalora::attach(&mut model, ada, start.as_ref(), seed)?;
+            Ok((model, Some(peft)))
+        }
+        FinetuningType::Oft => {
+            let start = starting_adapter(config)?;
+            let peft = saved_config(config, &base.config, start.as_ref())?;
+            let PeftConfig::Oft(oft) = &peft else {
+                unreachable!("an OFT run's adapter");
+            };
+            let (mut model, _) = frozen_model(base)?;
+            crate::train::oft::attach(&mut model, oft, start.as_ref())?;
             Ok((model, Some(peft)))
         }
         FinetuningType::AdaptionPrompt => {

@@ -4,7 +4,8 @@
 //! `optimizer.safetensors` + `optimizer.json` (AdamW's moments and step counts), `progress.json`
 //! (the data cursor and loop counters below), HF's `trainer_state.json`, and, for LoRA runs, the
 //! PEFT adapter files so a checkpoint is usable as an adapter; preference runs add the reference's
-//! log-probabilities (`reference_logps.json`), reward models their `value_head.safetensors`. There is no random-generator state
+//! log-probabilities (`reference_logps.json`), reward models their `value_head.safetensors`, AdaLoRA
+//! runs their rank allocator's masks and sensitivities (`rank_allocator.safetensors`). There is no random-generator state
 //! to save: the data order of an epoch and every dropout mask are pure functions of the seed and
 //! these counters, so a resumed run draws exactly what the uninterrupted run drew.
 
@@ -48,6 +49,7 @@ const TRAINABLE_FILE: &str = "trainable.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const OPTIMIZER_STATE: &str = "optimizer.json";
 const PROGRESS_FILE: &str = "progress.json";
+const ALLOCATOR_FILE: &str = "rank_allocator.safetensors";
 
 /// What to write into a checkpoint directory.
 pub struct Snapshot<'a> {
@@ -77,6 +79,14 @@ pub fn write_checkpoint(dir: &Path, s: Snapshot) -> Result<()> {
     drop(shapes);
     drop(params);
     write_optimizer(dir, s.optimizer)?;
+    if s.model.rank_allocator.is_some() {
+        let state = s.model.allocator_state();
+        let tensors: Vec<st::F32Tensor> = state
+            .iter()
+            .map(|(name, values)| (name.clone(), vec![values.len()], &values[..]))
+            .collect();
+        st::write_f32(&dir.join(ALLOCATOR_FILE), &tensors, HashMap::new())?;
+    }
     atomic::write_json(&dir.join(PROGRESS_FILE), s.progress)?;
     if let Some(reference) = s.reference {
         reference.save(dir)?;
@@ -117,6 +127,12 @@ pub fn restore_checkpoint(
         );
     }
     *optimizer = read_optimizer(dir)?;
+    if model.rank_allocator.is_some() {
+        let path = dir.join(ALLOCATOR_FILE);
+        model
+            .restore_allocator_state(st::read_f32_values(&path)?)
+            .with_context(|| path.display().to_string())?;
+    }
     let progress = read_json(&dir.join(PROGRESS_FILE))?;
     Ok((progress, TrainerState::load(dir)?))
 }
