@@ -40,10 +40,10 @@ from transformers import AutoModelForCausalLM
 from merge_transformers import FIXTURES, TOL, check_args, hone_merge, logits
 
 
-def load(path, **kwargs):
+def load(path, dtype=torch.float64, **kwargs):
     """In float64, so the differences are Hone's and PEFT's, not float32 rounding over 30 layers."""
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float64, attn_implementation="eager", **kwargs
+        path, dtype=dtype, attn_implementation="eager", **kwargs
     ).eval()
 
 # Method -> the train-config keys that select it.
@@ -179,10 +179,11 @@ def check(hone, name, model, load_base, ids, extra, tmp):
     peft = PeftModel.from_pretrained(load_base(), out, is_trainable=True).eval()
     peft_counts = peft.get_nb_trainable_parameters()
     if "init_r" in extra:
-        # AdaLoRA trains every triplet at init_r; the file keeps the allocated rows only.
+        # AdaLoRA trains every triplet at init_r; the file keeps the allocated rows only. Counted
+        # on a float32 base: on a float64 one PEFT's cast makes its `ranknum` scalars trainable.
         fresh = PeftConfig.from_pretrained(out)
         fresh.rank_pattern, fresh.inference_mode = None, False
-        peft_counts = get_peft_model(load_base(), fresh).get_nb_trainable_parameters()
+        peft_counts = get_peft_model(load_base(dtype=torch.float32), fresh).get_nb_trainable_parameters()
     unmerged = logits(peft, ids)
     merged_dir = tmp / f"{name}-merged"
     hone_merge(hone, model, out, merged_dir)
@@ -210,7 +211,7 @@ def main():
         tiny = FIXTURES / "tokenizer" / "tiny-spm.gguf"
         tok = AutoTokenizer.from_pretrained(tiny.parent, gguf_file=tiny.name)
         ids = tok("What is the capital of France? Say hello.", return_tensors="pt").input_ids
-        base = lambda: load(tiny.parent, gguf_file=tiny.name)  # noqa: E731
+        base = lambda **kw: load(tiny.parent, gguf_file=tiny.name, **kw)  # noqa: E731
         for method, extra in METHODS.items():
             if extra.get("finetuning_type") in UNMERGED:
                 ok &= check_prompt(args.hone, f"tiny-spm-{method}", tiny, base, tok, extra, tmp)
@@ -220,7 +221,7 @@ def main():
         if gguf.exists():
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             ids = tok(["The capital of France is", "def fibonacci(n):"], padding=True, return_tensors="pt").input_ids
-            base = lambda: load(gguf.parent, gguf_file=gguf.name)  # noqa: E731
+            base = lambda **kw: load(gguf.parent, gguf_file=gguf.name, **kw)  # noqa: E731
             if not os.environ.get("ONLY"):
                 ok &= check_text_init(args.hone, gguf, {"gguf_file": gguf.name}, base, tmp)
             for method, extra in METHODS.items():

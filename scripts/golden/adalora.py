@@ -28,15 +28,14 @@ Run from the repository root:
 """
 
 import json
-import shutil
 
-import peft
 import torch
-from peft import AdaLoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from peft import AdaLoraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from models import FIXTURES, VERSIONS, load_fp32, save_golden
+from models import FIXTURES, load_fp32
+from peft_adapter import save_adapter_fixture
 from train_grads import batch
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -123,11 +122,8 @@ def allocator_case(seed):
 
 
 def adapter_case(name, base, seed):
-    out_dir = FIXTURES / "adapters" / name
-    shutil.rmtree(out_dir, ignore_errors=True)
-    base_path = f"fixtures/models/{base}"
     torch.manual_seed(seed)
-    model = get_peft_model(load_fp32(base_path), config("allocator"))
+    model = get_peft_model(load_fp32(f"fixtures/models/{base}"), config("allocator"))
     randomize(model, seed)
     g = torch.Generator().manual_seed(seed)
     for step in range(4):
@@ -135,21 +131,7 @@ def adapter_case(name, base, seed):
             p.grad = torch.randn(p.shape, generator=g)
         model.base_model.update_and_allocate(step)
     assert model.peft_config["default"].rank_pattern, "no allocation ran"
-    model.eval()
-    model.save_pretrained(out_dir)
-    ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    reloaded = PeftModel.from_pretrained(load_fp32(base_path), out_dir).eval()
-    with torch.no_grad():
-        again = reloaded(input_ids=ids).logits
-    diff = (again - logits).abs().max().item()
-    assert diff < 1e-5, f"{name}: reload computes differently ({diff})"
-    metadata = dict(VERSIONS, peft_version=peft.__version__, adapter=name, base=base, seed=str(seed),
-                    note="logits of the PEFT model for the base model's golden input_ids")
-    save_golden({"input_ids": ids, "logits": logits.contiguous()}, FIXTURES / "adapters" / f"{name}.golden.safetensors",
-                metadata)
-    print(f"{name}: saved, reload Δ {diff:.1e}")
+    save_adapter_fixture(name, base, model.eval(), seed)
 
 
 def main():

@@ -23,15 +23,14 @@ Run from the repository root:
 """
 
 import json
-import shutil
 
-import peft
 import torch
-from peft import LoHaConfig, LoKrConfig, PeftModel, VeraConfig, get_peft_model
-from safetensors.torch import load_file, save_file
+from peft import LoHaConfig, LoKrConfig, VeraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from models import FIXTURES, VERSIONS, load_fp32, save_golden
+from models import FIXTURES, load_fp32
+from peft_adapter import save_adapter_fixture
 from train_grads import batch
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -96,26 +95,10 @@ def train_case(name, model_dir, method, seed):
 
 
 def adapter_case(name, base, method, seed):
-    out_dir = FIXTURES / "adapters" / name
-    shutil.rmtree(out_dir, ignore_errors=True)
-    base_path = f"fixtures/models/{base}"
     torch.manual_seed(seed)
-    model = get_peft_model(load_fp32(base_path), config(method)).eval()
+    model = get_peft_model(load_fp32(f"fixtures/models/{base}"), config(method)).eval()
     randomize_vectors(model, seed)
-    model.save_pretrained(out_dir)
-    ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    reloaded = PeftModel.from_pretrained(load_fp32(base_path), out_dir).eval()
-    with torch.no_grad():
-        again = reloaded(input_ids=ids).logits
-    diff = (again - logits).abs().max().item()
-    assert diff < 1e-5, f"{name}: reload computes differently ({diff})"
-    metadata = dict(VERSIONS, peft_version=peft.__version__, adapter=name, base=base, seed=str(seed),
-                    note="logits of the PEFT model for the base model's golden input_ids")
-    save_golden({"input_ids": ids, "logits": logits.contiguous()}, FIXTURES / "adapters" / f"{name}.golden.safetensors",
-                metadata)
-    print(f"{name}: saved, reload Δ {diff:.1e}")
+    save_adapter_fixture(name, base, model, seed)
 
 
 def main():

@@ -28,26 +28,23 @@ Run from the repository root:
 """
 
 import json
-import shutil
 
-import peft
 import torch
 from peft import (
     AdaptionPromptConfig,
-    PeftModel,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
     get_peft_model,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from models import FIXTURES, VERSIONS, load_fp32, save_golden
+from models import FIXTURES, load_fp32
+from peft_adapter import save_adapter_fixture
 from train_grads import batch
 
 TRAIN = FIXTURES / "train"
-ADAPTERS = FIXTURES / "adapters"
 N_VIRTUAL = 4
 
 
@@ -113,26 +110,10 @@ def train_case(name, model_dir, method, seed):
 
 
 def adapter_case(name, base, method, seed):
-    out_dir = ADAPTERS / name
-    shutil.rmtree(out_dir, ignore_errors=True)
-    base_path = f"fixtures/models/{base}"
     torch.manual_seed(seed)
-    model = get_peft_model(load_fp32(base_path), config(method)).eval()
+    model = get_peft_model(load_fp32(f"fixtures/models/{base}"), config(method)).eval()
     open_gates(model, [0.8])
-    model.save_pretrained(out_dir)
-    ids = load_file(FIXTURES / "models" / base / "golden.safetensors")["input_ids"]
-    skip = virtual_positions(method)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[:, skip:]
-    reloaded = PeftModel.from_pretrained(load_fp32(base_path), out_dir).eval()
-    with torch.no_grad():
-        again = reloaded(input_ids=ids).logits[:, skip:]
-    diff = (again - logits).abs().max().item()
-    assert diff < 1e-5, f"{name}: reload computes differently ({diff})"
-    metadata = dict(VERSIONS, peft_version=peft.__version__, adapter=name, base=base, seed=str(seed),
-                    note="logits of the PEFT model at the real tokens' positions for the base model's golden input_ids")
-    save_golden({"input_ids": ids, "logits": logits.contiguous()}, ADAPTERS / f"{name}.golden.safetensors", metadata)
-    print(f"{name}: saved, reload Δ {diff:.1e}")
+    save_adapter_fixture(name, base, model, seed, skip=virtual_positions(method), prompt_learning=True)
 
 
 def main():

@@ -81,7 +81,7 @@ fn a_new_config_has_the_fields_peft_writes() {
 /// A one-module adapter, as a training run would build it.
 fn small_adapter(base: &str) -> Adapter {
     let mut config = AdapterConfig::new(2, 4.0, TargetModules::Names(vec!["q_proj".into()]));
-    config.base_model_name_or_path = Some(base.into());
+    config.common.base_model_name_or_path = Some(base.into());
     let module = "model.layers.0.self_attn.q_proj".to_string();
     let weights = LoraWeights {
         a: (0..2 * 32).map(|i| i as f32 / 64.0).collect(),

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::{is_set, refuse_set, PEFT_VERSION};
+use super::config::{is_set, peft_json, refuse_set, PeftCommon, PEFT_VERSION};
 use super::targets::selects;
 use super::{LoraWeights, TargetModules};
 
@@ -22,14 +22,8 @@ pub const KEYS: [&str; 3] = [".lora_A", ".lora_E", ".lora_B"];
 /// PEFT's `AdaLoraConfig`: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AdaloraConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     #[serde(default = "eight")]
     pub lora_alpha: f64,
     #[serde(default)]
@@ -131,10 +125,7 @@ impl AdaloraConfig {
             _ => unreachable!("a JSON object literal"),
         };
         AdaloraConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             lora_alpha: alpha,
             lora_dropout: 0.0,
             target_modules: Some(TargetModules::Names(targets)),
@@ -155,13 +146,8 @@ impl AdaloraConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "ADALORA",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
             "target_modules": self.target_modules,
@@ -177,10 +163,7 @@ impl AdaloraConfig {
             "total_step": self.total_step,
             "rank_pattern": self.rank_pattern,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Whether the config targets module `module` (PEFT's rules; unset: q_proj, v_proj).
@@ -246,9 +229,7 @@ impl AdaloraConfig {
                 self.init_r
             );
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 

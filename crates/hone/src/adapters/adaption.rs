@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::PEFT_VERSION;
+use super::config::{peft_json, PeftCommon, PEFT_VERSION};
 
 /// The module that holds a layer's prompt, as PEFT's `target_modules` names it.
 pub const TARGET: &str = "self_attn";
@@ -27,14 +27,8 @@ pub struct AdaptionPrompt {
 /// A LLaMA-Adapter config: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AdaptionConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     /// The prompt's length (required by PEFT).
     #[serde(default)]
     pub adapter_len: Option<usize>,
@@ -55,10 +49,7 @@ impl AdaptionConfig {
             _ => unreachable!("a JSON object literal"),
         };
         AdaptionConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             adapter_len: Some(adapter_len),
             adapter_layers: Some(adapter_layers),
             target_modules: Some(TARGET.into()),
@@ -68,21 +59,13 @@ impl AdaptionConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "ADAPTION_PROMPT",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "adapter_len": self.adapter_len,
             "adapter_layers": self.adapter_layers,
             "target_modules": self.target_modules,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Refuse what Hone cannot honour. Errors are `field: problem`.
@@ -96,9 +79,7 @@ impl AdaptionConfig {
         if let Some(t) = self.target_modules.as_deref().filter(|t| *t != TARGET) {
             bail!("target_modules: {t:?} is not supported (PEFT's Llama and Mistral adapt {TARGET:?})");
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 

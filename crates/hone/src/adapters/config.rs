@@ -59,14 +59,8 @@ pub enum InitLoraWeights {
 pub struct AdapterConfig {
     #[serde(default = "lora")]
     pub peft_type: String,
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     #[serde(default = "default_r")]
     pub r: usize,
     #[serde(default = "default_alpha")]
@@ -113,6 +107,58 @@ fn default_alpha() -> f64 {
 }
 fn default_init() -> InitLoraWeights {
     InitLoraWeights::Default(true)
+}
+
+/// The fields every PEFT config has (PEFT's `PeftConfigMixin` and `PeftConfig`): the task, the
+/// base model the adapter was made for, and whether it loads for inference only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftCommon {
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+impl PeftCommon {
+    /// A new causal-LM adapter's, as PEFT saves it.
+    pub fn causal_lm() -> PeftCommon {
+        PeftCommon {
+            task_type: Some("CAUSAL_LM".into()),
+            base_model_name_or_path: None,
+            revision: None,
+            inference_mode: true,
+        }
+    }
+
+    /// Refuses a task other than causal language modelling. Errors are `field: problem`.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
+            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
+        }
+        Ok(())
+    }
+
+    /// Adds these fields to a config's JSON.
+    pub fn write(&self, map: &mut Map<String, Value>) {
+        if let Ok(Value::Object(common)) = serde_json::to_value(self) {
+            map.extend(common);
+        }
+    }
+}
+
+/// A config's JSON as PEFT writes it: the fields kept as read, then the common ones and the
+/// method's own (`typed`, a JSON object) over them.
+pub(super) fn peft_json(other: &Map<String, Value>, common: &PeftCommon, typed: Value) -> Value {
+    let mut map = other.clone();
+    common.write(&mut map);
+    if let Value::Object(typed) = typed {
+        map.extend(typed);
+    }
+    Value::Object(map)
 }
 
 /// The PEFT version whose `LoraConfig` fields [`AdapterConfig::new`] writes.
@@ -184,10 +230,7 @@ impl AdapterConfig {
     pub fn new(r: usize, lora_alpha: f64, target_modules: TargetModules) -> Self {
         AdapterConfig {
             peft_type: lora(),
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             r,
             lora_alpha,
             lora_dropout: 0.0,
@@ -212,13 +255,8 @@ impl AdapterConfig {
 
     /// The config as PEFT writes it: every field, integral alphas as integers.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": self.peft_type,
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "r": self.r,
             "lora_alpha": number(self.lora_alpha),
             "lora_dropout": self.lora_dropout,
@@ -233,10 +271,7 @@ impl AdapterConfig {
             "rank_pattern": self.rank_pattern.to_json(|&r| json!(r)),
             "alpha_pattern": self.alpha_pattern.to_json(|&a| number(a)),
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Refuse what Hone cannot honour. Errors are `field: problem`.

@@ -8,21 +8,15 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::{is_set, TargetModules, PEFT_VERSION};
+use super::config::{is_set, peft_json, PeftCommon, TargetModules, PEFT_VERSION};
 use super::targets::Selector;
 use crate::model::ModelConfig;
 
 /// PEFT's `IA3Config`: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Ia3Config {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     /// None means PEFT's default for the model's family ([`default_modules`]).
     #[serde(default)]
     pub target_modules: Option<TargetModules>,
@@ -98,10 +92,7 @@ impl Ia3Config {
             "peft_version": PEFT_VERSION,
         });
         Ia3Config {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             target_modules: Some(TargetModules::Names(targets)),
             exclude_modules: None,
             feedforward_modules: Some(TargetModules::Names(feedforward)),
@@ -115,22 +106,14 @@ impl Ia3Config {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "IA3",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "target_modules": self.target_modules,
             "exclude_modules": self.exclude_modules,
             "feedforward_modules": self.feedforward_modules,
             "init_ia3_weights": self.init_ia3_weights,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Refuse what Hone cannot honour. Errors are `field: problem`.

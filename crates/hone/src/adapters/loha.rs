@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::{refuse_set, PEFT_VERSION};
+use super::config::{peft_json, refuse_set, PeftCommon, PEFT_VERSION};
 use super::targets::selects;
 use super::{LoraWeights, TargetModules};
 
@@ -19,14 +19,8 @@ pub const KEYS: [&str; 4] = [".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2
 /// A LoHa config: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LohaConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     #[serde(default = "default_rank")]
     pub r: usize,
     #[serde(default = "default_rank_f64")]
@@ -76,10 +70,7 @@ impl LohaConfig {
             _ => unreachable!("a JSON object literal"),
         };
         LohaConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             r,
             alpha,
             target_modules: Some(TargetModules::Names(target_modules)),
@@ -90,22 +81,14 @@ impl LohaConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "LOHA",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "r": self.r,
             "alpha": self.alpha,
             "target_modules": self.target_modules,
             "exclude_modules": self.exclude_modules,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Whether the config targets module `module` (PEFT's rules; unset: q_proj, v_proj).
@@ -128,9 +111,7 @@ impl LohaConfig {
         if !self.alpha.is_finite() {
             bail!("alpha: must be a finite number");
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 }

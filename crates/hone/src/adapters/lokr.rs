@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::{refuse_set, PEFT_VERSION};
+use super::config::{peft_json, refuse_set, PeftCommon, PEFT_VERSION};
 use super::targets::selects;
 use super::{LoraWeights, TargetModules};
 
@@ -28,14 +28,8 @@ pub const KEYS: [&str; 6] = [
 /// A LoKr config: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LokrConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     #[serde(default = "default_rank")]
     pub r: usize,
     #[serde(default = "default_alpha")]
@@ -110,10 +104,7 @@ impl LokrConfig {
             _ => unreachable!("a JSON object literal"),
         };
         LokrConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             r,
             alpha,
             decompose_both: false,
@@ -126,13 +117,8 @@ impl LokrConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "LOKR",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "r": self.r,
             "alpha": self.alpha,
             "decompose_both": self.decompose_both,
@@ -140,10 +126,7 @@ impl LokrConfig {
             "target_modules": self.target_modules,
             "exclude_modules": self.exclude_modules,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Whether the config targets module `module` (PEFT's rules; unset: q_proj, v_proj).
@@ -176,9 +159,7 @@ impl LokrConfig {
         if !self.alpha.is_finite() {
             bail!("alpha: must be a finite number");
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 
 pub use adalora::{AdaloraConfig, AdaloraWeights};
 pub use adaption::{AdaptionConfig, AdaptionPrompt};
-pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, TargetModules};
+pub use config::{AdapterConfig, Bias, InitLoraWeights, OneOrMany, PeftCommon, TargetModules};
 pub use ia3::{Ia3Config, Ia3Vector};
 pub use loha::{LohaConfig, LohaWeights};
 pub use lokr::{LokrConfig, LokrWeights};
@@ -205,16 +205,35 @@ impl PeftConfig {
     }
 
     pub fn base_model_name_or_path(&self) -> Option<&str> {
+        self.common().base_model_name_or_path.as_deref()
+    }
+
+    pub fn common_mut(&mut self) -> &mut PeftCommon {
         match self {
-            PeftConfig::Lora(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Ia3(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Prompt(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Adaption(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Vera(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Loha(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Lokr(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Oft(c) => c.base_model_name_or_path.as_deref(),
-            PeftConfig::Adalora(c) => c.base_model_name_or_path.as_deref(),
+            PeftConfig::Lora(c) => &mut c.common,
+            PeftConfig::Ia3(c) => &mut c.common,
+            PeftConfig::Prompt(c) => &mut c.common,
+            PeftConfig::Adaption(c) => &mut c.common,
+            PeftConfig::Vera(c) => &mut c.common,
+            PeftConfig::Loha(c) => &mut c.common,
+            PeftConfig::Lokr(c) => &mut c.common,
+            PeftConfig::Oft(c) => &mut c.common,
+            PeftConfig::Adalora(c) => &mut c.common,
+        }
+    }
+
+    /// The fields every method's config has.
+    pub fn common(&self) -> &PeftCommon {
+        match self {
+            PeftConfig::Lora(c) => &c.common,
+            PeftConfig::Ia3(c) => &c.common,
+            PeftConfig::Prompt(c) => &c.common,
+            PeftConfig::Adaption(c) => &c.common,
+            PeftConfig::Vera(c) => &c.common,
+            PeftConfig::Loha(c) => &c.common,
+            PeftConfig::Lokr(c) => &c.common,
+            PeftConfig::Oft(c) => &c.common,
+            PeftConfig::Adalora(c) => &c.common,
         }
     }
 }

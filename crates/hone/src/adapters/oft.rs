@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::{refuse_set, PEFT_VERSION};
+use super::config::{peft_json, refuse_set, PeftCommon, PEFT_VERSION};
 use super::targets::selects;
 use super::TargetModules;
 use crate::kernels::rotation::{self, Cayley};
@@ -20,14 +20,8 @@ pub const KEY: &str = ".oft_R.weight";
 /// PEFT's `OFTConfig`: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct OftConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     /// Blocks per layer (0: from `oft_block_size`); exactly one of the two is set.
     #[serde(default)]
     pub r: usize,
@@ -103,10 +97,7 @@ impl OftConfig {
             _ => unreachable!("a JSON object literal"),
         };
         OftConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             r,
             oft_block_size,
             module_dropout: 0.0,
@@ -123,13 +114,8 @@ impl OftConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "OFT",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "r": self.r,
             "oft_block_size": self.oft_block_size,
             "module_dropout": self.module_dropout,
@@ -141,10 +127,7 @@ impl OftConfig {
             "use_cayley_neumann": self.use_cayley_neumann,
             "num_cayley_neumann_terms": self.num_cayley_neumann_terms,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Whether the config targets module `module` (PEFT's rules; unset: q_proj, v_proj).
@@ -202,9 +185,7 @@ impl OftConfig {
         if self.coft && !(self.eps.is_finite() && self.eps > 0.0) {
             bail!("eps: must be a positive number");
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::PEFT_VERSION;
+use super::config::{peft_json, PeftCommon, PEFT_VERSION};
 use crate::model::ModelConfig;
 
 /// Which prompt-learning method, by PEFT's `peft_type`.
@@ -53,14 +53,8 @@ pub struct PromptConfig {
     /// each field be checked alone.
     #[serde(default = "prompt_tuning")]
     pub peft_type: PromptMethod,
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     /// None only in a config that PEFT would refuse (it is required).
     #[serde(default)]
     pub num_virtual_tokens: Option<usize>,
@@ -118,10 +112,7 @@ impl PromptConfig {
         other.extend(fields);
         PromptConfig {
             peft_type: method,
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             num_virtual_tokens: Some(num_virtual_tokens),
             token_dim: Some(token_dim),
             num_layers: Some(model.num_hidden_layers),
@@ -132,22 +123,14 @@ impl PromptConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": self.peft_type.peft_type(),
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "num_virtual_tokens": self.num_virtual_tokens,
             "token_dim": self.token_dim,
             "num_layers": self.num_layers,
             "num_transformer_submodules": self.num_transformer_submodules,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Refuse what Hone cannot honour. Errors are `field: problem`.
@@ -164,9 +147,7 @@ impl PromptConfig {
         if self.num_transformer_submodules.is_some_and(|n| n != 1) {
             bail!("num_transformer_submodules: a decoder-only model has 1 (2 is for encoder-decoder models)");
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::PEFT_VERSION;
+use super::config::{peft_json, PeftCommon, PEFT_VERSION};
 use super::targets::Selector;
 use super::{LoraWeights, TargetModules};
 
@@ -25,14 +25,8 @@ pub const LAMBDA_B: &str = ".vera_lambda_b";
 /// A VeRA config: the fields Hone interprets typed, every other field kept as read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct VeraConfig {
-    #[serde(default)]
-    pub task_type: Option<String>,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
+    #[serde(flatten)]
+    pub common: PeftCommon,
     #[serde(default = "default_rank")]
     pub r: usize,
     #[serde(default)]
@@ -80,10 +74,7 @@ impl VeraConfig {
             _ => unreachable!("a JSON object literal"),
         };
         VeraConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: None,
-            revision: None,
-            inference_mode: true,
+            common: PeftCommon::causal_lm(),
             r,
             target_modules: Some(TargetModules::Names(target_modules)),
             save_projection: true,
@@ -96,13 +87,8 @@ impl VeraConfig {
 
     /// The config as PEFT writes it.
     pub fn to_json(&self) -> Value {
-        let mut map = self.other.clone();
         let typed = json!({
             "peft_type": "VERA",
-            "task_type": self.task_type,
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "revision": self.revision,
-            "inference_mode": self.inference_mode,
             "r": self.r,
             "target_modules": self.target_modules,
             "save_projection": self.save_projection,
@@ -110,10 +96,7 @@ impl VeraConfig {
             "d_initial": self.d_initial,
             "projection_prng_key": self.projection_prng_key,
         });
-        if let Value::Object(typed) = typed {
-            map.extend(typed);
-        }
-        Value::Object(map)
+        peft_json(&self.other, &self.common, typed)
     }
 
     /// Whether `target_modules` selects module `module` (PEFT's rules; unset: q_proj, v_proj).
@@ -142,9 +125,7 @@ impl VeraConfig {
                  from torch's generator with projection_prng_key; save them, PEFT's default)"
             );
         }
-        if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            bail!("task_type: {task:?} is not supported (Hone runs causal language models: CAUSAL_LM)");
-        }
+        self.common.validate()?;
         Ok(())
     }
 }

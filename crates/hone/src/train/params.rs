@@ -221,7 +221,10 @@ impl TrainModel {
     /// (trainable, total) parameter counts, as PEFT's `print_trainable_parameters` counts them
     /// (a tied embedding once, adapters included).
     pub fn parameter_counts(&mut self) -> (usize, usize) {
-        let (mut trainable, mut total) = (0, self.stored_parameters());
+        // PEFT's AdaLoRA layers hold their starting rank as a frozen one-value parameter
+        // (`ranknum`), which its total counts.
+        let ranknums = self.adalora_parts().len();
+        let (mut trainable, mut total) = (0, self.stored_parameters() + ranknums);
         self.visit_mut(&mut |_, value, grad| {
             total += value.len();
             if grad.is_some() {

@@ -92,9 +92,7 @@ pub fn prompt_config(
         Value::Object(m) => m,
         _ => unreachable!("a JSON object literal"),
     };
-    let mut peft = PromptConfig::new(method, m.num_virtual_tokens as usize, model, fields);
-    peft.base_model_name_or_path = Some(config.model.model_name_or_path.clone());
-    peft
+    PromptConfig::new(method, m.num_virtual_tokens as usize, model, fields)
 }
 
 /// Gives `model` its virtual tokens: those of `start` (a prompt-tuning or prefix-tuning adapter

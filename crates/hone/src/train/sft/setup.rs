@@ -219,17 +219,9 @@ pub(super) fn freeze_selection(config: &SftConfig, layers: usize) -> Result<Free
 
 /// The PEFT config of the adapter a LoRA or IA3 run trains (None for full and freeze runs).
 pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<PeftConfig>> {
-    let base = Some(config.model.model_name_or_path.clone());
-    Ok(match config.method.finetuning_type {
-        FinetuningType::Lora => Some(PeftConfig::Lora(AdapterConfig {
-            base_model_name_or_path: base,
-            ..lora_config(config, model)
-        })),
-        FinetuningType::Ia3 => {
-            let mut ia3 = ia3_config(config, model)?;
-            ia3.base_model_name_or_path = base;
-            Some(PeftConfig::Ia3(ia3))
-        }
+    let mut peft = match config.method.finetuning_type {
+        FinetuningType::Lora => Some(PeftConfig::Lora(lora_config(config, model))),
+        FinetuningType::Ia3 => Some(PeftConfig::Ia3(ia3_config(config, model)?)),
         FinetuningType::PromptTuning | FinetuningType::PTuning | FinetuningType::Prefix => {
             let method = prompt::method(config.method.finetuning_type).expect("a prompt method");
             Some(PeftConfig::Prompt(prompt::prompt_config(
@@ -245,7 +237,6 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             let mut vera = VeraConfig::new(m.lora_rank as usize, targets, m.vera_dropout);
             vera.d_initial = m.d_initial;
             vera.projection_prng_key = m.projection_prng_key;
-            vera.base_model_name_or_path = base;
             Some(PeftConfig::Vera(vera))
         }
         FinetuningType::Loha => {
@@ -255,9 +246,11 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
                 None => vec!["q_proj".into(), "v_proj".into()],
             };
             let alpha = f64::from(config.lora_alpha());
-            let mut loha = LohaConfig::new(m.lora_rank as usize, alpha, targets);
-            loha.base_model_name_or_path = base;
-            Some(PeftConfig::Loha(loha))
+            Some(PeftConfig::Loha(LohaConfig::new(
+                m.lora_rank as usize,
+                alpha,
+                targets,
+            )))
         }
         FinetuningType::Lokr => {
             let m = &config.method;
@@ -269,7 +262,6 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             let mut lokr = LokrConfig::new(m.lora_rank as usize, alpha, targets);
             lokr.decompose_both = m.decompose_both;
             lokr.decompose_factor = m.decompose_factor;
-            lokr.base_model_name_or_path = base;
             Some(PeftConfig::Lokr(lokr))
         }
         FinetuningType::Adalora => {
@@ -286,22 +278,20 @@ pub fn adapter_config(config: &SftConfig, model: &ModelConfig) -> Result<Option<
             (ada.beta1, ada.beta2) = (m.beta1, m.beta2);
             ada.orth_reg_weight = m.orth_reg_weight;
             ada.total_step = m.total_step;
-            ada.base_model_name_or_path = base;
             Some(PeftConfig::Adalora(ada))
         }
-        FinetuningType::Oft => {
-            let mut oft = oft_config(config, model);
-            oft.base_model_name_or_path = base;
-            Some(PeftConfig::Oft(oft))
-        }
+        FinetuningType::Oft => Some(PeftConfig::Oft(oft_config(config, model))),
         FinetuningType::AdaptionPrompt => {
             let layers = adaption_layers(config, model)?;
-            let mut peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
-            peft.base_model_name_or_path = base;
+            let peft = AdaptionConfig::new(config.method.adapter_len as usize, layers);
             Some(PeftConfig::Adaption(peft))
         }
         FinetuningType::Full | FinetuningType::Freeze => None,
-    })
+    };
+    if let Some(peft) = &mut peft {
+        peft.common_mut().base_model_name_or_path = Some(config.model.model_name_or_path.clone());
+    }
+    Ok(peft)
 }
 
 /// The base model with nothing of it trained, for the methods attached after it is built (prompt
