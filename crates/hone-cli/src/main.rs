@@ -34,6 +34,9 @@ enum Command {
     Plan(commands::plan::Args),
     /// Find a learning rate: a range test of a config's run (fastai's lr_find), with a plot.
     LrFind(commands::lr_find::Args),
+    /// Search a run's PEFT configuration (AutoPEFT): trials drawn from a search space, successive
+    /// halving on the eval loss, a ranked table and a report of the best.
+    Sweep(commands::sweep::Args),
     /// Show what a `hone train` run of a config will train on: per dataset the rows, tokens,
     /// truncation, labelled share and packing, then the first rows with the trained tokens marked.
     Data(commands::data::Args),
@@ -124,6 +127,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(a) => commands::train::run(a),
         Command::Plan(a) => commands::plan::run(a),
         Command::LrFind(a) => commands::lr_find::run(a),
+        Command::Sweep(a) => commands::sweep::run(a),
         Command::Data(a) => commands::data::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Eval(c) => commands::eval::run(c),

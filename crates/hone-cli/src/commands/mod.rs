@@ -13,6 +13,7 @@ pub mod lr_find;
 pub mod merge;
 pub mod plan;
 pub mod serve;
+pub mod sweep;
 pub mod train;
 
 use std::path::PathBuf;

@@ -216,6 +216,15 @@ pub fn trainable_parameters_line(trainable: usize, total: usize) -> String {
     )
 }
 
+/// The trainable count of a [`trainable_parameters_line`] (None: not such a line).
+pub fn parse_trainable_parameters(line: &str) -> Option<usize> {
+    let count = line
+        .strip_prefix("trainable params: ")?
+        .split(" ||")
+        .next()?;
+    count.replace(',', "").parse().ok()
+}
+
 /// `1234567` → `1,234,567`, as Python's `f"{n:,}"`.
 fn thousands(n: usize) -> String {
     let digits = n.to_string();

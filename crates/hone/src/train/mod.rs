@@ -29,6 +29,7 @@ pub mod rank_allocator;
 pub mod reward;
 pub mod schedule;
 pub mod sft;
+pub mod sweep;
 pub mod vera;
 
 pub use lora::LoraSettings;
