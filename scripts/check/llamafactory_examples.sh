@@ -7,6 +7,10 @@
 #
 #   scripts/check/llamafactory_examples.sh [STEPS] [OUT_DIR]     # defaults: 30, outputs/lf-examples
 #
+# On a 2-core CPU the examples' own cutoff_len 2048 × 8 accumulated rows would take about a minute
+# a step, so by default each run also gets `cutoff_len=512 gradient_accumulation_steps=2`
+# (EXTRA="..." replaces those; EXTRA="" runs the examples' own sizes).
+#
 # The tool-calling run uses Qwen2.5's chat template (fixtures/chat/qwen2.5.jinja): SmolLM2's own
 # template renders no tools, and Hone refuses to train tool rows through a template that drops
 # them. Needs target/release/hone (cargo build --release) and models/ (scripts/fetch-model.sh).
@@ -14,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-30}"
 out="${2:-outputs/lf-examples}"
+read -r -a extra <<< "${EXTRA-cutoff_len=512 gradient_accumulation_steps=2}"
 demo="../shared/datasets/llamafactory-demo"
 hone=target/release/hone
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -25,7 +30,7 @@ run() {
   echo "== $name: $config $*"
   /usr/bin/time -f "   wall %e s, peak RSS %M KB" "$hone" train "$config" \
     "model_name_or_path=$model" "dataset_dir=$demo" "output_dir=$out/$name" \
-    "max_steps=$steps" logging_steps=5 save_steps=1000 "$@" 2> "$out/$name.log" >/dev/null \
+    "max_steps=$steps" logging_steps=5 save_steps=1000 "${extra[@]}" "$@" 2> "$out/$name.log" >/dev/null \
     || { tail -5 "$out/$name.log"; return 1; }
   grep -E "^   wall" "$out/$name.log"
   python3 - "$out/$name" <<'PY'

@@ -948,8 +948,9 @@ fn prefix_tuning_gradients_match_peft() {
 
 /// OFT: the series on q, v (sharing their input with k) and down; the exact Cayley transform
 /// with r given and q/v biases; one rotation shared by every block, 3 terms; the default model's
-/// q and v in blocks of 32 (f32, and as stored: Q4_1, QOFT), recomputed too. The saved adapter
-/// merged gives the same logits.
+/// q and v in blocks of 32 (f32, and as stored: Q4_1, QOFT), recomputed, and under bf16 mixed
+/// precision (each rotated part's own bf16 product). The saved adapter merged gives the same
+/// logits.
 #[test]
 fn oft_gradients_match_peft() {
     check_gradients("oft_llama-gqa");
@@ -966,6 +967,11 @@ fn oft_gradients_match_peft() {
         ..Variant::default()
     };
     check_gradients_with("oft_llama-gqa", recompute);
+    let bf16 = Variant {
+        bf16: true,
+        ..Variant::default()
+    };
+    check_gradients_with("oft_exact_qwen2", bf16);
 }
 
 /// AdaLoRA: the update `B diag(E) A · alpha / (init_r + 1e-5)` on q, v and down (and with
