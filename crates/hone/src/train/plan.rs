@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::ia3::Ia3Matcher;
 use crate::adapters::targets::ModuleMatcher;
+use crate::adapters::{AdaloraConfig, OftConfig};
 use crate::model::layout::block_linears;
 use crate::model::quantize::{is_decoder_linear, BaseQuantization};
 use crate::model::{hf_tensor_shapes, ModelConfig, NormPlacement};
@@ -39,7 +40,7 @@ pub struct RunShape<'a> {
     pub stored: &'a HashMap<String, (GgmlType, u64)>,
     /// Which base tensors train (full and freeze runs).
     pub base_trains: &'a dyn Fn(&str) -> bool,
-    /// The adapter's targets, for LoRA and IA3 runs.
+    /// The adapter's targets, for LoRA, IA3, OFT and AdaLoRA runs.
     pub adapter: Option<&'a AdapterMatcher>,
     /// DoRA: each adapter also has a magnitude per output row, and keeps its rescaled output
     /// for the backward.
@@ -64,6 +65,8 @@ pub struct RunShape<'a> {
 pub enum AdapterMatcher {
     Lora(ModuleMatcher),
     Ia3(Ia3Matcher),
+    Oft(OftConfig),
+    Adalora(AdaloraConfig),
 }
 
 impl AdapterMatcher {
@@ -83,6 +86,19 @@ impl AdapterMatcher {
                     true => Some((inp as u64, 0)),
                     false => Some((out as u64, out as u64)),
                 }
+            }
+            // The rotation keeps nothing per token (its backward reads the layer's input).
+            AdapterMatcher::Oft(config) => {
+                config.selects(module).ok()?.then_some(())?;
+                let (blocks, b) = config.geometry(inp);
+                let rows = if config.block_share { 1 } else { blocks };
+                Some(((rows * b * (b - 1) / 2) as u64, 0))
+            }
+            // Trained as the LoRA `diag(E)·A`, which keeps its `A'·x`.
+            AdapterMatcher::Adalora(config) => {
+                config.selects(module).ok()?.then_some(())?;
+                let r = config.init_r as u64;
+                Some((r * (inp + out + 1) as u64, r))
             }
         }
     }
@@ -231,6 +247,10 @@ pub fn plan(run: &RunShape, available_bytes: Option<u64>) -> MemoryPlan {
             bytes: 4 * lora,
             detail: match (run.adapter, run.dora) {
                 (Some(AdapterMatcher::Ia3(_)), _) => format!("{lora} IA3 parameters (f32)"),
+                (Some(AdapterMatcher::Oft(_)), _) => format!("{lora} OFT parameters (f32)"),
+                (Some(AdapterMatcher::Adalora(_)), _) => {
+                    format!("{lora} AdaLoRA parameters (A, E and B, f32)")
+                }
                 (_, true) => format!("{lora} DoRA parameters (A, B and magnitudes, f32)"),
                 _ => format!("{lora} LoRA parameters (f32)"),
             },
@@ -558,6 +578,28 @@ mod tests {
         );
         assert!(plan.fits());
         assert!(!super::plan(&run, Some(1 << 20)).fits());
+    }
+
+    /// OFT trains its blocks' triangles and keeps nothing per token; AdaLoRA trains its
+    /// triplets at `init_r` and keeps `A'·x` as LoRA does.
+    #[test]
+    fn oft_and_adalora_count_their_own_parameters() {
+        let (m, stored) = (model(), HashMap::new());
+        let base = plan(&shape(&m, &stored, &|_| false, None), None);
+        let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
+        let oft = AdapterMatcher::Oft(OftConfig::new(0, 16, targets.clone()));
+        let with_oft = plan(&shape(&m, &stored, &|_| false, Some(&oft)), None);
+        // q and v read 64 inputs: 4 blocks of 16, each 16·15/2 values, in each of 2 layers.
+        assert_eq!(part(&with_oft, "adapters"), 4 * 2 * 2 * 4 * 120);
+        assert_eq!(part(&with_oft, "activations"), part(&base, "activations"));
+        let ada = AdapterMatcher::Adalora(AdaloraConfig::new(4, 2, 8.0, targets));
+        let with_ada = plan(&shape(&m, &stored, &|_| false, Some(&ada)), None);
+        // q: 4 · (64 + 64 + 1), v: 4 · (64 + 32 + 1), in each of 2 layers.
+        assert_eq!(part(&with_ada, "adapters"), 4 * 2 * (516 + 388));
+        assert_eq!(
+            part(&with_ada, "activations"),
+            part(&base, "activations") + 4 * 2 * 100 * 8
+        );
     }
 
     #[test]

@@ -192,7 +192,8 @@ fn changes(config: &SftConfig) -> Vec<Change> {
     out
 }
 
-/// The adapter's targets (LoRA's or IA3's): the starting adapter's, else the config's.
+/// The adapter's targets (LoRA's, IA3's, OFT's or AdaLoRA's): the starting adapter's, else the
+/// config's.
 fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<AdapterMatcher>> {
     let adapter = match &config.model.adapter_name_or_path {
         Some(dir) => Some(read_adapter(std::path::Path::new(dir))?.config),
@@ -205,14 +206,14 @@ fn adapter_matcher(config: &SftConfig, model: &ModelConfig) -> Result<Option<Ada
             Some(AdapterMatcher::Lora(matcher))
         }
         Some(PeftConfig::Ia3(ia3)) => Some(AdapterMatcher::Ia3(ia3.matcher()?)),
+        Some(PeftConfig::Oft(oft)) => Some(AdapterMatcher::Oft(oft)),
+        Some(PeftConfig::Adalora(ada)) => Some(AdapterMatcher::Adalora(ada)),
         Some(
             PeftConfig::Prompt(_)
             | PeftConfig::Adaption(_)
             | PeftConfig::Vera(_)
             | PeftConfig::Loha(_)
-            | PeftConfig::Lokr(_)
-            | PeftConfig::Oft(_)
-            | PeftConfig::Adalora(_),
+            | PeftConfig::Lokr(_),
         )
         | None => None,
     })
