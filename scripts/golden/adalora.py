@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from models import FIXTURES, load_fp32
-from peft_adapter import save_adapter_fixture
+from peft_adapter import save_adapter_fixture, save_gradient_case
 from train_grads import batch
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -71,24 +71,11 @@ def train_case(name, model_dir, case, seed):
     base = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / model_dir, dtype=torch.float64)
     model = get_peft_model(base, config(case)).double()
     randomize(model, seed)
-    trainable = triplets(model)
-    init = {k: p.detach().clone() for k, p in trainable.items()}
-    ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
-    model.zero_grad()
-    out = model(input_ids=ids, labels=labels)
-    out.loss.backward()
-    tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1), "logits": out.logits.detach()}
-    for k, v in init.items():
-        tensors[f"init.{k}"] = v
-    for k, p in trainable.items():
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
-        tensors[f"grad.{k}"] = p.grad
-    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     c = config(case)
     meta = {"model": model_dir, "method": "adalora", "targets": TARGETS, "init_r": c.init_r, "target_r": c.target_r,
             "lora_alpha": c.lora_alpha, "orth_reg_weight": c.orth_reg_weight, "total_step": c.total_step}
-    save_file(tensors, FIXTURES / "train" / f"{name}.safetensors", metadata={"case": json.dumps(meta)})
-    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+    ids_labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    save_gradient_case(name, model, triplets(model), ids_labels, meta)
 
 
 def allocator_case(seed):

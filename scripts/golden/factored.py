@@ -22,15 +22,13 @@ Run from the repository root:
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/factored.py
 """
 
-import json
 
 import torch
 from peft import LoHaConfig, LoKrConfig, VeraConfig, get_peft_model
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from models import FIXTURES, load_fp32
-from peft_adapter import save_adapter_fixture
+from peft_adapter import save_adapter_fixture, save_gradient_case
 from train_grads import batch
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -65,33 +63,17 @@ def train_case(name, model_dir, method, seed):
     model = get_peft_model(base, config(method)).double()
     randomize_vectors(model, seed)
     trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
-    init = {k: p.detach().clone() for k, p in trainable.items()}
-    ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
-    model.zero_grad()
-    out = model(input_ids=ids, labels=labels)
-    out.loss.backward()
-    tensors = {
-        "input_ids": ids,
-        "labels": labels,
-        "loss": out.loss.detach().reshape(1),
-        "logits": out.logits.detach(),
-    }
+    extra = {}
     if method == "vera":
         vera = model.base_model.model.model.layers[0].self_attn.q_proj
-        tensors.update(vera_A=vera.vera_A["default"], vera_B=vera.vera_B["default"])
-    for k, v in init.items():
-        tensors[f"init.{k}"] = v
-    for k, p in trainable.items():
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
-        tensors[f"grad.{k}"] = p.grad
-    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        extra = dict(vera_A=vera.vera_A["default"], vera_B=vera.vera_B["default"])
     case = {"model": model_dir, "method": method, "r": 4, "targets": TARGETS}
     if method == "loha":
         case.update(r=2, alpha=6)
     if method in LOKR:
         case.update({"method": "lokr", "alpha": 6, "decompose_both": False, **LOKR[method]})
-    save_file(tensors, FIXTURES / "train" / f"{name}.safetensors", metadata={"case": json.dumps(case)})
-    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+    ids_labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    save_gradient_case(name, model, trainable, ids_labels, case, extra)
 
 
 def adapter_case(name, base, method, seed):

@@ -24,15 +24,13 @@ Run from the repository root:
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/oft.py
 """
 
-import json
 
 import torch
 from peft import OFTConfig, get_peft_model
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from models import FIXTURES, load_fp32
-from peft_adapter import save_adapter_fixture
+from peft_adapter import save_adapter_fixture, save_gradient_case
 from train_grads import batch, default_slice
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -76,29 +74,15 @@ def train_case(name, model_dir, case, seed):
     model = get_peft_model(base, config(case)).double()
     randomize(model, seed, 0.01 if default else 0.1)
     trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
-    init = {k: p.detach().clone() for k, p in trainable.items()}
-    if default:
-        ids, labels = batch(model.config.vocab_size, 2, 32, [10, 4], [0, 5], seed + 2)
-    else:
-        ids, labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
-    model.zero_grad()
-    out = model(input_ids=ids, labels=labels)
-    out.loss.backward()
-    logits = out.logits.detach()[..., :512] if default else out.logits.detach()
-    tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1), "logits": logits}
-    for k, v in init.items():
-        tensors[f"init.{k}"] = v
-    for k, p in trainable.items():
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
-        tensors[f"grad.{k}"] = p.grad
-    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     meta = {"model": model_dir, "method": "oft", "targets": targets(case), "r": 0, "oft_block_size": 0,
             "use_cayley_neumann": True, "num_cayley_neumann_terms": 5, "block_share": False}
     meta.update(CASES[case])
     if default:
         meta.update(layers=2, logits_slice=512)
-    save_file(tensors, FIXTURES / "train" / f"{name}.safetensors", metadata={"case": json.dumps(meta)})
-    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+        ids_labels = batch(model.config.vocab_size, 2, 32, [10, 4], [0, 5], seed + 2)
+    else:
+        ids_labels = batch(model.config.vocab_size, 2, 12, [5, 3], [0, 3], seed + 2)
+    save_gradient_case(name, model, trainable, ids_labels, meta, logits_slice=512 if default else None)
 
 
 def adapter_case(name, base, case, seed):

@@ -548,20 +548,7 @@ fn factored_adapter_trains(
         run.stderr
     );
 
-    let unmerged = adapter_answer(&out, method);
-    let merged = merge_into_tiny_model(&out, dir.path());
-    assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
-
-    let resumed = hone(
-        &[
-            &["train", arg(&config)][..],
-            &args[..],
-            &["resume_from_checkpoint=true", "max_steps=14"][..],
-        ]
-        .concat(),
-    );
-    resumed.ok();
-    assert!(resumed.stderr.contains("resum"), "{}", resumed.stderr);
+    answers_alike_merged_and_resumes(&out, dir.path(), method, &config, &args);
 }
 
 /// `finetuning_type: adalora`: the triplets train with PEFT's orthogonality penalty and the
@@ -621,14 +608,26 @@ fn adalora_trains_a_peft_adapter_whose_ranks_are_allocated() {
     let line = format!("trainable params: {full} ||");
     assert!(run.stderr.contains(&line), "{line}: {}", run.stderr);
 
-    let unmerged = adapter_answer(&out, "adalora");
-    let merged = merge_into_tiny_model(&out, dir.path());
+    answers_alike_merged_and_resumes(&out, dir.path(), "adalora", &config, &args);
+}
+
+/// A trained adapter in `out` changes the answer alike unmerged on both paths and merged into the
+/// tiny model, and its run (`hone train`, `config` with `args`) resumes from a checkpoint.
+fn answers_alike_merged_and_resumes(
+    out: &Path,
+    dir: &Path,
+    what: &str,
+    config: &Path,
+    args: &[&str],
+) {
+    let unmerged = adapter_answer(out, what);
+    let merged = merge_into_tiny_model(out, dir);
     assert_eq!(answer_first_row(&["--model", arg(&merged)]).ok(), unmerged);
 
     let resumed = hone(
         &[
-            &["train", arg(&config)][..],
-            &args[..],
+            &["train", arg(config)][..],
+            args,
             &["resume_from_checkpoint=true", "max_steps=14"][..],
         ]
         .concat(),

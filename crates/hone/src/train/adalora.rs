@@ -6,7 +6,7 @@
 //! gradients back ([`Adalora::chain`]); after each optimizer step the rank allocator
 //! ([`super::rank_allocator`]) masks the least important triplets to meet a shrinking budget.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use rand::{rngs::StdRng, SeedableRng};
 
 use super::factored::{self, Factored};
@@ -251,11 +251,16 @@ fn add_gram_grad(
 impl TrainModel {
     /// Every AdaLoRA part, in model order.
     pub fn adalora_parts(&mut self) -> Vec<&mut Adalora> {
+        self.adalora_named().into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// Every AdaLoRA part with its module path, in model order.
+    pub(super) fn adalora_named(&mut self) -> Vec<(String, &mut Adalora)> {
         let parts = self.blocks.iter_mut().flat_map(|b| b.linears_mut());
         parts
             .flat_map(|p| p.parts.iter_mut())
             .filter_map(|part| match &mut part.factored {
-                Some(Factored::Adalora(a)) => Some(a),
+                Some(Factored::Adalora(a)) => Some((part.path.clone(), a)),
                 _ => None,
             })
             .collect()
@@ -285,21 +290,12 @@ pub fn attach(
     start: Option<&Adapter>,
     seed: u64,
 ) -> Result<()> {
-    let make = |path: &str, (inp, out): (usize, usize), stream: u64| {
-        let adalora = match start.and_then(|a| a.adalora.get(path)) {
-            Some(w) => {
-                ensure!(
-                    w.in_features == inp && w.out_features == out,
-                    "adapter_name_or_path: {path}'s triplets are for a [{}, {}] layer, not [{out}, {inp}]",
-                    w.out_features,
-                    w.in_features
-                );
-                Adalora::from_weights(w, config.lora_dropout as f32)
-            }
-            None if start.is_some() => {
-                bail!("adapter_name_or_path: no AdaLoRA triplets for {path}")
-            }
-            None => Adalora::init(config, (inp, out), (seed, stream)),
+    let make = |path: &str, shape: (usize, usize), stream: u64| {
+        let saved = (start.is_some(), start.and_then(|a| a.adalora.get(path)));
+        let dims = |w: &AdaloraWeights| (w.out_features, w.in_features);
+        let adalora = match factored::continued((path, shape), saved, dims, "AdaLoRA triplets")? {
+            Some(w) => Adalora::from_weights(w, config.lora_dropout as f32),
+            None => Adalora::init(config, shape, (seed, stream)),
         };
         Ok(Factored::Adalora(adalora))
     };

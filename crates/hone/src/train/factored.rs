@@ -3,10 +3,10 @@
 //! multiplied elementwise), LoKr (a Kronecker product) and AdaLoRA (an SVD-shaped product whose
 //! ranks are allocated as it trains).
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::adalora::Adalora;
-use super::linear::{lora_backward, lora_forward};
+use super::linear::{adapt_selected_parts, lora_backward, lora_forward};
 use super::loha::Loha;
 use super::lokr::Lokr;
 use super::lora::Lora;
@@ -103,23 +103,31 @@ pub fn attach(
     selects: impl Fn(&str) -> Result<bool>,
     mut make: impl FnMut(&str, (usize, usize), u64) -> Result<Factored>,
 ) -> Result<()> {
-    let mut stream = 0u64;
-    let mut any = false;
-    for block in &mut model.blocks {
-        for projection in block.linears_mut() {
-            let inp = projection.in_features;
-            for part in &mut projection.parts {
-                stream += 1;
-                if selects(&part.path)? {
-                    part.factored = Some(make(&part.path, (inp, part.out_features), stream)?);
-                    any = true;
-                }
-            }
+    adapt_selected_parts(model, selects, |part, inp, stream| {
+        part.factored = Some(make(&part.path, (inp, part.out_features), stream)?);
+        Ok(())
+    })
+}
+
+/// The saved tensors of the module at `path` (`saved`, its `[out, in]` by `dims`) when the run
+/// continues an adapter (`continuing`), checked to fit the `(in, out)` layer; None when the run
+/// starts afresh. `what` names them in errors (`LoHa factors`).
+pub fn continued<'w, W>(
+    (path, (inp, out)): (&str, (usize, usize)),
+    (continuing, saved): (bool, Option<&'w W>),
+    dims: impl Fn(&W) -> (usize, usize),
+    what: &str,
+) -> Result<Option<&'w W>> {
+    match saved {
+        Some(w) => {
+            let (o, i) = dims(w);
+            ensure!(
+                (o, i) == (out, inp),
+                "adapter_name_or_path: {path}'s {what} are for a [{o}, {i}] layer, not [{out}, {inp}]"
+            );
+            Ok(Some(w))
         }
+        None if continuing => bail!("adapter_name_or_path: no {what} for {path}"),
+        None => Ok(None),
     }
-    ensure!(
-        any,
-        "target_modules: selects none of the model's linear layers"
-    );
-    Ok(())
 }

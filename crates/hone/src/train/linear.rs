@@ -294,6 +294,34 @@ fn rotated_backward(
     }
 }
 
+/// Calls `adapt` on every part of `model` that `selects` picks (by its HF path), with its input
+/// width and its index among the model's parts; a selection of no part is refused.
+pub(super) fn adapt_selected_parts(
+    model: &mut super::model::TrainModel,
+    selects: impl Fn(&str) -> anyhow::Result<bool>,
+    mut adapt: impl FnMut(&mut Part, usize, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stream = 0u64;
+    let mut any = false;
+    for block in &mut model.blocks {
+        for projection in block.linears_mut() {
+            let inp = projection.in_features;
+            for part in &mut projection.parts {
+                stream += 1;
+                if selects(&part.path)? {
+                    adapt(part, inp, stream)?;
+                    any = true;
+                }
+            }
+        }
+    }
+    anyhow::ensure!(
+        any,
+        "target_modules: selects none of the model's linear layers"
+    );
+    Ok(())
+}
+
 /// A block's products in training: `Context` is the block's dropout seed (None outside training),
 /// from which each slot draws its own stream.
 impl Project for Projection {

@@ -4,7 +4,7 @@
 //! ([`crate::adapters::loha::face_split`]): each step builds that LoRA from the factors, runs
 //! LoRA's forward and backward, and takes the factors' gradients from LoRA's.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::factored::{self, Factored};
@@ -127,19 +127,12 @@ pub fn attach(
     start: Option<&Adapter>,
     seed: u64,
 ) -> Result<()> {
-    let make = |path: &str, (inp, out): (usize, usize), stream: u64| {
-        let loha = match start.and_then(|a| a.loha.get(path)) {
-            Some(w) => {
-                ensure!(
-                    w.in_features == inp && w.out_features == out,
-                    "adapter_name_or_path: {path}'s factors are for a [{}, {}] layer, not [{out}, {inp}]",
-                    w.out_features,
-                    w.in_features
-                );
-                Loha::from_weights(w)
-            }
-            None if start.is_some() => bail!("adapter_name_or_path: no LoHa factors for {path}"),
-            None => Loha::init(config.r, (inp, out), config.scale() as f32, (seed, stream)),
+    let make = |path: &str, shape: (usize, usize), stream: u64| {
+        let saved = (start.is_some(), start.and_then(|a| a.loha.get(path)));
+        let dims = |w: &LohaWeights| (w.out_features, w.in_features);
+        let loha = match factored::continued((path, shape), saved, dims, "LoHa factors")? {
+            Some(w) => Loha::from_weights(w),
+            None => Loha::init(config.r, shape, config.scale() as f32, (seed, stream)),
         };
         Ok(Factored::Loha(loha))
     };

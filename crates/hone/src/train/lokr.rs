@@ -5,7 +5,7 @@
 //! ([`crate::adapters::lokr::kron_lora`]): each step builds that LoRA from the factors, runs LoRA's
 //! forward and backward, and takes the factors' gradients from LoRA's.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::factored::{self, Factored};
@@ -221,17 +221,10 @@ pub fn attach(
     seed: u64,
 ) -> Result<()> {
     let make = |path: &str, (inp, out): (usize, usize), stream: u64| {
-        let lokr = match start.and_then(|a| a.lokr.get(path)) {
-            Some(w) => {
-                ensure!(
-                    w.in_features() == inp && w.out_features() == out,
-                    "adapter_name_or_path: {path}'s factors are for a [{}, {}] layer, not [{out}, {inp}]",
-                    w.out_features(),
-                    w.in_features()
-                );
-                Lokr::from_weights(w)
-            }
-            None if start.is_some() => bail!("adapter_name_or_path: no LoKr factors for {path}"),
+        let saved = (start.is_some(), start.and_then(|a| a.lokr.get(path)));
+        let dims = |w: &LokrWeights| (w.out_features(), w.in_features());
+        let lokr = match factored::continued((path, (inp, out)), saved, dims, "LoKr factors")? {
+            Some(w) => Lokr::from_weights(w),
             None => Lokr::init(config, (out, inp), (seed, stream)),
         };
         Ok(Factored::Lokr(lokr))

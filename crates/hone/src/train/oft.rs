@@ -11,6 +11,7 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+use super::linear::adapt_selected_parts;
 use super::model::TrainModel;
 use crate::adapters::{Adapter, OftConfig, OftWeights};
 use crate::kernels::rotation::{self, Cayley};
@@ -116,31 +117,22 @@ impl Oft {
 /// Gives every projection part of `model` that `config` targets its rotation: zero, or
 /// `start`'s (an adapter to continue).
 pub fn attach(model: &mut TrainModel, config: &OftConfig, start: Option<&Adapter>) -> Result<()> {
-    let mut any = false;
-    for block in &mut model.blocks {
-        for projection in block.linears_mut() {
-            let inp = projection.in_features;
-            for part in &mut projection.parts {
-                if !config.selects(&part.path)? {
-                    continue;
-                }
-                let oft = match start.map(|a| a.oft.get(&part.path)) {
-                    Some(Some(w)) => Oft::from_weights(w, inp).map_err(|problem| {
-                        anyhow::anyhow!(
-                            "adapter_name_or_path: {}'s rotation does not fit: {problem}",
-                            part.path
-                        )
-                    })?,
-                    Some(None) => bail!("adapter_name_or_path: no OFT rotation for {}", part.path),
-                    None => Oft::init(config, inp),
-                };
-                part.oft = Some(oft);
-                any = true;
-            }
-        }
-    }
-    if !any {
-        bail!("target_modules: selects none of the model's linear layers");
-    }
-    Ok(())
+    adapt_selected_parts(
+        model,
+        |path| config.selects(path),
+        |part, inp, _| {
+            let oft = match start.map(|a| a.oft.get(&part.path)) {
+                Some(Some(w)) => Oft::from_weights(w, inp).map_err(|problem| {
+                    anyhow::anyhow!(
+                        "adapter_name_or_path: {}'s rotation does not fit: {problem}",
+                        part.path
+                    )
+                })?,
+                Some(None) => bail!("adapter_name_or_path: no OFT rotation for {}", part.path),
+                None => Oft::init(config, inp),
+            };
+            part.oft = Some(oft);
+            Ok(())
+        },
+    )
 }

@@ -148,7 +148,7 @@ impl TrainModel {
         let parts = self.blocks.iter().flat_map(|b| b.projections());
         let kept: std::collections::BTreeMap<String, Vec<bool>> = parts
             .filter_map(|p| match &p.factored {
-                Some(super::factored::Factored::Adalora(a)) => {
+                Some(Factored::Adalora(a)) => {
                     Some((format!("{}.lora_E", name(&p.path)), a.kept.clone()?))
                 }
                 _ => None,
@@ -206,18 +206,6 @@ impl TrainModel {
             };
         }
         Ok(())
-    }
-
-    /// Every AdaLoRA part with its module path.
-    fn adalora_named(&mut self) -> Vec<(String, &mut Adalora)> {
-        let parts = self.blocks.iter_mut().flat_map(|b| b.linears_mut());
-        parts
-            .flat_map(|p| p.parts.iter_mut())
-            .filter_map(|part| match &mut part.factored {
-                Some(Factored::Adalora(a)) => Some((part.path.clone(), a)),
-                _ => None,
-            })
-            .collect()
     }
 
     /// AdaLoRA's work after optimizer step `step` (nothing for other runs).
