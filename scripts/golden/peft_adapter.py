@@ -45,16 +45,18 @@ def save_adapter_fixture(name, base, model, seed, skip=0, merges=False, prompt_l
     print(line)
 
 
-def save_gradient_case(name, model, trainable, batch, case, extra=None, logits_slice=None):
+def save_gradient_case(name, model, trainable, batch, case, extra=None, logits_slice=None, positions=None):
     """One forward and backward of `model` on `batch` (input_ids, labels): the batch, the loss, the
-    logits (their first `logits_slice` columns), `extra` tensors, and init.<k> / grad.<k> of every
-    `trainable` tensor (by Hone's name k), as float32, with `case` as the file's metadata."""
+    logits (their first `logits_slice` columns; `positions` of them when given, checked), `extra`
+    tensors, and init.<k> / grad.<k> of every `trainable` tensor (by Hone's name k), as float32,
+    with `case` as the file's metadata."""
     ids, labels = batch
     init = {k: p.detach().clone() for k, p in trainable.items()}
     model.zero_grad()
     out = model(input_ids=ids, labels=labels)
     out.loss.backward()
     logits = out.logits.detach()
+    assert positions is None or logits.shape[1] == positions, f"{name}: {logits.shape[1]} positions"
     tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1),
                "logits": logits[..., :logits_slice] if logits_slice else logits}
     tensors.update(extra or {})

@@ -27,8 +27,6 @@ Run from the repository root:
     OMP_NUM_THREADS=1 /opt/ref/venv/bin/python scripts/golden/prompt_learning.py
 """
 
-import json
-
 import torch
 from peft import (
     AdaptionPromptConfig,
@@ -37,14 +35,12 @@ from peft import (
     PromptTuningConfig,
     get_peft_model,
 )
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from models import FIXTURES, load_fp32
-from peft_adapter import save_adapter_fixture
+from peft_adapter import save_adapter_fixture, save_gradient_case
 from train_grads import batch
 
-TRAIN = FIXTURES / "train"
 N_VIRTUAL = 4
 
 
@@ -86,27 +82,15 @@ def train_case(name, model_dir, method, seed):
     model = get_peft_model(base, config(method)).double()
     open_gates(model, [0.7, -0.4])
     trainable = {hone_name(n): p for n, p in model.named_parameters() if p.requires_grad}
-    init = {k: p.detach().clone() for k, p in trainable.items()}
     prompt_lens = [0, 3] if method.startswith("prefix") else [5, 3]
-    ids, labels = batch(model.config.vocab_size, 2, 12, prompt_lens, [0, 3], seed + 2)
-    model.zero_grad()
-    out = model(input_ids=ids, labels=labels)
-    out.loss.backward()
-    assert out.logits.shape[1] == virtual_positions(method) + 12
-    tensors = {"input_ids": ids, "labels": labels, "loss": out.loss.detach().reshape(1), "logits": out.logits.detach()}
-    for k, v in init.items():
-        tensors[f"init.{k}"] = v
-    for k, p in trainable.items():
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: {k} has no gradient"
-        tensors[f"grad.{k}"] = p.grad
-    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    ids_labels = batch(model.config.vocab_size, 2, 12, prompt_lens, [0, 3], seed + 2)
     case = {"model": model_dir, "method": method, "num_virtual_tokens": N_VIRTUAL}
     if method.startswith("adaption_prompt"):
         case.update(method="adaption_prompt", adapter_len=3, adapter_layers=int(method.rsplit("_", 1)[1]))
     if method in ("p_tuning", "prefix_projection"):
         case["encoder_hidden_size"] = 24
-    save_file(tensors, TRAIN / f"{name}.safetensors", metadata={"case": json.dumps(case)})
-    print(f"{name}: loss {out.loss.item():.6f}, {len(trainable)} gradients")
+    positions = virtual_positions(method) + 12
+    save_gradient_case(name, model, trainable, ids_labels, case, positions=positions)
 
 
 def adapter_case(name, base, method, seed):
