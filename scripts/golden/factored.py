@@ -22,7 +22,6 @@ Run from the repository root:
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/factored.py
 """
 
-
 import torch
 from peft import LoHaConfig, LoKrConfig, VeraConfig, get_peft_model
 from transformers import AutoModelForCausalLM

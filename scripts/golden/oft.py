@@ -24,7 +24,6 @@ Run from the repository root:
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 /opt/ref/venv/bin/python scripts/golden/oft.py
 """
 
-
 import torch
 from peft import OFTConfig, get_peft_model
 from transformers import AutoModelForCausalLM
